@@ -1,0 +1,1 @@
+"""camjax: Class Activation Mapping in JAX/Flax."""

@@ -1,0 +1,240 @@
+"""Class activation maps: pure, batched, jittable functions of a feature map and the head's weights.
+
+For a GAP network `logit_c = mean_xy(f(x, y)) . w_c + b_c`, the CAM of class c is
+`M_c(x, y) = f(x, y) . w_c`, so `mean_xy M_c + b_c == logit_c` exactly (tests check it).
+
+Layout: feature maps are `(B, h, w, K)` (NHWC, as the models return them), the head kernel is
+`(K, C)` (Flax Dense layout), CAMs are `(B, n, h, w)` for n classes per image, or `(B, n, H, W)`
+after `postprocess`. Everything stays on device; one trace per input shape.
+"""
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from camjax.resize import resize_maps
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _check_feature_map(feature_map: jax.Array, kernel: jax.Array) -> None:
+    if feature_map.ndim != 4:
+        raise ValueError(
+            "feature_map must have shape (batch, height, width, channels); "
+            f"got shape {tuple(feature_map.shape)}."
+        )
+    if kernel.ndim != 2 or kernel.shape[0] != feature_map.shape[-1]:
+        raise ValueError(
+            f"head kernel must have shape (channels={feature_map.shape[-1]}, num_classes) to match "
+            f"the feature map; got shape {tuple(kernel.shape)}."
+        )
+
+
+def _is_concrete(x: Any) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_classes(classes: jax.Array, batch: int, num_classes: int) -> jax.Array:
+    classes = jnp.asarray(classes)
+    if not jnp.issubdtype(classes.dtype, jnp.integer):
+        raise ValueError(f"class indices must be integers; got dtype {classes.dtype}.")
+    if classes.ndim not in (1, 2) or classes.shape[0] != batch:
+        raise ValueError(
+            f"class indices must have shape ({batch},) or ({batch}, n) for a batch of {batch} "
+            f"feature maps; got shape {tuple(classes.shape)}."
+        )
+    # Out-of-range indices would silently gather a clamped column under jit; check whenever
+    # the values are known (outside a caller's jit).
+    if _is_concrete(classes) and classes.size:
+        lo, hi = int(jnp.min(classes)), int(jnp.max(classes))
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(
+                f"class indices must be in [0, {num_classes - 1}]; got values in [{lo}, {hi}]."
+            )
+    return classes
+
+
+def cams_for_classes(feature_map: jax.Array, kernel: jax.Array, classes: jax.Array) -> jax.Array:
+    """CAMs of chosen classes.
+
+    feature_map: (B, h, w, K); kernel: (K, C) float; classes: int (B,) or (B, n).
+    Returns float32 (B, h, w) for (B,) classes, (B, n, h, w) for (B, n) classes.
+    """
+    _check_feature_map(feature_map, kernel)
+    classes = _check_classes(classes, feature_map.shape[0], kernel.shape[1])
+    return _cams_for_classes(feature_map, kernel, classes)
+
+
+@jax.jit
+def _cams_for_classes(feature_map: jax.Array, kernel: jax.Array, classes: jax.Array) -> jax.Array:
+    # Gather the n weight vectors of each image first: (B, n, K), cheap next to the einsum.
+    weights = jnp.take(kernel.astype(jnp.float32).T, classes, axis=0)
+    fmap = feature_map.astype(jnp.float32)
+    if classes.ndim == 1:
+        return jnp.einsum("bhwk,bk->bhw", fmap, weights, precision=_HIGHEST)
+    return jnp.einsum("bhwk,bnk->bnhw", fmap, weights, precision=_HIGHEST)
+
+
+@jax.jit
+def cams_all_classes(feature_map: jax.Array, kernel: jax.Array) -> jax.Array:
+    """CAMs of every class. feature_map: (B, h, w, K); kernel: (K, C) -> float32 (B, C, h, w)."""
+    _check_feature_map(feature_map, kernel)
+    return jnp.einsum(
+        "bhwk,kc->bchw",
+        feature_map.astype(jnp.float32),
+        kernel.astype(jnp.float32),
+        precision=_HIGHEST,
+    )
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def cams_top_k(
+    feature_map: jax.Array, kernel: jax.Array, logits: jax.Array, k: int
+) -> tuple[jax.Array, jax.Array]:
+    """CAMs of the k highest-scoring classes of each image, best first.
+
+    feature_map: (B, h, w, K); kernel: (K, C); logits: (B, C).
+    Returns (cams float32 (B, k, h, w), classes int32 (B, k)).
+    """
+    _check_feature_map(feature_map, kernel)
+    if logits.shape != (feature_map.shape[0], kernel.shape[1]):
+        raise ValueError(
+            f"logits must have shape (batch={feature_map.shape[0]}, "
+            f"num_classes={kernel.shape[1]}); "
+            f"got shape {tuple(logits.shape)}."
+        )
+    if not 1 <= k <= kernel.shape[1]:
+        raise ValueError(f"k must be in [1, {kernel.shape[1]}] (the number of classes); got {k}.")
+    _, classes = jax.lax.top_k(logits, k)
+    return _cams_for_classes(feature_map, kernel, classes), classes
+
+
+def normalize_minmax(cams: jax.Array) -> jax.Array:
+    """Per-map min-max normalisation over the last two axes to [0, 1].
+
+    cams: (..., H, W) float. A constant map, or one with any non-finite value, becomes all zeros
+    (the WSOL protocol's convention), so a degenerate map never yields NaN boxes or scores.
+    """
+    cams = cams.astype(jnp.float32)
+    lo = jnp.min(cams, axis=(-2, -1), keepdims=True)
+    hi = jnp.max(cams, axis=(-2, -1), keepdims=True)
+    span = hi - lo
+    finite = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True)
+    ok = finite & (span > 0)
+    return jnp.where(ok, (cams - lo) / jnp.where(ok, span, 1.0), 0.0)
+
+
+def postprocess(
+    cams: jax.Array,
+    size: tuple[int, int] | None = None,
+    *,
+    method: str = "bicubic",
+    normalize: bool = True,
+    relu: bool = False,
+) -> jax.Array:
+    """The usual CAM post-processing, in this order: optional ReLU, resize, min-max normalise.
+
+    cams: (..., h, w) float32. size: (H, W) target, or None to keep h x w. method: 'bicubic'
+    (OpenCV INTER_CUBIC, as the WSOL protocol) or 'bilinear' (OpenCV INTER_LINEAR).
+    Returns (..., H, W) float32 (in [0, 1] if normalize).
+    """
+    if cams.ndim < 2:
+        raise ValueError(f"cams must have shape (..., height, width); got {tuple(cams.shape)}.")
+    if relu:
+        cams = jax.nn.relu(cams)
+    if size is not None and tuple(size) != tuple(cams.shape[-2:]):
+        cams = resize_maps(cams, tuple(size), method=method)
+    if normalize:
+        cams = normalize_minmax(cams)
+    return cams
+
+
+class CamOutput(NamedTuple):
+    """What a `cam_fn` function returns; all device arrays.
+
+    logits: (B, C) float32; classes: (B, n) int32, the class of each CAM;
+    cams: (B, n, H, W) float32.
+    """
+
+    logits: jax.Array
+    classes: jax.Array
+    cams: jax.Array
+
+
+def head_kernel(variables: Mapping[str, Any]) -> jax.Array:
+    """The classifier kernel (K, C) of a camjax GAP model's variables (the Dense named `head`)."""
+    try:
+        return variables["params"]["head"]["kernel"]
+    except (KeyError, TypeError) as e:
+        raise ValueError(
+            "variables have no params['head']['kernel']; pass the variables of a camjax GAP model "
+            "(its classifier must be the Dense layer named 'head')."
+        ) from e
+
+
+def cam_fn(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    *,
+    top_k: int | None = 1,
+    size: tuple[int, int] | str | None = "input",
+    method: str = "bicubic",
+    normalize: bool = True,
+    relu: bool = False,
+) -> Callable[..., CamOutput]:
+    """One compiled `images -> CamOutput` function: forward pass and CAMs in one XLA program.
+
+    model/variables: a camjax GAP model and its variables. The returned `f(images, classes=None)`
+    takes images (B, H, W, 3) float (normalised as the model was trained) and optional int classes
+    (B,) or (B, n). Without classes it returns the CAMs of the `top_k` predicted classes, best
+    first, or of every class in class order when `top_k` is None. `size`: 'input' upsamples to
+    (H, W), a (H', W') tuple to that size, None keeps the feature-map size.
+    """
+    kernel = head_kernel(variables)
+    num_classes = kernel.shape[1]
+    if top_k is not None and not 1 <= top_k <= num_classes:
+        raise ValueError(f"top_k must be in [1, {num_classes}] or None (all); got {top_k}.")
+
+    @jax.jit
+    def run(variables, images, classes):
+        logits, outputs = model.apply(variables, images, train=False)
+        fmap = outputs["feature_map"]
+        k = head_kernel(variables)
+        if classes is not None:
+            chosen = classes if classes.ndim == 2 else classes[:, None]
+            cams = _cams_for_classes(fmap, k, chosen)
+        elif top_k is None:
+            chosen = jnp.broadcast_to(jnp.arange(num_classes, dtype=jnp.int32), logits.shape)
+            cams = cams_all_classes(fmap, k)
+        else:
+            cams, chosen = cams_top_k(fmap, k, logits, top_k)
+        target = images.shape[1:3] if size == "input" else size
+        cams = postprocess(cams, target, method=method, normalize=normalize, relu=relu)
+        return CamOutput(logits, chosen.astype(jnp.int32), cams)
+
+    def f(images: jax.Array, classes: jax.Array | None = None) -> CamOutput:
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                f"images must have shape (batch, height, width, 3); got {tuple(images.shape)}."
+            )
+        if classes is not None:
+            classes = _check_classes(classes, images.shape[0], num_classes)
+        return run(variables, images, classes)
+
+    return f
+
+
+__all__ = [
+    "CamOutput",
+    "cam_fn",
+    "cams_all_classes",
+    "cams_for_classes",
+    "cams_top_k",
+    "head_kernel",
+    "normalize_minmax",
+    "postprocess",
+]

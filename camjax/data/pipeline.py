@@ -1,0 +1,174 @@
+"""Input pipeline: tfds sources read with grain, the paper's preprocessing, mesh-sharded batches.
+
+Train: resize to `resize_size`, random crop `image_size`, random horizontal flip (the CAM / WSOL
+recipe: resize 256, crop 224, flip). Eval: resize to `image_size`, boxes scaled with the image.
+Batches hold uint8 images; normalisation happens on device (`normalize_images`) so the host
+moves a quarter of the bytes.
+
+Every random choice is a function of (seed, example position), and the train dataset is a
+random-access grain MapDataset, so a run resumed at step s reads exactly the batches an
+uninterrupted run reads from step s on, without replaying the earlier ones.
+"""
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from PIL import Image
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Sizes for the two preprocessing modes (pixels)."""
+
+    image_size: int
+    resize_size: int
+    max_boxes: int = 4
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    if image.shape[0] == size and image.shape[1] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def pixel_boxes(tfds_boxes: Any, height: int, width: int, max_boxes: int) -> tuple[np.ndarray, int]:
+    """tfds boxes (n, 4) normalised (ymin, xmin, ymax, xmax) -> padded pixel boxes.
+
+    Returns (boxes float32 (max_boxes, 4) as (x0, y0, x1, y1) with exclusive x1/y1, count n).
+    Padding rows are zeros; callers mask them with the count. More than max_boxes boxes is an
+    error rather than a silent truncation.
+    """
+    b = np.asarray(tfds_boxes, np.float32).reshape(-1, 4)
+    if len(b) > max_boxes:
+        raise ValueError(
+            f"an example has {len(b)} boxes but data.max_boxes is {max_boxes}; raise "
+            "config.data.max_boxes."
+        )
+    out = np.zeros((max_boxes, 4), np.float32)
+    out[: len(b)] = b[:, [1, 0, 3, 2]] * np.array([width, height, width, height], np.float32)
+    return out, len(b)
+
+
+def _object_boxes(example: dict[str, Any]) -> Any:
+    objects = example.get("objects", {})
+    return objects["bbox"] if isinstance(objects, dict) else [o["bbox"] for o in objects]
+
+
+class TrainPreprocess(grain.transforms.RandomMap):
+    """Decoded tfds example -> {'image': uint8 (S, S, 3), 'label': int32}: resize, crop, flip."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        self.cfg = cfg
+
+    def random_map(self, example: dict[str, Any], rng: np.random.Generator) -> Batch:
+        s, r = self.cfg.image_size, self.cfg.resize_size
+        image = _resize(np.asarray(example["image"]), r)
+        y, x = rng.integers(0, r - s + 1, size=2)
+        image = image[y : y + s, x : x + s]
+        if rng.random() < 0.5:
+            image = image[:, ::-1]
+        return {"image": np.ascontiguousarray(image), "label": np.int32(example["label"])}
+
+
+class EvalPreprocess(grain.transforms.Map):
+    """Decoded tfds example -> image resized to S x S, label, pixel boxes at S x S, box count."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        self.cfg = cfg
+
+    def map(self, example: dict[str, Any]) -> Batch:
+        s = self.cfg.image_size
+        # tfds boxes are relative to the image, so they follow the resize by construction.
+        boxes, n = pixel_boxes(_object_boxes(example), s, s, self.cfg.max_boxes)
+        return {
+            "image": _resize(np.asarray(example["image"]), s),
+            "label": np.int32(example["label"]),
+            "boxes": boxes,
+            "num_boxes": np.int32(n),
+        }
+
+
+def train_dataset(
+    source: Sequence, cfg: PreprocessConfig, global_batch_size: int, seed: int
+) -> grain.MapDataset:
+    """An infinite random-access dataset of this host's train batches; index = training step.
+
+    Each epoch is a fresh permutation of the source. Each host reads a disjoint 1/process_count
+    of every global batch, so the batches of all hosts put together are the global batch.
+    """
+    hosts = jax.process_count()
+    if global_batch_size % hosts:
+        raise ValueError(
+            f"batch size {global_batch_size} must be divisible by the number of hosts ({hosts})."
+        )
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
+    ds = ds[jax.process_index() :: hosts]
+    ds = ds.random_map(TrainPreprocess(cfg), seed=seed)
+    return ds.batch(global_batch_size // hosts, drop_remainder=True)
+
+
+def train_iterator(
+    ds: grain.MapDataset, start_step: int, sharding: NamedSharding, num_threads: int
+) -> Iterator[dict[str, jax.Array]]:
+    """Device batches for steps start_step, start_step + 1, ..., read ahead by grain threads."""
+    it = ds[start_step:].to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * max(1, num_threads))
+    )
+    for host_batch in it:
+        yield shard_batch(host_batch, sharding)
+
+
+def eval_batches(
+    source: Sequence, cfg: PreprocessConfig, global_batch_size: int, num_threads: int
+) -> Iterator[Batch]:
+    """This host's eval batches in source order; the last batch is padded, `valid` marks real rows.
+
+    Every batch has the same shape, so the evaluation step compiles once.
+    """
+    hosts, host = jax.process_count(), jax.process_index()
+    if global_batch_size % hosts:
+        raise ValueError(
+            f"eval batch size {global_batch_size} must be divisible by the number of hosts "
+            f"({hosts})."
+        )
+    per_host = global_batch_size // hosts
+    n = len(source)
+    num_batches = -(-n // global_batch_size)
+    # Host h takes rows [h*per_host, (h+1)*per_host) of each global batch.
+    indices = np.arange(num_batches * global_batch_size).reshape(num_batches, hosts, per_host)
+    indices = indices[:, host].reshape(-1)
+    ds = grain.MapDataset.source(source).map(EvalPreprocess(cfg))
+    rows = grain.MapDataset.range(len(indices)).map(lambda i: _padded_row(ds, int(indices[i]), n))
+    it = rows.batch(per_host).to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * max(1, num_threads))
+    )
+    yield from it
+
+
+def _padded_row(ds: grain.MapDataset, index: int, n: int) -> Batch:
+    row = dict(ds[min(index, n - 1)])
+    row["valid"] = np.bool_(index < n)
+    row["index"] = np.int32(index)
+    return row
+
+
+def shard_batch(host_batch: Batch, sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Puts this host's part of a global batch on the mesh, split over the 'data' axis."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in host_batch.items()
+    }
+
+
+def normalize_images(images: jax.Array, mean: Sequence[float], std: Sequence[float]) -> jax.Array:
+    """uint8 (B, H, W, 3) -> float32 (x / 255 - mean) / std, on device; mean, std in [0, 1]."""
+    x = images.astype(jnp.float32) / 255.0
+    return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

@@ -1,0 +1,93 @@
+"""Turns a config into the objects a run needs: model, device mesh, data sources, preprocessing.
+
+The one place where config field names meet the library's rooms, shared by training and
+evaluation so both build exactly the same model and data.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from camjax.data import load_data_sources
+from camjax.data.pipeline import PreprocessConfig
+from camjax.models import create_model
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """config.model -> the Flax module (fields other than name/dtype go to the model as is)."""
+    fields = config.model.to_dict()
+    name = fields.pop("name")
+    dtype = fields.pop("dtype")
+    if dtype not in DTYPES:
+        raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}; got {dtype!r}.")
+    try:
+        return create_model(name, dtype=DTYPES[dtype], **fields)
+    except TypeError as e:
+        raise ValueError(f"config.model does not fit model {name!r}: {e}") from e
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D data-parallel mesh over all devices of all hosts (or the given ones)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Batch dimension split over the mesh's 'data' axis."""
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> None:
+    if batch_size % mesh.size:
+        raise ValueError(
+            f"{what} {batch_size} is not divisible by the {mesh.size} devices of the mesh; "
+            f"use a multiple of {mesh.size}."
+        )
+
+
+def preprocess_config(config: ml_collections.ConfigDict) -> PreprocessConfig:
+    d = config.data
+    if d.resize_size < d.image_size:
+        raise ValueError(
+            f"config.data.resize_size ({d.resize_size}) must be >= image_size ({d.image_size}): "
+            "training crops image_size out of the resized image."
+        )
+    return PreprocessConfig(d.image_size, d.resize_size, d.max_boxes)
+
+
+def data_sources(config: ml_collections.ConfigDict) -> Mapping[str, Sequence]:
+    """Random-access sources of every split (generated on first use for the embedded dataset)."""
+    d = config.data
+    sizes = {"num_train": d.num_train, "num_validation": d.num_validation, "num_test": d.num_test}
+    return load_data_sources(d.name, d.image_size, d.data_dir or None, sizes)
+
+
+def limit(source: Sequence, max_items: int) -> Sequence:
+    """The first max_items items of a source (all when max_items is 0)."""
+    if not max_items or max_items >= len(source):
+        return source
+    return _Prefix(source, max_items)
+
+
+class _Prefix(Sequence):
+    def __init__(self, source: Sequence, n: int):
+        self.source, self.n = source, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.source[i % self.n]

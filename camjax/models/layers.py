@@ -1,0 +1,183 @@
+"""Layers shared by the GAP networks: the grouped CAM conv, Caffe-style pooling and LRN, the head.
+
+Everything here keeps the parameter layout of the equivalent stock Flax layer, so weights converted
+from Caffe or torchvision land in the same places whichever implementation runs.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+# He (Kaiming) normal, fan-out, as torchvision initialises VGG and GoogLeNet convs: without batch
+# norm, Flax's default LeCun init shrinks the signal by about 2x per ReLU layer and a 13-layer
+# VGG trained from scratch does not leave chance level.
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def scaled_width(channels: int, width: float, multiple: int = 1) -> int:
+    """Channel count of a layer in a width-scaled network, rounded to a positive `multiple`."""
+    scaled = max(multiple, int(round(channels * width / multiple)) * multiple)
+    return scaled
+
+
+class GroupedConv(nn.Module):
+    """A 2-D convolution with `groups` channel groups (Caffe's `group`, Flax's feature_group_count).
+
+    The kernel has the stock `nn.Conv(feature_group_count=groups)` layout
+    `(kh, kw, in_features // groups, features)`: output channels [g*F/G, (g+1)*F/G) read input
+    channels [g*C/G, (g+1)*C/G). `impl='split'` computes one ordinary convolution per group and
+    concatenates; `impl='xla'` uses feature_group_count. They compute the same function; 'split' is
+    the default because XLA on CPU runs the backward pass of a grouped conv about 2x slower than the
+    convolutions on the channel slices.
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    padding: int = 1
+    groups: int = 2
+    impl: str = "split"
+    use_bias: bool = True
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    kernel_init: nn.initializers.Initializer = conv_init
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_features = x.shape[-1]
+        if in_features % self.groups or self.features % self.groups:
+            raise ValueError(
+                f"GroupedConv with groups={self.groups} needs input ({in_features}) and output "
+                f"({self.features}) channels divisible by groups; change the width or groups."
+            )
+        if self.impl not in ("split", "xla"):
+            raise ValueError(f"GroupedConv impl must be 'split' or 'xla', got {self.impl!r}.")
+        kernel = self.param(
+            "kernel",
+            self.kernel_init,
+            (*self.kernel_size, in_features // self.groups, self.features),
+            jnp.float32,
+        )
+        kernel = kernel.astype(self.dtype)
+        x = x.astype(self.dtype)
+        pad = [(self.padding, self.padding)] * 2
+        dims = ("NHWC", "HWIO", "NHWC")
+        if self.impl == "xla" or self.groups == 1:
+            y = jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), pad, dimension_numbers=dims, feature_group_count=self.groups
+            )
+        else:
+            xs = jnp.split(x, self.groups, axis=-1)
+            ks = jnp.split(kernel, self.groups, axis=-1)
+            y = jnp.concatenate(
+                [
+                    jax.lax.conv_general_dilated(xg, kg, (1, 1), pad, dimension_numbers=dims)
+                    for xg, kg in zip(xs, ks, strict=True)
+                ],
+                axis=-1,
+            )
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            y = y + bias.astype(self.dtype)
+        return y
+
+
+def max_pool_ceil(x: jax.Array, window: int, stride: int, padding: int = 0) -> jax.Array:
+    """Max pooling with Caffe's output size `ceil((n + 2p - k) / s) + 1` (Caffe rounds up).
+
+    x: (B, H, W, C). Extra right/bottom padding with -inf gives the ceil size; like Caffe, a last
+    window that would start inside the right padding only is dropped.
+    """
+
+    def pads(n: int) -> tuple[int, int]:
+        out = -(-(n + 2 * padding - window) // stride) + 1
+        if padding and (out - 1) * stride >= n + padding:
+            out -= 1
+        extra = (out - 1) * stride + window - (n + 2 * padding)
+        return padding, padding + max(0, extra)
+
+    return nn.max_pool(
+        x, (window, window), strides=(stride, stride), padding=(pads(x.shape[1]), pads(x.shape[2]))
+    )
+
+
+def local_response_norm(
+    x: jax.Array, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0
+) -> jax.Array:
+    """Caffe's ACROSS_CHANNELS LRN: x / (k + alpha/size * sum of x^2 over `size` channels)^beta.
+
+    x: (B, H, W, C). Computed in float32 whatever the input dtype: the power is ill-conditioned in
+    bf16 and the op is memory bound anyway.
+    """
+    x32 = x.astype(jnp.float32)
+    half = size // 2
+    sq = jnp.pad(jnp.square(x32), ((0, 0), (0, 0), (0, 0), (half, size - 1 - half)))
+    window_sum = jax.lax.reduce_window(sq, 0.0, jax.lax.add, (1, 1, 1, size), (1, 1, 1, 1), "VALID")
+    return (x32 / (k + alpha / size * window_sum) ** beta).astype(x.dtype)
+
+
+def gap_head(
+    x: jax.Array,
+    train: bool,
+    *,
+    num_classes: int,
+    features: int,
+    groups: int,
+    dropout_rate: float,
+    grouped_conv_impl: str,
+    dtype: Dtype,
+    cam_conv_bias_init: float = 0.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The CAM head: CAM_conv (3x3, grouped) + ReLU -> global average pooling -> dropout -> head.
+
+    Call it inside a compact `__call__`: its layers become the caller's submodules `cam_conv` and
+    `head`, so every GAP network has the same top-level parameter names.
+    x: (B, h, w, C) -> (logits (B, num_classes) float32,
+    {'feature_map': (B, h, w, features) in `dtype`, 'pre_logits': (B, features) float32}).
+    The CAM of class c is `feature_map @ head.kernel[:, c]`.
+    """
+    x = GroupedConv(
+        features,
+        groups=groups,
+        impl=grouped_conv_impl,
+        bias_init=nn.initializers.constant(cam_conv_bias_init),
+        dtype=dtype,
+        name="cam_conv",
+    )(x)
+    feature_map = nn.relu(x)
+    pre_logits = jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
+    h = nn.Dropout(dropout_rate, deterministic=not train)(pre_logits)
+    logits = nn.Dense(num_classes, dtype=jnp.float32, name="head")(h)
+    return logits, {"feature_map": feature_map, "pre_logits": pre_logits}
+
+
+def check_images(x: jax.Array, model_name: str) -> None:
+    """Raises a ValueError naming the expected layout unless x is a (B, H, W, 3) float batch."""
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(
+            f"{model_name} expects images of shape (batch, height, width, 3) in NHWC layout; "
+            f"got shape {tuple(x.shape)}."
+        )
+
+
+def conv_relu(
+    x: jax.Array, features: int, kernel: int, name: str, dtype: Dtype, stride: int = 1
+) -> jax.Array:
+    """Caffe's conv + ReLU pair: square kernel, 'same' padding k // 2, He-initialised.
+
+    Call inside a compact `__call__`; the conv becomes the caller's submodule `name`.
+    """
+    conv = nn.Conv(
+        features,
+        (kernel, kernel),
+        strides=stride,
+        padding=kernel // 2,
+        kernel_init=conv_init,
+        dtype=dtype,
+        name=name,
+    )
+    return nn.relu(conv(x))

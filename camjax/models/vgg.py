@@ -1,0 +1,74 @@
+"""VGG16-GAP, the CAM paper's VGGnet-GAP (official deploy_vgg16CAM).
+
+VGG16's conv1_1..conv5_3 with pool1..pool4 (pool5 and fc6-fc8 removed), then the GAP head:
+CAM_conv 3x3/pad 1/1024 with groups=2, ReLU, global average pooling, dropout 0.5 and a linear
+classifier. A 224x224 input gives a 14x14 CAM.
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from camjax.models.layers import check_images, conv_relu, gap_head, scaled_width
+
+# (name, channels of each conv) per block; every block but the last ends in a 2x2/2 max pool.
+VGG16_BLOCKS = (
+    ("conv1", (64, 64)),
+    ("conv2", (128, 128)),
+    ("conv3", (256, 256, 256)),
+    ("conv4", (512, 512, 512)),
+    ("conv5", (512, 512, 512)),
+)
+
+
+class VGG16GAP(nn.Module):
+    """VGG16-GAP. `width` scales every channel count (1.0 is the paper's network).
+
+    `groups` is CAM_conv's grouping: 2 as in the released model, 1 for the paper text's variant.
+    `dtype` is the compute dtype (e.g. bfloat16); parameters stay float32. `output_stride` 16 is
+    the paper's pool1..pool4; 8 drops pool4 (like the WSOL work's stride-1 last stage) for a finer
+    CAM on small inputs, with the same parameters.
+    """
+
+    num_classes: int = 1000
+    width: float = 1.0
+    cam_features: int = 1024
+    groups: int = 2
+    dropout_rate: float = 0.5
+    grouped_conv_impl: str = "split"
+    output_stride: int = 16
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False):
+        """x: (B, H, W, 3) normalised float images -> (logits (B, num_classes) float32, outputs).
+
+        outputs: 'feature_map' (B, H/s, W/s, cam_features) for s = output_stride and
+        'pre_logits' (B, cam_features).
+        """
+        check_images(x, type(self).__name__)
+        if self.output_stride not in (8, 16):
+            raise ValueError(f"VGG16GAP output_stride must be 8 or 16, got {self.output_stride}.")
+        num_pools = 4 if self.output_stride == 16 else 3
+        x = x.astype(self.dtype)
+        for i, (block, channels) in enumerate(VGG16_BLOCKS):
+            for j, c in enumerate(channels):
+                x = conv_relu(x, scaled_width(c, self.width), 3, f"{block}_{j + 1}", self.dtype)
+            if i < num_pools:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        return gap_head(
+            x,
+            train,
+            num_classes=self.num_classes,
+            features=scaled_width(self.cam_features, self.width, self.groups),
+            groups=self.groups,
+            dropout_rate=self.dropout_rate,
+            grouped_conv_impl=self.grouped_conv_impl,
+            dtype=self.dtype,
+        )
+
+
+VGG16GAPTiny = functools.partial(VGG16GAP, width=1 / 16)

@@ -1,0 +1,30 @@
+"""Evaluates a trained run: python evaluate.py --config configs/default.py --workdir runs/default.
+
+Restores the latest checkpoint in workdir, picks the CAM threshold on the validation split,
+reports classification and localization on the test split, writes workdir/metrics.json and a
+CAM gallery (workdir/gallery/*.png, workdir/gallery.png).
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from camjax.evaluation import print_report, run_evaluation
+from camjax.train import distributed
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory of a trained run.", required=True)
+config_flags.DEFINE_config_file(
+    "config", None, "The config the run was trained with.", lock_config=True
+)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    distributed.initialize()
+    print_report(run_evaluation(FLAGS.config, FLAGS.workdir))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,84 @@
+"""Tests for camjax/data/pipeline.py on the embedded dataset: determinism, resume, eval padding."""
+
+import jax
+import numpy as np
+import pytest
+
+from camjax import experiment
+from camjax.data import pipeline, wsol_shapes
+from camjax.data.shapes import example_rng, render_example
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds")
+    return wsol_shapes.load_data_sources(
+        64, str(data_dir), num_train=40, num_validation=10, num_test=11
+    )
+
+
+PREP = pipeline.PreprocessConfig(image_size=64, resize_size=73, max_boxes=2)
+
+
+def test_train_batches_are_a_pure_function_of_step(sources):
+    ds = pipeline.train_dataset(sources["train"], PREP, global_batch_size=8, seed=3)
+    again = pipeline.train_dataset(sources["train"], PREP, global_batch_size=8, seed=3)
+    other_seed = pipeline.train_dataset(sources["train"], PREP, global_batch_size=8, seed=4)
+    for step in (0, 4, 7):  # 5 steps per epoch: 7 is in the second epoch
+        a, b = ds[step], again[step]
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+        assert a["image"].shape == (8, 64, 64, 3) and a["image"].dtype == np.uint8
+    assert not np.array_equal(ds[0]["image"], other_seed[0]["image"])
+    # Each epoch sees every training example once, in a fresh order.
+    labels_epoch = np.concatenate([ds[s]["label"] for s in range(5)])
+    expected = sorted(int(sources["train"][i]["label"]) for i in range(40))
+    assert sorted(labels_epoch.tolist()) == expected
+
+
+def test_resumed_iterator_reads_the_same_batches(sources):
+    ds = pipeline.train_dataset(sources["train"], PREP, global_batch_size=8, seed=0)
+    sharding = experiment.data_sharding(experiment.make_mesh())
+    full = [b for _, b in zip(range(6), pipeline.train_iterator(ds, 0, sharding, 2), strict=False)]
+    resumed = pipeline.train_iterator(ds, 4, sharding, 2)
+    for expected in full[4:]:
+        got = next(resumed)
+        np.testing.assert_array_equal(got["image"], expected["image"])
+    assert full[0]["image"].sharding == sharding and len(jax.devices()) == 8
+
+
+def test_eval_batches_pad_and_keep_order_and_boxes(sources):
+    batches = list(pipeline.eval_batches(sources["test"], PREP, global_batch_size=8, num_threads=2))
+    assert len(batches) == 2
+    valid = np.concatenate([b["valid"] for b in batches])
+    assert valid.sum() == 11 and valid[:11].all()
+    index = np.concatenate([b["index"] for b in batches])
+    np.testing.assert_array_equal(index, np.arange(16))
+    for i in (0, 5, 10):
+        row = {k: np.concatenate([b[k] for b in batches])[i] for k in batches[0]}
+        truth = render_example(example_rng(0, "test", i), 64)
+        np.testing.assert_array_equal(row["image"], truth["image"])
+        assert row["num_boxes"] == 1
+        np.testing.assert_allclose(row["boxes"][0], truth["box"], atol=1e-4)
+        np.testing.assert_array_equal(row["boxes"][1], 0)
+
+
+def test_train_preprocess_crops_and_flips():
+    rng = np.random.default_rng(0)
+    image = np.arange(73 * 73 * 3, dtype=np.int64).reshape(73, 73, 3).astype(np.uint8)
+    out = pipeline.TrainPreprocess(PREP).random_map({"image": image, "label": 3}, rng)
+    assert out["image"].shape == (64, 64, 3) and out["label"] == 3
+
+
+def test_pixel_boxes_convert_and_reject_overflow():
+    boxes, n = pipeline.pixel_boxes([[0.25, 0.5, 0.75, 1.0]], 64, 32, 2)
+    assert n == 1
+    np.testing.assert_array_equal(boxes[0], [16, 16, 32, 48])
+    with pytest.raises(ValueError, match="max_boxes"):
+        pipeline.pixel_boxes(np.zeros((3, 4)), 64, 64, 2)
+
+
+def test_normalize_images():
+    x = np.full((1, 2, 2, 3), 255, np.uint8)
+    out = pipeline.normalize_images(x, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    np.testing.assert_allclose(out[0, 0, 0], [2.0, 1.0, 0.5])

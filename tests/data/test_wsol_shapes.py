@@ -1,0 +1,92 @@
+"""Tests for the `wsol_shapes` tfds builder: tiny splits prepared in a tmp dir."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from camjax.data import shapes, wsol_shapes
+
+SIZE = 64
+COUNTS = dict(num_train=12, num_validation=5, num_test=6)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def sources(data_dir) -> dict:
+    return wsol_shapes.load_data_sources(SIZE, data_dir, **COUNTS)
+
+
+def test_splits_and_sizes(sources):
+    assert sorted(sources) == ["test", "train", "validation"]
+    assert len(sources["train"]) == COUNTS["num_train"]
+    assert len(sources["validation"]) == COUNTS["num_validation"]
+    assert len(sources["test"]) == COUNTS["num_test"]
+
+
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
+def test_records_equal_freshly_rendered_examples(sources, data_dir, split):
+    seed = wsol_shapes.get_builder(SIZE, data_dir, **COUNTS).builder_config.seed
+    for index in range(len(sources[split])):
+        record = sources[split][index]
+        expected = shapes.render_example(shapes.example_rng(seed, split, index), SIZE)
+        assert record["image"].dtype == np.uint8
+        np.testing.assert_array_equal(record["image"], expected["image"])
+        assert record["mask"].shape == (SIZE, SIZE, 1)
+        np.testing.assert_array_equal(record["mask"][..., 0], expected["mask"] * 255)
+        bbox = np.stack(record["objects"]["bbox"])
+        assert bbox.shape == (1, 4)
+        assert np.all((bbox >= 0.0) & (bbox <= 1.0))
+        np.testing.assert_array_equal(wsol_shapes.bbox_to_pixels(bbox, SIZE)[0], expected["box"])
+        assert record["label"] == expected["label"]
+    # Building and reading must work without TensorFlow.
+    assert "tensorflow" not in sys.modules
+
+
+def test_bbox_convention_is_normalized_yxyx_with_exclusive_ends():
+    example = shapes.render_example(shapes.example_rng(0, "test", 0), SIZE)
+    x0, y0, x1, y1 = example["box"]
+    encoded = wsol_shapes.encode_example(example)
+    np.testing.assert_allclose(encoded["objects"]["bbox"], [[y0, x0, y1, x1]] / np.float32(SIZE))
+    assert encoded["image"].startswith(b"\x89PNG") and encoded["mask"].startswith(b"\x89PNG")
+
+
+def test_info_features_and_format(sources, data_dir):
+    builder = wsol_shapes.get_builder(SIZE, data_dir, **COUNTS)
+    assert builder.name == wsol_shapes.DATASET_NAME
+    assert builder.is_prepared()
+    assert builder.builder_config.name == "s64_n12_5_6"
+    assert builder.info.file_format.value == "array_record"
+    label = builder.info.features["label"]
+    assert label.names == list(shapes.CLASS_NAMES)
+    assert label.int2str(sources["test"][0]["label"]) in shapes.CLASS_NAMES
+    assert builder.info.features["image"].shape == (SIZE, SIZE, 3)
+
+
+def test_second_load_reuses_prepared_data(sources, data_dir):
+    again = wsol_shapes.load_data_sources(SIZE, data_dir, **COUNTS)
+    np.testing.assert_array_equal(again["train"][3]["image"], sources["train"][3]["image"])
+
+
+def test_standard_configs(tmp_path):
+    configs = {c.name: c for c in wsol_shapes.WsolShapes.BUILDER_CONFIGS}
+    assert wsol_shapes.available_image_sizes() == (64, 96, 224)
+    for name in ("s64", "s96"):
+        c = configs[name]
+        assert (c.num_train, c.num_validation, c.num_test) == (10_000, 1_000, 1_000)
+    assert configs["s224"].image_size == 224
+    builder = wsol_shapes.get_builder(96, str(tmp_path))
+    assert builder.builder_config is configs["s96"]
+    assert not builder.is_prepared()
+
+
+@pytest.mark.parametrize("size", [32, 128])
+def test_unknown_image_size_names_available_sizes(size):
+    with pytest.raises(ValueError, match=r"available sizes: \[64, 96, 224\]"):
+        wsol_shapes.get_builder(size)
+    with pytest.raises(ValueError, match="available sizes"):
+        wsol_shapes.load_data_sources(size)

@@ -1,0 +1,71 @@
+"""Tests for camjax/models/layers.py: grouped conv, Caffe pooling and LRN against direct formulas."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camjax.models.layers import GroupedConv, local_response_norm, max_pool_ceil
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_grouped_conv_split_equals_xla_feature_groups(groups):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 9, 8))
+    split = GroupedConv(12, groups=groups, impl="split")
+    xla = GroupedConv(12, groups=groups, impl="xla")
+    params = split.init(jax.random.key(1), x)
+    # Same parameter layout as nn.Conv(feature_group_count=groups).
+    assert params["params"]["kernel"].shape == (3, 3, 8 // groups, 12)
+    np.testing.assert_allclose(split.apply(params, x), xla.apply(params, x), rtol=1e-5, atol=1e-5)
+
+
+def test_grouped_conv_groups_do_not_mix():
+    """Output group g depends only on input group g (Caffe's group semantics)."""
+    conv = GroupedConv(4, groups=2)
+    x = jax.random.normal(jax.random.key(0), (1, 5, 5, 6))
+    params = conv.init(jax.random.key(1), x)
+    x2 = x.at[..., 3:].set(0.0)  # change only the second input group
+    y, y2 = conv.apply(params, x), conv.apply(params, x2)
+    np.testing.assert_array_equal(y[..., :2], y2[..., :2])
+    assert not np.allclose(y[..., 2:], y2[..., 2:])
+
+
+def test_grouped_conv_rejects_indivisible_channels():
+    with pytest.raises(ValueError, match="divisible by groups"):
+        GroupedConv(4, groups=2).init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "s", "p", "expected"),
+    [
+        (112, 3, 2, 0, 56),
+        (56, 3, 2, 0, 28),
+        (28, 3, 2, 0, 14),
+        (7, 3, 2, 0, 3),
+        (8, 3, 2, 1, 5),
+        (6, 2, 2, 0, 3),
+    ],
+)
+def test_max_pool_ceil_matches_caffe_output_size(n, k, s, p, expected):
+    x = jax.random.normal(jax.random.key(0), (1, n, n, 2))
+    y = max_pool_ceil(x, k, s, p)
+    assert y.shape == (1, expected, expected, 2)
+    # Values: the max over each window clipped to the image (Caffe ignores the overhang).
+    xn = np.asarray(x)
+    for i in range(expected):
+        for j in range(expected):
+            y0, x0 = i * s - p, j * s - p
+            win = xn[0, max(y0, 0) : y0 + k, max(x0, 0) : x0 + k]
+            np.testing.assert_allclose(y[0, i, j], win.max(axis=(0, 1)))
+
+
+def test_lrn_matches_caffe_formula():
+    x = jax.random.normal(jax.random.key(0), (2, 3, 3, 7)) * 10
+    y = local_response_norm(x, size=5, alpha=1e-4, beta=0.75)
+    xn = np.asarray(x, np.float64)
+    ref = np.empty_like(xn)
+    for c in range(7):
+        lo, hi = max(0, c - 2), min(7, c + 3)
+        scale = 1 + 1e-4 / 5 * np.sum(xn[..., lo:hi] ** 2, axis=-1)
+        ref[..., c] = xn[..., c] / scale**0.75
+    np.testing.assert_allclose(y, ref, rtol=1e-5)

@@ -1,0 +1,83 @@
+"""Tests for camjax/models/vgg.py: the deploy_vgg16CAM structure, shapes, parameter count."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camjax.models import VGG16GAP, VGG16GAPTiny, create_model
+
+
+def count_params(tree) -> int:
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def vgg16_gap_param_count_by_hand(num_classes=1000, groups=2) -> int:
+    """From the layer list of deploy_vgg16CAM: 13 3x3 convs, CAM_conv (grouped), the head."""
+    convs = [
+        (3, 64),
+        (64, 64),
+        (64, 128),
+        (128, 128),
+        (128, 256),
+        (256, 256),
+        (256, 256),
+        (256, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+        (512, 512),
+    ]
+    total = sum(9 * cin * cout + cout for cin, cout in convs)
+    total += 9 * (512 // groups) * 1024 + 1024  # CAM_conv
+    total += 1024 * num_classes + num_classes  # CAM_fc / head
+    return total
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_full_size_parameter_count_and_shapes(groups):
+    model = VGG16GAP(groups=groups)
+    x = jnp.zeros((2, 224, 224, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0, impl="rbg"), x[:1]))
+    assert count_params(variables["params"]) == vgg16_gap_param_count_by_hand(groups=groups)
+    assert vgg16_gap_param_count_by_hand() == 18_100_008
+    logits, out = jax.eval_shape(lambda v: model.apply(v, x), variables)
+    assert logits.shape == (2, 1000)
+    assert out["feature_map"].shape == (2, 14, 14, 1024)  # the paper's 14x14 CAM at 224
+    assert out["pre_logits"].shape == (2, 1024)
+    # Top-level names: CAM_conv and the classifier `head`.
+    assert {"cam_conv", "head", "conv1_1", "conv5_3"} <= set(variables["params"])
+
+
+def test_output_stride_8_keeps_params_and_doubles_map():
+    x = jnp.zeros((1, 64, 64, 3))
+    m16, m8 = VGG16GAPTiny(num_classes=5), VGG16GAPTiny(num_classes=5, output_stride=8)
+    v = m16.init(jax.random.key(0, impl="rbg"), x)
+    assert count_params(v) == count_params(m8.init(jax.random.key(0, impl="rbg"), x))
+    assert m16.apply(v, x)[1]["feature_map"].shape[1:3] == (4, 4)
+    assert m8.apply(v, x)[1]["feature_map"].shape[1:3] == (8, 8)
+
+
+def test_dropout_only_in_training_and_bf16_compute():
+    model = VGG16GAPTiny(num_classes=3, dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.key(0, impl="rbg"), (2, 32, 32, 3))
+    v = model.init(jax.random.key(1, impl="rbg"), x)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v))  # params stay float32
+    logits, out = model.apply(v, x)
+    assert logits.dtype == jnp.float32 and out["feature_map"].dtype == jnp.bfloat16
+    a = model.apply(v, x, train=True, rngs={"dropout": jax.random.key(2)})[0]
+    b = model.apply(v, x, train=True, rngs={"dropout": jax.random.key(3)})[0]
+    assert not np.allclose(a, b)  # dropout active in training
+    np.testing.assert_array_equal(model.apply(v, x)[0], model.apply(v, x)[0])
+
+
+def test_bad_input_shape_is_a_clear_error():
+    model = create_model("vgg16_gap_tiny", num_classes=3)
+    with pytest.raises(ValueError, match=r"\(batch, height, width, 3\)"):
+        model.init(jax.random.key(0, impl="rbg"), jnp.zeros((1, 3, 32, 32)))
+
+
+def test_unknown_model_name_lists_models():
+    with pytest.raises(ValueError, match="vgg16_gap"):
+        create_model("vgg19_gap")

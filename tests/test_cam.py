@@ -1,0 +1,168 @@
+"""Tests for camjax/cam.py: the GAP identity, batching, top-k/all agreement, errors, retracing."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camjax import cam as cam_lib
+from camjax.models import VGG16GAPTiny
+
+NUM_CLASSES = 7
+
+
+@pytest.fixture(scope="module")
+def model_and_vars():
+    model = VGG16GAPTiny(num_classes=NUM_CLASSES)
+    images = jax.random.normal(jax.random.key(0), (4, 48, 48, 3))
+    variables = model.init(jax.random.key(1, impl="rbg"), images[:1])
+    # A random non-zero head bias, so the identity test sees the bias term.
+    variables["params"]["head"]["bias"] = jax.random.normal(jax.random.key(2), (NUM_CLASSES,))
+    logits, out = model.apply(variables, images)
+    return model, variables, images, logits, out["feature_map"]
+
+
+def test_gap_identity_every_class(model_and_vars):
+    """mean_xy CAM_c + b_c == logit_c for every class of every image."""
+    _, variables, _, logits, fmap = model_and_vars
+    kernel = variables["params"]["head"]["kernel"]
+    bias = variables["params"]["head"]["bias"]
+    cams = cam_lib.cams_all_classes(fmap, kernel)
+    assert cams.shape == (4, NUM_CLASSES, 3, 3)
+    np.testing.assert_allclose(jnp.mean(cams, axis=(2, 3)) + bias, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_per_class_top_k_and_all_agree(model_and_vars):
+    _, variables, _, logits, fmap = model_and_vars
+    kernel = variables["params"]["head"]["kernel"]
+    all_cams = cam_lib.cams_all_classes(fmap, kernel)
+    classes = jnp.array([0, 3, 6, 2])
+    one = cam_lib.cams_for_classes(fmap, kernel, classes)
+    np.testing.assert_allclose(one, all_cams[jnp.arange(4), classes], rtol=1e-5, atol=1e-7)
+    top, top_classes = cam_lib.cams_top_k(fmap, kernel, logits, 3)
+    np.testing.assert_array_equal(top_classes, jnp.argsort(-logits, axis=1)[:, :3])
+    np.testing.assert_allclose(
+        top, jnp.take_along_axis(all_cams, top_classes[..., None, None], 1), rtol=1e-5, atol=1e-7
+    )
+    many = cam_lib.cams_for_classes(fmap, kernel, top_classes)
+    np.testing.assert_allclose(many, top, rtol=1e-5, atol=1e-7)
+
+
+def test_vmap_equals_per_example_loop(model_and_vars):
+    _, variables, _, _, fmap = model_and_vars
+    kernel = variables["params"]["head"]["kernel"]
+    classes = jnp.array([1, 1, 5, 0])
+    batched = cam_lib.cams_for_classes(fmap, kernel, classes)
+    vmapped = jax.vmap(lambda f, c: cam_lib.cams_for_classes(f[None], kernel, c[None])[0])(
+        fmap, classes
+    )
+    loop = np.stack(
+        [
+            np.einsum("hwk,k->hw", np.asarray(fmap[i]), np.asarray(kernel[:, c]))
+            for i, c in enumerate(np.asarray(classes))
+        ]
+    )
+    np.testing.assert_allclose(batched, loop, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batched, vmapped, rtol=1e-6, atol=1e-7)
+
+
+def test_normalize_minmax_degenerate_maps_become_zero():
+    maps = jnp.stack(
+        [
+            jnp.full((4, 4), 3.0),  # constant
+            jnp.arange(16.0).reshape(4, 4).at[0, 0].set(jnp.nan),  # NaN
+            jnp.arange(16.0).reshape(4, 4).at[1, 1].set(jnp.inf),  # inf
+            jnp.arange(16.0).reshape(4, 4) - 8,
+        ]
+    )
+    out = cam_lib.normalize_minmax(maps)
+    assert np.all(np.isfinite(out))
+    np.testing.assert_array_equal(out[:3], 0.0)
+    np.testing.assert_allclose(out[3], np.arange(16.0).reshape(4, 4) / 15)
+
+
+def test_postprocess_relu_resize_normalize():
+    cams = jnp.array([[[-1.0, 0.0], [2.0, 4.0]]])
+    assert cam_lib.postprocess(cams, (2, 2), normalize=False, relu=True).min() == 0.0
+    up = cam_lib.postprocess(cams, (8, 8), method="bilinear")
+    assert up.shape == (1, 8, 8)
+    assert float(up.min()) == 0.0 and float(up.max()) == 1.0
+
+
+def test_cam_fn_top_k_classes_all_and_identity(model_and_vars):
+    model, variables, images, logits, fmap = model_and_vars
+    f = cam_lib.cam_fn(model, variables, top_k=2, size=None, normalize=False)
+    out = f(images)
+    np.testing.assert_allclose(out.logits, logits, rtol=1e-5, atol=1e-5)
+    assert out.cams.shape == (4, 2, 3, 3) and out.classes.shape == (4, 2)
+    bias = variables["params"]["head"]["bias"]
+    np.testing.assert_allclose(
+        out.cams.mean(axis=(2, 3)) + bias[out.classes],
+        jnp.take_along_axis(logits, out.classes, 1),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    given = f(images, jnp.array([4, 4, 4, 4]))
+    assert given.cams.shape == (4, 1, 3, 3) and np.all(given.classes == 4)
+    every = cam_lib.cam_fn(model, variables, top_k=None)(images)
+    assert every.cams.shape == (4, NUM_CLASSES, 48, 48)
+    assert float(every.cams.min()) >= 0.0 and float(every.cams.max()) <= 1.0
+
+
+def test_cam_fn_compiles_once_per_shape(model_and_vars):
+    model, variables, images, _, _ = model_and_vars
+    traces = []
+    orig_apply = model.apply
+
+    class Counting(type(model)):
+        pass
+
+    counting = Counting(num_classes=NUM_CLASSES, width=model.width)
+    del orig_apply
+
+    def apply(*args, **kwargs):
+        traces.append(1)
+        return Counting.apply(counting, *args, **kwargs)
+
+    object.__setattr__(counting, "apply", apply)
+    f = cam_lib.cam_fn(counting, variables)
+    for seed in range(3):
+        f(images + seed)
+    assert len(traces) == 1
+    f(images[:2])  # a new batch size is a new shape: exactly one more trace
+    f(images[:2] * 2)
+    assert len(traces) == 2
+
+
+@pytest.mark.parametrize(
+    ("fmap_shape", "kernel_shape", "classes", "match"),
+    [
+        ((2, 3, 3), (8, NUM_CLASSES), [0, 1], r"\(batch, height, width, channels\)"),
+        ((2, 3, 3, 5), (8, NUM_CLASSES), [0, 1], r"channels=5"),
+        ((2, 3, 3, 8), (8, NUM_CLASSES), [0, 7], r"\[0, 6\]"),
+        ((2, 3, 3, 8), (8, NUM_CLASSES), [0, -1], r"\[0, 6\]"),
+        ((2, 3, 3, 8), (8, NUM_CLASSES), [0, 1, 2], r"shape \(2,\) or \(2, n\)"),
+        ((2, 3, 3, 8), (8, NUM_CLASSES), [0.0, 1.0], "integers"),
+    ],
+)
+def test_bad_inputs_name_the_expected_shape_or_range(fmap_shape, kernel_shape, classes, match):
+    with pytest.raises(ValueError, match=match):
+        cam_lib.cams_for_classes(jnp.zeros(fmap_shape), jnp.zeros(kernel_shape), jnp.array(classes))
+
+
+def test_top_k_and_cam_fn_errors(model_and_vars):
+    model, variables, images, logits, fmap = model_and_vars
+    kernel = variables["params"]["head"]["kernel"]
+    with pytest.raises(ValueError, match=r"k must be in \[1, 7\]"):
+        cam_lib.cams_top_k(fmap, kernel, logits, 8)
+    with pytest.raises(ValueError, match="logits must have shape"):
+        cam_lib.cams_top_k(fmap, kernel, logits[:, :3], 2)
+    with pytest.raises(ValueError, match="top_k"):
+        cam_lib.cam_fn(model, variables, top_k=0)
+    f = cam_lib.cam_fn(model, variables)
+    with pytest.raises(ValueError, match=r"\(batch, height, width, 3\)"):
+        f(images[..., 0])
+    with pytest.raises(ValueError, match=r"\[0, 6\]"):
+        f(images, jnp.array([0, 1, 2, 9]))
+    with pytest.raises(ValueError, match="head"):
+        cam_lib.cam_fn(model, {"params": {}})

@@ -1,0 +1,178 @@
+"""Tests for camjax/train: the real loop on the embedded dataset, sharding, resume, NaN, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from camjax import experiment
+from camjax.train import checkpoint, loop, optim
+from configs import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def tiny_config(data_dir, **train):
+    config = tiny.get_config()
+    config.data.data_dir = data_dir
+    for k, v in train.items():
+        config.train[k] = v
+    return config
+
+
+def saved_params(workdir, step=None):
+    with ocp.CheckpointManager(checkpoint.checkpoint_dir(workdir)) as manager:
+        step = manager.latest_step() if step is None else step
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, restored["state"]["params"]
+
+
+def test_one_device_and_eight_devices_train_the_same(data_dir, tmp_path, monkeypatch):
+    assert jax.device_count() == 8
+    config = tiny_config(data_dir, num_steps=3)
+    eight = loop.train_and_evaluate(config, str(tmp_path / "eight"))
+    monkeypatch.setattr(
+        experiment, "make_mesh", lambda: experiment.Mesh(jax.devices()[:1], ("data",))
+    )
+    one = loop.train_and_evaluate(config, str(tmp_path / "one"))
+    assert len(eight.params["head"]["kernel"].sharding.device_set) == 8
+    assert len(one.params["head"]["kernel"].sharding.device_set) == 1
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6),
+        eight.params,
+        one.params,
+    )
+    # Training moved the parameters (the test would pass vacuously otherwise).
+    init, _ = loop.create_train_state(
+        config,
+        experiment.build_model(config),
+        optim.create_optimizer(config.optim, 3),
+        experiment.make_mesh(),
+    )
+    assert not np.allclose(init.params["head"]["kernel"], one.params["head"]["kernel"])
+
+
+def test_logs_jsonl_and_checkpoints(data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    loop.train_and_evaluate(tiny_config(data_dir), workdir)
+    lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [x["step"] for x in lines] == [2, 4, 6]
+    assert all(np.isfinite(x["train/loss"]) for x in lines)
+    with ocp.CheckpointManager(checkpoint.checkpoint_dir(workdir)) as manager:
+        assert manager.all_steps() == [4, 6]  # keep_checkpoints = 2
+
+
+def _train_cmd(workdir, data_dir, steps):
+    return [
+        sys.executable,
+        os.path.join(REPO, "train.py"),
+        "--config",
+        os.path.join(REPO, "configs/tiny.py"),
+        "--workdir",
+        workdir,
+        f"--config.data.data_dir={data_dir}",
+        f"--config.train.num_steps={steps}",
+        "--config.train.checkpoint_every_steps=1",
+        "--config.train.log_every_steps=1",
+    ]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bit_identically(data_dir, tmp_path):
+    """SIGKILL a real training process mid-run, rerun it, compare with an uninterrupted run."""
+    steps = 12
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    straight = str(tmp_path / "straight")
+    subprocess.run(
+        _train_cmd(straight, data_dir, steps), check=True, env=env, cwd=REPO, capture_output=True
+    )
+    killed = str(tmp_path / "killed")
+    proc = subprocess.Popen(
+        _train_cmd(killed, data_dir, steps),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpts = checkpoint.checkpoint_dir(killed)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done = [d for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
+        if len(done) >= 1 and max(map(int, done)) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at, _ = saved_params(killed)
+    assert 0 < interrupted_at < steps
+    subprocess.run(
+        _train_cmd(killed, data_dir, steps), check=True, env=env, cwd=REPO, capture_output=True
+    )
+    s1, p1 = saved_params(straight)
+    s2, p2 = saved_params(killed)
+    assert s1 == s2 == steps
+    jax.tree.map(np.testing.assert_array_equal, p1, p2)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = tiny_config(data_dir, num_steps=2)
+    loop.train_and_evaluate(config, workdir)
+    config.train.num_steps = 8
+    config.optim.learning_rate = 1e30
+    config.optim.schedule = "constant"
+    with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint is step 2"):
+        loop.train_and_evaluate(config, workdir)
+    step, params = saved_params(workdir)
+    assert step == 2
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_resume_after_completion_is_a_no_op(data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    config = tiny_config(data_dir, num_steps=2)
+    first = loop.train_and_evaluate(config, workdir)
+    second = loop.train_and_evaluate(config, workdir)
+    assert int(second.step) == 2
+    jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
+
+
+def test_optimizer_groups_and_schedules():
+    config = tiny.get_config().optim
+    config.schedule, config.decay_steps, config.learning_rate = "step", 10, 1.0
+    schedule = optim.learning_rate_schedule(config, 30)
+    assert [float(schedule(s)) for s in (0, 9, 10, 25)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    labels = optim.parameter_groups(
+        {"conv1_1": {"kernel": 0, "bias": 0}, "cam_conv": {"kernel": 0}, "head": {"bias": 0}}
+    )
+    assert labels == {
+        "conv1_1": {"kernel": "backbone_kernel", "bias": "backbone_bias"},
+        "cam_conv": {"kernel": "new_kernel"},
+        "head": {"bias": "new_bias"},
+    }
+    # Plain SGD: the new layers move new_layer_lr_mult times as far; biases bias_lr_mult more.
+    config.name, config.momentum, config.weight_decay, config.schedule = "sgd", 0.0, 0.0, "constant"
+    config.new_layer_lr_mult, config.bias_lr_mult = 10.0, 2.0
+    tx = optim.create_optimizer(config, 10)
+    params = {"conv1_1": {"kernel": np.ones(2), "bias": np.ones(2)}, "head": {"kernel": np.ones(2)}}
+    grads = jax.tree.map(np.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(updates["conv1_1"]["kernel"][0]) == pytest.approx(-1.0)
+    assert float(updates["conv1_1"]["bias"][0]) == pytest.approx(-2.0)
+    assert float(updates["head"]["kernel"][0]) == pytest.approx(-10.0)
+    with pytest.raises(ValueError, match="schedule"):
+        config.schedule = "linear"
+        optim.learning_rate_schedule(config, 10)

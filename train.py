@@ -1,0 +1,27 @@
+"""Trains a GAP network: python train.py --config configs/default.py --workdir runs/default.
+
+Rerunning with the same workdir resumes from its latest checkpoint. Override any config field
+with --config.section.field=value (unknown fields are errors).
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from camjax.train import distributed
+from camjax.train.loop import train_and_evaluate
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.", required=True)
+config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    distributed.initialize()
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
