@@ -29,8 +29,9 @@ class VGG16GAP(nn.Module):
 
     `groups` is CAM_conv's grouping: 2 as in the released model, 1 for the paper text's variant.
     `dtype` is the compute dtype (e.g. bfloat16); parameters stay float32. `output_stride` 16 is
-    the paper's pool1..pool4; 8 drops pool4 (like the WSOL work's stride-1 last stage) for a finer
-    CAM on small inputs, with the same parameters.
+    the paper's pool1..pool4 (a 14x14 CAM at 224); 8 drops pool4 and 4 also pool3, keeping the
+    parameters: the WSOL work's stride-1 last stage, and the way a small input (64 px) keeps the
+    paper's CAM resolution (16x16 at stride 4).
     """
 
     num_classes: int = 1000
@@ -50,9 +51,11 @@ class VGG16GAP(nn.Module):
         'pre_logits' (B, cam_features).
         """
         check_images(x, type(self).__name__)
-        if self.output_stride not in (8, 16):
-            raise ValueError(f"VGG16GAP output_stride must be 8 or 16, got {self.output_stride}.")
-        num_pools = 4 if self.output_stride == 16 else 3
+        num_pools = {4: 2, 8: 3, 16: 4}.get(self.output_stride)
+        if num_pools is None:
+            raise ValueError(
+                f"VGG16GAP output_stride must be 4, 8 or 16, got {self.output_stride}."
+            )
         x = x.astype(self.dtype)
         for i, (block, channels) in enumerate(VGG16_BLOCKS):
             for j, c in enumerate(channels):

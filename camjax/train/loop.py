@@ -137,17 +137,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     experiment.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
     model = experiment.build_model(config)
     tx = create_optimizer(config.optim, num_steps)
-    sources = experiment.data_sources(config)
     prep = experiment.preprocess_config(config)
     batch_sharding = experiment.data_sharding(mesh)
     replicated = experiment.replicated(mesh)
 
+    # Model and checkpoint problems surface before any data is generated or read.
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
     state, state_shardings = create_train_state(config, model, tx, mesh)
     if manager.latest_step() is not None:
         state = checkpoint.restore(manager, abstract_train_state(config, model, tx, mesh), config)
-        log.info("Resumed from the checkpoint at step %d.", int(state.step))
+        log.warning("Resumed from the checkpoint at step %d.", int(state.step))
     start = int(state.step)
+    sources = experiment.data_sources(config)
 
     step_fn = jax.jit(
         make_train_step(config, model, tx),
@@ -201,11 +202,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             val = val_eval.evaluate(
                 {"params": state.params}, sources[config.data.val_split], config.eval.max_images
             )
-            summary = val.summary(config.eval.fixed_threshold, val_eval.top_k)
-            writer.write(step, {f"val/{k}": v for k, v in summary.items() if k != "threshold"})
+            best = val.best_threshold()
+            summary = val.summary(best, val_eval.top_k)
+            fixed = val.summary(config.eval.fixed_threshold, val_eval.top_k)["gt_known_loc"]
+            writer.write(
+                step,
+                {f"val/{k}": v for k, v in summary.items()} | {"val/gt_known_loc_fixed": fixed},
+            )
             bar.write(
                 f"step {step}: val top-1 cls {summary['top1_cls']:.1f}%, GT-known loc "
-                f"{summary['gt_known_loc']:.1f}% (CAM threshold {summary['threshold']:.2f})"
+                f"{summary['gt_known_loc']:.1f}% at its best CAM threshold {best:.2f}, "
+                f"{fixed:.1f}% at {config.eval.fixed_threshold:.2f}"
             )
         if do_save:
             checkpoint.save(manager, step, state, config)

@@ -1,4 +1,4 @@
-"""Tests for camjax/models/layers.py: grouped conv, Caffe pooling and LRN against direct formulas."""
+"""Tests for camjax/models/layers.py: grouped conv, Caffe pooling and LRN vs direct formulas."""
 
 import jax
 import jax.numpy as jnp
