@@ -160,7 +160,7 @@ def write_gallery(
     paths = []
     for i, r in enumerate(rows):
         pred = int(out.classes[i, 0])
-        caption = f"GT {names(int(r['label']))} | pred {names(pred)}"
+        caption = f"gt: {names(int(r['label']))}  pred: {names(pred)}"
         picture = viz.cam_picture(
             r["image"], out.cams[i, 0], r["boxes"][: r["num_boxes"]], boxes[i], caption
         )

@@ -1,7 +1,9 @@
-"""Default: a width-1/8 VGG16-GAP trained from scratch on the embedded wsol_shapes dataset (64x64).
+"""Default: a width-1/16 VGG16-GAP trained from scratch on the embedded wsol_shapes dataset (64 px).
 
-Sized for a laptop-class CPU: on 2 cores it trains, evaluates and writes pictures in a few
-minutes. Every other config starts from this one and overrides fields.
+Sized for a 2-core CPU: it generates the data, trains, evaluates and writes pictures in under
+10 minutes there. output_stride 4 (pool1 and pool2 only) gives a 16x16 CAM at 64 px, the
+paper's CAM resolution (14x14 at 224); stride 8 localized far worse in the same time. Every
+other config starts from this one and overrides fields.
 """
 
 import ml_collections
@@ -34,16 +36,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = model = ml_collections.ConfigDict()
     model.name = "vgg16_gap"
     model.num_classes = 10
-    model.width = 0.125  # channel multiplier; 1.0 is the paper's VGG16-GAP
+    model.width = 1 / 16  # channel multiplier; 1.0 is the paper's VGG16-GAP
     model.groups = 2  # CAM_conv grouping: 2 as in the released model, 1 as the paper text
-    model.dropout_rate = 0.5
-    model.output_stride = 8  # 64/8 = an 8x8 CAM; the paper's 16 gives 14x14 at 224
+    model.dropout_rate = 0.0  # the paper's 0.5 slows a from-scratch CPU run too much
+    model.output_stride = 4  # 64/4 = a 16x16 CAM; the paper's 16 gives 14x14 at 224
     model.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU (params stay float32)
     model.grouped_conv_impl = "split"
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.name = "adamw"  # from scratch on CPU Adam converges in far fewer steps than SGD
-    optim.learning_rate = 2e-3
+    optim.learning_rate = 1e-3  # 2e-3 localized worse (val GT-known 63% vs 67% at step 600)
     optim.momentum = 0.9  # SGD momentum, or Adam's b1
     optim.nesterov = False
     optim.weight_decay = 5e-4
@@ -56,10 +58,11 @@ def get_config() -> ml_collections.ConfigDict:
     optim.grad_clip_norm = 0.0  # 0 disables
 
     config.train = train = ml_collections.ConfigDict()
-    train.num_steps = 3000
+    train.num_steps = 1200  # ~8 epochs; chosen on validation: 1,400 steps classify better but
+    # localize worse (val GT-known 67.7% vs 70.2%), the CAM paper's classification-vs-extent tension
     train.log_every_steps = 50
     train.checkpoint_every_steps = 500
-    train.eval_every_steps = 1000  # validation loss/accuracy/localization during training
+    train.eval_every_steps = 600  # validation accuracy and localization during training
     train.keep_checkpoints = 2
 
     config.eval = ev = ml_collections.ConfigDict()

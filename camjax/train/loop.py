@@ -123,6 +123,23 @@ def zero_sums() -> dict[str, jax.Array]:
     }
 
 
+def _train_metrics(host_sums: dict[str, Any], seconds: float) -> dict[str, float]:
+    n = host_sums["count"]
+    return {
+        "train/loss": host_sums["loss"] / n,
+        "train/top1_acc": 100 * host_sums["top1"] / n,
+        "train/top5_acc": 100 * host_sums["top5"] / n,
+        "train/images_per_sec": n / seconds,
+    }
+
+
+def _val_metrics(val, fixed_threshold: float, top_k: int) -> dict[str, Any]:
+    """Validation summary at the split's best CAM threshold, plus GT-known loc at the fixed one."""
+    summary = val.summary(val.best_threshold(), top_k)
+    fixed = val.summary(fixed_threshold, top_k)["gt_known_loc"]
+    return {f"val/{k}": v for k, v in summary.items()} | {"val/gt_known_loc_fixed": fixed}
+
+
 @jax.jit
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -164,61 +181,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     sums = jax.device_put(zero_sums(), replicated)
     bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", disable=jax.process_index() != 0)
     t0, last_good = time.time(), manager.latest_step()
-    for step in range(start + 1, num_steps + 1):
-        state, sums = step_fn(state, sums, next(batches))
-        is_last = step == num_steps
-        do_log = step % config.train.log_every_steps == 0 or is_last
-        do_save = step % config.train.checkpoint_every_steps == 0 or is_last
-        do_eval = bool(config.train.eval_every_steps) and (
-            step % config.train.eval_every_steps == 0 or is_last
-        )
-        if not (do_log or do_save or do_eval):
-            continue
-        host_sums = jax.device_get(sums)
-        if not np.isfinite(host_sums["loss"]) or (do_save and not _all_finite(state.params)):
-            raise NonFiniteLossError(
-                f"non-finite loss or parameters by step {step}; stopped without saving them. "
-                f"The last good checkpoint is step {last_good} in "
-                f"{checkpoint.checkpoint_dir(workdir)}. "
-                "Lower config.optim.learning_rate or set config.optim.grad_clip_norm, then rerun "
-                "(training resumes from that checkpoint)."
-            )
-        if do_log and host_sums["count"]:
-            n = host_sums["count"]
-            metrics = {
-                "train/loss": host_sums["loss"] / n,
-                "train/top1_acc": 100 * host_sums["top1"] / n,
-                "train/top5_acc": 100 * host_sums["top5"] / n,
-                "train/images_per_sec": n / (time.time() - t0),
-            }
-            writer.write(step, metrics)
-            bar.set_postfix(
-                loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/top1_acc']:.1f}"
-            )
-            bar.update(step - bar.n)
-            sums = jax.device_put(zero_sums(), replicated)
-            t0 = time.time()
-        if do_eval:
-            val = val_eval.evaluate(
-                {"params": state.params}, sources[config.data.val_split], config.eval.max_images
-            )
-            best = val.best_threshold()
-            summary = val.summary(best, val_eval.top_k)
-            fixed = val.summary(config.eval.fixed_threshold, val_eval.top_k)["gt_known_loc"]
-            writer.write(
-                step,
-                {f"val/{k}": v for k, v in summary.items()} | {"val/gt_known_loc_fixed": fixed},
-            )
-            bar.write(
-                f"step {step}: val top-1 cls {summary['top1_cls']:.1f}%, GT-known loc "
-                f"{summary['gt_known_loc']:.1f}% at its best CAM threshold {best:.2f}, "
-                f"{fixed:.1f}% at {config.eval.fixed_threshold:.2f}"
-            )
-        if do_save:
-            checkpoint.save(manager, step, state, config)
-            last_good = step
-    bar.close()
-    manager.wait_until_finished()
-    manager.close()
-    writer.close()
+    try:
+        for step in range(start + 1, num_steps + 1):
+            state, sums = step_fn(state, sums, next(batches))
+            is_last = step == num_steps
+            do_log = step % config.train.log_every_steps == 0 or is_last
+            do_save = step % config.train.checkpoint_every_steps == 0 or is_last
+            every = config.train.eval_every_steps
+            do_eval = bool(every) and (step % every == 0 or is_last)
+            if not (do_log or do_save or do_eval):
+                continue
+            host_sums = jax.device_get(sums)
+            if not np.isfinite(host_sums["loss"]) or (do_save and not _all_finite(state.params)):
+                raise NonFiniteLossError(
+                    f"non-finite loss or parameters by step {step}; stopped without saving "
+                    f"them. The last good checkpoint is step {last_good} in "
+                    f"{checkpoint.checkpoint_dir(workdir)}. Lower config.optim.learning_rate or "
+                    "set config.optim.grad_clip_norm, then rerun (training resumes from that "
+                    "checkpoint)."
+                )
+            if do_log and host_sums["count"]:
+                metrics = _train_metrics(host_sums, time.time() - t0)
+                writer.write(step, metrics)
+                bar.set_postfix(
+                    loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/top1_acc']:.1f}"
+                )
+                bar.update(step - bar.n)
+                sums = jax.device_put(zero_sums(), replicated)
+            if do_eval:
+                val = val_eval.evaluate(
+                    {"params": state.params}, sources[config.data.val_split], config.eval.max_images
+                )
+                metrics = _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k)
+                writer.write(step, metrics)
+                bar.write(
+                    f"step {step}: val top-1 cls {metrics['val/top1_cls']:.1f}%, GT-known loc "
+                    f"{metrics['val/gt_known_loc']:.1f}% at its best CAM threshold "
+                    f"{metrics['val/threshold']:.2f}, {metrics['val/gt_known_loc_fixed']:.1f}% at "
+                    f"{config.eval.fixed_threshold:.2f}"
+                )
+            if do_save:
+                checkpoint.save(manager, step, state, config)
+                last_good = step
+            if do_log:
+                t0 = time.time()  # throughput excludes evaluation and checkpointing
+    finally:
+        # An async save in flight completes (or is abandoned whole) before we leave.
+        bar.close()
+        manager.wait_until_finished()
+        manager.close()
+        writer.close()
     return state
