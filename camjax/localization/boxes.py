@@ -54,47 +54,58 @@ def _over_batch(fn, x: jax.Array) -> jax.Array:
     return out.reshape(lead + out.shape[1:])
 
 
-def _label_one(mask: jax.Array) -> jax.Array:
-    """Labels one map: (H, W) bool -> (H, W) int32, see ``label_components``."""
+def label_one(mask: jax.Array, connectivity: int = 8, init: jax.Array | None = None) -> jax.Array:
+    """Labels one (H, W) bool mask: int32 (H, W), BACKGROUND off the mask, else the smallest
+    raster index of the pixel's component (8- or 4-connected); see ``label_components``.
+
+    ``init``: optional (H, W) labels of a sub-mask of ``mask`` (e.g. the same map at a higher
+    level), -1 elsewhere. Its components lie inside components of ``mask``, so it is a valid
+    union-find state to start from and saves most of the passes of a sweep over levels.
+    """
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}.")
     h, w = mask.shape
     n = h * w
-    # Pointers live in a table of n + 1 entries; entry n is a self-loop standing for
-    # "background". Every pointer is thus a valid index, so gathers and scatters need no
-    # masking and may skip bounds checks (promise_in_bounds).
     fg = jnp.concatenate([mask.reshape(-1), jnp.zeros((1,), bool)])
-    parent = jnp.where(fg, jnp.arange(n + 1, dtype=jnp.int32), n)
+    own = jnp.arange(n + 1, dtype=jnp.int32)
+    if init is not None:
+        flat = init.reshape(-1)
+        own = jnp.concatenate([jnp.where(flat >= 0, flat, own[:n]), own[n:]])
+    # Slot n is a self-looping "nowhere" so gathers and scatters never need masking.
+    parent = jnp.where(fg, own, n)
 
     def neighbour_min(parent):
-        # Padding with the background value n keeps image borders out of the minimum; two
-        # separable passes of shifted slices beat reduce_window on CPU.
         grid = jnp.pad(parent[:n].reshape(h, w), 1, constant_values=n)
-        rows = jnp.minimum(jnp.minimum(grid[:, :-2], grid[:, 1:-1]), grid[:, 2:])
-        low = jnp.minimum(jnp.minimum(rows[:-2], rows[1:-1]), rows[2:])
+        if connectivity == 8:
+            rows = jnp.minimum(jnp.minimum(grid[:, :-2], grid[:, 1:-1]), grid[:, 2:])
+            low = jnp.minimum(jnp.minimum(rows[:-2], rows[1:-1]), rows[2:])
+        else:
+            low = jnp.minimum(
+                jnp.minimum(grid[1:-1, :-2], grid[1:-1, 2:]),
+                jnp.minimum(jnp.minimum(grid[:-2, 1:-1], grid[2:, 1:-1]), grid[1:-1, 1:-1]),
+            )
         low = jnp.concatenate([low.reshape(-1), jnp.full((1,), n, jnp.int32)])
         return jnp.where(fg, low, n)
 
     def compress(parent):
-        # Pointers only ever decrease, so the forest has no cycles and jumping terminates
-        # with every pixel pointing at its root.
         def body(state):
-            parent, _ = state
-            jumped = parent.at[parent].get(mode="promise_in_bounds")
-            return jumped, jnp.any(jumped != parent)
+            p, _ = state
+            jumped = p.at[p].get(mode="promise_in_bounds")
+            return jumped, jnp.any(jumped != p)
 
         return jax.lax.while_loop(lambda s: s[1], body, (parent, jnp.bool_(True)))[0]
 
     def body(state):
         parent, _ = state
         low = neighbour_min(parent)
-        # Hook each pixel's root onto the smallest label seen next to the pixel; both are
-        # in the same component, and the root only moves to a smaller index.
+        # Hook every root onto the smallest label next to any of its pixels; pointers only
+        # decrease, so no cycles form and the fixed point labels by the component minimum.
         hooked = parent.at[parent].min(low, mode="promise_in_bounds")
         hooked = compress(jnp.minimum(hooked, low))
         return hooked, jnp.any(hooked != parent)
 
+    parent = compress(parent)
     parent = jax.lax.while_loop(lambda s: s[1], body, (parent, jnp.bool_(True)))[0]
-    # At the fixed point all 8-neighbours share one root, and since every pointer goes to a
-    # smaller index that root is the component's smallest raster index.
     return jnp.where(fg[:n], parent[:n], BACKGROUND).reshape(h, w)
 
 
@@ -109,14 +120,14 @@ def label_components(mask: jax.Array) -> jax.Array:
       ``y * W + x`` of the pixel's component. Diagonal contact connects.
     """
     mask = _check_mask(mask)
-    return _over_batch(_label_one, mask)
+    return _over_batch(label_one, mask)
 
 
 def _box_one(mask: jax.Array) -> jax.Array:
     """Boxes the largest component of one map: (H, W) bool -> (4,) int32."""
     h, w = mask.shape
     n = h * w
-    labels = _label_one(mask).reshape(-1)
+    labels = label_one(mask).reshape(-1)
     # Background pixels are counted in an extra bin n so they can never win.
     bins = jnp.where(labels < 0, n, labels)
     counts = jnp.zeros((n + 1,), jnp.int32).at[bins].add(1, mode="promise_in_bounds")[:n]
