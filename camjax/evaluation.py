@@ -131,8 +131,11 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     }
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        # Written aside and renamed, so an interrupted run never leaves a truncated file.
+        path = os.path.join(workdir, "metrics.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(results, f, indent=2)
+        os.replace(path + ".tmp", path)
         write_gallery(config, model, variables, sources[config.data.test_split], chosen, workdir)
     return results
 
