@@ -161,6 +161,16 @@ def largest_component_box(mask: jax.Array) -> jax.Array:
     return _over_batch(_box_one, mask)
 
 
+def check_float_maps(maps, name: str) -> jax.Array:
+    """maps as a jax array, or a ValueError unless it is a float (..., H, W) array."""
+    maps = jnp.asarray(maps)
+    if not jnp.issubdtype(maps.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a float array, got {maps.dtype}.")
+    if maps.ndim < 2:
+        raise ValueError(f"{name} must have rank >= 2 (..., H, W), got {maps.shape}.")
+    return maps
+
+
 def _check_threshold(threshold) -> None:
     try:
         values = np.asarray(threshold)
@@ -186,11 +196,7 @@ def box_from_scoremap(scoremap: jax.Array, threshold: float | jax.Array = 0.2) -
       (*broadcast(..., threshold.shape), 4) int32 ``(x0, y0, x1, y1)``, exclusive ends;
       ``(0, 0, 0, 0)`` where nothing reaches the threshold.
     """
-    scoremap = jnp.asarray(scoremap)
-    if not jnp.issubdtype(scoremap.dtype, jnp.floating):
-        raise ValueError(f"scoremap must be a float array, got {scoremap.dtype}.")
-    if scoremap.ndim < 2:
-        raise ValueError(f"scoremap must have rank >= 2 (..., H, W), got {scoremap.shape}.")
+    scoremap = check_float_maps(scoremap, "scoremap")
     _check_threshold(threshold)
     threshold = jnp.asarray(threshold, scoremap.dtype)
     return largest_component_box(scoremap >= threshold[..., None, None])

@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camjax.localization.boxes import label_one
+from camjax.localization.boxes import check_float_maps, label_one
 
 NUM_LEVELS = 256
 DEFAULT_IOU_THRESHOLDS = (30, 50, 70)
@@ -116,11 +116,7 @@ def quantize_scoremaps(scoremaps: jax.Array | np.ndarray) -> jax.Array | np.ndar
     if isinstance(scoremaps, np.ndarray) and scoremaps.dtype == np.float64:
         _check_unit_interval(scoremaps)
         return (scoremaps * 255).astype(np.uint8)
-    scoremaps = jnp.asarray(scoremaps)
-    if not jnp.issubdtype(scoremaps.dtype, jnp.floating):
-        raise ValueError(f"scoremaps must be a float array, got {scoremaps.dtype}.")
-    if scoremaps.ndim < 2:
-        raise ValueError(f"scoremaps must have rank >= 2 (..., H, W), got {scoremaps.shape}.")
+    scoremaps = check_float_maps(scoremaps, "scoremaps")
     _check_unit_interval(scoremaps)
     return _quantize_f32(scoremaps)
 
