@@ -1,7 +1,7 @@
-"""The WSOL evaluation protocol of Choe et al. (CVPR 2020), reproduced exactly in JAX.
+"""The WSOL evaluation protocol of Choe et al. (CVPR 2020), reproduced exactly.
 
 The published evaluator (clovaai/wsolevaluation) loops over images and thresholds with OpenCV.
-This module computes the same integer counts for whole batches on device:
+This module computes the same integer counts for whole batches:
 
 * ``quantize_scoremaps``: ``(scoremap * 255).astype(np.uint8)`` of the evaluator;
 * ``box_correct_counts``: per (IoU threshold, CAM threshold), how many images have a box with
@@ -37,17 +37,14 @@ What the OpenCV pipeline computes, established against cv2 (``tests/localization
   (outer contours found in raster order of their first pixel). Since an enclosed contour
   never has more area than its enclosers, and an equal one has the same polygon and box, the
   winner is the outermost component with the largest outer polygon area, ties going to the
-  one whose first pixel comes last in raster order. The polygon area is summed from local
-  2x2 windows (see ``_outer_areas``).
+  one whose first pixel comes last in raster order. The polygon area is a sum over local
+  2x2 windows of pixel centres.
 
-Components are labelled with a data-parallel union-find (hook roots onto the neighbourhood
-minimum, compress by pointer jumping), 8-connected for the foreground and 4-connected for the
-background, at every level a batch's thresholds probe (up to 256). Levels are nested, so the
-foreground is swept from the top level down and the background from the bottom up, each
-level's labelling starting from the previous level's labels; V1 also labels the background
-of every level from scratch, to tell outer contours from hole contours. A true max-tree
-(one union-find pass over the pixels sorted by value) would share all the work and is the
-next step for speed, but it is sequential per map and does not map well onto XLA.
+Two implementations give these counts (``method``): ``"maxtree"`` (default), compiled
+union-find sweeps on the host CPU cores that see all 256 levels in one pass per map
+(``maxtree.py``); and ``"xla"``, data-parallel labelling of every level, jittable on any device
+(``wsol_xla.py``). Dense work (CAMs, resizing, normalising, quantising, PxAP histograms) stays
+on device either way; only the uint8 maps travel to the host for the max-tree.
 """
 
 import dataclasses
@@ -57,10 +54,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camjax.localization.boxes import check_float_maps, label_one
+from camjax.localization import maxtree, wsol_xla
+from camjax.localization.boxes import check_float_maps
 
 NUM_LEVELS = 256
 DEFAULT_IOU_THRESHOLDS = (30, 50, 70)
+METHODS = ("maxtree", "xla")
 
 
 def default_thresholds(interval: float = 0.001) -> np.ndarray:
@@ -154,169 +153,17 @@ def threshold_levels(thresholds) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# Connected components.
-
-
-def _segment_boxes(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Bounding boxes of labelled components: labels (H, W) int32 (-1 = none) ->
-    (boxes int32 (H*W, 4) inclusive ``(xmin, ymin, xmax, ymax)`` indexed by label, present
-    bool (H*W,))."""
-    h, w = labels.shape
-    n = h * w
-    flat = labels.reshape(-1)
-    slot = jnp.where(flat >= 0, flat, n)
-    ys, xs = jnp.divmod(jnp.arange(n, dtype=jnp.int32), w)
-    xy = jnp.stack([xs, ys], axis=-1)
-    big = jnp.int32(np.iinfo(np.int32).max)
-    # One two-wide scatter per reduction: fewer, larger ops than one per coordinate.
-    low = jnp.full((n + 1, 2), big).at[slot].min(xy, mode="promise_in_bounds")[:n]
-    high = jnp.full((n + 1, 2), -1).at[slot].max(xy, mode="promise_in_bounds")[:n]
-    xmin, ymin, xmax, ymax = low[:, 0], low[:, 1], high[:, 0], high[:, 1]
-    return jnp.stack([xmin, ymin, xmax, ymax], axis=-1), xmax >= 0
-
-
-# --------------------------------------------------------------------------------------------
-# Boxes and hits.
-
-
-def _hits(boxes: jax.Array, present: jax.Array, gt: jax.Array, gt_valid, deltas) -> jax.Array:
-    """Whether any present box has IoU >= delta / 100 with any valid GT box.
-
-    boxes (K, 4), present (K,), gt (G, 4), gt_valid (G,) bool, deltas (D,) int -> (D,) bool.
-    Inclusive coordinates, as ``calculate_multiple_iou``; a non-positive union gives IoU 0."""
-    a = boxes[:, None, :]
-    b = gt[None, :, :]
-    iw = jnp.maximum(0, jnp.minimum(a[..., 2], b[..., 2]) - jnp.maximum(a[..., 0], b[..., 0]) + 1)
-    ih = jnp.maximum(0, jnp.minimum(a[..., 3], b[..., 3]) - jnp.maximum(a[..., 1], b[..., 1]) + 1)
-    inter = iw * ih
-    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
-    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
-    union = area_a + area_b - inter
-    pair = present[:, None] & gt_valid[None, :]  # (K, G)
-    d = deltas[:, None, None]
-    hit = jnp.where(union > 0, 100 * inter >= d * union, d <= 0)  # (D, K, G)
-    return jnp.any(hit & pair, axis=(1, 2))
-
-
-def _outer_hits(labels: jax.Array, gt, gt_valid, deltas) -> jax.Array:
-    """(D,) bool: does the box of any outer contour hit? labels: (H, W) fg components."""
-    h, w = labels.shape
-    boxes, present = _segment_boxes(labels)
-    # Exclusive-style ends x + w, y + h, clipped to the last pixel.
-    outer = jnp.stack(
-        [
-            boxes[:, 0],
-            boxes[:, 1],
-            jnp.minimum(boxes[:, 2] + 1, w - 1),
-            jnp.minimum(boxes[:, 3] + 1, h - 1),
-        ],
-        axis=-1,
-    )
-    return _hits(outer, present, gt, gt_valid, deltas)
-
-
-def _hole_hits(bg_labels: jax.Array, gt, gt_valid, deltas) -> jax.Array:
-    """(D,) bool: does the box of any hole contour hit?
-
-    bg_labels: (H+2, W+2) 4-connected background components of the map padded with a frame of
-    background; the frame's component (label 0, it holds raster index 0) is the outside and
-    every other component is a hole."""
-    h, w = bg_labels.shape[0] - 2, bg_labels.shape[1] - 2
-    boxes, present = _segment_boxes(bg_labels)
-    present = present.at[0].set(False)
-    # Padded coordinates are image + 1; a hole's border spans its box grown by one pixel.
-    hole = jnp.stack(
-        [
-            boxes[:, 0] - 2,
-            boxes[:, 1] - 2,
-            jnp.minimum(boxes[:, 2] + 1, w - 1),
-            jnp.minimum(boxes[:, 3] + 1, h - 1),
-        ],
-        axis=-1,
-    )
-    return _hits(hole, present, gt, gt_valid, deltas)
-
-
-def _empty_hits(gt, gt_valid, deltas) -> jax.Array:
-    """(D,) bool: a level without any contour is scored with the box (0, 0, 0, 0)."""
-    return _hits(jnp.zeros((1, 4), jnp.int32), jnp.ones((1,), bool), gt, gt_valid, deltas)
-
-
-def _sweep(step, init, levels, needed, num_out):
-    """Scans ``step(carry, level) -> (carry, (B, D) hits)`` over ``levels``, skipping levels
-    that no threshold of the batch probes (their hits stay False, the carry unchanged)."""
-
-    def body(carry, level):
-        return jax.lax.cond(
-            needed[level],
-            lambda c: step(c, level),
-            lambda c: (c, jnp.zeros(num_out, bool)),
-            carry,
-        )
-
-    return jax.lax.scan(body, init, levels)[1]
-
-
-@jax.jit
-def _all_level_hits_v2(q, gt_boxes, num_gt, deltas, needed):
-    b, h, w = q.shape
-    d = deltas.shape[0]
-    gt_valid = jnp.arange(gt_boxes.shape[1]) < num_gt[:, None]
-    qi = q.astype(jnp.int32)
-    label8 = jax.vmap(lambda m, init: label_one(m, 8, init))
-    label4 = jax.vmap(lambda m, init: label_one(m, 4, init))
-    outer_hits = jax.vmap(_outer_hits, in_axes=(0, 0, 0, None))
-    hole_hits = jax.vmap(_hole_hits, in_axes=(0, 0, 0, None))
-
-    # Foreground grows as the level falls: sweep down, starting each level's labelling from
-    # the previous one. The background grows as the level rises: sweep up for the holes.
-    def fg_step(labels, level):
-        labels = label8(qi > level, labels)
-        return labels, outer_hits(labels, gt_boxes, gt_valid, deltas)
-
-    down = jnp.arange(NUM_LEVELS - 1, -1, -1, dtype=jnp.int32)
-    fg = _sweep(fg_step, jnp.full((b, h, w), -1, jnp.int32), down, needed, (b, d))[::-1]
-
-    # The frame is background at every level (value -1 <= level).
-    qp = jnp.pad(qi, ((0, 0), (1, 1), (1, 1)), constant_values=-1)
-
-    def bg_step(labels, level):
-        labels = label4(qp <= level, labels)
-        return labels, hole_hits(labels, gt_boxes, gt_valid, deltas)
-
-    up = jnp.arange(NUM_LEVELS, dtype=jnp.int32)
-    holes = _sweep(bg_step, jnp.full((b, h + 2, w + 2), -1, jnp.int32), up, needed, (b, d))
-
-    empty = jax.vmap(_empty_hits, in_axes=(0, 0, None))(gt_boxes, gt_valid, deltas)  # (B, D)
-    peak = jnp.max(qi, axis=(1, 2))
-    any_fg = up[:, None] < peak[None, :]  # (256, B)
-    hits = jnp.where(any_fg[..., None], fg | holes, empty[None])
-    return jnp.transpose(hits, (1, 2, 0))  # (B, D, 256)
-
-
-@jax.jit
-def _needed_levels(q, table):
-    """(256,) bool: the levels some threshold of the batch probes."""
-    peak = jnp.max(q.astype(jnp.int32), axis=(-2, -1))
-    return jnp.zeros((NUM_LEVELS,), bool).at[table[peak].reshape(-1)].set(True)
-
-
-@jax.jit
-def _counts_from_level_hits(level_hits, q, table, valid):
-    peak = jnp.max(q.astype(jnp.int32), axis=(-2, -1))  # (B,)
-    levels = table[peak]  # (B, T)
-    hits = jnp.take_along_axis(level_hits, levels[:, None, :], axis=-1)  # (B, D, T)
-    return jnp.sum(hits & valid[:, None, None], axis=0, dtype=jnp.int32)
+# Box counts.
 
 
 def level_hits(
-    quantized: jax.Array,
-    gt_boxes: jax.Array,
-    num_gt: jax.Array,
+    quantized: jax.Array | np.ndarray,
+    gt_boxes: jax.Array | np.ndarray,
+    num_gt: jax.Array | np.ndarray,
     iou_thresholds=DEFAULT_IOU_THRESHOLDS,
     multi_contour: bool = True,
-    needed: jax.Array | None = None,
-) -> jax.Array:
+    method: str = "maxtree",
+) -> np.ndarray | jax.Array:
     """Per map, IoU threshold and integer level, whether the evaluator would count a hit.
 
     Args:
@@ -328,55 +175,108 @@ def level_hits(
       num_gt: (B,) int, the number of real boxes of each image (>= 1).
       iou_thresholds: integer percentages (D,).
       multi_contour: every contour's box (V2) or the largest contour's only (V1).
-      needed: optional (256,) bool, the levels to evaluate (others come back False); all by
-        default. ``box_correct_counts`` passes the levels its thresholds probe.
+      method: ``"maxtree"`` (host, numpy result) or ``"xla"`` (jittable, jax result).
 
     Returns:
       (B, D, 256) bool: entry [b, d, L] for the mask ``quantized[b] > L``.
     """
+    _check_method(method)
     q, gt, num_gt, deltas = _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds)
-    if needed is None:
-        needed = jnp.ones((NUM_LEVELS,), bool)
-    fn = _all_level_hits_v2 if multi_contour else _all_level_hits_v1
-    return fn(q, gt, num_gt, deltas, needed)
+    if method == "xla":
+        return wsol_xla.level_hits(
+            jnp.asarray(q),
+            jnp.asarray(gt),
+            jnp.asarray(num_gt),
+            jnp.asarray(deltas),
+            multi_contour,
+        )
+    reached, rank = _reached_levels(q, gt, num_gt, deltas, multi_contour)
+    return reached[:, None, :] > rank[None, :, None]
 
 
 def box_correct_counts(
-    quantized: jax.Array,
-    gt_boxes: jax.Array,
-    num_gt: jax.Array,
+    quantized: jax.Array | np.ndarray,
+    gt_boxes: jax.Array | np.ndarray,
+    num_gt: jax.Array | np.ndarray,
     thresholds=None,
     iou_thresholds=DEFAULT_IOU_THRESHOLDS,
     multi_contour: bool = True,
-    valid: jax.Array | None = None,
-) -> jax.Array:
+    valid: jax.Array | np.ndarray | None = None,
+    method: str = "maxtree",
+) -> np.ndarray:
     """Images counted correct at each (IoU threshold, CAM threshold): the evaluator's
     ``num_correct`` for one batch.
 
     Args:
       quantized: (B, H, W) uint8 from ``quantize_scoremaps``.
-      gt_boxes, num_gt, iou_thresholds, multi_contour: as ``level_hits``.
+      gt_boxes, num_gt, iou_thresholds, multi_contour, method: as ``level_hits``.
       thresholds: (T,) CAM thresholds in [0, 1]; default ``default_thresholds()``.
       valid: (B,) bool, False for padding rows of a ragged last batch; default all True.
 
     Returns:
-      (D, T) int32 counts; sum them over batches (``WsolBoxAccumulator``).
+      (D, T) int32 numpy counts; sum them over batches (``WsolBoxAccumulator``).
     """
+    _check_method(method)
     thresholds = default_thresholds() if thresholds is None else thresholds
-    table = jnp.asarray(threshold_levels(thresholds))
-    q = jnp.asarray(quantized)
-    needed = _needed_levels(q, table) if q.ndim == 3 else None
-    hits = level_hits(q, gt_boxes, num_gt, iou_thresholds, multi_contour, needed)
-    b = hits.shape[0]
-    valid = jnp.ones((b,), bool) if valid is None else jnp.asarray(valid, bool)
+    table = threshold_levels(thresholds)  # (256, T)
+    q, gt, num_gt, deltas = _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds)
+    b = q.shape[0]
+    valid = np.ones((b,), bool) if valid is None else np.asarray(valid, bool)
     if valid.shape != (b,):
         raise ValueError(f"valid must have shape ({b},), got {valid.shape}.")
-    return _counts_from_level_hits(hits, jnp.asarray(quantized), table, valid)
+    if method == "xla":
+        q = jnp.asarray(q)
+        table = jnp.asarray(table)
+        hits = wsol_xla.level_hits(
+            q,
+            jnp.asarray(gt),
+            jnp.asarray(num_gt),
+            jnp.asarray(deltas),
+            multi_contour,
+            wsol_xla.needed_levels(q, table),
+        )
+        return np.asarray(_counts_from_level_hits(hits, q, table, jnp.asarray(valid)))
+    reached, rank = _reached_levels(q, gt, num_gt, deltas, multi_contour)
+    q = np.asarray(q)
+    levels = table[q.reshape(b, -1).max(axis=1)]  # (B, T): the level of each threshold
+    at = np.take_along_axis(reached, levels, axis=1)  # (B, T)
+    return np.stack([((at > r) & valid[:, None]).sum(0, dtype=np.int32) for r in rank])
+
+
+def _reached_levels(q, gt, num_gt, deltas, multi_contour) -> tuple[np.ndarray, np.ndarray]:
+    """The max-tree's (B, 256) count of ascending deltas reached per level, and each delta's
+    rank among the sorted deltas (D,): delta d is reached at level L iff count > rank[d]."""
+    if any(isinstance(x, jax.core.Tracer) for x in (q, gt, num_gt)):
+        raise ValueError(
+            "method='maxtree' runs on the host and cannot be traced: call it outside jax.jit, "
+            "or use method='xla'."
+        )
+    order = np.argsort(deltas, kind="stable")
+    rank = np.empty(deltas.shape, np.int64)
+    rank[order] = np.arange(deltas.size)
+    reached = maxtree.hit_levels(
+        np.asarray(q), np.asarray(gt), np.asarray(num_gt), deltas[order], not multi_contour
+    )
+    return reached, rank
+
+
+@jax.jit
+def _counts_from_level_hits(level_hits, q, table, valid):
+    peak = jnp.max(q.astype(jnp.int32), axis=(-2, -1))  # (B,)
+    levels = table[peak]  # (B, T)
+    hits = jnp.take_along_axis(level_hits, levels[:, None, :], axis=-1)  # (B, D, T)
+    return jnp.sum(hits & valid[:, None, None], axis=0, dtype=jnp.int32)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
 
 
 def _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds):
-    q = jnp.asarray(quantized)
-    if q.dtype != jnp.uint8 or q.ndim != 3:
+    """Validated (q, gt int32, num_gt int32, deltas int64): numpy unless traced under jit."""
+    q = quantized if isinstance(quantized, jax.Array) else np.asarray(quantized)
+    if q.dtype != np.uint8 or q.ndim != 3:
         raise ValueError(
             f"quantized must be (B, H, W) uint8 (see quantize_scoremaps), got {q.dtype} {q.shape}."
         )
@@ -407,124 +307,11 @@ def _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds):
         )
     if np.any((deltas < 0) | (deltas > 100)):
         raise ValueError("iou_thresholds must be percentages in [0, 100].")
-    return (
-        q,
-        jnp.asarray(gt, jnp.int32),
-        jnp.asarray(n, jnp.int32),
-        jnp.asarray(deltas, jnp.int32),
-    )
-
-
-def _outer_areas(fgp: jax.Array, lab: jax.Array, blab: jax.Array) -> jax.Array:
-    """Twice the ``cv2.contourArea`` of every component's outer contour.
-
-    fgp: (H+2, W+2) bool foreground padded with a frame of background; lab, blab: its
-    8-connected foreground and 4-connected background labels. Returns int32 ((H+2)*(W+2),)
-    indexed by foreground label (0 where there is no label).
-
-    The contour is the polygon through the centres of the border pixels. Each of its edges lies
-    in one 2x2 window of pixel centres and is decided by that window alone: an axis edge joins
-    two foreground pixels whose other side is background, a diagonal edge joins two diagonal
-    foreground pixels past a background pixel. Every edge faces a background pixel; the edges
-    facing the background component that encloses the component (not one of its holes) make
-    its outer contour, and their shoelace terms, walked with the background on the right, sum
-    to its area. A hole's encloser is the foreground component just left of its first pixel.
-    """
-    hp, wp = fgp.shape
-    npx = hp * wp
-    flat_lab = lab.reshape(-1)
-    # parent[B]: the fg label left of bg component B's first pixel; -1 for the outside (B = 0).
-    idx = jnp.arange(npx, dtype=jnp.int32)
-    parent = jnp.where(idx > 0, flat_lab[jnp.maximum(idx - 1, 0)], -1)
-
-    ys = jnp.arange(hp - 1, dtype=jnp.int32)[:, None]
-    corners = {
-        "tl": (slice(0, -1), slice(0, -1), 0, 0),
-        "tr": (slice(0, -1), slice(1, None), 1, 0),
-        "bl": (slice(1, None), slice(0, -1), 0, 1),
-        "br": (slice(1, None), slice(1, None), 1, 1),
-    }
-    f = {k: fgp[r, c] for k, (r, c, _, _) in corners.items()}
-    lb = {k: lab[r, c] for k, (r, c, _, _) in corners.items()}
-    bl = {k: blab[r, c] for k, (r, c, _, _) in corners.items()}
-    off = {k: (dx, dy) for k, (_, _, dx, dy) in corners.items()}
-    # (from, to, facing, condition): the background pixel `facing` is on the right of the walk.
-    edges = [
-        ("tl", "tr", "bl", f["tl"] & f["tr"] & ~f["bl"] & ~f["br"]),
-        ("br", "bl", "tl", f["bl"] & f["br"] & ~f["tl"] & ~f["tr"]),
-        ("bl", "tl", "tr", f["tl"] & f["bl"] & ~f["tr"] & ~f["br"]),
-        ("tr", "br", "tl", f["tr"] & f["br"] & ~f["tl"] & ~f["bl"]),
-        ("br", "tl", "tr", f["tl"] & f["br"] & ~f["tr"]),
-        ("tl", "br", "bl", f["tl"] & f["br"] & ~f["bl"]),
-        ("tr", "bl", "tl", f["tr"] & f["bl"] & ~f["tl"]),
-        ("bl", "tr", "br", f["tr"] & f["bl"] & ~f["br"]),
-    ]
-    slots, terms = [], []
-    for a, b, facing, cond in edges:
-        comp = lb[a]
-        outer = cond & (parent[jnp.maximum(bl[facing], 0)] != comp)
-        (xa, ya), (xb, yb) = off[a], off[b]
-        # Shoelace as trapezoids, (x_b - x_a) * (y_a + y_b): small terms, no int32 overflow.
-        term = jnp.broadcast_to((xb - xa) * (2 * ys + ya + yb), cond.shape)
-        slots.append(jnp.where(outer, comp, npx).reshape(-1))
-        terms.append(jnp.where(outer, term, 0).reshape(-1))
-    area2 = (
-        jnp.zeros((npx + 1,), jnp.int32)
-        .at[jnp.concatenate(slots)]
-        .add(jnp.concatenate(terms), mode="promise_in_bounds")
-    )
-    return jnp.abs(area2[:npx])
-
-
-def _largest_contour_hits(fgp, lab, gt, gt_valid, deltas) -> jax.Array:
-    """(D,) bool: does the box of the largest contour hit? fgp, lab: padded mask and labels.
-
-    ``max(contours, key=cv2.contourArea)`` keeps the first maximum in OpenCV's order (a
-    depth-first walk of the contour tree, siblings latest-found first). An enclosed contour
-    never has more area than its enclosers, and one with equal area has the same polygon and
-    box, so the winner is an outermost component: the one of largest outer area, ties going to
-    the component found last in the raster scan, i.e. the largest label."""
-    hp, wp = fgp.shape
-    h, w = hp - 2, wp - 2
-    npx = hp * wp
-    area2 = _outer_areas(fgp, lab, label_one(~fgp, 4))
-    ids = jnp.arange(npx, dtype=jnp.int32)
-    root = lab.reshape(-1) == ids
-    best_area = jnp.max(jnp.where(root, area2, -1))
-    best = jnp.max(jnp.where(root & (area2 == best_area), ids, -1))
-    sel = lab == best
-    cols = jnp.any(sel, axis=0)
-    rows = jnp.any(sel, axis=1)
-    # Padded coordinates: image x = padded x - 1.
-    x0 = jnp.argmax(cols) - 1
-    y0 = jnp.argmax(rows) - 1
-    x1 = wp - 2 - jnp.argmax(cols[::-1])
-    y1 = hp - 2 - jnp.argmax(rows[::-1])
-    box = jnp.stack([x0, y0, jnp.minimum(x1 + 1, w - 1), jnp.minimum(y1 + 1, h - 1)])
-    return _hits(box[None].astype(jnp.int32), jnp.ones((1,), bool), gt, gt_valid, deltas)
-
-
-@jax.jit
-def _all_level_hits_v1(q, gt_boxes, num_gt, deltas, needed):
-    b = q.shape[0]
-    d = deltas.shape[0]
-    gt_valid = jnp.arange(gt_boxes.shape[1]) < num_gt[:, None]
-    qp = jnp.pad(q.astype(jnp.int32), ((0, 0), (1, 1), (1, 1)), constant_values=-1)
-    label8 = jax.vmap(lambda m, init: label_one(m, 8, init))
-    largest = jax.vmap(_largest_contour_hits, in_axes=(0, 0, 0, 0, None))
-
-    def step(labels, level):
-        fgp = qp > level
-        labels = label8(fgp, labels)
-        return labels, largest(fgp, labels, gt_boxes, gt_valid, deltas)
-
-    down = jnp.arange(NUM_LEVELS - 1, -1, -1, dtype=jnp.int32)
-    hits = _sweep(step, jnp.full(qp.shape, -1, jnp.int32), down, needed, (b, d))[::-1]
-    empty = jax.vmap(_empty_hits, in_axes=(0, 0, None))(gt_boxes, gt_valid, deltas)
-    peak = jnp.max(q.astype(jnp.int32), axis=(1, 2))
-    any_fg = jnp.arange(NUM_LEVELS)[:, None] < peak[None, :]
-    hits = jnp.where(any_fg[..., None], hits, empty[None])
-    return jnp.transpose(hits, (1, 2, 0))
+    if isinstance(gt, np.ndarray):
+        gt = gt.astype(np.int32)
+    if isinstance(n, np.ndarray):
+        n = n.astype(np.int32)
+    return q, gt, n, deltas.astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,13 +2,15 @@
 
 The reference (``wsol_reference.py``) follows the published evaluator with cv2.findContours;
 the maps are built to stress contour rules: blobs, rings with holes, nested rings, thin and
-diagonal lines, touching objects, objects on the border, constant and NaN maps.
+diagonal lines, touching objects, objects on the border, constant and NaN maps. Both
+implementations (``method="maxtree"``, the host default, and ``"xla"``) are held to it.
 """
 
 import sys
 from pathlib import Path
 
 import cv2
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -105,9 +107,14 @@ def _reference_counts(scoremaps, boxes, num, thresholds, multi):
     return ref.box_correct_counts(list(scoremaps), gts, thresholds, multi_contour_eval=multi)
 
 
-def _counts(scoremaps, boxes, num, thresholds, multi):
+def _counts(scoremaps, boxes, num, thresholds, multi, method="maxtree"):
     q = wsol.quantize_scoremaps(scoremaps)
-    return np.asarray(wsol.box_correct_counts(q, boxes, num, thresholds, multi_contour=multi))
+    return np.asarray(
+        wsol.box_correct_counts(q, boxes, num, thresholds, multi_contour=multi, method=method)
+    )
+
+
+METHODS = pytest.mark.parametrize("method", wsol.METHODS)
 
 
 # ------------------------------------------------------------------------------- exactness
@@ -136,20 +143,47 @@ def test_normalization_agrees_with_reference_on_degenerate_maps():
     np.testing.assert_allclose(ours[1], theirs[1], atol=1e-7)
 
 
+@METHODS
 @pytest.mark.parametrize("multi", [True, False], ids=["v2", "v1"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_box_counts_match_reference(seed, multi):
+def test_box_counts_match_reference(seed, multi, method):
     scoremaps, boxes, num = _batch(seed, 10, 32, 32)
-    got = _counts(scoremaps, boxes, num, GRID, multi)
+    got = _counts(scoremaps, boxes, num, GRID, multi, method)
     np.testing.assert_array_equal(got, _reference_counts(scoremaps, boxes, num, GRID, multi))
 
 
-def test_box_counts_match_reference_rectangular_fine_grid():
+@METHODS
+def test_box_counts_match_reference_rectangular_fine_grid(method):
     scoremaps, boxes, num = _batch(3, 6, 40, 56, max_boxes=4)
+    grid = wsol.default_thresholds(0.001)
+    for multi in (True, False):
+        got = _counts(scoremaps, boxes, num, grid, multi, method)
+        np.testing.assert_array_equal(got, _reference_counts(scoremaps, boxes, num, grid, multi))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 2), (3, 17), (23, 5)])
+def test_maxtree_matches_reference_on_many_small_maps(shape):
+    # Property-style: many random maps of every generator at odd shapes, the host path only
+    # (it is cheap); degenerate 1-pixel-wide maps put every pixel on the border.
+    h, w = shape
+    rng = np.random.default_rng(h * 100 + w)
+    maps = np.stack([rng.random((h, w)) * (rng.random((h, w)) < 0.6) for _ in range(20)])
+    maps[::5] = np.round(maps[::5] * 3)  # few levels: large flat regions, ties, holes
+    scoremaps = np.asarray(normalize_minmax(jnp.asarray(maps, jnp.float32)))
+    boxes, num = _gt_boxes(rng, h, w, len(maps), 3)
     grid = wsol.default_thresholds(0.001)
     for multi in (True, False):
         got = _counts(scoremaps, boxes, num, grid, multi)
         np.testing.assert_array_equal(got, _reference_counts(scoremaps, boxes, num, grid, multi))
+
+
+def test_maxtree_matches_reference_on_many_generated_maps():
+    for seed in range(10, 16):
+        scoremaps, boxes, num = _batch(seed, 20, 28, 36, max_boxes=3)
+        for multi in (True, False):
+            got = _counts(scoremaps, boxes, num, GRID, multi)
+            want = _reference_counts(scoremaps, boxes, num, GRID, multi)
+            np.testing.assert_array_equal(got, want)
 
 
 def test_box_counts_match_reference_224():
@@ -160,15 +194,18 @@ def test_box_counts_match_reference_224():
     boxes, num = _gt_boxes(rng, 224, 224, 1, 3)
     grid = wsol.default_thresholds(0.05)
     for multi in (True, False):
-        got = _counts(scoremaps, boxes, num, grid, multi)
-        np.testing.assert_array_equal(got, _reference_counts(scoremaps, boxes, num, grid, multi))
+        want = _reference_counts(scoremaps, boxes, num, grid, multi)
+        for method in wsol.METHODS:
+            got = _counts(scoremaps, boxes, num, grid, multi, method)
+            np.testing.assert_array_equal(got, want)
 
 
-def test_level_hits_match_reference_at_every_level():
+@METHODS
+def test_level_hits_match_reference_at_every_level(method):
     scoremaps, boxes, num = _batch(4, 10, 32, 32)
     q = wsol.quantize_scoremaps(scoremaps)
     for multi in (True, False):
-        hits = np.asarray(wsol.level_hits(q, boxes, num, multi_contour=multi))
+        hits = np.asarray(wsol.level_hits(q, boxes, num, multi_contour=multi, method=method))
         for b in range(len(num)):
             peak = int(np.max(np.asarray(q[b])))
             # Thresholds t = L / peak probe the levels L exactly (int(L / peak * peak) == L is
@@ -186,13 +223,18 @@ def test_level_hits_match_reference_at_every_level():
 
 def _hits_of(mask, gt, multi, delta=50):
     """Hit at the level 0 of a 0/1 map (foreground = pixels > 0), placed in the top-left
-    corner of a 12x12 map so that every hand-made case shares one compilation."""
+    corner of a 12x12 map so that every hand-made case shares one compilation; both methods
+    must agree."""
     full = np.zeros((12, 12), np.uint8)
     full[: mask.shape[0], : mask.shape[1]] = mask
     q = jnp.asarray(full[None] * 255)
     gt = np.asarray([[gt]], np.int32)
-    hits = wsol.level_hits(q, gt, np.array([1]), [delta], multi_contour=multi)
-    return bool(np.asarray(hits)[0, 0, 0])
+    hits = [
+        bool(np.asarray(wsol.level_hits(q, gt, [1], [delta], multi, method=m))[0, 0, 0])
+        for m in wsol.METHODS
+    ]
+    assert hits[0] == hits[1]
+    return hits[0]
 
 
 def test_iou_is_inclusive():
@@ -318,6 +360,10 @@ def test_bad_inputs():
         wsol.quantize_scoremaps(np.zeros((1, 2, 2), np.int32))
     with pytest.raises(ValueError, match="masks"):
         wsol.pxap_histograms(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 3), np.uint8))
+    with pytest.raises(ValueError, match="method"):
+        wsol.box_correct_counts(q, ok_boxes, ok_num, GRID, method="opencv")
+    with pytest.raises(ValueError, match="outside jax.jit"):
+        jax.jit(lambda m: wsol.level_hits(m, ok_boxes, ok_num))(q)
     with pytest.raises(ValueError, match="no images"):
         wsol.WsolBoxAccumulator(GRID).max_box_acc()
     with pytest.raises(ValueError, match="different thresholds"):

@@ -1,0 +1,407 @@
+"""All 256 threshold levels of the WSOL box rules in one pass per map: compiled union-find sweeps.
+
+The evaluator thresholds a uint8 map at every level L (foreground ``q > L``) and boxes the
+contours of each mask. The masks are nested: the foreground at level L is the one at L + 1
+plus the pixels of value L + 1, and the background at L + 1 is the one at L plus the pixels of
+value L + 1. So one sweep over the pixels in value order with a union-find that keeps each
+component's bounding box (a max-tree) sees the components of every level, at O(H * W) cost
+for all 256 levels instead of 256 contour tracings. Per map and level we keep a *hit level*:
+the number of IoU thresholds (sorted ascending) that the best box reaches against any GT box,
+which answers "is there a box with IoU >= delta" for every delta at once.
+
+Three sweeps, all sharing the union-find in ``_sweep``:
+
+* outer contours (MaxBoxAccV2): 8-connected foreground components, levels from the top down;
+* hole contours (MaxBoxAccV2): 4-connected background components that do not reach the image
+  frame, levels from the bottom up (the frame is one extra node that is always background);
+* the largest contour (MaxBoxAcc, "V1"): ``cv2.contourArea`` ranks outer contours by the area
+  of the polygon through their border pixels' centres, which is the area of the component with
+  its holes filled. Filling holes at every level at once is the grey-level hole filling
+  ``f = max(q, lowest level at which a 4-connected path of background leads to the frame)``,
+  computed by a priority flood from the frame; the filled foreground at level L is ``f > L``.
+  The polygon area of a filled component is a sum over the 2x2 windows of pixel centres it
+  touches (1/2 per window with three foreground corners, 1 per full window), which a sweep
+  over ``f`` keeps per component as pixels arrive. The winner is the largest area, ties going
+  to the component whose first pixel comes last in raster order (``wsol.py`` explains why).
+
+The kernels are numba-compiled and run the maps of a batch in parallel over the CPU cores.
+``wsol.level_hits`` calls them; they are exact against OpenCV (``tests/localization``).
+"""
+
+import numba
+import numpy as np
+
+NUM_LEVELS = 256
+
+# Twice the polygon area inside one 2x2 window of pixel centres with k foreground corners: one
+# or two corners (even diagonal ones) enclose nothing, three enclose a half-square triangle.
+_WINDOW_AREA2 = np.array([0, 0, 0, 1, 2], np.int32)
+
+# The kernels work on maps padded with one pixel on every side, so that neighbours are index
+# offsets without bounds checks. Neighbour k of the 8 (up-left, up, up-right, left, right,
+# down-left, down, down-right) is bit k of the ``present`` masks below; of the 4 (up, left,
+# right, down), bit k too.
+_DY8 = (-1, -1, -1, 0, 0, 1, 1, 1)
+_DX8 = (-1, 0, 1, -1, 1, -1, 0, 1)
+# The four 2x2 windows with a pixel as one corner (up-left, up-right, down-left, down-right), as
+# the bits of their other three corners.
+_WINDOWS = np.array([(0, 1, 3), (1, 2, 4), (3, 5, 6), (4, 6, 7)], np.int32)
+
+
+def _group_table(dy, dx, conn8):
+    """For every mask of present neighbours, one neighbour per group of mutually connected
+    ones: present neighbours adjacent to each other are already in one component, so a pixel
+    needs one union-find lookup per group, not per neighbour (at most 4 groups of 8).
+
+    Returns int32 (2**K, 5): the count, then up to 4 neighbour indices."""
+    k = len(dy)
+    table = np.full((1 << k, 5), -1, np.int32)
+    for mask in range(1 << k):
+        members = [i for i in range(k) if mask >> i & 1]
+        group = {i: i for i in members}
+
+        def root(i, group=group):
+            while group[i] != i:
+                i = group[i]
+            return i
+
+        for a in members:
+            for b in members:
+                near = max(abs(dy[a] - dy[b]), abs(dx[a] - dx[b])) == 1
+                if not conn8:
+                    near = abs(dy[a] - dy[b]) + abs(dx[a] - dx[b]) == 1
+                if near:
+                    group[root(a)] = root(b)
+        reps = sorted({root(i) for i in members})
+        table[mask, 0] = len(reps)
+        table[mask, 1 : 1 + len(reps)] = reps
+    return table
+
+
+_GROUPS_8 = _group_table(_DY8, _DX8, conn8=True)
+_GROUPS_4 = _group_table((-1, 0, 0, 1), (0, -1, 1, 0), conn8=False)
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+@_jit
+def _find(parent, i):
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]  # Path halving.
+        i = parent[i]
+    return i
+
+
+@_jit
+def _hit_level(x0, y0, x1, y1, gt, num_gt, deltas):
+    """How many of the ascending IoU percentages ``deltas`` box (x0, y0, x1, y1) reaches with
+    its best GT box. Inclusive coordinates, integer decisions ``100 * inter >= d * union``, as
+    ``wsol._hits``; a non-positive union reaches only non-positive deltas."""
+    best = 0
+    area = np.int64(x1 - x0 + 1) * (y1 - y0 + 1)
+    for g in range(num_gt):
+        gx0, gy0, gx1, gy1 = gt[g, 0], gt[g, 1], gt[g, 2], gt[g, 3]
+        iw = max(0, min(x1, gx1) - max(x0, gx0) + 1)
+        ih = max(0, min(y1, gy1) - max(y0, gy0) + 1)
+        inter = np.int64(iw) * ih
+        union = area + np.int64(gx1 - gx0 + 1) * (gy1 - gy0 + 1) - inter
+        k = 0
+        while k < deltas.shape[0]:
+            ok = 100 * inter >= deltas[k] * union if union > 0 else deltas[k] <= 0
+            if not ok:
+                break
+            k += 1
+        best = max(best, k)
+    return best
+
+
+@_jit
+def _counting_order(values, h, w):
+    """Pixels sorted by value (stable in raster order): padded indices, y and x (int32 (N,)
+    each), and the start of each value's run, int64 (257,). values: (H * W,) in 0..255."""
+    wp = w + 2
+    start = np.zeros(NUM_LEVELS + 1, np.int64)
+    for i in range(h * w):
+        start[values[i] + 1] += 1
+    for v in range(NUM_LEVELS):
+        start[v + 1] += start[v]
+    fill = start[:NUM_LEVELS].copy()
+    index = np.empty(h * w, np.int32)
+    ys = np.empty(h * w, np.int32)
+    xs = np.empty(h * w, np.int32)
+    for y in range(h):
+        for x in range(w):
+            v = values[y * w + x]
+            j = fill[v]
+            fill[v] += 1
+            index[j] = (y + 1) * wp + x + 1
+            ys[j] = y
+            xs[j] = x
+    return index, ys, xs, start
+
+
+@_jit
+def _padded(values, h, w, pad):
+    """(H * W,) values -> ((H + 2) * (W + 2),) int32 with a one-pixel frame of ``pad``."""
+    wp = w + 2
+    out = np.full((h + 2) * wp, pad, np.int32)
+    for y in range(h):
+        for x in range(w):
+            out[(y + 1) * wp + x + 1] = values[y * w + x]
+    return out
+
+
+@_jit
+def _fill_holes(q, h, w):
+    """Grey-level hole filling, (H * W,) int32: for each pixel, the lowest level L such that a
+    4-connected path of pixels <= L joins it to the outside of the image (at least its value).
+
+    A priority flood from the frame with a bucket queue (values are 0..255): pixels leave the
+    queue in non-decreasing level, each entering with max(level it was reached from, value)."""
+    hp, wp = h + 2, w + 2
+    values = _padded(q, h, w, 0)
+    level_of = np.zeros(hp * wp, np.int32)
+    seen = np.zeros(hp * wp, np.bool_)
+    head = np.full(NUM_LEVELS, -1, np.int32)
+    nxt = np.empty(hp * wp, np.int32)
+    for y in range(hp):
+        for x in range(wp):
+            if y == 0 or x == 0 or y == hp - 1 or x == wp - 1:
+                p = y * wp + x
+                seen[p] = True
+                nxt[p] = head[0]
+                head[0] = p
+    offsets = (-wp, -1, 1, wp)
+    level = 0
+    while level < NUM_LEVELS:
+        p = head[level]
+        if p < 0:
+            level += 1
+            continue
+        head[level] = nxt[p]
+        for off in offsets:
+            nb = p + off
+            if nb < 0 or nb >= hp * wp or seen[nb]:
+                continue
+            seen[nb] = True
+            f = max(level, values[nb])
+            level_of[nb] = f
+            nxt[nb] = head[f]
+            head[f] = nb
+    filled = np.empty(h * w, np.int32)
+    for y in range(h):
+        for x in range(w):
+            filled[y * w + x] = level_of[(y + 1) * wp + x + 1]
+    return filled
+
+
+@_jit
+def _sweep(values, order, h, w, descending, holes, largest, gt, num_gt, deltas):
+    """Adds pixels level by level and reports, after each level, the components' boxes.
+
+    Args:
+      values: (H * W,) int32 swept values 0..255; order: their ``_counting_order``.
+      descending: add values 255, 254, ... (the foreground ``> L``, 8-connected); else 0, 1,
+        ... (the background ``<= L``, 4-connected).
+      holes: the padding frame is present from the start as one component, the outside, which
+        has no box: the others are the holes (use with ascending).
+      largest: report the V1 winner (largest polygon area, ties to the last first pixel)
+        instead of the best box of all components (use with descending).
+
+    Returns:
+      (256,) int32: for level L (after adding the values of the set ``> L`` or ``<= L``), the
+      hit level of the best box over all components (-1 when there is none), or of the V1
+      winner. Boxes are ``(x0, y0, x1 + 1, y1 + 1)`` clipped to the last pixel for outer
+      contours, ``(x0 - 1, y0 - 1, x1 + 2, y1 + 2)`` clipped for holes.
+    """
+    index, ys, xs, start = order
+    hp, wp = h + 2, w + 2
+    # The frame is never foreground (descending) and always background (ascending).
+    vals = _padded(values, h, w, -1)
+    nodes = hp * wp
+    parent = np.full(nodes, -1, np.int32)
+    box = np.empty((nodes, 4), np.int32)  # x0, y0, x1, y1 of each root's component
+    hits = np.zeros(nodes, np.int32)  # hit level of each root's box
+    count = np.zeros(deltas.shape[0] + 1, np.int64)  # boxed roots per hit level
+    result = np.full(NUM_LEVELS, -1, np.int32)
+    if largest:
+        area2 = np.zeros(nodes, np.int32)
+        first = np.zeros(nodes, np.int32)  # raster index of the component's first pixel
+    else:
+        area2 = np.zeros(1, np.int32)
+        first = np.zeros(1, np.int32)
+    if descending:
+        offsets = (-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1)
+        groups = _GROUPS_8
+    else:
+        offsets = (-wp, -1, 1, wp, 0, 0, 0, 0)
+        groups = _GROUPS_4
+    frame = 0  # the outside's root in the hole sweep: linking keeps the smaller root
+    if holes:
+        for y in range(hp):
+            for x in range(wp):
+                if y == 0 or x == 0 or y == hp - 1 or x == wp - 1:
+                    parent[y * wp + x] = frame
+    grow = 1 if holes else 0  # a hole's border runs through the pixels around it
+    best, best_area, best_first, dirty = -1, -1, -1, False
+
+    for step in range(NUM_LEVELS):
+        v = NUM_LEVELS - 1 - step if descending else step
+        for j in range(start[v], start[v + 1]):
+            p, y, x = index[j], ys[j], xs[j]
+            r = -1
+            changed = False
+            best_touched = False
+            # Neighbours already added: earlier levels, or this level earlier in raster order.
+            present = 0
+            for k in range(8 if descending else 4):
+                nb = p + offsets[k]
+                vn = vals[nb]
+                earlier = (vn > v) if descending else (vn < v)
+                present |= (earlier | ((vn == v) & (nb < p))) << k
+            for g in range(groups[present, 0]):
+                nb = p + offsets[groups[present, 1 + g]]
+                rn = _find(parent, nb)
+                if rn == r:
+                    continue
+                if rn != frame or not holes:
+                    count[hits[rn]] -= 1
+                best_touched = best_touched or rn == best
+                if r < 0:
+                    r = rn
+                    continue
+                if rn < r:
+                    r, rn = rn, r
+                parent[rn] = r
+                box[r, 0] = min(box[r, 0], box[rn, 0])
+                box[r, 1] = min(box[r, 1], box[rn, 1])
+                box[r, 2] = max(box[r, 2], box[rn, 2])
+                box[r, 3] = max(box[r, 3], box[rn, 3])
+                if largest:
+                    area2[r] += area2[rn]
+                    first[r] = min(first[r], first[rn])
+                changed = True
+            if r < 0:
+                r = p
+                box[p, 0], box[p, 1], box[p, 2], box[p, 3] = x, y, x, y
+                if largest:
+                    first[p] = y * w + x
+                changed = True
+            elif x < box[r, 0] or y < box[r, 1] or x > box[r, 2] or y > box[r, 3]:
+                box[r, 0] = min(box[r, 0], x)
+                box[r, 1] = min(box[r, 1], y)
+                box[r, 2] = max(box[r, 2], x)
+                box[r, 3] = max(box[r, 3], y)
+                changed = True
+            parent[p] = r
+            if holes and r == frame:
+                continue  # joined the outside: no box
+            if changed:
+                hits[r] = _hit_level(
+                    box[r, 0] - grow,
+                    box[r, 1] - grow,
+                    min(box[r, 2] + 1 + grow, w - 1),
+                    min(box[r, 3] + 1 + grow, h - 1),
+                    gt,
+                    num_gt,
+                    deltas,
+                )
+            count[hits[r]] += 1
+            if not largest:
+                continue
+            for i in range(4):
+                c = 0
+                for b in range(3):
+                    c += (present >> _WINDOWS[i, b]) & 1
+                area2[r] += _WINDOW_AREA2[c + 1] - _WINDOW_AREA2[c]
+            first[r] = min(first[r], y * w + x)
+            if dirty:
+                continue
+            if best_touched:
+                # The best merged or grew: it stays best unless its key fell (its first pixel
+                # moved up without area gain), then rescan at the end of the level.
+                if area2[r] > best_area or (area2[r] == best_area and first[r] >= best_first):
+                    best, best_area, best_first = r, area2[r], first[r]
+                else:
+                    dirty = True
+            elif area2[r] > best_area or (area2[r] == best_area and first[r] > best_first):
+                best, best_area, best_first = r, area2[r], first[r]
+        level = v - 1 if descending else v
+        if level < 0:
+            continue
+        if largest:
+            if dirty:
+                best, best_area, best_first = -1, -1, -1
+                for j in range(start[v], start[NUM_LEVELS]):
+                    i = index[j]
+                    if parent[i] == i and (
+                        area2[i] > best_area or (area2[i] == best_area and first[i] > best_first)
+                    ):
+                        best, best_area, best_first = i, area2[i], first[i]
+                dirty = False
+            if best >= 0:
+                result[level] = hits[best]
+        else:
+            for k in range(deltas.shape[0], -1, -1):
+                if count[k] > 0:
+                    result[level] = k
+                    break
+    return result
+
+
+@_jit
+def _image_hit_levels(q, h, w, gt, num_gt, deltas, largest, out):
+    """Writes one map's hit level at every level into out (256,) (see ``hit_levels``)."""
+    values = q.astype(np.int32)
+    peak = values.max()
+    empty = _hit_level(0, 0, 0, 0, gt, num_gt, deltas)
+    if largest:
+        filled = _fill_holes(values, h, w)
+        order = _counting_order(filled, h, w)
+        per_level = _sweep(filled, order, h, w, True, False, True, gt, num_gt, deltas)
+    else:
+        order = _counting_order(values, h, w)
+        per_level = _sweep(values, order, h, w, True, False, False, gt, num_gt, deltas)
+        holes = _sweep(values, order, h, w, False, True, False, gt, num_gt, deltas)
+        for level in range(NUM_LEVELS):
+            per_level[level] = max(per_level[level], holes[level])
+    for level in range(NUM_LEVELS):
+        out[level] = per_level[level] if level < peak else empty
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _batch_hit_levels(q, gt, num_gt, deltas, largest):
+    b, h, w = q.shape
+    out = np.zeros((b, NUM_LEVELS), np.int8)
+    for i in numba.prange(b):
+        _image_hit_levels(q[i].reshape(-1), h, w, gt[i], num_gt[i], deltas, largest, out[i])
+    return out
+
+
+def hit_levels(
+    quantized: np.ndarray,
+    gt_boxes: np.ndarray,
+    num_gt: np.ndarray,
+    deltas: np.ndarray,
+    largest: bool,
+) -> np.ndarray:
+    """Per map and level, how many IoU thresholds the evaluator's boxes reach.
+
+    Args:
+      quantized: (B, H, W) uint8 maps.
+      gt_boxes: (B, M, 4) int inclusive ``(x0, y0, x1, y1)``; num_gt: (B,) real boxes per map.
+      deltas: (D,) int IoU percentages, ascending.
+      largest: the largest contour's box only (V1) instead of every contour's (V2).
+
+    Returns:
+      (B, 256) int8: entry [b, L] = k means the mask ``q > L`` has a box reaching
+      ``IoU >= deltas[i] / 100`` exactly for i < k (levels at or above the peak use the empty
+      box ``(0, 0, 0, 0)``, as the evaluator).
+    """
+    return _batch_hit_levels(
+        np.ascontiguousarray(quantized, np.uint8),
+        np.ascontiguousarray(gt_boxes, np.int32),
+        np.ascontiguousarray(num_gt, np.int64),
+        np.ascontiguousarray(deltas, np.int64),
+        bool(largest),
+    )
