@@ -1,17 +1,27 @@
-"""Evaluation of a trained GAP network: classification, CAM localization, a baseline, pictures.
+"""Evaluation of a trained GAP network: classification, CAM localization, WSOL metrics, pictures.
 
 `Evaluator` runs one jitted program per batch (forward pass, CAM of the GT class upsampled to the
 image, boxes at every CAM threshold of the grid, IoUs, counts) and sums the counts over a split.
 `run_evaluation(config, workdir)` is what evaluate.py calls: restore the latest checkpoint, pick
 the CAM threshold on the validation split (never on test, as the WSOL protocol does), report the
 test split at that threshold and at the paper's fixed 0.2, write metrics.json and a gallery.
+
+With `config.eval.wsol.enabled` it also reports the WSOL protocol of Choe et al. (CVPR 2020,
+clovaai/wsolevaluation) on both splits: MaxBoxAcc, MaxBoxAccV2, BoxAcc at fixed and
+validation-chosen thresholds, top-1 loc and PxAP. The protocol's score maps (the GT class's
+CAM, OpenCV-bicubic to the evaluation size, min-max normalised, quantised to uint8) and the PxAP
+histograms come out of the same jitted step; only the box counts of
+`camjax.localization.wsol.box_correct_counts` run on the host, one batch behind the device.
 """
 
+import dataclasses
 import json
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,12 +30,17 @@ import numpy as np
 from camjax import cam as cam_lib
 from camjax import experiment, viz
 from camjax.data import pipeline
+from camjax.localization import wsol
 from camjax.localization.boxes import box_from_scoremap
 from camjax.localization.metrics import (
     LocalizationAccumulator,
     centered_boxes,
     localization_counts,
 )
+
+# MaxBoxAcc (the CVPR version's box metric) and top-1 loc: IoU >= 0.5, largest contour's box.
+V1_IOU = 50
+_WSOL_KEYS = frozenset({"enabled", "threshold_step", "iou_thresholds", "eval_size", "pxap"})
 
 
 def threshold_grid(step: float) -> np.ndarray:
@@ -35,12 +50,319 @@ def threshold_grid(step: float) -> np.ndarray:
     return np.round(np.arange(step, 1.0 - 1e-9, step), 6).astype(np.float32)
 
 
-class Evaluator:
-    """Localization and classification counts over a split, one compiled step per batch shape."""
+# --------------------------------------------------------------------------------------------
+# The WSOL protocol: settings and its conventions for GT boxes and masks.
 
-    def __init__(self, config: ml_collections.ConfigDict, model, mesh):
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WsolProtocol:
+    """`config.eval.wsol` checked and resolved (see `wsol_protocol`).
+
+    thresholds: (T,) float64 CAM thresholds ``np.arange(0, 1, threshold_step)``, the reference's
+    grid; iou_thresholds: MaxBoxAccV2's IoU thresholds in percent; eval_size: side of the score
+    maps, GT boxes and masks; fixed_threshold: `config.eval.fixed_threshold`.
+    """
+
+    thresholds: np.ndarray
+    threshold_step: float
+    iou_thresholds: tuple[int, ...]
+    eval_size: int
+    fixed_threshold: float
+    pxap: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold_step": self.threshold_step,
+            "num_thresholds": len(self.thresholds),
+            "iou_thresholds": list(self.iou_thresholds),
+            "eval_size": self.eval_size,
+            "fixed_threshold": self.fixed_threshold,
+            "pxap": self.pxap,
+        }
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def wsol_protocol(config: ml_collections.ConfigDict) -> WsolProtocol | None:
+    """Checks `config.eval.wsol` and `config.eval.fixed_threshold`; None when WSOL is disabled.
+
+    Raises ValueError naming the config key at fault and how to fix it.
+    """
+    ev = config.eval
+    if "wsol" not in ev:
+        raise ValueError(
+            "config.eval.wsol is missing; add the section as in configs/default.py (or set "
+            "config.eval.wsol.enabled = False there to skip the WSOL protocol)."
+        )
+    w = ev.wsol
+    keys = set(w.keys())
+    if keys != _WSOL_KEYS:
+        raise ValueError(
+            f"config.eval.wsol has unknown keys {sorted(keys - _WSOL_KEYS)} and lacks "
+            f"{sorted(_WSOL_KEYS - keys)}; its keys are {sorted(_WSOL_KEYS)} (configs/default.py)."
+        )
+    if not isinstance(w.enabled, bool):
+        raise ValueError(f"config.eval.wsol.enabled must be True or False; got {w.enabled!r}.")
+    if not w.enabled:
+        return None
+    step = w.threshold_step
+    # Score maps have 256 levels: finer steps only grow the PxAP histograms and level tables.
+    if not _is_number(step) or not 1e-4 <= step < 1:
+        raise ValueError(
+            "config.eval.wsol.threshold_step must be a number in [0.0001, 1): the CAM threshold "
+            f"grid is np.arange(0, 1, step), the reference's cam_curve_interval (0.001); got "
+            f"{step!r}."
+        )
+    ious = w.iou_thresholds
+    if (
+        not isinstance(ious, tuple | list)
+        or not ious
+        or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in ious)
+        or not all(0 < d <= 100 for d in ious)
+        or len(set(ious)) != len(ious)
+    ):
+        raise ValueError(
+            "config.eval.wsol.iou_thresholds must be distinct integer percentages in (0, 100], "
+            f"e.g. (30, 50, 70) as the reference (IoU >= 0.5 is 50); got {ious!r}."
+        )
+    size = w.eval_size
+    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 0:
+        raise ValueError(
+            "config.eval.wsol.eval_size must be an integer >= 0, the side of the score maps; "
+            "0 means config.data.image_size (the reference scores maps at its input size); "
+            f"got {size!r}."
+        )
+    fixed = ev.fixed_threshold
+    if not _is_number(fixed) or not 0 <= fixed <= 1:
+        raise ValueError(
+            f"config.eval.fixed_threshold must be a CAM threshold in [0, 1] (the CAM paper's 0.2); "
+            f"got {fixed!r}."
+        )
+    if not isinstance(w.pxap, bool):
+        raise ValueError(f"config.eval.wsol.pxap must be True or False; got {w.pxap!r}.")
+    return WsolProtocol(
+        thresholds=wsol.default_thresholds(float(step)),
+        threshold_step=float(step),
+        iou_thresholds=tuple(int(d) for d in ious),
+        eval_size=int(size) or config.data.image_size,
+        fixed_threshold=float(fixed),
+        pxap=w.pxap,
+    )
+
+
+def protocol_boxes(boxes: np.ndarray, image_size: int, eval_size: int) -> np.ndarray:
+    """Pipeline GT boxes -> the reference evaluator's GT boxes at the evaluation size.
+
+    Args:
+      boxes: (..., 4) float (x0, y0, x1, y1) pixels of an image_size image with exclusive ends
+        (`pipeline.pixel_boxes`: columns a..b give x0 = a, x1 = b + 1).
+      image_size, eval_size: sides of the image and of the score maps.
+
+    Returns:
+      (..., 4) int32 (x0, y0, x1, y1) with inclusive ends (``calculate_multiple_iou`` counts
+      ``x1 - x0 + 1`` columns): the first and last pixel the box covers once scaled to
+      eval_size, clipped to the map. At equal sizes, (a, y0, b + 1, y1) -> (a, y0, b, y1 - 1).
+    """
+    b = np.asarray(boxes, np.float64) * (eval_size / image_size)
+    # Boxes arrive through float32 normalised coordinates: read 19.99999 as the 20 it was.
+    r = np.rint(b)
+    b = np.where(np.abs(b - r) < 1e-3, r, b)
+    lo = np.clip(np.floor(b[..., :2]), 0, eval_size - 1)
+    hi = np.clip(np.ceil(b[..., 2:]) - 1, lo, eval_size - 1)
+    return np.concatenate([lo, hi], axis=-1).astype(np.int32)
+
+
+def protocol_mask(mask: np.ndarray, eval_size: int) -> np.ndarray:
+    """A dataset's object mask -> the reference's PxAP mask at the evaluation size.
+
+    mask: (H, W) or (H, W, 1) integer, nonzero on the object. Returns (eval_size, eval_size)
+    uint8, 1 foreground and 0 background, resized as ``cv2.resize(..., INTER_NEAREST)`` and
+    thresholded at 0.5 like ``evaluation.load_mask_image``/``get_mask``. (The reference's
+    ignore value 255 is for OpenImages' ignore boxes; no dataset here has them.)
+    """
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.ndim != 2:
+        raise ValueError(f"a GT mask must be (H, W) or (H, W, 1); got shape {m.shape}.")
+    h, w = m.shape
+    if (h, w) != (eval_size, eval_size):
+        # OpenCV's nearest neighbour: source index floor(dst * (src / dst)), clamped.
+        rows = np.minimum(np.floor(np.arange(eval_size) * (1.0 / (eval_size / h))), h - 1)
+        cols = np.minimum(np.floor(np.arange(eval_size) * (1.0 / (eval_size / w))), w - 1)
+        m = m[rows.astype(int)[:, None], cols.astype(int)[None, :]]
+    return (m > 0).astype(np.uint8)
+
+
+class _MaskedEvalPreprocess(grain.transforms.Map):
+    """`pipeline.EvalPreprocess` plus 'mask': the example's `protocol_mask` at eval_size."""
+
+    def __init__(self, cfg: pipeline.PreprocessConfig, eval_size: int):
+        self.base = pipeline.EvalPreprocess(cfg)
+        self.eval_size = eval_size
+
+    def map(self, example: dict[str, Any]) -> pipeline.Batch:
+        row = self.base.map(example)
+        row["mask"] = protocol_mask(example["mask"], self.eval_size)
+        return row
+
+
+def _host_rows(x: jax.Array) -> np.ndarray:
+    """This host's rows of a batch-sharded array, in order (the whole batch on one host)."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def _sum_over_hosts(x: np.ndarray) -> np.ndarray:
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(x, np.int32))
+    return np.asarray(gathered, np.int64).sum(axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# WSOL counts of a split and their metrics.
+
+
+@dataclasses.dataclass
+class WsolCounts:
+    """The WSOL protocol's integer counts over one split, and the metrics made from them.
+
+    v1: images whose largest contour's box has IoU >= 0.5 (MaxBoxAcc), v2: whose best box of
+    all contours reaches each IoU threshold (MaxBoxAccV2), both at every grid threshold plus
+    the fixed one (last column); top1_loc: as v1 but counting only images whose top-1 class is
+    right, at the `operating` thresholds; pxap: score histograms of GT fg/bg pixels.
+    """
+
+    protocol: WsolProtocol
+    operating: tuple[float, ...]
+    v1: wsol.WsolBoxAccumulator
+    v2: wsol.WsolBoxAccumulator
+    top1_loc: wsol.WsolBoxAccumulator
+    pxap: wsol.PxAPAccumulator | None
+
+    @classmethod
+    def create(cls, protocol: WsolProtocol, operating: Sequence[float]) -> "WsolCounts":
+        curve = np.append(protocol.thresholds, protocol.fixed_threshold)
+        return cls(
+            protocol,
+            tuple(float(t) for t in operating),
+            wsol.WsolBoxAccumulator(curve, (V1_IOU,)),
+            wsol.WsolBoxAccumulator(curve, protocol.iou_thresholds),
+            wsol.WsolBoxAccumulator(np.asarray(operating, np.float64), (V1_IOU,)),
+            wsol.PxAPAccumulator(protocol.thresholds) if protocol.pxap else None,
+        )
+
+    def update(
+        self,
+        quantized: np.ndarray,
+        gt_boxes: np.ndarray,
+        num_gt: np.ndarray,
+        valid: np.ndarray,
+        top1_correct: np.ndarray,
+        pxap_histograms: jax.Array | None = None,
+    ) -> None:
+        """Adds one batch of this host: quantized (B, E, E) uint8 score maps, gt_boxes (B, M, 4)
+        int32 inclusive at E (`protocol_boxes`), num_gt (B,), valid (B,) bool, top1_correct
+        (B,) bool; pxap_histograms (2, T + 2) of the whole batch when PxAP is on."""
+        n = int(np.sum(valid))
+        counts = wsol.box_correct_counts
+        args = (quantized, gt_boxes, num_gt)
+        curve = self.v1.thresholds
+        self.v1.update(counts(*args, curve, (V1_IOU,), multi_contour=False, valid=valid), n)
+        self.v2.update(
+            counts(*args, curve, self.protocol.iou_thresholds, multi_contour=True, valid=valid), n
+        )
+        right = valid & top1_correct
+        ops = self.top1_loc.thresholds
+        self.top1_loc.update(counts(*args, ops, (V1_IOU,), multi_contour=False, valid=right), n)
+        if self.pxap is not None:
+            self.pxap.update(pxap_histograms)
+
+    def sum_over_hosts(self) -> None:
+        """Adds the other hosts' box counts (the PxAP histograms are global already)."""
+        for acc in (self.v1, self.v2, self.top1_loc):
+            acc.counts = _sum_over_hosts(acc.counts)
+            acc.num_images = int(_sum_over_hosts(np.asarray(acc.num_images)))
+
+    def _curves(self) -> tuple[np.ndarray, np.ndarray]:
+        """BoxAcc percent on the grid: V1 (T,), V2 (D, T)."""
+        t = len(self.protocol.thresholds)
+        return self.v1.box_accuracy()[0, :t], self.v2.box_accuracy()[:, :t]
+
+    def best_indices(self) -> tuple[int, np.ndarray]:
+        """Grid index of MaxBoxAcc's threshold and (D,) of each IoU's MaxBoxAccV2 threshold.
+
+        The reference reports only the maxima; on ties the lowest threshold is taken here.
+        """
+        v1, v2 = self._curves()
+        return int(np.argmax(v1)), np.argmax(v2, axis=1)
+
+    def _top1_loc_at(self, threshold: float) -> float | None:
+        if threshold not in self.operating:
+            return None
+        return float(self.top1_loc.box_accuracy()[0, self.operating.index(threshold)])
+
+    def summary(self, val: "WsolCounts | None" = None) -> dict[str, Any]:
+        """Metrics in percent (see README); with `val`, also at the thresholds it chose."""
+        grid = self.protocol.thresholds
+        ious = [str(d) for d in self.protocol.iou_thresholds]
+        v1, v2 = self._curves()
+        i1, i2 = self.best_indices()
+        v2_max = v2[np.arange(len(ious)), i2]
+        fixed_v2 = self.v2.box_accuracy()[:, -1]
+        out = {
+            "num_images": self.v1.num_images,
+            "max_box_acc": float(v1[i1]),
+            "max_box_acc_threshold": float(grid[i1]),
+            "max_box_acc_v2": float(np.mean(v2_max)),
+            "max_box_acc_v2_per_iou": dict(zip(ious, map(float, v2_max), strict=True)),
+            "max_box_acc_v2_thresholds": dict(zip(ious, map(float, grid[i2]), strict=True)),
+            "at_fixed_threshold": {
+                "threshold": self.protocol.fixed_threshold,
+                "box_acc": float(self.v1.box_accuracy()[0, -1]),
+                "box_acc_v2": float(np.mean(fixed_v2)),
+                "box_acc_v2_per_iou": dict(zip(ious, map(float, fixed_v2), strict=True)),
+                "top1_loc": self._top1_loc_at(self.protocol.fixed_threshold),
+            },
+            "pxap": None if self.pxap is None else self.pxap.pxap(),
+        }
+        if val is not None:
+            j1, j2 = val.best_indices()
+            at_v2 = v2[np.arange(len(ious)), j2]
+            out["at_val_thresholds"] = {
+                "threshold": float(grid[j1]),
+                "box_acc": float(v1[j1]),
+                "top1_loc": self._top1_loc_at(float(grid[j1])),
+                "box_acc_v2": float(np.mean(at_v2)),
+                "box_acc_v2_per_iou": dict(zip(ious, map(float, at_v2), strict=True)),
+                "box_acc_v2_thresholds": dict(zip(ious, map(float, grid[j2]), strict=True)),
+            }
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluator.
+
+
+class Evaluator:
+    """Localization and classification counts over a split, one compiled step per batch shape.
+
+    protocol: the WSOL protocol (`wsol_protocol(config)`) for `evaluate_wsol`; None disables it.
+    """
+
+    def __init__(
+        self, config: ml_collections.ConfigDict, model, mesh, protocol: WsolProtocol | None = None
+    ):
         self.config = config
         self.mesh = mesh
+        self.protocol = protocol
         ev = config.eval
         experiment.check_batch_size(ev.batch_size, mesh, "config.eval.batch_size")
         self.top_k = min(ev.top_k, config.model.num_classes)
@@ -54,7 +376,7 @@ class Evaluator:
         self.sharding = experiment.data_sharding(mesh)
         mean, std = config.data.mean, config.data.std
 
-        def step(variables, batch):
+        def dense(variables, batch):
             images = pipeline.normalize_images(batch["image"], mean, std)
             logits, out = model.apply(variables, images, train=False)
             cams = cam_lib.cams_for_classes(
@@ -62,7 +384,7 @@ class Evaluator:
             )
             scoremaps = cam_lib.postprocess(cams, (size, size), method=ev.resize_method)
             _, top = jax.lax.top_k(logits, self.top_k)
-            return localization_counts(
+            counts = localization_counts(
                 scoremaps,
                 batch["boxes"],
                 batch["num_boxes"],
@@ -73,19 +395,41 @@ class Evaluator:
                 jnp.asarray(center),
                 ev.iou_threshold,
             )
+            return cams, scoremaps, top, counts
 
-        self._step = jax.jit(step)
+        def wsol_step(variables, batch):
+            cams, scoremaps, top, counts = dense(variables, batch)
+            e = protocol.eval_size
+            if (e, ev.resize_method) != (size, "bicubic"):
+                # The protocol's maps: OpenCV INTER_CUBIC to the evaluation size, min-max.
+                scoremaps = cam_lib.postprocess(cams, (e, e), method="bicubic")
+            out = {
+                "loc": counts,
+                "scoremaps": scoremaps,  # stays on device unless a caller fetches it
+                "quantized": wsol.quantize_scoremaps(scoremaps),
+                "top1_correct": top[:, 0] == batch["label"],
+            }
+            if protocol.pxap:
+                # Padding rows of a ragged last batch are ignored pixels (255).
+                masks = jnp.where(batch["valid"][:, None, None], batch["mask"], 255)
+                out["pxap"] = wsol.pxap_histograms(scoremaps, masks, protocol.thresholds)
+            return out
+
+        self._step = jax.jit(lambda variables, batch: dense(variables, batch)[3])
+        self._wsol_step = jax.jit(wsol_step) if protocol is not None else None
+
+    def _batches(self, source: Sequence, max_images: int, masks: bool) -> Iterator[pipeline.Batch]:
+        source = experiment.limit(source, max_images)
+        ev, threads = self.config.eval, self.config.data.num_threads
+        prep = _MaskedEvalPreprocess(self.prep, self.protocol.eval_size) if masks else None
+        return pipeline.eval_batches(source, self.prep, ev.batch_size, threads, prep)
 
     def evaluate(
         self, variables: Any, source: Sequence, max_images: int = 0
     ) -> LocalizationAccumulator:
         """Counts over the first max_images (0: all) examples of a source."""
         acc = LocalizationAccumulator(self.thresholds, self.center_fractions)
-        source = experiment.limit(source, max_images)
-        batches = pipeline.eval_batches(
-            source, self.prep, self.config.eval.batch_size, self.config.data.num_threads
-        )
-        for host_batch in batches:
+        for host_batch in self._batches(source, max_images, masks=False):
             batch = pipeline.shard_batch(
                 {k: host_batch[k] for k in ("image", "label", "boxes", "num_boxes", "valid")},
                 self.sharding,
@@ -93,11 +437,69 @@ class Evaluator:
             acc.update(self._step(variables, batch))
         return acc
 
+    def wsol_outputs(
+        self, variables: Any, source: Sequence, max_images: int = 0
+    ) -> Iterator[tuple[pipeline.Batch, dict[str, jax.Array]]]:
+        """(host batch, device outputs of the WSOL step) per batch of a source.
+
+        Outputs: 'loc' (`localization_counts`), 'scoremaps' (B, E, E) float32, 'quantized'
+        (B, E, E) uint8, 'top1_correct' (B,) bool and, with PxAP, 'pxap' (2, T + 2). The next
+        batch's step is dispatched before a batch is handed out, so host work overlaps it.
+        """
+        if self.protocol is None:
+            raise ValueError("this Evaluator has no WSOL protocol; pass wsol_protocol(config).")
+        if self.protocol.pxap and len(source) and "mask" not in source[0]:
+            raise ValueError(
+                f"config.eval.wsol.pxap is True but the examples of {self.config.data.name!r} "
+                "have no 'mask' (PxAP needs GT masks); set config.eval.wsol.pxap = False."
+            )
+        keys = ["image", "label", "boxes", "num_boxes", "valid"] + ["mask"] * self.protocol.pxap
+        pending = None
+        for host_batch in self._batches(source, max_images, masks=self.protocol.pxap):
+            batch = pipeline.shard_batch({k: host_batch[k] for k in keys}, self.sharding)
+            out = self._wsol_step(variables, batch)
+            if pending is not None:
+                yield pending
+            pending = (host_batch, out)
+        if pending is not None:
+            yield pending
+
+    def evaluate_wsol(
+        self,
+        variables: Any,
+        source: Sequence,
+        max_images: int = 0,
+        val_threshold: float | None = None,
+    ) -> tuple[LocalizationAccumulator, WsolCounts]:
+        """One pass over a source: `evaluate`'s counts and the WSOL protocol's.
+
+        val_threshold: MaxBoxAcc's threshold chosen on validation; top-1 loc is counted there
+        as well as at config.eval.fixed_threshold.
+        """
+        p = self.protocol
+        operating = [p.fixed_threshold] + ([val_threshold] if val_threshold is not None else [])
+        loc = LocalizationAccumulator(self.thresholds, self.center_fractions)
+        counts = WsolCounts.create(p, operating)
+        image_size = self.config.data.image_size
+        for host_batch, out in self.wsol_outputs(variables, source, max_images):
+            loc.update(out["loc"])
+            counts.update(
+                _host_rows(out["quantized"]),
+                protocol_boxes(host_batch["boxes"], image_size, p.eval_size),
+                np.asarray(host_batch["num_boxes"]),
+                np.asarray(host_batch["valid"], bool),
+                _host_rows(out["top1_correct"]),
+                out.get("pxap"),
+            )
+        counts.sum_over_hosts()
+        return loc, counts
+
 
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Restores the latest checkpoint in workdir, evaluates, writes metrics.json and a gallery."""
     from camjax.train import checkpoint, loop, optim  # training imports evaluation, not the reverse
 
+    protocol = wsol_protocol(config)  # config errors before any restoring or data
     mesh = experiment.make_mesh()
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
@@ -106,12 +508,18 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     manager.close()
     variables = {"params": state.params}
     sources = experiment.data_sources(config)
-    evaluator = Evaluator(config, model, mesh)
+    val_source, test_source = sources[config.data.val_split], sources[config.data.test_split]
+    evaluator = Evaluator(config, model, mesh, protocol)
     max_images = config.eval.max_images
 
-    val = evaluator.evaluate(variables, sources[config.data.val_split], max_images)
+    if protocol is None:
+        val = evaluator.evaluate(variables, val_source, max_images)
+        test = evaluator.evaluate(variables, test_source, max_images)
+    else:
+        val, val_wsol = evaluator.evaluate_wsol(variables, val_source, max_images)
+        chosen_v1 = float(protocol.thresholds[val_wsol.best_indices()[0]])
+        test, test_wsol = evaluator.evaluate_wsol(variables, test_source, max_images, chosen_v1)
     chosen = val.best_threshold()
-    test = evaluator.evaluate(variables, sources[config.data.test_split], max_images)
     k = evaluator.top_k
     rates = test.rates()
     results = {
@@ -129,6 +537,12 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
             for t, r in zip(test.thresholds, rates["gt_known"], strict=True)
         },
     }
+    if protocol is not None:
+        results["wsol"] = {
+            "protocol": protocol.to_dict(),
+            "val": val_wsol.summary(),
+            "test": test_wsol.summary(val_wsol),
+        }
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         # Written aside and renamed, so an interrupted run never leaves a truncated file.
@@ -136,7 +550,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         with open(path + ".tmp", "w") as f:
             json.dump(results, f, indent=2)
         os.replace(path + ".tmp", path)
-        write_gallery(config, model, variables, sources[config.data.test_split], chosen, workdir)
+        write_gallery(config, model, variables, test_source, chosen, workdir)
     return results
 
 
@@ -183,7 +597,7 @@ def _class_names(config):
 
 
 def print_report(results: dict[str, Any]) -> None:
-    """The headline numbers of run_evaluation as a small table on stdout (process 0 only)."""
+    """The headline numbers of run_evaluation as small tables on stdout (process 0 only)."""
     if jax.process_index() != 0:
         return
     tuned, fixed, k = (
@@ -216,3 +630,52 @@ def print_report(results: dict[str, Any]) -> None:
         f"GT-known loc at the best threshold on test (oracle): "
         f"{results['test_gt_known_loc_oracle_max']:.2f}%"
     )
+    if "wsol" in results:
+        _print_wsol(results["wsol"])
+
+
+def _print_wsol(w: dict[str, Any]) -> None:
+    p, val, test = w["protocol"], w["val"], w["test"]
+    at_val, at_fixed = test["at_val_thresholds"], test["at_fixed_threshold"]
+    print(
+        f"\nWSOL protocol (Choe et al., CVPR 2020): GT-class CAM, bicubic to {p['eval_size']}^2, "
+        f"{p['num_thresholds']} CAM thresholds; val {val['num_images']}, "
+        f"test {test['num_images']} images; max over thresholds @ its threshold"
+    )
+
+    def row(label, *cells):
+        text = [
+            "-" if c is None else f"{c[0]:.2f}% @{c[1]:.3f}" if c[1:] else f"{c[0]:.2f}%"
+            for c in cells
+        ]
+        print(f"{label:<20}" + "".join(f"{t:>17}" for t in text))
+
+    print(
+        f"{'':<20}{'val max':>17}{'test max':>17}{'test @ val thr':>17}"
+        f"{'test @ ' + format(p['fixed_threshold'], 'g'):>17}"
+    )
+    row(
+        "MaxBoxAcc (IoU 50)",
+        (val["max_box_acc"], val["max_box_acc_threshold"]),
+        (test["max_box_acc"], test["max_box_acc_threshold"]),
+        (at_val["box_acc"], at_val["threshold"]),
+        (at_fixed["box_acc"],),
+    )
+    row(
+        "MaxBoxAccV2 (mean)",
+        (val["max_box_acc_v2"],),
+        (test["max_box_acc_v2"],),
+        (at_val["box_acc_v2"],),
+        (at_fixed["box_acc_v2"],),
+    )
+    for d in map(str, p["iou_thresholds"]):
+        row(
+            f"  IoU {d}",
+            (val["max_box_acc_v2_per_iou"][d], val["max_box_acc_v2_thresholds"][d]),
+            (test["max_box_acc_v2_per_iou"][d], test["max_box_acc_v2_thresholds"][d]),
+            (at_val["box_acc_v2_per_iou"][d], at_val["box_acc_v2_thresholds"][d]),
+            (at_fixed["box_acc_v2_per_iou"][d],),
+        )
+    row("top-1 loc (IoU 50)", None, None, (at_val["top1_loc"],), (at_fixed["top1_loc"],))
+    if p["pxap"]:
+        row("PxAP", (val["pxap"],), (test["pxap"],))

@@ -75,4 +75,13 @@ def get_config() -> ml_collections.ConfigDict:
     ev.center_box_grid_step = 0.05  # sizes of the centered-box baseline, as image fractions
     ev.num_gallery = 16  # CAM pictures written for the first N test images
     ev.max_images = 0  # evaluate only the first N images of each split; 0 = all
+    # The WSOL protocol of Choe et al. (CVPR 2020, clovaai/wsolevaluation) on validation and
+    # test: MaxBoxAcc, MaxBoxAccV2, BoxAcc at fixed_threshold and at validation's thresholds,
+    # top-1 loc, PxAP. Score maps: GT-class CAM, bicubic to eval_size, min-max, uint8.
+    ev.wsol = wsol = ml_collections.ConfigDict()
+    wsol.enabled = True
+    wsol.threshold_step = 0.001  # CAM thresholds np.arange(0, 1, step): the cam_curve_interval
+    wsol.iou_thresholds = (30, 50, 70)  # MaxBoxAccV2's IoU thresholds, percent
+    wsol.eval_size = 0  # side of the score maps; 0 = data.image_size (the reference: its input)
+    wsol.pxap = True  # pixel AP from GT masks (wsol_shapes has masks; False for box-only data)
     return config

@@ -21,4 +21,5 @@ def get_config():
     config.eval.batch_size = 16
     config.eval.threshold_grid_step = 0.1
     config.eval.num_gallery = 2
+    config.eval.wsol.threshold_step = 0.01
     return config

@@ -1,14 +1,22 @@
-"""Tests for camjax/evaluation.py and the entry points' error paths, on the embedded dataset."""
+"""Tests for camjax/evaluation.py and the entry points' error paths, on the embedded dataset.
+
+The WSOL metrics are checked against `tests/localization/wsol_reference.py`, an OpenCV copy of
+the published evaluator's rules, on the very score maps the evaluator made.
+"""
 
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
+from camjax import cam as cam_lib
 from camjax import evaluation, experiment
+from camjax.data import pipeline
 from camjax.train import checkpoint, loop
-from configs import googlenet_gap_imagenet, tiny, vgg16_gap_imagenet
+from configs import default, googlenet_gap_imagenet, tiny, vgg16_gap_imagenet
+from tests.localization import wsol_reference as ref
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +33,14 @@ def trained(data_dir, tmp_path_factory):
     return config, workdir
 
 
-def test_run_evaluation_writes_metrics_and_gallery(trained):
+@pytest.fixture(scope="module")
+def evaluated(trained):
     config, workdir = trained
-    results = evaluation.run_evaluation(config, workdir)
+    return config, workdir, evaluation.run_evaluation(config, workdir)
+
+
+def test_run_evaluation_writes_metrics_and_gallery(evaluated):
+    config, workdir, results = evaluated
     with open(os.path.join(workdir, "metrics.json")) as f:
         saved = json.load(f)
     assert saved == json.loads(json.dumps(results))
@@ -47,21 +60,139 @@ def test_run_evaluation_writes_metrics_and_gallery(trained):
     assert os.path.getsize(os.path.join(workdir, "gallery.png")) > 0
 
 
-def test_evaluator_threshold_chosen_on_validation(trained):
+def test_run_evaluation_reports_the_wsol_protocol(evaluated, capsys):
+    config, _, results = evaluated
+    w = results["wsol"]
+    assert w["protocol"] == {
+        "threshold_step": 0.01,
+        "num_thresholds": 100,
+        "iou_thresholds": [30, 50, 70],
+        "eval_size": 64,
+        "fixed_threshold": 0.2,
+        "pxap": True,
+    }
+    val, test = w["val"], w["test"]
+    assert val["num_images"] == config.data.num_validation
+    assert test["num_images"] == config.data.num_test
+    for split in (val, test):
+        v2 = split["max_box_acc_v2_per_iou"]
+        assert list(v2) == ["30", "50", "70"]
+        assert split["max_box_acc_v2"] == pytest.approx(np.mean(list(v2.values())))
+        # A looser IoU threshold never localizes fewer images.
+        assert v2["30"] >= v2["50"] >= v2["70"]
+        fixed = split["at_fixed_threshold"]
+        assert fixed["box_acc"] <= split["max_box_acc"]
+        assert fixed["top1_loc"] <= fixed["box_acc"]
+        assert 0 <= split["pxap"] <= 100
+    at_val = test["at_val_thresholds"]
+    assert at_val["threshold"] == val["max_box_acc_threshold"]
+    assert at_val["box_acc_v2_thresholds"] == val["max_box_acc_v2_thresholds"]
+    assert at_val["box_acc"] <= test["max_box_acc"]
+    assert at_val["box_acc_v2"] <= test["max_box_acc_v2"]
+    assert at_val["top1_loc"] <= at_val["box_acc"]
+    evaluation.print_report(results)
+    out = capsys.readouterr().out
+    assert "MaxBoxAccV2 (mean)" in out and "PxAP" in out
+
+
+@pytest.fixture(scope="module")
+def restored(trained):
+    """The trained run's config, an Evaluator with the WSOL protocol, and the variables; shared
+    so that its two jitted steps compile once for all tests."""
     config, workdir = trained
     model = experiment.build_model(config)
     mesh = experiment.make_mesh()
     tx = loop.create_optimizer(config.optim, config.train.num_steps)
     manager = checkpoint.create_manager(workdir, 2)
     state = checkpoint.restore(manager, loop.abstract_train_state(config, model, tx, mesh), config)
-    ev = evaluation.Evaluator(config, model, mesh)
+    manager.close()
+    ev = evaluation.Evaluator(config, model, mesh, evaluation.wsol_protocol(config))
+    return config, ev, {"params": state.params}
+
+
+def test_wsol_counts_equal_the_opencv_reference_on_the_same_maps(restored):
+    """Box counts (V1, V2, top-1 loc), PxAP and the metrics, on a ragged (padded) split."""
+    config, ev, variables = restored
+    model, protocol = experiment.build_model(config), ev.protocol
+    source = experiment.data_sources(config)["validation"]
+    n, val_threshold = 11, 0.37  # 11 of 16 images: the batch of 16 has 5 padding rows
+
+    legacy, counts = ev.evaluate_wsol(variables, source, n, val_threshold)
+    # The evaluator's score maps, from the same jitted step.
+    maps, quantized = [], []
+    for host_batch, out in ev.wsol_outputs(variables, source, n):
+        valid = np.asarray(host_batch["valid"])
+        maps.append(np.asarray(out["scoremaps"])[valid])
+        quantized.append(np.asarray(out["quantized"])[valid])
+    maps, quantized = np.concatenate(maps), np.concatenate(quantized)
+    assert maps.shape == (n, 64, 64) and maps.dtype == np.float32
+    np.testing.assert_array_equal(quantized, (maps.astype(np.float64) * 255).astype(np.uint8))
+
+    # Everything else independently, from the raw examples.
+    examples = [source[i] for i in range(n)]
+    masks = [(np.asarray(e["mask"])[..., 0] > 0).astype(np.uint8) for e in examples]
+    gts = []
+    for m in masks:  # the inclusive GT box is the object's pixel extent (a tight-box dataset)
+        ys, xs = np.nonzero(m)
+        gts.append(np.array([[xs.min(), ys.min(), xs.max(), ys.max()]]))
+    rows = [pipeline.EvalPreprocess(ev.prep).map(e) for e in examples]
+    images = pipeline.normalize_images(
+        np.stack([r["image"] for r in rows]), config.data.mean, config.data.std
+    )
+    labels = np.array([r["label"] for r in rows])
+    logits, out = model.apply(variables, images, train=False)
+    top1 = np.asarray(logits).argmax(-1) == labels
+
+    # The maps are the protocol's: GT-class CAM, OpenCV bicubic, min-max (float64 there).
+    cams = np.asarray(
+        cam_lib.cams_for_classes(out["feature_map"], variables["params"]["head"]["kernel"], labels)
+    )
+    expected = np.stack([ref.normalize_scoremap(ref.resize_cam(c, (64, 64))) for c in cams])
+    np.testing.assert_allclose(maps, expected, atol=2e-5)
+
+    grid = protocol.thresholds
+    curve = np.append(grid, protocol.fixed_threshold)
+    ref_v1 = ref.box_correct_counts(maps, gts, curve, (50,), multi_contour_eval=False)
+    ref_v2 = ref.box_correct_counts(maps, gts, curve, (30, 50, 70), multi_contour_eval=True)
+    sel = np.flatnonzero(top1)
+    ref_top1 = ref.box_correct_counts(
+        maps[sel], [gts[i] for i in sel], [0.2, val_threshold], (50,), multi_contour_eval=False
+    )
+    np.testing.assert_array_equal(counts.v1.counts, ref_v1)
+    np.testing.assert_array_equal(counts.v2.counts, ref_v2)
+    np.testing.assert_array_equal(counts.top1_loc.counts, ref_top1)
+    true_hist, false_hist = ref.pxap_histograms(maps, masks, grid)
+    np.testing.assert_array_equal(counts.pxap.histograms, np.stack([true_hist, false_hist]))
+
+    summary = counts.summary()
+    t = len(grid)
+    assert summary["num_images"] == n
+    assert summary["max_box_acc"] == ref.max_box_acc(ref_v1[:, :t], n)[0]
+    assert summary["max_box_acc_threshold"] == grid[np.argmax(ref_v1[0, :t])]
+    v2_max = ref.max_box_acc(ref_v2[:, :t], n)
+    assert summary["max_box_acc_v2"] == pytest.approx(np.mean(v2_max), rel=1e-12)
+    assert list(summary["max_box_acc_v2_per_iou"].values()) == list(v2_max)
+    fixed = summary["at_fixed_threshold"]
+    assert fixed["box_acc"] == 100 * ref_v1[0, -1] / n
+    assert fixed["top1_loc"] == 100 * ref_top1[0, 0] / n
+    assert summary["pxap"] == pytest.approx(ref.pxap(true_hist, false_hist), rel=1e-12)
+    assert counts.summary(val=counts)["at_val_thresholds"]["box_acc"] == summary["max_box_acc"]
+
+    # The pass with masks gives the same legacy counts as the plain evaluation.
+    plain = ev.evaluate(variables, source, n)
+    for k in plain.counts:
+        np.testing.assert_array_equal(legacy.counts[k], plain.counts[k])
+
+
+def test_evaluator_threshold_chosen_on_validation(restored):
+    config, ev, variables = restored
     sources = experiment.data_sources(config)
-    val = ev.evaluate({"params": state.params}, sources["validation"])
-    again = ev.evaluate({"params": state.params}, sources["validation"])
+    val = ev.evaluate(variables, sources["validation"])
+    again = ev.evaluate(variables, sources["validation"])
     assert val.counts["n"] == config.data.num_validation
     for k in val.counts:
         np.testing.assert_array_equal(val.counts[k], again.counts[k])  # deterministic
-    half = ev.evaluate({"params": state.params}, sources["validation"], max_images=5)
+    half = ev.evaluate(variables, sources["validation"], max_images=5)
     assert half.counts["n"] == 5
 
 
@@ -108,8 +239,117 @@ def test_full_size_configs_run_a_step_at_224(module, data_dir, tmp_path):
     config.train.eval_every_steps = 0
     config.eval.num_gallery = 1
     config.eval.threshold_grid_step = 0.25
+    config.eval.wsol.threshold_step = 0.05
     state = loop.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == 1
     assert state.params["cam_conv"]["kernel"].shape[-1] == 1024
     results = evaluation.run_evaluation(config, str(tmp_path))
     assert results["test_at_val_threshold"]["num_images"] == 8
+    assert results["wsol"]["protocol"]["eval_size"] == 224
+    assert results["wsol"]["test"]["num_images"] == 8
+
+
+def test_protocol_boxes_are_inclusive_pixel_boxes():
+    """Pipeline boxes end one past the last pixel; the reference's end on it."""
+    # An object on columns 2..5 and rows 1..3 of an 8x8 image.
+    mask = np.zeros((8, 8), np.uint8)
+    mask[1:4, 2:6] = 1
+    exclusive = np.array([[2.0, 1.0, 6.0, 4.0]], np.float32)  # as pipeline.pixel_boxes gives it
+    box = evaluation.protocol_boxes(exclusive, 8, 8)
+    np.testing.assert_array_equal(box, [[2, 1, 5, 3]])
+    assert box.dtype == np.int32
+    ys, xs = np.nonzero(mask)
+    np.testing.assert_array_equal(box, [[xs.min(), ys.min(), xs.max(), ys.max()]])
+    # The reference's IoU counts x1 - x0 + 1 columns, so the box has the object's area; read
+    # unconverted, the exclusive box would be a different one (IoU 12 / 20 with the object).
+    x0, y0, x1, y1 = box[0]
+    assert (x1 - x0 + 1) * (y1 - y0 + 1) == mask.sum()
+    assert ref.calculate_multiple_iou(box, exclusive.astype(int))[0, 0] == pytest.approx(0.6)
+    # Scaled to a 16x16 map: columns 4..11, rows 2..7.
+    np.testing.assert_array_equal(evaluation.protocol_boxes(exclusive, 8, 16), [[4, 2, 11, 7]])
+    # float32 noise from normalised coordinates; half-pixel ends cover the pixel they touch;
+    # boxes are clipped to the map; padding rows (zeros) stay valid boxes.
+    noisy = np.array([[1.9999999, 0.0000001, 6.0000005, 7.9999995]])
+    np.testing.assert_array_equal(evaluation.protocol_boxes(noisy, 8, 8), [[2, 0, 5, 7]])
+    np.testing.assert_array_equal(
+        evaluation.protocol_boxes(np.array([[1.0, 1.0, 3.0, 3.0]]), 8, 4), [[0, 0, 1, 1]]
+    )
+    np.testing.assert_array_equal(
+        evaluation.protocol_boxes(np.array([[2.0, 2.0, 9.0, 9.0]]), 8, 8), [[2, 2, 7, 7]]
+    )
+    np.testing.assert_array_equal(evaluation.protocol_boxes(np.zeros((1, 4)), 8, 8), [[0] * 4])
+
+
+@pytest.mark.parametrize("shape,size", [((16, 16), 16), ((8, 8), 19), ((21, 21), 10)])
+def test_protocol_mask_resizes_like_opencv_nearest(shape, size):
+    rng = np.random.default_rng(size)
+    mask = (rng.random(shape) < 0.4).astype(np.uint8) * 255
+    got = evaluation.protocol_mask(mask[..., None], size)
+    resized = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_NEAREST)
+    np.testing.assert_array_equal(got, (resized > 0.5).astype(np.uint8))
+
+
+def test_wsol_protocol_defaults():
+    p = evaluation.wsol_protocol(default.get_config())
+    np.testing.assert_array_equal(p.thresholds, np.arange(0, 1, 0.001))
+    assert (p.iou_thresholds, p.eval_size, p.fixed_threshold, p.pxap) == (
+        (30, 50, 70),
+        64,
+        0.2,
+        True,
+    )
+    assert evaluation.wsol_protocol(vgg16_gap_imagenet.get_config()).eval_size == 224
+    config = tiny.get_config()
+    config.eval.wsol.enabled = False
+    assert evaluation.wsol_protocol(config) is None
+
+
+def _set(config, key, value):
+    *path, last = key.split(".")
+    node = config
+    for name in path:
+        node = node[name]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("eval.wsol.threshold_step", 0.0, r"config.eval.wsol.threshold_step must be a number in"),
+        ("eval.wsol.threshold_step", 1.0, r"config.eval.wsol.threshold_step"),
+        ("eval.wsol.threshold_step", 1e-6, r"config.eval.wsol.threshold_step"),
+        ("eval.wsol.iou_thresholds", (0.5,), r"config.eval.wsol.iou_thresholds .* e.g. \(30"),
+        ("eval.wsol.iou_thresholds", (50, 50), r"config.eval.wsol.iou_thresholds"),
+        ("eval.wsol.iou_thresholds", (), r"config.eval.wsol.iou_thresholds"),
+        ("eval.wsol.iou_thresholds", (0, 101), r"config.eval.wsol.iou_thresholds"),
+        ("eval.wsol.eval_size", -1, r"config.eval.wsol.eval_size must be an integer >= 0"),
+        ("eval.fixed_threshold", 1.5, r"config.eval.fixed_threshold must be a CAM threshold"),
+        ("eval.wsol.threshold_stp", 0.01, r"unknown keys \['threshold_stp'\]"),
+        ("eval.wsol.pxap", _DELETE, r"lacks \['pxap'\]"),
+        ("eval.wsol", _DELETE, r"config.eval.wsol is missing"),
+    ],
+)
+def test_bad_wsol_config_is_a_clear_error(key, value, match, tmp_path):
+    config = tiny.get_config()
+    _set(config, key, value)
+    with pytest.raises(ValueError, match=match):
+        evaluation.wsol_protocol(config)
+    # run_evaluation checks the config before restoring anything.
+    with pytest.raises(ValueError, match=match):
+        evaluation.run_evaluation(config, str(tmp_path))
+
+
+def test_pxap_without_masks_is_a_clear_error(restored):
+    config, ev, variables = restored
+    no_masks = [{"image": np.zeros((64, 64, 3), np.uint8), "label": 0, "objects": {"bbox": []}}]
+    with pytest.raises(ValueError, match=r"set config.eval.wsol.pxap = False"):
+        next(ev.wsol_outputs(variables, no_masks))
+    with pytest.raises(ValueError, match="no WSOL protocol"):
+        model, mesh = experiment.build_model(config), ev.mesh
+        next(evaluation.Evaluator(config, model, mesh).wsol_outputs(variables, no_masks))

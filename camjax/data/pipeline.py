@@ -127,11 +127,17 @@ def train_iterator(
 
 
 def eval_batches(
-    source: Sequence, cfg: PreprocessConfig, global_batch_size: int, num_threads: int
+    source: Sequence,
+    cfg: PreprocessConfig,
+    global_batch_size: int,
+    num_threads: int,
+    preprocess: grain.transforms.Map | None = None,
 ) -> Iterator[Batch]:
     """This host's eval batches in source order; the last batch is padded, `valid` marks real rows.
 
-    Every batch has the same shape, so the evaluation step compiles once.
+    Every batch has the same shape, so the evaluation step compiles once. preprocess maps an
+    example to a row (default `EvalPreprocess(cfg)`); evaluations that need more of the example
+    (e.g. a GT mask) pass their own.
     """
     hosts, host = jax.process_count(), jax.process_index()
     if global_batch_size % hosts:
@@ -145,7 +151,7 @@ def eval_batches(
     # Host h takes rows [h*per_host, (h+1)*per_host) of each global batch.
     indices = np.arange(num_batches * global_batch_size).reshape(num_batches, hosts, per_host)
     indices = indices[:, host].reshape(-1)
-    ds = grain.MapDataset.source(source).map(EvalPreprocess(cfg))
+    ds = grain.MapDataset.source(source).map(preprocess or EvalPreprocess(cfg))
     rows = grain.MapDataset.range(len(indices)).map(lambda i: _padded_row(ds, int(indices[i]), n))
     it = rows.batch(per_host).to_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * max(1, num_threads))
