@@ -9,11 +9,13 @@ for all 256 levels instead of 256 contour tracings. Per map and level we keep a 
 the number of IoU thresholds (sorted ascending) that the best box reaches against any GT box,
 which answers "is there a box with IoU >= delta" for every delta at once.
 
-Three sweeps, all sharing the union-find in ``_sweep``:
+Three sweeps of one union-find pattern:
 
-* outer contours (MaxBoxAccV2): 8-connected foreground components, levels from the top down;
+* outer contours (MaxBoxAccV2): 8-connected foreground components, levels from the top down
+  (``_outer_sweep``);
 * hole contours (MaxBoxAccV2): 4-connected background components that do not reach the image
-  frame, levels from the bottom up (the frame is one extra node that is always background);
+  frame, levels from the bottom up, over the few pixels that ever lie in a hole (those below
+  the filled map ``f`` defined next; ``_hole_sweep``);
 * the largest contour (MaxBoxAcc, "V1"): ``cv2.contourArea`` ranks outer contours by the area
   of the polygon through their border pixels' centres, which is the area of the component with
   its holes filled. Filling holes at every level at once is the grey-level hole filling
@@ -45,7 +47,21 @@ _DY8 = (-1, -1, -1, 0, 0, 1, 1, 1)
 _DX8 = (-1, 0, 1, -1, 1, -1, 0, 1)
 # The four 2x2 windows with a pixel as one corner (up-left, up-right, down-left, down-right), as
 # the bits of their other three corners.
-_WINDOWS = np.array([(0, 1, 3), (1, 2, 4), (3, 5, 6), (4, 6, 7)], np.int32)
+_WINDOWS = ((0, 1, 3), (1, 2, 4), (3, 5, 6), (4, 6, 7))
+
+
+def _area2_gains():
+    """(256,) int32: how much twice the polygon area of a component grows when a pixel joins
+    it, for each mask of its 8 neighbours already in (the change of its four windows)."""
+    gains = np.zeros(256, np.int32)
+    for present in range(256):
+        for window in _WINDOWS:
+            c = sum(present >> bit & 1 for bit in window)
+            gains[present] += _WINDOW_AREA2[c + 1] - _WINDOW_AREA2[c]
+    return gains
+
+
+_AREA2_GAIN = _area2_gains()
 
 
 def _group_table(dy, dx, conn8):
@@ -196,76 +212,51 @@ def _fill_holes(q, h, w):
 
 
 @_jit
-def _sweep(values, order, h, w, descending, holes, largest, gt, num_gt, deltas):
-    """Adds pixels level by level and reports, after each level, the components' boxes.
+def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
+    """Adds pixels from value 255 down and reports, after each level, the boxes of the
+    8-connected components of the foreground ``values > L``.
 
     Args:
       values: (H * W,) int32 swept values 0..255; order: their ``_counting_order``.
-      descending: add values 255, 254, ... (the foreground ``> L``, 8-connected); else 0, 1,
-        ... (the background ``<= L``, 4-connected).
-      holes: the padding frame is present from the start as one component, the outside, which
-        has no box: the others are the holes (use with ascending).
       largest: report the V1 winner (largest polygon area, ties to the last first pixel)
-        instead of the best box of all components (use with descending).
+        instead of the best box of all components; values must then be the filled map.
 
     Returns:
-      (256,) int32: for level L (after adding the values of the set ``> L`` or ``<= L``), the
-      hit level of the best box over all components (-1 when there is none), or of the V1
-      winner. Boxes are ``(x0, y0, x1 + 1, y1 + 1)`` clipped to the last pixel for outer
-      contours, ``(x0 - 1, y0 - 1, x1 + 2, y1 + 2)`` clipped for holes.
+      (256,) int32: for level L, the hit level of the best box over all components (-1 when
+      there is none), or of the V1 winner. A component's box is ``(x0, y0, x1 + 1, y1 + 1)``
+      clipped to the last pixel, as the evaluator's ``boundingRect`` ends.
     """
     index, ys, xs, start = order
-    hp, wp = h + 2, w + 2
-    # The frame is never foreground (descending) and always background (ascending).
-    vals = _padded(values, h, w, -1)
-    nodes = hp * wp
+    wp = w + 2
+    nodes = (h + 2) * wp
+    # parent[i] >= 0 once pixel i is added: pixels arrive by value, and within a value in
+    # raster order, which is exactly "already in the foreground". The frame never is.
     parent = np.full(nodes, -1, np.int32)
     box = np.empty((nodes, 4), np.int32)  # x0, y0, x1, y1 of each root's component
-    hits = np.zeros(nodes, np.int32)  # hit level of each root's box
-    count = np.zeros(deltas.shape[0] + 1, np.int64)  # boxed roots per hit level
+    hits = np.zeros(nodes, np.int8)  # hit level of each root's box
+    count = np.zeros(deltas.shape[0] + 1, np.int32)  # roots per hit level
     result = np.full(NUM_LEVELS, -1, np.int32)
-    if largest:
-        area2 = np.zeros(nodes, np.int32)
-        first = np.zeros(nodes, np.int32)  # raster index of the component's first pixel
-    else:
-        area2 = np.zeros(1, np.int32)
-        first = np.zeros(1, np.int32)
-    if descending:
-        offsets = (-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1)
-        groups = _GROUPS_8
-    else:
-        offsets = (-wp, -1, 1, wp, 0, 0, 0, 0)
-        groups = _GROUPS_4
-    frame = 0  # the outside's root in the hole sweep: linking keeps the smaller root
-    if holes:
-        for y in range(hp):
-            for x in range(wp):
-                if y == 0 or x == 0 or y == hp - 1 or x == wp - 1:
-                    parent[y * wp + x] = frame
-    grow = 1 if holes else 0  # a hole's border runs through the pixels around it
+    size = nodes if largest else 1
+    area2 = np.zeros(size, np.int32)  # twice the component's polygon area
+    first = np.zeros(size, np.int32)  # raster index of the component's first pixel
+    offsets = (-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1)
     best, best_area, best_first, dirty = -1, -1, -1, False
 
     for step in range(NUM_LEVELS):
-        v = NUM_LEVELS - 1 - step if descending else step
+        v = NUM_LEVELS - 1 - step
         for j in range(start[v], start[v + 1]):
             p, y, x = index[j], ys[j], xs[j]
+            present = 0
+            for k in range(8):
+                present |= (parent[p + offsets[k]] >= 0) << k
             r = -1
             changed = False
             best_touched = False
-            # Neighbours already added: earlier levels, or this level earlier in raster order.
-            present = 0
-            for k in range(8 if descending else 4):
-                nb = p + offsets[k]
-                vn = vals[nb]
-                earlier = (vn > v) if descending else (vn < v)
-                present |= (earlier | ((vn == v) & (nb < p))) << k
-            for g in range(groups[present, 0]):
-                nb = p + offsets[groups[present, 1 + g]]
-                rn = _find(parent, nb)
+            for g in range(_GROUPS_8[present, 0]):
+                rn = _find(parent, p + offsets[_GROUPS_8[present, 1 + g]])
                 if rn == r:
                     continue
-                if rn != frame or not holes:
-                    count[hits[rn]] -= 1
+                count[hits[rn]] -= 1
                 best_touched = best_touched or rn == best
                 if r < 0:
                     r = rn
@@ -294,14 +285,12 @@ def _sweep(values, order, h, w, descending, holes, largest, gt, num_gt, deltas):
                 box[r, 3] = max(box[r, 3], y)
                 changed = True
             parent[p] = r
-            if holes and r == frame:
-                continue  # joined the outside: no box
             if changed:
                 hits[r] = _hit_level(
-                    box[r, 0] - grow,
-                    box[r, 1] - grow,
-                    min(box[r, 2] + 1 + grow, w - 1),
-                    min(box[r, 3] + 1 + grow, h - 1),
+                    box[r, 0],
+                    box[r, 1],
+                    min(box[r, 2] + 1, w - 1),
+                    min(box[r, 3] + 1, h - 1),
                     gt,
                     num_gt,
                     deltas,
@@ -309,11 +298,7 @@ def _sweep(values, order, h, w, descending, holes, largest, gt, num_gt, deltas):
             count[hits[r]] += 1
             if not largest:
                 continue
-            for i in range(4):
-                c = 0
-                for b in range(3):
-                    c += (present >> _WINDOWS[i, b]) & 1
-                area2[r] += _WINDOW_AREA2[c + 1] - _WINDOW_AREA2[c]
+            area2[r] += _AREA2_GAIN[present]
             first[r] = min(first[r], y * w + x)
             if dirty:
                 continue
@@ -326,7 +311,7 @@ def _sweep(values, order, h, w, descending, holes, largest, gt, num_gt, deltas):
                     dirty = True
             elif area2[r] > best_area or (area2[r] == best_area and first[r] > best_first):
                 best, best_area, best_first = r, area2[r], first[r]
-        level = v - 1 if descending else v
+        level = v - 1  # the mask "> v - 1" is complete
         if level < 0:
             continue
         if largest:
@@ -342,10 +327,106 @@ def _sweep(values, order, h, w, descending, holes, largest, gt, num_gt, deltas):
             if best >= 0:
                 result[level] = hits[best]
         else:
-            for k in range(deltas.shape[0], -1, -1):
-                if count[k] > 0:
-                    result[level] = k
-                    break
+            result[level] = _best_hit_level(count)
+    return result
+
+
+@_jit
+def _best_hit_level(count):
+    for k in range(count.shape[0] - 1, -1, -1):
+        if count[k] > 0:
+            return k
+    return -1
+
+
+@_jit
+def _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas):
+    """Adds background pixels from value 0 up and reports, after each level L, the boxes of
+    the holes of the foreground ``values > L``: the 4-connected components of the background
+    ``values <= L`` that do not reach the image frame.
+
+    A pixel p lies in a hole exactly at the levels ``values[p] <= L < filled[p]`` (the filled
+    map of ``_fill_holes``), and all pixels of one hole share ``filled``, the level E at which
+    the hole opens to the outside (its pixels reach the frame from E on, together). So only
+    pixels with ``filled > values`` take part (few, in CAMs), and a hole's box leaves the
+    count at level E, when its component stops being a hole. Two holes never merge with
+    different E: once joined they open together.
+
+    Returns (256,) int32: for level L, the hit level of the best hole box (-1 when there is
+    none). A hole's box is its bounding box grown by one pixel on every side, clipped (the
+    hole's contour runs through the foreground pixels around it).
+    """
+    index, ys, xs, start = order
+    wp = w + 2
+    nodes = (h + 2) * wp
+    parent = np.full(nodes, -1, np.int32)
+    box = np.empty((nodes, 4), np.int32)
+    hits = np.zeros(nodes, np.int8)
+    count = np.zeros(deltas.shape[0] + 1, np.int32)
+    result = np.full(NUM_LEVELS, -1, np.int32)
+    # Roots by the level at which their hole opens: a linked list per level.
+    opens_head = np.full(NUM_LEVELS + 1, -1, np.int32)
+    opens_next = np.empty(nodes, np.int32)
+    offsets = (-wp, -1, 1, wp)
+
+    for v in range(NUM_LEVELS):
+        i = opens_head[v]
+        while i >= 0:
+            if parent[i] == i:
+                count[hits[i]] -= 1
+            i = opens_next[i]
+        for j in range(start[v], start[v + 1]):
+            y, x = ys[j], xs[j]
+            opens = filled[y * w + x]
+            if opens <= v:
+                continue  # joins the outside at its own level: never in a hole
+            p = index[j]
+            present = 0
+            for k in range(4):
+                present |= (parent[p + offsets[k]] >= 0) << k
+            r = -1
+            changed = False
+            for g in range(_GROUPS_4[present, 0]):
+                rn = _find(parent, p + offsets[_GROUPS_4[present, 1 + g]])
+                if rn == r:
+                    continue
+                count[hits[rn]] -= 1
+                if r < 0:
+                    r = rn
+                    continue
+                if rn < r:
+                    r, rn = rn, r
+                parent[rn] = r
+                box[r, 0] = min(box[r, 0], box[rn, 0])
+                box[r, 1] = min(box[r, 1], box[rn, 1])
+                box[r, 2] = max(box[r, 2], box[rn, 2])
+                box[r, 3] = max(box[r, 3], box[rn, 3])
+                changed = True
+            if r < 0:
+                r = p
+                box[p, 0], box[p, 1], box[p, 2], box[p, 3] = x, y, x, y
+                opens_next[p] = opens_head[opens]
+                opens_head[opens] = p
+                changed = True
+            elif x < box[r, 0] or y < box[r, 1] or x > box[r, 2] or y > box[r, 3]:
+                box[r, 0] = min(box[r, 0], x)
+                box[r, 1] = min(box[r, 1], y)
+                box[r, 2] = max(box[r, 2], x)
+                box[r, 3] = max(box[r, 3], y)
+                changed = True
+            parent[p] = r
+            if changed:
+                hits[r] = _hit_level(
+                    box[r, 0] - 1,
+                    box[r, 1] - 1,
+                    min(box[r, 2] + 2, w - 1),
+                    min(box[r, 3] + 2, h - 1),
+                    gt,
+                    num_gt,
+                    deltas,
+                )
+            count[hits[r]] += 1
+        result[v] = _best_hit_level(count)
     return result
 
 
@@ -355,14 +436,14 @@ def _image_hit_levels(q, h, w, gt, num_gt, deltas, largest, out):
     values = q.astype(np.int32)
     peak = values.max()
     empty = _hit_level(0, 0, 0, 0, gt, num_gt, deltas)
+    filled = _fill_holes(values, h, w)
     if largest:
-        filled = _fill_holes(values, h, w)
         order = _counting_order(filled, h, w)
-        per_level = _sweep(filled, order, h, w, True, False, True, gt, num_gt, deltas)
+        per_level = _outer_sweep(filled, order, h, w, True, gt, num_gt, deltas)
     else:
         order = _counting_order(values, h, w)
-        per_level = _sweep(values, order, h, w, True, False, False, gt, num_gt, deltas)
-        holes = _sweep(values, order, h, w, False, True, False, gt, num_gt, deltas)
+        per_level = _outer_sweep(values, order, h, w, False, gt, num_gt, deltas)
+        holes = _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas)
         for level in range(NUM_LEVELS):
             per_level[level] = max(per_level[level], holes[level])
     for level in range(NUM_LEVELS):
@@ -376,6 +457,28 @@ def _batch_hit_levels(q, gt, num_gt, deltas, largest):
     for i in numba.prange(b):
         _image_hit_levels(q[i].reshape(-1), h, w, gt[i], num_gt[i], deltas, largest, out[i])
     return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _quantize(x, out):
+    outside = 0  # values outside [0, 1] or NaN (a sum: prange reduces it across threads)
+    for i in numba.prange(x.shape[0]):
+        v = np.float64(x[i])
+        ok = (v >= 0) & (v <= 1)
+        outside += 0 if ok else 1
+        out[i] = np.uint8(v * 255) if ok else 0
+    return outside
+
+
+def quantize(scoremaps: np.ndarray) -> tuple[np.ndarray, bool]:
+    """``(float64(scoremaps) * 255).astype(np.uint8)`` on the host cores, and whether every
+    value lay in [0, 1] (False for NaN; such values quantise to 0)."""
+    x = np.ascontiguousarray(scoremaps)
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float64)  # exact for narrower floats (float16)
+    out = np.empty(x.shape, np.uint8)
+    outside = _quantize(x.reshape(-1), out.reshape(-1))
+    return out, outside == 0
 
 
 def hit_levels(

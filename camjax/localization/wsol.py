@@ -100,24 +100,46 @@ def _quantize_f32(scoremaps: jax.Array) -> jax.Array:
     return jnp.clip(q, 0, 255).astype(jnp.uint8)
 
 
+@jax.jit
+def _quantize_f32_checked(scoremaps: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`_quantize_f32` and whether every value lies in [0, 1] (False for NaN), in one pass."""
+    x = scoremaps.astype(jnp.float32)
+    return _quantize_f32(x), jnp.all((x >= 0) & (x <= 1))
+
+
 def quantize_scoremaps(scoremaps: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
     """The evaluator's ``(scoremap * 255).astype(np.uint8)``, exactly.
 
     Args:
       scoremaps: (..., H, W) float in [0, 1], e.g. ``camjax.cam.normalize_minmax`` output
         (which, like the evaluator's ``normalize_scoremap``, turns constant and NaN maps into
-        zeros). float32 arrays are quantised on device as if widened to float64 first; a numpy
-        float64 array is quantised on the host in float64 (JAX would round it to float32).
+        zeros). Values outside [0, 1] or NaN are an error (checked unless traced under jit).
 
     Returns:
-      (..., H, W) uint8, ``floor(255 * s)``; jax array, or numpy for numpy float64 input.
+      (..., H, W) uint8 ``floor(255 * s)`` with ``s`` widened to float64 as the evaluator does.
+      A numpy input is quantised on the host CPU cores into numpy, ready for the max-tree; a
+      jax array on its device into a jax array (float32 exactly as if widened, wider floats
+      first rounded to float32 by JAX).
     """
-    if isinstance(scoremaps, np.ndarray) and scoremaps.dtype == np.float64:
-        _check_unit_interval(scoremaps)
-        return (scoremaps * 255).astype(np.uint8)
-    scoremaps = check_float_maps(scoremaps, "scoremaps")
-    _check_unit_interval(scoremaps)
-    return _quantize_f32(scoremaps)
+    if isinstance(scoremaps, np.ndarray) and np.issubdtype(scoremaps.dtype, np.floating):
+        if scoremaps.ndim < 2:
+            raise ValueError(f"scoremaps must have rank >= 2 (..., H, W), got {scoremaps.shape}.")
+        quantized, in_range = maxtree.quantize(scoremaps)
+    else:
+        scoremaps = check_float_maps(scoremaps, "scoremaps")
+        if isinstance(scoremaps, jax.core.Tracer):
+            return _quantize_f32(scoremaps)  # Values under the caller's jit are its business.
+        # One compiled pass quantises and checks (separate host scans cost more than the sweeps).
+        quantized, in_range = _quantize_f32_checked(scoremaps)
+    if not in_range:
+        raise ValueError(_UNIT_INTERVAL_ERROR)
+    return quantized
+
+
+_UNIT_INTERVAL_ERROR = (
+    "scoremaps must lie in [0, 1] without NaN (min-max normalise them first, e.g. with "
+    "camjax.cam.normalize_minmax)."
+)
 
 
 def _check_unit_interval(x) -> None:
@@ -125,10 +147,7 @@ def _check_unit_interval(x) -> None:
         return  # Values under the caller's jit are the caller's responsibility.
     x = np.asarray(x)
     if x.size and not (np.all(x >= 0) and np.all(x <= 1)):
-        raise ValueError(
-            "scoremaps must lie in [0, 1] without NaN (min-max normalise them first, e.g. with "
-            "camjax.cam.normalize_minmax)."
-        )
+        raise ValueError(_UNIT_INTERVAL_ERROR)
 
 
 def _check_thresholds(thresholds) -> np.ndarray:
@@ -307,6 +326,8 @@ def _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds):
         )
     if np.any((deltas < 0) | (deltas > 100)):
         raise ValueError("iou_thresholds must be percentages in [0, 100].")
+    if deltas.size > 101:  # hit levels are int8
+        raise ValueError(f"at most 101 iou_thresholds (percentages 0..100), got {deltas.size}.")
     if isinstance(gt, np.ndarray):
         gt = gt.astype(np.int32)
     if isinstance(n, np.ndarray):

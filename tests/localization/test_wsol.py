@@ -127,8 +127,13 @@ def test_quantize_matches_float64_cast():
     near = np.clip(near, 0, 1)
     for x in (near, np.nextafter(near, np.float32(0)), np.nextafter(near, np.float32(1))):
         x = x.astype(np.float32)
-        got = np.asarray(wsol.quantize_scoremaps(x.reshape(1, -1)))[0]
-        np.testing.assert_array_equal(got, (x.astype(np.float64) * 255).astype(np.uint8))
+        expected = (x.astype(np.float64) * 255).astype(np.uint8)
+        on_host = wsol.quantize_scoremaps(x.reshape(1, -1))
+        assert isinstance(on_host, np.ndarray)
+        np.testing.assert_array_equal(on_host[0], expected)
+        on_device = wsol.quantize_scoremaps(jnp.asarray(x.reshape(1, -1)))
+        assert isinstance(on_device, jax.Array)
+        np.testing.assert_array_equal(np.asarray(on_device)[0], expected)
     x64 = rng.random((3, 5))
     np.testing.assert_array_equal(wsol.quantize_scoremaps(x64), (x64 * 255).astype(np.uint8))
 
@@ -356,6 +361,16 @@ def test_bad_inputs():
         wsol.quantize_scoremaps(np.full((1, 2, 2), 1.5, np.float32))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         wsol.quantize_scoremaps(np.full((1, 2, 2), np.nan, np.float32))
+    for bad in (-0.25, 1.5, np.nan):
+        with pytest.raises(ValueError, match=r"\[0, 1\]"):
+            wsol.quantize_scoremaps(jnp.full((1, 2, 2), bad, jnp.float32))
+    with pytest.raises(ValueError, match="rank"):
+        wsol.quantize_scoremaps(np.zeros((4,), np.float32))
+    np.testing.assert_array_equal(
+        wsol.quantize_scoremaps(np.full((1, 2, 2), 0.5, np.float16)), np.full((1, 2, 2), 127)
+    )
+    with pytest.raises(ValueError, match="at most 101"):
+        wsol.box_correct_counts(q, ok_boxes, ok_num, GRID, iou_thresholds=list(range(50)) * 3)
     with pytest.raises(ValueError, match="float"):
         wsol.quantize_scoremaps(np.zeros((1, 2, 2), np.int32))
     with pytest.raises(ValueError, match="masks"):
