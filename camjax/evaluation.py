@@ -506,7 +506,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
     state = checkpoint.restore(manager, loop.abstract_train_state(config, model, tx, mesh), config)
     manager.close()
-    variables = {"params": state.params}
+    variables = state.variables
     sources = experiment.data_sources(config)
     val_source, test_source = sources[config.data.val_split], sources[config.data.test_split]
     evaluator = Evaluator(config, model, mesh, protocol)

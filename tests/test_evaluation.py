@@ -107,7 +107,7 @@ def restored(trained):
     state = checkpoint.restore(manager, loop.abstract_train_state(config, model, tx, mesh), config)
     manager.close()
     ev = evaluation.Evaluator(config, model, mesh, evaluation.wsol_protocol(config))
-    return config, ev, {"params": state.params}
+    return config, ev, state.variables
 
 
 def test_wsol_counts_equal_the_opencv_reference_on_the_same_maps(restored):

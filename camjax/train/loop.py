@@ -30,11 +30,25 @@ log = logging.getLogger(__name__)
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a step changes: step counter, parameters, optimizer state (all arrays)."""
+    """Everything a step changes: step counter, parameters, optimizer state and the running
+    batch-norm statistics ({} for models without batch norm), all arrays."""
 
     step: jax.Array
     params: Any
     opt_state: Any
+    batch_stats: Any
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The flax variables for `model.apply` in evaluation."""
+        return model_variables(self.params, self.batch_stats)
+
+
+def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    variables = {"params": params}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+    return variables
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -52,8 +66,10 @@ def _state_initializer(config, model, tx):
     size = config.data.image_size
 
     def init(rng: jax.Array) -> TrainState:
-        params = model.init({"params": rng}, jnp.zeros((1, size, size, 3)), train=False)["params"]
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+        variables = model.init({"params": rng}, jnp.zeros((1, size, size, 3)), train=False)
+        params = variables["params"]
+        batch_stats = variables.get("batch_stats", {})
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), batch_stats)
 
     return init
 
@@ -91,13 +107,24 @@ def make_train_step(config, model, tx):
         dropout_key = jax.random.fold_in(base_key, state.step)
 
         def loss_fn(params):
-            logits, _ = model.apply(
-                {"params": params}, images, train=True, rngs={"dropout": dropout_key}
-            )
+            variables = model_variables(params, state.batch_stats)
+            rngs = {"dropout": dropout_key}
+            if state.batch_stats:
+                # Batch statistics of the whole global batch: under jit the mean over the
+                # sharded batch axis is one all-reduce, so batch norm is synchronised.
+                (logits, _), updated = model.apply(
+                    variables, images, train=True, rngs=rngs, mutable=["batch_stats"]
+                )
+                batch_stats = updated["batch_stats"]
+            else:
+                logits, _ = model.apply(variables, images, train=True, rngs=rngs)
+                batch_stats = state.batch_stats
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            return jnp.mean(loss), (loss, logits)
+            return jnp.mean(loss), (loss, logits, batch_stats)
 
-        (_, (losses, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, (losses, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         _, top = jax.lax.top_k(logits, k)
@@ -108,7 +135,7 @@ def make_train_step(config, model, tx):
             "count": sums["count"] + labels.shape[0],
             "steps": sums["steps"] + 1,
         }
-        return TrainState(state.step + 1, params, opt_state), new_sums
+        return TrainState(state.step + 1, params, opt_state, batch_stats), new_sums
 
     return step
 
@@ -192,7 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if not (do_log or do_save or do_eval):
                 continue
             host_sums = jax.device_get(sums)
-            if not np.isfinite(host_sums["loss"]) or (do_save and not _all_finite(state.params)):
+            if not np.isfinite(host_sums["loss"]) or (do_save and not _all_finite(state.variables)):
                 raise NonFiniteLossError(
                     f"non-finite loss or parameters by step {step}; stopped without saving "
                     f"them. The last good checkpoint is step {last_good} in "
@@ -210,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 sums = jax.device_put(zero_sums(), replicated)
             if do_eval:
                 val = val_eval.evaluate(
-                    {"params": state.params}, sources[config.data.val_split], config.eval.max_images
+                    state.variables, sources[config.data.val_split], config.eval.max_images
                 )
                 metrics = _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k)
                 writer.write(step, metrics)
