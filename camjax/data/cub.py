@@ -1,0 +1,559 @@
+"""CUB-200-2011 (Caltech-UCSD Birds) as a tfds dataset built from the official archives.
+
+The builder `cub_200_2011` (named so as not to clash with the tfds catalog's
+`caltech_birds2011`) reads the archives a user downloaded by hand, streaming their members
+with `tarfile` (nothing is extracted to disk, nothing is fetched from the network), and writes
+ArrayRecord files that `load_data_sources` reads by random access without TensorFlow.
+
+Inputs, in the manual directory (see `SOURCES` for where they come from):
+
+* `CUB_200_2011.tgz` (required): `CUB_200_2011/images/<class dir>/<file>.jpg` and the text
+  files `images.txt` (`<id> <path>`), `image_class_labels.txt` (`<id> <class id>`, 1-based),
+  `train_test_split.txt` (`<id> <is_train>`), `bounding_boxes.txt` (`<id> <x> <y> <w> <h>`)
+  and `classes.txt` (`<class id> <class dir>`).
+* `segmentations.tgz` (optional): `segmentations/<class dir>/<file>.png`, grey masks.
+
+Configs: `boxes` (images, labels, boxes) and `masks` (the same plus `mask`, needs
+`segmentations.tgz`). A config rather than an optional feature, because tfds fixes the feature
+set of a dataset; `prepare` picks `masks` when the segmentation archive is there.
+
+Examples (splits `train`, 5,994 images, and `test`, 5,794, from `train_test_split.txt`; each
+in `images.txt` order):
+
+* `image`: the original JPEG bytes, not re-encoded; decoded on read to (H, W, 3) uint8
+  (tfds repeats greyscale to 3 channels; OpenCV, a camjax dependency, converts CMYK to RGB).
+* `height`, `width`: int32, the size of the stored pixel grid.
+* `label`: 0-based class (`class id - 1`); `ClassLabel` names are the class dirs of
+  `classes.txt` (`001.Black_footed_Albatross`).
+* `image_id`: the path relative to `images/`, as in the reference WSOL evaluator's
+  `metadata/CUB/*/image_ids.txt` (`200.Common_Yellowthroat/Common_Yellowthroat_0003_190521.jpg`),
+  so its splits can be joined; `cub_id`: int32, the 1-based id of `images.txt`.
+* `objects/bbox`: one float32 normalized `(ymin, xmin, ymax, xmax)` with exclusive ends, the
+  convention of every camjax dataset (`ymax = y1 / H`, `y1` one past the last row).
+* `mask` (config `masks`): (H, W, 1) uint8 in {0, 255}.
+
+Box convention, checked against the reference WSOL evaluator (clovaai/wsolevaluation): its
+`metadata/CUB/{train,test}/localization.txt` holds `(x, y, x + w, y + h)` of
+`bounding_boxes.txt` (image 1, `60 27 325 304`, is `60,27,385,331`), and its
+`calculate_multiple_iou` reads boxes as inclusive pixel corners (areas `x1 - x0 + 1`). The
+numbers agree: over all 11,788 boxes `x` reaches 0 (73 boxes) and `x + w` reaches `W - 1` (156
+boxes at the right edge) but never `W`, likewise for y. So `(x, y)` is the 0-based top-left
+pixel and `x + w`, `y + h` the last column and row; stored exclusive ends are `x + w + 1` and
+`y + h + 1` (clipped to the image), and the reference's inclusive box is the stored pixel box
+minus one at the ends. (The tfds catalog builder stores `(x + w) / W`, one pixel smaller.)
+
+Mask convention: a pixel is foreground when its grey value is above 0, the reading of the
+WSOL works that use these masks: the reference's `get_mask` keeps `mask > 0.5` of the 0-255
+values and CALM (naver-ai/calm, `util_cub_trait.py`) keeps `> 0` of the grey image. The masks
+average several annotators, so intermediate greys are partial agreement; we binarize at the
+original resolution.
+
+Errors: missing archives or archive members raise `MissingFilesError` listing them before any
+example is written; an undecodable image or mask raises `CorruptFileError` naming the member,
+or with `skip_corrupt=True` is skipped, logged, counted, and recorded in the dataset's
+`info.metadata['skipped_corrupt']`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import io
+import logging
+import tarfile
+import zlib
+from collections.abc import Callable, Collection, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+from tqdm import tqdm
+
+DATASET_NAME = "cub_200_2011"
+NUM_CLASSES = 200
+IMAGES_ARCHIVE = "CUB_200_2011.tgz"
+SEGMENTATIONS_ARCHIVE = "segmentations.tgz"
+SOURCES = {
+    IMAGES_ARCHIVE: "the CUB-200-2011 page https://www.vision.caltech.edu/datasets/cub_200_2011/ "
+    "(https://data.caltech.edu/records/65de6-vp158)",
+    SEGMENTATIONS_ARCHIVE: "the CUB-200-2011 page https://www.vision.caltech.edu/datasets/"
+    "cub_200_2011/ (https://data.caltech.edu/records/w9d68-gec53)",
+}
+_ROOT = "CUB_200_2011"
+_TEXT_FILES = (
+    "images.txt",
+    "image_class_labels.txt",
+    "train_test_split.txt",
+    "bounding_boxes.txt",
+    "classes.txt",
+)
+_FILE_FORMAT = "array_record"
+_MAX_LISTED = 20  # missing members listed by name in an error; the rest are counted
+_PREPARE_COMMAND = "python -m camjax.data.prepare cub --manual_dir DIR"
+
+log = logging.getLogger(__name__)
+
+_DESCRIPTION = """\
+Caltech-UCSD Birds-200-2011: 11,788 photographs of 200 bird species, each with one species
+label, one bounding box and (from a separate archive) a segmentation mask of the bird. Built
+from the official archives placed in the manual directory; images are the original JPEGs.
+"""
+
+_CITATION = """\
+@techreport{WahCUB_200_2011,
+  title = {The Caltech-UCSD Birds-200-2011 Dataset},
+  author = {Wah, C. and Branson, S. and Welinder, P. and Perona, P. and Belongie, S.},
+  institution = {California Institute of Technology},
+  number = {CNS-TR-2011-001},
+  year = {2011},
+}
+"""
+
+
+class MissingFilesError(FileNotFoundError):
+    """Archives, or members of them, that preparing needs; `missing` lists them."""
+
+    def __init__(self, message: str, missing: list[str]):
+        super().__init__(message)
+        self.missing = missing
+
+
+class CorruptFileError(ValueError):
+    """A file that cannot be read: an archive, a metadata table, an image or a mask."""
+
+
+@dataclasses.dataclass(eq=False)
+class CubConfig(tfds.core.BuilderConfig):
+    """`masks` adds the binarized segmentation mask (needs `segmentations.tgz`)."""
+
+    masks: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    cub_id: int
+    image_id: str
+    label: int
+    is_train: bool
+    box: tuple[float, float, float, float]  # x, y, w, h as in bounding_boxes.txt
+
+
+class Cub2002011(tfds.core.GeneratorBasedBuilder):
+    """tfds builder for `cub_200_2011`; the first config (`boxes`) is the default."""
+
+    name = DATASET_NAME
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        CubConfig(name="boxes", description="Images, labels and boxes."),
+        CubConfig(name="masks", description="Also the binarized segmentation mask.", masks=True),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "\n".join(
+        [f"Place these files, unchanged, in the manual directory ({_PREPARE_COMMAND}):"]
+        + [f"  {name}: from {source}" for name, source in SOURCES.items()]
+        + [f"{SEGMENTATIONS_ARCHIVE} is only needed for the `masks` config."]
+    )
+
+    def __init__(
+        self,
+        *,
+        file_format: str | None = _FILE_FORMAT,
+        skip_corrupt: bool = False,
+        progress: bool = False,
+        **kwargs: Any,
+    ):
+        # Random access (`as_data_source`) needs ArrayRecord rather than tfds's TFRecord.
+        super().__init__(file_format=file_format, **kwargs)
+        self._skip_corrupt = skip_corrupt
+        self._progress = progress
+        self._indexes: dict[Path, tuple[dict[str, Path], list[str], list[_Record]]] = {}
+
+    def index_archives(self, manual_dir: Path) -> tuple[dict[str, Path], list[str], list[_Record]]:
+        """Archive paths, class names and records; raises if anything needed is missing.
+
+        A full pass over each archive (a compressed tar cannot seek), so the result is kept.
+        """
+        key = Path(manual_dir).resolve()
+        if key not in self._indexes:
+            archives = archive_paths(Path(manual_dir), masks=self.builder_config.masks)
+            self._indexes[key] = (archives, *_read_index(archives))
+        return self._indexes[key]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "height": np.int32,
+            "width": np.int32,
+            # Names come from classes.txt when preparing and are stored with the dataset.
+            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
+            "image_id": tfds.features.Text(),
+            "cub_id": np.int32,
+            "objects": tfds.features.Sequence({"bbox": tfds.features.BBoxFeature()}),
+        }
+        if self.builder_config.masks:
+            features["mask"] = tfds.features.Image(shape=(None, None, 1), encoding_format="png")
+        return self.dataset_info_from_configs(
+            description=_DESCRIPTION,
+            features=tfds.features.FeaturesDict(features),
+            supervised_keys=("image", "label"),
+            homepage="https://www.vision.caltech.edu/datasets/cub_200_2011/",
+            # Integer keys (the CUB ids) then fix the record order.
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+            citation=_CITATION,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+        archives, class_names, records = self.index_archives(Path(dl_manager.manual_dir))
+        self.info.features["label"].names = class_names
+        self.info.metadata["skipped_corrupt"] = []
+        return {
+            split: self._generate_examples(
+                archives, split, [r for r in records if r.is_train == train]
+            )
+            for split, train in (("train", True), ("test", False))
+        }
+
+    def _generate_examples(
+        self, archives: Mapping[str, Path], split: str, records: list[_Record]
+    ) -> Iterator[tuple[int, dict[str, Any]]]:
+        wanted = {f"{_ROOT}/images/{r.image_id}": r for r in records}
+        with_masks = self.builder_config.masks
+        masks = {}
+        if with_masks:
+            masks = _read_members(archives[SEGMENTATIONS_ARCHIVE], set(map(_mask_member, records)))
+        skipped = self.info.metadata["skipped_corrupt"]
+        bar = tqdm(
+            total=len(records),
+            desc=f"{DATASET_NAME} {split}",
+            unit=" images",
+            disable=not self._progress,
+        )
+        with bar:
+            for member, data in _iter_members(archives[IMAGES_ARCHIVE], wanted):
+                record = wanted[member]
+                bar.update(1)
+                mask_member = _mask_member(record)
+                mask = (mask_member, masks[mask_member]) if with_masks else None
+                try:
+                    example = _encode_example(record, member, data, mask)
+                except CorruptFileError as err:
+                    if not self._skip_corrupt:
+                        raise
+                    log.warning("Skipping %s: %s", record.image_id, err)
+                    skipped.append(record.image_id)
+                    bar.set_postfix(skipped=len(skipped))
+                    continue
+                yield record.cub_id, example
+
+
+def archive_paths(manual_dir: Path, *, masks: bool) -> dict[str, Path]:
+    """The archives in `manual_dir`; raises `MissingFilesError` naming each one not there."""
+    names = [IMAGES_ARCHIVE] + ([SEGMENTATIONS_ARCHIVE] if masks else [])
+    paths = {name: manual_dir / name for name in names}
+    missing = [name for name, path in paths.items() if not path.is_file()]
+    if missing:
+        lines = [f"  {name}: download it from {SOURCES[name]}" for name in missing]
+        raise MissingFilesError(
+            f"Cannot prepare {DATASET_NAME}: {len(missing)} file(s) missing from the manual "
+            f"directory {manual_dir}:\n" + "\n".join(lines) + "\nPlace them there unchanged "
+            "(no extraction needed) and run again.",
+            missing,
+        )
+    return paths
+
+
+def get_builder(
+    data_dir: str | None = None,
+    *,
+    masks: bool = False,
+    skip_corrupt: bool = False,
+    progress: bool = False,
+) -> Cub2002011:
+    """The builder of config `masks` or `boxes` in `data_dir` (None: the tfds default)."""
+    return Cub2002011(
+        config="masks" if masks else "boxes",
+        data_dir=data_dir,
+        skip_corrupt=skip_corrupt,
+        progress=progress,
+    )
+
+
+def prepare(
+    manual_dir: str,
+    data_dir: str | None = None,
+    *,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+    masks: bool | None = None,
+) -> Cub2002011:
+    """Builds the dataset from the archives in `manual_dir`; a no-op if already prepared.
+
+    Args:
+      manual_dir: directory holding `CUB_200_2011.tgz` and optionally `segmentations.tgz`.
+      data_dir: tfds data directory to write to; None for the tfds default.
+      skip_corrupt: skip (and log, count, record) examples whose image or mask cannot be
+        decoded, instead of raising `CorruptFileError`.
+      progress: show a progress bar over the examples of each split.
+      masks: build the `masks` config; None picks it when `segmentations.tgz` is present.
+
+    Returns:
+      The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped image ids.
+    """
+    manual = Path(manual_dir)
+    if masks is None:
+        masks = (manual / SEGMENTATIONS_ARCHIVE).is_file()
+    kwargs = dict(masks=masks, skip_corrupt=skip_corrupt, progress=progress)
+    builder = get_builder(data_dir, **kwargs)
+    if builder.is_prepared():
+        log.info(
+            "%s/%s is already prepared in %s.",
+            DATASET_NAME,
+            builder.builder_config.name,
+            builder.data_dir,
+        )
+        return builder
+    builder.index_archives(manual)  # Missing inputs fail here, before tfds writes anything.
+    config = tfds.download.DownloadConfig(manual_dir=str(manual), try_download_gcs=False)
+    try:
+        # tfds writes into an `incomplete.*` directory renamed into place at the end.
+        builder.download_and_prepare(file_format=_FILE_FORMAT, download_config=config)
+    except OSError:
+        # Losing that rename race to another process is fine once its copy exists.
+        if not builder.data_path.exists():
+            raise
+        builder = get_builder(data_dir, **kwargs)
+    skipped = builder.info.metadata.get("skipped_corrupt", [])
+    if skipped:
+        log.warning("Skipped %d corrupt image(s): %s", len(skipped), ", ".join(skipped))
+    return builder
+
+
+def load_data_sources(data_dir: str | None = None, *, masks: bool | None = None) -> dict[str, Any]:
+    """Random-access sources of the prepared splits.
+
+    Args:
+      data_dir: tfds data directory the dataset was prepared in; None for the tfds default.
+      masks: read the `masks` config (True) or `boxes` (False); None takes `masks` when it is
+        prepared, else `boxes`.
+
+    Returns:
+      {'train', 'test'} -> tfds `ArrayRecordDataSource`; `source[i]` is a dict with `image`
+      (H, W, 3) uint8, `height`, `width`, `label`, `image_id` (bytes), `cub_id`, `objects`
+      {'bbox': (1, 4) float32 normalized (ymin, xmin, ymax, xmax), exclusive ends} and, in
+      `masks`, `mask` (H, W, 1) uint8 in {0, 255}.
+
+    Raises:
+      FileNotFoundError: not prepared; the message gives the command that prepares it.
+    """
+    for use_masks in (True, False) if masks is None else (masks,):
+        builder = get_builder(data_dir, masks=use_masks)
+        if builder.is_prepared():
+            return dict(builder.as_data_source())
+    where = f" --data_dir {data_dir}" if data_dir else ""
+    raise FileNotFoundError(
+        f"{DATASET_NAME} is not prepared in {builder.data_dir_root}. Prepare it with "
+        f"`{_PREPARE_COMMAND}{where}`, DIR holding {IMAGES_ARCHIVE} (and {SEGMENTATIONS_ARCHIVE} "
+        "for masks)."
+    )
+
+
+def _read_index(archives: Mapping[str, Path]) -> tuple[list[str], list[_Record]]:
+    """Class names and the records in id order; checks that every member needed is there."""
+    images = archives[IMAGES_ARCHIVE]
+    text_members = [f"{_ROOT}/{name}" for name in _TEXT_FILES]
+    log.info("Indexing %s.", images)
+    members, texts, problem = _scan(images, set(text_members))
+    _check_members(images, text_members, texts, problem)
+    class_names, records = _parse_tables({m.split("/")[-1]: texts[m] for m in text_members})
+    _check_members(images, [f"{_ROOT}/images/{r.image_id}" for r in records], members, problem)
+    if SEGMENTATIONS_ARCHIVE in archives:
+        path = archives[SEGMENTATIONS_ARCHIVE]
+        log.info("Indexing %s.", path)
+        members, _, problem = _scan(path, set())
+        _check_members(path, list(map(_mask_member, records)), members, problem)
+    return class_names, records
+
+
+def _check_members(
+    archive: Path, needed: list[str], present: Collection[str], problem: str | None
+) -> None:
+    """Raises `MissingFilesError` listing the `needed` members not `present`.
+
+    `problem` is why the scan of the archive stopped early (a truncated download), if it did.
+    """
+    missing = [m for m in needed if m not in present]
+    if not missing:
+        if problem:
+            log.warning("%s; every member needed comes before that, going on.", problem)
+        return
+    listed = [f"  {m}" for m in missing[:_MAX_LISTED]]
+    if len(missing) > _MAX_LISTED:
+        listed.append(f"  ... and {len(missing) - _MAX_LISTED} more")
+    why = f" ({problem})" if problem else ""
+    raise MissingFilesError(
+        f"{archive} is incomplete{why}: {len(missing)} member(s) missing:\n"
+        + "\n".join(listed)
+        + f"\nDownload {archive.name} again from {SOURCES[archive.name]}.",
+        missing,
+    )
+
+
+def _parse_tables(texts: Mapping[str, bytes]) -> tuple[list[str], list[_Record]]:
+    """The five metadata tables -> class names (index = label) and records sorted by id."""
+    tables = {name: _table(name, data) for name, data in texts.items()}
+    classes = tables["classes.txt"]
+    if sorted(classes) != list(range(1, NUM_CLASSES + 1)):
+        raise CorruptFileError(f"classes.txt must list class ids 1..{NUM_CLASSES}.")
+    class_names = [classes[i][0] for i in range(1, NUM_CLASSES + 1)]
+    images = tables["images.txt"]
+    for name in ("image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"):
+        absent = sorted(set(images) - set(tables[name]))
+        if absent:
+            raise CorruptFileError(f"{name} has no line for image id(s) {absent[:_MAX_LISTED]}.")
+    records = []
+    for cub_id in sorted(images):
+        try:
+            image_id = images[cub_id][0]
+            label = int(tables["image_class_labels.txt"][cub_id][0]) - 1
+            is_train = int(tables["train_test_split.txt"][cub_id][0]) == 1
+            x, y, w, h = map(float, tables["bounding_boxes.txt"][cub_id][:4])
+        except (IndexError, ValueError) as err:
+            raise CorruptFileError(f"Malformed metadata for image id {cub_id}: {err}") from err
+        if not 0 <= label < NUM_CLASSES or image_id.split("/")[0] != class_names[label]:
+            raise CorruptFileError(f"Image id {cub_id} ({image_id}) has class id {label + 1}.")
+        records.append(_Record(cub_id, image_id, label, is_train, (x, y, w, h)))
+    return class_names, records
+
+
+def _table(name: str, data: bytes) -> dict[int, list[str]]:
+    """`<int id> <fields...>` lines -> {id: fields}."""
+    table = {}
+    for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            key = int(fields[0])
+        except ValueError as err:
+            raise CorruptFileError(f"{name}, line {number}: {line!r} has no integer id.") from err
+        if key in table or len(fields) < 2:
+            raise CorruptFileError(f"{name}, line {number}: duplicate or empty {line!r}.")
+        table[key] = fields[1:]
+    return table
+
+
+def _encode_example(
+    record: _Record, member: str, data: bytes, mask: tuple[str, bytes] | None
+) -> dict[str, Any]:
+    """Checks and converts one image (and mask) to the builder's features."""
+    image = _decode(member, data)
+    width, height = image.size
+    example = {
+        "image": data,
+        "height": height,
+        "width": width,
+        "label": record.label,
+        "image_id": record.image_id,
+        "cub_id": record.cub_id,
+        "objects": {"bbox": _normalized_box(record, height, width)[None]},
+    }
+    if mask is not None:
+        example["mask"] = _binary_mask(*mask, (width, height))
+    return example
+
+
+def _normalized_box(record: _Record, height: int, width: int) -> np.ndarray:
+    """`bounding_boxes.txt` (x, y, w, h), inclusive of pixel x + w -> tfds (4,) float32."""
+    x, y, w, h = record.box
+    # The clip never binds on the official boxes (x + w <= W - 1); it keeps tfds's [0, 1].
+    x0, y0 = max(x, 0.0), max(y, 0.0)
+    x1, y1 = min(x + w + 1, width), min(y + h + 1, height)
+    if not (x0 < x1 and y0 < y1):
+        raise CorruptFileError(
+            f"bounding_boxes.txt: box {record.box} of {record.image_id} "
+            f"is outside its {width}x{height} image."
+        )
+    return np.array([y0 / height, x0 / width, y1 / height, x1 / width], np.float32)
+
+
+def _binary_mask(member: str, data: bytes, size: tuple[int, int]) -> bytes:
+    """Grey segmentation PNG -> PNG of uint8 {0, 255}, foreground where grey > 0."""
+    grey = _decode(member, data).convert("L")
+    if grey.size != size:
+        raise CorruptFileError(
+            f"{member} is {grey.size[0]}x{grey.size[1]} but its image is {size[0]}x{size[1]}."
+        )
+    return _png_bytes((np.asarray(grey) > 0).astype(np.uint8) * 255)
+
+
+def _decode(member: str, data: bytes) -> Image.Image:
+    """Fully decodes an image so that truncated or garbled files are caught here."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise CorruptFileError(f"{member} cannot be decoded: {err}") from err
+    return image
+
+
+def _mask_member(record: _Record) -> str:
+    return f"segmentations/{record.image_id.rsplit('.', 1)[0]}.png"
+
+
+def _walk(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes | None]]:
+    """(name, bytes if `wanted(name)` else None) of each regular member, in one streamed pass."""
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                if member.isfile():
+                    name = member.name.removeprefix("./")
+                    yield name, tar.extractfile(member).read() if wanted(name) else None
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise CorruptFileError(
+            f"{path} is damaged or truncated ({err}); download it again from "
+            f"{SOURCES.get(path.name, 'its source')}."
+        ) from err
+
+
+def _iter_members(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of the members named in `wanted`, in archive order, reading no further."""
+    left = set(wanted)
+    if not left:
+        return
+    for name, data in _walk(path, left.__contains__):
+        if data is not None:
+            left.discard(name)
+            yield name, data
+            if not left:
+                return
+
+
+def _read_members(path: Path, wanted: Collection[str]) -> dict[str, bytes]:
+    return dict(_iter_members(path, wanted))
+
+
+def _scan(path: Path, texts: Collection[str]) -> tuple[set[str], dict[str, bytes], str | None]:
+    """Member names, the bytes of those in `texts`, and why reading stopped early if it did.
+
+    A full pass, as a compressed tar cannot seek. A damaged archive yields what came before
+    the damage, so that the error can say which members are lost.
+    """
+    names, found = set(), {}
+    try:
+        for name, data in _walk(path, texts.__contains__):
+            names.add(name)
+            if data is not None:
+                found[name] = data
+    except CorruptFileError as err:
+        return names, found, f"damaged or truncated after {len(names)} members: {err.__cause__}"
+    return names, found, None
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    """Lossless PNG of (H, W) uint8."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

@@ -1,0 +1,314 @@
+"""Tests for the CUB-200-2011 builder and `python -m camjax.data.prepare`, on tiny fake archives.
+
+The fakes have the official layout (`CUB_200_2011.tgz` with `CUB_200_2011/images/...` and the
+five metadata tables, `segmentations.tgz` with grey PNGs), with members in an order unlike
+`images.txt` and unrelated members the builder must ignore.
+"""
+
+import io
+import logging
+import socket
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from camjax.data import cub, pipeline, prepare
+
+_NAMED = {1: "Black_footed_Albatross", 2: "Laysan_Albatross", 200: "Common_Yellowthroat"}
+CLASSES = [f"{i:03d}.{_NAMED.get(i, f'Bird_{i:03d}')}" for i in range(1, 201)]
+
+# id, class id, file, width, height, is_train, (x, y, w, h) as in bounding_boxes.txt, mode
+SPECS = [
+    (1, 1, "Black_Footed_Albatross_0046_18.jpg", 50, 34, False, (6, 2, 32, 30), "RGB"),
+    (2, 1, "Black_Footed_Albatross_0009_34.jpg", 41, 29, True, (0, 0, 40, 28), "RGB"),
+    (3, 2, "Laysan_Albatross_0002_1027.jpg", 23, 37, False, (3, 5, 14, 20), "L"),
+    (4, 2, "Laysan_Albatross_0082_524.jpg", 36, 36, True, (10, 11, 5, 7), "RGB"),
+    (5, 200, "Common_Yellowthroat_0003_190521.jpg", 48, 31, True, (0, 4, 47, 26), "RGB"),
+    (6, 200, "Common_Yellowthroat_0010_190572.jpg", 27, 44, False, (1, 0, 25, 43), "RGB"),
+    (7, 1, "Black_Footed_Albatross_0074_59.jpg", 33, 25, True, (7, 3, 19, 15), "RGB"),
+    (8, 2, "Laysan_Albatross_0003_1033.jpg", 30, 20, False, (2, 1, 20, 15), "CMYK"),
+]
+TRAIN = [s for s in SPECS if s[5]]
+TEST = [s for s in SPECS if not s[5]]
+
+
+def image_id(spec) -> str:
+    return f"{CLASSES[spec[1] - 1]}/{spec[2]}"
+
+
+def _jpeg(spec) -> bytes:
+    _, _, _, w, h, _, _, mode = spec
+    rng = np.random.default_rng(spec[0])
+    smooth = np.cumsum(rng.integers(-20, 21, size=(h, w, 3)), axis=1) % 256
+    array = smooth.astype(np.uint8)
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    image.convert(mode).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _grey_mask(spec) -> np.ndarray:
+    """Annotator-averaged greys: 0 outside, 255, 128 and 1 inside the box."""
+    _, _, _, w, h, _, (x, y, bw, bh), _ = spec
+    grey = np.zeros((h, w), np.uint8)
+    grey[y : y + bh + 1, x : x + bw + 1] = 255
+    grey[y, x : x + bw + 1] = 128
+    grey[y + bh, x] = 1
+    return grey
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tables() -> dict[str, str]:
+    # images.txt order (by id) differs from the archive order below.
+    return {
+        "images.txt": "".join(f"{s[0]} {image_id(s)}\n" for s in SPECS),
+        "image_class_labels.txt": "".join(f"{s[0]} {s[1]}\n" for s in SPECS),
+        "train_test_split.txt": "".join(f"{s[0]} {int(s[5])}\n" for s in SPECS),
+        "bounding_boxes.txt": "".join(
+            f"{s[0]} {' '.join(f'{float(v):.1f}' for v in s[6])}\n" for s in SPECS
+        ),
+        "classes.txt": "".join(f"{i} {name}\n" for i, name in enumerate(CLASSES, 1)),
+    }
+
+
+def _write_tgz(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def write_archives(directory: Path, *, drop=(), replace=None, segmentations: bool = True) -> Path:
+    """Fake official archives in `directory`, minus the members in `drop`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    members = {"attributes.txt": b"1 has_bill_shape::curved\n"}
+    for spec in reversed(SPECS):
+        members[f"CUB_200_2011/images/{image_id(spec)}"] = _jpeg(spec)
+    members["CUB_200_2011/parts/parts.txt"] = b"1 back\n"
+    members["CUB_200_2011/README"] = b"fake\n"
+    for name, text in _tables().items():
+        members[f"CUB_200_2011/{name}"] = text.encode()
+    members.update(replace or {})
+    _write_tgz(directory / cub.IMAGES_ARCHIVE, {k: v for k, v in members.items() if k not in drop})
+    if segmentations:
+        masks = {
+            f"segmentations/{image_id(s)[:-4]}.png": _png(_grey_mask(s))
+            for s in sorted(SPECS, key=lambda s: s[2])
+        }
+        _write_tgz(
+            directory / cub.SEGMENTATIONS_ARCHIVE, {k: v for k, v in masks.items() if k not in drop}
+        )
+    return directory
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_network():
+    """Preparing and reading must never open a connection."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        yield
+
+
+@pytest.fixture(scope="module")
+def manual_dir(tmp_path_factory) -> Path:
+    return write_archives(tmp_path_factory.mktemp("manual"))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory, manual_dir) -> str:
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    cub.prepare(str(manual_dir), data_dir, progress=False)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def sources(data_dir) -> dict:
+    return cub.load_data_sources(data_dir)
+
+
+def test_splits_ids_labels_and_order(sources):
+    assert sorted(sources) == ["test", "train"]
+    for split, specs in (("train", TRAIN), ("test", TEST)):
+        records = [sources[split][i] for i in range(len(sources[split]))]
+        # Records follow images.txt (id) order whatever the archive order.
+        assert [int(r["cub_id"]) for r in records] == [s[0] for s in specs]
+        assert [r["image_id"].decode() for r in records] == [image_id(s) for s in specs]
+        assert [int(r["label"]) for r in records] == [s[1] - 1 for s in specs]
+    assert (
+        sources["train"][2]["image_id"]
+        == b"200.Common_Yellowthroat/Common_Yellowthroat_0003_190521.jpg"
+    )
+
+
+def test_images_are_the_original_jpegs(sources, data_dir):
+    raw = cub.get_builder(data_dir, masks=True).as_data_source(
+        deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+    )
+    for split, specs in (("train", TRAIN), ("test", TEST)):
+        for i, spec in enumerate(specs):
+            jpeg = _jpeg(spec)
+            assert jpeg in raw[split][i]  # the serialized record holds the JPEG as is
+            record = sources[split][i]
+            assert (record["height"], record["width"]) == (spec[4], spec[3])
+            assert record["image"].dtype == np.uint8
+            assert record["image"].shape == (spec[4], spec[3], 3)  # greyscale too
+            decoded = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), np.int16)
+            # OpenCV and PIL convert CMYK to RGB with different rounding.
+            tolerance = 1 if spec[7] == "CMYK" else 0
+            assert np.abs(record["image"] - decoded).max() <= tolerance
+
+
+def test_boxes_give_back_the_exact_pixel_boxes(sources):
+    for split, specs in (("train", TRAIN), ("test", TEST)):
+        for i, spec in enumerate(specs):
+            record = sources[split][i]
+            x, y, w, h = spec[6]
+            bbox = np.asarray(record["objects"]["bbox"])
+            assert bbox.shape == (1, 4) and bbox.dtype == np.float32
+            boxes, n = pipeline.pixel_boxes(bbox, int(record["height"]), int(record["width"]), 2)
+            assert n == 1
+            # (x, y) is the first pixel and (x + w, y + h) the last, so the ends are + 1.
+            expected = np.array([x, y, x + w + 1, y + h + 1], np.float32)
+            np.testing.assert_allclose(boxes[0], expected, atol=1e-3)
+            np.testing.assert_array_equal(np.rint(boxes[0]), expected)
+    # A box from the top-left to the last row and column covers the whole image.
+    whole = sources["train"][0]["objects"]["bbox"]
+    np.testing.assert_array_equal(np.asarray(whole)[0], [0.0, 0.0, 1.0, 1.0])
+
+
+def test_masks_are_the_pixels_above_zero(sources):
+    for split, specs in (("train", TRAIN), ("test", TEST)):
+        for i, spec in enumerate(specs):
+            mask = sources[split][i]["mask"]
+            assert mask.shape == (spec[4], spec[3], 1) and mask.dtype == np.uint8
+            np.testing.assert_array_equal(mask[..., 0], (_grey_mask(spec) > 0) * 255)
+
+
+def test_info(data_dir, sources):
+    builder = cub.get_builder(data_dir, masks=True)
+    assert builder.is_prepared()
+    assert builder.name == "cub_200_2011" and builder.builder_config.name == "masks"
+    assert builder.info.file_format.value == "array_record"
+    assert builder.info.features["label"].names == CLASSES
+    assert builder.info.splits["train"].num_examples == len(TRAIN)
+    assert builder.info.metadata["skipped_corrupt"] == []
+    # Building and reading must work without TensorFlow.
+    assert "tensorflow" not in sys.modules
+
+
+def test_cli_without_segmentations_builds_the_boxes_config(tmp_path, sources, capsys):
+    manual = write_archives(tmp_path / "manual", segmentations=False)
+    data_dir = str(tmp_path / "tfds")
+    argv = ["cub", "--manual_dir", str(manual), "--data_dir", data_dir]
+    assert prepare.main(argv) == 0
+    assert f"train {len(TRAIN)}, test {len(TEST)} examples" in capsys.readouterr().out
+    boxes = cub.load_data_sources(data_dir)
+    assert "mask" not in boxes["train"][0]
+    for split in ("train", "test"):
+        for i in range(len(boxes[split])):
+            a, b = boxes[split][i], sources[split][i]
+            np.testing.assert_array_equal(a["image"], b["image"])
+            np.testing.assert_array_equal(a["objects"]["bbox"], b["objects"]["bbox"])
+    # Already prepared: a second run is a no-op that needs no archives.
+    assert prepare.main(["cub", "--manual_dir", str(tmp_path), "--data_dir", data_dir]) == 0
+
+
+def test_missing_archives_are_listed_with_their_source(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(cub.MissingFilesError) as err:
+        cub.prepare(str(empty), str(data_dir), masks=True, progress=False)
+    assert err.value.missing == ["CUB_200_2011.tgz", "segmentations.tgz"]
+    assert "data.caltech.edu" in str(err.value)
+    assert not data_dir.exists()  # failed before any work
+    run = subprocess.run(
+        [sys.executable, "-m", "camjax.data.prepare", "cub", "--manual_dir", str(empty)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert "CUB_200_2011.tgz" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_incomplete_archives_list_the_missing_members(tmp_path):
+    spec = SPECS[3]
+    dropped = [
+        "CUB_200_2011/bounding_boxes.txt",
+        f"CUB_200_2011/images/{image_id(spec)}",
+        f"segmentations/{image_id(spec)[:-4]}.png",
+    ]
+    data_dir = tmp_path / "tfds"
+    for drop, missing in ((dropped, dropped[:1]), (dropped[1:], dropped[1:2]), (dropped[2:],) * 2):
+        manual = write_archives(tmp_path / f"manual{len(drop)}", drop=drop)
+        with pytest.raises(cub.MissingFilesError) as err:
+            cub.prepare(str(manual), str(data_dir), progress=False)
+        assert err.value.missing == list(missing)
+        assert all(m in str(err.value) for m in missing)
+    assert not data_dir.exists()  # failed before any work
+
+
+def test_truncated_archive_lists_what_it_lost(tmp_path):
+    manual = write_archives(tmp_path / "manual", segmentations=False)
+    archive = manual / cub.IMAGES_ARCHIVE
+    archive.write_bytes(archive.read_bytes()[:-300])  # loses the tables at the end
+    with pytest.raises(cub.MissingFilesError, match="truncated") as err:
+        cub.prepare(str(manual), str(tmp_path / "tfds"), progress=False)
+    assert "CUB_200_2011/classes.txt" in err.value.missing
+
+
+def test_corrupt_jpegs_are_named_or_skipped_and_counted(tmp_path, caplog):
+    truncated, garbage = SPECS[2], SPECS[6]  # a test and a train image
+    member = f"CUB_200_2011/images/{image_id(truncated)}"
+    jpeg = _jpeg(truncated)
+    manual = write_archives(
+        tmp_path / "strict", replace={member: jpeg[: len(jpeg) // 2]}, segmentations=False
+    )
+    with pytest.raises(cub.CorruptFileError, match=f"{member} cannot be decoded"):
+        cub.prepare(str(manual), str(tmp_path / "strict_tfds"), progress=False)
+    assert not cub.get_builder(str(tmp_path / "strict_tfds")).is_prepared()
+
+    replace = {
+        member: jpeg[: len(jpeg) // 2],
+        f"CUB_200_2011/images/{image_id(garbage)}": b"x" * 99,
+    }
+    manual = write_archives(tmp_path / "lenient", replace=replace, segmentations=False)
+    data_dir = str(tmp_path / "lenient_tfds")
+    with caplog.at_level(logging.WARNING, logger="camjax"):
+        builder = cub.prepare(str(manual), data_dir, skip_corrupt=True, progress=False)
+    assert builder.info.splits["train"].num_examples == len(TRAIN) - 1
+    assert builder.info.splits["test"].num_examples == len(TEST) - 1
+    assert "Skipped 2 corrupt image(s)" in caplog.text and member in caplog.text
+    # The skips are recorded with the dataset (train is generated first).
+    skipped = [image_id(garbage), image_id(truncated)]
+    assert cub.get_builder(data_dir).info.metadata["skipped_corrupt"] == skipped
+    sources = cub.load_data_sources(data_dir)
+    ids = [r["image_id"].decode() for split in ("train", "test") for r in sources[split]]
+    assert sorted(ids) == sorted(image_id(s) for s in SPECS if image_id(s) not in skipped)
+
+
+def test_loading_before_preparing_says_how(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m camjax.data.prepare cub"):
+        cub.load_data_sources(str(tmp_path))
+
+
+def test_registry_holds_cub():
+    assert set(prepare.PREPARERS) >= {"cub"}
