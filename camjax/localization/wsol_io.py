@@ -20,7 +20,7 @@ keyed by image id, so only ``image_ids.txt`` fixes an order: the evaluation orde
 * ``localization.txt``, one of two forms:
 
   - boxes (CUB, ILSVRC): ``<image_id>,<x0>,<y0>,<x1>,<y1>``, integers in the original
-    image's pixels, one line per box (ILSVRC val has up to 259 boxes for one image);
+    image's pixels, one line per box (the ImageNetV2 val split has up to 259 boxes for one image);
   - masks (OpenImages): ``<image_id>,<mask_path>,<ignore_path>``, one line per instance mask;
     the image's first line names its ignore mask and its later lines leave that field empty.
     Paths are relative to ``<mask_root>/OpenImages``.

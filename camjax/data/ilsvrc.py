@@ -1,0 +1,752 @@
+"""ILSVRC 2012 CLS-LOC (ImageNet) as a tfds dataset with the validation boxes, built without TF.
+
+The builder `ilsvrc2012_loc` reads the archives a user downloaded by hand, streaming their
+members with `tarfile` (the 1,000 per-class tars inside the training tar are read in place,
+nothing is extracted to disk or fetched from the network), and writes ArrayRecord files that
+`load_data_sources` reads by random access without TensorFlow.
+
+Inputs, in the manual directory (`SOURCES` says where each comes from):
+
+* `ILSVRC2012_img_val.tar` (always): 50,000 flat `ILSVRC2012_val_<8 digits>.JPEG`.
+* The validation labels and boxes, in either official form (the XML archive wins if both are
+  there): `ILSVRC2012_bbox_val_v3.tgz`, one PASCAL-VOC-style XML file per image
+  (`val/ILSVRC2012_val_00000001.xml`: `size/width`, `size/height` and per `object` its synset
+  `name` and `bndbox` `xmin ymin xmax ymax`), or Kaggle's `LOC_val_solution.csv`
+  (`ImageId,PredictionString`, the string repeating `<synset> <xmin> <ymin> <xmax> <ymax>`).
+* `ILSVRC2012_img_train.tar` (config `full` only): 1,000 tars `<synset>.tar`, each holding
+  `<synset>_<k>.JPEG`.
+* `LOC_synset_mapping.txt` (optional): Kaggle's list of the 1,000 synsets, one per line
+  (`n01440764 tench, Tinca tinca`).
+
+Configs: `full` (splits `train` and `validation`) and `validation` (the validation split
+alone, for the many WSOL users who only evaluate: the training tar is 138 GB). Unless told
+which with `train=`, `prepare` builds `full` when `ILSVRC2012_img_train.tar` is in the manual
+directory and `validation` otherwise, and `load_data_sources` reads `full` if it is prepared
+and `validation` otherwise.
+
+Kaggle's copy (ImageNet Object Localization Challenge) has the images unpacked; the
+validation tar can be made from them with
+`tar -cf ILSVRC2012_img_val.tar -C ILSVRC/Data/CLS-LOC/val .` (member paths are ignored).
+
+Class index: the position of the synset in the sorted list of the 1,000 synsets, the order of
+torchvision's `ImageFolder` on the training folders and of `LOC_synset_mapping.txt` (index 65
+is `n01751748`, sea snake, the class of validation image 1). The list comes from
+`LOC_synset_mapping.txt` when present, else from the class tar names of the training tar,
+else (config `validation`) from the synsets of the validation annotations, which name all
+1,000 classes as every validation image is annotated (checked: the images of the tar and
+the annotated images must be the same set). Sources present together must agree.
+
+Examples (`validation` in image-name order; `train` class by class in class-index order,
+within a class in archive order):
+
+* `image`: the original file bytes, not re-encoded, decoded on read to (H, W, 3) uint8
+  (greyscale JPEGs are repeated to 3 channels by tfds). Files that are not RGB or grey are
+  stored instead as a lossless PNG of Pillow's RGB conversion: the 22 CMYK JPEGs of the
+  training set (listed by tfds's `imagenet2012` builder, which re-encodes them as JPEG) would
+  decode to 4 CMYK channels with tfds's PIL fallback. The one PNG named `.JPEG`
+  (`n02105855_2933.JPEG`) is kept as it is if RGB or grey: tfds's decoders (OpenCV, else
+  PIL) read a PNG whatever its name.
+* `height`, `width`: int32, the size of the stored pixel grid.
+* `label`: class index as above; the `ClassLabel` names are the synsets.
+* `image_id`: the file name, `ILSVRC2012_val_00000001.JPEG` or `n01440764_10026.JPEG`.
+* `objects/bbox`: float32 normalized `(ymin, xmin, ymax, xmax)` with exclusive ends, the
+  convention of every camjax dataset (`ymax = y1 / H`, `y1` one past the last row); every box
+  of a validation image (80,477 in all, up to 20 on one image), none in train.
+
+Box convention of the sources: `xmin ymin xmax ymax` are 0-based pixel indices with inclusive
+ends, `xmax` being the last column of the object. Evidence: in the official annotations,
+as released by the reference WSOL evaluator (clovaai/wsolevaluation,
+`metadata/ILSVRC/test/localization.txt` and `image_sizes.txt`, raw XML values: image 50,000
+is `237,109,446,374` and `175,89,474,342` there and in its XML), `xmin` is 0 on 7,388 of the
+80,477 boxes and `xmax` reaches `W - 1` on 6,086 but never `W` (likewise y with `H`); the
+evaluator's `calculate_multiple_iou` counts `x1 - x0 + 1` columns, as the PASCAL VOC devkit,
+whose format this is, does. Kaggle's CSV holds the same integers (its documented sample row,
+image 8,726, `255 142 454 329` and `44 21 322 295`, matches that image's XML). So a source box
+becomes the exclusive pixel box `(xmin, ymin, xmax + 1, ymax + 1)`, clipped to the image
+(never needed on the official files), normalized by the decoded size. The ILSVRC devkit
+excludes 1,762 validation images ("blacklist") from its own localization score; WSOL work
+evaluates all 50,000, and so does this dataset.
+
+Errors, raised before any example is written: `MissingFilesError` lists the files missing
+from the manual directory and where to get them, or the members an archive lacks (a
+truncated download: annotated images that are not in the validation tar, class tars that are
+not in the training tar, images without annotations). `CorruptFileError` names an unreadable
+archive or annotation file, and, while writing, an image that does not decode; with
+`skip_corrupt=True` such an image is skipped, logged, counted and recorded in
+`info.metadata['skipped_corrupt']`.
+
+Writing: tfds's own writer (4.9.10) stages each split in memory and, beyond 1 GB, spills it
+through TensorFlow's file API and sorts whole buckets in memory; the splits here are 6 GB and
+140 GB. So the builder writes its ArrayRecord shards itself, streaming, in generation order.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import gzip
+import io
+import logging
+import os
+import re
+import tarfile
+import xml.etree.ElementTree as ET
+import zlib
+from collections.abc import Iterable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+from array_record.python import array_record_module
+from PIL import Image
+from tensorflow_datasets.core import example_serializer
+from tqdm import tqdm
+
+DATASET_NAME = "ilsvrc2012_loc"
+TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"
+VAL_ARCHIVE = "ILSVRC2012_img_val.tar"
+BOXES_XML = "ILSVRC2012_bbox_val_v3.tgz"
+BOXES_CSV = "LOC_val_solution.csv"
+SYNSET_MAPPING = "LOC_synset_mapping.txt"
+NUM_CLASSES = 1000
+
+_IMAGENET = "https://image-net.org/challenges/LSVRC/2012/2012-downloads.php (log in first)"
+_KAGGLE = "https://www.kaggle.com/competitions/imagenet-object-localization-challenge/data"
+SOURCES = {
+    TRAIN_ARCHIVE: f'"Training images (Task 1 & 2)", 138 GB, at {_IMAGENET}',
+    VAL_ARCHIVE: f'"Validation images (all tasks)", 6.3 GB, at {_IMAGENET}',
+    BOXES_XML: f'"Validation bounding box annotations (all tasks)" at {_IMAGENET}',
+    BOXES_CSV: f"the ImageNet Object Localization Challenge on Kaggle, {_KAGGLE}",
+    SYNSET_MAPPING: f"the ImageNet Object Localization Challenge on Kaggle, {_KAGGLE}",
+}
+# Size and image count of the official training tar, only to give its progress bar a total.
+_OFFICIAL_TRAIN = (147_897_477_120, 1_281_167)
+
+_FILE_FORMAT = "array_record"
+_SHARD_BYTES = 1 << 30  # ArrayRecord shard size, before the shard's own overhead
+_MAX_LISTED = 20  # missing members listed by name in an error; the rest are counted
+_PREPARE_COMMAND = "python -m camjax.data.prepare ilsvrc --manual_dir DIR"
+_SYNSET = re.compile(r"n\d{8}")
+_VAL_XML = re.compile(r"(ILSVRC2012_val_\d{8})\.xml")
+
+log = logging.getLogger(__name__)
+
+_DESCRIPTION = """\
+ILSVRC 2012 classification-localization (ImageNet-1k): 1,281,167 training and 50,000
+validation photographs of 1,000 WordNet synsets, one label each; every validation image has
+the bounding boxes of its class's objects. Built from the official archives placed in the
+manual directory; images are the original files.
+"""
+
+_CITATION = """\
+@article{ILSVRC15,
+  author = {Olga Russakovsky and Jia Deng and Hao Su and Jonathan Krause and Sanjeev Satheesh
+            and Sean Ma and Zhiheng Huang and Andrej Karpathy and Aditya Khosla and Michael
+            Bernstein and Alexander C. Berg and Li Fei-Fei},
+  title = {{ImageNet Large Scale Visual Recognition Challenge}},
+  journal = {International Journal of Computer Vision (IJCV)},
+  year = {2015},
+  volume = {115},
+  number = {3},
+  pages = {211-252},
+}
+"""
+
+
+class MissingFilesError(FileNotFoundError):
+    """Files, or archive members, that preparing needs; `missing` lists them."""
+
+    def __init__(self, message: str, missing: list[str]):
+        super().__init__(message)
+        self.missing = missing
+
+
+class CorruptFileError(ValueError):
+    """A file that cannot be read: an archive, an annotation file or an image."""
+
+
+@dataclasses.dataclass(eq=False)
+class IlsvrcConfig(tfds.core.BuilderConfig):
+    """`train` adds the training split (needs `ILSVRC2012_img_train.tar`)."""
+
+    train: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Annotation:
+    synset: str
+    boxes: np.ndarray  # (K, 4) float64 (xmin, ymin, xmax, ymax), 0-based, inclusive ends
+    size: tuple[int, int] | None  # (width, height) the XML states; None from the CSV
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything checked before writing: paths, classes, archive members, annotations."""
+
+    paths: dict[str, Path]
+    classes: list[str]
+    val_members: list[tarfile.TarInfo]  # sorted by name
+    annotations: dict[str, _Annotation]  # by image file name
+    class_tars: list[tarfile.TarInfo]  # sorted by synset; empty without the train split
+
+
+class Ilsvrc2012Loc(tfds.core.GeneratorBasedBuilder):
+    """tfds builder for `ilsvrc2012_loc`; the first config (`full`) is the default."""
+
+    name = DATASET_NAME
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = [
+        IlsvrcConfig(name="full", description="Splits train and validation."),
+        IlsvrcConfig(name="validation", description="The validation split only.", train=False),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "\n".join(
+        [f"Place these files, unchanged, in the manual directory ({_PREPARE_COMMAND}):"]
+        + [f"  {name}: from {source}" for name, source in SOURCES.items()]
+        + [
+            f"One of {BOXES_XML} and {BOXES_CSV} is needed; {TRAIN_ARCHIVE} only for the "
+            f"`full` config; {SYNSET_MAPPING} is optional."
+        ]
+    )
+
+    def __init__(
+        self,
+        *,
+        file_format: str | None = _FILE_FORMAT,
+        skip_corrupt: bool = False,
+        progress: bool = False,
+        **kwargs: Any,
+    ):
+        # Random access (`as_data_source`) needs ArrayRecord rather than tfds's TFRecord.
+        super().__init__(file_format=file_format, **kwargs)
+        self._skip_corrupt = skip_corrupt
+        self._progress = progress
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            description=_DESCRIPTION,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                    "height": np.int32,
+                    "width": np.int32,
+                    # Names (the synsets) are found when preparing and stored with the data.
+                    "label": tfds.features.ClassLabel(),
+                    "image_id": tfds.features.Text(),
+                    "objects": tfds.features.Sequence({"bbox": tfds.features.BBoxFeature()}),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="https://image-net.org/challenges/LSVRC/2012/",
+            # Records are written in generation order (see `_download_and_prepare`).
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+            citation=_CITATION,
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+        plan = _make_plan(Path(dl_manager.manual_dir), train=self.builder_config.train)
+        self.info.features["label"].names = plan.classes
+        self.info.metadata["skipped_corrupt"] = []
+        splits = {"validation": self._generate_examples(plan, "validation")}
+        if self.builder_config.train:
+            splits["train"] = self._generate_examples(plan, "train")
+        return splits
+
+    def _generate_examples(self, plan: _Plan, split: str) -> Iterator[tuple[str, dict]]:
+        label = {synset: index for index, synset in enumerate(plan.classes)}
+        if split == "validation":
+            archive, images, total = VAL_ARCHIVE, _val_images(plan), len(plan.val_members)
+        else:
+            archive, images = TRAIN_ARCHIVE, _train_images(plan)
+            size, count = _OFFICIAL_TRAIN
+            total = count if plan.paths[TRAIN_ARCHIVE].stat().st_size == size else None
+        skipped = self.info.metadata["skipped_corrupt"]
+        bar = tqdm(
+            total=total, desc=f"{DATASET_NAME} {split}", unit=" images", disable=not self._progress
+        )
+        with bar:
+            for image_id, synset, data in images:
+                bar.update(1)
+                try:
+                    data, height, width = _checked_image(f"{image_id} (in {archive})", data)
+                except CorruptFileError as err:
+                    if not self._skip_corrupt:
+                        raise
+                    log.warning("Skipping %s: %s", image_id, err)
+                    skipped.append(image_id)
+                    bar.set_postfix(skipped=len(skipped))
+                    continue
+                boxes = np.zeros((0, 4), np.float32)
+                if split == "validation":
+                    boxes = _normalized_boxes(image_id, plan.annotations[image_id], height, width)
+                yield (
+                    image_id,
+                    {
+                        "image": data,
+                        "height": height,
+                        "width": width,
+                        "label": label[synset],
+                        "image_id": image_id,
+                        "objects": {"bbox": boxes},
+                    },
+                )
+
+    def _download_and_prepare(
+        self,
+        dl_manager: tfds.download.DownloadManager,
+        download_config: tfds.download.DownloadConfig,
+    ) -> None:
+        # Replaces tfds's writer, which needs TensorFlow for splits over 1 GB (module doc).
+        limit = download_config.max_examples_per_split
+        infos = [
+            self._write_split(name, examples, limit)
+            for name, examples in self._split_generators(dl_manager).items()
+        ]
+        self.info.set_splits(tfds.core.SplitDict(infos))
+
+    def _write_split(
+        self, name: str, examples: Iterable[tuple[str, dict]], limit: int | None
+    ) -> tfds.core.SplitInfo:
+        """Serializes the examples into ArrayRecord shards of about `_SHARD_BYTES`, in order."""
+        features = self.info.features
+        serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
+        template = self._get_filename_template(split_name=name)
+        parts, lengths, num_bytes, shard_bytes, writer = [], [], 0, 0, None
+        try:
+            for index, (_, example) in enumerate(examples):
+                if limit is not None and index >= limit:
+                    break
+                record = serializer.serialize_example(features.encode_example(example))
+                if writer is None:
+                    # Shard names hold the shard count, known only at the end: rename then.
+                    parts.append(template.data_dir / f"{name}.part{len(parts)}")
+                    # One record per chunk, as tfds writes them, for fast random access.
+                    writer = array_record_module.ArrayRecordWriter(
+                        os.fspath(parts[-1]), "group_size:1"
+                    )
+                    lengths.append(0)
+                    shard_bytes = 0
+                writer.write(record)
+                lengths[-1] += 1
+                shard_bytes += len(record)
+                num_bytes += len(record)
+                if shard_bytes >= _SHARD_BYTES:
+                    writer.close()
+                    writer = None
+        finally:
+            if writer is not None:
+                writer.close()
+        if not lengths:
+            raise CorruptFileError(f"No example of split {name} could be written.")
+        for part, path in zip(parts, template.sharded_filepaths(len(parts)), strict=True):
+            part.rename(path)
+        log.info("Wrote %s: %d examples in %d shards.", name, sum(lengths), len(lengths))
+        return tfds.core.SplitInfo(
+            name=name, shard_lengths=lengths, num_bytes=num_bytes, filename_template=template
+        )
+
+
+def manual_files(manual_dir: Path, *, train: bool) -> dict[str, Path]:
+    """Paths of the input files; raises `MissingFilesError` naming each one not there.
+
+    Returns:
+      {name: path} for `ILSVRC2012_img_val.tar`, the annotation file (the XML archive if
+      both forms are there), `ILSVRC2012_img_train.tar` when `train`, and
+      `LOC_synset_mapping.txt` when present.
+    """
+    manual_dir = Path(manual_dir)
+    present = {name: manual_dir / name for name in SOURCES if (manual_dir / name).is_file()}
+    required = [TRAIN_ARCHIVE, VAL_ARCHIVE] if train else [VAL_ARCHIVE]
+    missing = [name for name in required if name not in present]
+    lines = [f"  {name}: {SOURCES[name]}" for name in missing]
+    if BOXES_XML not in present and BOXES_CSV not in present:
+        missing.append(f"{BOXES_XML} or {BOXES_CSV}")
+        lines.append(f"  {BOXES_XML}: {SOURCES[BOXES_XML]}; or")
+        lines.append(f"  {BOXES_CSV}: {SOURCES[BOXES_CSV]}")
+    if missing:
+        hint = ""
+        if train:
+            hint = (
+                f"\nTo build the validation split alone, without {TRAIN_ARCHIVE}, pass train=False."
+            )
+        raise MissingFilesError(
+            f"Cannot prepare {DATASET_NAME}/{'full' if train else 'validation'}: "
+            f"{len(missing)} file(s) missing from the manual directory {manual_dir}:\n"
+            + "\n".join(lines)
+            + "\nPlace them there unchanged (no extraction needed) and run again."
+            + hint,
+            missing,
+        )
+    paths = {VAL_ARCHIVE: present[VAL_ARCHIVE]}
+    boxes = BOXES_XML if BOXES_XML in present else BOXES_CSV
+    paths[boxes] = present[boxes]
+    for name in ([TRAIN_ARCHIVE] if train else []) + [SYNSET_MAPPING]:
+        if name in present:
+            paths[name] = present[name]
+    return paths
+
+
+def get_builder(
+    data_dir: str | None = None,
+    *,
+    train: bool = True,
+    skip_corrupt: bool = False,
+    progress: bool = False,
+) -> Ilsvrc2012Loc:
+    """The builder of config `full` (train) or `validation` in `data_dir` (None: tfds default)."""
+    return Ilsvrc2012Loc(
+        config="full" if train else "validation",
+        data_dir=data_dir,
+        skip_corrupt=skip_corrupt,
+        progress=progress,
+    )
+
+
+def prepare(
+    manual_dir: str,
+    data_dir: str | None = None,
+    *,
+    skip_corrupt: bool = False,
+    progress: bool = True,
+    train: bool | None = None,
+) -> Ilsvrc2012Loc:
+    """Builds the dataset from the files in `manual_dir`; a no-op if already prepared.
+
+    Args:
+      manual_dir: directory holding the files listed in the module doc.
+      data_dir: tfds data directory to write to; None for the tfds default.
+      skip_corrupt: skip (and log, count, record) images that cannot be decoded, instead of
+        raising `CorruptFileError`.
+      progress: show a progress bar over the examples of each split.
+      train: build config `full` (True) or `validation` (False); None picks `full` when it
+        is already prepared or `ILSVRC2012_img_train.tar` is in `manual_dir`.
+
+    Returns:
+      The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped image ids.
+    """
+    manual = Path(manual_dir)
+    if train is None:
+        train = get_builder(data_dir).is_prepared() or (manual / TRAIN_ARCHIVE).is_file()
+    kwargs = dict(train=train, skip_corrupt=skip_corrupt, progress=progress)
+    builder = get_builder(data_dir, **kwargs)
+    if builder.is_prepared():
+        log.info(
+            "%s/%s is already prepared in %s.",
+            DATASET_NAME,
+            builder.builder_config.name,
+            builder.data_dir,
+        )
+        return builder
+    manual_files(manual, train=train)  # Fail before tfds creates anything.
+    config = tfds.download.DownloadConfig(manual_dir=str(manual), try_download_gcs=False)
+    try:
+        # tfds writes into an `incomplete.*` directory renamed into place at the end.
+        builder.download_and_prepare(file_format=_FILE_FORMAT, download_config=config)
+    except OSError:
+        # Losing that rename race to another process is fine once its copy exists.
+        if not builder.data_path.exists():
+            raise
+        builder = get_builder(data_dir, **kwargs)
+    skipped = builder.info.metadata.get("skipped_corrupt", [])
+    if skipped:
+        log.warning("Skipped %d corrupt image(s): %s", len(skipped), ", ".join(skipped))
+    return builder
+
+
+def load_data_sources(data_dir: str | None = None, *, train: bool | None = None) -> dict[str, Any]:
+    """Random-access sources of the prepared splits.
+
+    Args:
+      data_dir: tfds data directory the dataset was prepared in; None for the tfds default.
+      train: read config `full` (True) or `validation` (False); None takes `full` when it is
+        prepared, else `validation`.
+
+    Returns:
+      {'validation'} or {'train', 'validation'} -> tfds `ArrayRecordDataSource`; `source[i]`
+      is a dict with `image` (H, W, 3) uint8, `height`, `width`, `label`, `image_id` (bytes)
+      and `objects` {'bbox': (K, 4) float32 normalized (ymin, xmin, ymax, xmax), exclusive
+      ends; K = 0 in train}.
+
+    Raises:
+      FileNotFoundError: not prepared; the message gives the command that prepares it.
+    """
+    for use_train in (True, False) if train is None else (train,):
+        builder = get_builder(data_dir, train=use_train)
+        if builder.is_prepared():
+            return dict(builder.as_data_source())
+    where = f" --data_dir {data_dir}" if data_dir else ""
+    raise FileNotFoundError(
+        f"{DATASET_NAME} is not prepared in {builder.data_dir_root}. Prepare it with "
+        f"`{_PREPARE_COMMAND}{where}`, DIR holding {VAL_ARCHIVE}, {BOXES_XML} or {BOXES_CSV}, "
+        f"and {TRAIN_ARCHIVE} for the train split."
+    )
+
+
+def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
+    """Reads the indexes of every input and checks that they are complete and agree."""
+    paths = manual_files(manual_dir, train=train)
+    boxes_path = paths.get(BOXES_XML) or paths[BOXES_CSV]
+    log.info("Reading %s.", boxes_path)
+    annotations = _read_xml_archive(boxes_path) if BOXES_XML in paths else _read_csv(boxes_path)
+    log.info("Indexing %s.", paths[VAL_ARCHIVE])
+    val_members = sorted(_tar_files(paths[VAL_ARCHIVE]), key=lambda m: PurePosixPath(m.name).name)
+    images = {PurePosixPath(m.name).name for m in val_members}
+    _raise_if_missing(paths[VAL_ARCHIVE], sorted(set(annotations) - images))
+    _raise_if_missing(boxes_path, sorted(images - set(annotations)))
+
+    class_tars = _class_tars(paths[TRAIN_ARCHIVE]) if train else []
+    tars = {_synset_of(m) for m in class_tars}
+    val_synsets = {a.synset for a in annotations.values()}
+    if SYNSET_MAPPING in paths:
+        classes = _read_synset_mapping(paths[SYNSET_MAPPING])
+        if train:
+            _raise_if_missing(paths[TRAIN_ARCHIVE], [f"{s}.tar" for s in classes if s not in tars])
+        unlisted = sorted((tars | val_synsets) - set(classes))
+        if unlisted:
+            raise CorruptFileError(
+                f"{paths[SYNSET_MAPPING]} does not list the synsets {unlisted[:_MAX_LISTED]} "
+                "of the other inputs."
+            )
+    elif train:
+        classes = sorted(tars)
+        # Every class has validation images, so a class tar they name is missing.
+        _raise_if_missing(paths[TRAIN_ARCHIVE], [f"{s}.tar" for s in sorted(val_synsets - tars)])
+    else:
+        classes = sorted(val_synsets)
+    if len(classes) != NUM_CLASSES:
+        log.warning("Found %d classes; ILSVRC 2012 has %d.", len(classes), NUM_CLASSES)
+    counts = [len(a.boxes) for a in annotations.values()]
+    log.info(
+        "Validation: %d images, %d boxes, up to %d per image.",
+        len(counts),
+        sum(counts),
+        max(counts),
+    )
+    return _Plan(paths, classes, val_members, annotations, class_tars)
+
+
+def _class_tars(path: Path) -> list[tarfile.TarInfo]:
+    """The `<synset>.tar` members of the training tar, sorted by synset."""
+    log.info("Indexing %s.", path)
+    class_tars = []
+    for member in _tar_files(path):
+        if member.name.endswith(".tar") and _SYNSET.fullmatch(_synset_of(member)):
+            class_tars.append(member)
+        else:
+            log.warning("Ignoring %s in %s.", member.name, path)
+    return sorted(class_tars, key=_synset_of)
+
+
+def _synset_of(class_tar: tarfile.TarInfo) -> str:
+    return PurePosixPath(class_tar.name).name.removesuffix(".tar")
+
+
+def _raise_if_missing(path: Path, missing: list[str]) -> None:
+    if not missing:
+        return
+    listed = [f"  {m}" for m in missing[:_MAX_LISTED]]
+    if len(missing) > _MAX_LISTED:
+        listed.append(f"  ... and {len(missing) - _MAX_LISTED} more")
+    source = SOURCES.get(path.name, "its source")
+    raise MissingFilesError(
+        f"{path} is incomplete: it lacks {len(missing)} item(s) that the other inputs name:\n"
+        + "\n".join(listed)
+        + f"\nDownload {path.name} again: {source}.",
+        missing,
+    )
+
+
+def _tar_files(path: Path) -> list[tarfile.TarInfo]:
+    """The regular members of an uncompressed tar whose data lies wholly inside the file.
+
+    A truncated download loses its last members (tarfile stops at the cut with an error, and
+    the member there is cut short): they are left out here, so that the checks against the
+    other inputs list them as missing.
+    """
+    size, members = path.stat().st_size, []
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            members.extend(m for m in tar if m.isfile())
+    except (tarfile.TarError, EOFError) as err:
+        if not members:
+            raise CorruptFileError(
+                f"{path} is not a readable tar archive ({err}); download it again: "
+                f"{SOURCES.get(path.name, 'its source')}."
+            ) from err
+        log.warning("%s ends early (%s), after %s.", path, err, members[-1].name)
+    complete = [m for m in members if m.offset_data + m.size <= size]
+    if len(complete) < len(members):
+        log.warning("%s is truncated inside %s.", path, members[len(complete)].name)
+    return complete
+
+
+def _val_images(plan: _Plan) -> Iterator[tuple[str, str, bytes]]:
+    """(image id, synset, bytes) of the validation images in name order."""
+    path, where = plan.paths[VAL_ARCHIVE], ""
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in plan.val_members:
+                where = member.name
+                image_id = PurePosixPath(member.name).name
+                yield image_id, plan.annotations[image_id].synset, tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError) as err:
+        raise _damaged(path, where, err) from err
+
+
+def _train_images(plan: _Plan) -> Iterator[tuple[str, str, bytes]]:
+    """(image id, synset, bytes) of the training images, class tar by class tar, streamed."""
+    path, where = plan.paths[TRAIN_ARCHIVE], ""
+    try:
+        with tarfile.open(path, mode="r:") as outer:
+            for class_tar in plan.class_tars:
+                where, synset = class_tar.name, _synset_of(class_tar)
+                with tarfile.open(fileobj=outer.extractfile(class_tar), mode="r|") as inner:
+                    for member in inner:
+                        if member.isfile():
+                            image_id = PurePosixPath(member.name).name
+                            yield image_id, synset, inner.extractfile(member).read()
+    except (tarfile.TarError, EOFError) as err:
+        raise _damaged(path, where, err) from err
+
+
+def _damaged(path: Path, member: str, err: Exception) -> CorruptFileError:
+    where = f"{member} in {path}" if member else str(path)
+    return CorruptFileError(
+        f"Cannot read {where} ({err}): the archive is damaged or truncated; download it "
+        f"again: {SOURCES.get(path.name, 'its source')}."
+    )
+
+
+def _read_xml_archive(path: Path) -> dict[str, _Annotation]:
+    """`ILSVRC2012_bbox_val_v3.tgz` -> {image file name: annotation}."""
+    annotations = {}
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            for member in tar:
+                match = _VAL_XML.fullmatch(PurePosixPath(member.name).name)
+                if member.isfile() and match:
+                    data = tar.extractfile(member).read()
+                    annotations[f"{match[1]}.JPEG"] = _parse_xml(f"{member.name} in {path}", data)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise CorruptFileError(
+            f"{path} is not a readable tar archive ({err}); download it again: "
+            f"{SOURCES[BOXES_XML]}."
+        ) from err
+    if not annotations:
+        raise CorruptFileError(f"{path} holds no ILSVRC2012_val_*.xml file.")
+    return annotations
+
+
+def _parse_xml(where: str, data: bytes) -> _Annotation:
+    """One PASCAL-VOC-style annotation -> its synset, boxes and stated size."""
+    try:
+        root = ET.fromstring(data)
+        size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
+        synsets, boxes = [], []
+        for obj in root.iter("object"):
+            synsets.append(obj.findtext("name").strip())
+            boxes.append(
+                [float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
+            )
+    except (ET.ParseError, TypeError, ValueError, AttributeError) as err:
+        raise CorruptFileError(f"{where} is not a valid annotation: {err}") from err
+    return _annotation(where, synsets, boxes, size)
+
+
+def _read_csv(path: Path) -> dict[str, _Annotation]:
+    """`LOC_val_solution.csv` -> {image file name: annotation}."""
+    annotations = {}
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        rows = csv.reader(f)
+        header = next(rows, None)
+        if header != ["ImageId", "PredictionString"]:
+            raise CorruptFileError(f"{path}: the header is {header}, not ImageId,PredictionString.")
+        for line, row in enumerate(rows, 2):
+            where = f"{path}, line {line}"
+            if not row:
+                continue
+            tokens = row[1].split() if len(row) == 2 else []
+            if not tokens or len(tokens) % 5:
+                raise CorruptFileError(f"{where}: expected ImageId,<synset xmin ymin xmax ymax>...")
+            try:
+                boxes = [
+                    [float(t) for t in tokens[i + 1 : i + 5]] for i in range(0, len(tokens), 5)
+                ]
+            except ValueError as err:
+                raise CorruptFileError(f"{where}: {err}") from err
+            annotations[f"{row[0]}.JPEG"] = _annotation(where, tokens[::5], boxes, None)
+    if not annotations:
+        raise CorruptFileError(f"{path} holds no annotation.")
+    return annotations
+
+
+def _annotation(
+    where: str, synsets: list[str], boxes: list[list[float]], size: tuple[int, int] | None
+) -> _Annotation:
+    """Checks one image's boxes: one synset, in-order corners, not left of or above 0."""
+    if len(set(synsets)) != 1 or not _SYNSET.fullmatch(synsets[0]):
+        raise CorruptFileError(
+            f"{where}: expected boxes of one synset, got {sorted(set(synsets))}."
+        )
+    b = np.array(boxes, np.float64).reshape(-1, 4)
+    if np.any(b[:, :2] < 0) or np.any(b[:, 2:] < b[:, :2]):
+        raise CorruptFileError(f"{where}: invalid box among {b.tolist()}.")
+    return _Annotation(synsets[0], b, size)
+
+
+def _read_synset_mapping(path: Path) -> list[str]:
+    """`LOC_synset_mapping.txt` -> the sorted synsets (first field of each line)."""
+    synsets = [line.split()[0] for line in path.read_text("utf-8").splitlines() if line.strip()]
+    bad = [s for s in synsets if not _SYNSET.fullmatch(s)]
+    if bad or len(set(synsets)) != len(synsets):
+        raise CorruptFileError(f"{path}: expected distinct synsets, one per line; got {bad[:5]}.")
+    return sorted(synsets)
+
+
+def _normalized_boxes(
+    image_id: str, annotation: _Annotation, height: int, width: int
+) -> np.ndarray:
+    """Inclusive 0-based source boxes -> (K, 4) float32 normalized (ymin, xmin, ymax, xmax).
+
+    The exclusive ends are `xmax + 1` and `ymax + 1`, clipped to the image.
+    """
+    if annotation.size is not None and annotation.size != (width, height):
+        log.warning(
+            "%s is %dx%d but its annotation says %dx%d; boxes are scaled by the image.",
+            image_id,
+            width,
+            height,
+            *annotation.size,
+        )
+    x0, y0, x1, y1 = annotation.boxes.T
+    if np.any(x1 >= width) or np.any(y1 >= height):
+        log.warning("A box of %s ends outside its %dx%d image; clipped.", image_id, width, height)
+    x1, y1 = np.minimum(x1 + 1, width), np.minimum(y1 + 1, height)
+    if np.any(x0 >= x1) or np.any(y0 >= y1):
+        raise CorruptFileError(f"A box of {image_id} lies outside its {width}x{height} image.")
+    return np.stack([y0 / height, x0 / width, y1 / height, x1 / width], -1).astype(np.float32)
+
+
+def _checked_image(where: str, data: bytes) -> tuple[bytes, int, int]:
+    """Decodes an image, named by `where`, to catch damage -> (bytes to store, height, width).
+
+    RGB and grey JPEGs and PNGs are stored as they are; anything else (CMYK JPEGs) as a
+    lossless PNG of Pillow's RGB conversion, which tfds decodes to 3 channels.
+    """
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if image.format in ("JPEG", "MPO", "PNG") and image.mode in ("RGB", "L"):
+                # Decoding at 1/8 scale still reads every byte, more cheaply.
+                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+                image.load()
+                return data, height, width
+            log.info("%s is a %s %s; storing it as an RGB PNG.", where, image.mode, image.format)
+            rgb = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:
+        raise CorruptFileError(f"{where} cannot be decoded: {err}") from err
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue(), height, width
