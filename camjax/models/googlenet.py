@@ -4,6 +4,12 @@ BVLC GoogLeNet (Inception v1 with LRN, no batch norm) through inception_4e (14x1
 pool4, inception 5a/5b and the auxiliary heads removed), then CAM_conv 3x3/pad 1/1024 with
 groups=2 and bias init 1, ReLU, global average pooling and a linear classifier (no dropout).
 Pooling rounds up as Caffe does, which is what keeps 224 -> 112 -> 56 -> 28 -> 14.
+
+GoogLeNetGAPBN is the same cut of torchvision's `googlenet` instead, so that its ImageNet weights
+load: every conv is torchvision's BasicConv2d (conv without bias, batch norm with epsilon 1e-3,
+ReLU), there is no LRN, and the third inception branch uses a 3x3 conv where the paper has 5x5
+(torchvision's known deviation, pytorch/vision issue 906: its weights were ported from
+TensorFlow's Inception v1, which has the 3x3).
 """
 
 import functools
@@ -14,7 +20,9 @@ import jax
 import jax.numpy as jnp
 
 from camjax.models.layers import (
+    batch_norm,
     check_images,
+    conv_init,
     conv_relu,
     gap_head,
     local_response_norm,
@@ -100,3 +108,112 @@ class GoogLeNetGAP(nn.Module):
 
 
 GoogLeNetGAPTiny = functools.partial(GoogLeNetGAP, width=1 / 16)
+
+# torchvision's googlenet: the same inception widths, its own module names.
+TORCHVISION_INCEPTIONS = {name.replace("_", ""): spec for name, spec in INCEPTION_SPECS.items()}
+
+
+class BasicConv(nn.Module):
+    """torchvision's BasicConv2d: conv (no bias) -> batch norm (epsilon 1e-3) -> ReLU.
+
+    Submodules `conv` and `bn` as in torchvision; `train=True` normalises with and updates the
+    batch statistics (layers.batch_norm).
+    """
+
+    features: int
+    kernel: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nn.Conv(
+            self.features,
+            (self.kernel, self.kernel),
+            strides=self.strides,
+            padding=self.kernel // 2,
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            name="conv",
+        )(x)
+        return nn.relu(batch_norm(train, 1e-3, self.dtype, "bn")(x))
+
+
+class InceptionBN(nn.Module):
+    """torchvision's Inception: branch1 1x1; branch2 1x1 -> 3x3; branch3 1x1 -> 3x3 (sic);
+    branch4 3x3/1 max pool -> 1x1. Names mirror torchvision's keys (`branch2_1` for
+    `branch2.1`; `branch4_1` because `branch4.0` is the pool)."""
+
+    spec: tuple[int, int, int, int, int, int]
+    width: float = 1.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        c1, r3, c3, r5, c5, cp = (scaled_width(c, self.width) for c in self.spec)
+        conv = functools.partial(BasicConv, dtype=self.dtype)
+        b1 = conv(c1, 1, name="branch1")(x, train)
+        b2 = conv(c3, 3, name="branch2_1")(conv(r3, 1, name="branch2_0")(x, train), train)
+        b3 = conv(c5, 3, name="branch3_1")(conv(r5, 1, name="branch3_0")(x, train), train)
+        pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+        b4 = conv(cp, 1, name="branch4_1")(pooled, train)
+        return jnp.concatenate([b1, b2, b3, b4], axis=-1)
+
+
+class GoogLeNetGAPBN(nn.Module):
+    """GoogLeNet-GAP on torchvision's googlenet layout (batch norm, no LRN) through inception4e.
+
+    Then the same head as GoogLeNetGAP: CAM_conv 3x3/1024 (groups, bias init 1), ReLU, GAP and
+    `head`. `transform_input=True` does what torchvision's pretrained googlenet does by default:
+    it maps images normalised with the ImageNet mean/std to (x - 0.5) / 0.5 per channel, the
+    normalisation its weights were trained with (equivalently, leave it False and normalise the
+    data with mean = std = 0.5). In training, apply with `mutable=['batch_stats']`.
+    """
+
+    num_classes: int = 1000
+    width: float = 1.0
+    cam_features: int = 1024
+    groups: int = 2
+    dropout_rate: float = 0.0
+    grouped_conv_impl: str = "split"
+    transform_input: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False):
+        """x: (B, H, W, 3) normalised float images -> (logits (B, num_classes) float32, outputs).
+
+        outputs: 'feature_map' (B, ~H/16, ~W/16, cam_features) and 'pre_logits' (B, cam_features).
+        """
+        check_images(x, type(self).__name__)
+        if self.transform_input:
+            mean = jnp.array([0.485, 0.456, 0.406])
+            std = jnp.array([0.229, 0.224, 0.225])
+            x = (x * std + mean - 0.5) / 0.5
+        w = self.width
+        conv = functools.partial(BasicConv, dtype=self.dtype)
+        x = x.astype(self.dtype)
+        x = conv(scaled_width(64, w), 7, strides=2, name="conv1")(x, train)
+        x = max_pool_ceil(x, 3, 2)
+        x = conv(scaled_width(64, w), 1, name="conv2")(x, train)
+        x = conv(scaled_width(192, w), 3, name="conv3")(x, train)
+        x = max_pool_ceil(x, 3, 2)
+        for name, spec in TORCHVISION_INCEPTIONS.items():
+            if name == "inception4a":
+                x = max_pool_ceil(x, 3, 2)
+            x = InceptionBN(spec, width=w, dtype=self.dtype, name=name)(x, train)
+        return gap_head(
+            x,
+            train,
+            num_classes=self.num_classes,
+            features=scaled_width(self.cam_features, w, self.groups),
+            groups=self.groups,
+            dropout_rate=self.dropout_rate,
+            grouped_conv_impl=self.grouped_conv_impl,
+            dtype=self.dtype,
+            cam_conv_bias_init=1.0,
+        )
+
+
+GoogLeNetGAPBNTiny = functools.partial(GoogLeNetGAPBN, width=1 / 16)

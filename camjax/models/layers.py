@@ -1,4 +1,4 @@
-"""Layers shared by the GAP networks: the grouped CAM conv, Caffe-style pooling and LRN, the head.
+"""Layers shared by the GAP networks: grouped CAM conv, Caffe pooling and LRN, batch norm, head.
 
 Everything here keeps the parameter layout of the equivalent stock Flax layer, so weights converted
 from Caffe or torchvision land in the same places whichever implementation runs.
@@ -181,3 +181,21 @@ def conv_relu(
         name=name,
     )
     return nn.relu(conv(x))
+
+
+def batch_norm(train: bool, epsilon: float, dtype: Dtype, name: str) -> nn.BatchNorm:
+    """torch's BatchNorm2d in Flax, for torchvision-layout networks and their weights.
+
+    torch momentum 0.1 is Flax momentum 0.9 (running = 0.9 running + 0.1 batch); the batch
+    variance is computed in two passes (mean first), as torch does, rather than E[x^2] - E[x]^2.
+    `train=True` normalises with the batch statistics and updates the `batch_stats` collection;
+    `train=False` uses the running averages. Statistics are float32 whatever `dtype`.
+    """
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=epsilon,
+        use_fast_variance=False,
+        dtype=dtype,
+        name=name,
+    )

@@ -1,0 +1,121 @@
+"""ResNet50-CAM, the WSOL works' ResNet50 with a GAP head (clovaai/wsolevaluation's `ResNetCam`).
+
+torchvision's ResNet50 (v1.5: the stride of a stage sits on the 3x3 conv of its first
+bottleneck, and on the 1x1 projection shortcut) with layer4 at stride 1, so a 224x224 input gives
+a 14x14 feature map (output stride 16) instead of 7x7. wsolevaluation's `large_feature_map`
+also runs layer3 at stride 1 (28x28, output stride 8). It changes the strides only: no dilation
+(unlike torchvision's `replace_stride_with_dilation`), and the parameters are unchanged, so
+ImageNet weights load for every output stride. The CAM is read straight off layer4's 2048
+channels: global average pooling and the linear classifier `head` (torchvision's `fc`); there is
+no CAM_conv.
+
+Batch norm follows torch: epsilon 1e-5 and running averages updated as
+`running = 0.9 * running + 0.1 * batch` (torch momentum 0.1 is Flax momentum 0.9). `train=True`
+normalises with the batch statistics and updates the `batch_stats` collection (apply with
+`mutable=['batch_stats']`); `train=False` uses the running averages. One difference from torch:
+Flax updates the running variance with the biased batch variance, torch with the unbiased one
+(a factor n/(n-1), n = batch x height x width: 1.0002 for a batch of 32 on layer4's 14x14).
+"""
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from camjax.models.layers import batch_norm, check_images, conv_init, scaled_width
+
+# torchvision's ResNet50: bottlenecks per stage and each stage's bottleneck width ("planes").
+RESNET50_STAGES = (3, 4, 6, 3)
+STAGE_WIDTHS = (64, 128, 256, 512)
+EXPANSION = 4
+# Strides of layer1..layer4 for each supported output stride.
+STAGE_STRIDES = {32: (1, 2, 2, 2), 16: (1, 2, 2, 1), 8: (1, 2, 1, 1)}
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided) -> 1x1 x4 channels, plus the identity or a 1x1 projection (v1.5).
+
+    Submodule names follow torchvision's keys (`conv1`, `bn1`, ..., `downsample_0` for
+    `downsample.0`) so that converted weights land by name.
+    """
+
+    width: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        bn = functools.partial(batch_norm, train, 1e-5, self.dtype)
+        out_features = self.width * EXPANSION
+        y = nn.relu(bn("bn1")(conv(self.width, (1, 1), name="conv1")(x)))
+        y = conv(self.width, (3, 3), strides=self.strides, padding=1, name="conv2")(y)
+        y = nn.relu(bn("bn2")(y))
+        y = bn("bn3")(conv(out_features, (1, 1), name="conv3")(y))
+        if self.strides != 1 or x.shape[-1] != out_features:
+            x = conv(out_features, (1, 1), strides=self.strides, name="downsample_0")(x)
+            x = bn("downsample_1")(x)
+        return nn.relu(y + x)
+
+
+class ResNet50CAM(nn.Module):
+    """ResNet50-CAM. `width` scales every channel count (1.0 is torchvision's ResNet50).
+
+    `output_stride` 16 is wsolevaluation's ResNetCam (layer4 at stride 1, 14x14 at 224), 8 its
+    `large_feature_map=True` (layer3 too, 28x28), 32 torchvision's network (7x7). `dtype` is the
+    compute dtype; parameters and batch statistics stay float32.
+    """
+
+    num_classes: int = 1000
+    width: float = 1.0
+    output_stride: int = 16
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False):
+        """x: (B, H, W, 3) normalised float images -> (logits (B, num_classes) float32, outputs).
+
+        outputs: 'feature_map' (B, ~H/s, ~W/s, 2048 * width) for s = output_stride, in `dtype`,
+        and 'pre_logits' (B, 2048 * width) float32. In training, apply with
+        `mutable=['batch_stats']`.
+        """
+        check_images(x, type(self).__name__)
+        strides = STAGE_STRIDES.get(self.output_stride)
+        if strides is None:
+            raise ValueError(
+                f"ResNet50CAM output_stride must be 8, 16 or 32, got {self.output_stride}."
+            )
+        x = x.astype(self.dtype)
+        x = nn.Conv(
+            scaled_width(64, self.width),
+            (7, 7),
+            strides=2,
+            padding=3,
+            use_bias=False,
+            kernel_init=conv_init,
+            dtype=self.dtype,
+            name="conv1",
+        )(x)
+        x = nn.relu(batch_norm(train, 1e-5, self.dtype, "bn1")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        for stage, (blocks, planes, stride) in enumerate(
+            zip(RESNET50_STAGES, STAGE_WIDTHS, strides, strict=True)
+        ):
+            for block in range(blocks):
+                x = Bottleneck(
+                    scaled_width(planes, self.width),
+                    strides=stride if block == 0 else 1,
+                    dtype=self.dtype,
+                    name=f"layer{stage + 1}_{block}",
+                )(x, train)
+        feature_map = x
+        pre_logits = jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
+        h = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)
+        logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(h)
+        return logits, {"feature_map": feature_map, "pre_logits": pre_logits}
+
+
+ResNet50CAMTiny = functools.partial(ResNet50CAM, width=1 / 16)
