@@ -43,6 +43,12 @@ def get_config() -> ml_collections.ConfigDict:
     model.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU (params stay float32)
     model.grouped_conv_impl = "split"
 
+    # Initial weights: a directory written by `python -m camjax.models.torch_import` (converted
+    # torchvision ImageNet weights; the new layers stay freshly initialised). "" = from scratch.
+    # Used only when a run starts; a resumed run restores its own checkpoint.
+    config.init = init = ml_collections.ConfigDict()
+    init.pretrained_dir = ""
+
     config.optim = optim = ml_collections.ConfigDict()
     optim.name = "adamw"  # from scratch on CPU Adam converges in far fewer steps than SGD
     optim.learning_rate = 1e-3  # 2e-3 localized worse (val GT-known 63% vs 67% at step 600)

@@ -91,6 +91,15 @@ def abstract_train_state(config, model, tx, mesh) -> Any:
     )
 
 
+def load_pretrained(state: TrainState, directory: str) -> TrainState:
+    """The state with the converted weights in `directory` (torch_import) merged into its fresh
+    variables; the optimizer state is all zeros at step 0, so it needs no change."""
+    from camjax.models import torch_import  # orbax only; torch is not needed to load
+
+    merged = torch_import.init_from_pretrained(state.variables, directory)
+    return state.replace(params=merged["params"], batch_stats=merged.get("batch_stats", {}))
+
+
 def make_train_step(config, model, tx):
     """(state, metric_sums, batch) -> (state, metric_sums): one SGD step, metrics summed on device.
 
@@ -188,6 +197,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     # Model and checkpoint problems surface before any data is generated or read.
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
     state, state_shardings = create_train_state(config, model, tx, mesh)
+    if manager.latest_step() is None and config.init.pretrained_dir:
+        state = load_pretrained(state, config.init.pretrained_dir)
     if manager.latest_step() is not None:
         state = checkpoint.restore(manager, abstract_train_state(config, model, tx, mesh), config)
         log.warning("Resumed from the checkpoint at step %d.", int(state.step))

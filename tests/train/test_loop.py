@@ -176,3 +176,46 @@ def test_optimizer_groups_and_schedules():
     with pytest.raises(ValueError, match="schedule"):
         config.schedule = "linear"
         optim.learning_rate_schedule(config, 10)
+
+
+def test_run_starts_from_pretrained_weights_and_resume_ignores_them(data_dir, tmp_path):
+    """config.init.pretrained_dir replaces the backbone at the start; new layers stay fresh."""
+    from camjax.models import torch_import
+
+    config = tiny_config(data_dir, num_steps=1, checkpoint_every_steps=1)
+    model = experiment.build_model(config)
+    tx = optim.create_optimizer(config.optim, 1)
+    mesh = experiment.make_mesh()
+    fresh, _ = loop.create_train_state(config, model, tx, mesh)
+    # "Pretrained": another seed's backbone, as torch_import would save it (no new layers).
+    other = jax.jit(lambda k: model.init(k, np.zeros((1, 64, 64, 3), np.float32), train=False))(
+        jax.random.key(7)
+    )
+    backbone = {k: v for k, v in other["params"].items() if k not in ("cam_conv", "head")}
+    pretrained_dir = str(tmp_path / "pretrained")
+    torch_import.save_pretrained(pretrained_dir, {"params": backbone}, {"model": "test"})
+
+    state = loop.load_pretrained(fresh, pretrained_dir)
+    for name, leaves in state.params.items():
+        source = backbone[name] if name in backbone else fresh.params[name]
+        for got, want in zip(jax.tree.leaves(leaves), jax.tree.leaves(source), strict=True):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+            assert got.sharding == jax.tree.leaves(fresh.params)[0].sharding
+
+    config.init.pretrained_dir = str(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="torch_import"):
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    config.init.pretrained_dir = pretrained_dir
+    workdir = str(tmp_path / "run")
+    loop.train_and_evaluate(config, workdir)
+    _, params = saved_params(workdir)
+    trained = np.asarray(params["conv1_1"]["kernel"])
+    # One small step from the pretrained kernel, far from the fresh one.
+    from_pretrained = np.abs(trained - np.asarray(backbone["conv1_1"]["kernel"])).max()
+    from_fresh = np.abs(trained - np.asarray(fresh.params["conv1_1"]["kernel"])).max()
+    assert from_pretrained < 0.1 * from_fresh
+    # A resumed run restores its checkpoint and never reads pretrained_dir again.
+    config.init.pretrained_dir = str(tmp_path / "missing")
+    config.train.num_steps = 2
+    state = loop.train_and_evaluate(config, workdir)
+    assert int(state.step) == 2
