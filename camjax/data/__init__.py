@@ -1,8 +1,12 @@
 """Datasets (tfds builders read as random-access sources) and the input pipeline."""
 
+import importlib
 from collections.abc import Mapping, Sequence
 
-DATASETS = ("wsol_shapes",)
+DATASETS = ("wsol_shapes", "cub_200_2011", "ilsvrc2012_loc")
+# Datasets built from archives downloaded by hand (`python -m camjax.data.prepare`).
+_MANUAL = {"cub_200_2011": "camjax.data.cub", "ilsvrc2012_loc": "camjax.data.ilsvrc"}
+_MANUAL_SIZES = ("num_train", "num_validation", "num_test", "validation_per_class")
 
 
 def load_data_sources(
@@ -15,10 +19,34 @@ def load_data_sources(
 
     'wsol_shapes' is the embedded dataset, generated into data_dir on first use; split_sizes
     ({'num_train': n, ...}, 0 or missing = standard size) builds a smaller variant of it.
+
+    'cub_200_2011' and 'ilsvrc2012_loc' are read as prepared (`python -m camjax.data.prepare
+    {cub,ilsvrc}`; a FileNotFoundError says so otherwise), at their original image sizes, which
+    the pipeline resizes to image_size. Their splits are those of the WSOL protocol, `validation`
+    disjoint from `train` and `test` (`cub.wsol_sources`, `ilsvrc.wsol_sources`): CUB's
+    `validation` is 5 images per class held out of the official train split, ILSVRC's is 10 per
+    class of the official validation set and `test` the rest of it. split_sizes may set
+    'validation_per_class' (0 = that default); a nonzero 'num_<split>' keeps that many examples
+    spread evenly over the split, for smoke runs (`manual.spread_subset`).
     """
     if name == "wsol_shapes":
         from camjax.data import wsol_shapes
 
         sizes = {k: v for k, v in (split_sizes or {}).items() if v}
         return wsol_shapes.load_data_sources(image_size=image_size, data_dir=data_dir, **sizes)
+    if name in _MANUAL:
+        from camjax.data import manual
+
+        sizes = dict(split_sizes or {})
+        unknown = sorted(set(sizes) - set(_MANUAL_SIZES))
+        if unknown:
+            raise ValueError(f"Unknown split_sizes {unknown} for {name}; known: {_MANUAL_SIZES}.")
+        per_class = sizes.pop("validation_per_class", 0)
+        module = importlib.import_module(_MANUAL[name])
+        kwargs = {"validation_per_class": per_class} if per_class else {}
+        sources = module.wsol_sources(data_dir, **kwargs)
+        return {
+            split: manual.spread_subset(source, sizes.get(f"num_{split}", 0))
+            for split, source in sources.items()
+        }
     raise ValueError(f"Unknown dataset {name!r}; available datasets: {', '.join(DATASETS)}.")

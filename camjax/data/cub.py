@@ -51,25 +51,40 @@ original resolution.
 Errors: missing archives or archive members raise `MissingFilesError` listing them before any
 example is written; an undecodable image or mask raises `CorruptFileError` naming the member,
 or with `skip_corrupt=True` is skipped, logged, counted, and recorded in the dataset's
-`info.metadata['skipped_corrupt']`.
+`info.metadata['skipped_corrupt']`. Both errors, and the writer, are `camjax.data.manual`'s.
+
+Writing: the examples come in archive order and are stored in `images.txt` order (the key is
+the CUB id) by `manual.ManualBuilder`'s streaming writer, which needs no TensorFlow whatever
+the split's size (tfds's own writer needs it past 1 GB).
+
+WSOL splits (`wsol_sources`, what `camjax.data.load_data_sources('cub_200_2011', ...)` gives):
+the protocol of Choe et al. (CVPR 2020) picks CAM thresholds and hyperparameters on a split
+with boxes that is neither the test split nor, here, the training images. Its own CUB
+validation set (1,000 images, 5 per class, "train-fullsup") is a separate download, so
+`validation` is instead a held-out part of the official train split of the same size: per
+class the 5 images (`validation_per_class`) whose `image_id` has the lowest SHA-256
+(`manual.holdout_per_class`, deterministic). `train` is the other 4,994 official train images
+and `test` the official 5,794 test images, so no image is in two splits. Numbers on `test` are
+comparable to the reference's; a model trained on `train` has seen 1,000 fewer images than one
+trained on the whole official train split.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import io
 import logging
-import tarfile
-import zlib
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
-from tqdm import tqdm
+
+from camjax.data import manual
+from camjax.data.manual import CorruptFileError
+from camjax.data.manual import MissingFilesError as MissingFilesError  # re-exported
 
 DATASET_NAME = "cub_200_2011"
 NUM_CLASSES = 200
@@ -89,8 +104,7 @@ _TEXT_FILES = (
     "bounding_boxes.txt",
     "classes.txt",
 )
-_FILE_FORMAT = "array_record"
-_MAX_LISTED = 20  # missing members listed by name in an error; the rest are counted
+VALIDATION_PER_CLASS = 5  # held out of each class of train: the reference's 1,000 images
 _PREPARE_COMMAND = "python -m camjax.data.prepare cub --manual_dir DIR"
 
 log = logging.getLogger(__name__)
@@ -112,18 +126,6 @@ _CITATION = """\
 """
 
 
-class MissingFilesError(FileNotFoundError):
-    """Archives, or members of them, that preparing needs; `missing` lists them."""
-
-    def __init__(self, message: str, missing: list[str]):
-        super().__init__(message)
-        self.missing = missing
-
-
-class CorruptFileError(ValueError):
-    """A file that cannot be read: an archive, a metadata table, an image or a mask."""
-
-
 @dataclasses.dataclass(eq=False)
 class CubConfig(tfds.core.BuilderConfig):
     """`masks` adds the binarized segmentation mask (needs `segmentations.tgz`)."""
@@ -140,7 +142,7 @@ class _Record:
     box: tuple[float, float, float, float]  # x, y, w, h as in bounding_boxes.txt
 
 
-class Cub2002011(tfds.core.GeneratorBasedBuilder):
+class Cub2002011(manual.ManualBuilder):
     """tfds builder for `cub_200_2011`; the first config (`boxes`) is the default."""
 
     name = DATASET_NAME
@@ -156,18 +158,10 @@ class Cub2002011(tfds.core.GeneratorBasedBuilder):
         + [f"{SEGMENTATIONS_ARCHIVE} is only needed for the `masks` config."]
     )
 
-    def __init__(
-        self,
-        *,
-        file_format: str | None = _FILE_FORMAT,
-        skip_corrupt: bool = False,
-        progress: bool = False,
-        **kwargs: Any,
-    ):
-        # Random access (`as_data_source`) needs ArrayRecord rather than tfds's TFRecord.
-        super().__init__(file_format=file_format, **kwargs)
-        self._skip_corrupt = skip_corrupt
-        self._progress = progress
+    ORDER_BY_KEY = True  # the CUB ids: images.txt order, whatever the archive order
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
         self._indexes: dict[Path, tuple[dict[str, Path], list[str], list[_Record]]] = {}
 
     def index_archives(self, manual_dir: Path) -> tuple[dict[str, Path], list[str], list[_Record]]:
@@ -199,7 +193,7 @@ class Cub2002011(tfds.core.GeneratorBasedBuilder):
             features=tfds.features.FeaturesDict(features),
             supervised_keys=("image", "label"),
             homepage="https://www.vision.caltech.edu/datasets/cub_200_2011/",
-            # Integer keys (the CUB ids) then fix the record order.
+            # Records are written in key (CUB id) order, see `ORDER_BY_KEY`.
             disable_shuffling=True,
             metadata=tfds.core.MetadataDict(),
             citation=_CITATION,
@@ -208,7 +202,6 @@ class Cub2002011(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         archives, class_names, records = self.index_archives(Path(dl_manager.manual_dir))
         self.info.features["label"].names = class_names
-        self.info.metadata["skipped_corrupt"] = []
         return {
             split: self._generate_examples(
                 archives, split, [r for r in records if r.is_train == train]
@@ -224,29 +217,21 @@ class Cub2002011(tfds.core.GeneratorBasedBuilder):
         masks = {}
         if with_masks:
             masks = _read_members(archives[SEGMENTATIONS_ARCHIVE], set(map(_mask_member, records)))
-        skipped = self.info.metadata["skipped_corrupt"]
-        bar = tqdm(
+
+        def encode(item: tuple[str, bytes]) -> dict[str, Any]:
+            member, data = item
+            mask_member = _mask_member(wanted[member])
+            mask = (mask_member, masks[mask_member]) if with_masks else None
+            return _encode_example(wanted[member], member, data, mask)
+
+        for (member, _), example in self._skipping_corrupt(
+            split,
+            _iter_members(archives[IMAGES_ARCHIVE], wanted),
+            lambda item: wanted[item[0]].image_id,
+            encode,
             total=len(records),
-            desc=f"{DATASET_NAME} {split}",
-            unit=" images",
-            disable=not self._progress,
-        )
-        with bar:
-            for member, data in _iter_members(archives[IMAGES_ARCHIVE], wanted):
-                record = wanted[member]
-                bar.update(1)
-                mask_member = _mask_member(record)
-                mask = (mask_member, masks[mask_member]) if with_masks else None
-                try:
-                    example = _encode_example(record, member, data, mask)
-                except CorruptFileError as err:
-                    if not self._skip_corrupt:
-                        raise
-                    log.warning("Skipping %s: %s", record.image_id, err)
-                    skipped.append(record.image_id)
-                    bar.set_postfix(skipped=len(skipped))
-                    continue
-                yield record.cub_id, example
+        ):
+            yield wanted[member].cub_id, example
 
 
 def archive_paths(manual_dir: Path, *, masks: bool) -> dict[str, Path]:
@@ -256,12 +241,7 @@ def archive_paths(manual_dir: Path, *, masks: bool) -> dict[str, Path]:
     missing = [name for name, path in paths.items() if not path.is_file()]
     if missing:
         lines = [f"  {name}: download it from {SOURCES[name]}" for name in missing]
-        raise MissingFilesError(
-            f"Cannot prepare {DATASET_NAME}: {len(missing)} file(s) missing from the manual "
-            f"directory {manual_dir}:\n" + "\n".join(lines) + "\nPlace them there unchanged "
-            "(no extraction needed) and run again.",
-            missing,
-        )
+        raise manual.missing_files_error(DATASET_NAME, manual_dir, missing, lines)
     return paths
 
 
@@ -302,33 +282,15 @@ def prepare(
     Returns:
       The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped image ids.
     """
-    manual = Path(manual_dir)
+    directory = Path(manual_dir)
     if masks is None:
-        masks = (manual / SEGMENTATIONS_ARCHIVE).is_file()
-    kwargs = dict(masks=masks, skip_corrupt=skip_corrupt, progress=progress)
-    builder = get_builder(data_dir, **kwargs)
-    if builder.is_prepared():
-        log.info(
-            "%s/%s is already prepared in %s.",
-            DATASET_NAME,
-            builder.builder_config.name,
-            builder.data_dir,
-        )
-        return builder
-    builder.index_archives(manual)  # Missing inputs fail here, before tfds writes anything.
-    config = tfds.download.DownloadConfig(manual_dir=str(manual), try_download_gcs=False)
-    try:
-        # tfds writes into an `incomplete.*` directory renamed into place at the end.
-        builder.download_and_prepare(file_format=_FILE_FORMAT, download_config=config)
-    except OSError:
-        # Losing that rename race to another process is fine once its copy exists.
-        if not builder.data_path.exists():
-            raise
-        builder = get_builder(data_dir, **kwargs)
-    skipped = builder.info.metadata.get("skipped_corrupt", [])
-    if skipped:
-        log.warning("Skipped %d corrupt image(s): %s", len(skipped), ", ".join(skipped))
-    return builder
+        masks = (directory / SEGMENTATIONS_ARCHIVE).is_file()
+    return manual.prepare_dataset(
+        lambda: get_builder(data_dir, masks=masks, skip_corrupt=skip_corrupt, progress=progress),
+        directory,
+        # The index is kept by the builder, which then writes from it.
+        lambda builder: builder.index_archives(directory),
+    )
 
 
 def load_data_sources(data_dir: str | None = None, *, masks: bool | None = None) -> dict[str, Any]:
@@ -348,15 +310,40 @@ def load_data_sources(data_dir: str | None = None, *, masks: bool | None = None)
     Raises:
       FileNotFoundError: not prepared; the message gives the command that prepares it.
     """
-    for use_masks in (True, False) if masks is None else (masks,):
-        builder = get_builder(data_dir, masks=use_masks)
-        if builder.is_prepared():
-            return dict(builder.as_data_source())
-    where = f" --data_dir {data_dir}" if data_dir else ""
-    raise FileNotFoundError(
-        f"{DATASET_NAME} is not prepared in {builder.data_dir_root}. Prepare it with "
-        f"`{_PREPARE_COMMAND}{where}`, DIR holding {IMAGES_ARCHIVE} (and {SEGMENTATIONS_ARCHIVE} "
-        "for masks)."
+    return dict(_prepared(data_dir, masks).as_data_source())
+
+
+def wsol_sources(
+    data_dir: str | None = None,
+    *,
+    validation_per_class: int = VALIDATION_PER_CLASS,
+    masks: bool | None = None,
+) -> dict[str, Sequence]:
+    """The WSOL splits (module doc): `validation` held out of the official train split.
+
+    Args:
+      data_dir, masks: as for `load_data_sources`.
+      validation_per_class: images of each class held out of train for `validation`.
+
+    Returns:
+      {'train', 'validation', 'test'} -> random-access sources of the records that
+      `load_data_sources` describes: `train` and `validation` views of its `train` (record
+      order kept), `test` its `test`.
+
+    Raises:
+      FileNotFoundError: not prepared; the message gives the command that prepares it.
+    """
+    builder = _prepared(data_dir, masks)
+    validation, train = manual.holdout_per_class(builder, "train", validation_per_class)
+    return {"train": train, "validation": validation, "test": builder.as_data_source("test")}
+
+
+def _prepared(data_dir: str | None, masks: bool | None) -> Cub2002011:
+    return manual.prepared_builder(
+        (get_builder(data_dir, masks=m) for m in ((True, False) if masks is None else (masks,))),
+        data_dir,
+        _PREPARE_COMMAND,
+        f"DIR holding {IMAGES_ARCHIVE} (and {SEGMENTATIONS_ARCHIVE} for masks).",
     )
 
 
@@ -389,16 +376,8 @@ def _check_members(
         if problem:
             log.warning("%s; every member needed comes before that, going on.", problem)
         return
-    listed = [f"  {m}" for m in missing[:_MAX_LISTED]]
-    if len(missing) > _MAX_LISTED:
-        listed.append(f"  ... and {len(missing) - _MAX_LISTED} more")
     why = f" ({problem})" if problem else ""
-    raise MissingFilesError(
-        f"{archive} is incomplete{why}: {len(missing)} member(s) missing:\n"
-        + "\n".join(listed)
-        + f"\nDownload {archive.name} again from {SOURCES[archive.name]}.",
-        missing,
-    )
+    raise manual.incomplete_error(archive, missing, SOURCES[archive.name], why=why)
 
 
 def _parse_tables(texts: Mapping[str, bytes]) -> tuple[list[str], list[_Record]]:
@@ -412,7 +391,9 @@ def _parse_tables(texts: Mapping[str, bytes]) -> tuple[list[str], list[_Record]]
     for name in ("image_class_labels.txt", "train_test_split.txt", "bounding_boxes.txt"):
         absent = sorted(set(images) - set(tables[name]))
         if absent:
-            raise CorruptFileError(f"{name} has no line for image id(s) {absent[:_MAX_LISTED]}.")
+            raise CorruptFileError(
+                f"{name} has no line for image id(s) {absent[: manual.MAX_LISTED]}."
+            )
     records = []
     for cub_id in sorted(images):
         try:
@@ -503,27 +484,12 @@ def _mask_member(record: _Record) -> str:
     return f"segmentations/{record.image_id.rsplit('.', 1)[0]}.png"
 
 
-def _walk(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes | None]]:
-    """(name, bytes if `wanted(name)` else None) of each regular member, in one streamed pass."""
-    try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                if member.isfile():
-                    name = member.name.removeprefix("./")
-                    yield name, tar.extractfile(member).read() if wanted(name) else None
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise CorruptFileError(
-            f"{path} is damaged or truncated ({err}); download it again from "
-            f"{SOURCES.get(path.name, 'its source')}."
-        ) from err
-
-
 def _iter_members(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of the members named in `wanted`, in archive order, reading no further."""
     left = set(wanted)
     if not left:
         return
-    for name, data in _walk(path, left.__contains__):
+    for name, data in manual.iter_tar(path, left.__contains__, _source(path)):
         if data is not None:
             left.discard(name)
             yield name, data
@@ -543,13 +509,17 @@ def _scan(path: Path, texts: Collection[str]) -> tuple[set[str], dict[str, bytes
     """
     names, found = set(), {}
     try:
-        for name, data in _walk(path, texts.__contains__):
+        for name, data in manual.iter_tar(path, texts.__contains__, _source(path)):
             names.add(name)
             if data is not None:
                 found[name] = data
     except CorruptFileError as err:
         return names, found, f"damaged or truncated after {len(names)} members: {err.__cause__}"
     return names, found, None
+
+
+def _source(path: Path) -> str:
+    return SOURCES.get(path.name, "its source")
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

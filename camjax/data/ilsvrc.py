@@ -77,31 +77,45 @@ archive or annotation file, and, while writing, an image that does not decode; w
 
 Writing: tfds's own writer (4.9.10) stages each split in memory and, beyond 1 GB, spills it
 through TensorFlow's file API and sorts whole buckets in memory; the splits here are 6 GB and
-140 GB. So the builder writes its ArrayRecord shards itself, streaming, in generation order.
+140 GB. So the builder (a `manual.ManualBuilder`) writes its ArrayRecord shards itself,
+streaming, in generation order.
+
+WSOL splits (`wsol_sources`, what `camjax.data.load_data_sources('ilsvrc2012_loc', ...)`
+gives): the protocol of Choe et al. (CVPR 2020) reports the official validation images as its
+test set and picks CAM thresholds and hyperparameters on a disjoint set with boxes, its
+"train-fullsup" of 10 images per class taken from ImageNetV2, a separate download. The training
+images have no boxes here (their partial box release is another download), so the split with
+boxes to choose on can only come from the official validation set, and then it must leave the
+test set: `validation` is 10 images per class of the official validation set
+(`validation_per_class`; per class those whose file name has the lowest SHA-256,
+`manual.holdout_per_class`, deterministic), the reference's budget of full supervision, and
+`test` is the other 40,000 official validation images, never the whole 50,000. `train` is the
+official training set (config `full` only). No image is in two splits, and nothing chosen on
+`validation` sees a `test` image; the price is that `test` numbers are on a stratified 80% of
+the images of published tables (a uniform draw per class, so an unbiased estimate of them, with
+about 12% more sampling error).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import gzip
 import io
 import logging
-import os
 import re
 import tarfile
 import xml.etree.ElementTree as ET
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from array_record.python import array_record_module
 from PIL import Image
-from tensorflow_datasets.core import example_serializer
-from tqdm import tqdm
+
+from camjax.data import manual
+from camjax.data.manual import CorruptFileError
+from camjax.data.manual import MissingFilesError as MissingFilesError  # re-exported
 
 DATASET_NAME = "ilsvrc2012_loc"
 TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"
@@ -123,12 +137,10 @@ SOURCES = {
 # Size and image count of the official training tar, only to give its progress bar a total.
 _OFFICIAL_TRAIN = (147_897_477_120, 1_281_167)
 
-_FILE_FORMAT = "array_record"
-_SHARD_BYTES = 1 << 30  # ArrayRecord shard size, before the shard's own overhead
-_MAX_LISTED = 20  # missing members listed by name in an error; the rest are counted
+VALIDATION_PER_CLASS = 10  # held out of each class of validation: the reference's 10,000
 _PREPARE_COMMAND = "python -m camjax.data.prepare ilsvrc --manual_dir DIR"
 _SYNSET = re.compile(r"n\d{8}")
-_VAL_XML = re.compile(r"(ILSVRC2012_val_\d{8})\.xml")
+_VAL_XML_PATH = re.compile(r"(?:.*/)?(ILSVRC2012_val_\d{8})\.xml")
 
 log = logging.getLogger(__name__)
 
@@ -152,18 +164,6 @@ _CITATION = """\
   pages = {211-252},
 }
 """
-
-
-class MissingFilesError(FileNotFoundError):
-    """Files, or archive members, that preparing needs; `missing` lists them."""
-
-    def __init__(self, message: str, missing: list[str]):
-        super().__init__(message)
-        self.missing = missing
-
-
-class CorruptFileError(ValueError):
-    """A file that cannot be read: an archive, an annotation file or an image."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -191,7 +191,7 @@ class _Plan:
     class_tars: list[tarfile.TarInfo]  # sorted by synset; empty without the train split
 
 
-class Ilsvrc2012Loc(tfds.core.GeneratorBasedBuilder):
+class Ilsvrc2012Loc(manual.ManualBuilder):
     """tfds builder for `ilsvrc2012_loc`; the first config (`full`) is the default."""
 
     name = DATASET_NAME
@@ -210,19 +210,6 @@ class Ilsvrc2012Loc(tfds.core.GeneratorBasedBuilder):
         ]
     )
 
-    def __init__(
-        self,
-        *,
-        file_format: str | None = _FILE_FORMAT,
-        skip_corrupt: bool = False,
-        progress: bool = False,
-        **kwargs: Any,
-    ):
-        # Random access (`as_data_source`) needs ArrayRecord rather than tfds's TFRecord.
-        super().__init__(file_format=file_format, **kwargs)
-        self._skip_corrupt = skip_corrupt
-        self._progress = progress
-
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
             description=_DESCRIPTION,
@@ -239,7 +226,7 @@ class Ilsvrc2012Loc(tfds.core.GeneratorBasedBuilder):
             ),
             supervised_keys=("image", "label"),
             homepage="https://image-net.org/challenges/LSVRC/2012/",
-            # Records are written in generation order (see `_download_and_prepare`).
+            # Records are written in generation order (`manual.ManualBuilder`).
             disable_shuffling=True,
             metadata=tfds.core.MetadataDict(),
             citation=_CITATION,
@@ -248,7 +235,6 @@ class Ilsvrc2012Loc(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         plan = _make_plan(Path(dl_manager.manual_dir), train=self.builder_config.train)
         self.info.features["label"].names = plan.classes
-        self.info.metadata["skipped_corrupt"] = []
         splits = {"validation": self._generate_examples(plan, "validation")}
         if self.builder_config.train:
             splits["train"] = self._generate_examples(plan, "train")
@@ -262,90 +248,28 @@ class Ilsvrc2012Loc(tfds.core.GeneratorBasedBuilder):
             archive, images = TRAIN_ARCHIVE, _train_images(plan)
             size, count = _OFFICIAL_TRAIN
             total = count if plan.paths[TRAIN_ARCHIVE].stat().st_size == size else None
-        skipped = self.info.metadata["skipped_corrupt"]
-        bar = tqdm(
-            total=total, desc=f"{DATASET_NAME} {split}", unit=" images", disable=not self._progress
+        items = self._skipping_corrupt(
+            split,
+            images,
+            lambda item: item[0],
+            lambda item: _checked_image(f"{item[0]} (in {archive})", item[2]),
+            total,
         )
-        with bar:
-            for image_id, synset, data in images:
-                bar.update(1)
-                try:
-                    data, height, width = _checked_image(f"{image_id} (in {archive})", data)
-                except CorruptFileError as err:
-                    if not self._skip_corrupt:
-                        raise
-                    log.warning("Skipping %s: %s", image_id, err)
-                    skipped.append(image_id)
-                    bar.set_postfix(skipped=len(skipped))
-                    continue
-                boxes = np.zeros((0, 4), np.float32)
-                if split == "validation":
-                    boxes = _normalized_boxes(image_id, plan.annotations[image_id], height, width)
-                yield (
-                    image_id,
-                    {
-                        "image": data,
-                        "height": height,
-                        "width": width,
-                        "label": label[synset],
-                        "image_id": image_id,
-                        "objects": {"bbox": boxes},
-                    },
-                )
-
-    def _download_and_prepare(
-        self,
-        dl_manager: tfds.download.DownloadManager,
-        download_config: tfds.download.DownloadConfig,
-    ) -> None:
-        # Replaces tfds's writer, which needs TensorFlow for splits over 1 GB (module doc).
-        limit = download_config.max_examples_per_split
-        infos = [
-            self._write_split(name, examples, limit)
-            for name, examples in self._split_generators(dl_manager).items()
-        ]
-        self.info.set_splits(tfds.core.SplitDict(infos))
-
-    def _write_split(
-        self, name: str, examples: Iterable[tuple[str, dict]], limit: int | None
-    ) -> tfds.core.SplitInfo:
-        """Serializes the examples into ArrayRecord shards of about `_SHARD_BYTES`, in order."""
-        features = self.info.features
-        serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
-        template = self._get_filename_template(split_name=name)
-        parts, lengths, num_bytes, shard_bytes, writer = [], [], 0, 0, None
-        try:
-            for index, (_, example) in enumerate(examples):
-                if limit is not None and index >= limit:
-                    break
-                record = serializer.serialize_example(features.encode_example(example))
-                if writer is None:
-                    # Shard names hold the shard count, known only at the end: rename then.
-                    parts.append(template.data_dir / f"{name}.part{len(parts)}")
-                    # One record per chunk, as tfds writes them, for fast random access.
-                    writer = array_record_module.ArrayRecordWriter(
-                        os.fspath(parts[-1]), "group_size:1"
-                    )
-                    lengths.append(0)
-                    shard_bytes = 0
-                writer.write(record)
-                lengths[-1] += 1
-                shard_bytes += len(record)
-                num_bytes += len(record)
-                if shard_bytes >= _SHARD_BYTES:
-                    writer.close()
-                    writer = None
-        finally:
-            if writer is not None:
-                writer.close()
-        if not lengths:
-            raise CorruptFileError(f"No example of split {name} could be written.")
-        for part, path in zip(parts, template.sharded_filepaths(len(parts)), strict=True):
-            part.rename(path)
-        log.info("Wrote %s: %d examples in %d shards.", name, sum(lengths), len(lengths))
-        return tfds.core.SplitInfo(
-            name=name, shard_lengths=lengths, num_bytes=num_bytes, filename_template=template
-        )
+        for (image_id, synset, _), (data, height, width) in items:
+            boxes = np.zeros((0, 4), np.float32)
+            if split == "validation":
+                boxes = _normalized_boxes(image_id, plan.annotations[image_id], height, width)
+            yield (
+                image_id,
+                {
+                    "image": data,
+                    "height": height,
+                    "width": width,
+                    "label": label[synset],
+                    "image_id": image_id,
+                    "objects": {"bbox": boxes},
+                },
+            )
 
 
 def manual_files(manual_dir: Path, *, train: bool) -> dict[str, Path]:
@@ -371,14 +295,8 @@ def manual_files(manual_dir: Path, *, train: bool) -> dict[str, Path]:
             hint = (
                 f"\nTo build the validation split alone, without {TRAIN_ARCHIVE}, pass train=False."
             )
-        raise MissingFilesError(
-            f"Cannot prepare {DATASET_NAME}/{'full' if train else 'validation'}: "
-            f"{len(missing)} file(s) missing from the manual directory {manual_dir}:\n"
-            + "\n".join(lines)
-            + "\nPlace them there unchanged (no extraction needed) and run again."
-            + hint,
-            missing,
-        )
+        dataset = f"{DATASET_NAME}/{'full' if train else 'validation'}"
+        raise manual.missing_files_error(dataset, manual_dir, missing, lines, hint)
     paths = {VAL_ARCHIVE: present[VAL_ARCHIVE]}
     boxes = BOXES_XML if BOXES_XML in present else BOXES_CSV
     paths[boxes] = present[boxes]
@@ -426,33 +344,14 @@ def prepare(
     Returns:
       The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped image ids.
     """
-    manual = Path(manual_dir)
+    directory = Path(manual_dir)
     if train is None:
-        train = get_builder(data_dir).is_prepared() or (manual / TRAIN_ARCHIVE).is_file()
-    kwargs = dict(train=train, skip_corrupt=skip_corrupt, progress=progress)
-    builder = get_builder(data_dir, **kwargs)
-    if builder.is_prepared():
-        log.info(
-            "%s/%s is already prepared in %s.",
-            DATASET_NAME,
-            builder.builder_config.name,
-            builder.data_dir,
-        )
-        return builder
-    manual_files(manual, train=train)  # Fail before tfds creates anything.
-    config = tfds.download.DownloadConfig(manual_dir=str(manual), try_download_gcs=False)
-    try:
-        # tfds writes into an `incomplete.*` directory renamed into place at the end.
-        builder.download_and_prepare(file_format=_FILE_FORMAT, download_config=config)
-    except OSError:
-        # Losing that rename race to another process is fine once its copy exists.
-        if not builder.data_path.exists():
-            raise
-        builder = get_builder(data_dir, **kwargs)
-    skipped = builder.info.metadata.get("skipped_corrupt", [])
-    if skipped:
-        log.warning("Skipped %d corrupt image(s): %s", len(skipped), ", ".join(skipped))
-    return builder
+        train = get_builder(data_dir).is_prepared() or (directory / TRAIN_ARCHIVE).is_file()
+    return manual.prepare_dataset(
+        lambda: get_builder(data_dir, train=train, skip_corrupt=skip_corrupt, progress=progress),
+        directory,
+        lambda _: manual_files(directory, train=train),
+    )
 
 
 def load_data_sources(data_dir: str | None = None, *, train: bool | None = None) -> dict[str, Any]:
@@ -472,15 +371,45 @@ def load_data_sources(data_dir: str | None = None, *, train: bool | None = None)
     Raises:
       FileNotFoundError: not prepared; the message gives the command that prepares it.
     """
-    for use_train in (True, False) if train is None else (train,):
-        builder = get_builder(data_dir, train=use_train)
-        if builder.is_prepared():
-            return dict(builder.as_data_source())
-    where = f" --data_dir {data_dir}" if data_dir else ""
-    raise FileNotFoundError(
-        f"{DATASET_NAME} is not prepared in {builder.data_dir_root}. Prepare it with "
-        f"`{_PREPARE_COMMAND}{where}`, DIR holding {VAL_ARCHIVE}, {BOXES_XML} or {BOXES_CSV}, "
-        f"and {TRAIN_ARCHIVE} for the train split."
+    return dict(_prepared(data_dir, train).as_data_source())
+
+
+def wsol_sources(
+    data_dir: str | None = None,
+    *,
+    validation_per_class: int = VALIDATION_PER_CLASS,
+    train: bool | None = None,
+) -> dict[str, Sequence]:
+    """The WSOL splits (module doc): `validation` and `test` partition the official validation.
+
+    Args:
+      data_dir, train: as for `load_data_sources`.
+      validation_per_class: images of each class of the official validation set that form
+        `validation`; `test` is the rest.
+
+    Returns:
+      {'validation', 'test'} (and 'train' with config `full`) -> random-access sources of the
+      records that `load_data_sources` describes: `validation` and `test` views of its
+      `validation` (record order kept), `train` its `train`.
+
+    Raises:
+      FileNotFoundError: not prepared; the message gives the command that prepares it.
+    """
+    builder = _prepared(data_dir, train)
+    validation, test = manual.holdout_per_class(builder, "validation", validation_per_class)
+    splits = {"validation": validation, "test": test}
+    if builder.builder_config.train:
+        splits["train"] = builder.as_data_source("train")
+    return splits
+
+
+def _prepared(data_dir: str | None, train: bool | None) -> Ilsvrc2012Loc:
+    return manual.prepared_builder(
+        (get_builder(data_dir, train=t) for t in ((True, False) if train is None else (train,))),
+        data_dir,
+        _PREPARE_COMMAND,
+        f"DIR holding {VAL_ARCHIVE}, {BOXES_XML} or {BOXES_CSV}, and {TRAIN_ARCHIVE} for the "
+        "train split.",
     )
 
 
@@ -506,8 +435,8 @@ def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
         unlisted = sorted((tars | val_synsets) - set(classes))
         if unlisted:
             raise CorruptFileError(
-                f"{paths[SYNSET_MAPPING]} does not list the synsets {unlisted[:_MAX_LISTED]} "
-                "of the other inputs."
+                f"{paths[SYNSET_MAPPING]} does not list the synsets "
+                f"{unlisted[: manual.MAX_LISTED]} of the other inputs."
             )
     elif train:
         classes = sorted(tars)
@@ -544,18 +473,9 @@ def _synset_of(class_tar: tarfile.TarInfo) -> str:
 
 
 def _raise_if_missing(path: Path, missing: list[str]) -> None:
-    if not missing:
-        return
-    listed = [f"  {m}" for m in missing[:_MAX_LISTED]]
-    if len(missing) > _MAX_LISTED:
-        listed.append(f"  ... and {len(missing) - _MAX_LISTED} more")
-    source = SOURCES.get(path.name, "its source")
-    raise MissingFilesError(
-        f"{path} is incomplete: it lacks {len(missing)} item(s) that the other inputs name:\n"
-        + "\n".join(listed)
-        + f"\nDownload {path.name} again: {source}.",
-        missing,
-    )
+    if missing:
+        what = "item(s) missing that the other inputs name"
+        raise manual.incomplete_error(path, missing, _source(path), what=what)
 
 
 def _tar_files(path: Path) -> list[tarfile.TarInfo]:
@@ -572,8 +492,8 @@ def _tar_files(path: Path) -> list[tarfile.TarInfo]:
     except (tarfile.TarError, EOFError) as err:
         if not members:
             raise CorruptFileError(
-                f"{path} is not a readable tar archive ({err}); download it again: "
-                f"{SOURCES.get(path.name, 'its source')}."
+                f"{path} is not a readable tar archive ({err}); download it again from "
+                f"{_source(path)}."
             ) from err
         log.warning("%s ends early (%s), after %s.", path, err, members[-1].name)
     complete = [m for m in members if m.offset_data + m.size <= size]
@@ -592,7 +512,7 @@ def _val_images(plan: _Plan) -> Iterator[tuple[str, str, bytes]]:
                 image_id = PurePosixPath(member.name).name
                 yield image_id, plan.annotations[image_id].synset, tar.extractfile(member).read()
     except (tarfile.TarError, EOFError) as err:
-        raise _damaged(path, where, err) from err
+        raise manual.damaged_archive_error(path, err, _source(path), where) from err
 
 
 def _train_images(plan: _Plan) -> Iterator[tuple[str, str, bytes]]:
@@ -608,32 +528,20 @@ def _train_images(plan: _Plan) -> Iterator[tuple[str, str, bytes]]:
                             image_id = PurePosixPath(member.name).name
                             yield image_id, synset, inner.extractfile(member).read()
     except (tarfile.TarError, EOFError) as err:
-        raise _damaged(path, where, err) from err
+        raise manual.damaged_archive_error(path, err, _source(path), where) from err
 
 
-def _damaged(path: Path, member: str, err: Exception) -> CorruptFileError:
-    where = f"{member} in {path}" if member else str(path)
-    return CorruptFileError(
-        f"Cannot read {where} ({err}): the archive is damaged or truncated; download it "
-        f"again: {SOURCES.get(path.name, 'its source')}."
-    )
+def _source(path: Path) -> str:
+    return SOURCES.get(path.name, "its source")
 
 
 def _read_xml_archive(path: Path) -> dict[str, _Annotation]:
     """`ILSVRC2012_bbox_val_v3.tgz` -> {image file name: annotation}."""
     annotations = {}
-    try:
-        with tarfile.open(path, mode="r:*") as tar:
-            for member in tar:
-                match = _VAL_XML.fullmatch(PurePosixPath(member.name).name)
-                if member.isfile() and match:
-                    data = tar.extractfile(member).read()
-                    annotations[f"{match[1]}.JPEG"] = _parse_xml(f"{member.name} in {path}", data)
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise CorruptFileError(
-            f"{path} is not a readable tar archive ({err}); download it again: "
-            f"{SOURCES[BOXES_XML]}."
-        ) from err
+    for name, data in manual.iter_tar(path, _VAL_XML_PATH.fullmatch, SOURCES[BOXES_XML]):
+        if data is not None:
+            image = _VAL_XML_PATH.fullmatch(name)[1]
+            annotations[f"{image}.JPEG"] = _parse_xml(f"{name} in {path}", data)
     if not annotations:
         raise CorruptFileError(f"{path} holds no ILSVRC2012_val_*.xml file.")
     return annotations

@@ -5,6 +5,7 @@ five metadata tables, `segmentations.tgz` with grey PNGs), with members in an or
 `images.txt` and unrelated members the builder must ignore.
 """
 
+import hashlib
 import io
 import logging
 import socket
@@ -13,12 +14,17 @@ import sys
 import tarfile
 from pathlib import Path
 
+import cv2
+import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
+from tensorflow_datasets.core import shuffle as tfds_shuffle
 
-from camjax.data import cub, pipeline, prepare
+import camjax.data
+from camjax import evaluation
+from camjax.data import cub, manual, pipeline, prepare
 
 _NAMED = {1: "Black_footed_Albatross", 2: "Laysan_Albatross", 200: "Common_Yellowthroat"}
 CLASSES = [f"{i:03d}.{_NAMED.get(i, f'Bird_{i:03d}')}" for i in range(1, 201)]
@@ -33,6 +39,8 @@ SPECS = [
     (6, 200, "Common_Yellowthroat_0010_190572.jpg", 27, 44, False, (1, 0, 25, 43), "RGB"),
     (7, 1, "Black_Footed_Albatross_0074_59.jpg", 33, 25, True, (7, 3, 19, 15), "RGB"),
     (8, 2, "Laysan_Albatross_0003_1033.jpg", 30, 20, False, (2, 1, 20, 15), "CMYK"),
+    (9, 2, "Laysan_Albatross_0044_784.jpg", 28, 22, True, (1, 2, 20, 15), "RGB"),
+    (10, 200, "Common_Yellowthroat_0055_190967.jpg", 35, 26, True, (3, 3, 25, 18), "RGB"),
 ]
 TRAIN = [s for s in SPECS if s[5]]
 TEST = [s for s in SPECS if not s[5]]
@@ -133,8 +141,13 @@ def manual_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory, manual_dir) -> str:
+    """The `masks` config, written in several small shards."""
     data_dir = str(tmp_path_factory.mktemp("tfds"))
-    cub.prepare(str(manual_dir), data_dir, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manual, "SHARD_BYTES", 3000)
+        # Past this, tfds's own writer would spill to disk through TensorFlow.
+        patch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 0)
+        cub.prepare(str(manual_dir), data_dir, progress=False)
     return data_dir
 
 
@@ -208,6 +221,8 @@ def test_info(data_dir, sources):
     assert builder.info.file_format.value == "array_record"
     assert builder.info.features["label"].names == CLASSES
     assert builder.info.splits["train"].num_examples == len(TRAIN)
+    # Several shards, yet records in id order across them (test_splits_ids_labels_and_order).
+    assert builder.info.splits["train"].num_shards > 1
     assert builder.info.metadata["skipped_corrupt"] == []
     # Building and reading must work without TensorFlow.
     assert "tensorflow" not in sys.modules
@@ -312,3 +327,72 @@ def test_loading_before_preparing_says_how(tmp_path):
 
 def test_registry_holds_cub():
     assert set(prepare.PREPARERS) >= {"cub"}
+
+
+def _held_out(specs, per_class: int) -> list[int]:
+    """Reference: the CUB ids, per class those `per_class` whose image id hashes lowest."""
+    held = []
+    for label in sorted({s[1] for s in specs}):
+        in_class = [s for s in specs if s[1] == label]
+        in_class.sort(key=lambda s: hashlib.sha256(image_id(s).encode()).hexdigest())
+        held += [s[0] for s in in_class[:per_class]]
+    return sorted(held)
+
+
+def test_wsol_splits_hold_validation_out_of_train(data_dir, sources):
+    wsol = camjax.data.load_data_sources(
+        "cub_200_2011", 224, data_dir, {"num_train": 0, "validation_per_class": 1}
+    )
+    assert sorted(wsol) == ["test", "train", "validation"]
+    ids = {split: [int(r["cub_id"]) for r in wsol[split]] for split in wsol}
+    assert ids["validation"] == _held_out(TRAIN, 1)  # one per class, in id order
+    assert sorted(ids["train"] + ids["validation"]) == [s[0] for s in TRAIN]
+    assert not set(ids["train"]) & set(ids["validation"])
+    assert ids["test"] == [s[0] for s in TEST]
+    # The views give the prepared records: image, box and mask.
+    by_id = {int(r["cub_id"]): r for split in ("train", "test") for r in sources[split]}
+    for split in wsol:
+        for record in wsol[split]:
+            original = by_id[int(record["cub_id"])]
+            for key in ("image", "mask"):
+                np.testing.assert_array_equal(record[key], original[key])
+    # Default: the size of the reference's CUB validation set, 5 of each class.
+    assert cub.VALIDATION_PER_CLASS == 5
+    assert len(cub.wsol_sources(data_dir)["validation"]) == len(_held_out(TRAIN, 5))
+
+
+def test_wsol_splits_feed_the_eval_pipeline(data_dir):
+    """Non-square originals resized to a square: boxes scale with the image, masks too."""
+    wsol = camjax.data.load_data_sources("cub_200_2011", 16, data_dir, {"validation_per_class": 1})
+    source = wsol["validation"]
+    assert len(grain.MapDataset.source(source)) == len(source)
+    cfg = pipeline.PreprocessConfig(image_size=16, resize_size=20, max_boxes=2)
+    (batch,) = list(pipeline.eval_batches(source, cfg, 4, num_threads=0))
+    assert batch["image"].shape == (4, 16, 16, 3)
+    assert list(batch["valid"]) == [True] * len(source) + [False] * (4 - len(source))
+    for row in range(len(source)):
+        record = source[row]
+        h, w = int(record["height"]), int(record["width"])
+        (spec,) = [s for s in SPECS if s[0] == int(record["cub_id"])]
+        x, y, bw, bh = spec[6]
+        scale = np.array([16 / w, 16 / h, 16 / w, 16 / h])
+        expected = np.array([x, y, x + bw + 1, y + bh + 1]) * scale
+        np.testing.assert_allclose(batch["boxes"][row, 0], expected, rtol=1e-5)
+        # PxAP's mask at a 24 x 24 evaluation size: OpenCV's nearest neighbour of the original.
+        resized = cv2.resize(record["mask"][..., 0], (24, 24), interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(evaluation.protocol_mask(record["mask"], 24), resized > 0)
+
+
+def test_wsol_split_sizes(data_dir):
+    wsol = camjax.data.load_data_sources("cub_200_2011", 224, data_dir, {"num_test": 2})
+    full = cub.load_data_sources(data_dir)["test"]
+    # Spread over the split: records 0 and 2 of 4.
+    assert [r["image_id"] for r in wsol["test"]] == [full[0]["image_id"], full[2]["image_id"]]
+    with pytest.raises(ValueError, match="num_tset"):
+        camjax.data.load_data_sources("cub_200_2011", 224, data_dir, {"num_tset": 2})
+
+
+def test_wsol_loading_before_preparing_says_how(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m camjax.data.prepare cub"):
+        camjax.data.load_data_sources("cub_200_2011", 224, str(tmp_path))
+    assert "cub_200_2011" in camjax.data.DATASETS

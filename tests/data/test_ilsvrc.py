@@ -1,6 +1,7 @@
 """Tests for the `ilsvrc2012_loc` builder on tiny archives with the official layouts."""
 
 import csv
+import hashlib
 import io
 import sys
 import tarfile
@@ -11,7 +12,8 @@ import pytest
 from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
-from camjax.data import ilsvrc, pipeline
+import camjax.data
+from camjax.data import ilsvrc, manual, pipeline
 
 # Listed unsorted on purpose: class indices follow the sorted synsets.
 SYNSETS = ["n02105855", "n01440764", "n01443537"]
@@ -162,12 +164,12 @@ def _id(record) -> str:
 def val_only(tmp_path_factory):
     """Config `validation` from the XML archive, written in several small shards."""
     root = tmp_path_factory.mktemp("val_xml")
-    manual = write_manual_dir(root / "manual")
+    manual_dir = write_manual_dir(root / "manual")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ilsvrc, "_SHARD_BYTES", 2000)
+        patch.setattr(manual, "SHARD_BYTES", 2000)
         # Past this, tfds's own writer would spill to disk through TensorFlow.
         patch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 0)
-        builder = ilsvrc.prepare(str(manual), str(root / "tfds"), progress=False)
+        builder = ilsvrc.prepare(str(manual_dir), str(root / "tfds"), progress=False)
     return builder, ilsvrc.load_data_sources(str(root / "tfds"))
 
 
@@ -226,8 +228,8 @@ def test_validation_images_are_the_original_bytes(val_only):
 def test_csv_form_and_synset_mapping_give_the_same_records(val_only, tmp_path):
     _, sources = val_only
     # Kaggle's form: the CSV, the synset list, a validation tar made from its folder.
-    manual = write_manual_dir(tmp_path / "manual", boxes="csv", mapping=True, val_prefix="./")
-    builder = ilsvrc.prepare(str(manual), str(tmp_path / "tfds"), progress=False)
+    manual_dir = write_manual_dir(tmp_path / "manual", boxes="csv", mapping=True, val_prefix="./")
+    builder = ilsvrc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
     assert builder.info.features["label"].names == CLASSES
     from_csv = _records(ilsvrc.load_data_sources(str(tmp_path / "tfds"))["validation"])
     from_xml = _records(sources["validation"])
@@ -239,15 +241,19 @@ def test_csv_form_and_synset_mapping_give_the_same_records(val_only, tmp_path):
 
 
 def test_full_config_streams_the_nested_train_tar(tmp_path):
-    manual = write_manual_dir(tmp_path / "manual", train=True)
+    manual_dir = write_manual_dir(tmp_path / "manual", train=True)
     data_dir = str(tmp_path / "tfds")
-    builder = ilsvrc.prepare(str(manual), data_dir, progress=False)  # picks `full`
+    builder = ilsvrc.prepare(str(manual_dir), data_dir, progress=False)  # picks `full`
     assert builder.builder_config.name == "full"
     # Without LOC_synset_mapping.txt the classes are the class tars' names, sorted.
     assert builder.info.features["label"].names == CLASSES
     sources = ilsvrc.load_data_sources(data_dir)
     assert sorted(sources) == ["train", "validation"]
     assert len(sources["validation"]) == len(VAL)
+    # The WSOL splits keep the training images as they are.
+    wsol = camjax.data.load_data_sources("ilsvrc2012_loc", 224, data_dir)
+    assert sorted(wsol) == ["test", "train", "validation"]
+    assert [_id(r) for r in wsol["train"]] == [_id(r) for r in sources["train"]]
     decode = builder.info.features["image"].decode_example_np
     records = {_id(r): r for r in _records(sources["train"])}
     assert sorted(records) == sorted(n for files in TRAIN.values() for n in files)
@@ -291,29 +297,29 @@ def test_missing_files_are_listed_before_any_work(tmp_path):
 def test_images_absent_from_the_validation_tar_are_listed(tmp_path):
     images = val_images()
     del images["ILSVRC2012_val_00000004.JPEG"]
-    manual = write_manual_dir(tmp_path / "manual", images=images)
+    manual_dir = write_manual_dir(tmp_path / "manual", images=images)
     with pytest.raises(ilsvrc.MissingFilesError) as err:
-        ilsvrc.prepare(str(manual), str(tmp_path / "tfds"), progress=False)
+        ilsvrc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
     assert err.value.missing == ["ILSVRC2012_val_00000004.JPEG"]
     assert ilsvrc.VAL_ARCHIVE in str(err.value) and "incomplete" in str(err.value)
 
 
 def test_truncated_validation_tar_is_reported_incomplete(tmp_path):
-    manual = write_manual_dir(tmp_path / "manual")
-    tar = manual / ilsvrc.VAL_ARCHIVE
+    manual_dir = write_manual_dir(tmp_path / "manual")
+    tar = manual_dir / ilsvrc.VAL_ARCHIVE
     data = tar.read_bytes()
     with tarfile.open(tar) as archive:
         last = archive.getmembers()[-1]
     tar.write_bytes(data[: last.offset_data + 10])  # cut inside the last image
     with pytest.raises(ilsvrc.MissingFilesError) as err:
-        ilsvrc.prepare(str(manual), str(tmp_path / "tfds"), progress=False)
+        ilsvrc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
     assert err.value.missing == [Path(last.name).name]
 
 
 def test_class_tar_missing_from_the_train_tar_is_listed(tmp_path):
-    manual = write_manual_dir(tmp_path / "manual", train=True, drop_classes=("n02105855",))
+    manual_dir = write_manual_dir(tmp_path / "manual", train=True, drop_classes=("n02105855",))
     with pytest.raises(ilsvrc.MissingFilesError) as err:
-        ilsvrc.prepare(str(manual), str(tmp_path / "tfds"), progress=False)
+        ilsvrc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
     assert err.value.missing == ["n02105855.tar"]
 
 
@@ -371,3 +377,31 @@ def test_normalized_boxes_give_back_the_pixels():
         assert bbox.dtype == np.float32 and np.all((bbox >= 0) & (bbox <= 1))
         got, _ = pipeline.pixel_boxes(bbox, int(height), int(width), 8)
         np.testing.assert_allclose(got, inclusive + [0, 0, 1, 1], atol=1e-3)
+
+
+def test_wsol_validation_and_test_partition_the_official_validation(val_only):
+    builder, sources = val_only
+    data_dir = str(builder.data_dir_root)
+    wsol = camjax.data.load_data_sources(
+        "ilsvrc2012_loc", 224, data_dir, {"validation_per_class": 1}
+    )
+    assert sorted(wsol) == ["test", "validation"]  # config `validation`: no train split
+    ids = {split: [_id(r) for r in wsol[split]] for split in wsol}
+
+    # Reference: per class the file whose name hashes lowest; both views in name order.
+    def digest(name: str) -> bytes:
+        return hashlib.sha256(name.encode()).digest()
+
+    expected = sorted(min((n for n in VAL if VAL[n][0] == s), key=digest) for s in CLASSES)
+    assert ids["validation"] == expected
+    assert ids["test"] == sorted(set(VAL) - set(expected))
+    official = {_id(r): r for r in _records(sources["validation"])}
+    for record in _records(wsol["validation"]) + _records(wsol["test"]):
+        original = official[_id(record)]
+        np.testing.assert_array_equal(record["objects"]["bbox"], original["objects"]["bbox"])
+        np.testing.assert_array_equal(record["image"], original["image"])
+    # The default is the reference's 10 per class; 2 per class leave no fake image for test.
+    assert ilsvrc.VALIDATION_PER_CLASS == 10
+    assert len(ilsvrc.wsol_sources(data_dir, validation_per_class=2)["test"]) == 0
+    with pytest.raises(FileNotFoundError, match="python -m camjax.data.prepare ilsvrc"):
+        camjax.data.load_data_sources("ilsvrc2012_loc", 224, data_dir + "/nothing")

@@ -1,0 +1,189 @@
+"""Tests for `camjax.data.manual`: the writer (on a toy builder), the split views, the errors."""
+
+import hashlib
+import io
+import sys
+import tarfile
+from pathlib import Path
+
+import grain
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from tensorflow_datasets.core import shuffle as tfds_shuffle
+
+from camjax.data import manual
+
+# Keys in generation order (not sorted), payload sizes that fill several 2 kB shards.
+KEYS = [7, 3, 11, 0, 5, 9, 2, 8, 1, 10, 4, 6]
+CORRUPT = {5, 8}  # keys whose "decoding" fails
+
+
+class _Toy(manual.ManualBuilder, skip_registration=True):
+    """Twelve examples keyed by `KEYS`; `key`-th has label key % 3 and a 600-byte text."""
+
+    name = "manual_toy"
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        features = {
+            "key": np.int32,
+            "label": tfds.features.ClassLabel(num_classes=3),
+            "image_id": tfds.features.Text(),
+            "payload": tfds.features.Text(),
+        }
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(features),
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        def decode(key: int) -> str:
+            if key in CORRUPT:
+                raise manual.CorruptFileError(f"item {key} cannot be decoded")
+            return str(key) * 600
+
+        items = self._skipping_corrupt("train", KEYS, lambda k: f"item{k}", decode, len(KEYS))
+        for key, payload in items:
+            yield key, {"key": key, "label": key % 3, "image_id": f"item{key}", "payload": payload}
+
+
+class _Sorted(_Toy, skip_registration=True):
+    name = "manual_toy_sorted"
+    ORDER_BY_KEY = True
+
+
+def _prepare(cls, data_dir: Path, **kwargs) -> manual.ManualBuilder:
+    return manual.prepare_dataset(
+        lambda: cls(data_dir=str(data_dir), **kwargs), data_dir, lambda builder: None
+    )
+
+
+@pytest.fixture(autouse=True)
+def small_shards_and_no_memory_buffer(monkeypatch):
+    monkeypatch.setattr(manual, "SHARD_BYTES", 2000)
+    # Past this, tfds's own writer would spill to disk through TensorFlow.
+    monkeypatch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 0)
+
+
+def _keys(source) -> list[int]:
+    return [int(r["key"]) for r in source]
+
+
+def test_writer_orders_by_key_across_shards_and_records_skips(tmp_path):
+    builder = _prepare(_Sorted, tmp_path, skip_corrupt=True)
+    source = builder.as_data_source("train")
+    assert _keys(source) == sorted(set(KEYS) - CORRUPT)
+    info = builder.info.splits["train"]
+    assert info.num_shards > 1 and info.num_examples == len(KEYS) - len(CORRUPT)
+    assert sum(info.shard_lengths) == len(source)
+    # Skips in generation order, kept with the dataset; no scratch or part file left.
+    assert _Sorted(data_dir=str(tmp_path)).info.metadata["skipped_corrupt"] == ["item5", "item8"]
+    names = [p.name for p in builder.data_path.iterdir()]
+    assert not [n for n in names if ".part" in n or n.endswith(".unordered")]
+    assert "tensorflow" not in sys.modules
+    # Prepared: no-op, the inputs unchecked.
+    again = manual.prepare_dataset(lambda: _Sorted(data_dir=str(tmp_path)), tmp_path, None)
+    assert again.info.splits["train"].num_examples == len(source)
+
+
+def test_writer_keeps_generation_order_and_the_example_limit(tmp_path):
+    builder = _Toy(data_dir=str(tmp_path), skip_corrupt=True)
+    config = tfds.download.DownloadConfig(max_examples_per_split=6)
+    builder.download_and_prepare(file_format=manual.FILE_FORMAT, download_config=config)
+    kept = [k for k in KEYS if k not in CORRUPT]
+    assert _keys(builder.as_data_source("train")) == kept[:6]
+
+
+def test_corrupt_input_stops_the_build_unless_skipped(tmp_path):
+    with pytest.raises(manual.CorruptFileError, match="item 5 cannot be decoded"):
+        _prepare(_Sorted, tmp_path)
+    assert not _Sorted(data_dir=str(tmp_path)).is_prepared()
+
+
+def test_duplicate_keys_are_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "KEYS", [1, 2, 1])
+    with pytest.raises(ValueError, match="key 1"):
+        _prepare(_Sorted, tmp_path)
+
+
+def test_holdout_per_class_partitions_a_split(tmp_path):
+    builder = _prepare(_Sorted, tmp_path, skip_corrupt=True)
+    held, rest = manual.holdout_per_class(builder, "train", 2)
+    keys = sorted(set(KEYS) - CORRUPT)
+    # Reference: per label, the two ids of lowest SHA-256; both views in record order.
+    expected = []
+    for label in range(3):
+        ids = sorted(
+            (f"item{k}" for k in keys if k % 3 == label),
+            key=lambda i: hashlib.sha256(i.encode()).digest(),
+        )
+        expected += [int(i[4:]) for i in ids[:2]]
+    assert _keys(held) == sorted(expected)
+    assert _keys(rest) == sorted(set(keys) - set(expected))
+    # More per class nests the smaller draw.
+    assert set(_keys(held)) <= set(_keys(manual.holdout_per_class(builder, "train", 3)[0]))
+    with pytest.raises(ValueError, match="at least 1"):
+        manual.holdout_per_class(builder, "train", 0)
+
+
+def test_split_view_is_a_random_access_source():
+    source = [f"r{i}" for i in range(10)]
+    view = manual.SplitView(source, [1, 4, 9])
+    assert len(view) == 3 and list(view) == ["r1", "r4", "r9"]
+    assert view[-1] == "r9" and view.__getitems__([2, 0]) == ["r9", "r1"]
+    with pytest.raises(IndexError):
+        view[3]
+    ds = grain.MapDataset.source(view).map(str.upper)
+    assert [ds[i] for i in range(len(ds))] == ["R1", "R4", "R9"]
+
+
+def test_spread_subset_covers_the_split():
+    source = list(range(10))
+    assert manual.spread_subset(source, 0) is source
+    assert list(manual.spread_subset(source, 4)) == [0, 2, 5, 7]
+    # A subset of a view indexes the underlying source directly.
+    nested = manual.spread_subset(manual.SplitView(source, [1, 3, 5, 7, 9]), 2)
+    assert nested.source is source and list(nested) == [1, 5]
+    with pytest.raises(ValueError, match="11"):
+        manual.spread_subset(source, 11)
+
+
+def test_incomplete_error_lists_the_first_names_and_counts_the_rest(tmp_path):
+    missing = [f"member{i}" for i in range(manual.MAX_LISTED + 3)]
+    err = manual.incomplete_error(tmp_path / "a.tgz", missing, "https://example.org")
+    assert err.missing == missing and isinstance(err, FileNotFoundError)
+    message = str(err)
+    assert f"member{manual.MAX_LISTED - 1}\n" in message
+    assert f"member{manual.MAX_LISTED}\n" not in message and "... and 3 more" in message
+    assert "Download a.tgz again from https://example.org." in message
+
+
+def test_iter_tar_streams_members_then_reports_damage(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in ("./a.txt", "dir/b.bin", "c.txt"):
+            data = name.encode() + np.random.default_rng(len(name)).bytes(4000)  # incompressible
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path = tmp_path / "x.tgz"
+    path.write_bytes(buffer.getvalue())
+    members = list(manual.iter_tar(path, lambda n: n.endswith(".txt"), "the source"))
+    assert [(n, d is not None) for n, d in members] == [
+        ("a.txt", True),
+        ("dir/b.bin", False),
+        ("c.txt", True),
+    ]
+    assert members[0][1].startswith(b"./a.txt") and len(members[0][1]) == 4007
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    seen = []
+    with pytest.raises(manual.CorruptFileError, match="damaged or truncated") as err:
+        for name, _ in manual.iter_tar(path, lambda n: True, "the source"):
+            seen.append(name)
+    assert err.value.__cause__ is not None and "the source" in str(err.value)
+    assert seen[:1] == ["a.txt"]
