@@ -30,7 +30,7 @@ import numpy as np
 from camjax import cam as cam_lib
 from camjax import experiment, viz
 from camjax.data import pipeline
-from camjax.localization import wsol
+from camjax.localization import wsol, wsol_io
 from camjax.localization.boxes import box_from_scoremap
 from camjax.localization.metrics import (
     LocalizationAccumulator,
@@ -152,26 +152,41 @@ def wsol_protocol(config: ml_collections.ConfigDict) -> WsolProtocol | None:
     )
 
 
-def protocol_boxes(boxes: np.ndarray, image_size: int, eval_size: int) -> np.ndarray:
+def protocol_boxes(
+    boxes: np.ndarray, image_size: int, eval_size: int, original_sizes: np.ndarray
+) -> np.ndarray:
     """Pipeline GT boxes -> the reference evaluator's GT boxes at the evaluation size.
 
+    The reference holds boxes in original-image pixels with inclusive ends (CUB's x + w, the
+    ILSVRC XML's xmax) and resizes each coordinate with ``resize_bbox``: ``int(c * E / L)``
+    for an original extent L (`wsol_io.resize_boxes`). This recovers those boxes from the
+    pipeline's and applies the same arithmetic, so the counts match the reference's on its
+    datasets whatever the image and evaluation sizes.
+
     Args:
-      boxes: (..., 4) float (x0, y0, x1, y1) pixels of an image_size image with exclusive ends
-        (`pipeline.pixel_boxes`: columns a..b give x0 = a, x1 = b + 1).
-      image_size, eval_size: sides of the image and of the score maps.
+      boxes: (B, M, 4) float (x0, y0, x1, y1) pixels of the image_size x image_size image with
+        exclusive ends (`pipeline.pixel_boxes`: columns a..b give x0 = a, x1 = b + 1).
+      image_size, eval_size: sides of the network's image and of the score maps.
+      original_sizes: (B, 2) int (height, width) of the images before resizing
+        (`pipeline.EvalPreprocess`'s 'original_size').
 
     Returns:
-      (..., 4) int32 (x0, y0, x1, y1) with inclusive ends (``calculate_multiple_iou`` counts
-      ``x1 - x0 + 1`` columns): the first and last pixel the box covers once scaled to
-      eval_size, clipped to the map. At equal sizes, (a, y0, b + 1, y1) -> (a, y0, b, y1 - 1).
+      (B, M, 4) int32 (x0, y0, x1, y1) with inclusive ends (``calculate_multiple_iou`` counts
+      ``x1 - x0 + 1`` columns); zero padding rows stay zeros.
     """
-    b = np.asarray(boxes, np.float64) * (eval_size / image_size)
-    # Boxes arrive through float32 normalised coordinates: read 19.99999 as the 20 it was.
-    r = np.rint(b)
-    b = np.where(np.abs(b - r) < 1e-3, r, b)
-    lo = np.clip(np.floor(b[..., :2]), 0, eval_size - 1)
-    hi = np.clip(np.ceil(b[..., 2:]) - 1, lo, eval_size - 1)
-    return np.concatenate([lo, hi], axis=-1).astype(np.int32)
+    b = np.asarray(boxes, np.float64)
+    hw = np.asarray(original_sizes, np.int64)
+    if hw.shape != (b.shape[0], 2):
+        raise ValueError(f"original_sizes must be ({b.shape[0]}, 2), got {hw.shape}.")
+    out = np.zeros(b.shape, np.int32)
+    for i, (h, w) in enumerate(hw):
+        # Back to integer original pixels (the float32 normalised storage is exact to 1e-3 px).
+        original = np.rint(b[i] * np.array([w, h, w, h]) / image_size)
+        inclusive = np.concatenate(
+            [original[:, :2], np.maximum(original[:, 2:] - 1, original[:, :2])], 1
+        )
+        out[i] = wsol_io.resize_boxes(inclusive, (w, h), (eval_size, eval_size))
+    return out
 
 
 def protocol_mask(mask: np.ndarray, eval_size: int) -> np.ndarray:
@@ -485,7 +500,9 @@ class Evaluator:
             loc.update(out["loc"])
             counts.update(
                 _host_rows(out["quantized"]),
-                protocol_boxes(host_batch["boxes"], image_size, p.eval_size),
+                protocol_boxes(
+                    host_batch["boxes"], image_size, p.eval_size, host_batch["original_size"]
+                ),
                 np.asarray(host_batch["num_boxes"]),
                 np.asarray(host_batch["valid"], bool),
                 _host_rows(out["top1_correct"]),

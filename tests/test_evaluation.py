@@ -14,6 +14,7 @@ import pytest
 from camjax import cam as cam_lib
 from camjax import evaluation, experiment
 from camjax.data import pipeline
+from camjax.localization import wsol_io
 from camjax.train import checkpoint, loop
 from configs import default, googlenet_gap_imagenet, tiny, vgg16_gap_imagenet
 from tests.localization import wsol_reference as ref
@@ -254,30 +255,38 @@ def test_protocol_boxes_are_inclusive_pixel_boxes():
     # An object on columns 2..5 and rows 1..3 of an 8x8 image.
     mask = np.zeros((8, 8), np.uint8)
     mask[1:4, 2:6] = 1
-    exclusive = np.array([[2.0, 1.0, 6.0, 4.0]], np.float32)  # as pipeline.pixel_boxes gives it
-    box = evaluation.protocol_boxes(exclusive, 8, 8)
-    np.testing.assert_array_equal(box, [[2, 1, 5, 3]])
+    exclusive = np.array([[[2.0, 1.0, 6.0, 4.0]]], np.float32)  # as pipeline.pixel_boxes gives it
+    box = evaluation.protocol_boxes(exclusive, 8, 8, [(8, 8)])
+    np.testing.assert_array_equal(box, [[[2, 1, 5, 3]]])
     assert box.dtype == np.int32
     ys, xs = np.nonzero(mask)
-    np.testing.assert_array_equal(box, [[xs.min(), ys.min(), xs.max(), ys.max()]])
+    np.testing.assert_array_equal(box[0], [[xs.min(), ys.min(), xs.max(), ys.max()]])
     # The reference's IoU counts x1 - x0 + 1 columns, so the box has the object's area; read
     # unconverted, the exclusive box would be a different one (IoU 12 / 20 with the object).
-    x0, y0, x1, y1 = box[0]
+    x0, y0, x1, y1 = box[0, 0]
     assert (x1 - x0 + 1) * (y1 - y0 + 1) == mask.sum()
-    assert ref.calculate_multiple_iou(box, exclusive.astype(int))[0, 0] == pytest.approx(0.6)
-    # Scaled to a 16x16 map: columns 4..11, rows 2..7.
-    np.testing.assert_array_equal(evaluation.protocol_boxes(exclusive, 8, 16), [[4, 2, 11, 7]])
-    # float32 noise from normalised coordinates; half-pixel ends cover the pixel they touch;
-    # boxes are clipped to the map; padding rows (zeros) stay valid boxes.
-    noisy = np.array([[1.9999999, 0.0000001, 6.0000005, 7.9999995]])
-    np.testing.assert_array_equal(evaluation.protocol_boxes(noisy, 8, 8), [[2, 0, 5, 7]])
+    assert ref.calculate_multiple_iou(box[0], exclusive[0].astype(int))[0, 0] == pytest.approx(0.6)
+    # float32 noise from normalised coordinates; zero padding rows stay zeros.
+    noisy = np.array([[[1.9999999, 0.0000001, 6.0000005, 7.9999995], [0, 0, 0, 0]]])
     np.testing.assert_array_equal(
-        evaluation.protocol_boxes(np.array([[1.0, 1.0, 3.0, 3.0]]), 8, 4), [[0, 0, 1, 1]]
+        evaluation.protocol_boxes(noisy, 8, 8, [(8, 8)]), [[[2, 0, 5, 7], [0, 0, 0, 0]]]
     )
+
+
+def test_protocol_boxes_resize_from_the_original_as_the_reference():
+    """Other sizes: the original-pixel inclusive box through the reference's resize_bbox."""
+    # A 10 (high) x 20 (wide) original with the object on columns 4..11 and rows 2..6,
+    # resized by the pipeline to 8x8 and evaluated at 224x224.
+    original_box = np.array([4, 2, 11, 6])
+    at_8 = np.array([[[4 * 8 / 20, 2 * 8 / 10, 12 * 8 / 20, 7 * 8 / 10]]], np.float32)
+    got = evaluation.protocol_boxes(at_8, 8, 224, [(10, 20)])
+    # resize_bbox: int(c * 224 / L), L = 20 for x and 10 for y.
+    np.testing.assert_array_equal(got, [[[44, 44, 123, 134]]])
     np.testing.assert_array_equal(
-        evaluation.protocol_boxes(np.array([[2.0, 2.0, 9.0, 9.0]]), 8, 8), [[2, 2, 7, 7]]
+        got[0], wsol_io.resize_boxes(original_box[None], (20, 10), (224, 224))
     )
-    np.testing.assert_array_equal(evaluation.protocol_boxes(np.zeros((1, 4)), 8, 8), [[0] * 4])
+    with pytest.raises(ValueError, match="original_sizes"):
+        evaluation.protocol_boxes(at_8, 8, 224, [(10, 20), (10, 20)])
 
 
 @pytest.mark.parametrize("shape,size", [((16, 16), 16), ((8, 8), 19), ((21, 21), 10)])

@@ -79,20 +79,24 @@ class TrainPreprocess(grain.transforms.RandomMap):
 
 
 class EvalPreprocess(grain.transforms.Map):
-    """Decoded tfds example -> image resized to S x S, label, pixel boxes at S x S, box count."""
+    """Decoded tfds example -> image resized to S x S, label, pixel boxes at S x S, box count,
+    original (height, width)."""
 
     def __init__(self, cfg: PreprocessConfig):
         self.cfg = cfg
 
     def map(self, example: dict[str, Any]) -> Batch:
         s = self.cfg.image_size
+        image = np.asarray(example["image"])
         # tfds boxes are relative to the image, so they follow the resize by construction.
         boxes, n = pixel_boxes(_object_boxes(example), s, s, self.cfg.max_boxes)
         return {
-            "image": _resize(np.asarray(example["image"]), s),
+            "image": _resize(image, s),
             "label": np.int32(example["label"]),
             "boxes": boxes,
             "num_boxes": np.int32(n),
+            # (height, width) before resizing: the WSOL protocol resizes GT boxes from there.
+            "original_size": np.array(image.shape[:2], np.int32),
         }
 
 

@@ -477,7 +477,7 @@ def write_metadata(metadata_dir: str | os.PathLike, metadata: WsolMetadata) -> N
 # Boxes at the evaluation size.
 
 
-def _resize_boxes(boxes: np.ndarray, image_size: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_boxes(boxes: np.ndarray, image_size, size: tuple[int, int]) -> np.ndarray:
     """``resize_bbox``: boxes (K, 4) int of an image (width, height) -> (K, 4) int64 at size
     (height, width). float64 numpy arithmetic is IEEE, operation for operation as Python's."""
     scale_to = np.array([size[1], size[0], size[1], size[0]], np.float64)
@@ -514,7 +514,7 @@ def resized_gt_boxes(
     num_gt = np.array([len(b) for b in metadata.boxes], np.int32)
     gt_boxes = np.zeros((len(metadata), int(num_gt.max()), 4), np.int32)
     for k, (boxes, image_size) in enumerate(zip(metadata.boxes, metadata.image_sizes, strict=True)):
-        gt_boxes[k, : len(boxes)] = _resize_boxes(boxes, image_size, (height, width))
+        gt_boxes[k, : len(boxes)] = resize_boxes(boxes, image_size, (height, width))
     return gt_boxes, num_gt
 
 
