@@ -70,6 +70,8 @@ def data_sources(config: ml_collections.ConfigDict) -> Mapping[str, Sequence]:
     """Random-access sources of every split (generated on first use for the embedded dataset)."""
     d = config.data
     sizes = {"num_train": d.num_train, "num_validation": d.num_validation, "num_test": d.num_test}
+    if "validation_per_class" in d:  # the hand-downloaded datasets' validation holdout
+        sizes["validation_per_class"] = d.validation_per_class
     return load_data_sources(d.name, d.image_size, d.data_dir or None, sizes)
 
 

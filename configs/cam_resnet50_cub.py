@@ -1,0 +1,13 @@
+"""ResNet50 CAM on CUB-200-2011, the WSOL protocol's recipe (see configs/wsol_recipe.py).
+
+    python train.py --config configs/cam_resnet50_cub.py --workdir runs/cam_resnet50_cub \\
+        --config.init.pretrained_dir=PRETRAINED
+
+`configs/cam_resnet50_cub.py:tiny` is the same recipe shrunk to seconds (the tests use it).
+"""
+
+from configs import wsol_recipe
+
+
+def get_config(variant: str = ""):
+    return wsol_recipe.recipe("cub", "resnet50", variant)

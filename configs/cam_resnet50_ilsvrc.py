@@ -1,0 +1,13 @@
+"""ResNet50 CAM on ILSVRC 2012, the WSOL protocol's recipe (see configs/wsol_recipe.py).
+
+    python train.py --config configs/cam_resnet50_ilsvrc.py --workdir runs/cam_resnet50_ilsvrc \\
+        --config.init.pretrained_dir=PRETRAINED
+
+`configs/cam_resnet50_ilsvrc.py:tiny` is the same recipe shrunk to seconds (the tests use it).
+"""
+
+from configs import wsol_recipe
+
+
+def get_config(variant: str = ""):
+    return wsol_recipe.recipe("ilsvrc", "resnet50", variant)

@@ -1,0 +1,13 @@
+"""VGG16-GAP CAM on CUB-200-2011, the WSOL protocol's recipe (see configs/wsol_recipe.py).
+
+    python train.py --config configs/cam_vgg16_cub.py --workdir runs/cam_vgg16_cub \\
+        --config.init.pretrained_dir=PRETRAINED
+
+`configs/cam_vgg16_cub.py:tiny` is the same recipe shrunk to seconds (the tests use it).
+"""
+
+from configs import wsol_recipe
+
+
+def get_config(variant: str = ""):
+    return wsol_recipe.recipe("cub", "vgg16", variant)

@@ -1,0 +1,48 @@
+"""The WSOL recipe configs, shrunk with their `tiny` argument, train and evaluate end to end on
+tiny CUB and ILSVRC archives in the official layouts, prepared as a user would."""
+
+import pytest
+
+from camjax import evaluation
+from camjax.data import cub, ilsvrc
+from camjax.train import loop
+from configs import cam_resnet50_cub, cam_resnet50_ilsvrc, cam_vgg16_cub, cam_vgg16_ilsvrc
+from tests.data.test_cub import write_archives
+from tests.data.test_ilsvrc import write_manual_dir
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipes")
+    data_dir = str(root / "tfds")
+    cub.prepare(str(write_archives(root / "cub")), data_dir, progress=False)
+    ilsvrc.prepare(str(write_manual_dir(root / "ilsvrc", train=True)), data_dir, progress=False)
+    return data_dir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "module", [cam_vgg16_cub, cam_resnet50_cub, cam_vgg16_ilsvrc, cam_resnet50_ilsvrc]
+)
+def test_recipe_trains_and_evaluates_on_prepared_archives(module, data_dir, tmp_path):
+    full = module.get_config()
+    config = module.get_config("tiny")
+    # The tiny variant keeps the recipe's data, splits, solver and protocol.
+    for key in ("name", "max_boxes"):
+        assert config.data[key] == full.data[key]
+    for key in ("name", "momentum", "weight_decay", "schedule", "new_layer_lr_mult"):
+        assert config.optim[key] == full.optim[key]
+    assert full.data.image_size == 224 and full.data.resize_size == 256
+    assert full.train.num_steps > 1000 and full.eval.wsol.eval_size == 224
+    config.data.data_dir = data_dir
+    workdir = str(tmp_path)
+
+    state = loop.train_and_evaluate(config, workdir)
+    assert int(state.step) == config.train.num_steps
+    if config.model.name.startswith("resnet50"):
+        assert state.batch_stats  # batch norm statistics are trained and checkpointed
+    results = evaluation.run_evaluation(config, workdir)
+    wsol = results["wsol"]
+    assert wsol["protocol"]["eval_size"] == 64
+    assert wsol["val"]["num_images"] > 0 and wsol["test"]["num_images"] > 0
+    assert 0 <= wsol["test"]["max_box_acc_v2"] <= 100
