@@ -1,8 +1,10 @@
 """GoogLeNet-GAP at 224 with the CAM paper's solver (deploy_googlenetCAM + its solver).
 
 SGD momentum 0.9, weight decay 5e-4, base lr 1e-3, x0.1 every 40k iterations, 160k iterations,
-batch 64, bias lr x2 (PAPER.md); new layers at 10x as in the WSOL recipe. Runs on the embedded
-dataset's 224 build until the ILSVRC tfds dataset lands (a later issue).
+batch 64, bias lr x2 (PAPER.md); new layers at 10x as in the WSOL recipe. Data and splits as
+`vgg16_gap_imagenet.py` (ILSVRC 2012). This is the Caffe (LRN) structure, trained from
+scratch or from converted Caffe weights; `googlenet_gap_bn` is the variant that takes
+torchvision's ImageNet weights.
 """
 
 from configs import vgg16_gap_imagenet

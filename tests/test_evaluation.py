@@ -16,7 +16,7 @@ from camjax import evaluation, experiment
 from camjax.data import pipeline
 from camjax.localization import wsol_io
 from camjax.train import checkpoint, loop
-from configs import default, googlenet_gap_imagenet, tiny, vgg16_gap_imagenet
+from configs import default, tiny, vgg16_gap_imagenet
 from tests.localization import wsol_reference as ref
 
 
@@ -226,28 +226,6 @@ def test_unknown_model_and_dataset_names(tmp_path):
     config.model.output_stride = 32
     with pytest.raises(ValueError, match="output_stride must be 4, 8 or 16"):
         loop.train_and_evaluate(config, str(tmp_path))
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("module", [vgg16_gap_imagenet, googlenet_gap_imagenet])
-def test_full_size_configs_run_a_step_at_224(module, data_dir, tmp_path):
-    """The paper-size networks and solvers build and step on the embedded data at 224."""
-    config = module.get_config()
-    config.data.data_dir = data_dir
-    config.data.num_train, config.data.num_validation, config.data.num_test = 16, 8, 8
-    config.data.batch_size = config.eval.batch_size = 8
-    config.train.num_steps = 1
-    config.train.eval_every_steps = 0
-    config.eval.num_gallery = 1
-    config.eval.threshold_grid_step = 0.25
-    config.eval.wsol.threshold_step = 0.05
-    state = loop.train_and_evaluate(config, str(tmp_path))
-    assert int(state.step) == 1
-    assert state.params["cam_conv"]["kernel"].shape[-1] == 1024
-    results = evaluation.run_evaluation(config, str(tmp_path))
-    assert results["test_at_val_threshold"]["num_images"] == 8
-    assert results["wsol"]["protocol"]["eval_size"] == 224
-    assert results["wsol"]["test"]["num_images"] == 8
 
 
 def test_protocol_boxes_are_inclusive_pixel_boxes():

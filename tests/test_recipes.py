@@ -6,7 +6,14 @@ import pytest
 from camjax import evaluation
 from camjax.data import cub, ilsvrc
 from camjax.train import loop
-from configs import cam_resnet50_cub, cam_resnet50_ilsvrc, cam_vgg16_cub, cam_vgg16_ilsvrc
+from configs import (
+    cam_resnet50_cub,
+    cam_resnet50_ilsvrc,
+    cam_vgg16_cub,
+    cam_vgg16_ilsvrc,
+    googlenet_gap_imagenet,
+    vgg16_gap_imagenet,
+)
 from tests.data.test_cub import write_archives
 from tests.data.test_ilsvrc import write_manual_dir
 
@@ -46,3 +53,25 @@ def test_recipe_trains_and_evaluates_on_prepared_archives(module, data_dir, tmp_
     assert wsol["protocol"]["eval_size"] == 64
     assert wsol["val"]["num_images"] > 0 and wsol["test"]["num_images"] > 0
     assert 0 <= wsol["test"]["max_box_acc_v2"] <= 100
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", [vgg16_gap_imagenet, googlenet_gap_imagenet])
+def test_cam_paper_configs_run_a_full_size_step_on_ilsvrc(module, data_dir, tmp_path):
+    """The paper-size networks and solvers build and step on prepared ILSVRC at 224."""
+    config = module.get_config()
+    config.data.data_dir = data_dir
+    config.data.validation_per_class = 1
+    config.data.batch_size = config.eval.batch_size = 8
+    config.data.num_threads = 2
+    config.train.num_steps = 1
+    config.eval.num_gallery = 1
+    config.eval.threshold_grid_step = 0.25
+    config.eval.wsol.threshold_step = 0.05
+    state = loop.train_and_evaluate(config, str(tmp_path))
+    assert int(state.step) == 1
+    assert state.params["cam_conv"]["kernel"].shape[-1] == 1024
+    assert state.params["head"]["kernel"].shape[-1] == 1000
+    results = evaluation.run_evaluation(config, str(tmp_path))
+    assert results["wsol"]["protocol"]["eval_size"] == 224
+    assert results["wsol"]["test"]["num_images"] > 0
