@@ -3,6 +3,8 @@
 import importlib
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 DATASETS = ("wsol_shapes", "cub_200_2011", "ilsvrc2012_loc")
 # Datasets built from archives downloaded by hand (`python -m camjax.data.prepare`).
 _MANUAL = {"cub_200_2011": "camjax.data.cub", "ilsvrc2012_loc": "camjax.data.ilsvrc"}
@@ -28,6 +30,12 @@ def load_data_sources(
     class of the official validation set and `test` the rest of it. split_sizes may set
     'validation_per_class' (0 = that default); a nonzero 'num_<split>' keeps that many examples
     spread evenly over the split, for smoke runs (`manual.spread_subset`).
+
+    Any other name is a tfds catalog dataset already prepared as ArrayRecord in data_dir
+    (`catalog.load_catalog_sources`: caltech_birds2011, stanford_dogs, oxford_iiit_pet with
+    their boxes and masks converted to camjax's convention, others generically); one without a
+    `validation` split gets the last 10% of `train` as `validation` and keeps the rest as
+    `train`.
     """
     if name == "wsol_shapes":
         from camjax.data import wsol_shapes
@@ -49,4 +57,35 @@ def load_data_sources(
             split: manual.spread_subset(source, sizes.get(f"num_{split}", 0))
             for split, source in sources.items()
         }
-    raise ValueError(f"Unknown dataset {name!r}; available datasets: {', '.join(DATASETS)}.")
+    return _catalog_sources(name, data_dir, split_sizes)
+
+
+# Catalog datasets without a validation split hold out this fraction of train for it (the
+# last records: tfds shuffles records when it writes them), never test.
+_CATALOG_HOLDOUT = 0.1
+
+
+def _catalog_sources(
+    name: str, data_dir: str | None, split_sizes: Mapping[str, int] | None
+) -> Mapping[str, Sequence]:
+    """Any tfds catalog dataset already prepared as ArrayRecord in data_dir (`catalog.py`)."""
+    from camjax.data import catalog, manual
+
+    try:
+        sources = catalog.load_catalog_sources(name, data_dir)
+    except catalog.UnknownDatasetError as err:
+        raise ValueError(
+            f"Unknown dataset {name!r}; camjax's datasets: {', '.join(DATASETS)}, or any tfds "
+            f"catalog dataset prepared (as ArrayRecord) in data_dir. ({err})"
+        ) from err
+    if "validation" not in sources and {"train", "test"} <= set(sources):
+        train = sources["train"]
+        n = len(train)
+        held = max(1, int(round(n * _CATALOG_HOLDOUT))) if n > 1 else 0
+        sources["train"] = manual.SplitView(train, np.arange(n - held))
+        sources["validation"] = manual.SplitView(train, np.arange(n - held, n))
+    sizes = dict(split_sizes or {})
+    return {
+        split: manual.spread_subset(source, sizes.get(f"num_{split}", 0))
+        for split, source in sources.items()
+    }
