@@ -189,30 +189,40 @@ def protocol_boxes(
     return out
 
 
-def protocol_mask(mask: np.ndarray, eval_size: int) -> np.ndarray:
-    """A dataset's object mask -> the reference's PxAP mask at the evaluation size.
-
-    mask: (H, W) or (H, W, 1) integer, nonzero on the object. Returns (eval_size, eval_size)
-    uint8, 1 foreground and 0 background, resized as ``cv2.resize(..., INTER_NEAREST)`` and
-    thresholded at 0.5 like ``evaluation.load_mask_image``/``get_mask``. (The reference's
-    ignore value 255 is for OpenImages' ignore boxes; no dataset here has them.)
-    """
+def _nearest(mask: np.ndarray, size: int, what: str) -> np.ndarray:
+    """(H, W[, 1]) -> (size, size) as ``cv2.resize(..., INTER_NEAREST)``."""
     m = np.asarray(mask)
     if m.ndim == 3 and m.shape[-1] == 1:
         m = m[..., 0]
     if m.ndim != 2:
-        raise ValueError(f"a GT mask must be (H, W) or (H, W, 1); got shape {m.shape}.")
+        raise ValueError(f"a GT {what} must be (H, W) or (H, W, 1); got shape {m.shape}.")
     h, w = m.shape
-    if (h, w) != (eval_size, eval_size):
-        # OpenCV's nearest neighbour: source index floor(dst * (src / dst)), clamped.
-        rows = np.minimum(np.floor(np.arange(eval_size) * (1.0 / (eval_size / h))), h - 1)
-        cols = np.minimum(np.floor(np.arange(eval_size) * (1.0 / (eval_size / w))), w - 1)
-        m = m[rows.astype(int)[:, None], cols.astype(int)[None, :]]
-    return (m > 0).astype(np.uint8)
+    if (h, w) == (size, size):
+        return m
+    # OpenCV's nearest neighbour: source index floor(dst * (src / dst)), clamped.
+    rows = np.minimum(np.floor(np.arange(size) * (1.0 / (size / h))), h - 1).astype(int)
+    cols = np.minimum(np.floor(np.arange(size) * (1.0 / (size / w))), w - 1).astype(int)
+    return m[rows[:, None], cols[None, :]]
+
+
+def protocol_mask(mask: np.ndarray, eval_size: int, ignore: np.ndarray | None = None) -> np.ndarray:
+    """A dataset's object mask -> the reference's PxAP mask at the evaluation size.
+
+    mask: (H, W) or (H, W, 1) integer, nonzero on the object; ignore: optional mask of the same
+    kind, nonzero where pixels are not scored (OpenImages' ignore regions). Returns
+    (eval_size, eval_size) uint8: 1 foreground, 0 background, 255 ignored (an ignored pixel
+    on the object stays foreground, as the reference's ``get_mask``), each resized as
+    ``cv2.resize(..., INTER_NEAREST)`` and thresholded like ``load_mask_image``.
+    """
+    out = (_nearest(mask, eval_size, "mask") > 0).astype(np.uint8)
+    if ignore is not None:
+        out[(_nearest(ignore, eval_size, "ignore mask") > 0) & (out == 0)] = 255
+    return out
 
 
 class _MaskedEvalPreprocess(grain.transforms.Map):
-    """`pipeline.EvalPreprocess` plus 'mask': the example's `protocol_mask` at eval_size."""
+    """`pipeline.EvalPreprocess` plus 'mask': the example's `protocol_mask` at eval_size (with
+    its 'ignore_mask' where the dataset has one)."""
 
     def __init__(self, cfg: pipeline.PreprocessConfig, eval_size: int):
         self.base = pipeline.EvalPreprocess(cfg)
@@ -220,7 +230,7 @@ class _MaskedEvalPreprocess(grain.transforms.Map):
 
     def map(self, example: dict[str, Any]) -> pipeline.Batch:
         row = self.base.map(example)
-        row["mask"] = protocol_mask(example["mask"], self.eval_size)
+        row["mask"] = protocol_mask(example["mask"], self.eval_size, example.get("ignore_mask"))
         return row
 
 

@@ -340,3 +340,19 @@ def test_pxap_without_masks_is_a_clear_error(restored):
     with pytest.raises(ValueError, match="no WSOL protocol"):
         model, mesh = experiment.build_model(config), ev.mesh
         next(evaluation.Evaluator(config, model, mesh).wsol_outputs(variables, no_masks))
+
+
+def test_protocol_mask_marks_ignored_pixels_off_the_object():
+    """OpenImages' ignore regions become 255 (not scored) except where the object is."""
+    mask = np.zeros((4, 6), np.uint8)
+    mask[1:3, 1:3] = 255
+    ignore = np.zeros((4, 6), np.uint8)
+    ignore[:, 2:5] = 255
+    got = evaluation.protocol_mask(mask, 8, ignore[..., None])
+    nearest = {
+        k: cv2.resize(m.astype(np.float32), (8, 8), interpolation=cv2.INTER_NEAREST) > 0.5
+        for k, m in (("object", mask), ("ignore", ignore))
+    }
+    expected = np.where(nearest["object"], 1, np.where(nearest["ignore"], 255, 0))
+    np.testing.assert_array_equal(got, expected)
+    assert set(np.unique(got)) == {0, 1, 255}

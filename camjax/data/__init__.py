@@ -5,9 +5,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-DATASETS = ("wsol_shapes", "cub_200_2011", "ilsvrc2012_loc")
+DATASETS = ("wsol_shapes", "cub_200_2011", "ilsvrc2012_loc", "openimages30k_wsol")
 # Datasets built from archives downloaded by hand (`python -m camjax.data.prepare`).
-_MANUAL = {"cub_200_2011": "camjax.data.cub", "ilsvrc2012_loc": "camjax.data.ilsvrc"}
+_MANUAL = {
+    "cub_200_2011": "camjax.data.cub",
+    "ilsvrc2012_loc": "camjax.data.ilsvrc",
+    "openimages30k_wsol": "camjax.data.openimages",
+}
 _MANUAL_SIZES = ("num_train", "num_validation", "num_test", "validation_per_class")
 
 

@@ -1,6 +1,7 @@
 """Builds the datasets that start from files downloaded by hand.
 
-    python -m camjax.data.prepare {cub,ilsvrc} --manual_dir DIR [--data_dir DIR] [--skip_corrupt]
+    python -m camjax.data.prepare {cub,ilsvrc,openimages} --manual_dir DIR \\
+        [--data_dir DIR] [--skip_corrupt]
 
 writes the tfds dataset (ArrayRecord) into `--data_dir` (default: `$TFDS_DATA_DIR` or
 `~/tensorflow_datasets`), where `camjax.data` reads it. Nothing is downloaded.
@@ -42,6 +43,7 @@ def _module_prepare(module: str) -> Callable[..., Any]:
 PREPARERS: dict[str, Callable[..., Any]] = {
     "cub": _module_prepare("camjax.data.cub"),
     "ilsvrc": _module_prepare("camjax.data.ilsvrc"),
+    "openimages": _module_prepare("camjax.data.openimages"),
 }
 
 
