@@ -1,0 +1,165 @@
+"""Training step throughput: camjax's jitted, donated, data-parallel step against PyTorch.
+
+    python benchmarks/train_step.py [--model vgg16_gap] [--batch 8] [--size 224] [--width 1.0]
+        [--dtype float32|bfloat16] [--iters 5] [--torch_compile] [--no-torch]
+
+Times, in one process on the same card or CPU, one SGD step (forward, cross-entropy, backward,
+momentum + weight decay update) of the same architecture on the same random batch:
+
+* camjax: `camjax.train.loop.make_train_step` under `jax.jit` with the state and metric sums
+  donated, over a mesh of all local devices (the training loop's step);
+* PyTorch eager (`channels_last` and bf16 autocast on GPU with `--dtype bfloat16`), and with
+  `--torch_compile` the `torch.compile`d step.
+
+Reports images/s and step time (median of --iters synchronised steps after warm-up), compile +
+first-call time, the step's FLOPs from XLA's cost analysis and the achieved TFLOP/s, and peak
+device memory where the backend reports it. Paste the table, with the date, machine and
+command, into benchmarks/RESULTS.md.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import jax
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+from cam_throughput import time_calls, torch_vgg16_gap  # noqa: E402
+
+from camjax import experiment  # noqa: E402
+from camjax.train import loop, optim  # noqa: E402
+from configs import vgg16_gap_imagenet  # noqa: E402
+
+
+def camjax_case(args, images: np.ndarray, labels: np.ndarray):
+    config = vgg16_gap_imagenet.get_config()
+    config.data.image_size = args.size
+    config.model.width = args.width
+    config.model.groups = args.groups
+    config.model.dropout_rate = 0.0  # the PyTorch model has none either
+    config.model.dtype = args.dtype
+    mesh = experiment.make_mesh()
+    model = experiment.build_model(config)
+    tx = optim.create_optimizer(config.optim, config.train.num_steps)
+    state, shardings = loop.create_train_state(config, model, tx, mesh)
+    replicated = experiment.replicated(mesh)
+    step = jax.jit(
+        loop.make_train_step(config, model, tx),
+        donate_argnums=(0, 1),
+        out_shardings=(shardings, replicated),
+    )
+    sharding = experiment.data_sharding(mesh)
+    batch = {
+        "image": jax.device_put(images, sharding),
+        "label": jax.device_put(labels, sharding),
+    }
+    sums = jax.device_put(loop.zero_sums(), replicated)
+    start = time.perf_counter()
+    compiled = step.lower(state, sums, batch).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    carry = {"state": state, "sums": sums}
+
+    def call():
+        carry["state"], carry["sums"] = compiled(carry["state"], carry["sums"], batch)
+        jax.block_until_ready(carry["sums"])
+
+    first, median = time_calls(call, args.iters)
+    stats = jax.devices()[0].memory_stats() or {}
+    params = sum(p.size for p in jax.tree.leaves(carry["state"].params))
+    return params, (compile_s + first, median), flops, stats.get("peak_bytes_in_use")
+
+
+def torch_case(args, images: np.ndarray, labels: np.ndarray, compiled: bool):
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = torch_vgg16_gap(args.width, args.num_classes, args.groups).to(device).train()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(device)
+    y = torch.from_numpy(labels).long().to(device)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        torch.cuda.reset_peak_memory_stats()
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    autocast = args.dtype == "bfloat16" and device == "cuda"
+
+    def train_step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            logits, _ = model(x)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        sgd.zero_grad(set_to_none=True)
+        loss.backward()
+        sgd.step()
+        return loss
+
+    step = torch.compile(train_step) if compiled else train_step
+
+    def call():
+        step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    timing = time_calls(call, args.iters)
+    peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    params = sum(p.numel() for p in model.parameters())
+    return params, timing, peak, device, torch.__version__
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="vgg16_gap", choices=["vgg16_gap"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--groups", type=int, default=2)
+    parser.add_argument("--num_classes", type=int, default=1000)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--torch_compile", action="store_true")
+    parser.add_argument("--no-torch", dest="torch", action="store_false")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (args.batch, args.size, args.size, 3), dtype=np.uint8)
+    labels = rng.integers(0, args.num_classes, args.batch).astype(np.int32)
+    print(
+        f"{args.model} width {args.width}, batch {args.batch} at {args.size}x{args.size}, "
+        f"{args.dtype}; {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on "
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    )
+
+    def gib(b):
+        return "-" if b is None else f"{b / 2**30:.2f}"
+
+    params, (first, median), flops, peak = camjax_case(args, images, labels)
+    rows = [("camjax (jit, donated)", params, first, median, peak)]
+    if args.torch:
+        variants = [False, True] if args.torch_compile else [False]
+        for compiled in variants:
+            p, (f, m), pk, device, version = torch_case(args, images, labels, compiled)
+            name = "torch.compile" if compiled else "PyTorch eager"
+            rows.append((f"{name} ({device}, torch {version})", p, f, m, pk))
+    print("| case | parameters | compile + first call s | step s | images/s | TFLOP/s | peak GiB |")
+    print("|---|---|---|---|---|---|---|")
+    for name, p, f, m, pk in rows:
+        tflops = flops / m / 1e12 if flops else float("nan")
+        print(
+            f"| {name} | {p:,} | {f:.2f} | {m:.3f} | {args.batch / m:,.1f} | {tflops:.3f} | "
+            f"{gib(pk)} |"
+        )
+    print(f"\nstep FLOPs (XLA cost analysis of the camjax step): {flops / 1e9:.1f} GFLOP")
+    for name, *_, m, _pk in rows[1:]:
+        print(f"camjax / {name.split(' (')[0]}: {m / rows[0][3]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
