@@ -174,19 +174,26 @@ def protocol_boxes(
       (B, M, 4) int32 (x0, y0, x1, y1) with inclusive ends (``calculate_multiple_iou`` counts
       ``x1 - x0 + 1`` columns); zero padding rows stay zeros.
     """
+    hw = np.asarray(original_sizes, np.int64)
+    inclusive = original_boxes(boxes, image_size, hw)
+    out = np.zeros(inclusive.shape, np.int32)
+    for i, (h, w) in enumerate(hw):
+        out[i] = wsol_io.resize_boxes(inclusive[i], (w, h), (eval_size, eval_size))
+    return out
+
+
+def original_boxes(boxes: np.ndarray, image_size: int, original_sizes: np.ndarray) -> np.ndarray:
+    """Pipeline GT boxes -> (B, M, 4) int64 inclusive boxes in original-image pixels, the
+    reference metadata's form (see `protocol_boxes` for the arguments)."""
     b = np.asarray(boxes, np.float64)
     hw = np.asarray(original_sizes, np.int64)
     if hw.shape != (b.shape[0], 2):
         raise ValueError(f"original_sizes must be ({b.shape[0]}, 2), got {hw.shape}.")
-    out = np.zeros(b.shape, np.int32)
-    for i, (h, w) in enumerate(hw):
-        # Back to integer original pixels (the float32 normalised storage is exact to 1e-3 px).
-        original = np.rint(b[i] * np.array([w, h, w, h]) / image_size)
-        inclusive = np.concatenate(
-            [original[:, :2], np.maximum(original[:, 2:] - 1, original[:, :2])], 1
-        )
-        out[i] = wsol_io.resize_boxes(inclusive, (w, h), (eval_size, eval_size))
-    return out
+    scale = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], axis=1)[:, None, :] / image_size
+    # Back to integer original pixels (the float32 normalised storage is exact to 1e-3 px).
+    original = np.rint(b * scale)
+    ends = np.maximum(original[..., 2:] - 1, original[..., :2])
+    return np.concatenate([original[..., :2], ends], axis=-1).astype(np.int64)
 
 
 def _nearest(mask: np.ndarray, size: int, what: str) -> np.ndarray:
@@ -522,18 +529,26 @@ class Evaluator:
         return loc, counts
 
 
-def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Restores the latest checkpoint in workdir, evaluates, writes metrics.json and a gallery."""
+def restore_variables(config: ml_collections.ConfigDict, model, mesh, workdir: str) -> dict:
+    """The model variables of workdir's latest checkpoint, replicated on the mesh, plus 'step'
+    (pop it before `model.apply`)."""
     from camjax.train import checkpoint, loop, optim  # training imports evaluation, not the reverse
 
-    protocol = wsol_protocol(config)  # config errors before any restoring or data
-    mesh = experiment.make_mesh()
-    model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
     state = checkpoint.restore(manager, loop.abstract_train_state(config, model, tx, mesh), config)
     manager.close()
-    variables = state.variables
+    return {**state.variables, "step": state.step}
+
+
+def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Restores the latest checkpoint in workdir, evaluates, writes metrics.json and a gallery."""
+
+    protocol = wsol_protocol(config)  # config errors before any restoring or data
+    mesh = experiment.make_mesh()
+    model = experiment.build_model(config)
+    variables = restore_variables(config, model, mesh, workdir)
+    step = int(variables.pop("step"))
     sources = experiment.data_sources(config)
     val_source, test_source = sources[config.data.val_split], sources[config.data.test_split]
     evaluator = Evaluator(config, model, mesh, protocol)
@@ -550,7 +565,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     k = evaluator.top_k
     rates = test.rates()
     results = {
-        "step": int(state.step),
+        "step": step,
         "model": config.model.name,
         "dataset": config.data.name,
         "iou_threshold": config.eval.iou_threshold,

@@ -356,3 +356,37 @@ def test_protocol_mask_marks_ignored_pixels_off_the_object():
     expected = np.where(nearest["object"], 1, np.where(nearest["ignore"], 255, 0))
     np.testing.assert_array_equal(got, expected)
     assert set(np.unique(got)) == {0, 1, 255}
+
+
+def test_exported_scoremaps_give_the_reference_the_same_counts(trained, tmp_path):
+    """evaluate.py --export_dir: the reference's files; scoring them with the OpenCV reference
+    gives camjax's own counts, and the metadata round-trips the dataset's labels and boxes."""
+    from camjax import export
+
+    config, workdir = trained
+    out = str(tmp_path / "export")
+    stats = export.export_wsol(config, workdir, out)
+    assert stats["validation"]["images"] == config.data.num_validation
+    model, mesh = experiment.build_model(config), experiment.make_mesh()
+    variables = evaluation.restore_variables(config, model, mesh, workdir)
+    variables.pop("step")
+    protocol = evaluation.wsol_protocol(config)
+    evaluator = evaluation.Evaluator(config, model, mesh, protocol)
+    source = experiment.data_sources(config)["test"]
+    _, counts = evaluator.evaluate_wsol(variables, source)
+
+    meta = wsol_io.read_metadata(os.path.join(out, "metadata", "wsol_shapes", "test"))
+    assert meta.image_ids[:2] == ("test/000000.png", "test/000001.png")
+    np.testing.assert_array_equal(meta.class_labels, [source[i]["label"] for i in range(len(meta))])
+    maps = wsol_io.load_scoremaps(os.path.join(out, "scoremaps", "test"), meta.image_ids, (64, 64))
+    gt, num = wsol_io.resized_gt_boxes(meta, (64, 64))
+    gts = [gt[i, : num[i]] for i in range(len(meta))]
+    curve = np.append(protocol.thresholds, protocol.fixed_threshold)
+    np.testing.assert_array_equal(
+        ref.box_correct_counts(list(maps), gts, curve, (30, 50, 70), multi_contour_eval=True),
+        counts.v2.counts,
+    )
+    np.testing.assert_array_equal(
+        ref.box_correct_counts(list(maps), gts, curve, (50,), multi_contour_eval=False),
+        counts.v1.counts,
+    )

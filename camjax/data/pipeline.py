@@ -80,7 +80,7 @@ class TrainPreprocess(grain.transforms.RandomMap):
 
 class EvalPreprocess(grain.transforms.Map):
     """Decoded tfds example -> image resized to S x S, label, pixel boxes at S x S, box count,
-    original (height, width)."""
+    original (height, width), and the dataset's image id where it has one."""
 
     def __init__(self, cfg: PreprocessConfig):
         self.cfg = cfg
@@ -97,6 +97,7 @@ class EvalPreprocess(grain.transforms.Map):
             "num_boxes": np.int32(n),
             # (height, width) before resizing: the WSOL protocol resizes GT boxes from there.
             "original_size": np.array(image.shape[:2], np.int32),
+            **({"image_id": example["image_id"]} if "image_id" in example else {}),
         }
 
 

@@ -1,0 +1,144 @@
+"""A trained run's score maps and splits in the reference WSOL evaluator's layout.
+
+`export_wsol(config, workdir, out_dir)` runs the validation and test splits through the
+evaluation step (all devices, one batch per step) and writes, per split name S:
+
+* ``out_dir/scoremaps/S/<image_id>.npy``: the WSOL protocol's score map of each image (the GT
+  class's CAM, OpenCV-exact bicubic to ``config.eval.wsol.eval_size``, min-max normalised),
+  as clovaai/wsolevaluation's ``inference.py`` saves them;
+* ``out_dir/metadata/<dataset>/S/``: ``image_ids.txt``, ``class_labels.txt``,
+  ``image_sizes.txt`` and ``localization.txt`` (original-pixel inclusive boxes), so that the
+  reference's ``evaluation.py --scoremap_root out_dir/scoremaps/S --metadata_root
+  out_dir/metadata/<dataset>/S`` scores them (its box evaluator needs maps at 224x224: set
+  ``config.eval.wsol.eval_size = 224``).
+
+Image ids are the dataset's (CUB, ILSVRC and OpenImages keep the reference's), or
+``S/<index>.png`` for datasets without ids (wsol_shapes). Maps are written atomically, one
+file per image, by the host that computed them; metadata by process 0 after gathering every
+host's rows.
+"""
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from camjax import evaluation, experiment
+from camjax.localization import wsol_io
+
+ID_BYTES = 512  # longest image id that travels between hosts
+
+
+def _image_ids(host_batch: dict[str, Any], split: str) -> list[str]:
+    if "image_id" in host_batch:
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in host_batch["image_id"]]
+    return [f"{split}/{int(i):06d}.png" for i in host_batch["index"]]
+
+
+def _gather(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every host's rows, concatenated (this host's alone on one host)."""
+    if jax.process_count() == 1:
+        return rows
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(rows)
+    return {k: np.concatenate(list(np.asarray(v)), axis=0) for k, v in gathered.items()}
+
+
+def _encode_ids(ids: list[str]) -> np.ndarray:
+    out = np.zeros((len(ids), ID_BYTES), np.uint8)
+    for k, image_id in enumerate(ids):
+        raw = image_id.encode()
+        if len(raw) > ID_BYTES:
+            raise ValueError(f"image id longer than {ID_BYTES} bytes: {image_id[:80]!r}...")
+        out[k, : len(raw)] = np.frombuffer(raw, np.uint8)
+    return out
+
+
+def export_split(
+    evaluator: evaluation.Evaluator,
+    variables: Any,
+    source: Sequence,
+    split: str,
+    out_dir: str,
+    dataset: str,
+    max_images: int = 0,
+    dtype=np.float32,
+) -> dict[str, float]:
+    """Writes one split's score maps and metadata (module doc); returns counts and timings."""
+    config = evaluator.config
+    size = evaluator.protocol.eval_size
+    scoremap_root = os.path.join(out_dir, "scoremaps", split)
+    start = time.perf_counter()
+    rows = {k: [] for k in ("index", "label", "boxes", "num_boxes", "size", "id")}
+    for host_batch, out in evaluator.wsol_outputs(variables, source, max_images):
+        valid = np.asarray(host_batch["valid"], bool)
+        maps = evaluation._host_rows(out["scoremaps"])[valid]
+        ids = [i for i, v in zip(_image_ids(host_batch, split), valid, strict=True) if v]
+        wsol_io.save_scoremaps(scoremap_root, ids, maps, dtype=dtype, size=(size, size))
+        original = evaluation.original_boxes(
+            host_batch["boxes"], config.data.image_size, host_batch["original_size"]
+        )
+        rows["index"].append(np.asarray(host_batch["index"])[valid])
+        rows["label"].append(np.asarray(host_batch["label"])[valid])
+        rows["boxes"].append(original[valid])
+        rows["num_boxes"].append(np.asarray(host_batch["num_boxes"])[valid])
+        rows["size"].append(np.asarray(host_batch["original_size"])[valid])
+        rows["id"].append(_encode_ids(ids))
+    local = {k: np.concatenate(v) for k, v in rows.items()}
+    seconds = time.perf_counter() - start
+    everything = _gather(local)
+    order = np.argsort(everything["index"], kind="stable")
+    all_rows = {k: v[order] for k, v in everything.items()}
+    n = len(order)
+    if jax.process_index() == 0:
+        ids = [bytes(r).rstrip(b"\0").decode() for r in all_rows["id"]]
+        heights, widths = all_rows["size"][:, 0], all_rows["size"][:, 1]
+        metadata = wsol_io.WsolMetadata(
+            image_ids=ids,
+            class_labels=all_rows["label"],
+            boxes=[b[:k] for b, k in zip(all_rows["boxes"], all_rows["num_boxes"], strict=True)],
+            image_sizes=np.stack([widths, heights], axis=1),
+        )
+        wsol_io.write_metadata(os.path.join(out_dir, "metadata", dataset, split), metadata)
+    return {"images": n, "seconds": seconds, "images_per_second": n / max(seconds, 1e-9)}
+
+
+def export_wsol(
+    config: ml_collections.ConfigDict, workdir: str, out_dir: str, dtype=np.float32
+) -> dict[str, dict[str, float]]:
+    """Restores workdir's latest checkpoint and exports its validation and test splits."""
+    protocol = evaluation.wsol_protocol(config)
+    if protocol is None:
+        raise ValueError(
+            "exporting score maps uses the WSOL protocol's settings; set "
+            "config.eval.wsol.enabled = True."
+        )
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.eval.wsol.pxap = False  # export needs no masks; reading them would cost time
+    protocol = evaluation.wsol_protocol(config)
+    mesh = experiment.make_mesh()
+    model = experiment.build_model(config)
+    variables = evaluation.restore_variables(config, model, mesh, workdir)
+    variables.pop("step")
+    evaluator = evaluation.Evaluator(config, model, mesh, protocol)
+    sources = experiment.data_sources(config)
+    dataset = config.data.name
+    return {
+        split: export_split(
+            evaluator,
+            variables,
+            sources[split],
+            split,
+            out_dir,
+            dataset,
+            config.eval.max_images,
+            dtype,
+        )
+        for split in (config.data.val_split, config.data.test_split)
+    }
