@@ -109,6 +109,32 @@ def _find(parent, i):
 
 
 @_jit
+def _link(parent, box, r, rn):
+    """Joins the components of roots r and rn under the smaller index; returns (new root,
+    absorbed root)."""
+    if rn < r:
+        r, rn = rn, r
+    parent[rn] = r
+    box[r, 0] = min(box[r, 0], box[rn, 0])
+    box[r, 1] = min(box[r, 1], box[rn, 1])
+    box[r, 2] = max(box[r, 2], box[rn, 2])
+    box[r, 3] = max(box[r, 3], box[rn, 3])
+    return r, rn
+
+
+@_jit
+def _grow(box, r, x, y):
+    """Extends root r's box to pixel (x, y); whether it changed."""
+    if box[r, 0] <= x <= box[r, 2] and box[r, 1] <= y <= box[r, 3]:
+        return False
+    box[r, 0] = min(box[r, 0], x)
+    box[r, 1] = min(box[r, 1], y)
+    box[r, 2] = max(box[r, 2], x)
+    box[r, 3] = max(box[r, 3], y)
+    return True
+
+
+@_jit
 def _hit_level(x0, y0, x1, y1, gt, num_gt, deltas):
     """How many of the ascending IoU percentages ``deltas`` box (x0, y0, x1, y1) reaches with
     its best GT box. Inclusive coordinates, integer decisions ``100 * inter >= d * union``, as
@@ -261,13 +287,7 @@ def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
                 if r < 0:
                     r = rn
                     continue
-                if rn < r:
-                    r, rn = rn, r
-                parent[rn] = r
-                box[r, 0] = min(box[r, 0], box[rn, 0])
-                box[r, 1] = min(box[r, 1], box[rn, 1])
-                box[r, 2] = max(box[r, 2], box[rn, 2])
-                box[r, 3] = max(box[r, 3], box[rn, 3])
+                r, rn = _link(parent, box, r, rn)
                 if largest:
                     area2[r] += area2[rn]
                     first[r] = min(first[r], first[rn])
@@ -278,11 +298,7 @@ def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
                 if largest:
                     first[p] = y * w + x
                 changed = True
-            elif x < box[r, 0] or y < box[r, 1] or x > box[r, 2] or y > box[r, 3]:
-                box[r, 0] = min(box[r, 0], x)
-                box[r, 1] = min(box[r, 1], y)
-                box[r, 2] = max(box[r, 2], x)
-                box[r, 3] = max(box[r, 3], y)
+            elif _grow(box, r, x, y):
                 changed = True
             parent[p] = r
             if changed:
@@ -394,13 +410,7 @@ def _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas):
                 if r < 0:
                     r = rn
                     continue
-                if rn < r:
-                    r, rn = rn, r
-                parent[rn] = r
-                box[r, 0] = min(box[r, 0], box[rn, 0])
-                box[r, 1] = min(box[r, 1], box[rn, 1])
-                box[r, 2] = max(box[r, 2], box[rn, 2])
-                box[r, 3] = max(box[r, 3], box[rn, 3])
+                r, rn = _link(parent, box, r, rn)
                 changed = True
             if r < 0:
                 r = p
@@ -408,11 +418,7 @@ def _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas):
                 opens_next[p] = opens_head[opens]
                 opens_head[opens] = p
                 changed = True
-            elif x < box[r, 0] or y < box[r, 1] or x > box[r, 2] or y > box[r, 3]:
-                box[r, 0] = min(box[r, 0], x)
-                box[r, 1] = min(box[r, 1], y)
-                box[r, 2] = max(box[r, 2], x)
-                box[r, 3] = max(box[r, 3], y)
+            elif _grow(box, r, x, y):
                 changed = True
             parent[p] = r
             if changed:
