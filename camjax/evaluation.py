@@ -241,7 +241,7 @@ class _MaskedEvalPreprocess(grain.transforms.Map):
         return row
 
 
-def _host_rows(x: jax.Array) -> np.ndarray:
+def host_rows(x: jax.Array) -> np.ndarray:
     """This host's rows of a batch-sharded array, in order (the whole batch on one host)."""
     if x.is_fully_addressable:
         return np.asarray(jax.device_get(x))
@@ -447,8 +447,19 @@ class Evaluator:
                 out["pxap"] = wsol.pxap_histograms(scoremaps, masks, protocol.thresholds)
             return out
 
+        def scoremap_step(variables, batch):
+            """The protocol's score maps alone (exports need nothing else)."""
+            images = pipeline.normalize_images(batch["image"], mean, std)
+            _, out = model.apply(variables, images, train=False)
+            cams = cam_lib.cams_for_classes(
+                out["feature_map"], cam_lib.head_kernel(variables), batch["label"]
+            )
+            e = protocol.eval_size
+            return cam_lib.postprocess(cams, (e, e), method="bicubic")
+
         self._step = jax.jit(lambda variables, batch: dense(variables, batch)[3])
         self._wsol_step = jax.jit(wsol_step) if protocol is not None else None
+        self._scoremap_step = jax.jit(scoremap_step) if protocol is not None else None
 
     def _batches(self, source: Sequence, max_images: int, masks: bool) -> Iterator[pipeline.Batch]:
         source = experiment.limit(source, max_images)
@@ -486,10 +497,26 @@ class Evaluator:
                 "have no 'mask' (PxAP needs GT masks); set config.eval.wsol.pxap = False."
             )
         keys = ["image", "label", "boxes", "num_boxes", "valid"] + ["mask"] * self.protocol.pxap
+        batches = self._batches(source, max_images, masks=self.protocol.pxap)
+        yield from self._pipelined(self._wsol_step, variables, batches, keys)
+
+    def scoremap_outputs(
+        self, variables: Any, source: Sequence, max_images: int = 0
+    ) -> Iterator[tuple[pipeline.Batch, jax.Array]]:
+        """(host batch, (B, E, E) float32 protocol score maps on device) per batch, as
+        `wsol_outputs` makes them but without the metrics' work (for exports)."""
+        if self.protocol is None:
+            raise ValueError("this Evaluator has no WSOL protocol; pass wsol_protocol(config).")
+        batches = self._batches(source, max_images, masks=False)
+        yield from self._pipelined(self._scoremap_step, variables, batches, ["image", "label"])
+
+    def _pipelined(self, step, variables, batches, keys):
+        """(host batch, step output) per batch; the next batch's step is dispatched before a
+        batch is handed out, so the caller's host work overlaps the device."""
         pending = None
-        for host_batch in self._batches(source, max_images, masks=self.protocol.pxap):
+        for host_batch in batches:
             batch = pipeline.shard_batch({k: host_batch[k] for k in keys}, self.sharding)
-            out = self._wsol_step(variables, batch)
+            out = step(variables, batch)
             if pending is not None:
                 yield pending
             pending = (host_batch, out)
@@ -516,13 +543,13 @@ class Evaluator:
         for host_batch, out in self.wsol_outputs(variables, source, max_images):
             loc.update(out["loc"])
             counts.update(
-                _host_rows(out["quantized"]),
+                host_rows(out["quantized"]),
                 protocol_boxes(
                     host_batch["boxes"], image_size, p.eval_size, host_batch["original_size"]
                 ),
                 np.asarray(host_batch["num_boxes"]),
                 np.asarray(host_batch["valid"], bool),
-                _host_rows(out["top1_correct"]),
+                host_rows(out["top1_correct"]),
                 out.get("pxap"),
             )
         counts.sum_over_hosts()

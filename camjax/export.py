@@ -75,9 +75,9 @@ def export_split(
     scoremap_root = os.path.join(out_dir, "scoremaps", split)
     start = time.perf_counter()
     rows = {k: [] for k in ("index", "label", "boxes", "num_boxes", "size", "id")}
-    for host_batch, out in evaluator.wsol_outputs(variables, source, max_images):
+    for host_batch, scoremaps in evaluator.scoremap_outputs(variables, source, max_images):
         valid = np.asarray(host_batch["valid"], bool)
-        maps = evaluation._host_rows(out["scoremaps"])[valid]
+        maps = evaluation.host_rows(scoremaps)[valid]
         ids = [i for i, v in zip(_image_ids(host_batch, split), valid, strict=True) if v]
         wsol_io.save_scoremaps(scoremap_root, ids, maps, dtype=dtype, size=(size, size))
         original = evaluation.original_boxes(
@@ -118,10 +118,6 @@ def export_wsol(
             "exporting score maps uses the WSOL protocol's settings; set "
             "config.eval.wsol.enabled = True."
         )
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.eval.wsol.pxap = False  # export needs no masks; reading them would cost time
-    protocol = evaluation.wsol_protocol(config)
     mesh = experiment.make_mesh()
     model = experiment.build_model(config)
     variables = evaluation.restore_variables(config, model, mesh, workdir)
