@@ -72,7 +72,6 @@ trained on the whole official train split.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -80,7 +79,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from camjax.data import manual
 from camjax.data.manual import CorruptFileError
@@ -105,7 +103,6 @@ _TEXT_FILES = (
     "classes.txt",
 )
 VALIDATION_PER_CLASS = 5  # held out of each class of train: the reference's 1,000 images
-_PREPARE_COMMAND = "python -m camjax.data.prepare cub --manual_dir DIR"
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +149,11 @@ class Cub2002011(manual.ManualBuilder):
         CubConfig(name="boxes", description="Images, labels and boxes."),
         CubConfig(name="masks", description="Also the binarized segmentation mask.", masks=True),
     ]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = "\n".join(
-        [f"Place these files, unchanged, in the manual directory ({_PREPARE_COMMAND}):"]
-        + [f"  {name}: from {source}" for name, source in SOURCES.items()]
-        + [f"{SEGMENTATIONS_ARCHIVE} is only needed for the `masks` config."]
+    CONFIG_FLAG = "masks"
+    PREPARE_COMMAND = "python -m camjax.data.prepare cub --manual_dir DIR"
+    PREPARE_INPUTS = f"DIR holding {IMAGES_ARCHIVE} (and {SEGMENTATIONS_ARCHIVE} for masks)."
+    MANUAL_DOWNLOAD_INSTRUCTIONS = manual.download_instructions(
+        PREPARE_COMMAND, SOURCES, f"{SEGMENTATIONS_ARCHIVE} is only needed for the `masks` config."
     )
 
     ORDER_BY_KEY = True  # the CUB ids: images.txt order, whatever the archive order
@@ -175,28 +173,21 @@ class Cub2002011(manual.ManualBuilder):
             self._indexes[key] = (archives, *_read_index(archives))
         return self._indexes[key]
 
+    def check_inputs(self, manual_dir: Path) -> None:
+        # The index is kept, and written from.
+        self.index_archives(manual_dir)
+
     def _info(self) -> tfds.core.DatasetInfo:
-        features = {
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "height": np.int32,
-            "width": np.int32,
-            # Names come from classes.txt when preparing and are stored with the dataset.
-            "label": tfds.features.ClassLabel(num_classes=NUM_CLASSES),
-            "image_id": tfds.features.Text(),
-            "cub_id": np.int32,
-            "objects": tfds.features.Sequence({"bbox": tfds.features.BBoxFeature()}),
-        }
+        # Label names come from classes.txt when preparing.
+        features = {"cub_id": np.int32}
         if self.builder_config.masks:
             features["mask"] = tfds.features.Image(shape=(None, None, 1), encoding_format="png")
-        return self.dataset_info_from_configs(
+        return self._manual_info(
             description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict(features),
-            supervised_keys=("image", "label"),
             homepage="https://www.vision.caltech.edu/datasets/cub_200_2011/",
-            # Records are written in key (CUB id) order, see `ORDER_BY_KEY`.
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(),
             citation=_CITATION,
+            num_classes=NUM_CLASSES,
+            features=features,
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
@@ -253,11 +244,8 @@ def get_builder(
     progress: bool = False,
 ) -> Cub2002011:
     """The builder of config `masks` or `boxes` in `data_dir` (None: the tfds default)."""
-    return Cub2002011(
-        config="masks" if masks else "boxes",
-        data_dir=data_dir,
-        skip_corrupt=skip_corrupt,
-        progress=progress,
+    return manual.configured_builder(
+        Cub2002011, data_dir, masks, skip_corrupt=skip_corrupt, progress=progress
     )
 
 
@@ -282,14 +270,10 @@ def prepare(
     Returns:
       The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped image ids.
     """
-    directory = Path(manual_dir)
     if masks is None:
-        masks = (directory / SEGMENTATIONS_ARCHIVE).is_file()
-    return manual.prepare_dataset(
-        lambda: get_builder(data_dir, masks=masks, skip_corrupt=skip_corrupt, progress=progress),
-        directory,
-        # The index is kept by the builder, which then writes from it.
-        lambda builder: builder.index_archives(directory),
+        masks = (Path(manual_dir) / SEGMENTATIONS_ARCHIVE).is_file()
+    return manual.prepare_config(
+        Cub2002011, manual_dir, data_dir, masks, skip_corrupt=skip_corrupt, progress=progress
     )
 
 
@@ -310,7 +294,7 @@ def load_data_sources(data_dir: str | None = None, *, masks: bool | None = None)
     Raises:
       FileNotFoundError: not prepared; the message gives the command that prepares it.
     """
-    return dict(_prepared(data_dir, masks).as_data_source())
+    return dict(manual.prepared_config(Cub2002011, data_dir, masks).as_data_source())
 
 
 def wsol_sources(
@@ -333,18 +317,9 @@ def wsol_sources(
     Raises:
       FileNotFoundError: not prepared; the message gives the command that prepares it.
     """
-    builder = _prepared(data_dir, masks)
+    builder = manual.prepared_config(Cub2002011, data_dir, masks)
     validation, train = manual.holdout_per_class(builder, "train", validation_per_class)
     return {"train": train, "validation": validation, "test": builder.as_data_source("test")}
-
-
-def _prepared(data_dir: str | None, masks: bool | None) -> Cub2002011:
-    return manual.prepared_builder(
-        (get_builder(data_dir, masks=m) for m in ((True, False) if masks is None else (masks,))),
-        data_dir,
-        _PREPARE_COMMAND,
-        f"DIR holding {IMAGES_ARCHIVE} (and {SEGMENTATIONS_ARCHIVE} for masks).",
-    )
 
 
 def _read_index(archives: Mapping[str, Path]) -> tuple[list[str], list[_Record]]:
@@ -430,7 +405,7 @@ def _encode_example(
     record: _Record, member: str, data: bytes, mask: tuple[str, bytes] | None
 ) -> dict[str, Any]:
     """Checks and converts one image (and mask) to the builder's features."""
-    image = _decode(member, data)
+    image = manual.open_image(member, data)
     width, height = image.size
     example = {
         "image": data,
@@ -462,22 +437,12 @@ def _normalized_box(record: _Record, height: int, width: int) -> np.ndarray:
 
 def _binary_mask(member: str, data: bytes, size: tuple[int, int]) -> bytes:
     """Grey segmentation PNG -> PNG of uint8 {0, 255}, foreground where grey > 0."""
-    grey = _decode(member, data).convert("L")
+    grey = manual.open_image(member, data).convert("L")
     if grey.size != size:
         raise CorruptFileError(
             f"{member} is {grey.size[0]}x{grey.size[1]} but its image is {size[0]}x{size[1]}."
         )
-    return _png_bytes((np.asarray(grey) > 0).astype(np.uint8) * 255)
-
-
-def _decode(member: str, data: bytes) -> Image.Image:
-    """Fully decodes an image so that truncated or garbled files are caught here."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise CorruptFileError(f"{member} cannot be decoded: {err}") from err
-    return image
+    return manual.png_bytes((np.asarray(grey) > 0).astype(np.uint8) * 255)
 
 
 def _mask_member(record: _Record) -> str:
@@ -520,10 +485,3 @@ def _scan(path: Path, texts: Collection[str]) -> tuple[set[str], dict[str, bytes
 
 def _source(path: Path) -> str:
     return SOURCES.get(path.name, "its source")
-
-
-def _png_bytes(array: np.ndarray) -> bytes:
-    """Lossless PNG of (H, W) uint8."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()

@@ -100,7 +100,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io
 import logging
 import re
 import tarfile
@@ -111,7 +110,6 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from camjax.data import manual
 from camjax.data.manual import CorruptFileError
@@ -138,7 +136,6 @@ SOURCES = {
 _OFFICIAL_TRAIN = (147_897_477_120, 1_281_167)
 
 VALIDATION_PER_CLASS = 10  # held out of each class of validation: the reference's 10,000
-_PREPARE_COMMAND = "python -m camjax.data.prepare ilsvrc --manual_dir DIR"
 _SYNSET = re.compile(r"n\d{8}")
 _VAL_XML_PATH = re.compile(r"(?:.*/)?(ILSVRC2012_val_\d{8})\.xml")
 
@@ -201,34 +198,27 @@ class Ilsvrc2012Loc(manual.ManualBuilder):
         IlsvrcConfig(name="full", description="Splits train and validation."),
         IlsvrcConfig(name="validation", description="The validation split only.", train=False),
     ]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = "\n".join(
-        [f"Place these files, unchanged, in the manual directory ({_PREPARE_COMMAND}):"]
-        + [f"  {name}: from {source}" for name, source in SOURCES.items()]
-        + [
-            f"One of {BOXES_XML} and {BOXES_CSV} is needed; {TRAIN_ARCHIVE} only for the "
-            f"`full` config; {SYNSET_MAPPING} is optional."
-        ]
+    CONFIG_FLAG = "train"
+    PREPARE_COMMAND = "python -m camjax.data.prepare ilsvrc --manual_dir DIR"
+    PREPARE_INPUTS = (
+        f"DIR holding {VAL_ARCHIVE}, {BOXES_XML} or {BOXES_CSV}, and {TRAIN_ARCHIVE} for the "
+        "train split."
+    )
+    MANUAL_DOWNLOAD_INSTRUCTIONS = manual.download_instructions(
+        PREPARE_COMMAND,
+        SOURCES,
+        f"One of {BOXES_XML} and {BOXES_CSV} is needed; {TRAIN_ARCHIVE} only for the `full` "
+        f"config; {SYNSET_MAPPING} is optional.",
     )
 
+    def check_inputs(self, manual_dir: Path) -> None:
+        manual_files(manual_dir, train=self.builder_config.train)
+
     def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
+        # Label names (the synsets) are found when preparing.
+        return self._manual_info(
             description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                    "height": np.int32,
-                    "width": np.int32,
-                    # Names (the synsets) are found when preparing and stored with the data.
-                    "label": tfds.features.ClassLabel(),
-                    "image_id": tfds.features.Text(),
-                    "objects": tfds.features.Sequence({"bbox": tfds.features.BBoxFeature()}),
-                }
-            ),
-            supervised_keys=("image", "label"),
             homepage="https://image-net.org/challenges/LSVRC/2012/",
-            # Records are written in generation order (`manual.ManualBuilder`).
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(),
             citation=_CITATION,
         )
 
@@ -252,7 +242,7 @@ class Ilsvrc2012Loc(manual.ManualBuilder):
             split,
             images,
             lambda item: item[0],
-            lambda item: _checked_image(f"{item[0]} (in {archive})", item[2]),
+            lambda item: manual.checked_image(f"{item[0]} (in {archive})", item[2]),
             total,
         )
         for (image_id, synset, _), (data, height, width) in items:
@@ -314,11 +304,8 @@ def get_builder(
     progress: bool = False,
 ) -> Ilsvrc2012Loc:
     """The builder of config `full` (train) or `validation` in `data_dir` (None: tfds default)."""
-    return Ilsvrc2012Loc(
-        config="full" if train else "validation",
-        data_dir=data_dir,
-        skip_corrupt=skip_corrupt,
-        progress=progress,
+    return manual.configured_builder(
+        Ilsvrc2012Loc, data_dir, train, skip_corrupt=skip_corrupt, progress=progress
     )
 
 
@@ -344,13 +331,10 @@ def prepare(
     Returns:
       The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped image ids.
     """
-    directory = Path(manual_dir)
     if train is None:
-        train = get_builder(data_dir).is_prepared() or (directory / TRAIN_ARCHIVE).is_file()
-    return manual.prepare_dataset(
-        lambda: get_builder(data_dir, train=train, skip_corrupt=skip_corrupt, progress=progress),
-        directory,
-        lambda _: manual_files(directory, train=train),
+        train = get_builder(data_dir).is_prepared() or (Path(manual_dir) / TRAIN_ARCHIVE).is_file()
+    return manual.prepare_config(
+        Ilsvrc2012Loc, manual_dir, data_dir, train, skip_corrupt=skip_corrupt, progress=progress
     )
 
 
@@ -371,7 +355,7 @@ def load_data_sources(data_dir: str | None = None, *, train: bool | None = None)
     Raises:
       FileNotFoundError: not prepared; the message gives the command that prepares it.
     """
-    return dict(_prepared(data_dir, train).as_data_source())
+    return dict(manual.prepared_config(Ilsvrc2012Loc, data_dir, train).as_data_source())
 
 
 def wsol_sources(
@@ -395,22 +379,12 @@ def wsol_sources(
     Raises:
       FileNotFoundError: not prepared; the message gives the command that prepares it.
     """
-    builder = _prepared(data_dir, train)
+    builder = manual.prepared_config(Ilsvrc2012Loc, data_dir, train)
     validation, test = manual.holdout_per_class(builder, "validation", validation_per_class)
     splits = {"validation": validation, "test": test}
     if builder.builder_config.train:
         splits["train"] = builder.as_data_source("train")
     return splits
-
-
-def _prepared(data_dir: str | None, train: bool | None) -> Ilsvrc2012Loc:
-    return manual.prepared_builder(
-        (get_builder(data_dir, train=t) for t in ((True, False) if train is None else (train,))),
-        data_dir,
-        _PREPARE_COMMAND,
-        f"DIR holding {VAL_ARCHIVE}, {BOXES_XML} or {BOXES_CSV}, and {TRAIN_ARCHIVE} for the "
-        "train split.",
-    )
 
 
 def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
@@ -635,26 +609,3 @@ def _normalized_boxes(
     if np.any(x0 >= x1) or np.any(y0 >= y1):
         raise CorruptFileError(f"A box of {image_id} lies outside its {width}x{height} image.")
     return np.stack([y0 / height, x0 / width, y1 / height, x1 / width], -1).astype(np.float32)
-
-
-def _checked_image(where: str, data: bytes) -> tuple[bytes, int, int]:
-    """Decodes an image, named by `where`, to catch damage -> (bytes to store, height, width).
-
-    RGB and grey JPEGs and PNGs are stored as they are; anything else (CMYK JPEGs) as a
-    lossless PNG of Pillow's RGB conversion, which tfds decodes to 3 channels.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if image.format in ("JPEG", "MPO", "PNG") and image.mode in ("RGB", "L"):
-                # Decoding at 1/8 scale still reads every byte, more cheaply.
-                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-                image.load()
-                return data, height, width
-            log.info("%s is a %s %s; storing it as an RGB PNG.", where, image.mode, image.format)
-            rgb = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as err:
-        raise CorruptFileError(f"{where} cannot be decoded: {err}") from err
-    buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue(), height, width

@@ -1,15 +1,20 @@
-"""What the datasets built from hand-downloaded archives share (`cub`, `ilsvrc`).
+"""What the datasets built from hand-downloaded archives share (`cub`, `ilsvrc`, `openimages`).
 
 * Errors: `MissingFilesError` (inputs, or members of them, that are not there) and
   `CorruptFileError` (an input that cannot be read), with the messages that list what is missing
   and where to get it (`missing_files_error`, `incomplete_error`).
 * `iter_tar`: the files of a tar archive, compressed or not, in one streamed pass.
-* `ManualBuilder`: the tfds builder base: ArrayRecord by default, the skip-corrupt bookkeeping
+* `open_image`, `checked_image` and `png_bytes`: images decoded to catch damage (the error
+  names the file), stored as they are or, if not RGB or grey JPEG/PNG, as a lossless RGB PNG.
+* `ManualBuilder`: the tfds builder base: ArrayRecord by default, the features every dataset
+  here has (`_manual_info`), the skip-corrupt bookkeeping
   (`info.metadata['skipped_corrupt']`), and a streaming ArrayRecord writer in place of tfds's.
   tfds 4.9.10 stages a split in memory and, past 1 GB, spills it through TensorFlow's file API,
   which this TF-free install lacks; the writer here writes shards as the examples come, in
   generation order or (`ORDER_BY_KEY`) in key order through a scratch file.
-* `prepare_dataset` and `prepared_builder`: the bodies of each module's `prepare` and loaders.
+* `prepare_dataset` and `prepared_builder`: the bodies of each module's `prepare` and loaders;
+  `configured_builder`, `prepare_config` and `prepared_config` the same for a builder whose two
+  configs one boolean argument picks (`ManualBuilder.CONFIG_FLAG`: `masks`, `train`).
 * `SplitView`, `holdout_per_class` and `spread_subset`: random-access views of part of a split,
   for the WSOL splits that the prepared data does not hold as such (see each module's
   `wsol_sources`).
@@ -18,21 +23,24 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import gzip
 import hashlib
+import io
 import itertools
 import logging
 import os
 import tarfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
+from PIL import Image
 from tensorflow_datasets.core import example_serializer
 from tqdm import tqdm
 
@@ -91,6 +99,15 @@ def incomplete_error(
     )
 
 
+def download_instructions(command: str, sources: Mapping[str, str], note: str) -> str:
+    """A builder's `MANUAL_DOWNLOAD_INSTRUCTIONS`: each input and its source, then `note`."""
+    return "\n".join(
+        [f"Place these, unchanged, in the manual directory ({command}):"]
+        + [f"  {name}: from {source}" for name, source in sources.items()]
+        + [note]
+    )
+
+
 def damaged_archive_error(
     path: Path, err: Exception, source: str, member: str = ""
 ) -> CorruptFileError:
@@ -120,15 +137,73 @@ def iter_tar(
         raise damaged_archive_error(path, err, source) from err
 
 
+@contextlib.contextmanager
+def _decoding(where: str) -> Iterator[None]:
+    """Turns Pillow's errors on a damaged or unknown image into a `CorruptFileError`."""
+    try:
+        yield
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise CorruptFileError(f"{where} cannot be decoded: {err}") from err
+
+
+def open_image(where: str, data: bytes) -> Image.Image:
+    """The image in `data`, fully decoded so that truncated or garbled files fail here.
+
+    Raises:
+      CorruptFileError: it does not decode; the message names it by `where`.
+    """
+    with _decoding(where):
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    return image
+
+
+def checked_image(where: str, data: bytes) -> tuple[bytes, int, int]:
+    """Decodes an image, named by `where`, to catch damage -> (bytes to store, height, width).
+
+    RGB and grey JPEGs and PNGs are stored as they are; anything else (CMYK JPEGs) as a
+    lossless PNG of Pillow's RGB conversion, which tfds decodes to 3 channels (its PIL fallback
+    would give a CMYK JPEG 4).
+
+    Raises:
+      CorruptFileError: it does not decode; the message names it by `where`.
+    """
+    with _decoding(where), Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        if image.format in ("JPEG", "MPO", "PNG") and image.mode in ("RGB", "L"):
+            # Decoding at 1/8 scale still reads every byte, more cheaply.
+            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+            image.load()
+            return data, height, width
+        log.info("%s is a %s %s; storing it as an RGB PNG.", where, image.mode, image.format)
+        rgb = image.convert("RGB")
+    return png_bytes(np.asarray(rgb)), height, width
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """Lossless PNG of (H, W) or (H, W, 3) uint8."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """tfds builder base of the hand-downloaded datasets.
 
     Subclasses generate `(key, example)` pairs as usual; `ORDER_BY_KEY` makes the records
     follow the keys (as tfds's writer does with `disable_shuffling`) rather than generation
-    order. `_skipping_corrupt` wraps the decoding of each input.
+    order. `_skipping_corrupt` wraps the decoding of each input, `_manual_info` builds `_info`.
+    For `configured_builder`, `prepare_config` and `prepared_config` a subclass also sets
+    `CONFIG_FLAG`, `PREPARE_COMMAND` and `PREPARE_INPUTS` and defines `check_inputs`.
     """
 
     ORDER_BY_KEY: ClassVar[bool] = False
+    # The boolean field that tells the two builder configs apart, which is also the keyword of
+    # the module's functions (`masks`, `train`).
+    CONFIG_FLAG: ClassVar[str] = ""
+    # For `prepared_config`'s error: the command that prepares the dataset, and its inputs.
+    PREPARE_COMMAND: ClassVar[str] = ""
+    PREPARE_INPUTS: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -142,6 +217,51 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(file_format=file_format, **kwargs)
         self._skip_corrupt = skip_corrupt
         self._progress = progress
+
+    def _manual_info(
+        self,
+        *,
+        description: str,
+        homepage: str,
+        citation: str,
+        num_classes: int | None = None,
+        features: Mapping[str, Any] | None = None,
+    ) -> tfds.core.DatasetInfo:
+        """The `_info` of a dataset here: the features they all have, then `features`.
+
+        `image` (bytes as stored, 3 channels on decode), `height` and `width` (int32), `label`
+        (`num_classes` classes, or None: as many as the names set when preparing), `image_id`
+        and `objects/bbox`. Records are read in the order they were written (generation order,
+        or key order with `ORDER_BY_KEY`); `metadata` holds `skipped_corrupt`.
+        """
+        return self.dataset_info_from_configs(
+            description=description,
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                    "height": np.int32,
+                    "width": np.int32,
+                    # Names found when preparing are stored with the dataset.
+                    "label": tfds.features.ClassLabel(num_classes=num_classes),
+                    "image_id": tfds.features.Text(),
+                    "objects": tfds.features.Sequence({"bbox": tfds.features.BBoxFeature()}),
+                    **(features or {}),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage=homepage,
+            # Records stay in the order the writer gives them (see `ORDER_BY_KEY`).
+            disable_shuffling=True,
+            metadata=tfds.core.MetadataDict(),
+            citation=citation,
+        )
+
+    def check_inputs(self, manual_dir: Path) -> None:
+        """Raises `MissingFilesError` if an input in `manual_dir` is missing (`prepare_config`).
+
+        Runs before tfds writes anything; a builder may keep what it reads to write from.
+        """
+        raise NotImplementedError
 
     def _skipping_corrupt(
         self,
@@ -307,6 +427,59 @@ def prepared_builder(
     raise FileNotFoundError(
         f"{builder.name} is not prepared in {builder.data_dir_root}. Prepare it with "
         f"`{command}{where}`, {inputs}"
+    )
+
+
+def configured_builder(
+    cls: type[B],
+    data_dir: str | None,
+    flag: bool,
+    *,
+    skip_corrupt: bool = False,
+    progress: bool = False,
+) -> B:
+    """The builder of the config of `cls` whose `CONFIG_FLAG` field is `flag`, in `data_dir`.
+
+    `data_dir` None is the tfds default.
+    """
+    (config,) = [c for c in cls.BUILDER_CONFIGS if getattr(c, cls.CONFIG_FLAG) == flag]
+    return cls(config=config.name, data_dir=data_dir, skip_corrupt=skip_corrupt, progress=progress)
+
+
+def prepare_config(
+    cls: type[B],
+    manual_dir: str | Path,
+    data_dir: str | None,
+    flag: bool,
+    *,
+    skip_corrupt: bool,
+    progress: bool,
+) -> B:
+    """`prepare_dataset` of `configured_builder(cls, data_dir, flag, ...)`; see `check_inputs`."""
+    directory = Path(manual_dir)
+    return prepare_dataset(
+        lambda: configured_builder(
+            cls, data_dir, flag, skip_corrupt=skip_corrupt, progress=progress
+        ),
+        directory,
+        lambda builder: builder.check_inputs(directory),
+    )
+
+
+def prepared_config(cls: type[B], data_dir: str | None, flag: bool | None) -> B:
+    """`prepared_builder` of config `flag` of `cls`; None: flag True if it is prepared, else False.
+
+    Raises:
+      FileNotFoundError: not prepared; the message gives `cls.PREPARE_COMMAND`.
+    """
+    return prepared_builder(
+        (
+            configured_builder(cls, data_dir, f)
+            for f in ((True, False) if flag is None else (flag,))
+        ),
+        data_dir,
+        cls.PREPARE_COMMAND,
+        cls.PREPARE_INPUTS,
     )
 
 

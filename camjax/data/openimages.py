@@ -86,7 +86,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import logging
 import zipfile
 import zlib
@@ -97,7 +96,6 @@ from typing import Any
 import cv2
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from camjax.data import manual
 from camjax.data.manual import CorruptFileError
@@ -128,7 +126,6 @@ SOURCES = {
 }
 _ARCHIVES = (IMAGES_ARCHIVE, MASKS_ARCHIVE, EVAL_ARCHIVE)  # lookup preference
 _REQUIRED_METADATA = (wsol_io.IMAGE_IDS, wsol_io.CLASS_LABELS, wsol_io.LOCALIZATION)
-_PREPARE_COMMAND = "python -m camjax.data.prepare openimages --manual_dir DIR"
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +184,17 @@ class OpenImages30kWsol(manual.ManualBuilder):
             name="evaluation", description="Splits validation and test only.", train=False
         ),
     ]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = "\n".join(
-        [f"Place these, unchanged, in the manual directory ({_PREPARE_COMMAND}):"]
-        + [f"  {name}: from {source}" for name, source in SOURCES.items()]
-        + [
-            f"{IMAGES_ARCHIVE} is needed for the `full` config; {EVAL_ARCHIVE} can replace it "
-            f"and {MASKS_ARCHIVE} for the `evaluation` config."
-        ]
+    CONFIG_FLAG = "train"
+    PREPARE_COMMAND = "python -m camjax.data.prepare openimages --manual_dir DIR"
+    PREPARE_INPUTS = (
+        f"DIR holding {IMAGES_ARCHIVE} (or {EVAL_ARCHIVE} for validation and test only), "
+        f"{MASKS_ARCHIVE} and {METADATA_DIR} of {_REPO}."
+    )
+    MANUAL_DOWNLOAD_INSTRUCTIONS = manual.download_instructions(
+        PREPARE_COMMAND,
+        SOURCES,
+        f"{IMAGES_ARCHIVE} is needed for the `full` config; {EVAL_ARCHIVE} can replace it and "
+        f"{MASKS_ARCHIVE} for the `evaluation` config.",
     )
 
     def __init__(self, **kwargs: Any):
@@ -207,29 +208,18 @@ class OpenImages30kWsol(manual.ManualBuilder):
             self._plans[key] = _make_plan(Path(manual_dir), train=self.builder_config.train)
         return self._plans[key]
 
+    def check_inputs(self, manual_dir: Path) -> None:
+        # The plan is kept, and written from.
+        self.plan(manual_dir)
+
     def _info(self) -> tfds.core.DatasetInfo:
+        # Label names (the class folders) come from the metadata when preparing.
         mask = tfds.features.Image(shape=(None, None, 1), encoding_format="png")
-        return self.dataset_info_from_configs(
+        return self._manual_info(
             description=_DESCRIPTION,
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                    "height": np.int32,
-                    "width": np.int32,
-                    # Names (the class folders) come from the metadata when preparing.
-                    "label": tfds.features.ClassLabel(),
-                    "image_id": tfds.features.Text(),
-                    "objects": tfds.features.Sequence({"bbox": tfds.features.BBoxFeature()}),
-                    "mask": mask,
-                    "ignore_mask": mask,
-                }
-            ),
-            supervised_keys=("image", "label"),
             homepage=_REPO,
-            # Records are written in generation (image_ids.txt) order.
-            disable_shuffling=True,
-            metadata=tfds.core.MetadataDict(),
             citation=_CITATION,
+            features={"mask": mask, "ignore_mask": mask},
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
@@ -269,11 +259,8 @@ def get_builder(
     progress: bool = False,
 ) -> OpenImages30kWsol:
     """The builder of config `full` (train) or `evaluation` in `data_dir` (None: tfds default)."""
-    return OpenImages30kWsol(
-        config="full" if train else "evaluation",
-        data_dir=data_dir,
-        skip_corrupt=skip_corrupt,
-        progress=progress,
+    return manual.configured_builder(
+        OpenImages30kWsol, data_dir, train, skip_corrupt=skip_corrupt, progress=progress
     )
 
 
@@ -299,14 +286,10 @@ def prepare(
     Returns:
       The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped image ids.
     """
-    directory = Path(manual_dir)
     if train is None:
-        train = get_builder(data_dir).is_prepared() or (directory / IMAGES_ARCHIVE).is_file()
-    return manual.prepare_dataset(
-        lambda: get_builder(data_dir, train=train, skip_corrupt=skip_corrupt, progress=progress),
-        directory,
-        # The plan is kept by the builder, which then writes from it.
-        lambda builder: builder.plan(directory),
+        train = get_builder(data_dir).is_prepared() or (Path(manual_dir) / IMAGES_ARCHIVE).is_file()
+    return manual.prepare_config(
+        OpenImages30kWsol, manual_dir, data_dir, train, skip_corrupt=skip_corrupt, progress=progress
     )
 
 
@@ -327,7 +310,7 @@ def load_data_sources(data_dir: str | None = None, *, train: bool | None = None)
     Raises:
       FileNotFoundError: not prepared; the message gives the command that prepares it.
     """
-    return dict(_prepared(data_dir, train).as_data_source())
+    return dict(manual.prepared_config(OpenImages30kWsol, data_dir, train).as_data_source())
 
 
 def wsol_sources(
@@ -349,16 +332,6 @@ def wsol_sources(
             f"does not apply (got {validation_per_class})."
         )
     return load_data_sources(data_dir, train=train)
-
-
-def _prepared(data_dir: str | None, train: bool | None) -> OpenImages30kWsol:
-    return manual.prepared_builder(
-        (get_builder(data_dir, train=t) for t in ((True, False) if train is None else (train,))),
-        data_dir,
-        _PREPARE_COMMAND,
-        f"DIR holding {IMAGES_ARCHIVE} (or {EVAL_ARCHIVE} for validation and test only), "
-        f"{MASKS_ARCHIVE} and {METADATA_DIR} of {_REPO}.",
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,10 +452,8 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as err:
-        raise CorruptFileError(
-            f"Cannot read {path} ({err}): the archive is damaged or truncated; download it "
-            f"again from {SOURCES.get(path.name, 'its source')}."
-        ) from err
+        source = SOURCES.get(path.name, "its source")
+        raise manual.damaged_archive_error(path, err, source) from err
 
 
 def _zip_index(path: Path) -> dict[str, str]:
@@ -536,7 +507,7 @@ def _raise_missing_members(missing: dict[str, list[str]], archives: dict[str, Pa
 def _encode_example(item: _Item, read: Callable[[str], tuple[str, bytes]]) -> dict[str, Any]:
     """Reads, checks and converts one image and its masks to the builder's features."""
     where, data = read(item.image_id)
-    stored, height, width = _checked_image(where, data)
+    stored, height, width = manual.checked_image(where, data)
     if item.masks:
         grey = [_grey(*read(m)) for m in item.masks]
         ignore = _grey(*read(item.ignore))
@@ -551,8 +522,8 @@ def _encode_example(item: _Item, read: Callable[[str], tuple[str, bytes]]) -> di
         "label": item.label,
         "image_id": item.image_id,
         "objects": {"bbox": np.zeros((0, 4), np.float32)},
-        "mask": _png_bytes(mask.astype(np.uint8) * 255),
-        "ignore_mask": _png_bytes(ignored.astype(np.uint8) * 255),
+        "mask": manual.png_bytes(mask.astype(np.uint8) * 255),
+        "ignore_mask": manual.png_bytes(ignored.astype(np.uint8) * 255),
     }
 
 
@@ -597,31 +568,3 @@ def _grey(where: str, data: bytes) -> np.ndarray:
     if grey is None:
         raise CorruptFileError(f"{where} cannot be decoded as an image.")
     return grey
-
-
-def _checked_image(where: str, data: bytes) -> tuple[bytes, int, int]:
-    """Decodes an image, named by `where`, to catch damage -> (bytes to store, height, width).
-
-    RGB and grey JPEGs and PNGs are stored as they are; anything else as a lossless PNG of
-    Pillow's RGB conversion, which tfds decodes to 3 channels.
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if image.format in ("JPEG", "MPO", "PNG") and image.mode in ("RGB", "L"):
-                # Decoding at 1/8 scale still reads every byte, more cheaply.
-                image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-                image.load()
-                return data, height, width
-            log.info("%s is a %s %s; storing it as an RGB PNG.", where, image.mode, image.format)
-            rgb = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise CorruptFileError(f"{where} cannot be decoded: {err}") from err
-    return _png_bytes(np.asarray(rgb)), height, width
-
-
-def _png_bytes(array: np.ndarray) -> bytes:
-    """Lossless PNG of (H, W) or (H, W, 3) uint8."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()

@@ -8,7 +8,6 @@ five metadata tables, `segmentations.tgz` with grey PNGs), with members in an or
 import hashlib
 import io
 import logging
-import socket
 import subprocess
 import sys
 import tarfile
@@ -25,6 +24,9 @@ from tensorflow_datasets.core import shuffle as tfds_shuffle
 import camjax.data
 from camjax import evaluation
 from camjax.data import cub, manual, pipeline, prepare
+
+# Preparing and reading must never open a connection.
+pytestmark = pytest.mark.usefixtures("no_network")
 
 _NAMED = {1: "Black_footed_Albatross", 2: "Laysan_Albatross", 200: "Common_Yellowthroat"}
 CLASSES = [f"{i:03d}.{_NAMED.get(i, f'Bird_{i:03d}')}" for i in range(1, 201)]
@@ -119,19 +121,6 @@ def write_archives(directory: Path, *, drop=(), replace=None, segmentations: boo
             directory / cub.SEGMENTATIONS_ARCHIVE, {k: v for k, v in masks.items() if k not in drop}
         )
     return directory
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_network():
-    """Preparing and reading must never open a connection."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(socket.socket, "connect", refuse)
-        patch.setattr(socket, "create_connection", refuse)
-        yield
 
 
 @pytest.fixture(scope="module")

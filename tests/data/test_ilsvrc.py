@@ -15,6 +15,9 @@ from tensorflow_datasets.core import shuffle as tfds_shuffle
 import camjax.data
 from camjax.data import ilsvrc, manual, pipeline
 
+# Preparing and reading must never open a connection.
+pytestmark = pytest.mark.usefixtures("no_network")
+
 # Listed unsorted on purpose: class indices follow the sorted synsets.
 SYNSETS = ["n02105855", "n01440764", "n01443537"]
 CLASSES = sorted(SYNSETS)

@@ -1,5 +1,7 @@
-"""Tests for `camjax.data.manual`: the writer (on a toy builder), the split views, the errors."""
+"""Tests for `camjax.data.manual`: the writer and configs (on toy builders), the split views,
+the image checks, the errors."""
 
+import dataclasses
 import hashlib
 import io
 import sys
@@ -10,6 +12,7 @@ import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from camjax.data import manual
@@ -55,6 +58,25 @@ class _Toy(manual.ManualBuilder, skip_registration=True):
 class _Sorted(_Toy, skip_registration=True):
     name = "manual_toy_sorted"
     ORDER_BY_KEY = True
+
+
+@dataclasses.dataclass(eq=False)
+class _FlagConfig(tfds.core.BuilderConfig):
+    big: bool = True
+
+
+class _Configured(_Toy, skip_registration=True):
+    """Two configs told apart by `big`; preparing needs `toy.txt` in the manual directory."""
+
+    name = "manual_toy_configured"
+    BUILDER_CONFIGS = [_FlagConfig(name="small", big=False), _FlagConfig(name="big")]
+    CONFIG_FLAG = "big"
+    PREPARE_COMMAND = "prepare-toy"
+    PREPARE_INPUTS = "DIR holding toy.txt."
+
+    def check_inputs(self, manual_dir: Path) -> None:
+        if not (manual_dir / "toy.txt").is_file():
+            raise manual.MissingFilesError("toy.txt is missing", ["toy.txt"])
 
 
 def _prepare(cls, data_dir: Path, **kwargs) -> manual.ManualBuilder:
@@ -109,6 +131,62 @@ def test_duplicate_keys_are_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "KEYS", [1, 2, 1])
     with pytest.raises(ValueError, match="key 1"):
         _prepare(_Sorted, tmp_path)
+
+
+def test_configs_picked_by_one_flag(tmp_path):
+    data_dir = str(tmp_path / "tfds")
+    with pytest.raises(FileNotFoundError) as err:
+        manual.prepared_config(_Configured, data_dir, None)
+    assert f"`prepare-toy --data_dir {data_dir}`, DIR holding toy.txt." in str(err.value)
+
+    def prepare(flag: bool) -> manual.ManualBuilder:
+        return manual.prepare_config(
+            _Configured, tmp_path, data_dir, flag, skip_corrupt=True, progress=False
+        )
+
+    # The inputs are checked before anything is written.
+    with pytest.raises(manual.MissingFilesError, match="toy.txt is missing"):
+        prepare(False)
+    assert not manual.configured_builder(_Configured, data_dir, False).is_prepared()
+    (tmp_path / "toy.txt").touch()
+    assert prepare(False).builder_config.name == "small"
+    # None takes the True config when prepared, else the False one.
+    assert manual.prepared_config(_Configured, data_dir, None).builder_config.name == "small"
+    with pytest.raises(FileNotFoundError, match="manual_toy_configured is not prepared"):
+        manual.prepared_config(_Configured, data_dir, True)
+    assert prepare(True).builder_config.name == "big"
+    assert manual.prepared_config(_Configured, data_dir, None).builder_config.name == "big"
+    assert manual.prepared_config(_Configured, data_dir, False).builder_config.name == "small"
+
+
+def _encoded(image: Image.Image, kind: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind)
+    return buffer.getvalue()
+
+
+def test_checked_image_keeps_rgb_and_grey_and_converts_the_rest_to_png():
+    rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 13, 3), np.uint8))
+    for mode, kind in (("RGB", "JPEG"), ("L", "JPEG"), ("RGB", "PNG"), ("L", "PNG")):
+        data = _encoded(rgb.convert(mode), kind)
+        assert manual.checked_image("x", data) == (data, 9, 13)
+    for mode, kind in (("CMYK", "JPEG"), ("RGBA", "PNG"), ("P", "PNG")):
+        data = _encoded(rgb.convert(mode), kind)
+        stored, height, width = manual.checked_image("x", data)
+        with Image.open(io.BytesIO(stored)) as image:
+            assert (image.format, image.mode, height, width) == ("PNG", "RGB", 9, 13)
+            expected = Image.open(io.BytesIO(data)).convert("RGB")
+            np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
+
+
+def test_damaged_images_are_named():
+    jpeg = _encoded(Image.new("RGB", (40, 30), "red"), "JPEG")
+    for data in (jpeg[: len(jpeg) // 2], b"not an image"):
+        with pytest.raises(manual.CorruptFileError, match=r"a/b\.jpg \(in c\.tar\) cannot be"):
+            manual.checked_image("a/b.jpg (in c.tar)", data)
+        with pytest.raises(manual.CorruptFileError, match="a/b.jpg cannot be decoded"):
+            manual.open_image("a/b.jpg", data)
+    assert manual.open_image("x", jpeg).size == (40, 30)
 
 
 def test_holdout_per_class_partitions_a_split(tmp_path):
