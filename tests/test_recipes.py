@@ -75,3 +75,22 @@ def test_cam_paper_configs_run_a_full_size_step_on_ilsvrc(module, data_dir, tmp_
     results = evaluation.run_evaluation(config, str(tmp_path))
     assert results["wsol"]["protocol"]["eval_size"] == 224
     assert results["wsol"]["test"]["num_images"] > 0
+
+
+def test_pod_config_scales_a_recipe_by_the_linear_rule():
+    from configs import pod
+
+    base = cam_resnet50_ilsvrc.get_config()
+    config = pod.get_config("cam_resnet50_ilsvrc,1024")
+    scale = 1024 / base.data.batch_size
+    assert config.data.batch_size == config.eval.batch_size == 1024
+    assert config.optim.learning_rate == pytest.approx(base.optim.learning_rate * scale)
+    # Epochs are the recipe's: steps and decay steps shrink by the batch factor.
+    assert config.train.num_steps == round(base.train.num_steps / scale)
+    assert config.optim.decay_steps == round(base.optim.decay_steps / scale)
+    assert config.optim.warmup_steps == config.train.num_steps // 20 > 0
+    assert config.model.dtype == "bfloat16" and config.data.num_threads == 16
+    tiny = pod.get_config("cam_vgg16_cub:tiny,16")
+    assert tiny.model.name == "vgg16_gap_tiny" and tiny.data.batch_size == 16
+    with pytest.raises(ValueError, match="<recipe>,<global batch>"):
+        pod.get_config("cam_vgg16_cub")
