@@ -40,7 +40,9 @@ from camjax.localization.metrics import (
 
 # MaxBoxAcc (the CVPR version's box metric) and top-1 loc: IoU >= 0.5, largest contour's box.
 V1_IOU = 50
-_WSOL_KEYS = frozenset({"enabled", "threshold_step", "iou_thresholds", "eval_size", "pxap"})
+_WSOL_KEYS = frozenset(
+    {"enabled", "threshold_step", "iou_thresholds", "eval_size", "pxap", "boxes"}
+)
 
 
 def threshold_grid(step: float) -> np.ndarray:
@@ -60,7 +62,8 @@ class WsolProtocol:
 
     thresholds: (T,) float64 CAM thresholds ``np.arange(0, 1, threshold_step)``, the reference's
     grid; iou_thresholds: MaxBoxAccV2's IoU thresholds in percent; eval_size: side of the score
-    maps, GT boxes and masks; fixed_threshold: `config.eval.fixed_threshold`.
+    maps, GT boxes and masks; fixed_threshold: `config.eval.fixed_threshold`; pxap, boxes: which
+    metrics (box metrics need GT boxes, PxAP GT masks).
     """
 
     thresholds: np.ndarray
@@ -69,6 +72,7 @@ class WsolProtocol:
     eval_size: int
     fixed_threshold: float
     pxap: bool
+    boxes: bool
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +82,7 @@ class WsolProtocol:
             "eval_size": self.eval_size,
             "fixed_threshold": self.fixed_threshold,
             "pxap": self.pxap,
+            "boxes": self.boxes,
         }
 
 
@@ -140,8 +145,14 @@ def wsol_protocol(config: ml_collections.ConfigDict) -> WsolProtocol | None:
             f"config.eval.fixed_threshold must be a CAM threshold in [0, 1] (the CAM paper's 0.2); "
             f"got {fixed!r}."
         )
-    if not isinstance(w.pxap, bool):
-        raise ValueError(f"config.eval.wsol.pxap must be True or False; got {w.pxap!r}.")
+    for key in ("pxap", "boxes"):
+        if not isinstance(w[key], bool):
+            raise ValueError(f"config.eval.wsol.{key} must be True or False; got {w[key]!r}.")
+    if not (w.pxap or w.boxes):
+        raise ValueError(
+            "config.eval.wsol.pxap and .boxes are both False: no WSOL metric is left; set "
+            "config.eval.wsol.enabled = False instead."
+        )
     return WsolProtocol(
         thresholds=wsol.default_thresholds(float(step)),
         threshold_step=float(step),
@@ -149,6 +160,7 @@ def wsol_protocol(config: ml_collections.ConfigDict) -> WsolProtocol | None:
         eval_size=int(size) or config.data.image_size,
         fixed_threshold=float(fixed),
         pxap=w.pxap,
+        boxes=w.boxes,
     )
 
 
@@ -269,41 +281,50 @@ class WsolCounts:
     v1: images whose largest contour's box has IoU >= 0.5 (MaxBoxAcc), v2: whose best box of
     all contours reaches each IoU threshold (MaxBoxAccV2), both at every grid threshold plus
     the fixed one (last column); top1_loc: as v1 but counting only images whose top-1 class is
-    right, at the `operating` thresholds; pxap: score histograms of GT fg/bg pixels.
+    right, at the `operating` thresholds (all three None without box metrics); pxap: score
+    histograms of GT fg/bg pixels (None without PxAP).
     """
 
     protocol: WsolProtocol
     operating: tuple[float, ...]
-    v1: wsol.WsolBoxAccumulator
-    v2: wsol.WsolBoxAccumulator
-    top1_loc: wsol.WsolBoxAccumulator
+    v1: wsol.WsolBoxAccumulator | None
+    v2: wsol.WsolBoxAccumulator | None
+    top1_loc: wsol.WsolBoxAccumulator | None
     pxap: wsol.PxAPAccumulator | None
+    num_images: int = 0
 
     @classmethod
     def create(cls, protocol: WsolProtocol, operating: Sequence[float]) -> "WsolCounts":
         curve = np.append(protocol.thresholds, protocol.fixed_threshold)
+        b = protocol.boxes
         return cls(
             protocol,
             tuple(float(t) for t in operating),
-            wsol.WsolBoxAccumulator(curve, (V1_IOU,)),
-            wsol.WsolBoxAccumulator(curve, protocol.iou_thresholds),
-            wsol.WsolBoxAccumulator(np.asarray(operating, np.float64), (V1_IOU,)),
+            wsol.WsolBoxAccumulator(curve, (V1_IOU,)) if b else None,
+            wsol.WsolBoxAccumulator(curve, protocol.iou_thresholds) if b else None,
+            wsol.WsolBoxAccumulator(np.asarray(operating, np.float64), (V1_IOU,)) if b else None,
             wsol.PxAPAccumulator(protocol.thresholds) if protocol.pxap else None,
         )
 
     def update(
         self,
-        quantized: np.ndarray,
-        gt_boxes: np.ndarray,
-        num_gt: np.ndarray,
+        quantized: np.ndarray | None,
+        gt_boxes: np.ndarray | None,
+        num_gt: np.ndarray | None,
         valid: np.ndarray,
         top1_correct: np.ndarray,
         pxap_histograms: jax.Array | None = None,
     ) -> None:
         """Adds one batch of this host: quantized (B, E, E) uint8 score maps, gt_boxes (B, M, 4)
-        int32 inclusive at E (`protocol_boxes`), num_gt (B,), valid (B,) bool, top1_correct
-        (B,) bool; pxap_histograms (2, T + 2) of the whole batch when PxAP is on."""
+        int32 inclusive at E (`protocol_boxes`), num_gt (B,) (those three unused without box
+        metrics), valid (B,) bool, top1_correct (B,) bool; pxap_histograms (2, T + 2) of the
+        whole batch when PxAP is on."""
         n = int(np.sum(valid))
+        self.num_images += n
+        if self.pxap is not None:
+            self.pxap.update(pxap_histograms)
+        if self.v1 is None:
+            return
         counts = wsol.box_correct_counts
         args = (quantized, gt_boxes, num_gt)
         curve = self.v1.thresholds
@@ -314,12 +335,13 @@ class WsolCounts:
         right = valid & top1_correct
         ops = self.top1_loc.thresholds
         self.top1_loc.update(counts(*args, ops, (V1_IOU,), multi_contour=False, valid=right), n)
-        if self.pxap is not None:
-            self.pxap.update(pxap_histograms)
 
     def sum_over_hosts(self) -> None:
         """Adds the other hosts' box counts (the PxAP histograms are global already)."""
+        self.num_images = int(_sum_over_hosts(np.asarray(self.num_images)))
         for acc in (self.v1, self.v2, self.top1_loc):
+            if acc is None:
+                continue
             acc.counts = _sum_over_hosts(acc.counts)
             acc.num_images = int(_sum_over_hosts(np.asarray(acc.num_images)))
 
@@ -333,6 +355,8 @@ class WsolCounts:
 
         The reference reports only the maxima; on ties the lowest threshold is taken here.
         """
+        if self.v1 is None:
+            raise ValueError("no box metrics were counted (config.eval.wsol.boxes is False).")
         v1, v2 = self._curves()
         return int(np.argmax(v1)), np.argmax(v2, axis=1)
 
@@ -343,6 +367,9 @@ class WsolCounts:
 
     def summary(self, val: "WsolCounts | None" = None) -> dict[str, Any]:
         """Metrics in percent (see README); with `val`, also at the thresholds it chose."""
+        pxap = None if self.pxap is None else self.pxap.pxap()
+        if self.v1 is None:
+            return {"num_images": self.num_images, "pxap": pxap}
         grid = self.protocol.thresholds
         ious = [str(d) for d in self.protocol.iou_thresholds]
         v1, v2 = self._curves()
@@ -363,7 +390,7 @@ class WsolCounts:
                 "box_acc_v2_per_iou": dict(zip(ious, map(float, fixed_v2), strict=True)),
                 "top1_loc": self._top1_loc_at(self.protocol.fixed_threshold),
             },
-            "pxap": None if self.pxap is None else self.pxap.pxap(),
+            "pxap": pxap,
         }
         if val is not None:
             j1, j2 = val.best_indices()
@@ -542,12 +569,19 @@ class Evaluator:
         image_size = self.config.data.image_size
         for host_batch, out in self.wsol_outputs(variables, source, max_images):
             loc.update(out["loc"])
+            boxes = (
+                (
+                    host_rows(out["quantized"]),
+                    protocol_boxes(
+                        host_batch["boxes"], image_size, p.eval_size, host_batch["original_size"]
+                    ),
+                    np.asarray(host_batch["num_boxes"]),
+                )
+                if p.boxes
+                else (None, None, None)
+            )
             counts.update(
-                host_rows(out["quantized"]),
-                protocol_boxes(
-                    host_batch["boxes"], image_size, p.eval_size, host_batch["original_size"]
-                ),
-                np.asarray(host_batch["num_boxes"]),
+                *boxes,
                 np.asarray(host_batch["valid"], bool),
                 host_rows(out["top1_correct"]),
                 out.get("pxap"),
@@ -586,7 +620,9 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         test = evaluator.evaluate(variables, test_source, max_images)
     else:
         val, val_wsol = evaluator.evaluate_wsol(variables, val_source, max_images)
-        chosen_v1 = float(protocol.thresholds[val_wsol.best_indices()[0]])
+        chosen_v1 = (
+            float(protocol.thresholds[val_wsol.best_indices()[0]]) if protocol.boxes else None
+        )
         test, test_wsol = evaluator.evaluate_wsol(variables, test_source, max_images, chosen_v1)
     chosen = val.best_threshold()
     k = evaluator.top_k
@@ -705,6 +741,13 @@ def print_report(results: dict[str, Any]) -> None:
 
 def _print_wsol(w: dict[str, Any]) -> None:
     p, val, test = w["protocol"], w["val"], w["test"]
+    if not p["boxes"]:
+        print(
+            f"\nWSOL protocol (Choe et al., CVPR 2020), masks only: GT-class CAM, bicubic to "
+            f"{p['eval_size']}^2, {p['num_thresholds']} thresholds; PxAP val {val['pxap']:.2f}% "
+            f"({val['num_images']} images), test {test['pxap']:.2f}% ({test['num_images']})"
+        )
+        return
     at_val, at_fixed = test["at_val_thresholds"], test["at_fixed_threshold"]
     print(
         f"\nWSOL protocol (Choe et al., CVPR 2020): GT-class CAM, bicubic to {p['eval_size']}^2, "

@@ -90,4 +90,5 @@ def get_config() -> ml_collections.ConfigDict:
     wsol.iou_thresholds = (30, 50, 70)  # MaxBoxAccV2's IoU thresholds, percent
     wsol.eval_size = 0  # side of the score maps; 0 = data.image_size (the reference: its input)
     wsol.pxap = True  # pixel AP from GT masks (wsol_shapes has masks; False for box-only data)
+    wsol.boxes = True  # MaxBoxAcc(V2), BoxAcc, top-1 loc; False for mask-only data (OpenImages)
     return config

@@ -71,6 +71,7 @@ def test_run_evaluation_reports_the_wsol_protocol(evaluated, capsys):
         "eval_size": 64,
         "fixed_threshold": 0.2,
         "pxap": True,
+        "boxes": True,
     }
     val, test = w["val"], w["test"]
     assert val["num_images"] == config.data.num_validation
@@ -390,3 +391,10 @@ def test_exported_scoremaps_give_the_reference_the_same_counts(trained, tmp_path
         ref.box_correct_counts(list(maps), gts, curve, (50,), multi_contour_eval=False),
         counts.v1.counts,
     )
+
+
+def test_wsol_config_without_any_metric_is_an_error():
+    config = tiny.get_config()
+    config.eval.wsol.pxap = config.eval.wsol.boxes = False
+    with pytest.raises(ValueError, match="no WSOL metric is left"):
+        evaluation.wsol_protocol(config)

@@ -94,3 +94,52 @@ def test_pod_config_scales_a_recipe_by_the_linear_rule():
     assert tiny.model.name == "vgg16_gap_tiny" and tiny.data.batch_size == 16
     with pytest.raises(ValueError, match="<recipe>,<global batch>"):
         pod.get_config("cam_vgg16_cub")
+
+
+@pytest.mark.slow
+def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
+    """OpenImages30k (masks with ignore regions, no boxes): train a tiny model, evaluate with
+    config.eval.wsol.boxes = False, and get the reference's PxAP on the evaluator's own maps."""
+    import numpy as np
+
+    from camjax import experiment
+    from camjax.data import openimages
+    from configs import tiny
+    from tests.data.test_openimages import write_manual_dir as write_openimages
+    from tests.localization import wsol_reference as ref
+
+    data_dir = str(tmp_path / "tfds")
+    openimages.prepare(str(write_openimages(tmp_path / "manual")), data_dir, progress=False)
+    config = tiny.get_config()
+    config.data.name = "openimages30k_wsol"
+    config.data.data_dir = data_dir
+    config.data.num_train = config.data.num_validation = config.data.num_test = 0
+    config.data.batch_size = config.eval.batch_size = 8
+    config.model.num_classes = 100
+    config.train.num_steps = 2
+    config.eval.wsol.boxes = False
+    workdir = str(tmp_path / "run")
+    loop.train_and_evaluate(config, workdir)
+    results = evaluation.run_evaluation(config, workdir)
+    wsol = results["wsol"]
+    assert wsol["protocol"]["boxes"] is False
+    assert set(wsol["test"]) == {"num_images", "pxap"}
+
+    model, mesh = experiment.build_model(config), experiment.make_mesh()
+    variables = evaluation.restore_variables(config, model, mesh, workdir)
+    variables.pop("step")
+    protocol = evaluation.wsol_protocol(config)
+    evaluator = evaluation.Evaluator(config, model, mesh, protocol)
+    source = experiment.data_sources(config)["test"]
+    maps = []
+    for host_batch, scoremaps in evaluator.scoremap_outputs(variables, source):
+        maps.append(np.asarray(scoremaps)[np.asarray(host_batch["valid"])])
+    maps = np.concatenate(maps)
+    masks = [
+        evaluation.protocol_mask(source[i]["mask"], 64, source[i]["ignore_mask"])
+        for i in range(len(source))
+    ]
+    assert any((m == 255).any() for m in masks)  # the fixture has ignored pixels
+    true_hist, false_hist = ref.pxap_histograms(maps, masks, protocol.thresholds)
+    assert wsol["test"]["pxap"] == pytest.approx(ref.pxap(true_hist, false_hist), rel=1e-12)
+    assert wsol["test"]["num_images"] == len(source)
