@@ -303,7 +303,7 @@ def test_train_masks_ignore_everything(full):
 def test_masked_eval_preprocess_reads_the_examples(full):
     _, sources = full
     cfg = pipeline.PreprocessConfig(image_size=32, resize_size=36)
-    row = evaluation._MaskedEvalPreprocess(cfg, EVAL_SIZE).map(sources["validation"][0])
+    row = evaluation.MaskedEvalPreprocess(cfg, EVAL_SIZE).map(sources["validation"][0])
     assert row["image"].shape == (32, 32, 3) and row["num_boxes"] == 0
     assert row["mask"].shape == (EVAL_SIZE, EVAL_SIZE)
     assert openimages.wsol_sources(full[0].data_dir_root).keys() == sources.keys()

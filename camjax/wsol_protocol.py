@@ -1,0 +1,428 @@
+"""The WSOL protocol of Choe et al. (CVPR 2020) as `evaluate.py` applies it to a split.
+
+Settings (`config.eval.wsol` -> `WsolProtocol`), the reference evaluator's conventions for GT
+boxes (`protocol_boxes`, from original-pixel inclusive boxes with its `resize_bbox`
+arithmetic) and masks (`protocol_mask`, nearest-neighbour resize, 255 = ignored), the split's
+integer counts and their metrics (`WsolCounts`: MaxBoxAcc, MaxBoxAccV2, BoxAcc at fixed and
+validation-chosen thresholds, top-1 loc, PxAP), and their table on stdout. The arrays come
+from `camjax.evaluation.Evaluator`; the counting itself is `camjax.localization.wsol`.
+"""
+
+import dataclasses
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from camjax.data import pipeline
+from camjax.localization import wsol, wsol_io
+
+# MaxBoxAcc (the CVPR version's box metric) and top-1 loc: IoU >= 0.5, largest contour's box.
+V1_IOU = 50
+_WSOL_KEYS = frozenset(
+    {"enabled", "threshold_step", "iou_thresholds", "eval_size", "pxap", "boxes"}
+)
+
+
+# --------------------------------------------------------------------------------------------
+# The WSOL protocol: settings and its conventions for GT boxes and masks.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class WsolProtocol:
+    """`config.eval.wsol` checked and resolved (see `wsol_protocol`).
+
+    thresholds: (T,) float64 CAM thresholds ``np.arange(0, 1, threshold_step)``, the reference's
+    grid; iou_thresholds: MaxBoxAccV2's IoU thresholds in percent; eval_size: side of the score
+    maps, GT boxes and masks; fixed_threshold: `config.eval.fixed_threshold`; pxap, boxes: which
+    metrics (box metrics need GT boxes, PxAP GT masks).
+    """
+
+    thresholds: np.ndarray
+    threshold_step: float
+    iou_thresholds: tuple[int, ...]
+    eval_size: int
+    fixed_threshold: float
+    pxap: bool
+    boxes: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold_step": self.threshold_step,
+            "num_thresholds": len(self.thresholds),
+            "iou_thresholds": list(self.iou_thresholds),
+            "eval_size": self.eval_size,
+            "fixed_threshold": self.fixed_threshold,
+            "pxap": self.pxap,
+            "boxes": self.boxes,
+        }
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def wsol_protocol(config: ml_collections.ConfigDict) -> WsolProtocol | None:
+    """Checks `config.eval.wsol` and `config.eval.fixed_threshold`; None when WSOL is disabled.
+
+    Raises ValueError naming the config key at fault and how to fix it.
+    """
+    ev = config.eval
+    if "wsol" not in ev:
+        raise ValueError(
+            "config.eval.wsol is missing; add the section as in configs/default.py (or set "
+            "config.eval.wsol.enabled = False there to skip the WSOL protocol)."
+        )
+    w = ev.wsol
+    keys = set(w.keys())
+    if keys != _WSOL_KEYS:
+        raise ValueError(
+            f"config.eval.wsol has unknown keys {sorted(keys - _WSOL_KEYS)} and lacks "
+            f"{sorted(_WSOL_KEYS - keys)}; its keys are {sorted(_WSOL_KEYS)} (configs/default.py)."
+        )
+    if not isinstance(w.enabled, bool):
+        raise ValueError(f"config.eval.wsol.enabled must be True or False; got {w.enabled!r}.")
+    if not w.enabled:
+        return None
+    step = w.threshold_step
+    # Score maps have 256 levels: finer steps only grow the PxAP histograms and level tables.
+    if not _is_number(step) or not 1e-4 <= step < 1:
+        raise ValueError(
+            "config.eval.wsol.threshold_step must be a number in [0.0001, 1): the CAM threshold "
+            f"grid is np.arange(0, 1, step), the reference's cam_curve_interval (0.001); got "
+            f"{step!r}."
+        )
+    ious = w.iou_thresholds
+    if (
+        not isinstance(ious, tuple | list)
+        or not ious
+        or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in ious)
+        or not all(0 < d <= 100 for d in ious)
+        or len(set(ious)) != len(ious)
+    ):
+        raise ValueError(
+            "config.eval.wsol.iou_thresholds must be distinct integer percentages in (0, 100], "
+            f"e.g. (30, 50, 70) as the reference (IoU >= 0.5 is 50); got {ious!r}."
+        )
+    size = w.eval_size
+    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 0:
+        raise ValueError(
+            "config.eval.wsol.eval_size must be an integer >= 0, the side of the score maps; "
+            "0 means config.data.image_size (the reference scores maps at its input size); "
+            f"got {size!r}."
+        )
+    fixed = ev.fixed_threshold
+    if not _is_number(fixed) or not 0 <= fixed <= 1:
+        raise ValueError(
+            f"config.eval.fixed_threshold must be a CAM threshold in [0, 1] (the CAM paper's 0.2); "
+            f"got {fixed!r}."
+        )
+    for key in ("pxap", "boxes"):
+        if not isinstance(w[key], bool):
+            raise ValueError(f"config.eval.wsol.{key} must be True or False; got {w[key]!r}.")
+    if not (w.pxap or w.boxes):
+        raise ValueError(
+            "config.eval.wsol.pxap and .boxes are both False: no WSOL metric is left; set "
+            "config.eval.wsol.enabled = False instead."
+        )
+    return WsolProtocol(
+        thresholds=wsol.default_thresholds(float(step)),
+        threshold_step=float(step),
+        iou_thresholds=tuple(int(d) for d in ious),
+        eval_size=int(size) or config.data.image_size,
+        fixed_threshold=float(fixed),
+        pxap=w.pxap,
+        boxes=w.boxes,
+    )
+
+
+def protocol_boxes(
+    boxes: np.ndarray, image_size: int, eval_size: int, original_sizes: np.ndarray
+) -> np.ndarray:
+    """Pipeline GT boxes -> the reference evaluator's GT boxes at the evaluation size.
+
+    The reference holds boxes in original-image pixels with inclusive ends (CUB's x + w, the
+    ILSVRC XML's xmax) and resizes each coordinate with ``resize_bbox``: ``int(c * E / L)``
+    for an original extent L (`wsol_io.resize_boxes`). This recovers those boxes from the
+    pipeline's and applies the same arithmetic, so the counts match the reference's on its
+    datasets whatever the image and evaluation sizes.
+
+    Args:
+      boxes: (B, M, 4) float (x0, y0, x1, y1) pixels of the image_size x image_size image with
+        exclusive ends (`pipeline.pixel_boxes`: columns a..b give x0 = a, x1 = b + 1).
+      image_size, eval_size: sides of the network's image and of the score maps.
+      original_sizes: (B, 2) int (height, width) of the images before resizing
+        (`pipeline.EvalPreprocess`'s 'original_size').
+
+    Returns:
+      (B, M, 4) int32 (x0, y0, x1, y1) with inclusive ends (``calculate_multiple_iou`` counts
+      ``x1 - x0 + 1`` columns); zero padding rows stay zeros.
+    """
+    hw = np.asarray(original_sizes, np.int64)
+    inclusive = original_boxes(boxes, image_size, hw)
+    out = np.zeros(inclusive.shape, np.int32)
+    for i, (h, w) in enumerate(hw):
+        out[i] = wsol_io.resize_boxes(inclusive[i], (w, h), (eval_size, eval_size))
+    return out
+
+
+def original_boxes(boxes: np.ndarray, image_size: int, original_sizes: np.ndarray) -> np.ndarray:
+    """Pipeline GT boxes -> (B, M, 4) int64 inclusive boxes in original-image pixels, the
+    reference metadata's form (see `protocol_boxes` for the arguments)."""
+    b = np.asarray(boxes, np.float64)
+    hw = np.asarray(original_sizes, np.int64)
+    if hw.shape != (b.shape[0], 2):
+        raise ValueError(f"original_sizes must be ({b.shape[0]}, 2), got {hw.shape}.")
+    scale = np.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], axis=1)[:, None, :] / image_size
+    # Back to integer original pixels (the float32 normalised storage is exact to 1e-3 px).
+    original = np.rint(b * scale)
+    ends = np.maximum(original[..., 2:] - 1, original[..., :2])
+    return np.concatenate([original[..., :2], ends], axis=-1).astype(np.int64)
+
+
+def _nearest(mask: np.ndarray, size: int, what: str) -> np.ndarray:
+    """(H, W[, 1]) -> (size, size) as ``cv2.resize(..., INTER_NEAREST)``."""
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[-1] == 1:
+        m = m[..., 0]
+    if m.ndim != 2:
+        raise ValueError(f"a GT {what} must be (H, W) or (H, W, 1); got shape {m.shape}.")
+    h, w = m.shape
+    if (h, w) == (size, size):
+        return m
+    # OpenCV's nearest neighbour: source index floor(dst * (src / dst)), clamped.
+    rows = np.minimum(np.floor(np.arange(size) * (1.0 / (size / h))), h - 1).astype(int)
+    cols = np.minimum(np.floor(np.arange(size) * (1.0 / (size / w))), w - 1).astype(int)
+    return m[rows[:, None], cols[None, :]]
+
+
+def protocol_mask(mask: np.ndarray, eval_size: int, ignore: np.ndarray | None = None) -> np.ndarray:
+    """A dataset's object mask -> the reference's PxAP mask at the evaluation size.
+
+    mask: (H, W) or (H, W, 1) integer, nonzero on the object; ignore: optional mask of the same
+    kind, nonzero where pixels are not scored (OpenImages' ignore regions). Returns
+    (eval_size, eval_size) uint8: 1 foreground, 0 background, 255 ignored (an ignored pixel
+    on the object stays foreground, as the reference's ``get_mask``), each resized as
+    ``cv2.resize(..., INTER_NEAREST)`` and thresholded like ``load_mask_image``.
+    """
+    out = (_nearest(mask, eval_size, "mask") > 0).astype(np.uint8)
+    if ignore is not None:
+        out[(_nearest(ignore, eval_size, "ignore mask") > 0) & (out == 0)] = 255
+    return out
+
+
+class MaskedEvalPreprocess(grain.transforms.Map):
+    """`pipeline.EvalPreprocess` plus 'mask': the example's `protocol_mask` at eval_size (with
+    its 'ignore_mask' where the dataset has one)."""
+
+    def __init__(self, cfg: pipeline.PreprocessConfig, eval_size: int):
+        self.base = pipeline.EvalPreprocess(cfg)
+        self.eval_size = eval_size
+
+    def map(self, example: dict[str, Any]) -> pipeline.Batch:
+        row = self.base.map(example)
+        row["mask"] = protocol_mask(example["mask"], self.eval_size, example.get("ignore_mask"))
+        return row
+
+
+def _sum_over_hosts(x: np.ndarray) -> np.ndarray:
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray(x, np.int32))
+    return np.asarray(gathered, np.int64).sum(axis=0)
+
+
+# --------------------------------------------------------------------------------------------
+# WSOL counts of a split and their metrics.
+
+
+@dataclasses.dataclass
+class WsolCounts:
+    """The WSOL protocol's integer counts over one split, and the metrics made from them.
+
+    v1: images whose largest contour's box has IoU >= 0.5 (MaxBoxAcc), v2: whose best box of
+    all contours reaches each IoU threshold (MaxBoxAccV2), both at every grid threshold plus
+    the fixed one (last column); top1_loc: as v1 but counting only images whose top-1 class is
+    right, at the `operating` thresholds (all three None without box metrics); pxap: score
+    histograms of GT fg/bg pixels (None without PxAP).
+    """
+
+    protocol: WsolProtocol
+    operating: tuple[float, ...]
+    v1: wsol.WsolBoxAccumulator | None
+    v2: wsol.WsolBoxAccumulator | None
+    top1_loc: wsol.WsolBoxAccumulator | None
+    pxap: wsol.PxAPAccumulator | None
+    num_images: int = 0
+
+    @classmethod
+    def create(cls, protocol: WsolProtocol, operating: Sequence[float]) -> "WsolCounts":
+        curve = np.append(protocol.thresholds, protocol.fixed_threshold)
+        b = protocol.boxes
+        return cls(
+            protocol,
+            tuple(float(t) for t in operating),
+            wsol.WsolBoxAccumulator(curve, (V1_IOU,)) if b else None,
+            wsol.WsolBoxAccumulator(curve, protocol.iou_thresholds) if b else None,
+            wsol.WsolBoxAccumulator(np.asarray(operating, np.float64), (V1_IOU,)) if b else None,
+            wsol.PxAPAccumulator(protocol.thresholds) if protocol.pxap else None,
+        )
+
+    def update(
+        self,
+        quantized: np.ndarray | None,
+        gt_boxes: np.ndarray | None,
+        num_gt: np.ndarray | None,
+        valid: np.ndarray,
+        top1_correct: np.ndarray,
+        pxap_histograms: jax.Array | None = None,
+    ) -> None:
+        """Adds one batch of this host: quantized (B, E, E) uint8 score maps, gt_boxes (B, M, 4)
+        int32 inclusive at E (`protocol_boxes`), num_gt (B,) (those three unused without box
+        metrics), valid (B,) bool, top1_correct (B,) bool; pxap_histograms (2, T + 2) of the
+        whole batch when PxAP is on."""
+        n = int(np.sum(valid))
+        self.num_images += n
+        if self.pxap is not None:
+            self.pxap.update(pxap_histograms)
+        if self.v1 is None:
+            return
+        counts = wsol.box_correct_counts
+        args = (quantized, gt_boxes, num_gt)
+        curve = self.v1.thresholds
+        self.v1.update(counts(*args, curve, (V1_IOU,), multi_contour=False, valid=valid), n)
+        self.v2.update(
+            counts(*args, curve, self.protocol.iou_thresholds, multi_contour=True, valid=valid), n
+        )
+        right = valid & top1_correct
+        ops = self.top1_loc.thresholds
+        self.top1_loc.update(counts(*args, ops, (V1_IOU,), multi_contour=False, valid=right), n)
+
+    def sum_over_hosts(self) -> None:
+        """Adds the other hosts' box counts (the PxAP histograms are global already)."""
+        self.num_images = int(_sum_over_hosts(np.asarray(self.num_images)))
+        for acc in (self.v1, self.v2, self.top1_loc):
+            if acc is None:
+                continue
+            acc.counts = _sum_over_hosts(acc.counts)
+            acc.num_images = int(_sum_over_hosts(np.asarray(acc.num_images)))
+
+    def _curves(self) -> tuple[np.ndarray, np.ndarray]:
+        """BoxAcc percent on the grid: V1 (T,), V2 (D, T)."""
+        t = len(self.protocol.thresholds)
+        return self.v1.box_accuracy()[0, :t], self.v2.box_accuracy()[:, :t]
+
+    def best_indices(self) -> tuple[int, np.ndarray]:
+        """Grid index of MaxBoxAcc's threshold and (D,) of each IoU's MaxBoxAccV2 threshold.
+
+        The reference reports only the maxima; on ties the lowest threshold is taken here.
+        """
+        if self.v1 is None:
+            raise ValueError("no box metrics were counted (config.eval.wsol.boxes is False).")
+        v1, v2 = self._curves()
+        return int(np.argmax(v1)), np.argmax(v2, axis=1)
+
+    def _top1_loc_at(self, threshold: float) -> float | None:
+        if threshold not in self.operating:
+            return None
+        return float(self.top1_loc.box_accuracy()[0, self.operating.index(threshold)])
+
+    def summary(self, val: "WsolCounts | None" = None) -> dict[str, Any]:
+        """Metrics in percent (see README); with `val`, also at the thresholds it chose."""
+        pxap = None if self.pxap is None else self.pxap.pxap()
+        if self.v1 is None:
+            return {"num_images": self.num_images, "pxap": pxap}
+        grid = self.protocol.thresholds
+        ious = [str(d) for d in self.protocol.iou_thresholds]
+        v1, v2 = self._curves()
+        i1, i2 = self.best_indices()
+        v2_max = v2[np.arange(len(ious)), i2]
+        fixed_v2 = self.v2.box_accuracy()[:, -1]
+        out = {
+            "num_images": self.v1.num_images,
+            "max_box_acc": float(v1[i1]),
+            "max_box_acc_threshold": float(grid[i1]),
+            "max_box_acc_v2": float(np.mean(v2_max)),
+            "max_box_acc_v2_per_iou": dict(zip(ious, map(float, v2_max), strict=True)),
+            "max_box_acc_v2_thresholds": dict(zip(ious, map(float, grid[i2]), strict=True)),
+            "at_fixed_threshold": {
+                "threshold": self.protocol.fixed_threshold,
+                "box_acc": float(self.v1.box_accuracy()[0, -1]),
+                "box_acc_v2": float(np.mean(fixed_v2)),
+                "box_acc_v2_per_iou": dict(zip(ious, map(float, fixed_v2), strict=True)),
+                "top1_loc": self._top1_loc_at(self.protocol.fixed_threshold),
+            },
+            "pxap": pxap,
+        }
+        if val is not None:
+            j1, j2 = val.best_indices()
+            at_v2 = v2[np.arange(len(ious)), j2]
+            out["at_val_thresholds"] = {
+                "threshold": float(grid[j1]),
+                "box_acc": float(v1[j1]),
+                "top1_loc": self._top1_loc_at(float(grid[j1])),
+                "box_acc_v2": float(np.mean(at_v2)),
+                "box_acc_v2_per_iou": dict(zip(ious, map(float, at_v2), strict=True)),
+                "box_acc_v2_thresholds": dict(zip(ious, map(float, grid[j2]), strict=True)),
+            }
+        return out
+
+
+def print_wsol(w: dict[str, Any]) -> None:
+    p, val, test = w["protocol"], w["val"], w["test"]
+    if not p["boxes"]:
+        print(
+            f"\nWSOL protocol (Choe et al., CVPR 2020), masks only: GT-class CAM, bicubic to "
+            f"{p['eval_size']}^2, {p['num_thresholds']} thresholds; PxAP val {val['pxap']:.2f}% "
+            f"({val['num_images']} images), test {test['pxap']:.2f}% ({test['num_images']})"
+        )
+        return
+    at_val, at_fixed = test["at_val_thresholds"], test["at_fixed_threshold"]
+    print(
+        f"\nWSOL protocol (Choe et al., CVPR 2020): GT-class CAM, bicubic to {p['eval_size']}^2, "
+        f"{p['num_thresholds']} CAM thresholds; val {val['num_images']}, "
+        f"test {test['num_images']} images; max over thresholds @ its threshold"
+    )
+
+    def row(label, *cells):
+        text = [
+            "-" if c is None else f"{c[0]:.2f}% @{c[1]:.3f}" if c[1:] else f"{c[0]:.2f}%"
+            for c in cells
+        ]
+        print(f"{label:<20}" + "".join(f"{t:>17}" for t in text))
+
+    print(
+        f"{'':<20}{'val max':>17}{'test max':>17}{'test @ val thr':>17}"
+        f"{'test @ ' + format(p['fixed_threshold'], 'g'):>17}"
+    )
+    row(
+        "MaxBoxAcc (IoU 50)",
+        (val["max_box_acc"], val["max_box_acc_threshold"]),
+        (test["max_box_acc"], test["max_box_acc_threshold"]),
+        (at_val["box_acc"], at_val["threshold"]),
+        (at_fixed["box_acc"],),
+    )
+    row(
+        "MaxBoxAccV2 (mean)",
+        (val["max_box_acc_v2"],),
+        (test["max_box_acc_v2"],),
+        (at_val["box_acc_v2"],),
+        (at_fixed["box_acc_v2"],),
+    )
+    for d in map(str, p["iou_thresholds"]):
+        row(
+            f"  IoU {d}",
+            (val["max_box_acc_v2_per_iou"][d], val["max_box_acc_v2_thresholds"][d]),
+            (test["max_box_acc_v2_per_iou"][d], test["max_box_acc_v2_thresholds"][d]),
+            (at_val["box_acc_v2_per_iou"][d], at_val["box_acc_v2_thresholds"][d]),
+            (at_fixed["box_acc_v2_per_iou"][d],),
+        )
+    row("top-1 loc (IoU 50)", None, None, (at_val["top1_loc"],), (at_fixed["top1_loc"],))
+    if p["pxap"]:
+        row("PxAP", (val["pxap"],), (test["pxap"],))
