@@ -15,7 +15,9 @@ evaluation step (all devices, one batch per step) and writes, per split name S:
 Image ids are the dataset's (CUB, ILSVRC and OpenImages keep the reference's), or
 ``S/<index>.png`` for datasets without ids (wsol_shapes). Maps are written atomically, one
 file per image, by the host that computed them; metadata by process 0 after gathering every
-host's rows.
+host's rows (padding rows included, so that all hosts send the same shapes). Mask-only
+datasets (OpenImages30k) get metadata without boxes: score them with the reference's own
+OpenImages metadata, whose ids these maps keep.
 """
 
 import os
@@ -74,34 +76,47 @@ def export_split(
     size = evaluator.protocol.eval_size
     scoremap_root = os.path.join(out_dir, "scoremaps", split)
     start = time.perf_counter()
-    rows = {k: [] for k in ("index", "label", "boxes", "num_boxes", "size", "id")}
+    # Every row, padding included, travels to process 0: all hosts hold the same number of rows
+    # (eval batches are padded), which the all-gather needs; 'valid' drops padding after it.
+    rows = {k: [] for k in ("valid", "index", "label", "boxes", "num_boxes", "size", "id")}
     for host_batch, scoremaps in evaluator.scoremap_outputs(variables, source, max_images):
         valid = np.asarray(host_batch["valid"], bool)
+        ids = _image_ids(host_batch, split)
+        real_ids = [i for i, v in zip(ids, valid, strict=True) if v]
         maps = evaluation.host_rows(scoremaps)[valid]
-        ids = [i for i, v in zip(_image_ids(host_batch, split), valid, strict=True) if v]
-        wsol_io.save_scoremaps(scoremap_root, ids, maps, dtype=dtype, size=(size, size))
-        original = evaluation.original_boxes(
-            host_batch["boxes"], config.data.image_size, host_batch["original_size"]
+        wsol_io.save_scoremaps(scoremap_root, real_ids, maps, dtype=dtype, size=(size, size))
+        rows["valid"].append(valid)
+        rows["index"].append(np.asarray(host_batch["index"]))
+        rows["label"].append(np.asarray(host_batch["label"]))
+        rows["boxes"].append(
+            evaluation.original_boxes(
+                host_batch["boxes"], config.data.image_size, host_batch["original_size"]
+            )
         )
-        rows["index"].append(np.asarray(host_batch["index"])[valid])
-        rows["label"].append(np.asarray(host_batch["label"])[valid])
-        rows["boxes"].append(original[valid])
-        rows["num_boxes"].append(np.asarray(host_batch["num_boxes"])[valid])
-        rows["size"].append(np.asarray(host_batch["original_size"])[valid])
+        rows["num_boxes"].append(np.asarray(host_batch["num_boxes"]))
+        rows["size"].append(np.asarray(host_batch["original_size"]))
         rows["id"].append(_encode_ids(ids))
     local = {k: np.concatenate(v) for k, v in rows.items()}
     seconds = time.perf_counter() - start
     everything = _gather(local)
-    order = np.argsort(everything["index"], kind="stable")
-    all_rows = {k: v[order] for k, v in everything.items()}
+    keep = everything["valid"].astype(bool)
+    order = np.argsort(everything["index"][keep], kind="stable")
+    all_rows = {k: v[keep][order] for k, v in everything.items()}
     n = len(order)
     if jax.process_index() == 0:
         ids = [bytes(r).rstrip(b"\0").decode() for r in all_rows["id"]]
         heights, widths = all_rows["size"][:, 0], all_rows["size"][:, 1]
+        # Mask-only datasets (OpenImages) have no boxes: their ids are the reference's, so its
+        # own metadata (with the mask paths) scores these maps; ours then lists no boxes.
+        boxed = evaluator.protocol.boxes and bool(np.all(all_rows["num_boxes"] > 0))
         metadata = wsol_io.WsolMetadata(
             image_ids=ids,
             class_labels=all_rows["label"],
-            boxes=[b[:k] for b, k in zip(all_rows["boxes"], all_rows["num_boxes"], strict=True)],
+            boxes=(
+                [b[:k] for b, k in zip(all_rows["boxes"], all_rows["num_boxes"], strict=True)]
+                if boxed
+                else None
+            ),
             image_sizes=np.stack([widths, heights], axis=1),
         )
         wsol_io.write_metadata(os.path.join(out_dir, "metadata", dataset, split), metadata)

@@ -143,3 +143,16 @@ def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
     true_hist, false_hist = ref.pxap_histograms(maps, masks, protocol.thresholds)
     assert wsol["test"]["pxap"] == pytest.approx(ref.pxap(true_hist, false_hist), rel=1e-12)
     assert wsol["test"]["num_images"] == len(source)
+
+    # Exporting a mask-only split: the maps under the reference's ids, metadata without boxes.
+    from camjax import export
+    from camjax.localization import wsol_io
+
+    out = str(tmp_path / "export")
+    export.export_wsol(config, workdir, out)
+    meta = wsol_io.read_metadata(f"{out}/metadata/openimages30k_wsol/test")
+    assert meta.boxes is None and len(meta) == len(source)
+    stored = [bytes(source[i]["image_id"]).decode() for i in range(len(source))]
+    assert list(meta.image_ids) == stored
+    exported = wsol_io.load_scoremaps(f"{out}/scoremaps/test", meta.image_ids, (64, 64))
+    np.testing.assert_array_equal(exported, maps)
