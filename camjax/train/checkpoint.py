@@ -6,9 +6,11 @@ sees complete ones. The model config is saved with every step so that restoring 
 architecture fails with a message that says what differs, not an opaque shape error.
 """
 
+import dataclasses
 import os
 from typing import Any
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -64,10 +66,36 @@ def restore(
             f"the checkpoint at step {step} in {manager.directory} was trained with a different "
             f"config: {diffs}. Use the config the run was trained with."
         )
+    state_dir = os.path.join(str(manager.directory), str(step), "state")
+    tree = ocp.StandardCheckpointer().metadata(state_dir)
+    saved_fields = set(getattr(tree, "item_metadata", tree).keys())
+    wanted = (
+        {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)}
+        if _is_state(abstract_state)
+        else None
+    )
+    if wanted is not None and "batch_stats" in wanted and "batch_stats" not in saved_fields:
+        # Written before the train state carried batch-norm statistics (2026-11-27): every
+        # model then was BN-free, so its statistics are the empty collection.
+        if jax.tree.leaves(wanted["batch_stats"]):
+            raise CheckpointError(
+                f"the checkpoint at step {step} in {manager.directory} has no batch-norm "
+                "statistics but the model has batch norm; it was not written for this model."
+            )
+        legacy = {k: v for k, v in wanted.items() if k != "batch_stats"}
+        restored = manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(legacy))
+        )["state"]
+        return abstract_state.replace(**restored, batch_stats={})
     restored = manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
     )
     return restored["state"]
+
+
+def _is_state(x: Any) -> bool:
+    """A flax struct dataclass such as the loop's TrainState."""
+    return dataclasses.is_dataclass(x) and hasattr(x, "replace")
 
 
 def _differences(saved: dict, wanted: dict, prefix: str = "") -> str:

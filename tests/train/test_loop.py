@@ -219,3 +219,25 @@ def test_run_starts_from_pretrained_weights_and_resume_ignores_them(data_dir, tm
     config.train.num_steps = 2
     state = loop.train_and_evaluate(config, workdir)
     assert int(state.step) == 2
+
+
+def test_checkpoints_from_before_batch_norm_statistics_restore(data_dir, tmp_path):
+    """Runs saved when the train state had no batch_stats field still restore and resume."""
+    config = tiny_config(data_dir, num_steps=2, checkpoint_every_steps=2)
+    model = experiment.build_model(config)
+    tx = optim.create_optimizer(config.optim, 2)
+    mesh = experiment.make_mesh()
+    state, _ = loop.create_train_state(config, model, tx, mesh)
+    legacy = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    workdir = str(tmp_path)
+    manager = checkpoint.create_manager(workdir, 2)
+    checkpoint.save(manager, 1, legacy, config)
+    manager.wait_until_finished()
+    abstract = loop.abstract_train_state(config, model, tx, mesh)
+    restored = checkpoint.restore(manager, abstract, config)
+    manager.close()
+    assert restored.batch_stats == {}
+    pairs = zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params), strict=True)
+    for got, want in pairs:
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert int(loop.train_and_evaluate(config, workdir).step) == 2  # resumes from step 1
