@@ -60,6 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     optim.decay_steps = 0  # 'step' schedule: decay every this many steps
     optim.decay_factor = 0.1
     optim.new_layer_lr_mult = 1.0  # 10 when fine-tuning a pretrained backbone
+    optim.new_layers = ("cam_conv", "head")  # parameter names (or prefixes) of that group
     optim.bias_lr_mult = 1.0  # 2 in the Caffe solvers
     optim.grad_clip_norm = 0.0  # 0 disables
 

@@ -9,8 +9,8 @@ recipe and changes only what scale changes:
 * the learning rate, times global batch / recipe batch (the linear scaling rule of Goyal et
   al., 2017, "Accurate, Large Minibatch SGD"), with a warm-up of 5% of the steps, which that
   rule needs at large batches;
-* steps, decay steps and checkpoint interval, divided by the same factor, so that epochs stay
-  the recipe's;
+* steps, decay steps, checkpoint and evaluation intervals, divided by the same factor, so
+  that epochs stay the recipe's;
 * bfloat16 compute (parameters, optimizer state and batch-norm statistics stay float32);
 * 16 reader threads per host and an evaluation batch equal to the training batch.
 
@@ -39,8 +39,13 @@ def get_config(arg: str):
     config.data.num_threads = 16
     config.model.dtype = "bfloat16"
     config.optim.learning_rate *= scale
-    config.train.num_steps = max(1, round(config.train.num_steps / scale))
-    config.optim.decay_steps = max(1, round(config.optim.decay_steps / scale))
+
+    def fewer(steps: int) -> int:  # 0 keeps its meaning (no decay, no periodic evaluation)
+        return max(1, round(steps / scale)) if steps else 0
+
+    config.train.num_steps = fewer(config.train.num_steps)
+    config.optim.decay_steps = fewer(config.optim.decay_steps)
     config.optim.warmup_steps = config.train.num_steps // 20
-    config.train.checkpoint_every_steps = max(1, round(config.train.checkpoint_every_steps / scale))
+    config.train.checkpoint_every_steps = fewer(config.train.checkpoint_every_steps)
+    config.train.eval_every_steps = fewer(config.train.eval_every_steps)
     return config

@@ -4,10 +4,15 @@
 (`cam_vgg16_cub.py`, `cam_resnet50_cub.py`, `cam_vgg16_ilsvrc.py`, `cam_resnet50_ilsvrc.py`)
 return. Where the numbers come from:
 
-* wsolevaluation `config.py` defaults: resize 256x256, random crop 224, horizontal flip
-  (its train transform), evaluation at 224x224, SGD momentum 0.9, the classifier (new
-  layers) at `lr_classifier_ratio` 10x the backbone's rate, step decay x0.1 every
-  `lr_decay_frequency` epochs, CAM thresholds every 0.001, IoU 30/50/70 for MaxBoxAccV2.
+* wsolevaluation `config.py` defaults and `main.py`: resize 256x256, random crop 224,
+  horizontal flip (its train transform), evaluation at 224x224, SGD momentum 0.9 with
+  Nesterov, the classifier at `lr_classifier_ratio` 10x the backbone's rate (VGG16: CAM_conv
+  and head; ResNet50: layer4 and head), step decay x0.1 every `lr_decay_frequency` epochs,
+  CAM thresholds every 0.001, IoU 30/50/70 for MaxBoxAccV2.
+* Known differences from the reference solver: its first decay comes one epoch earlier (it
+  decays when (epoch + 1) % frequency == 0, before the epoch); camjax does not decay biases
+  (torch decays every parameter); and its `eval_checkpoint_type` may pick the best
+  checkpoint on validation, where camjax evaluates the last one.
 * wsolevaluation README (its example command, CUB + VGG16 + CAM): batch 32, 50 epochs,
   decay every 15 epochs, weight decay 5e-4, lr 1.268269e-5 (found by their random search),
   `large_feature_map` False for VGG16 (14x14 CAM: our VGG16-GAP at output stride 16, with an
@@ -94,12 +99,16 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
     optim.decay_factor = 0.1
     optim.new_layer_lr_mult = 10.0
     optim.bias_lr_mult = 1.0
+    optim.nesterov = True  # the reference's torch.optim.SGD(..., nesterov=True)
+    if architecture == "resnet50":
+        # The reference's classifier group for ResNet50 is layer4 and fc (its main.py).
+        optim.new_layers = ("layer4", "head")
 
     train = config.train
     train.num_steps = epochs * steps_per_epoch
     train.log_every_steps = 50
     train.checkpoint_every_steps = steps_per_epoch
-    train.eval_every_steps = 0  # validation at the end (the protocol reports the last epoch)
+    train.eval_every_steps = 0  # validation once, at the end
 
     ev = config.eval
     ev.batch_size = 64

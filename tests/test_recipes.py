@@ -41,6 +41,9 @@ def test_recipe_trains_and_evaluates_on_prepared_archives(module, data_dir, tmp_
         assert config.optim[key] == full.optim[key]
     assert full.data.image_size == 224 and full.data.resize_size == 256
     assert full.train.num_steps > 1000 and full.eval.wsol.eval_size == 224
+    assert full.optim.nesterov
+    resnet = full.model.name == "resnet50_cam"
+    assert tuple(full.optim.new_layers) == (("layer4", "head") if resnet else ("cam_conv", "head"))
     config.data.data_dir = data_dir
     workdir = str(tmp_path)
 
@@ -92,6 +95,10 @@ def test_pod_config_scales_a_recipe_by_the_linear_rule():
     assert config.model.dtype == "bfloat16" and config.data.num_threads == 16
     tiny = pod.get_config("cam_vgg16_cub:tiny,16")
     assert tiny.model.name == "vgg16_gap_tiny" and tiny.data.batch_size == 16
+    paper = pod.get_config("vgg16_gap_imagenet,1024")
+    assert paper.train.eval_every_steps == round(10_000 / 16)  # evaluation keeps its epochs
+    cub = pod.get_config("cam_vgg16_cub,256")
+    assert cub.optim.decay_steps == round(cam_vgg16_cub.get_config().optim.decay_steps / 8)
     with pytest.raises(ValueError, match="<recipe>,<global batch>"):
         pod.get_config("cam_vgg16_cub")
 

@@ -5,7 +5,7 @@ faster (x10 in the WSOL recipe); Caffe solvers also give biases x2. Both are mul
 schedule for groups of parameters, built with optax.multi_transform.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -13,7 +13,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-NEW_LAYERS = ("cam_conv", "head")
+NEW_LAYERS = ("cam_conv", "head")  # default config.optim.new_layers
 
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
@@ -42,11 +42,15 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> op
     return optax.join_schedules([warmup, main], [cfg.warmup_steps])
 
 
-def parameter_groups(params: Mapping[str, Any]) -> Any:
-    """A pytree like params labelling each leaf '{new|backbone}_{kernel|bias}'."""
+def parameter_groups(params: Mapping[str, Any], new_layers: Sequence[str] = NEW_LAYERS) -> Any:
+    """A pytree like params labelling each leaf '{new|backbone}_{kernel|bias}'.
+
+    new_layers: top-level parameter names, or prefixes of them ("layer4" covers "layer4_0",
+    "layer4_1", ...), that form the fast-learning group (`new_layer_lr_mult`)."""
     flat = traverse_util.flatten_dict(params)
+    prefixes = tuple(new_layers)
     labels = {
-        path: ("new" if path[0] in NEW_LAYERS else "backbone")
+        path: ("new" if path[0].startswith(prefixes) else "backbone")
         + ("_bias" if path[-1] == "bias" else "_kernel")
         for path in flat
     }
@@ -84,7 +88,7 @@ def create_optimizer(
             name: group(mult, 0.0 if name.endswith("bias") else cfg.weight_decay)
             for name, mult in mults.items()
         },
-        parameter_groups,
+        lambda params: parameter_groups(params, cfg.get("new_layers", NEW_LAYERS)),
     )
     if cfg.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)

@@ -163,6 +163,16 @@ def test_optimizer_groups_and_schedules():
         "cam_conv": {"kernel": "new_kernel"},
         "head": {"bias": "new_bias"},
     }
+    # ResNet50's recipe: layer4's blocks (layer4_0, layer4_1, ...) learn with the head.
+    labels = optim.parameter_groups(
+        {"layer3_5": {"kernel": 0}, "layer4_0": {"kernel": 0}, "head": {"kernel": 0}},
+        ("layer4", "head"),
+    )
+    assert labels == {
+        "layer3_5": {"kernel": "backbone_kernel"},
+        "layer4_0": {"kernel": "new_kernel"},
+        "head": {"kernel": "new_kernel"},
+    }
     # Plain SGD: the new layers move new_layer_lr_mult times as far; biases bias_lr_mult more.
     config.name, config.momentum, config.weight_decay, config.schedule = "sgd", 0.0, 0.0, "constant"
     config.new_layer_lr_mult, config.bias_lr_mult = 10.0, 2.0
