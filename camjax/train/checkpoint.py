@@ -8,6 +8,7 @@ architecture fails with a message that says what differs, not an opaque shape er
 
 import dataclasses
 import os
+import pathlib
 from typing import Any
 
 import jax
@@ -66,9 +67,10 @@ def restore(
             f"the checkpoint at step {step} in {manager.directory} was trained with a different "
             f"config: {diffs}. Use the config the run was trained with."
         )
-    state_dir = os.path.join(str(manager.directory), str(step), "state")
-    tree = ocp.StandardCheckpointer().metadata(state_dir)
-    saved_fields = set(getattr(tree, "item_metadata", tree).keys())
+    # The saved tree's top-level fields, read by the item's handler (a Checkpointer would also
+    # look for, and warn about, step metadata that items do not have).
+    state_dir = pathlib.Path(str(manager.directory)) / str(step) / "state"
+    saved_fields = set(ocp.StandardCheckpointHandler().metadata(state_dir).keys())
     wanted = (
         {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)}
         if _is_state(abstract_state)
