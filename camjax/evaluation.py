@@ -80,6 +80,7 @@ class Evaluator:
         self, config: ml_collections.ConfigDict, model, mesh, protocol: WsolProtocol | None = None
     ):
         self.config = config
+        self.model = model
         self.mesh = mesh
         self.protocol = protocol
         ev = config.eval
@@ -250,29 +251,29 @@ class Evaluator:
         return loc, counts
 
 
-def restore_variables(config: ml_collections.ConfigDict, model, mesh, workdir: str) -> dict:
-    """The model variables of workdir's latest checkpoint, replicated on the mesh, plus 'step'
-    (pop it before `model.apply`)."""
+def restore_evaluator(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[Evaluator, dict[str, Any], int]:
+    """An `Evaluator` for config (with its WSOL protocol) and workdir's latest checkpoint:
+    (evaluator, model variables replicated on the mesh, the checkpoint's step)."""
     from camjax.train import checkpoint, loop, optim  # training imports evaluation, not the reverse
-
-    tx = optim.create_optimizer(config.optim, config.train.num_steps)
-    manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
-    state = checkpoint.restore(manager, loop.abstract_train_state(config, model, tx, mesh), config)
-    manager.close()
-    return {**state.variables, "step": state.step}
-
-
-def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Restores the latest checkpoint in workdir, evaluates, writes metrics.json and a gallery."""
 
     protocol = wsol_protocol(config)  # config errors before any restoring or data
     mesh = experiment.make_mesh()
     model = experiment.build_model(config)
-    variables = restore_variables(config, model, mesh, workdir)
-    step = int(variables.pop("step"))
+    tx = optim.create_optimizer(config.optim, config.train.num_steps)
+    manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
+    state = checkpoint.restore(manager, loop.abstract_train_state(config, model, tx, mesh), config)
+    manager.close()
+    return Evaluator(config, model, mesh, protocol), state.variables, int(state.step)
+
+
+def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Restores the latest checkpoint in workdir, evaluates, writes metrics.json and a gallery."""
+    evaluator, variables, step = restore_evaluator(config, workdir)
+    protocol = evaluator.protocol
     sources = experiment.data_sources(config)
     val_source, test_source = sources[config.data.val_split], sources[config.data.test_split]
-    evaluator = Evaluator(config, model, mesh, protocol)
     max_images = config.eval.max_images
 
     if protocol is None:
@@ -315,7 +316,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         with open(path + ".tmp", "w") as f:
             json.dump(results, f, indent=2)
         os.replace(path + ".tmp", path)
-        write_gallery(config, model, variables, test_source, chosen, workdir)
+        write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
     return results
 
 

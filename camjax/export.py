@@ -133,11 +133,7 @@ def export_wsol(
             "exporting score maps uses the WSOL protocol's settings; set "
             "config.eval.wsol.enabled = True."
         )
-    mesh = experiment.make_mesh()
-    model = experiment.build_model(config)
-    variables = evaluation.restore_variables(config, model, mesh, workdir)
-    variables.pop("step")
-    evaluator = evaluation.Evaluator(config, model, mesh, protocol)
+    evaluator, variables, _ = evaluation.restore_evaluator(config, workdir)
     sources = experiment.data_sources(config)
     dataset = config.data.name
     return {

@@ -101,20 +101,14 @@ def restored(trained):
     """The trained run's config, an Evaluator with the WSOL protocol, and the variables; shared
     so that its two jitted steps compile once for all tests."""
     config, workdir = trained
-    model = experiment.build_model(config)
-    mesh = experiment.make_mesh()
-    tx = loop.create_optimizer(config.optim, config.train.num_steps)
-    manager = checkpoint.create_manager(workdir, 2)
-    state = checkpoint.restore(manager, loop.abstract_train_state(config, model, tx, mesh), config)
-    manager.close()
-    ev = evaluation.Evaluator(config, model, mesh, evaluation.wsol_protocol(config))
-    return config, ev, state.variables
+    ev, variables, _ = evaluation.restore_evaluator(config, workdir)
+    return config, ev, variables
 
 
 def test_wsol_counts_equal_the_opencv_reference_on_the_same_maps(restored):
     """Box counts (V1, V2, top-1 loc), PxAP and the metrics, on a ragged (padded) split."""
     config, ev, variables = restored
-    model, protocol = experiment.build_model(config), ev.protocol
+    model, protocol = ev.model, ev.protocol
     source = experiment.data_sources(config)["validation"]
     n, val_threshold = 11, 0.37  # 11 of 16 images: the batch of 16 has 5 padding rows
 
@@ -238,7 +232,7 @@ def test_pxap_without_masks_is_a_clear_error(restored):
         next(evaluation.Evaluator(config, model, mesh).wsol_outputs(variables, no_masks))
 
 
-def test_exported_scoremaps_give_the_reference_the_same_counts(trained, tmp_path):
+def test_exported_scoremaps_give_the_reference_the_same_counts(trained, restored, tmp_path):
     """evaluate.py --export_dir: the reference's files; scoring them with the OpenCV reference
     gives camjax's own counts, and the metadata round-trips the dataset's labels and boxes."""
     from camjax import export
@@ -249,11 +243,8 @@ def test_exported_scoremaps_give_the_reference_the_same_counts(trained, tmp_path
     config.eval.max_images = 11  # a ragged last batch: padding rows must not be exported
     stats = export.export_wsol(config, workdir, out)
     assert stats["validation"]["images"] == 11
-    model, mesh = experiment.build_model(config), experiment.make_mesh()
-    variables = evaluation.restore_variables(config, model, mesh, workdir)
-    variables.pop("step")
-    protocol = evaluation.wsol_protocol(config)
-    evaluator = evaluation.Evaluator(config, model, mesh, protocol)
+    _, evaluator, variables = restored
+    protocol = evaluator.protocol
     source = experiment.data_sources(config)["test"]
     _, counts = evaluator.evaluate_wsol(variables, source, max_images=11)
 

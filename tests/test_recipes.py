@@ -132,11 +132,8 @@ def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
     assert wsol["protocol"]["boxes"] is False
     assert set(wsol["test"]) == {"num_images", "pxap"}
 
-    model, mesh = experiment.build_model(config), experiment.make_mesh()
-    variables = evaluation.restore_variables(config, model, mesh, workdir)
-    variables.pop("step")
-    protocol = evaluation.wsol_protocol(config)
-    evaluator = evaluation.Evaluator(config, model, mesh, protocol)
+    evaluator, variables, _ = evaluation.restore_evaluator(config, workdir)
+    protocol = evaluator.protocol
     source = experiment.data_sources(config)["test"]
     maps = []
     for host_batch, scoremaps in evaluator.scoremap_outputs(variables, source):
