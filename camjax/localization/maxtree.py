@@ -158,6 +158,21 @@ def _hit_level(x0, y0, x1, y1, gt, num_gt, deltas):
 
 
 @_jit
+def _contour_hit_level(box, r, grow, h, w, gt, num_gt, deltas):
+    """`_hit_level` of the evaluator's box for root r's contour: the component's box grown by
+    `grow` pixels on every side, ``boundingRect``'s end (+1) clipped to the last pixel."""
+    return _hit_level(
+        box[r, 0] - grow,
+        box[r, 1] - grow,
+        min(box[r, 2] + 1 + grow, w - 1),
+        min(box[r, 3] + 1 + grow, h - 1),
+        gt,
+        num_gt,
+        deltas,
+    )
+
+
+@_jit
 def _counting_order(values, h, w):
     """Pixels sorted by value (stable in raster order): padded indices, y and x (int32 (N,)
     each), and the start of each value's run, int64 (257,). values: (H * W,) in 0..255."""
@@ -302,15 +317,7 @@ def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
                 changed = True
             parent[p] = r
             if changed:
-                hits[r] = _hit_level(
-                    box[r, 0],
-                    box[r, 1],
-                    min(box[r, 2] + 1, w - 1),
-                    min(box[r, 3] + 1, h - 1),
-                    gt,
-                    num_gt,
-                    deltas,
-                )
+                hits[r] = _contour_hit_level(box, r, 0, h, w, gt, num_gt, deltas)
             count[hits[r]] += 1
             if not largest:
                 continue
@@ -422,15 +429,8 @@ def _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas):
                 changed = True
             parent[p] = r
             if changed:
-                hits[r] = _hit_level(
-                    box[r, 0] - 1,
-                    box[r, 1] - 1,
-                    min(box[r, 2] + 2, w - 1),
-                    min(box[r, 3] + 2, h - 1),
-                    gt,
-                    num_gt,
-                    deltas,
-                )
+                # A hole's contour runs through the foreground pixels around it.
+                hits[r] = _contour_hit_level(box, r, 1, h, w, gt, num_gt, deltas)
             count[hits[r]] += 1
         result[v] = _best_hit_level(count)
     return result
