@@ -61,6 +61,22 @@ class Inception(nn.Module):
         return jnp.concatenate([b1, b3, b5, bp], axis=-1)
 
 
+def _cam_head(net: nn.Module, x: jax.Array, train: bool):
+    """Both GoogLeNet-GAPs' head after inception 4e, called inside `net`'s compact call:
+    CAM_conv 3x3 (bias init 1, as the released model), ReLU, GAP, dropout and `head`."""
+    return gap_head(
+        x,
+        train,
+        num_classes=net.num_classes,
+        features=scaled_width(net.cam_features, net.width, net.groups),
+        groups=net.groups,
+        dropout_rate=net.dropout_rate,
+        grouped_conv_impl=net.grouped_conv_impl,
+        dtype=net.dtype,
+        cam_conv_bias_init=1.0,
+    )
+
+
 class GoogLeNetGAP(nn.Module):
     """GoogLeNet-GAP. `width` scales every channel count (1.0 is the paper's network).
 
@@ -94,17 +110,7 @@ class GoogLeNetGAP(nn.Module):
             if name == "inception_4a":
                 x = max_pool_ceil(x, 3, 2)
             x = Inception(spec, width=w, dtype=self.dtype, name=name)(x)
-        return gap_head(
-            x,
-            train,
-            num_classes=self.num_classes,
-            features=scaled_width(self.cam_features, w, self.groups),
-            groups=self.groups,
-            dropout_rate=self.dropout_rate,
-            grouped_conv_impl=self.grouped_conv_impl,
-            dtype=self.dtype,
-            cam_conv_bias_init=1.0,
-        )
+        return _cam_head(self, x, train)
 
 
 GoogLeNetGAPTiny = functools.partial(GoogLeNetGAP, width=1 / 16)
@@ -203,17 +209,7 @@ class GoogLeNetGAPBN(nn.Module):
             if name == "inception4a":
                 x = max_pool_ceil(x, 3, 2)
             x = InceptionBN(spec, width=w, dtype=self.dtype, name=name)(x, train)
-        return gap_head(
-            x,
-            train,
-            num_classes=self.num_classes,
-            features=scaled_width(self.cam_features, w, self.groups),
-            groups=self.groups,
-            dropout_rate=self.dropout_rate,
-            grouped_conv_impl=self.grouped_conv_impl,
-            dtype=self.dtype,
-            cam_conv_bias_init=1.0,
-        )
+        return _cam_head(self, x, train)
 
 
 GoogLeNetGAPBNTiny = functools.partial(GoogLeNetGAPBN, width=1 / 16)
