@@ -130,8 +130,9 @@ def torch_case(args, images: np.ndarray):
     return params, time_calls(call, args.iters), device
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_arguments(description: str) -> argparse.ArgumentParser:
+    """The flags both framework comparisons share: model, batch, size, width, dtype, timing."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default="vgg16_gap", choices=["vgg16_gap"])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
@@ -141,7 +142,11 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--no-torch", dest="torch", action="store_false")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = model_arguments(__doc__.splitlines()[0]).parse_args()
 
     rng = np.random.default_rng(0)
     images = rng.standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32)

@@ -17,7 +17,6 @@ device memory where the backend reports it. Paste the table, with the date, mach
 command, into benchmarks/RESULTS.md.
 """
 
-import argparse
 import os
 import platform
 import sys
@@ -30,7 +29,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
-from cam_throughput import time_calls, torch_vgg16_gap  # noqa: E402
+from cam_throughput import model_arguments, time_calls, torch_vgg16_gap  # noqa: E402
 
 from camjax import experiment  # noqa: E402
 from camjax.train import loop, optim  # noqa: E402
@@ -115,17 +114,8 @@ def torch_case(args, images: np.ndarray, labels: np.ndarray, compiled: bool):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vgg16_gap", choices=["vgg16_gap"])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--groups", type=int, default=2)
-    parser.add_argument("--num_classes", type=int, default=1000)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--iters", type=int, default=5)
+    parser = model_arguments(__doc__.splitlines()[0])
     parser.add_argument("--torch_compile", action="store_true")
-    parser.add_argument("--no-torch", dest="torch", action="store_false")
     args = parser.parse_args()
 
     rng = np.random.default_rng(0)
