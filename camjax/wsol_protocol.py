@@ -295,14 +295,17 @@ class WsolCounts:
             return
         counts = wsol.box_correct_counts
         args = (quantized, gt_boxes, num_gt)
-        curve = self.v1.thresholds
-        self.v1.update(counts(*args, curve, (V1_IOU,), multi_contour=False, valid=valid), n)
+        curve, ops = self.v1.thresholds, self.top1_loc.thresholds
+        # One largest-contour sweep serves MaxBoxAcc (all images, the curve) and top-1 loc
+        # (images whose top-1 class is right, the operating thresholds).
+        both = np.concatenate([curve, ops])
+        masks = np.stack([valid, valid & top1_correct])
+        v1 = counts(*args, both, (V1_IOU,), multi_contour=False, valid=masks)  # (2, 1, T + O)
+        self.v1.update(v1[0, :, : len(curve)], n)
+        self.top1_loc.update(v1[1, :, len(curve) :], n)
         self.v2.update(
             counts(*args, curve, self.protocol.iou_thresholds, multi_contour=True, valid=valid), n
         )
-        right = valid & top1_correct
-        ops = self.top1_loc.thresholds
-        self.top1_loc.update(counts(*args, ops, (V1_IOU,), multi_contour=False, valid=right), n)
 
     def sum_over_hosts(self) -> None:
         """Adds the other hosts' box counts (the PxAP histograms are global already)."""

@@ -230,10 +230,13 @@ def box_correct_counts(
       quantized: (B, H, W) uint8 from ``quantize_scoremaps``.
       gt_boxes, num_gt, iou_thresholds, multi_contour, method: as ``level_hits``.
       thresholds: (T,) CAM thresholds in [0, 1]; default ``default_thresholds()``.
-      valid: (B,) bool, False for padding rows of a ragged last batch; default all True.
+      valid: (B,) bool, False for padding rows of a ragged last batch; default all True. Or
+        (K, B): K sets of images counted from the same sweep (e.g. all images, and those whose
+        top-1 class is right), giving (K, D, T).
 
     Returns:
-      (D, T) int32 numpy counts; sum them over batches (``WsolBoxAccumulator``).
+      (D, T) int32 numpy counts, or (K, D, T) for a (K, B) valid; sum them over batches
+      (``WsolBoxAccumulator``).
     """
     _check_method(method)
     thresholds = default_thresholds() if thresholds is None else thresholds
@@ -241,8 +244,9 @@ def box_correct_counts(
     q, gt, num_gt, deltas = _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds)
     b = q.shape[0]
     valid = np.ones((b,), bool) if valid is None else np.asarray(valid, bool)
-    if valid.shape != (b,):
-        raise ValueError(f"valid must have shape ({b},), got {valid.shape}.")
+    if valid.shape[-1:] != (b,) or valid.ndim > 2:
+        raise ValueError(f"valid must have shape ({b},) or (K, {b}), got {valid.shape}.")
+    masks = valid.reshape(-1, b)  # (K, B)
     if method == "xla":
         q = jnp.asarray(q)
         table = jnp.asarray(table)
@@ -254,12 +258,15 @@ def box_correct_counts(
             multi_contour,
             wsol_xla.needed_levels(q, table),
         )
-        return np.asarray(_counts_from_level_hits(hits, q, table, jnp.asarray(valid)))
+        counts = np.asarray(_counts_from_level_hits(hits, q, table, jnp.asarray(masks)))
+        return counts.reshape(valid.shape[:-1] + counts.shape[1:])
     reached, rank = _reached_levels(q, gt, num_gt, deltas, multi_contour)
     q = np.asarray(q)
     levels = table[q.reshape(b, -1).max(axis=1)]  # (B, T): the level of each threshold
     at = np.take_along_axis(reached, levels, axis=1)  # (B, T)
-    return np.stack([((at > r) & valid[:, None]).sum(0, dtype=np.int32) for r in rank])
+    hit = at[:, None, :] > rank[None, :, None]  # (B, D, T)
+    counts = np.einsum("kb,bdt->kdt", masks.astype(np.int32), hit.astype(np.int32))
+    return counts.reshape(valid.shape[:-1] + counts.shape[1:])
 
 
 def _reached_levels(q, gt, num_gt, deltas, multi_contour) -> tuple[np.ndarray, np.ndarray]:
@@ -280,11 +287,12 @@ def _reached_levels(q, gt, num_gt, deltas, multi_contour) -> tuple[np.ndarray, n
 
 
 @jax.jit
-def _counts_from_level_hits(level_hits, q, table, valid):
+def _counts_from_level_hits(level_hits, q, table, masks):
+    """(K, D, T) counts of the images of each of the K (B,) masks."""
     peak = jnp.max(q.astype(jnp.int32), axis=(-2, -1))  # (B,)
     levels = table[peak]  # (B, T)
     hits = jnp.take_along_axis(level_hits, levels[:, None, :], axis=-1)  # (B, D, T)
-    return jnp.sum(hits & valid[:, None, None], axis=0, dtype=jnp.int32)
+    return jnp.einsum("kb,bdt->kdt", masks.astype(jnp.int32), hits.astype(jnp.int32))
 
 
 def _check_method(method: str) -> None:

@@ -383,3 +383,27 @@ def test_bad_inputs():
         wsol.WsolBoxAccumulator(GRID).max_box_acc()
     with pytest.raises(ValueError, match="different thresholds"):
         wsol.WsolBoxAccumulator(GRID).merge(wsol.WsolBoxAccumulator(GRID[:5]))
+
+
+@METHODS
+def test_several_image_sets_from_one_sweep(method):
+    """valid (K, B) counts K sets of images from one sweep, as K calls with (B,) would."""
+    scoremaps, boxes, num = _batch(11, 10, 32, 32)
+    q = wsol.quantize_scoremaps(scoremaps)
+    rng = np.random.default_rng(3)
+    masks = rng.random((3, 10)) < 0.6
+    for multi in (True, False):
+        both = wsol.box_correct_counts(
+            q, boxes, num, GRID, multi_contour=multi, valid=masks, method=method
+        )
+        assert both.shape == (3, 3, len(GRID))
+        for k in range(3):
+            one = wsol.box_correct_counts(
+                q, boxes, num, GRID, multi_contour=multi, valid=masks[k], method=method
+            )
+            np.testing.assert_array_equal(both[k], one)
+        sel = np.flatnonzero(masks[0])
+        want = _reference_counts(scoremaps[sel], boxes[sel], num[sel], GRID, multi)
+        np.testing.assert_array_equal(both[0], want)
+    with pytest.raises(ValueError, match=r"valid must have shape \(10,\) or \(K, 10\)"):
+        wsol.box_correct_counts(q, boxes, num, GRID, valid=np.ones((2, 9), bool), method=method)
