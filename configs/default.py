@@ -29,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.test_split = "test"
     data.batch_size = 64  # global, split over all devices
     data.num_threads = 2  # grain reader threads per host
+    data.device_prefetch = 2  # batches copied to the devices ahead of the step using them
     # Normalisation in [0, 1] units (ImageNet RGB statistics, as torchvision weights expect).
     data.mean = (0.485, 0.456, 0.406)
     data.std = (0.229, 0.224, 0.225)

@@ -10,6 +10,7 @@ random-access grain MapDataset, so a run resumed at step s reads exactly the bat
 uninterrupted run reads from step s on, without replaying the earlier ones.
 """
 
+import collections
 import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -121,14 +122,38 @@ def train_dataset(
 
 
 def train_iterator(
-    ds: grain.MapDataset, start_step: int, sharding: NamedSharding, num_threads: int
+    ds: grain.MapDataset,
+    start_step: int,
+    sharding: NamedSharding,
+    num_threads: int,
+    device_prefetch: int = 2,
 ) -> Iterator[dict[str, jax.Array]]:
-    """Device batches for steps start_step, start_step + 1, ..., read ahead by grain threads."""
+    """Device batches for steps start_step, start_step + 1, ..., read ahead by grain threads.
+
+    `device_prefetch` batches beyond the one returned are already on the mesh, so their
+    host-to-device copies run while the steps before them compute (0: copy on demand).
+    """
     it = ds[start_step:].to_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * max(1, num_threads))
     )
-    for host_batch in it:
-        yield shard_batch(host_batch, sharding)
+    return read_ahead((shard_batch(b, sharding) for b in it), device_prefetch)
+
+
+def read_ahead(items: Iterator[Any], size: int) -> Iterator[Any]:
+    """Yields `items` in order, keeping `size` further items already drawn from the iterator."""
+    if size < 0:
+        raise ValueError(f"config.data.device_prefetch must be >= 0; got {size}.")
+
+    def generate():
+        queue = collections.deque()
+        for item in items:
+            queue.append(item)
+            if len(queue) > size:
+                yield queue.popleft()
+        while queue:
+            yield queue.popleft()
+
+    return generate()
 
 
 def eval_batches(

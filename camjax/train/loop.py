@@ -215,7 +215,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     train_ds = pipeline.train_dataset(
         sources[config.data.train_split], prep, config.data.batch_size, config.seed
     )
-    batches = pipeline.train_iterator(train_ds, start, batch_sharding, config.data.num_threads)
+    batches = pipeline.train_iterator(
+        train_ds, start, batch_sharding, config.data.num_threads, config.data.device_prefetch
+    )
     sums = jax.device_put(zero_sums(), replicated)
     bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", disable=jax.process_index() != 0)
     t0, last_good = time.time(), manager.latest_step()

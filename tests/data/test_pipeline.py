@@ -36,11 +36,13 @@ def test_train_batches_are_a_pure_function_of_step(sources):
     assert sorted(labels_epoch.tolist()) == expected
 
 
-def test_resumed_iterator_reads_the_same_batches(sources):
+@pytest.mark.parametrize("device_prefetch", [0, 3])
+def test_resumed_iterator_reads_the_same_batches(sources, device_prefetch):
     ds = pipeline.train_dataset(sources["train"], PREP, global_batch_size=8, seed=0)
     sharding = experiment.data_sharding(experiment.make_mesh())
-    full = [b for _, b in zip(range(6), pipeline.train_iterator(ds, 0, sharding, 2), strict=False)]
-    resumed = pipeline.train_iterator(ds, 4, sharding, 2)
+    iterator = pipeline.train_iterator(ds, 0, sharding, 2, device_prefetch)
+    full = [b for _, b in zip(range(6), iterator, strict=False)]
+    resumed = pipeline.train_iterator(ds, 4, sharding, 2, 2)
     for expected in full[4:]:
         got = next(resumed)
         np.testing.assert_array_equal(got["image"], expected["image"])
@@ -82,3 +84,20 @@ def test_normalize_images():
     x = np.full((1, 2, 2, 3), 255, np.uint8)
     out = pipeline.normalize_images(x, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
     np.testing.assert_allclose(out[0, 0, 0], [2.0, 1.0, 0.5])
+
+
+def test_read_ahead_keeps_order_and_draws_ahead():
+    drawn = []
+
+    def items():
+        for i in range(5):
+            drawn.append(i)
+            yield i
+
+    it = pipeline.read_ahead(items(), 2)
+    assert next(it) == 0 and drawn == [0, 1, 2]  # two more already drawn (on the devices)
+    assert list(it) == [1, 2, 3, 4]
+    assert list(pipeline.read_ahead(iter(range(3)), 0)) == [0, 1, 2]
+    assert list(pipeline.read_ahead(iter(range(2)), 5)) == [0, 1]
+    with pytest.raises(ValueError, match="device_prefetch"):
+        pipeline.read_ahead(iter([]), -1)
