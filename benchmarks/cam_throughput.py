@@ -1,22 +1,30 @@
 """Forward pass + CAM of the predicted class + upsample + normalise: camjax against PyTorch.
 
-    python benchmarks/cam_throughput.py [--model vgg16_gap] [--batch 8] [--size 224]
-        [--width 1.0] [--dtype float32] [--iters 5] [--no-torch]
+    python benchmarks/cam_throughput.py [--model vgg16_gap|googlenet_gap] [--batch 8]
+        [--size 224] [--width 1.0] [--groups 2] [--grouped_conv_impl split|xla]
+        [--num_classes 1000] [--dtype float32|bfloat16] [--iters 5] [--no-torch]
 
 Times, on the same card or CPU in one process and on the same random input:
 
 * camjax: ``camjax.cam_fn(model, variables, top_k=1)``, one jitted program (forward, top-1
   class, CAM einsum, OpenCV-exact bicubic upsampling as matrix products, min-max);
-* PyTorch, TorchCAM-style: the same architecture as an ``nn.Module`` (eager; NHWC
-  ``channels_last`` and autocast on GPU with ``--dtype bfloat16``), a forward that returns the
-  last feature map, the CAM as ``einsum`` of that map with the predicted class's ``fc`` row,
-  ``F.interpolate(mode="bicubic", align_corners=False)`` and a per-map min-max, as TorchCAM's
-  ``CAM`` extractor and ``overlay_mask`` pipeline do.
+* camjax forward only: the same model's jitted ``model.apply`` returning the logits, its calls
+  alternating with cam_fn's. The difference from cam_fn is the CAM tail (einsum + upsample +
+  min-max), the most that fusing the tail into one kernel could save;
+* PyTorch, TorchCAM-style: the same architecture as an ``nn.Module`` (benchmarks/torch_models.py;
+  eager; NHWC ``channels_last`` and autocast on GPU with ``--dtype bfloat16``), a forward that
+  returns the last feature map, the CAM as ``einsum`` of that map with the predicted class's
+  ``head`` row, ``F.interpolate(mode="bicubic", align_corners=False)`` and a per-map min-max, as
+  TorchCAM's ``CAM`` extractor and ``overlay_mask`` pipeline do.
 
-Both start from random weights (timing only; the architectures are equal layer for layer, the
-parameter count is printed for both). Reports images/s (median of --iters timed calls after
-warm-up, each call synchronised) and compile/first-call time. Paste the table, with the date,
-machine and command, into benchmarks/RESULTS.md.
+Both start from random weights (timing only; tests/test_benchmarks.py checks that the twins
+compute camjax's networks; the parameter count is printed for both). Reports images/s (median
+of --iters timed calls after warm-up, each call synchronised), first-call time and the share of
+the chip limit: the measured matmul peak (`matmul_peak`: bf16 8192^3 on an accelerator, float32
+2048^3 on CPU) divided by the forward FLOPs per image that XLA's cost analysis counts in the
+compiled camjax forward. With PyTorch in the process JAX does not preallocate GPU memory
+(`share_device_with_torch`). Paste the table, with the date, machine and command, into
+benchmarks/RESULTS.md.
 """
 
 import argparse
@@ -36,75 +44,108 @@ sys.path.insert(0, REPO)
 import camjax  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+MODELS = ("vgg16_gap", "googlenet_gap")  # the networks with a twin in torch_models.py
+GROUPED_CONV_IMPLS = ("split", "xla")  # camjax.models.layers.GroupedConv's impl choices
 
 
 def time_calls(fn, iters: int) -> tuple[float, float]:
     """(first call seconds, median seconds of `iters` later calls); fn must synchronise."""
-    start = time.perf_counter()
-    fn()
-    first = time.perf_counter() - start
-    fn()  # one untimed warm call (allocator, autotuning)
-    times = []
-    for _ in range(iters):
+    return time_interleaved({"": fn}, iters)[""]
+
+
+def time_interleaved(fns: dict, iters: int) -> dict[str, tuple[float, float]]:
+    """time_calls for several functions, their timed calls taken in turn: on a shared machine
+    whose load drifts, the difference of two medians then measures the functions, not the drift.
+
+    fns: name -> function that synchronises. Returns name -> (first call s, median s).
+    """
+    first = {}
+    for name, fn in fns.items():
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
+        first[name] = time.perf_counter() - start
+        fn()  # one untimed warm call (allocator, autotuning)
+    times = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (first[name], statistics.median(times[name])) for name in fns}
 
 
-def camjax_case(args, images: np.ndarray):
-    kwargs = {"num_classes": args.num_classes, "width": args.width, "dtype": DTYPES[args.dtype]}
-    model = camjax.models.create_model(args.model, **kwargs)
+def matmul_peak(iters: int = 10) -> tuple[float, str]:
+    """Measured dense matmul throughput of the default device: (FLOP/s, what was multiplied).
+
+    The ceiling the model benchmarks are read against. On an accelerator a bf16 8192^3 product
+    with float32 accumulation (the precision of a bf16 network's convolutions, and large enough
+    to saturate the tensor cores); on CPU a float32 2048^3 one, well under a second. Median of
+    `iters` synchronised calls after warm-up.
+    """
+    on_cpu = jax.devices()[0].platform == "cpu"
+    n, dtype = (2048, jnp.float32) if on_cpu else (8192, jnp.bfloat16)
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), dtype)
+    b = jax.random.normal(kb, (n, n), dtype)
+    matmul = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+    _, median = time_calls(lambda: matmul(a, b).block_until_ready(), iters)
+    return 2 * n**3 / median, f"{jnp.dtype(dtype).name} {n}^3 matmul, float32 accumulation"
+
+
+def compiled_flops(compiled) -> float:
+    """FLOPs of a compiled jax program by XLA's cost analysis: per device for a sharded program,
+    0.0 where the backend reports none."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def camjax_case(args, images: np.ndarray) -> dict:
+    """Times cam_fn and the forward alone on images (B, H, W, 3) float32.
+
+    Returns {'params': int, 'cam': (first call s, median s), 'forward': (compile + first call
+    s, median s), 'forward_flops': FLOPs of the forward over the whole batch}.
+    """
+    model = camjax.models.create_model(
+        args.model,
+        num_classes=args.num_classes,
+        width=args.width,
+        groups=args.groups,
+        grouped_conv_impl=args.grouped_conv_impl,
+        dtype=DTYPES[args.dtype],
+    )
     x = jnp.asarray(images)
     variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0))
     params = sum(p.size for p in jax.tree.leaves(variables["params"]))
     run = camjax.cam_fn(model, variables, top_k=1)
-
-    def call():
-        out = run(x)
-        out.cams.block_until_ready()
-
-    return params, time_calls(call, args.iters)
-
-
-def torch_vgg16_gap(width: float, num_classes: int, groups: int):
-    """VGG16-GAP as camjax builds it (conv1_1..conv5_3 with pool1..pool4, CAM_conv 3x3/1024
-    grouped, ReLU, GAP, linear head), as a PyTorch module returning (logits, feature_map)."""
-    import torch
-    from torch import nn
-
-    def c(n):
-        return max(1, int(round(n * width)))
-
-    plan = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
-    layers, cin = [], 3
-    for v in plan:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(cin, c(v), 3, padding=1), nn.ReLU(inplace=True)]
-            cin = c(v)
-    layers += [nn.Conv2d(cin, c(1024), 3, padding=1, groups=groups), nn.ReLU(inplace=True)]
-
-    class VGG16GAP(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(*layers)
-            self.fc = nn.Linear(c(1024), num_classes)
-
-        def forward(self, x):
-            fmap = self.features(x)
-            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(fmap, 1), 1)), fmap
-
-    return VGG16GAP()
+    start = time.perf_counter()
+    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0]).lower(variables, x).compile()
+    compile_s = time.perf_counter() - start
+    timings = time_interleaved(
+        {
+            "cam": lambda: run(x).cams.block_until_ready(),
+            "forward": lambda: forward(variables, x).block_until_ready(),
+        },
+        args.iters,
+    )
+    first, median = timings["forward"]
+    return {
+        "params": params,
+        "cam": timings["cam"],
+        "forward": (compile_s + first, median),
+        "forward_flops": compiled_flops(forward),
+    }
 
 
 def torch_case(args, images: np.ndarray):
+    """The TorchCAM-style pipeline on the twin: (params, (first call s, median s), device)."""
     import torch
     import torch.nn.functional as F
+    from torch_models import TORCH_MODELS
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = torch_vgg16_gap(args.width, args.num_classes, args.groups).to(device).eval()
+    twin = TORCH_MODELS[args.model](args.width, args.num_classes, args.groups)
+    model = twin.to(device).eval()
     x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
     if device == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -118,7 +159,7 @@ def torch_case(args, images: np.ndarray):
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
             logits, fmap = model(x)
             top = logits.argmax(dim=1)
-            cams = torch.einsum("bchw,bc->bhw", fmap.float(), model.fc.weight[top].float())
+            cams = torch.einsum("bchw,bc->bhw", fmap.float(), model.head.weight[top].float())
         cams = F.interpolate(cams[:, None], size=size, mode="bicubic", align_corners=False)[:, 0]
         lo = cams.amin(dim=(1, 2), keepdim=True)
         hi = cams.amax(dim=(1, 2), keepdim=True)
@@ -130,14 +171,24 @@ def torch_case(args, images: np.ndarray):
     return params, time_calls(call, args.iters), device
 
 
+def share_device_with_torch(args) -> None:
+    """Stops JAX preallocating 75% of GPU memory when PyTorch runs in the same process after it.
+
+    Call before the first jax device use: the GPU client reads the variable when it starts.
+    """
+    if args.torch:
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
 def model_arguments(description: str) -> argparse.ArgumentParser:
     """The flags both framework comparisons share: model, batch, size, width, dtype, timing."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", default="vgg16_gap", choices=["vgg16_gap"])
+    parser.add_argument("--model", default="vgg16_gap", choices=MODELS)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--groups", type=int, default=2)
+    parser.add_argument("--grouped_conv_impl", default="split", choices=GROUPED_CONV_IMPLS)
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--iters", type=int, default=5)
@@ -147,35 +198,50 @@ def model_arguments(description: str) -> argparse.ArgumentParser:
 
 def main() -> None:
     args = model_arguments(__doc__.splitlines()[0]).parse_args()
+    share_device_with_torch(args)
 
     rng = np.random.default_rng(0)
     images = rng.standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32)
     print(
-        f"{args.model} width {args.width}, batch {args.batch} at {args.size}x{args.size}, "
-        f"{args.dtype}; {platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on "
-        f"{jax.devices()[0].device_kind}"
+        f"{args.model} width {args.width}, groups {args.groups} ({args.grouped_conv_impl}), "
+        f"batch {args.batch} at {args.size}x{args.size}, {args.dtype}; {platform.machine()}, "
+        f"{os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].device_kind}"
     )
-    rows = []
-    params, (first, median) = camjax_case(args, images)
-    rows.append(("camjax cam_fn (jit)", params, first, median))
+    camjax_out = camjax_case(args, images)
+    peak, peak_what = matmul_peak()
+    flops_per_image = camjax_out["forward_flops"] / args.batch
+    chip_limit = peak / flops_per_image if flops_per_image else float("nan")
+    rows = [
+        ("camjax cam_fn (jit)", camjax_out["params"], *camjax_out["cam"]),
+        ("camjax forward only (jit)", camjax_out["params"], *camjax_out["forward"]),
+    ]
     if args.torch:
         import torch
 
         params, (first, median), device = torch_case(args, images)
-        rows.append(
-            (
-                f"PyTorch eager, TorchCAM-style ({device}, torch {torch.__version__})",
-                params,
-                first,
-                median,
-            )
-        )
-    print("| case | parameters | first call s | median s | images/s |")
-    print("|---|---|---|---|---|")
+        name = f"PyTorch eager, TorchCAM-style ({device}, torch {torch.__version__})"
+        rows.append((name, params, first, median))
+    print("| case | parameters | first call s | median s | images/s | % of chip limit |")
+    print("|---|---|---|---|---|---|")
     for name, params, first, median in rows:
-        print(f"| {name} | {params:,} | {first:.2f} | {median:.3f} | {args.batch / median:,.1f} |")
-    if len(rows) == 2:
-        print(f"\ncamjax / PyTorch throughput: {rows[1][3] / rows[0][3]:.2f}x")
+        rate = args.batch / median
+        print(
+            f"| {name} | {params:,} | {first:.2f} | {median:.3f} | {rate:,.1f} | "
+            f"{100 * rate / chip_limit:.1f}% |"
+        )
+    cam_s, forward_s = camjax_out["cam"][1], camjax_out["forward"][1]
+    print(f"\nmatmul peak: {peak / 1e12:.3f} TFLOP/s ({peak_what})")
+    print(
+        f"forward FLOPs per image (XLA cost analysis of the camjax forward): "
+        f"{flops_per_image / 1e9:.2f} GFLOP; chip limit {chip_limit:,.1f} images/s"
+    )
+    print(
+        f"CAM tail (einsum + upsample + min-max) = cam_fn - forward: "
+        f"{1e3 * (cam_s - forward_s):.1f} ms per batch, {100 * (1 - forward_s / cam_s):.1f}% "
+        "of the cam_fn call"
+    )
+    if args.torch:
+        print(f"camjax / PyTorch throughput: {rows[2][3] / cam_s:.2f}x")
 
 
 if __name__ == "__main__":
