@@ -1,8 +1,11 @@
 """Does the input pipeline keep up? Training on decoded JPEGs against a device-resident batch.
 
-    python benchmarks/train_input.py [--model vgg16_gap|googlenet_gap] [--batch 128]
-        [--width 1.0] [--dtype bfloat16] [--threads 16] [--device_prefetch 2] [--steps 30]
-        [--num_images 2048]
+    python benchmarks/train_input.py [--model vgg16_gap|googlenet_gap] [--batch 16]
+        [--width 1.0] [--dtype float32|bfloat16] [--threads <cores>] [--device_prefetch 2]
+        [--steps 10] [--num_images 1024]
+
+(the GPU run in benchmarks/device_run.sh: --batch 128 --dtype bfloat16 --steps 30
+--num_images 2048)
 
 Writes input_pipeline.py's CUB-like stand-in for the official archive (500x375 / 375x500 JPEG
 photographs), prepares it with `camjax.data.cub.prepare` as a user would, and runs the training
