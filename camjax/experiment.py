@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from camjax.data import load_data_sources
+from camjax.data import reopenable_sources
 from camjax.data.pipeline import PreprocessConfig
 from camjax.models import create_model
 
@@ -67,12 +67,15 @@ def preprocess_config(config: ml_collections.ConfigDict) -> PreprocessConfig:
 
 
 def data_sources(config: ml_collections.ConfigDict) -> Mapping[str, Sequence]:
-    """Random-access sources of every split (generated on first use for the embedded dataset)."""
+    """Random-access sources of every split (generated on first use for the embedded dataset).
+
+    They pickle as the recipe for reopening them, so grain worker processes can read them.
+    """
     d = config.data
     sizes = {"num_train": d.num_train, "num_validation": d.num_validation, "num_test": d.num_test}
     if "validation_per_class" in d:  # the hand-downloaded datasets' validation holdout
         sizes["validation_per_class"] = d.validation_per_class
-    return load_data_sources(d.name, d.image_size, d.data_dir or None, sizes)
+    return reopenable_sources(d.name, d.image_size, d.data_dir or None, sizes)
 
 
 def limit(source: Sequence, max_items: int) -> Sequence:

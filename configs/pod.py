@@ -37,6 +37,7 @@ def get_config(arg: str):
     config.data.batch_size = global_batch
     config.eval.batch_size = global_batch
     config.data.num_threads = 16
+    config.data.num_workers = 16  # per host; one per core of a 16-core GPU host
     config.model.dtype = "bfloat16"
     config.optim.learning_rate *= scale
 

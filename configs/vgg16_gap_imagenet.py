@@ -19,6 +19,7 @@ def get_config():
     config.data.max_boxes = 20  # ILSVRC validation images have up to 20 boxes
     config.data.validation_per_class = 10
     config.data.num_threads = 16
+    config.data.num_workers = 16  # training's worker processes (configs/default.py)
     config.model.num_classes = 1000
     config.data.image_size = 224
     config.data.resize_size = 256

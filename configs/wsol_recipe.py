@@ -72,6 +72,7 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
     # CUB's train split and 10 of ILSVRC's validation set, the sizes of the reference's splits.
     data.validation_per_class = {"cub": 5, "ilsvrc": 10}[dataset]
     data.num_threads = 16
+    data.num_workers = 16  # training's worker processes, one per core of a 16-core GPU host
 
     model = config.model
     model.num_classes = NUM_CLASSES[dataset]
@@ -121,6 +122,7 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
         data.image_size, data.resize_size = 64, 73
         data.batch_size = 8
         data.num_threads = 2
+        data.num_workers = 0
         data.validation_per_class = 1
         model.name += "_tiny"
         model.width = 1 / 16

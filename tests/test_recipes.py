@@ -67,6 +67,7 @@ def test_cam_paper_configs_run_a_full_size_step_on_ilsvrc(module, data_dir, tmp_
     config.data.validation_per_class = 1
     config.data.batch_size = config.eval.batch_size = 8
     config.data.num_threads = 2
+    config.data.num_workers = 2  # the recipe's worker processes, fewer
     config.train.num_steps = 1
     config.eval.num_gallery = 1
     config.eval.threshold_grid_step = 0.25
@@ -93,6 +94,7 @@ def test_pod_config_scales_a_recipe_by_the_linear_rule():
     assert config.optim.decay_steps == round(base.optim.decay_steps / scale)
     assert config.optim.warmup_steps == config.train.num_steps // 20 > 0
     assert config.model.dtype == "bfloat16" and config.data.num_threads == 16
+    assert config.data.num_workers == 16
     tiny = pod.get_config("cam_vgg16_cub:tiny,16")
     assert tiny.model.name == "vgg16_gap_tiny" and tiny.data.batch_size == 16
     paper = pod.get_config("vgg16_gap_imagenet,1024")

@@ -1,7 +1,8 @@
 """Datasets (tfds builders read as random-access sources) and the input pipeline."""
 
+import functools
 import importlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -62,6 +63,55 @@ def load_data_sources(
             for split, source in sources.items()
         }
     return _catalog_sources(name, data_dir, split_sizes)
+
+
+def reopenable_sources(
+    name: str,
+    image_size: int,
+    data_dir: str | None = None,
+    split_sizes: Mapping[str, int] | None = None,
+) -> Mapping[str, Sequence]:
+    """`load_data_sources`, each split wrapped in a `ReopenableSource`, for grain's workers."""
+    sources = load_data_sources(name, image_size, data_dir, split_sizes)
+    sizes = dict(split_sizes or {})
+    return {
+        split: ReopenableSource(
+            functools.partial(_open_split, name, image_size, data_dir, sizes, split), source
+        )
+        for split, source in sources.items()
+    }
+
+
+def _open_split(
+    name: str, image_size: int, data_dir: str | None, sizes: dict[str, int], split: str
+) -> Sequence:
+    return load_data_sources(name, image_size, data_dir, sizes)[split]
+
+
+class ReopenableSource(Sequence):
+    """A split's random-access source that pickles as the recipe for opening it again.
+
+    grain's worker processes are spawned, and the pipeline, source included, is pickled to
+    them. tfds sources do not survive that (a builder with a custom config refuses to be
+    rebuilt under the same name) and open file readers should not travel anyway, so a worker
+    unpickling this opens the split itself, from the prepared files.
+    """
+
+    def __init__(self, open_split: Callable[[], Sequence], source: Sequence | None = None):
+        self._open_split = open_split
+        self._source = open_split() if source is None else source
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index):
+        return self._source[index]
+
+    def __getstate__(self) -> dict:
+        return {"open_split": self._open_split}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["open_split"])
 
 
 # Catalog datasets without a validation split hold out this fraction of train for it (the

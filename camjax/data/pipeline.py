@@ -19,6 +19,7 @@ import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from jax.sharding import NamedSharding
 from PIL import Image
 
@@ -127,31 +128,72 @@ def train_iterator(
     sharding: NamedSharding,
     num_threads: int,
     device_prefetch: int = 2,
+    num_workers: int = 0,
 ) -> Iterator[dict[str, jax.Array]]:
-    """Device batches for steps start_step, start_step + 1, ..., read ahead by grain threads.
+    """Device batches for steps start_step, start_step + 1, ..., read ahead on the host
+    (`host_batches`). `device_prefetch` batches beyond the one returned are already on the
+    mesh, so their host-to-device copies overlap the steps before them."""
+    batches = iter(host_batches(ds[start_step:], num_threads, num_workers))
 
-    `device_prefetch` batches beyond the one returned are already on the mesh, so their
-    host-to-device copies run while the steps before them compute (0: copy on demand).
+    def device_batches():
+        try:
+            for batch in batches:
+                yield shard_batch(batch, sharding)
+        finally:  # stop the readers, and free the shared memory of the batches they hold
+            batches.close()
+
+    return read_ahead(device_batches(), device_prefetch)
+
+
+def host_batches(ds: grain.MapDataset, num_threads: int, num_workers: int = 0) -> grain.IterDataset:
+    """The batches of `ds` in order, computed ahead by threads or by worker processes.
+
+    num_workers = 0: `num_threads` grain threads of this process decode and augment. Their
+    Python work holds the GIL (about 0.4 ms per example on the 2-core dev box), which caps
+    threads at a few thousand images/s however many cores there are. num_workers > 0 spawns
+    that many grain worker processes instead (one thread each; the sources must pickle, as
+    `experiment.data_sources`'s do): the same batches in the same order.
     """
-    it = ds[start_step:].to_iter_dataset(
-        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * max(1, num_threads))
+    if num_workers < 0:
+        raise ValueError(f"config.data.num_workers must be >= 0; got {num_workers}.")
+    threads = 1 if num_workers else num_threads
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * max(1, threads))
     )
-    return read_ahead((shard_batch(b, sharding) for b in it), device_prefetch)
+    if num_workers:
+        _mark_absl_flags_parsed()
+        it = it.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2)
+        )
+    return it
+
+
+def _mark_absl_flags_parsed() -> None:
+    # grain's worker processes read absl flags, which raise when unparsed: outside an absl app
+    # (tests, notebooks, benchmarks) nothing parses them, and their defaults are what we want.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def read_ahead(items: Iterator[Any], size: int) -> Iterator[Any]:
-    """Yields `items` in order, keeping `size` further items already drawn from the iterator."""
+    """Yields `items` in order, keeping `size` further items already drawn from the iterator.
+
+    Closing the returned generator closes `items` (when it can be closed)."""
     if size < 0:
         raise ValueError(f"config.data.device_prefetch must be >= 0; got {size}.")
 
     def generate():
         queue = collections.deque()
-        for item in items:
-            queue.append(item)
-            if len(queue) > size:
+        try:
+            for item in items:
+                queue.append(item)
+                if len(queue) > size:
+                    yield queue.popleft()
+            while queue:
                 yield queue.popleft()
-        while queue:
-            yield queue.popleft()
+        finally:  # closing this closes `items` too
+            if hasattr(items, "close"):
+                items.close()
 
     return generate()
 

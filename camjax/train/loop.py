@@ -215,8 +215,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     train_ds = pipeline.train_dataset(
         sources[config.data.train_split], prep, config.data.batch_size, config.seed
     )
+    d = config.data
     batches = pipeline.train_iterator(
-        train_ds, start, batch_sharding, config.data.num_threads, config.data.device_prefetch
+        train_ds, start, batch_sharding, d.num_threads, d.device_prefetch, d.num_workers
     )
     sums = jax.device_put(zero_sums(), replicated)
     bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", disable=jax.process_index() != 0)
@@ -267,6 +268,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 t0 = time.time()  # throughput excludes evaluation and checkpointing
     finally:
         # An async save in flight completes (or is abandoned whole) before we leave.
+        batches.close()  # stops the input readers (worker processes, shared memory) now
         bar.close()
         manager.wait_until_finished()
         manager.close()

@@ -1,20 +1,32 @@
 """Tests for camjax/data/pipeline.py on the embedded dataset: determinism, resume, eval padding."""
 
+import pickle
+
 import jax
 import numpy as np
 import pytest
 
+from camjax import data as camjax_data
 from camjax import experiment
 from camjax.data import pipeline, wsol_shapes
 from camjax.data.shapes import example_rng, render_example
 
+SIZES = {"num_train": 40, "num_validation": 10, "num_test": 11}
+
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("tfds")
-    return wsol_shapes.load_data_sources(
-        64, str(data_dir), num_train=40, num_validation=10, num_test=11
-    )
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def sources(data_dir):
+    return wsol_shapes.load_data_sources(64, data_dir, **SIZES)
+
+
+@pytest.fixture(scope="module")
+def reopenable(data_dir, sources):
+    return camjax_data.reopenable_sources("wsol_shapes", 64, data_dir, SIZES)
 
 
 PREP = pipeline.PreprocessConfig(image_size=64, resize_size=73, max_boxes=2)
@@ -101,3 +113,25 @@ def test_read_ahead_keeps_order_and_draws_ahead():
     assert list(pipeline.read_ahead(iter(range(2)), 5)) == [0, 1]
     with pytest.raises(ValueError, match="device_prefetch"):
         pipeline.read_ahead(iter([]), -1)
+
+
+def test_reopenable_source_pickles_as_the_recipe_for_opening_it(reopenable, sources):
+    payload = pickle.dumps(reopenable["test"])
+    assert len(payload) < 2_000  # the recipe, not the data or open readers
+    reopened = pickle.loads(payload)
+    assert len(reopened) == len(sources["test"]) == 11
+    for i in (0, 10):
+        np.testing.assert_array_equal(reopened[i]["image"], sources["test"][i]["image"])
+
+
+def test_worker_processes_read_the_batches_threads_read(reopenable):
+    ds = pipeline.train_dataset(reopenable["train"], PREP, global_batch_size=8, seed=0)
+    sharding = experiment.data_sharding(experiment.make_mesh())
+    threads = pipeline.train_iterator(ds, 3, sharding, 2, num_workers=0)
+    workers = pipeline.train_iterator(ds, 3, sharding, 2, num_workers=2)
+    for _ in range(6):  # two epochs' boundary included (5 steps per epoch)
+        a, b = next(threads), next(workers)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    with pytest.raises(ValueError, match="num_workers"):
+        pipeline.train_iterator(ds, 0, sharding, 2, num_workers=-1)
