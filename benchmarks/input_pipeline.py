@@ -1,6 +1,7 @@
-"""Input pipeline speed for the CUB recipe: images/s per CPU core, and what 16 workers give.
+"""Input pipeline speed for the CUB recipe: images/s per reader thread and per worker process.
 
-    python benchmarks/input_pipeline.py [--num_images 2048] [--threads 1 2] [--batch 32]
+    python benchmarks/input_pipeline.py [--dataset cub_like|wsol_shapes] [--num_images 2048]
+        [--threads 1 2] [--workers 2] [--batch 32]
 
 Writes a CUB-like stand-in for the official archive (`CUB_200_2011.tgz` layout; JPEG photos
 of CUB's typical size, 500x375 or 375x500, quality 90, smooth colour fields with objects and
@@ -9,12 +10,16 @@ user would, and reads the train split through the recipe's pipeline
 (`configs/cam_vgg16_cub.py`: decode, resize 256x256, random crop 224, flip, batch). Times:
 
 * per stage on one thread: reading + JPEG decoding (`source[i]`), and the train preprocessing;
-* the whole grain pipeline (`pipeline.train_dataset` + `to_iter_dataset`) with each
-  `--threads` count, images/s.
+* the whole host pipeline (`pipeline.train_dataset` + `pipeline.host_batches`, what training
+  reads) with each `--threads` count of reader threads (`config.data.num_threads`) and each
+  `--workers` count of worker processes (`config.data.num_workers`), images/s after every
+  reader has delivered its first batch.
 
-The per-core rate times 16 is the estimate for a 16-core accelerator host; compare it with the
-training step rates in benchmarks/RESULTS.md (issue #5's H200 baseline: 4,232 to 8,100
-images/s for VGG16-GAP).
+Threads share the GIL for the Python part of each example; worker processes do not.
+`--dataset wsol_shapes` reads the embedded dataset at 64 px instead, where decoding and
+resizing are cheap, so the GIL's ceiling on threads shows even on a 2-core machine. Compare
+the rates with the training step rates in benchmarks/RESULTS.md (issue #5's H200 baseline:
+4,232 to 8,100 images/s for VGG16-GAP).
 """
 
 import argparse
@@ -33,12 +38,10 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import grain  # noqa: E402
-
 from camjax import data as camjax_data  # noqa: E402
 from camjax import experiment  # noqa: E402
 from camjax.data import cub, pipeline  # noqa: E402
-from configs import cam_vgg16_cub  # noqa: E402
+from configs import cam_vgg16_cub, default  # noqa: E402
 
 
 def photo(rng: np.random.Generator, width: int, height: int) -> bytes:
@@ -85,33 +88,48 @@ def rate(fn, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def prepared_source(dataset: str, num_images: int, seed: int, tmp: str):
+    """(train source, preprocessing, description) of a freshly prepared dataset in tmp."""
+    start = time.perf_counter()
+    if dataset == "wsol_shapes":  # the embedded dataset at 64 px: little C work per example
+        config = default.get_config()
+        config.data.data_dir = tmp
+        config.data.num_train = num_images
+        config.data.num_validation = config.data.num_test = 8
+        source = experiment.data_sources(config)["train"]
+        what = "wsol_shapes train images (64x64 PNG)"
+    else:
+        config = cam_vgg16_cub.get_config()
+        manual, data_dir = Path(tmp) / "manual", str(Path(tmp) / "tfds")
+        manual.mkdir()
+        write_cub_archive(manual, num_images, seed)
+        cub.prepare(str(manual), data_dir, progress=False)
+        source = camjax_data.reopenable_sources(  # worker processes reopen them
+            "cub_200_2011", config.data.image_size, data_dir, {"validation_per_class": 1}
+        )["train"]
+        what = "CUB-like train images (500x375 JPEG q90)"
+    description = (
+        f"{len(source)} {what}, recipe {config.data.resize_size} -> {config.data.image_size}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; prepared in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    return source, experiment.preprocess_config(config), description
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="cub_like", choices=["cub_like", "wsol_shapes"])
     parser.add_argument("--num_images", type=int, default=2048)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, nargs="*", default=[2], help="worker processes")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    config = cam_vgg16_cub.get_config()
-    prep = experiment.preprocess_config(config)
     with tempfile.TemporaryDirectory() as tmp:
-        manual, data_dir = Path(tmp) / "manual", str(Path(tmp) / "tfds")
-        manual.mkdir()
-        start = time.perf_counter()
-        write_cub_archive(manual, args.num_images, args.seed)
-        cub.prepare(str(manual), data_dir, progress=False)
-        setup_s = time.perf_counter() - start
-        sources = camjax_data.load_data_sources(
-            "cub_200_2011", prep.image_size, data_dir, {"validation_per_class": 1}
-        )
-        source = sources["train"]
+        source, prep, description = prepared_source(args.dataset, args.num_images, args.seed, tmp)
         n = len(source)
-        print(
-            f"{n} CUB-like train images (500x375 JPEG q90), recipe {config.data.resize_size} -> "
-            f"{config.data.image_size}; {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} cores; archive + prepare {setup_s:.1f} s"
-        )
+        print(description)
         source[0]  # open the files
         decode = rate(lambda i: source[i % n], n)
         decoded = [source[i] for i in range(min(n, 64))]
@@ -119,21 +137,21 @@ def main() -> None:
         rng = np.random.default_rng(0)
         preprocess = rate(lambda i: augment.random_map(decoded[i % len(decoded)], rng), 256)
         print(f"one thread: read + decode {decode:.0f} images/s, preprocess {preprocess:.0f}")
-        print("| reader threads | images/s | images/s per thread |")
+        print("| readers | images/s | images/s per reader |")
         print("|---|---|---|")
-        for threads in args.threads:
+        readers = [(t, 0) for t in args.threads] + [(1, w) for w in args.workers]
+        for threads, workers in readers:
             ds = pipeline.train_dataset(source, prep, args.batch, args.seed)
-            it = ds.to_iter_dataset(
-                grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)
-            )
-            batches = iter(it)
-            next(batches)  # start the readers
-            steps = max(4, 2 * n // args.batch)
+            batches = iter(pipeline.host_batches(ds, threads, workers))
+            for _ in range(workers + 1):  # start the readers (each worker: its first batch)
+                next(batches)
+            steps = max(4 * max(1, workers), 2 * n // args.batch)
             start = time.perf_counter()
             for _ in range(steps):
                 next(batches)
             images_s = steps * args.batch / (time.perf_counter() - start)
-            print(f"| {threads} | {images_s:.0f} | {images_s / threads:.0f} |")
+            name = f"{workers} worker processes" if workers else f"{threads} threads"
+            print(f"| {name} | {images_s:.0f} | {images_s / (workers or threads):.0f} |")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Does the input pipeline keep up? Training on decoded JPEGs against a device-resident batch.
 
     python benchmarks/train_input.py [--model vgg16_gap|googlenet_gap] [--batch 16]
-        [--width 1.0] [--dtype float32|bfloat16] [--threads <cores>] [--device_prefetch 2]
-        [--steps 10] [--num_images 1024]
+        [--width 1.0] [--dtype float32|bfloat16] [--threads <cores>] [--workers 0]
+        [--device_prefetch 2] [--steps 10] [--num_images 1024]
 
 (the GPU run in benchmarks/device_run.sh: --batch 128 --dtype bfloat16 --steps 30
---num_images 2048)
+--num_images 2048 --workers 16)
 
 Writes input_pipeline.py's CUB-like stand-in for the official archive (500x375 / 375x500 JPEG
 photographs), prepares it with `camjax.data.cub.prepare` as a user would, and runs the training
@@ -13,8 +13,9 @@ loop's jitted, donated step with the CUB recipe's input (`configs/cam_vgg16_cub.
 resize 256, random crop 224, flip, uint8 batches normalised on device), timing in one process:
 
 * synthetic: every step on the same batch, already on the devices (the step's own rate);
-* input only: the train iterator alone (grain threads, decoding, augmentation, the copy to the
-  devices with `--device_prefetch` batches in flight), no step;
+* input only: the train iterator alone (`--threads` grain threads, or `--workers` worker
+  processes; decoding, augmentation, the copy to the devices with `--device_prefetch` batches
+  in flight), no step;
 * real: the step fed by the train iterator, as `train.py` runs it.
 
 Issue #5's goal is real within 10% of synthetic: the input never starves the chip. Each rate is
@@ -57,6 +58,7 @@ def recipe_config(args):
         model.groups = 2
     config.data.batch_size = args.batch
     config.data.num_threads = args.threads
+    config.data.num_workers = args.workers
     config.data.device_prefetch = args.device_prefetch
     return config
 
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--workers", type=int, default=0, help="worker processes (0: threads)")
     parser.add_argument("--device_prefetch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--num_images", type=int, default=1024)
@@ -118,14 +121,16 @@ def main() -> None:
         manual.mkdir()
         write_cub_archive(manual, args.num_images, args.seed)
         cub.prepare(str(manual), data_dir, progress=False)
-        source = camjax_data.load_data_sources(
+        source = camjax_data.reopenable_sources(  # worker processes reopen it
             "cub_200_2011", prep.image_size, data_dir, {"validation_per_class": 1}
         )["train"]
         dataset = pipeline.train_dataset(source, prep, args.batch, args.seed)
 
         def iterator():
+            sharding = experiment.data_sharding(mesh)
+            d = config.data
             return pipeline.train_iterator(
-                dataset, 0, experiment.data_sharding(mesh), args.threads, args.device_prefetch
+                dataset, 0, sharding, d.num_threads, d.device_prefetch, d.num_workers
             )
 
         fixed = next(iterator())
@@ -136,7 +141,8 @@ def main() -> None:
     print(
         f"{args.model} width {args.width}, batch {args.batch} at {prep.image_size}x"
         f"{prep.image_size}, {args.dtype}; {len(source)} CUB-like JPEGs (500x375), "
-        f"{args.threads} reader threads, device prefetch {args.device_prefetch}; "
+        f"{f'{args.workers} worker processes' if args.workers else f'{args.threads} threads'}, "
+        f"device prefetch {args.device_prefetch}; "
         f"{platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on "
         f"{jax.device_count()} x {jax.devices()[0].device_kind}"
     )
