@@ -8,21 +8,23 @@ Times, on the same card or CPU in one process and on the same random input:
 
 * camjax: ``camjax.cam_fn(model, variables, top_k=1)``, one jitted program (forward, top-1
   class, CAM einsum, OpenCV-exact bicubic upsampling as matrix products, min-max);
-* camjax forward only: the same model's jitted ``model.apply`` returning the logits, its calls
-  alternating with cam_fn's. The difference from cam_fn is the CAM tail (einsum + upsample +
-  min-max), the most that fusing the tail into one kernel could save;
+* camjax forward only: the same model's jitted ``model.apply`` returning the logits. The
+  difference from cam_fn is the CAM tail (einsum + upsample + min-max), the most that fusing
+  the tail into one kernel could save;
 * PyTorch, TorchCAM-style: the same architecture as an ``nn.Module`` (benchmarks/torch_models.py;
   eager; NHWC ``channels_last`` and autocast on GPU with ``--dtype bfloat16``), a forward that
   returns the last feature map, the CAM as ``einsum`` of that map with the predicted class's
   ``head`` row, ``F.interpolate(mode="bicubic", align_corners=False)`` and a per-map min-max, as
   TorchCAM's ``CAM`` extractor and ``overlay_mask`` pipeline do.
 
-Both start from random weights (timing only; tests/test_benchmarks.py checks that the twins
-compute camjax's networks; the parameter count is printed for both). Reports images/s (median
-of --iters timed calls after warm-up, each call synchronised), first-call time and the share of
-the chip limit: the measured matmul peak (`matmul_peak`: bf16 8192^3 on an accelerator, float32
-2048^3 on CPU) divided by the forward FLOPs per image that XLA's cost analysis counts in the
-compiled camjax forward. With PyTorch in the process JAX does not preallocate GPU memory
+The three calls alternate (their timed calls are taken in turn), so the ratios compare the
+code rather than drifting load. Both frameworks start from random weights (timing only;
+tests/test_benchmarks.py checks that the twins compute camjax's networks; the parameter count
+is printed for both). Reports images/s (median of --iters timed calls after warm-up, each call
+synchronised), first-call time and the share of the chip limit: the measured matmul peak
+(`matmul_peak`: chains of bf16 8192^3 products on an accelerator, float32 2048^3 on CPU)
+divided by the forward FLOPs per image that XLA's cost analysis counts in the lowered camjax
+forward. With PyTorch in the process JAX does not preallocate GPU memory
 (`share_device_with_torch`). Paste the table, with the date, machine and command, into
 benchmarks/RESULTS.md.
 """
@@ -74,37 +76,43 @@ def time_interleaved(fns: dict, iters: int) -> dict[str, tuple[float, float]]:
     return {name: (first[name], statistics.median(times[name])) for name in fns}
 
 
-def matmul_peak(iters: int = 10) -> tuple[float, str]:
+def matmul_peak(iters: int = 10, chain: int = 10) -> tuple[float, str]:
     """Measured dense matmul throughput of the default device: (FLOP/s, what was multiplied).
 
-    The ceiling the model benchmarks are read against. On an accelerator a bf16 8192^3 product
+    The ceiling the model benchmarks are read against. On an accelerator bf16 8192^3 products
     with float32 accumulation (the precision of a bf16 network's convolutions, and large enough
-    to saturate the tensor cores); on CPU a float32 2048^3 one, well under a second. Median of
-    `iters` synchronised calls after warm-up.
+    to saturate the tensor cores); on CPU float32 2048^3 ones. Each timed call is one program
+    of `chain` dependent products (x <- x @ b), so dispatch and synchronisation are paid once
+    per `chain` products; median of `iters` calls after warm-up.
     """
     on_cpu = jax.devices()[0].platform == "cpu"
     n, dtype = (2048, jnp.float32) if on_cpu else (8192, jnp.bfloat16)
     ka, kb = jax.random.split(jax.random.key(0))
     a = jax.random.normal(ka, (n, n), dtype)
-    b = jax.random.normal(kb, (n, n), dtype)
-    matmul = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
-    _, median = time_calls(lambda: matmul(a, b).block_until_ready(), iters)
-    return 2 * n**3 / median, f"{jnp.dtype(dtype).name} {n}^3 matmul, float32 accumulation"
+    b = (jax.random.normal(kb, (n, n), jnp.float32) / np.sqrt(n)).astype(dtype)  # keeps |x| ~1
+
+    @jax.jit
+    def products(x, b):
+        step = lambda _, x: jnp.matmul(x, b, preferred_element_type=jnp.float32).astype(dtype)
+        return jax.lax.fori_loop(0, chain, step, x)
+
+    _, median = time_calls(lambda: products(a, b).block_until_ready(), iters)
+    return chain * 2 * n**3 / median, f"{jnp.dtype(dtype).name} {n}^3 matmuls, float32 accumulation"
 
 
-def compiled_flops(compiled) -> float:
-    """FLOPs of a compiled jax program by XLA's cost analysis: per device for a sharded program,
-    0.0 where the backend reports none."""
-    cost = compiled.cost_analysis()
+def lowered_flops(lowered) -> float:
+    """FLOPs of a lowered jax program by XLA's cost analysis of the whole (unpartitioned)
+    program, before backend fusion; 0.0 where none is reported."""
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost.get("flops", 0.0)) if cost else 0.0
 
 
 def camjax_case(args, images: np.ndarray) -> dict:
-    """Times cam_fn and the forward alone on images (B, H, W, 3) float32.
+    """camjax's two timed calls on images (B, H, W, 3) float32, each synchronising.
 
-    Returns {'params': int, 'cam': (first call s, median s), 'forward': (compile + first call
-    s, median s), 'forward_flops': FLOPs of the forward over the whole batch}.
+    Returns {'params': int, 'cam': cam_fn's call, 'forward': the jitted forward's call,
+    'forward_compile_s': its compile time, 'forward_flops': its FLOPs for the whole batch}.
     """
     model = camjax.models.create_model(
         args.model,
@@ -116,29 +124,21 @@ def camjax_case(args, images: np.ndarray) -> dict:
     )
     x = jnp.asarray(images)
     variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0))
-    params = sum(p.size for p in jax.tree.leaves(variables["params"]))
     run = camjax.cam_fn(model, variables, top_k=1)
     start = time.perf_counter()
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0]).lower(variables, x).compile()
-    compile_s = time.perf_counter() - start
-    timings = time_interleaved(
-        {
-            "cam": lambda: run(x).cams.block_until_ready(),
-            "forward": lambda: forward(variables, x).block_until_ready(),
-        },
-        args.iters,
-    )
-    first, median = timings["forward"]
+    lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)[0]).lower(variables, x)
+    forward = lowered.compile()
     return {
-        "params": params,
-        "cam": timings["cam"],
-        "forward": (compile_s + first, median),
-        "forward_flops": compiled_flops(forward),
+        "params": sum(p.size for p in jax.tree.leaves(variables["params"])),
+        "cam": lambda: run(x).cams.block_until_ready(),
+        "forward": lambda: forward(variables, x).block_until_ready(),
+        "forward_compile_s": time.perf_counter() - start,
+        "forward_flops": lowered_flops(lowered),
     }
 
 
 def torch_case(args, images: np.ndarray):
-    """The TorchCAM-style pipeline on the twin: (params, (first call s, median s), device)."""
+    """The TorchCAM-style pipeline on the twin: (params, its synchronising call, device)."""
     import torch
     import torch.nn.functional as F
     from torch_models import TORCH_MODELS
@@ -168,7 +168,7 @@ def torch_case(args, images: np.ndarray):
             torch.cuda.synchronize()
         return cams
 
-    return params, time_calls(call, args.iters), device
+    return params, call, device
 
 
 def share_device_with_torch(args) -> None:
@@ -207,29 +207,35 @@ def main() -> None:
         f"batch {args.batch} at {args.size}x{args.size}, {args.dtype}; {platform.machine()}, "
         f"{os.cpu_count()} cores, jax {jax.__version__} on {jax.devices()[0].device_kind}"
     )
-    camjax_out = camjax_case(args, images)
-    peak, peak_what = matmul_peak()
-    flops_per_image = camjax_out["forward_flops"] / args.batch
-    chip_limit = peak / flops_per_image if flops_per_image else float("nan")
+    ours = camjax_case(args, images)
+    calls = {"cam": ours["cam"], "forward": ours["forward"]}
     rows = [
-        ("camjax cam_fn (jit)", camjax_out["params"], *camjax_out["cam"]),
-        ("camjax forward only (jit)", camjax_out["params"], *camjax_out["forward"]),
+        ("cam", "camjax cam_fn (jit)", ours["params"]),
+        ("forward", "camjax forward only (jit)", ours["params"]),
     ]
     if args.torch:
         import torch
 
-        params, (first, median), device = torch_case(args, images)
+        params, calls["torch"], device = torch_case(args, images)
         name = f"PyTorch eager, TorchCAM-style ({device}, torch {torch.__version__})"
-        rows.append((name, params, first, median))
+        rows.append(("torch", name, params))
+    # Interleaved: on a machine whose load drifts, the ratios compare the code, not the drift.
+    timings = time_interleaved(calls, args.iters)
+    first, median = timings["forward"]
+    timings["forward"] = (ours["forward_compile_s"] + first, median)
+    peak, peak_what = matmul_peak()
+    flops_per_image = ours["forward_flops"] / args.batch
+    chip_limit = peak / flops_per_image if flops_per_image else float("nan")
     print("| case | parameters | first call s | median s | images/s | % of chip limit |")
     print("|---|---|---|---|---|---|")
-    for name, params, first, median in rows:
+    for key, name, params in rows:
+        first, median = timings[key]
         rate = args.batch / median
         print(
             f"| {name} | {params:,} | {first:.2f} | {median:.3f} | {rate:,.1f} | "
             f"{100 * rate / chip_limit:.1f}% |"
         )
-    cam_s, forward_s = camjax_out["cam"][1], camjax_out["forward"][1]
+    cam_s, forward_s = timings["cam"][1], timings["forward"][1]
     print(f"\nmatmul peak: {peak / 1e12:.3f} TFLOP/s ({peak_what})")
     print(
         f"forward FLOPs per image (XLA cost analysis of the camjax forward): "
@@ -241,7 +247,7 @@ def main() -> None:
         "of the cam_fn call"
     )
     if args.torch:
-        print(f"camjax / PyTorch throughput: {rows[2][3] / cam_s:.2f}x")
+        print(f"camjax / PyTorch throughput: {timings['torch'][1] / cam_s:.2f}x")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 
 For each model (built from its ILSVRC config: configs/vgg16_gap_imagenet.py,
 googlenet_gap_imagenet.py, cam_resnet50_ilsvrc.py), compiles the training loop's jitted,
-donated step for abstract batches (nothing is allocated) and reads the program's device memory
+donated step for abstract batches (no batch or state is allocated; GPU autotuning
+allocates scratch while compiling) and reads the program's device memory
 from XLA's buffer assignment (`compiled.memory_analysis()`: arguments + outputs - donated
 aliases + temporaries + code; its `peak_memory_in_bytes`, where present, leaves out the
 temporaries on CPU). The need grows about linearly with the batch, so two compiles give a
@@ -16,8 +17,9 @@ the budget in a few more.
 The budget is --memory_gib, by default what JAX's allocator may hold on the first device
 (`memory_stats()['bytes_limit']`; XLA_PYTHON_CLIENT_MEM_FRACTION sets it, 0.75 of the card
 unless set): run on an H100 80GB with XLA_PYTHON_CLIENT_MEM_FRACTION=.95 for that card's
-answer, or pass another card's budget on a larger one. With --verify, one real step runs at
-each model's largest batch and the allocator's peak is printed beside the prediction. Paste
+answer, or pass another card's budget on a larger one. Each model's row is printed as soon as it
+is known; with --verify one real step then runs at that batch and the row is printed again
+with the allocator's peak (or the error, if the step does not fit after all). Paste
 the table, with the date, machine and command, into benchmarks/RESULTS.md.
 """
 
@@ -44,6 +46,7 @@ CONFIGS = {
     "resnet50_cam": "configs.cam_resnet50_ilsvrc",
 }
 GIB = 2**30
+MAX_BATCH = 2**20  # past this the need is not growing with the batch: stop searching
 
 
 def compiled_bytes(compiled) -> int:
@@ -74,6 +77,10 @@ def largest_fitting(
     lo, hi = 0, None  # the largest batch known to fit (0: none) and the smallest known not to
     batch = max(multiple, start - start % multiple)
     while hi is None or hi - lo > multiple:
+        if batch > MAX_BATCH:
+            raise ValueError(
+                f"the need still fits the budget at batch {lo}: it does not grow with the batch."
+            )
         needs[batch] = need(batch)
         if needs[batch] <= budget:
             lo = batch
@@ -96,7 +103,7 @@ def _next_batch(needs: dict[int, int], budget: int, multiple: int, lo: int, hi: 
                 return guess
             if guess > top and hi is None:
                 return top
-            if guess == lo and hi is None:
+            if guess == lo:
                 return lo + multiple  # the line says lo is the largest: check the next batch
     if hi is None:
         return max(2 * lo, multiple)
@@ -195,12 +202,18 @@ def main() -> None:
 
         best, needs = largest_fitting(need, budget, multiple, args.start)
         above = min((b for b in needs if b > best), default=None)
-        peak = verify(config, mesh, best) if args.verify and best else None
-        print(
+        row = (
             f"| {name} | {best} | {needs.get(best, 0) / GIB:.2f} | "
-            f"{'-' if above is None else f'{needs[above] / GIB:.2f} ({above})'} | {len(needs)} | "
-            f"{'-' if peak is None else f'{peak / GIB:.2f}'} |"
+            f"{'-' if above is None else f'{needs[above] / GIB:.2f} ({above})'} | {len(needs)} |"
         )
+        print(row + " - |", flush=True)  # the prediction survives a failed verification
+        if args.verify and best:
+            try:
+                peak = verify(config, mesh, best)
+                ran = "- (not reported)" if peak is None else f"{peak / GIB:.2f}"
+            except jax.errors.JaxRuntimeError as e:  # out of memory: the prediction was wrong
+                ran = f"failed: {str(e).splitlines()[0][:80]}"
+            print(f"{row} {ran} |")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ resize 256, random crop 224, flip, uint8 batches normalised on device), timing i
 * real: the step fed by the train iterator, as `train.py` runs it.
 
 Issue #5's goal is real within 10% of synthetic: the input never starves the chip. Each rate is
-measured over --steps steps after warm-up steps that compile and fill the readers. Paste the
+measured over --steps steps after 3 warm-up steps (compiles, reader start-up). Paste the
 table, with the date, machine and command, into benchmarks/RESULTS.md.
 """
 

@@ -33,10 +33,17 @@ def test_largest_fitting_equals_brute_force(need, budget, multiple, start):
     assert len(needs) <= 12
 
 
-def test_linear_need_takes_four_compiles():
+@pytest.mark.parametrize("budget", [500_000, 60_000])  # answers above / below 2 * start
+def test_linear_need_takes_four_compiles(budget):
     # Answers within 8x of the second batch tried: no capped jump on the way.
-    _, needs = max_batch.largest_fitting(lambda b: 7_000 + 300 * b, 500_000, 8, 128)
+    best, needs = max_batch.largest_fitting(lambda b: 7_000 + 300 * b, budget, 8, 128)
+    assert best == brute_force(lambda b: 7_000 + 300 * b, budget, 8)
     assert len(needs) == 4
+
+
+def test_a_need_that_does_not_grow_stops_the_search():
+    with pytest.raises(ValueError, match="does not grow"):
+        max_batch.largest_fitting(lambda b: 100, 1_000, 8, 128)
 
 
 def test_nothing_fits():
