@@ -12,6 +12,7 @@ uninterrupted run reads from step s on, without replaying the earlier ones.
 
 import collections
 import dataclasses
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -163,9 +164,17 @@ def host_batches(ds: grain.MapDataset, num_threads: int, num_workers: int = 0) -
     if num_workers:
         _mark_absl_flags_parsed()
         it = it.mp_prefetch(
-            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2)
+            grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2),
+            worker_init_fn=_keep_worker_off_accelerators,
         )
     return it
+
+
+def _keep_worker_off_accelerators(worker_index: int, worker_count: int) -> None:
+    # Workers import jax with the pipeline; should anything there start a backend, it must be
+    # the CPU: a GPU client would preallocate most of the card in every worker.
+    del worker_index, worker_count
+    os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def _mark_absl_flags_parsed() -> None:

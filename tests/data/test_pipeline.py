@@ -1,7 +1,9 @@
 """Tests for camjax/data/pipeline.py on the embedded dataset: determinism, resume, eval padding."""
 
+import os
 import pickle
 
+import grain
 import jax
 import numpy as np
 import pytest
@@ -135,3 +137,15 @@ def test_worker_processes_read_the_batches_threads_read(reopenable):
         np.testing.assert_array_equal(a["label"], b["label"])
     with pytest.raises(ValueError, match="num_workers"):
         pipeline.train_iterator(ds, 0, sharding, 2, num_workers=-1)
+
+
+def _jax_platforms(_) -> np.ndarray:
+    return np.frombuffer(os.environ.get("JAX_PLATFORMS", "").ljust(8).encode(), np.uint8)
+
+
+def test_worker_processes_keep_jax_off_accelerators(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "")  # what a GPU host's workers would inherit
+    ds = grain.MapDataset.range(2).map(_jax_platforms).batch(1)
+    batches = list(pipeline.host_batches(ds, 1, num_workers=1))
+    assert len(batches) == 2
+    assert bytes(batches[0][0]).strip() == b"cpu"
