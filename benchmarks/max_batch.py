@@ -126,11 +126,7 @@ def step_for(config, mesh):
     replicated = experiment.replicated(mesh)
     abstract_state = loop.abstract_train_state(config, model, tx, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
-    step = jax.jit(
-        loop.make_train_step(config, model, tx),
-        donate_argnums=(0, 1),
-        out_shardings=(shardings, replicated),
-    )
+    step = loop.jit_train_step(config, model, tx, shardings, mesh)
     sums = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), loop.zero_sums()
     )
@@ -150,19 +146,14 @@ def verify(config, mesh, batch: int) -> int | None:
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
     state, shardings = loop.create_train_state(config, model, tx, mesh)
-    replicated = experiment.replicated(mesh)
-    step = jax.jit(
-        loop.make_train_step(config, model, tx),
-        donate_argnums=(0, 1),
-        out_shardings=(shardings, replicated),
-    )
+    step = loop.jit_train_step(config, model, tx, shardings, mesh)
     size = config.data.image_size
     sharding = experiment.data_sharding(mesh)
     batch_arrays = {
         "image": jax.device_put(jnp.zeros((batch, size, size, 3), jnp.uint8), sharding),
         "label": jax.device_put(jnp.zeros((batch,), jnp.int32), sharding),
     }
-    sums = jax.device_put(loop.zero_sums(), replicated)
+    sums = jax.device_put(loop.zero_sums(), experiment.replicated(mesh))
     jax.block_until_ready(step(state, sums, batch_arrays))
     return (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
 

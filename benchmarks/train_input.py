@@ -91,13 +91,8 @@ def main() -> None:
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
     state, shardings = loop.create_train_state(config, model, tx, mesh)
-    replicated = experiment.replicated(mesh)
-    step = jax.jit(
-        loop.make_train_step(config, model, tx),
-        donate_argnums=(0, 1),
-        out_shardings=(shardings, replicated),
-    )
-    carry = {"state": state, "sums": jax.device_put(loop.zero_sums(), replicated)}
+    step = loop.jit_train_step(config, model, tx, shardings, mesh)
+    carry = {"state": state, "sums": jax.device_put(loop.zero_sums(), experiment.replicated(mesh))}
 
     def train(batches):
         def run_steps(n):

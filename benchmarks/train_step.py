@@ -69,11 +69,7 @@ def camjax_case(args, images: np.ndarray, labels: np.ndarray):
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
     state, shardings = loop.create_train_state(config, model, tx, mesh)
     replicated = experiment.replicated(mesh)
-    step = jax.jit(
-        loop.make_train_step(config, model, tx),
-        donate_argnums=(0, 1),
-        out_shardings=(shardings, replicated),
-    )
+    step = loop.jit_train_step(config, model, tx, shardings, mesh)
     sharding = experiment.data_sharding(mesh)
     batch = {
         "image": jax.device_put(images, sharding),

@@ -149,6 +149,16 @@ def make_train_step(config, model, tx):
     return step
 
 
+def jit_train_step(config, model, tx, state_shardings: Any, mesh) -> Any:
+    """The train step jitted as training runs it: state and metric sums donated, the new state
+    keeping `state_shardings`, the sums replicated. Call it as step(state, sums, batch)."""
+    return jax.jit(
+        make_train_step(config, model, tx),
+        donate_argnums=(0, 1),
+        out_shardings=(state_shardings, experiment.replicated(mesh)),
+    )
+
+
 def zero_sums() -> dict[str, jax.Array]:
     return {
         "loss": jnp.zeros((), jnp.float32),
@@ -205,11 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     start = int(state.step)
     sources = experiment.data_sources(config)
 
-    step_fn = jax.jit(
-        make_train_step(config, model, tx),
-        donate_argnums=(0, 1),
-        out_shardings=(state_shardings, replicated),
-    )
+    step_fn = jit_train_step(config, model, tx, state_shardings, mesh)
     val_eval = evaluation.Evaluator(config, model, mesh)
     writer = MetricWriter(workdir)
     train_ds = pipeline.train_dataset(
