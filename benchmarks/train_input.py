@@ -121,14 +121,15 @@ def main() -> None:
         )["train"]
         dataset = pipeline.train_dataset(source, prep, args.batch, args.seed)
 
+        sharding = experiment.data_sharding(mesh)
+
         def iterator():
-            sharding = experiment.data_sharding(mesh)
             d = config.data
             return pipeline.train_iterator(
                 dataset, 0, sharding, d.num_threads, d.device_prefetch, d.num_workers
             )
 
-        fixed = next(iterator())
+        fixed = pipeline.shard_batch(dataset[0], sharding)  # step 0's batch, read once
         synthetic = rate(train(iter(lambda: fixed, None)), args.steps, args.batch)
         input_only = rate(read(iterator()), args.steps, args.batch)
         real = rate(train(iterator()), args.steps, args.batch)
