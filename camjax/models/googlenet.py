@@ -24,9 +24,9 @@ from camjax.models.layers import (
     check_images,
     conv_init,
     conv_relu,
-    gap_head,
     local_response_norm,
     max_pool_ceil,
+    module_gap_head,
     scaled_width,
 )
 
@@ -59,22 +59,6 @@ class Inception(nn.Module):
         pooled = nn.max_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
         bp = conv_relu(pooled, cp, 1, "pool_proj", dt)
         return jnp.concatenate([b1, b3, b5, bp], axis=-1)
-
-
-def _cam_head(net: nn.Module, x: jax.Array, train: bool):
-    """Both GoogLeNet-GAPs' head after inception 4e, called inside `net`'s compact call:
-    CAM_conv 3x3 (bias init 1, as the released model), ReLU, GAP, dropout and `head`."""
-    return gap_head(
-        x,
-        train,
-        num_classes=net.num_classes,
-        features=scaled_width(net.cam_features, net.width, net.groups),
-        groups=net.groups,
-        dropout_rate=net.dropout_rate,
-        grouped_conv_impl=net.grouped_conv_impl,
-        dtype=net.dtype,
-        cam_conv_bias_init=1.0,
-    )
 
 
 class GoogLeNetGAP(nn.Module):
@@ -110,7 +94,8 @@ class GoogLeNetGAP(nn.Module):
             if name == "inception_4a":
                 x = max_pool_ceil(x, 3, 2)
             x = Inception(spec, width=w, dtype=self.dtype, name=name)(x)
-        return _cam_head(self, x, train)
+        # CAM_conv's bias starts at 1, as in the released deploy_googlenetCAM.
+        return module_gap_head(self, x, train, cam_conv_bias_init=1.0)
 
 
 GoogLeNetGAPTiny = functools.partial(GoogLeNetGAP, width=1 / 16)
@@ -209,7 +194,8 @@ class GoogLeNetGAPBN(nn.Module):
             if name == "inception4a":
                 x = max_pool_ceil(x, 3, 2)
             x = InceptionBN(spec, width=w, dtype=self.dtype, name=name)(x, train)
-        return _cam_head(self, x, train)
+        # CAM_conv's bias starts at 1, as in the released deploy_googlenetCAM.
+        return module_gap_head(self, x, train, cam_conv_bias_init=1.0)
 
 
 GoogLeNetGAPBNTiny = functools.partial(GoogLeNetGAPBN, width=1 / 16)

@@ -155,6 +155,25 @@ def gap_head(
     return logits, {"feature_map": feature_map, "pre_logits": pre_logits}
 
 
+def module_gap_head(
+    net: nn.Module, x: jax.Array, train: bool, cam_conv_bias_init: float = 0.0
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """`gap_head` sized by a GAP network's own fields (num_classes, cam_features scaled by
+    width to a multiple of groups, groups, dropout_rate, grouped_conv_impl, dtype); call it
+    inside `net`'s compact `__call__`."""
+    return gap_head(
+        x,
+        train,
+        num_classes=net.num_classes,
+        features=scaled_width(net.cam_features, net.width, net.groups),
+        groups=net.groups,
+        dropout_rate=net.dropout_rate,
+        grouped_conv_impl=net.grouped_conv_impl,
+        dtype=net.dtype,
+        cam_conv_bias_init=cam_conv_bias_init,
+    )
+
+
 def check_images(x: jax.Array, model_name: str) -> None:
     """Raises a ValueError naming the expected layout unless x is a (B, H, W, 3) float batch."""
     if x.ndim != 4 or x.shape[-1] != 3:

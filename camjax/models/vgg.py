@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from camjax.models.layers import check_images, conv_relu, gap_head, scaled_width
+from camjax.models.layers import check_images, conv_relu, module_gap_head, scaled_width
 
 # (name, channels of each conv) per block; every block but the last ends in a 2x2/2 max pool.
 VGG16_BLOCKS = (
@@ -62,16 +62,7 @@ class VGG16GAP(nn.Module):
                 x = conv_relu(x, scaled_width(c, self.width), 3, f"{block}_{j + 1}", self.dtype)
             if i < num_pools:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        return gap_head(
-            x,
-            train,
-            num_classes=self.num_classes,
-            features=scaled_width(self.cam_features, self.width, self.groups),
-            groups=self.groups,
-            dropout_rate=self.dropout_rate,
-            grouped_conv_impl=self.grouped_conv_impl,
-            dtype=self.dtype,
-        )
+        return module_gap_head(self, x, train)
 
 
 VGG16GAPTiny = functools.partial(VGG16GAP, width=1 / 16)
