@@ -128,28 +128,53 @@ def normalize_minmax(cams: jax.Array) -> jax.Array:
     return jnp.where(ok, (cams - lo) / jnp.where(ok, span, 1.0), 0.0)
 
 
+def normalize_max(cams: jax.Array) -> jax.Array:
+    """Per-map division by the maximum over the last two axes, negatives clipped to 0.
+
+    The CAM paper's own normalisation (its code thresholds the ReLU'd map at a fraction of its
+    maximum), unlike the WSOL protocol's min-max: a map whose minimum is far above 0 keeps that
+    floor instead of being stretched to [0, 1]. cams: (..., H, W) float; a map with no positive
+    or with a non-finite value becomes all zeros.
+    """
+    cams = jnp.maximum(cams.astype(jnp.float32), 0.0)
+    hi = jnp.max(cams, axis=(-2, -1), keepdims=True)
+    ok = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True) & (hi > 0)
+    return jnp.where(ok, cams / jnp.where(ok, hi, 1.0), 0.0)
+
+
+NORMALIZATIONS = {"minmax": normalize_minmax, "max": normalize_max}
+
+
 def postprocess(
     cams: jax.Array,
     size: tuple[int, int] | None = None,
     *,
     method: str = "bicubic",
-    normalize: bool = True,
+    normalize: bool | str = True,
     relu: bool = False,
 ) -> jax.Array:
-    """The usual CAM post-processing, in this order: optional ReLU, resize, min-max normalise.
+    """The usual CAM post-processing, in this order: optional ReLU, resize, normalise.
 
     cams: (..., h, w) float32. size: (H, W) target, or None to keep h x w. method: 'bicubic'
     (OpenCV INTER_CUBIC, as the WSOL protocol) or 'bilinear' (OpenCV INTER_LINEAR).
-    Returns (..., H, W) float32 (in [0, 1] if normalize).
+    normalize: True or 'minmax' (the WSOL protocol's `normalize_minmax`), 'max' (the CAM
+    paper's `normalize_max`) or False.
+    Returns (..., H, W) float32 (in [0, 1] if normalized).
     """
     if cams.ndim < 2:
         raise ValueError(f"cams must have shape (..., height, width); got {tuple(cams.shape)}.")
+    if normalize is True:
+        normalize = "minmax"
+    if normalize and normalize not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalize must be True, False or one of {sorted(NORMALIZATIONS)}; got {normalize!r}."
+        )
     if relu:
         cams = jax.nn.relu(cams)
     if size is not None and tuple(size) != tuple(cams.shape[-2:]):
         cams = resize_maps(cams, tuple(size), method=method)
     if normalize:
-        cams = normalize_minmax(cams)
+        cams = NORMALIZATIONS[normalize](cams)
     return cams
 
 
@@ -183,7 +208,7 @@ def cam_fn(
     top_k: int | None = 1,
     size: tuple[int, int] | str | None = "input",
     method: str = "bicubic",
-    normalize: bool = True,
+    normalize: bool | str = True,
     relu: bool = False,
 ) -> Callable[..., CamOutput]:
     """One compiled `images -> CamOutput` function: forward pass and CAMs in one XLA program.
@@ -192,7 +217,8 @@ def cam_fn(
     takes images (B, H, W, 3) float (normalised as the model was trained) and optional int classes
     (B,) or (B, n). Without classes it returns the CAMs of the `top_k` predicted classes, best
     first, or of every class in class order when `top_k` is None. `size`: 'input' upsamples to
-    (H, W), a (H', W') tuple to that size, None keeps the feature-map size.
+    (H, W), a (H', W') tuple to that size, None keeps the feature-map size. `normalize` and
+    `relu` as in `postprocess`.
     """
     kernel = head_kernel(variables)
     num_classes = kernel.shape[1]
@@ -235,6 +261,7 @@ __all__ = [
     "cams_for_classes",
     "cams_top_k",
     "head_kernel",
+    "normalize_max",
     "normalize_minmax",
     "postprocess",
 ]

@@ -102,7 +102,9 @@ class Evaluator:
             cams = cam_lib.cams_for_classes(
                 out["feature_map"], cam_lib.head_kernel(variables), batch["label"]
             )
-            scoremaps = cam_lib.postprocess(cams, (size, size), method=ev.resize_method)
+            scoremaps = cam_lib.postprocess(
+                cams, (size, size), method=ev.resize_method, normalize=ev.cam_normalization
+            )
             _, top = jax.lax.top_k(logits, self.top_k)
             counts = localization_counts(
                 scoremaps,
@@ -120,7 +122,7 @@ class Evaluator:
         def wsol_step(variables, batch):
             cams, scoremaps, top, counts = dense(variables, batch)
             e = protocol.eval_size
-            if (e, ev.resize_method) != (size, "bicubic"):
+            if (e, ev.resize_method, ev.cam_normalization) != (size, "bicubic", "minmax"):
                 # The protocol's maps: OpenCV INTER_CUBIC to the evaluation size, min-max.
                 scoremaps = cam_lib.postprocess(cams, (e, e), method="bicubic")
             out = {
@@ -333,7 +335,13 @@ def write_gallery(
     prep = experiment.preprocess_config(config)
     rows = [pipeline.EvalPreprocess(prep).map(source[i]) for i in range(n)]
     images = np.stack([r["image"] for r in rows])
-    f = cam_lib.cam_fn(model, variables, top_k=1, method=config.eval.resize_method)
+    f = cam_lib.cam_fn(
+        model,
+        variables,
+        top_k=1,
+        method=config.eval.resize_method,
+        normalize=config.eval.cam_normalization,
+    )
     out = f(pipeline.normalize_images(images, config.data.mean, config.data.std))
     boxes = box_from_scoremap(out.cams[:, 0], threshold)
     out, boxes = jax.device_get((out, boxes))

@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.groups = 2  # CAM_conv grouping: 2 as in the released model, 1 as the paper text
     model.dropout_rate = 0.0  # the paper's 0.5 slows a from-scratch CPU run too much
     model.output_stride = 4  # 64/4 = a 16x16 CAM; the paper's 16 gives 14x14 at 224
+    model.pooling = "avg"  # GAP, the paper's; "max" is its GMP comparison
     model.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU (params stay float32)
     model.grouped_conv_impl = "split"
 
@@ -83,6 +84,11 @@ def get_config() -> ml_collections.ConfigDict:
     ev.threshold_grid_step = 0.05  # CAM thresholds tried on the validation split
     ev.top_k = 5
     ev.resize_method = "bicubic"  # CAM upsampling, OpenCV INTER_CUBIC as the WSOL protocol
+    # The paper's box heuristic thresholds maps normalised this way: "max" (ReLU, then divide
+    # by the max) as the CAM paper's code, or "minmax" as the WSOL protocol, whose own metrics
+    # always use min-max. Chosen on validation: "max" localized 74.1% vs 70.2% (seed 0) and
+    # 68.4% vs 62.4% (an AVX2 CPU's draw) at their best thresholds.
+    ev.cam_normalization = "max"
     ev.center_box_grid_step = 0.05  # sizes of the centered-box baseline, as image fractions
     ev.num_gallery = 16  # CAM pictures written for the first N test images
     ev.max_images = 0  # evaluate only the first N images of each split; 0 = all

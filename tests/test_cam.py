@@ -81,6 +81,22 @@ def test_normalize_minmax_degenerate_maps_become_zero():
     np.testing.assert_allclose(out[3], np.arange(16.0).reshape(4, 4) / 15)
 
 
+def test_normalize_max_is_the_papers_fraction_of_the_max():
+    """normalize_max keeps a map's floor (min-max would stretch it to 0) and clips negatives."""
+    ramp = jnp.arange(16.0).reshape(4, 4)
+    maps = jnp.stack([ramp + 16, ramp - 8, jnp.full((4, 4), -2.0), ramp.at[0, 0].set(jnp.nan)])
+    out = np.asarray(cam_lib.normalize_max(maps))
+    np.testing.assert_allclose(out[0], (np.arange(16.0).reshape(4, 4) + 16) / 31)
+    np.testing.assert_allclose(out[1], np.maximum(np.arange(16.0).reshape(4, 4) - 8, 0) / 7)
+    np.testing.assert_array_equal(out[2:], 0.0)  # no positive value; a NaN
+    # The paper's 20%-of-max threshold keeps every pixel of the first map, min-max only 80%.
+    assert (out[0] >= 0.2).all() and (cam_lib.normalize_minmax(maps[0]) >= 0.2).mean() < 0.85
+    via = cam_lib.postprocess(maps, None, normalize="max")
+    np.testing.assert_array_equal(via, out)
+    with pytest.raises(ValueError, match="normalize must be"):
+        cam_lib.postprocess(maps, None, normalize="l2")
+
+
 def test_postprocess_relu_resize_normalize():
     cams = jnp.array([[[-1.0, 0.0], [2.0, 4.0]]])
     assert cam_lib.postprocess(cams, (2, 2), normalize=False, relu=True).min() == 0.0

@@ -218,7 +218,7 @@ def test_unknown_model_and_dataset_names(tmp_path):
         experiment.data_sources(config)
     config = tiny.get_config()
     config.model.output_stride = 32
-    with pytest.raises(ValueError, match="output_stride must be 4, 8 or 16"):
+    with pytest.raises(ValueError, match="output_stride must be 2, 4, 8 or 16"):
         loop.train_and_evaluate(config, str(tmp_path))
 
 

@@ -74,6 +74,7 @@ class GoogLeNetGAP(nn.Module):
     groups: int = 2
     dropout_rate: float = 0.0
     grouped_conv_impl: str = "split"
+    pooling: str = "avg"  # "max": the paper's GoogLeNet-GMP comparison
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -168,6 +169,7 @@ class GoogLeNetGAPBN(nn.Module):
     groups: int = 2
     dropout_rate: float = 0.0
     grouped_conv_impl: str = "split"
+    pooling: str = "avg"  # "max": global max pooling (GMP) instead of GAP
     transform_input: bool = False
     dtype: Any = jnp.float32
 

@@ -120,6 +120,20 @@ def local_response_norm(
     return (x32 / (k + alpha / size * window_sum) ** beta).astype(x.dtype)
 
 
+# Global pooling of the CAM head: "avg" is the CAM paper's GAP; "max" its GMP comparison
+# (GoogLeNet-GMP: it classifies about as well, but its maps cover only the most discriminative
+# part, so it localizes worse).
+POOLINGS = ("avg", "max")
+
+
+def global_pool(feature_map: jax.Array, pooling: str = "avg") -> jax.Array:
+    """(B, h, w, K) -> (B, K) float32: the spatial mean (GAP) or max (GMP) of each channel."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"model pooling must be one of {POOLINGS}; got {pooling!r}.")
+    reduce = jnp.mean if pooling == "avg" else jnp.max
+    return reduce(feature_map.astype(jnp.float32), axis=(1, 2))
+
+
 def gap_head(
     x: jax.Array,
     train: bool,
@@ -131,14 +145,16 @@ def gap_head(
     grouped_conv_impl: str,
     dtype: Dtype,
     cam_conv_bias_init: float = 0.0,
+    pooling: str = "avg",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The CAM head: CAM_conv (3x3, grouped) + ReLU -> global average pooling -> dropout -> head.
+    """The CAM head: CAM_conv (3x3, grouped) + ReLU -> global pooling -> dropout -> head.
 
     Call it inside a compact `__call__`: its layers become the caller's submodules `cam_conv` and
     `head`, so every GAP network has the same top-level parameter names.
     x: (B, h, w, C) -> (logits (B, num_classes) float32,
     {'feature_map': (B, h, w, features) in `dtype`, 'pre_logits': (B, features) float32}).
-    The CAM of class c is `feature_map @ head.kernel[:, c]`.
+    The CAM of class c is `feature_map @ head.kernel[:, c]`. `pooling` "avg" (GAP) makes the
+    logit the CAM's spatial mean plus the bias; "max" (GMP) pools by the maximum instead.
     """
     x = GroupedConv(
         features,
@@ -149,7 +165,7 @@ def gap_head(
         name="cam_conv",
     )(x)
     feature_map = nn.relu(x)
-    pre_logits = jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
+    pre_logits = global_pool(feature_map, pooling)
     h = nn.Dropout(dropout_rate, deterministic=not train)(pre_logits)
     logits = nn.Dense(num_classes, dtype=jnp.float32, name="head")(h)
     return logits, {"feature_map": feature_map, "pre_logits": pre_logits}
@@ -159,8 +175,8 @@ def module_gap_head(
     net: nn.Module, x: jax.Array, train: bool, cam_conv_bias_init: float = 0.0
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`gap_head` sized by a GAP network's own fields (num_classes, cam_features scaled by
-    width to a multiple of groups, groups, dropout_rate, grouped_conv_impl, dtype); call it
-    inside `net`'s compact `__call__`."""
+    width to a multiple of groups, groups, dropout_rate, grouped_conv_impl, dtype, pooling);
+    call it inside `net`'s compact `__call__`."""
     return gap_head(
         x,
         train,
@@ -171,6 +187,7 @@ def module_gap_head(
         grouped_conv_impl=net.grouped_conv_impl,
         dtype=net.dtype,
         cam_conv_bias_init=cam_conv_bias_init,
+        pooling=net.pooling,
     )
 
 

@@ -24,7 +24,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from camjax.models.layers import batch_norm, check_images, conv_init, scaled_width
+from camjax.models.layers import (
+    batch_norm,
+    check_images,
+    conv_init,
+    global_pool,
+    scaled_width,
+)
 
 # torchvision's ResNet50: bottlenecks per stage and each stage's bottleneck width ("planes").
 RESNET50_STAGES = (3, 4, 6, 3)
@@ -72,6 +78,7 @@ class ResNet50CAM(nn.Module):
     width: float = 1.0
     output_stride: int = 16
     dropout_rate: float = 0.0
+    pooling: str = "avg"  # "max": global max pooling (GMP) instead of GAP
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -112,7 +119,7 @@ class ResNet50CAM(nn.Module):
                     name=f"layer{stage + 1}_{block}",
                 )(x, train)
         feature_map = x
-        pre_logits = jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
+        pre_logits = global_pool(feature_map, self.pooling)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)
         logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(h)
         return logits, {"feature_map": feature_map, "pre_logits": pre_logits}

@@ -41,6 +41,7 @@ class VGG16GAP(nn.Module):
     dropout_rate: float = 0.5
     grouped_conv_impl: str = "split"
     output_stride: int = 16
+    pooling: str = "avg"  # "max": the paper's GMP comparison
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -51,10 +52,10 @@ class VGG16GAP(nn.Module):
         'pre_logits' (B, cam_features).
         """
         check_images(x, type(self).__name__)
-        num_pools = {4: 2, 8: 3, 16: 4}.get(self.output_stride)
+        num_pools = {2: 1, 4: 2, 8: 3, 16: 4}.get(self.output_stride)
         if num_pools is None:
             raise ValueError(
-                f"VGG16GAP output_stride must be 4, 8 or 16, got {self.output_stride}."
+                f"VGG16GAP output_stride must be 2, 4, 8 or 16, got {self.output_stride}."
             )
         x = x.astype(self.dtype)
         for i, (block, channels) in enumerate(VGG16_BLOCKS):

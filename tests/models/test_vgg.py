@@ -81,3 +81,35 @@ def test_bad_input_shape_is_a_clear_error():
 def test_unknown_model_name_lists_models():
     with pytest.raises(ValueError, match="vgg16_gap"):
         create_model("vgg19_gap")
+
+
+def test_output_stride_2_keeps_only_pool1():
+    x = jnp.zeros((1, 64, 64, 3))
+    model = VGG16GAPTiny(num_classes=5, output_stride=2)
+    v = model.init(jax.random.key(0, impl="rbg"), x)
+    assert model.apply(v, x)[1]["feature_map"].shape[1:3] == (32, 32)
+
+
+@pytest.mark.parametrize("name", ["vgg16_gap_tiny", "googlenet_gap_tiny", "resnet50_cam_tiny"])
+def test_gmp_head_pools_the_feature_map_by_its_max(name):
+    """pooling='max' (the paper's GMP): pre_logits are the spatial max, the logits the head of
+    them, and the parameters those of the GAP network."""
+    x = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
+    gap, gmp = create_model(name, num_classes=5), create_model(name, num_classes=5, pooling="max")
+    v = gap.init(jax.random.key(0, impl="rbg"), x)
+    assert jax.tree.structure(v) == jax.tree.structure(gmp.init(jax.random.key(0), x))
+    logits, out = gmp.apply(v, x)
+    fm = np.asarray(out["feature_map"], np.float32)
+    np.testing.assert_array_equal(out["pre_logits"], fm.max(axis=(1, 2)))
+    head = v["params"]["head"]
+    np.testing.assert_allclose(
+        logits, out["pre_logits"] @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-5
+    )
+    gap_logits, gap_out = gap.apply(v, x)
+    np.testing.assert_allclose(gap_out["pre_logits"], fm.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(logits, gap_logits)
+
+
+def test_unknown_pooling_is_a_clear_error():
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        VGG16GAPTiny(pooling="sum").init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
