@@ -1,0 +1,87 @@
+"""A guard on the whole pipeline: the default recipe, shortened, must still learn to localize.
+
+Every other test checks a piece against a reference; this one checks that the pieces together
+still learn. A dependency bump or a change that breaks learning (data, labels, augmentation,
+optimizer, CAM, evaluation) fails CI here instead of in the README's numbers.
+
+The run is the default recipe (configs/default.py) on fewer images and steps. Its floor comes
+from `python -m tests.test_learning_guard --seeds 0 1 2 3` (the calibration below, recorded in
+benchmarks/RESULTS.md): the floor sits well below the worst seed and well above what a pipeline
+that does not learn gives (a run with the learning rate at 0, whose CAMs are those of its
+random initialisation).
+"""
+
+import argparse
+import shutil
+
+import pytest
+
+from camjax import evaluation, experiment
+from camjax.train import loop
+from configs import default
+
+# Validation GT-known loc (IoU 0.5, threshold chosen on validation) that a working pipeline
+# clears. Calibration (2026-12-02, 2-core CPU, 8 forced devices, the locked py3.11 install):
+# seeds 0/1/2 gave 36.7/30.5/25.8% (top-1 cls 20.7/18.4/19.9%); learning rate 0 gave 19.5%
+# (cls 10.9%). The floor sits between the worst seed and the broken run. The margin is thin
+# because 400 steps end inside the recipe's slow start: see issue 10's notes.
+GT_KNOWN_FLOOR = 23.0
+
+
+def guard_config(data_dir: str, seed: int = 0, learning_rate: float | None = None):
+    """configs/default.py shortened to about a minute of training on a 2-core CPU."""
+    config = default.get_config()
+    config.seed = seed
+    config.data.data_dir = data_dir
+    config.data.num_train = 2048
+    config.data.num_validation = 256
+    config.data.num_test = 8
+    config.train.num_steps = 400
+    config.train.log_every_steps = 100
+    config.train.checkpoint_every_steps = 400
+    config.train.eval_every_steps = 0
+    config.optim.warmup_steps = 50
+    if learning_rate is not None:
+        config.optim.learning_rate = learning_rate
+    config.eval.num_gallery = 0
+    config.eval.wsol.enabled = False
+    return config
+
+
+def validation_gt_known(config, workdir: str) -> tuple[float, float]:
+    """Trains, then (val GT-known loc at validation's best threshold, val top-1 cls), percent."""
+    loop.train_and_evaluate(config, workdir)
+    evaluator, variables, _ = evaluation.restore_evaluator(config, workdir)
+    val = evaluator.evaluate(variables, experiment.data_sources(config)[config.data.val_split])
+    summary = val.summary(val.best_threshold(), evaluator.top_k)
+    return summary["gt_known_loc"], summary["top1_cls"]
+
+
+@pytest.mark.slow
+def test_shortened_default_recipe_learns_to_localize(tmp_path):
+    config = guard_config(str(tmp_path / "tfds"))
+    gt_known, top1 = validation_gt_known(config, str(tmp_path / "run"))
+    assert gt_known >= GT_KNOWN_FLOOR, (
+        f"the shortened default recipe localized only {gt_known:.1f}% of validation objects "
+        f"(top-1 cls {top1:.1f}%); a working pipeline gives >= {GT_KNOWN_FLOOR}%"
+    )
+
+
+if __name__ == "__main__":
+    # Calibration, with the test suite's 8 CPU devices:
+    # XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.test_learning_guard
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--broken", action="store_true", help="learning rate 0: no learning")
+    parser.add_argument("--dir", default="/tmp/learning_guard")
+    args = parser.parse_args()
+    for seed in args.seeds:
+        cfg = guard_config(f"{args.dir}/tfds", seed, 0.0 if args.broken else None)
+        run = f"{args.dir}/run_{seed}_{'broken' if args.broken else 'ok'}"
+        shutil.rmtree(run, ignore_errors=True)
+        loc, cls = validation_gt_known(cfg, run)
+        print(
+            f"seed {seed}{' broken' if args.broken else ''}: val GT-known {loc:.1f}%, "
+            f"top-1 cls {cls:.1f}%",
+            flush=True,
+        )
