@@ -1,18 +1,25 @@
-"""Evaluates a trained run: python evaluate.py --config configs/default.py --workdir runs/default.
+"""Evaluates a trained run: python evaluate.py --workdir runs/default.
 
-Restores the latest checkpoint in workdir, picks the CAM threshold on the validation split,
-reports classification and localization on the test split, writes workdir/metrics.json and a
-CAM gallery (workdir/gallery/*.png, workdir/gallery.png). With --export_dir it also writes
-both splits' WSOL score maps and metadata in the reference evaluator's layout (camjax/export.py).
+Uses the config the run saved (workdir/config.json); an explicit --config (with --config.x=...
+overrides, e.g. --config.eval.max_images=100) is used instead and its differences from the
+run's config are logged. Restores the latest checkpoint in workdir, picks the CAM threshold on
+the validation split, reports classification and localization on the test split, writes
+workdir/metrics.json and a CAM gallery (workdir/gallery/*.png, workdir/gallery.png). With
+--export_dir it also writes both splits' WSOL score maps and metadata in the reference
+evaluator's layout (camjax/export.py).
 """
 
-from absl import app, flags, logging
+import logging
+
+from absl import app, flags
 from ml_collections import config_flags
 
+from camjax import checkpoint, experiment
 from camjax.evaluation import print_report, run_evaluation
 from camjax.train import distributed
 
 FLAGS = flags.FLAGS
+log = logging.getLogger("camjax.evaluate")
 flags.DEFINE_string("workdir", None, "Directory of a trained run.", required=True)
 flags.DEFINE_string(
     "export_dir",
@@ -21,21 +28,28 @@ flags.DEFINE_string(
     "as clovaai/wsolevaluation reads them, under this directory.",
 )
 config_flags.DEFINE_config_file(
-    "config", None, "The config the run was trained with.", lock_config=True
+    "config",
+    None,
+    "Config file; default: the one the run saved (workdir/config.json).",
+    lock_config=True,
 )
-flags.mark_flags_as_required(["config"])
 
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
+    experiment.setup_logging()
     distributed.initialize()
-    print_report(run_evaluation(FLAGS.config, FLAGS.workdir))
+    config = FLAGS.config
+    if config is None:
+        config = checkpoint.load_run_config(FLAGS.workdir)
+    elif diffs := checkpoint.run_config_differences(FLAGS.workdir, config):
+        log.warning("--config differs from the run's saved config: %s", diffs)
+    print_report(run_evaluation(config, FLAGS.workdir))
     if FLAGS.export_dir:
         from camjax.export import export_wsol
 
-        for split, stats in export_wsol(FLAGS.config, FLAGS.workdir, FLAGS.export_dir).items():
-            logging.warning(
+        for split, stats in export_wsol(config, FLAGS.workdir, FLAGS.export_dir).items():
+            log.info(
                 "exported %d %s score maps to %s (%.0f images/s)",
                 stats["images"],
                 split,

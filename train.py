@@ -4,9 +4,10 @@ Rerunning with the same workdir resumes from its latest checkpoint. Override any
 with --config.section.field=value (unknown fields are errors).
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
+from camjax import experiment
 from camjax.train import distributed
 from camjax.train.loop import train_and_evaluate
 
@@ -18,7 +19,7 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
+    experiment.setup_logging()
     distributed.initialize()
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
 

@@ -39,6 +39,7 @@ sys.path.insert(0, REPO)
 
 from camjax import experiment  # noqa: E402
 from camjax.train import loop, optim  # noqa: E402
+from camjax.train import state as train_state  # noqa: E402
 
 CONFIGS = {
     "vgg16_gap": "configs.vgg16_gap_imagenet",
@@ -124,7 +125,7 @@ def step_for(config, mesh):
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
     replicated = experiment.replicated(mesh)
-    abstract_state = loop.abstract_train_state(config, model, tx, mesh)
+    abstract_state = train_state.abstract_train_state(config, model, tx, mesh)
     shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
     step = loop.jit_train_step(config, model, tx, shardings, mesh)
     sums = jax.tree.map(
@@ -145,7 +146,7 @@ def verify(config, mesh, batch: int) -> int | None:
     """Runs one real step at `batch`; returns the allocator's peak bytes (None if unreported)."""
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
-    state, shardings = loop.create_train_state(config, model, tx, mesh)
+    state, shardings = train_state.create_train_state(config, model, tx, mesh)
     step = loop.jit_train_step(config, model, tx, shardings, mesh)
     size = config.data.image_size
     sharding = experiment.data_sharding(mesh)

@@ -43,6 +43,7 @@ from camjax import data as camjax_data  # noqa: E402
 from camjax import experiment  # noqa: E402
 from camjax.data import cub, pipeline  # noqa: E402
 from camjax.train import loop, optim  # noqa: E402
+from camjax.train import state as train_state  # noqa: E402
 from configs import cam_vgg16_cub  # noqa: E402
 
 WARMUP_STEPS = 3
@@ -90,7 +91,7 @@ def main() -> None:
     experiment.check_batch_size(args.batch, mesh, "--batch")
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
-    state, shardings = loop.create_train_state(config, model, tx, mesh)
+    state, shardings = train_state.create_train_state(config, model, tx, mesh)
     step = loop.jit_train_step(config, model, tx, shardings, mesh)
     carry = {"state": state, "sums": jax.device_put(loop.zero_sums(), experiment.replicated(mesh))}
 

@@ -44,6 +44,7 @@ from cam_throughput import (  # noqa: E402
 
 from camjax import experiment  # noqa: E402
 from camjax.train import loop, optim  # noqa: E402
+from camjax.train import state as train_state  # noqa: E402
 from configs import googlenet_gap_imagenet, vgg16_gap_imagenet  # noqa: E402
 
 # The ImageNet recipe of each benchmarked model (model fields, solver).
@@ -67,7 +68,7 @@ def camjax_case(args, images: np.ndarray, labels: np.ndarray):
     mesh = experiment.make_mesh()
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
-    state, shardings = loop.create_train_state(config, model, tx, mesh)
+    state, shardings = train_state.create_train_state(config, model, tx, mesh)
     replicated = experiment.replicated(mesh)
     step = loop.jit_train_step(config, model, tx, shardings, mesh)
     sharding = experiment.data_sharding(mesh)

@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 
 from camjax import cam as cam_lib
-from camjax import experiment, viz
+from camjax import checkpoint, experiment, viz
 from camjax.data import pipeline
 from camjax.localization import wsol
 from camjax.localization.boxes import box_from_scoremap
@@ -258,16 +258,27 @@ def restore_evaluator(
 ) -> tuple[Evaluator, dict[str, Any], int]:
     """An `Evaluator` for config (with its WSOL protocol) and workdir's latest checkpoint:
     (evaluator, model variables replicated on the mesh, the checkpoint's step)."""
-    from camjax.train import checkpoint, loop, optim  # training imports evaluation, not the reverse
-
     protocol = wsol_protocol(config)  # config errors before any restoring or data
     mesh = experiment.make_mesh()
     model = experiment.build_model(config)
-    tx = optim.create_optimizer(config.optim, config.train.num_steps)
+    size = config.data.image_size
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+    )
+    replicated = experiment.replicated(mesh)
+    abstract = {
+        "params": shapes["params"],
+        "batch_stats": shapes.get("batch_stats", {}),
+    }
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
+    )
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
-    state = checkpoint.restore(manager, loop.abstract_train_state(config, model, tx, mesh), config)
+    variables, step = checkpoint.restore_variables(manager, abstract, config)
     manager.close()
-    return Evaluator(config, model, mesh, protocol), state.variables, int(state.step)
+    if not variables["batch_stats"]:
+        del variables["batch_stats"]
+    return Evaluator(config, model, mesh, protocol), variables, step
 
 
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:

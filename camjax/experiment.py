@@ -4,6 +4,7 @@ The one place where config field names meet the library's rooms, shared by train
 evaluation so both build exactly the same model and data.
 """
 
+import logging
 from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
@@ -16,6 +17,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from camjax.data import reopenable_sources
 from camjax.data.pipeline import PreprocessConfig
 from camjax.models import create_model
+
+
+def setup_logging() -> None:
+    """What a person reads: camjax's progress at INFO, problems at WARNING, and the libraries'
+    (orbax, tfds, jax: they log through absl) at WARNING only. For the entry points."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    # camjax's records propagate to absl's handler, which does not filter by level itself.
+    logging.getLogger("camjax").setLevel(logging.INFO)
+
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 

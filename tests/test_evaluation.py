@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from camjax import cam as cam_lib
-from camjax import evaluation, experiment
+from camjax import checkpoint, evaluation, experiment
 from camjax.data import pipeline
 from camjax.localization import wsol_io
-from camjax.train import checkpoint, loop
+from camjax.train import loop
 from configs import tiny
 from tests.localization import wsol_reference as ref
 

@@ -11,7 +11,6 @@ import logging
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,85 +18,24 @@ import numpy as np
 import optax
 import tqdm
 
-from camjax import evaluation, experiment
+from camjax import checkpoint, evaluation, experiment
 from camjax.data import pipeline
-from camjax.train import checkpoint
 from camjax.train.metric_writer import MetricWriter
 from camjax.train.optim import create_optimizer
+from camjax.train.state import (
+    TrainState,
+    abstract_train_state,
+    create_train_state,
+    load_pretrained,
+    model_variables,
+    root_key,
+)
 
 log = logging.getLogger(__name__)
 
 
-@flax.struct.dataclass
-class TrainState:
-    """Everything a step changes: step counter, parameters, optimizer state and the running
-    batch-norm statistics ({} for models without batch norm), all arrays."""
-
-    step: jax.Array
-    params: Any
-    opt_state: Any
-    batch_stats: Any
-
-    @property
-    def variables(self) -> dict[str, Any]:
-        """The flax variables for `model.apply` in evaluation."""
-        return model_variables(self.params, self.batch_stats)
-
-
-def model_variables(params: Any, batch_stats: Any) -> dict[str, Any]:
-    variables = {"params": params}
-    if batch_stats:
-        variables["batch_stats"] = batch_stats
-    return variables
-
-
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf loss or parameters; the last good checkpoint is kept."""
-
-
-def root_key(config) -> jax.Array:
-    """The run's PRNG key. config.rng_impl 'rbg' compiles parameter init several times faster
-    than 'threefry2x32' on CPU (a VGG16 init: seconds instead of tens of seconds); its streams are
-    deterministic on a given backend, which is all that resuming needs."""
-    return jax.random.key(config.seed, impl=config.rng_impl)
-
-
-def _state_initializer(config, model, tx):
-    size = config.data.image_size
-
-    def init(rng: jax.Array) -> TrainState:
-        variables = model.init({"params": rng}, jnp.zeros((1, size, size, 3)), train=False)
-        params = variables["params"]
-        batch_stats = variables.get("batch_stats", {})
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), batch_stats)
-
-    return init
-
-
-def create_train_state(config, model, tx, mesh) -> tuple[TrainState, Any]:
-    """Initialises the state directly replicated on the mesh. Returns (state, state shardings)."""
-    init = _state_initializer(config, model, tx)
-    rng = jax.random.fold_in(root_key(config), 0)
-    shardings = jax.tree.map(lambda _: experiment.replicated(mesh), jax.eval_shape(init, rng))
-    return jax.jit(init, out_shardings=shardings)(rng), shardings
-
-
-def abstract_train_state(config, model, tx, mesh) -> Any:
-    """Shapes, dtypes and shardings of the train state, without computing it (for restores)."""
-    abstract = jax.eval_shape(_state_initializer(config, model, tx), root_key(config))
-    sharding = experiment.replicated(mesh)
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
-    )
-
-
-def load_pretrained(state: TrainState, directory: str) -> TrainState:
-    """The state with the converted weights in `directory` (torch_import) merged into its fresh
-    variables; the optimizer state is all zeros at step 0, so it needs no change."""
-    from camjax.models import torch_import  # orbax only; torch is not needed to load
-
-    merged = torch_import.init_from_pretrained(state.variables, directory)
-    return state.replace(params=merged["params"], batch_stats=merged.get("batch_stats", {}))
 
 
 def make_train_step(config, model, tx):
@@ -211,13 +149,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         state = load_pretrained(state, config.init.pretrained_dir)
     if manager.latest_step() is not None:
         state = checkpoint.restore(manager, abstract_train_state(config, model, tx, mesh), config)
-        log.warning("Resumed from the checkpoint at step %d.", int(state.step))
+        log.info("Resumed from the checkpoint at step %d.", int(state.step))
     start = int(state.step)
     sources = experiment.data_sources(config)
 
     step_fn = jit_train_step(config, model, tx, state_shardings, mesh)
     val_eval = evaluation.Evaluator(config, model, mesh)
-    writer = MetricWriter(workdir)
+    writer = MetricWriter(workdir, start)
     train_ds = pipeline.train_dataset(
         sources[config.data.train_split], prep, config.data.batch_size, config.seed
     )

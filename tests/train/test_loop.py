@@ -12,8 +12,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from camjax import experiment
-from camjax.train import checkpoint, loop, optim
+from camjax import checkpoint, experiment
+from camjax.train import loop, optim
+from camjax.train import state as train_state
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -52,7 +53,7 @@ def test_one_device_and_eight_devices_train_the_same(data_dir, tmp_path, monkeyp
     one = loop.train_and_evaluate(config, str(tmp_path / "one"))
     assert len(eight.params["head"]["kernel"].sharding.device_set) == 8
     assert len(one.params["head"]["kernel"].sharding.device_set) == 1
-    init, _ = loop.create_train_state(
+    init, _ = train_state.create_train_state(
         config,
         experiment.build_model(config),
         optim.create_optimizer(config.optim, 3),
@@ -136,6 +137,12 @@ def test_killed_run_resumes_bit_identically(data_dir, tmp_path):
     s2, p2 = saved_params(killed)
     assert s1 == s2 == steps
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
+    # The steps redone after the resume are logged once: the same rows as the straight run.
+    rows = [
+        [json.loads(x)["step"] for x in open(os.path.join(d, "metrics.jsonl"))]
+        for d in (straight, killed)
+    ]
+    assert rows[0] == rows[1]
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
@@ -207,7 +214,7 @@ def test_run_starts_from_pretrained_weights_and_resume_ignores_them(data_dir, tm
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, 1)
     mesh = experiment.make_mesh()
-    fresh, _ = loop.create_train_state(config, model, tx, mesh)
+    fresh, _ = train_state.create_train_state(config, model, tx, mesh)
     # "Pretrained": another seed's backbone, as torch_import would save it (no new layers).
     other = jax.jit(lambda k: model.init(k, np.zeros((1, 64, 64, 3), np.float32), train=False))(
         jax.random.key(7)
@@ -216,7 +223,7 @@ def test_run_starts_from_pretrained_weights_and_resume_ignores_them(data_dir, tm
     pretrained_dir = str(tmp_path / "pretrained")
     torch_import.save_pretrained(pretrained_dir, {"params": backbone}, {"model": "test"})
 
-    state = loop.load_pretrained(fresh, pretrained_dir)
+    state = train_state.load_pretrained(fresh, pretrained_dir)
     for name, leaves in state.params.items():
         source = backbone[name] if name in backbone else fresh.params[name]
         for got, want in zip(jax.tree.leaves(leaves), jax.tree.leaves(source), strict=True):
@@ -240,25 +247,3 @@ def test_run_starts_from_pretrained_weights_and_resume_ignores_them(data_dir, tm
     config.train.num_steps = 2
     state = loop.train_and_evaluate(config, workdir)
     assert int(state.step) == 2
-
-
-def test_checkpoints_from_before_batch_norm_statistics_restore(data_dir, tmp_path):
-    """Runs saved when the train state had no batch_stats field still restore and resume."""
-    config = tiny_config(data_dir, num_steps=2, checkpoint_every_steps=2)
-    model = experiment.build_model(config)
-    tx = optim.create_optimizer(config.optim, 2)
-    mesh = experiment.make_mesh()
-    state, _ = loop.create_train_state(config, model, tx, mesh)
-    legacy = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
-    workdir = str(tmp_path)
-    manager = checkpoint.create_manager(workdir, 2)
-    checkpoint.save(manager, 1, legacy, config)
-    manager.wait_until_finished()
-    abstract = loop.abstract_train_state(config, model, tx, mesh)
-    restored = checkpoint.restore(manager, abstract, config)
-    manager.close()
-    assert restored.batch_stats == {}
-    pairs = zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params), strict=True)
-    for got, want in pairs:
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-    assert int(loop.train_and_evaluate(config, workdir).step) == 2  # resumes from step 1
