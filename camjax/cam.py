@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from camjax.resize import resize_maps
 
@@ -47,8 +48,8 @@ def _check_classes(classes: jax.Array, batch: int, num_classes: int) -> jax.Arra
             f"class indices must have shape ({batch},) or ({batch}, n) for a batch of {batch} "
             f"feature maps; got shape {tuple(classes.shape)}."
         )
-    # Out-of-range indices would silently gather a clamped column under jit; check whenever
-    # the values are known (outside a caller's jit).
+    # Checked whenever the values are known (outside a caller's jit); under one, an
+    # out-of-range index gives a CAM of NaN instead (`_cams_for_classes`).
     if _is_concrete(classes) and classes.size:
         lo, hi = int(jnp.min(classes)), int(jnp.max(classes))
         if lo < 0 or hi >= num_classes:
@@ -62,21 +63,32 @@ def cams_for_classes(feature_map: jax.Array, kernel: jax.Array, classes: jax.Arr
     """CAMs of chosen classes.
 
     feature_map: (B, h, w, K); kernel: (K, C) float; classes: int (B,) or (B, n).
-    Returns float32 (B, h, w) for (B,) classes, (B, n, h, w) for (B, n) classes.
+    Returns float32 (B, h, w) for (B,) classes, (B, n, h, w) for (B, n) classes. An index
+    outside [0, C) is an error, or, under a caller's jit, gives a CAM of NaN.
     """
     _check_feature_map(feature_map, kernel)
     classes = _check_classes(classes, feature_map.shape[0], kernel.shape[1])
     return _cams_for_classes(feature_map, kernel, classes)
 
 
+def valid_classes(classes: jax.Array, num_classes: int) -> jax.Array:
+    """bool, classes' shape: which indices name a class (0 <= c < num_classes)."""
+    return (classes >= 0) & (classes < num_classes)
+
+
 @jax.jit
 def _cams_for_classes(feature_map: jax.Array, kernel: jax.Array, classes: jax.Array) -> jax.Array:
     # Gather the n weight vectors of each image first: (B, n, K), cheap next to the einsum.
-    weights = jnp.take(kernel.astype(jnp.float32).T, classes, axis=0)
+    # Under a caller's jit the indices cannot be checked without a host round trip: an
+    # out-of-range one gives a CAM of NaN, never a plausible map (a clamped or zero column).
+    num_classes = kernel.shape[1]
+    weights = jnp.take(kernel.astype(jnp.float32).T, jnp.clip(classes, 0, num_classes - 1), axis=0)
     fmap = feature_map.astype(jnp.float32)
     if classes.ndim == 1:
-        return jnp.einsum("bhwk,bk->bhw", fmap, weights, precision=_HIGHEST)
-    return jnp.einsum("bhwk,bnk->bnhw", fmap, weights, precision=_HIGHEST)
+        cams = jnp.einsum("bhwk,bk->bhw", fmap, weights, precision=_HIGHEST)
+    else:
+        cams = jnp.einsum("bhwk,bnk->bnhw", fmap, weights, precision=_HIGHEST)
+    return jnp.where(valid_classes(classes, num_classes)[..., None, None], cams, jnp.nan)
 
 
 @jax.jit
@@ -219,11 +231,22 @@ def cam_fn(
     first, or of every class in class order when `top_k` is None. `size`: 'input' upsamples to
     (H, W), a (H', W') tuple to that size, None keeps the feature-map size. `normalize` and
     `relu` as in `postprocess`.
+
+    Memory: the output holds B x n x H x W float32 maps. With `top_k=None` that is every class:
+    1,000 classes at 224 x 224 are 200 MB per image of output (about twice that at the peak, with
+    the resize's intermediates). To bound it, take `size=None` (1,000 maps of 14 x 14 are 0.8 MB
+    per image) and `postprocess` only the maps needed, or pass `classes` in chunks.
+
+    Under a caller's jit, where class indices cannot be checked without a host round trip, an
+    out-of-range class comes back as class -1 with a CAM of NaN (clamp and flag), never as a
+    plausible map.
     """
     kernel = head_kernel(variables)
     num_classes = kernel.shape[1]
-    if top_k is not None and not 1 <= top_k <= num_classes:
-        raise ValueError(f"top_k must be in [1, {num_classes}] or None (all); got {top_k}.")
+    if top_k is not None and (
+        isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_classes
+    ):
+        raise ValueError(f"top_k must be an int in [1, {num_classes}] or None; got {top_k!r}.")
 
     @jax.jit
     def run(variables, images, classes):
@@ -240,13 +263,28 @@ def cam_fn(
             cams, chosen = cams_top_k(fmap, k, logits, top_k)
         target = images.shape[1:3] if size == "input" else size
         cams = postprocess(cams, target, method=method, normalize=normalize, relu=relu)
-        return CamOutput(logits, chosen.astype(jnp.int32), cams)
+        # Normalisation zeroes a NaN map: flag out-of-range classes again after it.
+        valid = valid_classes(chosen, num_classes)
+        cams = jnp.where(valid[..., None, None], cams, jnp.nan)
+        return CamOutput(logits, jnp.where(valid, chosen, -1).astype(jnp.int32), cams)
 
     def f(images: jax.Array, classes: jax.Array | None = None) -> CamOutput:
+        if not hasattr(images, "dtype") or not hasattr(images, "shape"):
+            raise ValueError(
+                f"images must be an array (numpy or jax), not a {type(images).__name__}; "
+                "stack them first, e.g. np.stack(images)."
+            )
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise ValueError(
+                f"images must be floating point, normalised as the model was trained "
+                f"((pixels / 255 - mean) / std for camjax's models); got dtype {images.dtype}."
+            )
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(
                 f"images must have shape (batch, height, width, 3); got {tuple(images.shape)}."
             )
+        if classes is not None and not hasattr(classes, "shape"):
+            classes = np.asarray(classes)
         if classes is not None:
             classes = _check_classes(classes, images.shape[0], num_classes)
         return run(variables, images, classes)

@@ -182,3 +182,36 @@ def test_top_k_and_cam_fn_errors(model_and_vars):
         f(images, jnp.array([0, 1, 2, 9]))
     with pytest.raises(ValueError, match="head"):
         cam_lib.cam_fn(model, {"params": {}})
+
+
+def test_cam_fn_rejects_what_the_models_do_not_take(model_and_vars):
+    model, variables, images, _, _ = model_and_vars
+    f = cam_lib.cam_fn(model, variables)
+    pixels = np.zeros((2, 48, 48, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"floating point, normalised .*got dtype uint8"):
+        f(pixels)
+    with pytest.raises(ValueError, match="got dtype bool"):
+        f(pixels.astype(bool))
+    with pytest.raises(ValueError, match=r"an array \(numpy or jax\), not a list"):
+        f([np.asarray(images[0])])
+    for bad in ("5", 2.0, True):
+        with pytest.raises(ValueError, match=r"top_k must be an int in \[1, 7\] or None"):
+            cam_lib.cam_fn(model, variables, top_k=bad)
+    # Classes as a Python list are fine: they are only indices.
+    out = f(images, [0, 1, 2, 3])
+    np.testing.assert_array_equal(out.classes[:, 0], [0, 1, 2, 3])
+
+
+def test_out_of_range_classes_under_a_callers_jit_are_flagged_not_zero(model_and_vars):
+    """Under jit the indices cannot be checked: the map is NaN and the class -1 (clamp and
+    flag), never a plausible all-zero or clamped-class map."""
+    model, variables, images, _, fmap = model_and_vars
+    kernel = variables["params"]["head"]["kernel"]
+    f = cam_lib.cam_fn(model, variables)
+    out = jax.jit(f)(images, jnp.array([0, NUM_CLASSES, -1, 3]))
+    np.testing.assert_array_equal(out.classes[:, 0], [0, -1, -1, 3])
+    cams, good = np.asarray(out.cams), [0, 3]
+    assert np.isnan(cams[1:3]).all() and np.isfinite(cams[good]).all()
+    np.testing.assert_array_equal(cams[good], np.asarray(f(images, jnp.arange(4)).cams)[good])
+    raw = np.asarray(jax.jit(cam_lib.cams_for_classes)(fmap, kernel, jnp.array([0, 99, 2, 3])))
+    assert np.isnan(raw[1]).all() and np.isfinite(raw[[0, 2, 3]]).all()

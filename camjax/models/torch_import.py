@@ -25,11 +25,13 @@ torch is only needed to read the .pth file (`pip install 'camjax[torch]'`); conv
 mapping of numpy arrays does not import it.
 """
 
-import argparse
 import dataclasses
 import json
+import logging
 import os
+import pickle
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import flags
 from flax import traverse_util
 
 from camjax.models import create_model
@@ -63,6 +66,8 @@ VGG16_FEATURE_INDICES = {
     "conv5_3": 28,
 }
 _MAX_LISTED = 12  # keys named in an error message before it says "and N more"
+
+log = logging.getLogger(__name__)
 
 
 class TorchImportError(ValueError):
@@ -241,12 +246,31 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     Floating tensors become float32 (so half and bfloat16 checkpoints work too).
     """
     torch = _import_torch()
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and containers
+        raise TorchImportError(
+            f"{path} holds pickled Python objects (a whole model?), not a state_dict of tensors "
+            f"({str(e).splitlines()[0][:120]}). Save `model.state_dict()` and convert that file; "
+            "camjax does not unpickle arbitrary objects, which could run code."
+        ) from None
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # torch's legacy reader raises whatever the garbage makes it raise
+        raise TorchImportError(
+            f"{path} is not a readable torch checkpoint ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'}): it is truncated or not "
+            "a .pth file. Download or save it again."
+        ) from None
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise TorchImportError(
             f"{path} is not a state_dict (a mapping of names to tensors); got {type(obj).__name__}."
             " Save `model.state_dict()`, or pass the torchvision weights file itself."
         )
+    if obj and all(k.startswith("module.") for k in obj):
+        # nn.DataParallel / DistributedDataParallel save their wrapped model's keys this way.
+        log.info("%s: stripped the 'module.' prefix of a DataParallel checkpoint's keys.", path)
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
     return {
         k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().numpy()
         for k, v in obj.items()
@@ -351,22 +375,27 @@ def import_checkpoint(
     return save_pretrained(out, variables, meta)
 
 
+PROG = "python -m camjax.models.torch_import"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m camjax.models.torch_import",
-        description="Convert a torchvision ImageNet checkpoint into a camjax orbax checkpoint.",
+    """python -m camjax.models.torch_import --model NAME --checkpoint FILE.pth --out DIR."""
+    # absl flags in their own FlagValues: importing this module defines no global flags.
+    fv = flags.FlagValues()
+    flags.DEFINE_string("model", None, "vgg16_gap, googlenet_gap_bn, resnet50_cam", flag_values=fv)
+    flags.DEFINE_string("checkpoint", None, "torchvision .pth state_dict", flag_values=fv)
+    flags.DEFINE_string("out", None, "output directory (must not exist)", flag_values=fv)
+    flags.DEFINE_bool(
+        "include_head", False, "resnet50_cam: import fc as the head too", flag_values=fv
     )
-    parser.add_argument("--model", required=True, help="vgg16_gap, googlenet_gap_bn, resnet50_cam")
-    parser.add_argument("--checkpoint", required=True, help="torchvision .pth state_dict")
-    parser.add_argument("--out", required=True, help="output directory (must not exist)")
-    parser.add_argument(
-        "--include_head", action="store_true", help="resnet50_cam: import fc as the head too"
-    )
-    args = parser.parse_args(argv)
+    for name in ("model", "checkpoint", "out"):
+        flags.mark_flag_as_required(name, flag_values=fv)
     try:
-        path = import_checkpoint(
-            args.model, args.checkpoint, args.out, include_head=args.include_head
-        )
+        fv([PROG, *(sys.argv[1:] if argv is None else argv)])
+        path = import_checkpoint(fv.model, fv.checkpoint, fv.out, include_head=fv.include_head)
+    except flags.Error as e:
+        usage = f"{PROG} --model NAME --checkpoint FILE --out DIR [--include_head]"
+        raise SystemExit(f"error: {e} (usage: {usage})") from None
     except (TorchImportError, FileExistsError, FileNotFoundError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e
     print(f"wrote {path}")

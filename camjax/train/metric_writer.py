@@ -14,12 +14,15 @@ import numpy as np
 class MetricWriter:
     """Appends `{"step": s, **metrics}` lines to workdir/metrics.jsonl (and TensorBoard scalars)."""
 
-    def __init__(self, workdir: str, filename: str = "metrics.jsonl"):
+    def __init__(self, workdir: str, start_step: int = 0, filename: str = "metrics.jsonl"):
+        """start_step: the step training (re)starts from. Rows a killed run wrote after it are
+        dropped, as they are about to be written again: one record per step and kind."""
         self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, filename)
         self._tb = None
         if self.active:
             os.makedirs(workdir, exist_ok=True)
+            self._truncate_after(start_step)
             try:  # optional: only when the user has a TensorBoard writer installed
                 from tensorboardX import SummaryWriter
 
@@ -39,9 +42,32 @@ class MetricWriter:
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
 
+    def _truncate_after(self, step: int) -> None:
+        """Keeps the rows up to `step` (and drops a line cut short by a kill), atomically."""
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            lines = f.readlines()
+        kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
+        if kept == lines:
+            return
+        with open(self.path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(self.path + ".tmp", self.path)
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _row_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a line cut short (no newline or bad JSON)."""
+    if not line.endswith("\n"):
+        return None
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _to_python(v: Any) -> Any:

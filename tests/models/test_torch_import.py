@@ -5,6 +5,7 @@ their state_dicts have its keys and shapes) and random weights: there are no dow
 is saved as a .pth, imported, and run beside the camjax model in eval mode on 64x64 inputs.
 """
 
+import logging
 import os
 import sys
 
@@ -422,6 +423,8 @@ def test_cli_writes_an_orbax_checkpoint_that_merges_into_fresh_variables(vgg, tm
         ti.main(["--model", "vgg16_gap", "--checkpoint", path, "--out", str(out)])
     with pytest.raises(SystemExit, match="use googlenet_gap_bn"):
         ti.main(["--model", "googlenet_gap", "--checkpoint", path, "--out", str(out) + "2"])
+    with pytest.raises(SystemExit, match=r"error: flag --checkpoint=None: .*usage"):
+        ti.main(["--model", "vgg16_gap", "--out", str(out) + "3"])
 
 
 def test_save_is_all_or_nothing(tmp_path):
@@ -496,6 +499,38 @@ def test_not_a_state_dict_is_an_error(tmp_path):
     torch.save({"epoch": 3, "state_dict": {}}, path)
     with pytest.raises(ti.TorchImportError, match="not a state_dict"):
         ti.load_torch_state_dict(path)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "whole_module", "text"])
+def test_unreadable_checkpoints_are_one_line_errors(vgg, tmp_path, kind):
+    path = tmp_path / f"{kind}.pth"
+    if kind == "truncated":
+        data = open(vgg[1], "rb").read()
+        path.write_bytes(data[: len(data) // 2])
+        match = r"not a readable torch checkpoint .*truncated or not a \.pth file"
+    elif kind == "whole_module":
+        torch.save(torch.nn.Linear(2, 2), path)
+        match = r"holds pickled Python objects \(a whole model\?\).*model.state_dict\(\)"
+    else:
+        path.write_text("these are not weights\n")
+        match = r"not a readable torch checkpoint"
+    with pytest.raises(ti.TorchImportError, match=match) as err:
+        ti.load_torch_state_dict(str(path))
+    assert "\n" not in str(err.value)
+    with pytest.raises(SystemExit, match=r"^error: "):
+        ti.main(["--model", "vgg16_gap", "--checkpoint", str(path), "--out", str(tmp_path / "o")])
+
+
+def test_dataparallel_prefixes_are_stripped(vgg, tmp_path, caplog):
+    wrapped = {f"module.{k}": v for k, v in torch.load(vgg[1], weights_only=True).items()}
+    path = str(tmp_path / "dp.pth")
+    torch.save(wrapped, path)
+    with caplog.at_level(logging.INFO, logger="camjax"):
+        got = ti.load_torch_state_dict(path)
+    assert "stripped the 'module.' prefix" in caplog.text
+    want = ti.load_torch_state_dict(vgg[1])
+    assert got.keys() == want.keys()
+    jax.tree.map(np.testing.assert_array_equal, got, want)
 
 
 def test_missing_torch_says_how_to_install_it(monkeypatch, tmp_path):

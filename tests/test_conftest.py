@@ -1,0 +1,28 @@
+"""The test session's 8 CPU devices hold whatever XLA_FLAGS the user's environment sets."""
+
+import os
+import subprocess
+import sys
+
+from tests.conftest import with_eight_devices
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_the_device_count_is_added_to_the_users_flags():
+    assert with_eight_devices("") == "--xla_force_host_platform_device_count=8"
+    assert with_eight_devices("--xla_cpu_max_isa=AVX2") == (
+        "--xla_cpu_max_isa=AVX2 --xla_force_host_platform_device_count=8"
+    )
+    assert with_eight_devices("--xla_force_host_platform_device_count=2 --a=1") == (
+        "--a=1 --xla_force_host_platform_device_count=8"
+    )
+
+
+def test_an_empty_xla_flags_still_gives_eight_devices():
+    code = "import tests.conftest, jax; print(jax.device_count())"
+    env = {**os.environ, "XLA_FLAGS": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "8"

@@ -1,0 +1,34 @@
+"""Tests for camjax/train/metric_writer.py: one record per step across resumes."""
+
+import json
+
+from camjax.train.metric_writer import MetricWriter
+
+
+def steps(path):
+    return [json.loads(line)["step"] for line in open(path)]
+
+
+def test_a_resume_drops_the_rows_it_is_about_to_write_again(tmp_path):
+    writer = MetricWriter(str(tmp_path))
+    for step in range(1, 7):
+        writer.write(step, {"train/loss": 1.0 / step})
+    writer.write(4, {"val/top1_cls": 50.0})
+    writer.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "train/lo')  # a line cut short by a kill
+    # Training restored the checkpoint at step 4: steps 5 and 6 are redone.
+    writer = MetricWriter(str(tmp_path), start_step=4)
+    assert steps(tmp_path / "metrics.jsonl") == [1, 2, 3, 4, 4]
+    for step in (5, 6):
+        writer.write(step, {"train/loss": 0.0})
+    assert steps(tmp_path / "metrics.jsonl") == [1, 2, 3, 4, 4, 5, 6]
+    assert not (tmp_path / "metrics.jsonl.tmp").exists()
+
+
+def test_a_fresh_run_keeps_nothing_and_a_finished_one_everything(tmp_path):
+    MetricWriter(str(tmp_path)).write(3, {"a": 1})
+    MetricWriter(str(tmp_path), start_step=3).write(3, {"b": 2})
+    assert steps(tmp_path / "metrics.jsonl") == [3, 3]
+    MetricWriter(str(tmp_path), start_step=0)  # a run started over: its old rows go
+    assert steps(tmp_path / "metrics.jsonl") == []
