@@ -10,12 +10,17 @@ run config is kept in workdir/config.json so that `evaluate.py --workdir DIR` ne
 """
 
 import json
+import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -42,62 +47,195 @@ def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
-    """Saves `state` as `step` (asynchronously) and the run's config beside the checkpoints."""
+    """Saves `state` as `step` (asynchronously), with the digest of every array inside the same
+    atomic step directory, and the run's config beside the checkpoints."""
     manager.save(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             meta=ocp.args.JsonSave(model_fingerprint(config)),
+            digests=ocp.args.JsonSave(tree_digests(state)),
         ),
     )
     save_run_config(os.path.dirname(str(manager.directory)), config)
 
 
-def restore(
-    manager: ocp.CheckpointManager, abstract_state: Any, config, step: int | None = None
-) -> Any:
-    """Restores `step` (default: the latest complete one) into the shardings of abstract_state."""
-    step = _checked_step(manager, config, step)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-    )
-    return restored["state"]
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, config) -> Any:
+    """The newest good step's whole train state, in the shardings of abstract_state.
+
+    Steps are tried from the newest: one that is incomplete, fails to read, fails its digests or
+    holds a non-finite value is logged (one line, with the reason) and skipped, never touched.
+    """
+
+    def read(step: int) -> Any:
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        return manager.restore(step, args=args)["state"]
+
+    return _restore_newest_good(manager, config, read)[0]
 
 
 def restore_variables(
     manager: ocp.CheckpointManager, abstract_variables: dict[str, Any], config
 ) -> tuple[dict[str, Any], int]:
-    """(model variables, step) of the latest checkpoint: {'params': ..., 'batch_stats': ...} as
-    `model.apply` takes them, restored into abstract_variables' shardings. The optimizer state
-    stays on disk, so evaluation needs no optimizer."""
-    step = _checked_step(manager, config, None)
+    """(model variables, step) of the newest good step: {'params': ..., 'batch_stats': ...} as
+    `model.apply` takes them, restored into abstract_variables' shardings and verified as in
+    `restore`. The optimizer state stays on disk, so evaluation needs no optimizer."""
     wanted = {k: v for k, v in abstract_variables.items() if jax.tree.leaves(v)}
-    args = ocp.args.PyTreeRestore(
-        item=wanted,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
-        partial_restore=True,
-    )
-    restored = manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+
+    def read(step: int) -> Any:
+        args = ocp.args.PyTreeRestore(
+            item=wanted,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+            partial_restore=True,
+        )
+        return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+
+    restored, step = _restore_newest_good(manager, config, read)
     return {k: restored.get(k, v) for k, v in abstract_variables.items()}, step
 
 
-def _checked_step(manager: ocp.CheckpointManager, config, step: int | None) -> int:
-    """`step` (default: the latest complete one), after checking it was saved for this model."""
-    step = manager.latest_step() if step is None else step
-    if step is None:
+def _restore_newest_good(
+    manager: ocp.CheckpointManager, config, read: Callable[[int], Any]
+) -> tuple[Any, int]:
+    """(tree, step) of the newest step that reads, matches its digests and is finite."""
+    directory = str(manager.directory)
+    steps = sorted(manager.all_steps(), reverse=True)
+    if not steps:
         raise CheckpointError(
-            f"no checkpoint in {manager.directory}; train first (train.py --workdir with the same "
+            f"no checkpoint in {directory}; train first (train.py --workdir with the same "
             "directory) or point --workdir at a trained run."
         )
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    rejected = []
+    for step in steps:
+        tree, reason = _verified(manager, config, step, read)
+        if reason:
+            rejected.append(f"step {step}: {reason}")
+            log.warning(
+                "Skipped checkpoint step %d in %s: %s. Nothing was moved or deleted; once you "
+                "have looked at it, remove it with: rm -r %s",
+                step,
+                directory,
+                reason,
+                os.path.join(directory, str(step)),
+            )
+            continue
+        if rejected:
+            log.warning("Restored checkpoint step %d, the newest good one in %s.", step, directory)
+        return tree, step
+    raise CheckpointError(
+        f"no good checkpoint in {directory}: " + "; ".join(rejected) + ". Nothing was moved or "
+        "deleted; remove the damaged steps (rm -r) and train again."
+    )
+
+
+def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[Any, str]:
+    """(restored tree, '') for a good `step`, or (None, a one-line reason it cannot be trusted).
+    A step saved for another model is a config error, raised: every step of the run has it."""
+    try:
+        items = ocp.args.Composite(meta=ocp.args.JsonRestore(), digests=ocp.args.JsonRestore())
+        saved = manager.restore(step, args=items)
+        meta, digests = saved["meta"], saved["digests"]
+    except Exception as e:  # orbax and tensorstore raise many types for a damaged step
+        return None, f"incomplete or unreadable metadata ({_first_line(e)})"
+    if meta is None or digests is None:
+        return None, "incomplete: its metadata or digests are missing"
     expected = model_fingerprint(config)
     if meta != expected:
-        diffs = _differences(meta, expected)
         raise CheckpointError(
             f"the checkpoint at step {step} in {manager.directory} was trained with a different "
-            f"config: {diffs}. Use the config the run was trained with."
+            f"config: {_differences(meta, expected)}. Use the config the run was trained with."
         )
-    return step
+    try:
+        tree = read(step)
+    except Exception as e:
+        return None, f"its arrays do not read ({_first_line(e)})"
+    got = tree_digests(tree)
+    for path, digest in got.items():
+        if path not in digests:
+            return None, f"{path} has no saved digest"
+        if digest != digests[path]:
+            return None, f"{path} does not match its saved digest (the file is corrupt)"
+    if bad := _non_finite_leaves(tree):
+        return None, f"{bad[0]} holds NaN or Inf"
+    return tree, ""
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+# ---- digests: one per array, computed on device -------------------------------------------------
+# orbax compresses arrays with no checksum, so a flipped bit restores as a changed value. Each
+# leaf's digest is two wrapping uint32 sums of its bits with position-dependent odd multipliers:
+# a change to any one element always changes the first (an odd multiplier is invertible mod
+# 2^32), and independent changes cancel in both with probability ~2^-64. It detects corruption,
+# not tampering (not a cryptographic hash), and costs one pass over the state on the device
+# instead of a copy to the host.
+
+
+def _bits(x: jax.Array) -> jax.Array:
+    """x's bit patterns as a flat uint32 vector (dtypes of 1, 2, 4 or 8 bytes)."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32).ravel()
+    size = x.dtype.itemsize
+    if size in (1, 2):
+        unsigned = jnp.uint8 if size == 1 else jnp.uint16
+        return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).ravel()
+    return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()  # 8 bytes: two words each
+
+
+@jax.jit
+def _digest_leaves(leaves: list[jax.Array]) -> list[jax.Array]:
+    out = []
+    for x in leaves:
+        bits = _bits(x)
+        i = jnp.arange(bits.size, dtype=jnp.uint32)
+        first = jnp.sum(bits * (2 * i + 1), dtype=jnp.uint32)
+        second = jnp.sum((bits ^ (i * jnp.uint32(0x9E3779B9))) * jnp.uint32(0x85EBCA6B))
+        out.append(jnp.stack([first, second.astype(jnp.uint32)]))
+    return out
+
+
+def tree_digests(tree: Any) -> dict[str, list]:
+    """{'params/conv1_1/kernel': [digest, digest, dtype, shape], ...} for every array leaf."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    paths = [_path(p) for p, _ in flat]
+    leaves = [jnp.asarray(x) for _, x in flat]
+    sums = jax.device_get(_digest_leaves(leaves))
+    return {
+        path: [int(s[0]), int(s[1]), str(x.dtype), list(x.shape)]
+        for path, x, s in zip(paths, leaves, sums, strict=True)
+    }
+
+
+@jax.jit
+def _finite_leaves(leaves: list[jax.Array]) -> list[jax.Array]:
+    return [
+        jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+        for x in leaves
+    ]
+
+
+def _non_finite_leaves(tree: Any) -> list[str]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    finite = jax.device_get(_finite_leaves([jnp.asarray(x) for _, x in flat]))
+    return [_path(p) for (p, _), ok in zip(flat, finite, strict=True) if not ok]
+
+
+def _path(keys: tuple) -> str:
+    """'params/conv1_1/kernel' for a key path, the same for a TrainState field and a dict key."""
+    names = []
+    for k in keys:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                names.append(str(getattr(k, attr)))
+                break
+        else:
+            names.append(str(k))
+    return "/".join(names)
 
 
 # The run's config, written beside its checkpoints so that evaluation needs only the workdir.

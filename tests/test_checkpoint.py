@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -106,3 +107,177 @@ def test_evaluate_needs_only_the_workdir(saved_run):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "differs from the run's saved config: eval.num_gallery: run 1, given 0" in done.stderr
+
+
+# ---- damaged steps: verified at restore, skipped with a reason, never touched ------------------
+
+
+def two_steps(tmp_path, config):
+    """A workdir with steps 1 and 2 of distinguishable states; returns (workdir, abstract, s1)."""
+    model = experiment.build_model(config)
+    tx = optim.create_optimizer(config.optim, config.train.num_steps)
+    mesh = experiment.make_mesh()
+    first, _ = train_state.create_train_state(config, model, tx, mesh)
+    first = first.replace(step=first.step + 1)
+    second = first.replace(step=first.step + 1, params=jax.tree.map(lambda x: x + 1, first.params))
+    workdir = str(tmp_path / "run")
+    manager = checkpoint.create_manager(workdir, 3)
+    checkpoint.save(manager, 1, first, config)
+    checkpoint.save(manager, 2, second, config)
+    manager.wait_until_finished()
+    manager.close()
+    return workdir, train_state.abstract_train_state(config, model, tx, mesh), first, second
+
+
+def largest_array_file(step_dir):
+    files = [
+        os.path.join(root, f)
+        for root, _, names in os.walk(os.path.join(step_dir, "state"))
+        for f in names
+        if os.sep + "d" + os.sep in os.path.join(root, f) + os.sep
+    ]
+    return max(files, key=os.path.getsize)
+
+
+def flip_bit(path, offset_fraction=0.5, bit=3):
+    data = bytearray(open(path, "rb").read())
+    data[int(len(data) * offset_fraction)] ^= 1 << bit
+    open(path, "wb").write(bytes(data))
+
+
+def xor_bytes(path, n=8):
+    data = bytearray(open(path, "rb").read())
+    for i in range(n):
+        data[len(data) // 3 + 97 * i] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+
+
+def truncate(path):
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])
+
+
+DAMAGE = {
+    "bit_flip": lambda step: flip_bit(largest_array_file(step)),
+    "xor_bytes": lambda step: xor_bytes(largest_array_file(step)),
+    "truncated_array_file": lambda step: truncate(largest_array_file(step)),
+    "deleted_ocdbt_manifest": lambda step: os.remove(os.path.join(step, "state", "manifest.ocdbt")),
+    "deleted_state_metadata": lambda step: os.remove(os.path.join(step, "state", "_METADATA")),
+    "truncated_meta_json": lambda step: truncate(os.path.join(step, "meta", "metadata")),
+    "empty_step_folder": None,  # a folder 99 with nothing in it
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_damaged_step_is_skipped_for_the_newest_good_one(tmp_path, caplog, damage):
+    config = tiny.get_config()
+    workdir, abstract, first, second = two_steps(tmp_path, config)
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    if DAMAGE[damage] is None:
+        os.makedirs(os.path.join(ckpts, "99"))
+        bad = 99
+    else:
+        DAMAGE[damage](os.path.join(ckpts, "2"))
+        bad = 2
+    before = sorted(os.walk(ckpts))
+    manager = checkpoint.create_manager(workdir, 3)
+    with caplog.at_level("WARNING", logger="camjax"):
+        restored = checkpoint.restore(manager, abstract, config)
+    manager.close()
+    good = second if bad == 99 else first
+    assert int(restored.step) == int(good.step)
+    jax.tree.map(np.testing.assert_array_equal, restored.params, good.params)
+    skipped = [
+        r.getMessage() for r in caplog.records if "Skipped checkpoint step" in r.getMessage()
+    ]
+    assert len(skipped) == 1 and f"step {bad} in" in skipped[0] and "rm -r" in skipped[0]
+    assert "\n" not in skipped[0]
+    assert f"Restored checkpoint step {int(good.step)}, the newest good one" in caplog.text
+    assert sorted(os.walk(ckpts)) == before  # nothing moved or deleted
+
+
+def test_a_bit_flip_anywhere_never_restores_changed_values(tmp_path):
+    """A flip in bytes the reader never uses is harmless: the step restores exactly as saved.
+    Any other flip is caught: the older step is restored. Never a changed step 2."""
+    config = tiny.get_config()
+    workdir, abstract, first, second = two_steps(tmp_path, config)
+    path = largest_array_file(os.path.join(checkpoint.checkpoint_dir(workdir), "2"))
+    original = open(path, "rb").read()
+    outcomes = set()
+    for fraction in np.linspace(0.02, 0.98, 9):
+        open(path, "wb").write(original)
+        flip_bit(path, fraction, bit=int(fraction * 8))
+        manager = checkpoint.create_manager(workdir, 3)
+        restored = checkpoint.restore(manager, abstract, config)
+        manager.close()
+        step = int(restored.step)
+        outcomes.add(step)
+        jax.tree.map(
+            np.testing.assert_array_equal, restored.params, (first if step == 1 else second).params
+        )
+    assert 1 in outcomes  # most flips change values, and every one of those was caught
+
+
+def test_a_nan_saved_with_a_valid_digest_is_rejected(tmp_path, caplog):
+    config = tiny.get_config()
+    workdir, abstract, first, _ = two_steps(tmp_path, config)
+    nan_state = first.replace(
+        step=first.step + 2,
+        opt_state=jax.tree.map(
+            lambda x: x * np.nan if x.dtype == np.float32 else x, first.opt_state
+        ),
+    )
+    manager = checkpoint.create_manager(workdir, 3)
+    checkpoint.save(manager, 3, nan_state, config)
+    manager.wait_until_finished()
+    with caplog.at_level("WARNING", logger="camjax"):
+        restored = checkpoint.restore(manager, abstract, config)
+    manager.close()
+    assert int(restored.step) == 2
+    assert "step 3 in" in caplog.text and "holds NaN or Inf" in caplog.text
+
+
+def test_no_good_step_is_one_error_listing_every_step(tmp_path):
+    config = tiny.get_config()
+    workdir, abstract, _, _ = two_steps(tmp_path, config)
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    flip_bit(largest_array_file(os.path.join(ckpts, "1")))
+    truncate(os.path.join(ckpts, "2", "meta", "metadata"))
+    manager = checkpoint.create_manager(workdir, 3)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.restore(manager, abstract, config)
+    with pytest.raises(checkpoint.CheckpointError, match="no good checkpoint"):
+        checkpoint.restore_variables(
+            manager, {"params": abstract.params, "batch_stats": {}}, config
+        )
+    manager.close()
+    message = str(err.value)
+    assert message.startswith(f"no good checkpoint in {ckpts}: step 2: incomplete or unreadable")
+    assert "; step 1: " in message and "\n" not in message
+    assert sorted(os.listdir(ckpts)) == ["1", "2"]
+
+
+def test_evaluation_restores_the_newest_good_variables(tmp_path):
+    config = tiny.get_config()
+    workdir, abstract, first, _ = two_steps(tmp_path, config)
+    flip_bit(largest_array_file(os.path.join(checkpoint.checkpoint_dir(workdir), "2")))
+    manager = checkpoint.create_manager(workdir, 3)
+    variables, step = checkpoint.restore_variables(
+        manager, {"params": abstract.params, "batch_stats": {}}, config
+    )
+    manager.close()
+    assert step == 1
+    jax.tree.map(np.testing.assert_array_equal, variables["params"], first.params)
+
+
+def test_digests_see_every_element_and_dtype():
+    x = jnp.arange(1000, dtype=jnp.float32)
+    base = checkpoint.tree_digests({"x": x})["x"]
+    assert base[2:] == ["float32", [1000]]
+    for i in (0, 1, 511, 999):
+        flipped = x.at[i].set(jnp.nextafter(x[i], jnp.float32(np.inf)))  # one ulp, one element
+        assert checkpoint.tree_digests({"x": flipped})["x"][:2] != base[:2]
+    swapped = x.at[0].set(x[1]).at[1].set(x[0])  # same values, other order
+    assert checkpoint.tree_digests({"x": swapped})["x"][:2] != base[:2]
+    for dtype in (jnp.bfloat16, jnp.int32, jnp.uint8, jnp.bool_):
+        assert len(checkpoint.tree_digests({"y": jnp.ones(3, dtype)})["y"]) == 4

@@ -8,6 +8,7 @@ bit-identical parameters to an uninterrupted run (same data order, same dropout 
 """
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -147,9 +148,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     state, state_shardings = create_train_state(config, model, tx, mesh)
     if manager.latest_step() is None and config.init.pretrained_dir:
         state = load_pretrained(state, config.init.pretrained_dir)
+    last_good = None  # the newest step saved or restored with finite, verified state
     if manager.latest_step() is not None:
         state = checkpoint.restore(manager, abstract_train_state(config, model, tx, mesh), config)
-        log.info("Resumed from the checkpoint at step %d.", int(state.step))
+        last_good = int(state.step)
+        log.info("Resumed from the checkpoint at step %d.", last_good)
+        if newer := [s for s in manager.all_steps() if s > last_good]:
+            # Saving again at those steps would replace them; a person decides what to remove.
+            ckpts = checkpoint.checkpoint_dir(workdir)
+            raise checkpoint.CheckpointError(
+                f"the newer steps {newer} in {ckpts} were rejected (see the warnings above); "
+                f"resuming from step {last_good} would save over them. Look at them, remove them "
+                f"(rm -r {' '.join(os.path.join(ckpts, str(s)) for s in newer)}), then rerun."
+            )
     start = int(state.step)
     sources = experiment.data_sources(config)
 
@@ -165,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     )
     sums = jax.device_put(zero_sums(), replicated)
     bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", disable=jax.process_index() != 0)
-    t0, last_good = time.time(), manager.latest_step()
+    t0 = time.time()
     try:
         for step in range(start + 1, num_steps + 1):
             state, sums = step_fn(state, sums, next(batches))
@@ -177,12 +188,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if not (do_log or do_save or do_eval):
                 continue
             host_sums = jax.device_get(sums)
-            if not np.isfinite(host_sums["loss"]) or (do_save and not _all_finite(state.variables)):
+            if not np.isfinite(host_sums["loss"]) or (do_save and not _all_finite(state)):
+                good = (
+                    f"The last good checkpoint (finite and verified) is step {last_good} in "
+                    f"{checkpoint.checkpoint_dir(workdir)}."
+                    if last_good is not None
+                    else "No checkpoint was saved yet."
+                )
                 raise NonFiniteLossError(
                     f"non-finite loss or parameters by step {step}; stopped without saving "
-                    f"them. The last good checkpoint is step {last_good} in "
-                    f"{checkpoint.checkpoint_dir(workdir)}. Lower config.optim.learning_rate or "
-                    "set config.optim.grad_clip_norm, then rerun (training resumes from that "
+                    f"them. {good} Lower config.optim.learning_rate or set "
+                    "config.optim.grad_clip_norm, then rerun (training resumes from that "
                     "checkpoint)."
                 )
             if do_log and host_sums["count"]:

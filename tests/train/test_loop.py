@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -152,11 +153,41 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     config.train.num_steps = 8
     config.optim.learning_rate = 1e30
     config.optim.schedule = "constant"
-    with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint is step 2"):
+    with pytest.raises(
+        loop.NonFiniteLossError, match=r"last good checkpoint \(finite and verified\) is step 2"
+    ):
         loop.train_and_evaluate(config, workdir)
     step, params = saved_params(workdir)
     assert step == 2
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
+
+
+def test_a_damaged_newest_step_stops_training_until_a_person_removes_it(data_dir, tmp_path):
+    """Resuming from the newest good step would save over the rejected newer one: training
+    says so and moves nothing; once it is removed, training resumes from the good step, and
+    a later non-finite loss names that step, not the damaged one."""
+    workdir = str(tmp_path / "run")
+    config = tiny_config(data_dir, num_steps=2, checkpoint_every_steps=1)
+    loop.train_and_evaluate(config, workdir)
+    damaged = os.path.join(checkpoint.checkpoint_dir(workdir), "2")
+    data_file = max(
+        (os.path.join(r, f) for r, _, fs in os.walk(os.path.join(damaged, "state")) for f in fs),
+        key=os.path.getsize,
+    )
+    with open(data_file, "r+b") as f:
+        f.seek(os.path.getsize(data_file) // 2)
+        byte = f.read(1)[0]
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte ^ 0xFF]))
+    config.train.num_steps = 4
+    with pytest.raises(checkpoint.CheckpointError, match=r"newer steps \[2\] .*\(rm -r .*/2\)"):
+        loop.train_and_evaluate(config, workdir)
+    assert os.path.isdir(damaged)
+    shutil.rmtree(damaged)
+    config.optim.learning_rate, config.optim.schedule = 1e30, "constant"
+    config.train.checkpoint_every_steps = 100  # no save between the resume and the NaN
+    with pytest.raises(loop.NonFiniteLossError, match=r"\(finite and verified\) is step 1 "):
+        loop.train_and_evaluate(config, workdir)
 
 
 def test_resume_after_completion_is_a_no_op(data_dir, tmp_path):
