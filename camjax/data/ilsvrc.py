@@ -98,12 +98,9 @@ about 12% more sampling error).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
-import re
 import tarfile
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -112,6 +109,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from camjax.data import downloads, manual
+from camjax.data import ilsvrc_annotations as ann
 from camjax.data.downloads import CorruptFileError
 
 DATASET_NAME = "ilsvrc2012_loc"
@@ -135,8 +133,6 @@ SOURCES = {
 _OFFICIAL_TRAIN = (147_897_477_120, 1_281_167)
 
 VALIDATION_PER_CLASS = 10  # held out of each class of validation: the reference's 10,000
-_SYNSET = re.compile(r"n\d{8}")
-_VAL_XML_PATH = re.compile(r"(?:.*/)?(ILSVRC2012_val_\d{8})\.xml")
 
 log = logging.getLogger(__name__)
 
@@ -170,20 +166,13 @@ class IlsvrcConfig(tfds.core.BuilderConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Annotation:
-    synset: str
-    boxes: np.ndarray  # (K, 4) float64 (xmin, ymin, xmax, ymax), 0-based, inclusive ends
-    size: tuple[int, int] | None  # (width, height) the XML states; None from the CSV
-
-
-@dataclasses.dataclass(frozen=True)
 class _Plan:
     """Everything checked before writing: paths, classes, archive members, annotations."""
 
     paths: dict[str, Path]
     classes: list[str]
     val_members: list[tarfile.TarInfo]  # sorted by name
-    annotations: dict[str, _Annotation]  # by image file name
+    annotations: dict[str, ann.Annotation]  # by image file name
     class_tars: list[tarfile.TarInfo]  # sorted by synset; empty without the train split
 
 
@@ -281,7 +270,7 @@ class Ilsvrc2012Loc(manual.ManualBuilder):
         for (image_id, synset, _), (data, height, width) in items:
             boxes = np.zeros((0, 4), np.float32)
             if split == "validation":
-                boxes = _normalized_boxes(image_id, plan.annotations[image_id], height, width)
+                boxes = ann.normalized_boxes(image_id, plan.annotations[image_id], height, width)
             yield (
                 image_id,
                 {
@@ -334,7 +323,11 @@ def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
     paths = manual_files(manual_dir, train=train)
     boxes_path = paths.get(BOXES_XML) or paths[BOXES_CSV]
     log.info("Reading %s.", boxes_path)
-    annotations = _read_xml_archive(boxes_path) if BOXES_XML in paths else _read_csv(boxes_path)
+    annotations = (
+        ann.read_xml_archive(boxes_path, SOURCES[BOXES_XML])
+        if BOXES_XML in paths
+        else ann.read_csv(boxes_path)
+    )
     log.info("Indexing %s.", paths[VAL_ARCHIVE])
     val_members = sorted(_tar_files(paths[VAL_ARCHIVE]), key=lambda m: PurePosixPath(m.name).name)
     images = {PurePosixPath(m.name).name for m in val_members}
@@ -345,7 +338,7 @@ def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
     tars = {_synset_of(m) for m in class_tars}
     val_synsets = {a.synset for a in annotations.values()}
     if SYNSET_MAPPING in paths:
-        classes = _read_synset_mapping(paths[SYNSET_MAPPING])
+        classes = ann.read_synset_mapping(paths[SYNSET_MAPPING])
         if train:
             _raise_if_missing(paths[TRAIN_ARCHIVE], [f"{s}.tar" for s in classes if s not in tars])
         unlisted = sorted((tars | val_synsets) - set(classes))
@@ -377,7 +370,7 @@ def _class_tars(path: Path) -> list[tarfile.TarInfo]:
     log.info("Indexing %s.", path)
     class_tars = []
     for member in _tar_files(path):
-        if member.name.endswith(".tar") and _SYNSET.fullmatch(_synset_of(member)):
+        if member.name.endswith(".tar") and ann.SYNSET.fullmatch(_synset_of(member)):
             class_tars.append(member)
         else:
             log.warning("Ignoring %s in %s.", member.name, path)
@@ -449,105 +442,3 @@ def _train_images(plan: _Plan) -> Iterator[tuple[str, str, bytes]]:
 
 def _source(path: Path) -> str:
     return SOURCES.get(path.name, "its source")
-
-
-def _read_xml_archive(path: Path) -> dict[str, _Annotation]:
-    """`ILSVRC2012_bbox_val_v3.tgz` -> {image file name: annotation}."""
-    annotations = {}
-    for name, data in downloads.iter_tar(path, _VAL_XML_PATH.fullmatch, SOURCES[BOXES_XML]):
-        if data is not None:
-            image = _VAL_XML_PATH.fullmatch(name)[1]
-            annotations[f"{image}.JPEG"] = _parse_xml(f"{name} in {path}", data)
-    if not annotations:
-        raise CorruptFileError(f"{path} holds no ILSVRC2012_val_*.xml file.")
-    return annotations
-
-
-def _parse_xml(where: str, data: bytes) -> _Annotation:
-    """One PASCAL-VOC-style annotation -> its synset, boxes and stated size."""
-    try:
-        root = ET.fromstring(data)
-        size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
-        synsets, boxes = [], []
-        for obj in root.iter("object"):
-            synsets.append(obj.findtext("name").strip())
-            boxes.append(
-                [float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
-            )
-    except (ET.ParseError, TypeError, ValueError, AttributeError) as err:
-        raise CorruptFileError(f"{where} is not a valid annotation: {err}") from err
-    return _annotation(where, synsets, boxes, size)
-
-
-def _read_csv(path: Path) -> dict[str, _Annotation]:
-    """`LOC_val_solution.csv` -> {image file name: annotation}."""
-    annotations = {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = csv.reader(f)
-        header = next(rows, None)
-        if header != ["ImageId", "PredictionString"]:
-            raise CorruptFileError(f"{path}: the header is {header}, not ImageId,PredictionString.")
-        for line, row in enumerate(rows, 2):
-            where = f"{path}, line {line}"
-            if not row:
-                continue
-            tokens = row[1].split() if len(row) == 2 else []
-            if not tokens or len(tokens) % 5:
-                raise CorruptFileError(f"{where}: expected ImageId,<synset xmin ymin xmax ymax>...")
-            try:
-                boxes = [
-                    [float(t) for t in tokens[i + 1 : i + 5]] for i in range(0, len(tokens), 5)
-                ]
-            except ValueError as err:
-                raise CorruptFileError(f"{where}: {err}") from err
-            annotations[f"{row[0]}.JPEG"] = _annotation(where, tokens[::5], boxes, None)
-    if not annotations:
-        raise CorruptFileError(f"{path} holds no annotation.")
-    return annotations
-
-
-def _annotation(
-    where: str, synsets: list[str], boxes: list[list[float]], size: tuple[int, int] | None
-) -> _Annotation:
-    """Checks one image's boxes: one synset, in-order corners, not left of or above 0."""
-    if len(set(synsets)) != 1 or not _SYNSET.fullmatch(synsets[0]):
-        raise CorruptFileError(
-            f"{where}: expected boxes of one synset, got {sorted(set(synsets))}."
-        )
-    b = np.array(boxes, np.float64).reshape(-1, 4)
-    if np.any(b[:, :2] < 0) or np.any(b[:, 2:] < b[:, :2]):
-        raise CorruptFileError(f"{where}: invalid box among {b.tolist()}.")
-    return _Annotation(synsets[0], b, size)
-
-
-def _read_synset_mapping(path: Path) -> list[str]:
-    """`LOC_synset_mapping.txt` -> the sorted synsets (first field of each line)."""
-    synsets = [line.split()[0] for line in path.read_text("utf-8").splitlines() if line.strip()]
-    bad = [s for s in synsets if not _SYNSET.fullmatch(s)]
-    if bad or len(set(synsets)) != len(synsets):
-        raise CorruptFileError(f"{path}: expected distinct synsets, one per line; got {bad[:5]}.")
-    return sorted(synsets)
-
-
-def _normalized_boxes(
-    image_id: str, annotation: _Annotation, height: int, width: int
-) -> np.ndarray:
-    """Inclusive 0-based source boxes -> (K, 4) float32 normalized (ymin, xmin, ymax, xmax).
-
-    The exclusive ends are `xmax + 1` and `ymax + 1`, clipped to the image.
-    """
-    if annotation.size is not None and annotation.size != (width, height):
-        log.warning(
-            "%s is %dx%d but its annotation says %dx%d; boxes are scaled by the image.",
-            image_id,
-            width,
-            height,
-            *annotation.size,
-        )
-    x0, y0, x1, y1 = annotation.boxes.T
-    if np.any(x1 >= width) or np.any(y1 >= height):
-        log.warning("A box of %s ends outside its %dx%d image; clipped.", image_id, width, height)
-    x1, y1 = np.minimum(x1 + 1, width), np.minimum(y1 + 1, height)
-    if np.any(x0 >= x1) or np.any(y0 >= y1):
-        raise CorruptFileError(f"A box of {image_id} lies outside its {width}x{height} image.")
-    return np.stack([y0 / height, x0 / width, y1 / height, x1 / width], -1).astype(np.float32)

@@ -13,7 +13,7 @@ from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 import camjax.data
-from camjax.data import downloads, ilsvrc, manual, pipeline
+from camjax.data import downloads, ilsvrc, ilsvrc_annotations, manual, pipeline
 
 # Preparing and reading must never open a connection.
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -368,7 +368,7 @@ def test_annotations_of_two_synsets_for_one_image_are_rejected(tmp_path):
         "ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4 n01443537 1 2 3 4\n"
     )
     with pytest.raises(downloads.CorruptFileError, match="one synset"):
-        ilsvrc._read_csv(path)
+        ilsvrc_annotations.read_csv(path)
 
 
 def test_load_data_sources_tells_how_to_prepare(tmp_path):
@@ -385,8 +385,8 @@ def test_normalized_boxes_give_back_the_pixels():
         x = np.sort(rng.integers(0, width, size=(8, 2)), axis=1)
         y = np.sort(rng.integers(0, height, size=(8, 2)), axis=1)
         inclusive = np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], -1).astype(np.float64)
-        annotation = ilsvrc._Annotation("n01440764", inclusive, None)
-        bbox = ilsvrc._normalized_boxes("x", annotation, int(height), int(width))
+        annotation = ilsvrc_annotations.Annotation("n01440764", inclusive, None)
+        bbox = ilsvrc_annotations.normalized_boxes("x", annotation, int(height), int(width))
         assert bbox.dtype == np.float32 and np.all((bbox >= 0) & (bbox <= 1))
         got, _ = pipeline.pixel_boxes(bbox, int(height), int(width), 8)
         np.testing.assert_allclose(got, inclusive + [0, 0, 1, 1], atol=1e-3)
