@@ -103,7 +103,7 @@ def prepared_source(dataset: str, num_images: int, seed: int, tmp: str):
         manual, data_dir = Path(tmp) / "manual", str(Path(tmp) / "tfds")
         manual.mkdir()
         write_cub_archive(manual, num_images, seed)
-        cub.prepare(str(manual), data_dir, progress=False)
+        cub.Cub2002011.prepare(str(manual), data_dir, progress=False)
         source = camjax_data.reopenable_sources(  # worker processes reopen them
             "cub_200_2011", config.data.image_size, data_dir, {"validation_per_class": 1}
         )["train"]

@@ -45,7 +45,7 @@ def generate(data_dir: str) -> float:
     shutil.rmtree(data_dir, ignore_errors=True)
     code = (
         "import sys; from camjax.data import wsol_shapes; "
-        "wsol_shapes.load_data_sources(64, sys.argv[1])"
+        "wsol_shapes.WsolShapes.sources(sys.argv[1], 64, {})"
     )
     return timed([sys.executable, "-c", code, data_dir])
 

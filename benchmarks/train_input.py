@@ -116,7 +116,7 @@ def main() -> None:
         manual, data_dir = Path(tmp) / "manual", str(Path(tmp) / "tfds")
         manual.mkdir()
         write_cub_archive(manual, args.num_images, args.seed)
-        cub.prepare(str(manual), data_dir, progress=False)
+        cub.Cub2002011.prepare(str(manual), data_dir, progress=False)
         source = camjax_data.reopenable_sources(  # worker processes reopen it
             "cub_200_2011", prep.image_size, data_dir, {"validation_per_class": 1}
         )["train"]

@@ -39,13 +39,9 @@ structure) stays the recipe's.
 
 import ml_collections
 
+import camjax.data
 from configs import default
 
-# Training images per epoch: CUB's official train split minus the 5-per-class validation
-# holdout (camjax.data); ILSVRC's 1,281,167 training images.
-TRAIN_IMAGES = {"cub": 5994 - 5 * 200, "ilsvrc": 1_281_167}
-NUM_CLASSES = {"cub": 200, "ilsvrc": 1000}
-DATASET_NAMES = {"cub": "cub_200_2011", "ilsvrc": "ilsvrc2012_loc"}
 EPOCHS = {"cub": (50, 15), "ilsvrc": (10, 3)}  # (epochs, decay every)
 LEARNING_RATES = {
     ("cub", "vgg16"): 1.268269e-5,
@@ -62,20 +58,21 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
         raise ValueError(f"no WSOL CAM recipe for {architecture} on {dataset}.")
     if variant not in ("", "tiny"):
         raise ValueError(f"config variant must be '' or 'tiny'; got {variant!r}.")
+    builder = camjax.data.dataset(dataset)  # the registry's class, by its alias
     config = default.get_config()
     data = config.data
-    data.name = DATASET_NAMES[dataset]
+    data.name = builder.name
     data.image_size, data.resize_size = 224, 256
     data.batch_size = BATCH_SIZE
     data.max_boxes = 20  # ILSVRC validation images have up to 20 boxes
     # Validation images per class, held out of data disjoint from test (camjax.data): 5 of
     # CUB's train split and 10 of ILSVRC's validation set, the sizes of the reference's splits.
-    data.validation_per_class = {"cub": 5, "ilsvrc": 10}[dataset]
+    data.validation_per_class = builder.VALIDATION_PER_CLASS
     data.num_threads = 16
     data.num_workers = 16  # training's worker processes, one per core of a 16-core GPU host
 
     model = config.model
-    model.num_classes = NUM_CLASSES[dataset]
+    model.num_classes = builder.NUM_CLASSES
     model.width = 1.0
     model.dropout_rate = 0.0
     if architecture == "vgg16":
@@ -88,7 +85,9 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
         del model["groups"], model["grouped_conv_impl"]
 
     epochs, decay_every = EPOCHS[dataset]
-    steps_per_epoch = TRAIN_IMAGES[dataset] // BATCH_SIZE
+    # Training images per epoch: CUB's official train split minus the 5-per-class validation
+    # holdout; ILSVRC's 1,281,167 training images.
+    steps_per_epoch = builder.train_images() // BATCH_SIZE
     optim = config.optim
     optim.name = "sgd"
     optim.learning_rate = LEARNING_RATES[dataset, architecture]

@@ -22,8 +22,10 @@ from tests.data.test_ilsvrc import write_manual_dir
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("recipes")
     data_dir = str(root / "tfds")
-    cub.prepare(str(write_archives(root / "cub")), data_dir, progress=False)
-    ilsvrc.prepare(str(write_manual_dir(root / "ilsvrc", train=True)), data_dir, progress=False)
+    cub.Cub2002011.prepare(str(write_archives(root / "cub")), data_dir, progress=False)
+    ilsvrc.Ilsvrc2012Loc.prepare(
+        str(write_manual_dir(root / "ilsvrc", train=True)), data_dir, progress=False
+    )
     return data_dir
 
 
@@ -118,7 +120,9 @@ def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
     from tests.localization import wsol_reference as ref
 
     data_dir = str(tmp_path / "tfds")
-    openimages.prepare(str(write_openimages(tmp_path / "manual")), data_dir, progress=False)
+    openimages.OpenImages30kWsol.prepare(
+        str(write_openimages(tmp_path / "manual")), data_dir, progress=False
+    )
     config = tiny.get_config()
     config.data.name = "openimages30k_wsol"
     config.data.data_dir = data_dir

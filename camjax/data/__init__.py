@@ -4,16 +4,32 @@ import functools
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 
-import numpy as np
-
-DATASETS = ("wsol_shapes", "cub_200_2011", "ilsvrc2012_loc", "openimages30k_wsol")
-# Datasets built from archives downloaded by hand (`python -m camjax.data.prepare`).
-_MANUAL = {
-    "cub_200_2011": "camjax.data.cub",
-    "ilsvrc2012_loc": "camjax.data.ilsvrc",
-    "openimages30k_wsol": "camjax.data.openimages",
+# The datasets camjax builds: name -> "module:class". A dataset is one module whose class (a tfds
+# builder) has the class methods `sources(data_dir, image_size, split_sizes)` (what
+# `load_data_sources` returns) and, if prepared from files downloaded by hand, those of
+# `manual.ManualBuilder` (`prepare`, `wsol_sources`, ...), plus one line here.
+DATASETS = {
+    "wsol_shapes": "camjax.data.wsol_shapes:WsolShapes",
+    "cub_200_2011": "camjax.data.cub:Cub2002011",
+    "ilsvrc2012_loc": "camjax.data.ilsvrc:Ilsvrc2012Loc",
+    "openimages30k_wsol": "camjax.data.openimages:OpenImages30kWsol",
 }
-_MANUAL_SIZES = ("num_train", "num_validation", "num_test", "validation_per_class")
+
+
+def dataset(name: str) -> type:
+    """The class of a dataset of `DATASETS`, by its name or one of its `ALIASES` (`cub`, `CUB`).
+
+    Raises:
+      KeyError: not a camjax dataset.
+    """
+    if name in DATASETS:
+        module, cls = DATASETS[name].split(":")
+        return getattr(importlib.import_module(module), cls)
+    for known in DATASETS:
+        cls = dataset(known)
+        if name in getattr(cls, "ALIASES", ()):
+            return cls
+    raise KeyError(f"{name!r} is not a camjax dataset; they are {', '.join(DATASETS)}.")
 
 
 def load_data_sources(
@@ -24,17 +40,17 @@ def load_data_sources(
 ) -> Mapping[str, Sequence]:
     """Split name -> random-access source of decoded tfds examples (numpy dicts).
 
-    'wsol_shapes' is the embedded dataset, generated into data_dir on first use; split_sizes
-    ({'num_train': n, ...}, 0 or missing = standard size) builds a smaller variant of it.
-
-    'cub_200_2011' and 'ilsvrc2012_loc' are read as prepared (`python -m camjax.data.prepare
-    {cub,ilsvrc}`; a FileNotFoundError says so otherwise), at their original image sizes, which
-    the pipeline resizes to image_size. Their splits are those of the WSOL protocol, `validation`
-    disjoint from `train` and `test` (`cub.wsol_sources`, `ilsvrc.wsol_sources`): CUB's
-    `validation` is 5 images per class held out of the official train split, ILSVRC's is 10 per
-    class of the official validation set and `test` the rest of it. split_sizes may set
-    'validation_per_class' (0 = that default); a nonzero 'num_<split>' keeps that many examples
-    spread evenly over the split, for smoke runs (`manual.spread_subset`).
+    A dataset of `DATASETS` gives its class's `sources`: 'wsol_shapes' is generated into data_dir
+    on first use, split_sizes ({'num_train': n, ...}, 0 or missing = standard size) building a
+    smaller variant of it. The datasets downloaded by hand are read as prepared (`python -m
+    camjax.data.prepare {cub,ilsvrc,openimages}`; a FileNotFoundError says so otherwise), at
+    their original image sizes, which the pipeline resizes to image_size; their splits are
+    those of the WSOL protocol, `validation` disjoint from `train` and `test`
+    (`ManualBuilder.wsol_sources`: CUB's is 5 images per class held out of the official train
+    split, ILSVRC's 10 per class of the official validation set, whose rest is `test`).
+    split_sizes may set 'validation_per_class' (0 = that default); a nonzero 'num_<split>'
+    keeps that many examples spread evenly over the split, for smoke runs
+    (`subsets.spread_subset`).
 
     Any other name is a tfds catalog dataset already prepared as ArrayRecord in data_dir
     (`catalog.load_catalog_sources`: caltech_birds2011, stanford_dogs, oxford_iiit_pet with
@@ -42,26 +58,8 @@ def load_data_sources(
     `validation` split gets the last 10% of `train` as `validation` and keeps the rest as
     `train`.
     """
-    if name == "wsol_shapes":
-        from camjax.data import wsol_shapes
-
-        sizes = {k: v for k, v in (split_sizes or {}).items() if v}
-        return wsol_shapes.load_data_sources(image_size=image_size, data_dir=data_dir, **sizes)
-    if name in _MANUAL:
-        from camjax.data import manual
-
-        sizes = dict(split_sizes or {})
-        unknown = sorted(set(sizes) - set(_MANUAL_SIZES))
-        if unknown:
-            raise ValueError(f"Unknown split_sizes {unknown} for {name}; known: {_MANUAL_SIZES}.")
-        per_class = sizes.pop("validation_per_class", 0)
-        module = importlib.import_module(_MANUAL[name])
-        kwargs = {"validation_per_class": per_class} if per_class else {}
-        sources = module.wsol_sources(data_dir, **kwargs)
-        return {
-            split: manual.spread_subset(source, sizes.get(f"num_{split}", 0))
-            for split, source in sources.items()
-        }
+    if name in DATASETS:
+        return dataset(name).sources(data_dir, image_size, dict(split_sizes or {}))
     return _catalog_sources(name, data_dir, split_sizes)
 
 
@@ -123,7 +121,7 @@ def _catalog_sources(
     name: str, data_dir: str | None, split_sizes: Mapping[str, int] | None
 ) -> Mapping[str, Sequence]:
     """Any tfds catalog dataset already prepared as ArrayRecord in data_dir (`catalog.py`)."""
-    from camjax.data import catalog, manual
+    from camjax.data import catalog, subsets
 
     try:
         sources = catalog.load_catalog_sources(name, data_dir)
@@ -136,10 +134,9 @@ def _catalog_sources(
         train = sources["train"]
         n = len(train)
         held = max(1, int(round(n * _CATALOG_HOLDOUT))) if n > 1 else 0
-        sources["train"] = manual.SplitView(train, np.arange(n - held))
-        sources["validation"] = manual.SplitView(train, np.arange(n - held, n))
+        sources["train"], sources["validation"] = train[: n - held], train[n - held :]
     sizes = dict(split_sizes or {})
     return {
-        split: manual.spread_subset(source, sizes.get(f"num_{split}", 0))
+        split: subsets.spread_subset(source, sizes.get(f"num_{split}", 0))
         for split, source in sources.items()
     }

@@ -6,7 +6,7 @@ returns random-access sources whose examples look like every camjax dataset's: `
 (H, W, 3) uint8, `label` int, `objects` {'bbox': (n, 4) float32 normalized (ymin, xmin, ymax,
 xmax) with exclusive ends (`ymax = y1 / H`, `y1` one past the last row)} and, where the dataset
 has one, `mask` (H, W, 1) uint8 in {0, 255}; the named datasets also give `image_id` (bytes).
-Each source maps the catalog's own examples lazily, one read at a time (`MappedSource`).
+Each source maps the catalog's own examples lazily, one read at a time (a grain `MapDataset`).
 
 Reading needs ArrayRecord files: camjax reads through `builder.as_data_source()` without
 TensorFlow, and tfds's random access has no TFRecord reader. `tfds build` writes TFRecord unless
@@ -54,10 +54,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -77,45 +78,13 @@ class UnknownDatasetError(ValueError):
     """A name that is neither in the installed tfds catalog nor prepared in the data dir."""
 
 
-class MappedSource(Sequence):
-    """`fn(source[i])` for each record of a random-access source, computed on each read.
-
-    `len`, `src[i]` and `src.__getitems__(keys)` (the batched read of grain and tfds), so
-    `grain.MapDataset.source(src)` and `manual.spread_subset(src, n)` take it.
-    """
-
-    def __init__(self, source: Sequence, fn: ExampleMap):
-        self.source = source
-        self.fn = fn
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, i: int) -> Example:
-        return self.fn(self.source[i])
-
-    def __getitems__(self, keys: Sequence[int]) -> list[Example]:
-        if hasattr(self.source, "__getitems__"):
-            records = self.source.__getitems__(list(keys))
-        else:
-            records = [self.source[k] for k in keys]
-        return [self.fn(r) for r in records]
-
-    def __iter__(self) -> Iterator[Example]:
-        for i in range(len(self)):
-            yield self[i]
-
-    def __repr__(self) -> str:
-        return f"MappedSource({self.source!r}, {getattr(self.fn, 'func', self.fn).__name__})"
-
-
 def load_catalog_sources(
     name: str,
     data_dir: str | None = None,
     *,
     splits: Sequence[str] | Mapping[str, str] | None = None,
     adapter: AdapterFactory | None = None,
-) -> dict[str, MappedSource]:
+) -> dict[str, grain.MapDataset]:
     """Random-access sources of a tfds catalog dataset prepared (as ArrayRecord) in data_dir.
 
     Args:
@@ -129,7 +98,7 @@ def load_catalog_sources(
         `generic_adapter`. E.g. `functools.partial(oxford_pet_adapter, border_is_pet=False)`.
 
     Returns:
-      split -> `MappedSource` of camjax examples (module doc), in the tfds record order.
+      split -> grain `MapDataset` of camjax examples (module doc), in the tfds record order.
 
     Raises:
       FileNotFoundError: not prepared there (the message says how to prepare it, and names
@@ -142,7 +111,9 @@ def load_catalog_sources(
     _use_array_record(builder)
     fn = (adapter or ADAPTERS.get(builder.name, generic_adapter))(builder.info)
     return {
-        split: MappedSource(builder.as_data_source(spec, file_format=_ARRAY_RECORD), fn)
+        split: grain.MapDataset.source(builder.as_data_source(spec, file_format=_ARRAY_RECORD)).map(
+            fn
+        )
         for split, spec in _split_specs(builder, splits).items()
     }
 

@@ -3,7 +3,7 @@
 The builder `cub_200_2011` (named so as not to clash with the tfds catalog's
 `caltech_birds2011`) reads the archives a user downloaded by hand, streaming their members
 with `tarfile` (nothing is extracted to disk, nothing is fetched from the network), and writes
-ArrayRecord files that `load_data_sources` reads by random access without TensorFlow.
+ArrayRecord files that `Cub2002011.data_sources` reads by random access without TensorFlow.
 
 Inputs, in the manual directory (see `SOURCES` for where they come from):
 
@@ -57,13 +57,14 @@ Writing: the examples come in archive order and are stored in `images.txt` order
 the CUB id) by `manual.ManualBuilder`'s streaming writer, which needs no TensorFlow whatever
 the split's size (tfds's own writer needs it past 1 GB).
 
-WSOL splits (`wsol_sources`, what `camjax.data.load_data_sources('cub_200_2011', ...)` gives):
+WSOL splits (`Cub2002011.wsol_sources`, what `camjax.data.load_data_sources('cub_200_2011', ...)`
+gives):
 the protocol of Choe et al. (CVPR 2020) picks CAM thresholds and hyperparameters on a split
 with boxes that is neither the test split nor, here, the training images. Its own CUB
 validation set (1,000 images, 5 per class, "train-fullsup") is a separate download, so
 `validation` is instead a held-out part of the official train split of the same size: per
 class the 5 images (`validation_per_class`) whose `image_id` has the lowest SHA-256
-(`manual.holdout_per_class`, deterministic). `train` is the other 4,994 official train images
+(`subsets.holdout_per_class`, deterministic). `train` is the other 4,994 official train images
 and `test` the official 5,794 test images, so no image is in two splits. Numbers on `test` are
 comparable to the reference's; a model trained on `train` has seen 1,000 fewer images than one
 trained on the whole official train split.
@@ -73,16 +74,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Collection, Iterator, Mapping, Sequence
+import re
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from camjax.data import manual
-from camjax.data.manual import CorruptFileError
-from camjax.data.manual import MissingFilesError as MissingFilesError  # re-exported
+from camjax.data import downloads, manual
+from camjax.data.downloads import CorruptFileError
 
 DATASET_NAME = "cub_200_2011"
 NUM_CLASSES = 200
@@ -103,6 +104,7 @@ _TEXT_FILES = (
     "classes.txt",
 )
 VALIDATION_PER_CLASS = 5  # held out of each class of train: the reference's 1,000 images
+_CUBV2 = re.compile(r"[^/]+/\d+\.jpg")  # Flickr photo ids, where official files have names
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +152,15 @@ class Cub2002011(manual.ManualBuilder):
         CubConfig(name="masks", description="Also the binarized segmentation mask.", masks=True),
     ]
     CONFIG_FLAG = "masks"
+    FLAG_INPUT = SEGMENTATIONS_ARCHIVE
+    ALIASES = ("cub", "CUB")
+    NUM_CLASSES = NUM_CLASSES
+    OFFICIAL_TRAIN_IMAGES = 5_994
+    HOLDOUT = ("train", "train")  # validation: 5 per class of the official train split
+    VALIDATION_PER_CLASS = VALIDATION_PER_CLASS
     PREPARE_COMMAND = "python -m camjax.data.prepare cub --manual_dir DIR"
     PREPARE_INPUTS = f"DIR holding {IMAGES_ARCHIVE} (and {SEGMENTATIONS_ARCHIVE} for masks)."
-    MANUAL_DOWNLOAD_INSTRUCTIONS = manual.download_instructions(
+    MANUAL_DOWNLOAD_INSTRUCTIONS = downloads.download_instructions(
         PREPARE_COMMAND, SOURCES, f"{SEGMENTATIONS_ARCHIVE} is only needed for the `masks` config."
     )
 
@@ -176,6 +184,31 @@ class Cub2002011(manual.ManualBuilder):
     def check_inputs(self, manual_dir: Path) -> None:
         # The index is kept, and written from.
         self.index_archives(manual_dir)
+
+    @classmethod
+    def default_flag(cls, manual_dir: Path, data_dir: str | None) -> bool:
+        """`masks` when `segmentations.tgz` is there, whatever is prepared."""
+        del data_dir
+        return (manual_dir / SEGMENTATIONS_ARCHIVE).is_file()
+
+    @staticmethod
+    def reference_id(image_id: str) -> tuple[str | None, str]:
+        """A reference metadata id -> (split or None: any, our `image_id`): the same path."""
+        return None, image_id
+
+    @staticmethod
+    def explain_missing(missing: list[str]) -> str:
+        """Why reference ids are not here: the reference's `val` is CUBV2, not CUB-200-2011."""
+        if not any(_CUBV2.fullmatch(i) for i in missing):
+            return ""
+        return (
+            "\nThe reference's CUB `val` split (train-fullsup, 5 images per class) is CUBV2: "
+            "images collected by the reference from Flickr and shipped as CUBV2.tar "
+            "(https://github.com/clovaai/wsolevaluation, dataset/prepare_cub.sh), a separate "
+            "download that is not in CUB_200_2011.tgz, so cub_200_2011 does not hold them. "
+            "camjax's own `validation` split (`wsol_sources`) is held out of the official "
+            "train split instead."
+        )
 
     def _info(self) -> tfds.core.DatasetInfo:
         # Label names come from classes.txt when preparing.
@@ -232,94 +265,8 @@ def archive_paths(manual_dir: Path, *, masks: bool) -> dict[str, Path]:
     missing = [name for name, path in paths.items() if not path.is_file()]
     if missing:
         lines = [f"  {name}: download it from {SOURCES[name]}" for name in missing]
-        raise manual.missing_files_error(DATASET_NAME, manual_dir, missing, lines)
+        raise downloads.missing_files_error(DATASET_NAME, manual_dir, missing, lines)
     return paths
-
-
-def get_builder(
-    data_dir: str | None = None,
-    *,
-    masks: bool = False,
-    skip_corrupt: bool = False,
-    progress: bool = False,
-) -> Cub2002011:
-    """The builder of config `masks` or `boxes` in `data_dir` (None: the tfds default)."""
-    return manual.configured_builder(
-        Cub2002011, data_dir, masks, skip_corrupt=skip_corrupt, progress=progress
-    )
-
-
-def prepare(
-    manual_dir: str,
-    data_dir: str | None = None,
-    *,
-    skip_corrupt: bool = False,
-    progress: bool = True,
-    masks: bool | None = None,
-) -> Cub2002011:
-    """Builds the dataset from the archives in `manual_dir`; a no-op if already prepared.
-
-    Args:
-      manual_dir: directory holding `CUB_200_2011.tgz` and optionally `segmentations.tgz`.
-      data_dir: tfds data directory to write to; None for the tfds default.
-      skip_corrupt: skip (and log, count, record) examples whose image or mask cannot be
-        decoded, instead of raising `CorruptFileError`.
-      progress: show a progress bar over the examples of each split.
-      masks: build the `masks` config; None picks it when `segmentations.tgz` is present.
-
-    Returns:
-      The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped image ids.
-    """
-    if masks is None:
-        masks = (Path(manual_dir) / SEGMENTATIONS_ARCHIVE).is_file()
-    return manual.prepare_config(
-        Cub2002011, manual_dir, data_dir, masks, skip_corrupt=skip_corrupt, progress=progress
-    )
-
-
-def load_data_sources(data_dir: str | None = None, *, masks: bool | None = None) -> dict[str, Any]:
-    """Random-access sources of the prepared splits.
-
-    Args:
-      data_dir: tfds data directory the dataset was prepared in; None for the tfds default.
-      masks: read the `masks` config (True) or `boxes` (False); None takes `masks` when it is
-        prepared, else `boxes`.
-
-    Returns:
-      {'train', 'test'} -> tfds `ArrayRecordDataSource`; `source[i]` is a dict with `image`
-      (H, W, 3) uint8, `height`, `width`, `label`, `image_id` (bytes), `cub_id`, `objects`
-      {'bbox': (1, 4) float32 normalized (ymin, xmin, ymax, xmax), exclusive ends} and, in
-      `masks`, `mask` (H, W, 1) uint8 in {0, 255}.
-
-    Raises:
-      FileNotFoundError: not prepared; the message gives the command that prepares it.
-    """
-    return dict(manual.prepared_config(Cub2002011, data_dir, masks).as_data_source())
-
-
-def wsol_sources(
-    data_dir: str | None = None,
-    *,
-    validation_per_class: int = VALIDATION_PER_CLASS,
-    masks: bool | None = None,
-) -> dict[str, Sequence]:
-    """The WSOL splits (module doc): `validation` held out of the official train split.
-
-    Args:
-      data_dir, masks: as for `load_data_sources`.
-      validation_per_class: images of each class held out of train for `validation`.
-
-    Returns:
-      {'train', 'validation', 'test'} -> random-access sources of the records that
-      `load_data_sources` describes: `train` and `validation` views of its `train` (record
-      order kept), `test` its `test`.
-
-    Raises:
-      FileNotFoundError: not prepared; the message gives the command that prepares it.
-    """
-    builder = manual.prepared_config(Cub2002011, data_dir, masks)
-    validation, train = manual.holdout_per_class(builder, "train", validation_per_class)
-    return {"train": train, "validation": validation, "test": builder.as_data_source("test")}
 
 
 def _read_index(archives: Mapping[str, Path]) -> tuple[list[str], list[_Record]]:
@@ -352,7 +299,7 @@ def _check_members(
             log.warning("%s; every member needed comes before that, going on.", problem)
         return
     why = f" ({problem})" if problem else ""
-    raise manual.incomplete_error(archive, missing, SOURCES[archive.name], why=why)
+    raise downloads.incomplete_error(archive, missing, SOURCES[archive.name], why=why)
 
 
 def _parse_tables(texts: Mapping[str, bytes]) -> tuple[list[str], list[_Record]]:
@@ -367,7 +314,7 @@ def _parse_tables(texts: Mapping[str, bytes]) -> tuple[list[str], list[_Record]]
         absent = sorted(set(images) - set(tables[name]))
         if absent:
             raise CorruptFileError(
-                f"{name} has no line for image id(s) {absent[: manual.MAX_LISTED]}."
+                f"{name} has no line for image id(s) {absent[: downloads.MAX_LISTED]}."
             )
     records = []
     for cub_id in sorted(images):
@@ -405,7 +352,7 @@ def _encode_example(
     record: _Record, member: str, data: bytes, mask: tuple[str, bytes] | None
 ) -> dict[str, Any]:
     """Checks and converts one image (and mask) to the builder's features."""
-    image = manual.open_image(member, data)
+    image = downloads.open_image(member, data)
     width, height = image.size
     example = {
         "image": data,
@@ -437,12 +384,12 @@ def _normalized_box(record: _Record, height: int, width: int) -> np.ndarray:
 
 def _binary_mask(member: str, data: bytes, size: tuple[int, int]) -> bytes:
     """Grey segmentation PNG -> PNG of uint8 {0, 255}, foreground where grey > 0."""
-    grey = manual.open_image(member, data).convert("L")
+    grey = downloads.open_image(member, data).convert("L")
     if grey.size != size:
         raise CorruptFileError(
             f"{member} is {grey.size[0]}x{grey.size[1]} but its image is {size[0]}x{size[1]}."
         )
-    return manual.png_bytes((np.asarray(grey) > 0).astype(np.uint8) * 255)
+    return downloads.png_bytes((np.asarray(grey) > 0).astype(np.uint8) * 255)
 
 
 def _mask_member(record: _Record) -> str:
@@ -454,7 +401,7 @@ def _iter_members(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, by
     left = set(wanted)
     if not left:
         return
-    for name, data in manual.iter_tar(path, left.__contains__, _source(path)):
+    for name, data in downloads.iter_tar(path, left.__contains__, _source(path)):
         if data is not None:
             left.discard(name)
             yield name, data
@@ -474,7 +421,7 @@ def _scan(path: Path, texts: Collection[str]) -> tuple[set[str], dict[str, bytes
     """
     names, found = set(), {}
     try:
-        for name, data in manual.iter_tar(path, texts.__contains__, _source(path)):
+        for name, data in downloads.iter_tar(path, texts.__contains__, _source(path)):
             names.add(name)
             if data is not None:
                 found[name] = data

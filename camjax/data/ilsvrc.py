@@ -3,7 +3,7 @@
 The builder `ilsvrc2012_loc` reads the archives a user downloaded by hand, streaming their
 members with `tarfile` (the 1,000 per-class tars inside the training tar are read in place,
 nothing is extracted to disk or fetched from the network), and writes ArrayRecord files that
-`load_data_sources` reads by random access without TensorFlow.
+`Ilsvrc2012Loc.data_sources` reads by random access without TensorFlow.
 
 Inputs, in the manual directory (`SOURCES` says where each comes from):
 
@@ -21,7 +21,7 @@ Inputs, in the manual directory (`SOURCES` says where each comes from):
 Configs: `full` (splits `train` and `validation`) and `validation` (the validation split
 alone, for the many WSOL users who only evaluate: the training tar is 138 GB). Unless told
 which with `train=`, `prepare` builds `full` when `ILSVRC2012_img_train.tar` is in the manual
-directory and `validation` otherwise, and `load_data_sources` reads `full` if it is prepared
+directory and `validation` otherwise, and `data_sources` reads `full` if it is prepared
 and `validation` otherwise.
 
 Kaggle's copy (ImageNet Object Localization Challenge) has the images unpacked; the
@@ -80,15 +80,15 @@ through TensorFlow's file API and sorts whole buckets in memory; the splits here
 140 GB. So the builder (a `manual.ManualBuilder`) writes its ArrayRecord shards itself,
 streaming, in generation order.
 
-WSOL splits (`wsol_sources`, what `camjax.data.load_data_sources('ilsvrc2012_loc', ...)`
-gives): the protocol of Choe et al. (CVPR 2020) reports the official validation images as its
-test set and picks CAM thresholds and hyperparameters on a disjoint set with boxes, its
+WSOL splits (`Ilsvrc2012Loc.wsol_sources`, what `camjax.data.load_data_sources('ilsvrc2012_loc',
+...)` gives): the protocol of Choe et al. (CVPR 2020) reports the official validation images as
+its test set and picks CAM thresholds and hyperparameters on a disjoint set with boxes, its
 "train-fullsup" of 10 images per class taken from ImageNetV2, a separate download. The training
 images have no boxes here (their partial box release is another download), so the split with
 boxes to choose on can only come from the official validation set, and then it must leave the
 test set: `validation` is 10 images per class of the official validation set
-(`validation_per_class`; per class those whose file name has the lowest SHA-256,
-`manual.holdout_per_class`, deterministic), the reference's budget of full supervision, and
+(`VALIDATION_PER_CLASS`; per class those whose file name has the lowest SHA-256,
+`subsets.holdout_per_class`, deterministic), the reference's budget of full supervision, and
 `test` is the other 40,000 official validation images, never the whole 50,000. `train` is the
 official training set (config `full` only). No image is in two splits, and nothing chosen on
 `validation` sees a `test` image; the price is that `test` numbers are on a stratified 80% of
@@ -98,22 +98,19 @@ about 12% more sampling error).
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
-import re
 import tarfile
-import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from camjax.data import manual
-from camjax.data.manual import CorruptFileError
-from camjax.data.manual import MissingFilesError as MissingFilesError  # re-exported
+from camjax.data import downloads, manual
+from camjax.data import ilsvrc_annotations as ann
+from camjax.data.downloads import CorruptFileError
 
 DATASET_NAME = "ilsvrc2012_loc"
 TRAIN_ARCHIVE = "ILSVRC2012_img_train.tar"
@@ -136,8 +133,6 @@ SOURCES = {
 _OFFICIAL_TRAIN = (147_897_477_120, 1_281_167)
 
 VALIDATION_PER_CLASS = 10  # held out of each class of validation: the reference's 10,000
-_SYNSET = re.compile(r"n\d{8}")
-_VAL_XML_PATH = re.compile(r"(?:.*/)?(ILSVRC2012_val_\d{8})\.xml")
 
 log = logging.getLogger(__name__)
 
@@ -171,20 +166,13 @@ class IlsvrcConfig(tfds.core.BuilderConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Annotation:
-    synset: str
-    boxes: np.ndarray  # (K, 4) float64 (xmin, ymin, xmax, ymax), 0-based, inclusive ends
-    size: tuple[int, int] | None  # (width, height) the XML states; None from the CSV
-
-
-@dataclasses.dataclass(frozen=True)
 class _Plan:
     """Everything checked before writing: paths, classes, archive members, annotations."""
 
     paths: dict[str, Path]
     classes: list[str]
     val_members: list[tarfile.TarInfo]  # sorted by name
-    annotations: dict[str, _Annotation]  # by image file name
+    annotations: dict[str, ann.Annotation]  # by image file name
     class_tars: list[tarfile.TarInfo]  # sorted by synset; empty without the train split
 
 
@@ -199,12 +187,18 @@ class Ilsvrc2012Loc(manual.ManualBuilder):
         IlsvrcConfig(name="validation", description="The validation split only.", train=False),
     ]
     CONFIG_FLAG = "train"
+    FLAG_INPUT = TRAIN_ARCHIVE
+    ALIASES = ("ilsvrc", "ILSVRC")
+    NUM_CLASSES = NUM_CLASSES
+    OFFICIAL_TRAIN_IMAGES = 1_281_167
+    HOLDOUT = ("validation", "test")  # validation: 10 per class, test: the other 40,000
+    VALIDATION_PER_CLASS = VALIDATION_PER_CLASS
     PREPARE_COMMAND = "python -m camjax.data.prepare ilsvrc --manual_dir DIR"
     PREPARE_INPUTS = (
         f"DIR holding {VAL_ARCHIVE}, {BOXES_XML} or {BOXES_CSV}, and {TRAIN_ARCHIVE} for the "
         "train split."
     )
-    MANUAL_DOWNLOAD_INSTRUCTIONS = manual.download_instructions(
+    MANUAL_DOWNLOAD_INSTRUCTIONS = downloads.download_instructions(
         PREPARE_COMMAND,
         SOURCES,
         f"One of {BOXES_XML} and {BOXES_CSV} is needed; {TRAIN_ARCHIVE} only for the `full` "
@@ -213,6 +207,34 @@ class Ilsvrc2012Loc(manual.ManualBuilder):
 
     def check_inputs(self, manual_dir: Path) -> None:
         manual_files(manual_dir, train=self.builder_config.train)
+
+    @staticmethod
+    def reference_id(image_id: str) -> tuple[str | None, str] | None:
+        """A reference metadata id -> (our split, our `image_id`); None: not an official image.
+
+        `val/ILSVRC2012_val_00000001.JPEG` is in `validation`, `train/<synset>/<file>` in
+        `train`; `val2/...` (ImageNetV2) is in neither.
+        """
+        parts = image_id.split("/")
+        if len(parts) == 2 and parts[0] == "val":
+            return "validation", parts[1]
+        if len(parts) == 3 and parts[0] == "train":
+            return "train", parts[2]
+        return None
+
+    @classmethod
+    def explain_missing(cls, missing: list[str]) -> str:
+        """Why reference ids are not official images: the reference's `val` is ImageNetV2."""
+        if all(cls.reference_id(i) is not None for i in missing):
+            return ""
+        return (
+            "\nIds outside `val/` and `train/` (the reference's ILSVRC `val` split, `val2/...`) "
+            "are ImageNetV2 images (imagenetv2-threshold0.7.tar.gz, fetched by the reference's "
+            "dataset/prepare_evaluation_data.sh, https://github.com/clovaai/wsolevaluation), a "
+            "separate download that is not in the official ILSVRC 2012 archives, so "
+            "ilsvrc2012_loc does not hold them. camjax's own `validation` split "
+            "(`wsol_sources`) is held out of the official validation set instead."
+        )
 
     def _info(self) -> tfds.core.DatasetInfo:
         # Label names (the synsets) are found when preparing.
@@ -242,13 +264,13 @@ class Ilsvrc2012Loc(manual.ManualBuilder):
             split,
             images,
             lambda item: item[0],
-            lambda item: manual.checked_image(f"{item[0]} (in {archive})", item[2]),
+            lambda item: downloads.checked_image(f"{item[0]} (in {archive})", item[2]),
             total,
         )
         for (image_id, synset, _), (data, height, width) in items:
             boxes = np.zeros((0, 4), np.float32)
             if split == "validation":
-                boxes = _normalized_boxes(image_id, plan.annotations[image_id], height, width)
+                boxes = ann.normalized_boxes(image_id, plan.annotations[image_id], height, width)
             yield (
                 image_id,
                 {
@@ -286,7 +308,7 @@ def manual_files(manual_dir: Path, *, train: bool) -> dict[str, Path]:
                 f"\nTo build the validation split alone, without {TRAIN_ARCHIVE}, pass train=False."
             )
         dataset = f"{DATASET_NAME}/{'full' if train else 'validation'}"
-        raise manual.missing_files_error(dataset, manual_dir, missing, lines, hint)
+        raise downloads.missing_files_error(dataset, manual_dir, missing, lines, hint)
     paths = {VAL_ARCHIVE: present[VAL_ARCHIVE]}
     boxes = BOXES_XML if BOXES_XML in present else BOXES_CSV
     paths[boxes] = present[boxes]
@@ -296,103 +318,16 @@ def manual_files(manual_dir: Path, *, train: bool) -> dict[str, Path]:
     return paths
 
 
-def get_builder(
-    data_dir: str | None = None,
-    *,
-    train: bool = True,
-    skip_corrupt: bool = False,
-    progress: bool = False,
-) -> Ilsvrc2012Loc:
-    """The builder of config `full` (train) or `validation` in `data_dir` (None: tfds default)."""
-    return manual.configured_builder(
-        Ilsvrc2012Loc, data_dir, train, skip_corrupt=skip_corrupt, progress=progress
-    )
-
-
-def prepare(
-    manual_dir: str,
-    data_dir: str | None = None,
-    *,
-    skip_corrupt: bool = False,
-    progress: bool = True,
-    train: bool | None = None,
-) -> Ilsvrc2012Loc:
-    """Builds the dataset from the files in `manual_dir`; a no-op if already prepared.
-
-    Args:
-      manual_dir: directory holding the files listed in the module doc.
-      data_dir: tfds data directory to write to; None for the tfds default.
-      skip_corrupt: skip (and log, count, record) images that cannot be decoded, instead of
-        raising `CorruptFileError`.
-      progress: show a progress bar over the examples of each split.
-      train: build config `full` (True) or `validation` (False); None picks `full` when it
-        is already prepared or `ILSVRC2012_img_train.tar` is in `manual_dir`.
-
-    Returns:
-      The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped image ids.
-    """
-    if train is None:
-        train = get_builder(data_dir).is_prepared() or (Path(manual_dir) / TRAIN_ARCHIVE).is_file()
-    return manual.prepare_config(
-        Ilsvrc2012Loc, manual_dir, data_dir, train, skip_corrupt=skip_corrupt, progress=progress
-    )
-
-
-def load_data_sources(data_dir: str | None = None, *, train: bool | None = None) -> dict[str, Any]:
-    """Random-access sources of the prepared splits.
-
-    Args:
-      data_dir: tfds data directory the dataset was prepared in; None for the tfds default.
-      train: read config `full` (True) or `validation` (False); None takes `full` when it is
-        prepared, else `validation`.
-
-    Returns:
-      {'validation'} or {'train', 'validation'} -> tfds `ArrayRecordDataSource`; `source[i]`
-      is a dict with `image` (H, W, 3) uint8, `height`, `width`, `label`, `image_id` (bytes)
-      and `objects` {'bbox': (K, 4) float32 normalized (ymin, xmin, ymax, xmax), exclusive
-      ends; K = 0 in train}.
-
-    Raises:
-      FileNotFoundError: not prepared; the message gives the command that prepares it.
-    """
-    return dict(manual.prepared_config(Ilsvrc2012Loc, data_dir, train).as_data_source())
-
-
-def wsol_sources(
-    data_dir: str | None = None,
-    *,
-    validation_per_class: int = VALIDATION_PER_CLASS,
-    train: bool | None = None,
-) -> dict[str, Sequence]:
-    """The WSOL splits (module doc): `validation` and `test` partition the official validation.
-
-    Args:
-      data_dir, train: as for `load_data_sources`.
-      validation_per_class: images of each class of the official validation set that form
-        `validation`; `test` is the rest.
-
-    Returns:
-      {'validation', 'test'} (and 'train' with config `full`) -> random-access sources of the
-      records that `load_data_sources` describes: `validation` and `test` views of its
-      `validation` (record order kept), `train` its `train`.
-
-    Raises:
-      FileNotFoundError: not prepared; the message gives the command that prepares it.
-    """
-    builder = manual.prepared_config(Ilsvrc2012Loc, data_dir, train)
-    validation, test = manual.holdout_per_class(builder, "validation", validation_per_class)
-    splits = {"validation": validation, "test": test}
-    if builder.builder_config.train:
-        splits["train"] = builder.as_data_source("train")
-    return splits
-
-
 def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
     """Reads the indexes of every input and checks that they are complete and agree."""
     paths = manual_files(manual_dir, train=train)
     boxes_path = paths.get(BOXES_XML) or paths[BOXES_CSV]
     log.info("Reading %s.", boxes_path)
-    annotations = _read_xml_archive(boxes_path) if BOXES_XML in paths else _read_csv(boxes_path)
+    annotations = (
+        ann.read_xml_archive(boxes_path, SOURCES[BOXES_XML])
+        if BOXES_XML in paths
+        else ann.read_csv(boxes_path)
+    )
     log.info("Indexing %s.", paths[VAL_ARCHIVE])
     val_members = sorted(_tar_files(paths[VAL_ARCHIVE]), key=lambda m: PurePosixPath(m.name).name)
     images = {PurePosixPath(m.name).name for m in val_members}
@@ -403,14 +338,14 @@ def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
     tars = {_synset_of(m) for m in class_tars}
     val_synsets = {a.synset for a in annotations.values()}
     if SYNSET_MAPPING in paths:
-        classes = _read_synset_mapping(paths[SYNSET_MAPPING])
+        classes = ann.read_synset_mapping(paths[SYNSET_MAPPING])
         if train:
             _raise_if_missing(paths[TRAIN_ARCHIVE], [f"{s}.tar" for s in classes if s not in tars])
         unlisted = sorted((tars | val_synsets) - set(classes))
         if unlisted:
             raise CorruptFileError(
                 f"{paths[SYNSET_MAPPING]} does not list the synsets "
-                f"{unlisted[: manual.MAX_LISTED]} of the other inputs."
+                f"{unlisted[: downloads.MAX_LISTED]} of the other inputs."
             )
     elif train:
         classes = sorted(tars)
@@ -435,7 +370,7 @@ def _class_tars(path: Path) -> list[tarfile.TarInfo]:
     log.info("Indexing %s.", path)
     class_tars = []
     for member in _tar_files(path):
-        if member.name.endswith(".tar") and _SYNSET.fullmatch(_synset_of(member)):
+        if member.name.endswith(".tar") and ann.SYNSET.fullmatch(_synset_of(member)):
             class_tars.append(member)
         else:
             log.warning("Ignoring %s in %s.", member.name, path)
@@ -449,7 +384,7 @@ def _synset_of(class_tar: tarfile.TarInfo) -> str:
 def _raise_if_missing(path: Path, missing: list[str]) -> None:
     if missing:
         what = "item(s) missing that the other inputs name"
-        raise manual.incomplete_error(path, missing, _source(path), what=what)
+        raise downloads.incomplete_error(path, missing, _source(path), what=what)
 
 
 def _tar_files(path: Path) -> list[tarfile.TarInfo]:
@@ -486,7 +421,7 @@ def _val_images(plan: _Plan) -> Iterator[tuple[str, str, bytes]]:
                 image_id = PurePosixPath(member.name).name
                 yield image_id, plan.annotations[image_id].synset, tar.extractfile(member).read()
     except (tarfile.TarError, EOFError) as err:
-        raise manual.damaged_archive_error(path, err, _source(path), where) from err
+        raise downloads.damaged_archive_error(path, err, _source(path), where) from err
 
 
 def _train_images(plan: _Plan) -> Iterator[tuple[str, str, bytes]]:
@@ -502,110 +437,8 @@ def _train_images(plan: _Plan) -> Iterator[tuple[str, str, bytes]]:
                             image_id = PurePosixPath(member.name).name
                             yield image_id, synset, inner.extractfile(member).read()
     except (tarfile.TarError, EOFError) as err:
-        raise manual.damaged_archive_error(path, err, _source(path), where) from err
+        raise downloads.damaged_archive_error(path, err, _source(path), where) from err
 
 
 def _source(path: Path) -> str:
     return SOURCES.get(path.name, "its source")
-
-
-def _read_xml_archive(path: Path) -> dict[str, _Annotation]:
-    """`ILSVRC2012_bbox_val_v3.tgz` -> {image file name: annotation}."""
-    annotations = {}
-    for name, data in manual.iter_tar(path, _VAL_XML_PATH.fullmatch, SOURCES[BOXES_XML]):
-        if data is not None:
-            image = _VAL_XML_PATH.fullmatch(name)[1]
-            annotations[f"{image}.JPEG"] = _parse_xml(f"{name} in {path}", data)
-    if not annotations:
-        raise CorruptFileError(f"{path} holds no ILSVRC2012_val_*.xml file.")
-    return annotations
-
-
-def _parse_xml(where: str, data: bytes) -> _Annotation:
-    """One PASCAL-VOC-style annotation -> its synset, boxes and stated size."""
-    try:
-        root = ET.fromstring(data)
-        size = (int(root.findtext("size/width")), int(root.findtext("size/height")))
-        synsets, boxes = [], []
-        for obj in root.iter("object"):
-            synsets.append(obj.findtext("name").strip())
-            boxes.append(
-                [float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
-            )
-    except (ET.ParseError, TypeError, ValueError, AttributeError) as err:
-        raise CorruptFileError(f"{where} is not a valid annotation: {err}") from err
-    return _annotation(where, synsets, boxes, size)
-
-
-def _read_csv(path: Path) -> dict[str, _Annotation]:
-    """`LOC_val_solution.csv` -> {image file name: annotation}."""
-    annotations = {}
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        rows = csv.reader(f)
-        header = next(rows, None)
-        if header != ["ImageId", "PredictionString"]:
-            raise CorruptFileError(f"{path}: the header is {header}, not ImageId,PredictionString.")
-        for line, row in enumerate(rows, 2):
-            where = f"{path}, line {line}"
-            if not row:
-                continue
-            tokens = row[1].split() if len(row) == 2 else []
-            if not tokens or len(tokens) % 5:
-                raise CorruptFileError(f"{where}: expected ImageId,<synset xmin ymin xmax ymax>...")
-            try:
-                boxes = [
-                    [float(t) for t in tokens[i + 1 : i + 5]] for i in range(0, len(tokens), 5)
-                ]
-            except ValueError as err:
-                raise CorruptFileError(f"{where}: {err}") from err
-            annotations[f"{row[0]}.JPEG"] = _annotation(where, tokens[::5], boxes, None)
-    if not annotations:
-        raise CorruptFileError(f"{path} holds no annotation.")
-    return annotations
-
-
-def _annotation(
-    where: str, synsets: list[str], boxes: list[list[float]], size: tuple[int, int] | None
-) -> _Annotation:
-    """Checks one image's boxes: one synset, in-order corners, not left of or above 0."""
-    if len(set(synsets)) != 1 or not _SYNSET.fullmatch(synsets[0]):
-        raise CorruptFileError(
-            f"{where}: expected boxes of one synset, got {sorted(set(synsets))}."
-        )
-    b = np.array(boxes, np.float64).reshape(-1, 4)
-    if np.any(b[:, :2] < 0) or np.any(b[:, 2:] < b[:, :2]):
-        raise CorruptFileError(f"{where}: invalid box among {b.tolist()}.")
-    return _Annotation(synsets[0], b, size)
-
-
-def _read_synset_mapping(path: Path) -> list[str]:
-    """`LOC_synset_mapping.txt` -> the sorted synsets (first field of each line)."""
-    synsets = [line.split()[0] for line in path.read_text("utf-8").splitlines() if line.strip()]
-    bad = [s for s in synsets if not _SYNSET.fullmatch(s)]
-    if bad or len(set(synsets)) != len(synsets):
-        raise CorruptFileError(f"{path}: expected distinct synsets, one per line; got {bad[:5]}.")
-    return sorted(synsets)
-
-
-def _normalized_boxes(
-    image_id: str, annotation: _Annotation, height: int, width: int
-) -> np.ndarray:
-    """Inclusive 0-based source boxes -> (K, 4) float32 normalized (ymin, xmin, ymax, xmax).
-
-    The exclusive ends are `xmax + 1` and `ymax + 1`, clipped to the image.
-    """
-    if annotation.size is not None and annotation.size != (width, height):
-        log.warning(
-            "%s is %dx%d but its annotation says %dx%d; boxes are scaled by the image.",
-            image_id,
-            width,
-            height,
-            *annotation.size,
-        )
-    x0, y0, x1, y1 = annotation.boxes.T
-    if np.any(x1 >= width) or np.any(y1 >= height):
-        log.warning("A box of %s ends outside its %dx%d image; clipped.", image_id, width, height)
-    x1, y1 = np.minimum(x1 + 1, width), np.minimum(y1 + 1, height)
-    if np.any(x0 >= x1) or np.any(y0 >= y1):
-        raise CorruptFileError(f"A box of {image_id} lies outside its {width}x{height} image.")
-    return np.stack([y0 / height, x0 / width, y1 / height, x1 / width], -1).astype(np.float32)

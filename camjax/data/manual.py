@@ -1,38 +1,22 @@
-"""What the datasets built from hand-downloaded archives share (`cub`, `ilsvrc`, `openimages`).
+"""The tfds builder base of the datasets built from hand-downloaded archives, and their API.
 
-* Errors: `MissingFilesError` (inputs, or members of them, that are not there) and
-  `CorruptFileError` (an input that cannot be read), with the messages that list what is missing
-  and where to get it (`missing_files_error`, `incomplete_error`).
-* `iter_tar`: the files of a tar archive, compressed or not, in one streamed pass.
-* `open_image`, `checked_image` and `png_bytes`: images decoded to catch damage (the error
-  names the file), stored as they are or, if not RGB or grey JPEG/PNG, as a lossless RGB PNG.
-* `ManualBuilder`: the tfds builder base: ArrayRecord by default, the features every dataset
-  here has (`_manual_info`), the skip-corrupt bookkeeping
-  (`info.metadata['skipped_corrupt']`), and a streaming ArrayRecord writer in place of tfds's.
-  tfds 4.9.10 stages a split in memory and, past 1 GB, spills it through TensorFlow's file API,
-  which this TF-free install lacks; the writer here writes shards as the examples come, in
-  generation order or (`ORDER_BY_KEY`) in key order through a scratch file.
-* `prepare_dataset` and `prepared_builder`: the bodies of each module's `prepare` and loaders;
-  `configured_builder`, `prepare_config` and `prepared_config` the same for a builder whose two
-  configs one boolean argument picks (`ManualBuilder.CONFIG_FLAG`: `masks`, `train`).
-* `SplitView`, `holdout_per_class` and `spread_subset`: random-access views of part of a split,
-  for the WSOL splits that the prepared data does not hold as such (see each module's
-  `wsol_sources`).
+`ManualBuilder` is both the tfds builder base (`cub`, `ilsvrc`, `openimages`) and, through its
+class methods, the dataset that `camjax.data.DATASETS` names: `prepare`, `prepared`,
+`data_sources`, `wsol_sources` and the registry's `sources`, written once for all of them.
+
+As a builder: ArrayRecord by default, the features every dataset here has (`_manual_info`),
+the skip-corrupt bookkeeping (`info.metadata['skipped_corrupt']`), and a streaming ArrayRecord
+writer in place of tfds's. tfds 4.9.10 stages a split in memory and, past 1 GB, spills it
+through TensorFlow's file API, which this TF-free install lacks; the writer here writes shards
+as the examples come, in generation order or (`ORDER_BY_KEY`) in key order through a scratch
+file. The inputs are read with `downloads`; the WSOL splits are `subsets` of the prepared ones.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import gzip
-import hashlib
-import io
 import itertools
 import logging
 import os
-import tarfile
-import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -40,14 +24,15 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_module
-from PIL import Image
 from tensorflow_datasets.core import example_serializer
 from tqdm import tqdm
 
+from camjax.data import subsets
+from camjax.data.downloads import CorruptFileError
+
 FILE_FORMAT = "array_record"
 SHARD_BYTES = 1 << 30  # ArrayRecord shard size, before the shard's own overhead
-MAX_LISTED = 20  # missing items listed by name in an error; the rest are counted
-_READ_BATCH = 256  # records per read when reordering or reading labels
+_READ_BATCH = 256  # records per read when reordering
 
 log = logging.getLogger(__name__)
 
@@ -56,154 +41,42 @@ R = TypeVar("R")
 B = TypeVar("B", bound="ManualBuilder")
 
 
-class MissingFilesError(FileNotFoundError):
-    """Files, or archive members, that preparing needs; `missing` lists them."""
-
-    def __init__(self, message: str, missing: list[str]):
-        super().__init__(message)
-        self.missing = missing
-
-
-class CorruptFileError(ValueError):
-    """A file that cannot be read: an archive, a metadata or annotation file, an image, a mask."""
-
-
-def _listing(missing: Sequence[str]) -> str:
-    """One indented line per name, the first `MAX_LISTED` of them, then how many more."""
-    lines = [f"  {m}" for m in missing[:MAX_LISTED]]
-    if len(missing) > MAX_LISTED:
-        lines.append(f"  ... and {len(missing) - MAX_LISTED} more")
-    return "\n".join(lines)
-
-
-def missing_files_error(
-    dataset: str, manual_dir: Path, missing: list[str], lines: list[str], hint: str = ""
-) -> MissingFilesError:
-    """Files absent from the manual directory; `lines` say where each comes from."""
-    return MissingFilesError(
-        f"Cannot prepare {dataset}: {len(missing)} file(s) missing from the manual directory "
-        f"{manual_dir}:\n" + "\n".join(lines) + "\nPlace them there unchanged (no extraction "
-        "needed) and run again." + hint,
-        missing,
-    )
-
-
-def incomplete_error(
-    path: Path, missing: list[str], source: str, *, why: str = "", what: str = "member(s) missing"
-) -> MissingFilesError:
-    """An input that lacks `missing` (a truncated download); `why`, if known, says where it ends."""
-    return MissingFilesError(
-        f"{path} is incomplete{why}: {len(missing)} {what}:\n{_listing(missing)}\n"
-        f"Download {path.name} again from {source}.",
-        missing,
-    )
-
-
-def download_instructions(command: str, sources: Mapping[str, str], note: str) -> str:
-    """A builder's `MANUAL_DOWNLOAD_INSTRUCTIONS`: each input and its source, then `note`."""
-    return "\n".join(
-        [f"Place these, unchanged, in the manual directory ({command}):"]
-        + [f"  {name}: from {source}" for name, source in sources.items()]
-        + [note]
-    )
-
-
-def damaged_archive_error(
-    path: Path, err: Exception, source: str, member: str = ""
-) -> CorruptFileError:
-    """An archive that tarfile cannot read on (at `member`, if known); `source` to get it again."""
-    where = f"{member} in {path}" if member else str(path)
-    return CorruptFileError(
-        f"Cannot read {where} ({err}): the archive is damaged or truncated; download it again "
-        f"from {source}."
-    )
-
-
-def iter_tar(
-    path: Path, wanted: Callable[[str], bool], source: str
-) -> Iterator[tuple[str, bytes | None]]:
-    """(name, bytes if `wanted(name)` else None) of each regular member, in one streamed pass.
-
-    Names lose a leading `./`. A damaged archive raises `CorruptFileError` (whose `__cause__`
-    is tarfile's error) after yielding the members before the damage.
-    """
-    try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for member in tar:
-                if member.isfile():
-                    name = member.name.removeprefix("./")
-                    yield name, tar.extractfile(member).read() if wanted(name) else None
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise damaged_archive_error(path, err, source) from err
-
-
-@contextlib.contextmanager
-def _decoding(where: str) -> Iterator[None]:
-    """Turns Pillow's errors on a damaged or unknown image into a `CorruptFileError`."""
-    try:
-        yield
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise CorruptFileError(f"{where} cannot be decoded: {err}") from err
-
-
-def open_image(where: str, data: bytes) -> Image.Image:
-    """The image in `data`, fully decoded so that truncated or garbled files fail here.
-
-    Raises:
-      CorruptFileError: it does not decode; the message names it by `where`.
-    """
-    with _decoding(where):
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    return image
-
-
-def checked_image(where: str, data: bytes) -> tuple[bytes, int, int]:
-    """Decodes an image, named by `where`, to catch damage -> (bytes to store, height, width).
-
-    RGB and grey JPEGs and PNGs are stored as they are; anything else (CMYK JPEGs) as a
-    lossless PNG of Pillow's RGB conversion, which tfds decodes to 3 channels (its PIL fallback
-    would give a CMYK JPEG 4).
-
-    Raises:
-      CorruptFileError: it does not decode; the message names it by `where`.
-    """
-    with _decoding(where), Image.open(io.BytesIO(data)) as image:
-        width, height = image.size
-        if image.format in ("JPEG", "MPO", "PNG") and image.mode in ("RGB", "L"):
-            # Decoding at 1/8 scale still reads every byte, more cheaply.
-            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
-            image.load()
-            return data, height, width
-        log.info("%s is a %s %s; storing it as an RGB PNG.", where, image.mode, image.format)
-        rgb = image.convert("RGB")
-    return png_bytes(np.asarray(rgb)), height, width
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """Lossless PNG of (H, W) or (H, W, 3) uint8."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
 class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """tfds builder base of the hand-downloaded datasets.
+    """tfds builder base of the hand-downloaded datasets, and the dataset behind its name.
 
-    Subclasses generate `(key, example)` pairs as usual; `ORDER_BY_KEY` makes the records
-    follow the keys (as tfds's writer does with `disable_shuffling`) rather than generation
-    order. `_skipping_corrupt` wraps the decoding of each input, `_manual_info` builds `_info`.
-    For `configured_builder`, `prepare_config` and `prepared_config` a subclass also sets
-    `CONFIG_FLAG`, `PREPARE_COMMAND` and `PREPARE_INPUTS` and defines `check_inputs`.
+    As a builder: subclasses generate `(key, example)` pairs as usual; `ORDER_BY_KEY` makes the
+    records follow the keys (as tfds's writer does with `disable_shuffling`) rather than
+    generation order. `_skipping_corrupt` wraps the decoding of each input, `_manual_info`
+    builds `_info`, `check_inputs` fails before anything is written.
+
+    As a dataset (class methods, what `camjax.data.DATASETS` names): `prepare` it from the
+    manual directory, open the `prepared` builder, read its `data_sources` or its
+    `wsol_sources`, and `sources`, the registry's entry point. A builder with two configs
+    names their boolean field in `CONFIG_FLAG` (`masks`, `train`), which is then the keyword
+    argument of those methods; None there means the True config if prepared, else the False.
     """
 
     ORDER_BY_KEY: ClassVar[bool] = False
-    # The boolean field that tells the two builder configs apart, which is also the keyword of
-    # the module's functions (`masks`, `train`).
     CONFIG_FLAG: ClassVar[str] = ""
-    # For `prepared_config`'s error: the command that prepares the dataset, and its inputs.
+    # The input file whose presence makes `prepare` pick the True config.
+    FLAG_INPUT: ClassVar[str] = ""
+    # For `prepared`'s error: the command that prepares the dataset, and its inputs.
     PREPARE_COMMAND: ClassVar[str] = ""
     PREPARE_INPUTS: ClassVar[str] = ""
+    # Other names of the dataset: the prepare command's, the reference's metadata folder's.
+    ALIASES: ClassVar[tuple[str, ...]] = ()
+    NUM_CLASSES: ClassVar[int | None] = None
+    # WSOL `validation` split: (prepared split it is held out of, name of the rest of that
+    # split), `VALIDATION_PER_CLASS` images per class; None: the dataset has its own.
+    HOLDOUT: ClassVar[tuple[str, str] | None] = None
+    VALIDATION_PER_CLASS: ClassVar[int] = 0
+    OFFICIAL_TRAIN_IMAGES: ClassVar[int] = 0  # in the official train split, for recipes
+    SPLIT_SIZES: ClassVar[tuple[str, ...]] = (
+        "num_train",
+        "num_validation",
+        "num_test",
+        "validation_per_class",
+    )
 
     def __init__(
         self,
@@ -257,11 +130,184 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         )
 
     def check_inputs(self, manual_dir: Path) -> None:
-        """Raises `MissingFilesError` if an input in `manual_dir` is missing (`prepare_config`).
+        """Raises `MissingFilesError` if an input in `manual_dir` is missing (`prepare`).
 
         Runs before tfds writes anything; a builder may keep what it reads to write from.
         """
-        raise NotImplementedError
+
+    @classmethod
+    def configured(
+        cls: type[B],
+        data_dir: str | None = None,
+        *,
+        skip_corrupt: bool = False,
+        progress: bool = False,
+        **config: bool,
+    ) -> B:
+        """The builder in `data_dir` (None: the tfds default) of the config `config` picks.
+
+        `config` is `{CONFIG_FLAG: bool}` (default True), empty for a builder without configs.
+        """
+        kwargs = {"data_dir": data_dir, "skip_corrupt": skip_corrupt, "progress": progress}
+        if cls.CONFIG_FLAG:
+            flag = cls._flag(config)
+            flag = True if flag is None else flag
+            (name,) = [c.name for c in cls.BUILDER_CONFIGS if getattr(c, cls.CONFIG_FLAG) == flag]
+            kwargs["config"] = name
+        return cls(**kwargs)
+
+    @classmethod
+    def _flag(cls, config: Mapping[str, bool | None]) -> bool | None:
+        unknown = sorted(set(config) - {cls.CONFIG_FLAG})
+        if unknown:
+            raise TypeError(
+                f"{cls.name} takes no config argument {unknown}; only {cls.CONFIG_FLAG}."
+            )
+        return config.get(cls.CONFIG_FLAG)
+
+    @classmethod
+    def default_flag(cls, manual_dir: Path, data_dir: str | None) -> bool:
+        """`prepare`'s config when not told: True if prepared or `FLAG_INPUT` is there."""
+        return cls.configured(data_dir).is_prepared() or (manual_dir / cls.FLAG_INPUT).is_file()
+
+    @classmethod
+    def prepare(
+        cls: type[B],
+        manual_dir: str | Path,
+        data_dir: str | None = None,
+        *,
+        skip_corrupt: bool = False,
+        progress: bool = True,
+        **config: bool | None,
+    ) -> B:
+        """Builds the dataset from the files in `manual_dir`; a no-op if already prepared.
+
+        Args:
+          manual_dir: directory holding the files listed in the dataset's module doc.
+          data_dir: tfds data directory to write to; None for the tfds default.
+          skip_corrupt: skip (and log, count, record) examples whose image or mask cannot be
+            decoded, instead of raising `CorruptFileError`.
+          progress: show a progress bar over the examples of each split.
+          config: `{CONFIG_FLAG: bool or None}`; None (or absent) picks `default_flag`.
+
+        Returns:
+          The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped ids.
+        """
+        manual_dir = Path(manual_dir)
+        if cls.CONFIG_FLAG:
+            flag = cls._flag(config)
+            config = {
+                cls.CONFIG_FLAG: cls.default_flag(manual_dir, data_dir) if flag is None else flag
+            }
+        options = {"skip_corrupt": skip_corrupt, "progress": progress, **config}
+        builder = cls.configured(data_dir, **options)
+        if builder.is_prepared():
+            log.info("%s is already prepared in %s.", builder.info.full_name, builder.data_dir_root)
+            return builder
+        builder.check_inputs(manual_dir)
+        download = tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False)
+        try:
+            # tfds writes into an `incomplete.*` directory renamed into place at the end.
+            builder.download_and_prepare(file_format=FILE_FORMAT, download_config=download)
+        except OSError:
+            # Losing that rename race to another process is fine once its copy exists.
+            if not builder.data_path.exists():
+                raise
+            builder = cls.configured(data_dir, **options)
+        skipped = builder.info.metadata.get("skipped_corrupt", [])
+        if skipped:
+            log.warning("Skipped %d corrupt image(s): %s", len(skipped), ", ".join(skipped))
+        return builder
+
+    @classmethod
+    def prepared(cls: type[B], data_dir: str | None = None, **config: bool | None) -> B:
+        """The prepared builder of the config `config` picks (module doc: None tries both).
+
+        Raises:
+          FileNotFoundError: not prepared; the message gives `PREPARE_COMMAND`.
+        """
+        flag = cls._flag(config) if cls.CONFIG_FLAG else False
+        builder = None
+        for f in (True, False) if flag is None else (flag,):
+            builder = cls.configured(data_dir, **({cls.CONFIG_FLAG: f} if cls.CONFIG_FLAG else {}))
+            if builder.is_prepared():
+                return builder
+        where = f" --data_dir {data_dir}" if data_dir else ""
+        raise FileNotFoundError(
+            f"{builder.name} is not prepared in {builder.data_dir_root}. Prepare it with "
+            f"`{cls.PREPARE_COMMAND}{where}`, {cls.PREPARE_INPUTS}"
+        )
+
+    @classmethod
+    def data_sources(cls, data_dir: str | None = None, **config: bool | None) -> dict[str, Any]:
+        """Split -> tfds `ArrayRecordDataSource` of the prepared splits (`prepared`).
+
+        `source[i]` is a dict with `image` (H, W, 3) uint8, `height`, `width`, `label`,
+        `image_id` (bytes), `objects` {'bbox': (K, 4) float32 normalized (ymin, xmin, ymax,
+        xmax), exclusive ends} and the dataset's own features (its module doc).
+        """
+        return dict(cls.prepared(data_dir, **config).as_data_source())
+
+    @classmethod
+    def wsol_sources(
+        cls, data_dir: str | None = None, *, validation_per_class: int = 0, **config: bool | None
+    ) -> dict[str, Sequence]:
+        """The WSOL splits `train`, `validation` and `test` of the prepared dataset.
+
+        `validation` is `validation_per_class` (0: `VALIDATION_PER_CLASS`) records per class of
+        the split `HOLDOUT` names (`subsets.holdout_per_class`), and the rest of that split is
+        the split `HOLDOUT` names second, both in record order; without `HOLDOUT` the dataset's
+        own splits, and `validation_per_class` must be 0.
+
+        Raises:
+          FileNotFoundError: not prepared; the message gives the command that prepares it.
+        """
+        builder = cls.prepared(data_dir, **config)
+        splits = dict(builder.as_data_source())
+        if cls.HOLDOUT is None:
+            if validation_per_class:
+                raise ValueError(
+                    f"{cls.name} has the reference's own validation split; validation_per_class "
+                    f"does not apply (got {validation_per_class})."
+                )
+            return splits
+        held_from, rest = cls.HOLDOUT
+        per_class = validation_per_class or cls.VALIDATION_PER_CLASS
+        held, others = subsets.holdout_per_class(builder, held_from, per_class)
+        del splits[held_from]
+        splits.update({"validation": held, rest: others})
+        return {s: splits[s] for s in ("train", "validation", "test") if s in splits}
+
+    @classmethod
+    def train_images(cls) -> int:
+        """Images of the whole WSOL `train` split: the official ones less those held out."""
+        held = cls.HOLDOUT is not None and cls.HOLDOUT[0] == "train"
+        return cls.OFFICIAL_TRAIN_IMAGES - (
+            cls.VALIDATION_PER_CLASS * cls.NUM_CLASSES if held else 0
+        )
+
+    @classmethod
+    def sources(
+        cls, data_dir: str | None, image_size: int, split_sizes: Mapping[str, int]
+    ) -> dict[str, Sequence]:
+        """The registry's entry point (`camjax.data.load_data_sources`): `wsol_sources`.
+
+        `split_sizes` may set `validation_per_class` (0: the default) and, nonzero,
+        `num_<split>`: that many examples spread over the split (`subsets.spread_subset`).
+        Images keep their size (`image_size` is the pipeline's).
+        """
+        del image_size
+        sizes = dict(split_sizes)
+        unknown = sorted(set(sizes) - set(cls.SPLIT_SIZES))
+        if unknown:
+            raise ValueError(
+                f"Unknown split_sizes {unknown} for {cls.name}; known: {cls.SPLIT_SIZES}."
+            )
+        per_class = sizes.pop("validation_per_class", 0)
+        return {
+            split: subsets.spread_subset(source, sizes.get(f"num_{split}", 0))
+            for split, source in cls.wsol_sources(data_dir, validation_per_class=per_class).items()
+        }
 
     def _skipping_corrupt(
         self,
@@ -381,211 +427,3 @@ def _in_key_order(
             reader.close()
     finally:
         scratch.unlink(missing_ok=True)
-
-
-def prepare_dataset(
-    make_builder: Callable[[], B], manual_dir: Path, check_inputs: Callable[[B], Any]
-) -> B:
-    """Prepares `make_builder()` from `manual_dir`, unless prepared; returns the prepared builder.
-
-    `check_inputs(builder)` raises if an input is missing; it runs before tfds writes anything.
-    """
-    builder = make_builder()
-    if builder.is_prepared():
-        log.info("%s is already prepared in %s.", builder.info.full_name, builder.data_dir_root)
-        return builder
-    check_inputs(builder)
-    config = tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False)
-    try:
-        # tfds writes into an `incomplete.*` directory renamed into place at the end.
-        builder.download_and_prepare(file_format=FILE_FORMAT, download_config=config)
-    except OSError:
-        # Losing that rename race to another process is fine once its copy exists.
-        if not builder.data_path.exists():
-            raise
-        builder = make_builder()
-    skipped = builder.info.metadata.get("skipped_corrupt", [])
-    if skipped:
-        log.warning("Skipped %d corrupt image(s): %s", len(skipped), ", ".join(skipped))
-    return builder
-
-
-def prepared_builder(
-    builders: Iterable[ManualBuilder], data_dir: str | None, command: str, inputs: str
-) -> ManualBuilder:
-    """The first of `builders` (configs in order of preference) that is prepared.
-
-    Raises:
-      FileNotFoundError: none is; the message gives the `command` that prepares it, with
-        `--data_dir`, and the `inputs` it needs.
-    """
-    builder = None
-    for builder in builders:
-        if builder.is_prepared():
-            return builder
-    where = f" --data_dir {data_dir}" if data_dir else ""
-    raise FileNotFoundError(
-        f"{builder.name} is not prepared in {builder.data_dir_root}. Prepare it with "
-        f"`{command}{where}`, {inputs}"
-    )
-
-
-def configured_builder(
-    cls: type[B],
-    data_dir: str | None,
-    flag: bool,
-    *,
-    skip_corrupt: bool = False,
-    progress: bool = False,
-) -> B:
-    """The builder of the config of `cls` whose `CONFIG_FLAG` field is `flag`, in `data_dir`.
-
-    `data_dir` None is the tfds default.
-    """
-    (config,) = [c for c in cls.BUILDER_CONFIGS if getattr(c, cls.CONFIG_FLAG) == flag]
-    return cls(config=config.name, data_dir=data_dir, skip_corrupt=skip_corrupt, progress=progress)
-
-
-def prepare_config(
-    cls: type[B],
-    manual_dir: str | Path,
-    data_dir: str | None,
-    flag: bool,
-    *,
-    skip_corrupt: bool,
-    progress: bool,
-) -> B:
-    """`prepare_dataset` of `configured_builder(cls, data_dir, flag, ...)`; see `check_inputs`."""
-    directory = Path(manual_dir)
-    return prepare_dataset(
-        lambda: configured_builder(
-            cls, data_dir, flag, skip_corrupt=skip_corrupt, progress=progress
-        ),
-        directory,
-        lambda builder: builder.check_inputs(directory),
-    )
-
-
-def prepared_config(cls: type[B], data_dir: str | None, flag: bool | None) -> B:
-    """`prepared_builder` of config `flag` of `cls`; None: flag True if it is prepared, else False.
-
-    Raises:
-      FileNotFoundError: not prepared; the message gives `cls.PREPARE_COMMAND`.
-    """
-    return prepared_builder(
-        (
-            configured_builder(cls, data_dir, f)
-            for f in ((True, False) if flag is None else (flag,))
-        ),
-        data_dir,
-        cls.PREPARE_COMMAND,
-        cls.PREPARE_INPUTS,
-    )
-
-
-class SplitView(Sequence):
-    """Records `indices` of a random-access source, in that order.
-
-    `len`, `view[i]` (negative too) and `view.__getitems__(keys)` (grain's and tfds's batched
-    read) as a tfds data source has them, so `grain.MapDataset.source(view)` works.
-    """
-
-    def __init__(self, source: Sequence, indices: Sequence[int]):
-        self.source = source
-        self.indices = np.asarray(indices, np.int64)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.source[int(self.indices[i])]  # numpy raises IndexError out of range
-
-    def __getitems__(self, keys: Sequence[int]) -> list[Any]:
-        return _getitems(self.source, [int(self.indices[k]) for k in keys])
-
-    def __repr__(self) -> str:
-        return f"SplitView({self.source!r}, {len(self)} of {len(self.source)} records)"
-
-
-def _getitems(source: Sequence, keys: list[int]) -> list[Any]:
-    if hasattr(source, "__getitems__"):
-        return list(source.__getitems__(keys))
-    return [source[k] for k in keys]
-
-
-def spread_subset(source: Sequence, n: int) -> Sequence:
-    """`n` records spread evenly over `source` (indices `floor(i * len / n)`); all for n = 0.
-
-    For smoke runs: a class-ordered split keeps most classes, unlike a prefix.
-    """
-    if not n:
-        return source
-    if n > len(source):
-        raise ValueError(f"Asked for {n} examples of a split of {len(source)}.")
-    picked = np.arange(n, dtype=np.int64) * len(source) // n
-    if isinstance(source, SplitView):
-        return SplitView(source.source, source.indices[picked])
-    return SplitView(source, picked)
-
-
-def holdout_per_class(
-    builder: tfds.core.DatasetBuilder, split: str, per_class: int
-) -> tuple[SplitView, SplitView]:
-    """(held out, rest) views of a prepared split: per class, `per_class` records held out.
-
-    Within a class the records held out are those whose `image_id` has the lowest SHA-256:
-    a fixed pseudo-random draw that depends on nothing but the ids (not on record order, numpy
-    or the machine), and that nests (the 5 per class are among the 10). A class with no more
-    than `per_class` records is held out whole (logged). Both views keep record order. Reads
-    the labels and ids of the split once (images are not decoded).
-    """
-    if per_class < 1:
-        raise ValueError(f"per_class must be at least 1; got {per_class}.")
-    start = time.perf_counter()
-    features = builder.info.features
-    skip = {
-        k: tfds.decode.SkipDecoding()
-        for k, f in features.items()
-        if isinstance(f, tfds.features.Image)
-    }
-    source = builder.as_data_source(split, decoders=skip)
-    labels, ids = [], []
-    for first in range(0, len(source), _READ_BATCH):
-        for record in _getitems(source, list(range(first, min(first + _READ_BATCH, len(source))))):
-            labels.append(int(record["label"]))
-            ids.append(record["image_id"])
-    held, rest = _held_out_indices(np.asarray(labels, np.int64), ids, per_class)
-    whole = sorted(c for c, n in collections.Counter(labels).items() if n <= per_class)
-    if whole:
-        log.warning(
-            "%s/%s: the classes (labels) %s have %d records or fewer; each is held out whole.",
-            builder.name,
-            split,
-            whole[:MAX_LISTED],
-            per_class,
-        )
-    log.info(
-        "%s/%s: held out %d of %d records in %.1f s.",
-        builder.name,
-        split,
-        len(held),
-        len(labels),
-        time.perf_counter() - start,
-    )
-    data = builder.as_data_source(split)
-    return SplitView(data, held), SplitView(data, rest)
-
-
-def _held_out_indices(
-    labels: np.ndarray, ids: Sequence[str | bytes], per_class: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, the `per_class` indices whose ids hash lowest; (held out, rest), ascending."""
-    digests = [hashlib.sha256(i if isinstance(i, bytes) else i.encode()).digest() for i in ids]
-    order = sorted(range(len(ids)), key=lambda i: (labels[i], digests[i]))
-    taken = collections.Counter()
-    held = np.zeros(len(ids), bool)
-    for i in order:
-        if taken[labels[i]] < per_class:
-            taken[labels[i]] += 1
-            held[i] = True
-    return np.flatnonzero(held), np.flatnonzero(~held)

@@ -3,7 +3,7 @@
 The builder `openimages30k_wsol` reads the zip archives that the reference WSOL evaluator
 (clovaai/wsolevaluation) distributes and the reference's metadata folder, by random access
 into the zips (nothing is extracted to disk, nothing is fetched from the network), and writes
-ArrayRecord files that `load_data_sources` reads by random access without TensorFlow.
+ArrayRecord files that `OpenImages30kWsol.data_sources` reads by random access without TensorFlow.
 
 OpenImages30k is 100 classes of Open Images V5: 29,819 "train" images (image-level labels
 only), 2,500 "val" and 5,000 "test" images with instance segmentation masks, drawn from the
@@ -36,7 +36,7 @@ instance masks, up to 62 on one image; every mask named as above within its imag
 
 Configs: `full` (splits `train`, `validation`, `test`) and `evaluation` (`validation` and
 `test` only). `prepare` builds `full` when `OpenImages_images.zip` is in the manual directory
-and `evaluation` otherwise; `load_data_sources` reads `full` if it is prepared.
+and `evaluation` otherwise; `data_sources` reads `full` if it is prepared.
 
 Examples (each split in `image_ids.txt` order; `validation` is the reference's `val`):
 
@@ -78,8 +78,8 @@ where to get it. `CorruptFileError` names an unreadable archive or metadata file
 writing, an image or mask that does not decode; with `skip_corrupt=True` such an example is
 skipped, logged, counted and recorded in `info.metadata['skipped_corrupt']`.
 
-WSOL splits (`wsol_sources`): the reference's own, `train`, `validation` (its `val`, to choose
-thresholds and hyperparameters on) and `test`, disjoint as released.
+WSOL splits (`wsol_sources`, no `HOLDOUT`): the reference's own, `train`, `validation` (its
+`val`, to choose thresholds and hyperparameters on) and `test`, disjoint as released.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ import dataclasses
 import logging
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,9 +97,8 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
-from camjax.data import manual
-from camjax.data.manual import CorruptFileError
-from camjax.data.manual import MissingFilesError as MissingFilesError  # re-exported
+from camjax.data import downloads, manual
+from camjax.data.downloads import CorruptFileError, MissingFilesError
 from camjax.localization import wsol_io
 
 DATASET_NAME = "openimages30k_wsol"
@@ -185,12 +184,16 @@ class OpenImages30kWsol(manual.ManualBuilder):
         ),
     ]
     CONFIG_FLAG = "train"
+    FLAG_INPUT = IMAGES_ARCHIVE
+    ALIASES = ("openimages",)
+    NUM_CLASSES = NUM_CLASSES
+    OFFICIAL_TRAIN_IMAGES = 29_819
     PREPARE_COMMAND = "python -m camjax.data.prepare openimages --manual_dir DIR"
     PREPARE_INPUTS = (
         f"DIR holding {IMAGES_ARCHIVE} (or {EVAL_ARCHIVE} for validation and test only), "
         f"{MASKS_ARCHIVE} and {METADATA_DIR} of {_REPO}."
     )
-    MANUAL_DOWNLOAD_INSTRUCTIONS = manual.download_instructions(
+    MANUAL_DOWNLOAD_INSTRUCTIONS = downloads.download_instructions(
         PREPARE_COMMAND,
         SOURCES,
         f"{IMAGES_ARCHIVE} is needed for the `full` config; {EVAL_ARCHIVE} can replace it and "
@@ -249,89 +252,6 @@ class OpenImages30kWsol(manual.ManualBuilder):
                 split, items, lambda item: item.image_id, encode, len(items)
             ):
                 yield item.image_id, example
-
-
-def get_builder(
-    data_dir: str | None = None,
-    *,
-    train: bool = True,
-    skip_corrupt: bool = False,
-    progress: bool = False,
-) -> OpenImages30kWsol:
-    """The builder of config `full` (train) or `evaluation` in `data_dir` (None: tfds default)."""
-    return manual.configured_builder(
-        OpenImages30kWsol, data_dir, train, skip_corrupt=skip_corrupt, progress=progress
-    )
-
-
-def prepare(
-    manual_dir: str,
-    data_dir: str | None = None,
-    *,
-    skip_corrupt: bool = False,
-    progress: bool = True,
-    train: bool | None = None,
-) -> OpenImages30kWsol:
-    """Builds the dataset from the files in `manual_dir`; a no-op if already prepared.
-
-    Args:
-      manual_dir: directory holding the archives and `metadata/OpenImages` (module doc).
-      data_dir: tfds data directory to write to; None for the tfds default.
-      skip_corrupt: skip (and log, count, record) examples whose image or a mask cannot be
-        decoded, instead of raising `CorruptFileError`.
-      progress: show a progress bar over the examples of each split.
-      train: build config `full` (True) or `evaluation` (False); None picks `full` when it is
-        already prepared or `OpenImages_images.zip` is in `manual_dir`.
-
-    Returns:
-      The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped image ids.
-    """
-    if train is None:
-        train = get_builder(data_dir).is_prepared() or (Path(manual_dir) / IMAGES_ARCHIVE).is_file()
-    return manual.prepare_config(
-        OpenImages30kWsol, manual_dir, data_dir, train, skip_corrupt=skip_corrupt, progress=progress
-    )
-
-
-def load_data_sources(data_dir: str | None = None, *, train: bool | None = None) -> dict[str, Any]:
-    """Random-access sources of the prepared splits.
-
-    Args:
-      data_dir: tfds data directory the dataset was prepared in; None for the tfds default.
-      train: read config `full` (True) or `evaluation` (False); None takes `full` when it is
-        prepared, else `evaluation`.
-
-    Returns:
-      {'validation', 'test'} (and 'train' with `full`) -> tfds `ArrayRecordDataSource`;
-      `source[i]` is a dict with `image` (H, W, 3) uint8, `height`, `width`, `label`,
-      `image_id` (bytes), `objects` {'bbox': (0, 4) float32}, `mask` and `ignore_mask`
-      (h, w, 1) uint8 in {0, 255} (1 x 1 in train).
-
-    Raises:
-      FileNotFoundError: not prepared; the message gives the command that prepares it.
-    """
-    return dict(manual.prepared_config(OpenImages30kWsol, data_dir, train).as_data_source())
-
-
-def wsol_sources(
-    data_dir: str | None = None, *, train: bool | None = None, validation_per_class: int = 0
-) -> dict[str, Sequence]:
-    """The WSOL splits: the reference's own `train`, `validation` (its `val`) and `test`.
-
-    Args:
-      data_dir, train: as for `load_data_sources`.
-      validation_per_class: must be 0; OpenImages30k comes with its validation split (25
-        images per class), so none is held out of train.
-
-    Returns:
-      `load_data_sources`'s dict.
-    """
-    if validation_per_class:
-        raise ValueError(
-            f"{DATASET_NAME} has the reference's own validation split; validation_per_class "
-            f"does not apply (got {validation_per_class})."
-        )
-    return load_data_sources(data_dir, train=train)
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +313,7 @@ def _archive_paths(manual_dir: Path, *, train: bool, splits: list[str]) -> dict[
         if train and IMAGES_ARCHIVE in missing:
             hint = "\nTo build the validation and test splits alone, pass train=False."
         dataset = f"{DATASET_NAME}/{'full' if train else 'evaluation'}"
-        raise manual.missing_files_error(dataset, manual_dir, missing, lines, hint)
+        raise downloads.missing_files_error(dataset, manual_dir, missing, lines, hint)
     return present
 
 
@@ -442,7 +362,7 @@ def _classes_and_items(
     labels = sorted(folders)
     if labels != list(range(len(labels))):
         absent = sorted(set(range(labels[-1] + 1)) - set(labels))
-        raise CorruptFileError(f"No image has the labels {absent[: manual.MAX_LISTED]}.")
+        raise CorruptFileError(f"No image has the labels {absent[: downloads.MAX_LISTED]}.")
     if len(labels) != NUM_CLASSES:
         log.warning("Found %d classes; OpenImages30k has %d.", len(labels), NUM_CLASSES)
     return [next(iter(folders[label])) for label in labels], items
@@ -453,7 +373,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         source = SOURCES.get(path.name, "its source")
-        raise manual.damaged_archive_error(path, err, source) from err
+        raise downloads.damaged_archive_error(path, err, source) from err
 
 
 def _zip_index(path: Path) -> dict[str, str]:
@@ -491,9 +411,9 @@ def _raise_missing_members(missing: dict[str, list[str]], archives: dict[str, Pa
             f"{len(missing[kind])} {kind}(s) that {METADATA_DIR} names are not in "
             f"{' or '.join(held)}:"
         )
-        lines += [f"  {m}" for m in missing[kind][: manual.MAX_LISTED]]
-        if len(missing[kind]) > manual.MAX_LISTED:
-            lines.append(f"  ... and {len(missing[kind]) - manual.MAX_LISTED} more")
+        lines += [f"  {m}" for m in missing[kind][: downloads.MAX_LISTED]]
+        if len(missing[kind]) > downloads.MAX_LISTED:
+            lines.append(f"  ... and {len(missing[kind]) - downloads.MAX_LISTED} more")
         lines += [f"Download {n} again from {SOURCES[n]}." for n in held]
     raise MissingFilesError(
         f"Cannot prepare {DATASET_NAME}: the archives are incomplete.\n" + "\n".join(lines), names
@@ -507,7 +427,7 @@ def _raise_missing_members(missing: dict[str, list[str]], archives: dict[str, Pa
 def _encode_example(item: _Item, read: Callable[[str], tuple[str, bytes]]) -> dict[str, Any]:
     """Reads, checks and converts one image and its masks to the builder's features."""
     where, data = read(item.image_id)
-    stored, height, width = manual.checked_image(where, data)
+    stored, height, width = downloads.checked_image(where, data)
     if item.masks:
         grey = [_grey(*read(m)) for m in item.masks]
         ignore = _grey(*read(item.ignore))
@@ -522,8 +442,8 @@ def _encode_example(item: _Item, read: Callable[[str], tuple[str, bytes]]) -> di
         "label": item.label,
         "image_id": item.image_id,
         "objects": {"bbox": np.zeros((0, 4), np.float32)},
-        "mask": manual.png_bytes(mask.astype(np.uint8) * 255),
-        "ignore_mask": manual.png_bytes(ignored.astype(np.uint8) * 255),
+        "mask": downloads.png_bytes(mask.astype(np.uint8) * 255),
+        "ignore_mask": downloads.png_bytes(ignored.astype(np.uint8) * 255),
     }
 
 

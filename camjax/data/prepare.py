@@ -1,78 +1,35 @@
-"""Builds the datasets that start from files downloaded by hand.
+"""Builds a dataset that starts from files downloaded by hand.
 
     python -m camjax.data.prepare {cub,ilsvrc,openimages} --manual_dir DIR \\
         [--data_dir DIR] [--skip_corrupt]
 
 writes the tfds dataset (ArrayRecord) into `--data_dir` (default: `$TFDS_DATA_DIR` or
-`~/tensorflow_datasets`), where `camjax.data` reads it. Nothing is downloaded.
-
-Interface of a dataset module. It exposes
-
-    prepare(manual_dir: str, data_dir: str | None = None, *, skip_corrupt: bool = False,
-            progress: bool = True) -> tfds.core.DatasetBuilder
-
-which builds the dataset from the files in `manual_dir` into `data_dir` (None: the tfds
-default) without any network access and returns the prepared builder, doing nothing when it is
-already prepared. Missing or incomplete inputs raise a `FileNotFoundError` that lists each
-missing file and where it comes from, before anything is written; an unreadable input raises a
-`ValueError` naming the file, unless `skip_corrupt` is set, in which case the example is
-skipped, logged, and listed in `builder.info.metadata['skipped_corrupt']`. `progress` shows a
-tqdm bar over the examples. Extra keyword-only arguments with defaults are allowed.
-
-A dataset plugs in with one line in `PREPARERS`; its module is imported only when used.
+`~/tensorflow_datasets`), where `camjax.data` reads it. Nothing is downloaded. The dataset is
+any of `camjax.data.DATASETS` with a `prepare` (`manual.ManualBuilder.prepare`), named by its
+name or its alias.
 """
 
-import argparse
-import importlib
-import logging
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+
+from absl import app, flags, logging
+
+import camjax.data
+
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "Directory holding the downloaded files.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "tfds data directory (default: tfds's).")
+_SKIP_CORRUPT = flags.DEFINE_bool(
+    "skip_corrupt", False, "Skip and report undecodable images instead of stopping at the first."
+)
 
 
-def _module_prepare(module: str) -> Callable[..., Any]:
-    """The `prepare` function of `module`, imported on first call."""
-
-    def prepare(*args: Any, **kwargs: Any) -> Any:
-        return importlib.import_module(module).prepare(*args, **kwargs)
-
-    prepare.__doc__ = f"{module}.prepare"
-    return prepare
-
-
-PREPARERS: dict[str, Callable[..., Any]] = {
-    "cub": _module_prepare("camjax.data.cub"),
-    "ilsvrc": _module_prepare("camjax.data.ilsvrc"),
-    "openimages": _module_prepare("camjax.data.openimages"),
-}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (1: missing or unreadable inputs)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m camjax.data.prepare",
-        description="Build a tfds dataset from files downloaded by hand (no network access).",
-    )
-    parser.add_argument("dataset", choices=sorted(PREPARERS))
-    parser.add_argument(
-        "--manual_dir", required=True, help="directory holding the downloaded archives"
-    )
-    parser.add_argument(
-        "--data_dir", default=None, help="tfds data directory (default: the tfds default)"
-    )
-    parser.add_argument(
-        "--skip_corrupt",
-        action="store_true",
-        help="skip and report undecodable images instead of stopping at the first",
-    )
-    args = parser.parse_args(argv)
-    # Our progress and summary, tfds's warnings only.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("camjax").setLevel(logging.INFO)
-
+def prepare_and_report(
+    name: str, manual_dir: str, data_dir: str | None = None, skip_corrupt: bool = False
+) -> int:
+    """Prepares dataset `name`, prints its splits; returns the exit status (1: bad inputs)."""
     try:
-        builder = PREPARERS[args.dataset](
-            args.manual_dir, args.data_dir, skip_corrupt=args.skip_corrupt, progress=True
+        builder = camjax.data.dataset(name).prepare(
+            manual_dir, data_dir, skip_corrupt=skip_corrupt, progress=True
         )
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -85,5 +42,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def main(argv: Sequence[str]) -> int:
+    preparable = [
+        alias
+        for name in camjax.data.DATASETS
+        if hasattr(cls := camjax.data.dataset(name), "prepare")
+        for alias in (name, *cls.ALIASES[:1])
+    ]
+    if len(argv) != 2 or argv[1] not in preparable or not _MANUAL_DIR.value:
+        raise app.UsageError(f"usage: {argv[0]} {{{','.join(preparable)}}} --manual_dir DIR")
+    # Progress at INFO, problems at WARNING.
+    logging.set_verbosity(logging.INFO)
+    return prepare_and_report(argv[1], _MANUAL_DIR.value, _DATA_DIR.value, _SKIP_CORRUPT.value)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)

@@ -90,6 +90,38 @@ class WsolShapes(tfds.core.GeneratorBasedBuilder):
         # rather than tfds's TFRecord.
         super().__init__(file_format=file_format, **kwargs)
 
+    @classmethod
+    def sources(
+        cls, data_dir: str | None, image_size: int, split_sizes: Mapping[str, int]
+    ) -> dict[str, Any]:
+        """Random-access sources of every split, generating the dataset on first use.
+
+        Args:
+          data_dir: tfds data directory; None for the tfds default.
+          image_size: side of the images; one of `available_image_sizes()`.
+          split_sizes: {'num_train': n, ...}; nonzero values override split sizes (see
+            `get_builder`).
+
+        Returns:
+          {'train', 'validation', 'test'} -> tfds `ArrayRecordDataSource` (random access,
+          `len`, works with grain). `source[i]` is example i of the split, a dict with
+          `image` (S, S, 3) uint8, `label` int, `mask` (S, S, 1) uint8 in {0, 255} and
+          `objects` {'bbox': list of one (4,) float32 normalized (ymin, xmin, ymax, xmax)};
+          `bbox_to_pixels(np.stack(bbox), S)` gives the pixel box.
+        """
+        sizes = {k: v for k, v in split_sizes.items() if v}
+        builder = get_builder(image_size, data_dir, **sizes)
+        try:
+            # Generation happens in an `incomplete.*` directory renamed into place at the
+            # end, so concurrent preparers never expose partial data.
+            builder.download_and_prepare(file_format=_FILE_FORMAT)
+        except OSError:
+            # Losing that rename race to another process is fine once its copy exists.
+            if not builder.data_path.exists():
+                raise
+            builder = get_builder(image_size, data_dir, **sizes)
+        return dict(builder.as_data_source())
+
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
         return self.dataset_info_from_configs(
@@ -207,43 +239,6 @@ def get_builder(
         config.name = f"s{image_size}_n{config.num_train}_{config.num_validation}_{config.num_test}"
         config.description = f"{config.description} Custom split sizes."
     return WsolShapes(config=config, data_dir=data_dir, file_format=_FILE_FORMAT)
-
-
-def load_data_sources(
-    image_size: int = 64,
-    data_dir: str | None = None,
-    *,
-    num_train: int | None = None,
-    num_validation: int | None = None,
-    num_test: int | None = None,
-) -> dict[str, Any]:
-    """Random-access sources of every split, generating the dataset on first use.
-
-    Args:
-      image_size: side of the images; one of `available_image_sizes()`.
-      data_dir: tfds data directory; None for the tfds default.
-      num_train, num_validation, num_test: optional split-size overrides (see
-        `get_builder`).
-
-    Returns:
-      {'train', 'validation', 'test'} -> tfds `ArrayRecordDataSource` (random access,
-      `len`, works with grain). `source[i]` is example i of the split, a dict with
-      `image` (S, S, 3) uint8, `label` int, `mask` (S, S, 1) uint8 in {0, 255} and
-      `objects` {'bbox': list of one (4,) float32 normalized (ymin, xmin, ymax, xmax)};
-      `bbox_to_pixels(np.stack(bbox), S)` gives the pixel box.
-    """
-    kwargs = dict(num_train=num_train, num_validation=num_validation, num_test=num_test)
-    builder = get_builder(image_size, data_dir, **kwargs)
-    try:
-        # Generation happens in an `incomplete.*` directory renamed into place at the
-        # end, so concurrent preparers never expose partial data.
-        builder.download_and_prepare(file_format=_FILE_FORMAT)
-    except OSError:
-        # Losing that rename race to another process is fine once its copy exists.
-        if not builder.data_path.exists():
-            raise
-        builder = get_builder(image_size, data_dir, **kwargs)
-    return dict(builder.as_data_source())
 
 
 def _png_bytes(array: np.ndarray) -> bytes:

@@ -37,24 +37,20 @@ for the ILSVRC validation split and the whole 140 GB training split for ILSVRC t
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import logging
 import os
-import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from camjax.data import manual
+import camjax.data
+from camjax.data import downloads, manual, subsets
 from camjax.localization import wsol_io
-
-_READ_BATCH = 256  # records per read
-_REPO = "https://github.com/clovaai/wsolevaluation"
 
 log = logging.getLogger(__name__)
 
@@ -67,87 +63,8 @@ class SplitMismatchError(ValueError):
         self.mismatches = mismatches
 
 
-@dataclasses.dataclass(frozen=True)
-class _Dataset:
-    """How one camjax dataset answers to the reference's metadata of one benchmark."""
-
-    name: str
-    module: str
-    configs: tuple[dict[str, bool], ...]  # `get_builder` keyword arguments, preferred first
-    command: str
-    to_ours: Callable[[str], tuple[str | None, str] | None]  # -> (split or None: any, our id)
-    explain: Callable[[list[str], list[str]], str]  # (missing ids, prepared splits) -> why
-
-
-def _cub_id(image_id: str) -> tuple[str | None, str]:
-    return None, image_id
-
-
-_CUBV2 = re.compile(r"[^/]+/\d+\.jpg")  # Flickr photo ids, where official files have names
-
-
-def _cub_why(missing: list[str], splits: list[str]) -> str:
-    if not any(_CUBV2.fullmatch(i) for i in missing):
-        return ""
-    return (
-        "\nThe reference's CUB `val` split (train-fullsup, 5 images per class) is CUBV2: images "
-        f"collected by the reference from Flickr and shipped as CUBV2.tar ({_REPO}, "
-        "dataset/prepare_cub.sh), a separate download that is not in CUB_200_2011.tgz, so "
-        "cub_200_2011 does not hold them. camjax's own `validation` split (cub.wsol_sources) is "
-        "held out of the official train split instead."
-    )
-
-
-def _ilsvrc_id(image_id: str) -> tuple[str | None, str] | None:
-    parts = image_id.split("/")
-    if len(parts) == 2 and parts[0] == "val":
-        return "validation", parts[1]
-    if len(parts) == 3 and parts[0] == "train":
-        return "train", parts[2]
-    return None  # `val2/...`: ImageNetV2
-
-
-def _ilsvrc_why(missing: list[str], splits: list[str]) -> str:
-    why = ""
-    if any(_ilsvrc_id(i) is None for i in missing):
-        why += (
-            "\nIds outside `val/` and `train/` (the reference's ILSVRC `val` split, `val2/...`) "
-            "are ImageNetV2 images (imagenetv2-threshold0.7.tar.gz, fetched by the reference's "
-            f"dataset/prepare_evaluation_data.sh, {_REPO}), a separate download that is not in "
-            "the official ILSVRC 2012 archives, so ilsvrc2012_loc does not hold them. camjax's "
-            "own `validation` split (ilsvrc.wsol_sources) is held out of the official "
-            "validation set instead."
-        )
-    if "train" not in splits and any((_ilsvrc_id(i) or ("",))[0] == "train" for i in missing):
-        why += (
-            "\nTraining images need the `full` config: prepare it with ILSVRC2012_img_train.tar "
-            "(python -m camjax.data.prepare ilsvrc --manual_dir DIR)."
-        )
-    return why
-
-
-DATASETS = {
-    "CUB": _Dataset(
-        "cub_200_2011",
-        "camjax.data.cub",
-        ({"masks": True}, {"masks": False}),
-        "python -m camjax.data.prepare cub --manual_dir DIR",
-        _cub_id,
-        _cub_why,
-    ),
-    "ILSVRC": _Dataset(
-        "ilsvrc2012_loc",
-        "camjax.data.ilsvrc",
-        ({"train": True}, {"train": False}),
-        "python -m camjax.data.prepare ilsvrc --manual_dir DIR",
-        _ilsvrc_id,
-        _ilsvrc_why,
-    ),
-}
-
-
-class ReferenceSplit(manual.SplitView):
-    """A `manual.SplitView` of the examples of a metadata split, with that `metadata`.
+class ReferenceSplit(subsets.SplitView):
+    """A `subsets.SplitView` of the examples of a metadata split, with that `metadata`.
 
     `split[i]` is the prepared example of `metadata.image_ids[i]`.
     """
@@ -155,30 +72,6 @@ class ReferenceSplit(manual.SplitView):
     def __init__(self, source: Sequence, indices: Sequence[int], metadata: wsol_io.WsolMetadata):
         super().__init__(source, indices)
         self.metadata = metadata
-
-
-class _Chain(Sequence):
-    """Several random-access sources one after the other (a split spread over prepared ones)."""
-
-    def __init__(self, sources: Sequence[Sequence]):
-        self.sources = list(sources)
-        self.starts = np.cumsum([0] + [len(s) for s in self.sources])
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def _locate(self, i: int) -> tuple[int, int]:
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        k = int(np.searchsorted(self.starts, i, side="right")) - 1
-        return k, i - int(self.starts[k])
-
-    def __getitem__(self, i: int) -> Any:
-        k, j = self._locate(int(i))
-        return self.sources[k][j]
-
-    def __getitems__(self, keys: Sequence[int]) -> list[Any]:
-        return [self[k] for k in keys]
 
 
 def reference_split(
@@ -203,53 +96,20 @@ def reference_split(
 
     Raises:
       FileNotFoundError: the dataset is not prepared (the message says how), or
-        (`manual.MissingFilesError`, `missing` the reference ids) ids that it does not hold,
+        (`downloads.MissingFilesError`, `missing` the reference ids) ids that it does not hold,
         with why (CUBV2, ImageNetV2, training images without the `full` config).
       SplitMismatchError: labels, or with `verify` boxes or sizes, that differ.
       ValueError: an unknown dataset or a malformed metadata folder.
     """
     start = time.perf_counter()
     metadata = wsol_io.read_metadata(metadata_dir)
-    spec = _dataset(Path(metadata_dir), dataset)
-    builder = _prepared_builder(spec, data_dir)
-    prepared = list(builder.info.splits)
-
-    wanted: dict[str, list[int]] = {}  # our id -> positions in the metadata
-    splits_named: set[str | None] = set()
-    missing = []  # positions
-    for position, image_id in enumerate(metadata.image_ids):
-        ours = spec.to_ours(image_id)
-        if ours is None or (ours[0] is not None and ours[0] not in prepared):
-            missing.append(position)
-            continue
-        splits_named.add(ours[0])
-        wanted.setdefault(ours[1], []).append(position)
-    order = prepared if None in splits_named else [s for s in prepared if s in splits_named]
-
-    found = {}  # our id -> (split, index, the fields _check reads)
-    for split in order:
-        if len(found) == len(wanted):
-            break
-        for index, record in _records_without_images(builder, split):
-            our_id = _text(record["image_id"])
-            if our_id in wanted and our_id not in found:
-                # Only what the checks need: the skipped images are their undecoded bytes.
-                fields = {k: record[k] for k in ("label", "height", "width")}
-                fields["bbox"] = np.asarray(record["objects"]["bbox"], np.float32)
-                found[our_id] = (split, index, fields)
-    missing += [p for our_id, ps in wanted.items() if our_id not in found for p in ps]
-    if missing:
-        ids = [metadata.image_ids[p] for p in sorted(missing)]
-        raise _missing_error(spec, builder, metadata_dir, ids, prepared)
-
-    located = [None] * len(metadata)
-    for our_id, positions in wanted.items():
-        for p in positions:
-            located[p] = found[our_id]
+    cls = _dataset(Path(metadata_dir), dataset)
+    builder = cls.prepared(data_dir)
+    located = _locate(cls, builder, metadata, metadata_dir)
     _check(metadata, located, builder.info.features["label"].names, verify)
 
-    used = [s for s in order if any(split == s for split, _, _ in found.values())]
-    data = [builder.as_data_source(split) for split in used]
+    used = [s for s in builder.info.splits if any(split == s for split, _, _ in located)]
+    data = [grain.MapDataset.source(builder.as_data_source(split)) for split in used]
     offsets = dict(zip(used, np.cumsum([0] + [len(d) for d in data]).tolist(), strict=False))
     indices = [offsets[split] + i for split, i, _ in located]
     log.info(
@@ -259,44 +119,64 @@ def reference_split(
         builder.info.full_name,
         time.perf_counter() - start,
     )
-    source = data[0] if len(data) == 1 else _Chain(data)
-    return ReferenceSplit(source, indices, metadata)
+    return ReferenceSplit(grain.MapDataset.concatenate(data), indices, metadata)
 
 
-def _dataset(metadata_dir: Path, dataset: str | None) -> _Dataset:
+def _locate(
+    cls: type[manual.ManualBuilder],
+    builder: manual.ManualBuilder,
+    metadata: wsol_io.WsolMetadata,
+    metadata_dir: str | os.PathLike,
+) -> list[tuple[str, int, dict[str, Any]]]:
+    """Per metadata image: (split, index, the fields `_check` reads) of its prepared example.
+
+    Raises:
+      downloads.MissingFilesError: ids that the prepared splits do not hold, with why.
+    """
+    prepared = list(builder.info.splits)
+    ours: list[str | None] = []  # per position, our id; None: not in a prepared split
+    splits_named: set[str | None] = set()
+    for image_id in metadata.image_ids:
+        split_and_id = cls.reference_id(image_id)
+        if split_and_id is None or split_and_id[0] not in (None, *prepared):
+            ours.append(None)
+            continue
+        splits_named.add(split_and_id[0])
+        ours.append(split_and_id[1])
+    wanted = set(ours) - {None}
+    order = prepared if None in splits_named else [s for s in prepared if s in splits_named]
+
+    found = {}  # our id -> (split, index, the fields _check reads)
+    for split in order:
+        if len(found) == len(wanted):
+            break
+        for index, record in subsets.records_without_images(builder, split):
+            our_id = _text(record["image_id"])
+            if our_id in wanted and our_id not in found:
+                # Only what the checks need: the skipped images are their undecoded bytes.
+                fields = {k: record[k] for k in ("label", "height", "width")}
+                fields["bbox"] = np.asarray(record["objects"]["bbox"], np.float32)
+                found[our_id] = (split, index, fields)
+    missing = [i for i, o in zip(metadata.image_ids, ours, strict=True) if o not in found]
+    if missing:
+        raise _missing_error(cls, builder, metadata_dir, missing, prepared)
+    return [found[o] for o in ours]
+
+
+def _dataset(metadata_dir: Path, dataset: str | None) -> type[manual.ManualBuilder]:
+    """The dataset named `dataset`, else by the metadata folder's parent (`CUB`, `ILSVRC`)."""
     name = dataset or metadata_dir.resolve().parent.name
-    for key, spec in DATASETS.items():
-        if name in (key, spec.name):
-            return spec
-    known = ", ".join(f"{k} ({s.name})" for k, s in DATASETS.items())
-    raise ValueError(
-        f"Cannot tell the dataset of {metadata_dir} ({name!r}); pass dataset= one of {known}."
-    )
-
-
-def _prepared_builder(spec: _Dataset, data_dir: str | None) -> manual.ManualBuilder:
-    module = importlib.import_module(spec.module)
-    return manual.prepared_builder(
-        (module.get_builder(data_dir, **config) for config in spec.configs),
-        data_dir,
-        spec.command,
-        "DIR holding its archives (see the module doc of " + spec.module + ").",
-    )
-
-
-def _records_without_images(
-    builder: tfds.core.DatasetBuilder, split: str
-) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(index, record) of a prepared split in order, its images and masks left undecoded."""
-    skip = {
-        k: tfds.decode.SkipDecoding()
-        for k, f in builder.info.features.items()
-        if isinstance(f, tfds.features.Image)
-    }
-    source = builder.as_data_source(split, decoders=skip)
-    for first in range(0, len(source), _READ_BATCH):
-        keys = list(range(first, min(first + _READ_BATCH, len(source))))
-        yield from zip(keys, source.__getitems__(keys), strict=True)
+    try:
+        cls = camjax.data.dataset(name)
+    except KeyError:
+        cls = None
+    if not hasattr(cls, "reference_id"):
+        known = [n for n in camjax.data.DATASETS if hasattr(camjax.data.dataset(n), "reference_id")]
+        raise ValueError(
+            f"Cannot tell the dataset of {metadata_dir} ({name!r}); pass dataset= one of "
+            f"{', '.join(known)} (or the reference's folder names, e.g. CUB)."
+        )
+    return cls
 
 
 def _text(value: bytes | str) -> str:
@@ -304,20 +184,27 @@ def _text(value: bytes | str) -> str:
 
 
 def _missing_error(
-    spec: _Dataset,
+    cls: type[manual.ManualBuilder],
     builder: tfds.core.DatasetBuilder,
     metadata_dir: str | os.PathLike,
     missing: list[str],
     prepared: list[str],
-) -> manual.MissingFilesError:
-    lines = [f"  {m}" for m in missing[: manual.MAX_LISTED]]
-    if len(missing) > manual.MAX_LISTED:
-        lines.append(f"  ... and {len(missing) - manual.MAX_LISTED} more")
+) -> downloads.MissingFilesError:
+    lines = [f"  {m}" for m in missing[: downloads.MAX_LISTED]]
+    if len(missing) > downloads.MAX_LISTED:
+        lines.append(f"  ... and {len(missing) - downloads.MAX_LISTED} more")
     skipped = (builder.info.metadata or {}).get("skipped_corrupt", [])
-    why = spec.explain(missing, prepared)
+    why = cls.explain_missing(missing)
+    absent = {(cls.reference_id(i) or (None,))[0] for i in missing} - {None, *prepared}
+    if absent and cls.CONFIG_FLAG:
+        (config,) = [c.name for c in cls.BUILDER_CONFIGS if getattr(c, cls.CONFIG_FLAG)]
+        why += (
+            f"\nImages of {', '.join(sorted(absent))} need the `{config}` config: prepare it "
+            f"({cls.PREPARE_COMMAND}), {cls.PREPARE_INPUTS}"
+        )
     if skipped:
         why += f"\n{len(skipped)} image(s) were skipped as corrupt when preparing: {skipped[:5]}."
-    return manual.MissingFilesError(
+    return downloads.MissingFilesError(
         f"{len(missing)} image id(s) of {Path(metadata_dir) / wsol_io.IMAGE_IDS} are not in "
         f"{builder.info.full_name} (splits {', '.join(prepared)}) in {builder.data_dir_root}:\n"
         + "\n".join(lines)
@@ -357,8 +244,8 @@ def _check(
                     f"{ours.tolist()} prepared"
                 )
     if problems:
-        listing = "\n".join(f"  {p}" for p in problems[: manual.MAX_LISTED])
-        more = len(problems) - manual.MAX_LISTED
+        listing = "\n".join(f"  {p}" for p in problems[: downloads.MAX_LISTED])
+        more = len(problems) - downloads.MAX_LISTED
         raise SplitMismatchError(
             f"{len(problems)} disagreement(s) between the metadata and the prepared examples:\n"
             + listing

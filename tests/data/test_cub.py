@@ -23,7 +23,7 @@ from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 import camjax.data
 from camjax import evaluation
-from camjax.data import cub, manual, pipeline, prepare
+from camjax.data import cub, downloads, manual, pipeline, prepare
 
 # Preparing and reading must never open a connection.
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -136,13 +136,13 @@ def data_dir(tmp_path_factory, manual_dir) -> str:
         patch.setattr(manual, "SHARD_BYTES", 3000)
         # Past this, tfds's own writer would spill to disk through TensorFlow.
         patch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 0)
-        cub.prepare(str(manual_dir), data_dir, progress=False)
+        cub.Cub2002011.prepare(str(manual_dir), data_dir, progress=False)
     return data_dir
 
 
 @pytest.fixture(scope="module")
 def sources(data_dir) -> dict:
-    return cub.load_data_sources(data_dir)
+    return cub.Cub2002011.data_sources(data_dir)
 
 
 def test_splits_ids_labels_and_order(sources):
@@ -160,7 +160,7 @@ def test_splits_ids_labels_and_order(sources):
 
 
 def test_images_are_the_original_jpegs(sources, data_dir):
-    raw = cub.get_builder(data_dir, masks=True).as_data_source(
+    raw = cub.Cub2002011.configured(data_dir, masks=True).as_data_source(
         deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
     )
     for split, specs in (("train", TRAIN), ("test", TEST)):
@@ -204,7 +204,7 @@ def test_masks_are_the_pixels_above_zero(sources):
 
 
 def test_info(data_dir, sources):
-    builder = cub.get_builder(data_dir, masks=True)
+    builder = cub.Cub2002011.configured(data_dir, masks=True)
     assert builder.is_prepared()
     assert builder.name == "cub_200_2011" and builder.builder_config.name == "masks"
     assert builder.info.file_format.value == "array_record"
@@ -220,10 +220,9 @@ def test_info(data_dir, sources):
 def test_cli_without_segmentations_builds_the_boxes_config(tmp_path, sources, capsys):
     manual = write_archives(tmp_path / "manual", segmentations=False)
     data_dir = str(tmp_path / "tfds")
-    argv = ["cub", "--manual_dir", str(manual), "--data_dir", data_dir]
-    assert prepare.main(argv) == 0
+    assert prepare.prepare_and_report("cub", str(manual), data_dir) == 0
     assert f"train {len(TRAIN)}, test {len(TEST)} examples" in capsys.readouterr().out
-    boxes = cub.load_data_sources(data_dir)
+    boxes = cub.Cub2002011.data_sources(data_dir)
     assert "mask" not in boxes["train"][0]
     for split in ("train", "test"):
         for i in range(len(boxes[split])):
@@ -231,15 +230,15 @@ def test_cli_without_segmentations_builds_the_boxes_config(tmp_path, sources, ca
             np.testing.assert_array_equal(a["image"], b["image"])
             np.testing.assert_array_equal(a["objects"]["bbox"], b["objects"]["bbox"])
     # Already prepared: a second run is a no-op that needs no archives.
-    assert prepare.main(["cub", "--manual_dir", str(tmp_path), "--data_dir", data_dir]) == 0
+    assert prepare.prepare_and_report("cub", str(tmp_path), data_dir) == 0
 
 
 def test_missing_archives_are_listed_with_their_source(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     data_dir = tmp_path / "tfds"
-    with pytest.raises(cub.MissingFilesError) as err:
-        cub.prepare(str(empty), str(data_dir), masks=True, progress=False)
+    with pytest.raises(downloads.MissingFilesError) as err:
+        cub.Cub2002011.prepare(str(empty), str(data_dir), masks=True, progress=False)
     assert err.value.missing == ["CUB_200_2011.tgz", "segmentations.tgz"]
     assert "data.caltech.edu" in str(err.value)
     assert not data_dir.exists()  # failed before any work
@@ -263,8 +262,8 @@ def test_incomplete_archives_list_the_missing_members(tmp_path):
     data_dir = tmp_path / "tfds"
     for drop, missing in ((dropped, dropped[:1]), (dropped[1:], dropped[1:2]), (dropped[2:],) * 2):
         manual = write_archives(tmp_path / f"manual{len(drop)}", drop=drop)
-        with pytest.raises(cub.MissingFilesError) as err:
-            cub.prepare(str(manual), str(data_dir), progress=False)
+        with pytest.raises(downloads.MissingFilesError) as err:
+            cub.Cub2002011.prepare(str(manual), str(data_dir), progress=False)
         assert err.value.missing == list(missing)
         assert all(m in str(err.value) for m in missing)
     assert not data_dir.exists()  # failed before any work
@@ -274,8 +273,8 @@ def test_truncated_archive_lists_what_it_lost(tmp_path):
     manual = write_archives(tmp_path / "manual", segmentations=False)
     archive = manual / cub.IMAGES_ARCHIVE
     archive.write_bytes(archive.read_bytes()[:-300])  # loses the tables at the end
-    with pytest.raises(cub.MissingFilesError, match="truncated") as err:
-        cub.prepare(str(manual), str(tmp_path / "tfds"), progress=False)
+    with pytest.raises(downloads.MissingFilesError, match="truncated") as err:
+        cub.Cub2002011.prepare(str(manual), str(tmp_path / "tfds"), progress=False)
     assert "CUB_200_2011/classes.txt" in err.value.missing
 
 
@@ -286,9 +285,9 @@ def test_corrupt_jpegs_are_named_or_skipped_and_counted(tmp_path, caplog):
     manual = write_archives(
         tmp_path / "strict", replace={member: jpeg[: len(jpeg) // 2]}, segmentations=False
     )
-    with pytest.raises(cub.CorruptFileError, match=f"{member} cannot be decoded"):
-        cub.prepare(str(manual), str(tmp_path / "strict_tfds"), progress=False)
-    assert not cub.get_builder(str(tmp_path / "strict_tfds")).is_prepared()
+    with pytest.raises(downloads.CorruptFileError, match=f"{member} cannot be decoded"):
+        cub.Cub2002011.prepare(str(manual), str(tmp_path / "strict_tfds"), progress=False)
+    assert not cub.Cub2002011.configured(str(tmp_path / "strict_tfds"), masks=False).is_prepared()
 
     replace = {
         member: jpeg[: len(jpeg) // 2],
@@ -297,25 +296,27 @@ def test_corrupt_jpegs_are_named_or_skipped_and_counted(tmp_path, caplog):
     manual = write_archives(tmp_path / "lenient", replace=replace, segmentations=False)
     data_dir = str(tmp_path / "lenient_tfds")
     with caplog.at_level(logging.WARNING, logger="camjax"):
-        builder = cub.prepare(str(manual), data_dir, skip_corrupt=True, progress=False)
+        builder = cub.Cub2002011.prepare(str(manual), data_dir, skip_corrupt=True, progress=False)
     assert builder.info.splits["train"].num_examples == len(TRAIN) - 1
     assert builder.info.splits["test"].num_examples == len(TEST) - 1
     assert "Skipped 2 corrupt image(s)" in caplog.text and member in caplog.text
     # The skips are recorded with the dataset (train is generated first).
     skipped = [image_id(garbage), image_id(truncated)]
-    assert cub.get_builder(data_dir).info.metadata["skipped_corrupt"] == skipped
-    sources = cub.load_data_sources(data_dir)
+    assert (
+        cub.Cub2002011.configured(data_dir, masks=False).info.metadata["skipped_corrupt"] == skipped
+    )
+    sources = cub.Cub2002011.data_sources(data_dir)
     ids = [r["image_id"].decode() for split in ("train", "test") for r in sources[split]]
     assert sorted(ids) == sorted(image_id(s) for s in SPECS if image_id(s) not in skipped)
 
 
 def test_loading_before_preparing_says_how(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m camjax.data.prepare cub"):
-        cub.load_data_sources(str(tmp_path))
+        cub.Cub2002011.data_sources(str(tmp_path))
 
 
 def test_registry_holds_cub():
-    assert set(prepare.PREPARERS) >= {"cub"}
+    assert camjax.data.dataset("cub") is camjax.data.dataset("cub_200_2011") is cub.Cub2002011
 
 
 def _held_out(specs, per_class: int) -> list[int]:
@@ -347,7 +348,7 @@ def test_wsol_splits_hold_validation_out_of_train(data_dir, sources):
                 np.testing.assert_array_equal(record[key], original[key])
     # Default: the size of the reference's CUB validation set, 5 of each class.
     assert cub.VALIDATION_PER_CLASS == 5
-    assert len(cub.wsol_sources(data_dir)["validation"]) == len(_held_out(TRAIN, 5))
+    assert len(cub.Cub2002011.wsol_sources(data_dir)["validation"]) == len(_held_out(TRAIN, 5))
 
 
 def test_wsol_splits_feed_the_eval_pipeline(data_dir):
@@ -374,7 +375,7 @@ def test_wsol_splits_feed_the_eval_pipeline(data_dir):
 
 def test_wsol_split_sizes(data_dir):
     wsol = camjax.data.load_data_sources("cub_200_2011", 224, data_dir, {"num_test": 2})
-    full = cub.load_data_sources(data_dir)["test"]
+    full = cub.Cub2002011.data_sources(data_dir)["test"]
     # Spread over the split: records 0 and 2 of 4.
     assert [r["image_id"] for r in wsol["test"]] == [full[0]["image_id"], full[2]["image_id"]]
     with pytest.raises(ValueError, match="num_tset"):

@@ -13,7 +13,7 @@ from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 import camjax.data
-from camjax.data import ilsvrc, manual, pipeline
+from camjax.data import downloads, ilsvrc, ilsvrc_annotations, manual, pipeline
 
 # Preparing and reading must never open a connection.
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -172,8 +172,8 @@ def val_only(tmp_path_factory):
         patch.setattr(manual, "SHARD_BYTES", 2000)
         # Past this, tfds's own writer would spill to disk through TensorFlow.
         patch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 0)
-        builder = ilsvrc.prepare(str(manual_dir), str(root / "tfds"), progress=False)
-    return builder, ilsvrc.load_data_sources(str(root / "tfds"))
+        builder = ilsvrc.Ilsvrc2012Loc.prepare(str(manual_dir), str(root / "tfds"), progress=False)
+    return builder, ilsvrc.Ilsvrc2012Loc.data_sources(str(root / "tfds"))
 
 
 def test_validation_records_in_name_order_with_labels_and_sizes(val_only):
@@ -199,9 +199,11 @@ def test_validation_records_in_name_order_with_labels_and_sizes(val_only):
 def test_prepared_dataset_is_reused_and_reloaded_whole(val_only):
     builder, _ = val_only
     data_dir = builder.data_dir_root
-    again = ilsvrc.prepare("/nonexistent", data_dir, progress=False)  # no input needed now
+    again = ilsvrc.Ilsvrc2012Loc.prepare(
+        "/nonexistent", data_dir, progress=False
+    )  # no input needed now
     assert again.data_dir == builder.data_dir
-    reloaded = ilsvrc.get_builder(data_dir, train=False)
+    reloaded = ilsvrc.Ilsvrc2012Loc.configured(data_dir, train=False)
     assert reloaded.info.features["label"].names == CLASSES
     assert reloaded.info.splits["validation"].num_examples == len(VAL)
 
@@ -232,9 +234,9 @@ def test_csv_form_and_synset_mapping_give_the_same_records(val_only, tmp_path):
     _, sources = val_only
     # Kaggle's form: the CSV, the synset list, a validation tar made from its folder.
     manual_dir = write_manual_dir(tmp_path / "manual", boxes="csv", mapping=True, val_prefix="./")
-    builder = ilsvrc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
+    builder = ilsvrc.Ilsvrc2012Loc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
     assert builder.info.features["label"].names == CLASSES
-    from_csv = _records(ilsvrc.load_data_sources(str(tmp_path / "tfds"))["validation"])
+    from_csv = _records(ilsvrc.Ilsvrc2012Loc.data_sources(str(tmp_path / "tfds"))["validation"])
     from_xml = _records(sources["validation"])
     assert [_id(r) for r in from_csv] == [_id(r) for r in from_xml]
     for a, b in zip(from_csv, from_xml, strict=True):
@@ -246,11 +248,13 @@ def test_csv_form_and_synset_mapping_give_the_same_records(val_only, tmp_path):
 def test_full_config_streams_the_nested_train_tar(tmp_path):
     manual_dir = write_manual_dir(tmp_path / "manual", train=True)
     data_dir = str(tmp_path / "tfds")
-    builder = ilsvrc.prepare(str(manual_dir), data_dir, progress=False)  # picks `full`
+    builder = ilsvrc.Ilsvrc2012Loc.prepare(
+        str(manual_dir), data_dir, progress=False
+    )  # picks `full`
     assert builder.builder_config.name == "full"
     # Without LOC_synset_mapping.txt the classes are the class tars' names, sorted.
     assert builder.info.features["label"].names == CLASSES
-    sources = ilsvrc.load_data_sources(data_dir)
+    sources = ilsvrc.Ilsvrc2012Loc.data_sources(data_dir)
     assert sorted(sources) == ["train", "validation"]
     assert len(sources["validation"]) == len(VAL)
     # The WSOL splits keep the training images as they are.
@@ -284,16 +288,18 @@ def test_full_config_streams_the_nested_train_tar(tmp_path):
 
 def test_missing_files_are_listed_before_any_work(tmp_path):
     data_dir = tmp_path / "tfds"
-    with pytest.raises(ilsvrc.MissingFilesError) as err:
-        ilsvrc.prepare(str(tmp_path), str(data_dir), progress=False, train=True)
+    with pytest.raises(downloads.MissingFilesError) as err:
+        ilsvrc.Ilsvrc2012Loc.prepare(str(tmp_path), str(data_dir), progress=False, train=True)
     either = f"{ilsvrc.BOXES_XML} or {ilsvrc.BOXES_CSV}"
     assert err.value.missing == [ilsvrc.TRAIN_ARCHIVE, ilsvrc.VAL_ARCHIVE, either]
     message = str(err.value)
     assert "image-net.org" in message and "kaggle.com" in message and "train=False" in message
     assert not data_dir.exists()
     (tmp_path / ilsvrc.BOXES_CSV).write_text("ImageId,PredictionString\n")
-    with pytest.raises(ilsvrc.MissingFilesError) as err:
-        ilsvrc.prepare(str(tmp_path), str(data_dir), progress=False)  # picks `validation`
+    with pytest.raises(downloads.MissingFilesError) as err:
+        ilsvrc.Ilsvrc2012Loc.prepare(
+            str(tmp_path), str(data_dir), progress=False
+        )  # picks `validation`
     assert err.value.missing == [ilsvrc.VAL_ARCHIVE]
 
 
@@ -301,8 +307,8 @@ def test_images_absent_from_the_validation_tar_are_listed(tmp_path):
     images = val_images()
     del images["ILSVRC2012_val_00000004.JPEG"]
     manual_dir = write_manual_dir(tmp_path / "manual", images=images)
-    with pytest.raises(ilsvrc.MissingFilesError) as err:
-        ilsvrc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
+    with pytest.raises(downloads.MissingFilesError) as err:
+        ilsvrc.Ilsvrc2012Loc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
     assert err.value.missing == ["ILSVRC2012_val_00000004.JPEG"]
     assert ilsvrc.VAL_ARCHIVE in str(err.value) and "incomplete" in str(err.value)
 
@@ -314,15 +320,15 @@ def test_truncated_validation_tar_is_reported_incomplete(tmp_path):
     with tarfile.open(tar) as archive:
         last = archive.getmembers()[-1]
     tar.write_bytes(data[: last.offset_data + 10])  # cut inside the last image
-    with pytest.raises(ilsvrc.MissingFilesError) as err:
-        ilsvrc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
+    with pytest.raises(downloads.MissingFilesError) as err:
+        ilsvrc.Ilsvrc2012Loc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
     assert err.value.missing == [Path(last.name).name]
 
 
 def test_class_tar_missing_from_the_train_tar_is_listed(tmp_path):
     manual_dir = write_manual_dir(tmp_path / "manual", train=True, drop_classes=("n02105855",))
-    with pytest.raises(ilsvrc.MissingFilesError) as err:
-        ilsvrc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
+    with pytest.raises(downloads.MissingFilesError) as err:
+        ilsvrc.Ilsvrc2012Loc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
     assert err.value.missing == ["n02105855.tar"]
 
 
@@ -335,21 +341,25 @@ def corrupt_manual_dir(tmp_path) -> Path:
 
 
 def test_corrupt_image_error_names_the_file(corrupt_manual_dir, tmp_path):
-    with pytest.raises(ilsvrc.CorruptFileError, match="ILSVRC2012_val_00000004.JPEG"):
-        ilsvrc.prepare(str(corrupt_manual_dir), str(tmp_path / "tfds"), progress=False)
+    with pytest.raises(downloads.CorruptFileError, match="ILSVRC2012_val_00000004.JPEG"):
+        ilsvrc.Ilsvrc2012Loc.prepare(
+            str(corrupt_manual_dir), str(tmp_path / "tfds"), progress=False
+        )
 
 
 def test_skip_corrupt_skips_counts_and_records(corrupt_manual_dir, tmp_path):
     data_dir = str(tmp_path / "tfds")
-    builder = ilsvrc.prepare(str(corrupt_manual_dir), data_dir, skip_corrupt=True, progress=False)
+    builder = ilsvrc.Ilsvrc2012Loc.prepare(
+        str(corrupt_manual_dir), data_dir, skip_corrupt=True, progress=False
+    )
     assert builder.info.metadata["skipped_corrupt"] == ["ILSVRC2012_val_00000004.JPEG"]
-    source = ilsvrc.load_data_sources(data_dir)["validation"]
+    source = ilsvrc.Ilsvrc2012Loc.data_sources(data_dir)["validation"]
     assert len(source) == len(VAL) - 1
     assert "ILSVRC2012_val_00000004.JPEG" not in [_id(r) for r in _records(source)]
     # The skip list survives a reload from disk.
-    assert ilsvrc.get_builder(data_dir, train=False).info.metadata["skipped_corrupt"] == [
-        "ILSVRC2012_val_00000004.JPEG"
-    ]
+    assert ilsvrc.Ilsvrc2012Loc.configured(data_dir, train=False).info.metadata[
+        "skipped_corrupt"
+    ] == ["ILSVRC2012_val_00000004.JPEG"]
 
 
 def test_annotations_of_two_synsets_for_one_image_are_rejected(tmp_path):
@@ -357,15 +367,15 @@ def test_annotations_of_two_synsets_for_one_image_are_rejected(tmp_path):
     path.write_text(
         "ImageId,PredictionString\nILSVRC2012_val_00000001,n01440764 1 2 3 4 n01443537 1 2 3 4\n"
     )
-    with pytest.raises(ilsvrc.CorruptFileError, match="one synset"):
-        ilsvrc._read_csv(path)
+    with pytest.raises(downloads.CorruptFileError, match="one synset"):
+        ilsvrc_annotations.read_csv(path)
 
 
 def test_load_data_sources_tells_how_to_prepare(tmp_path):
     with pytest.raises(
         FileNotFoundError, match="python -m camjax.data.prepare ilsvrc --manual_dir"
     ):
-        ilsvrc.load_data_sources(str(tmp_path))
+        ilsvrc.Ilsvrc2012Loc.data_sources(str(tmp_path))
 
 
 def test_normalized_boxes_give_back_the_pixels():
@@ -375,8 +385,8 @@ def test_normalized_boxes_give_back_the_pixels():
         x = np.sort(rng.integers(0, width, size=(8, 2)), axis=1)
         y = np.sort(rng.integers(0, height, size=(8, 2)), axis=1)
         inclusive = np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], -1).astype(np.float64)
-        annotation = ilsvrc._Annotation("n01440764", inclusive, None)
-        bbox = ilsvrc._normalized_boxes("x", annotation, int(height), int(width))
+        annotation = ilsvrc_annotations.Annotation("n01440764", inclusive, None)
+        bbox = ilsvrc_annotations.normalized_boxes("x", annotation, int(height), int(width))
         assert bbox.dtype == np.float32 and np.all((bbox >= 0) & (bbox <= 1))
         got, _ = pipeline.pixel_boxes(bbox, int(height), int(width), 8)
         np.testing.assert_allclose(got, inclusive + [0, 0, 1, 1], atol=1e-3)
@@ -405,6 +415,6 @@ def test_wsol_validation_and_test_partition_the_official_validation(val_only):
         np.testing.assert_array_equal(record["image"], original["image"])
     # The default is the reference's 10 per class; 2 per class leave no fake image for test.
     assert ilsvrc.VALIDATION_PER_CLASS == 10
-    assert len(ilsvrc.wsol_sources(data_dir, validation_per_class=2)["test"]) == 0
+    assert len(ilsvrc.Ilsvrc2012Loc.wsol_sources(data_dir, validation_per_class=2)["test"]) == 0
     with pytest.raises(FileNotFoundError, match="python -m camjax.data.prepare ilsvrc"):
         camjax.data.load_data_sources("ilsvrc2012_loc", 224, data_dir + "/nothing")

@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
-from camjax.data import manual
+from camjax.data import downloads, manual, subsets
 
 # Keys in generation order (not sorted), payload sizes that fill several 2 kB shards.
 KEYS = [7, 3, 11, 0, 5, 9, 2, 8, 1, 10, 4, 6]
@@ -47,7 +47,7 @@ class _Toy(manual.ManualBuilder, skip_registration=True):
     def _generate_examples(self):
         def decode(key: int) -> str:
             if key in CORRUPT:
-                raise manual.CorruptFileError(f"item {key} cannot be decoded")
+                raise downloads.CorruptFileError(f"item {key} cannot be decoded")
             return str(key) * 600
 
         items = self._skipping_corrupt("train", KEYS, lambda k: f"item{k}", decode, len(KEYS))
@@ -76,13 +76,11 @@ class _Configured(_Toy, skip_registration=True):
 
     def check_inputs(self, manual_dir: Path) -> None:
         if not (manual_dir / "toy.txt").is_file():
-            raise manual.MissingFilesError("toy.txt is missing", ["toy.txt"])
+            raise downloads.MissingFilesError("toy.txt is missing", ["toy.txt"])
 
 
 def _prepare(cls, data_dir: Path, **kwargs) -> manual.ManualBuilder:
-    return manual.prepare_dataset(
-        lambda: cls(data_dir=str(data_dir), **kwargs), data_dir, lambda builder: None
-    )
+    return cls.prepare(data_dir, str(data_dir), progress=False, **kwargs)
 
 
 @pytest.fixture(autouse=True)
@@ -109,7 +107,7 @@ def test_writer_orders_by_key_across_shards_and_records_skips(tmp_path):
     assert not [n for n in names if ".part" in n or n.endswith(".unordered")]
     assert "tensorflow" not in sys.modules
     # Prepared: no-op, the inputs unchecked.
-    again = manual.prepare_dataset(lambda: _Sorted(data_dir=str(tmp_path)), tmp_path, None)
+    again = _Sorted.prepare(tmp_path, str(tmp_path), progress=False)
     assert again.info.splits["train"].num_examples == len(source)
 
 
@@ -122,7 +120,7 @@ def test_writer_keeps_generation_order_and_the_example_limit(tmp_path):
 
 
 def test_corrupt_input_stops_the_build_unless_skipped(tmp_path):
-    with pytest.raises(manual.CorruptFileError, match="item 5 cannot be decoded"):
+    with pytest.raises(downloads.CorruptFileError, match="item 5 cannot be decoded"):
         _prepare(_Sorted, tmp_path)
     assert not _Sorted(data_dir=str(tmp_path)).is_prepared()
 
@@ -136,27 +134,25 @@ def test_duplicate_keys_are_an_error(tmp_path, monkeypatch):
 def test_configs_picked_by_one_flag(tmp_path):
     data_dir = str(tmp_path / "tfds")
     with pytest.raises(FileNotFoundError) as err:
-        manual.prepared_config(_Configured, data_dir, None)
+        _Configured.prepared(data_dir)
     assert f"`prepare-toy --data_dir {data_dir}`, DIR holding toy.txt." in str(err.value)
 
     def prepare(flag: bool) -> manual.ManualBuilder:
-        return manual.prepare_config(
-            _Configured, tmp_path, data_dir, flag, skip_corrupt=True, progress=False
-        )
+        return _Configured.prepare(tmp_path, data_dir, big=flag, skip_corrupt=True, progress=False)
 
     # The inputs are checked before anything is written.
-    with pytest.raises(manual.MissingFilesError, match="toy.txt is missing"):
+    with pytest.raises(downloads.MissingFilesError, match="toy.txt is missing"):
         prepare(False)
-    assert not manual.configured_builder(_Configured, data_dir, False).is_prepared()
+    assert not _Configured.configured(data_dir, big=False).is_prepared()
     (tmp_path / "toy.txt").touch()
     assert prepare(False).builder_config.name == "small"
     # None takes the True config when prepared, else the False one.
-    assert manual.prepared_config(_Configured, data_dir, None).builder_config.name == "small"
+    assert _Configured.prepared(data_dir, big=None).builder_config.name == "small"
     with pytest.raises(FileNotFoundError, match="manual_toy_configured is not prepared"):
-        manual.prepared_config(_Configured, data_dir, True)
+        _Configured.prepared(data_dir, big=True)
     assert prepare(True).builder_config.name == "big"
-    assert manual.prepared_config(_Configured, data_dir, None).builder_config.name == "big"
-    assert manual.prepared_config(_Configured, data_dir, False).builder_config.name == "small"
+    assert _Configured.prepared(data_dir).builder_config.name == "big"
+    assert _Configured.prepared(data_dir, big=False).builder_config.name == "small"
 
 
 def _encoded(image: Image.Image, kind: str) -> bytes:
@@ -169,10 +165,10 @@ def test_checked_image_keeps_rgb_and_grey_and_converts_the_rest_to_png():
     rgb = Image.fromarray(np.random.default_rng(0).integers(0, 256, (9, 13, 3), np.uint8))
     for mode, kind in (("RGB", "JPEG"), ("L", "JPEG"), ("RGB", "PNG"), ("L", "PNG")):
         data = _encoded(rgb.convert(mode), kind)
-        assert manual.checked_image("x", data) == (data, 9, 13)
+        assert downloads.checked_image("x", data) == (data, 9, 13)
     for mode, kind in (("CMYK", "JPEG"), ("RGBA", "PNG"), ("P", "PNG")):
         data = _encoded(rgb.convert(mode), kind)
-        stored, height, width = manual.checked_image("x", data)
+        stored, height, width = downloads.checked_image("x", data)
         with Image.open(io.BytesIO(stored)) as image:
             assert (image.format, image.mode, height, width) == ("PNG", "RGB", 9, 13)
             expected = Image.open(io.BytesIO(data)).convert("RGB")
@@ -182,16 +178,16 @@ def test_checked_image_keeps_rgb_and_grey_and_converts_the_rest_to_png():
 def test_damaged_images_are_named():
     jpeg = _encoded(Image.new("RGB", (40, 30), "red"), "JPEG")
     for data in (jpeg[: len(jpeg) // 2], b"not an image"):
-        with pytest.raises(manual.CorruptFileError, match=r"a/b\.jpg \(in c\.tar\) cannot be"):
-            manual.checked_image("a/b.jpg (in c.tar)", data)
-        with pytest.raises(manual.CorruptFileError, match="a/b.jpg cannot be decoded"):
-            manual.open_image("a/b.jpg", data)
-    assert manual.open_image("x", jpeg).size == (40, 30)
+        with pytest.raises(downloads.CorruptFileError, match=r"a/b\.jpg \(in c\.tar\) cannot be"):
+            downloads.checked_image("a/b.jpg (in c.tar)", data)
+        with pytest.raises(downloads.CorruptFileError, match="a/b.jpg cannot be decoded"):
+            downloads.open_image("a/b.jpg", data)
+    assert downloads.open_image("x", jpeg).size == (40, 30)
 
 
 def test_holdout_per_class_partitions_a_split(tmp_path):
     builder = _prepare(_Sorted, tmp_path, skip_corrupt=True)
-    held, rest = manual.holdout_per_class(builder, "train", 2)
+    held, rest = subsets.holdout_per_class(builder, "train", 2)
     keys = sorted(set(KEYS) - CORRUPT)
     # Reference: per label, the two ids of lowest SHA-256; both views in record order.
     expected = []
@@ -204,14 +200,14 @@ def test_holdout_per_class_partitions_a_split(tmp_path):
     assert _keys(held) == sorted(expected)
     assert _keys(rest) == sorted(set(keys) - set(expected))
     # More per class nests the smaller draw.
-    assert set(_keys(held)) <= set(_keys(manual.holdout_per_class(builder, "train", 3)[0]))
+    assert set(_keys(held)) <= set(_keys(subsets.holdout_per_class(builder, "train", 3)[0]))
     with pytest.raises(ValueError, match="at least 1"):
-        manual.holdout_per_class(builder, "train", 0)
+        subsets.holdout_per_class(builder, "train", 0)
 
 
 def test_split_view_is_a_random_access_source():
     source = [f"r{i}" for i in range(10)]
-    view = manual.SplitView(source, [1, 4, 9])
+    view = subsets.SplitView(source, [1, 4, 9])
     assert len(view) == 3 and list(view) == ["r1", "r4", "r9"]
     assert view[-1] == "r9" and view.__getitems__([2, 0]) == ["r9", "r1"]
     with pytest.raises(IndexError):
@@ -222,22 +218,22 @@ def test_split_view_is_a_random_access_source():
 
 def test_spread_subset_covers_the_split():
     source = list(range(10))
-    assert manual.spread_subset(source, 0) is source
-    assert list(manual.spread_subset(source, 4)) == [0, 2, 5, 7]
+    assert subsets.spread_subset(source, 0) is source
+    assert list(subsets.spread_subset(source, 4)) == [0, 2, 5, 7]
     # A subset of a view indexes the underlying source directly.
-    nested = manual.spread_subset(manual.SplitView(source, [1, 3, 5, 7, 9]), 2)
+    nested = subsets.spread_subset(subsets.SplitView(source, [1, 3, 5, 7, 9]), 2)
     assert nested.source is source and list(nested) == [1, 5]
     with pytest.raises(ValueError, match="11"):
-        manual.spread_subset(source, 11)
+        subsets.spread_subset(source, 11)
 
 
 def test_incomplete_error_lists_the_first_names_and_counts_the_rest(tmp_path):
-    missing = [f"member{i}" for i in range(manual.MAX_LISTED + 3)]
-    err = manual.incomplete_error(tmp_path / "a.tgz", missing, "https://example.org")
+    missing = [f"member{i}" for i in range(downloads.MAX_LISTED + 3)]
+    err = downloads.incomplete_error(tmp_path / "a.tgz", missing, "https://example.org")
     assert err.missing == missing and isinstance(err, FileNotFoundError)
     message = str(err)
-    assert f"member{manual.MAX_LISTED - 1}\n" in message
-    assert f"member{manual.MAX_LISTED}\n" not in message and "... and 3 more" in message
+    assert f"member{downloads.MAX_LISTED - 1}\n" in message
+    assert f"member{downloads.MAX_LISTED}\n" not in message and "... and 3 more" in message
     assert "Download a.tgz again from https://example.org." in message
 
 
@@ -251,7 +247,7 @@ def test_iter_tar_streams_members_then_reports_damage(tmp_path):
             tar.addfile(info, io.BytesIO(data))
     path = tmp_path / "x.tgz"
     path.write_bytes(buffer.getvalue())
-    members = list(manual.iter_tar(path, lambda n: n.endswith(".txt"), "the source"))
+    members = list(downloads.iter_tar(path, lambda n: n.endswith(".txt"), "the source"))
     assert [(n, d is not None) for n, d in members] == [
         ("a.txt", True),
         ("dir/b.bin", False),
@@ -260,8 +256,8 @@ def test_iter_tar_streams_members_then_reports_damage(tmp_path):
     assert members[0][1].startswith(b"./a.txt") and len(members[0][1]) == 4007
     path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     seen = []
-    with pytest.raises(manual.CorruptFileError, match="damaged or truncated") as err:
-        for name, _ in manual.iter_tar(path, lambda n: True, "the source"):
+    with pytest.raises(downloads.CorruptFileError, match="damaged or truncated") as err:
+        for name, _ in downloads.iter_tar(path, lambda n: True, "the source"):
             seen.append(name)
     assert err.value.__cause__ is not None and "the source" in str(err.value)
     assert seen[:1] == ["a.txt"]

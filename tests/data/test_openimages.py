@@ -18,8 +18,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
+import camjax.data
 from camjax import evaluation
-from camjax.data import manual, openimages, pipeline, prepare
+from camjax.data import downloads, manual, openimages, pipeline, prepare
 from camjax.localization import wsol_io
 
 # Preparing and reading must never open a connection.
@@ -197,7 +198,9 @@ def _records(source) -> list[dict]:
 
 
 def _prepare(manual_dir: Path, data_dir: Path, **kwargs) -> openimages.OpenImages30kWsol:
-    return openimages.prepare(str(manual_dir), str(data_dir), progress=False, **kwargs)
+    return openimages.OpenImages30kWsol.prepare(
+        str(manual_dir), str(data_dir), progress=False, **kwargs
+    )
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +212,7 @@ def full(tmp_path_factory):
         # Past this, tfds's own writer would spill to disk through TensorFlow.
         patch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 0)
         builder = _prepare(write_manual_dir(root / "manual"), root / "tfds")
-    return builder, openimages.load_data_sources(str(root / "tfds"))
+    return builder, openimages.OpenImages30kWsol.data_sources(str(root / "tfds"))
 
 
 def test_splits_follow_the_metadata(full):
@@ -306,19 +309,18 @@ def test_masked_eval_preprocess_reads_the_examples(full):
     row = evaluation.MaskedEvalPreprocess(cfg, EVAL_SIZE).map(sources["validation"][0])
     assert row["image"].shape == (32, 32, 3) and row["num_boxes"] == 0
     assert row["mask"].shape == (EVAL_SIZE, EVAL_SIZE)
-    assert openimages.wsol_sources(full[0].data_dir_root).keys() == sources.keys()
+    assert openimages.OpenImages30kWsol.wsol_sources(full[0].data_dir_root).keys() == sources.keys()
     with pytest.raises(ValueError, match="own validation split"):
-        openimages.wsol_sources(full[0].data_dir_root, validation_per_class=5)
+        openimages.OpenImages30kWsol.wsol_sources(full[0].data_dir_root, validation_per_class=5)
 
 
 def test_evaluation_archive_and_cli_build_the_evaluation_config(full, tmp_path, capsys):
     _, sources = full
     manual_dir = write_manual_dir(tmp_path / "manual", form="eval")
     data_dir = str(tmp_path / "tfds")
-    argv = ["openimages", "--manual_dir", str(manual_dir), "--data_dir", data_dir]
-    assert prepare.main(argv) == 0
+    assert prepare.prepare_and_report("openimages", str(manual_dir), data_dir) == 0
     assert "validation 3, test 3 examples" in capsys.readouterr().out
-    again = openimages.load_data_sources(data_dir)
+    again = openimages.OpenImages30kWsol.data_sources(data_dir)
     assert sorted(again) == ["test", "validation"]
     for split in again:
         for a, b in zip(_records(again[split]), _records(sources[split]), strict=True):
@@ -330,20 +332,20 @@ def test_evaluation_archive_and_cli_build_the_evaluation_config(full, tmp_path, 
 def test_missing_inputs_are_listed_with_their_source(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(openimages.MissingFilesError) as err:
+    with pytest.raises(downloads.MissingFilesError) as err:
         _prepare(empty, tmp_path / "tfds", train=True)
     assert err.value.missing[:2] == [openimages.IMAGES_ARCHIVE, openimages.MASKS_ARCHIVE]
     assert "metadata/OpenImages/val/" in err.value.missing
     assert "clovaai/wsolevaluation" in str(err.value)
     assert "train=False" in str(err.value)
     assert not (tmp_path / "tfds").exists()
-    with pytest.raises(openimages.MissingFilesError) as err:
+    with pytest.raises(downloads.MissingFilesError) as err:
         _prepare(empty, tmp_path / "tfds")  # no images archive: the evaluation config
     assert f"{openimages.IMAGES_ARCHIVE} or {openimages.EVAL_ARCHIVE}" in err.value.missing
     assert not any("train/" in m for m in err.value.missing)
     (empty / "metadata/OpenImages/val").mkdir(parents=True)
     (empty / "metadata/OpenImages/val/image_ids.txt").write_text("val/a/b.jpg")
-    with pytest.raises(openimages.MissingFilesError) as err:
+    with pytest.raises(downloads.MissingFilesError) as err:
         _prepare(empty, tmp_path / "tfds")
     assert err.value.missing[-3:] == [
         "metadata/OpenImages/val/class_labels.txt",
@@ -356,7 +358,7 @@ def test_members_missing_from_the_archives_are_listed(tmp_path):
     names, _ = _mask_members("test", IMAGES["test"][0])
     lost = [names[1], image_id("val", IMAGES["val"][2])]
     manual_dir = write_manual_dir(tmp_path / "manual", drop=tuple(lost))
-    with pytest.raises(openimages.MissingFilesError) as err:
+    with pytest.raises(downloads.MissingFilesError) as err:
         _prepare(manual_dir, tmp_path / "tfds")
     assert err.value.missing == lost[::-1]
     assert openimages.MASKS_ARCHIVE in str(err.value)
@@ -367,7 +369,7 @@ def test_truncated_archive_is_named(tmp_path):
     manual_dir = write_manual_dir(tmp_path / "manual")
     path = manual_dir / openimages.MASKS_ARCHIVE
     path.write_bytes(path.read_bytes()[:-200])  # loses the zip's central directory
-    with pytest.raises(openimages.CorruptFileError, match="damaged or truncated"):
+    with pytest.raises(downloads.CorruptFileError, match="damaged or truncated"):
         _prepare(manual_dir, tmp_path / "tfds")
 
 
@@ -376,18 +378,23 @@ def test_corrupt_images_and_masks_are_named_or_skipped(tmp_path):
     bad_mask = _mask_members("test", IMAGES["test"][2])[1]
     replace = {bad_image: _jpeg(IMAGES["val"][1])[:200], bad_mask: b"\x89PNG\r\n"}
     manual_dir = write_manual_dir(tmp_path / "manual", replace=replace)
-    with pytest.raises(openimages.CorruptFileError, match=bad_image):
+    with pytest.raises(downloads.CorruptFileError, match=bad_image):
         _prepare(manual_dir, tmp_path / "tfds")
     data_dir = tmp_path / "tfds_skip"
     builder = _prepare(manual_dir, data_dir, skip_corrupt=True)
     skipped = [bad_image, image_id("test", IMAGES["test"][2])]
     assert builder.info.metadata["skipped_corrupt"] == skipped
-    sources = openimages.load_data_sources(str(data_dir))
+    sources = openimages.OpenImages30kWsol.data_sources(str(data_dir))
     assert (len(sources["validation"]), len(sources["test"])) == (2, 2)
-    assert openimages.get_builder(str(data_dir)).info.metadata["skipped_corrupt"] == skipped
+    assert (
+        openimages.OpenImages30kWsol.configured(str(data_dir), train=True).info.metadata[
+            "skipped_corrupt"
+        ]
+        == skipped
+    )
 
 
 def test_loading_before_preparing_says_how(tmp_path):
     with pytest.raises(FileNotFoundError, match="camjax.data.prepare openimages --manual_dir"):
-        openimages.load_data_sources(str(tmp_path))
-    assert "openimages" in prepare.PREPARERS
+        openimages.OpenImages30kWsol.data_sources(str(tmp_path))
+    assert camjax.data.dataset("openimages") is openimages.OpenImages30kWsol

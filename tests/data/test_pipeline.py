@@ -23,7 +23,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sources(data_dir):
-    return wsol_shapes.load_data_sources(64, data_dir, **SIZES)
+    return wsol_shapes.WsolShapes.sources(data_dir, 64, SIZES)
 
 
 @pytest.fixture(scope="module")

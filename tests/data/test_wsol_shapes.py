@@ -18,7 +18,7 @@ def data_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def sources(data_dir) -> dict:
-    return wsol_shapes.load_data_sources(SIZE, data_dir, **COUNTS)
+    return wsol_shapes.WsolShapes.sources(data_dir, SIZE, COUNTS)
 
 
 def test_splits_and_sizes(sources):
@@ -68,7 +68,7 @@ def test_info_features_and_format(sources, data_dir):
 
 
 def test_second_load_reuses_prepared_data(sources, data_dir):
-    again = wsol_shapes.load_data_sources(SIZE, data_dir, **COUNTS)
+    again = wsol_shapes.WsolShapes.sources(data_dir, SIZE, COUNTS)
     np.testing.assert_array_equal(again["train"][3]["image"], sources["train"][3]["image"])
 
 
@@ -89,4 +89,4 @@ def test_unknown_image_size_names_available_sizes(size):
     with pytest.raises(ValueError, match=r"available sizes: \[64, 96, 224\]"):
         wsol_shapes.get_builder(size)
     with pytest.raises(ValueError, match="available sizes"):
-        wsol_shapes.load_data_sources(size)
+        wsol_shapes.WsolShapes.sources(None, size, {})

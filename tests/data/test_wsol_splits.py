@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
-from camjax.data import cub, ilsvrc, manual, pipeline, wsol_splits
+from camjax.data import cub, downloads, ilsvrc, manual, pipeline, subsets, wsol_splits
 from camjax.localization import wsol_io
 from tests.data.test_cub import SPECS as CUB_SPECS
 from tests.data.test_cub import image_id as _cub_id
@@ -45,7 +45,7 @@ def cub_data(tmp_path_factory) -> tuple[Path, str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(manual, "SHARD_BYTES", 3000)
         patch.setattr(tfds_shuffle, "MAX_MEM_BUFFER_SIZE", 0)
-        cub.prepare(str(manual_dir), str(root / "tfds"), progress=False)
+        cub.Cub2002011.prepare(str(manual_dir), str(root / "tfds"), progress=False)
     return root, str(root / "tfds")
 
 
@@ -53,7 +53,7 @@ def cub_data(tmp_path_factory) -> tuple[Path, str]:
 def ilsvrc_data(tmp_path_factory) -> tuple[Path, str]:
     root = tmp_path_factory.mktemp("ilsvrc")
     manual_dir = write_manual_dir(root / "manual")
-    ilsvrc.prepare(str(manual_dir), str(root / "tfds"), progress=False)
+    ilsvrc.Ilsvrc2012Loc.prepare(str(manual_dir), str(root / "tfds"), progress=False)
     return root, str(root / "tfds")
 
 
@@ -66,7 +66,7 @@ def test_cub_test_split_in_metadata_order(cub_data):
     test = [s for s in CUB_SPECS if not s[5]][::-1]  # not the stored order
     split = wsol_splits.reference_split(_cub_metadata(root, "test", test), data_dir)
     assert _ids(split) == [_cub_id(s) for s in test] == list(split.metadata.image_ids)
-    stored = cub.load_data_sources(data_dir)["test"]
+    stored = cub.Cub2002011.data_sources(data_dir)["test"]
     by_id = {stored[i]["image_id"].decode(): stored[i] for i in range(len(stored))}
     for i, spec in enumerate(test):
         record = split[i]
@@ -77,7 +77,7 @@ def test_cub_test_split_in_metadata_order(cub_data):
         split[0]["image_id"],
     ]
     # Smoke-run subsets and the eval pipeline take it like any WSOL split.
-    assert len(manual.spread_subset(split, 2)) == 2
+    assert len(subsets.spread_subset(split, 2)) == 2
     cfg = pipeline.PreprocessConfig(image_size=16, resize_size=20)
     row = pipeline.EvalPreprocess(cfg).map(split[0])
     assert row["num_boxes"] == 1
@@ -98,7 +98,7 @@ def test_cubv2_ids_are_listed_and_explained(cub_data):
     root, data_dir = cub_data
     v2 = ("001.Black_footed_Albatross/30107316117.jpg", 0, (56, 41), [(1, 2, 30, 20)])
     path = _cub_metadata(root, "val", CUB_SPECS[:2], edit={1: lambda row: list(v2)})
-    with pytest.raises(cub.MissingFilesError) as err:
+    with pytest.raises(downloads.MissingFilesError) as err:
         wsol_splits.reference_split(path, data_dir)
     assert err.value.missing == [v2[0]]
     assert isinstance(err.value, FileNotFoundError)
@@ -162,7 +162,7 @@ def test_imagenetv2_and_training_ids_are_explained(ilsvrc_data):
     names = sorted(VAL)[:3]
     ids = ["val2/0/0.jpeg", f"val/{names[1]}", "train/n01440764/n01440764_10026.JPEG"]
     path = _ilsvrc_metadata(root, "val", names, ids=ids)
-    with pytest.raises(ilsvrc.MissingFilesError) as err:
+    with pytest.raises(downloads.MissingFilesError) as err:
         wsol_splits.reference_split(path, data_dir)
     assert err.value.missing == [ids[0], ids[2]]
     message = str(err.value)

@@ -1,0 +1,158 @@
+"""Reading the files a user downloaded by hand (`cub`, `ilsvrc`, `openimages`).
+
+* Errors: `MissingFilesError` (inputs, or members of them, that are not there) and
+  `CorruptFileError` (an input that cannot be read), with the messages that list what is missing
+  and where to get it (`missing_files_error`, `incomplete_error`).
+* `iter_tar`: the files of a tar archive, compressed or not, in one streamed pass.
+* `open_image`, `checked_image` and `png_bytes`: images decoded to catch damage (the error
+  names the file), stored as they are or, if not RGB or grey JPEG/PNG, as a lossless RGB PNG.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import logging
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+MAX_LISTED = 20  # missing items listed by name in an error; the rest are counted
+
+log = logging.getLogger(__name__)
+
+
+class MissingFilesError(FileNotFoundError):
+    """Files, or archive members, that preparing needs; `missing` lists them."""
+
+    def __init__(self, message: str, missing: list[str]):
+        super().__init__(message)
+        self.missing = missing
+
+
+class CorruptFileError(ValueError):
+    """A file that cannot be read: an archive, a metadata or annotation file, an image, a mask."""
+
+
+def _listing(missing: Sequence[str]) -> str:
+    """One indented line per name, the first `MAX_LISTED` of them, then how many more."""
+    lines = [f"  {m}" for m in missing[:MAX_LISTED]]
+    if len(missing) > MAX_LISTED:
+        lines.append(f"  ... and {len(missing) - MAX_LISTED} more")
+    return "\n".join(lines)
+
+
+def missing_files_error(
+    dataset: str, manual_dir: Path, missing: list[str], lines: list[str], hint: str = ""
+) -> MissingFilesError:
+    """Files absent from the manual directory; `lines` say where each comes from."""
+    return MissingFilesError(
+        f"Cannot prepare {dataset}: {len(missing)} file(s) missing from the manual directory "
+        f"{manual_dir}:\n" + "\n".join(lines) + "\nPlace them there unchanged (no extraction "
+        "needed) and run again." + hint,
+        missing,
+    )
+
+
+def incomplete_error(
+    path: Path, missing: list[str], source: str, *, why: str = "", what: str = "member(s) missing"
+) -> MissingFilesError:
+    """An input that lacks `missing` (a truncated download); `why`, if known, says where it ends."""
+    return MissingFilesError(
+        f"{path} is incomplete{why}: {len(missing)} {what}:\n{_listing(missing)}\n"
+        f"Download {path.name} again from {source}.",
+        missing,
+    )
+
+
+def download_instructions(command: str, sources: Mapping[str, str], note: str) -> str:
+    """A builder's `MANUAL_DOWNLOAD_INSTRUCTIONS`: each input and its source, then `note`."""
+    return "\n".join(
+        [f"Place these, unchanged, in the manual directory ({command}):"]
+        + [f"  {name}: from {source}" for name, source in sources.items()]
+        + [note]
+    )
+
+
+def damaged_archive_error(
+    path: Path, err: Exception, source: str, member: str = ""
+) -> CorruptFileError:
+    """An archive that tarfile cannot read on (at `member`, if known); `source` to get it again."""
+    where = f"{member} in {path}" if member else str(path)
+    return CorruptFileError(
+        f"Cannot read {where} ({err}): the archive is damaged or truncated; download it again "
+        f"from {source}."
+    )
+
+
+def iter_tar(
+    path: Path, wanted: Callable[[str], bool], source: str
+) -> Iterator[tuple[str, bytes | None]]:
+    """(name, bytes if `wanted(name)` else None) of each regular member, in one streamed pass.
+
+    Names lose a leading `./`. A damaged archive raises `CorruptFileError` (whose `__cause__`
+    is tarfile's error) after yielding the members before the damage.
+    """
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for member in tar:
+                if member.isfile():
+                    name = member.name.removeprefix("./")
+                    yield name, tar.extractfile(member).read() if wanted(name) else None
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise damaged_archive_error(path, err, source) from err
+
+
+@contextlib.contextmanager
+def _decoding(where: str) -> Iterator[None]:
+    """Turns Pillow's errors on a damaged or unknown image into a `CorruptFileError`."""
+    try:
+        yield
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise CorruptFileError(f"{where} cannot be decoded: {err}") from err
+
+
+def open_image(where: str, data: bytes) -> Image.Image:
+    """The image in `data`, fully decoded so that truncated or garbled files fail here.
+
+    Raises:
+      CorruptFileError: it does not decode; the message names it by `where`.
+    """
+    with _decoding(where):
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    return image
+
+
+def checked_image(where: str, data: bytes) -> tuple[bytes, int, int]:
+    """Decodes an image, named by `where`, to catch damage -> (bytes to store, height, width).
+
+    RGB and grey JPEGs and PNGs are stored as they are; anything else (CMYK JPEGs) as a
+    lossless PNG of Pillow's RGB conversion, which tfds decodes to 3 channels (its PIL fallback
+    would give a CMYK JPEG 4).
+
+    Raises:
+      CorruptFileError: it does not decode; the message names it by `where`.
+    """
+    with _decoding(where), Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        if image.format in ("JPEG", "MPO", "PNG") and image.mode in ("RGB", "L"):
+            # Decoding at 1/8 scale still reads every byte, more cheaply.
+            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+            image.load()
+            return data, height, width
+        log.info("%s is a %s %s; storing it as an RGB PNG.", where, image.mode, image.format)
+        rgb = image.convert("RGB")
+    return png_bytes(np.asarray(rgb)), height, width
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """Lossless PNG of (H, W) or (H, W, 3) uint8."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
