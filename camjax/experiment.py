@@ -5,6 +5,8 @@ evaluation so both build exactly the same model and data.
 """
 
 import logging
+import os
+import tempfile
 from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
@@ -27,6 +29,22 @@ def setup_logging() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     # camjax's records propagate to absl's handler, which does not filter by level itself.
     logging.getLogger("camjax").setLevel(logging.INFO)
+
+
+def check_writable(workdir: str) -> None:
+    """Fails at once, in one line, if workdir cannot be created or written (process 0 writes
+    there), rather than after the work whose results it would hold."""
+    if jax.process_index() != 0:
+        return
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):
+            pass
+    except OSError as e:
+        raise PermissionError(
+            f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir or fix "
+            "its permissions."
+        ) from None
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

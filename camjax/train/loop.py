@@ -76,7 +76,10 @@ def make_train_step(config, model, tx):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         _, top = jax.lax.top_k(logits, k)
+        outside = (labels < 0) | (labels >= config.model.num_classes)
         new_sums = {
+            "bad_labels": sums["bad_labels"] + jnp.sum(outside),
+            "max_label": jnp.maximum(sums["max_label"], jnp.max(labels)),
             "loss": sums["loss"] + jnp.sum(losses),
             "top1": sums["top1"] + jnp.sum(top[:, 0] == labels),
             "top5": sums["top5"] + jnp.sum(jnp.any(top == labels[:, None], axis=-1)),
@@ -100,6 +103,8 @@ def jit_train_step(config, model, tx, state_shardings: Any, mesh) -> Any:
 
 def zero_sums() -> dict[str, jax.Array]:
     return {
+        "bad_labels": jnp.zeros((), jnp.int32),
+        "max_label": jnp.zeros((), jnp.int32),
         "loss": jnp.zeros((), jnp.float32),
         "top1": jnp.zeros((), jnp.int32),
         "top5": jnp.zeros((), jnp.int32),
@@ -135,6 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     num_steps = config.train.num_steps
     if num_steps <= 0:
         raise ValueError(f"config.train.num_steps must be positive; got {num_steps}.")
+    experiment.check_writable(workdir)
     mesh = experiment.make_mesh()
     experiment.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
     model = experiment.build_model(config)
@@ -185,9 +191,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             do_save = step % config.train.checkpoint_every_steps == 0 or is_last
             every = config.train.eval_every_steps
             do_eval = bool(every) and (step % every == 0 or is_last)
-            if not (do_log or do_save or do_eval):
+            # The first step is checked too: labels the head cannot take stop the run at once.
+            if not (do_log or do_save or do_eval or step == start + 1):
                 continue
             host_sums = jax.device_get(sums)
+            if host_sums["bad_labels"]:
+                raise ValueError(
+                    f"the training data has labels up to {host_sums['max_label']} but "
+                    f"config.model.num_classes is {config.model.num_classes}; set it to the "
+                    "dataset's number of classes."
+                )
             if not np.isfinite(host_sums["loss"]) or (do_save and not _all_finite(state)):
                 good = (
                     f"The last good checkpoint (finite and verified) is step {last_good} in "

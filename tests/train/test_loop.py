@@ -278,3 +278,23 @@ def test_run_starts_from_pretrained_weights_and_resume_ignores_them(data_dir, tm
     config.train.num_steps = 2
     state = loop.train_and_evaluate(config, workdir)
     assert int(state.step) == 2
+
+
+def test_labels_beyond_the_head_stop_at_the_first_step(data_dir, tmp_path):
+    config = tiny_config(data_dir, num_steps=6, log_every_steps=100, checkpoint_every_steps=100)
+    config.model.num_classes = 5  # wsol_shapes has 10
+    with pytest.raises(ValueError, match=r"labels up to 9 but config.model.num_classes is 5"):
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert os.listdir(checkpoint.checkpoint_dir(str(tmp_path / "run"))) == []  # nothing saved
+
+
+def test_an_unwritable_workdir_fails_before_any_work(data_dir, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(PermissionError, match=r"workdir .*a_file/run is not writable .*--workdir"):
+        loop.train_and_evaluate(tiny_config(data_dir), str(blocker / "run"))
+    if os.geteuid() != 0:  # root writes anywhere: permissions cannot be tested as root
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        with pytest.raises(PermissionError, match="is not writable"):
+            loop.train_and_evaluate(tiny_config(data_dir), str(locked))
