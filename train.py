@@ -4,12 +4,14 @@ Rerunning with the same workdir resumes from its latest checkpoint. Override any
 with --config.section.field=value (unknown fields are errors).
 """
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
 from camjax import experiment
 from camjax.train import distributed
-from camjax.train.loop import train_and_evaluate
+from camjax.train.loop import TrainingInterrupted, train_and_evaluate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.", required=True)
@@ -21,7 +23,11 @@ def main(argv):
     del argv
     experiment.setup_logging()
     distributed.initialize()
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except TrainingInterrupted as e:
+        print(f"\n{e}", file=sys.stderr)
+        sys.exit(130)  # the shell's code for a SIGINT
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ bit-identical parameters to an uninterrupted run (same data order, same dropout 
 
 import logging
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -130,6 +132,68 @@ def _val_metrics(val, fixed_threshold: float, top_k: int) -> dict[str, Any]:
     return {f"val/{k}": v for k, v in summary.items()} | {"val/gt_known_loc_fixed": fixed}
 
 
+def _check_sums(host_sums: dict[str, Any], step: int, config, last_good, workdir: str) -> None:
+    """Stops the run, before anything is saved, on labels the head cannot take or a NaN loss."""
+    if host_sums["bad_labels"]:
+        raise ValueError(
+            f"the training data has labels up to {host_sums['max_label']} but "
+            f"config.model.num_classes is {config.model.num_classes}; set it to the dataset's "
+            "number of classes."
+        )
+    if not np.isfinite(host_sums["loss"]):
+        raise NonFiniteLossError(_non_finite_message(step, last_good, workdir))
+
+
+def _non_finite_message(step: int, last_good: int | None, workdir: str) -> str:
+    good = (
+        f"The last good checkpoint (finite and verified) is step {last_good} in "
+        f"{checkpoint.checkpoint_dir(workdir)}."
+        if last_good is not None
+        else "No checkpoint was saved yet."
+    )
+    return (
+        f"non-finite loss or parameters by step {step}; stopped without saving them. {good} "
+        "Lower config.optim.learning_rate or set config.optim.grad_clip_norm, then rerun "
+        "(training resumes from that checkpoint)."
+    )
+
+
+def _val_line(step: int, metrics: dict[str, Any], fixed_threshold: float) -> str:
+    return (
+        f"step {step}: val top-1 cls {metrics['val/top1_cls']:.1f}%, GT-known loc "
+        f"{metrics['val/gt_known_loc']:.1f}% at its best CAM threshold "
+        f"{metrics['val/threshold']:.2f}, {metrics['val/gt_known_loc_fixed']:.1f}% at "
+        f"{fixed_threshold:.2f}"
+    )
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training between steps, after any save in flight completed."""
+
+
+class _StopRequest:
+    """Turns Ctrl-C (SIGINT) into a flag the loop reads before every step.
+
+    A KeyboardInterrupt raised wherever the signal lands can be swallowed (inside a garbage
+    collector callback of XLA's, Python only prints "Exception ignored") and training goes
+    on; a flag cannot be lost. A second Ctrl-C interrupts at once, as usual.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous)
+
+    def close(self) -> None:
+        if self._previous is not None and not self.requested:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 @jax.jit
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
@@ -183,8 +247,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     sums = jax.device_put(zero_sums(), replicated)
     bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", disable=jax.process_index() != 0)
     t0 = time.time()
+    stop = _StopRequest()
     try:
         for step in range(start + 1, num_steps + 1):
+            if stop.requested:
+                raise TrainingInterrupted(
+                    f"stopped by Ctrl-C before step {step}; the newest checkpoint is step "
+                    f"{last_good} in {checkpoint.checkpoint_dir(workdir)} (rerun to resume)."
+                )
             state, sums = step_fn(state, sums, next(batches))
             is_last = step == num_steps
             do_log = step % config.train.log_every_steps == 0 or is_last
@@ -195,25 +265,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if not (do_log or do_save or do_eval or step == start + 1):
                 continue
             host_sums = jax.device_get(sums)
-            if host_sums["bad_labels"]:
-                raise ValueError(
-                    f"the training data has labels up to {host_sums['max_label']} but "
-                    f"config.model.num_classes is {config.model.num_classes}; set it to the "
-                    "dataset's number of classes."
-                )
-            if not np.isfinite(host_sums["loss"]) or (do_save and not _all_finite(state)):
-                good = (
-                    f"The last good checkpoint (finite and verified) is step {last_good} in "
-                    f"{checkpoint.checkpoint_dir(workdir)}."
-                    if last_good is not None
-                    else "No checkpoint was saved yet."
-                )
-                raise NonFiniteLossError(
-                    f"non-finite loss or parameters by step {step}; stopped without saving "
-                    f"them. {good} Lower config.optim.learning_rate or set "
-                    "config.optim.grad_clip_norm, then rerun (training resumes from that "
-                    "checkpoint)."
-                )
+            _check_sums(host_sums, step, config, last_good, workdir)
+            if do_save and not _all_finite(state):
+                raise NonFiniteLossError(_non_finite_message(step, last_good, workdir))
             if do_log and host_sums["count"]:
                 metrics = _train_metrics(host_sums, time.time() - t0)
                 writer.write(step, metrics)
@@ -228,18 +282,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 )
                 metrics = _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k)
                 writer.write(step, metrics)
-                bar.write(
-                    f"step {step}: val top-1 cls {metrics['val/top1_cls']:.1f}%, GT-known loc "
-                    f"{metrics['val/gt_known_loc']:.1f}% at its best CAM threshold "
-                    f"{metrics['val/threshold']:.2f}, {metrics['val/gt_known_loc_fixed']:.1f}% at "
-                    f"{config.eval.fixed_threshold:.2f}"
-                )
+                bar.write(_val_line(step, metrics, config.eval.fixed_threshold))
             if do_save:
                 checkpoint.save(manager, step, state, config)
                 last_good = step
             if do_log:
                 t0 = time.time()  # throughput excludes evaluation and checkpointing
     finally:
+        stop.close()
         # An async save in flight completes (or is abandoned whole) before we leave.
         batches.close()  # stops the input readers (worker processes, shared memory) now
         bar.close()

@@ -298,3 +298,36 @@ def test_an_unwritable_workdir_fails_before_any_work(data_dir, tmp_path):
         locked.mkdir(mode=0o555)
         with pytest.raises(PermissionError, match="is not writable"):
             loop.train_and_evaluate(tiny_config(data_dir), str(locked))
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_save_stops_cleanly_and_resumes(data_dir, tmp_path):
+    """SIGINT while saves are in flight (one per step): the run stops within seconds with a
+    one-line message and exit code 130, every step on disk is complete and verified, and a
+    rerun resumes from the newest one."""
+    workdir = str(tmp_path / "run")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    proc = subprocess.Popen(
+        _train_cmd(workdir, data_dir, 400),
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.isdir(ckpts) and any(d.isdigit() and int(d) >= 2 for d in os.listdir(ckpts)):
+            break
+        time.sleep(0.02)
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert time.time() - sent < 20, "Ctrl-C did not stop training within seconds"
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "stopped by Ctrl-C before step" in stderr and "Exception ignored" not in stderr
+    step, _ = saved_params(workdir)
+    assert 2 <= step < 400
+    config = tiny_config(data_dir, num_steps=step + 1)
+    assert int(loop.train_and_evaluate(config, workdir).step) == step + 1
