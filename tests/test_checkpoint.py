@@ -273,11 +273,11 @@ def test_evaluation_restores_the_newest_good_variables(tmp_path):
 def test_digests_see_every_element_and_dtype():
     x = jnp.arange(1000, dtype=jnp.float32)
     base = checkpoint.tree_digests({"x": x})["x"]
-    assert base[2:] == ["float32", [1000]]
+    assert base[1:] == ["float32", [1000]]
     for i in (0, 1, 511, 999):
         flipped = x.at[i].set(jnp.nextafter(x[i], jnp.float32(np.inf)))  # one ulp, one element
-        assert checkpoint.tree_digests({"x": flipped})["x"][:2] != base[:2]
+        assert checkpoint.tree_digests({"x": flipped})["x"][0] != base[0]
     swapped = x.at[0].set(x[1]).at[1].set(x[0])  # same values, other order
-    assert checkpoint.tree_digests({"x": swapped})["x"][:2] != base[:2]
+    assert checkpoint.tree_digests({"x": swapped})["x"][0] != base[0]
     for dtype in (jnp.bfloat16, jnp.int32, jnp.uint8, jnp.bool_):
-        assert len(checkpoint.tree_digests({"y": jnp.ones(3, dtype)})["y"]) == 4
+        assert len(checkpoint.tree_digests({"y": jnp.ones(3, dtype)})["y"]) == 3
