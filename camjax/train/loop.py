@@ -115,6 +115,11 @@ def zero_sums() -> dict[str, jax.Array]:
     }
 
 
+def _zero_sums_on(mesh) -> dict[str, jax.Array]:
+    """Fresh metric sums, replicated (new arrays each time: the step donates them)."""
+    return jax.device_put(zero_sums(), experiment.replicated(mesh))
+
+
 def _train_metrics(host_sums: dict[str, Any], seconds: float) -> dict[str, float]:
     n = host_sums["count"]
     return {
@@ -189,6 +194,13 @@ class _StopRequest:
         self.requested = True
         signal.signal(signal.SIGINT, self._previous)
 
+    def raise_if_requested(self, step: int, last_good: int | None, workdir: str) -> None:
+        if self.requested:
+            raise TrainingInterrupted(
+                f"stopped by Ctrl-C before step {step}; the newest checkpoint is step "
+                f"{last_good} in {checkpoint.checkpoint_dir(workdir)} (rerun to resume)."
+            )
+
     def close(self) -> None:
         if self._previous is not None and not self.requested:
             signal.signal(signal.SIGINT, self._previous)
@@ -197,6 +209,74 @@ class _StopRequest:
 @jax.jit
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def _initial_state(config, model, tx, mesh, manager, workdir: str):
+    """(state, its shardings, its step if restored else None): the newest good checkpoint's
+    state, or a fresh one (with the pretrained weights, if any)."""
+    state, state_shardings = create_train_state(config, model, tx, mesh)
+    if manager.latest_step() is None:
+        if config.init.pretrained_dir:
+            state = load_pretrained(state, config.init.pretrained_dir)
+        return state, state_shardings, None
+    state = checkpoint.restore(manager, abstract_train_state(config, model, tx, mesh), config)
+    restored = int(state.step)
+    log.info("Resumed from the checkpoint at step %d.", restored)
+    if newer := [s for s in manager.all_steps() if s > restored]:
+        # Saving again at those steps would replace them; a person decides what to remove.
+        ckpts = checkpoint.checkpoint_dir(workdir)
+        raise checkpoint.CheckpointError(
+            f"the newer steps {newer} in {ckpts} were rejected (see the warnings above); "
+            f"resuming from step {restored} would save over them. Look at them, remove them "
+            f"(rm -r {' '.join(os.path.join(ckpts, str(s)) for s in newer)}), then rerun."
+        )
+    return state, state_shardings, restored
+
+
+class _Progress:
+    """What a person and the logs see: metrics.jsonl rows and the progress bar (process 0)."""
+
+    def __init__(self, workdir: str, start: int, num_steps: int, fixed_threshold: float):
+        self.writer = MetricWriter(workdir, start)
+        self.bar = tqdm.tqdm(
+            total=num_steps, initial=start, desc="train", disable=jax.process_index() != 0
+        )
+        self.fixed_threshold = fixed_threshold
+        self.t0 = time.time()
+
+    def train(self, step: int, host_sums: dict[str, Any]) -> None:
+        metrics = _train_metrics(host_sums, time.time() - self.t0)
+        self.writer.write(step, metrics)
+        loss, acc = metrics["train/loss"], metrics["train/top1_acc"]
+        self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1f}")
+        self.bar.update(step - self.bar.n)
+
+    def validation(self, step: int, metrics: dict[str, Any]) -> None:
+        self.writer.write(step, metrics)
+        self.bar.write(_val_line(step, metrics, self.fixed_threshold))
+
+    def restart_clock(self) -> None:
+        self.t0 = time.time()  # throughput excludes evaluation and checkpointing
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+
+
+def _train_batches(config, source, start: int, mesh):
+    """The sharded training batches from step start + 1 on (the step-indexed data order)."""
+    d = config.data
+    train_ds = pipeline.train_dataset(
+        source, experiment.preprocess_config(config), d.batch_size, config.seed
+    )
+    return pipeline.train_iterator(
+        train_ds,
+        start,
+        experiment.data_sharding(mesh),
+        d.num_threads,
+        d.device_prefetch,
+        d.num_workers,
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -209,52 +289,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     experiment.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
     model = experiment.build_model(config)
     tx = create_optimizer(config.optim, num_steps)
-    prep = experiment.preprocess_config(config)
-    batch_sharding = experiment.data_sharding(mesh)
-    replicated = experiment.replicated(mesh)
 
     # Model and checkpoint problems surface before any data is generated or read.
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
-    state, state_shardings = create_train_state(config, model, tx, mesh)
-    if manager.latest_step() is None and config.init.pretrained_dir:
-        state = load_pretrained(state, config.init.pretrained_dir)
-    last_good = None  # the newest step saved or restored with finite, verified state
-    if manager.latest_step() is not None:
-        state = checkpoint.restore(manager, abstract_train_state(config, model, tx, mesh), config)
-        last_good = int(state.step)
-        log.info("Resumed from the checkpoint at step %d.", last_good)
-        if newer := [s for s in manager.all_steps() if s > last_good]:
-            # Saving again at those steps would replace them; a person decides what to remove.
-            ckpts = checkpoint.checkpoint_dir(workdir)
-            raise checkpoint.CheckpointError(
-                f"the newer steps {newer} in {ckpts} were rejected (see the warnings above); "
-                f"resuming from step {last_good} would save over them. Look at them, remove them "
-                f"(rm -r {' '.join(os.path.join(ckpts, str(s)) for s in newer)}), then rerun."
-            )
+    state, state_shardings, last_good = _initial_state(config, model, tx, mesh, manager, workdir)
     start = int(state.step)
     sources = experiment.data_sources(config)
 
     step_fn = jit_train_step(config, model, tx, state_shardings, mesh)
     val_eval = evaluation.Evaluator(config, model, mesh)
-    writer = MetricWriter(workdir, start)
-    train_ds = pipeline.train_dataset(
-        sources[config.data.train_split], prep, config.data.batch_size, config.seed
-    )
-    d = config.data
-    batches = pipeline.train_iterator(
-        train_ds, start, batch_sharding, d.num_threads, d.device_prefetch, d.num_workers
-    )
-    sums = jax.device_put(zero_sums(), replicated)
-    bar = tqdm.tqdm(total=num_steps, initial=start, desc="train", disable=jax.process_index() != 0)
-    t0 = time.time()
+    batches = _train_batches(config, sources[config.data.train_split], start, mesh)
+    sums = _zero_sums_on(mesh)
+    progress = _Progress(workdir, start, num_steps, config.eval.fixed_threshold)
     stop = _StopRequest()
     try:
         for step in range(start + 1, num_steps + 1):
-            if stop.requested:
-                raise TrainingInterrupted(
-                    f"stopped by Ctrl-C before step {step}; the newest checkpoint is step "
-                    f"{last_good} in {checkpoint.checkpoint_dir(workdir)} (rerun to resume)."
-                )
+            stop.raise_if_requested(step, last_good, workdir)
             state, sums = step_fn(state, sums, next(batches))
             is_last = step == num_steps
             do_log = step % config.train.log_every_steps == 0 or is_last
@@ -269,31 +319,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             if do_save and not _all_finite(state):
                 raise NonFiniteLossError(_non_finite_message(step, last_good, workdir))
             if do_log and host_sums["count"]:
-                metrics = _train_metrics(host_sums, time.time() - t0)
-                writer.write(step, metrics)
-                bar.set_postfix(
-                    loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics['train/top1_acc']:.1f}"
-                )
-                bar.update(step - bar.n)
-                sums = jax.device_put(zero_sums(), replicated)
+                progress.train(step, host_sums)
+                sums = _zero_sums_on(mesh)
             if do_eval:
                 val = val_eval.evaluate(
                     state.variables, sources[config.data.val_split], config.eval.max_images
                 )
-                metrics = _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k)
-                writer.write(step, metrics)
-                bar.write(_val_line(step, metrics, config.eval.fixed_threshold))
+                progress.validation(
+                    step, _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k)
+                )
             if do_save:
                 checkpoint.save(manager, step, state, config)
                 last_good = step
             if do_log:
-                t0 = time.time()  # throughput excludes evaluation and checkpointing
+                progress.restart_clock()
     finally:
         stop.close()
         # An async save in flight completes (or is abandoned whole) before we leave.
         batches.close()  # stops the input readers (worker processes, shared memory) now
-        bar.close()
+        progress.close()
         manager.wait_until_finished()
         manager.close()
-        writer.close()
     return state
