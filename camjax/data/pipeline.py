@@ -12,6 +12,7 @@ uninterrupted run reads from step s on, without replaying the earlier ones.
 
 import collections
 import dataclasses
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,6 +26,8 @@ from jax.sharding import NamedSharding
 from PIL import Image
 
 Batch = dict[str, np.ndarray]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,18 +112,33 @@ def train_dataset(
 ) -> grain.MapDataset:
     """An infinite random-access dataset of this host's train batches; index = training step.
 
-    Each epoch is a fresh permutation of the source. Each host reads a disjoint 1/process_count
-    of every global batch, so the batches of all hosts put together are the global batch.
+    Each epoch is a fresh permutation of the source. Host h of n reads rows [h*B/n, (h+1)*B/n)
+    of every global batch of B and nothing else, and `shard_batch` puts them at those rows of
+    the global array: with any number of hosts the step sees the same examples, crops and flips
+    in the same rows as on one host.
     """
-    hosts = jax.process_count()
+    hosts, host = jax.process_count(), jax.process_index()
     if global_batch_size % hosts:
         raise ValueError(
             f"batch size {global_batch_size} must be divisible by the number of hosts ({hosts})."
         )
+    per_host = global_batch_size // hosts
     ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
-    ds = ds[jax.process_index() :: hosts]
+    # The augmentation's rng is keyed by the position in the dataset it maps, so it maps the
+    # global example order, before the host split; and batching before the split gives each
+    # host a contiguous block of each global batch. Both are lazy: a host reads and augments
+    # only its own rows.
     ds = ds.random_map(TrainPreprocess(cfg), seed=seed)
-    return ds.batch(global_batch_size // hosts, drop_remainder=True)
+    ds = ds.batch(per_host, drop_remainder=True)[host::hosts]
+    log.info(
+        "Process %d of %d reads rows [%d, %d) of each global train batch of %d.",
+        host,
+        hosts,
+        host * per_host,
+        (host + 1) * per_host,
+        global_batch_size,
+    )
+    return ds
 
 
 def train_iterator(

@@ -63,6 +63,44 @@ def test_resumed_iterator_reads_the_same_batches(sources, device_prefetch):
     assert full[0]["image"].sharding == sharding and len(jax.devices()) == 8
 
 
+class _CountingSource:
+    """A source that records which examples it was asked for."""
+
+    def __init__(self, source):
+        self.source, self.read = source, []
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        self.read.append(int(i))
+        return self.source[i]
+
+
+@pytest.mark.parametrize("hosts", [2, 4])
+def test_each_host_reads_only_its_rows_of_the_one_host_batch(sources, monkeypatch, hosts):
+    """Host h's batch is rows [h*B/n, (h+1)*B/n) of the one-host batch, crops and flips
+    included (the augmentation is keyed by global position), and it reads no other example."""
+    steps = (0, 6)  # 6 is in the second epoch
+    one_source = _CountingSource(sources["train"])
+    one_host = pipeline.train_dataset(one_source, PREP, global_batch_size=8, seed=3)
+    expected = [one_host[s] for s in steps]
+    monkeypatch.setattr(jax, "process_count", lambda: hosts)
+    per_host, read = 8 // hosts, []
+    for host in range(hosts):
+        monkeypatch.setattr(jax, "process_index", lambda host=host: host)
+        source = _CountingSource(sources["train"])
+        ds = pipeline.train_dataset(source, PREP, global_batch_size=8, seed=3)
+        for s, full in zip(steps, expected, strict=True):
+            batch, rows = ds[s], slice(host * per_host, (host + 1) * per_host)
+            for k in ("image", "label"):
+                np.testing.assert_array_equal(batch[k], full[k][rows])
+        read.append(source.read)
+    # The hosts' reads split the one host's reads: every example read once, by one host.
+    assert sorted(sum(read, [])) == sorted(one_source.read)
+    assert len(one_source.read) == len(steps) * 8
+
+
 def test_eval_batches_pad_and_keep_order_and_boxes(sources):
     batches = list(pipeline.eval_batches(sources["test"], PREP, global_batch_size=8, num_threads=2))
     assert len(batches) == 2
