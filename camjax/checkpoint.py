@@ -54,7 +54,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             meta=ocp.args.JsonSave(model_fingerprint(config)),
-            digests=ocp.args.JsonSave(tree_digests(state)),
+            digests=ocp.args.JsonSave({DIGEST_FORMAT_KEY: DIGEST_FORMAT, **tree_digests(state)}),
         ),
     )
     save_run_config(os.path.dirname(str(manager.directory)), config)
@@ -139,6 +139,11 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
         return None, f"incomplete or unreadable metadata ({_first_line(e)})"
     if meta is None or digests is None:
         return None, "incomplete: its metadata or digests are missing"
+    if digests.get(DIGEST_FORMAT_KEY) != DIGEST_FORMAT:
+        return None, (
+            f"its digests are of another format ({digests.get(DIGEST_FORMAT_KEY)!r}, not "
+            f"{DIGEST_FORMAT!r}): written by another camjax version, so it cannot be verified"
+        )
     expected = model_fingerprint(config)
     if meta != expected:
         raise CheckpointError(
@@ -173,6 +178,10 @@ def _first_line(e: BaseException) -> str:
 # probability ~2^-32. It detects corruption, not tampering (not a cryptographic hash), and costs
 # one pass over the state on the device (benchmarks/checkpoint_verify.py) instead of a copy to
 # the host: sha256 on the host measured no faster on the CPU and needs that copy on a GPU.
+
+
+# Saved with the digests: a step whose digests were computed another way is not "corrupt".
+DIGEST_FORMAT_KEY, DIGEST_FORMAT = "__format__", "uint32 sum of bits * (2i+1), v1"
 
 
 def _bits(x: jax.Array) -> jax.Array:

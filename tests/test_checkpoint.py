@@ -157,6 +157,14 @@ def truncate(path):
     open(path, "wb").write(data[: len(data) // 2])
 
 
+def drop_digest_format(path):
+    """As a camjax version with other digests would have written them."""
+    path = os.path.join(path, "metadata")
+    digests = json.load(open(path))
+    del digests[checkpoint.DIGEST_FORMAT_KEY]
+    json.dump(digests, open(path, "w"))
+
+
 DAMAGE = {
     "bit_flip": lambda step: flip_bit(largest_array_file(step)),
     "xor_bytes": lambda step: xor_bytes(largest_array_file(step)),
@@ -164,6 +172,7 @@ DAMAGE = {
     "deleted_ocdbt_manifest": lambda step: os.remove(os.path.join(step, "state", "manifest.ocdbt")),
     "deleted_state_metadata": lambda step: os.remove(os.path.join(step, "state", "_METADATA")),
     "truncated_meta_json": lambda step: truncate(os.path.join(step, "meta", "metadata")),
+    "other_digest_format": lambda step: drop_digest_format(os.path.join(step, "digests")),
     "empty_step_folder": None,  # a folder 99 with nothing in it
 }
 
