@@ -154,13 +154,13 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
         tree = read(step)
     except Exception as e:
         return None, f"its arrays do not read ({_first_line(e)})"
-    got = tree_digests(tree)
+    got, finite = _inspect(tree)
     for path, digest in got.items():
         if path not in digests:
             return None, f"{path} has no saved digest"
         if digest != digests[path]:
             return None, f"{path} does not match its saved digest (the file is corrupt)"
-    if bad := _non_finite_leaves(tree):
+    if bad := [path for path, ok in zip(got, finite, strict=True) if not ok]:
         return None, f"{bad[0]} holds NaN or Inf"
     return tree, ""
 
@@ -197,40 +197,46 @@ def _bits(x: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()  # 8 bytes: two words each
 
 
-@jax.jit
-def _digest_leaves(leaves: list[jax.Array]) -> list[jax.Array]:
-    out = []
-    for x in leaves:
-        bits = _bits(x)
-        weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
-        out.append(jnp.sum(bits * weights, dtype=jnp.uint32))
-    return out
+def _digest(x: jax.Array) -> jax.Array:
+    bits = _bits(x)
+    weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
+    return jnp.sum(bits * weights, dtype=jnp.uint32)
 
 
-def tree_digests(tree: Any) -> dict[str, list]:
-    """{'params/conv1_1/kernel': [digest, dtype, shape], ...} for every array leaf."""
+def _finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+
+
+_digest_leaves = jax.jit(lambda leaves: [_digest(x) for x in leaves])
+# At restore, digests and finiteness in one compiled pass over the state.
+_inspect_leaves = jax.jit(
+    lambda leaves: ([_digest(x) for x in leaves], [_finite(x) for x in leaves])
+)
+
+
+def _leaves(tree: Any) -> tuple[list[str], list[jax.Array]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    paths = [_path(p) for p, _ in flat]
-    leaves = [jnp.asarray(x) for _, x in flat]
-    sums = jax.device_get(_digest_leaves(leaves))
+    return [_path(p) for p, _ in flat], [jnp.asarray(x) for _, x in flat]
+
+
+def _described(paths, leaves, sums) -> dict[str, list]:
     return {
         path: [int(s), str(x.dtype), list(x.shape)]
         for path, x, s in zip(paths, leaves, sums, strict=True)
     }
 
 
-@jax.jit
-def _finite_leaves(leaves: list[jax.Array]) -> list[jax.Array]:
-    return [
-        jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
-        for x in leaves
-    ]
+def tree_digests(tree: Any) -> dict[str, list]:
+    """{'params/conv1_1/kernel': [digest, dtype, shape], ...} for every array leaf."""
+    paths, leaves = _leaves(tree)
+    return _described(paths, leaves, jax.device_get(_digest_leaves(leaves)))
 
 
-def _non_finite_leaves(tree: Any) -> list[str]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    finite = jax.device_get(_finite_leaves([jnp.asarray(x) for _, x in flat]))
-    return [_path(p) for (p, _), ok in zip(flat, finite, strict=True) if not ok]
+def _inspect(tree: Any) -> tuple[dict[str, list], list[bool]]:
+    """(tree_digests(tree), whether each leaf is finite), from one pass."""
+    paths, leaves = _leaves(tree)
+    sums, finite = jax.device_get(_inspect_leaves(leaves))
+    return _described(paths, leaves, sums), [bool(f) for f in finite]
 
 
 def _path(keys: tuple) -> str:
