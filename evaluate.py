@@ -3,13 +3,14 @@
 Restores the latest checkpoint in workdir, picks the CAM threshold on the validation split,
 reports classification and localization on the test split, writes workdir/metrics.json and a
 CAM gallery (workdir/gallery/*.png, workdir/gallery.png). With --export_dir it also writes
-both splits' WSOL score maps and metadata in the reference evaluator's layout (camjax/export.py).
+both splits' WSOL score maps and metadata in the reference evaluator's layout
+(camjax/evaluation/export.py).
 """
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from camjax.evaluation import print_report, run_evaluation
+from camjax.evaluation import evaluator, export, report
 from camjax.train import distributed
 
 FLAGS = flags.FLAGS
@@ -30,11 +31,11 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     distributed.initialize()
-    print_report(run_evaluation(FLAGS.config, FLAGS.workdir))
+    report.print_report(evaluator.run_evaluation(FLAGS.config, FLAGS.workdir))
     if FLAGS.export_dir:
-        from camjax.export import export_wsol
-
-        for split, stats in export_wsol(FLAGS.config, FLAGS.workdir, FLAGS.export_dir).items():
+        for split, stats in export.export_wsol(
+            FLAGS.config, FLAGS.workdir, FLAGS.export_dir
+        ).items():
             logging.warning(
                 "exported %d %s score maps to %s (%.0f images/s)",
                 stats["images"],

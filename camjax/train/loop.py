@@ -19,8 +19,9 @@ import numpy as np
 import optax
 import tqdm
 
-from camjax import evaluation, experiment
+from camjax import experiment
 from camjax.data import pipeline
+from camjax.evaluation import evaluator
 from camjax.train import checkpoint
 from camjax.train.metric_writer import MetricWriter
 from camjax.train.optim import create_optimizer
@@ -216,7 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     sources = experiment.data_sources(config)
 
     step_fn = jit_train_step(config, model, tx, state_shardings, mesh)
-    val_eval = evaluation.Evaluator(config, model, mesh)
+    val_eval = evaluator.Evaluator(config, model, mesh)
     writer = MetricWriter(workdir)
     train_ds = pipeline.train_dataset(
         sources[config.data.train_split], prep, config.data.batch_size, config.seed

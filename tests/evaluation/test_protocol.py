@@ -1,11 +1,10 @@
-"""Tests for camjax/wsol_protocol.py: the WSOL protocol's settings and GT conventions."""
+"""Tests for camjax/evaluation/protocol.py: the WSOL protocol's settings and GT conventions."""
 
 import cv2
 import numpy as np
 import pytest
 
-from camjax import evaluation
-from camjax import wsol_protocol as protocol
+from camjax.evaluation import evaluator, protocol
 from camjax.localization import wsol_io
 from configs import default, tiny, vgg16_gap_imagenet
 from tests.localization import wsol_reference as ref
@@ -112,7 +111,7 @@ def test_bad_wsol_config_is_a_clear_error(key, value, match, tmp_path):
         protocol.wsol_protocol(config)
     # run_evaluation checks the config before restoring anything.
     with pytest.raises(ValueError, match=match):
-        evaluation.run_evaluation(config, str(tmp_path))
+        evaluator.run_evaluation(config, str(tmp_path))
 
 
 def test_protocol_mask_marks_ignored_pixels_off_the_object():

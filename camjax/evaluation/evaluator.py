@@ -7,7 +7,7 @@ the CAM threshold on the validation split (never on test, as the WSOL protocol d
 test split at that threshold and at the paper's fixed 0.2, write metrics.json and a gallery.
 
 With `config.eval.wsol.enabled` it also reports the WSOL protocol of Choe et al. (CVPR 2020,
-clovaai/wsolevaluation; settings and counts in `camjax/wsol_protocol.py`) on both splits:
+clovaai/wsolevaluation; settings and counts in `protocol.py`) on both splits:
 MaxBoxAcc, MaxBoxAccV2, BoxAcc at fixed and validation-chosen thresholds, top-1 loc and PxAP.
 The protocol's score maps (the GT class's CAM, OpenCV-bicubic to the evaluation size, min-max
 normalised, quantised to uint8) and the PxAP histograms come out of the same jitted step; only
@@ -26,28 +26,21 @@ import ml_collections
 import numpy as np
 
 from camjax import cam as cam_lib
-from camjax import experiment, viz
+from camjax import experiment
 from camjax.data import pipeline
+from camjax.evaluation.gallery import write_gallery
+from camjax.evaluation.protocol import (
+    MaskedEvalPreprocess,
+    WsolCounts,
+    WsolProtocol,
+    protocol_boxes,
+    wsol_protocol,
+)
 from camjax.localization import wsol
-from camjax.localization.boxes import box_from_scoremap
 from camjax.localization.metrics import (
     LocalizationAccumulator,
     centered_boxes,
     localization_counts,
-)
-
-# The protocol's settings, GT conventions and counts live in wsol_protocol.py; evaluation is
-# where users reach them, so its names are re-exported here.
-from camjax.wsol_protocol import (  # noqa: F401
-    V1_IOU,
-    MaskedEvalPreprocess,
-    WsolCounts,
-    WsolProtocol,
-    original_boxes,
-    print_wsol,
-    protocol_boxes,
-    protocol_mask,
-    wsol_protocol,
 )
 
 
@@ -320,89 +313,3 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         os.replace(path + ".tmp", path)
         write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
     return results
-
-
-def write_gallery(
-    config, model, variables, source: Sequence, threshold: float, workdir: str
-) -> list[str]:
-    """PNG per image for the first config.eval.num_gallery images: image | CAM overlay + boxes.
-
-    The CAM is that of the top-1 predicted class; green is the GT box, red the CAM box.
-    """
-    n = min(config.eval.num_gallery, len(source))
-    if n == 0:
-        return []
-    prep = experiment.preprocess_config(config)
-    rows = [pipeline.EvalPreprocess(prep).map(source[i]) for i in range(n)]
-    images = np.stack([r["image"] for r in rows])
-    f = cam_lib.cam_fn(
-        model,
-        variables,
-        top_k=1,
-        method=config.eval.resize_method,
-        normalize=config.eval.cam_normalization,
-    )
-    out = f(pipeline.normalize_images(images, config.data.mean, config.data.std))
-    boxes = box_from_scoremap(out.cams[:, 0], threshold)
-    out, boxes = jax.device_get((out, boxes))
-    names = _class_names(config)
-    gallery_dir = os.path.join(workdir, "gallery")
-    os.makedirs(gallery_dir, exist_ok=True)
-    paths = []
-    for i, r in enumerate(rows):
-        pred = int(out.classes[i, 0])
-        caption = f"gt: {names(int(r['label']))}  pred: {names(pred)}"
-        picture = viz.cam_picture(
-            r["image"], out.cams[i, 0], r["boxes"][: r["num_boxes"]], boxes[i], caption
-        )
-        path = os.path.join(gallery_dir, f"{i:04d}.png")
-        picture.save(path)
-        paths.append(path)
-    viz.contact_sheet(paths).save(os.path.join(workdir, "gallery.png"))
-    return paths
-
-
-def _class_names(config):
-    if config.data.name == "wsol_shapes":
-        from camjax.data.shapes import CLASS_NAMES
-
-        return lambda i: CLASS_NAMES[i]
-    return str
-
-
-def print_report(results: dict[str, Any]) -> None:
-    """The headline numbers of run_evaluation as small tables on stdout (process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    tuned, fixed, k = (
-        results["test_at_val_threshold"],
-        results["test_at_fixed_threshold"],
-        results["top_k"],
-    )
-    rows = [
-        ("top-1 cls acc", "top1_cls"),
-        (f"top-{k} cls acc", f"top{k}_cls"),
-        ("top-1 loc acc", "top1_loc"),
-        (f"top-{k} loc acc", f"top{k}_loc"),
-        ("GT-known loc acc", "gt_known_loc"),
-    ]
-    print(
-        f"\n{results['model']} on {results['dataset']} test ({tuned['num_images']} images), "
-        f"step {results['step']}, IoU >= {results['iou_threshold']}"
-    )
-    head_tuned = f"thr {tuned['threshold']:.2f} (from val)"
-    head_fixed = f"thr {fixed['threshold']:.2f} (paper)"
-    print(f"{'':<20}{head_tuned:>22}{head_fixed:>20}")
-    for label, key in rows:
-        print(f"{label:<20}{tuned[key]:>21.2f}%{fixed[key]:>19.2f}%")
-    size = tuned["best_center_box_size"]
-    print(
-        f"{'best centered box':<20}{tuned['best_center_box_gt_known_loc']:>21.2f}%   GT-known; "
-        f"{size[0]:.2f} x {size[1]:.2f} of the image, the best size on test"
-    )
-    print(
-        f"GT-known loc at the best threshold on test (oracle): "
-        f"{results['test_gt_known_loc_oracle_max']:.2f}%"
-    )
-    if "wsol" in results:
-        print_wsol(results["wsol"])

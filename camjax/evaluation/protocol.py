@@ -4,8 +4,9 @@ Settings (`config.eval.wsol` -> `WsolProtocol`), the reference evaluator's conve
 boxes (`protocol_boxes`, from original-pixel inclusive boxes with its `resize_bbox`
 arithmetic) and masks (`protocol_mask`, nearest-neighbour resize, 255 = ignored), the split's
 integer counts and their metrics (`WsolCounts`: MaxBoxAcc, MaxBoxAccV2, BoxAcc at fixed and
-validation-chosen thresholds, top-1 loc, PxAP), and their table on stdout. The arrays come
-from `camjax.evaluation.Evaluator`; the counting itself is `camjax.localization.wsol`.
+validation-chosen thresholds, top-1 loc, PxAP). The arrays come
+from `evaluator.Evaluator`; the counting itself is `camjax.localization.wsol`; the table is
+`report.print_wsol`.
 """
 
 import dataclasses
@@ -375,57 +376,3 @@ class WsolCounts:
                 "box_acc_v2_thresholds": dict(zip(ious, map(float, grid[j2]), strict=True)),
             }
         return out
-
-
-def print_wsol(w: dict[str, Any]) -> None:
-    p, val, test = w["protocol"], w["val"], w["test"]
-    if not p["boxes"]:
-        print(
-            f"\nWSOL protocol (Choe et al., CVPR 2020), masks only: GT-class CAM, bicubic to "
-            f"{p['eval_size']}^2, {p['num_thresholds']} thresholds; PxAP val {val['pxap']:.2f}% "
-            f"({val['num_images']} images), test {test['pxap']:.2f}% ({test['num_images']})"
-        )
-        return
-    at_val, at_fixed = test["at_val_thresholds"], test["at_fixed_threshold"]
-    print(
-        f"\nWSOL protocol (Choe et al., CVPR 2020): GT-class CAM, bicubic to {p['eval_size']}^2, "
-        f"{p['num_thresholds']} CAM thresholds; val {val['num_images']}, "
-        f"test {test['num_images']} images; max over thresholds @ its threshold"
-    )
-
-    def row(label, *cells):
-        text = [
-            "-" if c is None else f"{c[0]:.2f}% @{c[1]:.3f}" if c[1:] else f"{c[0]:.2f}%"
-            for c in cells
-        ]
-        print(f"{label:<20}" + "".join(f"{t:>17}" for t in text))
-
-    print(
-        f"{'':<20}{'val max':>17}{'test max':>17}{'test @ val thr':>17}"
-        f"{'test @ ' + format(p['fixed_threshold'], 'g'):>17}"
-    )
-    row(
-        "MaxBoxAcc (IoU 50)",
-        (val["max_box_acc"], val["max_box_acc_threshold"]),
-        (test["max_box_acc"], test["max_box_acc_threshold"]),
-        (at_val["box_acc"], at_val["threshold"]),
-        (at_fixed["box_acc"],),
-    )
-    row(
-        "MaxBoxAccV2 (mean)",
-        (val["max_box_acc_v2"],),
-        (test["max_box_acc_v2"],),
-        (at_val["box_acc_v2"],),
-        (at_fixed["box_acc_v2"],),
-    )
-    for d in map(str, p["iou_thresholds"]):
-        row(
-            f"  IoU {d}",
-            (val["max_box_acc_v2_per_iou"][d], val["max_box_acc_v2_thresholds"][d]),
-            (test["max_box_acc_v2_per_iou"][d], test["max_box_acc_v2_thresholds"][d]),
-            (at_val["box_acc_v2_per_iou"][d], at_val["box_acc_v2_thresholds"][d]),
-            (at_fixed["box_acc_v2_per_iou"][d],),
-        )
-    row("top-1 loc (IoU 50)", None, None, (at_val["top1_loc"],), (at_fixed["top1_loc"],))
-    if p["pxap"]:
-        row("PxAP", (val["pxap"],), (test["pxap"],))
