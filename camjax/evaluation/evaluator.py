@@ -1,7 +1,8 @@
 """Evaluation of a trained GAP network: classification, CAM localization, WSOL metrics, pictures.
 
 `Evaluator` runs one jitted program per batch (forward pass, CAM of the GT class upsampled to the
-image, boxes at every CAM threshold of the grid, IoUs, counts) and sums the counts over a split.
+image, its masks at every CAM threshold of the grid as one uint8 map) and counts the paper's boxes
+on the host with the WSOL engine (`camjax.localization.boxes`), one batch behind the device.
 `run_evaluation(config, workdir)` is what evaluate.py calls: restore the latest checkpoint, pick
 the CAM threshold on the validation split (never on test, as the WSOL protocol does), report the
 test split at that threshold and at the paper's fixed 0.2, write metrics.json and a gallery.
@@ -34,14 +35,10 @@ from camjax.evaluation.protocol import (
     WsolCounts,
     WsolProtocol,
     protocol_boxes,
+    sum_over_hosts,
     wsol_protocol,
 )
-from camjax.localization import wsol
-from camjax.localization.metrics import (
-    LocalizationAccumulator,
-    centered_boxes,
-    localization_counts,
-)
+from camjax.localization import boxes, pxap, wsol
 
 
 def threshold_grid(step: float) -> np.ndarray:
@@ -84,7 +81,7 @@ class Evaluator:
             np.arange(ev.center_box_grid_step, 1.0 + 1e-9, ev.center_box_grid_step), 6
         )
         size = config.data.image_size
-        center = centered_boxes(size, size, self.center_fractions)
+        center = boxes.centered_boxes(size, size, self.center_fractions)
         self.prep = experiment.preprocess_config(config)
         self.sharding = experiment.data_sharding(mesh)
         mean, std = config.data.mean, config.data.std
@@ -99,27 +96,23 @@ class Evaluator:
                 cams, (size, size), method=ev.resize_method, normalize=ev.cam_normalization
             )
             _, top = jax.lax.top_k(logits, self.top_k)
-            counts = localization_counts(
-                scoremaps,
-                batch["boxes"],
-                batch["num_boxes"],
-                batch["label"],
-                top,
-                batch["valid"],
-                jnp.asarray(self.thresholds),
-                jnp.asarray(center),
-                ev.iou_threshold,
-            )
-            return cams, scoremaps, top, counts
+            paper = {
+                "region_maps": wsol.quantize_for_thresholds(scoremaps, self.thresholds),
+                "top": top,
+                "center_box": boxes.center_box_counts(
+                    batch["boxes"], batch["num_boxes"], batch["valid"], center, ev.iou_threshold
+                ),
+            }
+            return cams, scoremaps, top, paper
 
         def wsol_step(variables, batch):
-            cams, scoremaps, top, counts = dense(variables, batch)
+            cams, scoremaps, top, paper = dense(variables, batch)
             e = protocol.eval_size
             if (e, ev.resize_method, ev.cam_normalization) != (size, "bicubic", "minmax"):
                 # The protocol's maps: OpenCV INTER_CUBIC to the evaluation size, min-max.
                 scoremaps = cam_lib.postprocess(cams, (e, e), method="bicubic")
             out = {
-                "loc": counts,
+                "paper": paper,
                 "scoremaps": scoremaps,  # stays on device unless a caller fetches it
                 "quantized": wsol.quantize_scoremaps(scoremaps),
                 "top1_correct": top[:, 0] == batch["label"],
@@ -127,7 +120,7 @@ class Evaluator:
             if protocol.pxap:
                 # Padding rows of a ragged last batch are ignored pixels (255).
                 masks = jnp.where(batch["valid"][:, None, None], batch["mask"], 255)
-                out["pxap"] = wsol.pxap_histograms(scoremaps, masks, protocol.thresholds)
+                out["pxap"] = pxap.pxap_histograms(scoremaps, masks, protocol.thresholds)
             return out
 
         def scoremap_step(variables, batch):
@@ -140,7 +133,7 @@ class Evaluator:
             e = protocol.eval_size
             return cam_lib.postprocess(cams, (e, e), method="bicubic")
 
-        self._step = jax.jit(lambda variables, batch: dense(variables, batch)[3])
+        self._paper_step = jax.jit(lambda variables, batch: dense(variables, batch)[3])
         self._wsol_step = jax.jit(wsol_step) if protocol is not None else None
         self._scoremap_step = jax.jit(scoremap_step) if protocol is not None else None
 
@@ -152,24 +145,37 @@ class Evaluator:
 
     def evaluate(
         self, variables: Any, source: Sequence, max_images: int = 0
-    ) -> LocalizationAccumulator:
-        """Counts over the first max_images (0: all) examples of a source."""
-        acc = LocalizationAccumulator(self.thresholds, self.center_fractions)
-        for host_batch in self._batches(source, max_images, masks=False):
-            batch = pipeline.shard_batch(
-                {k: host_batch[k] for k in ("image", "label", "boxes", "num_boxes", "valid")},
-                self.sharding,
-            )
-            acc.update(self._step(variables, batch))
-        return acc
+    ) -> boxes.LocalizationAccumulator:
+        """The paper's counts over the first max_images (0: all) examples of a source."""
+        acc = boxes.LocalizationAccumulator(self.thresholds, self.center_fractions)
+        keys = ["image", "label", "boxes", "num_boxes", "valid"]
+        batches = self._batches(source, max_images, masks=False)
+        for host_batch, out in self._pipelined(self._paper_step, variables, batches, keys):
+            acc.update(self._paper_counts(host_batch, out))
+        return _sum_paper_over_hosts(acc)
+
+    def _paper_counts(self, host_batch: pipeline.Batch, out: dict[str, jax.Array]):
+        """The paper's counts of one batch: its boxes counted on the host by the WSOL engine."""
+        counts = boxes.localization_counts(
+            host_rows(out["region_maps"]),
+            host_batch["boxes"],
+            host_batch["num_boxes"],
+            host_batch["label"],
+            host_rows(out["top"]),
+            host_batch["valid"],
+            self.thresholds,
+            self.config.eval.iou_threshold,
+        )
+        return {**counts, "center_box": out["center_box"]}
 
     def wsol_outputs(
         self, variables: Any, source: Sequence, max_images: int = 0
     ) -> Iterator[tuple[pipeline.Batch, dict[str, jax.Array]]]:
         """(host batch, device outputs of the WSOL step) per batch of a source.
 
-        Outputs: 'loc' (`localization_counts`), 'scoremaps' (B, E, E) float32, 'quantized'
-        (B, E, E) uint8, 'top1_correct' (B,) bool and, with PxAP, 'pxap' (2, T + 2). The next
+        Outputs: 'paper' (the paper's 'region_maps', 'top' classes and 'center_box' counts),
+        'scoremaps' (B, E, E) float32, 'quantized' (B, E, E) uint8, 'top1_correct' (B,) bool
+        and, with PxAP, 'pxap' (2, T + 2). The next
         batch's step is dispatched before a batch is handed out, so host work overlaps it.
         """
         if self.protocol is None:
@@ -212,7 +218,7 @@ class Evaluator:
         source: Sequence,
         max_images: int = 0,
         val_threshold: float | None = None,
-    ) -> tuple[LocalizationAccumulator, WsolCounts]:
+    ) -> tuple[boxes.LocalizationAccumulator, WsolCounts]:
         """One pass over a source: `evaluate`'s counts and the WSOL protocol's.
 
         val_threshold: MaxBoxAcc's threshold chosen on validation; top-1 loc is counted there
@@ -220,12 +226,12 @@ class Evaluator:
         """
         p = self.protocol
         operating = [p.fixed_threshold] + ([val_threshold] if val_threshold is not None else [])
-        loc = LocalizationAccumulator(self.thresholds, self.center_fractions)
+        loc = boxes.LocalizationAccumulator(self.thresholds, self.center_fractions)
         counts = WsolCounts.create(p, operating)
         image_size = self.config.data.image_size
         for host_batch, out in self.wsol_outputs(variables, source, max_images):
-            loc.update(out["loc"])
-            boxes = (
+            loc.update(self._paper_counts(host_batch, out["paper"]))
+            gt = (
                 (
                     host_rows(out["quantized"]),
                     protocol_boxes(
@@ -237,13 +243,20 @@ class Evaluator:
                 else (None, None, None)
             )
             counts.update(
-                *boxes,
+                *gt,
                 np.asarray(host_batch["valid"], bool),
                 host_rows(out["top1_correct"]),
                 out.get("pxap"),
             )
         counts.sum_over_hosts()
-        return loc, counts
+        return _sum_paper_over_hosts(loc), counts
+
+
+def _sum_paper_over_hosts(acc: boxes.LocalizationAccumulator) -> boxes.LocalizationAccumulator:
+    """Adds the other hosts' host-counted rows; 'center_box' came from the device, global."""
+    for k in ("n", "top1_cls", "topk_cls", "gt_known", "top1_loc", "topk_loc"):
+        acc.counts[k] = sum_over_hosts(acc.counts[k])
+    return acc
 
 
 def restore_evaluator(

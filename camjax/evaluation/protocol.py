@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from camjax.data import pipeline
+from camjax.localization import pxap as pxap_lib
 from camjax.localization import wsol, wsol_io
 
 # MaxBoxAcc (the CVPR version's box metric) and top-1 loc: IoU >= 0.5, largest contour's box.
@@ -230,7 +231,8 @@ class MaskedEvalPreprocess(grain.transforms.Map):
         return row
 
 
-def _sum_over_hosts(x: np.ndarray) -> np.ndarray:
+def sum_over_hosts(x: np.ndarray) -> np.ndarray:
+    """An integer count summed over every host (itself on one host)."""
     if jax.process_count() == 1:
         return x
     from jax.experimental import multihost_utils
@@ -259,7 +261,7 @@ class WsolCounts:
     v1: wsol.WsolBoxAccumulator | None
     v2: wsol.WsolBoxAccumulator | None
     top1_loc: wsol.WsolBoxAccumulator | None
-    pxap: wsol.PxAPAccumulator | None
+    pxap: pxap_lib.PxAPAccumulator | None
     num_images: int = 0
 
     @classmethod
@@ -272,7 +274,7 @@ class WsolCounts:
             wsol.WsolBoxAccumulator(curve, (V1_IOU,)) if b else None,
             wsol.WsolBoxAccumulator(curve, protocol.iou_thresholds) if b else None,
             wsol.WsolBoxAccumulator(np.asarray(operating, np.float64), (V1_IOU,)) if b else None,
-            wsol.PxAPAccumulator(protocol.thresholds) if protocol.pxap else None,
+            pxap_lib.PxAPAccumulator(protocol.thresholds) if protocol.pxap else None,
         )
 
     def update(
@@ -310,12 +312,12 @@ class WsolCounts:
 
     def sum_over_hosts(self) -> None:
         """Adds the other hosts' box counts (the PxAP histograms are global already)."""
-        self.num_images = int(_sum_over_hosts(np.asarray(self.num_images)))
+        self.num_images = int(sum_over_hosts(np.asarray(self.num_images)))
         for acc in (self.v1, self.v2, self.top1_loc):
             if acc is None:
                 continue
-            acc.counts = _sum_over_hosts(acc.counts)
-            acc.num_images = int(_sum_over_hosts(np.asarray(acc.num_images)))
+            acc.counts = sum_over_hosts(acc.counts)
+            acc.num_images = int(sum_over_hosts(np.asarray(acc.num_images)))
 
     def _curves(self) -> tuple[np.ndarray, np.ndarray]:
         """BoxAcc percent on the grid: V1 (T,), V2 (D, T)."""

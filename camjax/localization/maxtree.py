@@ -33,7 +33,12 @@ The kernels are numba-compiled and run the maps of a batch in parallel over the 
 import numba
 import numpy as np
 
-NUM_LEVELS = 256
+from camjax.localization.wsol import NUM_LEVELS
+
+# What a sweep reports per level (``rule``): the best box of every contour (MaxBoxAccV2), the
+# largest contour's box by polygon area (MaxBoxAcc), or the CAM paper's box, the largest
+# 8-connected region by pixel count, tight (no boundingRect end), no box on an empty mask.
+ALL_CONTOURS, LARGEST_CONTOUR, LARGEST_REGION = 0, 1, 2
 
 # Twice the polygon area inside one 2x2 window of pixel centres with k foreground corners: one
 # or two corners (even diagonal ones) enclose nothing, three enclose a half-square triangle.
@@ -137,16 +142,17 @@ def _grow(box, r, x, y):
 @_jit
 def _hit_level(x0, y0, x1, y1, gt, num_gt, deltas):
     """How many of the ascending IoU percentages ``deltas`` box (x0, y0, x1, y1) reaches with
-    its best GT box. Inclusive coordinates, integer decisions ``100 * inter >= d * union``, as
-    ``wsol._hits``; a non-positive union reaches only non-positive deltas."""
+    its best GT box. Inclusive coordinates, decisions ``100 * inter >= d * union`` in float64
+    (exact for integer boxes, as the reference's); a non-positive union reaches only
+    non-positive deltas."""
     best = 0
-    area = np.int64(x1 - x0 + 1) * (y1 - y0 + 1)
+    area = np.float64(x1 - x0 + 1) * (y1 - y0 + 1)
     for g in range(num_gt):
         gx0, gy0, gx1, gy1 = gt[g, 0], gt[g, 1], gt[g, 2], gt[g, 3]
-        iw = max(0, min(x1, gx1) - max(x0, gx0) + 1)
-        ih = max(0, min(y1, gy1) - max(y0, gy0) + 1)
-        inter = np.int64(iw) * ih
-        union = area + np.int64(gx1 - gx0 + 1) * (gy1 - gy0 + 1) - inter
+        iw = max(0.0, min(x1, gx1) - max(x0, gx0) + 1)
+        ih = max(0.0, min(y1, gy1) - max(y0, gy0) + 1)
+        inter = iw * ih
+        union = area + (gx1 - gx0 + 1) * (gy1 - gy0 + 1) - inter
         k = 0
         while k < deltas.shape[0]:
             ok = 100 * inter >= deltas[k] * union if union > 0 else deltas[k] <= 0
@@ -158,9 +164,12 @@ def _hit_level(x0, y0, x1, y1, gt, num_gt, deltas):
 
 
 @_jit
-def _contour_hit_level(box, r, grow, h, w, gt, num_gt, deltas):
-    """`_hit_level` of the evaluator's box for root r's contour: the component's box grown by
-    `grow` pixels on every side, ``boundingRect``'s end (+1) clipped to the last pixel."""
+def _contour_hit_level(box, r, grow, tight, h, w, gt, num_gt, deltas):
+    """`_hit_level` of root r's box: tight (the component's own pixels), or the evaluator's
+    contour box, the component's box grown by `grow` pixels on every side with
+    ``boundingRect``'s end (+1) clipped to the last pixel."""
+    if tight:
+        return _hit_level(box[r, 0], box[r, 1], box[r, 2], box[r, 3], gt, num_gt, deltas)
     return _hit_level(
         box[r, 0] - grow,
         box[r, 1] - grow,
@@ -253,23 +262,28 @@ def _fill_holes(q, h, w):
 
 
 @_jit
-def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
+def _outer_sweep(order, h, w, rule, gt, num_gt, deltas, boxes_out):
     """Adds pixels from value 255 down and reports, after each level, the boxes of the
     8-connected components of the foreground ``values > L``.
 
     Args:
-      values: (H * W,) int32 swept values 0..255; order: their ``_counting_order``.
-      largest: report the V1 winner (largest polygon area, ties to the last first pixel)
-        instead of the best box of all components; values must then be the filled map.
+      order: the swept values' ``_counting_order`` (the filled map for LARGEST_CONTOUR).
+      rule: ALL_CONTOURS (the best box of all components), LARGEST_CONTOUR (the V1 winner:
+        largest polygon area, ties to the last first pixel) or LARGEST_REGION (most pixels,
+        ties to the first first pixel; tight boxes).
+      boxes_out: (256, 4) int32 that receives the winner's inclusive box per level (-1 rows
+        where there is none), or (0, 4) to skip.
 
     Returns:
       (256,) int32: for level L, the hit level of the best box over all components (-1 when
-      there is none), or of the V1 winner. A component's box is ``(x0, y0, x1 + 1, y1 + 1)``
-      clipped to the last pixel, as the evaluator's ``boundingRect`` ends.
+      there is none), or of the winner. A component's box is ``(x0, y0, x1 + 1, y1 + 1)``
+      clipped to the last pixel, as the evaluator's ``boundingRect`` ends, or tight.
     """
     index, ys, xs, start = order
     wp = w + 2
     nodes = (h + 2) * wp
+    largest = rule != ALL_CONTOURS
+    tight = rule == LARGEST_REGION
     # parent[i] >= 0 once pixel i is added: pixels arrive by value, and within a value in
     # raster order, which is exactly "already in the foreground". The frame never is.
     parent = np.full(nodes, -1, np.int32)
@@ -278,10 +292,13 @@ def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
     count = np.zeros(deltas.shape[0] + 1, np.int32)  # roots per hit level
     result = np.full(NUM_LEVELS, -1, np.int32)
     size = nodes if largest else 1
-    area2 = np.zeros(size, np.int32)  # twice the component's polygon area
+    area2 = np.zeros(size, np.int32)  # twice the polygon area, or the pixel count
     first = np.zeros(size, np.int32)  # raster index of the component's first pixel
+    # Ties between equal sizes: the larger key wins, so the last first pixel for the contour
+    # rule (OpenCV's order) and the first one for the region rule (raster order).
+    sign = -1 if tight else 1
     offsets = (-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1)
-    best, best_area, best_first, dirty = -1, -1, -1, False
+    best, best_area, best_key, dirty = -1, -1, -(2**31), False
 
     for step in range(NUM_LEVELS):
         v = NUM_LEVELS - 1 - step
@@ -317,38 +334,42 @@ def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
                 changed = True
             parent[p] = r
             if changed:
-                hits[r] = _contour_hit_level(box, r, 0, h, w, gt, num_gt, deltas)
+                hits[r] = _contour_hit_level(box, r, 0, tight, h, w, gt, num_gt, deltas)
             count[hits[r]] += 1
             if not largest:
                 continue
-            area2[r] += _AREA2_GAIN[present]
+            area2[r] += 1 if tight else _AREA2_GAIN[present]
             first[r] = min(first[r], y * w + x)
             if dirty:
                 continue
+            key = sign * first[r]
             if best_touched:
                 # The best merged or grew: it stays best unless its key fell (its first pixel
                 # moved up without area gain), then rescan at the end of the level.
-                if area2[r] > best_area or (area2[r] == best_area and first[r] >= best_first):
-                    best, best_area, best_first = r, area2[r], first[r]
+                if area2[r] > best_area or (area2[r] == best_area and key >= best_key):
+                    best, best_area, best_key = r, area2[r], key
                 else:
                     dirty = True
-            elif area2[r] > best_area or (area2[r] == best_area and first[r] > best_first):
-                best, best_area, best_first = r, area2[r], first[r]
+            elif area2[r] > best_area or (area2[r] == best_area and key > best_key):
+                best, best_area, best_key = r, area2[r], key
         level = v - 1  # the mask "> v - 1" is complete
         if level < 0:
             continue
         if largest:
             if dirty:
-                best, best_area, best_first = -1, -1, -1
+                best, best_area, best_key = -1, -1, -(2**31)
                 for j in range(start[v], start[NUM_LEVELS]):
                     i = index[j]
+                    key = sign * first[i]
                     if parent[i] == i and (
-                        area2[i] > best_area or (area2[i] == best_area and first[i] > best_first)
+                        area2[i] > best_area or (area2[i] == best_area and key > best_key)
                     ):
-                        best, best_area, best_first = i, area2[i], first[i]
+                        best, best_area, best_key = i, area2[i], key
                 dirty = False
             if best >= 0:
                 result[level] = hits[best]
+                if boxes_out.shape[0]:
+                    boxes_out[level] = box[best]
         else:
             result[level] = _best_hit_level(count)
     return result
@@ -363,7 +384,7 @@ def _best_hit_level(count):
 
 
 @_jit
-def _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas):
+def _hole_sweep(filled, order, h, w, gt, num_gt, deltas):
     """Adds background pixels from value 0 up and reports, after each level L, the boxes of
     the holes of the foreground ``values > L``: the 4-connected components of the background
     ``values <= L`` that do not reach the image frame.
@@ -430,26 +451,34 @@ def _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas):
             parent[p] = r
             if changed:
                 # A hole's contour runs through the foreground pixels around it.
-                hits[r] = _contour_hit_level(box, r, 1, h, w, gt, num_gt, deltas)
+                hits[r] = _contour_hit_level(box, r, 1, False, h, w, gt, num_gt, deltas)
             count[hits[r]] += 1
         result[v] = _best_hit_level(count)
     return result
 
 
 @_jit
-def _image_hit_levels(q, h, w, gt, num_gt, deltas, largest, out):
+def _image_hit_levels(q, h, w, gt, num_gt, deltas, rule, out, boxes_out):
     """Writes one map's hit level at every level into out (256,) (see ``hit_levels``)."""
     values = q.astype(np.int32)
     peak = values.max()
-    empty = _hit_level(0, 0, 0, 0, gt, num_gt, deltas)
-    filled = _fill_holes(values, h, w)
-    if largest:
-        order = _counting_order(filled, h, w)
-        per_level = _outer_sweep(filled, order, h, w, True, gt, num_gt, deltas)
+    # A level without any foreground: the evaluator scores the box (0, 0, 0, 0), the paper's
+    # heuristic has no box.
+    empty = 0 if rule == LARGEST_REGION else _hit_level(0, 0, 0, 0, gt, num_gt, deltas)
+    if rule == LARGEST_REGION:
+        per_level = _outer_sweep(
+            _counting_order(values, h, w), h, w, rule, gt, num_gt, deltas, boxes_out
+        )
+    elif rule == LARGEST_CONTOUR:
+        filled = _fill_holes(values, h, w)
+        per_level = _outer_sweep(
+            _counting_order(filled, h, w), h, w, rule, gt, num_gt, deltas, boxes_out
+        )
     else:
+        filled = _fill_holes(values, h, w)
         order = _counting_order(values, h, w)
-        per_level = _outer_sweep(values, order, h, w, False, gt, num_gt, deltas)
-        holes = _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas)
+        per_level = _outer_sweep(order, h, w, rule, gt, num_gt, deltas, boxes_out)
+        holes = _hole_sweep(filled, order, h, w, gt, num_gt, deltas)
         for level in range(NUM_LEVELS):
             per_level[level] = max(per_level[level], holes[level])
     for level in range(NUM_LEVELS):
@@ -457,11 +486,12 @@ def _image_hit_levels(q, h, w, gt, num_gt, deltas, largest, out):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _batch_hit_levels(q, gt, num_gt, deltas, largest):
+def _batch_hit_levels(q, gt, num_gt, deltas, rule, boxes_out):
     b, h, w = q.shape
     out = np.zeros((b, NUM_LEVELS), np.int8)
     for i in numba.prange(b):
-        _image_hit_levels(q[i].reshape(-1), h, w, gt[i], num_gt[i], deltas, largest, out[i])
+        boxes = boxes_out[i] if boxes_out.shape[0] else boxes_out[0:0, 0]
+        _image_hit_levels(q[i].reshape(-1), h, w, gt[i], num_gt[i], deltas, rule, out[i], boxes)
     return out
 
 
@@ -492,25 +522,45 @@ def hit_levels(
     gt_boxes: np.ndarray,
     num_gt: np.ndarray,
     deltas: np.ndarray,
-    largest: bool,
+    rule: int,
 ) -> np.ndarray:
-    """Per map and level, how many IoU thresholds the evaluator's boxes reach.
+    """Per map and level, how many IoU thresholds the rule's boxes reach.
 
     Args:
       quantized: (B, H, W) uint8 maps.
-      gt_boxes: (B, M, 4) int inclusive ``(x0, y0, x1, y1)``; num_gt: (B,) real boxes per map.
+      gt_boxes: (B, M, 4) inclusive ``(x0, y0, x1, y1)``, integer or float (compared in float64,
+        exact for integers); num_gt: (B,) real boxes per map.
       deltas: (D,) int IoU percentages, ascending.
-      largest: the largest contour's box only (V1) instead of every contour's (V2).
+      rule: ALL_CONTOURS (V2), LARGEST_CONTOUR (V1) or LARGEST_REGION (the paper's heuristic).
 
     Returns:
       (B, 256) int8: entry [b, L] = k means the mask ``q > L`` has a box reaching
       ``IoU >= deltas[i] / 100`` exactly for i < k (levels at or above the peak use the empty
-      box ``(0, 0, 0, 0)``, as the evaluator).
+      box ``(0, 0, 0, 0)``, as the evaluator, except under LARGEST_REGION: no box, 0).
     """
     return _batch_hit_levels(
         np.ascontiguousarray(quantized, np.uint8),
-        np.ascontiguousarray(gt_boxes, np.int32),
+        np.ascontiguousarray(gt_boxes, np.float64),
         np.ascontiguousarray(num_gt, np.int64),
         np.ascontiguousarray(deltas, np.int64),
-        bool(largest),
+        int(rule),
+        np.zeros((0, NUM_LEVELS, 4), np.int32),
     )
+
+
+def region_boxes(quantized: np.ndarray) -> np.ndarray:
+    """The paper heuristic's box at every level: (B, H, W) uint8 -> (B, 256, 4) int32 inclusive
+    ``(x0, y0, x1, y1)`` of the largest 8-connected region of ``q > L`` (most pixels, ties to
+    the first in raster order); -1 rows where the mask is empty."""
+    q = np.ascontiguousarray(quantized, np.uint8)
+    b = q.shape[0]
+    boxes = np.full((b, NUM_LEVELS, 4), -1, np.int32)
+    _batch_hit_levels(
+        q,
+        np.zeros((b, 1, 4), np.float64),
+        np.zeros((b,), np.int64),
+        np.zeros((0,), np.int64),
+        LARGEST_REGION,
+        boxes,
+    )
+    return boxes

@@ -7,7 +7,7 @@ need the counts inside ``jax.jit`` on an accelerator, and as a second exact impl
 tests hold against the same OpenCV reference.
 
 Components are labelled with a data-parallel union-find (hook roots onto the neighbourhood
-minimum, compress by pointer jumping; ``boxes.label_one``), 8-connected for the foreground and
+minimum, compress by pointer jumping; ``label_one``), 8-connected for the foreground and
 4-connected for the background, at every level a batch's thresholds probe (up to 256). Levels
 are nested, so the foreground is swept from the top level down and the background from the
 bottom up, each level's labelling starting from the previous level's labels; V1 also labels the
@@ -19,9 +19,64 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camjax.localization.boxes import label_one
+from camjax.localization.wsol import NUM_LEVELS
 
-NUM_LEVELS = 256
+BACKGROUND = -1
+
+
+def label_one(mask: jax.Array, connectivity: int = 8, init: jax.Array | None = None) -> jax.Array:
+    """Labels one (H, W) bool mask: int32 (H, W), BACKGROUND off the mask, else the smallest
+    raster index of the pixel's component (8- or 4-connected); see ``label_components``.
+
+    ``init``: optional (H, W) labels of a sub-mask of ``mask`` (e.g. the same map at a higher
+    level), -1 elsewhere. Its components lie inside components of ``mask``, so it is a valid
+    union-find state to start from and saves most of the passes of a sweep over levels.
+    """
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}.")
+    h, w = mask.shape
+    n = h * w
+    fg = jnp.concatenate([mask.reshape(-1), jnp.zeros((1,), bool)])
+    own = jnp.arange(n + 1, dtype=jnp.int32)
+    if init is not None:
+        flat = init.reshape(-1)
+        own = jnp.concatenate([jnp.where(flat >= 0, flat, own[:n]), own[n:]])
+    # Slot n is a self-looping "nowhere" so gathers and scatters never need masking.
+    parent = jnp.where(fg, own, n)
+
+    def neighbour_min(parent):
+        grid = jnp.pad(parent[:n].reshape(h, w), 1, constant_values=n)
+        if connectivity == 8:
+            rows = jnp.minimum(jnp.minimum(grid[:, :-2], grid[:, 1:-1]), grid[:, 2:])
+            low = jnp.minimum(jnp.minimum(rows[:-2], rows[1:-1]), rows[2:])
+        else:
+            low = jnp.minimum(
+                jnp.minimum(grid[1:-1, :-2], grid[1:-1, 2:]),
+                jnp.minimum(jnp.minimum(grid[:-2, 1:-1], grid[2:, 1:-1]), grid[1:-1, 1:-1]),
+            )
+        low = jnp.concatenate([low.reshape(-1), jnp.full((1,), n, jnp.int32)])
+        return jnp.where(fg, low, n)
+
+    def compress(parent):
+        def body(state):
+            p, _ = state
+            jumped = p.at[p].get(mode="promise_in_bounds")
+            return jumped, jnp.any(jumped != p)
+
+        return jax.lax.while_loop(lambda s: s[1], body, (parent, jnp.bool_(True)))[0]
+
+    def body(state):
+        parent, _ = state
+        low = neighbour_min(parent)
+        # Hook every root onto the smallest label next to any of its pixels; pointers only
+        # decrease, so no cycles form and the fixed point labels by the component minimum.
+        hooked = parent.at[parent].min(low, mode="promise_in_bounds")
+        hooked = compress(jnp.minimum(hooked, low))
+        return hooked, jnp.any(hooked != parent)
+
+    parent = compress(parent)
+    parent = jax.lax.while_loop(lambda s: s[1], body, (parent, jnp.bool_(True)))[0]
+    return jnp.where(fg[:n], parent[:n], BACKGROUND).reshape(h, w)
 
 
 def _segment_boxes(labels: jax.Array) -> tuple[jax.Array, jax.Array]:

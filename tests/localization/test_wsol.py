@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from camjax.cam import normalize_minmax
-from camjax.localization import wsol
+from camjax.localization import pxap, wsol
 
 sys.path.insert(0, str(Path(__file__).parent))
 import wsol_reference as ref  # noqa: E402
@@ -285,11 +285,11 @@ def test_pxap_matches_reference():
     scoremaps[2, :2, :2] = 1.0
     masks = rng.choice(np.array([0, 1, 255], np.uint8), size=scoremaps.shape, p=[0.6, 0.3, 0.1])
     grid = wsol.default_thresholds(0.001)
-    acc = wsol.PxAPAccumulator(grid)
-    acc.update(wsol.pxap_histograms(scoremaps[:3], masks[:3], grid))
-    other = wsol.PxAPAccumulator(grid)
-    other.update(wsol.pxap_histograms(scoremaps[3:], masks[3:], grid))
-    acc = acc.merge(other)
+    acc = pxap.PxAPAccumulator(grid)
+    acc.update(pxap.pxap_histograms(scoremaps[:3], masks[:3], grid))
+    other = pxap.PxAPAccumulator(grid)
+    other.update(pxap.pxap_histograms(scoremaps[3:], masks[3:], grid))
+    acc.merge(other)
     t, f = ref.pxap_histograms(list(scoremaps), list(masks), grid)
     np.testing.assert_array_equal(acc.histograms, np.stack([t, f]).astype(np.int64))
     assert acc.pxap() == ref.pxap(t, f)
@@ -302,8 +302,8 @@ def test_pxap_by_hand():
     grid = np.array([0.0, 0.5, 0.75])
     s = np.array([[[0.9, 0.4], [0.6, 0.1]]], np.float32)
     m = np.array([[[1, 1], [0, 0]]], np.uint8)
-    acc = wsol.PxAPAccumulator(grid)
-    acc.update(wsol.pxap_histograms(s, m, grid))
+    acc = pxap.PxAPAccumulator(grid)
+    acc.update(pxap.pxap_histograms(s, m, grid))
     np.testing.assert_array_equal(acc.histograms, [[1, 0, 1, 0, 0], [1, 1, 0, 0, 0]])
     assert acc.pxap() == 75.0
 
@@ -329,8 +329,9 @@ def test_accumulator_matches_reference_metrics():
     np.testing.assert_array_equal(list(acc.max_box_acc().values()), ref.max_box_acc(want, 14))
     assert acc.max_box_acc_v2() == np.average(ref.max_box_acc(want, 14))
     half = wsol.WsolBoxAccumulator(GRID, counts=want // 2, num_images=7)
-    merged = half.merge(wsol.WsolBoxAccumulator(GRID, counts=want - want // 2, num_images=7))
-    np.testing.assert_array_equal(merged.counts, want)
+    half.merge(wsol.WsolBoxAccumulator(GRID, counts=want - want // 2, num_images=7))
+    np.testing.assert_array_equal(half.counts, want)
+    assert half.num_images == 14
 
 
 # ------------------------------------------------------------------------------ bad inputs
@@ -374,7 +375,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="float"):
         wsol.quantize_scoremaps(np.zeros((1, 2, 2), np.int32))
     with pytest.raises(ValueError, match="masks"):
-        wsol.pxap_histograms(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 3), np.uint8))
+        pxap.pxap_histograms(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 3), np.uint8))
     with pytest.raises(ValueError, match="method"):
         wsol.box_correct_counts(q, ok_boxes, ok_num, GRID, method="opencv")
     with pytest.raises(ValueError, match="outside jax.jit"):
