@@ -96,7 +96,11 @@ def test_run_evaluation_reports_the_wsol_protocol(evaluated, capsys):
     assert at_val["top1_loc"] <= at_val["box_acc"]
     report.print_report(results)
     out = capsys.readouterr().out
-    assert "MaxBoxAccV2 (mean)" in out and "PxAP" in out
+    assert "MaxBoxAccV2 [contours]" in out and "PxAP" in out
+    # Every localization row names its box rule, and the legend explains each one used.
+    assert "GT-known loc acc [region]" in out and "MaxBoxAcc (IoU 50) [contour]" in out
+    for rule in ("region", "contour", "contours"):
+        assert f"  [{rule}] " in out
 
 
 @pytest.fixture(scope="module")
