@@ -1,8 +1,8 @@
 """Localization from CAMs: one box-counting engine for the CAM paper's boxes and the WSOL protocol.
 
 `wsol` counts boxes (Choe et al., CVPR 2020) exactly and fast, on the host max-tree of
-`maxtree` (numba, loaded on first use) or the jittable `wsol_xla`; `boxes` is the CAM paper's
-heuristic as a rule of that engine; `pxap` the protocol's PxAP; `wsol_io` reads and writes the
+`maxtree` (numba, loaded on first use); `boxes` is the CAM paper's heuristic as a rule of that
+engine; `pxap` the protocol's PxAP; `wsol_io` reads and writes the
 reference evaluator's metadata and score-map files.
 """
 

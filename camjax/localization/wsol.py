@@ -40,11 +40,10 @@ What the OpenCV pipeline computes, established against cv2 (``tests/localization
   one whose first pixel comes last in raster order. The polygon area is a sum over local
   2x2 windows of pixel centres.
 
-Two implementations give these counts (``method``): ``"maxtree"`` (default), compiled
-union-find sweeps on the host CPU cores that see all 256 levels in one pass per map
-(``maxtree.py``); and ``"xla"``, data-parallel labelling of every level, jittable on any device
-(``wsol_xla.py``). Dense work (CAMs, resizing, normalising, quantising, PxAP histograms) stays
-on device either way; only the uint8 maps travel to the host for the max-tree.
+The counts come from compiled union-find sweeps on the host CPU cores that see all 256 levels
+in one pass per map (``maxtree.py``; the tests hold an independent XLA implementation to the
+same reference). Dense work (CAMs, resizing, normalising, quantising, PxAP histograms) stays
+on device; only the uint8 maps travel to the host for the max-tree.
 """
 
 import dataclasses
@@ -57,12 +56,11 @@ import numpy as np
 
 NUM_LEVELS = 256  # levels of a uint8 map, the evaluator's quantisation
 DEFAULT_IOU_THRESHOLDS = (30, 50, 70)
-METHODS = ("maxtree", "xla")
 
 
 def _backend(name: str):
-    """The counting kernels, ``maxtree`` (numba) or ``wsol_xla``, loaded on first use: numba
-    takes seconds to import, and ``import camjax`` should not pay for it."""
+    """The counting kernels of ``maxtree`` (numba), loaded on first use: numba takes seconds to
+    import, and ``import camjax`` should not pay for it."""
     return importlib.import_module(f"camjax.localization.{name}")
 
 
@@ -224,9 +222,8 @@ def level_hits(
     num_gt: jax.Array | np.ndarray,
     iou_thresholds=DEFAULT_IOU_THRESHOLDS,
     multi_contour: bool = True,
-    method: str = "maxtree",
     paper: bool = False,
-) -> np.ndarray | jax.Array:
+) -> np.ndarray:
     """Per map, IoU threshold and integer level, whether the rule counts a hit.
 
     Args:
@@ -240,21 +237,15 @@ def level_hits(
       num_gt: (B,) int, the number of real boxes of each image (>= 1; >= 0 with ``paper``).
       iou_thresholds: integer percentages (D,).
       multi_contour: every contour's box (V2) or the largest contour's only (V1).
-      method: ``"maxtree"`` (host, numpy result) or ``"xla"`` (jittable, jax result).
       paper: the CAM paper's heuristic instead of the evaluator's contours: the box of the
         largest 8-connected region by pixel count (ties: first in raster order), tight, none
-        for an empty mask (needs ``multi_contour=False`` and ``method="maxtree"``).
+        for an empty mask (needs ``multi_contour=False``).
 
     Returns:
       (B, D, 256) bool: entry [b, d, L] for the mask ``quantized[b] > L``.
     """
-    _check_method(method, paper)
     rule = _rule(multi_contour, paper)
     q, gt, num_gt, deltas = _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds, paper)
-    if method == "xla":
-        return _backend("wsol_xla").level_hits(
-            jnp.asarray(q), jnp.asarray(gt), jnp.asarray(num_gt), jnp.asarray(deltas), rule == 0
-        )
     reached, rank = _reached_levels(q, gt, num_gt, deltas, rule)
     return reached[:, None, :] > rank[None, :, None]
 
@@ -267,7 +258,6 @@ def box_correct_counts(
     iou_thresholds=DEFAULT_IOU_THRESHOLDS,
     multi_contour: bool = True,
     valid: jax.Array | np.ndarray | None = None,
-    method: str = "maxtree",
     paper: bool = False,
 ) -> np.ndarray:
     """Images counted correct at each (IoU threshold, CAM threshold): the evaluator's
@@ -276,7 +266,7 @@ def box_correct_counts(
     Args:
       quantized: (B, H, W) uint8 from ``quantize_scoremaps`` (with ``paper``: from
         ``quantize_for_thresholds`` with the same thresholds).
-      gt_boxes, num_gt, iou_thresholds, multi_contour, method, paper: as ``level_hits``.
+      gt_boxes, num_gt, iou_thresholds, multi_contour, paper: as ``level_hits``.
       thresholds: (T,) CAM thresholds in [0, 1]; default ``default_thresholds()``.
       valid: (B,) bool, False for padding rows of a ragged last batch; default all True. Or
         (K, B): K sets of images counted from the same sweep (e.g. all images, and those whose
@@ -286,7 +276,6 @@ def box_correct_counts(
       (D, T) int32 numpy counts, or (K, D, T) for a (K, B) valid; sum them over batches
       (``WsolBoxAccumulator``).
     """
-    _check_method(method, paper)
     rule = _rule(multi_contour, paper)
     thresholds = default_thresholds() if thresholds is None else thresholds
     table = threshold_levels(thresholds, paper)  # (256, T)
@@ -296,20 +285,6 @@ def box_correct_counts(
     if valid.shape[-1:] != (b,) or valid.ndim > 2:
         raise ValueError(f"valid must have shape ({b},) or (K, {b}), got {valid.shape}.")
     masks = valid.reshape(-1, b)  # (K, B)
-    if method == "xla":
-        xla = _backend("wsol_xla")
-        q = jnp.asarray(q)
-        table = jnp.asarray(table)
-        hits = xla.level_hits(
-            q,
-            jnp.asarray(gt),
-            jnp.asarray(num_gt),
-            jnp.asarray(deltas),
-            rule == 0,
-            xla.needed_levels(q, table),
-        )
-        counts = np.asarray(_counts_from_level_hits(hits, q, table, jnp.asarray(masks)))
-        return counts.reshape(valid.shape[:-1] + counts.shape[1:])
     reached, rank = _reached_levels(q, gt, num_gt, deltas, rule)
     q = np.asarray(q)
     levels = table[q.reshape(b, -1).max(axis=1)]  # (B, T): the level of each threshold
@@ -324,8 +299,7 @@ def _reached_levels(q, gt, num_gt, deltas, rule) -> tuple[np.ndarray, np.ndarray
     rank among the sorted deltas (D,): delta d is reached at level L iff count > rank[d]."""
     if any(isinstance(x, jax.core.Tracer) for x in (q, gt, num_gt)):
         raise ValueError(
-            "method='maxtree' runs on the host and cannot be traced: call it outside jax.jit, "
-            "or use method='xla'."
+            "box counts run on the host and cannot be traced: call them outside jax.jit."
         )
     order = np.argsort(deltas, kind="stable")
     rank = np.empty(deltas.shape, np.int64)
@@ -334,22 +308,6 @@ def _reached_levels(q, gt, num_gt, deltas, rule) -> tuple[np.ndarray, np.ndarray
         np.asarray(q), np.asarray(gt), np.asarray(num_gt), deltas[order], rule
     )
     return reached, rank
-
-
-@jax.jit
-def _counts_from_level_hits(level_hits, q, table, masks):
-    """(K, D, T) counts of the images of each of the K (B,) masks."""
-    peak = jnp.max(q.astype(jnp.int32), axis=(-2, -1))  # (B,)
-    levels = table[peak]  # (B, T)
-    hits = jnp.take_along_axis(level_hits, levels[:, None, :], axis=-1)  # (B, D, T)
-    return jnp.einsum("kb,bdt->kdt", masks.astype(jnp.int32), hits.astype(jnp.int32))
-
-
-def _check_method(method: str, paper: bool) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    if paper and method != "maxtree":
-        raise ValueError("the paper's heuristic is counted by method='maxtree' only.")
 
 
 def _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds, paper=False):
