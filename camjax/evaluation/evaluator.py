@@ -81,61 +81,68 @@ class Evaluator:
             np.arange(ev.center_box_grid_step, 1.0 + 1e-9, ev.center_box_grid_step), 6
         )
         size = config.data.image_size
-        center = boxes.centered_boxes(size, size, self.center_fractions)
+        self.center_boxes = boxes.centered_boxes(size, size, self.center_fractions)
         self.prep = experiment.preprocess_config(config)
         self.sharding = experiment.data_sharding(mesh)
-        mean, std = config.data.mean, config.data.std
+        self._paper_step = jax.jit(lambda variables, batch: self._dense(variables, batch)[3])
+        self._wsol_step = jax.jit(self._wsol) if protocol is not None else None
+        self._scoremap_step = jax.jit(self._scoremaps) if protocol is not None else None
 
-        def dense(variables, batch):
-            images = pipeline.normalize_images(batch["image"], mean, std)
-            logits, out = model.apply(variables, images, train=False)
-            cams = cam_lib.cams_for_classes(
-                out["feature_map"], cam_lib.head_kernel(variables), batch["label"]
-            )
-            scoremaps = cam_lib.postprocess(
-                cams, (size, size), method=ev.resize_method, normalize=ev.cam_normalization
-            )
-            _, top = jax.lax.top_k(logits, self.top_k)
-            paper = {
-                "region_maps": wsol.quantize_for_thresholds(scoremaps, self.thresholds),
-                "top": top,
-                "center_box": boxes.center_box_counts(
-                    batch["boxes"], batch["num_boxes"], batch["valid"], center, ev.iou_threshold
-                ),
-            }
-            return cams, scoremaps, top, paper
+    def _cams(self, variables, batch):
+        """(logits (B, C), CAMs (B, h, w) of each image's GT class) of a device batch."""
+        data = self.config.data
+        images = pipeline.normalize_images(batch["image"], data.mean, data.std)
+        logits, out = self.model.apply(variables, images, train=False)
+        kernel = cam_lib.head_kernel(variables)
+        return logits, cam_lib.cams_for_classes(out["feature_map"], kernel, batch["label"])
 
-        def wsol_step(variables, batch):
-            cams, scoremaps, top, paper = dense(variables, batch)
-            e = protocol.eval_size
-            if (e, ev.resize_method, ev.cam_normalization) != (size, "bicubic", "minmax"):
-                # The protocol's maps: OpenCV INTER_CUBIC to the evaluation size, min-max.
-                scoremaps = cam_lib.postprocess(cams, (e, e), method="bicubic")
-            out = {
-                "paper": paper,
-                "scoremaps": scoremaps,  # stays on device unless a caller fetches it
-                "quantized": wsol.quantize_scoremaps(scoremaps),
-                "top1_correct": top[:, 0] == batch["label"],
-            }
-            if protocol.pxap:
-                # Padding rows of a ragged last batch are ignored pixels (255).
-                masks = jnp.where(batch["valid"][:, None, None], batch["mask"], 255)
-                out["pxap"] = pxap.pxap_histograms(scoremaps, masks, protocol.thresholds)
-            return out
+    def _dense(self, variables, batch):
+        """The traced part of the paper's counts: CAMs, score maps, top classes, and the
+        paper's masks at every threshold as one uint8 map (counted on the host)."""
+        ev, size = self.config.eval, self.config.data.image_size
+        logits, cams = self._cams(variables, batch)
+        scoremaps = cam_lib.postprocess(
+            cams, (size, size), method=ev.resize_method, normalize=ev.cam_normalization
+        )
+        _, top = jax.lax.top_k(logits, self.top_k)
+        center = boxes.center_box_counts(
+            batch["boxes"], batch["num_boxes"], batch["valid"], self.center_boxes, ev.iou_threshold
+        )
+        paper = {
+            "region_maps": wsol.quantize_for_thresholds(scoremaps, self.thresholds),
+            "top": top,
+            "center_box": center,
+        }
+        return cams, scoremaps, top, paper
 
-        def scoremap_step(variables, batch):
-            """The protocol's score maps alone (exports need nothing else)."""
-            images = pipeline.normalize_images(batch["image"], mean, std)
-            _, out = model.apply(variables, images, train=False)
-            cams = cam_lib.cams_for_classes(
-                out["feature_map"], cam_lib.head_kernel(variables), batch["label"]
-            )
-            e = protocol.eval_size
-            return cam_lib.postprocess(cams, (e, e), method="bicubic")
+    def _wsol(self, variables, batch):
+        """`_dense` plus the WSOL protocol's score maps, uint8 maps and PxAP histograms."""
+        ev, protocol = self.config.eval, self.protocol
+        cams, scoremaps, top, paper = self._dense(variables, batch)
+        e = protocol.eval_size
+        if (e, ev.resize_method, ev.cam_normalization) != (
+            self.config.data.image_size,
+            "bicubic",
+            "minmax",
+        ):
+            # The protocol's maps: OpenCV INTER_CUBIC to the evaluation size, min-max.
+            scoremaps = cam_lib.postprocess(cams, (e, e), method="bicubic")
+        out = {
+            "paper": paper,
+            "scoremaps": scoremaps,  # stays on device unless a caller fetches it
+            "quantized": wsol.quantize_scoremaps(scoremaps),
+            "top1_correct": top[:, 0] == batch["label"],
+        }
+        if protocol.pxap:
+            # Padding rows of a ragged last batch are ignored pixels (255).
+            masks = jnp.where(batch["valid"][:, None, None], batch["mask"], 255)
+            out["pxap"] = pxap.pxap_histograms(scoremaps, masks, protocol.thresholds)
+        return out
 
-        self._paper_step = jax.jit(lambda variables, batch: dense(variables, batch)[3])
-        self._wsol_step = jax.jit(wsol_step) if protocol is not None else None
-        self._scoremap_step = jax.jit(scoremap_step) if protocol is not None else None
+    def _scoremaps(self, variables, batch):
+        """The protocol's score maps alone (exports need nothing else)."""
+        e = self.protocol.eval_size
+        return cam_lib.postprocess(self._cams(variables, batch)[1], (e, e), method="bicubic")
 
     def _batches(self, source: Sequence, max_images: int, masks: bool) -> Iterator[pipeline.Batch]:
         source = experiment.limit(source, max_images)
