@@ -1,4 +1,5 @@
-"""The WSOL evaluation protocol of Choe et al. (CVPR 2020), reproduced exactly.
+"""The box-counting engine: the WSOL protocol of Choe et al. (CVPR 2020), reproduced exactly,
+and the CAM paper's heuristic as one more rule of it.
 
 The published evaluator (clovaai/wsolevaluation) loops over images and thresholds with OpenCV.
 This module computes the same integer counts for whole batches:
@@ -6,11 +7,10 @@ This module computes the same integer counts for whole batches:
 * ``quantize_scoremaps``: ``(scoremap * 255).astype(np.uint8)`` of the evaluator;
 * ``box_correct_counts``: per (IoU threshold, CAM threshold), how many images have a box with
   IoU >= delta / 100 against one of their GT boxes. With ``multi_contour=True`` every contour's
-  box counts (MaxBoxAccV2); otherwise the largest contour's (MaxBoxAcc, "V1");
-* ``pxap_histograms``: the score histograms of GT-foreground and GT-background pixels behind
-  PxAP, with the evaluator's bins;
-* ``WsolBoxAccumulator`` and ``PxAPAccumulator`` sum those over batches and hosts and finish
-  the metrics in float64 numpy, with the evaluator's formulas.
+  box counts (MaxBoxAccV2); otherwise the largest contour's (MaxBoxAcc, "V1"); with
+  ``paper=True`` the CAM paper's box (``boxes.py``) on maps from ``quantize_for_thresholds``;
+* ``WsolBoxAccumulator`` sums those over batches and hosts and finishes the metrics in float64
+  numpy, with the evaluator's formulas (PxAP: ``pxap.py``).
 
 What the OpenCV pipeline computes, established against cv2 (``tests/localization``):
 
