@@ -6,7 +6,8 @@ run's config are logged. Restores the latest checkpoint in workdir, picks the CA
 the validation split, reports classification and localization on the test split, writes
 workdir/metrics.json and a CAM gallery (workdir/gallery/*.png, workdir/gallery.png). With
 --export_dir it also writes both splits' WSOL score maps and metadata in the reference
-evaluator's layout (camjax/export.py).
+evaluator's layout
+(camjax/evaluation/export.py).
 """
 
 import logging
@@ -15,7 +16,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from camjax import checkpoint, experiment
-from camjax.evaluation import print_report, run_evaluation
+from camjax.evaluation import evaluator, export, report
 from camjax.train import distributed
 
 FLAGS = flags.FLAGS
@@ -44,11 +45,9 @@ def main(argv):
         config = checkpoint.load_run_config(FLAGS.workdir)
     elif diffs := checkpoint.run_config_differences(FLAGS.workdir, config):
         log.warning("--config differs from the run's saved config: %s", diffs)
-    print_report(run_evaluation(config, FLAGS.workdir))
+    report.print_report(evaluator.run_evaluation(config, FLAGS.workdir))
     if FLAGS.export_dir:
-        from camjax.export import export_wsol
-
-        for split, stats in export_wsol(config, FLAGS.workdir, FLAGS.export_dir).items():
+        for split, stats in export.export_wsol(config, FLAGS.workdir, FLAGS.export_dir).items():
             log.info(
                 "exported %d %s score maps to %s (%.0f images/s)",
                 stats["images"],

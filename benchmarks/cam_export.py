@@ -3,8 +3,8 @@
     python benchmarks/cam_export.py [--config default] [--split test] [--max_images 0]
         [--eval_size 0] [--dtype float32]
 
-Runs `camjax.export.export_split` (the evaluation step on all devices: forward pass, GT-class
-CAM, OpenCV-exact bicubic to the evaluation size, min-max; then one reference-format `.npy`
+Runs `camjax.evaluation.export.export_split` (the evaluation step on all devices: forward pass,
+GT-class CAM, OpenCV-exact bicubic to the evaluation size, min-max; then one reference-format `.npy`
 per image, written atomically, plus the split's metadata files) on a split of the config's
 dataset with freshly initialised weights (the work does not depend on them), and the same
 pass without writing, so the disk's share shows. Reports images/s end to end. Paste the
@@ -25,7 +25,10 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from camjax import evaluation, experiment, export  # noqa: E402
+from camjax import experiment  # noqa: E402
+from camjax.evaluation import evaluator as evaluator_lib  # noqa: E402
+from camjax.evaluation import export  # noqa: E402
+from camjax.evaluation import protocol as protocol_lib  # noqa: E402
 
 
 def main() -> None:
@@ -40,14 +43,14 @@ def main() -> None:
     config = importlib.import_module(f"configs.{args.config}").get_config()
     if args.eval_size:
         config.eval.wsol.eval_size = args.eval_size
-    protocol = evaluation.wsol_protocol(config)
+    protocol = protocol_lib.wsol_protocol(config)
     mesh = experiment.make_mesh()
     model = experiment.build_model(config)
     size = config.data.image_size
     variables = jax.jit(lambda k: model.init(k, np.zeros((1, size, size, 3)), train=False))(
         jax.random.key(0)
     )
-    evaluator = evaluation.Evaluator(config, model, mesh, protocol)
+    evaluator = evaluator_lib.Evaluator(config, model, mesh, protocol)
     source = experiment.limit(experiment.data_sources(config)[args.split], args.max_images)
     n = len(source)
     print(
@@ -62,7 +65,7 @@ def main() -> None:
 
     start = time.perf_counter()
     for _, scoremaps in evaluator.scoremap_outputs(variables, source):
-        evaluation.host_rows(scoremaps)  # maps on the host, as the export has them
+        evaluator_lib.host_rows(scoremaps)  # maps on the host, as the export has them
     compute_s = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as out_dir:
         start = time.perf_counter()

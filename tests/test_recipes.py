@@ -3,8 +3,9 @@ tiny CUB and ILSVRC archives in the official layouts, prepared as a user would."
 
 import pytest
 
-from camjax import evaluation
 from camjax.data import cub, ilsvrc
+from camjax.evaluation import evaluator as evaluator_lib
+from camjax.evaluation import protocol as protocol_lib
 from camjax.train import loop
 from configs import (
     cam_resnet50_cub,
@@ -53,7 +54,7 @@ def test_recipe_trains_and_evaluates_on_prepared_archives(module, data_dir, tmp_
     assert int(state.step) == config.train.num_steps
     if config.model.name.startswith("resnet50"):
         assert state.batch_stats  # batch norm statistics are trained and checkpointed
-    results = evaluation.run_evaluation(config, workdir)
+    results = evaluator_lib.run_evaluation(config, workdir)
     wsol = results["wsol"]
     assert wsol["protocol"]["eval_size"] == 64
     assert wsol["val"]["num_images"] > 0 and wsol["test"]["num_images"] > 0
@@ -78,7 +79,7 @@ def test_cam_paper_configs_run_a_full_size_step_on_ilsvrc(module, data_dir, tmp_
     assert int(state.step) == 1
     assert state.params["cam_conv"]["kernel"].shape[-1] == 1024
     assert state.params["head"]["kernel"].shape[-1] == 1000
-    results = evaluation.run_evaluation(config, str(tmp_path))
+    results = evaluator_lib.run_evaluation(config, str(tmp_path))
     assert results["wsol"]["protocol"]["eval_size"] == 224
     assert results["wsol"]["test"]["num_images"] > 0
 
@@ -133,12 +134,12 @@ def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
     config.eval.wsol.boxes = False
     workdir = str(tmp_path / "run")
     loop.train_and_evaluate(config, workdir)
-    results = evaluation.run_evaluation(config, workdir)
+    results = evaluator_lib.run_evaluation(config, workdir)
     wsol = results["wsol"]
     assert wsol["protocol"]["boxes"] is False
     assert set(wsol["test"]) == {"num_images", "pxap"}
 
-    evaluator, variables, _ = evaluation.restore_evaluator(config, workdir)
+    evaluator, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
     protocol = evaluator.protocol
     source = experiment.data_sources(config)["test"]
     maps = []
@@ -146,7 +147,7 @@ def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
         maps.append(np.asarray(scoremaps)[np.asarray(host_batch["valid"])])
     maps = np.concatenate(maps)
     masks = [
-        evaluation.protocol_mask(source[i]["mask"], 64, source[i]["ignore_mask"])
+        protocol_lib.protocol_mask(source[i]["mask"], 64, source[i]["ignore_mask"])
         for i in range(len(source))
     ]
     assert any((m == 255).any() for m in masks)  # the fixture has ignored pixels
@@ -155,7 +156,7 @@ def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
     assert wsol["test"]["num_images"] == len(source)
 
     # Exporting a mask-only split: the maps under the reference's ids, metadata without boxes.
-    from camjax import export
+    from camjax.evaluation import export
     from camjax.localization import wsol_io
 
     out = str(tmp_path / "export")

@@ -1,28 +1,25 @@
-"""Localization from CAMs: boxes from score maps, the localization metrics, and the WSOL protocol.
+"""Localization from CAMs: one box-counting engine for the CAM paper's boxes and the WSOL protocol.
 
-`wsol` computes the WSOL protocol's counts (Choe et al., CVPR 2020) exactly and fast;
-`wsol_io` reads and writes the reference evaluator's metadata and score-map files.
+`wsol` counts boxes (Choe et al., CVPR 2020) exactly and fast, on the host max-tree of
+`maxtree` (numba, loaded on first use); `boxes` is the CAM paper's heuristic as a rule of that
+engine; `pxap` the protocol's PxAP; `wsol_io` reads and writes the
+reference evaluator's metadata and score-map files.
 """
 
-from camjax.localization import wsol, wsol_io
+from camjax.localization import pxap, wsol, wsol_io
 from camjax.localization.boxes import (
-    BACKGROUND,
-    box_from_scoremap,
-    label_components,
-    largest_component_box,
-)
-from camjax.localization.metrics import (
     LocalizationAccumulator,
+    box_from_scoremap,
     box_iou,
     centered_boxes,
     localization_counts,
     max_iou_with_gt,
 )
+from camjax.localization.pxap import PxAPAccumulator, pxap_histograms
 from camjax.localization.wsol import (
-    PxAPAccumulator,
     WsolBoxAccumulator,
     box_correct_counts,
-    pxap_histograms,
+    quantize_for_thresholds,
     quantize_scoremaps,
 )
 from camjax.localization.wsol_io import (
@@ -35,7 +32,6 @@ from camjax.localization.wsol_io import (
 )
 
 __all__ = [
-    "BACKGROUND",
     "LocalizationAccumulator",
     "PxAPAccumulator",
     "WsolBoxAccumulator",
@@ -44,12 +40,12 @@ __all__ = [
     "box_from_scoremap",
     "box_iou",
     "centered_boxes",
-    "label_components",
-    "largest_component_box",
     "load_scoremaps",
     "localization_counts",
     "max_iou_with_gt",
+    "pxap",
     "pxap_histograms",
+    "quantize_for_thresholds",
     "quantize_scoremaps",
     "read_metadata",
     "resized_gt_boxes",

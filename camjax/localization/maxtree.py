@@ -9,7 +9,7 @@ for all 256 levels instead of 256 contour tracings. Per map and level we keep a 
 the number of IoU thresholds (sorted ascending) that the best box reaches against any GT box,
 which answers "is there a box with IoU >= delta" for every delta at once.
 
-Three sweeps of one union-find pattern:
+Sweeps of one union-find pattern (primitives in ``unionfind.py``):
 
 * outer contours (MaxBoxAccV2): 8-connected foreground components, levels from the top down
   (``_outer_sweep``);
@@ -25,6 +25,8 @@ Three sweeps of one union-find pattern:
   touches (1/2 per window with three foreground corners, 1 per full window), which a sweep
   over ``f`` keeps per component as pixels arrive. The winner is the largest area, ties going
   to the component whose first pixel comes last in raster order (``wsol.py`` explains why).
+* the CAM paper's box (``LARGEST_REGION``): the same sweep over ``q`` itself, ranking the
+  8-connected components by pixel count (ties to the first in raster order), tight boxes.
 
 The kernels are numba-compiled and run the maps of a batch in parallel over the CPU cores.
 ``wsol.level_hits`` calls them; they are exact against OpenCV (``tests/localization``).
@@ -33,146 +35,26 @@ The kernels are numba-compiled and run the maps of a batch in parallel over the 
 import numba
 import numpy as np
 
-NUM_LEVELS = 256
+from camjax.localization.unionfind import (
+    AREA2_GAIN,
+    GROUPS_4,
+    GROUPS_8,
+    contour_hit_level,
+    find,
+    grow,
+    hit_level,
+    jit,
+    link,
+)
+from camjax.localization.wsol import NUM_LEVELS
 
-# Twice the polygon area inside one 2x2 window of pixel centres with k foreground corners: one
-# or two corners (even diagonal ones) enclose nothing, three enclose a half-square triangle.
-_WINDOW_AREA2 = np.array([0, 0, 0, 1, 2], np.int32)
-
-# The kernels work on maps padded with one pixel on every side, so that neighbours are index
-# offsets without bounds checks. Neighbour k of the 8 (up-left, up, up-right, left, right,
-# down-left, down, down-right) is bit k of the ``present`` masks below; of the 4 (up, left,
-# right, down), bit k too.
-_DY8 = (-1, -1, -1, 0, 0, 1, 1, 1)
-_DX8 = (-1, 0, 1, -1, 1, -1, 0, 1)
-# The four 2x2 windows with a pixel as one corner (up-left, up-right, down-left, down-right), as
-# the bits of their other three corners.
-_WINDOWS = ((0, 1, 3), (1, 2, 4), (3, 5, 6), (4, 6, 7))
-
-
-def _area2_gains():
-    """(256,) int32: how much twice the polygon area of a component grows when a pixel joins
-    it, for each mask of its 8 neighbours already in (the change of its four windows)."""
-    gains = np.zeros(256, np.int32)
-    for present in range(256):
-        for window in _WINDOWS:
-            c = sum(present >> bit & 1 for bit in window)
-            gains[present] += _WINDOW_AREA2[c + 1] - _WINDOW_AREA2[c]
-    return gains
+# What a sweep reports per level (``rule``): the best box of every contour (MaxBoxAccV2), the
+# largest contour's box by polygon area (MaxBoxAcc), or the CAM paper's box, the largest
+# 8-connected region by pixel count, tight (no boundingRect end), no box on an empty mask.
+ALL_CONTOURS, LARGEST_CONTOUR, LARGEST_REGION = 0, 1, 2
 
 
-_AREA2_GAIN = _area2_gains()
-
-
-def _group_table(dy, dx, conn8):
-    """For every mask of present neighbours, one neighbour per group of mutually connected
-    ones: present neighbours adjacent to each other are already in one component, so a pixel
-    needs one union-find lookup per group, not per neighbour (at most 4 groups of 8).
-
-    Returns int32 (2**K, 5): the count, then up to 4 neighbour indices."""
-    k = len(dy)
-    table = np.full((1 << k, 5), -1, np.int32)
-    for mask in range(1 << k):
-        members = [i for i in range(k) if mask >> i & 1]
-        group = {i: i for i in members}
-
-        def root(i, group=group):
-            while group[i] != i:
-                i = group[i]
-            return i
-
-        for a in members:
-            for b in members:
-                near = max(abs(dy[a] - dy[b]), abs(dx[a] - dx[b])) == 1
-                if not conn8:
-                    near = abs(dy[a] - dy[b]) + abs(dx[a] - dx[b]) == 1
-                if near:
-                    group[root(a)] = root(b)
-        reps = sorted({root(i) for i in members})
-        table[mask, 0] = len(reps)
-        table[mask, 1 : 1 + len(reps)] = reps
-    return table
-
-
-_GROUPS_8 = _group_table(_DY8, _DX8, conn8=True)
-_GROUPS_4 = _group_table((-1, 0, 0, 1), (0, -1, 1, 0), conn8=False)
-
-_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-
-
-@_jit
-def _find(parent, i):
-    while parent[i] != i:
-        parent[i] = parent[parent[i]]  # Path halving.
-        i = parent[i]
-    return i
-
-
-@_jit
-def _link(parent, box, r, rn):
-    """Joins the components of roots r and rn under the smaller index; returns (new root,
-    absorbed root)."""
-    if rn < r:
-        r, rn = rn, r
-    parent[rn] = r
-    box[r, 0] = min(box[r, 0], box[rn, 0])
-    box[r, 1] = min(box[r, 1], box[rn, 1])
-    box[r, 2] = max(box[r, 2], box[rn, 2])
-    box[r, 3] = max(box[r, 3], box[rn, 3])
-    return r, rn
-
-
-@_jit
-def _grow(box, r, x, y):
-    """Extends root r's box to pixel (x, y); whether it changed."""
-    if box[r, 0] <= x <= box[r, 2] and box[r, 1] <= y <= box[r, 3]:
-        return False
-    box[r, 0] = min(box[r, 0], x)
-    box[r, 1] = min(box[r, 1], y)
-    box[r, 2] = max(box[r, 2], x)
-    box[r, 3] = max(box[r, 3], y)
-    return True
-
-
-@_jit
-def _hit_level(x0, y0, x1, y1, gt, num_gt, deltas):
-    """How many of the ascending IoU percentages ``deltas`` box (x0, y0, x1, y1) reaches with
-    its best GT box. Inclusive coordinates, integer decisions ``100 * inter >= d * union``, as
-    ``wsol._hits``; a non-positive union reaches only non-positive deltas."""
-    best = 0
-    area = np.int64(x1 - x0 + 1) * (y1 - y0 + 1)
-    for g in range(num_gt):
-        gx0, gy0, gx1, gy1 = gt[g, 0], gt[g, 1], gt[g, 2], gt[g, 3]
-        iw = max(0, min(x1, gx1) - max(x0, gx0) + 1)
-        ih = max(0, min(y1, gy1) - max(y0, gy0) + 1)
-        inter = np.int64(iw) * ih
-        union = area + np.int64(gx1 - gx0 + 1) * (gy1 - gy0 + 1) - inter
-        k = 0
-        while k < deltas.shape[0]:
-            ok = 100 * inter >= deltas[k] * union if union > 0 else deltas[k] <= 0
-            if not ok:
-                break
-            k += 1
-        best = max(best, k)
-    return best
-
-
-@_jit
-def _contour_hit_level(box, r, grow, h, w, gt, num_gt, deltas):
-    """`_hit_level` of the evaluator's box for root r's contour: the component's box grown by
-    `grow` pixels on every side, ``boundingRect``'s end (+1) clipped to the last pixel."""
-    return _hit_level(
-        box[r, 0] - grow,
-        box[r, 1] - grow,
-        min(box[r, 2] + 1 + grow, w - 1),
-        min(box[r, 3] + 1 + grow, h - 1),
-        gt,
-        num_gt,
-        deltas,
-    )
-
-
-@_jit
+@jit
 def _counting_order(values, h, w):
     """Pixels sorted by value (stable in raster order): padded indices, y and x (int32 (N,)
     each), and the start of each value's run, int64 (257,). values: (H * W,) in 0..255."""
@@ -197,7 +79,7 @@ def _counting_order(values, h, w):
     return index, ys, xs, start
 
 
-@_jit
+@jit
 def _padded(values, h, w, pad):
     """(H * W,) values -> ((H + 2) * (W + 2),) int32 with a one-pixel frame of ``pad``."""
     wp = w + 2
@@ -208,7 +90,7 @@ def _padded(values, h, w, pad):
     return out
 
 
-@_jit
+@jit
 def _fill_holes(q, h, w):
     """Grey-level hole filling, (H * W,) int32: for each pixel, the lowest level L such that a
     4-connected path of pixels <= L joins it to the outside of the image (at least its value).
@@ -252,24 +134,32 @@ def _fill_holes(q, h, w):
     return filled
 
 
-@_jit
-def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
+# The two sweeps keep their per-pixel steps in one loop body, past the usual function length:
+# factored into helpers (even inlined ones), the same steps ran 1.3x slower (measured on 224x224
+# CAMs, single-threaded, issue 11).
+@jit
+def _outer_sweep(order, h, w, rule, gt, num_gt, deltas, boxes_out):
     """Adds pixels from value 255 down and reports, after each level, the boxes of the
     8-connected components of the foreground ``values > L``.
 
     Args:
-      values: (H * W,) int32 swept values 0..255; order: their ``_counting_order``.
-      largest: report the V1 winner (largest polygon area, ties to the last first pixel)
-        instead of the best box of all components; values must then be the filled map.
+      order: the swept values' ``_counting_order`` (the filled map for LARGEST_CONTOUR).
+      rule: ALL_CONTOURS (the best box of all components), LARGEST_CONTOUR (the V1 winner:
+        largest polygon area, ties to the last first pixel) or LARGEST_REGION (most pixels,
+        ties to the first first pixel; tight boxes).
+      boxes_out: (256, 4) int32 that receives the winner's inclusive box per level (-1 rows
+        where there is none), or (0, 4) to skip.
 
     Returns:
       (256,) int32: for level L, the hit level of the best box over all components (-1 when
-      there is none), or of the V1 winner. A component's box is ``(x0, y0, x1 + 1, y1 + 1)``
-      clipped to the last pixel, as the evaluator's ``boundingRect`` ends.
+      there is none), or of the winner. A component's box is ``(x0, y0, x1 + 1, y1 + 1)``
+      clipped to the last pixel, as the evaluator's ``boundingRect`` ends, or tight.
     """
     index, ys, xs, start = order
     wp = w + 2
     nodes = (h + 2) * wp
+    largest = rule != ALL_CONTOURS
+    tight = rule == LARGEST_REGION
     # parent[i] >= 0 once pixel i is added: pixels arrive by value, and within a value in
     # raster order, which is exactly "already in the foreground". The frame never is.
     parent = np.full(nodes, -1, np.int32)
@@ -278,10 +168,13 @@ def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
     count = np.zeros(deltas.shape[0] + 1, np.int32)  # roots per hit level
     result = np.full(NUM_LEVELS, -1, np.int32)
     size = nodes if largest else 1
-    area2 = np.zeros(size, np.int32)  # twice the component's polygon area
+    area2 = np.zeros(size, np.int32)  # twice the polygon area, or the pixel count
     first = np.zeros(size, np.int32)  # raster index of the component's first pixel
+    # Ties between equal sizes: the larger key wins, so the last first pixel for the contour
+    # rule (OpenCV's order) and the first one for the region rule (raster order).
+    sign = -1 if tight else 1
     offsets = (-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1)
-    best, best_area, best_first, dirty = -1, -1, -1, False
+    best, best_area, best_key, dirty = -1, -1, -(2**31), False
 
     for step in range(NUM_LEVELS):
         v = NUM_LEVELS - 1 - step
@@ -293,8 +186,8 @@ def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
             r = -1
             changed = False
             best_touched = False
-            for g in range(_GROUPS_8[present, 0]):
-                rn = _find(parent, p + offsets[_GROUPS_8[present, 1 + g]])
+            for g in range(GROUPS_8[present, 0]):
+                rn = find(parent, p + offsets[GROUPS_8[present, 1 + g]])
                 if rn == r:
                     continue
                 count[hits[rn]] -= 1
@@ -302,7 +195,7 @@ def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
                 if r < 0:
                     r = rn
                     continue
-                r, rn = _link(parent, box, r, rn)
+                r, rn = link(parent, box, r, rn)
                 if largest:
                     area2[r] += area2[rn]
                     first[r] = min(first[r], first[rn])
@@ -313,48 +206,52 @@ def _outer_sweep(values, order, h, w, largest, gt, num_gt, deltas):
                 if largest:
                     first[p] = y * w + x
                 changed = True
-            elif _grow(box, r, x, y):
+            elif grow(box, r, x, y):
                 changed = True
             parent[p] = r
             if changed:
-                hits[r] = _contour_hit_level(box, r, 0, h, w, gt, num_gt, deltas)
+                hits[r] = contour_hit_level(box, r, 0, tight, h, w, gt, num_gt, deltas)
             count[hits[r]] += 1
             if not largest:
                 continue
-            area2[r] += _AREA2_GAIN[present]
+            area2[r] += 1 if tight else AREA2_GAIN[present]
             first[r] = min(first[r], y * w + x)
             if dirty:
                 continue
+            key = sign * first[r]
             if best_touched:
                 # The best merged or grew: it stays best unless its key fell (its first pixel
                 # moved up without area gain), then rescan at the end of the level.
-                if area2[r] > best_area or (area2[r] == best_area and first[r] >= best_first):
-                    best, best_area, best_first = r, area2[r], first[r]
+                if area2[r] > best_area or (area2[r] == best_area and key >= best_key):
+                    best, best_area, best_key = r, area2[r], key
                 else:
                     dirty = True
-            elif area2[r] > best_area or (area2[r] == best_area and first[r] > best_first):
-                best, best_area, best_first = r, area2[r], first[r]
+            elif area2[r] > best_area or (area2[r] == best_area and key > best_key):
+                best, best_area, best_key = r, area2[r], key
         level = v - 1  # the mask "> v - 1" is complete
         if level < 0:
             continue
         if largest:
             if dirty:
-                best, best_area, best_first = -1, -1, -1
+                best, best_area, best_key = -1, -1, -(2**31)
                 for j in range(start[v], start[NUM_LEVELS]):
                     i = index[j]
+                    key = sign * first[i]
                     if parent[i] == i and (
-                        area2[i] > best_area or (area2[i] == best_area and first[i] > best_first)
+                        area2[i] > best_area or (area2[i] == best_area and key > best_key)
                     ):
-                        best, best_area, best_first = i, area2[i], first[i]
+                        best, best_area, best_key = i, area2[i], key
                 dirty = False
             if best >= 0:
                 result[level] = hits[best]
+                if boxes_out.shape[0]:
+                    boxes_out[level] = box[best]
         else:
             result[level] = _best_hit_level(count)
     return result
 
 
-@_jit
+@jit
 def _best_hit_level(count):
     for k in range(count.shape[0] - 1, -1, -1):
         if count[k] > 0:
@@ -362,8 +259,8 @@ def _best_hit_level(count):
     return -1
 
 
-@_jit
-def _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas):
+@jit
+def _hole_sweep(filled, order, h, w, gt, num_gt, deltas):
     """Adds background pixels from value 0 up and reports, after each level L, the boxes of
     the holes of the foreground ``values > L``: the 4-connected components of the background
     ``values <= L`` that do not reach the image frame.
@@ -409,15 +306,15 @@ def _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas):
                 present |= (parent[p + offsets[k]] >= 0) << k
             r = -1
             changed = False
-            for g in range(_GROUPS_4[present, 0]):
-                rn = _find(parent, p + offsets[_GROUPS_4[present, 1 + g]])
+            for g in range(GROUPS_4[present, 0]):
+                rn = find(parent, p + offsets[GROUPS_4[present, 1 + g]])
                 if rn == r:
                     continue
                 count[hits[rn]] -= 1
                 if r < 0:
                     r = rn
                     continue
-                r, rn = _link(parent, box, r, rn)
+                r, rn = link(parent, box, r, rn)
                 changed = True
             if r < 0:
                 r = p
@@ -425,31 +322,39 @@ def _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas):
                 opens_next[p] = opens_head[opens]
                 opens_head[opens] = p
                 changed = True
-            elif _grow(box, r, x, y):
+            elif grow(box, r, x, y):
                 changed = True
             parent[p] = r
             if changed:
                 # A hole's contour runs through the foreground pixels around it.
-                hits[r] = _contour_hit_level(box, r, 1, h, w, gt, num_gt, deltas)
+                hits[r] = contour_hit_level(box, r, 1, False, h, w, gt, num_gt, deltas)
             count[hits[r]] += 1
         result[v] = _best_hit_level(count)
     return result
 
 
-@_jit
-def _image_hit_levels(q, h, w, gt, num_gt, deltas, largest, out):
+@jit
+def _image_hit_levels(q, h, w, gt, num_gt, deltas, rule, out, boxes_out):
     """Writes one map's hit level at every level into out (256,) (see ``hit_levels``)."""
     values = q.astype(np.int32)
     peak = values.max()
-    empty = _hit_level(0, 0, 0, 0, gt, num_gt, deltas)
-    filled = _fill_holes(values, h, w)
-    if largest:
-        order = _counting_order(filled, h, w)
-        per_level = _outer_sweep(filled, order, h, w, True, gt, num_gt, deltas)
+    # A level without any foreground: the evaluator scores the box (0, 0, 0, 0), the paper's
+    # heuristic has no box.
+    empty = 0 if rule == LARGEST_REGION else hit_level(0, 0, 0, 0, gt, num_gt, deltas)
+    if rule == LARGEST_REGION:
+        per_level = _outer_sweep(
+            _counting_order(values, h, w), h, w, rule, gt, num_gt, deltas, boxes_out
+        )
+    elif rule == LARGEST_CONTOUR:
+        filled = _fill_holes(values, h, w)
+        per_level = _outer_sweep(
+            _counting_order(filled, h, w), h, w, rule, gt, num_gt, deltas, boxes_out
+        )
     else:
+        filled = _fill_holes(values, h, w)
         order = _counting_order(values, h, w)
-        per_level = _outer_sweep(values, order, h, w, False, gt, num_gt, deltas)
-        holes = _hole_sweep(values, filled, order, h, w, gt, num_gt, deltas)
+        per_level = _outer_sweep(order, h, w, rule, gt, num_gt, deltas, boxes_out)
+        holes = _hole_sweep(filled, order, h, w, gt, num_gt, deltas)
         for level in range(NUM_LEVELS):
             per_level[level] = max(per_level[level], holes[level])
     for level in range(NUM_LEVELS):
@@ -457,11 +362,12 @@ def _image_hit_levels(q, h, w, gt, num_gt, deltas, largest, out):
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _batch_hit_levels(q, gt, num_gt, deltas, largest):
+def _batch_hit_levels(q, gt, num_gt, deltas, rule, boxes_out):
     b, h, w = q.shape
     out = np.zeros((b, NUM_LEVELS), np.int8)
     for i in numba.prange(b):
-        _image_hit_levels(q[i].reshape(-1), h, w, gt[i], num_gt[i], deltas, largest, out[i])
+        boxes = boxes_out[i] if boxes_out.shape[0] else boxes_out[0:0, 0]
+        _image_hit_levels(q[i].reshape(-1), h, w, gt[i], num_gt[i], deltas, rule, out[i], boxes)
     return out
 
 
@@ -492,25 +398,51 @@ def hit_levels(
     gt_boxes: np.ndarray,
     num_gt: np.ndarray,
     deltas: np.ndarray,
-    largest: bool,
+    rule: int,
 ) -> np.ndarray:
-    """Per map and level, how many IoU thresholds the evaluator's boxes reach.
+    """Per map and level, how many IoU thresholds the rule's boxes reach.
 
     Args:
       quantized: (B, H, W) uint8 maps.
-      gt_boxes: (B, M, 4) int inclusive ``(x0, y0, x1, y1)``; num_gt: (B,) real boxes per map.
+      gt_boxes: (B, M, 4) inclusive ``(x0, y0, x1, y1)``, integer or float (compared in float64,
+        exact for integers); num_gt: (B,) real boxes per map.
       deltas: (D,) int IoU percentages, ascending.
-      largest: the largest contour's box only (V1) instead of every contour's (V2).
+      rule: ALL_CONTOURS (V2), LARGEST_CONTOUR (V1) or LARGEST_REGION (the paper's heuristic).
 
     Returns:
       (B, 256) int8: entry [b, L] = k means the mask ``q > L`` has a box reaching
       ``IoU >= deltas[i] / 100`` exactly for i < k (levels at or above the peak use the empty
-      box ``(0, 0, 0, 0)``, as the evaluator).
+      box ``(0, 0, 0, 0)``, as the evaluator, except under LARGEST_REGION: no box, 0).
     """
     return _batch_hit_levels(
         np.ascontiguousarray(quantized, np.uint8),
-        np.ascontiguousarray(gt_boxes, np.int32),
+        _gt_array(gt_boxes),
         np.ascontiguousarray(num_gt, np.int64),
         np.ascontiguousarray(deltas, np.int64),
-        bool(largest),
+        int(rule),
+        np.zeros((0, NUM_LEVELS, 4), np.int32),
     )
+
+
+def _gt_array(gt_boxes) -> np.ndarray:
+    """GT boxes as int32 when they are integers (the evaluator's), else float64."""
+    gt = np.asarray(gt_boxes)
+    return np.ascontiguousarray(gt, np.int32 if gt.dtype.kind in "iu" else np.float64)
+
+
+def region_boxes(quantized: np.ndarray) -> np.ndarray:
+    """The paper heuristic's box at every level: (B, H, W) uint8 -> (B, 256, 4) int32 inclusive
+    ``(x0, y0, x1, y1)`` of the largest 8-connected region of ``q > L`` (most pixels, ties to
+    the first in raster order); -1 rows where the mask is empty."""
+    q = np.ascontiguousarray(quantized, np.uint8)
+    b = q.shape[0]
+    boxes = np.full((b, NUM_LEVELS, 4), -1, np.int32)
+    _batch_hit_levels(
+        q,
+        np.zeros((b, 1, 4), np.int32),
+        np.zeros((b,), np.int64),
+        np.zeros((0,), np.int64),
+        LARGEST_REGION,
+        boxes,
+    )
+    return boxes

@@ -1,4 +1,5 @@
-"""The WSOL evaluation protocol of Choe et al. (CVPR 2020), reproduced exactly.
+"""The box-counting engine: the WSOL protocol of Choe et al. (CVPR 2020), reproduced exactly,
+and the CAM paper's heuristic as one more rule of it.
 
 The published evaluator (clovaai/wsolevaluation) loops over images and thresholds with OpenCV.
 This module computes the same integer counts for whole batches:
@@ -6,11 +7,10 @@ This module computes the same integer counts for whole batches:
 * ``quantize_scoremaps``: ``(scoremap * 255).astype(np.uint8)`` of the evaluator;
 * ``box_correct_counts``: per (IoU threshold, CAM threshold), how many images have a box with
   IoU >= delta / 100 against one of their GT boxes. With ``multi_contour=True`` every contour's
-  box counts (MaxBoxAccV2); otherwise the largest contour's (MaxBoxAcc, "V1");
-* ``pxap_histograms``: the score histograms of GT-foreground and GT-background pixels behind
-  PxAP, with the evaluator's bins;
-* ``WsolBoxAccumulator`` and ``PxAPAccumulator`` sum those over batches and hosts and finish
-  the metrics in float64 numpy, with the evaluator's formulas.
+  box counts (MaxBoxAccV2); otherwise the largest contour's (MaxBoxAcc, "V1"); with
+  ``paper=True`` the CAM paper's box (``boxes.py``) on maps from ``quantize_for_thresholds``;
+* ``WsolBoxAccumulator`` sums those over batches and hosts and finishes the metrics in float64
+  numpy, with the evaluator's formulas (PxAP: ``pxap.py``).
 
 What the OpenCV pipeline computes, established against cv2 (``tests/localization``):
 
@@ -40,26 +40,38 @@ What the OpenCV pipeline computes, established against cv2 (``tests/localization
   one whose first pixel comes last in raster order. The polygon area is a sum over local
   2x2 windows of pixel centres.
 
-Two implementations give these counts (``method``): ``"maxtree"`` (default), compiled
-union-find sweeps on the host CPU cores that see all 256 levels in one pass per map
-(``maxtree.py``); and ``"xla"``, data-parallel labelling of every level, jittable on any device
-(``wsol_xla.py``). Dense work (CAMs, resizing, normalising, quantising, PxAP histograms) stays
-on device either way; only the uint8 maps travel to the host for the max-tree.
+The counts come from compiled union-find sweeps on the host CPU cores that see all 256 levels
+in one pass per map (``maxtree.py``; the tests hold an independent XLA implementation to the
+same reference). Dense work (CAMs, resizing, normalising, quantising, PxAP histograms) stays
+on device; only the uint8 maps travel to the host for the max-tree.
 """
 
 import dataclasses
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camjax.localization import maxtree, wsol_xla
-from camjax.localization.boxes import check_float_maps
-
-NUM_LEVELS = 256
+NUM_LEVELS = 256  # levels of a uint8 map, the evaluator's quantisation
 DEFAULT_IOU_THRESHOLDS = (30, 50, 70)
-METHODS = ("maxtree", "xla")
+
+
+def _backend(name: str):
+    """The counting kernels of ``maxtree`` (numba), loaded on first use: numba takes seconds to
+    import, and ``import camjax`` should not pay for it."""
+    return importlib.import_module(f"camjax.localization.{name}")
+
+
+def check_float_maps(maps, name: str) -> jax.Array:
+    """maps as a jax array, or a ValueError unless it is a float (..., H, W) array."""
+    maps = jnp.asarray(maps)
+    if not jnp.issubdtype(maps.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a float array, got {maps.dtype}.")
+    if maps.ndim < 2:
+        raise ValueError(f"{name} must have rank >= 2 (..., H, W), got {maps.shape}.")
+    return maps
 
 
 def default_thresholds(interval: float = 0.001) -> np.ndarray:
@@ -124,7 +136,7 @@ def quantize_scoremaps(scoremaps: jax.Array | np.ndarray) -> jax.Array | np.ndar
     if isinstance(scoremaps, np.ndarray) and np.issubdtype(scoremaps.dtype, np.floating):
         if scoremaps.ndim < 2:
             raise ValueError(f"scoremaps must have rank >= 2 (..., H, W), got {scoremaps.shape}.")
-        quantized, in_range = maxtree.quantize(scoremaps)
+        quantized, in_range = _backend("maxtree").quantize(scoremaps)
     else:
         scoremaps = check_float_maps(scoremaps, "scoremaps")
         if isinstance(scoremaps, jax.core.Tracer):
@@ -161,18 +173,47 @@ def _check_thresholds(thresholds) -> np.ndarray:
     return t
 
 
-def threshold_levels(thresholds) -> np.ndarray:
+def threshold_levels(thresholds, paper: bool = False) -> np.ndarray:
     """Level of every CAM threshold for every possible map peak: int32 (256, T).
 
     Entry [m, i] is the evaluator's ``int(thresholds[i] * m)`` for a quantised map whose
-    maximum is m, computed with the same float64 products (numpy, on the host)."""
+    maximum is m, computed with the same float64 products (numpy, on the host). With
+    ``paper``, maps come from ``quantize_for_thresholds`` and threshold i's level is the number
+    of thresholds below it, whatever the peak."""
     t = _check_thresholds(thresholds)
+    if paper:
+        if t.size >= NUM_LEVELS:
+            raise ValueError(f"the paper's rule takes at most {NUM_LEVELS - 1} thresholds.")
+        below = np.searchsorted(np.sort(t), t, side="left").astype(np.int32)
+        return np.broadcast_to(below, (NUM_LEVELS, t.size))
     peaks = np.arange(NUM_LEVELS, dtype=np.uint8)
     return (t[None, :] * peaks[:, None]).astype(np.int32)
 
 
+def quantize_for_thresholds(scoremaps: jax.Array, thresholds: jax.Array) -> jax.Array:
+    """The CAM paper's masks ``scoremap >= t`` for every threshold as one uint8 map (jittable).
+
+    Args:
+      scoremaps: (..., H, W) float, e.g. CAMs divided by their maximum (the paper's threshold
+        is relative to the map's max).
+      thresholds: (T,) in [0, 1], T < 256, compared in the maps' dtype.
+
+    Returns:
+      (..., H, W) uint8: how many thresholds each score reaches, so that ``scoremap >= t`` is
+      exactly ``q > threshold_levels(thresholds, paper=True)[:, i]`` for threshold t = t_i.
+    """
+    t = jnp.sort(jnp.asarray(thresholds, scoremaps.dtype))
+    return jnp.searchsorted(t, scoremaps, side="right").astype(jnp.uint8)
+
+
 # --------------------------------------------------------------------------------------------
 # Box counts.
+
+
+def _rule(multi_contour: bool, paper: bool) -> int:
+    if paper and multi_contour:
+        raise ValueError("the paper's heuristic boxes one region: pass multi_contour=False.")
+    return 2 if paper else 0 if multi_contour else 1  # maxtree's rule numbers
 
 
 def level_hits(
@@ -181,35 +222,31 @@ def level_hits(
     num_gt: jax.Array | np.ndarray,
     iou_thresholds=DEFAULT_IOU_THRESHOLDS,
     multi_contour: bool = True,
-    method: str = "maxtree",
-) -> np.ndarray | jax.Array:
-    """Per map, IoU threshold and integer level, whether the evaluator would count a hit.
+    paper: bool = False,
+) -> np.ndarray:
+    """Per map, IoU threshold and integer level, whether the rule counts a hit.
 
     Args:
-      quantized: (B, H, W) uint8 from ``quantize_scoremaps``.
+      quantized: (B, H, W) uint8 from ``quantize_scoremaps`` (``quantize_for_thresholds`` with
+        ``paper``).
       gt_boxes: (B, M, 4) int, ``(x0, y0, x1, y1)`` inclusive pixel coordinates in the map's
         frame (the evaluator's resized boxes), padded to M per image. Boxes must satisfy
         ``0 <= x0 <= x1``, ``0 <= y0 <= y1`` (the evaluator's convention check); like the
-        evaluator, boxes reaching past the map are accepted as they are.
-      num_gt: (B,) int, the number of real boxes of each image (>= 1).
+        evaluator, boxes reaching past the map are accepted as they are. With ``paper``, any
+        real inclusive boxes (the pipeline's exclusive boxes with 1 off the ends).
+      num_gt: (B,) int, the number of real boxes of each image (>= 1; >= 0 with ``paper``).
       iou_thresholds: integer percentages (D,).
       multi_contour: every contour's box (V2) or the largest contour's only (V1).
-      method: ``"maxtree"`` (host, numpy result) or ``"xla"`` (jittable, jax result).
+      paper: the CAM paper's heuristic instead of the evaluator's contours: the box of the
+        largest 8-connected region by pixel count (ties: first in raster order), tight, none
+        for an empty mask (needs ``multi_contour=False``).
 
     Returns:
       (B, D, 256) bool: entry [b, d, L] for the mask ``quantized[b] > L``.
     """
-    _check_method(method)
-    q, gt, num_gt, deltas = _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds)
-    if method == "xla":
-        return wsol_xla.level_hits(
-            jnp.asarray(q),
-            jnp.asarray(gt),
-            jnp.asarray(num_gt),
-            jnp.asarray(deltas),
-            multi_contour,
-        )
-    reached, rank = _reached_levels(q, gt, num_gt, deltas, multi_contour)
+    rule = _rule(multi_contour, paper)
+    q, gt, num_gt, deltas = _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds, paper)
+    reached, rank = _reached_levels(q, gt, num_gt, deltas, rule)
     return reached[:, None, :] > rank[None, :, None]
 
 
@@ -221,14 +258,15 @@ def box_correct_counts(
     iou_thresholds=DEFAULT_IOU_THRESHOLDS,
     multi_contour: bool = True,
     valid: jax.Array | np.ndarray | None = None,
-    method: str = "maxtree",
+    paper: bool = False,
 ) -> np.ndarray:
     """Images counted correct at each (IoU threshold, CAM threshold): the evaluator's
-    ``num_correct`` for one batch.
+    ``num_correct`` for one batch, or the CAM paper's localization counts with ``paper``.
 
     Args:
-      quantized: (B, H, W) uint8 from ``quantize_scoremaps``.
-      gt_boxes, num_gt, iou_thresholds, multi_contour, method: as ``level_hits``.
+      quantized: (B, H, W) uint8 from ``quantize_scoremaps`` (with ``paper``: from
+        ``quantize_for_thresholds`` with the same thresholds).
+      gt_boxes, num_gt, iou_thresholds, multi_contour, paper: as ``level_hits``.
       thresholds: (T,) CAM thresholds in [0, 1]; default ``default_thresholds()``.
       valid: (B,) bool, False for padding rows of a ragged last batch; default all True. Or
         (K, B): K sets of images counted from the same sweep (e.g. all images, and those whose
@@ -238,29 +276,16 @@ def box_correct_counts(
       (D, T) int32 numpy counts, or (K, D, T) for a (K, B) valid; sum them over batches
       (``WsolBoxAccumulator``).
     """
-    _check_method(method)
+    rule = _rule(multi_contour, paper)
     thresholds = default_thresholds() if thresholds is None else thresholds
-    table = threshold_levels(thresholds)  # (256, T)
-    q, gt, num_gt, deltas = _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds)
+    table = threshold_levels(thresholds, paper)  # (256, T)
+    q, gt, num_gt, deltas = _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds, paper)
     b = q.shape[0]
     valid = np.ones((b,), bool) if valid is None else np.asarray(valid, bool)
     if valid.shape[-1:] != (b,) or valid.ndim > 2:
         raise ValueError(f"valid must have shape ({b},) or (K, {b}), got {valid.shape}.")
     masks = valid.reshape(-1, b)  # (K, B)
-    if method == "xla":
-        q = jnp.asarray(q)
-        table = jnp.asarray(table)
-        hits = wsol_xla.level_hits(
-            q,
-            jnp.asarray(gt),
-            jnp.asarray(num_gt),
-            jnp.asarray(deltas),
-            multi_contour,
-            wsol_xla.needed_levels(q, table),
-        )
-        counts = np.asarray(_counts_from_level_hits(hits, q, table, jnp.asarray(masks)))
-        return counts.reshape(valid.shape[:-1] + counts.shape[1:])
-    reached, rank = _reached_levels(q, gt, num_gt, deltas, multi_contour)
+    reached, rank = _reached_levels(q, gt, num_gt, deltas, rule)
     q = np.asarray(q)
     levels = table[q.reshape(b, -1).max(axis=1)]  # (B, T): the level of each threshold
     at = np.take_along_axis(reached, levels, axis=1)  # (B, T)
@@ -269,39 +294,25 @@ def box_correct_counts(
     return counts.reshape(valid.shape[:-1] + counts.shape[1:])
 
 
-def _reached_levels(q, gt, num_gt, deltas, multi_contour) -> tuple[np.ndarray, np.ndarray]:
+def _reached_levels(q, gt, num_gt, deltas, rule) -> tuple[np.ndarray, np.ndarray]:
     """The max-tree's (B, 256) count of ascending deltas reached per level, and each delta's
     rank among the sorted deltas (D,): delta d is reached at level L iff count > rank[d]."""
     if any(isinstance(x, jax.core.Tracer) for x in (q, gt, num_gt)):
         raise ValueError(
-            "method='maxtree' runs on the host and cannot be traced: call it outside jax.jit, "
-            "or use method='xla'."
+            "box counts run on the host and cannot be traced: call them outside jax.jit."
         )
     order = np.argsort(deltas, kind="stable")
     rank = np.empty(deltas.shape, np.int64)
     rank[order] = np.arange(deltas.size)
-    reached = maxtree.hit_levels(
-        np.asarray(q), np.asarray(gt), np.asarray(num_gt), deltas[order], not multi_contour
+    reached = _backend("maxtree").hit_levels(
+        np.asarray(q), np.asarray(gt), np.asarray(num_gt), deltas[order], rule
     )
     return reached, rank
 
 
-@jax.jit
-def _counts_from_level_hits(level_hits, q, table, masks):
-    """(K, D, T) counts of the images of each of the K (B,) masks."""
-    peak = jnp.max(q.astype(jnp.int32), axis=(-2, -1))  # (B,)
-    levels = table[peak]  # (B, T)
-    hits = jnp.take_along_axis(level_hits, levels[:, None, :], axis=-1)  # (B, D, T)
-    return jnp.einsum("kb,bdt->kdt", masks.astype(jnp.int32), hits.astype(jnp.int32))
-
-
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-
-
-def _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds):
-    """Validated (q, gt int32, num_gt int32, deltas int64): numpy unless traced under jit."""
+def _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds, paper=False):
+    """Validated (q, gt, num_gt int32, deltas int64): numpy unless traced under jit; gt int32,
+    or float64 with ``paper`` (the paper's GT boxes are real-valued)."""
     q = quantized if isinstance(quantized, jax.Array) else np.asarray(quantized)
     if q.dtype != np.uint8 or q.ndim != 3:
         raise ValueError(
@@ -313,12 +324,12 @@ def _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds):
     gt = np.asarray(gt_boxes) if not isinstance(gt_boxes, jax.core.Tracer) else gt_boxes
     if gt.ndim != 3 or gt.shape[0] != b or gt.shape[2] != 4 or gt.shape[1] == 0:
         raise ValueError(f"gt_boxes must have shape ({b}, M >= 1, 4), got {gt.shape}.")
-    if not jnp.issubdtype(gt.dtype, jnp.integer):
+    if not paper and not jnp.issubdtype(gt.dtype, jnp.integer):
         raise ValueError(f"gt_boxes must be integer pixel coordinates, got {gt.dtype}.")
     n = np.asarray(num_gt) if not isinstance(num_gt, jax.core.Tracer) else num_gt
     if n.shape != (b,):
         raise ValueError(f"num_gt must have shape ({b},), got {n.shape}.")
-    if isinstance(gt, np.ndarray) and isinstance(n, np.ndarray):
+    if not paper and isinstance(gt, np.ndarray) and isinstance(n, np.ndarray):
         if np.any(n < 1) or np.any(n > gt.shape[1]):
             raise ValueError(f"num_gt must be in [1, {gt.shape[1]}] (every image needs a GT box).")
         real = np.arange(gt.shape[1])[None, :] < n[:, None]
@@ -337,86 +348,10 @@ def _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds):
     if deltas.size > 101:  # hit levels are int8
         raise ValueError(f"at most 101 iou_thresholds (percentages 0..100), got {deltas.size}.")
     if isinstance(gt, np.ndarray):
-        gt = gt.astype(np.int32)
+        gt = gt.astype(np.float64 if paper else np.int32)
     if isinstance(n, np.ndarray):
-        n = n.astype(np.int32)
+        n = np.clip(n, 0, gt.shape[1]).astype(np.int32)
     return q, gt, n, deltas.astype(np.int64)
-
-
-# --------------------------------------------------------------------------------------------
-# PxAP.
-
-
-def pxap_bin_edges(thresholds=None) -> np.ndarray:
-    """The evaluator's histogram edges ``thresholds + [1, 2, 3]``, float64 (T + 3,)."""
-    thresholds = default_thresholds() if thresholds is None else thresholds
-    return np.append(_check_thresholds(thresholds), [1.0, 2.0, 3.0])
-
-
-def _float32_ceil(edges: np.ndarray) -> np.ndarray:
-    """Smallest float32 >= each float64 edge, so ``x >= edge`` is exact for float32 x."""
-    e32 = edges.astype(np.float32)
-    low = e32.astype(np.float64) < edges
-    e32[low] = np.nextafter(e32[low], np.float32(np.inf))
-    return e32
-
-
-@jax.jit
-def _histograms(scoremaps, masks, edges):
-    x = scoremaps.reshape(-1).astype(jnp.float32)
-    m = masks.reshape(-1)
-    nbins = edges.shape[0] - 1
-    # np.histogram: bin k holds edges[k] <= x < edges[k + 1]; the last bin also holds its
-    # right edge; values outside [edges[0], edges[-1]] are dropped.
-    k = jnp.searchsorted(edges, x, side="right") - 1
-    k = jnp.where(x == edges[-1], nbins - 1, k)
-    inside = (k >= 0) & (k < nbins)
-    k = jnp.where(inside, k, nbins)
-    fg = jnp.zeros((nbins + 1,), jnp.int32).at[k].add((m == 1) & inside)
-    bg = jnp.zeros((nbins + 1,), jnp.int32).at[k].add((m == 0) & inside)
-    return jnp.stack([fg[:nbins], bg[:nbins]])
-
-
-def pxap_histograms(scoremaps: jax.Array, masks: jax.Array, thresholds=None) -> jax.Array:
-    """Score histograms of GT-foreground and GT-background pixels (``MaskEvaluator``).
-
-    Args:
-      scoremaps: (B, H, W) float32 in [0, 1] (compared with the float64 bin edges exactly).
-      masks: (B, H, W) integer, the evaluator's convention: 1 foreground, 0 background, any
-        other value (255) ignored.
-      thresholds: (T,) in [0, 1]; default ``default_thresholds()``.
-
-    Returns:
-      (2, T + 2) int32: row 0 foreground, row 1 background counts per bin.
-    """
-    s = jnp.asarray(scoremaps)
-    m = jnp.asarray(masks)
-    if s.ndim != 3 or not jnp.issubdtype(s.dtype, jnp.floating):
-        raise ValueError(f"scoremaps must be (B, H, W) float, got {s.dtype} {s.shape}.")
-    if m.shape != s.shape or not jnp.issubdtype(m.dtype, jnp.integer):
-        raise ValueError(f"masks must be integer with shape {s.shape}, got {m.dtype} {m.shape}.")
-    _check_unit_interval(s)
-    edges = jnp.asarray(_float32_ceil(pxap_bin_edges(thresholds)))
-    return _histograms(s, m, edges)
-
-
-def pxap_from_histograms(true_hist: np.ndarray, false_hist: np.ndarray) -> float:
-    """PxAP in percent from the two histograms, with ``MaskEvaluator.compute``'s float64
-    arithmetic (precision summed against recall steps, bins of empty predictions skipped)."""
-    true_hist = np.asarray(true_hist, np.float64)
-    false_hist = np.asarray(false_hist, np.float64)
-    tp = true_hist[::-1].cumsum()
-    fn = true_hist.sum() - tp
-    fp = false_hist[::-1].cumsum()
-    if np.all(tp + fn <= 0):
-        raise ValueError("no GT-foreground pixel was evaluated.")
-    if np.all(tp + fp <= 0):
-        raise ValueError("no pixel was evaluated (all ignored).")
-    predicted = (tp + fp) != 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = tp / (tp + fp)
-        recall = tp / (tp + fn)
-    return float((precision[1:] * np.diff(recall))[predicted[1:]].sum() * 100)
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,17 +384,14 @@ class WsolBoxAccumulator:
         self.counts = self.counts + counts
         self.num_images += int(num_images)
 
-    def merge(self, other: "WsolBoxAccumulator") -> "WsolBoxAccumulator":
+    def merge(self, other: "WsolBoxAccumulator") -> None:
+        """Adds another accumulator's counts (another host's or shard's), in place as ``update``."""
         if not np.array_equal(self.thresholds, other.thresholds) or (
             self.iou_thresholds != other.iou_thresholds
         ):
             raise ValueError("cannot merge box counts made with different thresholds.")
-        return WsolBoxAccumulator(
-            self.thresholds,
-            self.iou_thresholds,
-            self.counts + other.counts,
-            self.num_images + other.num_images,
-        )
+        self.counts = self.counts + other.counts
+        self.num_images += other.num_images
 
     def box_accuracy(self) -> np.ndarray:
         """BoxAcc curves in percent, float64 (D, T)."""
@@ -477,45 +409,13 @@ class WsolBoxAccumulator:
         return float(np.average(list(self.max_box_acc().values())))
 
 
-@dataclasses.dataclass
-class PxAPAccumulator:
-    """Streaming PxAP histograms; ``merge`` combines hosts or shards."""
-
-    thresholds: np.ndarray = dataclasses.field(default_factory=default_thresholds)
-    histograms: np.ndarray | None = None
-
-    def __post_init__(self):
-        self.thresholds = _check_thresholds(self.thresholds)
-        if self.histograms is None:
-            self.histograms = np.zeros((2, len(self.thresholds) + 2), np.int64)
-
-    def update(self, histograms: jax.Array) -> None:
-        """Adds one batch of ``pxap_histograms`` (2, T + 2)."""
-        h = np.asarray(jax.device_get(histograms), np.int64)
-        if h.shape != self.histograms.shape:
-            raise ValueError(f"histograms must have shape {self.histograms.shape}, got {h.shape}.")
-        self.histograms = self.histograms + h
-
-    def merge(self, other: "PxAPAccumulator") -> "PxAPAccumulator":
-        if not np.array_equal(self.thresholds, other.thresholds):
-            raise ValueError("cannot merge histograms made with different thresholds.")
-        return PxAPAccumulator(self.thresholds, self.histograms + other.histograms)
-
-    def pxap(self) -> float:
-        return pxap_from_histograms(self.histograms[0], self.histograms[1])
-
-
 __all__ = [
     "DEFAULT_IOU_THRESHOLDS",
     "NUM_LEVELS",
-    "PxAPAccumulator",
     "WsolBoxAccumulator",
     "box_correct_counts",
     "default_thresholds",
     "level_hits",
-    "pxap_bin_edges",
-    "pxap_from_histograms",
-    "pxap_histograms",
     "quantize_scoremaps",
     "threshold_levels",
 ]

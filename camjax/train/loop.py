@@ -21,8 +21,9 @@ import numpy as np
 import optax
 import tqdm
 
-from camjax import checkpoint, evaluation, experiment
+from camjax import checkpoint, experiment
 from camjax.data import pipeline
+from camjax.evaluation import evaluator
 from camjax.train.metric_writer import MetricWriter
 from camjax.train.optim import create_optimizer
 from camjax.train.state import (
@@ -297,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     sources = experiment.data_sources(config)
 
     step_fn = jit_train_step(config, model, tx, state_shardings, mesh)
-    val_eval = evaluation.Evaluator(config, model, mesh)
+    val_eval = evaluator.Evaluator(config, model, mesh)
     batches = _train_batches(config, sources[config.data.train_split], start, mesh)
     sums = _zero_sums_on(mesh)
     progress = _Progress(workdir, start, num_steps, config.eval.fixed_threshold)

@@ -22,8 +22,8 @@ from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 import camjax.data
-from camjax import evaluation
 from camjax.data import cub, downloads, manual, pipeline, prepare
+from camjax.evaluation import protocol
 
 # Preparing and reading must never open a connection.
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -370,7 +370,7 @@ def test_wsol_splits_feed_the_eval_pipeline(data_dir):
         np.testing.assert_allclose(batch["boxes"][row, 0], expected, rtol=1e-5)
         # PxAP's mask at a 24 x 24 evaluation size: OpenCV's nearest neighbour of the original.
         resized = cv2.resize(record["mask"][..., 0], (24, 24), interpolation=cv2.INTER_NEAREST)
-        np.testing.assert_array_equal(evaluation.protocol_mask(record["mask"], 24), resized > 0)
+        np.testing.assert_array_equal(protocol.protocol_mask(record["mask"], 24), resized > 0)
 
 
 def test_wsol_split_sizes(data_dir):

@@ -19,8 +19,8 @@ from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 import camjax.data
-from camjax import evaluation
 from camjax.data import downloads, manual, openimages, pipeline, prepare
+from camjax.evaluation import protocol
 from camjax.localization import wsol_io
 
 # Preparing and reading must never open a connection.
@@ -253,7 +253,7 @@ def test_images_are_the_original_files(full):
 
 def _protocol(record, size: int = EVAL_SIZE) -> np.ndarray:
     """The stored masks -> the reference's {0, 1, 255} mask at the evaluation size."""
-    return evaluation.protocol_mask(record["mask"], size, record["ignore_mask"])
+    return protocol.protocol_mask(record["mask"], size, record["ignore_mask"])
 
 
 def test_masks_give_the_reference_mask_exactly(full):
@@ -306,7 +306,7 @@ def test_train_masks_ignore_everything(full):
 def test_masked_eval_preprocess_reads_the_examples(full):
     _, sources = full
     cfg = pipeline.PreprocessConfig(image_size=32, resize_size=36)
-    row = evaluation.MaskedEvalPreprocess(cfg, EVAL_SIZE).map(sources["validation"][0])
+    row = protocol.MaskedEvalPreprocess(cfg, EVAL_SIZE).map(sources["validation"][0])
     assert row["image"].shape == (32, 32, 3) and row["num_boxes"] == 0
     assert row["mask"].shape == (EVAL_SIZE, EVAL_SIZE)
     assert openimages.OpenImages30kWsol.wsol_sources(full[0].data_dir_root).keys() == sources.keys()

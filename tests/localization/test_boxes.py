@@ -1,28 +1,26 @@
-"""Tests for camjax.localization.boxes: labelling and CAM boxes against known answers.
+"""Tests for camjax/localization/boxes.py: the CAM paper's boxes and counts on the WSOL engine.
 
-References are independent: a plain-Python flood fill for labels and OpenCV's
-connectedComponentsWithStats for component sizes and boxes.
+References are independent: a plain-Python flood fill for the regions, OpenCV's
+connectedComponentsWithStats for their sizes and boxes, and float IoUs computed here.
 """
 
 import collections
 
 import cv2
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from camjax.localization.boxes import (
-    BACKGROUND,
-    box_from_scoremap,
-    label_components,
-    largest_component_box,
-)
+from camjax.localization import boxes, wsol
 
-# Module-level jits: one compile per shape for the whole file keeps it fast.
-label_jit = jax.jit(label_components)
-box_jit = jax.jit(largest_component_box)
-score_box_jit = jax.jit(box_from_scoremap)
+BACKGROUND = -1
+
+
+def box_of(mask: np.ndarray) -> tuple[int, ...]:
+    """box_from_scoremap of a boolean mask (as a 0/1 map at threshold 0.5), as a tuple."""
+    got = boxes.box_from_scoremap(mask.astype(np.float32), 0.5)
+    assert got.dtype == np.int32 and got.shape == mask.shape[:-2] + (4,)
+    return tuple(int(v) for v in got)
 
 
 def draw(rows: str) -> np.ndarray:
@@ -99,24 +97,13 @@ def blobby_masks(rng: np.random.Generator, count: int, size: int) -> np.ndarray:
     return smooth > 0.3
 
 
-def test_label_components_hand_drawn():
-    mask = draw("""
-        ##...#
-        ##..#.
-        ......
-        .#..##
-        """)
-    expected = np.array(
-        [
-            [0, 0, -1, -1, -1, 5],
-            [0, 0, -1, -1, 5, -1],
-            [-1, -1, -1, -1, -1, -1],
-            [-1, 19, -1, -1, 22, 22],
-        ]
-    )
-    labels = label_jit(mask)
-    assert labels.dtype == jnp.int32
-    np.testing.assert_array_equal(labels, expected)
+def reference_box(labels: np.ndarray) -> tuple[int, int, int, int]:
+    """Box of the most populous label, ties to the smaller label, from a labelled map."""
+    values, counts = np.unique(labels[labels != BACKGROUND], return_counts=True)
+    if values.size == 0:
+        return (0, 0, 0, 0)
+    ys, xs = np.nonzero(labels == values[np.argmax(counts)])
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
 
 
 @pytest.mark.parametrize(
@@ -134,7 +121,7 @@ def test_label_components_hand_drawn():
         (draw("#.......\n.#......\n..#.....\n...#..##\n......##\n........"), (0, 0, 4, 4)),
         # Border-touching blobs, on the right and bottom edges.
         (draw("........\n.......#\n.......#\n.......#\n......##\n##....##"), (6, 1, 8, 6)),
-        # A ring with a hole is one component and its box covers the whole ring.
+        # A ring with a hole is one region and its box covers the whole ring.
         (draw("........\n.#####..\n.#...#..\n.#...#..\n.#####..\n........"), (1, 1, 6, 5)),
     ],
     ids=[
@@ -149,18 +136,14 @@ def test_label_components_hand_drawn():
         "ring",
     ],
 )
-def test_largest_component_box_hand_drawn(mask, box):
-    got = box_jit(mask)
-    assert got.dtype == jnp.int32 and got.shape == (4,)
-    assert tuple(int(v) for v in got) == box
+def test_box_from_scoremap_hand_drawn(mask, box):
+    assert box_of(mask) == box
     assert cv2_largest_box(mask) == box
 
 
-def test_checkerboard_is_one_component():
-    board = (np.add.outer(np.arange(9), np.arange(12)) % 2 == 0)[None]
-    labels = np.asarray(label_jit(board))[0]
-    assert set(np.unique(labels)) == {BACKGROUND, 0}
-    assert tuple(int(v) for v in box_jit(board)[0]) == (0, 0, 12, 9)
+def test_checkerboard_is_one_region():
+    board = np.add.outer(np.arange(9), np.arange(12)) % 2 == 0
+    assert box_of(board) == (0, 0, 12, 9)
 
 
 @pytest.mark.parametrize("shape", ["spiral", "snake", "comb"])
@@ -171,107 +154,65 @@ def test_long_paths(shape):
     elif shape == "snake":
         mask = snake(n)
     else:
-        # Teeth standing on the bottom row; the smallest index is at the top of the first.
         mask = np.zeros((n, n), bool)
         mask[:, ::2] = True
         mask[-1] = True
-    # The smallest raster index sits at one end of a path of ~n * n / 2 pixels, so plain
-    # label propagation would need that many passes.
     assert cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)[0] == 2
-    np.testing.assert_array_equal(label_jit(mask), flood_fill_labels(mask))
     ys, xs = np.nonzero(mask)
-    box = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    assert tuple(int(v) for v in box_jit(mask)) == box
-
-
-def reference_box(labels: np.ndarray) -> tuple[int, int, int, int]:
-    """Box of the most populous label, ties to the smaller label, from a labelled map."""
-    values, counts = np.unique(labels[labels != BACKGROUND], return_counts=True)
-    if values.size == 0:
-        return (0, 0, 0, 0)
-    ys, xs = np.nonzero(labels == values[np.argmax(counts)])
-    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    assert box_of(mask) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
 def test_random_masks_match_references():
     rng = np.random.default_rng(0)
     density = rng.uniform(0.1, 0.9, (24, 1, 1))
     masks = np.concatenate([rng.random((24, 17, 23)) < density, blobby_masks(rng, 8, 23)[:, :17]])
-    labels = np.asarray(label_jit(masks))
-    boxes = np.asarray(box_jit(masks))
-    for mask, got_labels, got_box in zip(masks, labels, boxes, strict=True):
-        expected_labels = flood_fill_labels(mask)
-        np.testing.assert_array_equal(got_labels, expected_labels)
-        assert tuple(int(v) for v in got_box) == reference_box(expected_labels)
-        # OpenCV agrees on the component sizes.
-        stats = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)[2]
-        sizes = np.unique(got_labels[got_labels != BACKGROUND], return_counts=True)[1]
-        np.testing.assert_array_equal(np.sort(sizes), np.sort(stats[1:, cv2.CC_STAT_AREA]))
+    got = boxes.box_from_scoremap(masks.astype(np.float32), 0.5)
+    for mask, got_box in zip(masks, got, strict=True):
+        assert tuple(int(v) for v in got_box) == reference_box(flood_fill_labels(mask))
+        assert tuple(int(v) for v in got_box) == cv2_largest_box(mask)
 
 
-def test_leading_dims_and_vmap_equal_per_map():
+def test_leading_dims_equal_per_map():
     rng = np.random.default_rng(1)
     masks = blobby_masks(rng, 6, 20).reshape(2, 3, 20, 20)
-    boxes = np.asarray(box_jit(masks))
-    labels = np.asarray(label_jit(masks))
-    vmapped = np.asarray(jax.jit(jax.vmap(largest_component_box))(masks))
-    assert boxes.shape == (2, 3, 4) and labels.shape == (2, 3, 20, 20)
-    np.testing.assert_array_equal(vmapped, boxes)
+    got = boxes.box_from_scoremap(masks.astype(np.float32), 0.5)
+    assert got.shape == (2, 3, 4)
     for i in range(2):
         for j in range(3):
-            np.testing.assert_array_equal(boxes[i, j], box_jit(masks[i, j]))
-            np.testing.assert_array_equal(labels[i, j], label_jit(masks[i, j]))
+            assert tuple(got[i, j]) == box_of(masks[i, j])
 
 
 def test_box_from_scoremap_thresholds():
     scoremap = np.zeros((6, 8), np.float32)
     scoremap[1:3, 1:3] = 0.3  # Larger, weaker blob.
     scoremap[4, 5] = 1.0  # Single strong pixel.
-    assert tuple(int(v) for v in score_box_jit(scoremap, 0.2)) == (1, 1, 3, 3)
-    assert tuple(int(v) for v in score_box_jit(scoremap, 0.5)) == (5, 4, 6, 5)
+
+    def box(s, t):
+        return tuple(int(v) for v in boxes.box_from_scoremap(s, t))
+
+    assert box(scoremap, 0.2) == (1, 1, 3, 3)
+    assert box(scoremap, 0.5) == (5, 4, 6, 5)
     # The comparison is >=, so a threshold equal to the maximum keeps the peak.
-    assert tuple(int(v) for v in score_box_jit(scoremap, 1.0)) == (5, 4, 6, 5)
-    assert tuple(int(v) for v in score_box_jit(scoremap, 0.0)) == (0, 0, 8, 6)
-    # Default threshold is the CAM paper's 0.2.
-    assert tuple(int(v) for v in box_from_scoremap(scoremap)) == (1, 1, 3, 3)
+    assert box(scoremap, 1.0) == (5, 4, 6, 5)
+    assert box(scoremap, 0.0) == (0, 0, 8, 6)
+    # Default threshold is the CAM paper's 0.2; device arrays are accepted.
+    assert tuple(int(v) for v in boxes.box_from_scoremap(jnp.asarray(scoremap))) == (1, 1, 3, 3)
     constant = np.full((6, 8), 0.5, np.float32)
-    assert tuple(int(v) for v in score_box_jit(constant, 0.2)) == (0, 0, 8, 6)
-    assert tuple(int(v) for v in score_box_jit(constant, 0.7)) == (0, 0, 0, 0)
+    assert box(constant, 0.2) == (0, 0, 8, 6)
+    assert box(constant, 0.7) == (0, 0, 0, 0)
 
 
-def test_threshold_sweep_traces_once():
-    traces = []
-
-    @jax.jit
-    def boxes(scoremaps, threshold):
-        traces.append(1)  # Runs only when jax traces.
-        return box_from_scoremap(scoremaps, threshold)
-
+def test_thresholds_broadcast_against_the_batch():
     rng = np.random.default_rng(2)
     scoremaps = rng.random((3, 16, 16)).astype(np.float32)
-    swept = [np.asarray(boxes(scoremaps, t)) for t in (0.1, 0.35, 0.6, 0.95)]
-    assert len(traces) == 1
-    for t, got in zip((0.1, 0.35, 0.6, 0.95), swept, strict=True):
-        np.testing.assert_array_equal(got, box_jit(scoremaps >= t))
-    # Thresholds broadcast against the batch axes: (T, 1) x (B,) -> (T, B, 4).
-    thresholds = np.array([[0.1], [0.35], [0.6], [0.95]], np.float32)
-    np.testing.assert_array_equal(score_box_jit(scoremaps, thresholds), np.stack(swept))
-
-
-@pytest.mark.parametrize(
-    ("mask", "match"),
-    [
-        (np.zeros((5,), bool), "rank >= 2"),
-        (np.zeros((4, 4), np.float32), "must be a boolean array"),
-        (np.zeros((4, 4), np.int32), "must be a boolean array"),
-        (np.zeros((4, 0), bool), "non-empty spatial axes"),
-    ],
-)
-def test_bad_masks_raise(mask, match):
-    with pytest.raises(ValueError, match=match):
-        label_components(mask)
-    with pytest.raises(ValueError, match=match):
-        largest_component_box(mask)
+    ts = (0.1, 0.35, 0.6, 0.95)
+    swept = np.stack([boxes.box_from_scoremap(scoremaps, t) for t in ts])
+    for t, got in zip(ts, swept, strict=True):
+        for m, b in zip(scoremaps >= np.float32(t), got, strict=True):
+            assert tuple(b) == reference_box(flood_fill_labels(m))
+    # (T, 1) x (B,) -> (T, B, 4).
+    thresholds = np.array(ts, np.float32)[:, None]
+    np.testing.assert_array_equal(boxes.box_from_scoremap(scoremaps, thresholds), swept)
 
 
 @pytest.mark.parametrize(
@@ -289,4 +230,142 @@ def test_bad_masks_raise(mask, match):
 )
 def test_bad_scoremap_inputs_raise(scoremap, threshold, match):
     with pytest.raises(ValueError, match=match):
-        box_from_scoremap(scoremap, threshold)
+        boxes.box_from_scoremap(scoremap, threshold)
+
+
+def float_iou(a, b) -> float:
+    """IoU of exclusive-end boxes, in float64."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_localization_counts_match_a_reference_with_real_valued_gt_boxes():
+    """The engine's paper rule against flood fill + float IoU, GT boxes off the pixel grid."""
+    rng = np.random.default_rng(3)
+    b, h, w = 40, 19, 23
+    noise = rng.standard_normal((b, 4, 4)).astype(np.float32)
+    maps = np.stack([cv2.resize(n, (w, h), interpolation=cv2.INTER_CUBIC) for n in noise])
+    maps = np.clip(maps / np.abs(maps).max(axis=(1, 2), keepdims=True), 0, 1)
+    maps[::5] = np.round(maps[::5] * 4) / 4  # plateaus make ties
+    thresholds = np.array([0.1, 0.25, 0.5, 0.75], np.float32)
+    gt = np.zeros((b, 2, 4))
+    for i in range(b):
+        ys, xs = np.nonzero(maps[i] >= rng.uniform(0.1, 0.6))
+        if len(xs) == 0:
+            ys, xs = np.array([0]), np.array([0])
+        jitter = rng.uniform(-1.5, 1.5, 4)
+        gt[i, 0] = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) + jitter
+        gt[i, 1] = rng.uniform(0, 5, 4) + [0, 0, 5, 5]
+    num = rng.integers(1, 3, b)
+    labels = rng.integers(0, 3, b)
+    top = np.stack([rng.permutation(3)[:2] for _ in range(b)])
+    valid = rng.random(b) < 0.9
+    q = np.asarray(wsol.quantize_for_thresholds(jnp.asarray(maps), thresholds))
+    got = boxes.localization_counts(q, gt, num, labels, top, valid, thresholds, 0.5)
+    want = np.zeros((3, len(thresholds)), int)
+    for i in range(b):
+        for j, t in enumerate(thresholds):
+            box = reference_box(flood_fill_labels(maps[i] >= t))
+            if box == (0, 0, 0, 0):
+                continue
+            hit = valid[i] and max(float_iou(box, g) for g in gt[i, : num[i]]) >= 0.5
+            want[:, j] += [hit, hit and top[i, 0] == labels[i], hit and labels[i] in top[i]]
+    counted = np.stack([got[k] for k in ("gt_known", "top1_loc", "topk_loc")])
+    np.testing.assert_array_equal(counted, want)
+    assert want[0].max() > 5  # the check has hits to count
+    assert int(got["n"]) == valid.sum()
+
+
+def test_box_iou_hand_computed():
+    a = jnp.array([0, 0, 10, 10])
+    assert float(boxes.box_iou(a, a)) == 1.0
+    assert float(boxes.box_iou(a, jnp.array([5, 0, 15, 10]))) == pytest.approx(1 / 3)
+    assert float(boxes.box_iou(a, jnp.array([10, 0, 20, 10]))) == 0.0  # touching, exclusive
+    assert float(boxes.box_iou(a, jnp.array([2, 2, 4, 6]))) == pytest.approx(8 / 100)
+    assert float(boxes.box_iou(jnp.zeros(4), jnp.zeros(4))) == 0.0  # degenerate, not NaN
+
+
+def test_max_iou_ignores_padding_and_takes_best_gt():
+    gt = jnp.array([[[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 0, 0]]], jnp.float32)
+    box = jnp.array([[20, 20, 30, 40]], jnp.float32)
+    assert float(boxes.max_iou_with_gt(box, gt, jnp.array([2]))[0]) == pytest.approx(0.5)
+    assert float(boxes.max_iou_with_gt(box, gt, jnp.array([1]))[0]) == 0.0
+    # A leading threshold axis broadcasts.
+    assert boxes.max_iou_with_gt(jnp.stack([box, box]), gt, jnp.array([2])).shape == (2, 1)
+
+
+def test_centered_boxes():
+    centered = boxes.centered_boxes(10, 20, np.array([0.5, 1.0]))
+    np.testing.assert_array_equal(
+        centered, [[5, 2, 15, 7], [5, 0, 15, 10], [0, 2, 20, 7], [0, 0, 20, 10]]
+    )
+
+
+def test_localization_counts_hand_built_batch():
+    """Three images: a hit with the right class, a hit with a wrong class, a miss; one pad row."""
+    maps = np.zeros((4, 8, 8), np.float32)
+    maps[0, 2:6, 2:6] = 1.0  # box (2, 2, 6, 6): equals GT 0
+    maps[1, 0:4, 0:4] = 1.0  # box (0, 0, 4, 4): equals GT 1
+    maps[2, 6:8, 6:8] = 1.0  # box (6, 6, 8, 8): misses GT 2
+    maps[:3] += 0.1 * np.arange(64).reshape(8, 8) / 64  # below 0.2 except blobs
+    gt = np.array([[[2, 2, 6, 6]], [[0, 0, 4, 4]], [[0, 0, 8, 8]], [[0, 0, 8, 8]]], np.float32)
+    labels = np.array([1, 2, 0, 0])
+    top = np.array([[1, 0], [0, 2], [0, 1], [0, 1]])
+    thresholds = np.array([0.5, 0.05], np.float32)
+    valid = np.array([True, True, True, False])
+    out = boxes.localization_counts(
+        np.asarray(wsol.quantize_for_thresholds(jnp.asarray(maps), thresholds)),
+        gt,
+        np.array([1, 1, 1, 1]),
+        labels,
+        top,
+        valid,
+        thresholds,
+    )
+    out["center_box"] = boxes.center_box_counts(
+        jnp.asarray(gt),
+        jnp.array([1, 1, 1, 1]),
+        jnp.asarray(valid),
+        jnp.array([[0, 0, 8, 8], [2, 2, 6, 6]], jnp.float32),
+        0.5,
+    )
+    assert int(out["n"]) == 3
+    assert int(out["top1_cls"]) == 2 and int(out["topk_cls"]) == 3
+    np.testing.assert_array_equal(
+        out["gt_known"], [2, 1]
+    )  # at 0.05 the ramp joins the blobs: only image 2 hits
+    np.testing.assert_array_equal(out["top1_loc"], [1, 1])
+    np.testing.assert_array_equal(out["topk_loc"], [2, 1])
+    # Center (0,0,8,8) hits GT 2 only (IoU 1); (2,2,6,6) hits GT 0 only; GT 1 IoU = 4/28.
+    np.testing.assert_array_equal(out["center_box"], [1, 1])
+
+
+def test_accumulator_merge_rates_summary_and_errors():
+    th = np.array([0.1, 0.2], np.float32)
+    a = boxes.LocalizationAccumulator(th, np.array([1.0]))
+    b = boxes.LocalizationAccumulator(th, np.array([1.0]))
+    batch = {
+        "n": 4,
+        "top1_cls": 2,
+        "topk_cls": 3,
+        "gt_known": np.array([1, 3]),
+        "top1_loc": np.array([1, 2]),
+        "topk_loc": np.array([1, 3]),
+        "center_box": np.array([1]),
+    }
+    a.update(batch)
+    b.update(batch)
+    a.merge(b)  # in place, as update
+    both = a
+    assert int(both.counts["n"]) == 8
+    s = both.summary(0.2, k=5)
+    assert s["gt_known_loc"] == 75.0 and s["top1_loc"] == 50.0 and s["top5_loc"] == 75.0
+    assert s["top1_cls"] == 50.0 and s["best_center_box_gt_known_loc"] == 25.0
+    assert both.best_threshold() == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="different thresholds"):
+        b.merge(boxes.LocalizationAccumulator(th + 0.1, np.array([1.0])))
+    with pytest.raises(ValueError, match="empty"):
+        boxes.LocalizationAccumulator(th, np.array([1.0])).rates()

@@ -3,7 +3,8 @@
 The reference (``wsol_reference.py``) follows the published evaluator with cv2.findContours;
 the maps are built to stress contour rules: blobs, rings with holes, nested rings, thin and
 diagonal lines, touching objects, objects on the border, constant and NaN maps. Both
-implementations (``method="maxtree"``, the host default, and ``"xla"``) are held to it.
+implementations (camjax's host max-tree, ``"maxtree"``, and the independent XLA labelling of
+``wsol_xla.py``, ``"xla"``) are held to it.
 """
 
 import sys
@@ -16,10 +17,11 @@ import numpy as np
 import pytest
 
 from camjax.cam import normalize_minmax
-from camjax.localization import wsol
+from camjax.localization import pxap, wsol
 
 sys.path.insert(0, str(Path(__file__).parent))
 import wsol_reference as ref  # noqa: E402
+import wsol_xla  # noqa: E402
 
 GRID = wsol.default_thresholds(0.01)
 
@@ -110,11 +112,16 @@ def _reference_counts(scoremaps, boxes, num, thresholds, multi):
 def _counts(scoremaps, boxes, num, thresholds, multi, method="maxtree"):
     q = wsol.quantize_scoremaps(scoremaps)
     return np.asarray(
-        wsol.box_correct_counts(q, boxes, num, thresholds, multi_contour=multi, method=method)
+        IMPLS[method].box_correct_counts(q, boxes, num, thresholds, multi_contour=multi)
     )
 
 
-METHODS = pytest.mark.parametrize("method", wsol.METHODS)
+IMPLS = {"maxtree": wsol, "xla": wsol_xla}
+METHODS = pytest.mark.parametrize("method", list(IMPLS))
+
+
+def _level_hits(method):
+    return wsol.level_hits if method == "maxtree" else wsol_xla.level_hits_checked
 
 
 # ------------------------------------------------------------------------------- exactness
@@ -200,7 +207,7 @@ def test_box_counts_match_reference_224():
     grid = wsol.default_thresholds(0.05)
     for multi in (True, False):
         want = _reference_counts(scoremaps, boxes, num, grid, multi)
-        for method in wsol.METHODS:
+        for method in IMPLS:
             got = _counts(scoremaps, boxes, num, grid, multi, method)
             np.testing.assert_array_equal(got, want)
 
@@ -210,7 +217,7 @@ def test_level_hits_match_reference_at_every_level(method):
     scoremaps, boxes, num = _batch(4, 10, 32, 32)
     q = wsol.quantize_scoremaps(scoremaps)
     for multi in (True, False):
-        hits = np.asarray(wsol.level_hits(q, boxes, num, multi_contour=multi, method=method))
+        hits = np.asarray(_level_hits(method)(q, boxes, num, multi_contour=multi))
         for b in range(len(num)):
             peak = int(np.max(np.asarray(q[b])))
             # Thresholds t = L / peak probe the levels L exactly (int(L / peak * peak) == L is
@@ -234,10 +241,7 @@ def _hits_of(mask, gt, multi, delta=50):
     full[: mask.shape[0], : mask.shape[1]] = mask
     q = jnp.asarray(full[None] * 255)
     gt = np.asarray([[gt]], np.int32)
-    hits = [
-        bool(np.asarray(wsol.level_hits(q, gt, [1], [delta], multi, method=m))[0, 0, 0])
-        for m in wsol.METHODS
-    ]
+    hits = [bool(np.asarray(_level_hits(m)(q, gt, [1], [delta], multi))[0, 0, 0]) for m in IMPLS]
     assert hits[0] == hits[1]
     return hits[0]
 
@@ -285,11 +289,11 @@ def test_pxap_matches_reference():
     scoremaps[2, :2, :2] = 1.0
     masks = rng.choice(np.array([0, 1, 255], np.uint8), size=scoremaps.shape, p=[0.6, 0.3, 0.1])
     grid = wsol.default_thresholds(0.001)
-    acc = wsol.PxAPAccumulator(grid)
-    acc.update(wsol.pxap_histograms(scoremaps[:3], masks[:3], grid))
-    other = wsol.PxAPAccumulator(grid)
-    other.update(wsol.pxap_histograms(scoremaps[3:], masks[3:], grid))
-    acc = acc.merge(other)
+    acc = pxap.PxAPAccumulator(grid)
+    acc.update(pxap.pxap_histograms(scoremaps[:3], masks[:3], grid))
+    other = pxap.PxAPAccumulator(grid)
+    other.update(pxap.pxap_histograms(scoremaps[3:], masks[3:], grid))
+    acc.merge(other)
     t, f = ref.pxap_histograms(list(scoremaps), list(masks), grid)
     np.testing.assert_array_equal(acc.histograms, np.stack([t, f]).astype(np.int64))
     assert acc.pxap() == ref.pxap(t, f)
@@ -302,8 +306,8 @@ def test_pxap_by_hand():
     grid = np.array([0.0, 0.5, 0.75])
     s = np.array([[[0.9, 0.4], [0.6, 0.1]]], np.float32)
     m = np.array([[[1, 1], [0, 0]]], np.uint8)
-    acc = wsol.PxAPAccumulator(grid)
-    acc.update(wsol.pxap_histograms(s, m, grid))
+    acc = pxap.PxAPAccumulator(grid)
+    acc.update(pxap.pxap_histograms(s, m, grid))
     np.testing.assert_array_equal(acc.histograms, [[1, 0, 1, 0, 0], [1, 1, 0, 0, 0]])
     assert acc.pxap() == 75.0
 
@@ -329,8 +333,9 @@ def test_accumulator_matches_reference_metrics():
     np.testing.assert_array_equal(list(acc.max_box_acc().values()), ref.max_box_acc(want, 14))
     assert acc.max_box_acc_v2() == np.average(ref.max_box_acc(want, 14))
     half = wsol.WsolBoxAccumulator(GRID, counts=want // 2, num_images=7)
-    merged = half.merge(wsol.WsolBoxAccumulator(GRID, counts=want - want // 2, num_images=7))
-    np.testing.assert_array_equal(merged.counts, want)
+    half.merge(wsol.WsolBoxAccumulator(GRID, counts=want - want // 2, num_images=7))
+    np.testing.assert_array_equal(half.counts, want)
+    assert half.num_images == 14
 
 
 # ------------------------------------------------------------------------------ bad inputs
@@ -374,9 +379,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="float"):
         wsol.quantize_scoremaps(np.zeros((1, 2, 2), np.int32))
     with pytest.raises(ValueError, match="masks"):
-        wsol.pxap_histograms(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 3), np.uint8))
-    with pytest.raises(ValueError, match="method"):
-        wsol.box_correct_counts(q, ok_boxes, ok_num, GRID, method="opencv")
+        pxap.pxap_histograms(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 3), np.uint8))
     with pytest.raises(ValueError, match="outside jax.jit"):
         jax.jit(lambda m: wsol.level_hits(m, ok_boxes, ok_num))(q)
     with pytest.raises(ValueError, match="no images"):
@@ -393,17 +396,17 @@ def test_several_image_sets_from_one_sweep(method):
     rng = np.random.default_rng(3)
     masks = rng.random((3, 10)) < 0.6
     for multi in (True, False):
-        both = wsol.box_correct_counts(
-            q, boxes, num, GRID, multi_contour=multi, valid=masks, method=method
+        both = IMPLS[method].box_correct_counts(
+            q, boxes, num, GRID, multi_contour=multi, valid=masks
         )
         assert both.shape == (3, 3, len(GRID))
         for k in range(3):
-            one = wsol.box_correct_counts(
-                q, boxes, num, GRID, multi_contour=multi, valid=masks[k], method=method
+            one = IMPLS[method].box_correct_counts(
+                q, boxes, num, GRID, multi_contour=multi, valid=masks[k]
             )
             np.testing.assert_array_equal(both[k], one)
         sel = np.flatnonzero(masks[0])
         want = _reference_counts(scoremaps[sel], boxes[sel], num[sel], GRID, multi)
         np.testing.assert_array_equal(both[0], want)
     with pytest.raises(ValueError, match=r"valid must have shape \(10,\) or \(K, 10\)"):
-        wsol.box_correct_counts(q, boxes, num, GRID, valid=np.ones((2, 9), bool), method=method)
+        IMPLS[method].box_correct_counts(q, boxes, num, GRID, valid=np.ones((2, 9), bool))

@@ -29,7 +29,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from camjax import evaluation, experiment
+from camjax import experiment
+from camjax.evaluation import evaluator as evaluator_lib
+from camjax.evaluation import protocol as protocol_lib
 from camjax.localization import wsol_io
 
 ID_BYTES = 512  # longest image id that travels between hosts
@@ -62,7 +64,7 @@ def _encode_ids(ids: list[str]) -> np.ndarray:
 
 
 def export_split(
-    evaluator: evaluation.Evaluator,
+    evaluator: evaluator_lib.Evaluator,
     variables: Any,
     source: Sequence,
     split: str,
@@ -83,13 +85,13 @@ def export_split(
         valid = np.asarray(host_batch["valid"], bool)
         ids = _image_ids(host_batch, split)
         real_ids = [i for i, v in zip(ids, valid, strict=True) if v]
-        maps = evaluation.host_rows(scoremaps)[valid]
+        maps = evaluator_lib.host_rows(scoremaps)[valid]
         wsol_io.save_scoremaps(scoremap_root, real_ids, maps, dtype=dtype, size=(size, size))
         rows["valid"].append(valid)
         rows["index"].append(np.asarray(host_batch["index"]))
         rows["label"].append(np.asarray(host_batch["label"]))
         rows["boxes"].append(
-            evaluation.original_boxes(
+            protocol_lib.original_boxes(
                 host_batch["boxes"], config.data.image_size, host_batch["original_size"]
             )
         )
@@ -127,13 +129,13 @@ def export_wsol(
     config: ml_collections.ConfigDict, workdir: str, out_dir: str, dtype=np.float32
 ) -> dict[str, dict[str, float]]:
     """Restores workdir's latest checkpoint and exports its validation and test splits."""
-    protocol = evaluation.wsol_protocol(config)
+    protocol = protocol_lib.wsol_protocol(config)
     if protocol is None:
         raise ValueError(
             "exporting score maps uses the WSOL protocol's settings; set "
             "config.eval.wsol.enabled = True."
         )
-    evaluator, variables, _ = evaluation.restore_evaluator(config, workdir)
+    evaluator, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
     sources = experiment.data_sources(config)
     dataset = config.data.name
     return {

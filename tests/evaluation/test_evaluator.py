@@ -1,4 +1,5 @@
-"""Tests for camjax/evaluation.py and the entry points' error paths, on the embedded dataset.
+"""Tests for camjax/evaluation/ (evaluator, report, gallery, export) and the entry points'
+error paths, on the embedded dataset.
 
 The WSOL metrics are checked against `tests/localization/wsol_reference.py`, an OpenCV copy of
 the published evaluator's rules, on the very score maps the evaluator made.
@@ -11,8 +12,10 @@ import numpy as np
 import pytest
 
 from camjax import cam as cam_lib
-from camjax import checkpoint, evaluation, experiment
+from camjax import checkpoint, experiment
 from camjax.data import pipeline
+from camjax.evaluation import evaluator as evaluator_lib
+from camjax.evaluation import export, report
 from camjax.localization import wsol_io
 from camjax.train import loop
 from configs import tiny
@@ -36,7 +39,7 @@ def trained(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(trained):
     config, workdir = trained
-    return config, workdir, evaluation.run_evaluation(config, workdir)
+    return config, workdir, evaluator_lib.run_evaluation(config, workdir)
 
 
 def test_run_evaluation_writes_metrics_and_gallery(evaluated):
@@ -91,9 +94,13 @@ def test_run_evaluation_reports_the_wsol_protocol(evaluated, capsys):
     assert at_val["box_acc"] <= test["max_box_acc"]
     assert at_val["box_acc_v2"] <= test["max_box_acc_v2"]
     assert at_val["top1_loc"] <= at_val["box_acc"]
-    evaluation.print_report(results)
+    report.print_report(results)
     out = capsys.readouterr().out
-    assert "MaxBoxAccV2 (mean)" in out and "PxAP" in out
+    assert "MaxBoxAccV2 [contours]" in out and "PxAP" in out
+    # Every localization row names its box rule, and the legend explains each one used.
+    assert "GT-known loc acc [region]" in out and "MaxBoxAcc (IoU 50) [contour]" in out
+    for rule in ("region", "contour", "contours"):
+        assert f"  [{rule}] " in out
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +108,7 @@ def restored(trained):
     """The trained run's config, an Evaluator with the WSOL protocol, and the variables; shared
     so that its two jitted steps compile once for all tests."""
     config, workdir = trained
-    ev, variables, _ = evaluation.restore_evaluator(config, workdir)
+    ev, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
     return config, ev, variables
 
 
@@ -195,7 +202,7 @@ def test_no_checkpoint_is_a_clear_error(tmp_path, data_dir):
     config = tiny.get_config()
     config.data.data_dir = data_dir
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
-        evaluation.run_evaluation(config, str(tmp_path))
+        evaluator_lib.run_evaluation(config, str(tmp_path))
 
 
 def test_wrong_config_for_checkpoint_names_the_difference(trained):
@@ -204,7 +211,7 @@ def test_wrong_config_for_checkpoint_names_the_difference(trained):
     other.data.data_dir = config.data.data_dir
     other.model.width = 1 / 8
     with pytest.raises(checkpoint.CheckpointError, match=r"width: checkpoint 0.0625, config 0.125"):
-        evaluation.run_evaluation(other, workdir)
+        evaluator_lib.run_evaluation(other, workdir)
 
 
 def test_unknown_model_and_dataset_names(tmp_path):
@@ -229,13 +236,12 @@ def test_pxap_without_masks_is_a_clear_error(restored):
         next(ev.wsol_outputs(variables, no_masks))
     with pytest.raises(ValueError, match="no WSOL protocol"):
         model, mesh = experiment.build_model(config), ev.mesh
-        next(evaluation.Evaluator(config, model, mesh).wsol_outputs(variables, no_masks))
+        next(evaluator_lib.Evaluator(config, model, mesh).wsol_outputs(variables, no_masks))
 
 
 def test_exported_scoremaps_give_the_reference_the_same_counts(trained, restored, tmp_path):
     """evaluate.py --export_dir: the reference's files; scoring them with the OpenCV reference
     gives camjax's own counts, and the metadata round-trips the dataset's labels and boxes."""
-    from camjax import export
 
     config, workdir = trained
     out = str(tmp_path / "export")

@@ -1,27 +1,79 @@
-"""The WSOL box rules as data-parallel XLA: labels every probed level on device, jittable.
+"""The WSOL box rules as data-parallel XLA: a second, independent implementation for the tests.
 
-``wsol.level_hits(..., method="xla")`` and ``wsol.box_correct_counts(..., method="xla")`` use
-this module; the default is the host max-tree (``maxtree.py``), which does the work of all 256
-levels in one sweep per map and is far faster on CPU. This implementation stays for callers who
-need the counts inside ``jax.jit`` on an accelerator, and as a second exact implementation the
-tests hold against the same OpenCV reference.
-
-Components are labelled with a data-parallel union-find (hook roots onto the neighbourhood
-minimum, compress by pointer jumping; ``boxes.label_one``), 8-connected for the foreground and
-4-connected for the background, at every level a batch's thresholds probe (up to 256). Levels
-are nested, so the foreground is swept from the top level down and the background from the
-bottom up, each level's labelling starting from the previous level's labels; V1 also labels the
-background of every level from scratch, to tell outer contours from hole contours. The contour
-rules themselves (holes, box growth, polygon areas, V1 ties) are described in ``wsol.py``.
+camjax counts boxes with one engine, the host max-tree (``camjax/localization/maxtree.py``).
+This module computes the evaluator's counts another way, labelling every probed level on
+device with a data-parallel union-find (hook roots onto the neighbourhood minimum, compress by
+pointer jumping; ``label_one``), 8-connected for the foreground and 4-connected for the
+background. Levels are nested, so the foreground is swept from the top level down and the
+background from the bottom up, each level's labelling starting from the previous level's
+labels; V1 also labels the background of every level from scratch, to tell outer contours from
+hole contours. ``test_wsol.py`` holds both implementations to the same OpenCV reference
+(``wsol_reference.py``); the contour rules are described in ``camjax/localization/wsol.py``.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camjax.localization.boxes import label_one
+from camjax.localization import wsol
+from camjax.localization.wsol import NUM_LEVELS
 
-NUM_LEVELS = 256
+BACKGROUND = -1
+
+
+def label_one(mask: jax.Array, connectivity: int = 8, init: jax.Array | None = None) -> jax.Array:
+    """Labels one (H, W) bool mask: int32 (H, W), BACKGROUND off the mask, else the smallest
+    raster index of the pixel's component (8- or 4-connected); see ``label_components``.
+
+    ``init``: optional (H, W) labels of a sub-mask of ``mask`` (e.g. the same map at a higher
+    level), -1 elsewhere. Its components lie inside components of ``mask``, so it is a valid
+    union-find state to start from and saves most of the passes of a sweep over levels.
+    """
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}.")
+    h, w = mask.shape
+    n = h * w
+    fg = jnp.concatenate([mask.reshape(-1), jnp.zeros((1,), bool)])
+    own = jnp.arange(n + 1, dtype=jnp.int32)
+    if init is not None:
+        flat = init.reshape(-1)
+        own = jnp.concatenate([jnp.where(flat >= 0, flat, own[:n]), own[n:]])
+    # Slot n is a self-looping "nowhere" so gathers and scatters never need masking.
+    parent = jnp.where(fg, own, n)
+
+    def neighbour_min(parent):
+        grid = jnp.pad(parent[:n].reshape(h, w), 1, constant_values=n)
+        if connectivity == 8:
+            rows = jnp.minimum(jnp.minimum(grid[:, :-2], grid[:, 1:-1]), grid[:, 2:])
+            low = jnp.minimum(jnp.minimum(rows[:-2], rows[1:-1]), rows[2:])
+        else:
+            low = jnp.minimum(
+                jnp.minimum(grid[1:-1, :-2], grid[1:-1, 2:]),
+                jnp.minimum(jnp.minimum(grid[:-2, 1:-1], grid[2:, 1:-1]), grid[1:-1, 1:-1]),
+            )
+        low = jnp.concatenate([low.reshape(-1), jnp.full((1,), n, jnp.int32)])
+        return jnp.where(fg, low, n)
+
+    def compress(parent):
+        def body(state):
+            p, _ = state
+            jumped = p.at[p].get(mode="promise_in_bounds")
+            return jumped, jnp.any(jumped != p)
+
+        return jax.lax.while_loop(lambda s: s[1], body, (parent, jnp.bool_(True)))[0]
+
+    def body(state):
+        parent, _ = state
+        low = neighbour_min(parent)
+        # Hook every root onto the smallest label next to any of its pixels; pointers only
+        # decrease, so no cycles form and the fixed point labels by the component minimum.
+        hooked = parent.at[parent].min(low, mode="promise_in_bounds")
+        hooked = compress(jnp.minimum(hooked, low))
+        return hooked, jnp.any(hooked != parent)
+
+    parent = compress(parent)
+    parent = jax.lax.while_loop(lambda s: s[1], body, (parent, jnp.bool_(True)))[0]
+    return jnp.where(fg[:n], parent[:n], BACKGROUND).reshape(h, w)
 
 
 def _segment_boxes(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -282,9 +334,51 @@ def needed_levels(q, table):
 
 def level_hits(q, gt_boxes, num_gt, deltas, multi_contour: bool, needed=None) -> jax.Array:
     """(B, D, 256) bool hits per map, IoU threshold and level; arguments as ``wsol.level_hits``
-    after its checks (int32 arrays). ``needed``: optional (256,) bool of levels to evaluate
-    (others come back False), e.g. from ``needed_levels``."""
+    after its checks (int32 arrays, traceable). ``needed``: optional (256,) bool of levels to
+    evaluate (others come back False), e.g. from ``needed_levels``."""
     if needed is None:
         needed = jnp.ones((NUM_LEVELS,), bool)
     fn = _all_level_hits_v2 if multi_contour else _all_level_hits_v1
     return fn(q, gt_boxes, num_gt, deltas, needed)
+
+
+@jax.jit
+def _counts_from_level_hits(level_hits, q, table, masks):
+    """(K, D, T) counts of the images of each of the K (B,) masks."""
+    peak = jnp.max(q.astype(jnp.int32), axis=(-2, -1))  # (B,)
+    levels = table[peak]  # (B, T)
+    hits = jnp.take_along_axis(level_hits, levels[:, None, :], axis=-1)  # (B, D, T)
+    return jnp.einsum("kb,bdt->kdt", masks.astype(jnp.int32), hits.astype(jnp.int32))
+
+
+def level_hits_checked(
+    quantized, gt_boxes, num_gt, iou_thresholds=(30, 50, 70), multi_contour=True
+):
+    """``wsol.level_hits`` computed here: (B, D, 256) bool jax array (jittable)."""
+    q, gt, num_gt, deltas = wsol._check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds)
+    args = (jnp.asarray(q), jnp.asarray(gt), jnp.asarray(num_gt), jnp.asarray(deltas))
+    return level_hits(*args, multi_contour)
+
+
+def box_correct_counts(
+    quantized,
+    gt_boxes,
+    num_gt,
+    thresholds=None,
+    iou_thresholds=(30, 50, 70),
+    multi_contour=True,
+    valid=None,
+):
+    """``wsol.box_correct_counts`` computed here: (D, T) or (K, D, T) int32 numpy counts."""
+    thresholds = wsol.default_thresholds() if thresholds is None else thresholds
+    table = jnp.asarray(wsol.threshold_levels(thresholds))
+    q, gt, num_gt, deltas = wsol._check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds)
+    b = q.shape[0]
+    valid = np.ones((b,), bool) if valid is None else np.asarray(valid, bool)
+    if valid.shape[-1:] != (b,) or valid.ndim > 2:
+        raise ValueError(f"valid must have shape ({b},) or (K, {b}), got {valid.shape}.")
+    q = jnp.asarray(q)
+    args = (q, jnp.asarray(gt), jnp.asarray(num_gt), jnp.asarray(deltas))
+    hits = level_hits(*args, multi_contour, needed_levels(q, table))
+    counts = np.asarray(_counts_from_level_hits(hits, q, table, jnp.asarray(valid.reshape(-1, b))))
+    return counts.reshape(valid.shape[:-1] + counts.shape[1:])

@@ -1,13 +1,14 @@
 """Evaluation of a trained GAP network: classification, CAM localization, WSOL metrics, pictures.
 
 `Evaluator` runs one jitted program per batch (forward pass, CAM of the GT class upsampled to the
-image, boxes at every CAM threshold of the grid, IoUs, counts) and sums the counts over a split.
+image, its masks at every CAM threshold of the grid as one uint8 map) and counts the paper's boxes
+on the host with the WSOL engine (`camjax.localization.boxes`), one batch behind the device.
 `run_evaluation(config, workdir)` is what evaluate.py calls: restore the latest checkpoint, pick
 the CAM threshold on the validation split (never on test, as the WSOL protocol does), report the
 test split at that threshold and at the paper's fixed 0.2, write metrics.json and a gallery.
 
 With `config.eval.wsol.enabled` it also reports the WSOL protocol of Choe et al. (CVPR 2020,
-clovaai/wsolevaluation; settings and counts in `camjax/wsol_protocol.py`) on both splits:
+clovaai/wsolevaluation; settings and counts in `protocol.py`) on both splits:
 MaxBoxAcc, MaxBoxAccV2, BoxAcc at fixed and validation-chosen thresholds, top-1 loc and PxAP.
 The protocol's score maps (the GT class's CAM, OpenCV-bicubic to the evaluation size, min-max
 normalised, quantised to uint8) and the PxAP histograms come out of the same jitted step; only
@@ -26,29 +27,18 @@ import ml_collections
 import numpy as np
 
 from camjax import cam as cam_lib
-from camjax import checkpoint, experiment, viz
+from camjax import checkpoint, experiment
 from camjax.data import pipeline
-from camjax.localization import wsol
-from camjax.localization.boxes import box_from_scoremap
-from camjax.localization.metrics import (
-    LocalizationAccumulator,
-    centered_boxes,
-    localization_counts,
-)
-
-# The protocol's settings, GT conventions and counts live in wsol_protocol.py; evaluation is
-# where users reach them, so its names are re-exported here.
-from camjax.wsol_protocol import (  # noqa: F401
-    V1_IOU,
+from camjax.evaluation.gallery import write_gallery
+from camjax.evaluation.protocol import (
     MaskedEvalPreprocess,
     WsolCounts,
     WsolProtocol,
-    original_boxes,
-    print_wsol,
     protocol_boxes,
-    protocol_mask,
+    sum_over_hosts,
     wsol_protocol,
 )
+from camjax.localization import boxes, pxap, wsol
 
 
 def threshold_grid(step: float) -> np.ndarray:
@@ -91,65 +81,68 @@ class Evaluator:
             np.arange(ev.center_box_grid_step, 1.0 + 1e-9, ev.center_box_grid_step), 6
         )
         size = config.data.image_size
-        center = centered_boxes(size, size, self.center_fractions)
+        self.center_boxes = boxes.centered_boxes(size, size, self.center_fractions)
         self.prep = experiment.preprocess_config(config)
         self.sharding = experiment.data_sharding(mesh)
-        mean, std = config.data.mean, config.data.std
+        self._paper_step = jax.jit(lambda variables, batch: self._dense(variables, batch)[3])
+        self._wsol_step = jax.jit(self._wsol) if protocol is not None else None
+        self._scoremap_step = jax.jit(self._scoremaps) if protocol is not None else None
 
-        def dense(variables, batch):
-            images = pipeline.normalize_images(batch["image"], mean, std)
-            logits, out = model.apply(variables, images, train=False)
-            cams = cam_lib.cams_for_classes(
-                out["feature_map"], cam_lib.head_kernel(variables), batch["label"]
-            )
-            scoremaps = cam_lib.postprocess(
-                cams, (size, size), method=ev.resize_method, normalize=ev.cam_normalization
-            )
-            _, top = jax.lax.top_k(logits, self.top_k)
-            counts = localization_counts(
-                scoremaps,
-                batch["boxes"],
-                batch["num_boxes"],
-                batch["label"],
-                top,
-                batch["valid"],
-                jnp.asarray(self.thresholds),
-                jnp.asarray(center),
-                ev.iou_threshold,
-            )
-            return cams, scoremaps, top, counts
+    def _cams(self, variables, batch):
+        """(logits (B, C), CAMs (B, h, w) of each image's GT class) of a device batch."""
+        data = self.config.data
+        images = pipeline.normalize_images(batch["image"], data.mean, data.std)
+        logits, out = self.model.apply(variables, images, train=False)
+        kernel = cam_lib.head_kernel(variables)
+        return logits, cam_lib.cams_for_classes(out["feature_map"], kernel, batch["label"])
 
-        def wsol_step(variables, batch):
-            cams, scoremaps, top, counts = dense(variables, batch)
-            e = protocol.eval_size
-            if (e, ev.resize_method, ev.cam_normalization) != (size, "bicubic", "minmax"):
-                # The protocol's maps: OpenCV INTER_CUBIC to the evaluation size, min-max.
-                scoremaps = cam_lib.postprocess(cams, (e, e), method="bicubic")
-            out = {
-                "loc": counts,
-                "scoremaps": scoremaps,  # stays on device unless a caller fetches it
-                "quantized": wsol.quantize_scoremaps(scoremaps),
-                "top1_correct": top[:, 0] == batch["label"],
-            }
-            if protocol.pxap:
-                # Padding rows of a ragged last batch are ignored pixels (255).
-                masks = jnp.where(batch["valid"][:, None, None], batch["mask"], 255)
-                out["pxap"] = wsol.pxap_histograms(scoremaps, masks, protocol.thresholds)
-            return out
+    def _dense(self, variables, batch):
+        """The traced part of the paper's counts: CAMs, score maps, top classes, and the
+        paper's masks at every threshold as one uint8 map (counted on the host)."""
+        ev, size = self.config.eval, self.config.data.image_size
+        logits, cams = self._cams(variables, batch)
+        scoremaps = cam_lib.postprocess(
+            cams, (size, size), method=ev.resize_method, normalize=ev.cam_normalization
+        )
+        _, top = jax.lax.top_k(logits, self.top_k)
+        center = boxes.center_box_counts(
+            batch["boxes"], batch["num_boxes"], batch["valid"], self.center_boxes, ev.iou_threshold
+        )
+        paper = {
+            "region_maps": wsol.quantize_for_thresholds(scoremaps, self.thresholds),
+            "top": top,
+            "center_box": center,
+        }
+        return cams, scoremaps, top, paper
 
-        def scoremap_step(variables, batch):
-            """The protocol's score maps alone (exports need nothing else)."""
-            images = pipeline.normalize_images(batch["image"], mean, std)
-            _, out = model.apply(variables, images, train=False)
-            cams = cam_lib.cams_for_classes(
-                out["feature_map"], cam_lib.head_kernel(variables), batch["label"]
-            )
-            e = protocol.eval_size
-            return cam_lib.postprocess(cams, (e, e), method="bicubic")
+    def _wsol(self, variables, batch):
+        """`_dense` plus the WSOL protocol's score maps, uint8 maps and PxAP histograms."""
+        ev, protocol = self.config.eval, self.protocol
+        cams, scoremaps, top, paper = self._dense(variables, batch)
+        e = protocol.eval_size
+        if (e, ev.resize_method, ev.cam_normalization) != (
+            self.config.data.image_size,
+            "bicubic",
+            "minmax",
+        ):
+            # The protocol's maps: OpenCV INTER_CUBIC to the evaluation size, min-max.
+            scoremaps = cam_lib.postprocess(cams, (e, e), method="bicubic")
+        out = {
+            "paper": paper,
+            "scoremaps": scoremaps,  # stays on device unless a caller fetches it
+            "quantized": wsol.quantize_scoremaps(scoremaps),
+            "top1_correct": top[:, 0] == batch["label"],
+        }
+        if protocol.pxap:
+            # Padding rows of a ragged last batch are ignored pixels (255).
+            masks = jnp.where(batch["valid"][:, None, None], batch["mask"], 255)
+            out["pxap"] = pxap.pxap_histograms(scoremaps, masks, protocol.thresholds)
+        return out
 
-        self._step = jax.jit(lambda variables, batch: dense(variables, batch)[3])
-        self._wsol_step = jax.jit(wsol_step) if protocol is not None else None
-        self._scoremap_step = jax.jit(scoremap_step) if protocol is not None else None
+    def _scoremaps(self, variables, batch):
+        """The protocol's score maps alone (exports need nothing else)."""
+        e = self.protocol.eval_size
+        return cam_lib.postprocess(self._cams(variables, batch)[1], (e, e), method="bicubic")
 
     def _batches(self, source: Sequence, max_images: int, masks: bool) -> Iterator[pipeline.Batch]:
         source = experiment.limit(source, max_images)
@@ -159,24 +152,37 @@ class Evaluator:
 
     def evaluate(
         self, variables: Any, source: Sequence, max_images: int = 0
-    ) -> LocalizationAccumulator:
-        """Counts over the first max_images (0: all) examples of a source."""
-        acc = LocalizationAccumulator(self.thresholds, self.center_fractions)
-        for host_batch in self._batches(source, max_images, masks=False):
-            batch = pipeline.shard_batch(
-                {k: host_batch[k] for k in ("image", "label", "boxes", "num_boxes", "valid")},
-                self.sharding,
-            )
-            acc.update(self._step(variables, batch))
-        return acc
+    ) -> boxes.LocalizationAccumulator:
+        """The paper's counts over the first max_images (0: all) examples of a source."""
+        acc = boxes.LocalizationAccumulator(self.thresholds, self.center_fractions)
+        keys = ["image", "label", "boxes", "num_boxes", "valid"]
+        batches = self._batches(source, max_images, masks=False)
+        for host_batch, out in self._pipelined(self._paper_step, variables, batches, keys):
+            acc.update(self._paper_counts(host_batch, out))
+        return _sum_paper_over_hosts(acc)
+
+    def _paper_counts(self, host_batch: pipeline.Batch, out: dict[str, jax.Array]):
+        """The paper's counts of one batch: its boxes counted on the host by the WSOL engine."""
+        counts = boxes.localization_counts(
+            host_rows(out["region_maps"]),
+            host_batch["boxes"],
+            host_batch["num_boxes"],
+            host_batch["label"],
+            host_rows(out["top"]),
+            host_batch["valid"],
+            self.thresholds,
+            self.config.eval.iou_threshold,
+        )
+        return {**counts, "center_box": out["center_box"]}
 
     def wsol_outputs(
         self, variables: Any, source: Sequence, max_images: int = 0
     ) -> Iterator[tuple[pipeline.Batch, dict[str, jax.Array]]]:
         """(host batch, device outputs of the WSOL step) per batch of a source.
 
-        Outputs: 'loc' (`localization_counts`), 'scoremaps' (B, E, E) float32, 'quantized'
-        (B, E, E) uint8, 'top1_correct' (B,) bool and, with PxAP, 'pxap' (2, T + 2). The next
+        Outputs: 'paper' (the paper's 'region_maps', 'top' classes and 'center_box' counts),
+        'scoremaps' (B, E, E) float32, 'quantized' (B, E, E) uint8, 'top1_correct' (B,) bool
+        and, with PxAP, 'pxap' (2, T + 2). The next
         batch's step is dispatched before a batch is handed out, so host work overlaps it.
         """
         if self.protocol is None:
@@ -219,7 +225,7 @@ class Evaluator:
         source: Sequence,
         max_images: int = 0,
         val_threshold: float | None = None,
-    ) -> tuple[LocalizationAccumulator, WsolCounts]:
+    ) -> tuple[boxes.LocalizationAccumulator, WsolCounts]:
         """One pass over a source: `evaluate`'s counts and the WSOL protocol's.
 
         val_threshold: MaxBoxAcc's threshold chosen on validation; top-1 loc is counted there
@@ -227,12 +233,12 @@ class Evaluator:
         """
         p = self.protocol
         operating = [p.fixed_threshold] + ([val_threshold] if val_threshold is not None else [])
-        loc = LocalizationAccumulator(self.thresholds, self.center_fractions)
+        loc = boxes.LocalizationAccumulator(self.thresholds, self.center_fractions)
         counts = WsolCounts.create(p, operating)
         image_size = self.config.data.image_size
         for host_batch, out in self.wsol_outputs(variables, source, max_images):
-            loc.update(out["loc"])
-            boxes = (
+            loc.update(self._paper_counts(host_batch, out["paper"]))
+            gt = (
                 (
                     host_rows(out["quantized"]),
                     protocol_boxes(
@@ -244,13 +250,20 @@ class Evaluator:
                 else (None, None, None)
             )
             counts.update(
-                *boxes,
+                *gt,
                 np.asarray(host_batch["valid"], bool),
                 host_rows(out["top1_correct"]),
                 out.get("pxap"),
             )
         counts.sum_over_hosts()
-        return loc, counts
+        return _sum_paper_over_hosts(loc), counts
+
+
+def _sum_paper_over_hosts(acc: boxes.LocalizationAccumulator) -> boxes.LocalizationAccumulator:
+    """Adds the other hosts' host-counted rows; 'center_box' came from the device, global."""
+    for k in ("n", "top1_cls", "topk_cls", "gt_known", "top1_loc", "topk_loc"):
+        acc.counts[k] = sum_over_hosts(acc.counts[k])
+    return acc
 
 
 def restore_evaluator(
@@ -283,6 +296,7 @@ def restore_evaluator(
 
 def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Restores the latest checkpoint in workdir, evaluates, writes metrics.json and a gallery."""
+    experiment.check_writable(workdir)  # before the work whose results it would hold
     evaluator, variables, step = restore_evaluator(config, workdir)
     protocol = evaluator.protocol
     sources = experiment.data_sources(config)
@@ -331,89 +345,3 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
         os.replace(path + ".tmp", path)
         write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
     return results
-
-
-def write_gallery(
-    config, model, variables, source: Sequence, threshold: float, workdir: str
-) -> list[str]:
-    """PNG per image for the first config.eval.num_gallery images: image | CAM overlay + boxes.
-
-    The CAM is that of the top-1 predicted class; green is the GT box, red the CAM box.
-    """
-    n = min(config.eval.num_gallery, len(source))
-    if n == 0:
-        return []
-    prep = experiment.preprocess_config(config)
-    rows = [pipeline.EvalPreprocess(prep).map(source[i]) for i in range(n)]
-    images = np.stack([r["image"] for r in rows])
-    f = cam_lib.cam_fn(
-        model,
-        variables,
-        top_k=1,
-        method=config.eval.resize_method,
-        normalize=config.eval.cam_normalization,
-    )
-    out = f(pipeline.normalize_images(images, config.data.mean, config.data.std))
-    boxes = box_from_scoremap(out.cams[:, 0], threshold)
-    out, boxes = jax.device_get((out, boxes))
-    names = _class_names(config)
-    gallery_dir = os.path.join(workdir, "gallery")
-    os.makedirs(gallery_dir, exist_ok=True)
-    paths = []
-    for i, r in enumerate(rows):
-        pred = int(out.classes[i, 0])
-        caption = f"gt: {names(int(r['label']))}  pred: {names(pred)}"
-        picture = viz.cam_picture(
-            r["image"], out.cams[i, 0], r["boxes"][: r["num_boxes"]], boxes[i], caption
-        )
-        path = os.path.join(gallery_dir, f"{i:04d}.png")
-        picture.save(path)
-        paths.append(path)
-    viz.contact_sheet(paths).save(os.path.join(workdir, "gallery.png"))
-    return paths
-
-
-def _class_names(config):
-    if config.data.name == "wsol_shapes":
-        from camjax.data.shapes import CLASS_NAMES
-
-        return lambda i: CLASS_NAMES[i]
-    return str
-
-
-def print_report(results: dict[str, Any]) -> None:
-    """The headline numbers of run_evaluation as small tables on stdout (process 0 only)."""
-    if jax.process_index() != 0:
-        return
-    tuned, fixed, k = (
-        results["test_at_val_threshold"],
-        results["test_at_fixed_threshold"],
-        results["top_k"],
-    )
-    rows = [
-        ("top-1 cls acc", "top1_cls"),
-        (f"top-{k} cls acc", f"top{k}_cls"),
-        ("top-1 loc acc", "top1_loc"),
-        (f"top-{k} loc acc", f"top{k}_loc"),
-        ("GT-known loc acc", "gt_known_loc"),
-    ]
-    print(
-        f"\n{results['model']} on {results['dataset']} test ({tuned['num_images']} images), "
-        f"step {results['step']}, IoU >= {results['iou_threshold']}"
-    )
-    head_tuned = f"thr {tuned['threshold']:.2f} (from val)"
-    head_fixed = f"thr {fixed['threshold']:.2f} (paper)"
-    print(f"{'':<20}{head_tuned:>22}{head_fixed:>20}")
-    for label, key in rows:
-        print(f"{label:<20}{tuned[key]:>21.2f}%{fixed[key]:>19.2f}%")
-    size = tuned["best_center_box_size"]
-    print(
-        f"{'best centered box':<20}{tuned['best_center_box_gt_known_loc']:>21.2f}%   GT-known; "
-        f"{size[0]:.2f} x {size[1]:.2f} of the image, the best size on test"
-    )
-    print(
-        f"GT-known loc at the best threshold on test (oracle): "
-        f"{results['test_gt_known_loc_oracle_max']:.2f}%"
-    )
-    if "wsol" in results:
-        print_wsol(results["wsol"])

@@ -4,8 +4,9 @@ Settings (`config.eval.wsol` -> `WsolProtocol`), the reference evaluator's conve
 boxes (`protocol_boxes`, from original-pixel inclusive boxes with its `resize_bbox`
 arithmetic) and masks (`protocol_mask`, nearest-neighbour resize, 255 = ignored), the split's
 integer counts and their metrics (`WsolCounts`: MaxBoxAcc, MaxBoxAccV2, BoxAcc at fixed and
-validation-chosen thresholds, top-1 loc, PxAP), and their table on stdout. The arrays come
-from `camjax.evaluation.Evaluator`; the counting itself is `camjax.localization.wsol`.
+validation-chosen thresholds, top-1 loc, PxAP). The arrays come
+from `evaluator.Evaluator`; the counting itself is `camjax.localization.wsol`; the table is
+`report.print_wsol`.
 """
 
 import dataclasses
@@ -13,19 +14,18 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import grain
 import jax
 import ml_collections
 import numpy as np
 
 from camjax.data import pipeline
+from camjax.localization import pxap as pxap_lib
 from camjax.localization import wsol, wsol_io
 
 # MaxBoxAcc (the CVPR version's box metric) and top-1 loc: IoU >= 0.5, largest contour's box.
 V1_IOU = 50
-_WSOL_KEYS = frozenset(
-    {"enabled", "threshold_step", "iou_thresholds", "eval_size", "pxap", "boxes"}
-)
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,35 +62,20 @@ class WsolProtocol:
         }
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool)
-
-
 def wsol_protocol(config: ml_collections.ConfigDict) -> WsolProtocol | None:
-    """Checks `config.eval.wsol` and `config.eval.fixed_threshold`; None when WSOL is disabled.
+    """Checks the values of `config.eval.wsol` and `config.eval.fixed_threshold`; None when
+    WSOL is disabled. Keys and types are the locked ConfigDict's to check (a typo'd or
+    missing key, a string for a number, fail there).
 
     Raises ValueError naming the config key at fault and how to fix it.
     """
     ev = config.eval
-    if "wsol" not in ev:
-        raise ValueError(
-            "config.eval.wsol is missing; add the section as in configs/default.py (or set "
-            "config.eval.wsol.enabled = False there to skip the WSOL protocol)."
-        )
     w = ev.wsol
-    keys = set(w.keys())
-    if keys != _WSOL_KEYS:
-        raise ValueError(
-            f"config.eval.wsol has unknown keys {sorted(keys - _WSOL_KEYS)} and lacks "
-            f"{sorted(_WSOL_KEYS - keys)}; its keys are {sorted(_WSOL_KEYS)} (configs/default.py)."
-        )
-    if not isinstance(w.enabled, bool):
-        raise ValueError(f"config.eval.wsol.enabled must be True or False; got {w.enabled!r}.")
     if not w.enabled:
         return None
     step = w.threshold_step
     # Score maps have 256 levels: finer steps only grow the PxAP histograms and level tables.
-    if not _is_number(step) or not 1e-4 <= step < 1:
+    if not 1e-4 <= step < 1:
         raise ValueError(
             "config.eval.wsol.threshold_step must be a number in [0.0001, 1): the CAM threshold "
             f"grid is np.arange(0, 1, step), the reference's cam_curve_interval (0.001); got "
@@ -109,21 +94,18 @@ def wsol_protocol(config: ml_collections.ConfigDict) -> WsolProtocol | None:
             f"e.g. (30, 50, 70) as the reference (IoU >= 0.5 is 50); got {ious!r}."
         )
     size = w.eval_size
-    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 0:
+    if size < 0:
         raise ValueError(
             "config.eval.wsol.eval_size must be an integer >= 0, the side of the score maps; "
             "0 means config.data.image_size (the reference scores maps at its input size); "
             f"got {size!r}."
         )
     fixed = ev.fixed_threshold
-    if not _is_number(fixed) or not 0 <= fixed <= 1:
+    if not 0 <= fixed <= 1:
         raise ValueError(
             f"config.eval.fixed_threshold must be a CAM threshold in [0, 1] (the CAM paper's 0.2); "
             f"got {fixed!r}."
         )
-    for key in ("pxap", "boxes"):
-        if not isinstance(w[key], bool):
-            raise ValueError(f"config.eval.wsol.{key} must be True or False; got {w[key]!r}.")
     if not (w.pxap or w.boxes):
         raise ValueError(
             "config.eval.wsol.pxap and .boxes are both False: no WSOL metric is left; set "
@@ -185,19 +167,14 @@ def original_boxes(boxes: np.ndarray, image_size: int, original_sizes: np.ndarra
 
 
 def _nearest(mask: np.ndarray, size: int, what: str) -> np.ndarray:
-    """(H, W[, 1]) -> (size, size) as ``cv2.resize(..., INTER_NEAREST)``."""
+    """(H, W[, 1]) -> (size, size) bool, nonzero resized as ``cv2.resize(..., INTER_NEAREST)``."""
     m = np.asarray(mask)
     if m.ndim == 3 and m.shape[-1] == 1:
         m = m[..., 0]
     if m.ndim != 2:
         raise ValueError(f"a GT {what} must be (H, W) or (H, W, 1); got shape {m.shape}.")
-    h, w = m.shape
-    if (h, w) == (size, size):
-        return m
-    # OpenCV's nearest neighbour: source index floor(dst * (src / dst)), clamped.
-    rows = np.minimum(np.floor(np.arange(size) * (1.0 / (size / h))), h - 1).astype(int)
-    cols = np.minimum(np.floor(np.arange(size) * (1.0 / (size / w))), w - 1).astype(int)
-    return m[rows[:, None], cols[None, :]]
+    # Nearest neighbour picks pixels, so resizing the 0/1 mask equals thresholding after.
+    return cv2.resize((m > 0).astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
 
 
 def protocol_mask(mask: np.ndarray, eval_size: int, ignore: np.ndarray | None = None) -> np.ndarray:
@@ -209,9 +186,9 @@ def protocol_mask(mask: np.ndarray, eval_size: int, ignore: np.ndarray | None = 
     on the object stays foreground, as the reference's ``get_mask``), each resized as
     ``cv2.resize(..., INTER_NEAREST)`` and thresholded like ``load_mask_image``.
     """
-    out = (_nearest(mask, eval_size, "mask") > 0).astype(np.uint8)
+    out = _nearest(mask, eval_size, "mask").astype(np.uint8)
     if ignore is not None:
-        out[(_nearest(ignore, eval_size, "ignore mask") > 0) & (out == 0)] = 255
+        out[_nearest(ignore, eval_size, "ignore mask") & (out == 0)] = 255
     return out
 
 
@@ -229,7 +206,8 @@ class MaskedEvalPreprocess(grain.transforms.Map):
         return row
 
 
-def _sum_over_hosts(x: np.ndarray) -> np.ndarray:
+def sum_over_hosts(x: np.ndarray) -> np.ndarray:
+    """An integer count summed over every host (itself on one host)."""
     if jax.process_count() == 1:
         return x
     from jax.experimental import multihost_utils
@@ -258,7 +236,7 @@ class WsolCounts:
     v1: wsol.WsolBoxAccumulator | None
     v2: wsol.WsolBoxAccumulator | None
     top1_loc: wsol.WsolBoxAccumulator | None
-    pxap: wsol.PxAPAccumulator | None
+    pxap: pxap_lib.PxAPAccumulator | None
     num_images: int = 0
 
     @classmethod
@@ -271,7 +249,7 @@ class WsolCounts:
             wsol.WsolBoxAccumulator(curve, (V1_IOU,)) if b else None,
             wsol.WsolBoxAccumulator(curve, protocol.iou_thresholds) if b else None,
             wsol.WsolBoxAccumulator(np.asarray(operating, np.float64), (V1_IOU,)) if b else None,
-            wsol.PxAPAccumulator(protocol.thresholds) if protocol.pxap else None,
+            pxap_lib.PxAPAccumulator(protocol.thresholds) if protocol.pxap else None,
         )
 
     def update(
@@ -309,12 +287,12 @@ class WsolCounts:
 
     def sum_over_hosts(self) -> None:
         """Adds the other hosts' box counts (the PxAP histograms are global already)."""
-        self.num_images = int(_sum_over_hosts(np.asarray(self.num_images)))
+        self.num_images = int(sum_over_hosts(np.asarray(self.num_images)))
         for acc in (self.v1, self.v2, self.top1_loc):
             if acc is None:
                 continue
-            acc.counts = _sum_over_hosts(acc.counts)
-            acc.num_images = int(_sum_over_hosts(np.asarray(acc.num_images)))
+            acc.counts = sum_over_hosts(acc.counts)
+            acc.num_images = int(sum_over_hosts(np.asarray(acc.num_images)))
 
     def _curves(self) -> tuple[np.ndarray, np.ndarray]:
         """BoxAcc percent on the grid: V1 (T,), V2 (D, T)."""
@@ -375,57 +353,3 @@ class WsolCounts:
                 "box_acc_v2_thresholds": dict(zip(ious, map(float, grid[j2]), strict=True)),
             }
         return out
-
-
-def print_wsol(w: dict[str, Any]) -> None:
-    p, val, test = w["protocol"], w["val"], w["test"]
-    if not p["boxes"]:
-        print(
-            f"\nWSOL protocol (Choe et al., CVPR 2020), masks only: GT-class CAM, bicubic to "
-            f"{p['eval_size']}^2, {p['num_thresholds']} thresholds; PxAP val {val['pxap']:.2f}% "
-            f"({val['num_images']} images), test {test['pxap']:.2f}% ({test['num_images']})"
-        )
-        return
-    at_val, at_fixed = test["at_val_thresholds"], test["at_fixed_threshold"]
-    print(
-        f"\nWSOL protocol (Choe et al., CVPR 2020): GT-class CAM, bicubic to {p['eval_size']}^2, "
-        f"{p['num_thresholds']} CAM thresholds; val {val['num_images']}, "
-        f"test {test['num_images']} images; max over thresholds @ its threshold"
-    )
-
-    def row(label, *cells):
-        text = [
-            "-" if c is None else f"{c[0]:.2f}% @{c[1]:.3f}" if c[1:] else f"{c[0]:.2f}%"
-            for c in cells
-        ]
-        print(f"{label:<20}" + "".join(f"{t:>17}" for t in text))
-
-    print(
-        f"{'':<20}{'val max':>17}{'test max':>17}{'test @ val thr':>17}"
-        f"{'test @ ' + format(p['fixed_threshold'], 'g'):>17}"
-    )
-    row(
-        "MaxBoxAcc (IoU 50)",
-        (val["max_box_acc"], val["max_box_acc_threshold"]),
-        (test["max_box_acc"], test["max_box_acc_threshold"]),
-        (at_val["box_acc"], at_val["threshold"]),
-        (at_fixed["box_acc"],),
-    )
-    row(
-        "MaxBoxAccV2 (mean)",
-        (val["max_box_acc_v2"],),
-        (test["max_box_acc_v2"],),
-        (at_val["box_acc_v2"],),
-        (at_fixed["box_acc_v2"],),
-    )
-    for d in map(str, p["iou_thresholds"]):
-        row(
-            f"  IoU {d}",
-            (val["max_box_acc_v2_per_iou"][d], val["max_box_acc_v2_thresholds"][d]),
-            (test["max_box_acc_v2_per_iou"][d], test["max_box_acc_v2_thresholds"][d]),
-            (at_val["box_acc_v2_per_iou"][d], at_val["box_acc_v2_thresholds"][d]),
-            (at_fixed["box_acc_v2_per_iou"][d],),
-        )
-    row("top-1 loc (IoU 50)", None, None, (at_val["top1_loc"],), (at_fixed["top1_loc"],))
-    if p["pxap"]:
-        row("PxAP", (val["pxap"],), (test["pxap"],))
