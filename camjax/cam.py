@@ -213,6 +213,24 @@ def head_kernel(variables: Mapping[str, Any]) -> jax.Array:
         ) from e
 
 
+def _check_images(images: Any) -> None:
+    """What camjax's models take: a float (B, H, W, 3) array, normalised as in training."""
+    if not hasattr(images, "dtype") or not hasattr(images, "shape"):
+        raise ValueError(
+            f"images must be an array (numpy or jax), not a {type(images).__name__}; stack "
+            "them first, e.g. np.stack(images)."
+        )
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(
+            f"images must be floating point, normalised as the model was trained "
+            f"((pixels / 255 - mean) / std for camjax's models); got dtype {images.dtype}."
+        )
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"images must have shape (batch, height, width, 3); got {tuple(images.shape)}."
+        )
+
+
 def cam_fn(
     model: nn.Module,
     variables: Mapping[str, Any],
@@ -269,20 +287,7 @@ def cam_fn(
         return CamOutput(logits, jnp.where(valid, chosen, -1).astype(jnp.int32), cams)
 
     def f(images: jax.Array, classes: jax.Array | None = None) -> CamOutput:
-        if not hasattr(images, "dtype") or not hasattr(images, "shape"):
-            raise ValueError(
-                f"images must be an array (numpy or jax), not a {type(images).__name__}; "
-                "stack them first, e.g. np.stack(images)."
-            )
-        if not jnp.issubdtype(images.dtype, jnp.floating):
-            raise ValueError(
-                f"images must be floating point, normalised as the model was trained "
-                f"((pixels / 255 - mean) / std for camjax's models); got dtype {images.dtype}."
-            )
-        if images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(
-                f"images must have shape (batch, height, width, 3); got {tuple(images.shape)}."
-            )
+        _check_images(images)
         if classes is not None and not hasattr(classes, "shape"):
             classes = np.asarray(classes)
         if classes is not None:
