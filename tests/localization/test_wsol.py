@@ -410,3 +410,25 @@ def test_several_image_sets_from_one_sweep(method):
         np.testing.assert_array_equal(both[0], want)
     with pytest.raises(ValueError, match=r"valid must have shape \(10,\) or \(K, 10\)"):
         IMPLS[method].box_correct_counts(q, boxes, num, GRID, valid=np.ones((2, 9), bool))
+
+
+def test_empty_batch_gives_zero_counts():
+    """A batch of no images (a host with nothing left to evaluate) counts nothing, in every rule
+    and shape of ``valid``, and adds nothing to an accumulator."""
+    q = np.zeros((0, 8, 8), np.uint8)
+    boxes, num = np.zeros((0, 2, 4), np.int32), np.zeros((0,), np.int32)
+    for multi in (True, False):
+        counts = wsol.box_correct_counts(q, boxes, num, GRID, multi_contour=multi)
+        np.testing.assert_array_equal(counts, np.zeros((3, len(GRID)), np.int32))
+        sets = wsol.box_correct_counts(
+            q, boxes, num, GRID, multi_contour=multi, valid=np.ones((2, 0), bool)
+        )
+        np.testing.assert_array_equal(sets, np.zeros((2, 3, len(GRID)), np.int32))
+    paper = wsol.box_correct_counts(
+        q, boxes.astype(np.float64), num, [0.2], (50,), False, paper=True
+    )
+    np.testing.assert_array_equal(paper, np.zeros((1, 1), np.int32))
+    assert wsol.level_hits(q, boxes, num).shape == (0, 3, wsol.NUM_LEVELS)
+    acc = wsol.WsolBoxAccumulator(GRID)
+    acc.update(wsol.box_correct_counts(q, boxes, num, GRID), 0)
+    assert acc.num_images == 0 and not acc.counts.any()
