@@ -5,8 +5,8 @@ overrides, e.g. --config.eval.max_images=100) is used instead and its difference
 run's config are logged. Restores the latest checkpoint in workdir, picks the CAM threshold on
 the validation split, reports classification and localization on the test split, writes
 workdir/metrics.json and a CAM gallery (workdir/gallery/*.png, workdir/gallery.png). With
---export_dir it also writes both splits' WSOL score maps and metadata in the reference
-evaluator's layout
+--export_dir (and --config.eval.wsol.eval_size=224, the reference's frame) it also writes both
+splits' WSOL score maps, metadata and PxAP masks in the reference evaluator's layout
 (camjax/evaluation/export.py).
 """
 

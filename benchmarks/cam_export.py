@@ -1,7 +1,7 @@
 """Dataset-scale CAM generation: a whole split through the mesh, score maps written to disk.
 
     python benchmarks/cam_export.py [--config default] [--split test] [--max_images 0]
-        [--eval_size 0] [--dtype float32]
+        [--eval_size 224] [--dtype float32]
 
 Runs `camjax.evaluation.export.export_split` (the evaluation step on all devices: forward pass,
 GT-class CAM, OpenCV-exact bicubic to the evaluation size, min-max; then one reference-format `.npy`
@@ -36,7 +36,8 @@ def main() -> None:
     parser.add_argument("--config", default="default", help="a module of configs/")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max_images", type=int, default=0)
-    parser.add_argument("--eval_size", type=int, default=0, help="0: the config's")
+    # The export writes the reference's 224x224 frame only (export.py refuses other sizes).
+    parser.add_argument("--eval_size", type=int, default=224, help="0: the config's")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     args = parser.parse_args()
 

@@ -44,6 +44,16 @@ FEATURE = 14
 def realistic_cams(num: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, 224, 224) float32 score maps in [0, 1], (N, 3, 4) int32 inclusive GT boxes, (N,)
     box counts. Blobs sit where the GT boxes are, with distractors and noise."""
+    cams, boxes, num_gt = raw_cams(num, seed)
+    upsample = jax.jit(lambda c: cam_lib.postprocess(c, (SIZE, SIZE), method="bicubic"))
+    maps = np.concatenate(
+        [np.asarray(upsample(jnp.asarray(cams[s : s + 256]))) for s in range(0, num, 256)]
+    )
+    return maps, boxes, num_gt
+
+
+def raw_cams(num: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`realistic_cams` before upsampling: (N, 14, 14) float32 CAMs, boxes, box counts."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:FEATURE, :FEATURE] + 0.5
     cams = np.empty((num, FEATURE, FEATURE), np.float32)
@@ -63,11 +73,7 @@ def realistic_cams(num: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndar
             cx, cy = rng.uniform(0, FEATURE, 2)
             m += rng.uniform(0.3, 1.5) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 2)
         cams[i] = m
-    upsample = jax.jit(lambda c: cam_lib.postprocess(c, (SIZE, SIZE), method="bicubic"))
-    maps = np.concatenate(
-        [np.asarray(upsample(jnp.asarray(cams[s : s + 256]))) for s in range(0, num, 256)]
-    )
-    return maps, boxes, num_gt
+    return cams, boxes, num_gt
 
 
 def camjax_counts(maps, boxes, num_gt, thresholds, multi, batch):

@@ -125,18 +125,40 @@ def cams_top_k(
     return _cams_for_classes(feature_map, kernel, classes), classes
 
 
+# A map whose span is at most this many float32 ulps of its magnitude is constant. A constant
+# CAM resized in float32 (`resize_maps`, like float32 cv2.resize) is not exactly constant: each
+# output pixel is two passes of a <= 4-tap dot product whose float32 weights sum to 1 only up to
+# rounding, which leaves a ripple of a few ulps (measured <= 4.5 ulps over bicubic and bilinear
+# resizes of 7..28 -> 64..448, worst case ~12 by the usual dot-product error bound). The
+# reference resizes the float32 CAM in float64, where the same constant stays exactly constant
+# and `normalize_scoremap` zeroes it; stretching the ripple instead would turn a map without
+# information into levels {0, 1/3, 2/3, 1} and score boxes from it. A span of 16 ulps (2e-6 of
+# the magnitude) is below what a float32 CAM itself can resolve after summing K >= 512
+# channel products, so no real map is lost.
+_CONSTANT_SPAN_ULPS = 16
+
+
+def _negligible_span(lo: jax.Array, hi: jax.Array) -> jax.Array:
+    """Whether [lo, hi] is a float32 map's rounding ripple around a constant (see above)."""
+    magnitude = jnp.maximum(jnp.abs(lo), jnp.abs(hi))
+    return hi - lo <= _CONSTANT_SPAN_ULPS * jnp.finfo(jnp.float32).eps * magnitude
+
+
 def normalize_minmax(cams: jax.Array) -> jax.Array:
     """Per-map min-max normalisation over the last two axes to [0, 1].
 
     cams: (..., H, W) float. A constant map, or one with any non-finite value, becomes all zeros
     (the WSOL protocol's convention), so a degenerate map never yields NaN boxes or scores.
+    "Constant" allows float32 rounding: a span of at most 16 ulps of the map's magnitude
+    (``max(|min|, |max|)``), the ripple that resizing a constant map in float32 leaves, counts
+    as none; the reference, resizing in float64, sees those maps exactly constant.
     """
     cams = cams.astype(jnp.float32)
     lo = jnp.min(cams, axis=(-2, -1), keepdims=True)
     hi = jnp.max(cams, axis=(-2, -1), keepdims=True)
     span = hi - lo
     finite = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True)
-    ok = finite & (span > 0)
+    ok = finite & ~_negligible_span(lo, hi)
     return jnp.where(ok, (cams - lo) / jnp.where(ok, span, 1.0), 0.0)
 
 
@@ -146,12 +168,15 @@ def normalize_max(cams: jax.Array) -> jax.Array:
     The CAM paper's own normalisation (its code thresholds the ReLU'd map at a fraction of its
     maximum), unlike the WSOL protocol's min-max: a map whose minimum is far above 0 keeps that
     floor instead of being stretched to [0, 1]. cams: (..., H, W) float; a map with no positive
-    or with a non-finite value becomes all zeros.
+    or with a non-finite value becomes all zeros. A positive map constant up to float32
+    rounding (as ``normalize_minmax``) becomes exactly all ones, as the constant itself would.
     """
     cams = jnp.maximum(cams.astype(jnp.float32), 0.0)
+    lo = jnp.min(cams, axis=(-2, -1), keepdims=True)
     hi = jnp.max(cams, axis=(-2, -1), keepdims=True)
     ok = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True) & (hi > 0)
-    return jnp.where(ok, cams / jnp.where(ok, hi, 1.0), 0.0)
+    scaled = jnp.where(_negligible_span(lo, hi), 1.0, cams / jnp.where(ok, hi, 1.0))
+    return jnp.where(ok, scaled, 0.0)
 
 
 NORMALIZATIONS = {"minmax": normalize_minmax, "max": normalize_max}

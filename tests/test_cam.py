@@ -1,5 +1,6 @@
 """Tests for camjax/cam.py: the GAP identity, batching, top-k/all agreement, errors, retracing."""
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,6 +80,39 @@ def test_normalize_minmax_degenerate_maps_become_zero():
     assert np.all(np.isfinite(out))
     np.testing.assert_array_equal(out[:3], 0.0)
     np.testing.assert_allclose(out[3], np.arange(16.0).reshape(4, 4) / 15)
+
+
+def test_constant_maps_resized_in_float32_normalize_to_zero_as_in_the_reference():
+    """A constant 14x14 CAM upsampled bicubic to 224 keeps a few-ulp float32 ripple; the
+    reference (float64 cv2.resize of the float32 CAM) keeps it exactly constant and zeroes it.
+    normalize_minmax must zero it too, at any magnitude, yet keep a small real span."""
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal(60) * 10.0 ** rng.uniform(-20, 20, 60)).astype(np.float32)
+    values = np.concatenate([values, np.float32([0.0, 1.0, -3.0, 7.3e-3, 1e30, -1e-30])])
+    maps = np.broadcast_to(values[:, None, None], (values.size, 14, 14))
+    up = cam_lib.postprocess(jnp.asarray(maps), (224, 224), normalize=False)
+    rippled = np.asarray(up.max((1, 2)) > up.min((1, 2)))
+    assert rippled.sum() > values.size // 2  # the float32 resize does ripple...
+    for m in maps[rippled][:5]:  # ...where the reference's float64 resize does not.
+        ref = cv2.resize(m.astype(np.float64), (224, 224), interpolation=cv2.INTER_CUBIC)
+        assert ref.min() == ref.max()
+    np.testing.assert_array_equal(cam_lib.postprocess(jnp.asarray(maps), (224, 224)), 0.0)
+    bilinear = cam_lib.postprocess(jnp.asarray(maps), (224, 224), method="bilinear")
+    np.testing.assert_array_equal(bilinear, 0.0)
+    positive = values > 0
+    out = cam_lib.postprocess(jnp.asarray(maps[positive]), (224, 224), normalize="max")
+    np.testing.assert_array_equal(out, 1.0)  # a positive constant over its max
+
+    # A real span of 1e-3 or 1e-5 of the magnitude is kept and normalised as the reference does.
+    ramp = np.linspace(0, 1, 14 * 14, dtype=np.float64).reshape(14, 14)
+    for magnitude, rel in [(1.0, 1e-3), (1e6, 1e-3), (-5e-8, 1e-3), (3.0, 1e-5)]:
+        m = np.float32(magnitude) * (1 + np.float32(rel) * ramp.astype(np.float32))
+        ours = np.asarray(cam_lib.postprocess(jnp.asarray(m[None]), (224, 224)))[0]
+        ref = cv2.resize(m.astype(np.float64), (224, 224), interpolation=cv2.INTER_CUBIC)
+        ref = (ref - ref.min()) / (ref.max() - ref.min())
+        assert ours.min() == 0.0 and ours.max() == 1.0
+        # Within the float32 ripple, a few ulps of the magnitude, relative to the span.
+        np.testing.assert_allclose(ours, ref, atol=8 * np.finfo(np.float32).eps / rel)
 
 
 def test_normalize_max_is_the_papers_fraction_of_the_max():

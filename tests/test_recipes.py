@@ -155,15 +155,28 @@ def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
     assert wsol["test"]["pxap"] == pytest.approx(ref.pxap(true_hist, false_hist), rel=1e-12)
     assert wsol["test"]["num_images"] == len(source)
 
-    # Exporting a mask-only split: the maps under the reference's ids, metadata without boxes.
+    # Exporting a mask-only split (at 224, the reference's frame): the maps under the
+    # reference's ids, metadata without boxes, and the masks in the reference's mask layout.
     from camjax.evaluation import export
     from camjax.localization import wsol_io
 
     out = str(tmp_path / "export")
+    config = config.copy_and_resolve_references()
+    config.eval.wsol.eval_size = 224
     export.export_wsol(config, workdir, out)
     meta = wsol_io.read_metadata(f"{out}/metadata/openimages30k_wsol/test")
     assert meta.boxes is None and len(meta) == len(source)
     stored = [bytes(source[i]["image_id"]).decode() for i in range(len(source))]
     assert list(meta.image_ids) == stored
-    exported = wsol_io.load_scoremaps(f"{out}/scoremaps/test", meta.image_ids, (64, 64))
-    np.testing.assert_array_equal(exported, maps)
+    exported = wsol_io.load_scoremaps(f"{out}/scoremaps/test", meta.image_ids)
+    evaluator, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
+    maps = []
+    for host_batch, scoremaps in evaluator.scoremap_outputs(variables, source):
+        maps.append(np.asarray(scoremaps)[np.asarray(host_batch["valid"])])
+    np.testing.assert_array_equal(exported, np.concatenate(maps))
+    masked = wsol_io.read_metadata(f"{out}/metadata/OpenImages/test")
+    assert masked.image_ids == meta.image_ids
+    for i, (paths, ignore) in enumerate(zip(masked.mask_paths, masked.ignore_paths, strict=True)):
+        got = ref.get_mask(f"{out}/masks/OpenImages", paths, ignore)
+        want = protocol_lib.protocol_mask(source[i]["mask"], 224, source[i]["ignore_mask"])
+        np.testing.assert_array_equal(got, want)

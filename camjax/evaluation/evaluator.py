@@ -197,13 +197,14 @@ class Evaluator:
         yield from self._pipelined(self._wsol_step, variables, batches, keys)
 
     def scoremap_outputs(
-        self, variables: Any, source: Sequence, max_images: int = 0
+        self, variables: Any, source: Sequence, max_images: int = 0, masks: bool = False
     ) -> Iterator[tuple[pipeline.Batch, jax.Array]]:
         """(host batch, (B, E, E) float32 protocol score maps on device) per batch, as
-        `wsol_outputs` makes them but without the metrics' work (for exports)."""
+        `wsol_outputs` makes them but without the metrics' work (for exports). With masks, the
+        host batch also holds 'mask' (B, E, E) uint8, the protocol's PxAP masks."""
         if self.protocol is None:
             raise ValueError("this Evaluator has no WSOL protocol; pass wsol_protocol(config).")
-        batches = self._batches(source, max_images, masks=False)
+        batches = self._batches(source, max_images, masks=masks)
         yield from self._pipelined(self._scoremap_step, variables, batches, ["image", "label"])
 
     def _pipelined(self, step, variables, batches, keys):

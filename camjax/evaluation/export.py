@@ -1,4 +1,4 @@
-"""A trained run's score maps and splits in the reference WSOL evaluator's layout.
+"""A trained run's score maps, masks and splits in the reference WSOL evaluator's layout.
 
 `export_wsol(config, workdir, out_dir)` runs the validation and test splits through the
 evaluation step (all devices, one batch per step) and writes, per split name S:
@@ -7,17 +7,30 @@ evaluation step (all devices, one batch per step) and writes, per split name S:
   class's CAM, OpenCV-exact bicubic to ``config.eval.wsol.eval_size``, min-max normalised),
   as clovaai/wsolevaluation's ``inference.py`` saves them;
 * ``out_dir/metadata/<dataset>/S/``: ``image_ids.txt``, ``class_labels.txt``,
-  ``image_sizes.txt`` and ``localization.txt`` (original-pixel inclusive boxes), so that the
-  reference's ``evaluation.py --scoremap_root out_dir/scoremaps/S --metadata_root
-  out_dir/metadata/<dataset>/S`` scores them (its box evaluator needs maps at 224x224: set
-  ``config.eval.wsol.eval_size = 224``).
+  ``image_sizes.txt`` and ``localization.txt`` (original-pixel inclusive boxes), for the
+  reference's box evaluator;
+* with PxAP (``config.eval.wsol.pxap``): ``out_dir/masks/OpenImages/S/<image_id>.mask.png``
+  and ``.ignore.png``, the very masks camjax's PxAP used (at 224x224: 255 on the object, and
+  255 on ignored pixels), and ``out_dir/metadata/OpenImages/S/`` listing them, the layout of
+  the reference's mask evaluator (which it runs for the dataset name ``OpenImages`` only).
+
+The reference scores such a folder with (``evaluation.py`` joins
+``<metadata_root>/<dataset_name>/<split>`` and ``<mask_root>/OpenImages``)::
+
+  python evaluation.py --scoremap_root out_dir/scoremaps/S --metadata_root out_dir/metadata \
+      --dataset_name OpenImages --split S --mask_root out_dir/masks --cam_curve_interval 0.001
+
+for PxAP, and with ``--dataset_name CUB`` (after naming ``metadata/<dataset>`` ``CUB``, the
+reference's box datasets being CUB and ILSVRC) ``--multi_contour_eval --multi_iou_eval`` for
+MaxBoxAccV2. Its evaluator resizes boxes and masks to 224x224 whatever the maps' size, so an
+export needs ``config.eval.wsol.eval_size = 224``; any other size is refused (at 64x64 the
+reference reports MaxBoxAcc 0 and then fails on PxAP).
 
 Image ids are the dataset's (CUB, ILSVRC and OpenImages keep the reference's), or
-``S/<index>.png`` for datasets without ids (wsol_shapes). Maps are written atomically, one
-file per image, by the host that computed them; metadata by process 0 after gathering every
-host's rows (padding rows included, so that all hosts send the same shapes). Mask-only
-datasets (OpenImages30k) get metadata without boxes: score them with the reference's own
-OpenImages metadata, whose ids these maps keep.
+``S/<index>.png`` for datasets without ids (wsol_shapes). Maps and masks are written
+atomically, one file per image, by the host that computed them; metadata by process 0 after
+gathering every host's rows (padding rows included, so that all hosts send the same shapes).
+Mask-only datasets (OpenImages30k) get box metadata without boxes.
 """
 
 import os
@@ -63,6 +76,17 @@ def _encode_ids(ids: list[str]) -> np.ndarray:
     return out
 
 
+def _check_size(eval_size: int) -> None:
+    # Resizing the maps to 224 here would export other maps than camjax scored: refuse instead.
+    if (eval_size, eval_size) != wsol_io.EVAL_SIZE:
+        raise ValueError(
+            f"the reference's evaluation.py scores {wsol_io.EVAL_SIZE[0]}x{wsol_io.EVAL_SIZE[1]} "
+            f"maps only (it resizes boxes and masks to that size whatever the maps' size); "
+            f"these would be {eval_size}x{eval_size}: export with "
+            f"--config.eval.wsol.eval_size={wsol_io.EVAL_SIZE[0]}."
+        )
+
+
 def export_split(
     evaluator: evaluator_lib.Evaluator,
     variables: Any,
@@ -76,17 +100,24 @@ def export_split(
     """Writes one split's score maps and metadata (module doc); returns counts and timings."""
     config = evaluator.config
     size = evaluator.protocol.eval_size
+    _check_size(size)
+    with_masks = evaluator.protocol.pxap
     scoremap_root = os.path.join(out_dir, "scoremaps", split)
+    mask_root = os.path.join(out_dir, "masks", wsol_io.MASK_DATASET)
     start = time.perf_counter()
     # Every row, padding included, travels to process 0: all hosts hold the same number of rows
     # (eval batches are padded), which the all-gather needs; 'valid' drops padding after it.
     rows = {k: [] for k in ("valid", "index", "label", "boxes", "num_boxes", "size", "id")}
-    for host_batch, scoremaps in evaluator.scoremap_outputs(variables, source, max_images):
+    outputs = evaluator.scoremap_outputs(variables, source, max_images, masks=with_masks)
+    for host_batch, scoremaps in outputs:
         valid = np.asarray(host_batch["valid"], bool)
         ids = _image_ids(host_batch, split)
         real_ids = [i for i, v in zip(ids, valid, strict=True) if v]
         maps = evaluator_lib.host_rows(scoremaps)[valid]
         wsol_io.save_scoremaps(scoremap_root, real_ids, maps, dtype=dtype, size=(size, size))
+        if with_masks:
+            paths = [wsol_io.mask_file_paths(split, i) for i in real_ids]
+            wsol_io.save_masks(mask_root, paths, np.asarray(host_batch["mask"])[valid])
         rows["valid"].append(valid)
         rows["index"].append(np.asarray(host_batch["index"]))
         rows["label"].append(np.asarray(host_batch["label"]))
@@ -122,6 +153,16 @@ def export_split(
             image_sizes=np.stack([widths, heights], axis=1),
         )
         wsol_io.write_metadata(os.path.join(out_dir, "metadata", dataset, split), metadata)
+        if with_masks:
+            paths = [wsol_io.mask_file_paths(split, i) for i in ids]
+            masked = wsol_io.WsolMetadata(
+                image_ids=ids,
+                class_labels=all_rows["label"],
+                mask_paths=[(mask,) for mask, _ in paths],
+                ignore_paths=[ignore for _, ignore in paths],
+            )
+            mask_meta = os.path.join(out_dir, "metadata", wsol_io.MASK_DATASET, split)
+            wsol_io.write_metadata(mask_meta, masked)
     return {"images": n, "seconds": seconds, "images_per_second": n / max(seconds, 1e-9)}
 
 
@@ -135,6 +176,7 @@ def export_wsol(
             "exporting score maps uses the WSOL protocol's settings; set "
             "config.eval.wsol.enabled = True."
         )
+    _check_size(protocol.eval_size)  # before restoring anything
     evaluator, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
     sources = experiment.data_sources(config)
     dataset = config.data.name

@@ -44,27 +44,42 @@ def _histograms(scoremaps, masks, edges):
     return jnp.stack([fg[:nbins], bg[:nbins]])
 
 
-def pxap_histograms(scoremaps: jax.Array, masks: jax.Array, thresholds=None) -> jax.Array:
+def pxap_histograms(
+    scoremaps: jax.Array | np.ndarray, masks: jax.Array | np.ndarray, thresholds=None
+) -> jax.Array | np.ndarray:
     """Score histograms of GT-foreground and GT-background pixels (``MaskEvaluator``).
 
     Args:
-      scoremaps: (B, H, W) float32 in [0, 1] (compared with the float64 bin edges exactly).
+      scoremaps: (B, H, W) float in [0, 1], compared with the float64 bin edges exactly in the
+        maps' own precision: float32 (or narrower) maps on device; float64 maps (numpy, or jax
+        with x64) on the host with the reference's own ``np.histogram``, never rounded to
+        float32 first (which would move a score just below an edge onto it).
       masks: (B, H, W) integer, the evaluator's convention: 1 foreground, 0 background, any
         other value (255) ignored.
       thresholds: (T,) in [0, 1]; default ``default_thresholds()``.
 
     Returns:
-      (2, T + 2) int32: row 0 foreground, row 1 background counts per bin.
+      (2, T + 2) int32: row 0 foreground, row 1 background counts per bin; a jax array, or a
+      numpy array for float64 maps.
     """
-    s = jnp.asarray(scoremaps)
-    m = jnp.asarray(masks)
+    # jax arrays (and tracers) stay where they are; anything else becomes numpy.
+    s = scoremaps if isinstance(scoremaps, jax.Array) else np.asarray(scoremaps)
+    m = masks if isinstance(masks, jax.Array) else np.asarray(masks)
     if s.ndim != 3 or not jnp.issubdtype(s.dtype, jnp.floating):
         raise ValueError(f"scoremaps must be (B, H, W) float, got {s.dtype} {s.shape}.")
     if m.shape != s.shape or not jnp.issubdtype(m.dtype, jnp.integer):
         raise ValueError(f"masks must be integer with shape {s.shape}, got {m.dtype} {m.shape}.")
     _check_unit_interval(s)
-    edges = jnp.asarray(_float32_ceil(pxap_bin_edges(thresholds)))
-    return _histograms(s, m, edges)
+    edges = pxap_bin_edges(thresholds)
+    if s.dtype.itemsize > 4:
+        if isinstance(s, jax.core.Tracer):
+            raise ValueError("float64 scoremaps are binned on the host: call outside jax.jit.")
+        # The reference's own arithmetic: float64 scores against float64 edges.
+        s, m = np.asarray(s, np.float64), np.asarray(m)
+        fg = np.histogram(s[m == 1], bins=edges)[0]
+        bg = np.histogram(s[m == 0], bins=edges)[0]
+        return np.stack([fg, bg]).astype(np.int32)
+    return _histograms(jnp.asarray(s), jnp.asarray(m), jnp.asarray(_float32_ceil(edges)))
 
 
 def pxap_from_histograms(true_hist: np.ndarray, false_hist: np.ndarray) -> float:

@@ -49,6 +49,7 @@ on device; only the uint8 maps travel to the host for the max-tree.
 import dataclasses
 import functools
 import importlib
+import math
 
 import jax
 import jax.numpy as jnp
@@ -284,10 +285,11 @@ def box_correct_counts(
     valid = np.ones((b,), bool) if valid is None else np.asarray(valid, bool)
     if valid.shape[-1:] != (b,) or valid.ndim > 2:
         raise ValueError(f"valid must have shape ({b},) or (K, {b}), got {valid.shape}.")
-    masks = valid.reshape(-1, b)  # (K, B)
+    # Not reshape(-1, b): an empty batch (b == 0) would make the -1 ambiguous.
+    masks = valid.reshape(math.prod(valid.shape[:-1]), b)  # (K, B)
     reached, rank = _reached_levels(q, gt, num_gt, deltas, rule)
     q = np.asarray(q)
-    levels = table[q.reshape(b, -1).max(axis=1)]  # (B, T): the level of each threshold
+    levels = table[q.max(axis=(1, 2))]  # (B, T): the level of each threshold
     at = np.take_along_axis(reached, levels, axis=1)  # (B, T)
     hit = at[:, None, :] > rank[None, :, None]  # (B, D, T)
     counts = np.einsum("kb,bdt->kdt", masks.astype(np.int32), hit.astype(np.int32))

@@ -57,6 +57,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+import cv2
 import numpy as np
 
 EVAL_SIZE = (224, 224)  # (height, width) of the reference's evaluation frame.
@@ -599,6 +600,48 @@ def save_scoremaps(
         _atomic_write(path, lambda f, m=m: np.save(f, m, allow_pickle=False))
 
 
+# --------------------------------------------------------------------------------------------
+# PxAP masks.
+
+MASK_DATASET = "OpenImages"  # the only dataset name for which the reference scores masks
+
+
+def mask_file_paths(split: str, image_id: str) -> tuple[str, str]:
+    """(mask path, ignore path) of an exported image, relative to ``<mask_root>/OpenImages``:
+    ``<split>/<image_id>.mask.png`` and ``<split>/<image_id>.ignore.png``."""
+    return f"{split}/{image_id}.mask.png", f"{split}/{image_id}.ignore.png"
+
+
+def save_masks(
+    mask_root: str | os.PathLike, paths: Sequence[tuple[str, str]], masks: np.ndarray
+) -> None:
+    """Writes PxAP masks as the reference's ``get_mask`` reads them back, exactly.
+
+    mask_root: the folder ``<mask_root>/OpenImages`` of the evaluator's ``--mask_root``;
+    paths: N (mask path, ignore path) from ``mask_file_paths``; masks: (N, 224, 224) uint8 in
+    the evaluator's convention (1 foreground, 0 background, 255 ignored). Each image gets a
+    grayscale PNG of its foreground (255 on it) and one of its ignored pixels (255): the
+    reference keeps pixels > 0.5 of each, resizes 224 -> 224 (nearest, the identity) and
+    rebuilds the same 0/1/255 mask. Files are written atomically.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 3 or masks.shape[1:] != EVAL_SIZE or masks.dtype != np.uint8:
+        raise ValueError(
+            f"masks must be (N, {EVAL_SIZE[0]}, {EVAL_SIZE[1]}) uint8, got "
+            f"{masks.dtype} {masks.shape}."
+        )
+    if not np.all((masks == 0) | (masks == 1) | (masks == 255)):
+        raise ValueError("mask values must be 0 (background), 1 (foreground) or 255 (ignored).")
+    _check_len(list(paths), masks.shape[0], "paths")
+    root = Path(mask_root)
+    for (mask_path, ignore_path), m in zip(paths, masks, strict=True):
+        for rel, on in ((mask_path, m == 1), (ignore_path, m == 255)):
+            ok, png = cv2.imencode(".png", on.astype(np.uint8) * 255)
+            if not ok:
+                raise OSError(f"could not encode the PNG of {rel!r}.")
+            _atomic_write(root / rel, lambda f, png=png: f.write(png.tobytes()))
+
+
 def load_scoremaps(
     scoremap_root: str | os.PathLike,
     image_ids: Sequence[str],
@@ -646,10 +689,13 @@ __all__ = [
     "IMAGE_IDS",
     "IMAGE_SIZES",
     "LOCALIZATION",
+    "MASK_DATASET",
     "WsolMetadata",
     "load_scoremaps",
+    "mask_file_paths",
     "read_metadata",
     "resized_gt_boxes",
+    "save_masks",
     "save_scoremaps",
     "scoremap_path",
     "write_metadata",

@@ -16,6 +16,7 @@ from camjax import checkpoint, experiment
 from camjax.data import pipeline
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import export, report
+from camjax.evaluation import protocol as protocol_lib
 from camjax.localization import wsol_io
 from camjax.train import loop
 from configs import tiny
@@ -239,17 +240,19 @@ def test_pxap_without_masks_is_a_clear_error(restored):
         next(evaluator_lib.Evaluator(config, model, mesh).wsol_outputs(variables, no_masks))
 
 
-def test_exported_scoremaps_give_the_reference_the_same_counts(trained, restored, tmp_path):
+def test_exported_scoremaps_give_the_reference_the_same_counts(trained, tmp_path):
     """evaluate.py --export_dir: the reference's files; scoring them with the OpenCV reference
-    gives camjax's own counts, and the metadata round-trips the dataset's labels and boxes."""
+    (maps, boxes and the exported masks read back as its get_mask does) gives camjax's own
+    counts and PxAP, and the metadata round-trips the dataset's labels and boxes."""
 
     config, workdir = trained
     out = str(tmp_path / "export")
     config = config.copy_and_resolve_references()
     config.eval.max_images = 11  # a ragged last batch: padding rows must not be exported
+    config.eval.wsol.eval_size = 224  # the reference's evaluation frame
     stats = export.export_wsol(config, workdir, out)
     assert stats["validation"]["images"] == 11
-    _, evaluator, variables = restored
+    evaluator, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
     protocol = evaluator.protocol
     source = experiment.data_sources(config)["test"]
     _, counts = evaluator.evaluate_wsol(variables, source, max_images=11)
@@ -257,8 +260,8 @@ def test_exported_scoremaps_give_the_reference_the_same_counts(trained, restored
     meta = wsol_io.read_metadata(os.path.join(out, "metadata", "wsol_shapes", "test"))
     assert meta.image_ids == tuple(f"test/{i:06d}.png" for i in range(11))
     np.testing.assert_array_equal(meta.class_labels, [source[i]["label"] for i in range(len(meta))])
-    maps = wsol_io.load_scoremaps(os.path.join(out, "scoremaps", "test"), meta.image_ids, (64, 64))
-    gt, num = wsol_io.resized_gt_boxes(meta, (64, 64))
+    maps = wsol_io.load_scoremaps(os.path.join(out, "scoremaps", "test"), meta.image_ids)
+    gt, num = wsol_io.resized_gt_boxes(meta)
     gts = [gt[i, : num[i]] for i in range(len(meta))]
     curve = np.append(protocol.thresholds, protocol.fixed_threshold)
     np.testing.assert_array_equal(
@@ -269,3 +272,30 @@ def test_exported_scoremaps_give_the_reference_the_same_counts(trained, restored
         ref.box_correct_counts(list(maps), gts, curve, (50,), multi_contour_eval=False),
         counts.v1.counts,
     )
+
+    # PxAP as the reference's MaskEvaluator computes it from the exported files alone:
+    # metadata/OpenImages/<split> lists the masks under <mask_root>/OpenImages.
+    masked = wsol_io.read_metadata(os.path.join(out, "metadata", "OpenImages", "test"))
+    assert masked.image_ids == meta.image_ids and masked.boxes is None
+    mask_root = os.path.join(out, "masks", "OpenImages")
+    masks = [
+        ref.get_mask(mask_root, paths, ignore)
+        for paths, ignore in zip(masked.mask_paths, masked.ignore_paths, strict=True)
+    ]
+    for i, m in enumerate(masks):  # the very masks camjax's PxAP used
+        want = protocol_lib.protocol_mask(source[i]["mask"], 224, source[i].get("ignore_mask"))
+        np.testing.assert_array_equal(m, want)
+    true_hist, false_hist = ref.pxap_histograms(list(maps), masks, protocol.thresholds)
+    np.testing.assert_array_equal(counts.pxap.histograms, np.stack([true_hist, false_hist]))
+    assert counts.summary()["pxap"] == ref.pxap(true_hist, false_hist)
+
+
+def test_export_at_another_size_than_224_is_refused(trained, tmp_path):
+    """The reference resizes boxes and masks to 224 whatever the maps' size: a 64x64 export
+    would score MaxBoxAcc 0 there, so it fails first and says how to export at 224."""
+    config, workdir = trained
+    assert config.eval.wsol.eval_size in (0, 64) and config.data.image_size == 64
+    out = tmp_path / "export"
+    with pytest.raises(ValueError, match=r"--config\.eval\.wsol\.eval_size=224"):
+        export.export_wsol(config, workdir, str(out))
+    assert not out.exists()  # nothing written

@@ -410,3 +410,49 @@ def test_several_image_sets_from_one_sweep(method):
         np.testing.assert_array_equal(both[0], want)
     with pytest.raises(ValueError, match=r"valid must have shape \(10,\) or \(K, 10\)"):
         IMPLS[method].box_correct_counts(q, boxes, num, GRID, valid=np.ones((2, 9), bool))
+
+
+def test_empty_batch_gives_zero_counts():
+    """A batch of no images (a host with nothing left to evaluate) counts nothing, in every rule
+    and shape of ``valid``, and adds nothing to an accumulator."""
+    q = np.zeros((0, 8, 8), np.uint8)
+    boxes, num = np.zeros((0, 2, 4), np.int32), np.zeros((0,), np.int32)
+    for multi in (True, False):
+        counts = wsol.box_correct_counts(q, boxes, num, GRID, multi_contour=multi)
+        np.testing.assert_array_equal(counts, np.zeros((3, len(GRID)), np.int32))
+        sets = wsol.box_correct_counts(
+            q, boxes, num, GRID, multi_contour=multi, valid=np.ones((2, 0), bool)
+        )
+        np.testing.assert_array_equal(sets, np.zeros((2, 3, len(GRID)), np.int32))
+    paper = wsol.box_correct_counts(
+        q, boxes.astype(np.float64), num, [0.2], (50,), False, paper=True
+    )
+    np.testing.assert_array_equal(paper, np.zeros((1, 1), np.int32))
+    assert wsol.level_hits(q, boxes, num).shape == (0, 3, wsol.NUM_LEVELS)
+    acc = wsol.WsolBoxAccumulator(GRID)
+    acc.update(wsol.box_correct_counts(q, boxes, num, GRID), 0)
+    assert acc.num_images == 0 and not acc.counts.any()
+
+
+def test_pxap_of_float64_maps_is_exact():
+    """float64 maps are binned in float64 (the reference's np.histogram), not rounded to
+    float32: a score just below a bin edge would round onto it and change bins."""
+    rng = np.random.default_rng(8)
+    grid = wsol.default_thresholds(0.001)
+    scoremaps = rng.random((6, 20, 20))  # float64
+    near = rng.random(scoremaps.shape) < 0.2  # a fifth of the pixels a hair below an edge
+    edges = grid[rng.integers(1, grid.size, near.sum())]
+    scoremaps[near] = edges * (1 - 1e-12)
+    masks = rng.choice(np.array([0, 1, 255], np.uint8), size=scoremaps.shape, p=[0.6, 0.3, 0.1])
+    t, f = ref.pxap_histograms(list(scoremaps), list(masks), grid)
+    got = pxap.pxap_histograms(scoremaps, masks, grid)
+    assert isinstance(got, np.ndarray) and got.dtype == np.int32
+    np.testing.assert_array_equal(got, np.stack([t, f]))
+    as32 = np.asarray(pxap.pxap_histograms(scoremaps.astype(np.float32), masks, grid))
+    assert not np.array_equal(as32, got)  # what the silent cast used to give
+    with jax.enable_x64(True):  # float64 jax arrays too, outside jit
+        np.testing.assert_array_equal(
+            pxap.pxap_histograms(jnp.asarray(scoremaps), masks, grid), got
+        )
+        with pytest.raises(ValueError, match="outside jax.jit"):
+            jax.jit(lambda s: pxap.pxap_histograms(s, masks, grid))(jnp.asarray(scoremaps))

@@ -15,6 +15,8 @@ Conventions of the original kept here:
 * IoU thresholds are integer percentages, a box hits when ``IoU >= delta / 100``.
 """
 
+import os
+
 import cv2
 import numpy as np
 
@@ -130,6 +132,24 @@ def max_box_acc(counts: np.ndarray, num_images: int) -> np.ndarray:
     MaxBoxAccV2 is the mean of this over deltas (with multi-contour counts); MaxBoxAcc (V1) is
     its entry for delta 50 (with largest-contour counts)."""
     return np.asarray([(row * 100.0 / float(num_images)).max() for row in counts])
+
+
+def load_mask_image(file_path: str, resize_size: tuple[int, int]) -> np.ndarray:
+    """Mirrors ``evaluation.load_mask_image``: grayscale float32, nearest resize to (W, H)."""
+    mask = np.float32(cv2.imread(file_path, cv2.IMREAD_GRAYSCALE))
+    return cv2.resize(mask, resize_size, interpolation=cv2.INTER_NEAREST)
+
+
+def get_mask(mask_root: str, mask_paths, ignore_path: str, size: int = 224) -> np.ndarray:
+    """Mirrors ``evaluation.get_mask``: the union of the instance masks (> 0.5) is 1, the
+    ignore mask's pixels (> 0.5) off the object are 255, the rest 0; uint8 (size, size)."""
+    instances = [
+        load_mask_image(os.path.join(mask_root, p), (size, size)) > 0.5 for p in mask_paths
+    ]
+    foreground = np.stack(instances, axis=0).any(axis=0)
+    ignore_box = load_mask_image(os.path.join(mask_root, ignore_path), (size, size)) > 0.5
+    ignore = np.logical_and(ignore_box, np.logical_not(foreground))
+    return foreground.astype(np.uint8) + 255 * ignore.astype(np.uint8)
 
 
 def pxap_histograms(scoremaps, masks, thresholds) -> tuple[np.ndarray, np.ndarray]:
