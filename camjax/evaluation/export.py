@@ -6,9 +6,10 @@ evaluation step (all devices, one batch per step) and writes, per split name S:
 * ``out_dir/scoremaps/S/<image_id>.npy``: the WSOL protocol's score map of each image (the GT
   class's CAM, OpenCV-exact bicubic to ``config.eval.wsol.eval_size``, min-max normalised),
   as clovaai/wsolevaluation's ``inference.py`` saves them;
-* ``out_dir/metadata/<dataset>/S/``: ``image_ids.txt``, ``class_labels.txt``,
+* ``out_dir/metadata/<CUB or ILSVRC>/S/``: ``image_ids.txt``, ``class_labels.txt``,
   ``image_sizes.txt`` and ``localization.txt`` (original-pixel inclusive boxes), for the
-  reference's box evaluator;
+  reference's box evaluator, under the names its command line accepts
+  (`wsol_io.box_dataset_name`: ILSVRC for ilsvrc2012_loc, CUB for every other boxed dataset);
 * with PxAP (``config.eval.wsol.pxap``): ``out_dir/masks/OpenImages/S/<image_id>.mask.png``
   and ``.ignore.png``, the very masks camjax's PxAP used (at 224x224: 255 on the object, and
   255 on ignored pixels), and ``out_dir/metadata/OpenImages/S/`` listing them, the layout of
@@ -20,17 +21,17 @@ The reference scores such a folder with (``evaluation.py`` joins
   python evaluation.py --scoremap_root out_dir/scoremaps/S --metadata_root out_dir/metadata \
       --dataset_name OpenImages --split S --mask_root out_dir/masks --cam_curve_interval 0.001
 
-for PxAP, and with ``--dataset_name CUB`` (after naming ``metadata/<dataset>`` ``CUB``, the
-reference's box datasets being CUB and ILSVRC) ``--multi_contour_eval --multi_iou_eval`` for
-MaxBoxAccV2. Its evaluator resizes boxes and masks to 224x224 whatever the maps' size, so an
-export needs ``config.eval.wsol.eval_size = 224``; any other size is refused (at 64x64 the
-reference reports MaxBoxAcc 0 and then fails on PxAP).
+for PxAP, and with ``--dataset_name CUB`` (``ILSVRC`` for ilsvrc2012_loc)
+``--multi_contour_eval --multi_iou_eval`` for MaxBoxAccV2. Its evaluator resizes boxes and
+masks to 224x224 whatever the maps' size, so an export needs
+``config.eval.wsol.eval_size = 224``; any other size is refused (at 64x64 the reference reports
+MaxBoxAcc 0 and then fails on PxAP).
 
 Image ids are the dataset's (CUB, ILSVRC and OpenImages keep the reference's), or
 ``S/<index>.png`` for datasets without ids (wsol_shapes). Maps and masks are written
 atomically, one file per image, by the host that computed them; metadata by process 0 after
 gathering every host's rows (padding rows included, so that all hosts send the same shapes).
-Mask-only datasets (OpenImages30k) get box metadata without boxes.
+Mask-only datasets (OpenImages30k) get box metadata without boxes, under their own name.
 """
 
 import os
@@ -152,7 +153,9 @@ def export_split(
             ),
             image_sizes=np.stack([widths, heights], axis=1),
         )
-        wsol_io.write_metadata(os.path.join(out_dir, "metadata", dataset, split), metadata)
+        # The reference's command line scores boxes under its own dataset names only.
+        folder = wsol_io.box_dataset_name(dataset) if boxed else dataset
+        wsol_io.write_metadata(os.path.join(out_dir, "metadata", folder, split), metadata)
         if with_masks:
             paths = [wsol_io.mask_file_paths(split, i) for i in ids]
             masked = wsol_io.WsolMetadata(

@@ -606,6 +606,16 @@ def save_scoremaps(
 MASK_DATASET = "OpenImages"  # the only dataset name for which the reference scores masks
 
 
+def box_dataset_name(dataset: str) -> str:
+    """The dataset name under which the reference's command line scores our box metadata.
+
+    It accepts CUB, ILSVRC and OpenImages (masks) and runs the same box evaluator for the first
+    two, so ImageNet keeps its name and every other boxed dataset (wsol_shapes, catalog ones)
+    is written as CUB: `--dataset_name CUB` then scores it with no renaming.
+    """
+    return "ILSVRC" if dataset == "ilsvrc2012_loc" else "CUB"
+
+
 def mask_file_paths(split: str, image_id: str) -> tuple[str, str]:
     """(mask path, ignore path) of an exported image, relative to ``<mask_root>/OpenImages``:
     ``<split>/<image_id>.mask.png`` and ``<split>/<image_id>.ignore.png``."""
@@ -690,6 +700,7 @@ __all__ = [
     "IMAGE_SIZES",
     "LOCALIZATION",
     "MASK_DATASET",
+    "box_dataset_name",
     "WsolMetadata",
     "load_scoremaps",
     "mask_file_paths",

@@ -257,7 +257,7 @@ def test_exported_scoremaps_give_the_reference_the_same_counts(trained, tmp_path
     source = experiment.data_sources(config)["test"]
     _, counts = evaluator.evaluate_wsol(variables, source, max_images=11)
 
-    meta = wsol_io.read_metadata(os.path.join(out, "metadata", "wsol_shapes", "test"))
+    meta = wsol_io.read_metadata(os.path.join(out, "metadata", "CUB", "test"))
     assert meta.image_ids == tuple(f"test/{i:06d}.png" for i in range(11))
     np.testing.assert_array_equal(meta.class_labels, [source[i]["label"] for i in range(len(meta))])
     maps = wsol_io.load_scoremaps(os.path.join(out, "scoremaps", "test"), meta.image_ids)
