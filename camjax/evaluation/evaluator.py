@@ -13,7 +13,10 @@ MaxBoxAcc, MaxBoxAccV2, BoxAcc at fixed and validation-chosen thresholds, top-1 
 The protocol's score maps (the GT class's CAM, OpenCV-bicubic to the evaluation size, min-max
 normalised, quantised to uint8) and the PxAP histograms come out of the same jitted step; only
 the box counts of `camjax.localization.wsol.box_correct_counts` run on the host, one batch
-behind the device.
+behind the device. With `config.eval.wsol.exact_float64` the step returns the GT-class CAMs at
+feature-map resolution instead, and the host makes the score maps with the reference's float64
+OpenCV arithmetic (`protocol.reference_scoremaps`), quantises them and bins their PxAP
+histograms in float64.
 """
 
 import json
@@ -35,6 +38,7 @@ from camjax.evaluation.protocol import (
     WsolCounts,
     WsolProtocol,
     protocol_boxes,
+    reference_scoremaps,
     sum_over_hosts,
     wsol_protocol,
 )
@@ -49,7 +53,10 @@ def threshold_grid(step: float) -> np.ndarray:
 
 
 def host_rows(x: jax.Array) -> np.ndarray:
-    """This host's rows of a batch-sharded array, in order (the whole batch on one host)."""
+    """This host's rows of a batch-sharded array, in order (the whole batch on one host); a
+    numpy array (made on this host) as it is."""
+    if isinstance(x, np.ndarray):
+        return x
     if x.is_fully_addressable:
         return np.asarray(jax.device_get(x))
     shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
@@ -119,6 +126,10 @@ class Evaluator:
         """`_dense` plus the WSOL protocol's score maps, uint8 maps and PxAP histograms."""
         ev, protocol = self.config.eval, self.protocol
         cams, scoremaps, top, paper = self._dense(variables, batch)
+        top1_correct = top[:, 0] == batch["label"]
+        if protocol.exact_float64:
+            # The score maps are made on the host (`_exact_outputs`).
+            return {"paper": paper, "cams": cams, "top1_correct": top1_correct}
         e = protocol.eval_size
         if (e, ev.resize_method, ev.cam_normalization) != (
             self.config.data.image_size,
@@ -131,7 +142,7 @@ class Evaluator:
             "paper": paper,
             "scoremaps": scoremaps,  # stays on device unless a caller fetches it
             "quantized": wsol.quantize_scoremaps(scoremaps),
-            "top1_correct": top[:, 0] == batch["label"],
+            "top1_correct": top1_correct,
         }
         if protocol.pxap:
             # Padding rows of a ragged last batch are ignored pixels (255).
@@ -140,9 +151,27 @@ class Evaluator:
         return out
 
     def _scoremaps(self, variables, batch):
-        """The protocol's score maps alone (exports need nothing else)."""
+        """The protocol's score maps alone (exports need nothing else); the CAMs with
+        exact_float64, for `reference_scoremaps` on the host."""
+        cams = self._cams(variables, batch)[1]
+        if self.protocol.exact_float64:
+            return cams
         e = self.protocol.eval_size
-        return cam_lib.postprocess(self._cams(variables, batch)[1], (e, e), method="bicubic")
+        return cam_lib.postprocess(cams, (e, e), method="bicubic")
+
+    def _exact_outputs(self, host_batch: pipeline.Batch, out: dict[str, jax.Array]) -> dict:
+        """`_wsol`'s outputs for this host's rows, made on the host as the reference makes
+        them: float64 score maps, their uint8 levels and float64-binned PxAP histograms."""
+        protocol = self.protocol
+        cams = host_rows(out["cams"])
+        scoremaps = reference_scoremaps(cams, protocol.eval_size)
+        quantized = wsol.quantize_scoremaps(scoremaps)
+        exact = {**out, "cams": cams, "scoremaps": scoremaps, "quantized": quantized}
+        if protocol.pxap:
+            valid = np.asarray(host_batch["valid"], bool)
+            masks = np.where(valid[:, None, None], np.asarray(host_batch["mask"]), 255)
+            exact["pxap"] = pxap.pxap_histograms(scoremaps, masks, protocol.thresholds)
+        return exact
 
     def _batches(self, source: Sequence, max_images: int, masks: bool) -> Iterator[pipeline.Batch]:
         source = experiment.limit(source, max_images)
@@ -182,7 +211,9 @@ class Evaluator:
 
         Outputs: 'paper' (the paper's 'region_maps', 'top' classes and 'center_box' counts),
         'scoremaps' (B, E, E) float32, 'quantized' (B, E, E) uint8, 'top1_correct' (B,) bool
-        and, with PxAP, 'pxap' (2, T + 2). The next
+        and, with PxAP, 'pxap' (2, T + 2). With exact_float64, 'scoremaps' (float64),
+        'quantized' and 'pxap' are numpy arrays of this host's rows, made on the host from
+        'cams' (B, h, w) float32, the GT-class CAMs it fetched. The next
         batch's step is dispatched before a batch is handed out, so host work overlaps it.
         """
         if self.protocol is None:
@@ -194,18 +225,30 @@ class Evaluator:
             )
         keys = ["image", "label", "boxes", "num_boxes", "valid"] + ["mask"] * self.protocol.pxap
         batches = self._batches(source, max_images, masks=self.protocol.pxap)
-        yield from self._pipelined(self._wsol_step, variables, batches, keys)
+        outputs = self._pipelined(self._wsol_step, variables, batches, keys)
+        if not self.protocol.exact_float64:
+            yield from outputs
+            return
+        for host_batch, out in outputs:
+            yield host_batch, self._exact_outputs(host_batch, out)
 
     def scoremap_outputs(
         self, variables: Any, source: Sequence, max_images: int = 0, masks: bool = False
-    ) -> Iterator[tuple[pipeline.Batch, jax.Array]]:
+    ) -> Iterator[tuple[pipeline.Batch, jax.Array | np.ndarray]]:
         """(host batch, (B, E, E) float32 protocol score maps on device) per batch, as
-        `wsol_outputs` makes them but without the metrics' work (for exports). With masks, the
+        `wsol_outputs` makes them but without the metrics' work (for exports); with
+        exact_float64, (B, E, E) float64 numpy maps of this host's rows. With masks, the
         host batch also holds 'mask' (B, E, E) uint8, the protocol's PxAP masks."""
         if self.protocol is None:
             raise ValueError("this Evaluator has no WSOL protocol; pass wsol_protocol(config).")
         batches = self._batches(source, max_images, masks=masks)
-        yield from self._pipelined(self._scoremap_step, variables, batches, ["image", "label"])
+        outputs = self._pipelined(self._scoremap_step, variables, batches, ["image", "label"])
+        if not self.protocol.exact_float64:
+            yield from outputs
+            return
+        e = self.protocol.eval_size
+        for host_batch, cams in outputs:
+            yield host_batch, reference_scoremaps(host_rows(cams), e)
 
     def _pipelined(self, step, variables, batches, keys):
         """(host batch, step output) per batch; the next batch's step is dispatched before a

@@ -5,7 +5,8 @@ evaluation step (all devices, one batch per step) and writes, per split name S:
 
 * ``out_dir/scoremaps/S/<image_id>.npy``: the WSOL protocol's score map of each image (the GT
   class's CAM, OpenCV-exact bicubic to ``config.eval.wsol.eval_size``, min-max normalised),
-  as clovaai/wsolevaluation's ``inference.py`` saves them;
+  as clovaai/wsolevaluation's ``inference.py`` saves them (float32; with
+  ``config.eval.wsol.exact_float64`` the reference's float64 maps themselves);
 * ``out_dir/metadata/<CUB or ILSVRC>/S/``: ``image_ids.txt``, ``class_labels.txt``,
   ``image_sizes.txt`` and ``localization.txt`` (original-pixel inclusive boxes), for the
   reference's box evaluator, under the names its command line accepts
@@ -96,10 +97,16 @@ def export_split(
     out_dir: str,
     dataset: str,
     max_images: int = 0,
-    dtype=np.float32,
+    dtype=None,
 ) -> dict[str, float]:
-    """Writes one split's score maps and metadata (module doc); returns counts and timings."""
+    """Writes one split's score maps and metadata (module doc); returns counts and timings.
+
+    dtype: of the .npy maps; None: float64 with config.eval.wsol.exact_float64 (its maps are
+    float64, the reference's), else float32 (the device's maps, half the disk).
+    """
     config = evaluator.config
+    if dtype is None:
+        dtype = np.float64 if evaluator.protocol.exact_float64 else np.float32
     size = evaluator.protocol.eval_size
     _check_size(size)
     with_masks = evaluator.protocol.pxap
@@ -170,7 +177,7 @@ def export_split(
 
 
 def export_wsol(
-    config: ml_collections.ConfigDict, workdir: str, out_dir: str, dtype=np.float32
+    config: ml_collections.ConfigDict, workdir: str, out_dir: str, dtype=None
 ) -> dict[str, dict[str, float]]:
     """Restores workdir's latest checkpoint and exports its validation and test splits."""
     protocol = protocol_lib.wsol_protocol(config)

@@ -39,7 +39,9 @@ class WsolProtocol:
     thresholds: (T,) float64 CAM thresholds ``np.arange(0, 1, threshold_step)``, the reference's
     grid; iou_thresholds: MaxBoxAccV2's IoU thresholds in percent; eval_size: side of the score
     maps, GT boxes and masks; fixed_threshold: `config.eval.fixed_threshold`; pxap, boxes: which
-    metrics (box metrics need GT boxes, PxAP GT masks).
+    metrics (box metrics need GT boxes, PxAP GT masks); exact_float64: score maps made on the
+    host in float64 as the reference makes them (`reference_scoremaps`) instead of in float32
+    on device.
     """
 
     thresholds: np.ndarray
@@ -49,6 +51,7 @@ class WsolProtocol:
     fixed_threshold: float
     pxap: bool
     boxes: bool
+    exact_float64: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +62,7 @@ class WsolProtocol:
             "fixed_threshold": self.fixed_threshold,
             "pxap": self.pxap,
             "boxes": self.boxes,
+            "exact_float64": self.exact_float64,
         }
 
 
@@ -119,7 +123,39 @@ def wsol_protocol(config: ml_collections.ConfigDict) -> WsolProtocol | None:
         fixed_threshold=float(fixed),
         pxap=w.pxap,
         boxes=w.boxes,
+        exact_float64=w.exact_float64,
     )
+
+
+def reference_scoremaps(cams: np.ndarray, eval_size: int) -> np.ndarray:
+    """CAMs at feature-map resolution -> the reference's score maps, its own arithmetic.
+
+    The reference widens each CAM to float64, resizes it with ``cv2.resize(INTER_CUBIC)`` to the
+    evaluation size and applies ``normalize_scoremap`` in float64: a map with any NaN, or a
+    constant one, becomes zeros, any other ``(s - min) / max(s - min)``. OpenCV on the host
+    rather than `camjax.resize` on device, for exactness: float32 moves a uint8 level in ~1/3 of
+    maps (benchmarks/RESULTS.md).
+
+    Args:
+      cams: (B, h, w) float, e.g. the GT class's CAMs (NaN for an invalid class).
+      eval_size: side E of the score maps.
+
+    Returns:
+      (B, E, E) float64 in [0, 1].
+    """
+    cams = np.asarray(cams, np.float64)
+    if cams.ndim != 3:
+        raise ValueError(f"cams must be (B, h, w), got shape {cams.shape}.")
+    out = np.zeros((cams.shape[0], eval_size, eval_size), np.float64)
+    for i, cam in enumerate(cams):
+        s = cv2.resize(cam, (eval_size, eval_size), interpolation=cv2.INTER_CUBIC)
+        lo, hi = s.min(), s.max()  # NaN propagates to both
+        if np.isnan(s).any() or lo == hi:
+            continue  # the reference's zeros
+        s -= lo
+        s /= s.max()
+        out[i] = s
+    return out
 
 
 def protocol_boxes(
@@ -286,8 +322,14 @@ class WsolCounts:
         )
 
     def sum_over_hosts(self) -> None:
-        """Adds the other hosts' box counts (the PxAP histograms are global already)."""
+        """Adds the other hosts' box counts, and their PxAP histograms when those were binned on
+        each host (exact_float64; the device's are global already)."""
         self.num_images = int(sum_over_hosts(np.asarray(self.num_images)))
+        if self.pxap is not None and self.protocol.exact_float64 and jax.process_count() > 1:
+            # Pixel counts can pass 2**31 while sum_over_hosts gathers int32: two 31-bit halves.
+            h = self.pxap.histograms
+            low = sum_over_hosts(h & (2**31 - 1))
+            self.pxap.histograms = (sum_over_hosts(h >> 31) << 31) + low
         for acc in (self.v1, self.v2, self.top1_loc):
             if acc is None:
                 continue

@@ -8,6 +8,7 @@ the published evaluator's rules, on the very score maps the evaluator made.
 import json
 import os
 
+import cv2
 import numpy as np
 import pytest
 
@@ -75,6 +76,7 @@ def test_run_evaluation_reports_the_wsol_protocol(evaluated, capsys):
         "fixed_threshold": 0.2,
         "pxap": True,
         "boxes": True,
+        "exact_float64": False,
     }
     val, test = w["val"], w["test"]
     assert val["num_images"] == config.data.num_validation
@@ -185,6 +187,81 @@ def test_wsol_counts_equal_the_opencv_reference_on_the_same_maps(restored):
     plain = ev.evaluate(variables, source, n)
     for k in plain.counts:
         np.testing.assert_array_equal(legacy.counts[k], plain.counts[k])
+
+
+def test_exact_float64_counts_equal_the_reference_where_float32_maps_do_not(trained, restored):
+    """config.eval.wsol.exact_float64: the score maps are the reference's float64 OpenCV maps
+    of the evaluator's own CAMs, bit for bit, so every count and PxAP equals the reference's;
+    the default float32 maps of the same images differ by a uint8 level somewhere."""
+    config, workdir = trained
+    config = config.copy_and_resolve_references()
+    config.eval.wsol.exact_float64 = True
+    config.eval.wsol.eval_size = e = 224  # more pixels: float32's level moves are rare
+    ev, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
+    protocol = ev.protocol
+    assert protocol.exact_float64 and protocol.to_dict()["exact_float64"]
+    source = experiment.data_sources(config)["validation"]
+    n, val_threshold = 11, 0.37  # a ragged batch: 5 padding rows
+
+    _, counts = ev.evaluate_wsol(variables, source, n, val_threshold)
+    cams, maps, quantized, top1 = [], [], [], []
+    for host_batch, out in ev.wsol_outputs(variables, source, n):
+        valid = np.asarray(host_batch["valid"])
+        assert out["scoremaps"].dtype == np.float64
+        cams.append(out["cams"][valid])
+        maps.append(out["scoremaps"][valid])
+        quantized.append(out["quantized"][valid])
+        top1.append(np.asarray(out["top1_correct"])[valid])
+    cams, maps, quantized = np.concatenate(cams), np.concatenate(maps), np.concatenate(quantized)
+    top1 = np.concatenate(top1)
+
+    # The reference's pipeline on the same CAMs, and everything else from the raw examples.
+    expected = np.stack([ref.normalize_scoremap(ref.resize_cam(c, (e, e))) for c in cams])
+    np.testing.assert_array_equal(maps, expected)
+    np.testing.assert_array_equal(quantized, (expected * 255).astype(np.uint8))
+    examples = [source[i] for i in range(n)]
+    gt_boxes, masks = [], []
+    for ex in examples:
+        m = np.asarray(ex["mask"])[..., 0] > 0
+        ys, xs = np.nonzero(m)  # the tight box, resized as the reference's resize_bbox
+        h, w = m.shape
+        box = np.array([xs.min() * e / w, ys.min() * e / h, xs.max() * e / w, ys.max() * e / h])
+        gt_boxes.append(box.astype(int)[None])
+        masks.append(cv2.resize(m.astype(np.uint8), (e, e), interpolation=cv2.INTER_NEAREST))
+    grid = protocol.thresholds
+    curve = np.append(grid, protocol.fixed_threshold)
+    ref_v1 = ref.box_correct_counts(expected, gt_boxes, curve, (50,), multi_contour_eval=False)
+    ref_v2 = ref.box_correct_counts(expected, gt_boxes, curve, (30, 50, 70))
+    sel = np.flatnonzero(top1)
+    ref_top1 = ref.box_correct_counts(
+        expected[sel], [gt_boxes[i] for i in sel], [0.2, val_threshold], (50,), False
+    )
+    np.testing.assert_array_equal(counts.v1.counts, ref_v1)
+    np.testing.assert_array_equal(counts.v2.counts, ref_v2)
+    np.testing.assert_array_equal(counts.top1_loc.counts, ref_top1)
+    true_hist, false_hist = ref.pxap_histograms(expected, masks, grid)
+    np.testing.assert_array_equal(counts.pxap.histograms, np.stack([true_hist, false_hist]))
+    assert counts.summary()["pxap"] == ref.pxap(true_hist, false_hist)
+
+    # The default path's float32 maps of the same images: a level off somewhere.
+    config32 = config.copy_and_resolve_references()
+    config32.eval.wsol.exact_float64 = False
+    ev32 = evaluator_lib.Evaluator(
+        config32, ev.model, ev.mesh, protocol_lib.wsol_protocol(config32)
+    )
+    float32 = np.concatenate(
+        [
+            np.asarray(out["quantized"])[np.asarray(hb["valid"])]
+            for hb, out in ev32.wsol_outputs(variables, source, n)
+        ]
+    )
+    assert float32.shape == quantized.shape
+    assert np.any(float32 != quantized)
+    assert np.max(np.abs(float32.astype(int) - quantized.astype(int))) == 1
+
+    # The export writes those float64 maps themselves.
+    exported = [m[np.asarray(hb["valid"])] for hb, m in ev.scoremap_outputs(variables, source, n)]
+    np.testing.assert_array_equal(np.concatenate(exported), expected)
 
 
 def test_evaluator_threshold_chosen_on_validation(restored):
