@@ -75,6 +75,7 @@ def test_cam_paper_configs_run_a_full_size_step_on_ilsvrc(module, data_dir, tmp_
     config.eval.num_gallery = 1
     config.eval.threshold_grid_step = 0.25
     config.eval.wsol.threshold_step = 0.05
+    config.eval.max_images = 8  # one batch per split: the 224 forward passes dominate on a CPU
     state = loop.train_and_evaluate(config, str(tmp_path))
     assert int(state.step) == 1
     assert state.params["cam_conv"]["kernel"].shape[-1] == 1024

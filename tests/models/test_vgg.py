@@ -96,16 +96,19 @@ def test_gmp_head_pools_the_feature_map_by_its_max(name):
     them, and the parameters those of the GAP network."""
     x = jax.random.uniform(jax.random.key(1), (2, 64, 64, 3))
     gap, gmp = create_model(name, num_classes=5), create_model(name, num_classes=5, pooling="max")
-    v = gap.init(jax.random.key(0, impl="rbg"), x)
-    assert jax.tree.structure(v) == jax.tree.structure(gmp.init(jax.random.key(0), x))
-    logits, out = gmp.apply(v, x)
+    # Jitted: eager op-by-op dispatch of these networks costs several times their compile.
+    v = jax.jit(gap.init)(jax.random.key(0, impl="rbg"), x)
+    assert jax.tree.structure(v) == jax.tree.structure(
+        jax.eval_shape(gmp.init, jax.random.key(0), x)
+    )
+    logits, out = jax.jit(gmp.apply)(v, x)
     fm = np.asarray(out["feature_map"], np.float32)
     np.testing.assert_array_equal(out["pre_logits"], fm.max(axis=(1, 2)))
     head = v["params"]["head"]
     np.testing.assert_allclose(
         logits, out["pre_logits"] @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-5
     )
-    gap_logits, gap_out = gap.apply(v, x)
+    gap_logits, gap_out = jax.jit(gap.apply)(v, x)
     np.testing.assert_allclose(gap_out["pre_logits"], fm.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     assert not np.allclose(logits, gap_logits)
 
