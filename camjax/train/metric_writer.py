@@ -48,7 +48,7 @@ class MetricWriter:
             return
         with open(self.path) as f:
             lines = f.readlines()
-        kept = [line for line in lines if _row_step(line) is not None and _row_step(line) <= step]
+        kept = [line for line in lines if (row := _row_step(line)) is not None and row <= step]
         if kept == lines:
             return
         with open(self.path + ".tmp", "w") as f:
