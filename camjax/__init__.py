@@ -7,10 +7,8 @@ out = camjax.cam_fn(model, variables, top_k=5)(images)   # logits, classes, cams
 boxes = camjax.localization.box_from_scoremap(out.cams[:, 0], 0.2)
 """
 
-from camjax import localization, models
+from camjax import explain, localization, models
 from camjax.cam import (
-    CamOutput,
-    cam_fn,
     cams_all_classes,
     cams_for_classes,
     cams_top_k,
@@ -18,6 +16,7 @@ from camjax.cam import (
     normalize_minmax,
     postprocess,
 )
+from camjax.explain import CamOutput, cam_fn, explainer
 from camjax.resize import resize_maps
 
 __version__ = "0.1.0"
@@ -28,6 +27,8 @@ __all__ = [
     "cams_all_classes",
     "cams_for_classes",
     "cams_top_k",
+    "explain",
+    "explainer",
     "head_kernel",
     "localization",
     "models",

@@ -9,13 +9,11 @@ after `postprocess`. Everything stays on device; one trace per input shape.
 """
 
 import functools
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from camjax.resize import resize_maps
 
@@ -215,18 +213,6 @@ def postprocess(
     return cams
 
 
-class CamOutput(NamedTuple):
-    """What a `cam_fn` function returns; all device arrays.
-
-    logits: (B, C) float32; classes: (B, n) int32, the class of each CAM;
-    cams: (B, n, H, W) float32.
-    """
-
-    logits: jax.Array
-    classes: jax.Array
-    cams: jax.Array
-
-
 def head_kernel(variables: Mapping[str, Any]) -> jax.Array:
     """The classifier kernel (K, C) of a camjax GAP model's variables (the Dense named `head`)."""
     try:
@@ -238,93 +224,7 @@ def head_kernel(variables: Mapping[str, Any]) -> jax.Array:
         ) from e
 
 
-def _check_images(images: Any) -> None:
-    """What camjax's models take: a float (B, H, W, 3) array, normalised as in training."""
-    if not hasattr(images, "dtype") or not hasattr(images, "shape"):
-        raise ValueError(
-            f"images must be an array (numpy or jax), not a {type(images).__name__}; stack "
-            "them first, e.g. np.stack(images)."
-        )
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise ValueError(
-            f"images must be floating point, normalised as the model was trained "
-            f"((pixels / 255 - mean) / std for camjax's models); got dtype {images.dtype}."
-        )
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
-            f"images must have shape (batch, height, width, 3); got {tuple(images.shape)}."
-        )
-
-
-def cam_fn(
-    model: nn.Module,
-    variables: Mapping[str, Any],
-    *,
-    top_k: int | None = 1,
-    size: tuple[int, int] | str | None = "input",
-    method: str = "bicubic",
-    normalize: bool | str = True,
-    relu: bool = False,
-) -> Callable[..., CamOutput]:
-    """One compiled `images -> CamOutput` function: forward pass and CAMs in one XLA program.
-
-    model/variables: a camjax GAP model and its variables. The returned `f(images, classes=None)`
-    takes images (B, H, W, 3) float (normalised as the model was trained) and optional int classes
-    (B,) or (B, n). Without classes it returns the CAMs of the `top_k` predicted classes, best
-    first, or of every class in class order when `top_k` is None. `size`: 'input' upsamples to
-    (H, W), a (H', W') tuple to that size, None keeps the feature-map size. `normalize` and
-    `relu` as in `postprocess`.
-
-    Memory: the output holds B x n x H x W float32 maps. With `top_k=None` that is every class:
-    1,000 classes at 224 x 224 are 200 MB per image of output (about twice that at the peak, with
-    the resize's intermediates). To bound it, take `size=None` (1,000 maps of 14 x 14 are 0.8 MB
-    per image) and `postprocess` only the maps needed, or pass `classes` in chunks.
-
-    Under a caller's jit, where class indices cannot be checked without a host round trip, an
-    out-of-range class comes back as class -1 with a CAM of NaN (clamp and flag), never as a
-    plausible map.
-    """
-    kernel = head_kernel(variables)
-    num_classes = kernel.shape[1]
-    if top_k is not None and (
-        isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_classes
-    ):
-        raise ValueError(f"top_k must be an int in [1, {num_classes}] or None; got {top_k!r}.")
-
-    @jax.jit
-    def run(variables, images, classes):
-        logits, outputs = model.apply(variables, images, train=False)
-        fmap = outputs["feature_map"]
-        k = head_kernel(variables)
-        if classes is not None:
-            chosen = classes if classes.ndim == 2 else classes[:, None]
-            cams = _cams_for_classes(fmap, k, chosen)
-        elif top_k is None:
-            chosen = jnp.broadcast_to(jnp.arange(num_classes, dtype=jnp.int32), logits.shape)
-            cams = cams_all_classes(fmap, k)
-        else:
-            cams, chosen = cams_top_k(fmap, k, logits, top_k)
-        target = images.shape[1:3] if size == "input" else size
-        cams = postprocess(cams, target, method=method, normalize=normalize, relu=relu)
-        # Normalisation zeroes a NaN map: flag out-of-range classes again after it.
-        valid = valid_classes(chosen, num_classes)
-        cams = jnp.where(valid[..., None, None], cams, jnp.nan)
-        return CamOutput(logits, jnp.where(valid, chosen, -1).astype(jnp.int32), cams)
-
-    def f(images: jax.Array, classes: jax.Array | None = None) -> CamOutput:
-        _check_images(images)
-        if classes is not None and not hasattr(classes, "shape"):
-            classes = np.asarray(classes)
-        if classes is not None:
-            classes = _check_classes(classes, images.shape[0], num_classes)
-        return run(variables, images, classes)
-
-    return f
-
-
 __all__ = [
-    "CamOutput",
-    "cam_fn",
     "cams_all_classes",
     "cams_for_classes",
     "cams_top_k",

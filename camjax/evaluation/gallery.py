@@ -6,8 +6,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from camjax import cam as cam_lib
-from camjax import experiment, viz
+from camjax import experiment, explain, viz
 from camjax.data import pipeline
 from camjax.localization.boxes import box_from_scoremap
 
@@ -25,7 +24,7 @@ def write_gallery(
     prep = experiment.preprocess_config(config)
     rows = [pipeline.EvalPreprocess(prep).map(source[i]) for i in range(n)]
     images = np.stack([r["image"] for r in rows])
-    f = cam_lib.cam_fn(
+    f = explain.cam_fn(
         model,
         variables,
         top_k=1,

@@ -134,6 +134,20 @@ def global_pool(feature_map: jax.Array, pooling: str = "avg") -> jax.Array:
     return reduce(feature_map.astype(jnp.float32), axis=(1, 2))
 
 
+class Tap(nn.Module):
+    """The identity, as a module: it gives a value that no layer outputs (e.g. a ReLU applied as a
+    function) a module path, so that `camjax.explain` can read it and its gradient by that path.
+    It holds no parameters: adding one changes no checkpoint."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x
+
+
+# The module path of every camjax GAP network's feature map (the CAM layer, GAP's input).
+FEATURE_MAP = "feature_map"
+
+
 def gap_head(
     x: jax.Array,
     train: bool,
@@ -164,7 +178,7 @@ def gap_head(
         dtype=dtype,
         name="cam_conv",
     )(x)
-    feature_map = nn.relu(x)
+    feature_map = Tap(name=FEATURE_MAP)(nn.relu(x))
     pre_logits = global_pool(feature_map, pooling)
     h = nn.Dropout(dropout_rate, deterministic=not train)(pre_logits)
     logits = nn.Dense(num_classes, dtype=jnp.float32, name="head")(h)

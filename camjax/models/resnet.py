@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from camjax.models.layers import (
+    FEATURE_MAP,
+    Tap,
     batch_norm,
     check_images,
     conv_init,
@@ -118,7 +120,7 @@ class ResNet50CAM(nn.Module):
                     dtype=self.dtype,
                     name=f"layer{stage + 1}_{block}",
                 )(x, train)
-        feature_map = x
+        feature_map = Tap(name=FEATURE_MAP)(x)
         pre_logits = global_pool(feature_map, self.pooling)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)
         logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(h)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from camjax import cam
+from camjax import explain
 from camjax.models import ResNet50CAM, ResNet50CAMTiny, create_model
 from camjax.models.layers import batch_norm
 
@@ -175,7 +175,7 @@ def test_training_step_matches_torch_train_mode(tiny):
 
 def test_logits_are_the_mean_cam_plus_bias(tiny):
     model, variables, x = tiny
-    out = cam.cam_fn(model, variables, top_k=None, size=None, normalize=False)(x)
+    out = explain.cam_fn(model, variables, top_k=None, size=None, normalize=False)(x)
     bias = variables["params"]["head"]["bias"]
     np.testing.assert_allclose(out.cams.mean(axis=(2, 3)) + bias, out.logits, rtol=1e-4, atol=1e-4)
     assert out.cams.shape == (4, 5, 2, 2)  # 32 / 16

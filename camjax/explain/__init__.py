@@ -1,0 +1,210 @@
+"""Class-activation maps of any Flax model, any layer, any target: one compiled program per batch.
+
+    f = camjax.explain.explainer(model, variables, "grad_cam_pp", layer="layer4_2")
+    out = f(images)                       # logits (B, C), classes (B, 1), cams (B, 1, H, W)
+    out = f(images, targets=labels)       # given classes, (B,) or (B, n)
+    out = f(images, targets=lambda z: z[:, 3] - z[:, 5])   # any per-sample score of the logits
+
+`layer` is a module path ('conv5_3', 'encoder/block_11'; a tuple of paths for LayerCAM's
+fusion); the model is not edited (`probe.Probe` intercepts the module's output). camjax's GAP
+networks name their feature map 'feature_map' (the default). Token layers (B, T, D) of a
+vision transformer are laid out on their patch grid, class/register tokens dropped.
+
+Every method runs the whole batch in one jitted function, compiled once per input shape and
+cached per (model, method, options): calling `explainer` again with new variables reuses it.
+The maps of one image never depend on the other images of its batch (the model must be in its
+deterministic mode: `apply_kwargs`, default none, are passed to every `model.apply`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from camjax.cam import head_kernel, postprocess, valid_classes
+from camjax.explain import activation, gradient
+from camjax.explain.probe import Probe
+from camjax.explain.targets import Target
+from camjax.models.layers import FEATURE_MAP
+
+# name -> method(probe, variables, images, target, key, **options) -> (logits, classes, maps).
+METHODS: dict[str, Callable[..., tuple[jax.Array, jax.Array, jax.Array]]] = {
+    "cam": activation.cam,
+    "grad_cam": gradient.grad_cam,
+    "grad_cam_pp": gradient.grad_cam_pp,
+    "smooth_grad_cam_pp": gradient.smooth_grad_cam_pp,
+    "xgrad_cam": gradient.xgrad_cam,
+    "hires_cam": gradient.hires_cam,
+    "layer_cam": gradient.layer_cam,
+    "eigen_cam": activation.eigen_cam,
+    "eigen_grad_cam": gradient.eigen_grad_cam,
+}
+
+
+class CamOutput(NamedTuple):
+    """What an explainer returns; all device arrays.
+
+    logits: (B, C) float32; classes: (B, n) int32, the class of each map (-1: a score
+    function's map, or an out-of-range class whose map is NaN); cams: (B, n, H, W) float32.
+    """
+
+    logits: jax.Array
+    classes: jax.Array
+    cams: jax.Array
+
+
+def check_images(images: Any) -> None:
+    """What image models take: a float (B, H, W, 3) array, normalised as in training."""
+    if not hasattr(images, "dtype") or not hasattr(images, "shape"):
+        raise ValueError(
+            f"images must be an array (numpy or jax), not a {type(images).__name__}; stack "
+            "them first, e.g. np.stack(images)."
+        )
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(
+            f"images must be floating point, normalised as the model was trained "
+            f"((pixels / 255 - mean) / std for camjax's models); got dtype {images.dtype}."
+        )
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"images must have shape (batch, height, width, 3); got {tuple(images.shape)}."
+        )
+
+
+def _check_targets(targets: Any, batch: int) -> Any:
+    """Classes as given, checked without a device round trip: a host array (numpy, list) is
+    checked here; a device array's values are checked inside the program (clamp and flag)."""
+    if targets is None or callable(targets):
+        return targets
+    if not isinstance(targets, jax.Array):
+        targets = np.asarray(targets)
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise ValueError(f"target classes must be integers; got dtype {targets.dtype}.")
+    if targets.ndim not in (1, 2) or targets.shape[0] != batch:
+        raise ValueError(
+            f"target classes must have shape ({batch},) or ({batch}, n) for a batch of {batch} "
+            f"images; got shape {tuple(targets.shape)}."
+        )
+    return targets if targets.ndim == 2 else targets[:, None]
+
+
+def _check_range(classes: np.ndarray, num_classes: int) -> None:
+    if classes.size and (classes.min() < 0 or classes.max() >= num_classes):
+        raise ValueError(
+            f"class indices must be in [0, {num_classes - 1}]; got values in "
+            f"[{classes.min()}, {classes.max()}]."
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(probe: Probe, method: str, top_k, size, resize, normalize, relu, options):
+    fn = functools.partial(METHODS[method], **dict(options))
+
+    @functools.partial(jax.jit, static_argnames="score_fn")
+    def run(variables, images, given, key, score_fn=None):
+        target = Target(given=given, top_k=top_k, fn=score_fn)
+        logits, classes, maps = fn(probe, variables, images, target, key)
+        target_size = images.shape[1:3] if size == "input" else size
+        maps = postprocess(maps, target_size, method=resize, normalize=normalize, relu=relu)
+        num_classes = logits.shape[-1]
+        valid = valid_classes(classes, num_classes) | (score_fn is not None)
+        # Normalisation zeroes a NaN map: flag out-of-range classes after it.
+        maps = jnp.where(valid[..., None, None], maps, jnp.nan)
+        return CamOutput(logits, jnp.where(valid, classes, -1).astype(jnp.int32), maps)
+
+    return run
+
+
+def explainer(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    method: str = "grad_cam",
+    *,
+    layer: str | tuple[str, ...] = FEATURE_MAP,
+    top_k: int | None = 1,
+    size: tuple[int, int] | str | None = "input",
+    resize: str = "bicubic",
+    normalize: bool | str = True,
+    relu: bool = False,
+    apply_kwargs: Mapping[str, Any] | None = None,
+    grid: tuple[int, int] | None = None,
+    **options: Any,
+) -> Callable[..., CamOutput]:
+    """One compiled `f(images, targets=None, key=None) -> CamOutput` for a method of `METHODS`.
+
+    images: (B, H, W, 3) float, as the model takes them. targets: None for the `top_k`
+    best-scoring classes (best first; top_k None: every class, in class order), int classes
+    (B,) or (B, n), or a function of the logits (B, C) -> (B,) (one map per image). key: the
+    PRNG key of the noisy methods (default key 0). layer: module path(s) to read; grid: (h, w)
+    of a non-square token layer. size: 'input' upsamples to (H, W), (H', W') to that size,
+    None keeps the layer's. resize: 'bicubic' or 'bilinear'. normalize: True/'minmax' (per-map
+    min-max to [0, 1]), 'max', or False for raw maps. relu: ReLU before resizing (the methods
+    that define a ReLU apply it themselves). options: the method's own (e.g. num_samples).
+
+    Class indices given as numpy or a list are checked before running; as a device array they
+    are checked inside the program without a host round trip: an out-of-range class comes back
+    as class -1 with a NaN map (clamp and flag), never as a plausible map.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; methods: {', '.join(sorted(METHODS))}.")
+    layers = (layer,) if isinstance(layer, str) else tuple(layer)
+    probe = Probe(model, layers, tuple(sorted((apply_kwargs or {}).items())), grid)
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int or None; got {top_k!r}.")
+    size = size if size is None or isinstance(size, str) else tuple(size)
+    options = tuple(sorted(options.items()))
+    run = _compiled(probe, method, top_k, size, resize, normalize, relu, options)
+
+    def f(images: Any, targets: Any = None, key: jax.Array | None = None) -> CamOutput:
+        check_images(images)
+        targets = _check_targets(targets, images.shape[0])
+        score_fn = targets if callable(targets) else None
+        given = None if score_fn is not None else targets
+        args = (variables, images, given, jax.random.key(0) if key is None else key)
+        if isinstance(given, np.ndarray):
+            # The output's shape, from the trace that the call below reuses (no extra trace).
+            _check_range(given, run.eval_shape(*args, score_fn=score_fn).logits.shape[-1])
+        return run(*args, score_fn=score_fn)
+
+    return f
+
+
+def cam_fn(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    *,
+    top_k: int | None = 1,
+    size: tuple[int, int] | str | None = "input",
+    method: str = "bicubic",
+    normalize: bool | str = True,
+    relu: bool = False,
+) -> Callable[..., CamOutput]:
+    """The CAM of a camjax GAP network: `explainer(model, variables, "cam")` on its feature map.
+
+    `f(images, classes=None)` as an explainer's `f(images, targets)`; `method` is the resize
+    method. Memory: the output holds B x n x H x W float32 maps. With `top_k=None` that is every
+    class: 1,000 classes at 224 x 224 are 200 MB per image of output (about twice that at the
+    peak, with the resize's intermediates). To bound it, take `size=None` (1,000 maps of 14 x 14
+    are 0.8 MB per image) and `postprocess` only the maps needed, or pass classes in chunks.
+    """
+    num_classes = head_kernel(variables).shape[1]
+    if top_k is not None and (
+        isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_classes
+    ):
+        raise ValueError(f"top_k must be an int in [1, {num_classes}] or None; got {top_k!r}.")
+    return explainer(
+        model,
+        variables,
+        "cam",
+        top_k=top_k,
+        size=size,
+        resize=method,
+        normalize=normalize,
+        relu=relu,
+    )

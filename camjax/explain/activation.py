@@ -1,0 +1,85 @@
+"""Methods that read activations only: CAM (with the classifier's weights) and Eigen-CAM.
+
+- CAM (Zhou et al., CVPR 2016): sum_k w_ck A_k, for a network whose probed layer feeds global
+  average pooling and a linear classifier (`head`: the Dense layer's module path). No ReLU:
+  the paper's map, signed, as `camjax.cam`.
+- Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): the projection of each position's activation
+  vector on the first principal component of the image's (h w, K) activations (centred over
+  positions), then ReLU. Class-agnostic: every target of an image gets the same map. The
+  singular vector's sign is arbitrary; camjax orients it so that the projection correlates
+  positively with the channel sum of the activations (the unsigned "how active" map), which
+  makes the map deterministic across SVD implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from camjax.explain.probe import Probe
+from camjax.explain.targets import Target
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def classifier_kernel(variables: Mapping[str, Any], head: str) -> jax.Array:
+    """The (K, C) kernel of the Dense layer at module path `head` (e.g. 'head', 'fc')."""
+    node = variables.get("params", {})
+    for name in head.split("/"):
+        node = node.get(name, {}) if isinstance(node, Mapping) else {}
+    kernel = node.get("kernel") if isinstance(node, Mapping) else None
+    if kernel is None or kernel.ndim != 2:
+        raise ValueError(
+            f"CAM needs the linear classifier after global average pooling: there is no Dense "
+            f"kernel at params path {head!r}; pass head='PATH' of the classifier."
+        )
+    return kernel
+
+
+def cam_map(acts: jax.Array, kernel: jax.Array, classes: jax.Array) -> jax.Array:
+    """CAMs (B, n, h, w) of classes (B, n) from A (B, h, w, K) and the head kernel (K, C)."""
+    weights = jnp.take(
+        kernel.astype(jnp.float32).T, jnp.clip(classes, 0, kernel.shape[1] - 1), axis=0
+    )
+    return jnp.einsum("bhwk,bnk->bnhw", acts, weights, precision=_HIGHEST)
+
+
+def cam(probe: Probe, variables, images, target: Target, key, head: str = "head"):
+    """CAM of the probed layer (camjax's networks: 'feature_map') with the classifier at `head`."""
+    del key
+    kernel = classifier_kernel(variables, head)
+    logits, (acts,) = probe.forward(variables, images)
+    if acts.shape[-1] != kernel.shape[0]:
+        raise ValueError(
+            f"CAM's layer has {acts.shape[-1]} channels but the classifier {head!r} takes "
+            f"{kernel.shape[0]}; probe the layer that feeds its global average pooling."
+        )
+    if target.fn is not None:
+        raise ValueError("CAM weights classes; pass classes or top_k, not a score function.")
+    classes = target.classes(logits)
+    return logits, classes, cam_map(acts, kernel, classes)
+
+
+def principal_projection(x: jax.Array) -> jax.Array:
+    """x (h, w, K) -> (h, w): each position's projection on the first principal component of
+    the positions' (centred) K-vectors, oriented to correlate positively with x's channel sum."""
+    h, w, k = x.shape
+    flat = x.reshape(h * w, k)
+    centred = flat - jnp.mean(flat, axis=0)
+    _, _, vt = jnp.linalg.svd(centred, full_matrices=False)
+    projection = centred @ vt[0]
+    activity = jnp.sum(flat, axis=1)
+    sign = jnp.where(jnp.sum(projection * (activity - jnp.mean(activity))) < 0, -1.0, 1.0)
+    return (sign * projection).reshape(h, w)
+
+
+def eigen_cam(probe: Probe, variables, images, target: Target, key):
+    """Eigen-CAM: the same class-agnostic map for every target of an image."""
+    del key
+    logits, (acts,) = probe.forward(variables, images)
+    classes = target.classes(logits)
+    maps = jax.nn.relu(jax.vmap(principal_projection)(acts))
+    return logits, classes, jnp.broadcast_to(maps[:, None], (*classes.shape, *maps.shape[1:]))

@@ -1,0 +1,165 @@
+"""Reading a layer of any Flax model, and its gradient, by module path, without editing the model.
+
+A `Probe` runs `model.apply` under `flax.linen.intercept_methods`: when the module at one of its
+paths returns, the interceptor records the output and adds a zero `delta` to it. The gradient of
+a score with respect to that delta is the gradient with respect to the layer's output, so one
+`jax.vjp` gives the activations and, per target, their gradients; nothing in the user's model
+changes. An interceptor can also replace a layer's output, which makes everything before that
+layer dead code that XLA drops (the perturbation methods run the rest of the network only).
+
+Layouts. Convolutional layers give (B, h, w, K) (NHWC, Flax's own). Transformer layers give
+tokens (B, T, D): the grid is the largest square that fits (T = prefix + g * g, the prefix being
+class or register tokens, dropped), or `grid=(h, w)` for a non-square one; `to_grid` makes both
+(B, h, w, K), which is the layout every method works in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Variables = Mapping[str, Any]
+
+
+def model_logits(output: Any) -> jax.Array:
+    """The logits of a model's output: the output itself, or the first item of a tuple or list
+    (camjax's networks return `(logits, intermediates)`)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """A model with one or more layers addressed by module path ('layer4_2', 'block/conv').
+
+    apply_kwargs: keyword arguments of every `model.apply` call, as sorted (name, value) pairs
+    (e.g. (("train", False),)); the model must be deterministic with them (no dropout, batch
+    norm on its running statistics), or a sample's map would depend on the rest of the batch.
+    grid: (h, w) of a token layer; None infers the largest square.
+    """
+
+    model: nn.Module
+    layers: tuple[str, ...]
+    apply_kwargs: tuple[tuple[str, Any], ...] = ()
+    grid: tuple[int, int] | None = None
+
+    def run(
+        self,
+        variables: Variables,
+        images: jax.Array,
+        deltas: Sequence[jax.Array] | None = None,
+        replacement: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        """One forward pass -> (logits (B, C), each layer's output in the module's own layout).
+
+        deltas: added to each layer's output (zeros, to take gradients there). replacement: the
+        output of the single layer, used instead of computing it.
+        """
+        captured: dict[str, jax.Array] = {}
+        seen: list[str] = []
+
+        def interceptor(next_fun, args, kwargs, context):
+            if context.method_name != "__call__":
+                return next_fun(*args, **kwargs)
+            path = "/".join(context.module.path)
+            seen.append(path)
+            if path not in self.layers:
+                return next_fun(*args, **kwargs)
+            if path in captured:
+                raise ValueError(
+                    f"layer {path!r} is called more than once in one forward pass (a shared "
+                    "module); probe a module that is called once, e.g. one of its callers."
+                )
+            out = replacement if replacement is not None else next_fun(*args, **kwargs)
+            if not isinstance(out, jax.Array) or out.ndim not in (3, 4):
+                raise ValueError(
+                    f"layer {path!r} must return one (B, h, w, K) or (B, tokens, D) array; got "
+                    f"{type(out).__name__} {getattr(out, 'shape', '')}. Probe a module that does."
+                )
+            if deltas is not None:
+                out = out + deltas[self.layers.index(path)].astype(out.dtype)
+            captured[path] = out
+            return out
+
+        with nn.intercept_methods(interceptor):
+            logits = model_logits(self.model.apply(variables, images, **dict(self.apply_kwargs)))
+        missing = [layer for layer in self.layers if layer not in captured]
+        if missing:
+            paths = ", ".join(p for p in dict.fromkeys(seen) if p)
+            raise ValueError(
+                f"{type(self.model).__name__} has no module at path {missing[0]!r}; its module "
+                f"paths are: {paths}."
+            )
+        return logits.astype(jnp.float32), tuple(captured[layer] for layer in self.layers)
+
+    def forward(self, variables: Variables, images: jax.Array):
+        """(logits (B, C) float32, activations: per layer (B, h, w, K) float32)."""
+        logits, acts = self.run(variables, images)
+        return logits, tuple(self.to_grid(a) for a in acts)
+
+    def gradients(
+        self,
+        variables: Variables,
+        images: jax.Array,
+        cotangents: Callable[[jax.Array], jax.Array],
+    ):
+        """Activations and their gradients for n scores per image, in one forward pass and one
+        batched backward pass.
+
+        cotangents: logits (B, C) -> (n, B, C), the gradient of each of the n scores with
+        respect to the logits (a one-hot row per target class). Returns (logits (B, C),
+        activations: per layer (B, h, w, K), gradients: per layer (n, B, h, w, K)), float32.
+        """
+        shapes = jax.eval_shape(lambda: self.run(variables, images)[1])
+        zeros = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes)
+        logits, pullback, acts = jax.vjp(
+            lambda deltas: self.run(variables, images, deltas=deltas), zeros, has_aux=True
+        )
+        (grads,) = jax.vmap(pullback)(cotangents(logits))
+        return (
+            logits,
+            tuple(self.to_grid(a) for a in acts),
+            tuple(jax.vmap(self.to_grid)(g) for g in grads),
+        )
+
+    def logits_from(self, variables: Variables, images: jax.Array, activation: jax.Array):
+        """The logits when the (single) layer outputs `activation` (module layout); the layers
+        before it are not computed (XLA removes them as dead code). images: any batch of the
+        activation's batch size (only its shape matters)."""
+        return self.run(variables, images, replacement=activation)[0]
+
+    def grid_shape(self, tokens: int) -> tuple[int, int, int]:
+        """(prefix tokens, h, w) of a token layer of `tokens` tokens."""
+        if self.grid is not None:
+            h, w = self.grid
+        else:
+            h = w = math.isqrt(tokens)
+        prefix = tokens - h * w
+        if prefix < 0 or (self.grid is None and prefix > 2 * h):
+            raise ValueError(
+                f"cannot lay {tokens} tokens out as a patch grid; pass grid=(h, w), the patch "
+                "grid of the layer (the tokens before the last h * w are dropped)."
+            )
+        return prefix, h, w
+
+    def to_grid(self, x: jax.Array) -> jax.Array:
+        """(B, h, w, K) or tokens (B, T, D) -> (B, h, w, K) float32, prefix tokens dropped."""
+        x = x.astype(jnp.float32)
+        if x.ndim == 4:
+            return x
+        prefix, h, w = self.grid_shape(x.shape[1])
+        return x[:, prefix:].reshape(x.shape[0], h, w, x.shape[2])
+
+    def from_grid(self, x: jax.Array, like: jax.Array) -> jax.Array:
+        """Inverse of `to_grid`: x (B, h, w, K) back to the layout of the layer output `like`
+        (same batch), whose prefix tokens it keeps."""
+        if like.ndim == 4:
+            return x.astype(like.dtype)
+        prefix = like.shape[1] - x.shape[1] * x.shape[2]
+        tokens = x.reshape(x.shape[0], -1, x.shape[3]).astype(like.dtype)
+        return jnp.concatenate([like[:, :prefix], tokens], axis=1)

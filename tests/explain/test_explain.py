@@ -1,0 +1,201 @@
+"""The explainer API on camjax's networks and on models a user brings (a CNN, a ViT)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camjax import explain
+from camjax.explain import gradient
+from camjax.explain.probe import Probe
+from camjax.explain.targets import Target
+from camjax.models import create_model
+from tests.explain import user_models
+
+NUM_CLASSES = 6
+
+
+@functools.cache
+def gap_network(name="vgg16_gap_tiny", size=32):
+    model = create_model(name, num_classes=NUM_CLASSES)
+    images = jax.random.normal(jax.random.key(1), (3, size, size, 3))
+    variables = model.init(jax.random.key(0), images)
+    return model, variables, images
+
+
+def test_grad_cam_and_hires_cam_equal_cam_over_hw_on_a_gap_network():
+    """At GAP's input, d logit_c / d A = w_c / (h w) everywhere, so Grad-CAM before its ReLU
+    and HiResCAM both equal CAM / (h w), to float32 rounding."""
+    model, variables, images = gap_network()
+    probe = Probe(model, ("feature_map",))
+    classes = jnp.array([[0, 3], [5, 1], [2, 2]])
+    target = Target(given=classes)
+    logits, (acts,), (grads,) = probe.gradients(variables, images, target.cotangents)
+    h, w = acts.shape[1:3]
+    cams = explain.activation.cam_map(acts, variables["params"]["head"]["kernel"], classes)
+    scale = float(jnp.max(jnp.abs(cams)))
+    for maps in (
+        gradient.grad_cam_map(acts, grads, relu=False),
+        gradient.hires_cam_map(acts, grads, relu=False),
+    ):
+        np.testing.assert_allclose(maps * h * w, cams, atol=1e-5 * scale, rtol=0)
+    # and the CAM's spatial mean plus the bias is the logit (the paper's identity)
+    bias = variables["params"]["head"]["bias"]
+    np.testing.assert_allclose(
+        cams.mean(axis=(2, 3)) + bias[classes], jnp.take_along_axis(logits, classes, 1), atol=1e-5
+    )
+
+
+def test_cam_method_equals_cam_fn():
+    model, variables, images = gap_network()
+    f = explain.explainer(model, variables, "cam", top_k=2, size=None, normalize=False)
+    g = explain.cam_fn(model, variables, top_k=2, size=None, normalize=False)
+    a, b = f(images), g(images)
+    np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_array_equal(a.cams, b.cams)
+
+
+GRADIENT_METHODS = (
+    "grad_cam",
+    "grad_cam_pp",
+    "smooth_grad_cam_pp",
+    "xgrad_cam",
+    "hires_cam",
+    "layer_cam",
+    "eigen_cam",
+    "eigen_grad_cam",
+)
+
+
+@pytest.mark.parametrize("method", GRADIENT_METHODS)
+def test_every_method_on_a_user_cnn_is_per_sample_and_traced_once(method):
+    model = user_models.SmallCNN(num_classes=5)
+    variables, images = user_models.init(model, size=16, batch=3)
+    traces = []
+
+    class Counting(user_models.SmallCNN):
+        pass
+
+    counting = Counting(num_classes=5)
+    object.__setattr__(
+        counting, "apply", lambda *a, **k: (traces.append(1), Counting.apply(counting, *a, **k))[1]
+    )
+    f = explain.explainer(counting, variables, method, layer="conv2", top_k=2)
+    out = f(images)
+    assert out.cams.shape == (3, 2, 16, 16) and out.classes.shape == (3, 2)
+    assert np.isfinite(np.asarray(out.cams)).all()
+    assert float(out.cams.min()) >= 0 and float(out.cams.max()) <= 1
+    n = len(traces)
+    changed = images.at[2].set(jax.random.normal(jax.random.key(9), images.shape[1:]))
+    again = f(changed)
+    assert len(traces) == n, "a second batch of the same shape must not retrace"
+    np.testing.assert_array_equal(again.classes[:2], out.classes[:2])
+    np.testing.assert_allclose(again.cams[:2], out.cams[:2], atol=1e-6)
+
+
+def test_targets_given_top_k_and_score_function_agree():
+    model, variables, images = gap_network()
+    f = explain.explainer(model, variables, "grad_cam", size=None, normalize=False)
+    best = f(images)
+    given = f(images, np.asarray(best.classes[:, 0]))
+    np.testing.assert_array_equal(given.cams, best.cams)
+    c = 4
+    as_fn = f(images, lambda z: z[:, c])
+    as_class = f(images, np.full((3,), c))
+    np.testing.assert_allclose(as_fn.cams, as_class.cams, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(as_fn.classes, -1)
+    top = explain.explainer(model, variables, "grad_cam", top_k=3)(images)
+    order = np.argsort(-np.asarray(top.logits), axis=1)[:, :3]
+    np.testing.assert_array_equal(top.classes, order)
+
+
+def test_device_classes_out_of_range_are_flagged_host_classes_raise():
+    model, variables, images = gap_network()
+    f = explain.explainer(model, variables, "grad_cam")
+    out = f(images, jnp.array([0, NUM_CLASSES, 2]))
+    np.testing.assert_array_equal(out.classes[:, 0], [0, -1, 2])
+    assert (
+        np.isnan(np.asarray(out.cams[1])).all() and np.isfinite(np.asarray(out.cams)[[0, 2]]).all()
+    )
+    with pytest.raises(ValueError, match=r"\[0, 5\]"):
+        f(images, np.array([0, NUM_CLASSES, 2]))
+    with pytest.raises(ValueError, match="top_k must be in"):
+        explain.explainer(model, variables, "grad_cam", top_k=NUM_CLASSES + 1)(images)
+
+
+def test_unknown_layer_lists_the_module_paths():
+    model, variables, images = gap_network()
+    with pytest.raises(
+        ValueError, match=r"no module at path 'conv9'.*conv5_3, cam_conv, feature_map"
+    ):
+        explain.explainer(model, variables, "grad_cam", layer="conv9")(images)
+    with pytest.raises(ValueError, match="unknown method"):
+        explain.explainer(model, variables, "gradcam")
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet50_cam_tiny", "googlenet_gap_bn_tiny", "googlenet_gap_tiny"]
+)
+def test_camjax_networks_by_their_feature_map(name):
+    model, variables, images = gap_network(name, size=64)
+    for method in ("grad_cam", "cam"):
+        out = explain.explainer(model, variables, method)(images)
+        assert out.cams.shape == (3, 1, 64, 64) and np.isfinite(np.asarray(out.cams)).all()
+
+
+def test_vit_tokens_on_the_patch_grid_class_token_dropped():
+    model = user_models.TinyViT(num_classes=5, patch=4)
+    variables, images = user_models.init(model, size=16, batch=2)
+    f = explain.explainer(model, variables, "grad_cam", layer="block1", size=None, normalize=False)
+    out = f(images)
+    assert out.cams.shape == (2, 1, 4, 4)
+    # the map is Grad-CAM's on the 16 patch tokens only
+    probe = Probe(model, ("block1",))
+    target = Target(given=out.classes)
+    _, (acts,), (grads,) = probe.gradients(variables, images, target.cotangents)
+    assert acts.shape == (2, 4, 4, 16)
+    np.testing.assert_allclose(out.cams, gradient.grad_cam_map(acts, grads), rtol=1e-6)
+    up = explain.explainer(model, variables, "layer_cam", layer="block1")(images)
+    assert up.cams.shape == (2, 1, 16, 16)
+
+
+def test_layer_cam_fuses_layers_at_the_finest_resolution():
+    model = user_models.SmallCNN(num_classes=5)
+    variables, images = user_models.init(model, size=16, batch=2)
+    fused = explain.explainer(model, variables, "layer_cam", layer=("conv1", "conv3"), size=None)(
+        images
+    )
+    assert fused.cams.shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="reads one layer"):
+        explain.explainer(model, variables, "grad_cam", layer=("conv1", "conv3"))(images)
+
+
+def test_the_compiled_function_is_shared_between_explainers():
+    model, variables, images = gap_network()
+    explain._compiled.cache_clear()
+    explain.explainer(model, variables, "xgrad_cam")(images)
+    other = jax.tree.map(lambda x: x * 1.5, variables)
+    explain.explainer(model, other, "xgrad_cam")(images)
+    info = explain._compiled.cache_info()
+    assert info.misses == 1 and info.hits == 1
+
+
+def test_eigen_cam_is_oriented_and_class_agnostic():
+    model, variables, images = gap_network()
+    out = explain.explainer(model, variables, "eigen_cam", top_k=2, size=None, normalize=False)(
+        images
+    )
+    np.testing.assert_array_equal(out.cams[:, 0], out.cams[:, 1])
+    acts = Probe(model, ("feature_map",)).forward(variables, images)[1][0]
+    p = jax.vmap(explain.activation.principal_projection)(acts)
+    flipped = jax.vmap(explain.activation.principal_projection)(-acts)  # reverses the activity
+    assert np.all(
+        np.sum(
+            np.asarray(p) * np.asarray(acts.sum(-1) - acts.sum(-1).mean((1, 2), keepdims=True)),
+            (1, 2),
+        )
+        >= 0
+    )
+    assert flipped.shape == p.shape

@@ -1,0 +1,63 @@
+"""Models a user brings: a plain Flax CNN and a small vision transformer, neither edited for
+camjax. The explainers must find their layers by module path alone."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class SmallCNN(nn.Module):
+    """conv-relu x2, a pool, conv-relu, global average pooling, a linear classifier."""
+
+    num_classes: int = 5
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Conv(12, (3, 3), name="conv2")(x))
+        x = nn.Conv(16, (3, 3), name="conv3")(x)
+        x = nn.relu(x)
+        return nn.Dense(self.num_classes, name="classifier")(jnp.mean(x, axis=(1, 2)))
+
+
+class Block(nn.Module):
+    dim: int
+    heads: int
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.LayerNorm(name="norm1")(x)
+        x = x + nn.MultiHeadDotProductAttention(num_heads=self.heads, name="attn")(y, y)
+        y = nn.LayerNorm(name="norm2")(x)
+        y = nn.Dense(2 * self.dim, name="fc1")(y)
+        return x + nn.Dense(self.dim, name="fc2")(nn.gelu(y))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, a class token, learned positions, transformer blocks, the class token's
+    head: the layout of timm's / big_vision's ViT, scaled down."""
+
+    num_classes: int = 5
+    patch: int = 4
+    dim: int = 16
+    depth: int = 2
+    heads: int = 2
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(self.dim, (self.patch, self.patch), strides=self.patch, name="embed")(x)
+        b, h, w, d = x.shape
+        x = x.reshape(b, h * w, d)
+        cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, d))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)), x], axis=1)
+        x = x + self.param("pos", nn.initializers.normal(0.02), (1, h * w + 1, d))
+        for i in range(self.depth):
+            x = Block(self.dim, self.heads, name=f"block{i}")(x)
+        x = nn.LayerNorm(name="norm")(x)
+        return nn.Dense(self.num_classes, name="head")(x[:, 0])
+
+
+def init(model, size=16, batch=2, seed=0):
+    images = jax.random.normal(jax.random.key(seed + 1), (batch, size, size, 3))
+    return model.init(jax.random.key(seed), images), images
