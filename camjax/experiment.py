@@ -57,6 +57,9 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     dtype = fields.pop("dtype")
     if dtype not in DTYPES:
         raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}; got {dtype!r}.")
+    method = config.get("method")  # absent in runs saved before it existed: plain CAM
+    if method is not None and method.name == "adl":  # ADL's layers live inside the network
+        fields["adl"] = (method.adl_drop_rate, method.adl_threshold)
     try:
         return create_model(name, dtype=DTYPES[dtype], **fields)
     except TypeError as e:

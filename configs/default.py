@@ -54,6 +54,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.init = init = ml_collections.ConfigDict()
     init.pretrained_dir = ""
 
+    # The WSOL training method (camjax/train/wsol_methods.py); defaults are wsolevaluation's.
+    config.method = method = ml_collections.ConfigDict()
+    method.name = "cam"  # "cam", "has", "cutmix" or "adl"
+    method.has_grid_size = 4  # Hide-and-Seek: side of the hidden cells, pixels
+    method.has_drop_rate = 0.5  # Hide-and-Seek: probability of hiding a cell
+    method.cutmix_beta = 1.0  # CutMix: lambda ~ Beta(beta, beta); 0 disables
+    method.cutmix_prob = 1.0  # CutMix: probability of mixing a batch
+    method.adl_drop_rate = 0.75  # ADL: probability of the drop mask (else the importance map)
+    method.adl_threshold = 0.9  # ADL: drop where attention >= threshold * its max
+
     config.optim = optim = ml_collections.ConfigDict()
     optim.name = "adamw"  # from scratch on CPU Adam converges in far fewer steps than SGD
     optim.learning_rate = 1e-3  # 2e-3 localized worse (val GT-known 63% vs 67% at step 600)

@@ -144,6 +144,32 @@ class Tap(nn.Module):
         return x
 
 
+class ADL(nn.Module):
+    """Attention-based Dropout Layer (Choe & Shim, CVPR 2019), as wsolevaluation's `ADL`.
+
+    Parameter-free and active in training only. The self-attention map is the channel mean
+    `a` of the input (B, h, w, C); per training batch one coin (probability `drop_rate`) picks
+    either the drop mask `a < threshold * max_xy(a)` (per image), which hides the most
+    discriminative region, or the importance map `sigmoid(a)`, and the input is multiplied by
+    it. The coin comes from the 'adl' PRNG stream (one draw per layer and step, as the
+    reference's `torch.rand([])`). At evaluation the layer is the identity.
+    """
+
+    drop_rate: float = 0.75
+    threshold: float = 0.9
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if not train:
+            return x
+        attention = jnp.mean(x.astype(jnp.float32), axis=-1, keepdims=True)
+        peak = jnp.max(attention, axis=(1, 2), keepdims=True)
+        drop_mask = (attention < self.threshold * peak).astype(jnp.float32)
+        use_drop = jnp.floor(jax.random.uniform(self.make_rng("adl")) + self.drop_rate)
+        selected = use_drop * drop_mask + (1.0 - use_drop) * jax.nn.sigmoid(attention)
+        return (x * selected).astype(x.dtype)
+
+
 # The module path of every camjax GAP network's feature map (the CAM layer, GAP's input).
 FEATURE_MAP = "feature_map"
 

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from camjax.models.layers import (
+    ADL,
     FEATURE_MAP,
     Tap,
     batch_norm,
@@ -36,6 +37,8 @@ from camjax.models.layers import (
 
 # torchvision's ResNet50: bottlenecks per stage and each stage's bottleneck width ("planes").
 RESNET50_STAGES = (3, 4, 6, 3)
+# Blocks of each stage followed by an ADL layer in wsolevaluation's ResNet50-ADL (_ADL_POSITION).
+ADL_BLOCKS = ((), (), (0,), (0, 2))
 STAGE_WIDTHS = (64, 128, 256, 512)
 EXPANSION = 4
 # Strides of layer1..layer4 for each supported output stride.
@@ -81,6 +84,9 @@ class ResNet50CAM(nn.Module):
     output_stride: int = 16
     dropout_rate: float = 0.0
     pooling: str = "avg"  # "max": global max pooling (GMP) instead of GAP
+    # (drop rate, threshold) of ADL layers where wsolevaluation's ResNet50-ADL has them (after
+    # layer3's first block and layer4's first and last); None: no ADL.
+    adl: tuple[float, float] | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -120,6 +126,8 @@ class ResNet50CAM(nn.Module):
                     dtype=self.dtype,
                     name=f"layer{stage + 1}_{block}",
                 )(x, train)
+                if self.adl is not None and block in ADL_BLOCKS[stage]:
+                    x = ADL(*self.adl, name=f"adl{stage + 1}_{block}")(x, train)
         feature_map = Tap(name=FEATURE_MAP)(x)
         pre_logits = global_pool(feature_map, self.pooling)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)

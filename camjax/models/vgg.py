@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from camjax.models.layers import check_images, conv_relu, module_gap_head, scaled_width
+from camjax.models.layers import ADL, check_images, conv_relu, module_gap_head, scaled_width
 
 # (name, channels of each conv) per block; every block but the last ends in a 2x2/2 max pool.
 VGG16_BLOCKS = (
@@ -42,6 +42,9 @@ class VGG16GAP(nn.Module):
     grouped_conv_impl: str = "split"
     output_stride: int = 16
     pooling: str = "avg"  # "max": the paper's GMP comparison
+    # (drop rate, threshold) of ADL layers where wsolevaluation's VGG16-ADL has them (after
+    # block 3's pool, after conv4_3 and conv5_3); None: no ADL (`config.method.name` 'adl').
+    adl: tuple[float, float] | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -61,8 +64,12 @@ class VGG16GAP(nn.Module):
         for i, (block, channels) in enumerate(VGG16_BLOCKS):
             for j, c in enumerate(channels):
                 x = conv_relu(x, scaled_width(c, self.width), 3, f"{block}_{j + 1}", self.dtype)
+            if self.adl is not None and block in ("conv4", "conv5"):
+                x = ADL(*self.adl, name=f"adl_{block}")(x, train)
             if i < num_pools:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            if self.adl is not None and block == "conv3":
+                x = ADL(*self.adl, name=f"adl_{block}")(x, train)
         return module_gap_head(self, x, train)
 
 

@@ -24,6 +24,7 @@ import tqdm
 from camjax import checkpoint, experiment
 from camjax.data import pipeline
 from camjax.evaluation import evaluator
+from camjax.train import wsol_methods
 from camjax.train.metric_writer import MetricWriter
 from camjax.train.optim import create_optimizer
 from camjax.train.state import (
@@ -52,14 +53,23 @@ def make_train_step(config, model, tx):
     base_key = jax.random.fold_in(root_key(config), 1)
     k = min(5, config.model.num_classes)
 
+    method = config.method
+    wsol_methods.check_method(method)
+
     def step(state: TrainState, sums: dict[str, jax.Array], batch: dict[str, jax.Array]):
         images = pipeline.normalize_images(batch["image"], mean, std)
         labels = batch["label"]
         dropout_key = jax.random.fold_in(base_key, state.step)
+        rngs = {"dropout": dropout_key}
+        mixed = None
+        if method.name in ("has", "cutmix"):
+            method_key = jax.random.fold_in(jax.random.fold_in(root_key(config), 2), state.step)
+            images, mixed = wsol_methods.augment(method, images, labels, method_key)
+        if method.name == "adl":
+            rngs["adl"] = jax.random.fold_in(jax.random.fold_in(root_key(config), 3), state.step)
 
         def loss_fn(params):
             variables = model_variables(params, state.batch_stats)
-            rngs = {"dropout": dropout_key}
             if state.batch_stats:
                 # Batch statistics of the whole global batch: under jit the mean over the
                 # sharded batch axis is one all-reduce, so batch norm is synchronised.
@@ -70,7 +80,10 @@ def make_train_step(config, model, tx):
             else:
                 logits, _ = model.apply(variables, images, train=True, rngs=rngs)
                 batch_stats = state.batch_stats
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            if mixed is None:
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            else:
+                loss = wsol_methods.classification_loss(logits, labels, mixed)
             return jnp.mean(loss), (loss, logits, batch_stats)
 
         (_, (losses, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

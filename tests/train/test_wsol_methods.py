@@ -1,0 +1,148 @@
+"""The WSOL training methods (issue 14): each switch's transform, loss and layer, against the
+reference's definitions, and each method's training resuming bit-identically."""
+
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from camjax import experiment
+from camjax.models.layers import ADL
+from camjax.train import loop, optim, wsol_methods
+from camjax.train import state as train_state
+from tests.train.test_loop import tiny_config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_hide_and_seek_hides_whole_cells_at_the_drop_rate():
+    images = jnp.ones((64, 30, 30, 3))  # 30 = 7 cells of 4 px and one cut to 2 px
+    hidden = np.asarray(wsol_methods.hide_and_seek(images, jax.random.key(0), 4, 0.5))
+    cells = hidden[..., 0].reshape(64, 30, 30)
+    for y in range(0, 30, 4):
+        for x in range(0, 30, 4):
+            block = cells[:, y : y + 4, x : x + 4].reshape(64, -1)
+            assert np.all(block == block[:, :1]), "a cell is hidden whole or not at all"
+    assert 0.45 < float((hidden == 0).mean()) < 0.55
+    kept = wsol_methods.hide_and_seek(images, jax.random.key(0), 4, 0.0)
+    np.testing.assert_array_equal(kept, images)
+
+
+def test_cutmix_lambda_is_the_clipped_box_area_and_the_loss_mixes_labels():
+    b, h, w = 8, 20, 24
+    images = jnp.broadcast_to(jnp.arange(b, dtype=jnp.float32)[:, None, None, None], (b, h, w, 3))
+    labels = jnp.arange(b) % 5
+    cutmix = jax.jit(wsol_methods.cutmix, static_argnums=(3, 4))
+    for seed in range(20):
+        mixed, mix = cutmix(images, labels, jax.random.key(seed), 1.0, 1.0)
+        mixed = np.asarray(mixed[..., 0])
+        pasted = mixed != np.arange(b)[:, None, None]
+        # one box, the same for every image (an image pasted onto itself shows nothing)
+        origin = np.asarray(mix.other)
+        for i in range(b):
+            source = mixed[i][pasted[i]]
+            assert np.all(source == source[:1]) if source.size else True
+        area = pasted.sum(axis=(1, 2)).max()
+        moved = [i for i in range(b) if pasted[i].any()]
+        if moved:
+            assert float(mix.lam) == pytest.approx(1 - area / (h * w), abs=1e-6)
+            for i in moved:
+                assert labels[int(mixed[i][pasted[i]][0])] == origin[i]
+    same, mix = wsol_methods.cutmix(images, labels, jax.random.key(0), 1.0, 0.0)
+    np.testing.assert_array_equal(same, images)
+    assert float(mix.lam) == 1.0
+    logits = jax.random.normal(jax.random.key(1), (b, 5))
+    mix = wsol_methods.Mixed(labels[::-1], jnp.float32(0.3))
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    np.testing.assert_allclose(
+        wsol_methods.classification_loss(logits, labels, mix),
+        0.3 * ce(logits, labels) + 0.7 * ce(logits, labels[::-1]),
+        rtol=1e-6,
+    )
+
+
+def reference_adl(x_nchw, coin, drop_rate, threshold):
+    """wsolevaluation's ADL.forward in training, in numpy, with `torch.rand([])` = coin."""
+    attention = x_nchw.mean(axis=1, keepdims=True)
+    importance = 1 / (1 + np.exp(-attention))
+    peak = attention.reshape(len(x_nchw), -1).max(axis=1).reshape(-1, 1, 1, 1)
+    drop_mask = (attention < peak * threshold).astype(np.float32)
+    binary = np.floor(coin + drop_rate)
+    return x_nchw * ((1 - binary) * importance + binary * drop_mask)
+
+
+def test_adl_matches_the_reference_given_the_coin_and_is_off_at_evaluation():
+    x = jax.random.normal(jax.random.key(0), (4, 6, 6, 5))
+    layer = ADL(drop_rate=0.75, threshold=0.9)
+    np.testing.assert_array_equal(layer.apply({}, x, train=False), x)
+    picks = []
+    for seed in range(40):
+        key = jax.random.key(seed)
+        out = np.asarray(layer.apply({}, x, train=True, rngs={"adl": key}))
+        # the coin the layer drew: flax folds the module's path into the 'adl' stream
+        coin = float(
+            layer.apply(
+                {}, method=lambda m: jax.random.uniform(m.make_rng("adl")), rngs={"adl": key}
+            )
+        )
+        expected = reference_adl(np.asarray(x).transpose(0, 3, 1, 2), coin, 0.75, 0.9)
+        np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-7)
+        picks.append(np.floor(coin + 0.75))
+    assert 0.5 < np.mean(picks) < 0.95  # the drop mask about 3 batches in 4
+
+
+@pytest.mark.parametrize("method", ["cutmix", "adl"])
+def test_a_method_run_resumes_bit_identically(data_dir, tmp_path, method):
+    """4 steps straight vs. the same run restarted from its step-2 checkpoint (the step-4 one
+    removed): every random draw of a method comes from the step's key (CutMix's and HaS's
+    through the input, ADL's through the model's 'adl' stream), so both runs end equal."""
+    config = tiny_config(data_dir, num_steps=4, checkpoint_every_steps=2)
+    config.method.name = method
+    config.eval.num_gallery = 0
+    config.eval.wsol.enabled = False
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    straight = loop.train_and_evaluate(config, str(straight_dir))
+    shutil.copytree(straight_dir, resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoints" / "4")
+    resumed = loop.train_and_evaluate(config, str(resumed_dir))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        jax.device_get(straight.params),
+        jax.device_get(resumed.params),
+    )
+
+
+def test_each_switch_changes_the_step_and_is_deterministic():
+    """One step from the same state and batch: every method differs from plain CAM, and
+    repeats itself exactly (same step, same draws)."""
+    config = tiny_config("unused")
+    model = experiment.build_model(config)
+    tx = optim.create_optimizer(config.optim, config.train.num_steps)
+    state, _ = train_state.create_train_state(config, model, tx, experiment.make_mesh())
+    batch = {
+        "image": jax.random.randint(jax.random.key(0), (16, 64, 64, 3), 0, 256).astype(jnp.uint8),
+        "label": jnp.arange(16) % 10,
+    }
+
+    def heads_after_one_step(name, repeats=1):
+        config.method.name = name
+        step = jax.jit(loop.make_train_step(config, experiment.build_model(config), tx))
+        return [
+            np.asarray(step(state, loop.zero_sums(), batch)[0].params["head"]["kernel"])
+            for _ in range(repeats)
+        ]
+
+    (plain,) = heads_after_one_step("cam")
+    for name in ("has", "cutmix", "adl"):
+        once, again = heads_after_one_step(name, repeats=2)
+        assert not np.array_equal(once, plain), f"{name} stepped as plain CAM: the switch is off"
+        np.testing.assert_array_equal(once, again)
+    config.method.name = "mixup"
+    with pytest.raises(ValueError, match="config.method.name must be one of cam, has, cutmix"):
+        loop.make_train_step(config, model, tx)
