@@ -135,14 +135,17 @@ def test_unknown_layer_lists_the_module_paths():
         explain.explainer(model, variables, "gradcam")
 
 
-@pytest.mark.parametrize(
-    "name", ["resnet50_cam_tiny", "googlenet_gap_bn_tiny", "googlenet_gap_tiny"]
-)
-def test_camjax_networks_by_their_feature_map(name):
-    model, variables, images = gap_network(name, size=64)
-    for method in ("grad_cam", "cam"):
-        out = explain.explainer(model, variables, method)(images)
-        assert out.cams.shape == (3, 1, 64, 64) and np.isfinite(np.asarray(out.cams)).all()
+def test_resnet_feature_map_is_gap_input_too():
+    """ResNet50-CAM names its feature map itself (the GoogLeNets share VGG's `gap_head`):
+    Grad-CAM before ReLU there is CAM / (h w) as well."""
+    model, variables, images = gap_network("resnet50_cam_tiny", size=32)
+    probe = Probe(model, ("feature_map",))
+    classes = jnp.array([[1], [2], [3]])
+    _, (acts,), (grads,) = probe.gradients(variables, images, Target(given=classes).cotangents)
+    cams = explain.activation.cam_map(acts, variables["params"]["head"]["kernel"], classes)
+    h, w = acts.shape[1:3]
+    grad_cam = gradient.grad_cam_map(acts, grads, relu=False) * h * w
+    np.testing.assert_allclose(grad_cam, cams, atol=1e-5 * float(jnp.max(jnp.abs(cams))))
 
 
 def test_vit_tokens_on_the_patch_grid_class_token_dropped():
