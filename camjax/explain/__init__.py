@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from camjax.cam import head_kernel, postprocess, valid_classes
-from camjax.explain import activation, gradient
+from camjax.explain import activation, bagcams, gradient, perturbation
 from camjax.explain.probe import Probe
 from camjax.explain.targets import Target
 from camjax.models.layers import FEATURE_MAP
@@ -44,6 +44,11 @@ METHODS: dict[str, Callable[..., tuple[jax.Array, jax.Array, jax.Array]]] = {
     "layer_cam": gradient.layer_cam,
     "eigen_cam": activation.eigen_cam,
     "eigen_grad_cam": gradient.eigen_grad_cam,
+    "score_cam": perturbation.score_cam,
+    "ss_cam": perturbation.ss_cam,
+    "is_cam": perturbation.is_cam,
+    "ablation_cam": perturbation.ablation_cam,
+    "bag_cams": bagcams.bag_cams,
 }
 
 

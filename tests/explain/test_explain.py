@@ -67,9 +67,10 @@ GRADIENT_METHODS = (
     "eigen_cam",
     "eigen_grad_cam",
 )
+PERTURBATION_METHODS = ("score_cam", "ss_cam", "is_cam", "ablation_cam", "bag_cams")
 
 
-@pytest.mark.parametrize("method", GRADIENT_METHODS)
+@pytest.mark.parametrize("method", GRADIENT_METHODS + PERTURBATION_METHODS)
 def test_every_method_on_a_user_cnn_is_per_sample_and_traced_once(method):
     model = user_models.SmallCNN(num_classes=5)
     variables, images = user_models.init(model, size=16, batch=3)

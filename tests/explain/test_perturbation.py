@@ -1,0 +1,299 @@
+"""Score-CAM, SS-CAM, IS-CAM, Ablation-CAM and BagCAMs: exact identities, chunking, targets, and
+references written independently in numpy (a loop over images and channels, OpenCV / np.interp
+for the upsampling, the model applied to one image at a time)."""
+
+import functools
+
+import cv2
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camjax import explain
+from camjax.explain import bagcams, perturbation
+from camjax.explain.probe import Probe
+from camjax.explain.targets import Target
+from tests.explain import user_models
+
+
+class Tap(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return x
+
+
+class Tiny(nn.Module):
+    """conv-relu, a pool, conv-relu read at 'feature' (post-ReLU, GAP's input), GAP, linear."""
+
+    width: int = 5
+    num_classes: int = 4
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv1")(x))
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = Tap(name="feature")(nn.relu(nn.Conv(self.width, (3, 3), name="conv2")(x)))
+        return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+def numpy_init(model, images, scale=0.3, seed=0):
+    """Random variables drawn in numpy: Flax's initialisers take seconds to compile here."""
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), images)
+    return jax.tree.map(lambda s: (scale * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+
+
+@functools.cache
+def tiny(width=5):
+    model = Tiny(width=width)
+    images = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 16, 16, 3)), jnp.float32)
+    return model, numpy_init(model, images), images
+
+
+def raw(method, width=5, layer="feature", **options):
+    model, variables, _ = tiny(width)
+    return explain.explainer(
+        model, variables, method, layer=layer, size=None, normalize=False, **options
+    )
+
+
+def feature(model, variables, x):
+    """The 'feature' layer's output, read with Flax's own capture (not camjax's probe)."""
+
+    @jax.jit
+    def capture(variables, x):
+        _, state = model.apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+        return state["intermediates"]["feature"]["__call__"][0]
+
+    return np.asarray(capture(variables, x))
+
+
+def up_numpy(a, size, align_corners):
+    """(h, w) -> (H, W): OpenCV INTER_LINEAR (half-pixel), or np.interp on corner-aligned grids."""
+    if not align_corners:
+        return cv2.resize(a, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    h, w = a.shape
+    rows = np.stack([np.interp(np.linspace(0, w - 1, size[1]), np.arange(w), r) for r in a])
+    return np.stack(
+        [np.interp(np.linspace(0, h - 1, size[0]), np.arange(h), c) for c in rows.T], axis=1
+    ).astype(np.float32)
+
+
+def reference_score_family(
+    classes,
+    copies=1,
+    copy=lambda mask, i, b, k: mask,
+    weights="probability",
+    normalize_masks="after",
+    align_corners=False,
+    combine="input",
+):
+    """Score-CAM-style maps (B, n, ...) of Tiny by a loop over images, channels and copies."""
+    model, variables, images = tiny()
+    apply = jax.jit(lambda x: model.apply(variables, x))
+    images = np.asarray(images)
+    size = images.shape[1:3]
+    out = []
+    for b, image in enumerate(images):
+        acts = feature(model, variables, image[None])[0]
+        maps = []
+        for c in classes[b]:
+            scores, ups = [], []
+            for k in range(acts.shape[-1]):
+                a = acts[..., k]
+                if normalize_masks == "before":
+                    mask = up_numpy((a - a.min()) / (a.max() - a.min()), size, align_corners)
+                else:
+                    u = up_numpy(a, size, align_corners)
+                    mask = (u - u.min()) / (u.max() - u.min())
+                s = 0.0
+                for i in range(copies):
+                    z = np.asarray(apply((copy(mask, i, b, k)[..., None] * image)[None]))[0]
+                    if weights == "probability":
+                        z = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+                    s += z[c] / copies
+                scores.append(s)
+                ups.append(up_numpy(a, size, align_corners))
+            scores = np.array(scores)
+            if weights == "channel_softmax":
+                w = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+            else:
+                w = scores
+            if combine == "input":
+                m = np.einsum("k,khw->hw", w, np.stack(ups))
+            else:
+                m = np.einsum("k,hwk->hw", w, acts)
+            maps.append(np.maximum(m, 0))
+        out.append(maps)
+    return np.array(out)
+
+
+def assert_maps_close(actual, expected, rtol=1e-4):
+    expected = np.asarray(expected)
+    scale = np.abs(expected).max(axis=(-2, -1), keepdims=True)
+    np.testing.assert_allclose(np.asarray(actual) / scale, expected / scale, atol=rtol)
+
+
+PAPER = {}
+TORCHCAM = dict(weights="channel_softmax", normalize_masks="before", combine="layer")
+GRAD_CAM = dict(weights="channel_softmax", align_corners=True, combine="layer")
+
+
+@pytest.mark.parametrize("options", [PAPER, TORCHCAM, GRAD_CAM], ids=["paper", "torchcam", "gc"])
+def test_score_cam_equals_a_numpy_loop_over_channels(options):
+    out = raw("score_cam", top_k=2, **options)(tiny()[2])
+    expected = reference_score_family(np.asarray(out.classes), **options)
+    assert out.cams.shape == expected.shape
+    assert_maps_close(out.cams, expected)
+
+
+def test_ss_cam_and_is_cam_equal_numpy_loops():
+    key = jax.random.key(7)
+    size = tiny()[2].shape[1:3]
+    out = raw("ss_cam", num_samples=2, std=0.5, chunk_size=1, **TORCHCAM)(tiny()[2], key=key)
+
+    noise = jax.jit(perturbation.ss_cam_noise, static_argnums=(4, 5))
+
+    def noisy(mask, i, b, k):
+        return mask + np.asarray(noise(key, b, i, k, size, 0.5))
+
+    expected = reference_score_family(np.asarray(out.classes), 2, noisy, **TORCHCAM)
+    assert_maps_close(out.cams, expected)
+    # every copy (2 draws x 5 channels) in one chunk gives the same maps
+    every = raw("ss_cam", num_samples=2, std=0.5, chunk_size=10, **TORCHCAM)(tiny()[2], key=key)
+    assert_maps_close(every.cams, out.cams, rtol=1e-6)
+    out = raw("is_cam", num_samples=3)(tiny()[2])
+    n = 3
+    cumulative = [(i + 1) * (i + 2) / (2 * n) for i in range(n)]  # sum_{j<=i} j / N
+    expected = reference_score_family(
+        np.asarray(out.classes), n, lambda mask, i, b, k: cumulative[i] * mask
+    )
+    assert_maps_close(out.cams, expected)
+
+
+def test_ablation_cam_equals_numpy_and_the_gap_identity():
+    """At GAP's input with a linear head, ablating channel k lowers logit c by exactly
+    W_ck mean(A_k): the map is ReLU(sum_k W_ck mean(A_k) / y_c A_k)."""
+    model, variables, images = tiny()
+    out = raw("ablation_cam", top_k=2, chunk_size=2)(images)
+    w, bias = (np.asarray(variables["params"]["head"][n]) for n in ("kernel", "bias"))
+    expected = []
+    for b, image in enumerate(np.asarray(images)):
+        acts = feature(model, variables, image[None])[0]
+        maps = []
+        for c in np.asarray(out.classes)[b]:
+            y = acts.mean((0, 1)) @ w[:, c] + bias[c]
+            drops = []
+            for k in range(acts.shape[-1]):
+                ablated = acts.copy()
+                ablated[..., k] = 0
+                drops.append(y - (ablated.mean((0, 1)) @ w[:, c] + bias[c]))
+            np.testing.assert_allclose(drops, w[:, c] * acts.mean((0, 1)), rtol=1e-4, atol=1e-6)
+            maps.append(np.maximum(np.einsum("k,hwk->hw", np.array(drops) / y, acts), 0))
+        expected.append(maps)
+    assert_maps_close(out.cams, np.array(expected))
+
+
+def test_ablation_cam_of_vit_tokens_equals_ablating_in_the_full_forward_pass():
+    """logits_from on the patch tokens (class token kept) against the whole network run with
+    channel k of the patch tokens zeroed by a delta."""
+    model = user_models.TinyViT(num_classes=5, patch=4)
+    images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 16, 3)), jnp.float32)
+    variables = numpy_init(model, images)
+    out = explain.explainer(
+        model, variables, "ablation_cam", layer="block0", size=None, normalize=False
+    )(images)
+    probe = Probe(model, ("block0",))
+    logits, (tokens,) = probe.run(variables, images)
+    c = out.classes[:, 0]
+    y = jnp.take_along_axis(logits, out.classes, 1)[:, 0]
+    full = jax.jit(lambda delta: probe.run(variables, images, deltas=(delta,))[0])
+    weights = []
+    for k in range(tokens.shape[-1]):
+        delta = jnp.zeros_like(tokens).at[:, 1:, k].set(-tokens[:, 1:, k])
+        y_k = jnp.take_along_axis(full(delta), c[:, None], 1)
+        weights.append((y - y_k[:, 0]) / y)
+    acts = probe.to_grid(tokens)
+    expected = jax.nn.relu(jnp.einsum("bhwk,kb->bhw", acts, jnp.stack(weights)))
+    assert out.cams.shape == (2, 1, 4, 4)
+    assert_maps_close(out.cams[:, 0], expected)
+
+
+def test_score_cam_of_a_single_channel_is_its_relu():
+    model, variables, images = tiny(width=1)
+    acts = feature(model, variables, images)
+    expected = np.maximum(acts[..., 0], 0)[:, None]
+    out = raw("score_cam", width=1, **TORCHCAM)(images)
+    np.testing.assert_allclose(out.cams, expected, rtol=1e-6, atol=1e-7)
+    # with a class probability as weight the map is that probability times ReLU(A)
+    out = raw("score_cam", width=1, combine="layer")(images)
+    for b in range(2):
+        alive = expected[b] > 0
+        ratio = np.asarray(out.cams[b])[alive] / expected[b][alive]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)
+        assert 0 < ratio[0] < 1
+
+
+@pytest.mark.parametrize("method", ["score_cam", "is_cam", "ablation_cam"])
+def test_chunk_size_does_not_change_the_maps(method):
+    """SS-CAM's: in `test_ss_cam_and_is_cam_equal_numpy_loops` (its noise is slow to compile)."""
+    options = {"num_samples": 2} if method == "is_cam" else {}
+    one = raw(method, top_k=2, chunk_size=1, **options)(tiny()[2])
+    every = raw(method, top_k=2, chunk_size=10, **options)(tiny()[2])
+    assert_maps_close(one.cams, every.cams, rtol=1e-6)
+
+
+def test_top_k_and_score_function_targets():
+    model, variables, images = tiny()
+    f = raw("score_cam", top_k=3, **TORCHCAM)
+    top = f(images)
+    np.testing.assert_array_equal(top.classes, np.argsort(-np.asarray(top.logits), 1)[:, :3])
+    given = f(images, np.asarray(top.classes[:, ::-1]))
+    np.testing.assert_allclose(given.cams, top.cams[:, ::-1], rtol=1e-6, atol=1e-7)
+    c = 2
+    # channel_softmax reads the logit: the score function z[:, c] is class c
+    by_fn = f(images, lambda z: z[:, c])
+    by_class = raw("score_cam", **TORCHCAM)(images, np.full(2, c))
+    np.testing.assert_allclose(by_fn.cams, by_class.cams, rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(by_fn.classes, -1)
+    # the paper's weights read the probability: a function takes it as given
+    g = raw("score_cam", combine="layer")
+    by_fn = g(images, lambda z: jax.nn.softmax(z)[:, c])
+    np.testing.assert_allclose(by_fn.cams, g(images, np.full(2, c)).cams, rtol=1e-5, atol=1e-7)
+
+
+def test_bag_cams_closed_form_at_gaps_input():
+    """G = W_c / (h w y_c), P = G A, t_k = 1 + W_ck mean(A_k) / (h w y_c), M = sum ReLU(t P)."""
+    model, variables, images = tiny()
+    acts = feature(model, variables, images)
+    w = np.asarray(variables["params"]["head"]["kernel"])
+    h, wd = acts.shape[1:3]
+    for guided in (True, False):
+        out = raw("bag_cams", top_k=2, guided=guided)(images)
+        for b in range(2):
+            for i, c in enumerate(np.asarray(out.classes)[b]):
+                y = float(out.logits[b, c])
+                p = acts[b] * w[:, c] / (h * wd * y)
+                t = 1 + w[:, c] * acts[b].mean((0, 1)) / (h * wd * y)
+                expected = np.maximum(t * p, 0).sum(-1)
+                assert_maps_close(out.cams[b, i], expected, rtol=1e-5)
+
+
+def test_guided_relu_clamps_gradients_through_downstream_relus():
+    """At conv2's output (before its ReLU), the gradient of log(y_c) is
+    1[z > 0] W_c / (h w y_c), guided: 1[z > 0] max(W_c, 0) / (h w y_c) (y_c > 0 here)."""
+    model, variables, images = tiny()
+    probe = Probe(model, ("conv2",))
+    logits, (z,) = probe.forward(variables, images)
+    c = int(jnp.argmax(jnp.where(logits > 0, 1, 0).sum(0)))  # a class with positive logits
+    assert (logits[:, c] > 0).all()
+    target = Target(given=jnp.full((2, 1), c))
+    w = variables["params"]["head"]["kernel"][:, c]
+    scale = (z.shape[1] * z.shape[2] * logits[:, c])[:, None, None, None]
+    for guided, kernel in ((False, w), (True, jnp.maximum(w, 0))):
+        expected = jnp.where(z > 0, kernel, 0) / scale
+        cams = bagcams.bag_cams(probe, variables, images, target, None, guided=guided)[2]
+        np.testing.assert_allclose(cams, bagcams.bag_cams_map(z, expected[None]), rtol=1e-5)
+    assert nn.relu is jax.nn.relu and jax.nn.relu is not bagcams.guided_relu
