@@ -35,7 +35,7 @@ import flax.linen.activation
 import jax
 import jax.numpy as jnp
 
-from camjax.explain.gradient import _single_layer
+from camjax.explain.gradient import single_layer
 from camjax.explain.probe import Probe
 from camjax.explain.targets import Target
 
@@ -92,7 +92,7 @@ def bag_cams(
     """BagCAMs of the probed layer. score: 'logit' differentiates log(y_c) (the official code);
     'probability' log(softmax(y)_c) (class targets only). guided: guided ReLUs downstream."""
     del key
-    _single_layer(probe, "bag_cams")
+    single_layer(probe, "bag_cams")
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}; got {score!r}.")
     if score == "probability" and target.fn is not None:

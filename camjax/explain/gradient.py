@@ -82,7 +82,7 @@ def eigen_grad_cam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:
     return jax.nn.relu(jnp.moveaxis(jax.vmap(jax.vmap(principal_projection))(grads * acts), 0, 1))
 
 
-def _single_layer(probe: Probe, method: str) -> None:
+def single_layer(probe: Probe, method: str) -> None:
     if len(probe.layers) != 1:
         raise ValueError(
             f"method {method!r} reads one layer; got {len(probe.layers)} "
@@ -95,7 +95,7 @@ def gradient_method(map_fn):
 
     def method(probe: Probe, variables, images, target: Target, key):
         del key  # deterministic
-        _single_layer(probe, map_fn.__name__.removesuffix("_map"))
+        single_layer(probe, map_fn.__name__.removesuffix("_map"))
         logits, (acts,), (grads,) = probe.gradients(variables, images, target.cotangents)
         return logits, target.classes(logits), map_fn(acts, grads)
 
@@ -110,7 +110,7 @@ def smooth_grad_cam_pp(
     Gaussian noise of standard deviation `std` (in the model's input units; TorchCAM's defaults
     4 and 0.3); the activations are those of the clean input. The noise of image b depends on
     (key, b) only."""
-    _single_layer(probe, "smooth_grad_cam_pp")
+    single_layer(probe, "smooth_grad_cam_pp")
     logits, (acts,) = probe.forward(variables, images)
     classes = target.classes(logits)
     fixed = Target(given=classes, fn=target.fn)  # the clean input's classes for every copy

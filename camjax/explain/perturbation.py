@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camjax.explain.gradient import _single_layer
+from camjax.explain.gradient import single_layer
 from camjax.explain.probe import Probe
 from camjax.explain.targets import Target
 from camjax.resize import resize_maps
@@ -186,7 +186,7 @@ def _score_family(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The shared body of Score-CAM, SS-CAM and IS-CAM. inputs_fn(masks (B, c, H, W), sample
     (c,), channel (c,)) -> copies (B, c, H, W, 3); samples: copies per channel, averaged."""
-    _single_layer(probe, name)
+    single_layer(probe, name)
     weights, normalize, align_corners = (
         options["weights"],
         options["normalize_masks"],
@@ -358,7 +358,7 @@ def ablation_cam(
     layer on (the layers before it are not run). One chunk: B * chunk_size copies of the
     layer's (h, w, K) activations and the rest of the network on them."""
     del key
-    _single_layer(probe, "ablation_cam")
+    single_layer(probe, "ablation_cam")
     logits, (raw,) = probe.run(variables, images)
     acts = probe.to_grid(raw)
     classes = target.classes(logits)
