@@ -5,8 +5,8 @@ the same images and target classes (not the top-1, so the targets are really pas
 
 - a small CNN written here in both frameworks (three conv-ReLU stages with pooling, GAP, a
   linear classifier; its ReLUs are modules, so both sides can probe post-ReLU layers);
-- camjax's VGG16GAP (width 1/16, 64 px) and its twin from benchmarks/torch_models.py, with an
-  identity module at the feature map (camjax's `Tap`), so the peers can hook it too.
+- camjax's VGG16GAP (width 1/16, 64 px) and its twin from benchmarks/torch_models.py, which has
+  an identity module at the feature map (camjax's `Tap`), so the peers can hook it too.
 
 How maps are compared. camjax's raw maps (`size=None, normalize=False`) go through each peer's
 own post-processing, the peer's code where it is importable: TorchCAM min-max normalises at the
@@ -62,7 +62,7 @@ from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa:
 from torch import nn as tnn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from benchmarks.torch_models import VGG16GAP, camjax_state_dict  # noqa: E402
+from benchmarks.torch_models import VGG16GAP, LogitsOnly, camjax_state_dict  # noqa: E402
 from camjax import explain  # noqa: E402
 from camjax.cam import postprocess  # noqa: E402
 from camjax.explain.activation import principal_projection  # noqa: E402
@@ -117,19 +117,6 @@ class TorchCNN(tnn.Module):
         return self.fc(self.relu3(self.conv3(x)).mean(dim=(2, 3)))
 
 
-class TorchVGG16GAP(VGG16GAP):
-    """The VGG16GAP twin returning logits only (what the peers take), with an identity module
-    at the feature map, where camjax's network has its `Tap`."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.feature_map = tnn.Identity()
-
-    def _head(self, x):
-        feature_map = self.feature_map(F.relu(self.cam_conv(x)))
-        return self.head(feature_map.mean(dim=(2, 3)))
-
-
 def _random_variables(model, images, rng):
     """He-scaled random kernels and random biases (not zeros: a misplaced bias would show)."""
 
@@ -152,16 +139,23 @@ def network(name: str):
         layer, pair = "relu3", ("relu2", "relu3")
     else:
         model = create_model("vgg16_gap", num_classes=NUM_CLASSES, width=1 / 16, groups=2)
-        twin, size = TorchVGG16GAP(1 / 16, NUM_CLASSES, 2), 64
+        twin, size = VGG16GAP(1 / 16, NUM_CLASSES, 2), 64
         layer, pair = "feature_map", ("conv4_3", "feature_map")
     images = rng.standard_normal((len(CLASSES), size, size, 3)).astype(np.float32)
     variables = _random_variables(model, images, rng)
     twin.load_state_dict(camjax_state_dict(variables), strict=True)
+    if name != "cnn":  # returns logits only, its layers at `net.<camjax's module path>`
+        twin = LogitsOnly(twin)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     return model, variables, images, twin.eval(), x, layer, pair
 
 
 NETWORKS = ("cnn", "vgg16_gap")
+
+
+def peer_layers(net: str, layers) -> list[str]:
+    """The twin's module names of camjax's module paths."""
+    return [name if net == "cnn" else f"net.{name}" for name in layers]
 
 
 @functools.cache
@@ -205,17 +199,21 @@ def gradcam_post(layer_maps: list[np.ndarray], size: tuple[int, int]) -> np.ndar
     return BaseCAM.aggregate_multi_layers(None, scaled)
 
 
-def run_torchcam(cls, twin, x, layers, **kwargs) -> list[np.ndarray]:
+def run_torchcam(cls, net, layers, **kwargs) -> list[np.ndarray]:
     """TorchCAM maps, one (B, h, w) per layer, at the layers' resolution."""
-    extractor = cls(twin, target_layer=list(layers), input_shape=tuple(x.shape[1:]), **kwargs)
+    *_, twin, x, _, _ = network(net)
+    layers = peer_layers(net, layers)
+    extractor = cls(twin, target_layer=layers, input_shape=tuple(x.shape[1:]), **kwargs)
     with extractor:
         scores = twin(x)
         maps = extractor(class_idx=CLASSES.tolist(), scores=scores)
     return [m.detach().numpy() for m in maps], maps
 
 
-def run_gradcam(cls, twin, x, layers) -> np.ndarray:
+def run_gradcam(cls, net, layers) -> np.ndarray:
     """grad-cam's (B, H, W) maps of CLASSES at the input resolution."""
+    *_, twin, x, _, _ = network(net)
+    layers = peer_layers(net, layers)
     modules = dict(twin.named_modules())
     with cls(twin, [modules[name] for name in layers]) as cam:
         return cam(x, [ClassifierOutputTarget(int(c)) for c in CLASSES])
@@ -241,15 +239,15 @@ SAME_FORMULA = {
 @pytest.mark.parametrize("net", NETWORKS)
 @pytest.mark.parametrize("method", sorted(SAME_FORMULA))
 def test_gradient_methods_match_the_peers(net, method):
-    _, _, images, twin, x, layer, _ = network(net)
+    _, _, images, _, _, layer, _ = network(net)
     raw = camjax_raw(net, method, (layer,))
     gradcam_cls, torchcam_cls = SAME_FORMULA[method]
-    theirs = run_gradcam(getattr(pytorch_grad_cam, gradcam_cls), twin, x, [layer])
+    theirs = run_gradcam(getattr(pytorch_grad_cam, gradcam_cls), net, [layer])
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
     ours = postprocess(jnp.asarray(raw), images.shape[1:3], method="bilinear", normalize=True)
     assert_maps(ours, theirs, PIPELINE_TOL)
     if torchcam_cls is not None:
-        (theirs,), _ = run_torchcam(getattr(torchcam_methods, torchcam_cls), twin, x, [layer])
+        (theirs,), _ = run_torchcam(getattr(torchcam_methods, torchcam_cls), net, [layer])
         assert_maps(torchcam_post(raw), theirs)
         assert_maps(postprocess(jnp.asarray(raw), None, normalize=True), theirs)
 
@@ -257,10 +255,12 @@ def test_gradient_methods_match_the_peers(net, method):
 @pytest.mark.parametrize("net", NETWORKS)
 def test_cam_matches_torchcam(net):
     """CAM (TorchCAM only): the classifier's weights on the GAP's input, no ReLU."""
-    _, _, _, twin, x, layer, _ = network(net)
+    _, _, _, _, _, layer, _ = network(net)
     head = "fc" if net == "cnn" else "head"
     raw = camjax_raw(net, "cam", (layer,), head=head)
-    (theirs,), _ = run_torchcam(torchcam_methods.CAM, twin, x, [layer], fc_layer=head)
+    (theirs,), _ = run_torchcam(
+        torchcam_methods.CAM, net, [layer], fc_layer=peer_layers(net, [head])[0]
+    )
     assert raw.min() < 0  # the signed map: TorchCAM applies no ReLU either
     assert_maps(torchcam_post(raw), theirs)
 
@@ -272,11 +272,11 @@ def test_torchcam_grad_cam_pp_is_its_closed_form_and_camjax_follows_the_paper(ne
     denominator would also sum G^3 A over space, unlike eq. 19). That closed form, on camjax's
     activations and gradients, reproduces TorchCAM; camjax's map (eq. 19, as grad-cam's, see
     test_gradient_methods_match_the_peers) differs from it by far more than rounding."""
-    _, _, _, twin, x, layer, _ = network(net)
+    _, _, _, _, _, layer, _ = network(net)
     acts, grads = ingredients(net, layer)
     weights = np.sum(grads**2 * np.maximum(grads, 0), axis=(1, 2))
     closed = np.maximum(np.einsum("bhwk,bk->bhw", acts, weights), 0)
-    (theirs,), _ = run_torchcam(torchcam_methods.GradCAMpp, twin, x, [layer])
+    (theirs,), _ = run_torchcam(torchcam_methods.GradCAMpp, net, [layer])
     assert_maps(torchcam_post(closed), theirs)
     ours = torchcam_post(camjax_raw(net, "grad_cam_pp", (layer,)))
     assert np.abs(ours - theirs).max() > 100 * TOL
@@ -316,7 +316,11 @@ def test_smooth_grad_cam_pp_on_torchcam_noise(net):
     peer_closed = np.maximum(np.einsum("bhwk,bk->bhw", last_acts, weights), 0)
     samples = iter(torch.from_numpy(n.transpose(0, 3, 1, 2).copy()) for n in noise)
     extractor = torchcam_methods.SmoothGradCAMpp(
-        twin, target_layer=layer, num_samples=num_samples, std=std, input_shape=tuple(x.shape[1:])
+        twin,
+        target_layer=peer_layers(net, [layer]),
+        num_samples=num_samples,
+        std=std,
+        input_shape=tuple(x.shape[1:]),
     )
     extractor._distrib.sample = lambda shape: next(samples)
     with extractor:
@@ -339,9 +343,9 @@ def test_layer_cam_fusion(net):
     divides each map by its max instead (the paper's tanh(2 M / max M)), so TorchCAM's
     normalisation applied to camjax's per-layer maps, then camjax's fusion, reproduces TorchCAM.
     grad-cam: its generic multi-layer mean of per-layer normalised maps, on camjax's."""
-    _, _, images, twin, x, _, pair = network(net)
+    _, _, images, _, _, _, pair = network(net)
     per_layer = [camjax_raw(net, "layer_cam", (name,)) for name in pair]
-    _, tensors = run_torchcam(torchcam_methods.LayerCAM, twin, x, pair)
+    _, tensors = run_torchcam(torchcam_methods.LayerCAM, net, pair)
     theirs = torchcam_methods.LayerCAM.fuse_cams(tensors).numpy()
     fused = explain.gradient.fuse_layer_maps(
         [jnp.asarray(torchcam_post(m))[:, None] for m in per_layer], gamma=2.0
@@ -351,7 +355,7 @@ def test_layer_cam_fusion(net):
     raw = camjax_raw(net, "layer_cam", pair)
     expected = explain.gradient.fuse_layer_maps([jnp.asarray(m)[:, None] for m in per_layer], 2.0)
     np.testing.assert_allclose(raw, expected[:, 0], atol=1e-6)
-    theirs = run_gradcam(pytorch_grad_cam.LayerCAM, twin, x, pair)
+    theirs = run_gradcam(pytorch_grad_cam.LayerCAM, net, pair)
     assert_maps(gradcam_post(per_layer, images.shape[1:3]), theirs)
 
 
@@ -373,7 +377,7 @@ def test_eigen_methods_match_grad_cam(net, method, monkeypatch):
     grad-cam keeps LAPACK's, camjax correlates it with the channel sum. grad-cam's projection
     equals camjax's up to a per-image sign; with camjax's orientation patched into grad-cam,
     the whole pipeline matches."""
-    _, _, images, twin, x, layer, _ = network(net)
+    _, _, images, _, _, layer, _ = network(net)
     acts, grads = ingredients(net, layer)
     inputs = acts if method == "eigen_cam" else grads * acts
     theirs = get_2d_projection(inputs.transpose(0, 3, 1, 2).astype(np.float32))
@@ -385,6 +389,6 @@ def test_eigen_methods_match_grad_cam(net, method, monkeypatch):
     cls = "EigenCAM" if method == "eigen_cam" else "EigenGradCAM"
     module = sys.modules[f"pytorch_grad_cam.{method}"]
     monkeypatch.setattr(module, "get_2d_projection", oriented_projection)
-    theirs = run_gradcam(getattr(pytorch_grad_cam, cls), twin, x, [layer])
+    theirs = run_gradcam(getattr(pytorch_grad_cam, cls), net, [layer])
     raw = camjax_raw(net, method, (layer,))
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
