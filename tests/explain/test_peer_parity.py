@@ -449,7 +449,7 @@ def test_ss_cam_matches_torchcam_on_the_same_noise(net):
     def draw(s):  # (B, K, H, W), TorchCAM's noise shape
         per_channel = jax.vmap(lambda b, c: ss_cam_noise(key, b, s, c, size, std), (None, 0))
         noise = jax.vmap(per_channel, (0, None))(jnp.arange(len(images)), jnp.arange(channels))
-        return torch.from_numpy(np.asarray(noise, np.float32))
+        return torch.from_numpy(np.array(noise, np.float32))  # writable, as torch wants
 
     samples = iter([draw(s) for s in range(num_samples)])
     raw = camjax_raw(net, "ss_cam", (layer,), num_samples=num_samples, std=std, **TORCHCAM_SCORE)
