@@ -36,6 +36,11 @@ gradients, and camjax against the paper's formula or the other peer:
 - Eigen-CAM: the principal component's sign is arbitrary; grad-cam keeps LAPACK's, camjax
   orients it to correlate with the activations' channel sum. grad-cam is run with camjax's
   convention patched in, and its own projection is compared up to that sign.
+- Score-CAM, SS-CAM, IS-CAM: the peers differ from the paper and from each other (mask
+  normalisation before/after upsampling, align_corners, a softmax over channels of logits,
+  low-resolution combination); camjax's options reproduce each (its defaults are the paper's).
+  The noisy ones run on camjax's noise fed to TorchCAM's sampler. Ablation-CAM: grad-cam's, on
+  post-ReLU layers (ablation value 0).
 """
 
 import functools
@@ -66,6 +71,7 @@ from benchmarks.torch_models import VGG16GAP, LogitsOnly, camjax_state_dict  # n
 from camjax import explain  # noqa: E402
 from camjax.cam import postprocess  # noqa: E402
 from camjax.explain.activation import principal_projection  # noqa: E402
+from camjax.explain.perturbation import ss_cam_noise  # noqa: E402
 from camjax.explain.probe import Probe  # noqa: E402
 from camjax.explain.targets import Target  # noqa: E402
 from camjax.models import create_model  # noqa: E402
@@ -399,14 +405,8 @@ def test_eigen_methods_match_grad_cam(net, method, monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# The perturbation methods of branch issue13-perturb (camjax/explain/perturbation.py): written
-# against that branch's options, skipped until it is merged. Their options reproduce each peer
-# (the defaults follow the paper and the official Score-CAM code): see that module's table.
-PERTURBATION_METHODS = {"score_cam", "ss_cam", "is_cam", "ablation_cam"}
-perturbation = pytest.mark.skipif(
-    not PERTURBATION_METHODS <= set(explain.METHODS),
-    reason="camjax.explain's perturbation methods (branch issue13-perturb) are not merged yet",
-)
+# The perturbation methods (camjax/explain/perturbation.py). Their defaults follow the paper and
+# the official Score-CAM code; options reproduce each peer (that module's table).
 TORCHCAM_SCORE = dict(
     weights="channel_softmax", normalize_masks="before", align_corners=False, combine="layer"
 )
@@ -415,7 +415,6 @@ GRAD_CAM_SCORE = dict(
 )
 
 
-@perturbation
 @pytest.mark.parametrize("net", NETWORKS)
 def test_score_cam_matches_both_peers(net):
     """Score-CAM, where the peers differ from each other and from the paper: TorchCAM
@@ -432,14 +431,11 @@ def test_score_cam_matches_both_peers(net):
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
 
 
-@perturbation
 @pytest.mark.parametrize("net", ["cnn"])  # the noisy forwards: the small network is enough
 def test_ss_cam_matches_torchcam_on_the_same_noise(net):
     """SS-CAM (TorchCAM only): noise N(0, std^2) on each upsampled, normalised mask, scores
     averaged over the draws. TorchCAM's sampler is fed camjax's noise
     (`perturbation.ss_cam_noise`, a function of (key, image, draw, channel))."""
-    from camjax.explain.perturbation import ss_cam_noise
-
     num_samples, std = 2, 2.0
     _, _, images, _, _, layer, _ = network(net)
     channels = ingredients(net, layer)[0].shape[-1]
@@ -464,7 +460,6 @@ def test_ss_cam_matches_torchcam_on_the_same_noise(net):
     assert_maps(torchcam_post(raw), theirs)
 
 
-@perturbation
 @pytest.mark.parametrize("net", ["cnn"])
 def test_is_cam_matches_torchcam(net):
     """IS-CAM (TorchCAM only): scores of c_i * mask * x averaged over i = 1..N with TorchCAM's
@@ -475,7 +470,6 @@ def test_is_cam_matches_torchcam(net):
     assert_maps(torchcam_post(raw), theirs)
 
 
-@perturbation
 @pytest.mark.parametrize("net", NETWORKS)
 def test_ablation_cam_matches_grad_cam(net):
     """Ablation-CAM (grad-cam only): w_k = (y - y_k) / y with channel k set to 0 on these
