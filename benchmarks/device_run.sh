@@ -13,6 +13,9 @@
 #
 #   device run, carry [".whl"], timeout_s 600:  bash benchmarks/device_run.sh [core|more|STEP...]
 #
+# The group `explain` (issue 13: explainer methods vs TorchCAM and pytorch-grad-cam) is a third
+# call: `bash benchmarks/device_run.sh explain`.
+#
 # SMOKE=1 runs every step at toy sizes on any machine (checks the command lines on CPU).
 set -uo pipefail
 
@@ -95,6 +98,13 @@ step core cam_vgg16 80 \
 step core train_input_vgg16 100 \
   "$PY $B/train_input.py --model vgg16_gap --batch 128 --dtype bfloat16 --steps 30 --num_images 2048 --workers 16" \
   "$PY $B/train_input.py --model vgg16_gap --batch 8 --width 0.0625 --steps 2 --num_images 600 --workers 2"
+# Issue 13: every explainer method against TorchCAM and pytorch-grad-cam on VGG16-GAP (goal
+# >= 3x the faster peer for every method on the card). The peers' Score-CAM family runs the
+# whole network once per channel and image (1024 per image; SS-CAM 35 times that): batch 1.
+EXPLAIN="$PY $B/explain_throughput.py --model vgg16_gap --size 224"
+step explain explain_vgg16 300 \
+  "$EXPLAIN --batch 8 --repeats 5 --methods cam grad_cam grad_cam_pp smooth_grad_cam_pp xgrad_cam hires_cam layer_cam eigen_cam eigen_grad_cam; $EXPLAIN --batch 1 --repeats 1 --methods score_cam is_cam ablation_cam ss_cam" \
+  "$PY $B/explain_throughput.py --smoke"
 step more cam_googlenet 80 \
   "$PY $B/cam_throughput.py --model googlenet_gap --batch 256 --dtype bfloat16 --iters 10" \
   "$PY $B/cam_throughput.py --model googlenet_gap --batch 2 $TOY"

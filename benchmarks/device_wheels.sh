@@ -44,8 +44,13 @@ WHEELS=(
   tensorflow-metadata==1.17.3
   termcolor==3.3.0
   toml==0.10.2
+  # The peers of benchmarks/explain_throughput.py (issue 13); the image has their other
+  # requirements (torchvision, scikit-learn, matplotlib, opencv, scipy, tqdm).
+  torchcam==0.5.0
+  ttach==0.0.3
 )
-SDIST_AS_WHEEL=(promise==2.3)  # pure python, no wheel on PyPI
+# pure python, no wheel on PyPI
+SDIST_AS_WHEEL=(promise==2.3 grad-cam==1.5.7)
 
 PY=${PYTHON:-python3}
 ROOT=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)

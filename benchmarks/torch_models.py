@@ -33,11 +33,13 @@ class _GapNet(nn.Module):
         # camjax rounds CAM_conv's width to a multiple of groups so the groups split evenly.
         features = scaled_width(cam_features, width, groups)
         self.cam_conv = nn.Conv2d(in_channels, features, 3, padding=1, groups=groups)
+        # camjax's Tap: the feature map as a module output, where the CAM libraries hook.
+        self.feature_map = nn.Identity()
         self.head = nn.Linear(features, num_classes)
 
     def _head(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, h, w) -> (logits (B, num_classes), feature_map (B, features, h, w))."""
-        feature_map = F.relu(self.cam_conv(x))
+        feature_map = self.feature_map(F.relu(self.cam_conv(x)))
         # camjax pools in float32 whatever the compute dtype.
         logits = self.head(feature_map.float().mean(dim=(2, 3)))
         return logits, feature_map
@@ -184,6 +186,18 @@ def camjax_state_dict(variables: Mapping[str, Any]) -> dict[str, torch.Tensor]:
             raise ValueError(f"camjax parameter {'/'.join(path)} has no PyTorch twin.")
         state[".".join((*path[:-1], key))] = torch.from_numpy(np.ascontiguousarray(value))
     return state
+
+
+class LogitsOnly(nn.Module):
+    """A twin whose forward returns the logits alone, as TorchCAM and pytorch-grad-cam expect;
+    its layers keep their names under `net.` (`net.feature_map`, `net.conv5_3`)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[0]
 
 
 def load_camjax_variables(module: nn.Module, variables: Mapping[str, Any]) -> nn.Module:

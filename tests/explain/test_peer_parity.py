@@ -1,0 +1,482 @@
+"""Parity of camjax's explainers with TorchCAM 0.5.0 and pytorch-grad-cam 1.5.7 (issue 13).
+
+Each peer runs on a PyTorch twin of the camjax network, with the camjax weights copied in, on
+the same images and target classes (not the top-1, so the targets are really passed through):
+
+- a small CNN written here in both frameworks (three conv-ReLU stages with pooling, GAP, a
+  linear classifier; its ReLUs are modules, so both sides can probe post-ReLU layers);
+- camjax's VGG16GAP (width 1/16, 64 px) and its twin from benchmarks/torch_models.py, which has
+  an identity module at the feature map (camjax's `Tap`), so the peers can hook it too.
+
+How maps are compared. camjax's raw maps (`size=None, normalize=False`) go through each peer's
+own post-processing, the peer's code where it is importable: TorchCAM min-max normalises at the
+layer's resolution with eps 1e-8 (`_CAM._normalize`); grad-cam ReLUs, min-max normalises with
+eps 1e-7, resizes to the input with cv2 INTER_LINEAR, and min-max normalises again after
+averaging its layers (`scale_cam_image`, `aggregate_multi_layers`). camjax's own pipeline
+(`postprocess(..., method='bilinear', normalize=True)`, what `explainer(size='input',
+resize='bilinear')` does) is compared too, which differs from grad-cam's only by those eps.
+
+Tolerance: atol 1e-5 on maps in [0, 1] (`TOL`). Both sides compute in float32 with different
+convolution kernels (XLA vs oneDNN) and summation orders: the networks' activations and
+gradients agree to a few 1e-7 relative, and the min-max stretches a map's error by
+|map| / range(map), a few units here; the largest difference measured over these tests is
+2e-6, so 1e-5 leaves a 5x margin and still fails on any formula change (the departures
+documented below move maps by 1e-2 or more).
+
+Where a peer departs from its paper (issue 13: follow the paper and document), the peer is
+checked against the closed form of what it computes, built from camjax's own activations and
+gradients, and camjax against the paper's formula or the other peer:
+- Grad-CAM++: TorchCAM's `alpha[mask].div_()` divides a copy, so its weights are
+  sum_xy G^2 ReLU(G); grad-cam follows the paper (eq. 19), and camjax matches grad-cam.
+- Smooth Grad-CAM++ (TorchCAM only): its alpha's denominator sums G^3 A over space, the weights
+  use the last noisy sample's gradient and the map its activations; camjax follows the paper
+  (averaged G, G^2, G^3; clean activations). Both are checked on the same noise.
+- LayerCAM fusion: TorchCAM min-max normalises each layer before tanh(2 x) and takes the max;
+  camjax divides by the max (the paper's tanh(2 M / max M)); grad-cam averages its layers.
+- Eigen-CAM: the principal component's sign is arbitrary; grad-cam keeps LAPACK's, camjax
+  orients it to correlate with the activations' channel sum. grad-cam is run with camjax's
+  convention patched in, and its own projection is compared up to that sign.
+- Score-CAM, SS-CAM, IS-CAM: the peers differ from the paper and from each other (mask
+  normalisation before/after upsampling, align_corners, a softmax over channels of logits,
+  low-resolution combination); camjax's options reproduce each (its defaults are the paper's).
+  The noisy ones run on camjax's noise fed to TorchCAM's sampler. Ablation-CAM: grad-cam's, on
+  post-ReLU layers (ablation value 0).
+"""
+
+import functools
+import sys
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+with warnings.catch_warnings():
+    # torchvision 0.16.2 on torch 2.13 cannot load its C image extension; grad-cam needs none.
+    warnings.simplefilter("ignore")
+    torchcam_methods = pytest.importorskip("torchcam.methods")
+    pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
+
+from pytorch_grad_cam.base_cam import BaseCAM  # noqa: E402
+from pytorch_grad_cam.utils.image import scale_cam_image  # noqa: E402
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa: E402
+from torch import nn as tnn  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from benchmarks.torch_models import VGG16GAP, LogitsOnly, camjax_state_dict  # noqa: E402
+from camjax import explain  # noqa: E402
+from camjax.cam import postprocess  # noqa: E402
+from camjax.explain.activation import principal_projection  # noqa: E402
+from camjax.explain.perturbation import ss_cam_noise  # noqa: E402
+from camjax.explain.probe import Probe  # noqa: E402
+from camjax.explain.targets import Target  # noqa: E402
+from camjax.models import create_model  # noqa: E402
+
+TOL = 1e-5
+# camjax's min-max has no eps, grad-cam's adds 1e-7 to the range twice: on these maps the
+# difference stays below 1e-7 / range(raw map) ~ 1e-5 (raw ranges are >= 1e-2 here).
+PIPELINE_TOL = 2e-5
+NUM_CLASSES = 5
+CLASSES = np.array([3, 0, 4])  # one per image; deliberately not the top-1 prediction
+
+
+class ReLU(nn.Module):
+    """A ReLU with a module path, as a user writing torch-style layers would have."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.relu(x)
+
+
+class FlaxCNN(nn.Module):
+    """conv3x3-ReLU (32 px) / pool / conv3x3-ReLU (16 px) / pool / conv3x3-ReLU (8 px), GAP, fc."""
+
+    num_classes: int = NUM_CLASSES
+
+    @nn.compact
+    def __call__(self, x):
+        x = ReLU(name="relu1")(nn.Conv(8, (3, 3), name="conv1")(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = ReLU(name="relu2")(nn.Conv(16, (3, 3), name="conv2")(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = ReLU(name="relu3")(nn.Conv(16, (3, 3), name="conv3")(x))
+        return nn.Dense(self.num_classes, name="fc")(jnp.mean(x, axis=(1, 2)))
+
+
+class TorchCNN(tnn.Module):
+    """FlaxCNN in PyTorch, module for module (Flax's SAME 3x3 convolution is padding 1)."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        super().__init__()
+        self.conv1, self.relu1 = tnn.Conv2d(3, 8, 3, padding=1), tnn.ReLU()
+        self.conv2, self.relu2 = tnn.Conv2d(8, 16, 3, padding=1), tnn.ReLU()
+        self.conv3, self.relu3 = tnn.Conv2d(16, 16, 3, padding=1), tnn.ReLU()
+        self.fc = tnn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(self.relu1(self.conv1(x)), 2)
+        x = F.max_pool2d(self.relu2(self.conv2(x)), 2)
+        return self.fc(self.relu3(self.conv3(x)).mean(dim=(2, 3)))
+
+
+def _random_variables(model, images, rng):
+    """He-scaled random kernels and random biases (not zeros: a misplaced bias would show)."""
+
+    def draw(leaf):
+        fan_in = np.prod(leaf.shape[:-1]) if leaf.ndim > 1 else 1
+        scale = np.sqrt(2 / fan_in) if leaf.ndim > 1 else 0.1
+        return jnp.asarray((scale * rng.standard_normal(leaf.shape)).astype(np.float32))
+
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), images))
+    return jax.tree.map(draw, shapes)
+
+
+@functools.cache
+def network(name: str):
+    """(camjax model, variables, images (B, H, W, 3), torch twin in eval mode, its input NCHW,
+    single layer, the pair of layers for LayerCAM's fusion)."""
+    rng = np.random.default_rng(0)
+    if name == "cnn":
+        model, twin, size = FlaxCNN(), TorchCNN(), 32
+        layer, pair = "relu3", ("relu2", "relu3")
+    else:
+        model = create_model("vgg16_gap", num_classes=NUM_CLASSES, width=1 / 16, groups=2)
+        twin, size = VGG16GAP(1 / 16, NUM_CLASSES, 2), 64
+        layer, pair = "feature_map", ("conv4_3", "feature_map")
+    images = rng.standard_normal((len(CLASSES), size, size, 3)).astype(np.float32)
+    variables = _random_variables(model, images, rng)
+    twin.load_state_dict(camjax_state_dict(variables), strict=True)
+    if name != "cnn":  # returns logits only, its layers at `net.<camjax's module path>`
+        twin = LogitsOnly(twin)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    return model, variables, images, twin.eval(), x, layer, pair
+
+
+NETWORKS = ("cnn", "vgg16_gap")
+
+
+def peer_layers(net: str, layers) -> list[str]:
+    """The twin's module names of camjax's module paths."""
+    return [name if net == "cnn" else f"net.{name}" for name in layers]
+
+
+@functools.cache
+def camjax_raw(net: str, method: str, layers: tuple[str, ...], **options) -> np.ndarray:
+    """camjax's raw maps (B, h, w) of CLASSES: no resize, no normalisation."""
+    model, variables, images, *_ = network(net)
+    layer = layers[0] if len(layers) == 1 else layers
+    f = explain.explainer(
+        model, variables, method, layer=layer, size=None, normalize=False, **options
+    )
+    return np.asarray(f(images, targets=CLASSES).cams[:, 0])
+
+
+@functools.cache
+def _gradients(net: str, layer: str):
+    model, *_ = network(net)
+    target = Target(given=jnp.asarray(CLASSES)[:, None])
+    return jax.jit(lambda v, x: Probe(model, (layer,)).gradients(v, x, target.cotangents))
+
+
+def ingredients(net: str, layer: str, images=None):
+    """camjax's activations A (B, h, w, K) and gradients G (B, h, w, K) of CLASSES' logits,
+    float64 for the closed forms built from them."""
+    _, variables, clean, *_ = network(net)
+    _, (acts,), (grads,) = _gradients(net, layer)(variables, clean if images is None else images)
+    return np.asarray(acts, np.float64), np.asarray(grads[0], np.float64)
+
+
+def torchcam_post(maps: np.ndarray) -> np.ndarray:
+    """TorchCAM's normalisation of (B, h, w) maps (ReLU'd by the method), by TorchCAM's code."""
+    return torchcam_methods.core._CAM._normalize(torch.tensor(maps, dtype=torch.float32)).numpy()
+
+
+def gradcam_post(layer_maps: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    """grad-cam's pipeline, by grad-cam's code, on each layer's raw (B, h, w) maps: ReLU,
+    min-max, cv2 resize to size (H, W); then the mean over layers and min-max again."""
+    scaled = [
+        scale_cam_image(np.maximum(m, 0).astype(np.float32), size[::-1])[:, None]
+        for m in layer_maps
+    ]
+    return BaseCAM.aggregate_multi_layers(None, scaled)
+
+
+def run_torchcam(cls, net, layers, setup=None, **kwargs) -> list[np.ndarray]:
+    """TorchCAM maps, one (B, h, w) per layer, at the layers' resolution; setup(extractor)
+    runs first (e.g. to feed it noise)."""
+    *_, twin, x, _, _ = network(net)
+    layers = peer_layers(net, layers)
+    extractor = cls(twin, target_layer=layers, input_shape=tuple(x.shape[1:]), **kwargs)
+    if setup is not None:
+        setup(extractor)
+    with extractor:
+        scores = twin(x)
+        scores = scores if extractor._score_used else None  # the score family reruns the net
+        maps = extractor(class_idx=CLASSES.tolist(), scores=scores)
+    return [m.detach().numpy() for m in maps], maps
+
+
+def run_gradcam(cls, net, layers) -> np.ndarray:
+    """grad-cam's (B, H, W) maps of CLASSES at the input resolution."""
+    *_, twin, x, _, _ = network(net)
+    layers = peer_layers(net, layers)
+    modules = dict(twin.named_modules())
+    with cls(twin, [modules[name] for name in layers]) as cam:
+        return cam(x, [ClassifierOutputTarget(int(c)) for c in CLASSES])
+
+
+def assert_maps(ours, theirs, tol=TOL):
+    ours, theirs = np.asarray(ours), np.asarray(theirs)
+    assert ours.shape == theirs.shape
+    assert np.ptp(theirs) > 0.5, "a degenerate map compares nothing"
+    np.testing.assert_allclose(ours, theirs, atol=tol, rtol=0)
+
+
+# camjax method -> (grad-cam class, TorchCAM class): the peers implementing it to the same formula.
+SAME_FORMULA = {
+    "grad_cam": ("GradCAM", "GradCAM"),
+    "grad_cam_pp": ("GradCAMPlusPlus", None),  # TorchCAM's: see test_torchcam_grad_cam_pp
+    "xgrad_cam": ("XGradCAM", "XGradCAM"),
+    "hires_cam": ("HiResCAM", None),
+    "layer_cam": ("LayerCAM", "LayerCAM"),
+}
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+@pytest.mark.parametrize("method", sorted(SAME_FORMULA))
+def test_gradient_methods_match_the_peers(net, method):
+    _, _, images, _, _, layer, _ = network(net)
+    raw = camjax_raw(net, method, (layer,))
+    gradcam_cls, torchcam_cls = SAME_FORMULA[method]
+    theirs = run_gradcam(getattr(pytorch_grad_cam, gradcam_cls), net, [layer])
+    assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
+    ours = postprocess(jnp.asarray(raw), images.shape[1:3], method="bilinear", normalize=True)
+    assert_maps(ours, theirs, PIPELINE_TOL)
+    if torchcam_cls is not None:
+        (theirs,), _ = run_torchcam(getattr(torchcam_methods, torchcam_cls), net, [layer])
+        assert_maps(torchcam_post(raw), theirs)
+        assert_maps(postprocess(jnp.asarray(raw), None, normalize=True), theirs)
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+def test_cam_matches_torchcam(net):
+    """CAM (TorchCAM only): the classifier's weights on the GAP's input, no ReLU."""
+    _, _, _, _, _, layer, _ = network(net)
+    head = "fc" if net == "cnn" else "head"
+    raw = camjax_raw(net, "cam", (layer,), head=head)
+    (theirs,), _ = run_torchcam(
+        torchcam_methods.CAM, net, [layer], fc_layer=peer_layers(net, [head])[0]
+    )
+    assert raw.min() < 0  # the signed map: TorchCAM applies no ReLU either
+    assert_maps(torchcam_post(raw), theirs)
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+def test_torchcam_grad_cam_pp_is_its_closed_form_and_camjax_follows_the_paper(net):
+    """TorchCAM 0.5.0's Grad-CAM++ departs from the paper: `alpha[mask].div_(...)` divides a
+    copy made by boolean indexing, so alpha stays G^2 and w_k = sum_xy G^2 ReLU(G) (its
+    denominator would also sum G^3 A over space, unlike eq. 19). That closed form, on camjax's
+    activations and gradients, reproduces TorchCAM; camjax's map (eq. 19, as grad-cam's, see
+    test_gradient_methods_match_the_peers) differs from it by far more than rounding."""
+    _, _, _, _, _, layer, _ = network(net)
+    acts, grads = ingredients(net, layer)
+    weights = np.sum(grads**2 * np.maximum(grads, 0), axis=(1, 2))
+    closed = np.maximum(np.einsum("bhwk,bk->bhw", acts, weights), 0)
+    (theirs,), _ = run_torchcam(torchcam_methods.GradCAMpp, net, [layer])
+    assert_maps(torchcam_post(closed), theirs)
+    ours = torchcam_post(camjax_raw(net, "grad_cam_pp", (layer,)))
+    assert np.abs(ours - theirs).max() > 100 * TOL
+
+
+def camjax_noise(images, num_samples, std):
+    """The noise camjax's smooth_grad_cam_pp draws with its default key 0: (num_samples, B, H,
+    W, 3), image b's from fold_in(key, b), sample s's from fold_in of that (batch-independent)."""
+    keys = [jax.random.fold_in(jax.random.key(0), b) for b in range(images.shape[0])]
+
+    def sample(s):
+        return [std * jax.random.normal(jax.random.fold_in(k, s), images.shape[1:]) for k in keys]
+
+    return np.stack([np.stack(sample(s)) for s in range(num_samples)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+def test_smooth_grad_cam_pp_on_torchcam_noise(net):
+    """Smooth Grad-CAM++ (TorchCAM only), on the same noise (camjax's, fed to TorchCAM's
+    sampler). TorchCAM computes alpha = mean(G^2) / (2 mean(G^2) + sum_xy(mean(G^3) A) + 1e-8)
+    with the clean A, but w = sum_xy alpha ReLU(G_last) and the map sum_k w_k A_last with the
+    last noisy sample's gradient and activations: that closed form reproduces it. camjax
+    follows the paper (Omeiza et al.): alpha from mean(G^2), mean(G^3) and sum_xy A (eq. 19),
+    w from mean(G), the map on the clean activations: that closed form reproduces camjax."""
+    num_samples, std = 3, 0.3
+    _, _, images, twin, x, layer, _ = network(net)
+    noise = camjax_noise(images, num_samples, std)
+    clean_acts, _ = ingredients(net, layer)
+    noisy = [ingredients(net, layer, images + n) for n in noise]
+    g = np.mean([gr for _, gr in noisy], axis=0)
+    g2 = np.mean([gr**2 for _, gr in noisy], axis=0)
+    g3 = np.mean([gr**3 for _, gr in noisy], axis=0)
+    last_acts, last_g = noisy[-1]
+
+    alpha = g2 / (2 * g2 + np.sum(g3 * clean_acts, axis=(1, 2), keepdims=True) + 1e-8)
+    weights = np.sum(alpha * np.maximum(last_g, 0), axis=(1, 2))
+    peer_closed = np.maximum(np.einsum("bhwk,bk->bhw", last_acts, weights), 0)
+    samples = iter(torch.from_numpy(n.transpose(0, 3, 1, 2).copy()) for n in noise)
+    extractor = torchcam_methods.SmoothGradCAMpp(
+        twin,
+        target_layer=peer_layers(net, [layer]),
+        num_samples=num_samples,
+        std=std,
+        input_shape=tuple(x.shape[1:]),
+    )
+    extractor._distrib.sample = lambda shape: next(samples)
+    with extractor:
+        twin(x)
+        (theirs,) = extractor(class_idx=CLASSES.tolist())
+    assert_maps(torchcam_post(peer_closed), theirs.numpy())
+
+    act_sum = np.sum(clean_acts, axis=(1, 2), keepdims=True)
+    alpha = np.where(g != 0, g2 / (2 * g2 + act_sum * g3 + 1e-6), 0)
+    weights = np.sum(alpha * np.maximum(g, 0), axis=(1, 2))
+    paper = np.maximum(np.einsum("bhwk,bk->bhw", clean_acts, weights), 0)
+    ours = camjax_raw(net, "smooth_grad_cam_pp", (layer,), num_samples=num_samples, std=std)
+    assert_maps(torchcam_post(ours), torchcam_post(paper))
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+def test_layer_cam_fusion(net):
+    """LayerCAM over two layers of different resolutions. TorchCAM: per-layer min-max, then
+    `fuse_cams` = max over layers of bilinear(tanh(2 x)), no renormalisation; camjax's fusion
+    divides each map by its max instead (the paper's tanh(2 M / max M)), so TorchCAM's
+    normalisation applied to camjax's per-layer maps, then camjax's fusion, reproduces TorchCAM.
+    grad-cam: its generic multi-layer mean of per-layer normalised maps, on camjax's."""
+    _, _, images, _, _, _, pair = network(net)
+    per_layer = [camjax_raw(net, "layer_cam", (name,)) for name in pair]
+    _, tensors = run_torchcam(torchcam_methods.LayerCAM, net, pair)
+    theirs = torchcam_methods.LayerCAM.fuse_cams(tensors).numpy()
+    fused = explain.gradient.fuse_layer_maps(
+        [jnp.asarray(torchcam_post(m))[:, None] for m in per_layer], gamma=2.0
+    )
+    assert_maps(np.asarray(fused[:, 0]), theirs)
+    # camjax's explainer over both layers is that fusion of its own per-layer maps.
+    raw = camjax_raw(net, "layer_cam", pair)
+    expected = explain.gradient.fuse_layer_maps([jnp.asarray(m)[:, None] for m in per_layer], 2.0)
+    np.testing.assert_allclose(raw, expected[:, 0], atol=1e-6)
+    theirs = run_gradcam(pytorch_grad_cam.LayerCAM, net, pair)
+    assert_maps(gradcam_post(per_layer, images.shape[1:3]), theirs)
+
+
+def oriented_projection(activation_batch: np.ndarray) -> np.ndarray:
+    """grad-cam's `get_2d_projection` (B, K, h, w) -> (B, h, w), oriented as camjax's
+    `principal_projection`: positively correlated with the channel sum of the activations."""
+    projection = get_2d_projection(activation_batch)
+    activity = activation_batch.sum(axis=1)
+    activity = activity - activity.mean(axis=(1, 2), keepdims=True)
+    flip = np.sum(projection * activity, axis=(1, 2)) < 0
+    return np.where(flip[:, None, None], -projection, projection).astype(np.float32)
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+@pytest.mark.parametrize("method", ["eigen_cam", "eigen_grad_cam"])
+def test_eigen_methods_match_grad_cam(net, method, monkeypatch):
+    """Eigen-CAM and Eigen-Grad-CAM (grad-cam only; both centre the positions' K-vectors
+    before the SVD, which the paper does not). The principal component's sign is arbitrary:
+    grad-cam keeps LAPACK's, camjax correlates it with the channel sum. grad-cam's projection
+    equals camjax's up to a per-image sign; with camjax's orientation patched into grad-cam,
+    the whole pipeline matches."""
+    _, _, images, _, _, layer, _ = network(net)
+    acts, grads = ingredients(net, layer)
+    inputs = acts if method == "eigen_cam" else grads * acts
+    theirs = get_2d_projection(inputs.transpose(0, 3, 1, 2).astype(np.float32))
+    ours = np.asarray(jax.vmap(principal_projection)(jnp.asarray(inputs, jnp.float32)))
+    signs = np.sign(np.sum(ours * theirs, axis=(1, 2)))[:, None, None]
+    scale = np.abs(theirs).max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(ours / scale, signs * theirs / scale, atol=TOL)
+
+    cls = "EigenCAM" if method == "eigen_cam" else "EigenGradCAM"
+    module = sys.modules[f"pytorch_grad_cam.{method}"]
+    monkeypatch.setattr(module, "get_2d_projection", oriented_projection)
+    theirs = run_gradcam(getattr(pytorch_grad_cam, cls), net, [layer])
+    raw = camjax_raw(net, method, (layer,))
+    assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The perturbation methods (camjax/explain/perturbation.py). Their defaults follow the paper and
+# the official Score-CAM code; options reproduce each peer (that module's table).
+TORCHCAM_SCORE = dict(
+    weights="channel_softmax", normalize_masks="before", align_corners=False, combine="layer"
+)
+GRAD_CAM_SCORE = dict(
+    weights="channel_softmax", normalize_masks="after", align_corners=True, combine="layer"
+)
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+def test_score_cam_matches_both_peers(net):
+    """Score-CAM, where the peers differ from each other and from the paper: TorchCAM
+    normalises each channel's mask at the layer's resolution and upsamples it (align_corners
+    False), grad-cam upsamples (align_corners True) and then normalises; both weight channels
+    by a softmax over channels of the masked copies' logits and sum the low-resolution
+    activations. camjax reproduces each with its options (its default is the paper's)."""
+    _, _, images, _, _, layer, _ = network(net)
+    raw = camjax_raw(net, "score_cam", (layer,), **TORCHCAM_SCORE)
+    (theirs,), _ = run_torchcam(torchcam_methods.ScoreCAM, net, [layer])
+    assert_maps(torchcam_post(raw), theirs)
+    raw = camjax_raw(net, "score_cam", (layer,), **GRAD_CAM_SCORE)
+    theirs = run_gradcam(pytorch_grad_cam.ScoreCAM, net, [layer])
+    assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
+
+
+@pytest.mark.parametrize("net", ["cnn"])  # the noisy forwards: the small network is enough
+def test_ss_cam_matches_torchcam_on_the_same_noise(net):
+    """SS-CAM (TorchCAM only): noise N(0, std^2) on each upsampled, normalised mask, scores
+    averaged over the draws. TorchCAM's sampler is fed camjax's noise
+    (`perturbation.ss_cam_noise`, a function of (key, image, draw, channel))."""
+    num_samples, std = 2, 2.0
+    _, _, images, _, _, layer, _ = network(net)
+    channels = ingredients(net, layer)[0].shape[-1]
+    size = images.shape[1:3]
+    key = jax.random.key(0)  # the explainer's default key
+
+    def draw(s):  # (B, K, H, W), TorchCAM's noise shape
+        per_channel = jax.vmap(lambda b, c: ss_cam_noise(key, b, s, c, size, std), (None, 0))
+        noise = jax.vmap(per_channel, (0, None))(jnp.arange(len(images)), jnp.arange(channels))
+        return torch.from_numpy(np.array(noise, np.float32))  # writable, as torch wants
+
+    samples = iter([draw(s) for s in range(num_samples)])
+    raw = camjax_raw(net, "ss_cam", (layer,), num_samples=num_samples, std=std, **TORCHCAM_SCORE)
+    (theirs,), _ = run_torchcam(
+        torchcam_methods.SSCAM,
+        net,
+        [layer],
+        num_samples=num_samples,
+        std=std,
+        setup=lambda extractor: setattr(extractor._distrib, "sample", lambda _: next(samples)),
+    )
+    assert_maps(torchcam_post(raw), theirs)
+
+
+@pytest.mark.parametrize("net", ["cnn"])
+def test_is_cam_matches_torchcam(net):
+    """IS-CAM (TorchCAM only): scores of c_i * mask * x averaged over i = 1..N with TorchCAM's
+    cumulative c_i = sum_{j<=i} j / N (camjax's path='cumulative')."""
+    _, _, _, _, _, layer, _ = network(net)
+    raw = camjax_raw(net, "is_cam", (layer,), num_samples=3, path="cumulative", **TORCHCAM_SCORE)
+    (theirs,), _ = run_torchcam(torchcam_methods.ISCAM, net, [layer], num_samples=3)
+    assert_maps(torchcam_post(raw), theirs)
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+def test_ablation_cam_matches_grad_cam(net):
+    """Ablation-CAM (grad-cam only): w_k = (y - y_k) / y with channel k set to 0 on these
+    post-ReLU layers (grad-cam's rule gives 0 when the activations' minimum is 0; elsewhere its
+    row-dependent min - (i + 1) 1e7 is a quirk camjax does not copy)."""
+    _, _, images, _, _, layer, _ = network(net)
+    assert ingredients(net, layer)[0].min(axis=(1, 2, 3)).max() == 0
+    raw = camjax_raw(net, "ablation_cam", (layer,), value="pytorch_grad_cam")
+    theirs = run_gradcam(pytorch_grad_cam.AblationCAM, net, [layer])
+    assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
