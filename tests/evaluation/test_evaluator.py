@@ -7,6 +7,7 @@ the published evaluator's rules, on the very score maps the evaluator made.
 
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -30,12 +31,12 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
-    config = tiny.get_config()
-    config.data.data_dir = data_dir
-    workdir = str(tmp_path_factory.mktemp("run"))
-    loop.train_and_evaluate(config, workdir)
-    return config, workdir
+def trained(tiny_run, tmp_path_factory):
+    """The session's trained tiny run, copied: evaluation writes into its workdir."""
+    config, pristine = tiny_run
+    workdir = str(tmp_path_factory.mktemp("run") / "run")
+    shutil.copytree(pristine, workdir)
+    return config.copy_and_resolve_references(), workdir
 
 
 @pytest.fixture(scope="module")
