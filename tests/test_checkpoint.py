@@ -93,6 +93,7 @@ def evaluate_cli(*args):
     )
 
 
+@pytest.mark.slow  # two evaluate.py processes, end to end
 def test_evaluate_needs_only_the_workdir(saved_run):
     config, workdir, _ = saved_run
     done = evaluate_cli(f"--workdir={workdir}")

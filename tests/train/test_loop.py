@@ -41,6 +41,7 @@ def saved_params(workdir, step=None):
     return step, restored["state"]["params"]
 
 
+@pytest.mark.slow  # two training runs, end to end
 def test_one_device_and_eight_devices_train_the_same(data_dir, tmp_path, monkeypatch):
     assert jax.device_count() == 8
     config = tiny_config(data_dir, num_steps=3)
@@ -249,6 +250,7 @@ def test_optimizer_groups_and_schedules():
         optim.learning_rate_schedule(config, 10)
 
 
+@pytest.mark.slow  # three training runs, end to end
 def test_run_starts_from_pretrained_weights_and_resume_ignores_them(data_dir, tmp_path):
     """config.init.pretrained_dir replaces the backbone at the start; new layers stay fresh."""
     from camjax.models import torch_import
@@ -259,10 +261,11 @@ def test_run_starts_from_pretrained_weights_and_resume_ignores_them(data_dir, tm
     mesh = experiment.make_mesh()
     fresh, _ = train_state.create_train_state(config, model, tx, mesh)
     # "Pretrained": another seed's backbone, as torch_import would save it (no new layers).
-    other = jax.jit(lambda k: model.init(k, np.zeros((1, 64, 64, 3), np.float32), train=False))(
-        jax.random.key(7)
-    )
-    backbone = {k: v for k, v in other["params"].items() if k not in ("cam_conv", "head")}
+    # Made by the same jitted init (the seed is its argument), so it compiles once.
+    other_seed = config.copy_and_resolve_references()
+    other_seed.seed = 7
+    other, _ = train_state.create_train_state(other_seed, model, tx, mesh)
+    backbone = {k: v for k, v in other.params.items() if k not in ("cam_conv", "head")}
     pretrained_dir = str(tmp_path / "pretrained")
     torch_import.save_pretrained(pretrained_dir, {"params": backbone}, {"model": "test"})
 
