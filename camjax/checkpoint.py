@@ -207,6 +207,12 @@ def _finite(x: jax.Array) -> jax.Array:
     return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
 
 
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every float array of `tree` is free of NaN and Inf (checked before a save)."""
+    return jnp.all(jnp.stack([_finite(x) for x in jax.tree.leaves(tree)]))
+
+
 _digest_leaves = jax.jit(lambda leaves: [_digest(x) for x in leaves])
 # At restore, digests and finiteness in one compiled pass over the state.
 _inspect_leaves = jax.jit(

@@ -81,6 +81,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def init_variables(config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array) -> dict:
+    """{'params': ..., 'batch_stats': ... ({} without batch norm)} of a model initialised on one
+    config.data.image_size image (traceable: under `jax.eval_shape` it computes nothing)."""
+    size = config.data.image_size
+    variables = model.init({"params": rng}, jnp.zeros((1, size, size, 3)), train=False)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def replicated_shapes(tree, mesh: Mesh):
+    """Shapes, dtypes and replicated shardings of a tree of arrays or shapes, for restoring."""
+    sharding = replicated(mesh)
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> None:
     if batch_size % mesh.size:
         raise ValueError(

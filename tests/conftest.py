@@ -3,10 +3,21 @@
 The flag must be set before jax initialises its backends, hence at import time of conftest. It
 is added to whatever XLA_FLAGS already holds (a user's own flags, even an empty string), and
 replaces a device count given there, since tests assert 8 devices.
+
+The session also shares one persistent compilation cache, fresh for each session, with the
+`train.py`/`evaluate.py` processes the tests start: many tests build the same tiny model's
+init, train and eval steps in new closures, which jit would otherwise compile each time. A
+cached executable is the one XLA compiled, so results are bit-identical; tracing (what the
+retracing tests count) still happens.
 """
 
+import atexit
 import os
 import re
+import shutil
+import tempfile
+
+import pytest
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
@@ -19,3 +30,26 @@ def with_eight_devices(xla_flags: str) -> str:
 
 os.environ["XLA_FLAGS"] = with_eight_devices(os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="camjax-tests-xla-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    # Cache every executable, however quick to compile: the tiny models' steps compile in
+    # well under the default one second each, and there are hundreds of them.
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """configs/tiny.py trained to its end once for the session: (config, workdir). Tests that
+    write into the workdir (evaluation's metrics.json, say) work on a copy."""
+    from camjax.train import loop
+    from configs import tiny
+
+    config = tiny.get_config()
+    config.data.data_dir = str(tmp_path_factory.mktemp("tiny_tfds"))
+    workdir = str(tmp_path_factory.mktemp("tiny_run") / "run")
+    loop.train_and_evaluate(config, workdir)
+    return config, workdir

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -92,6 +93,7 @@ def evaluate_cli(*args):
     )
 
 
+@pytest.mark.slow  # two evaluate.py processes, end to end
 def test_evaluate_needs_only_the_workdir(saved_run):
     config, workdir, _ = saved_run
     done = evaluate_cli(f"--workdir={workdir}")
@@ -112,21 +114,34 @@ def test_evaluate_needs_only_the_workdir(saved_run):
 # ---- damaged steps: verified at restore, skipped with a reason, never touched ------------------
 
 
-def two_steps(tmp_path, config):
-    """A workdir with steps 1 and 2 of distinguishable states; returns (workdir, abstract, s1)."""
+@pytest.fixture(scope="module")
+def pristine_two_steps(tmp_path_factory):
+    """A workdir with steps 1 and 2 of distinguishable states, saved once for the module:
+    (config, workdir, abstract state, first, second)."""
+    config = tiny.get_config()
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
     mesh = experiment.make_mesh()
     first, _ = train_state.create_train_state(config, model, tx, mesh)
     first = first.replace(step=first.step + 1)
     second = first.replace(step=first.step + 1, params=jax.tree.map(lambda x: x + 1, first.params))
-    workdir = str(tmp_path / "run")
+    workdir = str(tmp_path_factory.mktemp("two_steps") / "run")
     manager = checkpoint.create_manager(workdir, 3)
     checkpoint.save(manager, 1, first, config)
     checkpoint.save(manager, 2, second, config)
     manager.wait_until_finished()
     manager.close()
-    return workdir, train_state.abstract_train_state(config, model, tx, mesh), first, second
+    abstract = train_state.abstract_train_state(config, model, tx, mesh)
+    return config, workdir, abstract, first, second
+
+
+@pytest.fixture
+def two_steps(pristine_two_steps, tmp_path):
+    """A copy of the two-step workdir that the test may damage; the same tuple."""
+    config, pristine, abstract, first, second = pristine_two_steps
+    workdir = str(tmp_path / "run")
+    shutil.copytree(pristine, workdir)
+    return config, workdir, abstract, first, second
 
 
 def largest_array_file(step_dir):
@@ -178,9 +193,8 @@ DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
-def test_a_damaged_step_is_skipped_for_the_newest_good_one(tmp_path, caplog, damage):
-    config = tiny.get_config()
-    workdir, abstract, first, second = two_steps(tmp_path, config)
+def test_a_damaged_step_is_skipped_for_the_newest_good_one(two_steps, caplog, damage):
+    config, workdir, abstract, first, second = two_steps
     ckpts = checkpoint.checkpoint_dir(workdir)
     if DAMAGE[damage] is None:
         os.makedirs(os.path.join(ckpts, "99"))
@@ -205,11 +219,10 @@ def test_a_damaged_step_is_skipped_for_the_newest_good_one(tmp_path, caplog, dam
     assert sorted(os.walk(ckpts)) == before  # nothing moved or deleted
 
 
-def test_a_bit_flip_anywhere_never_restores_changed_values(tmp_path):
+def test_a_bit_flip_anywhere_never_restores_changed_values(two_steps):
     """A flip in bytes the reader never uses is harmless: the step restores exactly as saved.
     Any other flip is caught: the older step is restored. Never a changed step 2."""
-    config = tiny.get_config()
-    workdir, abstract, first, second = two_steps(tmp_path, config)
+    config, workdir, abstract, first, second = two_steps
     path = largest_array_file(os.path.join(checkpoint.checkpoint_dir(workdir), "2"))
     original = open(path, "rb").read()
     outcomes = set()
@@ -227,9 +240,8 @@ def test_a_bit_flip_anywhere_never_restores_changed_values(tmp_path):
     assert 1 in outcomes  # most flips change values, and every one of those was caught
 
 
-def test_a_nan_saved_with_a_valid_digest_is_rejected(tmp_path, caplog):
-    config = tiny.get_config()
-    workdir, abstract, first, _ = two_steps(tmp_path, config)
+def test_a_nan_saved_with_a_valid_digest_is_rejected(two_steps, caplog):
+    config, workdir, abstract, first, _ = two_steps
     nan_state = first.replace(
         step=first.step + 2,
         opt_state=jax.tree.map(
@@ -246,9 +258,8 @@ def test_a_nan_saved_with_a_valid_digest_is_rejected(tmp_path, caplog):
     assert "step 3 in" in caplog.text and "holds NaN or Inf" in caplog.text
 
 
-def test_no_good_step_is_one_error_listing_every_step(tmp_path):
-    config = tiny.get_config()
-    workdir, abstract, _, _ = two_steps(tmp_path, config)
+def test_no_good_step_is_one_error_listing_every_step(two_steps):
+    config, workdir, abstract, _, _ = two_steps
     ckpts = checkpoint.checkpoint_dir(workdir)
     flip_bit(largest_array_file(os.path.join(ckpts, "1")))
     truncate(os.path.join(ckpts, "2", "meta", "metadata"))
@@ -266,9 +277,8 @@ def test_no_good_step_is_one_error_listing_every_step(tmp_path):
     assert sorted(os.listdir(ckpts)) == ["1", "2"]
 
 
-def test_evaluation_restores_the_newest_good_variables(tmp_path):
-    config = tiny.get_config()
-    workdir, abstract, first, _ = two_steps(tmp_path, config)
+def test_evaluation_restores_the_newest_good_variables(two_steps):
+    config, workdir, abstract, first, _ = two_steps
     flip_bit(largest_array_file(os.path.join(checkpoint.checkpoint_dir(workdir), "2")))
     manager = checkpoint.create_manager(workdir, 3)
     variables, step = checkpoint.restore_variables(

@@ -51,6 +51,7 @@ def test_nothing_fits():
     assert best == 0 and needs[8] > 50
 
 
+@pytest.mark.slow  # compiles the train step at 5-7 batch sizes: ~40 s on 2 cores
 def test_compiled_train_step_need_grows_with_the_batch_and_bounds_the_search():
     # A real compiled training step (tiny VGG16-GAP, 8 CPU devices): XLA's accounting grows
     # with the batch, and the search's answer is the last batch under the budget.

@@ -159,7 +159,7 @@ def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
     # Exporting a mask-only split (at 224, the reference's frame): the maps under the
     # reference's ids, metadata without boxes, and the masks in the reference's mask layout.
     from camjax.evaluation import export
-    from camjax.localization import wsol_io
+    from camjax.localization import wsol_frame, wsol_io
 
     out = str(tmp_path / "export")
     config = config.copy_and_resolve_references()
@@ -169,7 +169,7 @@ def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
     assert meta.boxes is None and len(meta) == len(source)
     stored = [bytes(source[i]["image_id"]).decode() for i in range(len(source))]
     assert list(meta.image_ids) == stored
-    exported = wsol_io.load_scoremaps(f"{out}/scoremaps/test", meta.image_ids)
+    exported = wsol_frame.load_scoremaps(f"{out}/scoremaps/test", meta.image_ids)
     evaluator, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
     maps = []
     for host_batch, scoremaps in evaluator.scoremap_outputs(variables, source):

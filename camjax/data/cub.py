@@ -166,24 +166,13 @@ class Cub2002011(manual.ManualBuilder):
 
     ORDER_BY_KEY = True  # the CUB ids: images.txt order, whatever the archive order
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        self._indexes: dict[Path, tuple[dict[str, Path], list[str], list[_Record]]] = {}
-
-    def index_archives(self, manual_dir: Path) -> tuple[dict[str, Path], list[str], list[_Record]]:
+    def _make_plan(self, manual_dir: Path) -> tuple[dict[str, Path], list[str], list[_Record]]:
         """Archive paths, class names and records; raises if anything needed is missing.
 
         A full pass over each archive (a compressed tar cannot seek), so the result is kept.
         """
-        key = Path(manual_dir).resolve()
-        if key not in self._indexes:
-            archives = archive_paths(Path(manual_dir), masks=self.builder_config.masks)
-            self._indexes[key] = (archives, *_read_index(archives))
-        return self._indexes[key]
-
-    def check_inputs(self, manual_dir: Path) -> None:
-        # The index is kept, and written from.
-        self.index_archives(manual_dir)
+        archives = archive_paths(manual_dir, masks=self.builder_config.masks)
+        return (archives, *_read_index(archives))
 
     @classmethod
     def default_flag(cls, manual_dir: Path, data_dir: str | None) -> bool:
@@ -224,7 +213,7 @@ class Cub2002011(manual.ManualBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
-        archives, class_names, records = self.index_archives(Path(dl_manager.manual_dir))
+        archives, class_names, records = self.plan(Path(dl_manager.manual_dir))
         self.info.features["label"].names = class_names
         return {
             split: self._generate_examples(
@@ -260,13 +249,9 @@ class Cub2002011(manual.ManualBuilder):
 
 def archive_paths(manual_dir: Path, *, masks: bool) -> dict[str, Path]:
     """The archives in `manual_dir`; raises `MissingFilesError` naming each one not there."""
-    names = [IMAGES_ARCHIVE] + ([SEGMENTATIONS_ARCHIVE] if masks else [])
-    paths = {name: manual_dir / name for name in names}
-    missing = [name for name, path in paths.items() if not path.is_file()]
-    if missing:
-        lines = [f"  {name}: download it from {SOURCES[name]}" for name in missing]
-        raise downloads.missing_files_error(DATASET_NAME, manual_dir, missing, lines)
-    return paths
+    needs = [(IMAGES_ARCHIVE,)] + ([(SEGMENTATIONS_ARCHIVE,)] if masks else [])
+    present = downloads.present_inputs(DATASET_NAME, manual_dir, needs, SOURCES)
+    return {name: present[name] for (name,) in needs}
 
 
 def _read_index(archives: Mapping[str, Path]) -> tuple[list[str], list[_Record]]:

@@ -2,7 +2,7 @@
 
 * Errors: `MissingFilesError` (inputs, or members of them, that are not there) and
   `CorruptFileError` (an input that cannot be read), with the messages that list what is missing
-  and where to get it (`missing_files_error`, `incomplete_error`).
+  and where to get it (`present_inputs`, `missing_files_error`, `incomplete_error`).
 * `iter_tar`: the files of a tar archive, compressed or not, in one streamed pass.
 * `open_image`, `checked_image` and `png_bytes`: images decoded to catch damage (the error
   names the file), stored as they are or, if not RGB or grey JPEG/PNG, as a lossless RGB PNG.
@@ -39,7 +39,7 @@ class CorruptFileError(ValueError):
     """A file that cannot be read: an archive, a metadata or annotation file, an image, a mask."""
 
 
-def _listing(missing: Sequence[str]) -> str:
+def listing(missing: Sequence[str]) -> str:
     """One indented line per name, the first `MAX_LISTED` of them, then how many more."""
     lines = [f"  {m}" for m in missing[:MAX_LISTED]]
     if len(missing) > MAX_LISTED:
@@ -59,12 +59,40 @@ def missing_files_error(
     )
 
 
+def present_inputs(
+    dataset: str,
+    manual_dir: Path,
+    needs: Sequence[tuple[str, ...]],
+    sources: Mapping[str, str],
+    hint: str = "",
+    extra: Sequence[tuple[str, str]] = (),
+) -> dict[str, Path]:
+    """{name: path} of the inputs of `sources` in `manual_dir`.
+
+    Each need is a tuple of names, any one of which will do; raises `MissingFilesError`
+    naming every need absent, with where each name comes from, and the `extra` (name, source)
+    pairs the caller found missing (folders, say), then `hint`.
+    """
+    present = {n: manual_dir / n for n in sources if (manual_dir / n).is_file()}
+    missing, lines = [], []
+    for names in needs:
+        if not present.keys() & set(names):
+            missing.append(" or ".join(names))
+            lines += [f"  {n}: {sources[n]}; or" for n in names[:-1]]
+            lines.append(f"  {names[-1]}: {sources[names[-1]]}")
+    missing += [name for name, _ in extra]
+    lines += [f"  {name}: {source}" for name, source in extra]
+    if missing:
+        raise missing_files_error(dataset, manual_dir, missing, lines, hint)
+    return present
+
+
 def incomplete_error(
     path: Path, missing: list[str], source: str, *, why: str = "", what: str = "member(s) missing"
 ) -> MissingFilesError:
     """An input that lacks `missing` (a truncated download); `why`, if known, says where it ends."""
     return MissingFilesError(
-        f"{path} is incomplete{why}: {len(missing)} {what}:\n{_listing(missing)}\n"
+        f"{path} is incomplete{why}: {len(missing)} {what}:\n{listing(missing)}\n"
         f"Download {path.name} again from {source}.",
         missing,
     )

@@ -292,23 +292,10 @@ def manual_files(manual_dir: Path, *, train: bool) -> dict[str, Path]:
       both forms are there), `ILSVRC2012_img_train.tar` when `train`, and
       `LOC_synset_mapping.txt` when present.
     """
-    manual_dir = Path(manual_dir)
-    present = {name: manual_dir / name for name in SOURCES if (manual_dir / name).is_file()}
-    required = [TRAIN_ARCHIVE, VAL_ARCHIVE] if train else [VAL_ARCHIVE]
-    missing = [name for name in required if name not in present]
-    lines = [f"  {name}: {SOURCES[name]}" for name in missing]
-    if BOXES_XML not in present and BOXES_CSV not in present:
-        missing.append(f"{BOXES_XML} or {BOXES_CSV}")
-        lines.append(f"  {BOXES_XML}: {SOURCES[BOXES_XML]}; or")
-        lines.append(f"  {BOXES_CSV}: {SOURCES[BOXES_CSV]}")
-    if missing:
-        hint = ""
-        if train:
-            hint = (
-                f"\nTo build the validation split alone, without {TRAIN_ARCHIVE}, pass train=False."
-            )
-        dataset = f"{DATASET_NAME}/{'full' if train else 'validation'}"
-        raise downloads.missing_files_error(dataset, manual_dir, missing, lines, hint)
+    needs = [(TRAIN_ARCHIVE,)] * train + [(VAL_ARCHIVE,), (BOXES_XML, BOXES_CSV)]
+    hint = f"\nTo build the validation split alone, without {TRAIN_ARCHIVE}, pass train=False."
+    dataset = f"{DATASET_NAME}/{'full' if train else 'validation'}"
+    present = downloads.present_inputs(dataset, Path(manual_dir), needs, SOURCES, hint * train)
     paths = {VAL_ARCHIVE: present[VAL_ARCHIVE]}
     boxes = BOXES_XML if BOXES_XML in present else BOXES_CSV
     paths[boxes] = present[boxes]

@@ -90,6 +90,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(file_format=file_format, **kwargs)
         self._skip_corrupt = skip_corrupt
         self._progress = progress
+        self._plans: dict[Path, Any] = {}
 
     def _manual_info(
         self,
@@ -132,8 +133,21 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def check_inputs(self, manual_dir: Path) -> None:
         """Raises `MissingFilesError` if an input in `manual_dir` is missing (`prepare`).
 
-        Runs before tfds writes anything; a builder may keep what it reads to write from.
+        Runs before tfds writes anything: by default it makes the `plan`, kept to write from.
         """
+        self.plan(manual_dir)
+
+    def plan(self, manual_dir: Path) -> Any:
+        """`_make_plan(manual_dir)`, made once per folder (reading archive indexes is slow)."""
+        key = Path(manual_dir).resolve()
+        if key not in self._plans:
+            self._plans[key] = self._make_plan(Path(manual_dir))
+        return self._plans[key]
+
+    def _make_plan(self, manual_dir: Path) -> Any:
+        """What writing needs from the inputs (paths, indexes), checked complete: raises
+        `MissingFilesError` or `CorruptFileError` otherwise. None: nothing to check."""
+        del manual_dir
 
     @classmethod
     def configured(

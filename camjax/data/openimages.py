@@ -46,7 +46,7 @@ Examples (each split in `image_ids.txt` order; `validation` is the reference's `
 * `height`, `width`: int32, the size of the stored pixel grid.
 * `label`: the reference's class index; the `ClassLabel` names are the class folders.
 * `image_id`: as in `image_ids.txt` (`val/01226z/32fdab44f6e415f1.jpg`), the reference's key
-  (also of its score-map files, `wsol_io.scoremap_path`).
+  (also of its score-map files, `camjax.localization.wsol_frame.scoremap_path`).
 * `objects/bbox`: always empty. OpenImages30k has masks, not boxes: its metric is PxAP; box
   metrics (MaxBoxAcc, top-1 loc) are not defined on it and count no GT box.
 * `mask`: (h, w, 1) uint8, 255 on the foreground (the union of the image's instance masks),
@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import zipfile
 import zlib
@@ -200,20 +201,9 @@ class OpenImages30kWsol(manual.ManualBuilder):
         f"{MASKS_ARCHIVE} for the `evaluation` config.",
     )
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-        self._plans: dict[Path, _Plan] = {}
-
-    def plan(self, manual_dir: Path) -> _Plan:
+    def _make_plan(self, manual_dir: Path) -> _Plan:
         """Reads the metadata and the zip indexes; raises if anything needed is missing."""
-        key = Path(manual_dir).resolve()
-        if key not in self._plans:
-            self._plans[key] = _make_plan(Path(manual_dir), train=self.builder_config.train)
-        return self._plans[key]
-
-    def check_inputs(self, manual_dir: Path) -> None:
-        # The plan is kept, and written from.
-        self.plan(manual_dir)
+        return _plan_inputs(manual_dir, train=self.builder_config.train)
 
     def _info(self) -> tfds.core.DatasetInfo:
         # Label names (the class folders) come from the metadata when preparing.
@@ -245,9 +235,7 @@ class OpenImages30kWsol(manual.ManualBuilder):
                 except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
                     raise CorruptFileError(f"Cannot read {where}: {err}") from err
 
-            def encode(item: _Item) -> dict[str, Any]:
-                return _encode_example(item, read)
-
+            encode = functools.partial(_encode_example, read=read)
             for item, example in self._skipping_corrupt(
                 split, items, lambda item: item.image_id, encode, len(items)
             ):
@@ -258,7 +246,7 @@ class OpenImages30kWsol(manual.ManualBuilder):
 # Planning: inputs present, metadata read, every member found.
 
 
-def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
+def _plan_inputs(manual_dir: Path, *, train: bool) -> _Plan:
     """Reads the metadata and the archives' indexes and checks that nothing needed is missing."""
     splits = [s for s in SPLIT_FOLDERS if train or s != "train"]
     archives = _archive_paths(manual_dir, train=train, splits=splits)
@@ -273,11 +261,9 @@ def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
     missing: dict[str, list[str]] = {}
     for split_items in items.values():
         for item in split_items:
-            needed = [(item.image_id, "image")] + [(m, "mask") for m in item.masks]
-            if item.ignore:
-                needed.append((item.ignore, "mask"))
-            for member, kind in needed:
+            for member in filter(None, (item.image_id, *item.masks, item.ignore)):
                 if member not in members:
+                    kind = "image" if member == item.image_id else "mask"
                     missing.setdefault(kind, []).append(member)
     if missing:
         _raise_missing_members(missing, archives)
@@ -288,33 +274,22 @@ def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
 
 def _archive_paths(manual_dir: Path, *, train: bool, splits: list[str]) -> dict[str, Path]:
     """The archives present; raises `MissingFilesError` naming what is missing and its source."""
-    present = {n: manual_dir / n for n in _ARCHIVES if (manual_dir / n).is_file()}
-    missing, lines = [], []
-    if train and IMAGES_ARCHIVE not in present:
-        missing.append(IMAGES_ARCHIVE)
-        lines.append(f"  {IMAGES_ARCHIVE}: {SOURCES[IMAGES_ARCHIVE]}")
-    elif not present.keys() & {IMAGES_ARCHIVE, EVAL_ARCHIVE}:
-        missing.append(f"{IMAGES_ARCHIVE} or {EVAL_ARCHIVE}")
-        lines.append(f"  {IMAGES_ARCHIVE}: {SOURCES[IMAGES_ARCHIVE]}; or")
-        lines.append(f"  {EVAL_ARCHIVE}: {SOURCES[EVAL_ARCHIVE]}")
-    if not present.keys() & {MASKS_ARCHIVE, EVAL_ARCHIVE}:
-        missing.append(MASKS_ARCHIVE)
-        lines.append(f"  {MASKS_ARCHIVE}: {SOURCES[MASKS_ARCHIVE]}")
+    needs = [(IMAGES_ARCHIVE,) if train else (IMAGES_ARCHIVE, EVAL_ARCHIVE)]
+    if not (manual_dir / EVAL_ARCHIVE).is_file():
+        needs.append((MASKS_ARCHIVE,))
+    folders = []
     for split in splits:
         folder = f"{METADATA_DIR}/{SPLIT_FOLDERS[split]}"
         absent = [n for n in _REQUIRED_METADATA if not (manual_dir / folder / n).is_file()]
         # A whole folder missing is one line; otherwise the files it lacks.
         paths = [f"{folder}/"] if len(absent) == len(_REQUIRED_METADATA) else []
-        paths = paths or [f"{folder}/{n}" for n in absent]
-        missing += paths
-        lines += [f"  {path}: {SOURCES[METADATA_DIR]}" for path in paths]
-    if missing:
-        hint = ""
-        if train and IMAGES_ARCHIVE in missing:
-            hint = "\nTo build the validation and test splits alone, pass train=False."
-        dataset = f"{DATASET_NAME}/{'full' if train else 'evaluation'}"
-        raise downloads.missing_files_error(dataset, manual_dir, missing, lines, hint)
-    return present
+        folders += [(p, SOURCES[METADATA_DIR]) for p in paths or [f"{folder}/{n}" for n in absent]]
+    hint = "\nTo build the validation and test splits alone, pass train=False."
+    hint = hint if train and not (manual_dir / IMAGES_ARCHIVE).is_file() else ""
+    dataset = f"{DATASET_NAME}/{'full' if train else 'evaluation'}"
+    archives = {n: s for n, s in SOURCES.items() if n in _ARCHIVES}
+    present = downloads.present_inputs(dataset, manual_dir, needs, archives, hint, folders)
+    return {n: present[n] for n in _ARCHIVES if n in present}
 
 
 def _read_split_metadata(manual_dir: Path, split: str) -> wsol_io.WsolMetadata:
@@ -348,14 +323,8 @@ def _classes_and_items(
                     "folder (expected <split>/<class>/<image>.jpg)."
                 )
             folders.setdefault(int(label), set()).add(parts[-2])
-            items[split].append(
-                _Item(
-                    image_id,
-                    int(label),
-                    masks[k] if masks else (),
-                    meta.ignore_paths[k] if masks else None,
-                )
-            )
+            annotation = (masks[k], meta.ignore_paths[k]) if masks else ((), None)
+            items[split].append(_Item(image_id, int(label), *annotation))
     ambiguous = {label: sorted(f) for label, f in folders.items() if len(f) > 1}
     if ambiguous:
         raise CorruptFileError(f"Labels with ids in several class folders: {ambiguous}.")
@@ -372,8 +341,7 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as err:
-        source = SOURCES.get(path.name, "its source")
-        raise downloads.damaged_archive_error(path, err, source) from err
+        raise downloads.damaged_archive_error(path, err, SOURCES[path.name]) from err
 
 
 def _zip_index(path: Path) -> dict[str, str]:
@@ -397,10 +365,8 @@ def _zip_index(path: Path) -> dict[str, str]:
 
 
 def _raise_missing_members(missing: dict[str, list[str]], archives: dict[str, Path]) -> None:
-    """`MissingFilesError` listing the images and masks that no archive present holds.
-
-    The archives are then incomplete (a truncated download or another release).
-    """
+    """`MissingFilesError` listing the images and masks that no archive present holds: the
+    archives are incomplete (a truncated download or another release)."""
     names, lines = [], []
     for kind, archive in (("image", IMAGES_ARCHIVE), ("mask", MASKS_ARCHIVE)):
         if kind not in missing:
@@ -411,9 +377,7 @@ def _raise_missing_members(missing: dict[str, list[str]], archives: dict[str, Pa
             f"{len(missing[kind])} {kind}(s) that {METADATA_DIR} names are not in "
             f"{' or '.join(held)}:"
         )
-        lines += [f"  {m}" for m in missing[kind][: downloads.MAX_LISTED]]
-        if len(missing[kind]) > downloads.MAX_LISTED:
-            lines.append(f"  ... and {len(missing[kind]) - downloads.MAX_LISTED} more")
+        lines.append(downloads.listing(missing[kind]))
         lines += [f"Download {n} again from {SOURCES[n]}." for n in held]
     raise MissingFilesError(
         f"Cannot prepare {DATASET_NAME}: the archives are incomplete.\n" + "\n".join(lines), names
@@ -450,12 +414,8 @@ def _encode_example(item: _Item, read: Callable[[str], tuple[str, bytes]]) -> di
 def _reference_masks(
     image_id: str, instances: list[np.ndarray], ignore: np.ndarray, image_hw: tuple[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Grey instance masks and ignore mask -> (foreground, ignored) (h, w) bool, disjoint.
-
-    `get_mask`'s rule: foreground where any instance is above 0.5, ignored where the ignore mask
-    is and the foreground is not. On the masks' own grid if they share one (module doc), else
-    each is first resized to `image_hw` = (H, W) with OpenCV's nearest neighbour.
-    """
+    """Grey instance masks and ignore mask -> (foreground, ignored) (h, w) bool, disjoint, by
+    `get_mask`'s rule (module doc); masks of several sizes are first resized to `image_hw`."""
     shapes = {m.shape for m in [*instances, ignore]}
     if len(shapes) > 1:
         log.warning(

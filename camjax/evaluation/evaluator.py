@@ -318,18 +318,10 @@ def restore_evaluator(
     protocol = wsol_protocol(config)  # config errors before any restoring or data
     mesh = experiment.make_mesh()
     model = experiment.build_model(config)
-    size = config.data.image_size
     shapes = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False)
+        lambda rng: experiment.init_variables(config, model, rng), jax.random.key(0)
     )
-    replicated = experiment.replicated(mesh)
-    abstract = {
-        "params": shapes["params"],
-        "batch_stats": shapes.get("batch_stats", {}),
-    }
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract
-    )
+    abstract = experiment.replicated_shapes(shapes, mesh)
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
     variables, step = checkpoint.restore_variables(manager, abstract, config)
     manager.close()

@@ -47,7 +47,7 @@ import numpy as np
 from camjax import experiment
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import protocol as protocol_lib
-from camjax.localization import wsol_io
+from camjax.localization import wsol_frame, wsol_io
 
 ID_BYTES = 512  # longest image id that travels between hosts
 
@@ -80,13 +80,76 @@ def _encode_ids(ids: list[str]) -> np.ndarray:
 
 def _check_size(eval_size: int) -> None:
     # Resizing the maps to 224 here would export other maps than camjax scored: refuse instead.
-    if (eval_size, eval_size) != wsol_io.EVAL_SIZE:
+    reference = wsol_frame.EVAL_SIZE[0]
+    if (eval_size, eval_size) != wsol_frame.EVAL_SIZE:
         raise ValueError(
-            f"the reference's evaluation.py scores {wsol_io.EVAL_SIZE[0]}x{wsol_io.EVAL_SIZE[1]} "
-            f"maps only (it resizes boxes and masks to that size whatever the maps' size); "
-            f"these would be {eval_size}x{eval_size}: export with "
-            f"--config.eval.wsol.eval_size={wsol_io.EVAL_SIZE[0]}."
+            f"the reference's evaluation.py scores {reference}x{reference} maps only (it "
+            "resizes boxes and masks to that size whatever the maps' size); these would be "
+            f"{eval_size}x{eval_size}: export with --config.eval.wsol.eval_size={reference}."
         )
+
+
+def _write_maps(evaluator, variables, source, split: str, out_dir: str, max_images: int, dtype):
+    """Writes this host's score maps (and masks) of a split; returns its rows for the metadata,
+    padding rows included: all hosts then hold as many rows, which the all-gather needs."""
+    size = evaluator.protocol.eval_size
+    with_masks = evaluator.protocol.pxap
+    scoremap_root = os.path.join(out_dir, "scoremaps", split)
+    mask_root = os.path.join(out_dir, "masks", wsol_io.MASK_DATASET)
+    rows = {k: [] for k in ("valid", "index", "label", "boxes", "num_boxes", "size", "id")}
+    outputs = evaluator.scoremap_outputs(variables, source, max_images, masks=with_masks)
+    for host_batch, scoremaps in outputs:
+        valid = np.asarray(host_batch["valid"], bool)
+        ids = _image_ids(host_batch, split)
+        real_ids = [i for i, v in zip(ids, valid, strict=True) if v]
+        maps = evaluator_lib.host_rows(scoremaps)[valid]
+        wsol_frame.save_scoremaps(scoremap_root, real_ids, maps, dtype=dtype, size=(size, size))
+        if with_masks:
+            paths = [wsol_frame.mask_file_paths(split, i) for i in real_ids]
+            wsol_frame.save_masks(mask_root, paths, np.asarray(host_batch["mask"])[valid])
+        original_size = host_batch["original_size"]
+        image_size = evaluator.config.data.image_size
+        for key, value in (
+            ("valid", valid),
+            ("index", host_batch["index"]),
+            ("label", host_batch["label"]),
+            ("boxes", protocol_lib.original_boxes(host_batch["boxes"], image_size, original_size)),
+            ("num_boxes", host_batch["num_boxes"]),
+            ("size", original_size),
+            ("id", _encode_ids(ids)),
+        ):
+            rows[key].append(np.asarray(value))
+    return {k: np.concatenate(v) for k, v in rows.items()}
+
+
+def _write_metadata(rows: dict[str, np.ndarray], split: str, out_dir: str, dataset: str, protocol):
+    """Process 0: the split's box metadata (and mask metadata, with PxAP) from every host's
+    valid rows in index order."""
+    ids = [bytes(r).rstrip(b"\0").decode() for r in rows["id"]]
+    heights, widths = rows["size"][:, 0], rows["size"][:, 1]
+    # Mask-only datasets (OpenImages) have no boxes: their ids are the reference's, so its
+    # own metadata (with the mask paths) scores these maps; ours then lists no boxes.
+    boxed = protocol.boxes and bool(np.all(rows["num_boxes"] > 0))
+    boxes = [b[:k] for b, k in zip(rows["boxes"], rows["num_boxes"], strict=True)]
+    metadata = wsol_io.WsolMetadata(
+        image_ids=ids,
+        class_labels=rows["label"],
+        boxes=boxes if boxed else None,
+        image_sizes=np.stack([widths, heights], axis=1),
+    )
+    # The reference's command line scores boxes under its own dataset names only.
+    folder = wsol_io.box_dataset_name(dataset) if boxed else dataset
+    wsol_io.write_metadata(os.path.join(out_dir, "metadata", folder, split), metadata)
+    if protocol.pxap:
+        paths = [wsol_frame.mask_file_paths(split, i) for i in ids]
+        masked = wsol_io.WsolMetadata(
+            image_ids=ids,
+            class_labels=rows["label"],
+            mask_paths=[(mask,) for mask, _ in paths],
+            ignore_paths=[ignore for _, ignore in paths],
+        )
+        mask_meta = os.path.join(out_dir, "metadata", wsol_io.MASK_DATASET, split)
+        wsol_io.write_metadata(mask_meta, masked)
 
 
 def export_split(
@@ -104,75 +167,19 @@ def export_split(
     dtype: of the .npy maps; None: float64 with config.eval.wsol.exact_float64 (its maps are
     float64, the reference's), else float32 (the device's maps, half the disk).
     """
-    config = evaluator.config
     if dtype is None:
         dtype = np.float64 if evaluator.protocol.exact_float64 else np.float32
-    size = evaluator.protocol.eval_size
-    _check_size(size)
-    with_masks = evaluator.protocol.pxap
-    scoremap_root = os.path.join(out_dir, "scoremaps", split)
-    mask_root = os.path.join(out_dir, "masks", wsol_io.MASK_DATASET)
+    _check_size(evaluator.protocol.eval_size)
     start = time.perf_counter()
-    # Every row, padding included, travels to process 0: all hosts hold the same number of rows
-    # (eval batches are padded), which the all-gather needs; 'valid' drops padding after it.
-    rows = {k: [] for k in ("valid", "index", "label", "boxes", "num_boxes", "size", "id")}
-    outputs = evaluator.scoremap_outputs(variables, source, max_images, masks=with_masks)
-    for host_batch, scoremaps in outputs:
-        valid = np.asarray(host_batch["valid"], bool)
-        ids = _image_ids(host_batch, split)
-        real_ids = [i for i, v in zip(ids, valid, strict=True) if v]
-        maps = evaluator_lib.host_rows(scoremaps)[valid]
-        wsol_io.save_scoremaps(scoremap_root, real_ids, maps, dtype=dtype, size=(size, size))
-        if with_masks:
-            paths = [wsol_io.mask_file_paths(split, i) for i in real_ids]
-            wsol_io.save_masks(mask_root, paths, np.asarray(host_batch["mask"])[valid])
-        rows["valid"].append(valid)
-        rows["index"].append(np.asarray(host_batch["index"]))
-        rows["label"].append(np.asarray(host_batch["label"]))
-        rows["boxes"].append(
-            protocol_lib.original_boxes(
-                host_batch["boxes"], config.data.image_size, host_batch["original_size"]
-            )
-        )
-        rows["num_boxes"].append(np.asarray(host_batch["num_boxes"]))
-        rows["size"].append(np.asarray(host_batch["original_size"]))
-        rows["id"].append(_encode_ids(ids))
-    local = {k: np.concatenate(v) for k, v in rows.items()}
+    local = _write_maps(evaluator, variables, source, split, out_dir, max_images, dtype)
     seconds = time.perf_counter() - start
     everything = _gather(local)
     keep = everything["valid"].astype(bool)
     order = np.argsort(everything["index"][keep], kind="stable")
-    all_rows = {k: v[keep][order] for k, v in everything.items()}
-    n = len(order)
     if jax.process_index() == 0:
-        ids = [bytes(r).rstrip(b"\0").decode() for r in all_rows["id"]]
-        heights, widths = all_rows["size"][:, 0], all_rows["size"][:, 1]
-        # Mask-only datasets (OpenImages) have no boxes: their ids are the reference's, so its
-        # own metadata (with the mask paths) scores these maps; ours then lists no boxes.
-        boxed = evaluator.protocol.boxes and bool(np.all(all_rows["num_boxes"] > 0))
-        metadata = wsol_io.WsolMetadata(
-            image_ids=ids,
-            class_labels=all_rows["label"],
-            boxes=(
-                [b[:k] for b, k in zip(all_rows["boxes"], all_rows["num_boxes"], strict=True)]
-                if boxed
-                else None
-            ),
-            image_sizes=np.stack([widths, heights], axis=1),
-        )
-        # The reference's command line scores boxes under its own dataset names only.
-        folder = wsol_io.box_dataset_name(dataset) if boxed else dataset
-        wsol_io.write_metadata(os.path.join(out_dir, "metadata", folder, split), metadata)
-        if with_masks:
-            paths = [wsol_io.mask_file_paths(split, i) for i in ids]
-            masked = wsol_io.WsolMetadata(
-                image_ids=ids,
-                class_labels=all_rows["label"],
-                mask_paths=[(mask,) for mask, _ in paths],
-                ignore_paths=[ignore for _, ignore in paths],
-            )
-            mask_meta = os.path.join(out_dir, "metadata", wsol_io.MASK_DATASET, split)
-            wsol_io.write_metadata(mask_meta, masked)
+        rows = {k: v[keep][order] for k, v in everything.items()}
+        _write_metadata(rows, split, out_dir, dataset, evaluator.protocol)
+    n = len(order)
     return {"images": n, "seconds": seconds, "images_per_second": n / max(seconds, 1e-9)}
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from camjax.data import pipeline
 from camjax.localization import pxap as pxap_lib
-from camjax.localization import wsol, wsol_io
+from camjax.localization import wsol, wsol_frame
 
 # MaxBoxAcc (the CVPR version's box metric) and top-1 loc: IoU >= 0.5, largest contour's box.
 V1_IOU = 50
@@ -165,7 +165,7 @@ def protocol_boxes(
 
     The reference holds boxes in original-image pixels with inclusive ends (CUB's x + w, the
     ILSVRC XML's xmax) and resizes each coordinate with ``resize_bbox``: ``int(c * E / L)``
-    for an original extent L (`wsol_io.resize_boxes`). This recovers those boxes from the
+    for an original extent L (`wsol_frame.resize_boxes`). This recovers those boxes from the
     pipeline's and applies the same arithmetic, so the counts match the reference's on its
     datasets whatever the image and evaluation sizes.
 
@@ -184,7 +184,7 @@ def protocol_boxes(
     inclusive = original_boxes(boxes, image_size, hw)
     out = np.zeros(inclusive.shape, np.int32)
     for i, (h, w) in enumerate(hw):
-        out[i] = wsol_io.resize_boxes(inclusive[i], (w, h), (eval_size, eval_size))
+        out[i] = wsol_frame.resize_boxes(inclusive[i], (w, h), (eval_size, eval_size))
     return out
 
 

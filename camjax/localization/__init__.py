@@ -2,11 +2,11 @@
 
 `wsol` counts boxes (Choe et al., CVPR 2020) exactly and fast, on the host max-tree of
 `maxtree` (numba, loaded on first use); `boxes` is the CAM paper's heuristic as a rule of that
-engine; `pxap` the protocol's PxAP; `wsol_io` reads and writes the
-reference evaluator's metadata and score-map files.
+engine; `pxap` the protocol's PxAP; `wsol_io` reads and writes the reference evaluator's
+metadata folders, `wsol_frame` its score-map and mask files and GT boxes at 224x224.
 """
 
-from camjax.localization import pxap, wsol, wsol_io
+from camjax.localization import pxap, wsol, wsol_frame, wsol_io
 from camjax.localization.boxes import (
     LocalizationAccumulator,
     box_from_scoremap,
@@ -22,14 +22,8 @@ from camjax.localization.wsol import (
     quantize_for_thresholds,
     quantize_scoremaps,
 )
-from camjax.localization.wsol_io import (
-    WsolMetadata,
-    load_scoremaps,
-    read_metadata,
-    resized_gt_boxes,
-    save_scoremaps,
-    write_metadata,
-)
+from camjax.localization.wsol_frame import load_scoremaps, resized_gt_boxes, save_scoremaps
+from camjax.localization.wsol_io import WsolMetadata, read_metadata, write_metadata
 
 __all__ = [
     "LocalizationAccumulator",
@@ -52,5 +46,6 @@ __all__ = [
     "save_scoremaps",
     "write_metadata",
     "wsol",
+    "wsol_frame",
     "wsol_io",
 ]

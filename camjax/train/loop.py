@@ -220,11 +220,6 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def _initial_state(config, model, tx, mesh, manager, workdir: str):
     """(state, its shardings, its step if restored else None): the newest good checkpoint's
     state, or a fresh one (with the pretrained weights, if any)."""
@@ -293,6 +288,18 @@ def _train_batches(config, source, start: int, mesh):
     )
 
 
+def _step_kinds(train_config, step: int) -> tuple[bool, bool, bool]:
+    """(log, save, evaluate) after `step`; the last step does all three (evaluation if on)."""
+    t = train_config
+    is_last = step == t.num_steps
+    every = t.eval_every_steps
+    return (
+        step % t.log_every_steps == 0 or is_last,
+        step % t.checkpoint_every_steps == 0 or is_last,
+        bool(every) and (step % every == 0 or is_last),
+    )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (resuming from workdir's latest checkpoint if any); returns the final state."""
     num_steps = config.train.num_steps
@@ -320,17 +327,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         for step in range(start + 1, num_steps + 1):
             stop.raise_if_requested(step, last_good, workdir)
             state, sums = step_fn(state, sums, next(batches))
-            is_last = step == num_steps
-            do_log = step % config.train.log_every_steps == 0 or is_last
-            do_save = step % config.train.checkpoint_every_steps == 0 or is_last
-            every = config.train.eval_every_steps
-            do_eval = bool(every) and (step % every == 0 or is_last)
+            do_log, do_save, do_eval = _step_kinds(config.train, step)
             # The first step is checked too: labels the head cannot take stop the run at once.
             if not (do_log or do_save or do_eval or step == start + 1):
                 continue
             host_sums = jax.device_get(sums)
             _check_sums(host_sums, step, config, last_good, workdir)
-            if do_save and not _all_finite(state):
+            if do_save and not checkpoint.all_finite(state):
                 raise NonFiniteLossError(_non_finite_message(step, last_good, workdir))
             if do_log and host_sums["count"]:
                 progress.train(step, host_sums)

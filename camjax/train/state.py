@@ -44,12 +44,9 @@ def root_key(config) -> jax.Array:
 
 
 def _state_initializer(config, model, tx):
-    size = config.data.image_size
-
     def init(rng: jax.Array) -> TrainState:
-        variables = model.init({"params": rng}, jnp.zeros((1, size, size, 3)), train=False)
-        params = variables["params"]
-        batch_stats = variables.get("batch_stats", {})
+        variables = experiment.init_variables(config, model, rng)
+        params, batch_stats = variables["params"], variables["batch_stats"]
         return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), batch_stats)
 
     return init
@@ -66,10 +63,7 @@ def create_train_state(config, model, tx, mesh) -> tuple[TrainState, Any]:
 def abstract_train_state(config, model, tx, mesh) -> Any:
     """Shapes, dtypes and shardings of the train state, without computing it (for restores)."""
     abstract = jax.eval_shape(_state_initializer(config, model, tx), root_key(config))
-    sharding = experiment.replicated(mesh)
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract
-    )
+    return experiment.replicated_shapes(abstract, mesh)
 
 
 def load_pretrained(state: TrainState, directory: str) -> TrainState:

@@ -7,6 +7,7 @@ the published evaluator's rules, on the very score maps the evaluator made.
 
 import json
 import os
+import shutil
 
 import cv2
 import numpy as np
@@ -18,7 +19,7 @@ from camjax.data import pipeline
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import export, report
 from camjax.evaluation import protocol as protocol_lib
-from camjax.localization import wsol_io
+from camjax.localization import wsol_frame, wsol_io
 from camjax.train import loop
 from configs import tiny
 from tests.localization import wsol_reference as ref
@@ -30,12 +31,12 @@ def data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(data_dir, tmp_path_factory):
-    config = tiny.get_config()
-    config.data.data_dir = data_dir
-    workdir = str(tmp_path_factory.mktemp("run"))
-    loop.train_and_evaluate(config, workdir)
-    return config, workdir
+def trained(tiny_run, tmp_path_factory):
+    """The session's trained tiny run, copied: evaluation writes into its workdir."""
+    config, pristine = tiny_run
+    workdir = str(tmp_path_factory.mktemp("run") / "run")
+    shutil.copytree(pristine, workdir)
+    return config.copy_and_resolve_references(), workdir
 
 
 @pytest.fixture(scope="module")
@@ -337,8 +338,8 @@ def test_exported_scoremaps_give_the_reference_the_same_counts(trained, tmp_path
     meta = wsol_io.read_metadata(os.path.join(out, "metadata", "CUB", "test"))
     assert meta.image_ids == tuple(f"test/{i:06d}.png" for i in range(11))
     np.testing.assert_array_equal(meta.class_labels, [source[i]["label"] for i in range(len(meta))])
-    maps = wsol_io.load_scoremaps(os.path.join(out, "scoremaps", "test"), meta.image_ids)
-    gt, num = wsol_io.resized_gt_boxes(meta)
+    maps = wsol_frame.load_scoremaps(os.path.join(out, "scoremaps", "test"), meta.image_ids)
+    gt, num = wsol_frame.resized_gt_boxes(meta)
     gts = [gt[i, : num[i]] for i in range(len(meta))]
     curve = np.append(protocol.thresholds, protocol.fixed_threshold)
     np.testing.assert_array_equal(

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from camjax.evaluation import evaluator, protocol
-from camjax.localization import wsol_io
+from camjax.localization import wsol_frame
 from configs import default, tiny, vgg16_gap_imagenet
 from tests.localization import wsol_reference as ref
 
@@ -43,7 +43,7 @@ def test_protocol_boxes_resize_from_the_original_as_the_reference():
     # resize_bbox: int(c * 224 / L), L = 20 for x and 10 for y.
     np.testing.assert_array_equal(got, [[[44, 44, 123, 134]]])
     np.testing.assert_array_equal(
-        got[0], wsol_io.resize_boxes(original_box[None], (20, 10), (224, 224))
+        got[0], wsol_frame.resize_boxes(original_box[None], (20, 10), (224, 224))
     )
     with pytest.raises(ValueError, match="original_sizes"):
         protocol.protocol_boxes(at_8, 8, 224, [(10, 20), (10, 20)])

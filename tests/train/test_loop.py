@@ -41,6 +41,7 @@ def saved_params(workdir, step=None):
     return step, restored["state"]["params"]
 
 
+@pytest.mark.slow  # two training runs, end to end
 def test_one_device_and_eight_devices_train_the_same(data_dir, tmp_path, monkeypatch):
     assert jax.device_count() == 8
     config = tiny_config(data_dir, num_steps=3)
@@ -77,9 +78,8 @@ def test_one_device_and_eight_devices_train_the_same(data_dir, tmp_path, monkeyp
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
 
 
-def test_logs_jsonl_and_checkpoints(data_dir, tmp_path):
-    workdir = str(tmp_path / "run")
-    loop.train_and_evaluate(tiny_config(data_dir), workdir)
+def test_logs_jsonl_and_checkpoints(tiny_run):
+    _, workdir = tiny_run  # configs/tiny.py trained to its end, shared with other tests
     lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [x["step"] for x in lines] == [2, 4, 6]
     assert all(np.isfinite(x["train/loss"]) for x in lines)
@@ -146,11 +146,27 @@ def test_killed_run_resumes_bit_identically(data_dir, tmp_path):
     assert rows[0] == rows[1]
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
+@pytest.fixture(scope="module")
+def two_step_run(data_dir, tmp_path_factory):
+    """A tiny run trained for 2 steps, checkpointed at both: (config, workdir, final state).
+    Tests resume copies of it (`resumable`) instead of each training its own."""
+    config = tiny_config(data_dir, num_steps=2, checkpoint_every_steps=1)
+    workdir = str(tmp_path_factory.mktemp("two_steps") / "run")
+    return config, workdir, loop.train_and_evaluate(config, workdir)
+
+
+@pytest.fixture
+def resumable(two_step_run, tmp_path):
+    """A copy of the 2-step run for the test to resume or damage: (its config, workdir)."""
+    config, pristine, _ = two_step_run
     workdir = str(tmp_path / "run")
-    config = tiny_config(data_dir, num_steps=2)
-    loop.train_and_evaluate(config, workdir)
-    config.train.num_steps = 8
+    shutil.copytree(pristine, workdir)
+    return config.copy_and_resolve_references(), workdir
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(resumable):
+    config, workdir = resumable
+    config.train.num_steps, config.train.checkpoint_every_steps = 8, 2  # tiny's: no save at 3
     config.optim.learning_rate = 1e30
     config.optim.schedule = "constant"
     with pytest.raises(
@@ -162,13 +178,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
-def test_a_damaged_newest_step_stops_training_until_a_person_removes_it(data_dir, tmp_path):
+def test_a_damaged_newest_step_stops_training_until_a_person_removes_it(resumable):
     """Resuming from the newest good step would save over the rejected newer one: training
     says so and moves nothing; once it is removed, training resumes from the good step, and
     a later non-finite loss names that step, not the damaged one."""
-    workdir = str(tmp_path / "run")
-    config = tiny_config(data_dir, num_steps=2, checkpoint_every_steps=1)
-    loop.train_and_evaluate(config, workdir)
+    config, workdir = resumable
     damaged = os.path.join(checkpoint.checkpoint_dir(workdir), "2")
     data_file = max(
         (os.path.join(r, f) for r, _, fs in os.walk(os.path.join(damaged, "state")) for f in fs),
@@ -190,10 +204,9 @@ def test_a_damaged_newest_step_stops_training_until_a_person_removes_it(data_dir
         loop.train_and_evaluate(config, workdir)
 
 
-def test_resume_after_completion_is_a_no_op(data_dir, tmp_path):
-    workdir = str(tmp_path / "run")
-    config = tiny_config(data_dir, num_steps=2)
-    first = loop.train_and_evaluate(config, workdir)
+def test_resume_after_completion_is_a_no_op(two_step_run, resumable):
+    _, _, first = two_step_run
+    config, workdir = resumable
     second = loop.train_and_evaluate(config, workdir)
     assert int(second.step) == 2
     jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
@@ -237,6 +250,7 @@ def test_optimizer_groups_and_schedules():
         optim.learning_rate_schedule(config, 10)
 
 
+@pytest.mark.slow  # three training runs, end to end
 def test_run_starts_from_pretrained_weights_and_resume_ignores_them(data_dir, tmp_path):
     """config.init.pretrained_dir replaces the backbone at the start; new layers stay fresh."""
     from camjax.models import torch_import
@@ -247,10 +261,11 @@ def test_run_starts_from_pretrained_weights_and_resume_ignores_them(data_dir, tm
     mesh = experiment.make_mesh()
     fresh, _ = train_state.create_train_state(config, model, tx, mesh)
     # "Pretrained": another seed's backbone, as torch_import would save it (no new layers).
-    other = jax.jit(lambda k: model.init(k, np.zeros((1, 64, 64, 3), np.float32), train=False))(
-        jax.random.key(7)
-    )
-    backbone = {k: v for k, v in other["params"].items() if k not in ("cam_conv", "head")}
+    # Made by the same jitted init (the seed is its argument), so it compiles once.
+    other_seed = config.copy_and_resolve_references()
+    other_seed.seed = 7
+    other, _ = train_state.create_train_state(other_seed, model, tx, mesh)
+    backbone = {k: v for k, v in other.params.items() if k not in ("cam_conv", "head")}
     pretrained_dir = str(tmp_path / "pretrained")
     torch_import.save_pretrained(pretrained_dir, {"params": backbone}, {"model": "test"})
 
