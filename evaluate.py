@@ -7,7 +7,10 @@ the validation split, reports classification and localization on the test split,
 workdir/metrics.json and a CAM gallery (workdir/gallery/*.png, workdir/gallery.png). With
 --export_dir (and --config.eval.wsol.eval_size=224, the reference's frame) it also writes both
 splits' WSOL score maps, metadata and PxAP masks in the reference evaluator's layout
-(camjax/evaluation/export.py).
+(camjax/evaluation/export.py). --config.eval.method=grad_cam (any name of
+camjax.explain.METHODS, at --config.eval.layer) scores and draws that method's maps instead of
+CAM; --config.eval.faithfulness.enabled=True adds Average Drop, Increase in Confidence,
+Deletion, Insertion and the pointing game on the test split.
 """
 
 import logging

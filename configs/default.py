@@ -102,6 +102,22 @@ def get_config() -> ml_collections.ConfigDict:
     ev.center_box_grid_step = 0.05  # sizes of the centered-box baseline, as image fractions
     ev.num_gallery = 16  # CAM pictures written for the first N test images
     ev.max_images = 0  # evaluate only the first N images of each split; 0 = all
+    # The saliency method for every metric and the gallery: a name of camjax.explain.METHODS
+    # ("cam": the GAP network's own CAM, the paper's), read at the module path `layer`.
+    ev.method = "cam"
+    ev.layer = "feature_map"
+    # Faithfulness of the method's maps on the test split (camjax/evaluation/faithfulness.py):
+    # Average Drop and Increase in Confidence, RISE Deletion/Insertion AUC, pointing game.
+    ev.faithfulness = faith = ml_collections.ConfigDict()
+    faith.enabled = False  # deletion/insertion run (image_size / step + 1) x 2 forward passes
+    faith.target = "predicted"  # the class explained: "predicted" (top-1, as RISE) or "label"
+    faith.variant = "paper"  # Average Drop: "paper" (percent), "torchcam", "grad_cam" (fractions)
+    faith.score = "softmax"  # the class's probability; "logit" as the peers' defaults
+    faith.step = 0  # pixels per deletion/insertion step; 0 = the image width (RISE: 224 at 224)
+    faith.chunk = 8  # curve points per scanned forward pass (memory: 2 x chunk x batch images)
+    faith.resize = "bilinear"  # map upsampling (TorchCAM's, and OpenCV INTER_LINEAR = grad-cam's)
+    faith.tolerance = 15.0  # pointing game, pixels of the evaluated image (TorchRay's 15)
+    faith.max_images = 0  # first N test images; 0 = config.eval.max_images
     # The WSOL protocol of Choe et al. (CVPR 2020, clovaai/wsolevaluation) on validation and
     # test: MaxBoxAcc, MaxBoxAccV2, BoxAcc at fixed_threshold and at validation's thresholds,
     # top-1 loc, PxAP. Score maps: GT-class CAM, bicubic to eval_size, min-max, uint8.

@@ -19,6 +19,7 @@ OpenCV arithmetic (`protocol.reference_scoremaps`), quantises them and bins thei
 histograms in float64.
 """
 
+import functools
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -30,8 +31,9 @@ import ml_collections
 import numpy as np
 
 from camjax import cam as cam_lib
-from camjax import checkpoint, experiment
+from camjax import checkpoint, experiment, explain
 from camjax.data import pipeline
+from camjax.evaluation import faithfulness as faith_lib
 from camjax.evaluation.gallery import write_gallery
 from camjax.evaluation.protocol import (
     MaskedEvalPreprocess,
@@ -63,6 +65,34 @@ def host_rows(x: jax.Array) -> np.ndarray:
     return np.concatenate([np.asarray(s.data) for s in shards])
 
 
+def method_and_layer(config: ml_collections.ConfigDict) -> tuple[str, str]:
+    """config.eval.method (a name of `camjax.explain.METHODS`) and .layer, checked; runs saved
+    before these fields existed mean CAM at 'feature_map'."""
+    method = config.eval.get("method", "cam")
+    if method not in explain.METHODS:
+        raise ValueError(
+            f"config.eval.method must be one of {', '.join(sorted(explain.METHODS))}; "
+            f"got {method!r}."
+        )
+    return method, config.eval.get("layer", "feature_map")
+
+
+def faithfulness_settings(
+    config: ml_collections.ConfigDict,
+) -> faith_lib.FaithfulnessSettings | None:
+    """config.eval.faithfulness checked, or None when it is absent or disabled."""
+    f = config.eval.get("faithfulness")
+    if f is None or not f.enabled:
+        return None
+    if f.target not in ("predicted", "label"):
+        raise ValueError(
+            f"config.eval.faithfulness.target must be 'predicted' or 'label'; got {f.target!r}."
+        )
+    return faith_lib.FaithfulnessSettings(
+        step=f.step, chunk=f.chunk, variant=f.variant, score=f.score, tolerance=f.tolerance
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The evaluator.
 
@@ -91,14 +121,32 @@ class Evaluator:
         self.center_boxes = boxes.centered_boxes(size, size, self.center_fractions)
         self.prep = experiment.preprocess_config(config)
         self.sharding = experiment.data_sharding(mesh)
+        self.method, self.layer = method_and_layer(config)
+        # explainer(variables, **postprocessing): the chosen method's maps; its compiled
+        # function is cached per options, so making it inside a traced step costs nothing.
+        self._explainer = functools.partial(
+            explain.explainer,
+            model,
+            method=self.method,
+            layer=self.layer,
+            apply_kwargs={"train": False},
+        )
+        self.faithfulness = faithfulness_settings(config)
         self._paper_step = jax.jit(lambda variables, batch: self._dense(variables, batch)[3])
+        self._faith_step = jax.jit(self._faith) if self.faithfulness is not None else None
         self._wsol_step = jax.jit(self._wsol) if protocol is not None else None
         self._scoremap_step = jax.jit(self._scoremaps) if protocol is not None else None
 
     def _cams(self, variables, batch):
-        """(logits (B, C), CAMs (B, h, w) of each image's GT class) of a device batch."""
+        """(logits (B, C), CAMs (B, h, w) of each image's GT class) of a device batch; with
+        config.eval.method not 'cam', that method's raw maps at its layer's resolution."""
         data = self.config.data
         images = pipeline.normalize_images(batch["image"], data.mean, data.std)
+        if self.method != "cam":
+            # Raw maps at the layer's resolution: the same resize and normalisation as CAM's.
+            f = self._explainer(variables, size=None, normalize=False)
+            out = f(images, targets=batch["label"])
+            return out.logits, out.cams[:, 0]
         logits, out = self.model.apply(variables, images, train=False)
         kernel = cam_lib.head_kernel(variables)
         return logits, cam_lib.cams_for_classes(out["feature_map"], kernel, batch["label"])
@@ -158,6 +206,50 @@ class Evaluator:
             return cams
         e = self.protocol.eval_size
         return cam_lib.postprocess(cams, (e, e), method="bicubic")
+
+    def _faith(self, variables, batch):
+        """One batch's faithfulness sums: Average Drop, Increase, Deletion and Insertion of the
+        maps of config.eval.faithfulness.target's class (upsampled to the image, min-max), and
+        the pointing game of the GT class's map against the union of the GT boxes."""
+        data, f = self.config.data, self.config.eval.faithfulness
+        images = pipeline.normalize_images(batch["image"], data.mean, data.std)
+
+        def forward(x):
+            return self.model.apply(variables, x, train=False)[0]
+
+        labels = batch["label"]
+        if f.target == "predicted":
+            targets = jnp.stack([labels, jnp.argmax(forward(images), -1)], axis=1)
+        else:
+            targets = labels[:, None]
+        out = self._explainer(variables, resize=f.resize, normalize="minmax")(images, targets)
+        classes, size = out.classes[:, -1], self.config.data.image_size
+        gt = faith_lib.box_masks(batch["boxes"], batch["num_boxes"], size, size)
+        return faith_lib.batch_sums(
+            forward,
+            images,
+            out.cams[:, -1],
+            jnp.maximum(classes, 0),
+            batch["valid"],
+            self.faithfulness,
+            point_maps=out.cams[:, 0],
+            gt_masks=gt,
+            labels=labels,
+            num_classes=out.logits.shape[-1],
+        )
+
+    def evaluate_faithfulness(
+        self, variables: Any, source: Sequence, max_images: int = 0
+    ) -> faith_lib.FaithfulnessAccumulator:
+        """Faithfulness sums over the first max_images (0: all) examples of a source."""
+        if self.faithfulness is None:
+            raise ValueError("config.eval.faithfulness.enabled is False.")
+        acc = faith_lib.FaithfulnessAccumulator(self.faithfulness)
+        keys = ["image", "label", "boxes", "num_boxes", "valid"]
+        batches = self._batches(source, max_images, masks=False)
+        for _, out in self._pipelined(self._faith_step, variables, batches, keys):
+            acc.update(out)
+        return acc
 
     def _exact_outputs(self, host_batch: pipeline.Batch, out: dict[str, jax.Array]) -> dict:
         """`_wsol`'s outputs for this host's rows, made on the host as the reference makes
@@ -334,6 +426,25 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     """Restores the latest checkpoint in workdir, evaluates, writes metrics.json and a gallery."""
     experiment.check_writable(workdir)  # before the work whose results it would hold
     evaluator, variables, step = restore_evaluator(config, workdir)
+    results, chosen = evaluate_variables(evaluator, variables, step)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        # Written aside and renamed, so an interrupted run never leaves a truncated file.
+        path = os.path.join(workdir, "metrics.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(results, f, indent=2)
+        os.replace(path + ".tmp", path)
+        test_source = experiment.data_sources(config)[config.data.test_split]
+        write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
+    return results
+
+
+def evaluate_variables(
+    evaluator: Evaluator, variables: dict[str, Any], step: int
+) -> tuple[dict[str, Any], float]:
+    """run_evaluation's results for these variables, written nowhere: (results, the CAM
+    threshold chosen on validation)."""
+    config = evaluator.config
     protocol = evaluator.protocol
     sources = experiment.data_sources(config)
     val_source, test_source = sources[config.data.val_split], sources[config.data.test_split]
@@ -372,12 +483,13 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
             "val": val_wsol.summary(),
             "test": test_wsol.summary(val_wsol),
         }
-    if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        # Written aside and renamed, so an interrupted run never leaves a truncated file.
-        path = os.path.join(workdir, "metrics.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(path + ".tmp", path)
-        write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
-    return results
+    if evaluator.method != "cam":
+        results["method"] = {"name": evaluator.method, "layer": evaluator.layer}
+    if evaluator.faithfulness is not None:
+        n = config.eval.faithfulness.max_images or max_images
+        acc = evaluator.evaluate_faithfulness(variables, test_source, n)
+        results["faithfulness"] = {
+            "test": acc.summary(),
+            "settings": config.eval.faithfulness.to_dict(),
+        }
+    return results, chosen

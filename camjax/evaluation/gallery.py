@@ -16,7 +16,8 @@ def write_gallery(
 ) -> list[str]:
     """PNG per image for the first config.eval.num_gallery images: image | CAM overlay + boxes.
 
-    The CAM is that of the top-1 predicted class; green is the GT box, red the CAM box.
+    The map (config.eval.method's, CAM by default) is that of the top-1 predicted class; green
+    is the GT box, red the map's box.
     """
     n = min(config.eval.num_gallery, len(source))
     if n == 0:
@@ -24,13 +25,26 @@ def write_gallery(
     prep = experiment.preprocess_config(config)
     rows = [pipeline.EvalPreprocess(prep).map(source[i]) for i in range(n)]
     images = np.stack([r["image"] for r in rows])
-    f = explain.cam_fn(
-        model,
-        variables,
-        top_k=1,
-        method=config.eval.resize_method,
-        normalize=config.eval.cam_normalization,
-    )
+    method = config.eval.get("method", "cam")
+    if method == "cam":
+        f = explain.cam_fn(
+            model,
+            variables,
+            top_k=1,
+            method=config.eval.resize_method,
+            normalize=config.eval.cam_normalization,
+        )
+    else:
+        f = explain.explainer(
+            model,
+            variables,
+            method,
+            layer=config.eval.get("layer", "feature_map"),
+            top_k=1,
+            resize=config.eval.resize_method,
+            normalize=config.eval.cam_normalization,
+            apply_kwargs={"train": False},
+        )
     out = f(pipeline.normalize_images(images, config.data.mean, config.data.std))
     boxes = box_from_scoremap(out.cams[:, 0], threshold)
     out, boxes = jax.device_get((out, boxes))

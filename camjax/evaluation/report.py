@@ -41,6 +41,9 @@ def print_report(results: dict[str, Any]) -> None:
         f"\n{results['model']} on {results['dataset']} test ({tuned['num_images']} images), "
         f"step {results['step']}, IoU >= {results['iou_threshold']}"
     )
+    if "method" in results:
+        m = results["method"]
+        print(f"maps: {m['name']} at layer {m['layer']!r} (every 'CAM' below is this method's)")
     head_tuned = f"thr {tuned['threshold']:.2f} (from val)"
     head_fixed = f"thr {fixed['threshold']:.2f} (paper)"
     print(f"{'':<{LABEL}}{head_tuned:>22}{head_fixed:>20}")
@@ -58,9 +61,27 @@ def print_report(results: dict[str, Any]) -> None:
     used = ["region"]
     if "wsol" in results:
         used += print_wsol(results["wsol"])
+    if "faithfulness" in results:
+        print_faithfulness(results["faithfulness"])
     print("\nBox rules (one counting engine, camjax.localization.wsol):")
     for rule in used:
         print(f"  [{rule}] {RULES[rule]}")
+
+
+def print_faithfulness(f: dict[str, Any]) -> None:
+    """The faithfulness metrics of the test split (camjax/evaluation/faithfulness.py)."""
+    t, unit = f["test"], "%" if f["test"]["variant"] == "paper" else ""
+    print(
+        f"\nFaithfulness on test ({t['num_images']} images, {f['settings']['target']} class, "
+        f"{t['score']}; Average Drop as {t['variant']})"
+    )
+    print(f"{'Average Drop (lower better)':<{LABEL}}{t['average_drop']:>12.2f}{unit}")
+    print(f"{'Increase in Confidence':<{LABEL}}{t['increase_in_confidence']:>12.2f}{unit}")
+    if "deletion_auc" in t:
+        print(f"{'Deletion AUC (lower better)':<{LABEL}}{t['deletion_auc']:>12.4f}")
+        print(f"{'Insertion AUC':<{LABEL}}{t['insertion_auc']:>12.4f}")
+    if "pointing_game" in t:
+        print(f"{'Pointing game (GT class)':<{LABEL}}{t['pointing_game']:>12.2f}%")
 
 
 def print_wsol(w: dict[str, Any]) -> list[str]:

@@ -1,0 +1,147 @@
+"""Every saliency method of camjax.explain on one trained run: localization, faithfulness, speed.
+
+    python benchmarks/method_table.py --workdir runs/default [--max_images N] [--methods a,b]
+
+For each name of `camjax.explain.METHODS` (at the run's `config.eval.layer`), evaluates the
+run's latest checkpoint as `evaluate.py --config.eval.method=NAME
+--config.eval.faithfulness.enabled=True` does (the WSOL threshold chosen on validation, every
+number on test; nothing is written to the workdir) and prints one table: MaxBoxAccV2, PxAP,
+top-1 loc (IoU 50, at validation's threshold), Average Drop, Increase in Confidence (percent,
+softmax of the predicted class), Deletion and Insertion AUC (RISE), the pointing game and
+images/s. images/s is the method alone: the jitted explainer on one eval batch (the GT
+classes, maps upsampled to the image), compile excluded, the median of `--repeats` calls.
+`--max_images N` limits every split to its first N images (a quick check).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from camjax import checkpoint, experiment, explain  # noqa: E402
+from camjax.data import pipeline  # noqa: E402
+from camjax.evaluation import evaluator as evaluator_lib  # noqa: E402
+from configs import default  # noqa: E402
+
+COLUMNS = (
+    ("MaxBoxAccV2", "{:.2f}"),
+    ("PxAP", "{:.2f}"),
+    ("top-1 loc", "{:.2f}"),
+    ("Avg Drop", "{:.2f}"),
+    ("Incr Conf", "{:.2f}"),
+    ("Deletion", "{:.4f}"),
+    ("Insertion", "{:.4f}"),
+    ("Pointing", "{:.2f}"),
+    ("images/s", "{:.1f}"),
+)
+
+
+def images_per_second(evaluator, variables, method: str, repeats: int) -> float:
+    """The explainer alone on one eval batch of test images, compile excluded."""
+    config = evaluator.config
+    source = experiment.data_sources(config)[config.data.test_split]
+    n = min(config.eval.batch_size, len(source))
+    rows = [pipeline.EvalPreprocess(evaluator.prep).map(source[i]) for i in range(n)]
+    images = pipeline.normalize_images(
+        np.stack([r["image"] for r in rows]), config.data.mean, config.data.std
+    )
+    labels = jax.numpy.asarray(np.array([r["label"] for r in rows], np.int32))
+    images = jax.numpy.asarray(images)
+    f = explain.explainer(
+        evaluator.model,
+        variables,
+        method,
+        layer=evaluator.layer,
+        resize=config.eval.resize_method,
+        apply_kwargs={"train": False},
+    )
+    jax.block_until_ready(f(images, labels))  # compile
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(f(images, labels))
+        times.append(time.perf_counter() - start)
+    return n / float(np.median(times))
+
+
+def method_row(evaluator, variables, step: int, repeats: int) -> dict[str, float]:
+    results, _ = evaluator_lib.evaluate_variables(evaluator, variables, step)
+    test, faith = results["wsol"]["test"], results["faithfulness"]["test"]
+    return {
+        "MaxBoxAccV2": test["max_box_acc_v2"],
+        "PxAP": test.get("pxap", float("nan")),
+        "top-1 loc": test["at_val_thresholds"]["top1_loc"],
+        "Avg Drop": faith["average_drop"],
+        "Incr Conf": faith["increase_in_confidence"],
+        "Deletion": faith["deletion_auc"],
+        "Insertion": faith["insertion_auc"],
+        "Pointing": faith["pointing_game"],
+        "images/s": images_per_second(evaluator, variables, evaluator.method, repeats),
+        "num_images": faith["num_images"],
+    }
+
+
+def method_table(
+    workdir: str,
+    methods: list[str] | None = None,
+    max_images: int = 0,
+    step: int = 0,
+    repeats: int = 5,
+) -> dict[str, dict[str, float]]:
+    """{method: row} for a trained run (its saved config, faithfulness enabled)."""
+    config = checkpoint.load_run_config(workdir)
+    with config.unlocked():
+        config.eval.max_images = max_images
+        ev = config.eval
+        if "faithfulness" not in ev:  # a run saved before the field existed
+            ev.faithfulness = default.get_config().eval.faithfulness
+            ev.method, ev.layer = "cam", "feature_map"
+        ev.faithfulness.enabled = True
+        ev.faithfulness.step = step
+    base, variables, step_ = evaluator_lib.restore_evaluator(config, workdir)
+    table = {}
+    for method in methods or list(explain.METHODS):
+        c = config.copy_and_resolve_references()
+        c.eval.method = method
+        e = evaluator_lib.Evaluator(c, base.model, base.mesh, base.protocol)
+        table[method] = method_row(e, variables, step_, repeats)
+    return table
+
+
+def format_table(table: dict[str, dict[str, float]]) -> str:
+    width = max(len("method"), *map(len, table))
+    head = f"{'method':<{width}}" + "".join(f"{name:>13}" for name, _ in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for method, row in table.items():
+        cells = "".join(f"{fmt.format(row[name]):>13}" for name, fmt in COLUMNS)
+        lines.append(f"{method:<{width}}{cells}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", required=True, help="A trained run (train.py's workdir).")
+    parser.add_argument("--methods", default="", help="Comma-separated; default: all.")
+    parser.add_argument("--max_images", type=int, default=0, help="Per split; 0 = all.")
+    parser.add_argument("--step", type=int, default=0, help="Deletion/insertion pixels per step.")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed explainer calls.")
+    args = parser.parse_args(argv)
+    methods = [m for m in args.methods.split(",") if m] or None
+    table = method_table(args.workdir, methods, args.max_images, args.step, args.repeats)
+    n = next(iter(table.values()))["num_images"]
+    print(
+        f"\n{args.workdir}: {n} test images; localization in percent (WSOL protocol), "
+        "Average Drop / Increase in percent, Deletion (lower better) / Insertion AUC in [0, 1], "
+        f"pointing game in percent; {jax.devices()[0].device_kind}\n"
+    )
+    print(format_table(table))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Faithfulness of saliency maps: Average Drop, Increase in Confidence, Deletion, Insertion, and
+the pointing game; batched, jitted, and summed over a split.
+
+Every function is pure and jittable; `forward(images (N, H, W, 3)) -> logits (N, C)` is the
+model on its own input (normalised images for camjax's networks), and `maps` are (B, H, W)
+saliency maps at that input's resolution (an explainer's `cams[:, 0]` with size='input').
+
+Definitions (camjax's defaults first; the peers' variants are options):
+
+* Average Drop / Increase in Confidence (Chattopadhyay et al., WACV 2018, "Grad-CAM++"):
+  y = the class's softmax probability on the image, o = on the image multiplied by its map
+  (min-max normalised to [0, 1], upsampled to the image; the product is taken in the model's
+  input space, as pytorch-grad-cam and TorchCAM both do). Per image: drop = max(0, y - o) / y,
+  increase = 1[o > y]; reported as percentages (x 100) of the mean. Variants: 'torchcam'
+  (`torchcam/metrics.py ClassificationMetric`: relu(y - o) / (y + 1e-7), 1[y < o], fractions)
+  and 'grad_cam' (`pytorch_grad_cam/metrics/cam_mult_image.py DropInConfidence`: relu(y - o),
+  not divided by y; `IncreaseInConfidence`: 1[o - y > 0]). `score`: 'softmax' (the paper's,
+  and what the peers' docs recommend) or 'logit' (the peers' defaults).
+* Deletion / Insertion (Petsiuk et al., BMVC 2018, RISE; eclique/RISE `evaluation.py
+  CausalMetric`): pixels ranked by decreasing saliency (a stable sort: ties in raster order, as
+  TorchCAM; RISE's numpy argsort breaks ties arbitrarily), `step` pixels (all 3 channels)
+  changed per step, scores after 0, step, 2 step, ..., P changed pixels (n_steps + 1 points,
+  n_steps = ceil(P / step)). Deletion moves from the image to zeros (in the model's input
+  space, RISE's `torch.zeros_like`), insertion from a blurred image to the image (RISE's
+  `gkern(11, 5)`: per-channel Gaussian, sigma 5, 11 x 11, zero padding). The score is the
+  class's softmax probability. AUC: the trapezoid rule over the fraction of changed pixels,
+  in [0, 1]; it equals RISE's `auc` (uniform grid) when step divides P (RISE's step = W), and
+  TorchCAM's `torch.trapezoid(curve, fractions)` always.
+* Pointing game (Zhang et al., ECCV 2016; TorchRay `benchmark/pointing_game.py`): the point is
+  the map's first maximum in raster order; a hit when some GT pixel lies at Euclidean distance
+  strictly below `tolerance` (15 px) from it. Accuracy: per class hits / max(1, images), then
+  the mean over the classes that occur (TorchRay's mean over all classes when all occur).
+
+Memory. `deletion_insertion_curves` evaluates `chunk` points of both curves at once: the model
+runs on 2 * chunk * B images per scan iteration, so the peak is about that many forward
+passes' activations plus 2 * chunk * B * H * W * 3 float32 inputs (chunk 8, B 128 at 64 x 64:
+25 MB of inputs); the curves themselves are (B, n_steps + 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Forward = Callable[[jax.Array], jax.Array]
+
+DROP_VARIANTS = ("paper", "torchcam", "grad_cam")
+SCORES = ("softmax", "logit")
+
+
+def class_scores(logits: jax.Array, classes: jax.Array, score: str = "softmax") -> jax.Array:
+    """(B,) float32 score of each row's class. logits: (B, C); classes: (B,) int."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}; got {score!r}.")
+    logits = logits.astype(jnp.float32)
+    values = jax.nn.softmax(logits, axis=-1) if score == "softmax" else logits
+    return jnp.take_along_axis(values, classes[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
+# --------------------------------------------------------------------------------------------
+# Average Drop and Increase in Confidence.
+
+
+def confidence_change(
+    forward: Forward,
+    images: jax.Array,
+    maps: jax.Array,
+    classes: jax.Array,
+    score: str = "softmax",
+) -> tuple[jax.Array, jax.Array]:
+    """(y, o): the class's score on the images and on images * maps, each (B,) float32.
+
+    images: (B, H, W, 3) float, the model's input; maps: (B, H, W) in [0, 1]; classes: (B,).
+    """
+    y = class_scores(forward(images), classes, score)
+    o = class_scores(forward(images * maps[..., None].astype(images.dtype)), classes, score)
+    return y, o
+
+
+def drop_and_increase(
+    y: jax.Array, o: jax.Array, variant: str = "paper"
+) -> tuple[jax.Array, jax.Array]:
+    """Per-image (drop, increase), each (B,) float32, as `variant` defines them (module doc);
+    the means are Average Drop and Increase in Confidence (x 100 for 'paper')."""
+    if variant == "paper":
+        return jnp.maximum(y - o, 0.0) / y, (o > y).astype(jnp.float32)
+    if variant == "torchcam":
+        return jax.nn.relu(y - o) / (y + 1e-7), (y < o).astype(jnp.float32)
+    if variant == "grad_cam":
+        diff = o - y
+        return jnp.maximum(-diff, 0.0), (diff > 0).astype(jnp.float32)
+    raise ValueError(f"variant must be one of {DROP_VARIANTS}; got {variant!r}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Deletion and Insertion (RISE).
+
+
+def gaussian_kernel(klen: int = 11, sigma: float = 5.0) -> np.ndarray:
+    """RISE's `gkern(klen, nsig)`: `scipy.ndimage.gaussian_filter` (reflect mode, truncate 4)
+    of a klen x klen delta, in numpy. Returns (klen, klen) float32 (it sums to 1 only
+    approximately: the filter's tails fold back at the delta's borders)."""
+    radius = int(4.0 * sigma + 0.5)
+    t = np.arange(-radius, radius + 1)
+    w = np.exp(-0.5 * (t / sigma) ** 2)
+    w /= w.sum()
+    delta = np.zeros(klen)
+    delta[klen // 2] = 1.0
+    period = 2 * klen
+    k1 = np.zeros(klen)
+    for j in range(klen):
+        p = np.mod(j + t, period)
+        p = np.where(p >= klen, period - 1 - p, p)  # reflect: d c b a | a b c d | d c b a
+        k1[j] = np.sum(w * delta[p])
+    return np.outer(k1, k1).astype(np.float32)
+
+
+def rise_blur(images: jax.Array, klen: int = 11, sigma: float = 5.0) -> jax.Array:
+    """RISE's insertion substrate: each channel convolved with `gaussian_kernel(klen, sigma)`,
+    zero padding (the borders darken, as `conv2d(x, kern, padding=klen // 2)`).
+    images: (B, H, W, 3) -> (B, H, W, 3) float32."""
+    k = jnp.asarray(gaussian_kernel(klen, sigma))
+    c = images.shape[-1]
+    kernel = jnp.tile(k[:, :, None, None], (1, 1, 1, c))  # HWIO, depthwise
+    return jax.lax.conv_general_dilated(
+        images.astype(jnp.float32),
+        kernel,
+        window_strides=(1, 1),
+        padding=[(klen // 2, klen // 2)] * 2,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=c,
+        precision=jax.lax.Precision.HIGHEST,
+    )
+
+
+def curve_counts(num_pixels: int, step: int) -> np.ndarray:
+    """Changed pixels at each point of a curve: 0, step, ..., P (n_steps + 1 int32)."""
+    if step < 1:
+        raise ValueError(f"step must be a positive number of pixels; got {step}.")
+    n_steps = -(-num_pixels // step)
+    return np.minimum(np.arange(n_steps + 1) * step, num_pixels).astype(np.int32)
+
+
+def saliency_ranks(maps: jax.Array) -> jax.Array:
+    """(B, P) int32 rank of each pixel (raster order) by decreasing saliency, ties in raster
+    order. maps: (B, H, W)."""
+    flat = maps.reshape(maps.shape[0], -1)
+    order = jnp.argsort(flat, axis=-1, stable=True, descending=True)
+    return jnp.argsort(order, axis=-1).astype(jnp.int32)
+
+
+def deletion_insertion_curves(
+    forward: Forward,
+    images: jax.Array,
+    maps: jax.Array,
+    classes: jax.Array,
+    *,
+    step: int,
+    insertion_start: jax.Array | None = None,
+    deletion_end: jax.Array | None = None,
+    chunk: int = 8,
+    score: str = "softmax",
+) -> tuple[jax.Array, jax.Array]:
+    """(deletion, insertion) curves, each (B, n_steps + 1) float32, in one scan.
+
+    images: (B, H, W, 3) model input; maps: (B, H, W); classes: (B,). Deletion goes from the
+    images to `deletion_end` (default zeros), insertion from `insertion_start` (default
+    `rise_blur(images)`) to the images, `step` pixels per step in order of `saliency_ranks`.
+    chunk: curve points evaluated together (memory: see the module doc).
+    """
+    b, h, w, _ = images.shape
+    counts = jnp.asarray(curve_counts(h * w, step))
+    ranks = saliency_ranks(maps).reshape(b, h, w, 1)
+    blurred = rise_blur(images) if insertion_start is None else insertion_start
+    zeros = jnp.zeros_like(images) if deletion_end is None else deletion_end
+    starts = jnp.concatenate([images, blurred.astype(images.dtype)])
+    ends = jnp.concatenate([zeros.astype(images.dtype), images])
+    ranks2, classes2 = jnp.concatenate([ranks, ranks]), jnp.concatenate([classes, classes])
+
+    def point(count):
+        x = jnp.where(ranks2 < count, ends, starts)
+        return class_scores(forward(x), classes2, score)
+
+    curves = jax.lax.map(point, counts, batch_size=min(chunk, counts.shape[0]))  # (S, 2B)
+    return curves[:, :b].T, curves[:, b:].T
+
+
+def curve_auc(curves: jax.Array, num_pixels: int, step: int) -> jax.Array:
+    """Trapezoid area under (B, S) curves over the fraction of changed pixels, (B,)."""
+    x = curve_counts(num_pixels, step).astype(np.float64) / num_pixels
+    dx = jnp.asarray(np.diff(x), jnp.float32)
+    return jnp.sum(dx * (curves[:, 1:] + curves[:, :-1]) / 2, axis=-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Pointing game.
+
+
+def box_masks(boxes: jax.Array, num_boxes: jax.Array, height: int, width: int) -> jax.Array:
+    """(B, H, W) bool union of each image's GT boxes: pixels whose centre lies in a box.
+
+    boxes: (B, M, 4) float (x0, y0, x1, y1), exclusive ends, pixels; num_boxes: (B,)."""
+    ys = jnp.arange(height, dtype=jnp.float32)[:, None] + 0.5
+    xs = jnp.arange(width, dtype=jnp.float32)[None, :] + 0.5
+    bx = boxes[:, :, None, None, :]
+    inside = (xs >= bx[..., 0]) & (xs <= bx[..., 2]) & (ys >= bx[..., 1]) & (ys <= bx[..., 3])
+    real = jnp.arange(boxes.shape[1])[None, :] < num_boxes[:, None]
+    return jnp.any(inside & real[:, :, None, None], axis=1)
+
+
+def pointing_hits(maps: jax.Array, gt_masks: jax.Array, tolerance: float = 15.0) -> jax.Array:
+    """(B,) bool: is a GT pixel strictly within `tolerance` px of the map's first maximum?
+
+    maps: (B, H, W); gt_masks: (B, H, W) bool, at the maps' resolution."""
+    b, h, w = maps.shape
+    idx = jnp.argmax(maps.reshape(b, -1), axis=-1)
+    y, x = (idx // w)[:, None, None], (idx % w)[:, None, None]
+    yy, xx = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
+    accept = (yy - y) ** 2 + (xx - x) ** 2 < tolerance**2
+    return jnp.any(gt_masks & accept, axis=(1, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming over a split.
+
+
+@dataclasses.dataclass(frozen=True)
+class FaithfulnessSettings:
+    """What to compute. step: pixels per deletion/insertion step (0: the image width, RISE's
+    224 at 224 x 224); chunk: curve points per scan iteration; variant, score: Average Drop's
+    definition (module doc); tolerance: the pointing game's, pixels."""
+
+    step: int = 0
+    chunk: int = 8
+    variant: str = "paper"
+    score: str = "softmax"
+    tolerance: float = 15.0
+    deletion_insertion: bool = True
+    pointing: bool = True
+
+    def __post_init__(self):
+        if self.variant not in DROP_VARIANTS:
+            raise ValueError(f"variant must be one of {DROP_VARIANTS}; got {self.variant!r}.")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}; got {self.score!r}.")
+        if self.step < 0 or self.chunk < 1 or self.tolerance <= 0:
+            raise ValueError(
+                f"need step >= 0, chunk >= 1, tolerance > 0; got {self.step}, {self.chunk}, "
+                f"{self.tolerance}."
+            )
+
+    def pixels_per_step(self, width: int) -> int:
+        return self.step or width
+
+
+def batch_sums(
+    forward: Forward,
+    images: jax.Array,
+    maps: jax.Array,
+    classes: jax.Array,
+    valid: jax.Array,
+    settings: FaithfulnessSettings,
+    *,
+    point_maps: jax.Array | None = None,
+    gt_masks: jax.Array | None = None,
+    labels: jax.Array | None = None,
+    num_classes: int = 0,
+) -> dict[str, jax.Array]:
+    """The sums of one batch (jittable; padding rows, valid False, count nothing).
+
+    maps: (B, H, W) in [0, 1], of `classes` (B,), for Average Drop, Increase and the curves.
+    point_maps, gt_masks (B, H, W), labels (B,): the pointing game (maps of the GT class),
+    counted per class in (num_classes,) arrays. Maps with a NaN (an explainer's invalid class)
+    count nowhere, as TorchCAM discards them ('nan' counts them).
+    """
+    ok = valid & ~jnp.any(jnp.isnan(maps), axis=(1, 2))
+    maps = jnp.nan_to_num(maps)
+    w = ok.astype(jnp.float32)
+    y, o = confidence_change(forward, images, maps, classes, settings.score)
+    drop, increase = drop_and_increase(y, o, settings.variant)
+    sums = {
+        "count": jnp.sum(w),
+        "nan": jnp.sum((valid & ~ok).astype(jnp.float32)),
+        "drop": jnp.sum(jnp.where(ok, drop, 0.0)),
+        "increase": jnp.sum(jnp.where(ok, increase, 0.0)),
+    }
+    if settings.deletion_insertion:
+        h, wd = images.shape[1:3]
+        step = settings.pixels_per_step(wd)
+        deletion, insertion = deletion_insertion_curves(
+            forward, images, maps, classes, step=step, chunk=settings.chunk, score=settings.score
+        )
+        sums["deletion"] = jnp.sum(jnp.where(ok, curve_auc(deletion, h * wd, step), 0.0))
+        sums["insertion"] = jnp.sum(jnp.where(ok, curve_auc(insertion, h * wd, step), 0.0))
+    if settings.pointing and point_maps is not None:
+        pok = valid & ~jnp.any(jnp.isnan(point_maps), axis=(1, 2))
+        hits = pointing_hits(jnp.nan_to_num(point_maps), gt_masks, settings.tolerance) & pok
+        one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+        sums["pointing_hits"] = jnp.sum(one_hot * hits[:, None], axis=0)
+        sums["pointing_count"] = jnp.sum(one_hot * pok[:, None], axis=0)
+    return sums
+
+
+@dataclasses.dataclass
+class FaithfulnessAccumulator:
+    """Sums over a split, kept on device until `summary`; `merge` adds another's."""
+
+    settings: FaithfulnessSettings
+    sums: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def update(self, batch: dict[str, jax.Array]) -> None:
+        if not self.sums:
+            self.sums = dict(batch)
+        else:
+            self.sums = jax.tree.map(jnp.add, self.sums, batch)
+
+    def merge(self, other: FaithfulnessAccumulator) -> None:
+        if other.sums:
+            self.update(other.sums)
+
+    def summary(self) -> dict[str, float]:
+        """Means over the counted images. The 'paper' variant reports Average Drop and
+        Increase in Confidence in percent, the peers' variants as fractions (as they do);
+        Deletion and Insertion AUCs in [0, 1]; the pointing game in percent."""
+        s = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float64), self.sums)
+        n = max(float(s.get("count", 0.0)), 1.0)
+        scale = 100.0 if self.settings.variant == "paper" else 1.0
+        out = {
+            "num_images": int(s.get("count", 0)),
+            "num_nan_maps": int(s.get("nan", 0)),
+            "average_drop": scale * float(s.get("drop", 0.0)) / n,
+            "increase_in_confidence": scale * float(s.get("increase", 0.0)) / n,
+            "variant": self.settings.variant,
+            "score": self.settings.score,
+        }
+        if "deletion" in s:
+            out["deletion_auc"] = float(s["deletion"]) / n
+            out["insertion_auc"] = float(s["insertion"]) / n
+        if "pointing_hits" in s:
+            seen = s["pointing_count"] > 0
+            per_class = s["pointing_hits"][seen] / s["pointing_count"][seen]
+            out["pointing_game"] = 100.0 * float(per_class.mean()) if seen.any() else 0.0
+        return out

@@ -1,0 +1,83 @@
+"""config.eval.method and config.eval.faithfulness in the evaluator: every metric of a tiny
+trained run for methods other than CAM, and CAM's own path untouched."""
+
+import os
+
+import pytest
+
+from camjax import experiment
+from camjax.evaluation import evaluator as evaluator_lib
+from camjax.evaluation import gallery, report
+from camjax.train import loop
+from configs import tiny
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    config = tiny.get_config()
+    config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+    workdir = str(tmp_path_factory.mktemp("run"))
+    loop.train_and_evaluate(config, workdir)
+    ev, variables, step = evaluator_lib.restore_evaluator(config, workdir)
+    return config, workdir, ev, variables, step
+
+
+def method_config(config, method, faithfulness=True):
+    c = config.copy_and_resolve_references()
+    c.eval.method = method
+    c.eval.faithfulness.enabled = faithfulness
+    c.eval.faithfulness.step = 256  # 17 points per curve at 64 x 64: seconds on a CPU
+    return c
+
+
+@pytest.mark.parametrize("method", ["grad_cam", "layer_cam"])
+def test_every_metric_of_another_method(trained, method, capsys):
+    config, _, ev, variables, step = trained
+    c = method_config(config, method)
+    e = evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
+    results, _ = evaluator_lib.evaluate_variables(e, variables, step)
+    assert results["method"] == {"name": method, "layer": "feature_map"}
+    f = results["faithfulness"]["test"]
+    assert f["num_images"] == config.data.num_test and f["num_nan_maps"] == 0
+    assert 0 <= f["average_drop"] <= 100 and 0 <= f["increase_in_confidence"] <= 100
+    for k in ("deletion_auc", "insertion_auc"):
+        assert 0 <= f[k] <= 1
+    assert 0 <= f["pointing_game"] <= 100
+    test = results["wsol"]["test"]
+    assert test["num_images"] == config.data.num_test and 0 <= test["pxap"] <= 100
+    report.print_report(results)
+    out = capsys.readouterr().out
+    assert f"maps: {method}" in out and "Deletion AUC" in out
+
+
+def test_cam_is_the_default_and_the_method_of_a_legacy_config(trained):
+    """A saved config without the new fields means CAM at 'feature_map', no faithfulness (the
+    CAM path itself is the code it was; metrics.json and the gallery of the default config
+    were compared byte for byte with main's on a tiny run)."""
+    config, _, ev, variables, _ = trained
+    assert (ev.method, ev.layer, ev.faithfulness) == ("cam", "feature_map", None)
+    legacy = config.copy_and_resolve_references()
+    del legacy.eval["method"], legacy.eval["layer"], legacy.eval["faithfulness"]
+    e = evaluator_lib.Evaluator(legacy, ev.model, ev.mesh, ev.protocol)
+    assert (e.method, e.layer, e.faithfulness) == ("cam", "feature_map", None)
+    # CAM's faithfulness, through the explainer, on a ragged (padded) first 11 images.
+    e = evaluator_lib.Evaluator(method_config(config, "cam"), ev.model, ev.mesh, ev.protocol)
+    source = experiment.data_sources(config)["test"]
+    f = e.evaluate_faithfulness(variables, source, 11).summary()
+    assert f["num_images"] == 11 and 0 <= f["deletion_auc"] <= 1
+
+
+def test_gallery_draws_the_chosen_method(trained, tmp_path):
+    config, _, ev, variables, _ = trained
+    c = method_config(config, "xgrad_cam", faithfulness=False)
+    source = experiment.data_sources(config)["test"]
+    paths = gallery.write_gallery(c, ev.model, variables, source, 0.2, str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == ["0000.png", "0001.png"]
+    assert os.path.getsize(tmp_path / "gallery.png") > 0
+
+
+def test_unknown_method_is_a_config_error(trained):
+    config, _, ev, *_ = trained
+    c = method_config(config, "grad_kam")
+    with pytest.raises(ValueError, match="config.eval.method must be one of"):
+        evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)

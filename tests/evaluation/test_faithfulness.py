@@ -1,0 +1,433 @@
+"""Tests for camjax/evaluation/faithfulness.py.
+
+Closed forms (an indicator map on an image whose class score is a known function of its
+pixels), loop-by-loop numpy references of each published definition (RISE's `CausalMetric`,
+TorchCAM's `ClassificationMetric` / `DeletionInsertionMetric`, pytorch-grad-cam's
+`DropInConfidence` / `IncreaseInConfidence`, TorchRay's pointing game) on tiny inputs, and,
+where torch and the peers import, the peers' own code on the same model, maps and images.
+"""
+
+import contextlib
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from camjax.evaluation import faithfulness as fa
+
+H = W = 6
+P = H * W
+C = 4
+
+
+def linear_model(seed=0, classes=C):
+    """A model whose logits are a known linear function of the pixels: x.flat @ k + b."""
+    rng = np.random.default_rng(seed)
+    k = rng.normal(size=(P * 3, classes)).astype(np.float32) * 0.3
+    b = rng.normal(size=classes).astype(np.float32)
+
+    def forward(x):
+        return jnp.asarray(x).reshape(x.shape[0], -1) @ k + b
+
+    def np_forward(x):
+        return np.asarray(x, np.float64).reshape(x.shape[0], -1) @ k.astype(np.float64) + b
+
+    return forward, np_forward, k, b
+
+
+def softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def batch(seed=1, b=3):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(b, H, W, 3)).astype(np.float32)
+    maps = rng.uniform(size=(b, H, W)).astype(np.float32)  # no ties
+    classes = rng.integers(0, C, size=b).astype(np.int32)
+    return images, maps, classes
+
+
+# --------------------------------------------------------------------------------------------
+# Closed forms.
+
+
+def mean_red(x):
+    """Logit 0 = the mean of the red channel over pixels; logit 1 = 0."""
+    red = x[..., 0].reshape(x.shape[0], -1).mean(-1)
+    return jnp.stack([red, jnp.zeros_like(red)], -1)
+
+
+@pytest.mark.parametrize("r,step", [(12, 6), (12, 4), (6, 3)])
+def test_deletion_insertion_of_an_indicator_map_in_closed_form(r, step):
+    """Image 1 on a region R of r pixels, 0 elsewhere; the map is R's indicator. With the
+    logit as score, deletion falls linearly from r/P to 0 over the first r/P of the pixels
+    (AUC (r/P)^2 / 2) and insertion from zeros rises to r/P (AUC r/P - (r/P)^2 / 2)."""
+    region = np.zeros((1, H, W), bool)
+    region.reshape(-1)[np.random.default_rng(r).permutation(P)[:r]] = True
+    images = np.where(region[..., None], 1.0, 0.0).astype(np.float32)
+    maps = region.astype(np.float32)
+    cls = np.zeros(1, np.int32)
+    dele, ins = fa.deletion_insertion_curves(
+        mean_red, images, maps, cls, step=step, insertion_start=jnp.zeros_like(images),
+        score="logit",
+    )  # fmt: skip
+    counts = fa.curve_counts(P, step)
+    np.testing.assert_allclose(dele[0], (r - np.minimum(counts, r)) / P, atol=1e-6)
+    np.testing.assert_allclose(ins[0], np.minimum(counts, r) / P, atol=1e-6)
+    f = r / P
+    np.testing.assert_allclose(fa.curve_auc(dele, P, step), [f * f / 2], atol=1e-6)
+    np.testing.assert_allclose(fa.curve_auc(ins, P, step), [f - f * f / 2], atol=1e-6)
+
+
+def test_average_drop_of_an_indicator_map_in_closed_form():
+    """Two classes with logits (s, 0): p = sigmoid(s). Keeping half of a constant image halves s."""
+    images = np.full((1, H, W, 3), 4.0, np.float32)
+    maps = np.zeros((1, H, W), np.float32)
+    maps[:, : H // 2] = 1.0
+    y, o = fa.confidence_change(mean_red, images, maps, np.zeros(1, np.int32))
+    sig = lambda s: 1 / (1 + np.exp(-s))  # noqa: E731
+    np.testing.assert_allclose([y[0], o[0]], [sig(4.0), sig(2.0)], rtol=1e-6)
+    drop, inc = fa.drop_and_increase(y, o)
+    np.testing.assert_allclose(drop, [(sig(4) - sig(2)) / sig(4)], rtol=1e-5)
+    assert inc[0] == 0.0
+    # The map of everything changes nothing: no drop, no increase (strict).
+    y, o = fa.confidence_change(mean_red, images, np.ones_like(maps), np.zeros(1, np.int32))
+    assert fa.drop_and_increase(y, o)[0][0] == 0.0 and fa.drop_and_increase(y, o)[1][0] == 0.0
+
+
+def test_curve_counts():
+    np.testing.assert_array_equal(fa.curve_counts(10, 3), [0, 3, 6, 9, 10])
+    np.testing.assert_array_equal(fa.curve_counts(9, 3), [0, 3, 6, 9])
+    with pytest.raises(ValueError, match="step"):
+        fa.curve_counts(9, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Numpy references, written from the published code, loop by loop.
+
+
+def rise_gkern(klen, nsig):
+    """RISE's `gkern`, verbatim but for torch: gaussian_filter of a delta."""
+    scipy_ndimage = pytest.importorskip("scipy.ndimage")
+    inp = np.zeros((klen, klen))
+    inp[klen // 2, klen // 2] = 1
+    return scipy_ndimage.gaussian_filter(inp, nsig)
+
+
+def test_gaussian_kernel_is_rises_gkern():
+    np.testing.assert_allclose(fa.gaussian_kernel(11, 5), rise_gkern(11, 5), rtol=1e-6)
+    np.testing.assert_allclose(fa.gaussian_kernel(5, 1.5), rise_gkern(5, 1.5), rtol=1e-6)
+
+
+def test_rise_blur_is_a_zero_padded_per_channel_convolution():
+    images = batch()[0]
+    k = fa.gaussian_kernel(11, 5).astype(np.float64)
+    padded = np.pad(images.astype(np.float64), ((0, 0), (5, 5), (5, 5), (0, 0)))
+    ref = np.zeros(images.shape)
+    for i in range(H):
+        for j in range(W):
+            ref[:, i, j, :] = np.einsum("bxyc,xy->bc", padded[:, i : i + 11, j : j + 11], k)
+    np.testing.assert_allclose(fa.rise_blur(images), ref, rtol=1e-5, atol=1e-6)
+
+
+def rise_causal_metric(np_forward, img, sal, mode, step, substrate):
+    """eclique/RISE evaluation.py CausalMetric.single_run, numpy: softmax scores of the class
+    c (top-1 on the original image, as its batch `evaluate`), step pixels per iteration."""
+    n_steps = (P + step - 1) // step
+    if mode == "del":
+        start, finish = img.copy(), substrate.copy()
+    else:
+        start, finish = substrate.copy(), img.copy()
+    c = int(np.argmax(np_forward(img[None])[0]))
+    scores = np.empty(n_steps + 1)
+    order = np.argsort(-sal.reshape(-1), kind="stable")
+    for i in range(n_steps + 1):
+        scores[i] = softmax(np_forward(start[None]))[0, c]
+        if i < n_steps:
+            coords = order[step * i : step * (i + 1)]
+            start.reshape(P, 3)[coords] = finish.reshape(P, 3)[coords]
+    return c, scores
+
+
+def rise_auc(arr):
+    """RISE's `auc`: the trapezoid rule on a uniform grid over [0, 1]."""
+    return (arr.sum() - arr[0] / 2 - arr[-1] / 2) / (arr.shape[0] - 1)
+
+
+def test_deletion_insertion_equal_rise_on_a_linear_model():
+    forward, np_forward, *_ = linear_model()
+    images, maps, _ = batch()
+    step = W  # RISE's step: the image width
+    blurred = np.asarray(fa.rise_blur(images))
+    classes = np.argmax(np_forward(images), -1).astype(np.int32)
+    dele, ins = fa.deletion_insertion_curves(forward, images, maps, classes, step=step, chunk=3)
+    for i in range(len(images)):
+        c, ref_del = rise_causal_metric(np_forward, images[i], maps[i], "del", step, 0 * images[i])
+        _, ref_ins = rise_causal_metric(np_forward, images[i], maps[i], "ins", step, blurred[i])
+        assert c == classes[i]
+        np.testing.assert_allclose(dele[i], ref_del, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(ins[i], ref_ins, rtol=1e-4, atol=1e-6)
+        aucs = fa.curve_auc(jnp.stack([dele[i], ins[i]]), P, step)
+        np.testing.assert_allclose(aucs, [rise_auc(ref_del), rise_auc(ref_ins)], rtol=1e-5)
+
+
+def torchcam_deletion_insertion(np_forward, images, maps, classes, steps):
+    """torchcam/metrics.py DeletionInsertionMetric (zeros baseline, softmax logits_fn), numpy:
+    stable descending ranks, step_size = ceil(P / steps), counts [0, s, ..., P], AUC
+    `torch.trapezoid(curve, counts / P)`."""
+    s = (P + steps - 1) // steps
+    counts = [*range(0, P, s), P]
+    fr = np.array(counts) / P
+    out = []
+    for x, m, c in zip(images, maps, classes, strict=True):
+        order = np.argsort(-m.reshape(-1), kind="stable")
+        ranks = np.argsort(order)
+        curves = []
+        for insertion in (False, True):
+            curve = []
+            for n in counts:
+                changed = (ranks < n).reshape(H, W, 1)
+                keep = changed if insertion else ~changed
+                curve.append(softmax(np_forward(np.where(keep, x, 0.0)[None]))[0, c])
+            curves.append(np.trapezoid(curve, fr))
+        out.append(curves)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("steps", [5, 7, 36])
+def test_deletion_insertion_equal_torchcams_formula(steps):
+    """Any step, including ones that leave a shorter last interval."""
+    forward, np_forward, *_ = linear_model(2)
+    images, maps, classes = batch(3)
+    s = (P + steps - 1) // steps
+    dele, ins = fa.deletion_insertion_curves(
+        forward, images, maps, classes, step=s, insertion_start=jnp.zeros_like(images)
+    )
+    ours = np.stack([fa.curve_auc(dele, P, s), fa.curve_auc(ins, P, s)], -1)
+    ref = torchcam_deletion_insertion(np_forward, images, maps, classes, steps)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-7)
+
+
+def drop_increase_references(y, o):
+    """(paper, torchcam, grad_cam) per-image (drop, increase), from the three definitions:
+    Chattopadhyay et al. eq. (AD, IC); torchcam/metrics.py ClassificationMetric.update;
+    pytorch_grad_cam/metrics/cam_mult_image.py DropInConfidence / IncreaseInConfidence on
+    perturbation_confidence.py PerturbationConfidenceMetric's diff o - y."""
+    paper = (np.maximum(0, y - o) / y, (y < o).astype(float))
+    torchcam = (np.maximum(y - o, 0) / (y + 1e-7), (y < o).astype(float))
+    diff = o - y
+    grad_cam = (np.maximum(-diff, 0), (diff > 0).astype(float))
+    return {"paper": paper, "torchcam": torchcam, "grad_cam": grad_cam}
+
+
+@pytest.mark.parametrize("score", ["softmax", "logit"])
+def test_average_drop_and_increase_equal_the_three_definitions(score):
+    forward, np_forward, *_ = linear_model(4)
+    images, maps, _ = batch(5, b=8)
+    classes = np.concatenate([np.argmax(np_forward(images[:4]), -1), [0, 1, 2, 3]])
+    classes = classes.astype(np.int32)  # half top-1 (confidence drops), half any class
+    y, o = fa.confidence_change(forward, images, maps, classes, score)
+    z, zm = np_forward(images), np_forward(images * maps[..., None])
+    if score == "softmax":
+        z, zm = softmax(z), softmax(zm)
+    ry, ro = z[np.arange(8), classes], zm[np.arange(8), classes]
+    np.testing.assert_allclose(y, ry, rtol=1e-5)
+    np.testing.assert_allclose(o, ro, rtol=1e-5)
+    if score == "softmax":
+        assert len(set((ry < ro).tolist())) == 2  # the draw has both outcomes
+    refs = drop_increase_references(ry, ro)
+    for variant, (rd, ri) in refs.items():
+        if score == "logit" and variant != "grad_cam":
+            continue  # a relative drop of a logit is meaningless (it can be negative)
+        d, i = fa.drop_and_increase(y, o, variant)
+        np.testing.assert_allclose(d, rd, rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(i, ri)
+
+
+def torchray_pointing(maps, masks, labels, num_classes, tolerance=15):
+    """TorchRay benchmark/pointing_game.py: first argmax, distance strictly < tolerance,
+    per-class hits / max(1, hits + misses), then the mean (over the classes present here)."""
+    hits, misses = np.zeros(num_classes), np.zeros(num_classes)
+    for m, g, c in zip(maps, masks, labels, strict=True):
+        idx = int(np.argmax(m))
+        y, x = idx // m.shape[1], idx % m.shape[1]
+        hit = False
+        for yy in range(m.shape[0]):
+            for xx in range(m.shape[1]):
+                if g[yy, xx] and (yy - y) ** 2 + (xx - x) ** 2 < tolerance**2:
+                    hit = True
+        hits[c] += hit
+        misses[c] += not hit
+    seen = hits + misses > 0
+    return 100 * np.mean(hits[seen] / np.maximum(hits + misses, 1)[seen]), hits
+
+
+def test_pointing_game_equals_torchray_and_its_tolerance_is_strict():
+    rng = np.random.default_rng(7)
+    maps = rng.uniform(size=(20, 12, 12)).astype(np.float32)
+    masks = np.zeros((20, 12, 12), bool)
+    for i in range(20):
+        y0, x0 = rng.integers(0, 12, 2)
+        masks[i, y0 : y0 + 2, x0 : x0 + 3] = True
+    labels = rng.integers(0, 3, 20)
+    hits = fa.pointing_hits(maps, masks, tolerance=3.0)
+    ref, ref_hits = torchray_pointing(maps, masks, labels, 3, tolerance=3.0)
+    assert 0 < hits.sum() < 20
+    sums = {
+        "pointing_hits": jax.nn.one_hot(labels, 3) * hits[:, None],
+        "pointing_count": jax.nn.one_hot(labels, 3),
+    }
+    acc = fa.FaithfulnessAccumulator(fa.FaithfulnessSettings())
+    acc.update(jax.tree.map(lambda x: x.sum(0), sums))
+    assert acc.summary()["pointing_game"] == pytest.approx(ref)
+    # A GT pixel at distance exactly 15 misses; at 14.x hits.
+    m = np.zeros((1, 40, 40), np.float32)
+    m[0, 5, 5] = 1
+    g = np.zeros((1, 40, 40), bool)
+    g[0, 5, 20] = True
+    assert not fa.pointing_hits(m, g)[0]
+    g[0, 5, 20], g[0, 14, 16] = False, True  # 9^2 + 11^2 = 202 < 225
+    assert fa.pointing_hits(m, g)[0]
+
+
+def test_box_masks_cover_pixel_centres_of_each_real_box():
+    boxes = np.array([[[1, 2, 4, 3], [0, 0, 6, 6]]], np.float32)  # x0, y0, x1, y1, exclusive
+    m = np.asarray(fa.box_masks(boxes, np.array([1]), 5, 6))
+    ref = np.zeros((5, 6), bool)
+    ref[2:3, 1:4] = True
+    np.testing.assert_array_equal(m[0], ref)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming.
+
+
+def test_batch_sums_stream_merge_mask_padding_and_nan_maps():
+    forward, *_ = linear_model(6)
+    images, maps, classes = batch(8, b=6)
+    settings = fa.FaithfulnessSettings(step=4, chunk=3, pointing=False)
+    valid = np.ones(6, bool)
+    whole = fa.FaithfulnessAccumulator(settings)
+    whole.update(fa.batch_sums(forward, images, maps, classes, valid, settings))
+    # Two halves merged; the second padded with a garbage row and a NaN map.
+    a, b = fa.FaithfulnessAccumulator(settings), fa.FaithfulnessAccumulator(settings)
+    a.update(fa.batch_sums(forward, images[:3], maps[:3], classes[:3], valid[:3], settings))
+    pad = lambda x, v: np.concatenate([x[3:], np.full_like(x[:2], v)])  # noqa: E731
+    nan_maps = pad(maps, 0.5)
+    nan_maps[-1] = np.nan
+    b.update(
+        fa.batch_sums(
+            forward, pad(images, 9), nan_maps, pad(classes, 0),
+            np.array([1, 1, 1, 1, 1], bool) & (np.arange(5) != 3), settings,
+        )
+    )  # fmt: skip
+    a.merge(b)
+    s, t = a.summary(), whole.summary()
+    assert s["num_images"] == 6 and s["num_nan_maps"] == 1
+    for k in ("average_drop", "increase_in_confidence", "deletion_auc", "insertion_auc"):
+        assert s[k] == pytest.approx(t[k], rel=1e-5)
+    y, o = np.asarray(fa.confidence_change(forward, images, maps, classes))
+    assert t["average_drop"] == pytest.approx(100 * np.mean(np.maximum(y - o, 0) / y), rel=1e-5)
+
+
+def test_batch_sums_compile_once_per_shape():
+    forward, *_ = linear_model(9)
+    settings = fa.FaithfulnessSettings(step=6)
+    traces = []
+
+    @jax.jit
+    def step(images, maps, classes, valid):
+        traces.append(1)
+        return fa.batch_sums(forward, images, maps, classes, valid, settings)
+
+    for seed in (1, 2, 3):
+        images, maps, classes = batch(seed)
+        step(images, maps, classes, np.ones(3, bool))
+    assert len(traces) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# The peers' own code, where torch and the peers import (optional test dependencies).
+
+
+def torch_twin(k, b):
+    torch = pytest.importorskip("torch")
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.k = torch.tensor(k, dtype=torch.float64)
+            self.b = torch.tensor(b, dtype=torch.float64)
+
+        def forward(self, x):  # NCHW -> the JAX model's NHWC raster order
+            return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1) @ self.k + self.b
+
+    return torch, Linear().eval()
+
+
+class FixedCams:
+    """A TorchCAM extractor stand-in that returns given maps (the metric is what is tested)."""
+
+    def __init__(self, model, cams):
+        self.model, self.cams = model, cams
+
+    def __call__(self, class_idx=None, scores=None, normalized=True, **kwargs):
+        return [self.cams]
+
+    def fuse_cams(self, cams):
+        return cams[0]
+
+    @contextlib.contextmanager
+    def _hooks_off(self):
+        yield
+
+
+def test_parity_with_torchcam_metrics():
+    pytest.importorskip("torchcam")
+    from torchcam.metrics import ClassificationMetric, DeletionInsertionMetric
+
+    forward, np_forward, k, b = linear_model(10)
+    torch, model = torch_twin(k, b)
+    images, maps, classes = batch(11, b=5)
+    x = torch.tensor(images, dtype=torch.float64).permute(0, 3, 1, 2)
+    cams = torch.tensor(maps, dtype=torch.float64)
+    sm = functools.partial(torch.softmax, dim=-1)
+    ref = ClassificationMetric(FixedCams(model, cams), sm)
+    ref.update(x, class_idx=classes.tolist())
+    ref = ref.summary()
+    y, o = fa.confidence_change(forward, images, maps, classes)
+    d, i = fa.drop_and_increase(y, o, "torchcam")
+    assert float(d.mean()) == pytest.approx(ref["avg_drop"], rel=1e-4)
+    assert float(i.mean()) == pytest.approx(ref["conf_increase"])
+    steps = 7
+    ref = DeletionInsertionMetric(FixedCams(model, cams), sm, steps=steps)
+    ref.update(x, class_idx=classes.tolist())
+    ref = ref.summary()
+    s = (P + steps - 1) // steps
+    dele, ins = fa.deletion_insertion_curves(
+        forward, images, maps, classes, step=s, insertion_start=jnp.zeros_like(images)
+    )
+    assert float(fa.curve_auc(dele, P, s).mean()) == pytest.approx(ref["deletion_auc"], rel=1e-4)
+    assert float(fa.curve_auc(ins, P, s).mean()) == pytest.approx(ref["insertion_auc"], rel=1e-4)
+
+
+def test_parity_with_pytorch_grad_cam_confidence_metrics():
+    pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.metrics.cam_mult_image import DropInConfidence, IncreaseInConfidence
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+
+    forward, np_forward, k, b = linear_model(12)
+    torch, model = torch_twin(k, b)
+    images, maps, classes = batch(13, b=6)
+    x = torch.tensor(images, dtype=torch.float64).permute(0, 3, 1, 2)
+    targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
+    ref_d = DropInConfidence()(x, maps.astype(np.float64), targets, model)
+    ref_i = IncreaseInConfidence()(x, maps.astype(np.float64), targets, model)
+    y, o = fa.confidence_change(forward, images, maps, classes)
+    d, i = fa.drop_and_increase(y, o, "grad_cam")
+    np.testing.assert_allclose(d, ref_d, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(i, ref_i)

@@ -1,0 +1,34 @@
+"""benchmarks/method_table.py at toy size: a tiny trained run, two methods, a few images."""
+
+import pytest
+
+from benchmarks import method_table
+from camjax.train import loop
+from configs import tiny
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    config = tiny.get_config()
+    config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+    workdir = str(tmp_path_factory.mktemp("run"))
+    loop.train_and_evaluate(config, workdir)
+    return workdir
+
+
+def test_method_table_prints_one_row_per_method(workdir, capsys):
+    argv = ["--workdir", workdir, "--methods", "cam,grad_cam", "--max_images", "8"]
+    method_table.main(argv + ["--step", "512", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "8 test images" in out
+    rows = {
+        line.split()[0]: line.split()[1:]
+        for line in out.splitlines()
+        if line[:4] in ("cam ", "grad")
+    }
+    assert set(rows) == {"cam", "grad_cam"}
+    for cells in rows.values():
+        values = [float(c) for c in cells]
+        assert len(values) == len(method_table.COLUMNS)
+        assert all(0 <= v <= 100 for v in values[:5]) and all(0 <= v <= 1 for v in values[5:7])
+        assert values[-1] > 0  # images/s
