@@ -55,7 +55,7 @@ def recipe_config(args):
     model = config.model
     model.name, model.width, model.dtype = args.model, args.width, args.dtype
     if args.model == "googlenet_gap":
-        del model["output_stride"]  # GoogLeNet-GAP's CAM is always at stride 16
+        del model["output_stride"], model["num_blocks"]  # VGG16-GAP fields
         model.groups = 2
     config.data.batch_size = args.batch
     config.data.num_threads = args.threads

@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.groups = 2  # CAM_conv grouping: 2 as in the released model, 1 as the paper text
     model.dropout_rate = 0.0  # the paper's 0.5 slows a from-scratch CPU run too much
     model.output_stride = 4  # 64/4 = a 16x16 CAM; the paper's 16 gives 14x14 at 224
+    model.num_blocks = 5  # conv blocks before the head: 5 = conv5_3 as the paper; 4 = conv4_3
     model.pooling = "avg"  # GAP, the paper's; "max" is its GMP comparison
     model.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU (params stay float32)
     model.grouped_conv_impl = "split"

@@ -14,5 +14,5 @@ def get_config():
     config = vgg16_gap_imagenet.get_config()
     config.model.name = "googlenet_gap"
     config.model.dropout_rate = 0.0  # deploy_googlenetCAM has no dropout before CAM_fc
-    del config.model["output_stride"]  # a VGG16-GAP field
+    del config.model["output_stride"], config.model["num_blocks"]  # VGG16-GAP fields
     return config

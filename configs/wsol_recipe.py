@@ -82,7 +82,7 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
     else:
         model.name = "resnet50_cam"
         model.output_stride = 8
-        del model["groups"], model["grouped_conv_impl"]
+        del model["groups"], model["grouped_conv_impl"], model["num_blocks"]
 
     epochs, decay_every = EPOCHS[dataset]
     # Training images per epoch: CUB's official train split minus the 5-per-class validation

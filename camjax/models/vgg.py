@@ -31,7 +31,9 @@ class VGG16GAP(nn.Module):
     `dtype` is the compute dtype (e.g. bfloat16); parameters stay float32. `output_stride` 16 is
     the paper's pool1..pool4 (a 14x14 CAM at 224); 8 drops pool4 and 4 also pool3, keeping the
     parameters: the WSOL work's stride-1 last stage, and the way a small input (64 px) keeps the
-    paper's CAM resolution (16x16 at stride 4).
+    paper's CAM resolution (16x16 at stride 4). `num_blocks` 5 ends at conv5_3, as the paper;
+    4 ends at conv4_3 (conv5's parameters do not exist), a shallower network for training from
+    scratch.
     """
 
     num_classes: int = 1000
@@ -45,6 +47,7 @@ class VGG16GAP(nn.Module):
     # (drop rate, threshold) of ADL layers where wsolevaluation's VGG16-ADL has them (after
     # block 3's pool, after conv4_3 and conv5_3); None: no ADL (`config.method.name` 'adl').
     adl: tuple[float, float] | None = None
+    num_blocks: int = 5  # conv blocks before the head: 5 is the paper's cut (conv5_3)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -60,8 +63,13 @@ class VGG16GAP(nn.Module):
             raise ValueError(
                 f"VGG16GAP output_stride must be 2, 4, 8 or 16, got {self.output_stride}."
             )
+        if not num_pools <= self.num_blocks <= len(VGG16_BLOCKS):
+            raise ValueError(
+                f"VGG16GAP num_blocks must be {num_pools}..{len(VGG16_BLOCKS)} at output_stride "
+                f"{self.output_stride} (each pool follows a block), got {self.num_blocks}."
+            )
         x = x.astype(self.dtype)
-        for i, (block, channels) in enumerate(VGG16_BLOCKS):
+        for i, (block, channels) in enumerate(VGG16_BLOCKS[: self.num_blocks]):
             for j, c in enumerate(channels):
                 x = conv_relu(x, scaled_width(c, self.width), 3, f"{block}_{j + 1}", self.dtype)
             if self.adl is not None and block in ("conv4", "conv5"):

@@ -90,6 +90,19 @@ def test_output_stride_2_keeps_only_pool1():
     assert model.apply(v, x)[1]["feature_map"].shape[1:3] == (32, 32)
 
 
+def test_num_blocks_4_ends_at_conv4_3():
+    """num_blocks=4 drops conv5 (its parameters do not exist), keeps the map's stride, and its
+    CAM head reads conv4_3's channels; a pool without a block before it is an error."""
+    x = jnp.zeros((1, 64, 64, 3))
+    model = VGG16GAPTiny(num_classes=5, output_stride=4, num_blocks=4)
+    v = jax.eval_shape(lambda: model.init(jax.random.key(0, impl="rbg"), x))
+    assert "conv4_3" in v["params"] and not any(k.startswith("conv5") for k in v["params"])
+    assert v["params"]["cam_conv"]["kernel"].shape[2] == 32 // 2  # conv4_3's 32 channels, 2 groups
+    assert jax.eval_shape(model.apply, v, x)[1]["feature_map"].shape[1:3] == (16, 16)
+    with pytest.raises(ValueError, match="num_blocks must be 4..5 at output_stride 16"):
+        VGG16GAPTiny(num_blocks=3).init(jax.random.key(0, impl="rbg"), x)
+
+
 @pytest.mark.parametrize("name", ["vgg16_gap_tiny", "googlenet_gap_tiny", "resnet50_cam_tiny"])
 def test_gmp_head_pools_the_feature_map_by_its_max(name):
     """pooling='max' (the paper's GMP): pre_logits are the spatial max, the logits the head of
