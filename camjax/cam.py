@@ -37,15 +37,21 @@ def _is_concrete(x: Any) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _check_classes(classes: jax.Array, batch: int, num_classes: int) -> jax.Array:
-    classes = jnp.asarray(classes)
+def check_class_layout(classes: Any, batch: int, what: str) -> None:
+    """Raises a one-line ValueError unless classes is an int (batch,) or (batch, n) array for a
+    batch of `batch` `what` (images, feature maps). Reads only dtype and shape: no device wait."""
     if not jnp.issubdtype(classes.dtype, jnp.integer):
         raise ValueError(f"class indices must be integers; got dtype {classes.dtype}.")
     if classes.ndim not in (1, 2) or classes.shape[0] != batch:
         raise ValueError(
             f"class indices must have shape ({batch},) or ({batch}, n) for a batch of {batch} "
-            f"feature maps; got shape {tuple(classes.shape)}."
+            f"{what}; got shape {tuple(classes.shape)}."
         )
+
+
+def _check_classes(classes: jax.Array, batch: int, num_classes: int) -> jax.Array:
+    classes = jnp.asarray(classes)
+    check_class_layout(classes, batch, "feature maps")
     # Checked whenever the values are known (outside a caller's jit); under one, an
     # out-of-range index gives a CAM of NaN instead (`_cams_for_classes`).
     if _is_concrete(classes) and classes.size:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camjax.cam import head_kernel, postprocess, valid_classes
+from camjax.cam import check_class_layout, head_kernel, postprocess, valid_classes
 from camjax.explain import activation, bagcams, gradient, perturbation
 from camjax.explain.probe import Probe
 from camjax.explain.targets import Target
@@ -89,13 +89,7 @@ def _check_targets(targets: Any, batch: int) -> Any:
         return targets
     if not isinstance(targets, jax.Array):
         targets = np.asarray(targets)
-    if not jnp.issubdtype(targets.dtype, jnp.integer):
-        raise ValueError(f"target classes must be integers; got dtype {targets.dtype}.")
-    if targets.ndim not in (1, 2) or targets.shape[0] != batch:
-        raise ValueError(
-            f"target classes must have shape ({batch},) or ({batch}, n) for a batch of {batch} "
-            f"images; got shape {tuple(targets.shape)}."
-        )
+    check_class_layout(targets, batch, "images")
     return targets if targets.ndim == 2 else targets[:, None]
 
 
