@@ -53,3 +53,10 @@ def tiny_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("tiny_run") / "run")
     loop.train_and_evaluate(config, workdir)
     return config, workdir
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files holding `slow` tests run first. With one file per worker (pyproject's
+    `--dist loadfile`), a minute-long file started last would end the run alone on one core."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: order kept otherwise
