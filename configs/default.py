@@ -57,13 +57,16 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The WSOL training method (camjax/train/wsol_methods.py); defaults are wsolevaluation's.
     config.method = method = ml_collections.ConfigDict()
-    method.name = "cam"  # "cam", "has", "cutmix" or "adl"
+    method.name = "cam"  # "cam", "has", "cutmix", "adl" or "acol"
     method.has_grid_size = 4  # Hide-and-Seek: side of the hidden cells, pixels
     method.has_drop_rate = 0.5  # Hide-and-Seek: probability of hiding a cell
     method.cutmix_beta = 1.0  # CutMix: lambda ~ Beta(beta, beta); 0 disables
     method.cutmix_prob = 1.0  # CutMix: probability of mixing a batch
     method.adl_drop_rate = 0.75  # ADL: probability of the drop mask (else the importance map)
     method.adl_threshold = 0.9  # ADL: drop where attention >= threshold * its max
+    # ACoL: head B reads the features where head A's min-max normalised map of the GT class is
+    # below this (wsolevaluation's --acol_threshold); VGG16-GAP and ResNet50-CAM only, no dropout.
+    method.acol_threshold = 0.7
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.name = "adamw"  # from scratch on CPU Adam converges in far fewer steps than SGD

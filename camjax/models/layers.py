@@ -4,6 +4,7 @@ Everything here keeps the parameter layout of the equivalent stock Flax layer, s
 from Caffe or torchvision land in the same places whichever implementation runs.
 """
 
+import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -168,6 +169,12 @@ class ADL(nn.Module):
         use_drop = jnp.floor(jax.random.uniform(self.make_rng("adl")) + self.drop_rate)
         selected = use_drop * drop_mask + (1.0 - use_drop) * jax.nn.sigmoid(attention)
         return (x * selected).astype(x.dtype)
+
+
+def takes_labels(model: nn.Module) -> bool:
+    """Whether a network's `__call__` takes `labels` (those whose maps depend on the class they
+    are made for, as ACoL's erasing does; evaluation passes the GT labels to them)."""
+    return "labels" in inspect.signature(type(model).__call__).parameters
 
 
 # The module path of every camjax GAP network's feature map (the CAM layer, GAP's input).

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from camjax.models.acol import acol_head
 from camjax.models.layers import (
     ADL,
     FEATURE_MAP,
@@ -87,15 +88,20 @@ class ResNet50CAM(nn.Module):
     # (drop rate, threshold) of ADL layers where wsolevaluation's ResNet50-ADL has them (after
     # layer3's first block and layer4's first and last); None: no ADL.
     adl: tuple[float, float] | None = None
+    # ACoL's erasing threshold: wsolevaluation's ResNetAcol, ACoL's two heads on layer4
+    # (`camjax.models.acol`) instead of GAP + `head`; None: the CAM head.
+    acol: float | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False):
+    def __call__(self, x: jax.Array, train: bool = False, labels: jax.Array | None = None):
         """x: (B, H, W, 3) normalised float images -> (logits (B, num_classes) float32, outputs).
 
         outputs: 'feature_map' (B, ~H/s, ~W/s, 2048 * width) for s = output_stride, in `dtype`,
         and 'pre_logits' (B, 2048 * width) float32. In training, apply with
-        `mutable=['batch_stats']`.
+        `mutable=['batch_stats']`. With `acol`, the outputs of `acol.acol_head` (labels (B,)
+        int pick the class whose region is erased; None: head A's top-1 class); without it
+        labels are ignored.
         """
         check_images(x, type(self).__name__)
         strides = STAGE_STRIDES.get(self.output_stride)
@@ -128,6 +134,8 @@ class ResNet50CAM(nn.Module):
                 )(x, train)
                 if self.adl is not None and block in ADL_BLOCKS[stage]:
                     x = ADL(*self.adl, name=f"adl{stage + 1}_{block}")(x, train)
+        if self.acol is not None:
+            return acol_head(self, x, labels, conv_init)  # ResNetAcol's He fan-out init
         feature_map = Tap(name=FEATURE_MAP)(x)
         pre_logits = global_pool(feature_map, self.pooling)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)

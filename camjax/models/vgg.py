@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from camjax.models.acol import acol_head
 from camjax.models.layers import ADL, check_images, conv_relu, module_gap_head, scaled_width
 
 # (name, channels of each conv) per block; every block but the last ends in a 2x2/2 max pool.
@@ -48,14 +49,20 @@ class VGG16GAP(nn.Module):
     # block 3's pool, after conv4_3 and conv5_3); None: no ADL (`config.method.name` 'adl').
     adl: tuple[float, float] | None = None
     num_blocks: int = 5  # conv blocks before the head: 5 is the paper's cut (conv5_3)
+    # ACoL's erasing threshold: wsolevaluation's VggAcol (`camjax.models.acol`) replaces the GAP
+    # head by ACoL's two heads; None: the GAP head (`config.method.name` 'acol').
+    acol: float | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False):
+    def __call__(self, x: jax.Array, train: bool = False, labels: jax.Array | None = None):
         """x: (B, H, W, 3) normalised float images -> (logits (B, num_classes) float32, outputs).
 
         outputs: 'feature_map' (B, H/s, W/s, cam_features) for s = output_stride and
-        'pre_logits' (B, cam_features).
+        'pre_logits' (B, cam_features). With `acol`, the outputs of `acol.acol_head` instead
+        (the feature map is then the heads' 512 * width channel input); labels (B,) int pick
+        the class whose region is erased (None: head A's top-1 class). Without `acol` labels
+        are ignored.
         """
         check_images(x, type(self).__name__)
         num_pools = {2: 1, 4: 2, 8: 3, 16: 4}.get(self.output_stride)
@@ -74,10 +81,20 @@ class VGG16GAP(nn.Module):
                 x = conv_relu(x, scaled_width(c, self.width), 3, f"{block}_{j + 1}", self.dtype)
             if self.adl is not None and block in ("conv4", "conv5"):
                 x = ADL(*self.adl, name=f"adl_{block}")(x, train)
-            if i < num_pools:
+            if self.acol is not None:
+                # VggAcol ends every block in a 3x3 max pool (padding 1): stride 2 where the
+                # CAM network pools, stride 1 in place of the pools output_stride drops.
+                s = 2 if i < num_pools else 1
+                x = nn.max_pool(x, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)))
+            elif i < num_pools:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             if self.adl is not None and block == "conv3":
                 x = ADL(*self.adl, name=f"adl_{block}")(x, train)
+        if self.acol is not None:
+            # VggAcol smooths the features with a 3x3 average pool (zero padding counted, as
+            # torch's avg_pool2d) before both heads, whose convs it Xavier-initialises.
+            x = nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+            return acol_head(self, x, labels, nn.initializers.xavier_uniform())
         return module_gap_head(self, x, train)
 
 

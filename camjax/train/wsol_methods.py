@@ -13,6 +13,10 @@ The reference is clovaai/wsolevaluation (Choe et al., CVPR 2020), `wsol/method/*
   loss is lambda CE(y) + (1 - lambda) CE(y_perm).
 - 'adl', Attention-based Dropout Layer (Choe & Shim, CVPR 2019): parameter-free layers inside
   the network (`camjax.models.layers.ADL`, built by `experiment.build_model`).
+- 'acol', Adversarial Complementary Learning (Zhang et al., CVPR 2018): two classifier heads,
+  the second reading the features with the first's region of the GT class erased at
+  `acol_threshold` (`camjax.models.acol`); the model takes the labels, the loss is
+  CE(A) + CE(B) (`acol_loss`) and the localization map is the model's 'class_maps'.
 
 Every random draw comes from the step's key (`fold_in(run key, step)`), so a resumed run draws
 what the uninterrupted run drew and ends bit-identical.
@@ -27,7 +31,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-METHODS = ("cam", "has", "cutmix", "adl")
+METHODS = ("cam", "has", "cutmix", "adl", "acol")
+# Methods whose model reads the labels in training (the region it erases is the GT class's).
+TAKES_LABELS = ("acol",)
 
 
 class Mixed(NamedTuple):
@@ -38,9 +44,15 @@ class Mixed(NamedTuple):
 
 
 def check_method(method: ml_collections.ConfigDict) -> None:
+    """One-line ValueErrors for a method name or field the train step cannot use."""
     if method.name not in METHODS:
         raise ValueError(
             f"config.method.name must be one of {', '.join(METHODS)}; got {method.name!r}."
+        )
+    if method.name == "acol" and not 0 < method.acol_threshold <= 1:
+        raise ValueError(
+            f"config.method.acol_threshold must be in (0, 1] (a fraction of head A's min-max "
+            f"normalised map; the reference's 0.7); got {method.acol_threshold}."
         )
 
 
@@ -98,3 +110,10 @@ def classification_loss(logits: jax.Array, labels: jax.Array, mixed: Mixed) -> j
     """Per-example cross-entropy, lam-weighted between the two label sets (B,)."""
     ce = optax.softmax_cross_entropy_with_integer_labels
     return mixed.lam * ce(logits, labels) + (1.0 - mixed.lam) * ce(logits, mixed.other)
+
+
+def acol_loss(logits: jax.Array, outputs: dict[str, jax.Array], labels: jax.Array) -> jax.Array:
+    """ACoL's per-example loss CE(head A) + CE(head B) (the reference's `acol.get_loss`, before
+    its batch mean). logits: head A's (B, C); outputs: the model's, with 'logits_b' (B, C)."""
+    ce = optax.softmax_cross_entropy_with_integer_labels
+    return ce(logits, labels) + ce(outputs["logits_b"], labels)
