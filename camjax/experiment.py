@@ -68,7 +68,8 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
 
 def _method_fields(method: ml_collections.ConfigDict, name: str, fields: dict) -> dict:
     """The model fields of a WSOL method that lives inside the network (ADL's layers, ACoL's
-    heads), checked against the model: {} for the methods that do not."""
+    heads, the attentive dropout of 'bridging'), checked against the model: {}
+    for the methods that do not."""
     if method.name == "adl":
         extra = {"adl": (method.adl_drop_rate, method.adl_threshold)}
     elif method.name == "acol":
@@ -78,6 +79,8 @@ def _method_fields(method: ml_collections.ConfigDict, name: str, fields: dict) -
                 "have no dropout, as the reference's); set --config.model.dropout_rate=0."
             )
         extra = {"acol": method.acol_threshold}
+    elif method.name == "bridging":
+        extra = {"attentive_drop": (method.bridging_drop_threshold, method.bridging_drop_prob)}
     else:
         return {}
     model = MODELS.get(name)

@@ -28,6 +28,7 @@ from camjax.models.acol import acol_head
 from camjax.models.layers import (
     ADL,
     FEATURE_MAP,
+    AttentiveDrop,
     Tap,
     batch_norm,
     check_images,
@@ -91,6 +92,10 @@ class ResNet50CAM(nn.Module):
     # ACoL's erasing threshold: wsolevaluation's ResNetAcol, ACoL's two heads on layer4
     # (`camjax.models.acol`) instead of GAP + `head`; None: the CAM head.
     acol: float | None = None
+    # (threshold, drop probability) of the attentive dropout of Kim et al. (CVPR 2022): in
+    # training, a second branch forks after layer4's first block (as their ResNetDrop) through
+    # layer4's other blocks ('feature_map_erased'); None: no branch ('bridging').
+    attentive_drop: tuple[float, float] | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -101,7 +106,10 @@ class ResNet50CAM(nn.Module):
         and 'pre_logits' (B, 2048 * width) float32. In training, apply with
         `mutable=['batch_stats']`. With `acol`, the outputs of `acol.acol_head` (labels (B,)
         int pick the class whose region is erased; None: head A's top-1 class); without it
-        labels are ignored.
+        labels are ignored. With `attentive_drop` and train, also 'feature_map_erased', the
+        layer4 output of the branch dropped after layer4's first block (batch norm runs on
+        each branch with its own batch statistics, updating the running ones twice, as torch
+        does when the reference calls the blocks twice).
         """
         check_images(x, type(self).__name__)
         strides = STAGE_STRIDES.get(self.output_stride)
@@ -122,25 +130,34 @@ class ResNet50CAM(nn.Module):
         )(x)
         x = nn.relu(batch_norm(train, 1e-5, self.dtype, "bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        erased = None  # the attentive-dropout branch, once forked: the same blocks run on it
         for stage, (blocks, planes, stride) in enumerate(
             zip(RESNET50_STAGES, STAGE_WIDTHS, strides, strict=True)
         ):
             for block in range(blocks):
-                x = Bottleneck(
+                bottleneck = Bottleneck(
                     scaled_width(planes, self.width),
                     strides=stride if block == 0 else 1,
                     dtype=self.dtype,
                     name=f"layer{stage + 1}_{block}",
-                )(x, train)
+                )
+                x = bottleneck(x, train)
+                if erased is not None:
+                    erased = bottleneck(erased, train)
                 if self.adl is not None and block in ADL_BLOCKS[stage]:
                     x = ADL(*self.adl, name=f"adl{stage + 1}_{block}")(x, train)
+                if self.attentive_drop is not None and train and (stage, block) == (3, 0):
+                    erased = AttentiveDrop(*self.attentive_drop, name="attentive_drop")(x)
         if self.acol is not None:
             return acol_head(self, x, labels, conv_init)  # ResNetAcol's He fan-out init
         feature_map = Tap(name=FEATURE_MAP)(x)
         pre_logits = global_pool(feature_map, self.pooling)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)
         logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(h)
-        return logits, {"feature_map": feature_map, "pre_logits": pre_logits}
+        outputs = {"feature_map": feature_map, "pre_logits": pre_logits}
+        if erased is not None:
+            outputs["feature_map_erased"] = erased
+        return logits, outputs
 
 
 ResNet50CAMTiny = functools.partial(ResNet50CAM, width=1 / 16)

@@ -67,6 +67,9 @@ def make_train_step(config, model, tx):
             images, mixed = wsol_methods.augment(method, images, labels, method_key)
         if method.name == "adl":
             rngs["adl"] = jax.random.fold_in(jax.random.fold_in(root_key(config), 3), state.step)
+        if method.name == "bridging":
+            key = jax.random.fold_in(root_key(config), 4)
+            rngs["attentive_drop"] = jax.random.fold_in(key, state.step)
         kwargs = {"labels": labels} if method.name in wsol_methods.TAKES_LABELS else {}
 
         def loss_fn(params):
@@ -85,6 +88,11 @@ def make_train_step(config, model, tx):
                 loss = wsol_methods.classification_loss(logits, labels, mixed)
             elif method.name == "acol":
                 loss = wsol_methods.acol_loss(logits, outputs, labels)
+            elif method.name == "bridging":
+                kernel = params["head"]["kernel"]
+                loss = wsol_methods.bridging_loss(
+                    logits, outputs, labels, kernel, method, state.step, config.train.num_steps
+                )
             else:
                 loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
             return jnp.mean(loss), (loss, logits, batch_stats)

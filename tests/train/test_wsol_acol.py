@@ -30,7 +30,7 @@ def minmax(maps):
 def vgg_acol():
     model = VGG16GAPTiny(num_classes=5, output_stride=4, acol=0.7)
     images = jax.random.normal(jax.random.key(0), (4, 32, 32, 3))
-    variables = jax.jit(model.init)(jax.random.key(1), images)
+    variables = jax.jit(model.init)(jax.random.key(1, impl="rbg"), images)
     return model, variables, images
 
 

@@ -97,11 +97,12 @@ def test_adl_matches_the_reference_given_the_coin_and_is_off_at_evaluation():
     assert 0.5 < np.mean(picks) < 0.95  # the drop mask about 3 batches in 4
 
 
-@pytest.mark.parametrize("method", ["cutmix", "adl"])
+@pytest.mark.parametrize("method", ["cutmix", "adl", "bridging"])
 def test_a_method_run_resumes_bit_identically(data_dir, tmp_path, method):
     """4 steps straight vs. the same run restarted from its step-2 checkpoint (the step-4 one
     removed): every random draw of a method comes from the step's key (CutMix's and HaS's
-    through the input, ADL's through the model's 'adl' stream), so both runs end equal."""
+    through the input, ADL's and the attentive dropout's through the model's streams), and
+    the bridging warm-up reads the step, so both runs end equal (ACoL: test_wsol_acol.py)."""
     config = tiny_config(data_dir, num_steps=4, checkpoint_every_steps=2)
     config.method.name = method
     config.eval.num_gallery = 0
@@ -131,15 +132,18 @@ def test_each_switch_changes_the_step_and_is_deterministic():
     }
 
     def heads_after_one_step(name, repeats=1):
+        """The head's and CAM_conv's kernels after the step (bridging's warm-up step moves
+        CAM_conv alone: its L_drop does not reach the head)."""
         config.method.name = name
         step = jax.jit(loop.make_train_step(config, experiment.build_model(config), tx))
+        params = [step(state, loop.zero_sums(), batch)[0].params for _ in range(repeats)]
         return [
-            np.asarray(step(state, loop.zero_sums(), batch)[0].params["head"]["kernel"])
-            for _ in range(repeats)
+            np.concatenate([np.ravel(p["head"]["kernel"]), np.ravel(p["cam_conv"]["kernel"])])
+            for p in params
         ]
 
     (plain,) = heads_after_one_step("cam")
-    for name in ("has", "cutmix", "adl"):
+    for name in ("has", "cutmix", "adl", "bridging"):
         once, again = heads_after_one_step(name, repeats=2)
         assert not np.array_equal(once, plain), f"{name} stepped as plain CAM: the switch is off"
         np.testing.assert_array_equal(once, again)
