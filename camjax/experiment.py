@@ -68,17 +68,18 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
 
 def _method_fields(method: ml_collections.ConfigDict, name: str, fields: dict) -> dict:
     """The model fields of a WSOL method that lives inside the network (ADL's layers, ACoL's
-    heads, the attentive dropout of 'bridging'), checked against the model: {}
-    for the methods that do not."""
+    heads, the attentive dropout of 'bridging', SPG's branches), checked against the model:
+    {} for the methods that do not."""
     if method.name == "adl":
         extra = {"adl": (method.adl_drop_rate, method.adl_threshold)}
-    elif method.name == "acol":
+    elif method.name in ("acol", "spg"):
         if fields.get("dropout_rate"):
             raise ValueError(
-                "config.model.dropout_rate must be 0 with config.method.name 'acol' (its heads "
-                "have no dropout, as the reference's); set --config.model.dropout_rate=0."
+                f"config.model.dropout_rate must be 0 with config.method.name {method.name!r} "
+                "(its class-map heads have no dropout, as the reference's); set "
+                "--config.model.dropout_rate=0."
             )
-        extra = {"acol": method.acol_threshold}
+        extra = {"acol": method.acol_threshold} if method.name == "acol" else {"spg": True}
     elif method.name == "bridging":
         extra = {"attentive_drop": (method.bridging_drop_threshold, method.bridging_drop_prob)}
     else:

@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The WSOL training method (camjax/train/wsol_methods.py); defaults are wsolevaluation's.
     config.method = method = ml_collections.ConfigDict()
-    method.name = "cam"  # "cam", "has", "cutmix", "adl", "acol" or "bridging"
+    method.name = "cam"  # "cam", "has", "cutmix", "adl", "acol", "bridging" or "spg"
     method.has_grid_size = 4  # Hide-and-Seek: side of the hidden cells, pixels
     method.has_drop_rate = 0.5  # Hide-and-Seek: probability of hiding a cell
     method.cutmix_beta = 1.0  # CutMix: lambda ~ Beta(beta, beta); 0 disables
@@ -81,6 +81,20 @@ def get_config() -> ml_collections.ConfigDict:
     method.bridging_drop_threshold = 0.8  # attentive dropout: drop_threshold x max attention
     method.bridging_drop_prob = 0.5  # attentive dropout: probability per position above it
     method.bridging_warmup_fraction = 20 / 70  # no L_sim, L_norm for 20 of 70 epochs
+    # SPG: BCE targets 1 above the high and 0 below the low threshold (255: ignored) of each
+    # guide: 1 = the label's normalised class map for B2, 2 = sigmoid(B2) for B1, 3 = the mean
+    # of sigmoid(B1) and sigmoid(B2) for C (wsolevaluation's --spg_threshold_* defaults, the same
+    # for every backbone there). VGG16-GAP (num_blocks 5) and ResNet50-CAM only, no dropout.
+    method.spg_threshold_1h = 0.7
+    method.spg_threshold_1l = 0.01
+    method.spg_threshold_2h = 0.5
+    method.spg_threshold_2l = 0.05
+    method.spg_threshold_3h = 0.7
+    method.spg_threshold_3l = 0.1
+    # Fewer foreground pixels than this (at the input size) in an image: its foreground becomes
+    # attention > fallback x its maximum instead (the reference's 30 pixels at 224 and 0.7).
+    method.spg_min_foreground = 30
+    method.spg_fallback_fraction = 0.7
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.name = "adamw"  # from scratch on CPU Adam converges in far fewer steps than SGD

@@ -36,6 +36,7 @@ from camjax.models.layers import (
     global_pool,
     scaled_width,
 )
+from camjax.models.spg import SPGMap, conv3_relu, spg_head
 
 # torchvision's ResNet50: bottlenecks per stage and each stage's bottleneck width ("planes").
 RESNET50_STAGES = (3, 4, 6, 3)
@@ -96,6 +97,9 @@ class ResNet50CAM(nn.Module):
     # training, a second branch forks after layer4's first block (as their ResNetDrop) through
     # layer4's other blocks ('feature_map_erased'); None: no branch ('bridging').
     attentive_drop: tuple[float, float] | None = None
+    # SPG (`camjax.models.spg`): wsolevaluation's ResNetSpg, its side branches after layer3's
+    # first and last blocks and a class-map top on layer4 in place of GAP + head ('spg').
+    spg: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -109,7 +113,8 @@ class ResNet50CAM(nn.Module):
         labels are ignored. With `attentive_drop` and train, also 'feature_map_erased', the
         layer4 output of the branch dropped after layer4's first block (batch norm runs on
         each branch with its own batch statistics, updating the running ones twice, as torch
-        does when the reference calls the blocks twice).
+        does when the reference calls the blocks twice). With `spg`, the outputs of
+        `spg.spg_head`.
         """
         check_images(x, type(self).__name__)
         strides = STAGE_STRIDES.get(self.output_stride)
@@ -131,6 +136,9 @@ class ResNet50CAM(nn.Module):
         x = nn.relu(batch_norm(train, 1e-5, self.dtype, "bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         erased = None  # the attentive-dropout branch, once forked: the same blocks run on it
+        if self.spg:  # ResNetSpg's SPG_B_shared, run on both side branches of layer3
+            b_width = scaled_width(1024, self.width)
+            b_shared = SPGMap(b_width, self.dtype, name="head_b_shared")
         for stage, (blocks, planes, stride) in enumerate(
             zip(RESNET50_STAGES, STAGE_WIDTHS, strides, strict=True)
         ):
@@ -148,8 +156,14 @@ class ResNet50CAM(nn.Module):
                     x = ADL(*self.adl, name=f"adl{stage + 1}_{block}")(x, train)
                 if self.attentive_drop is not None and train and (stage, block) == (3, 0):
                     erased = AttentiveDrop(*self.attentive_drop, name="attentive_drop")(x)
+                if self.spg and (stage, block) == (2, 0):
+                    b1 = b_shared(conv3_relu(b_width, "head_b1", self.dtype)(x))
+                if self.spg and (stage, block) == (2, blocks - 1):
+                    b2 = b_shared(conv3_relu(b_width, "head_b2", self.dtype)(x))
         if self.acol is not None:
             return acol_head(self, x, labels, conv_init)  # ResNetAcol's He fan-out init
+        if self.spg:
+            return spg_head(self, x, b1, b2, scaled_width(512, self.width))
         feature_map = Tap(name=FEATURE_MAP)(x)
         pre_logits = global_pool(feature_map, self.pooling)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)

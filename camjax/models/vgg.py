@@ -21,6 +21,7 @@ from camjax.models.layers import (
     module_gap_head,
     scaled_width,
 )
+from camjax.models.spg import SPGMap, conv3_relu, spg_head
 
 # (name, channels of each conv) per block; every block but the last ends in a 2x2/2 max pool.
 VGG16_BLOCKS = (
@@ -63,6 +64,9 @@ class VGG16GAP(nn.Module):
     # training, a second branch forks after conv4_3 (as their VggDrop) through the rest of the
     # network ('feature_map_erased'); None: no branch (`config.method.name` 'bridging').
     attentive_drop: tuple[float, float] | None = None
+    # SPG (`camjax.models.spg`): wsolevaluation's VggSpg, its side branches after conv4_3 (and
+    # a 3x3 pool) and conv5_3 and a class-map top in place of the GAP head ('spg').
+    spg: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -74,7 +78,7 @@ class VGG16GAP(nn.Module):
         (the feature map is then the heads' 512 * width channel input); labels (B,) int pick
         the class whose region is erased (None: head A's top-1 class). Without `acol` labels
         are ignored. With `attentive_drop` and train, also 'feature_map_erased', the feature
-        map of the branch dropped after conv4_3.
+        map of the branch dropped after conv4_3. With `spg`, the outputs of `spg.spg_head`.
         """
         check_images(x, type(self).__name__)
         num_pools = {2: 1, 4: 2, 8: 3, 16: 4}.get(self.output_stride)
@@ -92,8 +96,16 @@ class VGG16GAP(nn.Module):
                 f"VGG16GAP attentive_drop forks after conv4_3: num_blocks must be 4 or 5, got "
                 f"{self.num_blocks}."
             )
+        if self.spg and self.num_blocks != 5:
+            raise ValueError(
+                f"VGG16GAP spg reads conv4_3 and conv5_3: num_blocks must be 5, got "
+                f"{self.num_blocks}."
+            )
         x = x.astype(self.dtype)
         erased = None  # the attentive-dropout branch, once forked: the same layers run on it
+        spg_width = scaled_width(512, self.width)
+        if self.spg:  # VggSpg's SPG_B_shared, run on both side branches
+            b_shared = SPGMap(spg_width, self.dtype, name="head_b_shared")
 
         def both(f, x, erased):
             return f(x), None if erased is None else f(erased)
@@ -106,7 +118,11 @@ class VGG16GAP(nn.Module):
                 x = ADL(*self.adl, name=f"adl_{block}")(x, train)
             if self.attentive_drop is not None and train and block == "conv4":
                 erased = AttentiveDrop(*self.attentive_drop, name="attentive_drop")(x)
-            if self.acol is not None:
+            if self.spg and block == "conv4":
+                if i < num_pools:  # VggSpg's pool after conv4_3 is 3x3 with padding 1
+                    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+                b1 = b_shared(conv3_relu(spg_width, "head_b1", self.dtype)(x))
+            elif self.acol is not None:
                 # VggAcol ends every block in a 3x3 max pool (padding 1): stride 2 where the
                 # CAM network pools, stride 1 in place of the pools output_stride drops.
                 s = 2 if i < num_pools else 1
@@ -115,6 +131,12 @@ class VGG16GAP(nn.Module):
                 x, erased = both(lambda t: nn.max_pool(t, (2, 2), strides=(2, 2)), x, erased)
             if self.adl is not None and block == "conv3":
                 x = ADL(*self.adl, name=f"adl_{block}")(x, train)
+            if self.spg and block == "conv5":
+                b2 = b_shared(conv3_relu(spg_width, "head_b2", self.dtype)(x))
+        if self.spg:  # VggSpg's SPG_A_3: two more 3x3 convs before SPG_C and the class maps
+            for k in (1, 2):
+                x = conv3_relu(spg_width, f"head_a3_{k}", self.dtype)(x)
+            return spg_head(self, x, b1, b2, spg_width)
         if self.acol is not None:
             # VggAcol smooths the features with a 3x3 average pool (zero padding counted, as
             # torch's avg_pool2d) before both heads, whose convs it Xavier-initialises.

@@ -93,6 +93,8 @@ def make_train_step(config, model, tx):
                 loss = wsol_methods.bridging_loss(
                     logits, outputs, labels, kernel, method, state.step, config.train.num_steps
                 )
+            elif method.name == "spg":
+                loss = wsol_methods.spg_loss(logits, outputs, labels, method, images.shape[1:3])
             else:
                 loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
             return jnp.mean(loss), (loss, logits, batch_stats)

@@ -21,6 +21,9 @@ The reference is clovaai/wsolevaluation (Choe et al., CVPR 2020), `wsol/method/*
   WSOL" (CVPR 2022): plain CAM plus three loss terms (`bridging_terms`, whose docstring gives
   the equations and every deviation) and an attentive-dropout branch inside the network
   (`camjax.models.layers.AttentiveDrop`, built by `experiment.build_model`).
+- 'spg', Self-Produced Guidance (Zhang et al., ECCV 2018): side branches of the network
+  (`camjax.models.spg`) trained with BCE on masks with an ignore label (`spg_loss`); the
+  localization map is the model's 'class_maps'.
 
 Every random draw comes from the step's key (`fold_in(run key, step)`), so a resumed run draws
 what the uninterrupted run drew and ends bit-identical.
@@ -35,7 +38,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-METHODS = ("cam", "has", "cutmix", "adl", "acol", "bridging")
+from camjax import cam
+from camjax.resize import resize_maps
+
+METHODS = ("cam", "has", "cutmix", "adl", "acol", "bridging", "spg")
 NORM_REGIONS = ("max_class", "target")  # bridging_norm_region's values
 # Methods whose model reads the labels in training (the region it erases is the GT class's).
 TAKES_LABELS = ("acol",)
@@ -61,6 +67,8 @@ def check_method(method: ml_collections.ConfigDict) -> None:
         )
     if method.name == "bridging":
         _check_bridging(method)
+    if method.name == "spg":
+        _check_spg(method)
 
 
 def _check_bridging(method: ml_collections.ConfigDict) -> None:
@@ -275,3 +283,106 @@ def bridging_loss(
         + aligned
         * (method.bridging_sim_weight * terms.sim + method.bridging_norm_weight * terms.norm)
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Self-produced guidance (Zhang et al., ECCV 2018).
+
+# (high, low) threshold fields of SPG's three masks, in the reference's order.
+SPG_THRESHOLDS = (
+    ("spg_threshold_1h", "spg_threshold_1l"),
+    ("spg_threshold_2h", "spg_threshold_2l"),
+    ("spg_threshold_3h", "spg_threshold_3l"),
+)
+
+
+def _check_spg(method: ml_collections.ConfigDict) -> None:
+    for high, low in SPG_THRESHOLDS:
+        if not 0 <= method[low] <= method[high] <= 1:
+            raise ValueError(
+                f"config.method.{low} and {high} must satisfy 0 <= low <= high <= 1; got "
+                f"{method[low]} and {method[high]}."
+            )
+    if not 0 < method.spg_fallback_fraction <= 1:
+        raise ValueError(
+            f"config.method.spg_fallback_fraction must be in (0, 1]; got "
+            f"{method.spg_fallback_fraction}."
+        )
+
+
+def spg_mask(
+    attention: jax.Array, high: float, low: float, min_foreground: int, fallback: float
+) -> jax.Array:
+    """The reference's `get_mask` (B, H, W) -> float32 (B, H, W) targets: 1 (foreground) where
+    attention > high, or, in an image with fewer than `min_foreground` such pixels, where it
+    is > fallback x its maximum; then 0 (background) where attention < low (overriding);
+    255 (ignored) elsewhere."""
+    foreground = attention > high
+    few = jnp.sum(foreground, axis=(1, 2), keepdims=True) < min_foreground
+    peak = jnp.max(attention, axis=(1, 2), keepdims=True)
+    foreground = jnp.where(few, attention > fallback * peak, foreground)
+    mask = jnp.where(foreground, 1.0, 255.0)
+    return jnp.where(attention < low, 0.0, mask)
+
+
+def spg_bce(logits: jax.Array, mask: jax.Array) -> jax.Array:
+    """The reference's `loss_attention`: BCE-with-logits averaged over every pixel of the batch
+    whose target is not 255, as per-example shares (B,) whose batch mean is that average
+    (image i's share: B x its pixels' BCE sum / the batch's count of such pixels). A batch
+    with no such pixel adds 0 (the reference's mean over none is NaN)."""
+    valid = (mask < 255).astype(jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(logits, jnp.where(mask < 255, mask, 0.0))
+    per_image = jnp.sum(valid * bce, axis=(1, 2))
+    return logits.shape[0] * per_image / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def spg_loss(
+    logits: jax.Array,
+    outputs: dict[str, jax.Array],
+    labels: jax.Array,
+    method: ml_collections.ConfigDict,
+    size: tuple[int, int],
+) -> jax.Array:
+    """SPG's per-example loss (B,), the reference's `spg.get_loss`: CE + three BCE terms on the
+    side maps upsampled (bilinear, torch's align_corners=False = OpenCV's INTER_LINEAR) to the
+    input size `size` (the reference's fixed 224 x 224):
+
+    - B2 against the mask (thresholds 1h/1l) of the min-max normalised class map of the label;
+    - B1 against the mask (2h/2l) of sigmoid(B2);
+    - C against the mask (3h/3l) of the mean of sigmoid(B1) and sigmoid(B2).
+
+    The masks carry no gradient (comparisons; the reference detaches the attention maps).
+    outputs: the model's 'class_maps' (B, h, w, C) and 'spg_b1', 'spg_b2', 'spg_c'
+    (B, h', w', 1) logit maps.
+
+    Deviations from the reference, each for a reason: the maps are upsampled to the input
+    size, not a fixed 224 (the same at 224); `spg_min_foreground` counts pixels at that size;
+    the BCE terms are per-example shares (`spg_bce`) and a batch with no target pixel adds 0
+    instead of NaN. A constant class map normalises to NaN, as the reference's division by a
+    zero span, so all of that image's first mask is ignored there too.
+    """
+
+    def up(maps):  # (B, h, w) -> (B, H, W) float32
+        return resize_maps(maps.astype(jnp.float32), size, method="bilinear")
+
+    attention = up(cam.class_maps_of(outputs["class_maps"], labels))
+    lo = jnp.min(attention, axis=(1, 2), keepdims=True)
+    span = jnp.max(attention, axis=(1, 2), keepdims=True) - lo
+    attention = jnp.where(span > 0, (attention - lo) / jnp.where(span > 0, span, 1.0), jnp.nan)
+    b1, b2, c = (up(outputs[k][..., 0]) for k in ("spg_b1", "spg_b2", "spg_c"))
+    guides = (
+        attention,
+        jax.nn.sigmoid(b2),
+        (jax.nn.sigmoid(b1) + jax.nn.sigmoid(b2)) / 2,
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    for side, guide, (high, low) in zip((b2, b1, c), guides, SPG_THRESHOLDS, strict=True):
+        mask = spg_mask(
+            jax.lax.stop_gradient(guide),
+            method[high],
+            method[low],
+            method.spg_min_foreground,
+            method.spg_fallback_fraction,
+        )
+        loss = loss + spg_bce(side, mask)
+    return loss

@@ -97,7 +97,7 @@ def test_adl_matches_the_reference_given_the_coin_and_is_off_at_evaluation():
     assert 0.5 < np.mean(picks) < 0.95  # the drop mask about 3 batches in 4
 
 
-@pytest.mark.parametrize("method", ["cutmix", "adl", "bridging"])
+@pytest.mark.parametrize("method", ["cutmix", "adl", "bridging", "spg"])
 def test_a_method_run_resumes_bit_identically(data_dir, tmp_path, method):
     """4 steps straight vs. the same run restarted from its step-2 checkpoint (the step-4 one
     removed): every random draw of a method comes from the step's key (CutMix's and HaS's
