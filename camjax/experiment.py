@@ -84,12 +84,16 @@ def _method_fields(method: ml_collections.ConfigDict, name: str, fields: dict) -
         extra = {"attentive_drop": (method.bridging_drop_threshold, method.bridging_drop_prob)}
     else:
         return {}
-    model = MODELS.get(name)
-    model = getattr(model, "func", model)  # the tiny variants are partials
-    if model is not None and not all(f in model.__dataclass_fields__ for f in extra):
+
+    def has_fields(model) -> bool:
+        model = getattr(model, "func", model)  # the tiny variants are partials
+        return all(f in model.__dataclass_fields__ for f in extra)
+
+    if name in MODELS and not has_fields(MODELS[name]):
+        fitting = ", ".join(n for n, m in MODELS.items() if has_fields(m))
         raise ValueError(
             f"config.method.name {method.name!r} needs a model with its layers "
-            f"(config.model.name vgg16_gap or resnet50_cam and their tiny variants); got {name!r}."
+            f"(config.model.name one of {fitting}); got {name!r}."
         )
     return extra
 

@@ -216,6 +216,7 @@ def gap_head(
     cam_conv_bias_init: float = 0.0,
     pooling: str = "avg",
     erased: jax.Array | None = None,
+    adl: tuple[float, float] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The CAM head: CAM_conv (3x3, grouped) + ReLU -> global pooling -> dropout -> head.
 
@@ -227,6 +228,9 @@ def gap_head(
     logit the CAM's spatial mean plus the bias; "max" (GMP) pools by the maximum instead.
     erased: a second input like x (the attentive-dropout branch of 'bridging'); its
     CAM_conv + ReLU output, with the same weights, is added as 'feature_map_erased'.
+    adl: (drop rate, threshold) of an ADL layer `adl_cam` between the feature map and the
+    pooling (wsolevaluation's Inception-ADL has one after its last conv, before the classes);
+    it acts in training only, so 'feature_map' is the map before it.
     """
     cam_conv = GroupedConv(
         features,
@@ -237,7 +241,8 @@ def gap_head(
         name="cam_conv",
     )
     feature_map = Tap(name=FEATURE_MAP)(nn.relu(cam_conv(x)))
-    pre_logits = global_pool(feature_map, pooling)
+    pooled = feature_map if adl is None else ADL(*adl, name="adl_cam")(feature_map, train)
+    pre_logits = global_pool(pooled, pooling)
     h = nn.Dropout(dropout_rate, deterministic=not train)(pre_logits)
     logits = nn.Dense(num_classes, dtype=jnp.float32, name="head")(h)
     outputs = {"feature_map": feature_map, "pre_logits": pre_logits}
@@ -252,6 +257,7 @@ def module_gap_head(
     train: bool,
     cam_conv_bias_init: float = 0.0,
     erased: jax.Array | None = None,
+    adl: tuple[float, float] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`gap_head` sized by a GAP network's own fields (num_classes, cam_features scaled by
     width to a multiple of groups, groups, dropout_rate, grouped_conv_impl, dtype, pooling);
@@ -268,6 +274,7 @@ def module_gap_head(
         cam_conv_bias_init=cam_conv_bias_init,
         pooling=net.pooling,
         erased=erased,
+        adl=adl,
     )
 
 

@@ -150,3 +150,30 @@ def test_each_switch_changes_the_step_and_is_deterministic():
     config.method.name = "mixup"
     with pytest.raises(ValueError, match="config.method.name must be one of cam, has, cutmix"):
         loop.make_train_step(config, model, tx)
+
+
+@pytest.mark.parametrize("name", ["googlenet_gap_tiny", "googlenet_gap_bn_tiny"])
+def test_googlenet_adl_sits_where_inception_adl_has_it(name):
+    """After the first inception stage (3b), after the last module (4e) and between the CAM
+    layer and the pooling, with no parameters of its own (traced, not compiled)."""
+    config = tiny_config("unused")
+    config.model.name = name
+    del config.model["num_blocks"], config.model["output_stride"]
+    config.method.name = "adl"
+    model = experiment.build_model(config)
+    images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    config.method.name = "cam"
+    plain = jax.eval_shape(experiment.build_model(config).init, jax.random.key(0), images)
+    _, seen = jax.eval_shape(
+        lambda v, x: model.apply(
+            v,
+            x,
+            True,
+            rngs={"adl": jax.random.key(1)},
+            capture_intermediates=True,
+            mutable=["intermediates", "batch_stats"],
+        ),
+        plain,
+        images,
+    )
+    assert {"adl_3b", "adl_4e", "adl_cam"} <= set(seen["intermediates"])
