@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from camjax import experiment
+from camjax import checkpoint, experiment
 from camjax.data import pipeline
 from camjax.evaluation import evaluator
 from camjax.models import ResNet50CAMTiny, VGG16GAPTiny
@@ -160,6 +160,10 @@ def test_evaluation_scores_the_gt_class_map_of_acol(acol_run, tmp_path):
     _, out = jax.jit(ev.model.apply)(variables, images, labels=batch["label"])
     expected = np.asarray(out["class_maps"])[np.arange(16), :, :, np.arange(16) % 10]
     np.testing.assert_allclose(cams, expected, atol=1e-5)
+    plain = config.copy_and_resolve_references()
+    plain.method.name = "cam"
+    with pytest.raises(checkpoint.CheckpointError, match="model.wsol_method"):
+        evaluator.restore_evaluator(plain, str(workdir))
     results = evaluator.run_evaluation(config, str(workdir))
     wsol = results["wsol"]["test"]
     assert 0 <= wsol["max_box_acc_v2"] <= 100 and 0 <= wsol["pxap"] <= 100
