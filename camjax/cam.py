@@ -95,6 +95,19 @@ def _cams_for_classes(feature_map: jax.Array, kernel: jax.Array, classes: jax.Ar
     return jnp.where(valid_classes(classes, num_classes)[..., None, None], cams, jnp.nan)
 
 
+def class_maps_of(class_maps: jax.Array, classes: jax.Array) -> jax.Array:
+    """Maps of chosen classes from a model that makes its own per-class maps (ACoL's
+    'class_maps') rather than a feature map and a linear head.
+
+    class_maps: (B, h, w, C) float; classes: int (B,). Returns float32 (B, h, w). Traceable; an
+    index outside [0, C) gives a map of NaN, as `cams_for_classes` under a jit.
+    """
+    num_classes = class_maps.shape[-1]
+    index = jnp.clip(classes, 0, num_classes - 1)[:, None, None, None]
+    maps = jnp.take_along_axis(class_maps.astype(jnp.float32), index, axis=-1)[..., 0]
+    return jnp.where(valid_classes(classes, num_classes)[:, None, None], maps, jnp.nan)
+
+
 @jax.jit
 def cams_all_classes(feature_map: jax.Array, kernel: jax.Array) -> jax.Array:
     """CAMs of every class. feature_map: (B, h, w, K); kernel: (K, C) -> float32 (B, C, h, w)."""
@@ -232,6 +245,7 @@ def head_kernel(variables: Mapping[str, Any]) -> jax.Array:
 
 __all__ = [
     "cams_all_classes",
+    "class_maps_of",
     "cams_for_classes",
     "cams_top_k",
     "head_kernel",

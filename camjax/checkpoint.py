@@ -43,6 +43,11 @@ def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     # Compute dtype and the grouped-conv implementation do not change the parameters.
     for k in ("dtype", "grouped_conv_impl"):
         fields.pop(k, None)
+    # WSOL methods whose heads replace the GAP head ('acol', 'spg') change the parameters; the
+    # others, and runs saved before config.method existed, keep the fingerprint they had.
+    method = config.get("method")
+    if method is not None and method.name in ("acol", "spg"):
+        fields["wsol_method"] = method.name
     return {"model": fields, "dataset": config.data.name}
 
 

@@ -18,7 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from camjax.data import reopenable_sources
 from camjax.data.pipeline import PreprocessConfig
-from camjax.models import create_model
+from camjax.models import MODELS, create_model
 
 
 def setup_logging() -> None:
@@ -58,12 +58,44 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     if dtype not in DTYPES:
         raise ValueError(f"config.model.dtype must be one of {sorted(DTYPES)}; got {dtype!r}.")
     method = config.get("method")  # absent in runs saved before it existed: plain CAM
-    if method is not None and method.name == "adl":  # ADL's layers live inside the network
-        fields["adl"] = (method.adl_drop_rate, method.adl_threshold)
+    if method is not None:
+        fields.update(_method_fields(method, name, fields))
     try:
         return create_model(name, dtype=DTYPES[dtype], **fields)
     except TypeError as e:
         raise ValueError(f"config.model does not fit model {name!r}: {e}") from e
+
+
+def _method_fields(method: ml_collections.ConfigDict, name: str, fields: dict) -> dict:
+    """The model fields of a WSOL method that lives inside the network (ADL's layers, ACoL's
+    heads, the attentive dropout of 'bridging', SPG's branches), checked against the model:
+    {} for the methods that do not."""
+    if method.name == "adl":
+        extra = {"adl": (method.adl_drop_rate, method.adl_threshold)}
+    elif method.name in ("acol", "spg"):
+        if fields.get("dropout_rate"):
+            raise ValueError(
+                f"config.model.dropout_rate must be 0 with config.method.name {method.name!r} "
+                "(its class-map heads have no dropout, as the reference's); set "
+                "--config.model.dropout_rate=0."
+            )
+        extra = {"acol": method.acol_threshold} if method.name == "acol" else {"spg": True}
+    elif method.name == "bridging":
+        extra = {"attentive_drop": (method.bridging_drop_threshold, method.bridging_drop_prob)}
+    else:
+        return {}
+
+    def has_fields(model) -> bool:
+        model = getattr(model, "func", model)  # the tiny variants are partials
+        return all(f in model.__dataclass_fields__ for f in extra)
+
+    if name in MODELS and not has_fields(MODELS[name]):
+        fitting = ", ".join(n for n, m in MODELS.items() if has_fields(m))
+        raise ValueError(
+            f"config.method.name {method.name!r} needs a model with its layers "
+            f"(config.model.name one of {fitting}); got {name!r}."
+        )
+    return extra
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -57,13 +57,44 @@ def get_config() -> ml_collections.ConfigDict:
 
     # The WSOL training method (camjax/train/wsol_methods.py); defaults are wsolevaluation's.
     config.method = method = ml_collections.ConfigDict()
-    method.name = "cam"  # "cam", "has", "cutmix" or "adl"
+    method.name = "cam"  # "cam", "has", "cutmix", "adl", "acol", "bridging" or "spg"
     method.has_grid_size = 4  # Hide-and-Seek: side of the hidden cells, pixels
     method.has_drop_rate = 0.5  # Hide-and-Seek: probability of hiding a cell
     method.cutmix_beta = 1.0  # CutMix: lambda ~ Beta(beta, beta); 0 disables
     method.cutmix_prob = 1.0  # CutMix: probability of mixing a batch
     method.adl_drop_rate = 0.75  # ADL: probability of the drop mask (else the importance map)
     method.adl_threshold = 0.9  # ADL: drop where attention >= threshold * its max
+    # ACoL: head B reads the features where head A's min-max normalised map of the GT class is
+    # below this (wsolevaluation's --acol_threshold); VGG16-GAP and ResNet50-CAM only, no dropout.
+    method.acol_threshold = 0.7
+    # Bridging the gap (Kim et al., CVPR 2022): CAM + weighted L_sim, L_norm, L_drop. Defaults:
+    # the official VGG16 config (configs/config_exp_vgg.yaml); the ResNet50 recipes set its
+    # config_exp.yaml values (configs/wsol_recipe.py). VGG16-GAP and ResNet50-CAM only.
+    method.bridging_sim_weight = 0.5  # loss_ratio_sim
+    method.bridging_sim_fg_threshold = 0.6  # sim_fg_thres on the min-max feature norm
+    method.bridging_sim_bg_threshold = 0.1  # sim_bg_thres
+    method.bridging_norm_weight = 0.15  # loss_ratio_norm
+    # L_norm's regions by the max cosine over classes ("max_class", the official CUB rule) or
+    # the GT class's ("target", its ILSVRC rule; the ILSVRC recipes set it).
+    method.bridging_norm_region = "max_class"
+    method.bridging_drop_weight = 3.0  # loss_ratio_drop
+    method.bridging_drop_threshold = 0.8  # attentive dropout: drop_threshold x max attention
+    method.bridging_drop_prob = 0.5  # attentive dropout: probability per position above it
+    method.bridging_warmup_fraction = 20 / 70  # no L_sim, L_norm for 20 of 70 epochs
+    # SPG: BCE targets 1 above the high and 0 below the low threshold (255: ignored) of each
+    # guide: 1 = the label's normalised class map for B2, 2 = sigmoid(B2) for B1, 3 = the mean
+    # of sigmoid(B1) and sigmoid(B2) for C (wsolevaluation's --spg_threshold_* defaults, the same
+    # for every backbone there). VGG16-GAP (num_blocks 5) and ResNet50-CAM only, no dropout.
+    method.spg_threshold_1h = 0.7
+    method.spg_threshold_1l = 0.01
+    method.spg_threshold_2h = 0.5
+    method.spg_threshold_2l = 0.05
+    method.spg_threshold_3h = 0.7
+    method.spg_threshold_3l = 0.1
+    # Fewer foreground pixels than this (at the input size) in an image: its foreground becomes
+    # attention > fallback x its maximum instead (the reference's 30 pixels at 224 and 0.7).
+    method.spg_min_foreground = 30
+    method.spg_fallback_fraction = 0.7
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.name = "adamw"  # from scratch on CPU Adam converges in far fewer steps than SGD

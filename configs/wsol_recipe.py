@@ -53,6 +53,26 @@ WEIGHT_DECAY = {"vgg16": 5e-4, "resnet50": 1e-4}
 BATCH_SIZE = 32
 
 
+# 'bridging' (Kim et al., CVPR 2022): the official ResNet50 config (configs/config_exp.yaml)
+# where it differs from the VGG16 one that configs/default.py holds.
+BRIDGING_RESNET50 = {
+    "bridging_sim_fg_threshold": 0.4,
+    "bridging_sim_bg_threshold": 0.2,
+    "bridging_norm_weight": 0.05,
+    "bridging_drop_weight": 2.0,
+    "bridging_drop_prob": 0.25,
+}
+
+
+def set_method_defaults(method: ml_collections.ConfigDict, dataset: str, architecture: str):
+    """The WSOL methods' per-backbone and per-dataset reference values (used only when
+    config.method.name selects that method)."""
+    if architecture == "resnet50":
+        method.update(BRIDGING_RESNET50)
+    if dataset == "ilsvrc":
+        method.bridging_norm_region = "target"  # the official code's ILSVRC branch
+
+
 def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections.ConfigDict:
     if (dataset, architecture) not in LEARNING_RATES:
         raise ValueError(f"no WSOL CAM recipe for {architecture} on {dataset}.")
@@ -103,6 +123,7 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
     if architecture == "resnet50":
         # The reference's classifier group for ResNet50 is layer4 and fc (its main.py).
         optim.new_layers = ("layer4", "head")
+    set_method_defaults(config.method, dataset, architecture)
 
     train = config.train
     train.num_steps = epochs * steps_per_epoch

@@ -45,6 +45,7 @@ from camjax.evaluation.protocol import (
     wsol_protocol,
 )
 from camjax.localization import boxes, pxap, wsol
+from camjax.models.layers import takes_labels
 
 
 def threshold_grid(step: float) -> np.ndarray:
@@ -131,6 +132,7 @@ class Evaluator:
             layer=self.layer,
             apply_kwargs={"train": False},
         )
+        self._takes_labels = takes_labels(model)
         self.faithfulness = faithfulness_settings(config)
         self._paper_step = jax.jit(lambda variables, batch: self._dense(variables, batch)[3])
         self._faith_step = jax.jit(self._faith) if self.faithfulness is not None else None
@@ -139,7 +141,11 @@ class Evaluator:
 
     def _cams(self, variables, batch):
         """(logits (B, C), CAMs (B, h, w) of each image's GT class) of a device batch; with
-        config.eval.method not 'cam', that method's raw maps at its layer's resolution."""
+        config.eval.method not 'cam', that method's raw maps at its layer's resolution.
+
+        A model that makes its own class maps (outputs 'class_maps' (B, h, w, C), ACoL's) is
+        scored by its GT class's map; a model whose `__call__` takes `labels` gets the GT
+        labels, as the reference's evaluator passes them (ACoL erases the GT class's region)."""
         data = self.config.data
         images = pipeline.normalize_images(batch["image"], data.mean, data.std)
         if self.method != "cam":
@@ -147,7 +153,10 @@ class Evaluator:
             f = self._explainer(variables, size=None, normalize=False)
             out = f(images, targets=batch["label"])
             return out.logits, out.cams[:, 0]
-        logits, out = self.model.apply(variables, images, train=False)
+        kwargs = {"labels": batch["label"]} if self._takes_labels else {}
+        logits, out = self.model.apply(variables, images, train=False, **kwargs)
+        if "class_maps" in out:
+            return logits, cam_lib.class_maps_of(out["class_maps"], batch["label"])
         kernel = cam_lib.head_kernel(variables)
         return logits, cam_lib.cams_for_classes(out["feature_map"], kernel, batch["label"])
 

@@ -1,11 +1,14 @@
 """CAM pictures of a trained run: image | CAM overlay with the GT box and the CAM box."""
 
+import functools
 import os
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from camjax import cam as cam_lib
 from camjax import experiment, explain, viz
 from camjax.data import pipeline
 from camjax.localization.boxes import box_from_scoremap
@@ -16,8 +19,8 @@ def write_gallery(
 ) -> list[str]:
     """PNG per image for the first config.eval.num_gallery images: image | CAM overlay + boxes.
 
-    The map (config.eval.method's, CAM by default) is that of the top-1 predicted class; green
-    is the GT box, red the map's box.
+    The map (config.eval.method's, CAM by default, or a class-map model's own map, ACoL's) is
+    that of the top-1 predicted class; green is the GT box, red the map's box.
     """
     n = min(config.eval.num_gallery, len(source))
     if n == 0:
@@ -25,44 +28,62 @@ def write_gallery(
     prep = experiment.preprocess_config(config)
     rows = [pipeline.EvalPreprocess(prep).map(source[i]) for i in range(n)]
     images = np.stack([r["image"] for r in rows])
-    method = config.eval.get("method", "cam")
-    if method == "cam":
-        f = explain.cam_fn(
-            model,
-            variables,
-            top_k=1,
-            method=config.eval.resize_method,
-            normalize=config.eval.cam_normalization,
-        )
-    else:
-        f = explain.explainer(
-            model,
-            variables,
-            method,
-            layer=config.eval.get("layer", "feature_map"),
-            top_k=1,
-            resize=config.eval.resize_method,
-            normalize=config.eval.cam_normalization,
-            apply_kwargs={"train": False},
-        )
-    out = f(pipeline.normalize_images(images, config.data.mean, config.data.std))
-    boxes = box_from_scoremap(out.cams[:, 0], threshold)
-    out, boxes = jax.device_get((out, boxes))
+    x = pipeline.normalize_images(images, config.data.mean, config.data.std)
+    cams, classes = _top1_maps(config, model, variables, x)
+    boxes = box_from_scoremap(cams, threshold)
+    cams, classes, boxes = jax.device_get((cams, classes, boxes))
     names = _class_names(config)
     gallery_dir = os.path.join(workdir, "gallery")
     os.makedirs(gallery_dir, exist_ok=True)
     paths = []
     for i, r in enumerate(rows):
-        pred = int(out.classes[i, 0])
+        pred = int(classes[i])
         caption = f"gt: {names(int(r['label']))}  pred: {names(pred)}"
         picture = viz.cam_picture(
-            r["image"], out.cams[i, 0], r["boxes"][: r["num_boxes"]], boxes[i], caption
+            r["image"], cams[i], r["boxes"][: r["num_boxes"]], boxes[i], caption
         )
         path = os.path.join(gallery_dir, f"{i:04d}.png")
         picture.save(path)
         paths.append(path)
     viz.contact_sheet(paths).save(os.path.join(workdir, "gallery.png"))
     return paths
+
+
+def _top1_maps(config, model, variables, x) -> tuple[jax.Array, jax.Array]:
+    """(maps (n, H, W) of each image's top-1 class, post-processed as config.eval says, those
+    classes (n,)): config.eval.method's maps; for 'cam', a model's own 'class_maps' (ACoL's,
+    erased by its own top-1 class as no label is given) when it makes them."""
+    ev = config.eval
+    method = ev.get("method", "cam")
+    if method == "cam" and "class_maps" in jax.eval_shape(model.apply, variables, x)[1]:
+        logits, out = jax.jit(functools.partial(model.apply, train=False))(variables, x)
+        classes = jnp.argmax(logits, axis=-1)
+        maps = cam_lib.class_maps_of(out["class_maps"], classes)
+        size = x.shape[1:3]
+        return cam_lib.postprocess(
+            maps, size, method=ev.resize_method, normalize=ev.cam_normalization
+        ), classes
+    if method == "cam":
+        f = explain.cam_fn(
+            model,
+            variables,
+            top_k=1,
+            method=ev.resize_method,
+            normalize=ev.cam_normalization,
+        )
+    else:
+        f = explain.explainer(
+            model,
+            variables,
+            method,
+            layer=ev.get("layer", "feature_map"),
+            top_k=1,
+            resize=ev.resize_method,
+            normalize=ev.cam_normalization,
+            apply_kwargs={"train": False},
+        )
+    out = f(x)
+    return out.cams[:, 0], out.classes[:, 0]
 
 
 def _class_names(config):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from camjax.models.layers import (
+    ADL,
     batch_norm,
     check_images,
     conv_init,
@@ -40,6 +41,14 @@ INCEPTION_SPECS = {
     "inception_4d": (112, 144, 288, 32, 64, 64),
     "inception_4e": (256, 160, 320, 32, 128, 128),
 }
+
+
+# wsolevaluation's Inception-ADL (Inception v3) has ADL after the last module of its first
+# inception stage (Mixed_5d, before the grid reduction), after the last module of its second
+# (Mixed_6e, the last before its head) and after its head's last conv (before the classes). In
+# GoogLeNet v1's cut the matching places are after inception_3b (before pool3), after
+# inception_4e, and after CAM_conv + ReLU, before the pooling (`gap_head`'s `adl`).
+ADL_POSITIONS = ("inception_3b", "inception_4e")
 
 
 class Inception(nn.Module):
@@ -75,6 +84,9 @@ class GoogLeNetGAP(nn.Module):
     dropout_rate: float = 0.0
     grouped_conv_impl: str = "split"
     pooling: str = "avg"  # "max": the paper's GoogLeNet-GMP comparison
+    # (drop rate, threshold) of ADL layers where wsolevaluation's Inception-ADL has them
+    # (`ADL_POSITIONS`); None: no ADL (`config.method.name` 'adl').
+    adl: tuple[float, float] | None = None
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -95,8 +107,10 @@ class GoogLeNetGAP(nn.Module):
             if name == "inception_4a":
                 x = max_pool_ceil(x, 3, 2)
             x = Inception(spec, width=w, dtype=self.dtype, name=name)(x)
+            if self.adl is not None and name in ADL_POSITIONS:
+                x = ADL(*self.adl, name=f"adl_{name.removeprefix('inception_')}")(x, train)
         # CAM_conv's bias starts at 1, as in the released deploy_googlenetCAM.
-        return module_gap_head(self, x, train, cam_conv_bias_init=1.0)
+        return module_gap_head(self, x, train, cam_conv_bias_init=1.0, adl=self.adl)
 
 
 GoogLeNetGAPTiny = functools.partial(GoogLeNetGAP, width=1 / 16)
@@ -171,6 +185,7 @@ class GoogLeNetGAPBN(nn.Module):
     grouped_conv_impl: str = "split"
     pooling: str = "avg"  # "max": global max pooling (GMP) instead of GAP
     transform_input: bool = False
+    adl: tuple[float, float] | None = None  # as GoogLeNetGAP's
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -196,8 +211,10 @@ class GoogLeNetGAPBN(nn.Module):
             if name == "inception4a":
                 x = max_pool_ceil(x, 3, 2)
             x = InceptionBN(spec, width=w, dtype=self.dtype, name=name)(x, train)
+            if self.adl is not None and name.replace("inception", "inception_") in ADL_POSITIONS:
+                x = ADL(*self.adl, name=f"adl_{name.removeprefix('inception')}")(x, train)
         # CAM_conv's bias starts at 1, as in the released deploy_googlenetCAM.
-        return module_gap_head(self, x, train, cam_conv_bias_init=1.0)
+        return module_gap_head(self, x, train, cam_conv_bias_init=1.0, adl=self.adl)
 
 
 GoogLeNetGAPBNTiny = functools.partial(GoogLeNetGAPBN, width=1 / 16)

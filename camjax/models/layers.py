@@ -4,6 +4,7 @@ Everything here keeps the parameter layout of the equivalent stock Flax layer, s
 from Caffe or torchvision land in the same places whichever implementation runs.
 """
 
+import inspect
 from typing import Any
 
 import flax.linen as nn
@@ -170,6 +171,34 @@ class ADL(nn.Module):
         return (x * selected).astype(x.dtype)
 
 
+class AttentiveDrop(nn.Module):
+    """Attentive dropout of Kim et al. (CVPR 2022, ejkim47/bridging-gap-wsol `AttentiveDrop`).
+
+    Parameter-free; training only (it makes the second, erased branch of 'bridging'). The
+    attention is the channel mean `a` of the input (B, h, w, C); every position where
+    `a > threshold * max_xy(a)` (per image) is zeroed, independently with probability
+    `drop_prob` (one uniform draw per position from the 'attentive_drop' PRNG stream, as the
+    reference's `torch.rand_like`: dropped where the draw is <= drop_prob).
+    """
+
+    threshold: float = 0.8
+    drop_prob: float = 0.5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        attention = jnp.mean(x.astype(jnp.float32), axis=-1, keepdims=True)
+        peak = jnp.max(attention, axis=(1, 2), keepdims=True)
+        draw = jax.random.uniform(self.make_rng("attentive_drop"), attention.shape)
+        dropped = (attention > self.threshold * peak) & (draw <= self.drop_prob)
+        return x * (~dropped).astype(x.dtype)
+
+
+def takes_labels(model: nn.Module) -> bool:
+    """Whether a network's `__call__` takes `labels` (those whose maps depend on the class they
+    are made for, as ACoL's erasing does; evaluation passes the GT labels to them)."""
+    return "labels" in inspect.signature(type(model).__call__).parameters
+
+
 # The module path of every camjax GAP network's feature map (the CAM layer, GAP's input).
 FEATURE_MAP = "feature_map"
 
@@ -186,6 +215,8 @@ def gap_head(
     dtype: Dtype,
     cam_conv_bias_init: float = 0.0,
     pooling: str = "avg",
+    erased: jax.Array | None = None,
+    adl: tuple[float, float] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The CAM head: CAM_conv (3x3, grouped) + ReLU -> global pooling -> dropout -> head.
 
@@ -195,24 +226,38 @@ def gap_head(
     {'feature_map': (B, h, w, features) in `dtype`, 'pre_logits': (B, features) float32}).
     The CAM of class c is `feature_map @ head.kernel[:, c]`. `pooling` "avg" (GAP) makes the
     logit the CAM's spatial mean plus the bias; "max" (GMP) pools by the maximum instead.
+    erased: a second input like x (the attentive-dropout branch of 'bridging'); its
+    CAM_conv + ReLU output, with the same weights, is added as 'feature_map_erased'.
+    adl: (drop rate, threshold) of an ADL layer `adl_cam` between the feature map and the
+    pooling (wsolevaluation's Inception-ADL has one after its last conv, before the classes);
+    it acts in training only, so 'feature_map' is the map before it.
     """
-    x = GroupedConv(
+    cam_conv = GroupedConv(
         features,
         groups=groups,
         impl=grouped_conv_impl,
         bias_init=nn.initializers.constant(cam_conv_bias_init),
         dtype=dtype,
         name="cam_conv",
-    )(x)
-    feature_map = Tap(name=FEATURE_MAP)(nn.relu(x))
-    pre_logits = global_pool(feature_map, pooling)
+    )
+    feature_map = Tap(name=FEATURE_MAP)(nn.relu(cam_conv(x)))
+    pooled = feature_map if adl is None else ADL(*adl, name="adl_cam")(feature_map, train)
+    pre_logits = global_pool(pooled, pooling)
     h = nn.Dropout(dropout_rate, deterministic=not train)(pre_logits)
     logits = nn.Dense(num_classes, dtype=jnp.float32, name="head")(h)
-    return logits, {"feature_map": feature_map, "pre_logits": pre_logits}
+    outputs = {"feature_map": feature_map, "pre_logits": pre_logits}
+    if erased is not None:
+        outputs["feature_map_erased"] = nn.relu(cam_conv(erased))
+    return logits, outputs
 
 
 def module_gap_head(
-    net: nn.Module, x: jax.Array, train: bool, cam_conv_bias_init: float = 0.0
+    net: nn.Module,
+    x: jax.Array,
+    train: bool,
+    cam_conv_bias_init: float = 0.0,
+    erased: jax.Array | None = None,
+    adl: tuple[float, float] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """`gap_head` sized by a GAP network's own fields (num_classes, cam_features scaled by
     width to a multiple of groups, groups, dropout_rate, grouped_conv_impl, dtype, pooling);
@@ -228,6 +273,8 @@ def module_gap_head(
         dtype=net.dtype,
         cam_conv_bias_init=cam_conv_bias_init,
         pooling=net.pooling,
+        erased=erased,
+        adl=adl,
     )
 
 
@@ -240,14 +287,11 @@ def check_images(x: jax.Array, model_name: str) -> None:
         )
 
 
-def conv_relu(
-    x: jax.Array, features: int, kernel: int, name: str, dtype: Dtype, stride: int = 1
-) -> jax.Array:
-    """Caffe's conv + ReLU pair: square kernel, 'same' padding k // 2, He-initialised.
-
-    Call inside a compact `__call__`; the conv becomes the caller's submodule `name`.
-    """
-    conv = nn.Conv(
+def caffe_conv(features: int, kernel: int, name: str, dtype: Dtype, stride: int = 1) -> nn.Conv:
+    """Caffe's conv: square kernel, 'same' padding k // 2, He-initialised. Make it inside a
+    compact `__call__` (it becomes the caller's submodule `name`); call it more than once to
+    run the same weights on several inputs."""
+    return nn.Conv(
         features,
         (kernel, kernel),
         strides=stride,
@@ -256,7 +300,14 @@ def conv_relu(
         dtype=dtype,
         name=name,
     )
-    return nn.relu(conv(x))
+
+
+def conv_relu(
+    x: jax.Array, features: int, kernel: int, name: str, dtype: Dtype, stride: int = 1
+) -> jax.Array:
+    """Caffe's conv + ReLU pair (`caffe_conv`, then ReLU) on x; call inside a compact
+    `__call__`: the conv becomes the caller's submodule `name`."""
+    return nn.relu(caffe_conv(features, kernel, name, dtype, stride)(x))
 
 
 def batch_norm(train: bool, epsilon: float, dtype: Dtype, name: str) -> nn.BatchNorm:

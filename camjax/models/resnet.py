@@ -24,9 +24,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from camjax.models.acol import acol_head
 from camjax.models.layers import (
     ADL,
     FEATURE_MAP,
+    AttentiveDrop,
     Tap,
     batch_norm,
     check_images,
@@ -34,6 +36,7 @@ from camjax.models.layers import (
     global_pool,
     scaled_width,
 )
+from camjax.models.spg import SPGMap, conv3_relu, spg_head
 
 # torchvision's ResNet50: bottlenecks per stage and each stage's bottleneck width ("planes").
 RESNET50_STAGES = (3, 4, 6, 3)
@@ -87,15 +90,31 @@ class ResNet50CAM(nn.Module):
     # (drop rate, threshold) of ADL layers where wsolevaluation's ResNet50-ADL has them (after
     # layer3's first block and layer4's first and last); None: no ADL.
     adl: tuple[float, float] | None = None
+    # ACoL's erasing threshold: wsolevaluation's ResNetAcol, ACoL's two heads on layer4
+    # (`camjax.models.acol`) instead of GAP + `head`; None: the CAM head.
+    acol: float | None = None
+    # (threshold, drop probability) of the attentive dropout of Kim et al. (CVPR 2022): in
+    # training, a second branch forks after layer4's first block (as their ResNetDrop) through
+    # layer4's other blocks ('feature_map_erased'); None: no branch ('bridging').
+    attentive_drop: tuple[float, float] | None = None
+    # SPG (`camjax.models.spg`): wsolevaluation's ResNetSpg, its side branches after layer3's
+    # first and last blocks and a class-map top on layer4 in place of GAP + head ('spg').
+    spg: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False):
+    def __call__(self, x: jax.Array, train: bool = False, labels: jax.Array | None = None):
         """x: (B, H, W, 3) normalised float images -> (logits (B, num_classes) float32, outputs).
 
         outputs: 'feature_map' (B, ~H/s, ~W/s, 2048 * width) for s = output_stride, in `dtype`,
         and 'pre_logits' (B, 2048 * width) float32. In training, apply with
-        `mutable=['batch_stats']`.
+        `mutable=['batch_stats']`. With `acol`, the outputs of `acol.acol_head` (labels (B,)
+        int pick the class whose region is erased; None: head A's top-1 class); without it
+        labels are ignored. With `attentive_drop` and train, also 'feature_map_erased', the
+        layer4 output of the branch dropped after layer4's first block (batch norm runs on
+        each branch with its own batch statistics, updating the running ones twice, as torch
+        does when the reference calls the blocks twice). With `spg`, the outputs of
+        `spg.spg_head`.
         """
         check_images(x, type(self).__name__)
         strides = STAGE_STRIDES.get(self.output_stride)
@@ -116,23 +135,43 @@ class ResNet50CAM(nn.Module):
         )(x)
         x = nn.relu(batch_norm(train, 1e-5, self.dtype, "bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        erased = None  # the attentive-dropout branch, once forked: the same blocks run on it
+        if self.spg:  # ResNetSpg's SPG_B_shared, run on both side branches of layer3
+            b_width = scaled_width(1024, self.width)
+            b_shared = SPGMap(b_width, self.dtype, name="head_b_shared")
         for stage, (blocks, planes, stride) in enumerate(
             zip(RESNET50_STAGES, STAGE_WIDTHS, strides, strict=True)
         ):
             for block in range(blocks):
-                x = Bottleneck(
+                bottleneck = Bottleneck(
                     scaled_width(planes, self.width),
                     strides=stride if block == 0 else 1,
                     dtype=self.dtype,
                     name=f"layer{stage + 1}_{block}",
-                )(x, train)
+                )
+                x = bottleneck(x, train)
+                if erased is not None:
+                    erased = bottleneck(erased, train)
                 if self.adl is not None and block in ADL_BLOCKS[stage]:
                     x = ADL(*self.adl, name=f"adl{stage + 1}_{block}")(x, train)
+                if self.attentive_drop is not None and train and (stage, block) == (3, 0):
+                    erased = AttentiveDrop(*self.attentive_drop, name="attentive_drop")(x)
+                if self.spg and (stage, block) == (2, 0):
+                    b1 = b_shared(conv3_relu(b_width, "head_b1", self.dtype)(x))
+                if self.spg and (stage, block) == (2, blocks - 1):
+                    b2 = b_shared(conv3_relu(b_width, "head_b2", self.dtype)(x))
+        if self.acol is not None:
+            return acol_head(self, x, labels, conv_init)  # ResNetAcol's He fan-out init
+        if self.spg:
+            return spg_head(self, x, b1, b2, scaled_width(512, self.width))
         feature_map = Tap(name=FEATURE_MAP)(x)
         pre_logits = global_pool(feature_map, self.pooling)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)
         logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(h)
-        return logits, {"feature_map": feature_map, "pre_logits": pre_logits}
+        outputs = {"feature_map": feature_map, "pre_logits": pre_logits}
+        if erased is not None:
+            outputs["feature_map_erased"] = erased
+        return logits, outputs
 
 
 ResNet50CAMTiny = functools.partial(ResNet50CAM, width=1 / 16)

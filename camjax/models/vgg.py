@@ -12,7 +12,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from camjax.models.layers import ADL, check_images, conv_relu, module_gap_head, scaled_width
+from camjax.models.acol import acol_head
+from camjax.models.layers import (
+    ADL,
+    AttentiveDrop,
+    caffe_conv,
+    check_images,
+    module_gap_head,
+    scaled_width,
+)
+from camjax.models.spg import SPGMap, conv3_relu, spg_head
 
 # (name, channels of each conv) per block; every block but the last ends in a 2x2/2 max pool.
 VGG16_BLOCKS = (
@@ -48,14 +57,28 @@ class VGG16GAP(nn.Module):
     # block 3's pool, after conv4_3 and conv5_3); None: no ADL (`config.method.name` 'adl').
     adl: tuple[float, float] | None = None
     num_blocks: int = 5  # conv blocks before the head: 5 is the paper's cut (conv5_3)
+    # ACoL's erasing threshold: wsolevaluation's VggAcol (`camjax.models.acol`) replaces the GAP
+    # head by ACoL's two heads; None: the GAP head (`config.method.name` 'acol').
+    acol: float | None = None
+    # (threshold, drop probability) of the attentive dropout of Kim et al. (CVPR 2022): in
+    # training, a second branch forks after conv4_3 (as their VggDrop) through the rest of the
+    # network ('feature_map_erased'); None: no branch (`config.method.name` 'bridging').
+    attentive_drop: tuple[float, float] | None = None
+    # SPG (`camjax.models.spg`): wsolevaluation's VggSpg, its side branches after conv4_3 (and
+    # a 3x3 pool) and conv5_3 and a class-map top in place of the GAP head ('spg').
+    spg: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False):
+    def __call__(self, x: jax.Array, train: bool = False, labels: jax.Array | None = None):
         """x: (B, H, W, 3) normalised float images -> (logits (B, num_classes) float32, outputs).
 
         outputs: 'feature_map' (B, H/s, W/s, cam_features) for s = output_stride and
-        'pre_logits' (B, cam_features).
+        'pre_logits' (B, cam_features). With `acol`, the outputs of `acol.acol_head` instead
+        (the feature map is then the heads' 512 * width channel input); labels (B,) int pick
+        the class whose region is erased (None: head A's top-1 class). Without `acol` labels
+        are ignored. With `attentive_drop` and train, also 'feature_map_erased', the feature
+        map of the branch dropped after conv4_3. With `spg`, the outputs of `spg.spg_head`.
         """
         check_images(x, type(self).__name__)
         num_pools = {2: 1, 4: 2, 8: 3, 16: 4}.get(self.output_stride)
@@ -68,17 +91,58 @@ class VGG16GAP(nn.Module):
                 f"VGG16GAP num_blocks must be {num_pools}..{len(VGG16_BLOCKS)} at output_stride "
                 f"{self.output_stride} (each pool follows a block), got {self.num_blocks}."
             )
+        if self.attentive_drop is not None and self.num_blocks < 4:
+            raise ValueError(
+                f"VGG16GAP attentive_drop forks after conv4_3: num_blocks must be 4 or 5, got "
+                f"{self.num_blocks}."
+            )
+        if self.spg and self.num_blocks != 5:
+            raise ValueError(
+                f"VGG16GAP spg reads conv4_3 and conv5_3: num_blocks must be 5, got "
+                f"{self.num_blocks}."
+            )
         x = x.astype(self.dtype)
+        erased = None  # the attentive-dropout branch, once forked: the same layers run on it
+        spg_width = scaled_width(512, self.width)
+        if self.spg:  # VggSpg's SPG_B_shared, run on both side branches
+            b_shared = SPGMap(spg_width, self.dtype, name="head_b_shared")
+
+        def both(f, x, erased):
+            return f(x), None if erased is None else f(erased)
+
         for i, (block, channels) in enumerate(VGG16_BLOCKS[: self.num_blocks]):
             for j, c in enumerate(channels):
-                x = conv_relu(x, scaled_width(c, self.width), 3, f"{block}_{j + 1}", self.dtype)
+                conv = caffe_conv(scaled_width(c, self.width), 3, f"{block}_{j + 1}", self.dtype)
+                x, erased = both(lambda t, conv=conv: nn.relu(conv(t)), x, erased)
             if self.adl is not None and block in ("conv4", "conv5"):
                 x = ADL(*self.adl, name=f"adl_{block}")(x, train)
-            if i < num_pools:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            if self.attentive_drop is not None and train and block == "conv4":
+                erased = AttentiveDrop(*self.attentive_drop, name="attentive_drop")(x)
+            if self.spg and block == "conv4":
+                if i < num_pools:  # VggSpg's pool after conv4_3 is 3x3 with padding 1
+                    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+                b1 = b_shared(conv3_relu(spg_width, "head_b1", self.dtype)(x))
+            elif self.acol is not None:
+                # VggAcol ends every block in a 3x3 max pool (padding 1): stride 2 where the
+                # CAM network pools, stride 1 in place of the pools output_stride drops.
+                s = 2 if i < num_pools else 1
+                x = nn.max_pool(x, (3, 3), strides=(s, s), padding=((1, 1), (1, 1)))
+            elif i < num_pools:
+                x, erased = both(lambda t: nn.max_pool(t, (2, 2), strides=(2, 2)), x, erased)
             if self.adl is not None and block == "conv3":
                 x = ADL(*self.adl, name=f"adl_{block}")(x, train)
-        return module_gap_head(self, x, train)
+            if self.spg and block == "conv5":
+                b2 = b_shared(conv3_relu(spg_width, "head_b2", self.dtype)(x))
+        if self.spg:  # VggSpg's SPG_A_3: two more 3x3 convs before SPG_C and the class maps
+            for k in (1, 2):
+                x = conv3_relu(spg_width, f"head_a3_{k}", self.dtype)(x)
+            return spg_head(self, x, b1, b2, spg_width)
+        if self.acol is not None:
+            # VggAcol smooths the features with a 3x3 average pool (zero padding counted, as
+            # torch's avg_pool2d) before both heads, whose convs it Xavier-initialises.
+            x = nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
+            return acol_head(self, x, labels, nn.initializers.xavier_uniform())
+        return module_gap_head(self, x, train, erased=erased)
 
 
 VGG16GAPTiny = functools.partial(VGG16GAP, width=1 / 16)

@@ -67,23 +67,36 @@ def make_train_step(config, model, tx):
             images, mixed = wsol_methods.augment(method, images, labels, method_key)
         if method.name == "adl":
             rngs["adl"] = jax.random.fold_in(jax.random.fold_in(root_key(config), 3), state.step)
+        if method.name == "bridging":
+            key = jax.random.fold_in(root_key(config), 4)
+            rngs["attentive_drop"] = jax.random.fold_in(key, state.step)
+        kwargs = {"labels": labels} if method.name in wsol_methods.TAKES_LABELS else {}
 
         def loss_fn(params):
             variables = model_variables(params, state.batch_stats)
             if state.batch_stats:
                 # Batch statistics of the whole global batch: under jit the mean over the
                 # sharded batch axis is one all-reduce, so batch norm is synchronised.
-                (logits, _), updated = model.apply(
-                    variables, images, train=True, rngs=rngs, mutable=["batch_stats"]
+                (logits, outputs), updated = model.apply(
+                    variables, images, train=True, rngs=rngs, mutable=["batch_stats"], **kwargs
                 )
                 batch_stats = updated["batch_stats"]
             else:
-                logits, _ = model.apply(variables, images, train=True, rngs=rngs)
+                logits, outputs = model.apply(variables, images, train=True, rngs=rngs, **kwargs)
                 batch_stats = state.batch_stats
-            if mixed is None:
-                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-            else:
+            if mixed is not None:
                 loss = wsol_methods.classification_loss(logits, labels, mixed)
+            elif method.name == "acol":
+                loss = wsol_methods.acol_loss(logits, outputs, labels)
+            elif method.name == "bridging":
+                kernel = params["head"]["kernel"]
+                loss = wsol_methods.bridging_loss(
+                    logits, outputs, labels, kernel, method, state.step, config.train.num_steps
+                )
+            elif method.name == "spg":
+                loss = wsol_methods.spg_loss(logits, outputs, labels, method, images.shape[1:3])
+            else:
+                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
             return jnp.mean(loss), (loss, logits, batch_stats)
 
         (_, (losses, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(

@@ -97,11 +97,12 @@ def test_adl_matches_the_reference_given_the_coin_and_is_off_at_evaluation():
     assert 0.5 < np.mean(picks) < 0.95  # the drop mask about 3 batches in 4
 
 
-@pytest.mark.parametrize("method", ["cutmix", "adl"])
+@pytest.mark.parametrize("method", ["cutmix", "adl", "bridging", "spg"])
 def test_a_method_run_resumes_bit_identically(data_dir, tmp_path, method):
     """4 steps straight vs. the same run restarted from its step-2 checkpoint (the step-4 one
     removed): every random draw of a method comes from the step's key (CutMix's and HaS's
-    through the input, ADL's through the model's 'adl' stream), so both runs end equal."""
+    through the input, ADL's and the attentive dropout's through the model's streams), and
+    the bridging warm-up reads the step, so both runs end equal (ACoL: test_wsol_acol.py)."""
     config = tiny_config(data_dir, num_steps=4, checkpoint_every_steps=2)
     config.method.name = method
     config.eval.num_gallery = 0
@@ -131,18 +132,48 @@ def test_each_switch_changes_the_step_and_is_deterministic():
     }
 
     def heads_after_one_step(name, repeats=1):
+        """The head's and CAM_conv's kernels after the step (bridging's warm-up step moves
+        CAM_conv alone: its L_drop does not reach the head)."""
         config.method.name = name
         step = jax.jit(loop.make_train_step(config, experiment.build_model(config), tx))
+        params = [step(state, loop.zero_sums(), batch)[0].params for _ in range(repeats)]
         return [
-            np.asarray(step(state, loop.zero_sums(), batch)[0].params["head"]["kernel"])
-            for _ in range(repeats)
+            np.concatenate([np.ravel(p["head"]["kernel"]), np.ravel(p["cam_conv"]["kernel"])])
+            for p in params
         ]
 
     (plain,) = heads_after_one_step("cam")
-    for name in ("has", "cutmix", "adl"):
+    for name in ("has", "cutmix", "adl", "bridging"):
         once, again = heads_after_one_step(name, repeats=2)
         assert not np.array_equal(once, plain), f"{name} stepped as plain CAM: the switch is off"
         np.testing.assert_array_equal(once, again)
     config.method.name = "mixup"
     with pytest.raises(ValueError, match="config.method.name must be one of cam, has, cutmix"):
         loop.make_train_step(config, model, tx)
+
+
+@pytest.mark.parametrize("name", ["googlenet_gap_tiny", "googlenet_gap_bn_tiny"])
+def test_googlenet_adl_sits_where_inception_adl_has_it(name):
+    """After the first inception stage (3b), after the last module (4e) and between the CAM
+    layer and the pooling, with no parameters of its own (traced, not compiled)."""
+    config = tiny_config("unused")
+    config.model.name = name
+    del config.model["num_blocks"], config.model["output_stride"]
+    config.method.name = "adl"
+    model = experiment.build_model(config)
+    images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    config.method.name = "cam"
+    plain = jax.eval_shape(experiment.build_model(config).init, jax.random.key(0), images)
+    _, seen = jax.eval_shape(
+        lambda v, x: model.apply(
+            v,
+            x,
+            True,
+            rngs={"adl": jax.random.key(1)},
+            capture_intermediates=True,
+            mutable=["intermediates", "batch_stats"],
+        ),
+        plain,
+        images,
+    )
+    assert {"adl_3b", "adl_4e", "adl_cam"} <= set(seen["intermediates"])
