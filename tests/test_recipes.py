@@ -72,6 +72,7 @@ def test_cam_paper_configs_run_a_full_size_step_on_ilsvrc(module, data_dir, tmp_
     config.data.num_threads = 2
     config.data.num_workers = 2  # the recipe's worker processes, fewer
     config.train.num_steps = 1
+    config.train.eval_every_steps = 0  # run_evaluation below evaluates; once is enough at 224
     config.eval.num_gallery = 1
     config.eval.threshold_grid_step = 0.25
     config.eval.wsol.threshold_step = 0.05
