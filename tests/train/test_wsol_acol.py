@@ -129,6 +129,7 @@ def acol_run(tmp_path_factory):
     return config, workdir, loop.train_and_evaluate(config, str(workdir))
 
 
+@pytest.mark.slow
 def test_acol_run_resumes_bit_identically(acol_run, tmp_path):
     config, straight_dir, straight = acol_run
     resumed_dir = tmp_path / "resumed"
@@ -142,6 +143,7 @@ def test_acol_run_resumes_bit_identically(acol_run, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_evaluation_scores_the_gt_class_map_of_acol(acol_run, tmp_path):
     """The WSOL evaluator's maps of a class-map model are its 'class_maps' of the GT class
     (with the GT labels erasing, as the reference evaluates), and evaluate.py's path writes

@@ -97,6 +97,7 @@ def test_adl_matches_the_reference_given_the_coin_and_is_off_at_evaluation():
     assert 0.5 < np.mean(picks) < 0.95  # the drop mask about 3 batches in 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["cutmix", "adl", "bridging", "spg"])
 def test_a_method_run_resumes_bit_identically(data_dir, tmp_path, method):
     """4 steps straight vs. the same run restarted from its step-2 checkpoint (the step-4 one
@@ -119,6 +120,7 @@ def test_a_method_run_resumes_bit_identically(data_dir, tmp_path, method):
     )
 
 
+@pytest.mark.slow
 def test_each_switch_changes_the_step_and_is_deterministic():
     """One step from the same state and batch: every method differs from plain CAM, and
     repeats itself exactly (same step, same draws)."""
