@@ -75,7 +75,7 @@ def markdown_table(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--data_dir", default=None, help="default: <workdir>_tfds")
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--steps", type=int, default=0, help="0: the config's own schedule")
     parser.add_argument("extra", nargs="*", help="more --config.x=y flags for both scripts")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     data_dir = args.data_dir or args.workdir.rstrip("/") + "_tfds"
     # The first train.py generates the dataset into data_dir; the others read it.
     flags = ["--config", args.config, f"--config.data.data_dir={data_dir}"]
