@@ -82,6 +82,7 @@ BRIDGING_CUB_EPOCHS, BRIDGING_CUB_DECAY_AFTER = 70, (40, 60)
 # (ResNetAcol and ResNetSpg have no fc: their new layers stay at the backbone rate);
 # bridging-gap-wsol's trainer.py: VGG16 as wsolevaluation, ResNet50 its fc only.
 NEW_LAYERS = {
+    ("vgg16", "cam"): ("cam_conv", "head"),
     ("vgg16", "spg"): ("conv4", "conv5", "head"),
     ("resnet50", "cam"): ("layer4", "head"),
     ("resnet50", "acol"): ("layer4",),
@@ -124,9 +125,7 @@ def set_method(config: ml_collections.ConfigDict, dataset: str, architecture: st
     """
     config.method.name = method
     optim = config.optim
-    optim.new_layers = NEW_LAYERS.get(
-        (architecture, method), NEW_LAYERS.get((architecture, "cam"), ("cam_conv", "head"))
-    )
+    optim.new_layers = NEW_LAYERS.get((architecture, method), NEW_LAYERS[architecture, "cam"])
     if method == "bridging" and dataset == "cub":
         lr, ratio, weight_decay, batch_size = BRIDGING_CUB_SOLVER[architecture]
         steps_per_epoch = camjax.data.dataset(dataset).train_images() // batch_size
