@@ -3,7 +3,9 @@
     python train.py --config configs/cam_vgg16_cub.py --workdir runs/cam_vgg16_cub \\
         --config.init.pretrained_dir=PRETRAINED
 
-`configs/cam_vgg16_cub.py:tiny` is the same recipe shrunk to seconds (the tests use it).
+`configs/cam_vgg16_cub.py:tiny` is the same recipe shrunk to seconds (the tests use it);
+`:acol` (any method of `wsol_recipe.METHODS`) trains that WSOL method with the reference's
+solver for it, and `:acol_tiny` shrinks that.
 """
 
 from configs import wsol_recipe

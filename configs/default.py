@@ -105,6 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
     optim.schedule = "cosine"
     optim.warmup_steps = 100
     optim.decay_steps = 0  # 'step' schedule: decay every this many steps
+    optim.decay_at = ()  # 'step' schedule: decay at these steps instead (a tuple of ints)
     optim.decay_factor = 0.1
     optim.new_layer_lr_mult = 1.0  # 10 when fine-tuning a pretrained backbone
     optim.new_layers = ("cam_conv", "head")  # parameter names (or prefixes) of that group

@@ -9,7 +9,7 @@ recipe and changes only what scale changes:
 * the learning rate, times global batch / recipe batch (the linear scaling rule of Goyal et
   al., 2017, "Accurate, Large Minibatch SGD"), with a warm-up of 5% of the steps, which that
   rule needs at large batches;
-* steps, decay steps, checkpoint and evaluation intervals, divided by the same factor, so
+* steps, decay steps and points, checkpoint and evaluation intervals, divided by the same factor, so
   that epochs stay the recipe's;
 * bfloat16 compute (parameters, optimizer state and batch-norm statistics stay float32);
 * 16 reader threads per host and an evaluation batch equal to the training batch.
@@ -46,6 +46,7 @@ def get_config(arg: str):
 
     config.train.num_steps = fewer(config.train.num_steps)
     config.optim.decay_steps = fewer(config.optim.decay_steps)
+    config.optim.decay_at = tuple(fewer(s) for s in config.optim.decay_at)
     config.optim.warmup_steps = config.train.num_steps // 20
     config.train.checkpoint_every_steps = fewer(config.train.checkpoint_every_steps)
     config.train.eval_every_steps = fewer(config.train.eval_every_steps)

@@ -32,9 +32,13 @@ Steps: epochs x (training images // batch), computed here from the split sizes o
 prepared datasets (`camjax.data`). Pretrained initialisation: convert torchvision's ImageNet
 weights once with `python -m camjax.models.torch_import` and set `init.pretrained_dir`.
 
-`variant="tiny"` shrinks the recipe to seconds on a CPU (width-1/16 network, 64 px, two steps)
-for the tests on tiny prepared fixtures; everything else (data path, splits, protocol, solver
-structure) stays the recipe's.
+`variant` selects the WSOL training method (`configs/cam_vgg16_cub.py:acol`; any of `METHODS`,
+default CAM) with the reference's solver for it (`set_method`: which layers learn at the
+classifier rate, and Bridging's own CUB solver), and its method hyperparameters
+(`config.method`: wsolevaluation's `config.py` defaults, `set_method_defaults`).
+`variant="tiny"` (or `<method>_tiny`) shrinks the recipe to seconds on a CPU (width-1/16
+network, 64 px, two steps) for the tests on tiny prepared fixtures; everything else (data path,
+splits, protocol, solver structure) stays the recipe's.
 """
 
 import ml_collections
@@ -53,6 +57,8 @@ WEIGHT_DECAY = {"vgg16": 5e-4, "resnet50": 1e-4}
 BATCH_SIZE = 32
 
 
+METHODS = ("cam", "has", "cutmix", "adl", "acol", "spg", "bridging")
+
 # 'bridging' (Kim et al., CVPR 2022): the official ResNet50 config (configs/config_exp.yaml)
 # where it differs from the VGG16 one that configs/default.py holds.
 BRIDGING_RESNET50 = {
@@ -61,6 +67,27 @@ BRIDGING_RESNET50 = {
     "bridging_norm_weight": 0.05,
     "bridging_drop_weight": 2.0,
     "bridging_drop_prob": 0.25,
+}
+# Its CUB solver (configs/config_exp_vgg.yaml, config_exp.yaml; trainer.py), by backbone:
+# (lr, lr_classifier_ratio, weight_decay, batch_size). 70 epochs, the learning rate x0.2 after
+# epochs 40 and 60 (`lr_decay_points` [41, 61] with `lr_decay_rate` 0.2, applied before the
+# 1-based epoch). The VGG16 config's 20 warm epochs run at its warm_batch_size 32; camjax
+# keeps one batch, 64, throughout.
+BRIDGING_CUB_SOLVER = {"vgg16": (0.004, 5.0, 5e-4, 64), "resnet50": (0.002, 10.0, 1e-4, 32)}
+BRIDGING_CUB_EPOCHS, BRIDGING_CUB_DECAY_AFTER = 70, (40, 60)
+
+# The layers at lr_classifier_ratio x the backbone rate, as the reference solvers split them:
+# wsolevaluation's main.py puts every VGG16 parameter outside `features.` there (VggSpg names
+# conv4 and conv5 SPG_A_1 and SPG_A_2, so they count) and, for ResNet50, layer4 and fc only
+# (ResNetAcol and ResNetSpg have no fc: their new layers stay at the backbone rate);
+# bridging-gap-wsol's trainer.py: VGG16 as wsolevaluation, ResNet50 its fc only.
+NEW_LAYERS = {
+    ("vgg16", "cam"): ("cam_conv", "head"),
+    ("vgg16", "spg"): ("conv4", "conv5", "head"),
+    ("resnet50", "cam"): ("layer4", "head"),
+    ("resnet50", "acol"): ("layer4",),
+    ("resnet50", "spg"): ("layer4",),
+    ("resnet50", "bridging"): ("head",),
 }
 
 
@@ -73,11 +100,49 @@ def set_method_defaults(method: ml_collections.ConfigDict, dataset: str, archite
         method.bridging_norm_region = "target"  # the official code's ILSVRC branch
 
 
+def parse_variant(variant: str) -> tuple[str, bool]:
+    """'' | 'tiny' | METHOD | METHOD_tiny -> (method name, tiny)."""
+    tiny = variant == "tiny" or variant.endswith("_tiny")
+    method = variant.removesuffix("tiny").removesuffix("_") or "cam"
+    if method not in METHODS:
+        raise ValueError(
+            f"config variant must be '', 'tiny', a method or <method>_tiny, the methods "
+            f"{', '.join(METHODS)}; got {variant!r}."
+        )
+    return method, tiny
+
+
+def set_method(config: ml_collections.ConfigDict, dataset: str, architecture: str, method: str):
+    """Switches a recipe to `method` with the reference's solver for it.
+
+    wsolevaluation trains every method with the solver of the CAM recipe (its README command);
+    its per-method learning rates come from a random search on train-fullsup whose results
+    are in a spreadsheet, not in the repository, so camjax keeps the CAM recipe's rates (tune
+    them on `validation`, as the protocol intends). The method's own hyperparameters are
+    config.py's defaults, which configs/default.py holds. Bridging on CUB takes its official
+    solver (BRIDGING_CUB_SOLVER); its repository has no ILSVRC config, so the ILSVRC recipes
+    keep their solver.
+    """
+    config.method.name = method
+    optim = config.optim
+    optim.new_layers = NEW_LAYERS.get((architecture, method), NEW_LAYERS[architecture, "cam"])
+    if method == "bridging" and dataset == "cub":
+        lr, ratio, weight_decay, batch_size = BRIDGING_CUB_SOLVER[architecture]
+        steps_per_epoch = camjax.data.dataset(dataset).train_images() // batch_size
+        config.data.batch_size = batch_size
+        optim.learning_rate, optim.new_layer_lr_mult = lr, ratio
+        optim.weight_decay = weight_decay
+        optim.decay_factor = 0.2
+        optim.decay_steps = 0
+        optim.decay_at = tuple(e * steps_per_epoch for e in BRIDGING_CUB_DECAY_AFTER)
+        config.train.num_steps = BRIDGING_CUB_EPOCHS * steps_per_epoch
+        config.train.checkpoint_every_steps = steps_per_epoch
+
+
 def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections.ConfigDict:
     if (dataset, architecture) not in LEARNING_RATES:
         raise ValueError(f"no WSOL CAM recipe for {architecture} on {dataset}.")
-    if variant not in ("", "tiny"):
-        raise ValueError(f"config variant must be '' or 'tiny'; got {variant!r}.")
+    method, tiny = parse_variant(variant)
     builder = camjax.data.dataset(dataset)  # the registry's class, by its alias
     config = default.get_config()
     data = config.data
@@ -120,9 +185,6 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
     optim.new_layer_lr_mult = 10.0
     optim.bias_lr_mult = 1.0
     optim.nesterov = True  # the reference's torch.optim.SGD(..., nesterov=True)
-    if architecture == "resnet50":
-        # The reference's classifier group for ResNet50 is layer4 and fc (its main.py).
-        optim.new_layers = ("layer4", "head")
     set_method_defaults(config.method, dataset, architecture)
 
     train = config.train
@@ -138,7 +200,9 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
     ev.wsol.eval_size = 224
     ev.wsol.pxap = False  # CUB masks exist only with segmentations.tgz; see README
 
-    if variant == "tiny":
+    set_method(config, dataset, architecture, method)
+
+    if tiny:
         data.image_size, data.resize_size = 64, 73
         data.batch_size = 8
         data.num_threads = 2
@@ -152,6 +216,7 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
         train.log_every_steps = 1
         train.checkpoint_every_steps = 2
         optim.decay_steps = 1
+        optim.decay_at = optim.decay_at and (1,)
         ev.batch_size = 8
         ev.threshold_grid_step = 0.1
         ev.num_gallery = 1

@@ -14,6 +14,7 @@ from configs import (
     cam_vgg16_ilsvrc,
     googlenet_gap_imagenet,
     vgg16_gap_imagenet,
+    wsol_recipe,
 )
 from tests.data.test_cub import write_archives
 from tests.data.test_ilsvrc import write_manual_dir
@@ -86,6 +87,56 @@ def test_cam_paper_configs_run_a_full_size_step_on_ilsvrc(module, data_dir, tmp_
     assert results["wsol"]["test"]["num_images"] > 0
 
 
+RECIPES = [cam_vgg16_cub, cam_resnet50_cub, cam_vgg16_ilsvrc, cam_resnet50_ilsvrc]
+
+
+@pytest.mark.parametrize("method", wsol_recipe.METHODS)
+@pytest.mark.parametrize("module", RECIPES)
+def test_recipe_takes_every_method_with_its_reference_solver(module, method):
+    cam, config = module.get_config(), module.get_config(method)
+    assert config.method.name == method and module.get_config("").method.name == "cam"
+    tiny = module.get_config(f"{method}_tiny")
+    assert tiny.method.name == method and tiny.model.name.endswith("_tiny")
+    assert tuple(tiny.optim.new_layers) == tuple(config.optim.new_layers)
+    resnet, cub = config.model.name == "resnet50_cam", module in (cam_vgg16_cub, cam_resnet50_cub)
+    # The layers at the classifier rate, as the reference solvers split them.
+    new_layers = {
+        (False, "spg"): ("conv4", "conv5", "head"),
+        (True, "acol"): ("layer4",),
+        (True, "spg"): ("layer4",),
+        (True, "bridging"): ("head",),
+    }.get((resnet, method), ("layer4", "head") if resnet else ("cam_conv", "head"))
+    assert tuple(config.optim.new_layers) == new_layers
+    if method == "bridging" and cub:  # bridging-gap-wsol's configs/config_exp*.yaml
+        steps_per_epoch = 5994 - 1000  # CUB train minus the 5-per-class validation holdout
+        batch = 32 if resnet else 64
+        assert config.data.batch_size == batch
+        assert config.optim.learning_rate == (0.002 if resnet else 0.004)
+        assert config.optim.new_layer_lr_mult == (10.0 if resnet else 5.0)
+        assert config.train.num_steps == 70 * (steps_per_epoch // batch)
+        epoch = steps_per_epoch // batch
+        assert config.optim.decay_at == (40 * epoch, 60 * epoch)
+        assert config.optim.decay_factor == 0.2
+    else:  # every other method trains with the CAM recipe's solver
+        for key in ("learning_rate", "weight_decay", "decay_steps", "new_layer_lr_mult"):
+            assert config.optim[key] == cam.optim[key]
+        assert config.train.num_steps == cam.train.num_steps
+    assert config.method.bridging_sim_fg_threshold == (0.4 if resnet else 0.6)
+    with pytest.raises(ValueError, match="a method or <method>_tiny"):
+        module.get_config(f"{method}x")
+
+
+def test_a_recipe_trains_and_evaluates_a_method_on_prepared_archives(data_dir, tmp_path):
+    """SPG (new layers, class maps, its own losses and new-layer group) end to end on CUB."""
+    config = cam_vgg16_cub.get_config("spg_tiny")
+    config.data.data_dir = data_dir
+    workdir = str(tmp_path)
+    state = loop.train_and_evaluate(config, workdir)
+    assert int(state.step) == config.train.num_steps and "head_c" in state.params
+    results = evaluator_lib.run_evaluation(config, workdir)
+    assert 0 <= results["wsol"]["test"]["max_box_acc_v2"] <= 100
+
+
 def test_pod_config_scales_a_recipe_by_the_linear_rule():
     from configs import pod
 
@@ -106,6 +157,10 @@ def test_pod_config_scales_a_recipe_by_the_linear_rule():
     assert paper.train.eval_every_steps == round(10_000 / 16)  # evaluation keeps its epochs
     cub = pod.get_config("cam_vgg16_cub,256")
     assert cub.optim.decay_steps == round(cam_vgg16_cub.get_config().optim.decay_steps / 8)
+    bridging = pod.get_config("cam_vgg16_cub:bridging,256")  # the method variant passes through
+    base = cam_vgg16_cub.get_config("bridging")
+    assert bridging.method.name == "bridging"
+    assert bridging.optim.decay_at == tuple(round(s / 4) for s in base.optim.decay_at)
     with pytest.raises(ValueError, match="<recipe>,<global batch>"):
         pod.get_config("cam_vgg16_cub")
 

@@ -17,13 +17,16 @@ NEW_LAYERS = ("cam_conv", "head")  # default config.optim.new_layers
 
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-    """cfg: config.optim. 'step' decays by decay_factor every decay_steps; 'cosine' to zero.
+    """cfg: config.optim. 'step' decays by decay_factor at the steps `decay_at` lists, or
+    else every decay_steps; 'cosine' to zero.
 
     Both start with `warmup_steps` of linear warm-up from zero.
     """
     base = cfg.learning_rate
     if cfg.schedule == "step":
         boundaries = range(cfg.decay_steps, num_steps, cfg.decay_steps) if cfg.decay_steps else ()
+        # Configs saved before decay_at existed lack it.
+        boundaries = cfg.get("decay_at") or boundaries
         main = optax.piecewise_constant_schedule(base, {b: cfg.decay_factor for b in boundaries})
     elif cfg.schedule == "cosine":
         main = optax.cosine_decay_schedule(base, max(1, num_steps - cfg.warmup_steps))

@@ -217,6 +217,10 @@ def test_optimizer_groups_and_schedules():
     config.schedule, config.decay_steps, config.learning_rate = "step", 10, 1.0
     schedule = optim.learning_rate_schedule(config, 30)
     assert [float(schedule(s)) for s in (0, 9, 10, 25)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    config.decay_at, config.decay_factor = (4, 20), 0.2  # points replace the period
+    schedule = optim.learning_rate_schedule(config, 30)
+    assert [float(schedule(s)) for s in (3, 4, 19, 20)] == pytest.approx([1.0, 0.2, 0.2, 0.04])
+    config.decay_at, config.decay_factor = (), 0.1
     labels = optim.parameter_groups(
         {"conv1_1": {"kernel": 0, "bias": 0}, "cam_conv": {"kernel": 0}, "head": {"bias": 0}}
     )
