@@ -63,15 +63,16 @@ def test_every_method_and_seed_runs_once_and_gets_a_row(tmp_path, monkeypatch, c
 
 
 @pytest.mark.slow
-def test_the_script_trains_and_tabulates_two_methods(tmp_path):
-    """train.py and evaluate.py for real, 2 steps of configs/tiny.py, two methods, one seed."""
+def test_the_script_trains_and_tabulates_a_method(tmp_path):
+    """train.py and evaluate.py for real, 2 steps of configs/tiny.py, one method (not CAM, so
+    the method flag reaches train.py), one seed: each job is two processes, ~35 s on 2 cores."""
     argv = ["--workdir", str(tmp_path / "runs"), "--config", "configs/tiny.py", "--steps", "2"]
-    argv += ["--methods", "cam", "has", "--seeds", "0"]
+    argv += ["--methods", "has", "--seeds", "0"]
     script = os.path.join(main_job.REPO, "benchmarks", "wsol_methods_table.py")
     out = subprocess.run(
         [sys.executable, script, *argv], check=True, capture_output=True, text=True
     ).stdout
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ")]
-    assert [row[0] for row in rows[1:]] == ["| cam", "| has"]
+    assert [row[0] for row in rows[1:]] == ["| has"]
     for row in rows[1:]:
         assert all(0 <= float(cell.strip(" |")) <= 100 for cell in row[2:])
