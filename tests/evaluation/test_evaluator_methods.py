@@ -30,7 +30,7 @@ def method_config(config, method, faithfulness=True):
     return c
 
 
-@pytest.mark.parametrize("method", ["grad_cam", "layer_cam"])
+@pytest.mark.parametrize("method", ["grad_cam", "eigen_cam", "eigen_grad_cam"])
 def test_every_metric_of_another_method(trained, method, capsys):
     config, _, ev, variables, step = trained
     c = method_config(config, method)

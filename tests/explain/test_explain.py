@@ -203,3 +203,45 @@ def test_eigen_cam_is_oriented_and_class_agnostic():
         >= 0
     )
     assert flipped.shape == p.shape
+
+
+def spectrum_matrix(rng, eigenvalues):
+    """A symmetric PSD float64 matrix with these eigenvalues and a random eigenbasis."""
+    q, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
+    return (q * np.asarray(eigenvalues, np.float64)) @ q.T
+
+
+@pytest.mark.parametrize(
+    "top", [(1.0, 0.5), (1.0, 1 - 1e-3), (1.0, 1 - 1e-5), (1.0, 1.0), (1.0, 0.0)]
+)
+def test_top_eigenvector_is_float64_eighs(top):
+    """Repeated squaring gives float64 eigh's top eigenvector to float32 precision, down to a
+    gap of 1e-5 of the largest eigenvalue; a repeated top eigenvalue gives a unit vector of
+    its eigenspace; the zero matrix gives zeros."""
+    rng = np.random.default_rng(0)
+    n = 40
+    values = np.concatenate([top, rng.uniform(0, 0.4, n - 2)]) * 1e3
+    gram = spectrum_matrix(rng, values)
+    v = np.asarray(explain.activation.top_eigenvector(jnp.asarray(gram, jnp.float32)), np.float64)
+    _, vectors = np.linalg.eigh(gram)
+    if top[1] == 1.0:  # the top eigenspace is the span of the last two eigenvectors
+        np.testing.assert_allclose(np.linalg.norm(vectors[:, -2:].T @ v), 1.0, atol=1e-6)
+    else:
+        np.testing.assert_allclose(abs(vectors[:, -1] @ v), 1.0, atol=1e-6)
+    zero = explain.activation.top_eigenvector(jnp.zeros((n, n)))
+    np.testing.assert_array_equal(zero, np.zeros(n))
+
+
+@pytest.mark.parametrize("shape", [(4, 5, 64), (8, 8, 12)])  # h w <= K, and h w > K
+def test_principal_projection_is_float64_svds(shape):
+    """Both Gram matrices (positions x positions, channels x channels) give the float64 SVD's
+    sigma u, oriented to correlate with the channel sum."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape) * rng.uniform(0.1, 2.0, shape[-1])
+    flat = x.reshape(-1, shape[-1])
+    u, s, _ = np.linalg.svd(flat - flat.mean(0), full_matrices=False)
+    ref = (u[:, 0] * s[0]).reshape(shape[:2])
+    activity = x.sum(-1)
+    ref *= np.sign(np.sum(ref * (activity - activity.mean())))
+    ours = explain.activation.principal_projection(jnp.asarray(x, jnp.float32))
+    np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
