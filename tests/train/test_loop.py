@@ -34,6 +34,25 @@ def tiny_config(data_dir, **train):
     return config
 
 
+def assert_resume_from_step_ends_equal(config, straight_dir, straight, resume_step: int):
+    """Copies a finished run without its checkpoints after `resume_step`, resumes the copy
+    from there and asserts its final parameters equal the straight run's, bit for bit."""
+    resumed_dir = straight_dir.parent / f"{straight_dir.name}_resumed"
+    shutil.copytree(straight_dir, resumed_dir)
+    later = [
+        s for s in os.listdir(resumed_dir / "checkpoints") if s.isdigit() and int(s) > resume_step
+    ]
+    assert later, f"the run saved no checkpoint after step {resume_step}: nothing to resume"
+    for step in later:
+        shutil.rmtree(resumed_dir / "checkpoints" / step)
+    resumed = loop.train_and_evaluate(config, str(resumed_dir))
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        jax.device_get(straight.params),
+        jax.device_get(resumed.params),
+    )
+
+
 def saved_params(workdir, step=None):
     with ocp.CheckpointManager(checkpoint.checkpoint_dir(workdir)) as manager:
         step = manager.latest_step() if step is None else step
