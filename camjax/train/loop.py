@@ -24,6 +24,7 @@ import tqdm
 from camjax import checkpoint, experiment
 from camjax.data import pipeline
 from camjax.evaluation import evaluator
+from camjax.models.layers import takes_labels
 from camjax.train import wsol_methods
 from camjax.train.metric_writer import MetricWriter
 from camjax.train.optim import create_optimizer
@@ -55,6 +56,7 @@ def make_train_step(config, model, tx):
 
     method = config.method
     wsol_methods.check_method(method)
+    reads_labels = takes_labels(model)
 
     def step(state: TrainState, sums: dict[str, jax.Array], batch: dict[str, jax.Array]):
         images = pipeline.normalize_images(batch["image"], mean, std)
@@ -70,7 +72,9 @@ def make_train_step(config, model, tx):
         if method.name == "bridging":
             key = jax.random.fold_in(root_key(config), 4)
             rngs["attentive_drop"] = jax.random.fold_in(key, state.step)
-        kwargs = {"labels": labels} if method.name in wsol_methods.TAKES_LABELS else {}
+        # The GT labels go to a network that reads them (ACoL erases the labelled class's
+        # region), the same test as the evaluator's.
+        kwargs = {"labels": labels} if reads_labels else {}
 
         def loss_fn(params):
             variables = model_variables(params, state.batch_stats)

@@ -43,8 +43,6 @@ from camjax.resize import resize_maps
 
 METHODS = ("cam", "has", "cutmix", "adl", "acol", "bridging", "spg")
 NORM_REGIONS = ("max_class", "target")  # bridging_norm_region's values
-# Methods whose model reads the labels in training (the region it erases is the GT class's).
-TAKES_LABELS = ("acol",)
 
 
 class Mixed(NamedTuple):
