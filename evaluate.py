@@ -19,7 +19,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from camjax import checkpoint, experiment
-from camjax.evaluation import evaluator, export, report
+from camjax.evaluation import export, report
+from camjax.evaluation import run as run_lib
 from camjax.train import distributed
 
 FLAGS = flags.FLAGS
@@ -48,7 +49,7 @@ def main(argv):
         config = checkpoint.load_run_config(FLAGS.workdir)
     elif diffs := checkpoint.run_config_differences(FLAGS.workdir, config):
         log.warning("--config differs from the run's saved config: %s", diffs)
-    report.print_report(evaluator.run_evaluation(config, FLAGS.workdir))
+    report.print_report(run_lib.run_evaluation(config, FLAGS.workdir))
     if FLAGS.export_dir:
         for split, stats in export.export_wsol(config, FLAGS.workdir, FLAGS.export_dir).items():
             log.info(

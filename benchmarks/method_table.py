@@ -27,6 +27,7 @@ sys.path.insert(0, REPO)
 from camjax import checkpoint, experiment, explain  # noqa: E402
 from camjax.data import pipeline  # noqa: E402
 from camjax.evaluation import evaluator as evaluator_lib  # noqa: E402
+from camjax.evaluation import run as run_lib  # noqa: E402
 from configs import default  # noqa: E402
 
 COLUMNS = (
@@ -71,7 +72,7 @@ def images_per_second(evaluator, variables, method: str, repeats: int) -> float:
 
 
 def method_row(evaluator, variables, step: int, repeats: int) -> dict[str, float]:
-    results, _ = evaluator_lib.evaluate_variables(evaluator, variables, step)
+    results, _ = run_lib.evaluate_variables(evaluator, variables, step)
     test, faith = results["wsol"]["test"], results["faithfulness"]["test"]
     return {
         "MaxBoxAccV2": test["max_box_acc_v2"],
@@ -104,7 +105,7 @@ def method_table(
             ev.method, ev.layer = "cam", "feature_map"
         ev.faithfulness.enabled = True
         ev.faithfulness.step = step
-    base, variables, step_ = evaluator_lib.restore_evaluator(config, workdir)
+    base, variables, step_ = run_lib.restore_evaluator(config, workdir)
     table = {}
     for method in methods or list(explain.METHODS):
         c = config.copy_and_resolve_references()

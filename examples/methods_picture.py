@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 
 from camjax import checkpoint, experiment, explain, viz
 from camjax.data import pipeline
-from camjax.evaluation import evaluator as evaluator_lib
+from camjax.evaluation import run as run_lib
 
 SCALE = 3  # 64 px images drawn at 192 px
 
@@ -64,7 +64,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     config = checkpoint.load_run_config(args.workdir)
-    evaluator, variables, step = evaluator_lib.restore_evaluator(config, args.workdir)
+    evaluator, variables, step = run_lib.restore_evaluator(config, args.workdir)
     prep = pipeline.EvalPreprocess(experiment.preprocess_config(config))
     source = experiment.data_sources(config)[config.data.test_split]
     rows = [prep.map(source[i]) for i in args.images]

@@ -17,7 +17,7 @@ import shutil
 import pytest
 
 from camjax import experiment
-from camjax.evaluation import evaluator as evaluator_lib
+from camjax.evaluation import run as run_lib
 from camjax.train import loop
 from configs import default
 
@@ -52,7 +52,7 @@ def guard_config(data_dir: str, seed: int = 0, learning_rate: float | None = Non
 def validation_gt_known(config, workdir: str) -> tuple[float, float]:
     """Trains, then (val GT-known loc at validation's best threshold, val top-1 cls), percent."""
     loop.train_and_evaluate(config, workdir)
-    evaluator, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
+    evaluator, variables, _ = run_lib.restore_evaluator(config, workdir)
     val = evaluator.evaluate(variables, experiment.data_sources(config)[config.data.val_split])
     summary = val.summary(val.best_threshold(), evaluator.top_k)
     return summary["gt_known_loc"], summary["top1_cls"]

@@ -4,8 +4,8 @@ tiny CUB and ILSVRC archives in the official layouts, prepared as a user would."
 import pytest
 
 from camjax.data import cub, ilsvrc
-from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import protocol as protocol_lib
+from camjax.evaluation import run as run_lib
 from camjax.train import loop
 from configs import (
     cam_resnet50_cub,
@@ -55,7 +55,7 @@ def test_recipe_trains_and_evaluates_on_prepared_archives(module, data_dir, tmp_
     assert int(state.step) == config.train.num_steps
     if config.model.name.startswith("resnet50"):
         assert state.batch_stats  # batch norm statistics are trained and checkpointed
-    results = evaluator_lib.run_evaluation(config, workdir)
+    results = run_lib.run_evaluation(config, workdir)
     wsol = results["wsol"]
     assert wsol["protocol"]["eval_size"] == 64
     assert wsol["val"]["num_images"] > 0 and wsol["test"]["num_images"] > 0
@@ -82,7 +82,7 @@ def test_cam_paper_configs_run_a_full_size_step_on_ilsvrc(module, data_dir, tmp_
     assert int(state.step) == 1
     assert state.params["cam_conv"]["kernel"].shape[-1] == 1024
     assert state.params["head"]["kernel"].shape[-1] == 1000
-    results = evaluator_lib.run_evaluation(config, str(tmp_path))
+    results = run_lib.run_evaluation(config, str(tmp_path))
     assert results["wsol"]["protocol"]["eval_size"] == 224
     assert results["wsol"]["test"]["num_images"] > 0
 
@@ -133,7 +133,7 @@ def test_a_recipe_trains_and_evaluates_a_method_on_prepared_archives(data_dir, t
     workdir = str(tmp_path)
     state = loop.train_and_evaluate(config, workdir)
     assert int(state.step) == config.train.num_steps and "head_c" in state.params
-    results = evaluator_lib.run_evaluation(config, workdir)
+    results = run_lib.run_evaluation(config, workdir)
     assert 0 <= results["wsol"]["test"]["max_box_acc_v2"] <= 100
 
 
@@ -191,12 +191,12 @@ def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
     config.eval.wsol.boxes = False
     workdir = str(tmp_path / "run")
     loop.train_and_evaluate(config, workdir)
-    results = evaluator_lib.run_evaluation(config, workdir)
+    results = run_lib.run_evaluation(config, workdir)
     wsol = results["wsol"]
     assert wsol["protocol"]["boxes"] is False
     assert set(wsol["test"]) == {"num_images", "pxap"}
 
-    evaluator, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
+    evaluator, variables, _ = run_lib.restore_evaluator(config, workdir)
     protocol = evaluator.protocol
     source = experiment.data_sources(config)["test"]
     maps = []
@@ -226,7 +226,7 @@ def test_mask_only_dataset_reports_pxap_as_the_reference(tmp_path):
     stored = [bytes(source[i]["image_id"]).decode() for i in range(len(source))]
     assert list(meta.image_ids) == stored
     exported = wsol_frame.load_scoremaps(f"{out}/scoremaps/test", meta.image_ids)
-    evaluator, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
+    evaluator, variables, _ = run_lib.restore_evaluator(config, workdir)
     maps = []
     for host_batch, scoremaps in evaluator.scoremap_outputs(variables, source):
         maps.append(np.asarray(scoremaps)[np.asarray(host_batch["valid"])])

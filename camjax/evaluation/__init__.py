@@ -1,7 +1,8 @@
 """Evaluation of a trained run: each module is the one address of its names.
 
-* `evaluator`: `Evaluator` (one compiled step per batch, counts over a split),
-  `restore_evaluator` and `run_evaluation` (what evaluate.py runs: metrics.json and a gallery);
+* `evaluator`: `Evaluator` (one compiled step per batch, counts over a split);
+* `run`: `restore_evaluator`, `run_evaluation` (what evaluate.py runs: metrics.json and a
+  gallery) and `evaluate_variables`;
 * `protocol`: the WSOL protocol of Choe et al. (CVPR 2020) applied to a config and a split;
 * `report`: the results as tables on stdout;
 * `gallery`: CAM pictures;

@@ -47,6 +47,7 @@ import numpy as np
 from camjax import experiment
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import protocol as protocol_lib
+from camjax.evaluation import run as run_lib
 from camjax.localization import wsol_frame, wsol_io
 
 ID_BYTES = 512  # longest image id that travels between hosts
@@ -194,7 +195,7 @@ def export_wsol(
             "config.eval.wsol.enabled = True."
         )
     _check_size(protocol.eval_size)  # before restoring anything
-    evaluator, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
+    evaluator, variables, _ = run_lib.restore_evaluator(config, workdir)
     sources = experiment.data_sources(config)
     dataset = config.data.name
     return {

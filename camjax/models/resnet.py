@@ -122,19 +122,7 @@ class ResNet50CAM(nn.Module):
             raise ValueError(
                 f"ResNet50CAM output_stride must be 8, 16 or 32, got {self.output_stride}."
             )
-        x = x.astype(self.dtype)
-        x = nn.Conv(
-            scaled_width(64, self.width),
-            (7, 7),
-            strides=2,
-            padding=3,
-            use_bias=False,
-            kernel_init=conv_init,
-            dtype=self.dtype,
-            name="conv1",
-        )(x)
-        x = nn.relu(batch_norm(train, 1e-5, self.dtype, "bn1")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = _stem(self, x, train)
         erased = None  # the attentive-dropout branch, once forked: the same blocks run on it
         if self.spg:  # ResNetSpg's SPG_B_shared, run on both side branches of layer3
             b_width = scaled_width(1024, self.width)
@@ -172,6 +160,25 @@ class ResNet50CAM(nn.Module):
         if erased is not None:
             outputs["feature_map_erased"] = erased
         return logits, outputs
+
+
+def _stem(resnet: ResNet50CAM, x: jax.Array, train: bool) -> jax.Array:
+    """conv1 7x7/2, bn1, ReLU and the 3x3/2 max pool: the input at stride 4 (called inside
+    ResNet50CAM's compact __call__, so its layers are that module's 'conv1' and 'bn1')."""
+    x = x.astype(resnet.dtype)
+    x = nn.Conv(
+        scaled_width(64, resnet.width),
+        (7, 7),
+        strides=2,
+        padding=3,
+        use_bias=False,
+        kernel_init=conv_init,
+        dtype=resnet.dtype,
+        name="conv1",
+    )(x)
+    x = nn.relu(batch_norm(train, 1e-5, resnet.dtype, "bn1")(x))
+    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    return x
 
 
 ResNet50CAMTiny = functools.partial(ResNet50CAM, width=1 / 16)

@@ -81,26 +81,7 @@ class VGG16GAP(nn.Module):
         map of the branch dropped after conv4_3. With `spg`, the outputs of `spg.spg_head`.
         """
         check_images(x, type(self).__name__)
-        num_pools = {2: 1, 4: 2, 8: 3, 16: 4}.get(self.output_stride)
-        if num_pools is None:
-            raise ValueError(
-                f"VGG16GAP output_stride must be 2, 4, 8 or 16, got {self.output_stride}."
-            )
-        if not num_pools <= self.num_blocks <= len(VGG16_BLOCKS):
-            raise ValueError(
-                f"VGG16GAP num_blocks must be {num_pools}..{len(VGG16_BLOCKS)} at output_stride "
-                f"{self.output_stride} (each pool follows a block), got {self.num_blocks}."
-            )
-        if self.attentive_drop is not None and self.num_blocks < 4:
-            raise ValueError(
-                f"VGG16GAP attentive_drop forks after conv4_3: num_blocks must be 4 or 5, got "
-                f"{self.num_blocks}."
-            )
-        if self.spg and self.num_blocks != 5:
-            raise ValueError(
-                f"VGG16GAP spg reads conv4_3 and conv5_3: num_blocks must be 5, got "
-                f"{self.num_blocks}."
-            )
+        num_pools = _pools_before_head(self)
         x = x.astype(self.dtype)
         erased = None  # the attentive-dropout branch, once forked: the same layers run on it
         spg_width = scaled_width(512, self.width)
@@ -143,6 +124,29 @@ class VGG16GAP(nn.Module):
             x = nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
             return acol_head(self, x, labels, nn.initializers.xavier_uniform())
         return module_gap_head(self, x, train, erased=erased)
+
+
+def _pools_before_head(vgg: VGG16GAP) -> int:
+    """How many 2x2 pools the configured network runs; one-line errors for settings that do
+    not fit together."""
+    num_pools = {2: 1, 4: 2, 8: 3, 16: 4}.get(vgg.output_stride)
+    if num_pools is None:
+        raise ValueError(f"VGG16GAP output_stride must be 2, 4, 8 or 16, got {vgg.output_stride}.")
+    if not num_pools <= vgg.num_blocks <= len(VGG16_BLOCKS):
+        raise ValueError(
+            f"VGG16GAP num_blocks must be {num_pools}..{len(VGG16_BLOCKS)} at output_stride "
+            f"{vgg.output_stride} (each pool follows a block), got {vgg.num_blocks}."
+        )
+    if vgg.attentive_drop is not None and vgg.num_blocks < 4:
+        raise ValueError(
+            f"VGG16GAP attentive_drop forks after conv4_3: num_blocks must be 4 or 5, got "
+            f"{vgg.num_blocks}."
+        )
+    if vgg.spg and vgg.num_blocks != 5:
+        raise ValueError(
+            f"VGG16GAP spg reads conv4_3 and conv5_3: num_blocks must be 5, got {vgg.num_blocks}."
+        )
+    return num_pools
 
 
 VGG16GAPTiny = functools.partial(VGG16GAP, width=1 / 16)

@@ -52,55 +52,39 @@ def make_train_step(config, model, tx):
     """
     mean, std = config.data.mean, config.data.std
     base_key = jax.random.fold_in(root_key(config), 1)
-    k = min(5, config.model.num_classes)
-
     method = config.method
     wsol_methods.check_method(method)
     reads_labels = takes_labels(model)
 
     def step(state: TrainState, sums: dict[str, jax.Array], batch: dict[str, jax.Array]):
-        images = pipeline.normalize_images(batch["image"], mean, std)
         labels = batch["label"]
-        dropout_key = jax.random.fold_in(base_key, state.step)
-        rngs = {"dropout": dropout_key}
-        mixed = None
-        if method.name in ("has", "cutmix"):
-            method_key = jax.random.fold_in(jax.random.fold_in(root_key(config), 2), state.step)
-            images, mixed = wsol_methods.augment(method, images, labels, method_key)
-        if method.name == "adl":
-            rngs["adl"] = jax.random.fold_in(jax.random.fold_in(root_key(config), 3), state.step)
-        if method.name == "bridging":
-            key = jax.random.fold_in(root_key(config), 4)
-            rngs["attentive_drop"] = jax.random.fold_in(key, state.step)
+        images, mixed, rngs = wsol_methods.step_inputs(
+            method,
+            pipeline.normalize_images(batch["image"], mean, std),
+            labels,
+            root_key(config),  # the methods draw from its streams 2-4; dropout from 1
+            state.step,
+        )
+        rngs = {"dropout": jax.random.fold_in(base_key, state.step), **rngs}
         # The GT labels go to a network that reads them (ACoL erases the labelled class's
         # region), the same test as the evaluator's.
         kwargs = {"labels": labels} if reads_labels else {}
 
         def loss_fn(params):
-            variables = model_variables(params, state.batch_stats)
-            if state.batch_stats:
-                # Batch statistics of the whole global batch: under jit the mean over the
-                # sharded batch axis is one all-reduce, so batch norm is synchronised.
-                (logits, outputs), updated = model.apply(
-                    variables, images, train=True, rngs=rngs, mutable=["batch_stats"], **kwargs
-                )
-                batch_stats = updated["batch_stats"]
-            else:
-                logits, outputs = model.apply(variables, images, train=True, rngs=rngs, **kwargs)
-                batch_stats = state.batch_stats
-            if mixed is not None:
-                loss = wsol_methods.classification_loss(logits, labels, mixed)
-            elif method.name == "acol":
-                loss = wsol_methods.acol_loss(logits, outputs, labels)
-            elif method.name == "bridging":
-                kernel = params["head"]["kernel"]
-                loss = wsol_methods.bridging_loss(
-                    logits, outputs, labels, kernel, method, state.step, config.train.num_steps
-                )
-            elif method.name == "spg":
-                loss = wsol_methods.spg_loss(logits, outputs, labels, method, images.shape[1:3])
-            else:
-                loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            logits, outputs, batch_stats = _apply_for_training(
+                model, params, state.batch_stats, images, rngs, kwargs
+            )
+            loss = wsol_methods.per_example_loss(
+                method,
+                logits,
+                outputs,
+                labels,
+                mixed=mixed,
+                params=params,
+                step=state.step,
+                num_steps=config.train.num_steps,
+                image_size=images.shape[1:3],
+            )
             return jnp.mean(loss), (loss, logits, batch_stats)
 
         (_, (losses, logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -108,17 +92,7 @@ def make_train_step(config, model, tx):
         )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        _, top = jax.lax.top_k(logits, k)
-        outside = (labels < 0) | (labels >= config.model.num_classes)
-        new_sums = {
-            "bad_labels": sums["bad_labels"] + jnp.sum(outside),
-            "max_label": jnp.maximum(sums["max_label"], jnp.max(labels)),
-            "loss": sums["loss"] + jnp.sum(losses),
-            "top1": sums["top1"] + jnp.sum(top[:, 0] == labels),
-            "top5": sums["top5"] + jnp.sum(jnp.any(top == labels[:, None], axis=-1)),
-            "count": sums["count"] + labels.shape[0],
-            "steps": sums["steps"] + 1,
-        }
+        new_sums = _add_step_metrics(sums, losses, logits, labels, config.model.num_classes)
         return TrainState(state.step + 1, params, opt_state, batch_stats), new_sums
 
     return step
@@ -132,6 +106,35 @@ def jit_train_step(config, model, tx, state_shardings: Any, mesh) -> Any:
         donate_argnums=(0, 1),
         out_shardings=(state_shardings, experiment.replicated(mesh)),
     )
+
+
+def _apply_for_training(model, params, batch_stats, images, rngs, kwargs):
+    """model.apply in training mode -> (logits, outputs, batch_stats after the batch)."""
+    variables = model_variables(params, batch_stats)
+    if not batch_stats:
+        logits, outputs = model.apply(variables, images, train=True, rngs=rngs, **kwargs)
+        return logits, outputs, batch_stats
+    # Batch statistics of the whole global batch: under jit the mean over the sharded batch
+    # axis is one all-reduce, so batch norm is synchronised.
+    (logits, outputs), updated = model.apply(
+        variables, images, train=True, rngs=rngs, mutable=["batch_stats"], **kwargs
+    )
+    return logits, outputs, updated["batch_stats"]
+
+
+def _add_step_metrics(sums, losses, logits, labels, num_classes: int) -> dict[str, jax.Array]:
+    """Metric sums plus one step's: loss, top-1/top-5 hits, counts, out-of-range labels."""
+    _, top = jax.lax.top_k(logits, min(5, num_classes))
+    outside = (labels < 0) | (labels >= num_classes)
+    return {
+        "bad_labels": sums["bad_labels"] + jnp.sum(outside),
+        "max_label": jnp.maximum(sums["max_label"], jnp.max(labels)),
+        "loss": sums["loss"] + jnp.sum(losses),
+        "top1": sums["top1"] + jnp.sum(top[:, 0] == labels),
+        "top5": sums["top5"] + jnp.sum(jnp.any(top == labels[:, None], axis=-1)),
+        "count": sums["count"] + labels.shape[0],
+        "steps": sums["steps"] + 1,
+    }
 
 
 def zero_sums() -> dict[str, jax.Array]:

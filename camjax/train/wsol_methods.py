@@ -153,6 +153,65 @@ def acol_loss(logits: jax.Array, outputs: dict[str, jax.Array], labels: jax.Arra
 
 
 # ----------------------------------------------------------------------------------------------
+# The train step's two hooks: what a method draws before the forward pass, and its loss.
+
+# fold_in(run key, stream) keys of the methods' draws (stream 1 is dropout's, in the loop).
+_STREAMS = {"has": 2, "cutmix": 2, "adl": 3, "bridging": 4}
+# The model rng collection each in-network method draws from (`layers.ADL`, `AttentiveDrop`).
+_RNG_COLLECTIONS = {"adl": "adl", "bridging": "attentive_drop"}
+
+
+def step_inputs(
+    method: ml_collections.ConfigDict,
+    images: jax.Array,
+    labels: jax.Array,
+    run_key: jax.Array,
+    step: jax.Array,
+) -> tuple[jax.Array, Mixed | None, dict[str, jax.Array]]:
+    """One training step's draws of the method -> (images, Mixed or None, model rngs).
+
+    Input transforms (HaS, CutMix) change the normalised images and say how to mix the loss;
+    in-network methods (ADL, Bridging's attentive dropout) get their rng collection. Every key
+    is fold_in(fold_in(run_key, the method's stream), step), so a resumed run draws the same.
+    """
+    if method.name not in _STREAMS:
+        return images, None, {}
+    key = jax.random.fold_in(jax.random.fold_in(run_key, _STREAMS[method.name]), step)
+    if method.name in _RNG_COLLECTIONS:
+        return images, None, {_RNG_COLLECTIONS[method.name]: key}
+    images, mixed = augment(method, images, labels, key)
+    return images, mixed, {}
+
+
+def per_example_loss(
+    method: ml_collections.ConfigDict,
+    logits: jax.Array,
+    outputs: dict[str, jax.Array],
+    labels: jax.Array,
+    *,
+    mixed: Mixed | None,
+    params: dict,
+    step: jax.Array,
+    num_steps: int,
+    image_size: tuple[int, int],
+) -> jax.Array:
+    """The method's training loss per example (B,); plain cross-entropy for CAM and ADL.
+
+    params: the model's, for Bridging's head kernel (its gradient flows through the loss);
+    image_size: the input's (H, W), the size SPG scores its side maps at."""
+    if mixed is not None:
+        return classification_loss(logits, labels, mixed)
+    if method.name == "acol":
+        return acol_loss(logits, outputs, labels)
+    if method.name == "bridging":
+        kernel = params["head"]["kernel"]
+        return bridging_loss(logits, outputs, labels, kernel, method, step, num_steps)
+    if method.name == "spg":
+        return spg_loss(logits, outputs, labels, method, image_size)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+# ----------------------------------------------------------------------------------------------
 # Bridging the gap (Kim et al., CVPR 2022).
 
 _HIGHEST = jax.lax.Precision.HIGHEST

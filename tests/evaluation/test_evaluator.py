@@ -19,6 +19,7 @@ from camjax.data import pipeline
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import export, report
 from camjax.evaluation import protocol as protocol_lib
+from camjax.evaluation import run as run_lib
 from camjax.localization import wsol_frame, wsol_io
 from camjax.train import loop
 from configs import tiny
@@ -42,7 +43,7 @@ def trained(tiny_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def evaluated(trained):
     config, workdir = trained
-    return config, workdir, evaluator_lib.run_evaluation(config, workdir)
+    return config, workdir, run_lib.run_evaluation(config, workdir)
 
 
 def test_run_evaluation_writes_metrics_and_gallery(evaluated):
@@ -112,7 +113,7 @@ def restored(trained):
     """The trained run's config, an Evaluator with the WSOL protocol, and the variables; shared
     so that its two jitted steps compile once for all tests."""
     config, workdir = trained
-    ev, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
+    ev, variables, _ = run_lib.restore_evaluator(config, workdir)
     return config, ev, variables
 
 
@@ -198,7 +199,7 @@ def test_exact_float64_counts_equal_the_reference_where_float32_maps_do_not(trai
     config = config.copy_and_resolve_references()
     config.eval.wsol.exact_float64 = True
     config.eval.wsol.eval_size = e = 224  # more pixels: float32's level moves are rare
-    ev, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
+    ev, variables, _ = run_lib.restore_evaluator(config, workdir)
     protocol = ev.protocol
     assert protocol.exact_float64 and protocol.to_dict()["exact_float64"]
     source = experiment.data_sources(config)["validation"]
@@ -281,7 +282,7 @@ def test_no_checkpoint_is_a_clear_error(tmp_path, data_dir):
     config = tiny.get_config()
     config.data.data_dir = data_dir
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
-        evaluator_lib.run_evaluation(config, str(tmp_path))
+        run_lib.run_evaluation(config, str(tmp_path))
 
 
 def test_wrong_config_for_checkpoint_names_the_difference(trained):
@@ -290,7 +291,7 @@ def test_wrong_config_for_checkpoint_names_the_difference(trained):
     other.data.data_dir = config.data.data_dir
     other.model.width = 1 / 8
     with pytest.raises(checkpoint.CheckpointError, match=r"width: checkpoint 0.0625, config 0.125"):
-        evaluator_lib.run_evaluation(other, workdir)
+        run_lib.run_evaluation(other, workdir)
 
 
 def test_unknown_model_and_dataset_names(tmp_path):
@@ -330,7 +331,7 @@ def test_exported_scoremaps_give_the_reference_the_same_counts(trained, tmp_path
     config.eval.wsol.eval_size = 224  # the reference's evaluation frame
     stats = export.export_wsol(config, workdir, out)
     assert stats["validation"]["images"] == 11
-    evaluator, variables, _ = evaluator_lib.restore_evaluator(config, workdir)
+    evaluator, variables, _ = run_lib.restore_evaluator(config, workdir)
     protocol = evaluator.protocol
     source = experiment.data_sources(config)["test"]
     _, counts = evaluator.evaluate_wsol(variables, source, max_images=11)

@@ -8,6 +8,7 @@ import pytest
 from camjax import experiment
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import gallery, report
+from camjax.evaluation import run as run_lib
 from camjax.train import loop
 from configs import tiny
 
@@ -18,7 +19,7 @@ def trained(tmp_path_factory):
     config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
     workdir = str(tmp_path_factory.mktemp("run"))
     loop.train_and_evaluate(config, workdir)
-    ev, variables, step = evaluator_lib.restore_evaluator(config, workdir)
+    ev, variables, step = run_lib.restore_evaluator(config, workdir)
     return config, workdir, ev, variables, step
 
 
@@ -35,7 +36,7 @@ def test_every_metric_of_another_method(trained, method, capsys):
     config, _, ev, variables, step = trained
     c = method_config(config, method)
     e = evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
-    results, _ = evaluator_lib.evaluate_variables(e, variables, step)
+    results, _ = run_lib.evaluate_variables(e, variables, step)
     assert results["method"] == {"name": method, "layer": "feature_map"}
     f = results["faithfulness"]["test"]
     assert f["num_images"] == config.data.num_test and f["num_nan_maps"] == 0

@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from camjax.evaluation import evaluator, protocol
+from camjax.evaluation import protocol
+from camjax.evaluation import run as run_lib
 from camjax.localization import wsol_frame
 from configs import default, tiny, vgg16_gap_imagenet
 from tests.localization import wsol_reference as ref
@@ -103,7 +104,7 @@ def test_bad_wsol_config_is_a_clear_error(key, value, match, tmp_path):
         protocol.wsol_protocol(config)
     # run_evaluation checks the config before restoring anything.
     with pytest.raises(ValueError, match=match):
-        evaluator.run_evaluation(config, str(tmp_path))
+        run_lib.run_evaluation(config, str(tmp_path))
 
 
 def test_protocol_mask_marks_ignored_pixels_off_the_object():

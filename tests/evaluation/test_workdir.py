@@ -2,7 +2,7 @@
 
 import pytest
 
-from camjax.evaluation import evaluator
+from camjax.evaluation import run as run_lib
 from configs import tiny
 
 
@@ -11,4 +11,4 @@ def test_an_unwritable_workdir_fails_before_restoring(tmp_path):
     blocker.write_text("")
     # Without the check this would fail later, on the missing checkpoint.
     with pytest.raises(PermissionError, match=r"workdir .*a_file/run is not writable"):
-        evaluator.run_evaluation(tiny.get_config(), str(blocker / "run"))
+        run_lib.run_evaluation(tiny.get_config(), str(blocker / "run"))

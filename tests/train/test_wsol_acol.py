@@ -12,7 +12,7 @@ import pytest
 
 from camjax import checkpoint, experiment
 from camjax.data import pipeline
-from camjax.evaluation import evaluator
+from camjax.evaluation import run as run_lib
 from camjax.models import ResNet50CAMTiny, VGG16GAPTiny
 from camjax.models.acol import ACoLClassifier
 from camjax.train import loop, wsol_methods
@@ -143,7 +143,7 @@ def test_evaluation_scores_the_gt_class_map_of_acol(acol_run, tmp_path):
     config, straight_dir, state = acol_run
     workdir = tmp_path / "run"
     shutil.copytree(straight_dir, workdir)
-    ev, variables, step = evaluator.restore_evaluator(config, str(workdir))
+    ev, variables, step = run_lib.restore_evaluator(config, str(workdir))
     assert step == 4
     batch = {
         "image": jax.random.randint(jax.random.key(0), (16, 64, 64, 3), 0, 256).astype(jnp.uint8),
@@ -157,8 +157,8 @@ def test_evaluation_scores_the_gt_class_map_of_acol(acol_run, tmp_path):
     plain = config.copy_and_resolve_references()
     plain.method.name = "cam"
     with pytest.raises(checkpoint.CheckpointError, match="model.wsol_method"):
-        evaluator.restore_evaluator(plain, str(workdir))
-    results = evaluator.run_evaluation(config, str(workdir))
+        run_lib.restore_evaluator(plain, str(workdir))
+    results = run_lib.run_evaluation(config, str(workdir))
     wsol = results["wsol"]["test"]
     assert 0 <= wsol["max_box_acc_v2"] <= 100 and 0 <= wsol["pxap"] <= 100
     assert json.load(open(workdir / "metrics.json"))["step"] == 4

@@ -1,0 +1,114 @@
+"""What evaluate.py runs: restore a trained run, evaluate both splits, write the results.
+
+`run_evaluation(config, workdir)` restores the latest checkpoint (parameters and batch
+statistics only), picks the CAM threshold on the validation split (never on test, as the WSOL
+protocol does), reports the test split at that threshold and at the paper's fixed 0.2, writes
+metrics.json and a gallery. `evaluate_variables` is the same without files, for scripts that
+evaluate variables they hold (benchmarks/method_table.py).
+"""
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from camjax import checkpoint, experiment
+from camjax.evaluation.evaluator import Evaluator
+from camjax.evaluation.gallery import write_gallery
+from camjax.evaluation.protocol import wsol_protocol
+
+
+def restore_evaluator(
+    config: ml_collections.ConfigDict, workdir: str
+) -> tuple[Evaluator, dict[str, Any], int]:
+    """An `Evaluator` for config (with its WSOL protocol) and workdir's latest checkpoint:
+    (evaluator, model variables replicated on the mesh, the checkpoint's step)."""
+    protocol = wsol_protocol(config)  # config errors before any restoring or data
+    mesh = experiment.make_mesh()
+    model = experiment.build_model(config)
+    shapes = jax.eval_shape(
+        lambda rng: experiment.init_variables(config, model, rng), jax.random.key(0)
+    )
+    abstract = experiment.replicated_shapes(shapes, mesh)
+    manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
+    variables, step = checkpoint.restore_variables(manager, abstract, config)
+    manager.close()
+    if not variables["batch_stats"]:
+        del variables["batch_stats"]
+    return Evaluator(config, model, mesh, protocol), variables, step
+
+
+def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Restores the latest checkpoint in workdir, evaluates, writes metrics.json and a gallery."""
+    experiment.check_writable(workdir)  # before the work whose results it would hold
+    evaluator, variables, step = restore_evaluator(config, workdir)
+    results, chosen = evaluate_variables(evaluator, variables, step)
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        # Written aside and renamed, so an interrupted run never leaves a truncated file.
+        path = os.path.join(workdir, "metrics.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(results, f, indent=2)
+        os.replace(path + ".tmp", path)
+        test_source = experiment.data_sources(config)[config.data.test_split]
+        write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
+    return results
+
+
+def evaluate_variables(
+    evaluator: Evaluator, variables: dict[str, Any], step: int
+) -> tuple[dict[str, Any], float]:
+    """run_evaluation's results for these variables, written nowhere: (results, the CAM
+    threshold chosen on validation)."""
+    config = evaluator.config
+    protocol = evaluator.protocol
+    sources = experiment.data_sources(config)
+    val_source, test_source = sources[config.data.val_split], sources[config.data.test_split]
+    max_images = config.eval.max_images
+
+    if protocol is None:
+        val = evaluator.evaluate(variables, val_source, max_images)
+        test = evaluator.evaluate(variables, test_source, max_images)
+    else:
+        val, val_wsol = evaluator.evaluate_wsol(variables, val_source, max_images)
+        chosen_v1 = (
+            float(protocol.thresholds[val_wsol.best_indices()[0]]) if protocol.boxes else None
+        )
+        test, test_wsol = evaluator.evaluate_wsol(variables, test_source, max_images, chosen_v1)
+    chosen = val.best_threshold()
+    k = evaluator.top_k
+    rates = test.rates()
+    results = {
+        "step": step,
+        "model": config.model.name,
+        "dataset": config.data.name,
+        "iou_threshold": config.eval.iou_threshold,
+        "top_k": k,
+        "test_at_val_threshold": test.summary(chosen, k),
+        "test_at_fixed_threshold": test.summary(config.eval.fixed_threshold, k),
+        "val_at_val_threshold": val.summary(chosen, k),
+        "test_gt_known_loc_oracle_max": 100 * float(np.max(rates["gt_known"])),
+        "test_gt_known_loc_curve": {
+            f"{t:.3f}": 100 * float(r)
+            for t, r in zip(test.thresholds, rates["gt_known"], strict=True)
+        },
+    }
+    if protocol is not None:
+        results["wsol"] = {
+            "protocol": protocol.to_dict(),
+            "val": val_wsol.summary(),
+            "test": test_wsol.summary(val_wsol),
+        }
+    if evaluator.method != "cam":
+        results["method"] = {"name": evaluator.method, "layer": evaluator.layer}
+    if evaluator.faithfulness is not None:
+        n = config.eval.faithfulness.max_images or max_images
+        acc = evaluator.evaluate_faithfulness(variables, test_source, n)
+        results["faithfulness"] = {
+            "test": acc.summary(),
+            "settings": config.eval.faithfulness.to_dict(),
+        }
+    return results, chosen
