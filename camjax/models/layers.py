@@ -5,7 +5,7 @@ from Caffe or torchvision land in the same places whichever implementation runs.
 """
 
 import inspect
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -156,6 +156,8 @@ class ADL(nn.Module):
     reference's `torch.rand([])`). At evaluation the layer is the identity.
     """
 
+    RNG: ClassVar[str] = "adl"  # the PRNG stream it draws from (the train step provides it)
+
     drop_rate: float = 0.75
     threshold: float = 0.9
 
@@ -166,7 +168,7 @@ class ADL(nn.Module):
         attention = jnp.mean(x.astype(jnp.float32), axis=-1, keepdims=True)
         peak = jnp.max(attention, axis=(1, 2), keepdims=True)
         drop_mask = (attention < self.threshold * peak).astype(jnp.float32)
-        use_drop = jnp.floor(jax.random.uniform(self.make_rng("adl")) + self.drop_rate)
+        use_drop = jnp.floor(jax.random.uniform(self.make_rng(self.RNG)) + self.drop_rate)
         selected = use_drop * drop_mask + (1.0 - use_drop) * jax.nn.sigmoid(attention)
         return (x * selected).astype(x.dtype)
 
@@ -181,6 +183,8 @@ class AttentiveDrop(nn.Module):
     reference's `torch.rand_like`: dropped where the draw is <= drop_prob).
     """
 
+    RNG: ClassVar[str] = "attentive_drop"  # the PRNG stream it draws from
+
     threshold: float = 0.8
     drop_prob: float = 0.5
 
@@ -188,7 +192,7 @@ class AttentiveDrop(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         attention = jnp.mean(x.astype(jnp.float32), axis=-1, keepdims=True)
         peak = jnp.max(attention, axis=(1, 2), keepdims=True)
-        draw = jax.random.uniform(self.make_rng("attentive_drop"), attention.shape)
+        draw = jax.random.uniform(self.make_rng(self.RNG), attention.shape)
         dropped = (attention > self.threshold * peak) & (draw <= self.drop_prob)
         return x * (~dropped).astype(x.dtype)
 

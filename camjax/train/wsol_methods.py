@@ -39,6 +39,7 @@ import ml_collections
 import optax
 
 from camjax import cam
+from camjax.models.layers import ADL, AttentiveDrop
 from camjax.resize import resize_maps
 
 METHODS = ("cam", "has", "cutmix", "adl", "acol", "bridging", "spg")
@@ -157,8 +158,8 @@ def acol_loss(logits: jax.Array, outputs: dict[str, jax.Array], labels: jax.Arra
 
 # fold_in(run key, stream) keys of the methods' draws (stream 1 is dropout's, in the loop).
 _STREAMS = {"has": 2, "cutmix": 2, "adl": 3, "bridging": 4}
-# The model rng collection each in-network method draws from (`layers.ADL`, `AttentiveDrop`).
-_RNG_COLLECTIONS = {"adl": "adl", "bridging": "attentive_drop"}
+# The PRNG stream each in-network method's layer draws from.
+_RNG_COLLECTIONS = {"adl": ADL.RNG, "bridging": AttentiveDrop.RNG}
 
 
 def step_inputs(
