@@ -34,7 +34,30 @@ def checkpoint_dir(workdir: str) -> str:
 def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     """A manager over workdir/checkpoints keeping the `keep` newest steps."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+    handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    handlers.add(None, ocp.args.PyTreeSave, _state_writer())  # reading stays orbax's default
+    return ocp.CheckpointManager(
+        checkpoint_dir(workdir), options=options, handler_registry=handlers
+    )
+
+
+def _state_writer() -> ocp.PyTreeCheckpointHandler:
+    """orbax's pytree writer with its default type handlers, except that a replicated array is
+    written whole by one replica instead of in one slice per device.
+
+    Off GPUs orbax defaults to replica-parallel writing: every replicated array is cut into one
+    slice per device, and each slice shape is a separately compiled op. On a process's first
+    save of ResNet50-CAM that is ~200 compilations, 10 s of the 2-core CPU (the tiny recipe
+    test: 44 s before, 34 s after), for a copy one host makes at memory speed. Whole-array
+    writing is orbax's default on GPUs; the step reads back the same either way.
+    """
+    whole = ocp.type_handlers.ArrayHandler(use_replica_parallel=False)
+    handlers = [
+        (t, whole if t is jax.Array else ocp.type_handlers.get_type_handler(t))
+        for t in ocp.type_handlers.supported_types()
+    ]
+    registry = ocp.type_handlers.create_type_handler_registry(*handlers)
+    return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
 def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -57,7 +80,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
     manager.save(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            state=ocp.args.PyTreeSave(state),
             meta=ocp.args.JsonSave(model_fingerprint(config)),
             digests=ocp.args.JsonSave({DIGEST_FORMAT_KEY: DIGEST_FORMAT, **tree_digests(state)}),
         ),
