@@ -21,8 +21,13 @@ NUM_CLASSES = 6
 def gap_network(name="vgg16_gap_tiny", size=32):
     model = create_model(name, num_classes=NUM_CLASSES)
     images = jax.random.normal(jax.random.key(1), (3, size, size, 3))
-    variables = model.init(jax.random.key(0), images)
+    variables = jax.jit(model.init)(jax.random.key(0), images)  # eager: one compile per op
     return model, variables, images
+
+
+def gradients(probe, variables, images, cotangents):
+    """probe.gradients compiled: run eagerly, every op of the network compiles on its own."""
+    return jax.jit(lambda v, x: probe.gradients(v, x, cotangents))(variables, images)
 
 
 def test_grad_cam_and_hires_cam_equal_cam_over_hw_on_a_gap_network():
@@ -32,7 +37,7 @@ def test_grad_cam_and_hires_cam_equal_cam_over_hw_on_a_gap_network():
     probe = Probe(model, ("feature_map",))
     classes = jnp.array([[0, 3], [5, 1], [2, 2]])
     target = Target(given=classes)
-    logits, (acts,), (grads,) = probe.gradients(variables, images, target.cotangents)
+    logits, (acts,), (grads,) = gradients(probe, variables, images, target.cotangents)
     h, w = acts.shape[1:3]
     cams = explain.activation.cam_map(acts, variables["params"]["head"]["kernel"], classes)
     scale = float(jnp.max(jnp.abs(cams)))
@@ -142,7 +147,7 @@ def test_resnet_feature_map_is_gap_input_too():
     model, variables, images = gap_network("resnet50_cam_tiny", size=32)
     probe = Probe(model, ("feature_map",))
     classes = jnp.array([[1], [2], [3]])
-    _, (acts,), (grads,) = probe.gradients(variables, images, Target(given=classes).cotangents)
+    _, (acts,), (grads,) = gradients(probe, variables, images, Target(given=classes).cotangents)
     cams = explain.activation.cam_map(acts, variables["params"]["head"]["kernel"], classes)
     h, w = acts.shape[1:3]
     grad_cam = gradient.grad_cam_map(acts, grads, relu=False) * h * w
@@ -158,7 +163,7 @@ def test_vit_tokens_on_the_patch_grid_class_token_dropped():
     # the map is Grad-CAM's on the 16 patch tokens only
     probe = Probe(model, ("block1",))
     target = Target(given=out.classes)
-    _, (acts,), (grads,) = probe.gradients(variables, images, target.cotangents)
+    _, (acts,), (grads,) = gradients(probe, variables, images, target.cotangents)
     assert acts.shape == (2, 4, 4, 16)
     np.testing.assert_allclose(out.cams, gradient.grad_cam_map(acts, grads), rtol=1e-6)
     up = explain.explainer(model, variables, "layer_cam", layer="block1")(images)

@@ -60,4 +60,4 @@ class TinyViT(nn.Module):
 
 def init(model, size=16, batch=2, seed=0):
     images = jax.random.normal(jax.random.key(seed + 1), (batch, size, size, 3))
-    return model.init(jax.random.key(seed), images), images
+    return jax.jit(model.init)(jax.random.key(seed), images), images
