@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import with_eight_devices
+from tests.conftest import with_eight_devices, with_test_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,6 +16,15 @@ def test_the_device_count_is_added_to_the_users_flags():
     )
     assert with_eight_devices("--xla_force_host_platform_device_count=2 --a=1") == (
         "--a=1 --xla_force_host_platform_device_count=8"
+    )
+
+
+def test_the_suite_compiles_at_the_lowest_level_unless_the_user_sets_one():
+    assert with_test_flags("") == (
+        "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    )
+    assert with_test_flags("--xla_backend_optimization_level=2") == (
+        "--xla_backend_optimization_level=2 --xla_force_host_platform_device_count=8"
     )
 
 
