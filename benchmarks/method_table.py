@@ -10,7 +10,8 @@ top-1 loc (IoU 50, at validation's threshold), Average Drop, Increase in Confide
 softmax of the predicted class), Deletion and Insertion AUC (RISE), the pointing game and
 images/s. images/s is the method alone: the jitted explainer on one eval batch (the GT
 classes, maps upsampled to the image), compile excluded, the median of `--repeats` calls.
-`--max_images N` limits every split to its first N images (a quick check).
+`--max_images N` limits every split to its first N images (a quick check); `--timing_batch B`
+times calls of B images instead of one eval batch (for the Score-CAM family on a CPU).
 """
 
 import argparse
@@ -43,11 +44,11 @@ COLUMNS = (
 )
 
 
-def images_per_second(evaluator, variables, method: str, repeats: int) -> float:
-    """The explainer alone on one eval batch of test images, compile excluded."""
+def images_per_second(evaluator, variables, method: str, repeats: int, batch: int = 0) -> float:
+    """The explainer alone on `batch` test images (default: one eval batch), compile excluded."""
     config = evaluator.config
     source = experiment.data_sources(config)[config.data.test_split]
-    n = min(config.eval.batch_size, len(source))
+    n = min(batch or config.eval.batch_size, len(source))
     rows = [pipeline.EvalPreprocess(evaluator.prep).map(source[i]) for i in range(n)]
     images = pipeline.normalize_images(
         np.stack([r["image"] for r in rows]), config.data.mean, config.data.std
@@ -71,7 +72,9 @@ def images_per_second(evaluator, variables, method: str, repeats: int) -> float:
     return n / float(np.median(times))
 
 
-def method_row(evaluator, variables, step: int, repeats: int) -> dict[str, float]:
+def method_row(
+    evaluator, variables, step: int, repeats: int, timing_batch: int = 0
+) -> dict[str, float]:
     results, _ = run_lib.evaluate_variables(evaluator, variables, step)
     test, faith = results["wsol"]["test"], results["faithfulness"]["test"]
     return {
@@ -83,7 +86,9 @@ def method_row(evaluator, variables, step: int, repeats: int) -> dict[str, float
         "Deletion": faith["deletion_auc"],
         "Insertion": faith["insertion_auc"],
         "Pointing": faith["pointing_game"],
-        "images/s": images_per_second(evaluator, variables, evaluator.method, repeats),
+        "images/s": images_per_second(
+            evaluator, variables, evaluator.method, repeats, timing_batch
+        ),
         "num_images": faith["num_images"],
     }
 
@@ -94,6 +99,7 @@ def method_table(
     max_images: int = 0,
     step: int = 0,
     repeats: int = 5,
+    timing_batch: int = 0,
 ) -> dict[str, dict[str, float]]:
     """{method: row} for a trained run (its saved config, faithfulness enabled)."""
     config = checkpoint.load_run_config(workdir)
@@ -111,7 +117,7 @@ def method_table(
         c = config.copy_and_resolve_references()
         c.eval.method = method
         e = evaluator_lib.Evaluator(c, base.model, base.mesh, base.protocol)
-        table[method] = method_row(e, variables, step_, repeats)
+        table[method] = method_row(e, variables, step_, repeats, timing_batch)
     return table
 
 
@@ -132,9 +138,18 @@ def main(argv=None) -> None:
     parser.add_argument("--max_images", type=int, default=0, help="Per split; 0 = all.")
     parser.add_argument("--step", type=int, default=0, help="Deletion/insertion pixels per step.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed explainer calls.")
+    parser.add_argument(
+        "--timing_batch",
+        type=int,
+        default=0,
+        help="Images per timed call; 0 = one eval batch. SS-CAM makes 35 x K forward passes "
+        "per image: a 64-image call takes ~16 min on a 2-core CPU.",
+    )
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m] or None
-    table = method_table(args.workdir, methods, args.max_images, args.step, args.repeats)
+    table = method_table(
+        args.workdir, methods, args.max_images, args.step, args.repeats, args.timing_batch
+    )
     n = next(iter(table.values()))["num_images"]
     print(
         f"\n{args.workdir}: {n} test images; localization in percent (WSOL protocol), "

@@ -32,3 +32,17 @@ def test_method_table_prints_one_row_per_method(workdir, capsys):
         assert len(values) == len(method_table.COLUMNS)
         assert all(0 <= v <= 100 for v in values[:5]) and all(0 <= v <= 1 for v in values[5:7])
         assert values[-1] > 0  # images/s
+
+
+def test_timing_batch_sets_the_images_of_each_timed_call(workdir, monkeypatch):
+    sizes = []
+    explainer = method_table.explain.explainer
+
+    def recording(*args, **kwargs):
+        f = explainer(*args, **kwargs)
+        return lambda images, *rest: (sizes.append(images.shape[0]), f(images, *rest))[1]
+
+    monkeypatch.setattr(method_table.explain, "explainer", recording)
+    argv = ["--workdir", workdir, "--methods", "cam", "--max_images", "8", "--repeats", "1"]
+    method_table.main(argv + ["--step", "512", "--timing_batch", "3"])
+    assert sizes[-2:] == [3, 3]  # the compiling call, then the timed one: the last two
