@@ -22,6 +22,7 @@ import tempfile
 import pytest
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+OPT_LEVEL_FLAG = "--xla_backend_optimization_level"
 
 
 def with_eight_devices(xla_flags: str) -> str:
@@ -42,7 +43,6 @@ def with_test_flags(xla_flags: str) -> str:
     return flags
 
 
-OPT_LEVEL_FLAG = "--xla_backend_optimization_level"
 os.environ["XLA_FLAGS"] = with_test_flags(os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 

@@ -114,10 +114,12 @@ def test_gmp_head_pools_the_feature_map_by_its_max(name):
     assert jax.tree.structure(v) == jax.tree.structure(
         jax.eval_shape(gmp.init, jax.random.key(0), x)
     )
-    # One program for both heads: XLA shares their trunk instead of compiling it twice.
-    (logits, out), (gap_logits, gap_out) = jax.jit(lambda v, x: (gmp.apply(v, x), gap.apply(v, x)))(
-        v, x
-    )
+
+    @jax.jit  # one program for both heads: XLA shares their trunk instead of compiling it twice
+    def both_heads(v, x):
+        return gmp.apply(v, x), gap.apply(v, x)
+
+    (logits, out), (gap_logits, gap_out) = both_heads(v, x)
     fm = np.asarray(out["feature_map"], np.float32)
     np.testing.assert_array_equal(out["pre_logits"], fm.max(axis=(1, 2)))
     head = v["params"]["head"]
