@@ -295,9 +295,12 @@ class _Progress:
 def _train_batches(config, source, start: int, mesh):
     """The sharded training batches from step start + 1 on (the step-indexed data order)."""
     d = config.data
-    train_ds = pipeline.train_dataset(
-        source, experiment.preprocess_config(config), d.batch_size, config.seed
-    )
+    prep = experiment.preprocess_config(config)
+    if d.num_workers == 0 and d.cache_train_gib > 0:
+        source = pipeline.in_memory_train_source(
+            source, prep, d.cache_train_gib * 2**30, d.num_threads
+        )
+    train_ds = pipeline.train_dataset(source, prep, d.batch_size, config.seed)
     return pipeline.train_iterator(
         train_ds,
         start,

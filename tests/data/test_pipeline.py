@@ -101,6 +101,40 @@ def test_each_host_reads_only_its_rows_of_the_one_host_batch(sources, monkeypatc
     assert len(one_source.read) == len(steps) * 8
 
 
+def test_in_memory_train_source_gives_the_batches_read_from_disk(sources):
+    decoded = 40 * 73 * 73 * 3  # the split at resize_size, uint8 RGB
+    in_memory = pipeline.in_memory_train_source(sources["train"], PREP, decoded, num_threads=2)
+    assert len(in_memory) == 40 and in_memory[0]["image"].shape == (73, 73, 3)
+    from_disk = pipeline.train_dataset(sources["train"], PREP, global_batch_size=8, seed=5)
+    from_memory = pipeline.train_dataset(in_memory, PREP, global_batch_size=8, seed=5)
+    for step in (0, 6):  # 6 is in the second epoch
+        a, b = from_disk[step], from_memory[step]
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    # A split larger than the limit is read from disk.
+    too_big = pipeline.in_memory_train_source(sources["train"], PREP, decoded - 1, num_threads=2)
+    assert too_big is sources["train"]
+
+
+def test_training_reads_the_split_into_memory_only_with_threads(sources, monkeypatch):
+    from camjax.train import loop
+    from configs import default
+
+    calls = []
+    monkeypatch.setattr(
+        pipeline, "in_memory_train_source", lambda source, *args: calls.append(args) or source
+    )
+    config = default.get_config()
+    mesh = experiment.make_mesh()
+    loop._train_batches(config, sources["train"], 0, mesh).close()
+    assert len(calls) == 1 and calls[0][1] == config.data.cache_train_gib * 2**30
+    config.data.cache_train_gib = 0
+    loop._train_batches(config, sources["train"], 0, mesh).close()
+    config.data.cache_train_gib, config.data.num_workers = 2.0, 2
+    loop._train_batches(config, sources["train"], 0, mesh).close()
+    assert len(calls) == 1
+
+
 def test_eval_batches_pad_and_keep_order_and_boxes(sources):
     batches = list(pipeline.eval_batches(sources["test"], PREP, global_batch_size=8, num_threads=2))
     assert len(batches) == 2
