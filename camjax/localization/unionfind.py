@@ -110,14 +110,13 @@ def grow(box, r, x, y):
 @jit
 def hit_level(x0, y0, x1, y1, gt, num_gt, deltas):
     """How many of the ascending IoU percentages ``deltas`` box (x0, y0, x1, y1) reaches with
-    its best GT box. Inclusive coordinates, decisions ``100 * inter >= d * union`` in int64 for
-    integer GT boxes (as the reference's float64, exactly) and float64 for real-valued ones; a
-    non-positive union reaches only non-positive deltas."""
+    its best GT box. Inclusive coordinates, decisions ``100 * inter >= d * union`` in float64
+    (exact for integer boxes, as the reference's float64); a non-positive union reaches only
+    non-positive deltas."""
     best = 0
     area = np.int64(x1 - x0 + 1) * (y1 - y0 + 1)
     for g in range(num_gt):
         gx0, gy0, gx1, gy1 = gt[g, 0], gt[g, 1], gt[g, 2], gt[g, 3]
-        # int64 for integer GT boxes (the evaluator's), float64 for real ones (the paper's).
         iw = max(0, min(x1, gx1) - max(x0, gx0) + 1)
         ih = max(0, min(y1, gy1) - max(y0, gy0) + 1)
         inter = iw * ih  # numba widens integer products to int64
