@@ -12,6 +12,7 @@ uninterrupted run reads from step s on, without replaying the earlier ones.
 
 import collections
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -69,6 +70,12 @@ def _object_boxes(example: dict[str, Any]) -> Any:
     return objects["bbox"] if isinstance(objects, dict) else [o["bbox"] for o in objects]
 
 
+def _resized_train_row(example: dict[str, Any], resize_size: int) -> Batch:
+    """The deterministic half of the train preprocessing: the image resized, the label int32."""
+    image = _resize(np.asarray(example["image"]), resize_size)
+    return {"image": image, "label": np.int32(example["label"])}
+
+
 class TrainPreprocess(grain.transforms.RandomMap):
     """Decoded tfds example -> {'image': uint8 (S, S, 3), 'label': int32}: resize, crop, flip."""
 
@@ -77,12 +84,12 @@ class TrainPreprocess(grain.transforms.RandomMap):
 
     def random_map(self, example: dict[str, Any], rng: np.random.Generator) -> Batch:
         s, r = self.cfg.image_size, self.cfg.resize_size
-        image = _resize(np.asarray(example["image"]), r)
+        row = _resized_train_row(example, r)  # a no-op on `in_memory_train_source`'s rows
         y, x = rng.integers(0, r - s + 1, size=2)
-        image = image[y : y + s, x : x + s]
+        image = row["image"][y : y + s, x : x + s]
         if rng.random() < 0.5:
             image = image[:, ::-1]
-        return {"image": np.ascontiguousarray(image), "label": np.int32(example["label"])}
+        return {"image": np.ascontiguousarray(image), "label": row["label"]}
 
 
 class EvalPreprocess(grain.transforms.Map):
@@ -116,8 +123,8 @@ def in_memory_train_source(
 
     Without it every epoch decodes every image again: on wsol_shapes the tfds read and PNG
     decode are ~0.45 of the ~1 ms of host CPU an example costs, and on a 2-core machine that
-    CPU is taken from the train step. Each row is exactly what `TrainPreprocess` computes
-    before its random crop (whose resize then has nothing to do), so the batches are
+    CPU is taken from the train step. Each row is what `TrainPreprocess` computes before its
+    random crop (`_resized_train_row`, which then has nothing to do), so the batches are
     bit-identical to those read from `source`.
     """
     r = cfg.resize_size
@@ -130,13 +137,9 @@ def in_memory_train_source(
         )
         return source
     start = time.perf_counter()
-
-    def decode(example: dict[str, Any]) -> Batch:
-        return {"image": _resize(np.asarray(example["image"]), r), "label": example["label"]}
-
     rows = (
         grain.MapDataset.source(source)
-        .map(decode)
+        .map(functools.partial(_resized_train_row, resize_size=r))
         .to_iter_dataset(
             grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * max(1, num_threads))
         )

@@ -12,6 +12,8 @@ from camjax import data as camjax_data
 from camjax import experiment
 from camjax.data import pipeline, wsol_shapes
 from camjax.data.shapes import example_rng, render_example
+from camjax.train import loop
+from configs import default
 
 SIZES = {"num_train": 40, "num_validation": 10, "num_test": 11}
 
@@ -117,9 +119,6 @@ def test_in_memory_train_source_gives_the_batches_read_from_disk(sources):
 
 
 def test_training_reads_the_split_into_memory_only_with_threads(sources, monkeypatch):
-    from camjax.train import loop
-    from configs import default
-
     calls = []
     monkeypatch.setattr(
         pipeline, "in_memory_train_source", lambda source, *args: calls.append(args) or source
