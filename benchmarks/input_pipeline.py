@@ -13,7 +13,11 @@ user would, and reads the train split through the recipe's pipeline
 * the whole host pipeline (`pipeline.train_dataset` + `pipeline.host_batches`, what training
   reads) with each `--threads` count of reader threads (`config.data.num_threads`) and each
   `--workers` count of worker processes (`config.data.num_workers`), images/s after every
-  reader has delivered its first batch.
+  reader has delivered its first batch, and this process's CPU per batch (threads only: worker
+  processes' CPU is not counted);
+* the same with the train split read into memory first (`pipeline.in_memory_train_source`,
+  what training does with threads when `config.data.cache_train_gib` holds the split), after
+  its one-time read.
 
 Threads share the GIL for the Python part of each example; worker processes do not.
 `--dataset wsol_shapes` reads the embedded dataset at 64 px instead, where decoding and
@@ -26,6 +30,7 @@ import argparse
 import io
 import os
 import platform
+import resource
 import sys
 import tarfile
 import tempfile
@@ -79,6 +84,11 @@ def write_cub_archive(directory: Path, num_images: int, seed: int) -> None:
             info = tarfile.TarInfo(name)
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def rate(fn, n: int) -> float:
@@ -137,21 +147,31 @@ def main() -> None:
         rng = np.random.default_rng(0)
         preprocess = rate(lambda i: augment.random_map(decoded[i % len(decoded)], rng), 256)
         print(f"one thread: read + decode {decode:.0f} images/s, preprocess {preprocess:.0f}")
-        print("| readers | images/s | images/s per reader |")
-        print("|---|---|---|")
-        readers = [(t, 0) for t in args.threads] + [(1, w) for w in args.workers]
-        for threads, workers in readers:
-            ds = pipeline.train_dataset(source, prep, args.batch, args.seed)
+        start, cpu = time.perf_counter(), cpu_seconds()
+        in_memory = pipeline.in_memory_train_source(source, prep, float("inf"), max(args.threads))
+        print(
+            f"read into memory: {time.perf_counter() - start:.1f} s, "
+            f"{cpu_seconds() - cpu:.1f} s of CPU ({max(args.threads)} threads)"
+        )
+        print("| readers | images/s | images/s per reader | CPU ms per batch |")
+        print("|---|---|---|---|")
+        readers = [(t, 0, False) for t in args.threads] + [(1, w, False) for w in args.workers]
+        readers += [(t, 0, True) for t in args.threads]
+        for threads, workers, memory in readers:
+            split = in_memory if memory else source
+            ds = pipeline.train_dataset(split, prep, args.batch, args.seed)
             batches = iter(pipeline.host_batches(ds, threads, workers))
             for _ in range(workers + 1):  # start the readers (each worker: its first batch)
                 next(batches)
             steps = max(4 * max(1, workers), 2 * n // args.batch)
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), cpu_seconds()
             for _ in range(steps):
                 next(batches)
             images_s = steps * args.batch / (time.perf_counter() - start)
+            cpu_ms = "-" if workers else f"{1e3 * (cpu_seconds() - cpu) / steps:.1f}"
             name = f"{workers} worker processes" if workers else f"{threads} threads"
-            print(f"| {name} | {images_s:.0f} | {images_s / (workers or threads):.0f} |")
+            name += ", in memory" if memory else ""
+            print(f"| {name} | {images_s:.0f} | {images_s / (workers or threads):.0f} | {cpu_ms} |")
 
 
 if __name__ == "__main__":
