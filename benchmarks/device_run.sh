@@ -13,8 +13,9 @@
 #
 #   device run, carry [".whl"], timeout_s 600:  bash benchmarks/device_run.sh [core|more|STEP...]
 #
-# The group `explain` (issue 13: explainer methods vs TorchCAM and pytorch-grad-cam) is a third
-# call: `bash benchmarks/device_run.sh explain`.
+# The group `explain` (issue 13: explainer methods vs TorchCAM and pytorch-grad-cam, and the
+# method table's SS-CAM and IS-CAM rows) is a third call, carrying `.whl` and `.devrun`:
+# `bash benchmarks/device_run.sh explain`.
 #
 # SMOKE=1 runs every step at toy sizes on any machine (checks the command lines on CPU).
 set -uo pipefail
@@ -86,7 +87,7 @@ step core env 20 \
 step core wsol_eval 60 \
   "$PY $B/wsol_eval.py --reference_images 200" \
   "$PY $B/wsol_eval.py --num_images 64 --reference_images 8"
-step core input_pipeline 80 \
+step core input_pipeline 150 \
   "$PY $B/input_pipeline.py --num_images 1024 --threads 1 4 16 --workers 4 16 --batch 128" \
   "$PY $B/input_pipeline.py --num_images 600 --threads 1 2 --workers 2 --batch 8"
 step core train_vgg16 180 \
@@ -95,7 +96,7 @@ step core train_vgg16 180 \
 step core cam_vgg16 80 \
   "$PY $B/cam_throughput.py --model vgg16_gap --batch 256 --dtype bfloat16 --iters 10" \
   "$PY $B/cam_throughput.py --model vgg16_gap --batch 2 $TOY"
-step core train_input_vgg16 100 \
+step core train_input_vgg16 180 \
   "$PY $B/train_input.py --model vgg16_gap --batch 128 --dtype bfloat16 --steps 30 --num_images 2048 --workers 16" \
   "$PY $B/train_input.py --model vgg16_gap --batch 8 --width 0.0625 --steps 2 --num_images 600 --workers 2"
 # Issue 13: every explainer method against TorchCAM and pytorch-grad-cam on VGG16-GAP (goal
@@ -105,6 +106,14 @@ EXPLAIN="$PY $B/explain_throughput.py --model vgg16_gap --size 224"
 step explain explain_vgg16 300 \
   "$EXPLAIN --batch 8 --repeats 5 --methods cam grad_cam grad_cam_pp smooth_grad_cam_pp xgrad_cam hires_cam layer_cam eigen_cam eigen_grad_cam; $EXPLAIN --batch 1 --repeats 1 --methods score_cam is_cam ablation_cam ss_cam" \
   "$PY $B/explain_throughput.py --smoke"
+# Issue 13's method table lacks SS-CAM and IS-CAM on the full splits (35 and 10 times Score-CAM's
+# forward passes: ~13 h and ~4 h on the 2-core CPU). The README's run trained here and its
+# validation and test splits travel in .devrun/ (`bash benchmarks/device_devrun.sh`; carry
+# .devrun); CAM and Score-CAM first, to compare with the CPU table. float32 matmuls, as on the
+# CPU (XLA's GPU default would round them to TF32).
+step explain explain_table 210 \
+  "JAX_DEFAULT_MATMUL_PRECISION=float32 $PY $B/method_table.py --workdir .devrun/default --data_dir .devrun/tfds --methods cam,score_cam,is_cam,ss_cam --repeats 3" \
+  "$PY $B/method_table.py --workdir .devrun/default --data_dir .devrun/tfds --methods cam,is_cam --max_images 4 --step 512 --timing_batch 2 --repeats 1"
 step more cam_googlenet 80 \
   "$PY $B/cam_throughput.py --model googlenet_gap --batch 256 --dtype bfloat16 --iters 10" \
   "$PY $B/cam_throughput.py --model googlenet_gap --batch 2 $TOY"

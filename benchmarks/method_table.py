@@ -18,6 +18,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -31,6 +32,7 @@ from camjax.evaluation import evaluator as evaluator_lib  # noqa: E402
 from camjax.evaluation import run as run_lib  # noqa: E402
 from configs import default  # noqa: E402
 
+METHOD_WIDTH = max(len(m) for m in explain.METHODS)
 COLUMNS = (
     ("MaxBoxAccV2", "{:.2f}"),
     ("PxAP", "{:.2f}"),
@@ -93,18 +95,22 @@ def method_row(
     }
 
 
-def method_table(
+def method_rows(
     workdir: str,
     methods: list[str] | None = None,
     max_images: int = 0,
     step: int = 0,
     repeats: int = 5,
     timing_batch: int = 0,
-) -> dict[str, dict[str, float]]:
-    """{method: row} for a trained run (its saved config, faithfulness enabled)."""
+    data_dir: str | None = None,
+) -> Iterator[tuple[str, dict[str, float]]]:
+    """(method, row) for a trained run (its saved config, faithfulness enabled), one method at
+    a time: a long table prints each row as it is done."""
     config = checkpoint.load_run_config(workdir)
     with config.unlocked():
         config.eval.max_images = max_images
+        if data_dir is not None:  # the run's data copied elsewhere, e.g. to another machine
+            config.data.data_dir = data_dir
         ev = config.eval
         if "faithfulness" not in ev:  # a run saved before the field existed
             ev.faithfulness = default.get_config().eval.faithfulness
@@ -112,29 +118,30 @@ def method_table(
         ev.faithfulness.enabled = True
         ev.faithfulness.step = step
     base, variables, step_ = run_lib.restore_evaluator(config, workdir)
-    table = {}
     for method in methods or list(explain.METHODS):
         c = config.copy_and_resolve_references()
         c.eval.method = method
         e = evaluator_lib.Evaluator(c, base.model, base.mesh, base.protocol)
-        table[method] = method_row(e, variables, step_, repeats, timing_batch)
-    return table
+        yield method, method_row(e, variables, step_, repeats, timing_batch)
 
 
-def format_table(table: dict[str, dict[str, float]]) -> str:
-    width = max(len("method"), *map(len, table))
-    head = f"{'method':<{width}}" + "".join(f"{name:>13}" for name, _ in COLUMNS)
-    lines = [head, "-" * len(head)]
-    for method, row in table.items():
-        cells = "".join(f"{fmt.format(row[name]):>13}" for name, fmt in COLUMNS)
-        lines.append(f"{method:<{width}}{cells}")
-    return "\n".join(lines)
+def header() -> str:
+    head = f"{'method':<{METHOD_WIDTH}}" + "".join(f"{name:>13}" for name, _ in COLUMNS)
+    return head + "\n" + "-" * len(head)
+
+
+def format_row(method: str, row: dict[str, float]) -> str:
+    cells = "".join(f"{fmt.format(row[name]):>13}" for name, fmt in COLUMNS)
+    return f"{method:<{METHOD_WIDTH}}{cells}"
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="A trained run (train.py's workdir).")
     parser.add_argument("--methods", default="", help="Comma-separated; default: all.")
+    parser.add_argument(
+        "--data_dir", default=None, help="The dataset's tfds data dir, if not the run's."
+    )
     parser.add_argument("--max_images", type=int, default=0, help="Per split; 0 = all.")
     parser.add_argument("--step", type=int, default=0, help="Deletion/insertion pixels per step.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed explainer calls.")
@@ -147,16 +154,18 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     methods = [m for m in args.methods.split(",") if m] or None
-    table = method_table(
-        args.workdir, methods, args.max_images, args.step, args.repeats, args.timing_batch
-    )
-    n = next(iter(table.values()))["num_images"]
     print(
-        f"\n{args.workdir}: {n} test images; localization in percent (WSOL protocol), "
-        "Average Drop / Increase in percent, Deletion (lower better) / Insertion AUC in [0, 1], "
-        f"pointing game in percent; {jax.devices()[0].device_kind}\n"
+        f"{args.workdir}: localization in percent (WSOL protocol), Average Drop / Increase in "
+        "percent, Deletion (lower better) / Insertion AUC in [0, 1], pointing game in percent; "
+        f"{jax.devices()[0].device_kind}\n"
     )
-    print(format_table(table))
+    rows = method_rows(
+        args.workdir, methods, args.max_images, args.step, args.repeats, args.timing_batch, args.data_dir
+    )
+    for i, (method, row) in enumerate(rows):
+        if i == 0:
+            print(f"{row['num_images']} test images\n\n{header()}")
+        print(format_row(method, row), flush=True)
 
 
 if __name__ == "__main__":

@@ -176,7 +176,10 @@ def normalize_minmax(cams: jax.Array) -> jax.Array:
     span = hi - lo
     finite = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True)
     ok = finite & ~_negligible_span(lo, hi)
-    return jnp.where(ok, (cams - lo) / jnp.where(ok, span, 1.0), 0.0)
+    # min(., 1): XLA's GPU backend divides float32 to within 2 ulps, not correctly rounded, so
+    # the maximum's span / span can come out above 1 (seen on an H200: quantize_scoremaps refused
+    # postprocess's maps). Where the division is exact, as on CPU, this changes nothing.
+    return jnp.where(ok, jnp.minimum((cams - lo) / jnp.where(ok, span, 1.0), 1.0), 0.0)
 
 
 def normalize_max(cams: jax.Array) -> jax.Array:
@@ -192,7 +195,8 @@ def normalize_max(cams: jax.Array) -> jax.Array:
     lo = jnp.min(cams, axis=(-2, -1), keepdims=True)
     hi = jnp.max(cams, axis=(-2, -1), keepdims=True)
     ok = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True) & (hi > 0)
-    scaled = jnp.where(_negligible_span(lo, hi), 1.0, cams / jnp.where(ok, hi, 1.0))
+    scaled = jnp.minimum(cams / jnp.where(ok, hi, 1.0), 1.0)  # as normalize_minmax, on GPUs
+    scaled = jnp.where(_negligible_span(lo, hi), 1.0, scaled)
     return jnp.where(ok, scaled, 0.0)
 
 
