@@ -114,6 +114,10 @@ def get_config() -> ml_collections.ConfigDict:
     optim.new_layer_lr_mult = 1.0  # 10 when fine-tuning a pretrained backbone
     optim.new_layers = ("cam_conv", "head")  # parameter names (or prefixes) of that group
     optim.bias_lr_mult = 1.0  # 2 in the Caffe solvers
+    # Class weights kept >= 0 (projected after each update): a CAM with negative weights also
+    # sums evidence against its class, and min-max normalisation (the WSOL protocol's) then
+    # sets each map's background at its own level (benchmarks/RESULTS.md, issue 10).
+    optim.nonnegative_head = False
     optim.grad_clip_norm = 0.0  # 0 disables
 
     config.train = train = ml_collections.ConfigDict()

@@ -93,6 +93,16 @@ def create_optimizer(
         },
         lambda params: parameter_groups(params, cfg.get("new_layers", NEW_LAYERS)),
     )
+    if cfg.get("nonnegative_head", False):  # configs saved before the field lack it
+        tx = optax.chain(tx, optax.masked(optax.keep_params_nonnegative(), _head_kernel))
     if cfg.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
     return tx
+
+
+def _head_kernel(params: Mapping[str, Any]) -> Any:
+    """True at the classifier's weights (the kernel of the top-level module `head`), the class
+    weights w_k^c of the CAM: `nonnegative_head` keeps them >= 0, so that each class's CAM
+    sums evidence for the class and none against it."""
+    flat = traverse_util.flatten_dict(params)
+    return traverse_util.unflatten_dict({p: p[0] == "head" and p[-1] == "kernel" for p in flat})

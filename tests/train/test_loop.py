@@ -10,6 +10,7 @@ import time
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -268,6 +269,18 @@ def test_optimizer_groups_and_schedules():
     assert float(updates["conv1_1"]["kernel"][0]) == pytest.approx(-1.0)
     assert float(updates["conv1_1"]["bias"][0]) == pytest.approx(-2.0)
     assert float(updates["head"]["kernel"][0]) == pytest.approx(-10.0)
+    # nonnegative_head: the head's kernel stops at 0, every other parameter moves freely.
+    config.nonnegative_head = True
+    tx = optim.create_optimizer(config, 10)
+    params["head"]["bias"] = np.ones(2)
+    grads = jax.tree.map(np.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    moved = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(moved["head"]["kernel"], [0.0, 0.0])  # 1 - 10, projected
+    np.testing.assert_allclose(moved["head"]["bias"], [-19.0, -19.0])  # 1 - 10 * 2
+    np.testing.assert_allclose(moved["conv1_1"]["kernel"], [0.0, 0.0])
+    np.testing.assert_allclose(moved["conv1_1"]["bias"], [-1.0, -1.0])
+    config.nonnegative_head = False
     with pytest.raises(ValueError, match="schedule"):
         config.schedule = "linear"
         optim.learning_rate_schedule(config, 10)
