@@ -161,9 +161,13 @@ def main() -> None:
             split = in_memory if memory else source
             ds = pipeline.train_dataset(split, prep, args.batch, args.seed)
             batches = iter(pipeline.host_batches(ds, threads, workers))
-            for _ in range(workers + 1):  # start the readers (each worker: its first batch)
+            # Each reader computes whole batches: wait until every reader has delivered one,
+            # then time at least 4 batches per reader. (Timing fewer than the readers hold in
+            # flight measured the read-ahead: 16 threads "read" 25,101 images/s on an H200 host.)
+            readers_n = max(threads, workers)
+            for _ in range(readers_n + 1):
                 next(batches)
-            steps = max(4 * max(1, workers), 2 * n // args.batch)
+            steps = max(4 * readers_n, 2 * n // args.batch)
             start, cpu = time.perf_counter(), cpu_seconds()
             for _ in range(steps):
                 next(batches)
