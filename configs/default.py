@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.train_split = "train"
     data.val_split = "validation"  # CAM threshold is chosen here
     data.test_split = "test"
-    data.batch_size = 64  # global, split over all devices
+    data.batch_size = 32  # global, split over all devices; 32 gives the 32x32 CAM 1,200 updates
     data.num_threads = 2  # grain reader threads per host (when num_workers is 0)
     # Training's grain worker processes per host: 0 reads with the threads above (enough on 2
     # cores); threads hold the GIL for ~0.4 ms per example, so accelerator hosts use workers.
@@ -47,8 +47,10 @@ def get_config() -> ml_collections.ConfigDict:
     model.width = 1 / 16  # channel multiplier; 1.0 is the paper's VGG16-GAP
     model.groups = 2  # CAM_conv grouping: 2 as in the released model, 1 as the paper text
     model.dropout_rate = 0.0  # the paper's 0.5 slows a from-scratch CPU run too much
-    model.output_stride = 4  # 64/4 = a 16x16 CAM; the paper's 16 gives 14x14 at 224
-    model.num_blocks = 5  # conv blocks before the head: 5 = conv5_3 as the paper; 4 = conv4_3
+    model.output_stride = 2  # 64/2 = a 32x32 CAM; the paper's 16 gives 14x14 at 224
+    # Conv blocks before the head: 5 = conv5_3 as the paper; 4 = conv4_3, whose ~42 px receptive
+    # field at stride 2 fits the 64 px objects (issue 10's probes, benchmarks/RESULTS.md).
+    model.num_blocks = 4
     model.pooling = "avg"  # GAP, the paper's; "max" is its GMP comparison
     model.dtype = "float32"  # compute dtype; "bfloat16" on TPU/GPU (params stay float32)
     model.grouped_conv_impl = "split"
@@ -117,7 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Class weights kept >= 0 (projected after each update): a CAM with negative weights also
     # sums evidence against its class, and min-max normalisation (the WSOL protocol's) then
     # sets each map's background at its own level (benchmarks/RESULTS.md, issue 10).
-    optim.nonnegative_head = False
+    optim.nonnegative_head = True
     optim.grad_clip_norm = 0.0  # 0 disables
 
     config.train = train = ml_collections.ConfigDict()

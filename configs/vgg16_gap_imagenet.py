@@ -27,6 +27,7 @@ def get_config():
     config.model.name = "vgg16_gap"
     config.model.width = 1.0
     config.model.output_stride = 16
+    config.model.num_blocks = 5  # conv5_3, the paper's cut
     config.model.dropout_rate = 0.5
     config.optim.name = "sgd"
     config.optim.learning_rate = 1e-3
@@ -38,6 +39,7 @@ def get_config():
     config.optim.decay_factor = 0.1
     config.optim.new_layer_lr_mult = 10.0
     config.optim.bias_lr_mult = 2.0
+    config.optim.nonnegative_head = False  # the paper's head
     config.train.num_steps = 160_000
     config.train.log_every_steps = 100
     config.train.checkpoint_every_steps = 5_000

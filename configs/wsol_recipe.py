@@ -164,6 +164,7 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
         model.name = "vgg16_gap"
         model.groups = 1
         model.output_stride = 16
+        model.num_blocks = 5  # conv5_3, the reference's cut
     else:
         model.name = "resnet50_cam"
         model.output_stride = 8
@@ -185,6 +186,7 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
     optim.new_layer_lr_mult = 10.0
     optim.bias_lr_mult = 1.0
     optim.nesterov = True  # the reference's torch.optim.SGD(..., nesterov=True)
+    optim.nonnegative_head = False  # the reference's head
     set_method_defaults(config.method, dataset, architecture)
 
     train = config.train
