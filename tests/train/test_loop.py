@@ -262,6 +262,7 @@ def test_optimizer_groups_and_schedules():
     # Plain SGD: the new layers move new_layer_lr_mult times as far; biases bias_lr_mult more.
     config.name, config.momentum, config.weight_decay, config.schedule = "sgd", 0.0, 0.0, "constant"
     config.new_layer_lr_mult, config.bias_lr_mult = 10.0, 2.0
+    config.nonnegative_head = False  # (the default's True is checked below)
     tx = optim.create_optimizer(config, 10)
     params = {"conv1_1": {"kernel": np.ones(2), "bias": np.ones(2)}, "head": {"kernel": np.ones(2)}}
     grads = jax.tree.map(np.ones_like, params)
@@ -280,7 +281,6 @@ def test_optimizer_groups_and_schedules():
     np.testing.assert_allclose(moved["head"]["bias"], [-19.0, -19.0])  # 1 - 10 * 2
     np.testing.assert_allclose(moved["conv1_1"]["kernel"], [0.0, 0.0])
     np.testing.assert_allclose(moved["conv1_1"]["bias"], [-1.0, -1.0])
-    config.nonnegative_head = False
     with pytest.raises(ValueError, match="schedule"):
         config.schedule = "linear"
         optim.learning_rate_schedule(config, 10)
