@@ -15,33 +15,12 @@ retracing tests count) still happens.
 
 import atexit
 import os
-import re
 import shutil
 import tempfile
 
 import pytest
 
-DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
-OPT_LEVEL_FLAG = "--xla_backend_optimization_level"
-
-
-def with_eight_devices(xla_flags: str) -> str:
-    """xla_flags with the forced CPU device count set to 8, other flags kept in order."""
-    kept = re.sub(rf"{DEVICE_COUNT_FLAG}=\S*", "", xla_flags).split()
-    return " ".join([*kept, f"{DEVICE_COUNT_FLAG}=8"])
-
-
-def with_test_flags(xla_flags: str) -> str:
-    """with_eight_devices(xla_flags), compiled at LLVM's lowest optimisation level unless
-    xla_flags sets one: the tests' programs are small and most compile once, so LLVM's passes
-    were most of their compile time and little of their run time (the whole suite at level 0:
-    955 s of test time against 1,282 s, 2-core CPU). XLA's own HLO passes (fusion, layout)
-    still run, and convolutions and matrix products still call Eigen's compiled kernels."""
-    flags = with_eight_devices(xla_flags)
-    if OPT_LEVEL_FLAG not in flags:
-        flags = f"{flags} {OPT_LEVEL_FLAG}=0"
-    return flags
-
+from tests.xla_flags import with_test_flags
 
 os.environ["XLA_FLAGS"] = with_test_flags(os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

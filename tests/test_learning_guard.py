@@ -25,6 +25,7 @@ from camjax import experiment
 from camjax.evaluation import run as run_lib
 from camjax.train import loop
 from configs import default
+from tests.xla_flags import subprocess_xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -80,7 +81,7 @@ def test_shortened_default_recipe_learns_to_localize(tmp_path):
     # Its own process, compiled as train.py compiles (the session compiles at the lowest
     # optimisation level, where its 400 steps took 152 s in the suite against 75-125 s) and as
     # the floor was calibrated.
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
     cmd = [
         sys.executable,
         "-m",

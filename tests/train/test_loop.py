@@ -18,6 +18,7 @@ from camjax import checkpoint, experiment
 from camjax.train import loop, optim
 from camjax.train import state as train_state
 from configs import tiny
+from tests.xla_flags import subprocess_xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -126,7 +127,7 @@ def _train_cmd(workdir, data_dir, steps):
 def test_killed_run_resumes_bit_identically(data_dir, tmp_path):
     """SIGKILL a real training process mid-run, rerun it, compare with an uninterrupted run."""
     steps = 12
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
     straight = str(tmp_path / "straight")
     subprocess.run(
         _train_cmd(straight, data_dir, steps), check=True, env=env, cwd=REPO, capture_output=True
@@ -357,7 +358,7 @@ def test_ctrl_c_mid_save_stops_cleanly_with_a_verified_checkpoint(data_dir, tmp_
     one-line message and exit code 130, and the newest step on disk restores, complete and
     verified."""
     workdir = str(tmp_path / "run")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
     proc = subprocess.Popen(
         _train_cmd(workdir, data_dir, 400),
         env=env,

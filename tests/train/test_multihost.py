@@ -22,6 +22,7 @@ import pytest
 from camjax import checkpoint, experiment
 from camjax.train import optim
 from camjax.train import state as train_state
+from tests.xla_flags import subprocess_xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 6
@@ -57,7 +58,7 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "XLA_FLAGS": subprocess_xla_flags(devices),
         **extra,
     }
 

@@ -1,0 +1,40 @@
+"""XLA_FLAGS of the test session and of the processes tests start; importing this module
+changes nothing (tests/conftest.py applies `with_test_flags` to the session's own process)."""
+
+import re
+
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+OPT_LEVEL_FLAG = "--xla_backend_optimization_level"
+# XLA aborts a process whose CPU collective waits over 40 s (default) for one of its device
+# threads. With 8 forced devices on 2 cores beside 3 other pytest workers, the learning guard's
+# process lost a thread that long in one CI run (fresh clone, 2026-12-04: "Termination timeout
+# for all reduce ... only 7 of them arrived on time"). The tests wait longer instead.
+COLLECTIVE_TIMEOUT_FLAG = "--xla_cpu_collective_call_terminate_timeout_seconds"
+COLLECTIVE_TIMEOUT_S = 600
+
+
+def subprocess_xla_flags(devices: int = 8) -> str:
+    """XLA_FLAGS for the train.py processes tests start: `devices` CPU devices, the collective
+    timeout above, XLA's default optimisation level (the level the runs are calibrated at)."""
+    return f"{DEVICE_COUNT_FLAG}={devices} {COLLECTIVE_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"
+
+
+def with_eight_devices(xla_flags: str) -> str:
+    """xla_flags with the forced CPU device count set to 8, other flags kept in order."""
+    kept = re.sub(rf"{DEVICE_COUNT_FLAG}=\S*", "", xla_flags).split()
+    return " ".join([*kept, f"{DEVICE_COUNT_FLAG}=8"])
+
+
+def with_test_flags(xla_flags: str) -> str:
+    """with_eight_devices(xla_flags), compiled at LLVM's lowest optimisation level unless
+    xla_flags sets one: the tests' programs are small and most compile once, so LLVM's passes
+    were most of their compile time and little of their run time (the whole suite at level 0:
+    955 s of test time against 1,282 s, 2-core CPU). XLA's own HLO passes (fusion, layout)
+    still run, and convolutions and matrix products still call Eigen's compiled kernels. Also
+    the longer collective timeout (COLLECTIVE_TIMEOUT_FLAG)."""
+    flags = with_eight_devices(xla_flags)
+    if OPT_LEVEL_FLAG not in flags:
+        flags = f"{flags} {OPT_LEVEL_FLAG}=0"
+    if COLLECTIVE_TIMEOUT_FLAG not in flags:
+        flags = f"{flags} {COLLECTIVE_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"
+    return flags
