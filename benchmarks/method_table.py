@@ -160,7 +160,13 @@ def main(argv=None) -> None:
         f"{jax.devices()[0].device_kind}\n"
     )
     rows = method_rows(
-        args.workdir, methods, args.max_images, args.step, args.repeats, args.timing_batch, args.data_dir
+        args.workdir,
+        methods,
+        args.max_images,
+        args.step,
+        args.repeats,
+        args.timing_batch,
+        args.data_dir,
     )
     for i, (method, row) in enumerate(rows):
         if i == 0:

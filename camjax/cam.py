@@ -176,8 +176,8 @@ def normalize_minmax(cams: jax.Array) -> jax.Array:
     span = hi - lo
     finite = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True)
     ok = finite & ~_negligible_span(lo, hi)
-    # min(., 1): XLA's GPU backend divides float32 to within 2 ulps, not correctly rounded, so
-    # the maximum's span / span can come out above 1 (seen on an H200: quantize_scoremaps refused
+    # min(., 1): XLA's GPU backend's float32 division is not correctly rounded, so the
+    # maximum's span / span can come out above 1 (seen on an H200: quantize_scoremaps refused
     # postprocess's maps). Where the division is exact, as on CPU, this changes nothing.
     return jnp.where(ok, jnp.minimum((cams - lo) / jnp.where(ok, span, 1.0), 1.0), 0.0)
 
