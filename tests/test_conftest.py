@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+from tests import xla_flags
 from tests.xla_flags import with_eight_devices, with_test_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,8 +22,10 @@ def test_the_device_count_is_added_to_the_users_flags():
 
 def test_the_suite_compiles_at_the_lowest_level_unless_the_user_sets_one():
     timeout = "--xla_cpu_collective_call_terminate_timeout_seconds=600"
+    emitters = " --xla_cpu_use_fusion_emitters=false" if xla_flags.version_below(0, 11) else ""
     assert with_test_flags("") == (
-        f"--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 {timeout}"
+        "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+        f"{emitters} {timeout}"
     )
     assert with_test_flags("--xla_backend_optimization_level=2") == (
         f"--xla_backend_optimization_level=2 --xla_force_host_platform_device_count=8 {timeout}"
