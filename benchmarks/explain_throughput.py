@@ -130,6 +130,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=None, help="default: every method")
     parser.add_argument(
+        "--chunk_size",
+        type=int,
+        default=None,
+        help="the perturbation methods' copies per forward pass (default: camjax's, 32)",
+    )
+    parser.add_argument(
         "--smoke", action="store_true", help="toy sizes: batch 2, 64 px, width 1/16, 1 repeat"
     )
     args = parser.parse_args()
@@ -163,7 +169,8 @@ def main() -> None:
     print(
         f"{args.model} width {args.width}, groups {args.groups}, batch {args.batch} at "
         f"{args.size}x{args.size}, float32, layer {LAYER}, top-1 classes, maps at the input "
-        f"size; {platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].device_kind} / "
+        f"size, chunk_size {args.chunk_size or 'default'}; {platform.machine()}, "
+        f"{os.cpu_count()} cores, {jax.devices()[0].device_kind} / "
         f"torch {device}; " + ", ".join(f"{k} {v}" for k, v in versions.items())
     )
     methods = [m for m in args.methods or PEERS if m in explain.METHODS]
@@ -176,7 +183,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for method in methods:
-        f = explain.explainer(model, variables, method, resize="bilinear")
+        chunk = {"chunk_size": args.chunk_size} if args.chunk_size and method in PER_CHANNEL else {}
+        f = explain.explainer(model, variables, method, resize="bilinear", **chunk)
         calls = {"camjax": lambda f=f: f(x).cams.block_until_ready()}
         cleanups = []
         tc_name, gc_name = PEERS.get(method, (None, None))
