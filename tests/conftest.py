@@ -3,8 +3,9 @@
 The flag must be set before jax initialises its backends, hence at import time of conftest. It
 is added to whatever XLA_FLAGS already holds (a user's own flags, even an empty string), and
 replaces a device count given there, since tests assert 8 devices.
-The session also compiles at LLVM's lowest optimisation level (see `with_test_flags`); tests
-that run a real job for long (the learning guard) start their own process at the default.
+The session also compiles at LLVM's lowest optimisation level, on jaxlib 0.10 with XLA's legacy
+element-wise emitters (see `with_test_flags`); tests that run a real job for long (the learning
+guard, the paper-size VGG16 step) start their own process at the default.
 
 The session also shares one persistent compilation cache, fresh for each session, with the
 `train.py`/`evaluate.py` processes the tests start: many tests build the same tiny model's
