@@ -2,15 +2,16 @@
 
     python benchmarks/explain_throughput.py [--model vgg16_gap|googlenet_gap] [--batch 8]
         [--size 224] [--width 1.0] [--groups 2] [--num_classes 1000] [--repeats 3]
-        [--methods grad_cam ...] [--smoke]
+        [--methods grad_cam ...] [--chunk_size N] [--smoke]
 
 One process, one machine, one architecture: camjax's network and its PyTorch twin
 (benchmarks/torch_models.py) with camjax's random weights copied in, on the same random batch.
 Every call explains the batch's top-1 classes at the network's feature map (the GAP's input)
 and returns min-max normalised maps at the input resolution:
 
-* camjax: `explain.explainer(model, variables, method, resize='bilinear')`, one jitted program
-  per method, called on a device array, synchronised;
+* camjax: `explain.explainer(model, variables, method, resize='bilinear')` (with `--chunk_size`,
+  the perturbation methods' copies per forward pass), one jitted program per method, called on
+  a device array, synchronised;
 * TorchCAM 0.5.0: forward, the extractor on the predicted classes (its maps are min-max
   normalised at the layer's resolution), `F.interpolate(bilinear)` to the input;
 * pytorch-grad-cam 1.5.7: `Method(model, [layer])(x)` with no targets (the predicted
@@ -119,6 +120,13 @@ def gradcam_call(cls, twin, x):
     return call, cam.activations_and_grads.release
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int; got {text}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="vgg16_gap", choices=MODELS)
@@ -131,7 +139,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=None, help="default: every method")
     parser.add_argument(
         "--chunk_size",
-        type=int,
+        type=_positive_int,
         default=None,
         help="the perturbation methods' copies per forward pass (default: camjax's, 32)",
     )
@@ -169,7 +177,8 @@ def main() -> None:
     print(
         f"{args.model} width {args.width}, groups {args.groups}, batch {args.batch} at "
         f"{args.size}x{args.size}, float32, layer {LAYER}, top-1 classes, maps at the input "
-        f"size, chunk_size {args.chunk_size or 'default'}; {platform.machine()}, "
+        f"size, perturbation methods' chunk_size {args.chunk_size or 'default'}; "
+        f"{platform.machine()}, "
         f"{os.cpu_count()} cores, {jax.devices()[0].device_kind} / "
         f"torch {device}; " + ", ".join(f"{k} {v}" for k, v in versions.items())
     )

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests import xla_flags
 from tests.xla_flags import with_eight_devices, with_test_flags
 
@@ -39,3 +41,24 @@ def test_an_empty_xla_flags_still_gives_eight_devices():
         [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "8"
+
+
+@pytest.mark.parametrize(
+    "version, below",
+    [("0.10.2", True), ("0.5.0.dev20240101", True), ("0.11.0", False), ("0.12.0.1", False)],
+)
+def test_version_below_reads_release_and_dev_versions(version, below, monkeypatch):
+    monkeypatch.setattr(xla_flags.importlib.metadata, "version", lambda _: version)
+    assert xla_flags.version_below(0, 11) is below
+
+
+def test_the_legacy_emitters_only_where_jaxlib_has_them_and_at_the_test_level(monkeypatch):
+    legacy = "--xla_cpu_use_fusion_emitters=false"
+    monkeypatch.setattr(xla_flags, "version_below", lambda major, minor: True)
+    assert legacy in with_test_flags("")
+    assert legacy in with_test_flags("--xla_cpu_max_isa=AVX2")
+    # The user's own choice stays the only one; a user's level means the code as used in runs.
+    assert with_test_flags("--xla_cpu_use_fusion_emitters=true").count("fusion_emitters") == 1
+    assert "fusion_emitters" not in with_test_flags("--xla_backend_optimization_level=0")
+    monkeypatch.setattr(xla_flags, "version_below", lambda major, minor: False)
+    assert "fusion_emitters" not in with_test_flags("")
