@@ -176,10 +176,13 @@ def normalize_minmax(cams: jax.Array) -> jax.Array:
     span = hi - lo
     finite = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True)
     ok = finite & ~_negligible_span(lo, hi)
-    # min(., 1): XLA's GPU backend's float32 division is not correctly rounded, so the
-    # maximum's span / span can come out above 1 (seen on an H200: quantize_scoremaps refused
-    # postprocess's maps). Where the division is exact, as on CPU, this changes nothing.
-    return jnp.where(ok, jnp.minimum((cams - lo) / jnp.where(ok, span, 1.0), 1.0), 0.0)
+    # XLA may divide by a per-map scalar as a product with its reciprocal (jax 0.12 on CPU), and
+    # its GPU backend's float32 division is not correctly rounded: the maximum's span / span can
+    # come out an ulp below 1 (1 is the top quantisation level the reference gives it) or above
+    # (an H200: quantize_scoremaps refused postprocess's maps). So the maximum is set to 1 and
+    # the rest clipped at 1; where the division is exact, this changes nothing.
+    scaled = jnp.minimum((cams - lo) / jnp.where(ok, span, 1.0), 1.0)
+    return jnp.where(ok, jnp.where(cams == hi, 1.0, scaled), 0.0)
 
 
 def normalize_max(cams: jax.Array) -> jax.Array:
@@ -195,8 +198,8 @@ def normalize_max(cams: jax.Array) -> jax.Array:
     lo = jnp.min(cams, axis=(-2, -1), keepdims=True)
     hi = jnp.max(cams, axis=(-2, -1), keepdims=True)
     ok = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True) & (hi > 0)
-    scaled = jnp.minimum(cams / jnp.where(ok, hi, 1.0), 1.0)  # as normalize_minmax, on GPUs
-    scaled = jnp.where(_negligible_span(lo, hi), 1.0, scaled)
+    scaled = jnp.minimum(cams / jnp.where(ok, hi, 1.0), 1.0)  # as normalize_minmax's division
+    scaled = jnp.where(_negligible_span(lo, hi) | (cams == hi), 1.0, scaled)
     return jnp.where(ok, scaled, 0.0)
 
 
