@@ -178,8 +178,7 @@ def main() -> None:
         f"{args.model} width {args.width}, groups {args.groups}, batch {args.batch} at "
         f"{args.size}x{args.size}, float32, layer {LAYER}, top-1 classes, maps at the input "
         f"size, perturbation methods' chunk_size {args.chunk_size or 'default'}; "
-        f"{platform.machine()}, "
-        f"{os.cpu_count()} cores, {jax.devices()[0].device_kind} / "
+        f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].device_kind} / "
         f"torch {device}; " + ", ".join(f"{k} {v}" for k, v in versions.items())
     )
     methods = [m for m in args.methods or PEERS if m in explain.METHODS]
@@ -192,7 +191,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for method in methods:
-        chunk = {"chunk_size": args.chunk_size} if args.chunk_size and method in PER_CHANNEL else {}
+        per_channel = args.chunk_size is not None and method in PER_CHANNEL
+        chunk = {"chunk_size": args.chunk_size} if per_channel else {}
         f = explain.explainer(model, variables, method, resize="bilinear", **chunk)
         calls = {"camjax": lambda f=f: f(x).cams.block_until_ready()}
         cleanups = []

@@ -176,11 +176,11 @@ def normalize_minmax(cams: jax.Array) -> jax.Array:
     span = hi - lo
     finite = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True)
     ok = finite & ~_negligible_span(lo, hi)
-    # XLA may divide by a per-map scalar as a product with its reciprocal (jax 0.12 on CPU), and
-    # its GPU backend's float32 division is not correctly rounded: the maximum's span / span can
-    # come out an ulp below 1 (1 is the top quantisation level the reference gives it) or above
-    # (an H200: quantize_scoremaps refused postprocess's maps). So the maximum is set to 1 and
-    # the rest clipped at 1; where the division is exact, this changes nothing.
+    # XLA may divide by a per-map scalar as a product with its reciprocal (on CPU with jax 0.10
+    # and 0.12: ~15% of random maps), and its GPU backend's float32 division is not correctly
+    # rounded: the maximum's span / span can come out an ulp below 1 (the reference's peak is
+    # exactly 1, its top quantisation level) or above (an H200: quantize_scoremaps refused
+    # postprocess's maps). So the maximum is set to 1 and the rest clipped at 1.
     scaled = jnp.minimum((cams - lo) / jnp.where(ok, span, 1.0), 1.0)
     return jnp.where(ok, jnp.where(cams == hi, 1.0, scaled), 0.0)
 
