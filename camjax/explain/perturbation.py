@@ -12,9 +12,10 @@ with `combine='input'`; before the explainer's resize and normalisation.
 - IS-CAM (Naidu et al., 2020): Score-CAM with scores averaged over the copies c_i * M_k * x,
   i = 1..N, c_i = sum_{j<=i} j / N (`path='cumulative'`, the paper's formula as TorchCAM reads
   it) or c_i = i / N (`path='linear'`, the straight path from 0 to M_k * x).
-- Ablation-CAM (Desai & Ramaswamy, WACV 2020): the copy of channel k is A with channel k set to
-  `value` (0), fed to the layers after the probed one only (`Probe.logits_from`);
-  w_k = (y - y_k) / y, no epsilon (it diverges where y = 0, as in the paper and grad-cam).
+- Ablation-CAM (Desai & Ramaswamy, WACV 2020): the copy of channel k is the network with channel
+  k of the layer set to `value` (0) (`Probe.logits_from`: the layers that only feed the probed
+  one are not run); w_k = (y - y_k) / y, no epsilon (it diverges where y = 0, as in the paper
+  and grad-cam).
 
 Where the peers differ from the papers (official Score-CAM code: haofanwang/Score-CAM), the
 defaults follow the paper and its code, and options reproduce each peer exactly:
@@ -354,8 +355,9 @@ def ablation_cam(
 ):
     """Ablation-CAM: w_k = (y - y_k) / y, y_k the score with channel k of the layer set to
     `value` (the paper's 0; 'pytorch_grad_cam': 0 if the image's activations have minimum 0,
-    else that minimum - 1e7, grad-cam's rule without its row-dependent quirk), computed from the
-    layer on (the layers before it are not run). One chunk: B * chunk_size copies of the
+    else that minimum - 1e7, grad-cam's rule without its row-dependent quirk), the network run
+    with the layer's output replaced: what only feeds the layer is dead code, what bypasses it
+    (a skip connection) is computed once per chunk. One chunk: B * chunk_size copies of the
     layer's (h, w, K) activations and the rest of the network on them."""
     del key
     single_layer(probe, "ablation_cam")
@@ -366,17 +368,19 @@ def ablation_cam(
     b, _, _, k = acts.shape
     if value == GRAD_CAM_ABLATION:
         low = jnp.min(acts, axis=(1, 2, 3))
-        value = jnp.where(low == 0, 0.0, low - 1e7)[:, None, None, None, None]
+        value = jnp.where(low == 0, 0.0, low - 1e7)[None, :, None, None, None]
     elif isinstance(value, str):
         raise ValueError(f"value must be a number or {GRAD_CAM_ABLATION!r}; got {value!r}.")
 
     def scores(j):
-        c = j.shape[0]
-        ablate = jax.nn.one_hot(j, k, dtype=bool)[None, :, None, None, :]
-        copies = jnp.where(ablate, value, acts[:, None]).reshape(b * c, *acts.shape[1:])
-        layer = probe.from_grid(copies, jnp.repeat(raw, c, axis=0))
-        blank = jnp.zeros((b * c, *images.shape[1:]), images.dtype)  # shape only: dead code
-        return target.scores(probe.logits_from(variables, blank, layer).reshape(b, c, -1), classes)
+        ablate = jax.nn.one_hot(j, k, dtype=bool)[:, None, None, None, :]
+        copies = jnp.where(ablate, value, acts[None])  # (chunk, B, h, w, K)
+        # One ablated layer per copy, the images shared: under vmap, what the network computes
+        # from the images alone (a skip connection around the layer) runs once per chunk.
+        logits = jax.vmap(
+            lambda copy: probe.logits_from(variables, images, probe.from_grid(copy, raw))
+        )(copies)
+        return target.scores(jnp.swapaxes(logits, 0, 1), classes)
 
     weights = (y - chunked(scores, k, chunk_size)) / y  # (B, K, n)
     maps = jnp.einsum("bhwk,bkn->bnhw", acts, weights, precision=_HIGHEST)

@@ -4,8 +4,9 @@ A `Probe` runs `model.apply` under `flax.linen.intercept_methods`: when the modu
 paths returns, the interceptor records the output and adds a zero `delta` to it. The gradient of
 a score with respect to that delta is the gradient with respect to the layer's output, so one
 `jax.vjp` gives the activations and, per target, their gradients; nothing in the user's model
-changes. An interceptor can also replace a layer's output, which makes everything before that
-layer dead code that XLA drops (the perturbation methods run the rest of the network only).
+changes. An interceptor can also replace a layer's output, which makes whatever only fed that
+layer dead code that XLA drops (Ablation-CAM runs the rest of the network only, plus any skip
+connection around the layer).
 
 Layouts. Convolutional layers give (B, h, w, K) (NHWC, Flax's own). Transformer layers give
 tokens (B, T, D): the grid is the largest square that fits (T = prefix + g * g, the prefix being
@@ -128,9 +129,9 @@ class Probe:
         )
 
     def logits_from(self, variables: Variables, images: jax.Array, activation: jax.Array):
-        """The logits when the (single) layer outputs `activation` (module layout); the layers
-        before it are not computed (XLA removes them as dead code). images: any batch of the
-        activation's batch size (only its shape matters)."""
+        """The logits of `images` when the (single) layer outputs `activation` (module layout,
+        same batch). The layers that only feed the probed one are dead code that XLA removes;
+        a path around it (a residual connection) is computed from the images."""
         return self.run(variables, images, replacement=activation)[0]
 
     def grid_shape(self, tokens: int) -> tuple[int, int, int]:

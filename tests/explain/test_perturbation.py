@@ -196,16 +196,18 @@ def test_ablation_cam_equals_numpy_and_the_gap_identity():
     assert_maps_close(out.cams, np.array(expected))
 
 
-def test_ablation_cam_of_vit_tokens_equals_ablating_in_the_full_forward_pass():
+@pytest.mark.parametrize("layer", ["block0", "block0/fc2"])
+def test_ablation_cam_of_vit_tokens_equals_ablating_in_the_full_forward_pass(layer):
     """logits_from on the patch tokens (class token kept) against the whole network run with
-    channel k of the patch tokens zeroed by a delta."""
+    channel k of the patch tokens zeroed by a delta; block0/fc2 has the residual stream around
+    it, which must come from the images, not from the ablated layer."""
     model = user_models.TinyViT(num_classes=5, patch=4)
     images = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 16, 3)), jnp.float32)
     variables = numpy_init(model, images)
     out = explain.explainer(
-        model, variables, "ablation_cam", layer="block0", size=None, normalize=False
+        model, variables, "ablation_cam", layer=layer, size=None, normalize=False
     )(images)
-    probe = Probe(model, ("block0",))
+    probe = Probe(model, (layer,))
     logits, (tokens,) = probe.run(variables, images)
     c = out.classes[:, 0]
     y = jnp.take_along_axis(logits, out.classes, 1)[:, 0]
