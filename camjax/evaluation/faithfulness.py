@@ -31,6 +31,16 @@ Definitions (camjax's defaults first; the peers' variants are options):
   strictly below `tolerance` (15 px) from it. Accuracy: per class hits / max(1, images), then
   the mean over the classes that occur (TorchRay's mean over all classes when all occur).
 
+The maps are an input: the same metric on differently made maps gives different numbers. The
+peers' whole pipelines make them differently from camjax's explainer (size='input' upsamples
+the raw map, bicubic by default, then min-max normalises it; the score differentiated is the
+logit). TorchCAM's `ClassificationMetric(extractor, softmax)` min-max normalises at the layer's
+resolution, upsamples bilinearly without renormalising (peaks stay below 1), and its extractor
+differentiates the softmax probability. camjax reproduces it (tested against TorchCAM) with
+`explainer(..., size=None)` called with the target `lambda z: softmax(z)[b, class_b]`,
+`resize_maps(maps, (H, W), 'bilinear')` and variant 'torchcam'. grad-cam's metrics take the
+maps they are given.
+
 Memory. `deletion_insertion_curves` evaluates `chunk` points of both curves at once: the model
 runs on 2 * chunk * B images per scan iteration, so the peak is about that many forward
 passes' activations plus 2 * chunk * B * H * W * 3 float32 inputs (chunk 8, B 128 at 64 x 64:

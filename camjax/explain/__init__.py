@@ -143,8 +143,10 @@ def explainer(
     PRNG key of the noisy methods (default key 0). layer: module path(s) to read; grid: (h, w)
     of a non-square token layer. size: 'input' upsamples to (H, W), (H', W') to that size,
     None keeps the layer's. resize: 'bicubic' or 'bilinear'. normalize: True/'minmax' (per-map
-    min-max to [0, 1]), 'max', or False for raw maps. relu: ReLU before resizing (the methods
-    that define a ReLU apply it themselves). options: the method's own (e.g. num_samples).
+    min-max to [0, 1]), 'max', or False for raw maps; a map constant up to float32 rounding
+    (`camjax.cam.normalize_minmax`) becomes zeros, where the peers stretch its rounding noise
+    to [0, 1]. relu: ReLU before resizing (the methods that define a ReLU apply it
+    themselves). options: the method's own (e.g. num_samples).
 
     Class indices given as numpy or a list are checked before running; as a device array they
     are checked inside the program without a host round trip: an out-of-range class comes back

@@ -4,8 +4,10 @@
   average pooling and a linear classifier (`head`: the Dense layer's module path). No ReLU:
   the paper's map, signed, as `camjax.cam`.
 - Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): the projection of each position's activation
-  vector on the first principal component of the image's (h w, K) activations (centred over
-  positions), then ReLU. Class-agnostic: every target of an image gets the same map. The
+  vector on the first right singular vector of the image's (h w, K) activations, then ReLU:
+  the paper's O V_1 of the uncentred matrix. `center=True` subtracts the positions' mean first
+  (a principal component in the statistical sense), which is what pytorch-grad-cam 1.5.7
+  computes. Class-agnostic: every target of an image gets the same map. The
   singular vector's sign is arbitrary; camjax orients it so that the projection correlates
   positively with the channel sum of the activations (the unsigned "how active" map), which
   makes the map deterministic across SVD implementations. The principal component comes from
@@ -96,12 +98,13 @@ def top_eigenvector(gram: jax.Array) -> jax.Array:
     return column / jnp.maximum(jnp.sqrt(jnp.sum(column * column)), tiny)
 
 
-def principal_projection(x: jax.Array) -> jax.Array:
-    """x (h, w, K) -> (h, w): each position's projection on the first principal component of
-    the positions' (centred) K-vectors, oriented to correlate positively with x's channel sum."""
+def principal_projection(x: jax.Array, center: bool = False) -> jax.Array:
+    """x (h, w, K) -> (h, w): each position's projection on the first right singular vector of
+    the positions' K-vectors (centred over positions first with `center`), oriented to
+    correlate positively with x's channel sum."""
     h, w, k = x.shape
     flat = x.reshape(h * w, k)
-    centred = flat - jnp.mean(flat, axis=0)
+    centred = flat - jnp.mean(flat, axis=0) if center else flat
     # The projection on the first right singular vector v is sigma u: from the top eigenvector
     # of the smaller Gram matrix (h w x h w, or K x K) rather than an SVD of the (h w, K) matrix.
     if h * w <= k:
@@ -117,10 +120,11 @@ def principal_projection(x: jax.Array) -> jax.Array:
     return (sign * projection).reshape(h, w)
 
 
-def eigen_cam(probe: Probe, variables, images, target: Target, key):
-    """Eigen-CAM: the same class-agnostic map for every target of an image."""
+def eigen_cam(probe: Probe, variables, images, target: Target, key, center: bool = False):
+    """Eigen-CAM: the same class-agnostic map for every target of an image (`center`: see the
+    module docstring)."""
     del key
     logits, (acts,) = probe.forward(variables, images)
     classes = target.classes(logits)
-    maps = jax.nn.relu(jax.vmap(principal_projection)(acts))
+    maps = jax.nn.relu(jax.vmap(lambda a: principal_projection(a, center))(acts))
     return logits, classes, jnp.broadcast_to(maps[:, None], (*classes.shape, *maps.shape[1:]))

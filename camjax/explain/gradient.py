@@ -14,9 +14,12 @@ registered in `camjax.explain` wrap them with the probe.
   copies of the input.
 - XGrad-CAM (Fu et al., BMVC 2020): weights sum_xy(G_k A_k) / sum_xy(A_k).
 - HiResCAM (Draelos & Carin, 2020): ReLU(sum_k G_k * A_k), elementwise, no spatial averaging.
-- LayerCAM (Jiang et al., TIP 2021): ReLU(sum_k ReLU(G_k) * A_k); over several layers, each
-  shallow layer's map is scaled by tanh(2 M / max M) and the maps fused by their maximum.
-- Eigen-Grad-CAM: Eigen-CAM's first principal component, of G * A instead of A.
+- LayerCAM (Jiang et al., TIP 2021): ReLU(sum_k ReLU(G_k) * A_k); over several layers, every
+  layer's map is scaled by tanh(2 M / max M) (the paper's scaling of its shallow layers, given
+  to the deepest too, as TorchCAM does, so that the maps share one range) and the maps fused
+  by their maximum.
+- Eigen-Grad-CAM: Eigen-CAM's projection (uncentred, or centred with `center=True` as in
+  pytorch-grad-cam), of G * A instead of A.
 
 On a GAP network with a linear head (logit_c = mean_xy(A) . w_c + b_c), G_c = w_c / (h w) at
 every position, so Grad-CAM before its ReLU and HiResCAM both equal CAM / (h w) there (tests).
@@ -78,8 +81,9 @@ def layer_cam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:
     return jax.nn.relu(jnp.moveaxis(jnp.sum(jax.nn.relu(grads) * acts, axis=-1), 0, 1))
 
 
-def eigen_grad_cam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:
-    return jax.nn.relu(jnp.moveaxis(jax.vmap(jax.vmap(principal_projection))(grads * acts), 0, 1))
+def eigen_grad_cam_map(acts: jax.Array, grads: jax.Array, center: bool = False) -> jax.Array:
+    project = jax.vmap(jax.vmap(lambda x: principal_projection(x, center)))
+    return jax.nn.relu(jnp.moveaxis(project(grads * acts), 0, 1))
 
 
 def single_layer(probe: Probe, method: str) -> None:
@@ -131,6 +135,14 @@ def smooth_grad_cam_pp(
     return logits, classes, jax.nn.relu(weighted_sum(acts, grad_cam_pp_weights(acts, g, g2, g3)))
 
 
+def eigen_grad_cam(probe: Probe, variables, images, target: Target, key, center: bool = False):
+    """Eigen-Grad-CAM: Eigen-CAM's projection of G * A, one map per target."""
+    del key
+    single_layer(probe, "eigen_grad_cam")
+    logits, (acts,), (grads,) = probe.gradients(variables, images, target.cotangents)
+    return logits, target.classes(logits), eigen_grad_cam_map(acts, grads, center)
+
+
 def layer_cam(probe: Probe, variables, images, target: Target, key, gamma: float = 2.0):
     """LayerCAM of one layer, or of several fused (`fuse_layer_maps`)."""
     del key
@@ -158,4 +170,3 @@ grad_cam = gradient_method(grad_cam_map)
 grad_cam_pp = gradient_method(grad_cam_pp_map)
 xgrad_cam = gradient_method(xgrad_cam_map)
 hires_cam = gradient_method(hires_cam_map)
-eigen_grad_cam = gradient_method(eigen_grad_cam_map)

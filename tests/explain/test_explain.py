@@ -237,16 +237,20 @@ def test_top_eigenvector_is_float64_eighs(top):
     np.testing.assert_array_equal(zero, np.zeros(n))
 
 
+@pytest.mark.parametrize("center", [False, True])
 @pytest.mark.parametrize("shape", [(4, 5, 64), (8, 8, 12)])  # h w <= K, and h w > K
-def test_principal_projection_is_float64_svds(shape):
+def test_principal_projection_is_float64_svds(shape, center):
     """Both Gram matrices (positions x positions, channels x channels) give the float64 SVD's
-    sigma u, oriented to correlate with the channel sum."""
+    sigma u = O V_1 of the activations O (the paper's), or of O centred over positions,
+    oriented to correlate with the channel sum."""
     rng = np.random.default_rng(1)
-    x = rng.standard_normal(shape) * rng.uniform(0.1, 2.0, shape[-1])
+    x = rng.standard_normal(shape) * rng.uniform(0.1, 2.0, shape[-1]) + 0.5
     flat = x.reshape(-1, shape[-1])
-    u, s, _ = np.linalg.svd(flat - flat.mean(0), full_matrices=False)
+    u, s, _ = np.linalg.svd(flat - flat.mean(0) if center else flat, full_matrices=False)
     ref = (u[:, 0] * s[0]).reshape(shape[:2])
     activity = x.sum(-1)
     ref *= np.sign(np.sum(ref * (activity - activity.mean())))
-    ours = explain.activation.principal_projection(jnp.asarray(x, jnp.float32))
+    ours = explain.activation.principal_projection(jnp.asarray(x, jnp.float32), center)
     np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
+    other = explain.activation.principal_projection(jnp.asarray(x, jnp.float32), not center)
+    assert np.abs(np.asarray(other) - ref).max() > 1e-2 * np.abs(ref).max()

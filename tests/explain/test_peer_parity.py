@@ -33,9 +33,11 @@ gradients, and camjax against the paper's formula or the other peer:
   (averaged G, G^2, G^3; clean activations). Both are checked on the same noise.
 - LayerCAM fusion: TorchCAM min-max normalises each layer before tanh(2 x) and takes the max;
   camjax divides by the max (the paper's tanh(2 M / max M)); grad-cam averages its layers.
-- Eigen-CAM: the principal component's sign is arbitrary; grad-cam keeps LAPACK's, camjax
-  orients it to correlate with the activations' channel sum. grad-cam is run with camjax's
-  convention patched in, and its own projection is compared up to that sign.
+- Eigen-CAM: grad-cam centres the activations before its SVD, the paper does not; camjax's
+  `center=True` reproduces grad-cam. The principal component's sign is arbitrary; grad-cam
+  keeps LAPACK's, camjax orients it to correlate with the activations' channel sum. grad-cam
+  is run with camjax's convention patched in, and its own projection is compared up to that
+  sign.
 - Score-CAM, SS-CAM, IS-CAM: the peers differ from the paper and from each other (mask
   normalisation before/after upsampling, align_corners, a softmax over channels of logits,
   low-resolution combination); camjax's options reproduce each (its defaults are the paper's).
@@ -70,11 +72,13 @@ from torch.nn import functional as F  # noqa: E402
 from benchmarks.torch_models import VGG16GAP, LogitsOnly, camjax_state_dict  # noqa: E402
 from camjax import explain  # noqa: E402
 from camjax.cam import postprocess  # noqa: E402
+from camjax.evaluation import faithfulness  # noqa: E402
 from camjax.explain.activation import principal_projection  # noqa: E402
 from camjax.explain.perturbation import ss_cam_noise  # noqa: E402
-from camjax.explain.probe import Probe  # noqa: E402
+from camjax.explain.probe import Probe, model_logits  # noqa: E402
 from camjax.explain.targets import Target  # noqa: E402
 from camjax.models import create_model  # noqa: E402
+from camjax.resize import resize_maps  # noqa: E402
 
 TOL = 1e-5
 # camjax's min-max has no eps, grad-cam's adds 1e-7 to the range twice: on these maps the
@@ -382,8 +386,9 @@ def oriented_projection(activation_batch: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("net", NETWORKS)
 @pytest.mark.parametrize("method", ["eigen_cam", "eigen_grad_cam"])
 def test_eigen_methods_match_grad_cam(net, method, monkeypatch):
-    """Eigen-CAM and Eigen-Grad-CAM (grad-cam only; both centre the positions' K-vectors
-    before the SVD, which the paper does not). The principal component's sign is arbitrary:
+    """Eigen-CAM and Eigen-Grad-CAM (grad-cam only), with `center=True`: grad-cam centres the
+    positions' K-vectors before the SVD, which the paper does not (camjax's default, tested
+    against float64 SVDs in test_explain.py). The principal component's sign is arbitrary:
     grad-cam keeps LAPACK's, camjax correlates it with the channel sum. grad-cam's projection
     equals camjax's up to a per-image sign; with camjax's orientation patched into grad-cam,
     the whole pipeline matches."""
@@ -391,7 +396,8 @@ def test_eigen_methods_match_grad_cam(net, method, monkeypatch):
     acts, grads = ingredients(net, layer)
     inputs = acts if method == "eigen_cam" else grads * acts
     theirs = get_2d_projection(inputs.transpose(0, 3, 1, 2).astype(np.float32))
-    ours = np.asarray(jax.vmap(principal_projection)(jnp.asarray(inputs, jnp.float32)))
+    ours = jax.vmap(lambda x: principal_projection(x, center=True))(jnp.asarray(inputs))
+    ours = np.asarray(ours)
     signs = np.sign(np.sum(ours * theirs, axis=(1, 2)))[:, None, None]
     scale = np.abs(theirs).max(axis=(1, 2), keepdims=True)
     np.testing.assert_allclose(ours / scale, signs * theirs / scale, atol=TOL)
@@ -400,7 +406,7 @@ def test_eigen_methods_match_grad_cam(net, method, monkeypatch):
     module = sys.modules[f"pytorch_grad_cam.{method}"]
     monkeypatch.setattr(module, "get_2d_projection", oriented_projection)
     theirs = run_gradcam(getattr(pytorch_grad_cam, cls), net, [layer])
-    raw = camjax_raw(net, method, (layer,))
+    raw = camjax_raw(net, method, (layer,), center=True)
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
 
 
@@ -480,3 +486,38 @@ def test_ablation_cam_matches_grad_cam(net):
     raw = camjax_raw(net, "ablation_cam", (layer,), value="pytorch_grad_cam")
     theirs = run_gradcam(pytorch_grad_cam.AblationCAM, net, [layer])
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
+
+
+@pytest.mark.parametrize("net", NETWORKS)
+def test_torchcams_classification_metric_end_to_end(net):
+    """TorchCAM's ClassificationMetric with its own Grad-CAM extractor, as a user runs it:
+    each map min-max normalised at the layer's resolution, upsampled bilinearly and not
+    renormalised, and, with a softmax `logits_fn`, the class probability differentiated.
+    camjax gives its Average Drop and Increase in Confidence with the recipe of
+    faithfulness.py's docstring (a score function of the softmax as target, `size=None`,
+    `resize_maps(..., 'bilinear')`, variant 'torchcam')."""
+    from torchcam.metrics import ClassificationMetric
+
+    model, variables, images, twin, x, layer, _ = network(net)
+    extractor = torchcam_methods.GradCAM(
+        twin, target_layer=peer_layers(net, [layer]), input_shape=tuple(x.shape[1:])
+    )
+    metric = ClassificationMetric(extractor, functools.partial(torch.softmax, dim=-1))
+    metric.update(x, class_idx=CLASSES.tolist())
+    theirs = metric.summary()
+    extractor.remove_hooks()
+
+    classes = jnp.asarray(CLASSES)
+
+    def probability(logits):
+        return jnp.take_along_axis(jax.nn.softmax(logits, -1), classes[:, None], -1)[:, 0]
+
+    f = explain.explainer(model, variables, "grad_cam", layer=layer, size=None)
+    maps = resize_maps(f(images, targets=probability).cams[:, 0], images.shape[1:3], "bilinear")
+    y, o = faithfulness.confidence_change(
+        lambda im: model_logits(model.apply(variables, im)), jnp.asarray(images), maps, classes
+    )
+    drop, increase = faithfulness.drop_and_increase(y, o, "torchcam")
+    assert 0.01 < theirs["avg_drop"] < 0.99
+    np.testing.assert_allclose(float(jnp.mean(drop)), theirs["avg_drop"], atol=1e-5, rtol=0)
+    assert int(jnp.sum(increase)) == round(theirs["conf_increase"] * len(CLASSES))
