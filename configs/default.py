@@ -178,8 +178,10 @@ def get_config() -> ml_collections.ConfigDict:
     wsol.pxap = True  # pixel AP from GT masks (wsol_shapes has masks; False for box-only data)
     wsol.boxes = True  # MaxBoxAcc(V2), BoxAcc, top-1 loc; False for mask-only data (OpenImages)
     # True: score maps as the reference makes them, the feature-map CAMs resized with float64
-    # cv2.resize(INTER_CUBIC) and min-max normalised in float64 on the host (slower). False:
-    # float32 on device, which moves one uint8 level in ~1/3 of maps and can move MaxBoxAccV2
-    # by ~0.05 points (benchmarks/RESULTS.md, "Issue 12: score maps vs the reference").
-    wsol.exact_float64 = False
+    # cv2.resize(INTER_CUBIC) and min-max normalised in float64 on the host, so every count and
+    # PxAP is the reference's (on the 2-core CPU no slower than the device path). False: float32
+    # on device, which moves one uint8 level in ~1/3 of maps and can move MaxBoxAccV2 by ~0.05
+    # points (benchmarks/RESULTS.md, "Issue 12: score maps vs the reference"); for an
+    # accelerator whose host cannot keep up.
+    wsol.exact_float64 = True
     return config

@@ -51,7 +51,7 @@ class WsolProtocol:
     fixed_threshold: float
     pxap: bool
     boxes: bool
-    exact_float64: bool = False
+    exact_float64: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {

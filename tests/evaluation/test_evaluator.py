@@ -78,7 +78,7 @@ def test_run_evaluation_reports_the_wsol_protocol(evaluated, capsys):
         "fixed_threshold": 0.2,
         "pxap": True,
         "boxes": True,
-        "exact_float64": False,
+        "exact_float64": True,
     }
     val, test = w["val"], w["test"]
     assert val["num_images"] == config.data.num_validation
@@ -110,9 +110,12 @@ def test_run_evaluation_reports_the_wsol_protocol(evaluated, capsys):
 
 @pytest.fixture(scope="module")
 def restored(trained):
-    """The trained run's config, an Evaluator with the WSOL protocol, and the variables; shared
-    so that its two jitted steps compile once for all tests."""
+    """The trained run's config, an Evaluator with the WSOL protocol's device path (float32
+    score maps; the exact float64 path has its own test), and the variables; shared so that
+    its two jitted steps compile once for all tests."""
     config, workdir = trained
+    config = config.copy_and_resolve_references()
+    config.eval.wsol.exact_float64 = False
     ev, variables, _ = run_lib.restore_evaluator(config, workdir)
     return config, ev, variables
 
@@ -194,7 +197,8 @@ def test_wsol_counts_equal_the_opencv_reference_on_the_same_maps(restored):
 def test_exact_float64_counts_equal_the_reference_where_float32_maps_do_not(trained, restored):
     """config.eval.wsol.exact_float64: the score maps are the reference's float64 OpenCV maps
     of the evaluator's own CAMs, bit for bit, so every count and PxAP equals the reference's;
-    the default float32 maps of the same images differ by a uint8 level somewhere."""
+    the device's float32 maps (exact_float64=False) of the same images differ by a uint8 level
+    somewhere."""
     config, workdir = trained
     config = config.copy_and_resolve_references()
     config.eval.wsol.exact_float64 = True
@@ -245,7 +249,7 @@ def test_exact_float64_counts_equal_the_reference_where_float32_maps_do_not(trai
     np.testing.assert_array_equal(counts.pxap.histograms, np.stack([true_hist, false_hist]))
     assert counts.summary()["pxap"] == ref.pxap(true_hist, false_hist)
 
-    # The default path's float32 maps of the same images: a level off somewhere.
+    # The device path's float32 maps of the same images: a level off somewhere.
     config32 = config.copy_and_resolve_references()
     config32.eval.wsol.exact_float64 = False
     ev32 = evaluator_lib.Evaluator(
