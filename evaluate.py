@@ -44,7 +44,12 @@ def main(argv):
     del argv
     experiment.setup_logging()
     distributed.initialize()
-    config = FLAGS.config
+    with experiment.user_errors():
+        evaluate(FLAGS.config)
+
+
+def evaluate(config) -> None:
+    """Evaluates the run in --workdir with `config` (None: the config the run saved)."""
     if config is None:
         config = checkpoint.load_run_config(FLAGS.workdir)
     elif diffs := checkpoint.run_config_differences(FLAGS.workdir, config):

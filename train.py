@@ -24,7 +24,8 @@ def main(argv):
     experiment.setup_logging()
     distributed.initialize()
     try:
-        train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        with experiment.user_errors():
+            train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except TrainingInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
         sys.exit(130)  # the shell's code for a SIGINT

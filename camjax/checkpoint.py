@@ -81,7 +81,9 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
         step,
         args=ocp.args.Composite(
             state=ocp.args.PyTreeSave(state),
-            meta=ocp.args.JsonSave(model_fingerprint(config)),
+            # The step inside the step directory: a directory renamed or copied by hand is
+            # caught when restored, not reported under another step's number.
+            meta=ocp.args.JsonSave({**model_fingerprint(config), "step": int(step)}),
             digests=ocp.args.JsonSave({DIGEST_FORMAT_KEY: DIGEST_FORMAT, **tree_digests(state)}),
         ),
     )
@@ -133,9 +135,14 @@ def _restore_newest_good(
             f"no checkpoint in {directory}; train first (train.py --workdir with the same "
             "directory) or point --workdir at a trained run."
         )
-    rejected = []
+    rejected, other_config = [], []
     for step in steps:
         tree, reason = _verified(manager, config, step, read)
+        if reason.startswith(_OTHER_CONFIG):
+            other_config.append((step, reason))
+            rejected.append(f"step {step}: {reason}")
+            log.warning("Skipped checkpoint step %d in %s: it %s.", step, directory, reason)
+            continue
         if reason:
             rejected.append(f"step {step}: {reason}")
             log.warning(
@@ -150,21 +157,32 @@ def _restore_newest_good(
         if rejected:
             log.warning("Restored checkpoint step %d, the newest good one in %s.", step, directory)
         return tree, step
+    if len(other_config) == len(steps):
+        # Every step says so: the config is wrong, not the checkpoints.
+        step, reason = other_config[0]
+        raise CheckpointError(
+            f"the checkpoint at step {step} in {directory} {reason}. Use the config the run was "
+            "trained with (the run's config.json holds it)."
+        )
     raise CheckpointError(
         f"no good checkpoint in {directory}: " + "; ".join(rejected) + ". Nothing was moved or "
         "deleted; remove the damaged steps (rm -r) and train again."
     )
 
 
+_OTHER_CONFIG = "was trained with a different config"
+
+
 def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[Any, str]:
     """(restored tree, '') for a good `step`, or (None, a one-line reason it cannot be trusted).
-    A step saved for another model is a config error, raised: every step of the run has it."""
+    A step whose metadata names another model is rejected too; when every step does, the
+    caller reports a config error instead of damage."""
     try:
         items = ocp.args.Composite(meta=ocp.args.JsonRestore(), digests=ocp.args.JsonRestore())
         saved = manager.restore(step, args=items)
         meta, digests = saved["meta"], saved["digests"]
     except Exception as e:  # orbax and tensorstore raise many types for a damaged step
-        return None, f"incomplete or unreadable metadata ({_first_line(e)})"
+        return None, f"incomplete or unreadable metadata ({first_line(e)})"
     if meta is None or digests is None:
         return None, "incomplete: its metadata or digests are missing"
     if digests.get(DIGEST_FORMAT_KEY) != DIGEST_FORMAT:
@@ -172,16 +190,19 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
             f"its digests are of another format ({digests.get(DIGEST_FORMAT_KEY)!r}, not "
             f"{DIGEST_FORMAT!r}): written by another camjax version, so it cannot be verified"
         )
+    if not isinstance(meta, dict):
+        return None, f"its metadata is not an object ({type(meta).__name__})"
+    meta = dict(meta)
+    saved_step = meta.pop("step", step)  # absent in steps saved before the step was recorded
+    if saved_step != step:
+        return None, f"it holds step {saved_step!r}, not {step} (renamed or copied by hand?)"
     expected = model_fingerprint(config)
     if meta != expected:
-        raise CheckpointError(
-            f"the checkpoint at step {step} in {manager.directory} was trained with a different "
-            f"config: {_differences(meta, expected)}. Use the config the run was trained with."
-        )
+        return None, f"{_OTHER_CONFIG}: {_differences(meta, expected)}"
     try:
         tree = read(step)
     except Exception as e:
-        return None, f"its arrays do not read ({_first_line(e)})"
+        return None, f"its arrays do not read ({first_line(e)})"
     got, finite = _inspect(tree)
     for path, digest in got.items():
         if path not in digests:
@@ -193,7 +214,7 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
     return tree, ""
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
 

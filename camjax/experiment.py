@@ -4,8 +4,10 @@ The one place where config field names meet the library's rooms, shared by train
 evaluation so both build exactly the same model and data.
 """
 
+import contextlib
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 
@@ -31,6 +33,21 @@ def setup_logging() -> None:
     logging.getLogger("camjax").setLevel(logging.INFO)
 
 
+@contextlib.contextmanager
+def user_errors():
+    """For the entry points: a problem camjax diagnoses (a config value, a checkpoint failing
+    its checks, a non-finite loss, a directory it cannot write) ends the process with its
+    message alone and exit code 1, not under a traceback; CAMJAX_TRACEBACK=1 keeps the
+    traceback. Other exceptions are bugs and keep theirs."""
+    try:
+        yield
+    except (ValueError, FloatingPointError, PermissionError) as e:
+        if os.environ.get("CAMJAX_TRACEBACK"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 def check_writable(workdir: str) -> None:
     """Fails at once, in one line, if workdir cannot be created or written (process 0 writes
     there), rather than after the work whose results it would hold."""
@@ -42,8 +59,8 @@ def check_writable(workdir: str) -> None:
             pass
     except OSError as e:
         raise PermissionError(
-            f"workdir {workdir} is not writable ({e.strerror}); choose another --workdir or fix "
-            "its permissions."
+            f"{workdir} is not a writable directory ({e.strerror}); choose another --workdir or "
+            "fix its permissions."
         ) from None
 
 

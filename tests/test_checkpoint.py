@@ -111,6 +111,14 @@ def test_evaluate_needs_only_the_workdir(saved_run):
     assert "differs from the run's saved config: eval.num_gallery: run 1, given 0" in done.stderr
 
 
+def test_a_user_error_is_one_line_without_a_traceback(tmp_path):
+    done = evaluate_cli(f"--workdir={tmp_path}")
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no config.json in ") and "--config" in last
+
+
 # ---- damaged steps: verified at restore, skipped with a reason, never touched ------------------
 
 

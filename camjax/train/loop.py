@@ -171,7 +171,7 @@ def _val_metrics(val, fixed_threshold: float, top_k: int) -> dict[str, Any]:
     return {f"val/{k}": v for k, v in summary.items()} | {"val/gt_known_loc_fixed": fixed}
 
 
-def _check_sums(host_sums: dict[str, Any], step: int, config, last_good, workdir: str) -> None:
+def _check_sums(host_sums: dict[str, Any], step: int, config, manager) -> None:
     """Stops the run, before anything is saved, on labels the head cannot take or a NaN loss."""
     if host_sums["bad_labels"]:
         raise ValueError(
@@ -180,14 +180,26 @@ def _check_sums(host_sums: dict[str, Any], step: int, config, last_good, workdir
             "number of classes."
         )
     if not np.isfinite(host_sums["loss"]):
-        raise NonFiniteLossError(_non_finite_message(step, last_good, workdir))
+        raise NonFiniteLossError(_non_finite_message(step, manager))
 
 
-def _non_finite_message(step: int, last_good: int | None, workdir: str) -> str:
+def _last_saved(manager) -> int | None:
+    """The newest complete step on disk once any save in flight has finished or failed: a save
+    counts when it is done, not when it is queued (a full disk fails it in the background).
+    Steps saved by this run were checked finite first; an earlier one was verified on resume."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # orbax re-raises the background save's error, of any type
+        log.warning("A checkpoint save failed: %s", checkpoint.first_line(e))
+    steps = manager.all_steps(read=True)
+    return max(steps) if steps else None
+
+
+def _non_finite_message(step: int, manager) -> str:
+    last = _last_saved(manager)
     good = (
-        f"The last good checkpoint (finite and verified) is step {last_good} in "
-        f"{checkpoint.checkpoint_dir(workdir)}."
-        if last_good is not None
+        f"The last good checkpoint (finite and verified) is step {last} in {manager.directory}."
+        if last is not None
         else "No checkpoint was saved yet."
     )
     return (
@@ -228,11 +240,11 @@ class _StopRequest:
         self.requested = True
         signal.signal(signal.SIGINT, self._previous)
 
-    def raise_if_requested(self, step: int, last_good: int | None, workdir: str) -> None:
+    def raise_if_requested(self, step: int, manager) -> None:
         if self.requested:
             raise TrainingInterrupted(
                 f"stopped by Ctrl-C before step {step}; the newest checkpoint is step "
-                f"{last_good} in {checkpoint.checkpoint_dir(workdir)} (rerun to resume)."
+                f"{_last_saved(manager)} in {manager.directory} (rerun to resume)."
             )
 
     def close(self) -> None:
@@ -241,16 +253,37 @@ class _StopRequest:
 
 
 def _initial_state(config, model, tx, mesh, manager, workdir: str):
-    """(state, its shardings, its step if restored else None): the newest good checkpoint's
-    state, or a fresh one (with the pretrained weights, if any)."""
+    """(state, its shardings): the newest good checkpoint's state, or a fresh one (with the
+    pretrained weights, if any)."""
     state, state_shardings = create_train_state(config, model, tx, mesh)
     if manager.latest_step() is None:
         if config.init.pretrained_dir:
             state = load_pretrained(state, config.init.pretrained_dir)
-        return state, state_shardings, None
-    state = checkpoint.restore(manager, abstract_train_state(config, model, tx, mesh), config)
+        return state, state_shardings
+    # Read first: a damaged config.json stops the run here, not at its first save.
+    differences = checkpoint.run_config_differences(workdir, config)
+    if differences:
+        log.warning("Resuming with a config that differs from the run's: %s.", differences)
+    try:
+        state = checkpoint.restore(manager, abstract_train_state(config, model, tx, mesh), config)
+    except checkpoint.CheckpointError as e:
+        if not differences or not str(e).startswith("no good checkpoint"):
+            raise
+        # Another optimizer (or clipping, or schedule) builds another state, which no step fits.
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {checkpoint.checkpoint_dir(workdir)} restores into the state "
+            f"this config builds, and the config differs from the run's ({differences}). "
+            "Resume with the config the run was trained with (its config.json), or train in "
+            "another workdir; nothing was moved or deleted."
+        ) from None
     restored = int(state.step)
     log.info("Resumed from the checkpoint at step %d.", restored)
+    if restored >= config.train.num_steps:
+        log.warning(
+            "Nothing to train: the checkpoint is at step %d, config.train.num_steps is %d.",
+            restored,
+            config.train.num_steps,
+        )
     if newer := [s for s in manager.all_steps() if s > restored]:
         # Saving again at those steps would replace them; a person decides what to remove.
         ckpts = checkpoint.checkpoint_dir(workdir)
@@ -259,7 +292,7 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str):
             f"resuming from step {restored} would save over them. Look at them, remove them "
             f"(rm -r {' '.join(os.path.join(ckpts, str(s)) for s in newer)}), then rerun."
         )
-    return state, state_shardings, restored
+    return state, state_shardings
 
 
 class _Progress:
@@ -311,6 +344,22 @@ def _train_batches(config, source, start: int, mesh):
     )
 
 
+def _check_train_config(t: ml_collections.ConfigDict) -> None:
+    """One-line errors, before any work, for counts a run cannot use: keep_checkpoints=0 would
+    have orbax delete every checkpoint of the run, a zero interval would divide by zero after
+    compiling."""
+    for field in ("num_steps", "keep_checkpoints", "checkpoint_every_steps", "log_every_steps"):
+        value = t[field]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.train.{field} must be a positive int; got {value!r}.")
+    every = t.eval_every_steps
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ValueError(
+            f"config.train.eval_every_steps must be an int >= 0 (0: no validation during "
+            f"training); got {every!r}."
+        )
+
+
 def _step_kinds(train_config, step: int) -> tuple[bool, bool, bool]:
     """(log, save, evaluate) after `step`; the last step does all three (evaluation if on)."""
     t = train_config
@@ -325,10 +374,12 @@ def _step_kinds(train_config, step: int) -> tuple[bool, bool, bool]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (resuming from workdir's latest checkpoint if any); returns the final state."""
+    _check_train_config(config.train)
     num_steps = config.train.num_steps
-    if num_steps <= 0:
-        raise ValueError(f"config.train.num_steps must be positive; got {num_steps}.")
-    experiment.check_writable(workdir)
+    # A save that cannot create its step directory fails in orbax's background thread, whose
+    # process then never exits: the checkpoint directory is checked up front too.
+    for directory in (workdir, checkpoint.checkpoint_dir(workdir)):
+        experiment.check_writable(directory)
     mesh = experiment.make_mesh()
     experiment.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
     model = experiment.build_model(config)
@@ -336,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     # Model and checkpoint problems surface before any data is generated or read.
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
-    state, state_shardings, last_good = _initial_state(config, model, tx, mesh, manager, workdir)
+    state, state_shardings = _initial_state(config, model, tx, mesh, manager, workdir)
     start = int(state.step)
     sources = experiment.data_sources(config)
 
@@ -348,16 +399,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     stop = _StopRequest()
     try:
         for step in range(start + 1, num_steps + 1):
-            stop.raise_if_requested(step, last_good, workdir)
+            stop.raise_if_requested(step, manager)
             state, sums = step_fn(state, sums, next(batches))
             do_log, do_save, do_eval = _step_kinds(config.train, step)
             # The first step is checked too: labels the head cannot take stop the run at once.
             if not (do_log or do_save or do_eval or step == start + 1):
                 continue
             host_sums = jax.device_get(sums)
-            _check_sums(host_sums, step, config, last_good, workdir)
+            _check_sums(host_sums, step, config, manager)
             if do_save and not checkpoint.all_finite(state):
-                raise NonFiniteLossError(_non_finite_message(step, last_good, workdir))
+                raise NonFiniteLossError(_non_finite_message(step, manager))
             if do_log and host_sums["count"]:
                 progress.train(step, host_sums)
                 sums = _zero_sums_on(mesh)
@@ -370,7 +421,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 )
             if do_save:
                 checkpoint.save(manager, step, state, config)
-                last_good = step
             if do_log:
                 progress.restart_clock()
     finally:

@@ -225,6 +225,76 @@ def test_a_damaged_newest_step_stops_training_until_a_person_removes_it(resumabl
         loop.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.parametrize(
+    "field, value",
+    [("keep_checkpoints", 0), ("checkpoint_every_steps", 0), ("log_every_steps", -1)],
+)
+def test_counts_a_run_cannot_use_fail_before_anything_is_saved_or_deleted(resumable, field, value):
+    """keep_checkpoints=0 would have orbax delete every step of the run at the next save."""
+    config, workdir = resumable
+    config.train.num_steps = 4
+    config.train[field] = value
+    with pytest.raises(ValueError, match=rf"config.train.{field} must be a positive int"):
+        loop.train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(checkpoint.checkpoint_dir(workdir))) == ["1", "2"]
+
+
+def test_a_step_directory_copied_under_another_number_is_never_reported_as_it(resumable):
+    """Step 1's directory copied over step 2's (its digests all match its own files): evaluation
+    skips it and says step 1; training names the mismatch and moves nothing."""
+    from camjax.evaluation import run as run_lib
+
+    config, workdir = resumable
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    shutil.rmtree(os.path.join(ckpts, "2"))
+    shutil.copytree(os.path.join(ckpts, "1"), os.path.join(ckpts, "2"))
+    _, _, step = run_lib.restore_evaluator(config, workdir)
+    assert step == 1
+    config.train.num_steps = 4
+    with pytest.raises(checkpoint.CheckpointError, match=r"newer steps \[2\]"):
+        loop.train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(ckpts)) == ["1", "2"]
+
+
+def test_damaged_metadata_of_one_step_skips_that_step_only(resumable, caplog):
+    from camjax.evaluation import run as run_lib
+
+    config, workdir = resumable
+    meta = os.path.join(checkpoint.checkpoint_dir(workdir), "2", "meta", "metadata")
+    with open(meta) as f:
+        fields = json.load(f)
+    fields["model"]["width"] = 2 * fields["model"]["width"]
+    with open(meta, "w") as f:
+        json.dump(fields, f)
+    assert run_lib.restore_evaluator(config, workdir)[2] == 1
+    assert "Skipped checkpoint step 2" in caplog.text and "model.width" in caplog.text
+
+
+def test_resuming_with_another_optimizer_names_the_config_not_damage(resumable):
+    config, workdir = resumable
+    config.train.num_steps = 4
+    config.optim.name = "sgd" if config.optim.name != "sgd" else "adam"
+    with pytest.raises(checkpoint.CheckpointError, match=r"differs from the run's \(optim.name"):
+        loop.train_and_evaluate(config, workdir)
+
+
+def test_unusable_checkpoint_directory_or_run_config_fail_at_start(resumable):
+    """A save that cannot create its directory hangs orbax's background thread for good; a
+    damaged config.json used to surface only at the first save, after training."""
+    config, workdir = resumable
+    config.train.num_steps = 4
+    with open(os.path.join(workdir, "config.json"), "r+") as f:
+        f.truncate(10)
+    with pytest.raises(checkpoint.CheckpointError, match=r"config.json is not valid JSON"):
+        loop.train_and_evaluate(config, workdir)
+    fresh = os.path.join(workdir, "fresh")
+    os.makedirs(fresh)
+    with open(os.path.join(fresh, "checkpoints"), "w") as f:
+        f.write("a file where the checkpoints go")
+    with pytest.raises(PermissionError, match=r"checkpoints is not a writable directory"):
+        loop.train_and_evaluate(config, fresh)
+
+
 def test_resume_after_completion_is_a_no_op(two_step_run, resumable):
     _, _, first = two_step_run
     config, workdir = resumable
@@ -343,12 +413,14 @@ def test_labels_beyond_the_head_stop_at_the_first_step(data_dir, tmp_path):
 def test_an_unwritable_workdir_fails_before_any_work(data_dir, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
-    with pytest.raises(PermissionError, match=r"workdir .*a_file/run is not writable .*--workdir"):
+    with pytest.raises(
+        PermissionError, match=r"a_file/run is not a writable directory .*--workdir"
+    ):
         loop.train_and_evaluate(tiny_config(data_dir), str(blocker / "run"))
     if os.geteuid() != 0:  # root writes anywhere: permissions cannot be tested as root
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o555)
-        with pytest.raises(PermissionError, match="is not writable"):
+        with pytest.raises(PermissionError, match="is not a writable directory"):
             loop.train_and_evaluate(tiny_config(data_dir), str(locked))
 
 
