@@ -135,8 +135,9 @@ def _fill_holes(q, h, w):
 
 
 # The two sweeps keep their per-pixel steps in one loop body, past the usual function length:
-# factored into helpers (even inlined ones), the same steps ran 1.3x slower (measured once, on
-# 224x224 CAMs, single-threaded, with a factored variant that was not kept; issue 11).
+# as a helper shared by both, the union step ran 2.2-3.8x slower, inlined by numba or not, as
+# numba reference-counts its 8 array arguments at every pixel (benchmarks/RESULTS.md, "Audits
+# against the outside references"; issue 11).
 @jit
 def _outer_sweep(order, h, w, rule, gt, num_gt, deltas, boxes_out):
     """Adds pixels from value 255 down and reports, after each level, the boxes of the
