@@ -24,7 +24,12 @@ log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing or does not match the config."""
+    """A checkpoint is missing or does not match the config; `rejected`: (step, reason) of every
+    step skipped, when no step was good."""
+
+    def __init__(self, message: str, rejected: tuple[tuple[int, str], ...] = ()):
+        super().__init__(message)
+        self.rejected = rejected
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -135,16 +140,17 @@ def _restore_newest_good(
             f"no checkpoint in {directory}; train first (train.py --workdir with the same "
             "directory) or point --workdir at a trained run."
         )
-    rejected, other_config = [], []
+    rejected, other_config, config_matched = [], [], False
     for step in steps:
-        tree, reason = _verified(manager, config, step, read)
+        tree, reason, matched = _verified(manager, config, step, read)
+        config_matched = config_matched or matched
+        if reason:
+            rejected.append((step, reason))
         if reason.startswith(_OTHER_CONFIG):
             other_config.append((step, reason))
-            rejected.append(f"step {step}: {reason}")
             log.warning("Skipped checkpoint step %d in %s: it %s.", step, directory, reason)
             continue
         if reason:
-            rejected.append(f"step {step}: {reason}")
             log.warning(
                 "Skipped checkpoint step %d in %s: %s. Nothing was moved or deleted; once you "
                 "have looked at it, remove it with: rm -r %s",
@@ -157,61 +163,68 @@ def _restore_newest_good(
         if rejected:
             log.warning("Restored checkpoint step %d, the newest good one in %s.", step, directory)
         return tree, step
-    if len(other_config) == len(steps):
-        # Every step says so: the config is wrong, not the checkpoints.
+    if other_config and not config_matched:
+        # No step agrees with the config and some say it differs: the config is wrong, not
+        # the checkpoints (the others' metadata did not read).
         step, reason = other_config[0]
         raise CheckpointError(
             f"the checkpoint at step {step} in {directory} {reason}. Use the config the run was "
-            "trained with (the run's config.json holds it)."
+            "trained with (the run's config.json holds it).",
+            tuple(rejected),
         )
     raise CheckpointError(
-        f"no good checkpoint in {directory}: " + "; ".join(rejected) + ". Nothing was moved or "
-        "deleted; remove the damaged steps (rm -r) and train again."
+        f"no good checkpoint in {directory}: "
+        + "; ".join(f"step {step}: {reason}" for step, reason in rejected)
+        + ". Nothing was moved or deleted; remove the damaged steps (rm -r) and train again.",
+        tuple(rejected),
     )
 
 
 _OTHER_CONFIG = "was trained with a different config"
+UNREADABLE = "its arrays do not read"
 
 
-def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[Any, str]:
-    """(restored tree, '') for a good `step`, or (None, a one-line reason it cannot be trusted).
-    A step whose metadata names another model is rejected too; when every step does, the
-    caller reports a config error instead of damage."""
+def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[Any, str, bool]:
+    """(restored tree, '', True) for a good `step`, else (None, a one-line reason it cannot be
+    trusted, whether its metadata matched the config). A step whose metadata names another
+    model is rejected too; when no step matches, the caller reports a config error."""
     try:
         items = ocp.args.Composite(meta=ocp.args.JsonRestore(), digests=ocp.args.JsonRestore())
         saved = manager.restore(step, args=items)
         meta, digests = saved["meta"], saved["digests"]
     except Exception as e:  # orbax and tensorstore raise many types for a damaged step
-        return None, f"incomplete or unreadable metadata ({first_line(e)})"
+        return None, f"incomplete or unreadable metadata ({first_line(e)})", False
     if meta is None or digests is None:
-        return None, "incomplete: its metadata or digests are missing"
+        return None, "incomplete: its metadata or digests are missing", False
     if digests.get(DIGEST_FORMAT_KEY) != DIGEST_FORMAT:
-        return None, (
+        return (
+            None,
             f"its digests are of another format ({digests.get(DIGEST_FORMAT_KEY)!r}, not "
-            f"{DIGEST_FORMAT!r}): written by another camjax version, so it cannot be verified"
+            f"{DIGEST_FORMAT!r}): written by another camjax version, so it cannot be verified",
+            False,
         )
     if not isinstance(meta, dict):
-        return None, f"its metadata is not an object ({type(meta).__name__})"
+        return None, f"its metadata is not an object ({type(meta).__name__})", False
     meta = dict(meta)
     saved_step = meta.pop("step", step)  # absent in steps saved before the step was recorded
     if saved_step != step:
-        return None, f"it holds step {saved_step!r}, not {step} (renamed or copied by hand?)"
+        return None, f"it holds step {saved_step!r}, not {step} (renamed or copied by hand?)", False
     expected = model_fingerprint(config)
     if meta != expected:
-        return None, f"{_OTHER_CONFIG}: {_differences(meta, expected)}"
+        return None, f"{_OTHER_CONFIG}: {_differences(meta, expected)}", False
     try:
         tree = read(step)
     except Exception as e:
-        return None, f"its arrays do not read ({first_line(e)})"
+        return None, f"{UNREADABLE} ({first_line(e)})", True
     got, finite = _inspect(tree)
     for path, digest in got.items():
         if path not in digests:
-            return None, f"{path} has no saved digest"
+            return None, f"{path} has no saved digest", True
         if digest != digests[path]:
-            return None, f"{path} does not match its saved digest (the file is corrupt)"
+            return None, f"{path} does not match its saved digest (the file is corrupt)", True
     if bad := [path for path, ok in zip(got, finite, strict=True) if not ok]:
-        return None, f"{bad[0]} holds NaN or Inf"
-    return tree, ""
+        return None, f"{bad[0]} holds NaN or Inf", True
+    return tree, "", True
 
 
 def first_line(e: BaseException) -> str:

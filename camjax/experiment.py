@@ -5,6 +5,7 @@ evaluation so both build exactly the same model and data.
 """
 
 import contextlib
+import dis
 import logging
 import os
 import sys
@@ -35,17 +36,36 @@ def setup_logging() -> None:
 
 @contextlib.contextmanager
 def user_errors():
-    """For the entry points: a problem camjax diagnoses (a config value, a checkpoint failing
-    its checks, a non-finite loss, a directory it cannot write) ends the process with its
-    message alone and exit code 1, not under a traceback; CAMJAX_TRACEBACK=1 keeps the
-    traceback. Other exceptions are bugs and keep theirs."""
+    """For the entry points: an error that camjax raised itself, a problem it diagnosed (a
+    config value, a checkpoint failing its checks, a non-finite loss, a directory it cannot
+    write), ends the process with its message alone and exit code 1, not under a traceback.
+    Errors raised elsewhere (a library, the interpreter) are bugs and keep their traceback, as
+    every error does with CAMJAX_TRACEBACK=1."""
     try:
         yield
-    except (ValueError, FloatingPointError, PermissionError) as e:
-        if os.environ.get("CAMJAX_TRACEBACK"):
+    except Exception as e:
+        if os.environ.get("CAMJAX_TRACEBACK", "0") not in ("", "0") or not _raised_by_camjax(e):
             raise
-        print(f"error: {e}", file=sys.stderr)
+        where = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+        print(f"error: {where}{e} (CAMJAX_TRACEBACK=1 shows where)", file=sys.stderr)
         sys.exit(1)
+
+
+_RAISE = dis.opmap["RAISE_VARARGS"]
+
+
+def _raised_by_camjax(e: BaseException) -> bool:
+    """Whether `e` comes from a `raise` statement in the camjax package: the innermost frame is
+    camjax's and stopped at a raise, not at a call into numpy or a library that raised."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    package = os.path.dirname(os.path.abspath(__file__))
+    inside = os.path.abspath(code.co_filename).startswith(package + os.sep)
+    return inside and code.co_code[tb.tb_lasti] == _RAISE
 
 
 def check_writable(workdir: str) -> None:

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from camjax import cam as cam_lib
 from camjax import checkpoint, experiment
 from camjax.train import optim
 from camjax.train import state as train_state
@@ -117,6 +118,22 @@ def test_a_user_error_is_one_line_without_a_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no config.json in ") and "--config" in last
+
+
+def test_only_errors_camjax_raises_lose_their_traceback(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
+    bad = tmp_path / "config.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit) as stop, experiment.user_errors():
+        checkpoint.load_run_config(str(tmp_path))
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.startswith(f"error: {bad} is not valid JSON")
+    # Raised inside camjax's code but not by its raise statements (a bug): the traceback stays.
+    with pytest.raises(AttributeError), experiment.user_errors():
+        cam_lib.normalize_minmax("not an array")
+    monkeypatch.setenv("CAMJAX_TRACEBACK", "1")
+    with pytest.raises(checkpoint.CheckpointError), experiment.user_errors():
+        checkpoint.load_run_config(str(tmp_path))
 
 
 # ---- damaged steps: verified at restore, skipped with a reason, never touched ------------------

@@ -8,10 +8,11 @@
   the paper's O V_1 of the uncentred matrix. `center=True` subtracts the positions' mean first
   (a principal component in the statistical sense), which is what pytorch-grad-cam 1.5.7
   computes. Class-agnostic: every target of an image gets the same map. The
-  singular vector's sign is arbitrary; camjax orients it so that the projection correlates
-  positively with the channel sum of the activations (the unsigned "how active" map), which
-  makes the map deterministic across SVD implementations. The principal component comes from
-  plain matrix products (`top_eigenvector`), not a LAPACK call: see there why.
+  singular vector's sign is arbitrary; camjax orients it so that the projection's product with
+  the channel sum of the activations (the unsigned "how active" map; centred with `center`) is
+  positive, which makes the map deterministic across SVD implementations. The principal
+  component comes from plain matrix products (`top_eigenvector`), not a LAPACK call: see
+  there why.
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def top_eigenvector(gram: jax.Array) -> jax.Array:
 
 def principal_projection(x: jax.Array, center: bool = False) -> jax.Array:
     """x (h, w, K) -> (h, w): each position's projection on the first right singular vector of
-    the positions' K-vectors (centred over positions first with `center`), oriented to
-    correlate positively with x's channel sum."""
+    the positions' K-vectors (centred over positions first with `center`), oriented so that
+    its product with x's channel sum (centred too with `center`) is positive."""
     h, w, k = x.shape
     flat = x.reshape(h * w, k)
     centred = flat - jnp.mean(flat, axis=0) if center else flat
@@ -115,8 +116,12 @@ def principal_projection(x: jax.Array, center: bool = False) -> jax.Array:
     else:
         gram = jnp.matmul(centred.T, centred, precision=_HIGHEST)
         projection = jnp.matmul(centred, top_eigenvector(gram), precision=_HIGHEST)
+    # The sign follows the channel sum (how active each position is), centred like the
+    # projection: uncentred, a post-ReLU layer's projection has one sign everywhere, and
+    # correlating it with a centred sum could flip it to all <= 0, an all-zero map after ReLU.
     activity = jnp.sum(flat, axis=1)
-    sign = jnp.where(jnp.sum(projection * (activity - jnp.mean(activity))) < 0, -1.0, 1.0)
+    activity = activity - jnp.mean(activity) if center else activity
+    sign = jnp.where(jnp.sum(projection * activity) < 0, -1.0, 1.0)
     return (sign * projection).reshape(h, w)
 
 

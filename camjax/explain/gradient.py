@@ -18,8 +18,9 @@ registered in `camjax.explain` wrap them with the probe.
   layer's map is scaled by tanh(2 M / max M) (the paper's scaling of its shallow layers, given
   to the deepest too, as TorchCAM does, so that the maps share one range) and the maps fused
   by their maximum.
-- Eigen-Grad-CAM: Eigen-CAM's projection (uncentred, or centred with `center=True` as in
-  pytorch-grad-cam), of G * A instead of A.
+- Eigen-Grad-CAM (pytorch-grad-cam's; no paper defines it): Eigen-CAM's projection of G * A
+  instead of A, centred over positions as pytorch-grad-cam does (`center=False`: uncentred,
+  as Eigen-CAM's paper projects A).
 
 On a GAP network with a linear head (logit_c = mean_xy(A) . w_c + b_c), G_c = w_c / (h w) at
 every position, so Grad-CAM before its ReLU and HiResCAM both equal CAM / (h w) there (tests).
@@ -81,7 +82,7 @@ def layer_cam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:
     return jax.nn.relu(jnp.moveaxis(jnp.sum(jax.nn.relu(grads) * acts, axis=-1), 0, 1))
 
 
-def eigen_grad_cam_map(acts: jax.Array, grads: jax.Array, center: bool = False) -> jax.Array:
+def eigen_grad_cam_map(acts: jax.Array, grads: jax.Array, center: bool = True) -> jax.Array:
     project = jax.vmap(jax.vmap(lambda x: principal_projection(x, center)))
     return jax.nn.relu(jnp.moveaxis(project(grads * acts), 0, 1))
 
@@ -135,8 +136,9 @@ def smooth_grad_cam_pp(
     return logits, classes, jax.nn.relu(weighted_sum(acts, grad_cam_pp_weights(acts, g, g2, g3)))
 
 
-def eigen_grad_cam(probe: Probe, variables, images, target: Target, key, center: bool = False):
-    """Eigen-Grad-CAM: Eigen-CAM's projection of G * A, one map per target."""
+def eigen_grad_cam(probe: Probe, variables, images, target: Target, key, center: bool = True):
+    """Eigen-Grad-CAM: Eigen-CAM's projection of G * A, one map per target (centred by
+    default: its only definition, pytorch-grad-cam's)."""
     del key
     single_layer(probe, "eigen_grad_cam")
     logits, (acts,), (grads,) = probe.gradients(variables, images, target.cotangents)

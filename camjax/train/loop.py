@@ -267,14 +267,19 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str):
     try:
         state = checkpoint.restore(manager, abstract_train_state(config, model, tx, mesh), config)
     except checkpoint.CheckpointError as e:
-        if not differences or not str(e).startswith("no good checkpoint"):
+        optim = "; ".join(d for d in differences.split("; ") if d.startswith("optim."))
+        if not (optim and e.rejected) or any(
+            not reason.startswith(checkpoint.UNREADABLE) for _, reason in e.rejected
+        ):
             raise
-        # Another optimizer (or clipping, or schedule) builds another state, which no step fits.
+        # Another optimizer (or clipping) builds another optimizer state, which no step fits.
         raise checkpoint.CheckpointError(
-            f"no checkpoint in {checkpoint.checkpoint_dir(workdir)} restores into the state "
-            f"this config builds, and the config differs from the run's ({differences}). "
-            "Resume with the config the run was trained with (its config.json), or train in "
-            "another workdir; nothing was moved or deleted."
+            f"no step in {checkpoint.checkpoint_dir(workdir)} reads into the state this config "
+            f"builds, and its optimizer differs from the run's ({optim}). Resume with the "
+            "config the run was trained with (its config.json), or train in another workdir; "
+            "nothing was moved or deleted. The steps: "
+            + "; ".join(f"step {step}: {reason}" for step, reason in e.rejected),
+            e.rejected,
         ) from None
     restored = int(state.step)
     log.info("Resumed from the checkpoint at step %d.", restored)

@@ -210,6 +210,21 @@ def test_eigen_cam_is_oriented_and_class_agnostic():
     assert flipped.shape == p.shape
 
 
+def test_uncentred_eigen_cam_of_a_relu_layer_is_never_all_zero():
+    """Post-ReLU activations: a small object, very active in one channel, on a large background
+    that holds more of the energy in others. The uncentred projection is the background's
+    component, >= 0 everywhere; oriented by the centred channel sum (the object is above its
+    mean) it came out <= 0 everywhere, an all-zero map after Eigen-CAM's ReLU."""
+    rng = np.random.default_rng(3)
+    x = np.zeros((32, 7, 7, 8))
+    x[..., 1] = rng.uniform(1.3, 1.7, (32, 7, 7))  # background: one channel of ~1.5
+    x[:, 3:5, 3:5, :] = 0.0
+    x[:, 3:5, 3:5, 0] = rng.uniform(3.5, 4.5, (32, 2, 2))  # the object: one channel of ~4
+    maps = np.asarray(jax.vmap(explain.activation.principal_projection)(jnp.asarray(x)))
+    assert np.all(maps.max(axis=(1, 2)) > 0)
+    assert np.all(maps >= -1e-5 * np.abs(maps).max())
+
+
 def spectrum_matrix(rng, eigenvalues):
     """A symmetric PSD float64 matrix with these eigenvalues and a random eigenbasis."""
     q, _ = np.linalg.qr(rng.standard_normal((len(eigenvalues), len(eigenvalues))))
@@ -248,8 +263,8 @@ def test_principal_projection_is_float64_svds(shape, center):
     flat = x.reshape(-1, shape[-1])
     u, s, _ = np.linalg.svd(flat - flat.mean(0) if center else flat, full_matrices=False)
     ref = (u[:, 0] * s[0]).reshape(shape[:2])
-    activity = x.sum(-1)
-    ref *= np.sign(np.sum(ref * (activity - activity.mean())))
+    activity = x.sum(-1) - (x.sum(-1).mean() if center else 0.0)
+    ref *= np.sign(np.sum(ref * activity))
     ours = explain.activation.principal_projection(jnp.asarray(x, jnp.float32), center)
     np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
     other = explain.activation.principal_projection(jnp.asarray(x, jnp.float32), not center)

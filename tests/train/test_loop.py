@@ -199,14 +199,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(resumable):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
-def test_a_damaged_newest_step_stops_training_until_a_person_removes_it(resumable):
-    """Resuming from the newest good step would save over the rejected newer one: training
-    says so and moves nothing; once it is removed, training resumes from the good step, and
-    a later non-finite loss names that step, not the damaged one."""
-    config, workdir = resumable
-    damaged = os.path.join(checkpoint.checkpoint_dir(workdir), "2")
+def flip_a_byte(step_dir):
+    """Flips a byte in the middle of the largest array file of a step."""
     data_file = max(
-        (os.path.join(r, f) for r, _, fs in os.walk(os.path.join(damaged, "state")) for f in fs),
+        (os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state")) for f in fs),
         key=os.path.getsize,
     )
     with open(data_file, "r+b") as f:
@@ -214,6 +210,15 @@ def test_a_damaged_newest_step_stops_training_until_a_person_removes_it(resumabl
         byte = f.read(1)[0]
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte ^ 0xFF]))
+
+
+def test_a_damaged_newest_step_stops_training_until_a_person_removes_it(resumable):
+    """Resuming from the newest good step would save over the rejected newer one: training
+    says so and moves nothing; once it is removed, training resumes from the good step, and
+    a later non-finite loss names that step, not the damaged one."""
+    config, workdir = resumable
+    damaged = os.path.join(checkpoint.checkpoint_dir(workdir), "2")
+    flip_a_byte(damaged)
     config.train.num_steps = 4
     with pytest.raises(checkpoint.CheckpointError, match=r"newer steps \[2\] .*\(rm -r .*/2\)"):
         loop.train_and_evaluate(config, workdir)
@@ -274,7 +279,19 @@ def test_resuming_with_another_optimizer_names_the_config_not_damage(resumable):
     config, workdir = resumable
     config.train.num_steps = 4
     config.optim.name = "sgd" if config.optim.name != "sgd" else "adam"
-    with pytest.raises(checkpoint.CheckpointError, match=r"differs from the run's \(optim.name"):
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"optimizer differs from the run's \(optim.name"
+    ):
+        loop.train_and_evaluate(config, workdir)
+
+
+def test_damaged_steps_are_reported_as_damage_whatever_else_the_config_changes(resumable):
+    """Only an optimizer difference with unreadable steps is reported as a config problem."""
+    config, workdir = resumable
+    for step in ("1", "2"):
+        flip_a_byte(os.path.join(checkpoint.checkpoint_dir(workdir), step))
+    config.train.num_steps = 4
+    with pytest.raises(checkpoint.CheckpointError, match=r"no good checkpoint .* does not match"):
         loop.train_and_evaluate(config, workdir)
 
 
