@@ -134,10 +134,9 @@ def _fill_holes(q, h, w):
     return filled
 
 
-# The two sweeps keep their per-pixel steps in one loop body, past the usual function length:
-# as a helper shared by both, the union step ran 2.2-3.8x slower, inlined by numba or not, as
-# numba reference-counts its 8 array arguments at every pixel (benchmarks/RESULTS.md, "Audits
-# against the outside references"; issue 11).
+# The sweeps keep their per-pixel steps in one loop body, past the usual function length: as a
+# shared helper the union step ran 2.2-3.8x slower, inlined or not (numba reference-counts its 8
+# array arguments per pixel; benchmarks/RESULTS.md, ninth session's audits; issue 11).
 @jit
 def _outer_sweep(order, h, w, rule, gt, num_gt, deltas, boxes_out):
     """Adds pixels from value 255 down and reports, after each level, the boxes of the
