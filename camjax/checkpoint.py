@@ -132,7 +132,9 @@ def restore_variables(
 def _restore_newest_good(
     manager: ocp.CheckpointManager, config, read: Callable[[int], Any]
 ) -> tuple[Any, int]:
-    """(tree, step) of the newest step that reads, matches its digests and is finite."""
+    """(tree, step) of the newest step that reads, matches its digests and is finite. With
+    none: a config error when no step matched the config and some named another, else a
+    damage report listing every step's reason."""
     directory = str(manager.directory)
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
