@@ -70,18 +70,26 @@ def _raised_by_camjax(e: BaseException) -> bool:
 
 def check_writable(workdir: str) -> None:
     """Fails at once, in one line, if workdir cannot be created or written (process 0 writes
-    there), rather than after the work whose results it would hold."""
-    if jax.process_index() != 0:
-        return
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with tempfile.TemporaryFile(dir=workdir):
-            pass
-    except OSError as e:
-        raise PermissionError(
-            f"{workdir} is not a writable directory ({e.strerror}); choose another --workdir or "
-            "fix its permissions."
-        ) from None
+    there), rather than after the work whose results it would hold. In a multi-host job every
+    process fails with it: the others would otherwise wait in their first collective."""
+    problem = ""
+    if jax.process_index() == 0:
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            with tempfile.TemporaryFile(dir=workdir):
+                pass
+        except OSError as e:
+            problem = (
+                f"{workdir} is not a writable directory ({e.strerror}); choose another "
+                "--workdir or fix its permissions."
+            )
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        if multihost_utils.broadcast_one_to_all(np.int32(bool(problem))) and not problem:
+            problem = f"process 0 cannot write {workdir} (its error says why); nothing was done."
+    if problem:
+        raise PermissionError(problem)
 
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

@@ -232,3 +232,19 @@ def test_killed_process_then_restart_of_both_resumes_bit_identically(runs):
     # The steps redone after the resume are logged once, with the straight run's losses.
     rows = [[(r["step"], r["train/loss"]) for r in metric_rows(d)] for d in (workdir, runs["two"])]
     assert rows[0] == rows[1]
+
+
+def test_an_unwritable_workdir_stops_every_process(runs, tmp_path):
+    """Process 0 cannot write the workdir: both processes stop at once with one line, process 1
+    too (it would otherwise wait in its first collective for a process that has exited)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    logs = str(tmp_path / "logs")
+    procs = start_two(str(blocker / "run"), runs["data_dir"], logs)
+    for p in procs:
+        p.wait(timeout=300)
+    texts = [open(os.path.join(logs, f"process_{i}.log")).read() for i in range(2)]
+    assert [p.returncode for p in procs] == [1, 1], texts
+    assert "a_file/run is not a writable directory" in texts[0]
+    assert "process 1: process 0 cannot write" in texts[1]
+    assert all("Traceback" not in text for text in texts)
