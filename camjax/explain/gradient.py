@@ -83,6 +83,8 @@ def layer_cam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:
 
 
 def eigen_grad_cam_map(acts: jax.Array, grads: jax.Array, center: bool = True) -> jax.Array:
+    """Eigen-Grad-CAM: Eigen-CAM's projection of G * A, one map per target (centred by
+    default: its only definition, pytorch-grad-cam's)."""
     project = jax.vmap(jax.vmap(lambda x: principal_projection(x, center)))
     return jax.nn.relu(jnp.moveaxis(project(grads * acts), 0, 1))
 
@@ -96,13 +98,14 @@ def single_layer(probe: Probe, method: str) -> None:
 
 
 def gradient_method(map_fn):
-    """A registered method from a `map_fn(acts, grads)`: one layer, one backward pass."""
+    """A registered method from a `map_fn(acts, grads, **options)`: one layer, one backward
+    pass; the explainer's options go to map_fn."""
 
-    def method(probe: Probe, variables, images, target: Target, key):
+    def method(probe: Probe, variables, images, target: Target, key, **options):
         del key  # deterministic
         single_layer(probe, map_fn.__name__.removesuffix("_map"))
         logits, (acts,), (grads,) = probe.gradients(variables, images, target.cotangents)
-        return logits, target.classes(logits), map_fn(acts, grads)
+        return logits, target.classes(logits), map_fn(acts, grads, **options)
 
     method.__doc__ = map_fn.__doc__
     return method
@@ -136,15 +139,6 @@ def smooth_grad_cam_pp(
     return logits, classes, jax.nn.relu(weighted_sum(acts, grad_cam_pp_weights(acts, g, g2, g3)))
 
 
-def eigen_grad_cam(probe: Probe, variables, images, target: Target, key, center: bool = True):
-    """Eigen-Grad-CAM: Eigen-CAM's projection of G * A, one map per target (centred by
-    default: its only definition, pytorch-grad-cam's)."""
-    del key
-    single_layer(probe, "eigen_grad_cam")
-    logits, (acts,), (grads,) = probe.gradients(variables, images, target.cotangents)
-    return logits, target.classes(logits), eigen_grad_cam_map(acts, grads, center)
-
-
 def layer_cam(probe: Probe, variables, images, target: Target, key, gamma: float = 2.0):
     """LayerCAM of one layer, or of several fused (`fuse_layer_maps`)."""
     del key
@@ -172,3 +166,4 @@ grad_cam = gradient_method(grad_cam_map)
 grad_cam_pp = gradient_method(grad_cam_pp_map)
 xgrad_cam = gradient_method(xgrad_cam_map)
 hires_cam = gradient_method(hires_cam_map)
+eigen_grad_cam = gradient_method(eigen_grad_cam_map)
