@@ -142,17 +142,20 @@ def _restore_newest_good(
             f"no checkpoint in {directory}; train first (train.py --workdir with the same "
             "directory) or point --workdir at a trained run."
         )
-    rejected, other_config, config_matched = [], [], False
+    rejected, config_matched = [], False
     for step in steps:
         tree, reason, matched = _verified(manager, config, step, read)
         config_matched = config_matched or matched
-        if reason:
-            rejected.append((step, reason))
+        if not reason:
+            if rejected:
+                log.warning(
+                    "Restored checkpoint step %d, the newest good one in %s.", step, directory
+                )
+            return tree, step
+        rejected.append((step, reason))
         if reason.startswith(_OTHER_CONFIG):
-            other_config.append((step, reason))
             log.warning("Skipped checkpoint step %d in %s: it %s.", step, directory, reason)
-            continue
-        if reason:
+        else:
             log.warning(
                 "Skipped checkpoint step %d in %s: %s. Nothing was moved or deleted; once you "
                 "have looked at it, remove it with: rm -r %s",
@@ -161,10 +164,7 @@ def _restore_newest_good(
                 reason,
                 os.path.join(directory, str(step)),
             )
-            continue
-        if rejected:
-            log.warning("Restored checkpoint step %d, the newest good one in %s.", step, directory)
-        return tree, step
+    other_config = [(step, reason) for step, reason in rejected if reason.startswith(_OTHER_CONFIG)]
     if other_config and not config_matched:
         # No step agrees with the config and some say it differs: the config is wrong, not
         # the checkpoints (the others' metadata did not read).
@@ -175,11 +175,15 @@ def _restore_newest_good(
             tuple(rejected),
         )
     raise CheckpointError(
-        f"no good checkpoint in {directory}: "
-        + "; ".join(f"step {step}: {reason}" for step, reason in rejected)
-        + ". Nothing was moved or deleted; remove the damaged steps (rm -r) and train again.",
+        f"no good checkpoint in {directory}: {rejected_steps(rejected)}. Nothing was moved or "
+        "deleted; remove the damaged steps (rm -r) and train again.",
         tuple(rejected),
     )
+
+
+def rejected_steps(rejected) -> str:
+    """'step 6: reason; step 4: reason' of `CheckpointError.rejected`."""
+    return "; ".join(f"step {step}: {reason}" for step, reason in rejected)
 
 
 _OTHER_CONFIG = "was trained with a different config"
@@ -357,13 +361,19 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     return config
 
 
-def run_config_differences(workdir: str, config: ml_collections.ConfigDict) -> str:
-    """Where `config` differs from the run's saved config, as 'section.field: run A, given B;
-    ...' ('' when they agree or the run saved none)."""
+def run_config_differences(
+    workdir: str, config: ml_collections.ConfigDict, section: str | None = None
+) -> str:
+    """Where `config` (or its `section`, e.g. 'optim') differs from the run's saved config, as
+    'section.field: run A, given B; ...' ('' when they agree or the run saved none)."""
     path = os.path.join(workdir, RUN_CONFIG)
     if not os.path.exists(path):
         return ""
-    return _differences(_read_json(path), _config_json(config), labels=("run", "given"))
+    saved, given = _read_json(path), _config_json(config)
+    if section is not None:
+        saved, given = saved.get(section, {}), given.get(section, {})
+    prefix = f"{section}." if section is not None else ""
+    return _differences(saved, given, prefix, labels=("run", "given"))
 
 
 def _read_json(path: str) -> Any:

@@ -267,18 +267,18 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str):
     try:
         state = checkpoint.restore(manager, abstract_train_state(config, model, tx, mesh), config)
     except checkpoint.CheckpointError as e:
-        optim = "; ".join(d for d in differences.split("; ") if d.startswith("optim."))
-        if not (optim and e.rejected) or any(
-            not reason.startswith(checkpoint.UNREADABLE) for _, reason in e.rejected
-        ):
+        unreadable = e.rejected and all(
+            reason.startswith(checkpoint.UNREADABLE) for _, reason in e.rejected
+        )
+        optim = unreadable and checkpoint.run_config_differences(workdir, config, "optim")
+        if not optim:
             raise
         # Another optimizer (or clipping) builds another optimizer state, which no step fits.
         raise checkpoint.CheckpointError(
             f"no step in {checkpoint.checkpoint_dir(workdir)} reads into the state this config "
             f"builds, and its optimizer differs from the run's ({optim}). Resume with the "
             "config the run was trained with (its config.json), or train in another workdir; "
-            "nothing was moved or deleted. The steps: "
-            + "; ".join(f"step {step}: {reason}" for step, reason in e.rejected),
+            f"nothing was moved or deleted. The steps: {checkpoint.rejected_steps(e.rejected)}",
             e.rejected,
         ) from None
     restored = int(state.step)
