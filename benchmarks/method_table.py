@@ -46,8 +46,9 @@ COLUMNS = (
 )
 
 
-def images_per_second(evaluator, variables, method: str, repeats: int, batch: int = 0) -> float:
-    """The explainer alone on `batch` test images (default: one eval batch), compile excluded."""
+def images_per_second(evaluator, variables, repeats: int, batch: int = 0) -> float:
+    """The evaluator's explainer (its method and options) alone on `batch` test images (default:
+    one eval batch), compile excluded."""
     config = evaluator.config
     source = experiment.data_sources(config)[config.data.test_split]
     n = min(batch or config.eval.batch_size, len(source))
@@ -60,10 +61,11 @@ def images_per_second(evaluator, variables, method: str, repeats: int, batch: in
     f = explain.explainer(
         evaluator.model,
         variables,
-        method,
+        evaluator.method,
         layer=evaluator.layer,
         resize=config.eval.resize_method,
         apply_kwargs={"train": False},
+        **evaluator.options,
     )
     jax.block_until_ready(f(images, labels))  # compile
     times = []
@@ -88,9 +90,7 @@ def method_row(
         "Deletion": faith["deletion_auc"],
         "Insertion": faith["insertion_auc"],
         "Pointing": faith["pointing_game"],
-        "images/s": images_per_second(
-            evaluator, variables, evaluator.method, repeats, timing_batch
-        ),
+        "images/s": images_per_second(evaluator, variables, repeats, timing_batch),
         "num_images": faith["num_images"],
     }
 

@@ -10,6 +10,8 @@ overrides fields.
 
 import ml_collections
 
+from camjax import explain
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -155,6 +157,9 @@ def get_config() -> ml_collections.ConfigDict:
     # ("cam": the GAP network's own CAM, the paper's), read at the module path `layer`.
     ev.method = "cam"
     ev.layer = "feature_map"
+    # Every method's own options at their defaults (e.g. --config.eval.options.ss_cam.std=0.5);
+    # only the chosen method's are read. ('cam' reads the GAP network's head itself.)
+    ev.options = {m: o for m, o in explain.default_options().items() if m != "cam"}
     # Faithfulness of the method's maps on the test split (camjax/evaluation/faithfulness.py):
     # Average Drop and Increase in Confidence, RISE Deletion/Insertion AUC, pointing game.
     ev.faithfulness = faith = ml_collections.ConfigDict()

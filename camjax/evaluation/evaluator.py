@@ -72,6 +72,16 @@ def method_and_layer(config: ml_collections.ConfigDict) -> tuple[str, str]:
     return method, config.eval.get("layer", "feature_map")
 
 
+def method_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """config.eval.options of the chosen method, for its explainer ({} for 'cam', and in runs
+    saved before the field existed: the method's defaults)."""
+    method, _ = method_and_layer(config)
+    options = config.eval.get("options")
+    if options is None or method not in options:
+        return {}
+    return options[method].to_dict()
+
+
 def faithfulness_settings(
     config: ml_collections.ConfigDict,
 ) -> faith_lib.FaithfulnessSettings | None:
@@ -117,6 +127,7 @@ class Evaluator:
         self.prep = experiment.preprocess_config(config)
         self.sharding = experiment.data_sharding(mesh)
         self.method, self.layer = method_and_layer(config)
+        self.options = method_options(config)
         # explainer(variables, **postprocessing): the chosen method's maps; its compiled
         # function is cached per options, so making it inside a traced step costs nothing.
         self._explainer = functools.partial(
@@ -125,6 +136,7 @@ class Evaluator:
             method=self.method,
             layer=self.layer,
             apply_kwargs={"train": False},
+            **self.options,
         )
         self._takes_labels = takes_labels(model)
         self.faithfulness = faithfulness_settings(config)

@@ -11,6 +11,7 @@ import numpy as np
 from camjax import cam as cam_lib
 from camjax import experiment, explain, viz
 from camjax.data import pipeline
+from camjax.evaluation.evaluator import method_options
 from camjax.localization.boxes import box_from_scoremap
 
 
@@ -81,6 +82,7 @@ def _top1_maps(config, model, variables, x) -> tuple[jax.Array, jax.Array]:
             resize=ev.resize_method,
             normalize=ev.cam_normalization,
             apply_kwargs={"train": False},
+            **method_options(config),
         )
     out = f(x)
     return out.cams[:, 0], out.classes[:, 0]

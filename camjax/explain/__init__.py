@@ -19,6 +19,7 @@ deterministic mode: `apply_kwargs`, default none, are passed to every `model.app
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -50,6 +51,17 @@ METHODS: dict[str, Callable[..., tuple[jax.Array, jax.Array, jax.Array]]] = {
     "ablation_cam": perturbation.ablation_cam,
     "bag_cams": bagcams.bag_cams,
 }
+
+
+def default_options() -> dict[str, dict[str, Any]]:
+    """Each method's own options with their defaults, {method: {option: default}}: the keyword
+    arguments after `key` (a gradient method's are its map function's). What
+    config.eval.options holds, so that evaluate.py can set any of them."""
+    out = {}
+    for name, method in METHODS.items():
+        params = inspect.signature(getattr(method, "map_fn", method)).parameters.values()
+        out[name] = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+    return out
 
 
 class CamOutput(NamedTuple):

@@ -108,6 +108,7 @@ def gradient_method(map_fn):
         return logits, target.classes(logits), map_fn(acts, grads, **options)
 
     method.__doc__ = map_fn.__doc__
+    method.map_fn = map_fn  # its options are map_fn's (`camjax.explain.default_options`)
     return method
 
 
