@@ -215,7 +215,7 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
     saved_step = meta.pop("step", step)  # absent in steps saved before the step was recorded
     if saved_step != step:
         return None, f"it holds step {saved_step!r}, not {step} (renamed or copied by hand?)", False
-    expected = model_fingerprint(config)
+    expected = json.loads(json.dumps(model_fingerprint(config)))  # as saved: tuples are lists
     if meta != expected:
         return None, f"{_OTHER_CONFIG}: {_differences(meta, expected)}", False
     try:
@@ -356,9 +356,19 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
             f"no {RUN_CONFIG} in {workdir}: it is written at a run's first checkpoint. Train "
             "there first, or pass --config with the config the run was trained with."
         )
-    config = ml_collections.ConfigDict(_read_json(path))
+    config = ml_collections.ConfigDict(_tuples(_read_json(path)))
     config.lock()
     return config
+
+
+def _tuples(value: Any) -> Any:
+    """JSON's lists back as the tuples config files write, which --config.x=... can override
+    (ml_collections cannot override a list field)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
 
 
 def run_config_differences(

@@ -51,6 +51,40 @@ def user_errors():
         sys.exit(1)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing for the entry points (`app.run(main, flags_parser=parse_flags)`),
+    with `config_override_errors`."""
+    from absl import app
+
+    with config_override_errors(argv):
+        return app.parse_flags_with_usage(argv)
+
+
+@contextlib.contextmanager
+def config_override_errors(argv: list[str]):
+    """Around what applies --config.x.y overrides (flag parsing; defining a config flag from a
+    ConfigDict): an override naming no field reaches the user from ml_collections as a
+    KeyError or AttributeError under a traceback; it is reported as absl reports a bad flag
+    value, in one line (``FATAL Flags parsing error: ...``), exit code 1."""
+    try:
+        yield
+    except (AttributeError, KeyError) as e:
+        cause = e
+        while cause.args and isinstance(cause.args[0], BaseException):
+            cause = cause.args[0]  # ml_collections wraps its KeyError in an AttributeError
+        # Its message: 'name' + newline + 'Did you mean "other" instead of "name"?'
+        key, _, hint = str(cause.args[0] if cause.args else cause).partition("\n")
+        key = key.strip("'\"")
+        given = [a.split("=")[0] for a in argv[1:] if a.lstrip("-").startswith("config.")]
+        where = next((a for a in given if key in a.split(".")), None)
+        if where is None:
+            raise  # not an override's path: a config file's own error keeps its traceback
+        hint = f" ({hint[0].lower()}{hint[1:]})" if hint else ""
+        message = f"{where}: the config has no field {key!r}{hint}"
+        print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
 _RAISE = dis.opmap["RAISE_VARARGS"]
 
 

@@ -97,10 +97,19 @@ def evaluate_cli(*args):
 @pytest.mark.slow  # two evaluate.py processes, end to end
 def test_evaluate_needs_only_the_workdir(saved_run):
     config, workdir, _ = saved_run
-    done = evaluate_cli(f"--workdir={workdir}")
+    # The run's own config, with overrides of its fields (a tuple saved as a JSON list too).
+    done = evaluate_cli(
+        f"--workdir={workdir}", "--config.eval.top_k=2", "--config.eval.wsol.iou_thresholds=(40,)"
+    )
     assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        "overrides of the run's saved config: eval.top_k: run 5, given 2; "
+        "eval.wsol.iou_thresholds: run [30, 50, 70], given [40]"
+    ) in done.stderr
     with open(os.path.join(workdir, "metrics.json")) as f:
-        assert json.load(f)["test_at_val_threshold"]["num_images"] == config.data.num_test
+        metrics = json.load(f)
+    assert metrics["test_at_val_threshold"]["num_images"] == config.data.num_test
+    assert metrics["top_k"] == 2 and "top2_cls" in metrics["test_at_val_threshold"]
     # An explicit --config is used and checked: its differences from the run's are listed.
     done = evaluate_cli(
         f"--workdir={workdir}",
@@ -110,6 +119,27 @@ def test_evaluate_needs_only_the_workdir(saved_run):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "differs from the run's saved config: eval.num_gallery: run 1, given 0" in done.stderr
+
+
+def test_a_config_override_naming_no_field_is_one_line(saved_run, tmp_path):
+    _, workdir, _ = saved_run
+    done = evaluate_cli(f"--workdir={workdir}", "--config.eval.methd=grad_cam")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "FATAL Flags parsing error: --config.eval.methd: the config has no field 'methd' "
+        '(did you mean "method" instead of "methd"?)'
+    )
+    train = [os.path.join(REPO, "train.py"), "--config=configs/tiny.py", f"--workdir={tmp_path}"]
+    done = subprocess.run(
+        [sys.executable, *train, "--config.trian.num_steps=3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "--config.trian.num_steps: the config has no field 'trian'" in done.stderr
+    assert not os.listdir(tmp_path)
 
 
 def test_a_user_error_is_one_line_without_a_traceback(tmp_path):
