@@ -55,8 +55,9 @@ def define_config_flag(argv: list[str]) -> bool:
     if not gives_file and workdir:
         try:
             saved = checkpoint.load_run_config(workdir)
-        except checkpoint.CheckpointError:
-            pass  # missing or unreadable: evaluate() reports it in one line
+        except checkpoint.CheckpointError as e:  # missing or unreadable: said before any flag
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
     help_text = "Config file; default: the one the run saved (workdir/config.json)."
     if saved is None:
         config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
@@ -75,11 +76,9 @@ def main(argv, run_config: bool):
 
 
 def evaluate(config, run_config: bool) -> None:
-    """Evaluates the run in --workdir with `config` (None: the config the run saved), which is
-    the run's own config with overrides when `run_config`, else a --config file's."""
-    if config is None:
-        config = checkpoint.load_run_config(FLAGS.workdir)
-    elif diffs := checkpoint.run_config_differences(FLAGS.workdir, config):
+    """Evaluates the run in --workdir with `config`: the run's own with overrides when
+    `run_config`, else a --config file's."""
+    if diffs := checkpoint.run_config_differences(FLAGS.workdir, config):
         if run_config:
             log.info("overrides of the run's saved config: %s", diffs)
         else:

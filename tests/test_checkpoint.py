@@ -142,8 +142,9 @@ def test_a_config_override_naming_no_field_is_one_line(saved_run, tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_a_user_error_is_one_line_without_a_traceback(tmp_path):
-    done = evaluate_cli(f"--workdir={tmp_path}")
+@pytest.mark.parametrize("overrides", [(), ("--config.eval.top_k=2",)])
+def test_a_user_error_is_one_line_without_a_traceback(tmp_path, overrides):
+    done = evaluate_cli(f"--workdir={tmp_path}", *overrides)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
