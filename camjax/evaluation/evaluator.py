@@ -74,12 +74,19 @@ def method_and_layer(config: ml_collections.ConfigDict) -> tuple[str, str]:
 
 def method_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """config.eval.options of the chosen method, for its explainer ({} for 'cam', and in runs
-    saved before the field existed: the method's defaults)."""
+    saved before the field existed: the method's defaults), checked against what the method
+    takes (a run's saved config may name an option that a later camjax renamed)."""
     method, _ = method_and_layer(config)
     options = config.eval.get("options")
     if options is None or method not in options:
         return {}
-    return options[method].to_dict()
+    given, known = options[method].to_dict(), explain.default_options()[method]
+    if unknown := sorted(set(given) - set(known)):
+        raise ValueError(
+            f"config.eval.options.{method} sets {', '.join(unknown)}, which {method} does not "
+            f"take; its options: {', '.join(known) or 'none'}."
+        )
+    return given
 
 
 def faithfulness_settings(

@@ -50,9 +50,11 @@ def weighted_sum(acts: jax.Array, weights: jax.Array) -> jax.Array:
     return jnp.einsum("bhwk,nbk->bnhw", acts, weights, precision=_HIGHEST)
 
 
-def grad_cam_map(acts: jax.Array, grads: jax.Array, relu: bool = True) -> jax.Array:
+def grad_cam_map(acts: jax.Array, grads: jax.Array, rectify: bool = True) -> jax.Array:
+    """rectify: the paper's ReLU of the weighted sum (False: the signed map). Not named `relu`:
+    that is the explainer's own post-processing argument, which would take it."""
     maps = weighted_sum(acts, jnp.mean(grads, axis=(2, 3)))
-    return jax.nn.relu(maps) if relu else maps
+    return jax.nn.relu(maps) if rectify else maps
 
 
 def grad_cam_pp_weights(acts: jax.Array, g: jax.Array, g2: jax.Array, g3: jax.Array) -> jax.Array:
@@ -73,9 +75,10 @@ def xgrad_cam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:
     return jax.nn.relu(weighted_sum(acts, weights))
 
 
-def hires_cam_map(acts: jax.Array, grads: jax.Array, relu: bool = True) -> jax.Array:
+def hires_cam_map(acts: jax.Array, grads: jax.Array, rectify: bool = True) -> jax.Array:
+    """rectify: as grad_cam_map's."""
     maps = jnp.moveaxis(jnp.sum(grads * acts, axis=-1), 0, 1)
-    return jax.nn.relu(maps) if relu else maps
+    return jax.nn.relu(maps) if rectify else maps
 
 
 def layer_cam_map(acts: jax.Array, grads: jax.Array) -> jax.Array:

@@ -67,8 +67,6 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # Added to (max - min) of a mask, as both peers do (1e-8); the official Score-CAM code has none.
 MASK_EPS = 1e-8
 WEIGHTS = ("probability", "channel_softmax")
-# grad-cam's AblationLayer: 0 if the activations' minimum is 0, else that minimum - 1e7.
-GRAD_CAM_ABLATION = "pytorch_grad_cam"
 
 
 @functools.lru_cache(maxsize=64)
@@ -351,14 +349,15 @@ def ablation_cam(
     target: Target,
     key,
     chunk_size: int = 32,
-    value: float | str = 0.0,
+    value: float = 0.0,
+    grad_cam_rule: bool = False,
 ):
     """Ablation-CAM: w_k = (y - y_k) / y, y_k the score with channel k of the layer set to
-    `value` (the paper's 0; 'pytorch_grad_cam': 0 if the image's activations have minimum 0,
-    else that minimum - 1e7, grad-cam's rule without its row-dependent quirk), the network run
-    with the layer's output replaced: what only feeds the layer is dead code, what bypasses it
-    (a skip connection) is computed once per chunk. One chunk: B * chunk_size copies of the
-    layer's (h, w, K) activations and the rest of the network on them."""
+    `value` (the paper's 0), or with `grad_cam_rule` to 0 if the image's activations have
+    minimum 0, else that minimum - 1e7 (grad-cam's rule without its row-dependent quirk). The
+    network runs with the layer's output replaced: what only feeds the layer is dead code, what
+    bypasses it (a skip connection) is computed once per chunk. One chunk: B * chunk_size copies
+    of the layer's (h, w, K) activations and the rest of the network on them."""
     del key
     single_layer(probe, "ablation_cam")
     logits, (raw,) = probe.run(variables, images)
@@ -366,11 +365,9 @@ def ablation_cam(
     classes = target.classes(logits)
     y = target.scores(logits[:, None], classes)  # (B, 1, n)
     b, _, _, k = acts.shape
-    if value == GRAD_CAM_ABLATION:
+    if grad_cam_rule:
         low = jnp.min(acts, axis=(1, 2, 3))
         value = jnp.where(low == 0, 0.0, low - 1e7)[None, :, None, None, None]
-    elif isinstance(value, str):
-        raise ValueError(f"value must be a number or {GRAD_CAM_ABLATION!r}; got {value!r}.")
 
     def scores(j):
         ablate = jax.nn.one_hot(j, k, dtype=bool)[:, None, None, None, :]

@@ -106,3 +106,8 @@ def test_the_chosen_methods_options_reach_its_maps(trained, tmp_path):
     legacy = method_config(config, "eigen_grad_cam", faithfulness=False)
     del legacy.eval["options"]  # a run saved before the field existed: the method's defaults
     assert evaluator_lib.method_options(legacy) == {}
+    renamed = method_config(config, "grad_cam", faithfulness=False)
+    with renamed.eval.options.unlocked():
+        renamed.eval.options.grad_cam = {"relu": False}  # an option's name in an older camjax
+    with pytest.raises(ValueError, match=r"options.grad_cam sets relu, which grad_cam does not "):
+        evaluator_lib.Evaluator(renamed, ev.model, ev.mesh, ev.protocol)

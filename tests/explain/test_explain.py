@@ -1,6 +1,7 @@
 """The explainer API on camjax's networks and on models a user brings (a CNN, a ViT)."""
 
 import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -42,8 +43,8 @@ def test_grad_cam_and_hires_cam_equal_cam_over_hw_on_a_gap_network():
     cams = explain.activation.cam_map(acts, variables["params"]["head"]["kernel"], classes)
     scale = float(jnp.max(jnp.abs(cams)))
     for maps in (
-        gradient.grad_cam_map(acts, grads, relu=False),
-        gradient.hires_cam_map(acts, grads, relu=False),
+        gradient.grad_cam_map(acts, grads, rectify=False),
+        gradient.hires_cam_map(acts, grads, rectify=False),
     ):
         np.testing.assert_allclose(maps * h * w, cams, atol=1e-5 * scale, rtol=0)
     # and the CAM's spatial mean plus the bias is the logit (the paper's identity)
@@ -51,6 +52,20 @@ def test_grad_cam_and_hires_cam_equal_cam_over_hw_on_a_gap_network():
     np.testing.assert_allclose(
         cams.mean(axis=(2, 3)) + bias[classes], jnp.take_along_axis(logits, classes, 1), atol=1e-5
     )
+
+
+def test_every_method_option_reaches_the_method_through_the_explainer():
+    """explainer(**options) passes each of them on: none may share a name with the explainer's
+    own arguments, which would take it (as `relu` once did grad_cam's)."""
+    own = set(inspect.signature(explain.explainer).parameters) - {"options"}
+    for method, options in explain.default_options().items():
+        assert not own & set(options), method
+    model, variables, images = gap_network()
+    kwargs = {"top_k": None, "size": None, "normalize": False}  # every class's raw map
+    signed = explain.explainer(model, variables, "grad_cam", rectify=False, **kwargs)(images)
+    rectified = explain.explainer(model, variables, "grad_cam", **kwargs)(images)
+    assert float(signed.cams.min()) < 0
+    np.testing.assert_array_equal(rectified.cams, jax.nn.relu(signed.cams))
 
 
 def test_cam_method_equals_cam_fn():
@@ -150,7 +165,7 @@ def test_resnet_feature_map_is_gap_input_too():
     _, (acts,), (grads,) = gradients(probe, variables, images, Target(given=classes).cotangents)
     cams = explain.activation.cam_map(acts, variables["params"]["head"]["kernel"], classes)
     h, w = acts.shape[1:3]
-    grad_cam = gradient.grad_cam_map(acts, grads, relu=False) * h * w
+    grad_cam = gradient.grad_cam_map(acts, grads, rectify=False) * h * w
     np.testing.assert_allclose(grad_cam, cams, atol=1e-5 * float(jnp.max(jnp.abs(cams))))
 
 

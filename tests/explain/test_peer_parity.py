@@ -483,7 +483,7 @@ def test_ablation_cam_matches_grad_cam(net):
     row-dependent min - (i + 1) 1e7 is a quirk camjax does not copy)."""
     _, _, images, _, _, layer, _ = network(net)
     assert ingredients(net, layer)[0].min(axis=(1, 2, 3)).max() == 0
-    raw = camjax_raw(net, "ablation_cam", (layer,), value="pytorch_grad_cam")
+    raw = camjax_raw(net, "ablation_cam", (layer,), grad_cam_rule=True)
     theirs = run_gradcam(pytorch_grad_cam.AblationCAM, net, [layer])
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
 
