@@ -19,9 +19,8 @@ import logging
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from camjax import checkpoint, experiment
+from camjax import checkpoint, cli
 from camjax.evaluation import export, report
 from camjax.evaluation import run as run_lib
 from camjax.train import distributed
@@ -37,47 +36,19 @@ flags.DEFINE_string(
 )
 
 
-def define_config_flag(argv: list[str]) -> bool:
-    """Defines --config before absl parses argv: the config file given, else the config the run
-    in --workdir saved, so that --config.x=... overrides either. Returns whether it is the
-    run's. (Override flags are made from a config's fields, so the run's config is read
-    before the flags are parsed: --workdir is looked up in argv here.)"""
-    args = argv[1:]
-    gives_file = any(
-        a in ("--config", "-config") or a.startswith(("--config=", "-config=")) for a in args
-    )
-    workdir = None
-    for i, a in enumerate(args):
-        name, eq, value = a.lstrip("-").partition("=")
-        if name == "workdir":
-            workdir = value if eq else (args[i + 1] if i + 1 < len(args) else None)
-    saved = None
-    if not gives_file and workdir:
-        try:
-            saved = checkpoint.load_run_config(workdir)
-        except checkpoint.CheckpointError as e:  # missing or unreadable: said before any flag
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
-    help_text = "Config file; default: the one the run saved (workdir/config.json)."
-    if saved is None:
-        config_flags.DEFINE_config_file("config", None, help_text, lock_config=True)
-    else:
-        with experiment.config_override_errors(argv):  # it applies the overrides now
-            config_flags.DEFINE_config_dict("config", saved, help_text, lock_config=True)
-    return saved is not None
-
-
 def main(argv, run_config: bool):
     del argv
-    experiment.setup_logging()
+    cli.setup_logging()
     distributed.initialize()
-    with experiment.user_errors():
+    with cli.user_errors():
         evaluate(FLAGS.config, run_config)
 
 
 def evaluate(config, run_config: bool) -> None:
     """Evaluates the run in --workdir with `config`: the run's own with overrides when
-    `run_config`, else a --config file's."""
+    `run_config`, else a --config file's (None: none given, and the run saved none)."""
+    if config is None:
+        config = checkpoint.load_run_config(FLAGS.workdir)  # raises, saying why
     if diffs := checkpoint.run_config_differences(FLAGS.workdir, config):
         if run_config:
             log.info("overrides of the run's saved config: %s", diffs)
@@ -96,5 +67,7 @@ def evaluate(config, run_config: bool) -> None:
 
 
 if __name__ == "__main__":
-    run_config = define_config_flag(sys.argv)
-    app.run(functools.partial(main, run_config=run_config), flags_parser=experiment.parse_flags)
+    run_config = cli.define_config_flag(
+        sys.argv, "Config file; default: the one the run saved (workdir/config.json)."
+    )
+    app.run(functools.partial(main, run_config=run_config), flags_parser=cli.parse_flags)

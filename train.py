@@ -9,7 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from camjax import experiment
+from camjax import cli
 from camjax.train import distributed
 from camjax.train.loop import TrainingInterrupted, train_and_evaluate
 
@@ -21,10 +21,10 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
     del argv
-    experiment.setup_logging()
+    cli.setup_logging()
     distributed.initialize()
     try:
-        with experiment.user_errors():
+        with cli.user_errors():
             train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except TrainingInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
@@ -32,4 +32,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=experiment.parse_flags)
+    app.run(main, flags_parser=cli.parse_flags)

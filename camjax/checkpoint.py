@@ -394,16 +394,24 @@ def _read_json(path: str) -> Any:
         raise CheckpointError(f"{path} is not valid JSON ({e}); restore or delete it.") from None
 
 
+_MISSING = object()
+
+
 def _differences(
     saved: dict, wanted: dict, prefix: str = "", labels: tuple[str, str] = ("checkpoint", "config")
 ) -> str:
     out = []
     for k in sorted(saved.keys() | wanted.keys()):
-        a, b = saved.get(k), wanted.get(k)
+        a, b = saved.get(k, _MISSING), wanted.get(k, _MISSING)
         if isinstance(a, dict) and isinstance(b, dict):
             inner = _differences(a, b, f"{prefix}{k}.", labels)
             if inner:
                 out.append(inner)
+        elif a is _MISSING or b is _MISSING:  # a field one side lacks (added by a later camjax)
+            absent, present, value = (*labels, b) if a is _MISSING else (*labels[::-1], a)
+            # A whole section is named, not dumped field by field.
+            shown = "has it" if isinstance(value, dict) else repr(value)
+            out.append(f"{prefix}{k}: {present} {shown}, {absent} has not")
         elif a != b:
             out.append(f"{prefix}{k}: {labels[0]} {a!r}, {labels[1]} {b!r}")
     return "; ".join(out)

@@ -4,11 +4,7 @@ The one place where config field names meet the library's rooms, shared by train
 evaluation so both build exactly the same model and data.
 """
 
-import contextlib
-import dis
-import logging
 import os
-import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 
@@ -22,84 +18,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from camjax.data import reopenable_sources
 from camjax.data.pipeline import PreprocessConfig
 from camjax.models import MODELS, create_model
-
-
-def setup_logging() -> None:
-    """What a person reads: camjax's progress at INFO, problems at WARNING, and the libraries'
-    (orbax, tfds, jax: they log through absl) at WARNING only. For the entry points."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    # camjax's records propagate to absl's handler, which does not filter by level itself.
-    logging.getLogger("camjax").setLevel(logging.INFO)
-
-
-@contextlib.contextmanager
-def user_errors():
-    """For the entry points: an error that camjax raised itself, a problem it diagnosed (a
-    config value, a checkpoint failing its checks, a non-finite loss, a directory it cannot
-    write), ends the process with its message alone and exit code 1, not under a traceback.
-    Errors raised elsewhere (a library, the interpreter) are bugs and keep their traceback, as
-    every error does with CAMJAX_TRACEBACK=1."""
-    try:
-        yield
-    except Exception as e:
-        if os.environ.get("CAMJAX_TRACEBACK", "0") not in ("", "0") or not _raised_by_camjax(e):
-            raise
-        where = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
-        print(f"error: {where}{e} (CAMJAX_TRACEBACK=1 shows where)", file=sys.stderr)
-        sys.exit(1)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing for the entry points (`app.run(main, flags_parser=parse_flags)`),
-    with `config_override_errors`."""
-    from absl import app
-
-    with config_override_errors(argv):
-        return app.parse_flags_with_usage(argv)
-
-
-@contextlib.contextmanager
-def config_override_errors(argv: list[str]):
-    """Around what applies --config.x.y overrides (flag parsing; defining a config flag from a
-    ConfigDict): an override naming no field reaches the user from ml_collections as a
-    KeyError or AttributeError under a traceback; it is reported as absl reports a bad flag
-    value, in one line (``FATAL Flags parsing error: ...``), exit code 1."""
-    try:
-        yield
-    except (AttributeError, KeyError) as e:
-        cause = e
-        while cause.args and isinstance(cause.args[0], BaseException):
-            cause = cause.args[0]  # ml_collections wraps its KeyError in an AttributeError
-        # Its message: 'name' + newline + 'Did you mean "other" instead of "name"?'
-        key, _, hint = str(cause.args[0] if cause.args else cause).partition("\n")
-        key = key.strip("'\"")
-        given = [a.split("=")[0] for a in argv[1:] if a.lstrip("-").startswith("config.")]
-        where = next((a for a in given if key in a.split(".")), None)
-        if where is None:
-            raise  # not an override's path: a config file's own error keeps its traceback
-        hint = f" ({hint[0].lower()}{hint[1:]})" if hint else ""
-        message = f"{where}: the config has no field {key!r}{hint}"
-        print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
-        sys.exit(1)
-
-
-_RAISE = dis.opmap["RAISE_VARARGS"]
-
-
-def _raised_by_camjax(e: BaseException) -> bool:
-    """Whether `e` comes from a `raise` statement in the camjax package: the innermost frame is
-    camjax's and stopped at a raise, not at a call into numpy or a library that raised."""
-    tb = e.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    code = tb.tb_frame.f_code
-    package = os.path.dirname(os.path.abspath(__file__))
-    inside = os.path.abspath(code.co_filename).startswith(package + os.sep)
-    return inside and code.co_code[tb.tb_lasti] == _RAISE
 
 
 def check_writable(workdir: str) -> None:

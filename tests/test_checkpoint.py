@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from camjax import cam as cam_lib
-from camjax import checkpoint, experiment
+from camjax import checkpoint, cli, experiment
 from camjax.train import optim
 from camjax.train import state as train_state
 from configs import tiny
@@ -53,6 +53,14 @@ def test_differences_from_the_run_config_are_listed(saved_run):
     other.eval.top_k = 3
     assert checkpoint.run_config_differences(workdir, other) == (
         "eval.top_k: run 5, given 3; optim.learning_rate: run 0.001, given 0.5"
+    )
+    # Fields one side lacks (a run saved by an older camjax): named, a section not dumped.
+    with other.unlocked():
+        del other.eval["options"], other.eval["top_k"]
+        other.eval.new_field = 1
+    assert checkpoint.run_config_differences(workdir, other) == (
+        "eval.new_field: given 1, run has not; eval.options: run has it, given has not; "
+        "eval.top_k: run 5, given has not; optim.learning_rate: run 0.001, given 0.5"
     )
 
 
@@ -155,15 +163,15 @@ def test_only_errors_camjax_raises_lose_their_traceback(tmp_path, capsys, monkey
     monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
     bad = tmp_path / "config.json"
     bad.write_text("{not json")
-    with pytest.raises(SystemExit) as stop, experiment.user_errors():
+    with pytest.raises(SystemExit) as stop, cli.user_errors():
         checkpoint.load_run_config(str(tmp_path))
     assert stop.value.code == 1
     assert capsys.readouterr().err.startswith(f"error: {bad} is not valid JSON")
     # Raised inside camjax's code but not by its raise statements (a bug): the traceback stays.
-    with pytest.raises(AttributeError), experiment.user_errors():
+    with pytest.raises(AttributeError), cli.user_errors():
         cam_lib.normalize_minmax("not an array")
     monkeypatch.setenv("CAMJAX_TRACEBACK", "1")
-    with pytest.raises(checkpoint.CheckpointError), experiment.user_errors():
+    with pytest.raises(checkpoint.CheckpointError), cli.user_errors():
         checkpoint.load_run_config(str(tmp_path))
 
 

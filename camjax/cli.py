@@ -1,0 +1,154 @@
+"""What the entry points (train.py, evaluate.py) share: logging, flag parsing, error reporting.
+
+A person reads one line for a problem camjax diagnosed or a bad flag, and a traceback for a bug.
+"""
+
+import contextlib
+import dis
+import logging
+import os
+import re
+import sys
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from camjax import checkpoint
+
+# How ml_collections spells an override of a config flag's field: --config.a.b=v, --noconfig.c.
+_OVERRIDE = re.compile(r"-{1,2}(no)?config\.")
+_CONFIG_FILE = re.compile(r"-{1,2}config(=|$)")
+
+
+def setup_logging() -> None:
+    """What a person reads: camjax's progress at INFO, problems at WARNING, and the libraries'
+    (orbax, tfds, jax: they log through absl) at WARNING only."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    # camjax's records propagate to absl's handler, which does not filter by level itself.
+    logging.getLogger("camjax").setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """An error that camjax raised itself, a problem it diagnosed (a config value, a checkpoint
+    failing its checks, a non-finite loss, a directory it cannot write), ends the process with
+    its message alone and exit code 1, not under a traceback. Errors raised elsewhere (a
+    library, the interpreter) are bugs and keep their traceback, as every error does with
+    CAMJAX_TRACEBACK=1."""
+    try:
+        yield
+    except Exception as e:
+        if os.environ.get("CAMJAX_TRACEBACK", "0") not in ("", "0") or not _raised_by_camjax(e):
+            raise
+        where = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
+        print(f"error: {where}{e} (CAMJAX_TRACEBACK=1 shows where)", file=sys.stderr)
+        sys.exit(1)
+
+
+_RAISE = dis.opmap["RAISE_VARARGS"]
+
+
+def _raised_by_camjax(e: BaseException) -> bool:
+    """Whether `e` comes from a `raise` statement in the camjax package: the innermost frame is
+    camjax's and stopped at a raise, not at a call into numpy or a library that raised."""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    package = os.path.dirname(os.path.abspath(__file__))
+    inside = os.path.abspath(code.co_filename).startswith(package + os.sep)
+    return inside and code.co_code[tb.tb_lasti] == _RAISE
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`), with
+    `config_override_errors`."""
+    with config_override_errors(argv):
+        return app.parse_flags_with_usage(argv)
+
+
+@contextlib.contextmanager
+def config_override_errors(argv: list[str]):
+    """Around what applies --config.x.y overrides (flag parsing; defining a config flag): an
+    override naming no field of the config reaches the user from ml_collections as a KeyError,
+    AttributeError or TypeError under a traceback; it is reported as absl reports a bad flag
+    value, in one line (``FATAL Flags parsing error: ...``), exit code 1. Only errors raised
+    while ml_collections resolves an override's path are: a config file's own bug keeps its
+    traceback."""
+    try:
+        yield
+    except (AttributeError, KeyError, TypeError) as e:
+        if not _resolving_an_override(e):
+            raise
+        given = [a.split("=")[0] for a in argv[1:] if _OVERRIDE.match(a)]
+        cause = e
+        while cause.args and isinstance(cause.args[0], BaseException):
+            cause = cause.args[0]  # ml_collections wraps its KeyError in an AttributeError
+        # Its message for a missing field: 'name' + newline + 'Did you mean "other" ...?'
+        key, _, hint = str(cause.args[0] if cause.args else cause).partition("\n")
+        key = key.strip("'\"")
+        where = next((a for a in given if key in a.split(".")), None)
+        if isinstance(e, TypeError) or where is None:
+            message = f"{' '.join(given)}: not a field of the config ({cause})"
+        else:
+            hint = f" ({hint[0].lower()}{hint[1:]})" if hint else ""
+            message = f"{where}: the config has no field {key!r}{hint}"
+        print(f"FATAL Flags parsing error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _resolving_an_override(e: BaseException) -> bool:
+    """Whether `e` passed through ml_collections' resolution of an override's path."""
+    tb = e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("config_flags", "config_path.py")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def define_config_flag(
+    argv: list[str], help_text: str, flag_values: flags.FlagValues = flags.FLAGS
+) -> bool:
+    """Defines --config for an entry point that evaluates the run in --workdir: the config file
+    given, else the config the run saved (workdir/config.json), so that --config.x=...
+    overrides either. Returns whether it is the run's.
+
+    Override flags are made from a config's fields when the flag is defined, so --workdir is
+    read from argv first, flag files included, before absl parses the flags for main."""
+    args = flag_values.read_flags_from_files(argv[1:], force_gnu=False)
+    workdir = None
+    if not any(_CONFIG_FILE.match(a) for a in args):
+        try:
+            flag_values([argv[0], *args], known_only=True)
+            workdir = flag_values["workdir"].value
+        except flags.Error:
+            pass  # a missing or bad --workdir: absl says so when it parses for main
+        finally:
+            flag_values.unparse_flags()
+    saved = None
+    if workdir:
+        try:
+            saved = checkpoint.load_run_config(workdir)
+        except checkpoint.CheckpointError:
+            if any(_OVERRIDE.match(a) for a in args):
+                # Without the run's config its fields are no flags: say why now, not as
+                # "unknown flag --config.x".
+                with user_errors():
+                    raise
+            # Otherwise main reports it (after --help has had its turn).
+    if saved is None:
+        config_flags.DEFINE_config_file(
+            "config", None, help_text, flag_values, lock_config=True, sys_argv=argv
+        )
+    else:
+        with config_override_errors(argv):  # ml_collections applies the overrides here
+            config_flags.DEFINE_config_dict(
+                "config", saved, help_text, flag_values, lock_config=True, sys_argv=argv
+            )
+    return saved is not None

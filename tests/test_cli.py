@@ -1,0 +1,120 @@
+"""Tests for camjax/cli.py: the run's config as evaluate.py's --config, in every form absl takes
+--workdir, and one-line reports of overrides that name no field."""
+
+import pytest
+from absl import flags
+
+from camjax import cli
+from configs import tiny
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A workdir with a saved config.json, as train.py leaves it (tuples saved as lists)."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    config = tiny.get_config()
+    (workdir / "config.json").write_text(config.to_json_best_effort(sort_keys=True))
+    return str(workdir)
+
+
+def evaluate_flags():
+    """evaluate.py's own flags, on a FlagValues of their own."""
+    values = flags.FlagValues()
+    flags.DEFINE_string("workdir", None, "", flag_values=values, required=True)
+    flags.DEFINE_string("export_dir", None, "", flag_values=values)
+    return values
+
+
+def parse(argv):
+    values = evaluate_flags()
+    run_config = cli.define_config_flag(argv, "config", values)
+    values(argv)
+    return run_config, values
+
+
+@pytest.mark.parametrize("form", ["equals", "space", "single_dash", "flagfile", "value_workdir"])
+def test_the_run_config_is_the_config_flag_whatever_the_form_of_workdir(run_dir, tmp_path, form):
+    args = {
+        "equals": [f"--workdir={run_dir}"],
+        "space": ["--workdir", run_dir],
+        "single_dash": [f"-workdir={run_dir}"],
+        "flagfile": [f"--flagfile={tmp_path / 'flags.txt'}"],
+        # A value spelled like the flag is a value.
+        "value_workdir": ["--export_dir", "workdir", "--workdir", run_dir],
+    }[form]
+    (tmp_path / "flags.txt").write_text(f"--workdir={run_dir}\n")
+    argv = [
+        "evaluate.py",
+        *args,
+        "--config.eval.top_k=2",
+        "--config.eval.wsol.iou_thresholds=(40,)",
+    ]
+    run_config, values = parse(argv)
+    assert run_config and values.workdir == run_dir
+    assert values.config.eval.top_k == 2 and values.config.eval.wsol.iou_thresholds == (40,)
+    assert values.config.data.mean == tuple(tiny.get_config().data.mean)  # JSON list -> tuple
+
+
+def test_a_config_file_is_used_instead_when_given(run_dir, tmp_path):
+    (tmp_path / "cfg.txt").write_text("--config=configs/tiny.py\n")
+    for given in (["--config", "configs/tiny.py"], [f"--flagfile={tmp_path / 'cfg.txt'}"]):
+        argv = ["evaluate.py", f"--workdir={run_dir}", *given, "--config.eval.top_k=3"]
+        run_config, values = parse(argv)
+        assert not run_config and values.config.eval.top_k == 3
+
+
+def test_a_run_without_config_json_is_one_line_once_overrides_need_it(tmp_path, capsys):
+    # Without overrides the flag is a config file's, and evaluate() reports the missing file.
+    run_config, values = parse(["evaluate.py", f"--workdir={tmp_path}"])
+    assert not run_config and values.config is None
+    with pytest.raises(SystemExit) as stop:
+        parse(["evaluate.py", f"--workdir={tmp_path}", "--config.eval.top_k=2"])
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no config.json in {tmp_path}") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "--config.eval.top_kk=2",
+            "--config.eval.top_kk: the config has no field 'top_kk' "
+            '(did you mean "top_k" instead of "top_kk"?)',
+        ),
+        (
+            "--noconfig.eval.wsol.enabld",
+            "--noconfig.eval.wsol.enabld: the config has no field 'enabld' "
+            '(did you mean "enabled" instead of "enabld"?)',
+        ),
+        ("--config.data.mean.x=1", "--config.data.mean.x: not a field of the config ("),
+    ],
+)
+def test_an_override_naming_no_field_is_one_line(run_dir, capsys, override, message):
+    argv = ["evaluate.py", f"--workdir={run_dir}", override]
+    with pytest.raises(SystemExit) as stop:
+        values = evaluate_flags()
+        cli.define_config_flag(argv, "config", values)
+        with cli.config_override_errors(argv):
+            values(argv)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.startswith(f"FATAL Flags parsing error: {message}")
+
+
+def test_a_config_files_own_error_keeps_its_traceback(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from configs import tiny\n"
+        "def get_config():\n"
+        "    config = tiny.get_config()\n"
+        "    config.train.steps  # a bug in the file, not the user's override\n"
+        "    return config\n"
+    )
+    argv = ["train.py", f"--config={bad}", "--config.train.steps=3"]
+    values = flags.FlagValues()
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "", values, sys_argv=argv)
+    with pytest.raises(AttributeError), cli.config_override_errors(argv):
+        values(argv)
