@@ -215,7 +215,7 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
     saved_step = meta.pop("step", step)  # absent in steps saved before the step was recorded
     if saved_step != step:
         return None, f"it holds step {saved_step!r}, not {step} (renamed or copied by hand?)", False
-    expected = json.loads(json.dumps(model_fingerprint(config)))  # as saved: tuples are lists
+    expected = _as_json(model_fingerprint(config))  # as saved: tuples are lists
     if meta != expected:
         return None, f"{_OTHER_CONFIG}: {_differences(meta, expected)}", False
     try:
@@ -333,6 +333,11 @@ RUN_CONFIG = "config.json"
 def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The config as JSON values (tuples become lists), for saving and comparing."""
     return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def _as_json(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists), to compare with what was saved."""
+    return json.loads(json.dumps(value, sort_keys=True))
 
 
 def save_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -18,18 +18,27 @@ from PIL import Image, ImageDraw
 
 from camjax import checkpoint, experiment, explain, viz
 from camjax.data import pipeline
+from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import run as run_lib
 
 SCALE = 3  # 64 px images drawn at 192 px
 
 
 def method_maps(config, model, variables, images, labels) -> dict[str, np.ndarray]:
-    """name -> (B, H, W) maps in [0, 1] of the given classes, for every registered method."""
+    """name -> (B, H, W) maps in [0, 1] of the given classes, for every registered method, with
+    the options of the run's config.eval.options (the methods' defaults unless changed)."""
     x = pipeline.normalize_images(images, config.data.mean, config.data.std)
     maps = {}
     for name in explain.METHODS:
+        chosen = config.copy_and_resolve_references()
+        chosen.eval.method = name
         f = explain.explainer(
-            model, variables, name, resize=config.eval.resize_method, apply_kwargs={"train": False}
+            model,
+            variables,
+            name,
+            resize=config.eval.resize_method,
+            apply_kwargs={"train": False},
+            **evaluator_lib.method_options(chosen),
         )
         maps[name] = np.asarray(f(x, np.asarray(labels)).cams[:, 0])
     return maps
