@@ -7,11 +7,17 @@ killed mid-save leaves the previous checkpoint as the latest complete one; `late
 sees complete ones. The model config is saved with every step so that restoring with a different
 architecture fails with a message that says what differs, not an opaque shape error; the whole
 run config is kept in workdir/config.json so that `evaluate.py --workdir DIR` needs nothing else.
+
+A save that cannot complete (a full disk, a quota, an I/O error) stops training with a one-line
+CheckpointError naming the step, the reason and the step a rerun resumes from: a write that
+fails in orbax's background threads is reported at the next save or at the end of the run.
 """
 
+import contextlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -81,18 +87,89 @@ def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
     """Saves `state` as `step` (asynchronously), with the digest of every array inside the same
-    atomic step directory, and the run's config beside the checkpoints."""
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeSave(state),
-            # The step inside the step directory: a directory renamed or copied by hand is
-            # caught when restored, not reported under another step's number.
-            meta=ocp.args.JsonSave({**model_fingerprint(config), "step": int(step)}),
-            digests=ocp.args.JsonSave({DIGEST_FORMAT_KEY: DIGEST_FORMAT, **tree_digests(state)}),
-        ),
-    )
+    atomic step directory, and the run's config beside the checkpoints.
+
+    The save in flight, if any, completes first (orbax's own save waits for it too): one that
+    failed raises a one-line CheckpointError and nothing of this step is written.
+    """
+    wait(manager)
+    try:
+        manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeSave(state),
+                # The step inside the step directory: a directory renamed or copied by hand is
+                # caught when restored, not reported under another step's number.
+                meta=ocp.args.JsonSave({**model_fingerprint(config), "step": int(step)}),
+                digests=ocp.args.JsonSave(
+                    {DIGEST_FORMAT_KEY: DIGEST_FORMAT, **tree_digests(state)}
+                ),
+            ),
+        )
+    except Exception as e:
+        if not os_reason(e):
+            raise  # not the disk or the filesystem: a bug, which keeps its traceback
+        raise CheckpointError(_failed_save_message(manager, step, e)) from e
     save_run_config(os.path.dirname(str(manager.directory)), config)
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Blocks until the save in flight, if any, is complete. One that failed in orbax's
+    background threads raises a one-line CheckpointError naming its step, the reason (the
+    operating system's, e.g. "No space left on device", when there is one), the directory and
+    the newest complete step. orbax reports a failure once: a second wait returns."""
+    # orbax lists a step from the moment its save is queued, so the newest is the one in flight.
+    in_flight = manager.latest_step()
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # orbax re-raises the background save's error, of any type
+        # orbax keeps the error in more than one of its threads and raises it again at the next
+        # save or at close, over whatever the caller raises then. Closing the manager waits for
+        # the writes still running and takes the copies, so the failure is reported once.
+        with contextlib.suppress(Exception):
+            manager.close()
+        raise CheckpointError(_failed_save_message(manager, in_flight, e)) from e
+
+
+def newest_complete_step(manager: ocp.CheckpointManager) -> int | None:
+    """The newest complete step on disk, once no save is in flight (after `wait`). Read from
+    the directory: orbax's own list drops the old steps a save would delete on completion,
+    and a failed save never deletes them."""
+    manager.reload()
+    steps = manager.all_steps()
+    return max(steps) if steps else None
+
+
+def os_reason(e: BaseException) -> str:
+    """The operating system's reason for a failed write ('No space left on device', 'Disk quota
+    exceeded', ...) from an OSError in e's chain or from the os_error_code in tensorstore's
+    message, e.g. "...Failed to write 20436 bytes to file 5: No space left on device
+    [os_error_code='28']"; '' when there is none."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            return os.strerror(e.errno)
+        if code := re.search(r"\[os_error_code='?(\d+)'?\]", str(e)):
+            return os.strerror(int(code.group(1)))
+        e = e.__cause__ or e.__context__
+    return ""
+
+
+def _failed_save_message(manager: ocp.CheckpointManager, step: int | None, e: Exception) -> str:
+    directory = str(manager.directory)
+    return (
+        f"saving checkpoint step {step} in {directory} failed ({os_reason(e) or first_line(e)}); "
+        f"the earlier steps are intact. Fix the cause (a full disk: free space there or train in "
+        f"another --workdir), then rerun: {_resumes(manager)}."
+    )
+
+
+def _resumes(manager: ocp.CheckpointManager) -> str:
+    last = newest_complete_step(manager)
+    if last is None:
+        return "no step was saved yet, so it starts over"
+    return f"it resumes from step {last}, the newest complete one"
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, config) -> Any:

@@ -1,5 +1,7 @@
-"""Tests for camjax/checkpoint.py: the run's saved config and the variables-only restore."""
+"""Tests for camjax/checkpoint.py: the run's saved config, the variables-only restore, damaged
+steps, and saves that fail."""
 
+import errno
 import json
 import os
 import shutil
@@ -325,3 +327,31 @@ def test_digests_see_every_element_and_dtype():
     assert checkpoint.tree_digests({"x": swapped})["x"][0] != base[0]
     for dtype in (jnp.bfloat16, jnp.int32, jnp.uint8, jnp.bool_):
         assert len(checkpoint.tree_digests({"y": jnp.ones(3, dtype)})["y"]) == 3
+
+
+# ---- a save that fails ------------------------------------------------------------------------
+
+
+# The error tensorstore raised when a real tmpfs filled during a save (paths shortened).
+TENSORSTORE_ENOSPC = (
+    'RESOURCE_EXHAUSTED: Error writing "params.head.bias/0" in OCDBT database at local file '
+    '"/tmp/run/checkpoints/30.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": '
+    'Failed writing: "/tmp/run/checkpoints/30.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
+    'ocdbt.process_0/d/5e5ebfa9b2dd5aa8ab5ab133943d73d4": Failed to write 20436 bytes to file 5: '
+    "No space left on device [os_error_code='28']"
+)
+
+
+def test_the_reason_a_write_failed_is_the_operating_systems():
+    assert checkpoint.os_reason(ValueError(TENSORSTORE_ENOSPC)) == "No space left on device"
+    quota = OSError(errno.EDQUOT, "Disk quota exceeded", "/tmp/x")
+    assert checkpoint.os_reason(quota) == "Disk quota exceeded"
+    try:
+        try:
+            raise OSError(errno.EIO, "Input/output error")
+        except OSError as e:
+            raise RuntimeError("commit failed") from e
+    except RuntimeError as e:
+        chained = e
+    assert checkpoint.os_reason(chained) == "Input/output error"
+    assert checkpoint.os_reason(ValueError("Destination /tmp/x/3 already exists.")) == ""

@@ -1,5 +1,6 @@
 """Tests for camjax/train: the real loop on the embedded dataset, sharding, resume, NaN, errors."""
 
+import errno
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
 from camjax import checkpoint, experiment
 from camjax.train import loop, optim
@@ -242,6 +244,52 @@ def test_counts_a_run_cannot_use_fail_before_anything_is_saved_or_deleted(resuma
     with pytest.raises(ValueError, match=rf"config.train.{field} must be a positive int"):
         loop.train_and_evaluate(config, workdir)
     assert sorted(os.listdir(checkpoint.checkpoint_dir(workdir))) == ["1", "2"]
+
+
+def error_line(capsys, run) -> str:
+    """The line train.py prints for the error `run()` raises: camjax's own, in one line."""
+    with pytest.raises(SystemExit) as stop, experiment.user_errors():
+        run()
+    assert stop.value.code == 1
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("num_steps", [4, 5], ids=["at_the_end", "at_the_next_save"])
+def test_a_save_failing_inside_orbax_is_one_line_and_a_rerun_resumes(
+    resumable, capsys, caplog, monkeypatch, num_steps
+):
+    """The disk fills while orbax writes step 4: its JSON files fail with ENOSPC in orbax's
+    background thread, as a real full disk fails them. The run stops, at the end or at the next
+    save, with one line naming step 4, the reason and the step a rerun resumes from; step 3 is
+    intact, and a rerun resumes from it and replaces step 4's half-written directory."""
+    monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
+    config, workdir = resumable
+    config.train.num_steps = num_steps
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    write_text = epath.gpath.PosixGPath.write_text
+
+    def full_disk(path, *args, **kwargs):
+        if str(path).startswith(os.path.join(ckpts, "4.orbax-checkpoint-tmp") + os.sep):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(epath.gpath.PosixGPath, "write_text", full_disk)
+    line = error_line(capsys, lambda: loop.train_and_evaluate(config, workdir))
+    assert line == (
+        f"error: saving checkpoint step 4 in {ckpts} failed (No space left on device); the "
+        "earlier steps are intact. Fix the cause (a full disk: free space there or train in "
+        "another --workdir), then rerun: it resumes from step 3, the newest complete one. "
+        "(CAMJAX_TRACEBACK=1 shows where)"
+    )
+    assert sorted(os.listdir(ckpts)) == ["2", "3", "4.orbax-checkpoint-tmp"]
+    monkeypatch.setattr(epath.gpath.PosixGPath, "write_text", write_text)
+    caplog.clear()
+    caplog.set_level("INFO", logger="camjax")
+    assert int(loop.train_and_evaluate(config, workdir).step) == num_steps
+    assert "Resumed from the checkpoint at step 3." in caplog.text
+    # orbax replaces the leftover directory when it saves the step again.
+    assert "4.orbax-checkpoint-tmp which already exists. Removing existing" in caplog.text
+    assert sorted(os.listdir(ckpts)) == [str(num_steps - 1), str(num_steps)]
 
 
 def test_a_step_directory_copied_under_another_number_is_never_reported_as_it(resumable):
