@@ -3,6 +3,7 @@
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -246,12 +247,55 @@ def test_counts_a_run_cannot_use_fail_before_anything_is_saved_or_deleted(resuma
     assert sorted(os.listdir(checkpoint.checkpoint_dir(workdir))) == ["1", "2"]
 
 
+def disk_blocks(directory) -> int:
+    """The bytes of the filesystem blocks that a directory tree takes, as `du` counts them."""
+    paths = [r for r, _, _ in os.walk(directory)]
+    paths += [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs]
+    return sum(os.stat(p).st_blocks * 512 for p in paths)
+
+
 def error_line(capsys, run) -> str:
     """The line train.py prints for the error `run()` raises: camjax's own, in one line."""
     with pytest.raises(SystemExit) as stop, experiment.user_errors():
         run()
     assert stop.value.code == 1
     return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_disk_too_full_for_the_next_step_stops_before_writing_it(resumable, capsys, monkeypatch):
+    """Step 3 fits, step 4 would not: the run stops in one line that names the step, the space
+    needed and free, the fixes and the step a rerun resumes from; nothing of step 4 is written,
+    and a rerun with room resumes from step 3."""
+    monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
+    config, workdir = resumable
+    config.train.num_steps = 4
+    real_disk_usage = shutil.disk_usage
+    calls = []
+
+    def disk_usage(path):
+        calls.append(path)
+        usage = real_disk_usage(path)
+        return usage if len(calls) == 1 else usage._replace(free=40_000)
+
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", disk_usage)
+    line = error_line(capsys, lambda: loop.train_and_evaluate(config, workdir))
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    needed, free = re.fullmatch(
+        rf"error: not enough disk space to save checkpoint step 4: it needs about (\S+) MB and "
+        rf"(\S+) MB are free in {re.escape(ckpts)}; nothing of it was written\. Free space "
+        r"there, train in another --workdir, or lower config\.train\.keep_checkpoints \(now 2; "
+        r"orbax deletes an old step only once a new one is complete, so 3 steps must fit\), "
+        r"then rerun: it resumes from step 3, the newest complete one\. \(CAMJAX_TRACEBACK=1 "
+        r"shows where\)",
+        line,
+    ).groups()
+    assert calls == [ckpts, ckpts] and free == "0.0"
+    assert sorted(os.listdir(ckpts)) == ["2", "3"]
+    # The estimate bounds the size of the step before, as the filesystem counts it (MB, rounded).
+    assert float(needed) * 1e6 >= disk_blocks(os.path.join(ckpts, "3")) - 0.05e6
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", real_disk_usage)
+    assert int(loop.train_and_evaluate(config, workdir).step) == 4
+    assert sorted(os.listdir(ckpts)) == ["3", "4"]
 
 
 @pytest.mark.parametrize("num_steps", [4, 5], ids=["at_the_end", "at_the_next_save"])
