@@ -15,6 +15,7 @@ threads all the same is reported at the next save or at the end of the run.
 """
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -134,7 +135,14 @@ def wait(manager: ocp.CheckpointManager) -> None:
         # the writes still running and takes the copies, so the failure is reported once.
         with contextlib.suppress(Exception):
             manager.close()
-        raise CheckpointError(_failed_save_message(manager, in_flight, e)) from e
+        message = _failed_save_message(manager, in_flight, e)
+        # The traceback holds the frames of orbax's abandoned writes, and through them their
+        # asyncio tasks: dropped and collected now, the tasks log "exception was never
+        # retrieved" here, not after the run's last line or at interpreter shutdown (as
+        # "ImportError: sys.meta_path is None"). orbax has logged the traceback itself.
+        e.__traceback__ = None
+        gc.collect()
+        raise CheckpointError(message) from e
 
 
 def newest_complete_step(manager: ocp.CheckpointManager) -> int | None:
