@@ -124,15 +124,16 @@ def wait(manager: ocp.CheckpointManager) -> None:
     """Blocks until the save in flight, if any, is complete. One that failed in orbax's
     background threads raises a one-line CheckpointError naming its step, the reason (the
     operating system's, e.g. "No space left on device", when there is one), the directory and
-    the newest complete step. orbax reports a failure once: a second wait returns."""
+    the newest complete step, and leaves the manager closed: the run stops there, and a second
+    wait (or close) returns quietly."""
     # orbax lists a step from the moment its save is queued, so the newest is the one in flight.
     in_flight = manager.latest_step()
     try:
         manager.wait_until_finished()
     except Exception as e:  # orbax re-raises the background save's error, of any type
-        # orbax keeps the error in more than one of its threads and raises it again at the next
-        # save or at close, over whatever the caller raises then. Closing the manager waits for
-        # the writes still running and takes the copies, so the failure is reported once.
+        # orbax keeps the error in more than one place and raises it again at the next save or
+        # at close, over whatever the caller raises then. Closing the manager waits for its
+        # checkpointer's thread and takes the copies, so the failure is reported once.
         with contextlib.suppress(Exception):
             manager.close()
         message = _failed_save_message(manager, in_flight, e)
