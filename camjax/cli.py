@@ -29,6 +29,24 @@ def setup_logging() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     # camjax's records propagate to absl's handler, which does not filter by level itself.
     logging.getLogger("camjax").setLevel(logging.INFO)
+    if not _tracebacks_wanted():
+        # A checkpoint write that fails (a full disk) is logged by orbax from each of its
+        # threads with a traceback (~320 lines in all), then reaches camjax, whose one-line
+        # error says what was lost. orbax's records keep their message line.
+        logging.getLogger("absl").addFilter(_without_orbax_traceback)
+
+
+_ORBAX = f"{os.sep}orbax{os.sep}"
+
+
+def _without_orbax_traceback(record: logging.LogRecord) -> bool:
+    if _ORBAX in record.pathname:
+        record.exc_info = record.exc_text = None
+    return True
+
+
+def _tracebacks_wanted() -> bool:
+    return os.environ.get("CAMJAX_TRACEBACK", "0") not in ("", "0")
 
 
 @contextlib.contextmanager
@@ -41,7 +59,7 @@ def user_errors():
     try:
         yield
     except Exception as e:
-        if os.environ.get("CAMJAX_TRACEBACK", "0") not in ("", "0") or not _raised_by_camjax(e):
+        if _tracebacks_wanted() or not _raised_by_camjax(e):
             raise
         where = f"process {jax.process_index()}: " if jax.process_count() > 1 else ""
         print(f"error: {where}{e} (CAMJAX_TRACEBACK=1 shows where)", file=sys.stderr)

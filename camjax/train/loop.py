@@ -188,11 +188,10 @@ def _last_saved(manager) -> int | None:
     counts when it is done, not when it is queued (a full disk fails it in the background).
     Steps saved by this run were checked finite first; an earlier one was verified on resume."""
     try:
-        manager.wait_until_finished()
-    except Exception as e:  # orbax re-raises the background save's error, of any type
-        log.warning("A checkpoint save failed: %s", checkpoint.first_line(e))
-    steps = manager.all_steps(read=True)
-    return max(steps) if steps else None
+        checkpoint.wait(manager)
+    except checkpoint.CheckpointError as e:
+        log.warning("%s", e)  # the error being raised says why the run stops; this, what it lost
+    return checkpoint.newest_complete_step(manager)
 
 
 def _non_finite_message(step: int, manager) -> str:
@@ -402,6 +401,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     sums = _zero_sums_on(mesh)
     progress = _Progress(workdir, start, num_steps, config.eval.fixed_threshold)
     stop = _StopRequest()
+    finished = False
     try:
         for step in range(start + 1, num_steps + 1):
             stop.raise_if_requested(step, manager)
@@ -428,11 +428,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 checkpoint.save(manager, step, state, config)
             if do_log:
                 progress.restart_clock()
+        finished = True
     finally:
         stop.close()
-        # An async save in flight completes (or is abandoned whole) before we leave.
         batches.close()  # stops the input readers (worker processes, shared memory) now
         progress.close()
-        manager.wait_until_finished()
-        manager.close()
+        # An async save in flight completes (or is abandoned whole) before we leave. If it
+        # failed while the run was stopping on another error, that error says why the run
+        # stopped and stays the one raised; the lost step is logged in one line.
+        try:
+            checkpoint.wait(manager)
+        except checkpoint.CheckpointError as e:
+            if finished:
+                raise
+            log.warning("%s", e)
+        finally:
+            manager.close()
     return state

@@ -1,7 +1,9 @@
 """Tests for camjax/train: the real loop on the embedded dataset, sharding, resume, NaN, errors."""
 
+import errno
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,8 +15,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
-from camjax import checkpoint, experiment
+from camjax import checkpoint, cli, experiment
 from camjax.train import loop, optim
 from camjax.train import state as train_state
 from configs import tiny
@@ -242,6 +245,95 @@ def test_counts_a_run_cannot_use_fail_before_anything_is_saved_or_deleted(resuma
     with pytest.raises(ValueError, match=rf"config.train.{field} must be a positive int"):
         loop.train_and_evaluate(config, workdir)
     assert sorted(os.listdir(checkpoint.checkpoint_dir(workdir))) == ["1", "2"]
+
+
+def disk_blocks(directory) -> int:
+    """The bytes of the filesystem blocks that a directory tree takes, as `du` counts them."""
+    paths = [r for r, _, _ in os.walk(directory)]
+    paths += [os.path.join(r, f) for r, _, fs in os.walk(directory) for f in fs]
+    return sum(os.stat(p).st_blocks * 512 for p in paths)
+
+
+def error_line(capsys, run) -> str:
+    """The line train.py prints for the error `run()` raises: camjax's own, in one line."""
+    with pytest.raises(SystemExit) as stop, cli.user_errors():
+        run()
+    assert stop.value.code == 1
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_disk_too_full_for_the_next_step_stops_before_writing_it(resumable, capsys, monkeypatch):
+    """Step 3 fits, step 4 would not: the run stops in one line that names the step, the space
+    needed and free, the fixes and the step a rerun resumes from; nothing of step 4 is written,
+    and a rerun with room resumes from step 3."""
+    monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
+    config, workdir = resumable
+    config.train.num_steps = 4
+    real_disk_usage = shutil.disk_usage
+    calls = []
+
+    def disk_usage(path):
+        calls.append(path)
+        usage = real_disk_usage(path)
+        return usage if len(calls) == 1 else usage._replace(free=40_000)
+
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", disk_usage)
+    line = error_line(capsys, lambda: loop.train_and_evaluate(config, workdir))
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    needed, free = re.fullmatch(
+        rf"error: not enough disk space to save checkpoint step 4: it needs about (\S+) MB and "
+        rf"(\S+) MB are free in {re.escape(ckpts)}; nothing of it was written\. Free space "
+        r"there, train in another --workdir, or lower config\.train\.keep_checkpoints \(now 2; "
+        r"orbax deletes an old step only once a new one is complete, so 3 steps must fit\), "
+        r"then rerun: it resumes from step 3, the newest complete one\. \(CAMJAX_TRACEBACK=1 "
+        r"shows where\)",
+        line,
+    ).groups()
+    assert calls == [ckpts, ckpts] and free == "0.0"
+    assert sorted(os.listdir(ckpts)) == ["2", "3"]
+    # The estimate bounds the size of the step before, as the filesystem counts it (MB, rounded).
+    assert float(needed) * 1e6 >= disk_blocks(os.path.join(ckpts, "3")) - 0.05e6
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", real_disk_usage)
+    assert int(loop.train_and_evaluate(config, workdir).step) == 4
+    assert sorted(os.listdir(ckpts)) == ["3", "4"]
+
+
+@pytest.mark.parametrize("num_steps", [4, 5], ids=["at_the_end", "at_the_next_save"])
+def test_a_save_failing_inside_orbax_is_one_line_and_a_rerun_resumes(
+    resumable, capsys, caplog, monkeypatch, num_steps
+):
+    """The disk fills while orbax writes step 4: its JSON files fail with ENOSPC in orbax's
+    background thread, as a real full disk fails them. The run stops, at the end or at the next
+    save, with one line naming step 4, the reason and the step a rerun resumes from; step 3 is
+    intact, and a rerun resumes from it and replaces step 4's half-written directory."""
+    monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
+    config, workdir = resumable
+    config.train.num_steps = num_steps
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    write_text = epath.gpath.PosixGPath.write_text
+
+    def full_disk(path, *args, **kwargs):
+        if str(path).startswith(os.path.join(ckpts, "4.orbax-checkpoint-tmp") + os.sep):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(epath.gpath.PosixGPath, "write_text", full_disk)
+    line = error_line(capsys, lambda: loop.train_and_evaluate(config, workdir))
+    assert line == (
+        f"error: saving checkpoint step 4 in {ckpts} failed (No space left on device); the "
+        "earlier steps are intact. Fix the cause (a full disk: free space there or train in "
+        "another --workdir), then rerun: it resumes from step 3, the newest complete one. "
+        "(CAMJAX_TRACEBACK=1 shows where)"
+    )
+    assert sorted(os.listdir(ckpts)) == ["2", "3", "4.orbax-checkpoint-tmp"]
+    monkeypatch.setattr(epath.gpath.PosixGPath, "write_text", write_text)
+    caplog.clear()
+    caplog.set_level("INFO", logger="camjax")
+    assert int(loop.train_and_evaluate(config, workdir).step) == num_steps
+    assert "Resumed from the checkpoint at step 3." in caplog.text
+    # orbax replaces the leftover directory when it saves the step again.
+    assert "4.orbax-checkpoint-tmp which already exists. Removing existing" in caplog.text
+    assert sorted(os.listdir(ckpts)) == [str(num_steps - 1), str(num_steps)]
 
 
 def test_a_step_directory_copied_under_another_number_is_never_reported_as_it(resumable):

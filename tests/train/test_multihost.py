@@ -39,10 +39,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _cmd(workdir: str, data_dir: str, steps: int) -> list[str]:
+def _cmd(workdir: str, data_dir: str, steps: int, driver: str | None = None) -> list[str]:
     return [
         sys.executable,
-        os.path.join(REPO, "train.py"),
+        *(["-c", driver] if driver else [os.path.join(REPO, "train.py")]),
         f"--config={os.path.join(REPO, 'configs/tiny.py')}",
         f"--workdir={workdir}",
         f"--config.data.data_dir={data_dir}",
@@ -72,9 +72,12 @@ def run_one(workdir: str, data_dir: str, steps: int = STEPS) -> str:
     return out.stderr
 
 
-def start_two(workdir: str, data_dir: str, logs: str, steps: int = STEPS) -> list:
-    """train.py as processes 0 and 1 of a jax.distributed job on localhost, 4 CPU devices each;
-    their stdout and stderr go to logs/process_<i>.log."""
+def start_two(
+    workdir: str, data_dir: str, logs: str, steps: int = STEPS, driver: str | None = None
+) -> list:
+    """train.py as processes 0 and 1 of a jax.distributed job on localhost, 4 CPU devices each
+    (through `driver`, Python code that runs train.py, if given); their stdout and stderr go to
+    logs/process_<i>.log."""
     os.makedirs(logs, exist_ok=True)
     address = f"localhost:{_free_port()}"
     procs = []
@@ -90,7 +93,7 @@ def start_two(workdir: str, data_dir: str, logs: str, steps: int = STEPS) -> lis
         with open(os.path.join(logs, f"process_{i}.log"), "w") as log:
             procs.append(
                 subprocess.Popen(
-                    _cmd(workdir, data_dir, steps),
+                    _cmd(workdir, data_dir, steps, driver),
                     env=env,
                     cwd=REPO,
                     stdout=log,
@@ -248,3 +251,37 @@ def test_an_unwritable_workdir_stops_every_process(runs, tmp_path):
     assert "a_file/run is not a writable directory" in texts[0]
     assert "process 1: process 0 cannot write" in texts[1]
     assert all("Traceback" not in text for text in texts)
+
+
+# train.py whose process 0 finds its disk full (only process 0 measures it).
+FULL_DISK_ON_PROCESS_0 = """
+import os, runpy, shutil, sys
+if os.environ["JAX_PROCESS_ID"] == "0":
+    disk_usage = shutil.disk_usage
+    shutil.disk_usage = lambda path: disk_usage(path)._replace(free=0)
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_disk_too_full_for_a_step_stops_every_process(runs, tmp_path):
+    """Process 0 finds no room for the first step: both processes stop at it with process 0's
+    one line, process 1 too (it would otherwise wait for good in orbax's save barrier)."""
+    workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+    procs = start_two(workdir, runs["data_dir"], logs, driver=FULL_DISK_ON_PROCESS_0)
+    try:
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:
+            p.kill()
+    texts = [open(os.path.join(logs, f"process_{i}.log")).read() for i in range(2)]
+    assert [p.returncode for p in procs] == [1, 1], texts
+    for i, text in enumerate(texts):
+        assert "Traceback" not in text
+        last = text.strip().splitlines()[-1]
+        assert last.startswith(
+            f"error: process {i}: not enough disk space to save checkpoint step 1: it needs "
+        )
+        assert " and 0.0 MB are free in " in last and "so it starts over" in last
+    assert os.listdir(checkpoint.checkpoint_dir(workdir)) == []
