@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from camjax import checkpoint, cli
+from camjax import cli, run_config
 from camjax.evaluation import export, report
 from camjax.evaluation import run as run_lib
 from camjax.train import distributed
@@ -36,21 +36,21 @@ flags.DEFINE_string(
 )
 
 
-def main(argv, run_config: bool):
+def main(argv, from_run: bool):
     del argv
     cli.setup_logging()
     distributed.initialize()
     with cli.user_errors():
-        evaluate(FLAGS.config, run_config)
+        evaluate(FLAGS.config, from_run)
 
 
-def evaluate(config, run_config: bool) -> None:
+def evaluate(config, from_run: bool) -> None:
     """Evaluates the run in --workdir with `config`: the run's own with overrides when
-    `run_config`, else a --config file's (None: none given, and the run saved none)."""
+    `from_run`, else a --config file's (None: none given, and the run saved none)."""
     if config is None:
-        config = checkpoint.load_run_config(FLAGS.workdir)  # raises, saying why
-    if diffs := checkpoint.run_config_differences(FLAGS.workdir, config):
-        if run_config:
+        config = run_config.load(FLAGS.workdir)  # raises, saying why
+    if diffs := run_config.differences(FLAGS.workdir, config):
+        if from_run:
             log.info("overrides of the run's saved config: %s", diffs)
         else:
             log.warning("--config differs from the run's saved config: %s", diffs)
@@ -67,7 +67,7 @@ def evaluate(config, run_config: bool) -> None:
 
 
 if __name__ == "__main__":
-    run_config = cli.define_config_flag(
+    from_run = cli.define_config_flag(
         sys.argv, "Config file; default: the one the run saved (workdir/config.json)."
     )
-    app.run(functools.partial(main, run_config=run_config), flags_parser=cli.parse_flags)
+    app.run(functools.partial(main, from_run=from_run), flags_parser=cli.parse_flags)

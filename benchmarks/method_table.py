@@ -26,7 +26,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from camjax import checkpoint, experiment, explain  # noqa: E402
+from camjax import experiment, explain, run_config  # noqa: E402
 from camjax.data import pipeline  # noqa: E402
 from camjax.evaluation import evaluator as evaluator_lib  # noqa: E402
 from camjax.evaluation import run as run_lib  # noqa: E402
@@ -106,7 +106,7 @@ def method_rows(
 ) -> Iterator[tuple[str, dict[str, float]]]:
     """(method, row) for a trained run (its saved config, faithfulness enabled), one method at
     a time: a long table prints each row as it is done."""
-    config = checkpoint.load_run_config(workdir)
+    config = run_config.load(workdir)
     with config.unlocked():
         config.eval.max_images = max_images
         if data_dir is not None:  # the run's data copied elsewhere, e.g. to another machine

@@ -18,7 +18,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.recipe_step_time import variant_config  # noqa: E402
-from camjax import checkpoint  # noqa: E402
+from camjax import run_config  # noqa: E402
 from camjax.data import pipeline  # noqa: E402
 from camjax.evaluation import run as run_lib  # noqa: E402
 from camjax.train import loop  # noqa: E402
@@ -43,7 +43,7 @@ def main() -> None:
     )
     loop.train_and_evaluate(config, args.workdir)
     pipeline.train_dataset = train_dataset
-    results = run_lib.run_evaluation(checkpoint.load_run_config(args.workdir), args.workdir)
+    results = run_lib.run_evaluation(run_config.load(args.workdir), args.workdir)
     val, wsol = results["val_at_val_threshold"], results["wsol"]["val"]
     print(
         f"init seed {args.init_seed}, data seed {args.data_seed}: validation top-1 cls "

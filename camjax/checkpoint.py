@@ -16,7 +16,6 @@ threads all the same is reported at the next save or at the end of the run.
 
 import contextlib
 import gc
-import json
 import logging
 import os
 import re
@@ -25,11 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+
+from camjax import digests, run_config
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,10 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
                 # caught when restored, not reported under another step's number.
                 meta=ocp.args.JsonSave({**model_fingerprint(config), "step": int(step)}),
                 digests=ocp.args.JsonSave(
-                    {DIGEST_FORMAT_KEY: DIGEST_FORMAT, **tree_digests(state)}
+                    {
+                        digests.DIGEST_FORMAT_KEY: digests.DIGEST_FORMAT,
+                        **digests.tree_digests(state),
+                    }
                 ),
             ),
         )
@@ -117,7 +120,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
         if not os_reason(e):
             raise  # not the disk or the filesystem: a bug, which keeps its traceback
         raise CheckpointError(_failed_save_message(manager, step, e)) from e
-    save_run_config(os.path.dirname(str(manager.directory)), config)
+    run_config.save(os.path.dirname(str(manager.directory)), config)
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
@@ -338,16 +341,17 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
     try:
         items = ocp.args.Composite(meta=ocp.args.JsonRestore(), digests=ocp.args.JsonRestore())
         saved = manager.restore(step, args=items)
-        meta, digests = saved["meta"], saved["digests"]
+        meta, saved_digests = saved["meta"], saved["digests"]
     except Exception as e:  # orbax and tensorstore raise many types for a damaged step
         return None, f"incomplete or unreadable metadata ({first_line(e)})", False
-    if meta is None or digests is None:
+    if meta is None or saved_digests is None:
         return None, "incomplete: its metadata or digests are missing", False
-    if digests.get(DIGEST_FORMAT_KEY) != DIGEST_FORMAT:
+    if saved_digests.get(digests.DIGEST_FORMAT_KEY) != digests.DIGEST_FORMAT:
         return (
             None,
-            f"its digests are of another format ({digests.get(DIGEST_FORMAT_KEY)!r}, not "
-            f"{DIGEST_FORMAT!r}): written by another camjax version, so it cannot be verified",
+            f"its digests are of another format ({saved_digests.get(digests.DIGEST_FORMAT_KEY)!r}, "
+            f"not {digests.DIGEST_FORMAT!r}): written by another camjax version, so it cannot be "
+            "verified",
             False,
         )
     if not isinstance(meta, dict):
@@ -356,18 +360,18 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
     saved_step = meta.pop("step", step)  # absent in steps saved before the step was recorded
     if saved_step != step:
         return None, f"it holds step {saved_step!r}, not {step} (renamed or copied by hand?)", False
-    expected = _as_json(model_fingerprint(config))  # as saved: tuples are lists
+    expected = run_config.as_json(model_fingerprint(config))  # as saved: tuples are lists
     if meta != expected:
-        return None, f"{_OTHER_CONFIG}: {_differences(meta, expected)}", False
+        return None, f"{_OTHER_CONFIG}: {run_config.compare(meta, expected)}", False
     try:
         tree = read(step)
     except Exception as e:
         return None, f"{UNREADABLE} ({first_line(e)})", True
-    got, finite = _inspect(tree)
+    got, finite = digests.inspect_tree(tree)
     for path, digest in got.items():
-        if path not in digests:
+        if path not in saved_digests:
             return None, f"{path} has no saved digest", True
-        if digest != digests[path]:
+        if digest != saved_digests[path]:
             return None, f"{path} does not match its saved digest (the file is corrupt)", True
     if bad := [path for path, ok in zip(got, finite, strict=True) if not ok]:
         return None, f"{bad[0]} holds NaN or Inf", True
@@ -377,187 +381,3 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
 def first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
-
-
-# ---- digests: one per array, computed on device -------------------------------------------------
-# orbax compresses arrays with no checksum, so a flipped bit restores as a changed value. Each
-# leaf's digest is a wrapping uint32 sum of its bit patterns times position-dependent odd
-# weights: a change to any one element always changes it (an odd weight is invertible mod 2^32),
-# two swapped elements almost always do, and random damage to many elements escapes it with
-# probability ~2^-32. It detects corruption, not tampering (not a cryptographic hash), and costs
-# one pass over the state on the device instead of a copy to the host
-# (benchmarks/checkpoint_verify.py: 1.6x faster than sha256 of a host copy on a 2-core CPU).
-
-
-# Saved with the digests: a step whose digests were computed another way is not "corrupt".
-DIGEST_FORMAT_KEY, DIGEST_FORMAT = "__format__", "uint32 sum of bits * (2i+1), v1"
-
-
-def _bits(x: jax.Array) -> jax.Array:
-    """x's bit patterns as a flat uint32 vector (dtypes of 1, 2, 4 or 8 bytes)."""
-    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-        x = jax.random.key_data(x)
-    if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32).ravel()
-    size = x.dtype.itemsize
-    if size in (1, 2):
-        unsigned = jnp.uint8 if size == 1 else jnp.uint16
-        return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32).ravel()
-    return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()  # 8 bytes: two words each
-
-
-def _digest(x: jax.Array) -> jax.Array:
-    bits = _bits(x)
-    weights = 2 * jnp.arange(bits.size, dtype=jnp.uint32) + 1
-    return jnp.sum(bits * weights, dtype=jnp.uint32)
-
-
-def _finite(x: jax.Array) -> jax.Array:
-    return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
-
-
-@jax.jit
-def all_finite(tree: Any) -> jax.Array:
-    """Whether every float array of `tree` is free of NaN and Inf (checked before a save)."""
-    return jnp.all(jnp.stack([_finite(x) for x in jax.tree.leaves(tree)]))
-
-
-_digest_leaves = jax.jit(lambda leaves: [_digest(x) for x in leaves])
-# At restore, digests and finiteness in one compiled pass over the state.
-_inspect_leaves = jax.jit(
-    lambda leaves: ([_digest(x) for x in leaves], [_finite(x) for x in leaves])
-)
-
-
-def _leaves(tree: Any) -> tuple[list[str], list[jax.Array]]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [_path(p) for p, _ in flat], [jnp.asarray(x) for _, x in flat]
-
-
-def _described(paths, leaves, sums) -> dict[str, list]:
-    return {
-        path: [int(s), str(x.dtype), list(x.shape)]
-        for path, x, s in zip(paths, leaves, sums, strict=True)
-    }
-
-
-def tree_digests(tree: Any) -> dict[str, list]:
-    """{'params/conv1_1/kernel': [digest, dtype, shape], ...} for every array leaf."""
-    paths, leaves = _leaves(tree)
-    return _described(paths, leaves, jax.device_get(_digest_leaves(leaves)))
-
-
-def _inspect(tree: Any) -> tuple[dict[str, list], list[bool]]:
-    """(tree_digests(tree), whether each leaf is finite), from one pass."""
-    paths, leaves = _leaves(tree)
-    sums, finite = jax.device_get(_inspect_leaves(leaves))
-    return _described(paths, leaves, sums), [bool(f) for f in finite]
-
-
-def _path(keys: tuple) -> str:
-    """'params/conv1_1/kernel' for a key path, the same for a TrainState field and a dict key."""
-    names = []
-    for k in keys:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                names.append(str(getattr(k, attr)))
-                break
-        else:
-            names.append(str(k))
-    return "/".join(names)
-
-
-# The run's config, written beside its checkpoints so that evaluation needs only the workdir.
-RUN_CONFIG = "config.json"
-
-
-def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The config as JSON values (tuples become lists), for saving and comparing."""
-    return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def _as_json(value: Any) -> Any:
-    """`value` as it reads back from JSON (tuples become lists), to compare with what was saved."""
-    return json.loads(json.dumps(value, sort_keys=True))
-
-
-def save_run_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """Writes workdir/config.json (process 0, atomically) when it is missing or differs, so it
-    is always the config of the newest checkpoint."""
-    path = os.path.join(workdir, RUN_CONFIG)
-    values = _config_json(config)
-    if jax.process_index() != 0 or (os.path.exists(path) and _read_json(path) == values):
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(values, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in workdir was trained with (locked: unknown fields are errors)."""
-    path = os.path.join(workdir, RUN_CONFIG)
-    if not os.path.exists(path):
-        raise CheckpointError(
-            f"no {RUN_CONFIG} in {workdir}: it is written at a run's first checkpoint. Train "
-            "there first, or pass --config with the config the run was trained with."
-        )
-    config = ml_collections.ConfigDict(_tuples(_read_json(path)))
-    config.lock()
-    return config
-
-
-def _tuples(value: Any) -> Any:
-    """JSON's lists back as the tuples config files write, which --config.x=... can override
-    (ml_collections cannot override a list field)."""
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    return value
-
-
-def run_config_differences(
-    workdir: str, config: ml_collections.ConfigDict, section: str | None = None
-) -> str:
-    """Where `config` (or its `section`, e.g. 'optim') differs from the run's saved config, as
-    'section.field: run A, given B; ...' ('' when they agree or the run saved none)."""
-    path = os.path.join(workdir, RUN_CONFIG)
-    if not os.path.exists(path):
-        return ""
-    saved, given = _read_json(path), _config_json(config)
-    if section is not None:
-        saved, given = saved.get(section, {}), given.get(section, {})
-    prefix = f"{section}." if section is not None else ""
-    return _differences(saved, given, prefix, labels=("run", "given"))
-
-
-def _read_json(path: str) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); restore or delete it.") from None
-
-
-_MISSING = object()
-
-
-def _differences(
-    saved: dict, wanted: dict, prefix: str = "", labels: tuple[str, str] = ("checkpoint", "config")
-) -> str:
-    out = []
-    for k in sorted(saved.keys() | wanted.keys()):
-        a, b = saved.get(k, _MISSING), wanted.get(k, _MISSING)
-        if isinstance(a, dict) and isinstance(b, dict):
-            inner = _differences(a, b, f"{prefix}{k}.", labels)
-            if inner:
-                out.append(inner)
-        elif a is _MISSING or b is _MISSING:  # a field one side lacks (added by a later camjax)
-            absent, present, value = (*labels, b) if a is _MISSING else (*labels[::-1], a)
-            # A whole section is named, not dumped field by field.
-            shown = "has it" if isinstance(value, dict) else repr(value)
-            out.append(f"{prefix}{k}: {present} {shown}, {absent} has not")
-        elif a != b:
-            out.append(f"{prefix}{k}: {labels[0]} {a!r}, {labels[1]} {b!r}")
-    return "; ".join(out)

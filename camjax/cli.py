@@ -14,7 +14,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from camjax import checkpoint
+from camjax import run_config
 
 # How ml_collections spells an override of a config flag's field: --config.a.b=v, --noconfig.c.
 _OVERRIDE = re.compile(r"-{1,2}(no)?config\.")
@@ -152,8 +152,8 @@ def define_config_flag(
     saved = None
     if workdir:
         try:
-            saved = checkpoint.load_run_config(workdir)
-        except checkpoint.CheckpointError:
+            saved = run_config.load(workdir)
+        except run_config.RunConfigError:
             if any(_OVERRIDE.match(a) for a in args):
                 # Without the run's config its fields are no flags: say why now, not as
                 # "unknown flag --config.x".

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
-from camjax import checkpoint, experiment, explain, viz
+from camjax import experiment, explain, run_config, viz
 from camjax.data import pipeline
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import run as run_lib
@@ -72,7 +72,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    config = checkpoint.load_run_config(args.workdir)
+    config = run_config.load(args.workdir)
     evaluator, variables, step = run_lib.restore_evaluator(config, args.workdir)
     prep = pipeline.EvalPreprocess(experiment.preprocess_config(config))
     source = experiment.data_sources(config)[config.data.test_split]

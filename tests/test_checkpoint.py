@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from camjax import cam as cam_lib
-from camjax import checkpoint, cli, experiment
+from camjax import checkpoint, cli, digests, experiment, run_config
 from camjax.train import optim
 from camjax.train import state as train_state
 from configs import tiny
@@ -41,7 +41,7 @@ def saved_run(tmp_path_factory):
 
 def test_the_run_config_is_saved_beside_the_checkpoints(saved_run):
     config, workdir, _ = saved_run
-    loaded = checkpoint.load_run_config(workdir)
+    loaded = run_config.load(workdir)
     assert json.loads(loaded.to_json()) == json.loads(config.to_json())
     with pytest.raises(AttributeError):
         loaded.data.nmae = "typo"  # locked, as a config file's is
@@ -49,29 +49,29 @@ def test_the_run_config_is_saved_beside_the_checkpoints(saved_run):
 
 def test_differences_from_the_run_config_are_listed(saved_run):
     config, workdir, _ = saved_run
-    assert checkpoint.run_config_differences(workdir, config) == ""
+    assert run_config.differences(workdir, config) == ""
     other = config.copy_and_resolve_references()
     other.optim.learning_rate = 0.5
     other.eval.top_k = 3
-    assert checkpoint.run_config_differences(workdir, other) == (
+    assert run_config.differences(workdir, other) == (
         "eval.top_k: run 5, given 3; optim.learning_rate: run 0.001, given 0.5"
     )
     # Fields one side lacks (a run saved by an older camjax): named, a section not dumped.
     with other.unlocked():
         del other.eval["options"], other.eval["top_k"]
         other.eval.new_field = 1
-    assert checkpoint.run_config_differences(workdir, other) == (
+    assert run_config.differences(workdir, other) == (
         "eval.new_field: given 1, run has not; eval.options: run has it, given has not; "
         "eval.top_k: run 5, given has not; optim.learning_rate: run 0.001, given 0.5"
     )
 
 
 def test_missing_or_broken_run_config_is_a_clear_error(tmp_path):
-    with pytest.raises(checkpoint.CheckpointError, match=r"no config.json in .*--config"):
-        checkpoint.load_run_config(str(tmp_path))
+    with pytest.raises(run_config.RunConfigError, match=r"no config.json in .*--config"):
+        run_config.load(str(tmp_path))
     (tmp_path / "config.json").write_text('{"seed": ')
-    with pytest.raises(checkpoint.CheckpointError, match=r"config.json is not valid JSON"):
-        checkpoint.load_run_config(str(tmp_path))
+    with pytest.raises(run_config.RunConfigError, match=r"config.json is not valid JSON"):
+        run_config.load(str(tmp_path))
 
 
 def test_restore_variables_reads_the_model_variables_only(saved_run):
@@ -166,15 +166,15 @@ def test_only_errors_camjax_raises_lose_their_traceback(tmp_path, capsys, monkey
     bad = tmp_path / "config.json"
     bad.write_text("{not json")
     with pytest.raises(SystemExit) as stop, cli.user_errors():
-        checkpoint.load_run_config(str(tmp_path))
+        run_config.load(str(tmp_path))
     assert stop.value.code == 1
     assert capsys.readouterr().err.startswith(f"error: {bad} is not valid JSON")
     # Raised inside camjax's code but not by its raise statements (a bug): the traceback stays.
     with pytest.raises(AttributeError), cli.user_errors():
         cam_lib.normalize_minmax("not an array")
     monkeypatch.setenv("CAMJAX_TRACEBACK", "1")
-    with pytest.raises(checkpoint.CheckpointError), cli.user_errors():
-        checkpoint.load_run_config(str(tmp_path))
+    with pytest.raises(run_config.RunConfigError), cli.user_errors():
+        run_config.load(str(tmp_path))
 
 
 # ---- damaged steps: verified at restore, skipped with a reason, never touched ------------------
@@ -241,9 +241,9 @@ def truncate(path):
 def drop_digest_format(path):
     """As a camjax version with other digests would have written them."""
     path = os.path.join(path, "metadata")
-    digests = json.load(open(path))
-    del digests[checkpoint.DIGEST_FORMAT_KEY]
-    json.dump(digests, open(path, "w"))
+    saved = json.load(open(path))
+    del saved[digests.DIGEST_FORMAT_KEY]
+    json.dump(saved, open(path, "w"))
 
 
 DAMAGE = {
@@ -357,15 +357,15 @@ def test_evaluation_restores_the_newest_good_variables(two_steps):
 
 def test_digests_see_every_element_and_dtype():
     x = jnp.arange(1000, dtype=jnp.float32)
-    base = checkpoint.tree_digests({"x": x})["x"]
+    base = digests.tree_digests({"x": x})["x"]
     assert base[1:] == ["float32", [1000]]
     for i in (0, 1, 511, 999):
         flipped = x.at[i].set(jnp.nextafter(x[i], jnp.float32(np.inf)))  # one ulp, one element
-        assert checkpoint.tree_digests({"x": flipped})["x"][0] != base[0]
+        assert digests.tree_digests({"x": flipped})["x"][0] != base[0]
     swapped = x.at[0].set(x[1]).at[1].set(x[0])  # same values, other order
-    assert checkpoint.tree_digests({"x": swapped})["x"][0] != base[0]
+    assert digests.tree_digests({"x": swapped})["x"][0] != base[0]
     for dtype in (jnp.bfloat16, jnp.int32, jnp.uint8, jnp.bool_):
-        assert len(checkpoint.tree_digests({"y": jnp.ones(3, dtype)})["y"]) == 3
+        assert len(digests.tree_digests({"y": jnp.ones(3, dtype)})["y"]) == 3
 
 
 # ---- a disk too full for a save -----------------------------------------------------------------

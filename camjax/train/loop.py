@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from typing import Any
 
 import jax
@@ -19,14 +18,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import tqdm
 
-from camjax import checkpoint, experiment
+from camjax import checkpoint, digests, experiment, run_config
 from camjax.data import pipeline
 from camjax.evaluation import evaluator
 from camjax.models.layers import takes_labels
 from camjax.train import wsol_methods
-from camjax.train.metric_writer import MetricWriter
+from camjax.train.metric_writer import Progress
 from camjax.train.optim import create_optimizer
 from camjax.train.state import (
     TrainState,
@@ -154,16 +152,6 @@ def _zero_sums_on(mesh) -> dict[str, jax.Array]:
     return jax.device_put(zero_sums(), experiment.replicated(mesh))
 
 
-def _train_metrics(host_sums: dict[str, Any], seconds: float) -> dict[str, float]:
-    n = host_sums["count"]
-    return {
-        "train/loss": host_sums["loss"] / n,
-        "train/top1_acc": 100 * host_sums["top1"] / n,
-        "train/top5_acc": 100 * host_sums["top5"] / n,
-        "train/images_per_sec": n / seconds,
-    }
-
-
 def _val_metrics(val, fixed_threshold: float, top_k: int) -> dict[str, Any]:
     """Validation summary at the split's best CAM threshold, plus GT-known loc at the fixed one."""
     summary = val.summary(val.best_threshold(), top_k)
@@ -205,15 +193,6 @@ def _non_finite_message(step: int, manager) -> str:
         f"non-finite loss or parameters by step {step}; stopped without saving them. {good} "
         "Lower config.optim.learning_rate or set config.optim.grad_clip_norm, then rerun "
         "(training resumes from that checkpoint)."
-    )
-
-
-def _val_line(step: int, metrics: dict[str, Any], fixed_threshold: float) -> str:
-    return (
-        f"step {step}: val top-1 cls {metrics['val/top1_cls']:.1f}%, GT-known loc "
-        f"{metrics['val/gt_known_loc']:.1f}% at its best CAM threshold "
-        f"{metrics['val/threshold']:.2f}, {metrics['val/gt_known_loc_fixed']:.1f}% at "
-        f"{fixed_threshold:.2f}"
     )
 
 
@@ -260,7 +239,7 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str):
             state = load_pretrained(state, config.init.pretrained_dir)
         return state, state_shardings
     # Read first: a damaged config.json stops the run here, not at its first save.
-    differences = checkpoint.run_config_differences(workdir, config)
+    differences = run_config.differences(workdir, config)
     if differences:
         log.warning("Resuming with a config that differs from the run's: %s.", differences)
     try:
@@ -269,7 +248,7 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str):
         unreadable = e.rejected and all(
             reason.startswith(checkpoint.UNREADABLE) for _, reason in e.rejected
         )
-        optim = unreadable and checkpoint.run_config_differences(workdir, config, "optim")
+        optim = unreadable and run_config.differences(workdir, config, "optim")
         if not optim:
             raise
         # Another optimizer (or clipping) builds another optimizer state, which no step fits.
@@ -297,36 +276,6 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str):
             f"(rm -r {' '.join(os.path.join(ckpts, str(s)) for s in newer)}), then rerun."
         )
     return state, state_shardings
-
-
-class _Progress:
-    """What a person and the logs see: metrics.jsonl rows and the progress bar (process 0)."""
-
-    def __init__(self, workdir: str, start: int, num_steps: int, fixed_threshold: float):
-        self.writer = MetricWriter(workdir, start)
-        self.bar = tqdm.tqdm(
-            total=num_steps, initial=start, desc="train", disable=jax.process_index() != 0
-        )
-        self.fixed_threshold = fixed_threshold
-        self.t0 = time.time()
-
-    def train(self, step: int, host_sums: dict[str, Any]) -> None:
-        metrics = _train_metrics(host_sums, time.time() - self.t0)
-        self.writer.write(step, metrics)
-        loss, acc = metrics["train/loss"], metrics["train/top1_acc"]
-        self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1f}")
-        self.bar.update(step - self.bar.n)
-
-    def validation(self, step: int, metrics: dict[str, Any]) -> None:
-        self.writer.write(step, metrics)
-        self.bar.write(_val_line(step, metrics, self.fixed_threshold))
-
-    def restart_clock(self) -> None:
-        self.t0 = time.time()  # throughput excludes evaluation and checkpointing
-
-    def close(self) -> None:
-        self.bar.close()
-        self.writer.close()
 
 
 def _train_batches(config, source, start: int, mesh):
@@ -399,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     val_eval = evaluator.Evaluator(config, model, mesh)
     batches = _train_batches(config, sources[config.data.train_split], start, mesh)
     sums = _zero_sums_on(mesh)
-    progress = _Progress(workdir, start, num_steps, config.eval.fixed_threshold)
+    progress = Progress(workdir, start, num_steps, config.eval.fixed_threshold)
     stop = _StopRequest()
     finished = False
     try:
@@ -412,7 +361,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 continue
             host_sums = jax.device_get(sums)
             _check_sums(host_sums, step, config, manager)
-            if do_save and not checkpoint.all_finite(state):
+            if do_save and not digests.all_finite(state):
                 raise NonFiniteLossError(_non_finite_message(step, manager))
             if do_log and host_sums["count"]:
                 progress.train(step, host_sums)
@@ -433,15 +382,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         stop.close()
         batches.close()  # stops the input readers (worker processes, shared memory) now
         progress.close()
-        # An async save in flight completes (or is abandoned whole) before we leave. If it
-        # failed while the run was stopping on another error, that error says why the run
-        # stopped and stays the one raised; the lost step is logged in one line.
-        try:
-            checkpoint.wait(manager)
-        except checkpoint.CheckpointError as e:
-            if finished:
-                raise
-            log.warning("%s", e)
-        finally:
-            manager.close()
+        _close_checkpoints(manager, finished)
     return state
+
+
+def _close_checkpoints(manager, finished: bool) -> None:
+    """The async save in flight completes (or is abandoned whole) before the run returns. If it
+    failed while the run was stopping on another error, that error says why the run stopped and
+    stays the one raised; the lost step is logged in one line."""
+    try:
+        checkpoint.wait(manager)
+    except checkpoint.CheckpointError as e:
+        if finished:
+            raise
+        log.warning("%s", e)
+    finally:
+        manager.close()

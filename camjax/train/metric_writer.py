@@ -1,14 +1,17 @@
-"""Where training metrics go: a JSONL file in the workdir (always) and TensorBoard (if installed).
+"""Where training metrics go: a JSONL file in the workdir (always) and TensorBoard (if installed),
+and the progress bar a person watches.
 
 Only process 0 writes, so a multi-host run produces one log.
 """
 
 import json
 import os
+import time
 from typing import Any
 
 import jax
 import numpy as np
+import tqdm
 
 
 class MetricWriter:
@@ -75,3 +78,52 @@ def _to_python(v: Any) -> Any:
         v = np.asarray(v)
         return v.item() if v.ndim == 0 else v.tolist()
     return v
+
+
+class Progress:
+    """What a person and the logs see: metrics.jsonl rows and the progress bar (process 0)."""
+
+    def __init__(self, workdir: str, start: int, num_steps: int, fixed_threshold: float):
+        self.writer = MetricWriter(workdir, start)
+        self.bar = tqdm.tqdm(
+            total=num_steps, initial=start, desc="train", disable=jax.process_index() != 0
+        )
+        self.fixed_threshold = fixed_threshold
+        self.t0 = time.time()
+
+    def train(self, step: int, host_sums: dict[str, Any]) -> None:
+        metrics = train_metrics(host_sums, time.time() - self.t0)
+        self.writer.write(step, metrics)
+        loss, acc = metrics["train/loss"], metrics["train/top1_acc"]
+        self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.1f}")
+        self.bar.update(step - self.bar.n)
+
+    def validation(self, step: int, metrics: dict[str, Any]) -> None:
+        self.writer.write(step, metrics)
+        self.bar.write(val_line(step, metrics, self.fixed_threshold))
+
+    def restart_clock(self) -> None:
+        self.t0 = time.time()  # throughput excludes evaluation and checkpointing
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+
+
+def train_metrics(host_sums: dict[str, Any], seconds: float) -> dict[str, float]:
+    n = host_sums["count"]
+    return {
+        "train/loss": host_sums["loss"] / n,
+        "train/top1_acc": 100 * host_sums["top1"] / n,
+        "train/top5_acc": 100 * host_sums["top5"] / n,
+        "train/images_per_sec": n / seconds,
+    }
+
+
+def val_line(step: int, metrics: dict[str, Any], fixed_threshold: float) -> str:
+    return (
+        f"step {step}: val top-1 cls {metrics['val/top1_cls']:.1f}%, GT-known loc "
+        f"{metrics['val/gt_known_loc']:.1f}% at its best CAM threshold "
+        f"{metrics['val/threshold']:.2f}, {metrics['val/gt_known_loc_fixed']:.1f}% at "
+        f"{fixed_threshold:.2f}"
+    )

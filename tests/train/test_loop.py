@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from camjax import checkpoint, cli, experiment
+from camjax import checkpoint, cli, experiment, run_config
 from camjax.train import loop, optim
 from camjax.train import state as train_state
 from configs import tiny
@@ -394,7 +394,7 @@ def test_unusable_checkpoint_directory_or_run_config_fail_at_start(resumable):
     config.train.num_steps = 4
     with open(os.path.join(workdir, "config.json"), "r+") as f:
         f.truncate(10)
-    with pytest.raises(checkpoint.CheckpointError, match=r"config.json is not valid JSON"):
+    with pytest.raises(run_config.RunConfigError, match=r"config.json is not valid JSON"):
         loop.train_and_evaluate(config, workdir)
     fresh = os.path.join(workdir, "fresh")
     os.makedirs(fresh)

@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from camjax import checkpoint, experiment
+from camjax import checkpoint, experiment, run_config
 from camjax.train import optim
 from camjax.train import state as train_state
 from tests.xla_flags import subprocess_xla_flags
@@ -119,7 +119,7 @@ def run_two(workdir: str, data_dir: str, logs: str, steps: int = STEPS) -> list[
 def restore(workdir: str):
     """The workdir's newest good train state, restored (digests verified) onto this test
     process's 8-device mesh, as a 1-process run restores it."""
-    config = checkpoint.load_run_config(workdir)
+    config = run_config.load(workdir)
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
     abstract = train_state.abstract_train_state(config, model, tx, experiment.make_mesh())
@@ -163,7 +163,7 @@ def test_two_processes_train_as_one(runs):
     """
     one, two = restore(runs["one"]), restore(runs["two"])
     assert int(one.step) == int(two.step) == STEPS
-    config = checkpoint.load_run_config(runs["one"])
+    config = run_config.load(runs["one"])
     init, _ = train_state.create_train_state(
         config,
         experiment.build_model(config),

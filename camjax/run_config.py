@@ -1,0 +1,106 @@
+"""The run's config, written beside its checkpoints (workdir/config.json) so that evaluation
+needs only the workdir, and the differences between two configs, said field by field."""
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+
+RUN_CONFIG = "config.json"
+
+
+class RunConfigError(ValueError):
+    """A run's config.json is missing or unreadable."""
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as JSON values (tuples become lists), for saving and comparing."""
+    return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def as_json(value: Any) -> Any:
+    """`value` as it reads back from JSON (tuples become lists), to compare with what was saved."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def save(workdir: str, config: ml_collections.ConfigDict) -> None:
+    """Writes workdir/config.json (process 0, atomically) when it is missing or differs, so it
+    is always the config of the newest checkpoint."""
+    path = os.path.join(workdir, RUN_CONFIG)
+    values = _config_json(config)
+    if jax.process_index() != 0 or (os.path.exists(path) and _read_json(path) == values):
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def load(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run in workdir was trained with (locked: unknown fields are errors)."""
+    path = os.path.join(workdir, RUN_CONFIG)
+    if not os.path.exists(path):
+        raise RunConfigError(
+            f"no {RUN_CONFIG} in {workdir}: it is written at a run's first checkpoint. Train "
+            "there first, or pass --config with the config the run was trained with."
+        )
+    config = ml_collections.ConfigDict(_tuples(_read_json(path)))
+    config.lock()
+    return config
+
+
+def _tuples(value: Any) -> Any:
+    """JSON's lists back as the tuples config files write, which --config.x=... can override
+    (ml_collections cannot override a list field)."""
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def differences(workdir: str, config: ml_collections.ConfigDict, section: str | None = None) -> str:
+    """Where `config` (or its `section`, e.g. 'optim') differs from the run's saved config, as
+    'section.field: run A, given B; ...' ('' when they agree or the run saved none)."""
+    path = os.path.join(workdir, RUN_CONFIG)
+    if not os.path.exists(path):
+        return ""
+    saved, given = _read_json(path), _config_json(config)
+    if section is not None:
+        saved, given = saved.get(section, {}), given.get(section, {})
+    prefix = f"{section}." if section is not None else ""
+    return compare(saved, given, prefix, labels=("run", "given"))
+
+
+def _read_json(path: str) -> Any:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise RunConfigError(f"{path} is not valid JSON ({e}); restore or delete it.") from None
+
+
+_MISSING = object()
+
+
+def compare(
+    saved: dict, wanted: dict, prefix: str = "", labels: tuple[str, str] = ("checkpoint", "config")
+) -> str:
+    """Where two configs' JSON forms differ, as 'prefix.field: A_label a, B_label b; ...'."""
+    out = []
+    for k in sorted(saved.keys() | wanted.keys()):
+        a, b = saved.get(k, _MISSING), wanted.get(k, _MISSING)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = compare(a, b, f"{prefix}{k}.", labels)
+            if inner:
+                out.append(inner)
+        elif a is _MISSING or b is _MISSING:  # a field one side lacks (added by a later camjax)
+            absent, present, value = (*labels, b) if a is _MISSING else (*labels[::-1], a)
+            # A whole section is named, not dumped field by field.
+            shown = "has it" if isinstance(value, dict) else repr(value)
+            out.append(f"{prefix}{k}: {present} {shown}, {absent} has not")
+        elif a != b:
+            out.append(f"{prefix}{k}: {labels[0]} {a!r}, {labels[1]} {b!r}")
+    return "; ".join(out)
