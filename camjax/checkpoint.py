@@ -133,6 +133,7 @@ def wait(manager: ocp.CheckpointManager) -> None:
     in_flight = manager.latest_step()
     try:
         manager.wait_until_finished()
+        return
     except Exception as e:  # orbax re-raises the background save's error, of any type
         # orbax keeps the error in more than one place and raises it again at the next save or
         # at close, over whatever the caller raises then. Closing the manager waits for its
@@ -140,13 +141,12 @@ def wait(manager: ocp.CheckpointManager) -> None:
         with contextlib.suppress(Exception):
             manager.close()
         message = _failed_save_message(manager, in_flight, e)
-        # The traceback holds the frames of orbax's abandoned writes, and through them their
-        # asyncio tasks: dropped and collected now, the tasks log "exception was never
-        # retrieved" here, not after the run's last line or at interpreter shutdown (as
-        # "ImportError: sys.meta_path is None"). orbax has logged the traceback itself.
-        e.__traceback__ = None
-        gc.collect()
-        raise CheckpointError(message) from e
+    # Out of the except block, orbax's error is gone, and with its traceback the frames of the
+    # abandoned writes and their asyncio tasks: collected now, the tasks log "exception was
+    # never retrieved" before the one-line error, not after it or at interpreter shutdown (as
+    # "ImportError: sys.meta_path is None"). orbax has logged the traceback itself.
+    gc.collect()
+    raise CheckpointError(message)
 
 
 def newest_complete_step(manager: ocp.CheckpointManager) -> int | None:

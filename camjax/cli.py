@@ -34,15 +34,43 @@ def setup_logging() -> None:
         # threads with a traceback (~320 lines in all), then reaches camjax, whose one-line
         # error says what was lost. orbax's records keep their message line.
         logging.getLogger("absl").addFilter(_without_orbax_traceback)
+        logging.getLogger("asyncio").addFilter(_without_orbax_traceback)
+        # tensorstore's threads then complete the abandoned writes into orbax's closed event
+        # loop: each completion is an "unraisable" RuntimeError (up to ~80 tracebacks, printed
+        # by the interpreter, not logged). They say nothing the one-line error does not.
+        sys.unraisablehook = _without_closed_loop_reports(sys.unraisablehook)
 
 
 _ORBAX = f"{os.sep}orbax{os.sep}"
 
 
 def _without_orbax_traceback(record: logging.LogRecord) -> bool:
+    if record.name == "asyncio" and _raised_in_orbax(record.exc_info):
+        # "Task exception was never retrieved": the abandoned writes of a failed save, each
+        # failing as orbax has already reported, some collected only at exit, after the error.
+        return False
     if _ORBAX in record.pathname:
         record.exc_info = record.exc_text = None
     return True
+
+
+def _raised_in_orbax(exc_info) -> bool:
+    """Whether a record's exception passed through orbax (asyncio's reports of its tasks)."""
+    tb = exc_info[2] if isinstance(exc_info, tuple) else None
+    while tb is not None:
+        if _ORBAX in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _without_closed_loop_reports(hook):
+    def report(unraisable) -> None:
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            hook(unraisable)
+
+    return report
 
 
 def _tracebacks_wanted() -> bool:

@@ -5,6 +5,7 @@ shows of the libraries."""
 import logging
 import os
 import sys
+import types
 
 import orbax.checkpoint
 import pytest
@@ -145,13 +146,47 @@ def formatted(path: str) -> str:
 @pytest.fixture
 def restore_logging():
     """Undoes setup_logging's changes after the test."""
-    absl = logging.getLogger("absl")
+    absl, aio = logging.getLogger("absl"), logging.getLogger("asyncio")
     verbosity, level = absl_logging.get_verbosity(), logging.getLogger("camjax").level
-    filters = list(absl.filters)
+    filters, aio_filters, hook = list(absl.filters), list(aio.filters), sys.unraisablehook
     yield
     absl_logging.set_verbosity(verbosity)
     logging.getLogger("camjax").setLevel(level)
-    absl.filters[:] = filters
+    absl.filters[:], aio.filters[:] = filters, aio_filters
+    sys.unraisablehook = hook
+
+
+def test_a_failed_saves_abandoned_writes_say_nothing_more(restore_logging, monkeypatch):
+    """asyncio's reports of orbax's abandoned tasks, and tensorstore's completions into orbax's
+    closed event loop, are dropped at the entry points (orbax logs the failure itself)."""
+    monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
+    seen = []
+    sys.unraisablehook = seen.append
+    cli.setup_logging()
+    namespace = {}
+    exec(
+        compile("def write():\n    raise ValueError('RESOURCE_EXHAUSTED')", ORBAX_FILE, "exec"),
+        namespace,
+    )
+    try:
+        namespace["write"]()  # an exception whose traceback passes through orbax's code
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "asyncio",
+        logging.ERROR,
+        "base_events.py",
+        1,
+        "Task exception was never retrieved",
+        None,
+        exc_info,
+    )
+    assert not logging.getLogger("asyncio").filter(record)
+    record.exc_info = None  # asyncio's other records pass
+    assert logging.getLogger("asyncio").filter(record)
+    for e in (RuntimeError("Event loop is closed"), RuntimeError("other")):
+        sys.unraisablehook(types.SimpleNamespace(exc_value=e))
+    assert [str(u.exc_value) for u in seen] == ["other"]
 
 
 def test_orbax_records_keep_one_line_unless_tracebacks_are_asked_for(restore_logging, monkeypatch):
