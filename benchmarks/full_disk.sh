@@ -36,6 +36,7 @@ for case in preflight in_orbax; do
   echo "== $case: exit $rc, stderr $(wc -l <"$log") lines, the last: $(tail -n 1 "$log")"
   echo "  checkpoints: $(steps)"
   check '[ $rc = 1 ] && [[ "$(steps)" == "10 20 "* ]]' "it stopped with steps 10 and 20 complete"
+  check '[[ "$(tail -n 1 "$log")" == error:* ]]' "the one-line error is the last line"
   mount -o remount,size=8m "$disk"
   "$python" train.py "${run[@]}" 2>"$log"
   rc=$?

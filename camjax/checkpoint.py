@@ -99,7 +99,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
     of this step is written.
     """
     wait(manager)
-    _check_free_space(manager, step, state, config.train.keep_checkpoints)
+    _check_free_space(manager, step, state)
     try:
         manager.save(
             step,
@@ -140,13 +140,28 @@ def wait(manager: ocp.CheckpointManager) -> None:
         # checkpointer's thread and takes the copies, so the failure is reported once.
         with contextlib.suppress(Exception):
             manager.close()
-        message = _failed_save_message(manager, in_flight, e)
-    # Out of the except block, orbax's error is gone, and with its traceback the frames of the
-    # abandoned writes and their asyncio tasks: collected now, the tasks log "exception was
-    # never retrieved" before the one-line error, not after it or at interpreter shutdown (as
-    # "ImportError: sys.meta_path is None"). orbax has logged the traceback itself.
+        if not os_reason(e):
+            raise  # not the disk or the filesystem: a bug, which keeps its traceback (as in save)
+        if newest_complete_step(manager) == in_flight:  # saved; deleting an old step failed
+            message = (
+                f"checkpoint step {in_flight} was saved in {manager.directory}, but removing an "
+                f"older step failed ({os_reason(e)}); remove it by hand, then rerun: it resumes "
+                f"from step {in_flight}."
+            )
+        else:
+            message = _failed_save_message(manager, in_flight, e)
+        # The tracebacks hold the frames of orbax's abandoned writes, and through them their
+        # asyncio tasks: dropped here and collected below, the tasks log "exception was never
+        # retrieved" before the one-line error, not after it or at interpreter shutdown (as
+        # "ImportError: sys.meta_path is None"). orbax has logged the traceback itself.
+        cause, seen = e, set()
+        while cause is not None and id(cause) not in seen:
+            seen.add(id(cause))
+            cause.__traceback__ = None
+            cause = cause.__cause__ or cause.__context__
+        cause = e
     gc.collect()
-    raise CheckpointError(message)
+    raise CheckpointError(message) from cause
 
 
 def newest_complete_step(manager: ocp.CheckpointManager) -> int | None:
@@ -209,7 +224,7 @@ def step_bytes(state: Any) -> int:
     return arrays + _METADATA_BYTES_PER_ARRAY * len(leaves) + _STEP_SLACK_BYTES
 
 
-def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any, keep: int) -> None:
+def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> None:
     """A one-line CheckpointError, before anything is written, when the checkpoint directory's
     filesystem cannot hold `step`. Call it with no save in flight: that one's files count.
 
@@ -220,19 +235,37 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any, kee
     """
     directory = str(manager.directory)
     needed = step_bytes(state)
-    free = shutil.disk_usage(directory).free if jax.process_index() == 0 else 0
+    free = 0
+    if jax.process_index() == 0:
+        # A half-written copy of this step from an earlier run is removed before the write.
+        free = shutil.disk_usage(directory).free + _bytes_under(
+            os.path.join(directory, f"{step}.orbax-checkpoint-tmp")
+        )
     if jax.process_count() > 1:
         # float32: jax's arrays hold no int64 by default; its 24-bit mantissa is exact enough.
         free = float(multihost_utils.broadcast_one_to_all(np.float32(free)))
     if free >= needed:
         return
+    # orbax deletes an old step only once a new one is complete, so a lower keep_checkpoints
+    # frees nothing before this save: removing the oldest step by hand does.
+    steps = sorted(manager.all_steps())
+    oldest = f" (e.g. the oldest step: rm -r {os.path.join(directory, str(steps[0]))})"
     raise CheckpointError(
         f"not enough disk space to save checkpoint step {step}: it needs about "
         f"{_megabytes(needed)} and {_megabytes(free)} are free in {directory}; nothing of it "
-        f"was written. Free space there, train in another --workdir, or lower "
-        f"config.train.keep_checkpoints (now {keep}; orbax deletes an old step only once a new "
-        f"one is complete, so {keep + 1} steps must fit), then rerun: {_resumes(manager)}."
+        f"was written. Free space there{oldest if len(steps) > 1 else ''} or train in another "
+        f"--workdir, then rerun: {_resumes(manager)}."
     )
+
+
+def _bytes_under(path: str) -> int:
+    """Disk space the files under `path` take (0 if it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(root, name)).st_blocks * 512
+    return total
 
 
 def _megabytes(n: float) -> str:

@@ -14,7 +14,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from camjax import run_config
+from camjax import checkpoint, run_config
 
 # How ml_collections spells an override of a config flag's field: --config.a.b=v, --noconfig.c.
 _OVERRIDE = re.compile(r"-{1,2}(no)?config\.")
@@ -49,8 +49,10 @@ def _without_orbax_traceback(record: logging.LogRecord) -> bool:
         # "Task exception was never retrieved": the abandoned writes of a failed save, each
         # failing as orbax has already reported, some collected only at exit, after the error.
         return False
-    if _ORBAX in record.pathname:
-        record.exc_info = record.exc_text = None
+    if _ORBAX in record.pathname and record.exc_info:
+        # The message line keeps the reason (orbax's messages do not all name it).
+        record.msg = f"{record.getMessage()} ({checkpoint.first_line(record.exc_info[1])})"
+        record.args, record.exc_info, record.exc_text = None, None, None
     return True
 
 
@@ -67,7 +69,10 @@ def _raised_in_orbax(exc_info) -> bool:
 def _without_closed_loop_reports(hook):
     def report(unraisable) -> None:
         e = unraisable.exc_value
-        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+        # tensorstore's reports name no object; a user's own closed loop (a transport's
+        # __del__) names its object and is still reported.
+        closed = isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
+        if not (closed and getattr(unraisable, "object", None) is None):
             hook(unraisable)
 
     return report

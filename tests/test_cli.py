@@ -184,15 +184,22 @@ def test_a_failed_saves_abandoned_writes_say_nothing_more(restore_logging, monke
     assert not logging.getLogger("asyncio").filter(record)
     record.exc_info = None  # asyncio's other records pass
     assert logging.getLogger("asyncio").filter(record)
-    for e in (RuntimeError("Event loop is closed"), RuntimeError("other")):
-        sys.unraisablehook(types.SimpleNamespace(exc_value=e))
-    assert [str(u.exc_value) for u in seen] == ["other"]
+    closed = RuntimeError("Event loop is closed")
+    for e, owner in ((closed, None), (RuntimeError("other"), None), (closed, "a transport")):
+        sys.unraisablehook(types.SimpleNamespace(exc_value=e, object=owner))
+    # A report that names its object (a user's own transport) is kept.
+    assert [(str(u.exc_value), u.object) for u in seen] == [
+        ("other", None),
+        ("Event loop is closed", "a transport"),
+    ]
 
 
 def test_orbax_records_keep_one_line_unless_tracebacks_are_asked_for(restore_logging, monkeypatch):
     monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
     cli.setup_logging()
-    assert formatted(ORBAX_FILE) == "Save failed."
+    assert formatted(ORBAX_FILE) == (
+        "Save failed. (ValueError: RESOURCE_EXHAUSTED: No space left on device)"
+    )
     # Other records, camjax's among them, keep their traceback.
     assert "Traceback" in formatted(cli.__file__)
     logging.getLogger("absl").filters.clear()

@@ -283,10 +283,9 @@ def test_a_disk_too_full_for_the_next_step_stops_before_writing_it(resumable, ca
     needed, free = re.fullmatch(
         rf"error: not enough disk space to save checkpoint step 4: it needs about (\S+) MB and "
         rf"(\S+) MB are free in {re.escape(ckpts)}; nothing of it was written\. Free space "
-        r"there, train in another --workdir, or lower config\.train\.keep_checkpoints \(now 2; "
-        r"orbax deletes an old step only once a new one is complete, so 3 steps must fit\), "
-        r"then rerun: it resumes from step 3, the newest complete one\. \(CAMJAX_TRACEBACK=1 "
-        r"shows where\)",
+        rf"there \(e\.g\. the oldest step: rm -r {re.escape(os.path.join(ckpts, '2'))}\) or "
+        r"train in another --workdir, then rerun: it resumes from step 3, the newest complete "
+        r"one\. \(CAMJAX_TRACEBACK=1 shows where\)",
         line,
     ).groups()
     assert calls == [ckpts, ckpts] and free == "0.0"
@@ -334,6 +333,43 @@ def test_a_save_failing_inside_orbax_is_one_line_and_a_rerun_resumes(
     # orbax replaces the leftover directory when it saves the step again.
     assert "4.orbax-checkpoint-tmp which already exists. Removing existing" in caplog.text
     assert sorted(os.listdir(ckpts)) == [str(num_steps - 1), str(num_steps)]
+
+
+def test_a_failed_removal_of_an_old_step_or_a_bug_in_a_write_is_said_as_it_is(
+    resumable, capsys, monkeypatch
+):
+    """Background failures other than a write into a full disk: a step saved but an older one
+    not removable says so (not "saving failed"); an error that is no OS error is a bug and keeps
+    its type and traceback."""
+    monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
+    config, workdir = resumable
+    config.train.num_steps = 4
+    ckpts = checkpoint.checkpoint_dir(workdir)
+
+    def cannot_remove(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    monkeypatch.setattr(epath.gpath.PosixGPath, "rmtree", cannot_remove)
+    line = error_line(capsys, lambda: loop.train_and_evaluate(config, workdir))
+    # Step 3 was saved and removing step 1 failed; the run stopped at step 4's save.
+    assert line == (
+        f"error: checkpoint step 3 was saved in {ckpts}, but removing an older step failed "
+        "(Permission denied); remove it by hand, then rerun: it resumes from step 3. "
+        "(CAMJAX_TRACEBACK=1 shows where)"
+    )
+    assert sorted(os.listdir(ckpts)) == ["1", "2", "3"]
+    write_text = epath.gpath.PosixGPath.write_text
+
+    def bug(path, *args, **kwargs):
+        if str(path).startswith(os.path.join(ckpts, "5.orbax-checkpoint-tmp") + os.sep):
+            raise TypeError("a bug in a write")
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(epath.gpath.PosixGPath, "write_text", bug)
+    config.train.num_steps = 5
+    with pytest.raises(TypeError, match="a bug in a write"), cli.user_errors():
+        loop.train_and_evaluate(config, workdir)
 
 
 def test_a_step_directory_copied_under_another_number_is_never_reported_as_it(resumable):
