@@ -111,6 +111,7 @@ class Progress:
 
 
 def train_metrics(host_sums: dict[str, Any], seconds: float) -> dict[str, float]:
+    """The logged training metrics of the summed steps since the last log, and throughput."""
     n = host_sums["count"]
     return {
         "train/loss": host_sums["loss"] / n,
@@ -121,6 +122,7 @@ def train_metrics(host_sums: dict[str, Any], seconds: float) -> dict[str, float]
 
 
 def val_line(step: int, metrics: dict[str, Any], fixed_threshold: float) -> str:
+    """The line printed under the progress bar for a validation during training."""
     return (
         f"step {step}: val top-1 cls {metrics['val/top1_cls']:.1f}%, GT-known loc "
         f"{metrics['val/gt_known_loc']:.1f}% at its best CAM threshold "
