@@ -248,13 +248,18 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> 
         return
     # orbax deletes an old step only once a new one is complete, so a lower keep_checkpoints
     # frees nothing before this save: removing the oldest step by hand does.
+    # (Never the only step: it is what a rerun resumes from.)
     steps = sorted(manager.all_steps())
-    oldest = f" (e.g. the oldest step: rm -r {os.path.join(directory, str(steps[0]))})"
+    oldest = (
+        f" (e.g. the oldest step: rm -r {os.path.join(directory, str(steps[0]))})"
+        if len(steps) > 1
+        else ""
+    )
     raise CheckpointError(
         f"not enough disk space to save checkpoint step {step}: it needs about "
         f"{_megabytes(needed)} and {_megabytes(free)} are free in {directory}; nothing of it "
-        f"was written. Free space there{oldest if len(steps) > 1 else ''} or train in another "
-        f"--workdir, then rerun: {_resumes(manager)}."
+        f"was written. Free space there{oldest} or train in another --workdir, then rerun: "
+        f"{_resumes(manager)}."
     )
 
 

@@ -4,6 +4,7 @@ steps, and the disk space a save needs."""
 import errno
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -359,6 +360,36 @@ def test_the_space_estimate_bounds_a_saved_step_closely_from_above(tmp_path):
     # measured against the larger of the two.
     size = max(blocks, sum(os.path.getsize(p) for p in paths if os.path.isfile(p)))
     assert blocks <= checkpoint.step_bytes(state) <= 1.25 * size
+
+
+def test_no_room_for_the_first_step_or_the_second_says_what_to_free(tmp_path, monkeypatch):
+    """The preflight's advice: with no step or one step saved, nothing to remove; with more,
+    the oldest step (orbax deletes old steps only after a new one completes)."""
+    config = tiny.get_config()
+    state = {"w": jnp.ones((1000,), jnp.float32)}
+    manager = checkpoint.create_manager(str(tmp_path), 3)
+    ckpts = checkpoint.checkpoint_dir(str(tmp_path))
+    real = shutil.disk_usage
+    room = {"free": True}
+
+    def disk_usage(path):
+        usage = real(path)
+        return usage if room["free"] else usage._replace(free=1000)
+
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", disk_usage)
+    expected = [
+        "no step was saved yet, so it starts over.",
+        "it resumes from step 1, the newest complete one.",
+        f"(e.g. the oldest step: rm -r {os.path.join(ckpts, '1')}) or train in another",
+    ]
+    for step, tail in enumerate(expected, start=1):
+        room["free"] = False
+        with pytest.raises(checkpoint.CheckpointError, match=re.escape(tail)):
+            checkpoint.save(manager, step, state, config)
+        room["free"] = True
+        checkpoint.save(manager, step, state, config)
+        checkpoint.wait(manager)
+    manager.close()
 
 
 # The error tensorstore raised when a real tmpfs filled during a save (paths shortened).
