@@ -37,8 +37,17 @@ class MetricWriter:
         if not self.active:
             return
         clean = {k: _to_python(v) for k, v in metrics.items()}
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": int(step), **clean}) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": int(step), **clean}) + "\n")
+        except (
+            OSError
+        ) as e:  # a full disk: said in one line (a line cut short is dropped on resume)
+            raise OSError(
+                f"could not append to {self.path} ({e.strerror}); free space there or train in "
+                "another --workdir, then rerun: training resumes from its newest checkpoint, if "
+                "any."
+            ) from None
         if self._tb is not None:
             for k, v in clean.items():
                 if isinstance(v, float | int):

@@ -1,6 +1,10 @@
 """Tests for camjax/train/metric_writer.py: one record per step across resumes."""
 
+import errno
 import json
+import os
+
+import pytest
 
 from camjax.train.metric_writer import MetricWriter
 
@@ -32,3 +36,21 @@ def test_a_fresh_run_keeps_nothing_and_a_finished_one_everything(tmp_path):
     assert steps(tmp_path / "metrics.jsonl") == [3, 3]
     MetricWriter(str(tmp_path), start_step=0)  # a run started over: its old rows go
     assert steps(tmp_path / "metrics.jsonl") == []
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_way_out(tmp_path, monkeypatch):
+    from camjax.train import metric_writer
+
+    writer = MetricWriter(str(tmp_path))
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(metric_writer, "open", full_disk, raising=False)
+    with pytest.raises(OSError) as err:
+        writer.write(1, {"train/loss": 1.0})
+    assert str(err.value) == (
+        f"could not append to {tmp_path / 'metrics.jsonl'} (No space left on device); free "
+        "space there or train in another --workdir, then rerun: training resumes from its "
+        "newest checkpoint, if any."
+    )
