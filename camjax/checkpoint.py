@@ -117,9 +117,10 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
             ),
         )
     except Exception as e:
-        if not os_reason(e):
+        if not (reason := os_reason(e)):
             raise  # not the disk or the filesystem: a bug, which keeps its traceback
-        raise CheckpointError(_failed_save_message(manager, step, e)) from e
+        last = newest_complete_step(manager)
+        raise CheckpointError(_failed_save_message(manager, step, reason, last)) from e
     run_config.save(os.path.dirname(str(manager.directory)), config)
 
 
@@ -140,25 +141,23 @@ def wait(manager: ocp.CheckpointManager) -> None:
         # checkpointer's thread and takes the copies, so the failure is reported once.
         with contextlib.suppress(Exception):
             manager.close()
-        if not os_reason(e):
+        if not (reason := os_reason(e)):
             raise  # not the disk or the filesystem: a bug, which keeps its traceback (as in save)
-        if newest_complete_step(manager) == in_flight:  # saved; deleting an old step failed
+        last = newest_complete_step(manager)
+        if last == in_flight:  # saved; deleting an old step failed
             message = (
                 f"checkpoint step {in_flight} was saved in {manager.directory}, but removing an "
-                f"older step failed ({os_reason(e)}); remove it by hand, then rerun: it resumes "
-                f"from step {in_flight}."
+                f"older step failed ({reason}); remove it by hand, then rerun: it resumes from "
+                f"step {in_flight}."
             )
         else:
-            message = _failed_save_message(manager, in_flight, e)
+            message = _failed_save_message(manager, in_flight, reason, last)
         # The tracebacks hold the frames of orbax's abandoned writes, and through them their
         # asyncio tasks: dropped here and collected below, the tasks log "exception was never
         # retrieved" before the one-line error, not after it or at interpreter shutdown (as
         # "ImportError: sys.meta_path is None"). orbax has logged the traceback itself.
-        cause, seen = e, set()
-        while cause is not None and id(cause) not in seen:
-            seen.add(id(cause))
-            cause.__traceback__ = None
-            cause = cause.__cause__ or cause.__context__
+        for link in _chain(e):
+            link.__traceback__ = None
         cause = e
     gc.collect()
     raise CheckpointError(message) from cause
@@ -178,28 +177,35 @@ def os_reason(e: BaseException) -> str:
     exceeded', ...) from an OSError in e's chain or from the os_error_code in tensorstore's
     message, e.g. "...Failed to write 20436 bytes to file 5: No space left on device
     [os_error_code='28']"; '' when there is none."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno:
-            return os.strerror(e.errno)
-        if code := re.search(r"\[os_error_code='?(\d+)'?\]", str(e)):
+    for link in _chain(e):
+        if isinstance(link, OSError) and link.errno:
+            return os.strerror(link.errno)
+        if code := re.search(r"\[os_error_code='?(\d+)'?\]", str(link)):
             return os.strerror(int(code.group(1)))
-        e = e.__cause__ or e.__context__
     return ""
 
 
-def _failed_save_message(manager: ocp.CheckpointManager, step: int | None, e: Exception) -> str:
-    directory = str(manager.directory)
+def _chain(e: BaseException | None):
+    """e, then the exceptions it was raised from or during, each once."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _failed_save_message(
+    manager: ocp.CheckpointManager, step: int | None, reason: str, last: int | None
+) -> str:
     return (
-        f"saving checkpoint step {step} in {directory} failed ({os_reason(e) or first_line(e)}); "
-        f"the earlier steps are intact. Fix the cause (a full disk: free space there or train in "
-        f"another --workdir), then rerun: {_resumes(manager)}."
+        f"saving checkpoint step {step} in {manager.directory} failed ({reason}); the earlier "
+        f"steps are intact. Fix the cause (a full disk: free space there or train in another "
+        f"--workdir), then rerun: {_resumes(last)}."
     )
 
 
-def _resumes(manager: ocp.CheckpointManager) -> str:
-    last = newest_complete_step(manager)
+def _resumes(last: int | None) -> str:
+    """Where a rerun starts, given the newest complete step."""
     if last is None:
         return "no step was saved yet, so it starts over"
     return f"it resumes from step {last}, the newest complete one"
@@ -249,6 +255,7 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> 
     # orbax deletes an old step only once a new one is complete, so a lower keep_checkpoints
     # frees nothing before this save: removing the oldest step by hand does.
     # (Never the only step: it is what a rerun resumes from.)
+    last = newest_complete_step(manager)  # reloads the list of steps from the directory
     steps = sorted(manager.all_steps())
     oldest = (
         f" (e.g. the oldest step: rm -r {os.path.join(directory, str(steps[0]))})"
@@ -259,7 +266,7 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> 
         f"not enough disk space to save checkpoint step {step}: it needs about "
         f"{_megabytes(needed)} and {_megabytes(free)} are free in {directory}; nothing of it "
         f"was written. Free space there{oldest} or train in another --workdir, then rerun: "
-        f"{_resumes(manager)}."
+        f"{_resumes(last)}."
     )
 
 

@@ -58,9 +58,13 @@ def _without_orbax_traceback(record: logging.LogRecord) -> bool:
 
 def _raised_in_orbax(exc_info) -> bool:
     """Whether a record's exception passed through orbax (asyncio's reports of its tasks)."""
-    tb = exc_info[2] if isinstance(exc_info, tuple) else None
+    return isinstance(exc_info, tuple) and _passes_through(exc_info[2], _ORBAX)
+
+
+def _passes_through(tb, path_part: str) -> bool:
+    """Whether a traceback has a frame in a file whose path contains `path_part`."""
     while tb is not None:
-        if _ORBAX in tb.tb_frame.f_code.co_filename:
+        if path_part in tb.tb_frame.f_code.co_filename:
             return True
         tb = tb.tb_next
     return False
@@ -155,12 +159,7 @@ def config_override_errors(argv: list[str]):
 
 def _resolving_an_override(e: BaseException) -> bool:
     """Whether `e` passed through ml_collections' resolution of an override's path."""
-    tb = e.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("config_flags", "config_path.py")):
-            return True
-        tb = tb.tb_next
-    return False
+    return _passes_through(e.__traceback__, os.path.join("config_flags", "config_path.py"))
 
 
 def define_config_flag(
