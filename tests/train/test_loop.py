@@ -297,6 +297,19 @@ def test_a_disk_too_full_for_the_next_step_stops_before_writing_it(resumable, ca
     assert sorted(os.listdir(ckpts)) == ["3", "4"]
 
 
+def fail_writes_of_step(monkeypatch, ckpts: str, step: int, error) -> None:
+    """orbax's JSON writes into `step`'s directory raise error(path), in its background thread."""
+    write_text = epath.gpath.PosixGPath.write_text
+    prefix = os.path.join(ckpts, f"{step}.orbax-checkpoint-tmp") + os.sep
+
+    def failing(path, *args, **kwargs):
+        if str(path).startswith(prefix):
+            raise error(str(path))
+        return write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(epath.gpath.PosixGPath, "write_text", failing)
+
+
 @pytest.mark.parametrize("num_steps", [4, 5], ids=["at_the_end", "at_the_next_save"])
 def test_a_save_failing_inside_orbax_is_one_line_and_a_rerun_resumes(
     resumable, capsys, caplog, monkeypatch, num_steps
@@ -310,13 +323,9 @@ def test_a_save_failing_inside_orbax_is_one_line_and_a_rerun_resumes(
     config.train.num_steps = num_steps
     ckpts = checkpoint.checkpoint_dir(workdir)
     write_text = epath.gpath.PosixGPath.write_text
-
-    def full_disk(path, *args, **kwargs):
-        if str(path).startswith(os.path.join(ckpts, "4.orbax-checkpoint-tmp") + os.sep):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        return write_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(epath.gpath.PosixGPath, "write_text", full_disk)
+    fail_writes_of_step(
+        monkeypatch, ckpts, 4, lambda path: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    )
     line = error_line(capsys, lambda: loop.train_and_evaluate(config, workdir))
     assert line == (
         f"error: saving checkpoint step 4 in {ckpts} failed (No space left on device); the "
@@ -358,15 +367,8 @@ def test_a_failed_removal_of_an_old_step_or_a_bug_in_a_write_is_said_as_it_is(
         "(CAMJAX_TRACEBACK=1 shows where)"
     )
     assert sorted(os.listdir(ckpts)) == ["1", "2", "3"]
-    write_text = epath.gpath.PosixGPath.write_text
-
-    def bug(path, *args, **kwargs):
-        if str(path).startswith(os.path.join(ckpts, "5.orbax-checkpoint-tmp") + os.sep):
-            raise TypeError("a bug in a write")
-        return write_text(path, *args, **kwargs)
-
     monkeypatch.undo()
-    monkeypatch.setattr(epath.gpath.PosixGPath, "write_text", bug)
+    fail_writes_of_step(monkeypatch, ckpts, 5, lambda path: TypeError("a bug in a write"))
     config.train.num_steps = 5
     with pytest.raises(TypeError, match="a bug in a write"), cli.user_errors():
         loop.train_and_evaluate(config, workdir)
