@@ -48,13 +48,27 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
-    """A manager over workdir/checkpoints keeping the `keep` newest steps."""
+    """A manager over workdir/checkpoints keeping the `keep` newest steps. A directory that
+    cannot be listed is a one-line CheckpointError."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
     handlers.add(None, ocp.args.PyTreeSave, _state_writer())  # reading stays orbax's default
-    return ocp.CheckpointManager(
-        checkpoint_dir(workdir), options=options, handler_registry=handlers
-    )
+    directory = checkpoint_dir(workdir)
+    for attempt in range(3):
+        try:
+            return ocp.CheckpointManager(directory, options=options, handler_registry=handlers)
+        except FileNotFoundError:
+            # orbax lists the steps and then reads each one's metadata: a live run deleting
+            # an old step in between removes a step listed a moment ago. Listing again sees
+            # the directory as it now is.
+            if attempt == 2:
+                raise
+        except OSError as e:
+            raise CheckpointError(
+                f"cannot read the checkpoints in {directory} ({e.strerror}); fix the "
+                "directory's permissions or choose another --workdir."
+            ) from None
+    raise AssertionError("unreachable")
 
 
 def _state_writer() -> ocp.PyTreeCheckpointHandler:
@@ -108,9 +122,12 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
                 # The step inside the step directory: a directory renamed or copied by hand is
                 # caught when restored, not reported under another step's number.
                 meta=ocp.args.JsonSave({**model_fingerprint(config), "step": int(step)}),
+                # The step in the digests too: the arrays and digests of another step copied in
+                # under this step's metadata are caught as well.
                 digests=ocp.args.JsonSave(
                     {
                         digests.DIGEST_FORMAT_KEY: digests.DIGEST_FORMAT,
+                        _DIGESTS_STEP_KEY: int(step),
                         **digests.tree_digests(state),
                     }
                 ),
@@ -241,15 +258,30 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> 
     """
     directory = str(manager.directory)
     needed = step_bytes(state)
-    free = 0
+    leftover = os.path.join(directory, f"{step}.orbax-checkpoint-tmp")
+    free, stuck = 0.0, ""
     if jax.process_index() == 0:
-        # A half-written copy of this step from an earlier run is removed before the write.
-        free = shutil.disk_usage(directory).free + _bytes_under(
-            os.path.join(directory, f"{step}.orbax-checkpoint-tmp")
-        )
+        # A half-written copy of this step from an earlier run: orbax removes it before the
+        # write, in its background threads, where a failure to remove it (its permissions)
+        # left the process waiting out orbax's 300 s timeouts after the error. Removed here,
+        # before the free space is measured.
+        try:
+            shutil.rmtree(leftover)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            stuck = e.strerror or type(e).__name__
+        free = -1.0 if stuck else shutil.disk_usage(directory).free
     if jax.process_count() > 1:
         # float32: jax's arrays hold no int64 by default; its 24-bit mantissa is exact enough.
         free = float(multihost_utils.broadcast_one_to_all(np.float32(free)))
+    if free < 0:
+        raise CheckpointError(
+            f"a half-written copy of checkpoint step {step} from an earlier run, {leftover}, "
+            f"cannot be removed ({stuck or 'on process 0'}); nothing of step {step} was "
+            "written. Remove it by hand (fix its permissions), then rerun: "
+            f"{_resumes(newest_complete_step(manager))}."
+        )
     if free >= needed:
         return
     # orbax deletes an old step only once a new one is complete, so a lower keep_checkpoints
@@ -268,16 +300,6 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> 
         f"was written. Free space there{oldest} or train in another --workdir, then rerun: "
         f"{_resumes(last)}."
     )
-
-
-def _bytes_under(path: str) -> int:
-    """Disk space the files under `path` take (0 if it does not exist)."""
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.stat(os.path.join(root, name)).st_blocks * 512
-    return total
 
 
 def _megabytes(n: float) -> str:
@@ -377,6 +399,7 @@ def rejected_steps(rejected) -> str:
 
 _OTHER_CONFIG = "was trained with a different config"
 UNREADABLE = "its arrays do not read"
+_DIGESTS_STEP_KEY = "__step__"  # no array path: paths have no leading underscores
 
 
 def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[Any, str, bool]:
@@ -391,6 +414,9 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
         return None, f"incomplete or unreadable metadata ({first_line(e)})", False
     if meta is None or saved_digests is None:
         return None, "incomplete: its metadata or digests are missing", False
+    for name, value in (("metadata", meta), ("digests", saved_digests)):
+        if not isinstance(value, dict):
+            return None, f"its {name} is not an object ({type(value).__name__})", False
     if saved_digests.get(digests.DIGEST_FORMAT_KEY) != digests.DIGEST_FORMAT:
         return (
             None,
@@ -399,20 +425,35 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
             "verified",
             False,
         )
-    if not isinstance(meta, dict):
-        return None, f"its metadata is not an object ({type(meta).__name__})", False
     meta = dict(meta)
-    saved_step = meta.pop("step", step)  # absent in steps saved before the step was recorded
-    if saved_step != step:
-        return None, f"it holds step {saved_step!r}, not {step} (renamed or copied by hand?)", False
+    # Absent in steps saved before the step was recorded there (the digests: before 2026-12-05).
+    for name, saved_step in (
+        ("metadata", meta.pop("step", step)),
+        ("digests", saved_digests.get(_DIGESTS_STEP_KEY, step)),
+    ):
+        if saved_step != step:
+            return (
+                None,
+                f"it holds step {saved_step!r} in its {name}, not {step} (renamed or copied "
+                "by hand?)",
+                False,
+            )
     expected = run_config.as_json(model_fingerprint(config))  # as saved: tuples are lists
     if meta != expected:
         return None, f"{_OTHER_CONFIG}: {run_config.compare(meta, expected)}", False
     try:
         tree = read(step)
+        # orbax's partial restore (evaluation's) leaves an array its metadata does not list
+        # as the abstract array it was asked for.
+        if missing := [
+            digests.path_name(p)
+            for p, x in jax.tree_util.tree_leaves_with_path(tree)
+            if isinstance(x, jax.ShapeDtypeStruct)
+        ]:
+            return None, f"{UNREADABLE} ({missing[0]} is not in it)", True
+        got, finite = digests.inspect_tree(tree)
     except Exception as e:
         return None, f"{UNREADABLE} ({first_line(e)})", True
-    got, finite = digests.inspect_tree(tree)
     for path, digest in got.items():
         if path not in saved_digests:
             return None, f"{path} has no saved digest", True

@@ -56,7 +56,7 @@ _inspect_leaves = jax.jit(
 
 def _leaves(tree: Any) -> tuple[list[str], list[jax.Array]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [_path(p) for p, _ in flat], [jnp.asarray(x) for _, x in flat]
+    return [path_name(p) for p, _ in flat], [jnp.asarray(x) for _, x in flat]
 
 
 def _described(paths, leaves, sums) -> dict[str, list]:
@@ -79,7 +79,7 @@ def inspect_tree(tree: Any) -> tuple[dict[str, list], list[bool]]:
     return _described(paths, leaves, sums), [bool(f) for f in finite]
 
 
-def _path(keys: tuple) -> str:
+def path_name(keys: tuple) -> str:
     """'params/conv1_1/kernel' for a key path, the same for a TrainState field and a dict key."""
     names = []
     for k in keys:

@@ -220,6 +220,22 @@ def drop_digest_format(path):
     json.dump(saved, open(path, "w"))
 
 
+def rename_a_key(step):
+    """One bit flipped in an array's name in the step's pytree metadata ('bias' -> 'bics'): the
+    array is no longer listed under the name asked for."""
+    path = os.path.join(step, "state", "_METADATA")
+    data = bytearray(open(path, "rb").read())
+    data[data.index(b'"key": "bias"') + len(b'"key": "bi')] ^= 0x02
+    open(path, "wb").write(bytes(data))
+
+
+def arrays_and_digests_of_step_1(step):
+    """Step 1's arrays and digests copied in under step 2's metadata."""
+    for part in ("state", "digests"):
+        shutil.rmtree(os.path.join(step, part))
+        shutil.copytree(os.path.join(os.path.dirname(step), "1", part), os.path.join(step, part))
+
+
 DAMAGE = {
     "bit_flip": lambda step: flip_bit(largest_array_file(step)),
     "xor_bytes": lambda step: xor_bytes(largest_array_file(step)),
@@ -229,6 +245,11 @@ DAMAGE = {
     "truncated_meta_json": lambda step: truncate(os.path.join(step, "meta", "metadata")),
     "other_digest_format": lambda step: drop_digest_format(os.path.join(step, "digests")),
     "empty_step_folder": None,  # a folder 99 with nothing in it
+    "digests_not_an_object": lambda step: open(
+        os.path.join(step, "digests", "metadata"), "w"
+    ).write("[1, 2]"),
+    "renamed_array_key": rename_a_key,
+    "arrays_and_digests_of_another_step": arrays_and_digests_of_step_1,
 }
 
 
@@ -317,16 +338,25 @@ def test_no_good_step_is_one_error_listing_every_step(two_steps):
     assert sorted(os.listdir(ckpts)) == ["1", "2"]
 
 
-def test_evaluation_restores_the_newest_good_variables(two_steps):
-    config, workdir, abstract, first, _ = two_steps
-    flip_bit(largest_array_file(os.path.join(checkpoint.checkpoint_dir(workdir), "2")))
+@pytest.mark.parametrize("damage", sorted(set(DAMAGE) - {"empty_step_folder"}))
+def test_evaluation_restores_the_newest_good_variables(two_steps, caplog, damage):
+    """As training's restore, evaluation's (the model variables only, a partial restore)."""
+    config, workdir, abstract, first, second = two_steps
+    DAMAGE[damage](os.path.join(checkpoint.checkpoint_dir(workdir), "2"))
     manager = checkpoint.create_manager(workdir, 3)
-    variables, step = checkpoint.restore_variables(
-        manager, {"params": abstract.params, "batch_stats": {}}, config
-    )
+    with caplog.at_level("WARNING", logger="camjax"):
+        variables, step = checkpoint.restore_variables(
+            manager, {"params": abstract.params, "batch_stats": {}}, config
+        )
     manager.close()
+    if damage == "deleted_state_metadata":
+        # The arrays read by their names without it, and match their digests: step 2 is good.
+        assert step == 2
+        jax.tree.map(np.testing.assert_array_equal, variables["params"], second.params)
+        return
     assert step == 1
     jax.tree.map(np.testing.assert_array_equal, variables["params"], first.params)
+    assert "Skipped checkpoint step 2 in" in caplog.text
 
 
 # ---- a disk too full for a save -----------------------------------------------------------------
