@@ -50,6 +50,18 @@ def schedule_flags(config_path: str, steps: int) -> list[str]:
     ]
 
 
+def signed_head(config_path: str, extra: list[str]) -> bool:
+    """Whether the jobs train a signed head (config.optim.nonnegative_head False), which
+    bridging's L_norm needs (train.py refuses bridging with a non-negative one)."""
+    given = [f for f in extra if f.startswith("--config.optim.nonnegative_head=")]
+    if given:
+        return given[-1].partition("=")[2].lower() in ("false", "0")
+    path, _, variant = config_path.partition(":")
+    get_config = runpy.run_path(os.path.join(main_job.REPO, path))["get_config"]
+    config = get_config(variant) if variant else get_config()
+    return not config.optim.get("nonnegative_head", False)
+
+
 def run_or_read(workdir: str, flags: list[str]) -> dict:
     """metrics.json of a finished job in workdir, else train and evaluate there first."""
     if os.path.exists(os.path.join(workdir, "metrics.json")):
@@ -85,6 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=0, help="0: the config's own schedule")
     parser.add_argument("extra", nargs="*", help="more --config.x=y flags for both scripts")
     args = parser.parse_args(argv)
+    if "bridging" in args.methods and not signed_head(args.config, args.extra):
+        parser.error(
+            "bridging needs a signed head: add -- --config.optim.nonnegative_head=False (for "
+            "every method, so that they share one recipe), or leave bridging out (--methods)."
+        )
     data_dir = args.data_dir or args.workdir.rstrip("/") + "_tfds"
     # The first train.py generates the dataset into data_dir; the others read it.
     flags = ["--config", args.config, f"--config.data.data_dir={data_dir}"]

@@ -62,6 +62,16 @@ def test_every_method_and_seed_runs_once_and_gets_a_row(tmp_path, monkeypatch, c
     assert len(jobs) == 4
 
 
+def test_bridging_without_a_signed_head_is_refused_before_any_job(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(main_job, "run_job", lambda *_: pytest.fail("a job ran"))
+    with pytest.raises(SystemExit):
+        wsol_methods_table.main(["--workdir", str(tmp_path), "--methods", "cam", "bridging"])
+    assert "bridging needs a signed head" in capsys.readouterr().err
+    assert wsol_methods_table.signed_head(
+        "configs/default.py", ["--config.optim.nonnegative_head=False"]
+    )
+
+
 @pytest.mark.slow
 def test_the_script_trains_and_tabulates_a_method(tmp_path):
     """train.py and evaluate.py for real, 2 steps of configs/tiny.py, one method (not CAM, so

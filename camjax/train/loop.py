@@ -51,7 +51,7 @@ def make_train_step(config, model, tx):
     mean, std = config.data.mean, config.data.std
     base_key = jax.random.fold_in(root_key(config), 1)
     method = config.method
-    wsol_methods.check_method(method)
+    wsol_methods.check_method(method, config.optim.get("nonnegative_head", False))
     reads_labels = takes_labels(model)
 
     def step(state: TrainState, sums: dict[str, jax.Array], batch: dict[str, jax.Array]):

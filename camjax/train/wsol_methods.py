@@ -53,11 +53,26 @@ class Mixed(NamedTuple):
     lam: jax.Array  # () float32; 1.0 when nothing was mixed
 
 
-def check_method(method: ml_collections.ConfigDict) -> None:
-    """One-line ValueErrors for a method name or field the train step cannot use."""
+def check_method(method: ml_collections.ConfigDict, nonnegative_head: bool = False) -> None:
+    """One-line ValueErrors for a method name or field the train step cannot use
+    (nonnegative_head: config.optim's)."""
     if method.name not in METHODS:
         raise ValueError(
             f"config.method.name must be one of {', '.join(METHODS)}; got {method.name!r}."
+        )
+    if method.name == "has" and method.has_grid_size < 1:
+        raise ValueError(
+            f"config.method.has_grid_size must be >= 1 pixel (the side of a hidden cell); got "
+            f"{method.has_grid_size}. For no hiding, train with config.method.name='cam'."
+        )
+    if method.name == "bridging" and nonnegative_head:
+        # With ReLU features and class weights >= 0 every class cosine is >= 0: L_norm's
+        # background (cosine < 0) is always empty, and the method loses half of its loss.
+        raise ValueError(
+            "config.method.name='bridging' needs signed class weights (its L_norm lowers the "
+            "feature norm where the cosine to the class weights is negative), but "
+            "config.optim.nonnegative_head is True (the default recipe's); set "
+            "--config.optim.nonnegative_head=False, as configs/wsol_recipe.py does."
         )
     if method.name == "acol" and not 0 < method.acol_threshold <= 1:
         raise ValueError(
@@ -92,7 +107,10 @@ def _check_bridging(method: ml_collections.ConfigDict) -> None:
 
 def hide_and_seek(images: jax.Array, key: jax.Array, grid_size: int, drop_rate: float):
     """images (B, H, W, C) with each grid_size-pixel cell zeroed with probability drop_rate
-    (the last row/column of cells is cut at the border, as the reference's loops)."""
+    (the last row/column of cells is cut at the border, as the reference's loops). Hidden
+    cells tile the whole image at any aspect ratio: the reference's loops index the height
+    with the width's counter and end both at the height, so on non-square images it hides
+    less (25% of an 8 x 12 image instead of ~50%); every recipe's crops are square."""
     b, h, w, _ = images.shape
     cells = (b, -(-h // grid_size), -(-w // grid_size))
     keep = jax.random.uniform(key, cells) > drop_rate  # the reference drops when u <= rate

@@ -153,6 +153,10 @@ def test_bad_bridging_configs_fail_in_one_line_and_recipes_hold_the_reference_va
         wsol_methods.check_method(method_config(bridging_norm_weight=-1.0))
     with pytest.raises(ValueError, match="bridging_norm_region must be 'max_class'"):
         wsol_methods.check_method(method_config(bridging_norm_region="cub"))
+    # The default recipe's non-negative head leaves L_norm no background to lower.
+    with pytest.raises(ValueError, match="set --config.optim.nonnegative_head=False"):
+        wsol_methods.check_method(method_config(), nonnegative_head=True)
+    wsol_methods.check_method(method_config(), nonnegative_head=False)
     resnet_cub = cam_resnet50_cub.get_config("tiny").method
     assert (resnet_cub.bridging_sim_fg_threshold, resnet_cub.bridging_drop_prob) == (0.4, 0.25)
     assert resnet_cub.bridging_norm_region == "max_class"

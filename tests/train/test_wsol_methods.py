@@ -30,6 +30,15 @@ def test_hide_and_seek_hides_whole_cells_at_the_drop_rate():
     assert 0.45 < float((hidden == 0).mean()) < 0.55
     kept = wsol_methods.hide_and_seek(images, jax.random.key(0), 4, 0.0)
     np.testing.assert_array_equal(kept, images)
+    # Non-square: cells tile the whole image (the reference's loops cover less of it).
+    wide = np.asarray(
+        wsol_methods.hide_and_seek(jnp.ones((256, 8, 12, 1)), jax.random.key(1), 4, 0.5)
+    )
+    assert 0.45 < float((wide == 0).mean()) < 0.55
+    method = tiny_config("unused").method
+    method.name, method.has_grid_size = "has", 0
+    with pytest.raises(ValueError, match="has_grid_size must be >= 1 pixel"):
+        wsol_methods.check_method(method)
 
 
 def test_cutmix_lambda_is_the_clipped_box_area_and_the_loss_mixes_labels():
@@ -104,6 +113,7 @@ def test_a_method_run_resumes_bit_identically(data_dir, tmp_path, method):
     the bridging warm-up reads the step, so both runs end equal (ACoL: test_wsol_acol.py)."""
     config = tiny_config(data_dir, num_steps=4, checkpoint_every_steps=2)
     config.method.name = method
+    config.optim.nonnegative_head = False  # bridging's L_norm needs a signed head
     config.eval.num_gallery = 0
     config.eval.wsol.enabled = False
     straight_dir = tmp_path / "straight"
@@ -116,6 +126,7 @@ def test_each_switch_changes_the_step_and_is_deterministic():
     """One step from the same state and batch: every method differs from plain CAM, and
     repeats itself exactly (same step, same draws)."""
     config = tiny_config("unused")
+    config.optim.nonnegative_head = False  # bridging's L_norm needs a signed head
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
     state, _ = train_state.create_train_state(config, model, tx, experiment.make_mesh())
