@@ -42,6 +42,10 @@ from camjax.localization import boxes, pxap, wsol
 from camjax.models.layers import takes_labels
 
 
+class NonFiniteOutputError(FloatingPointError):
+    """The network's logits or class maps hold NaN or Inf: no metric is computed from them."""
+
+
 def threshold_grid(step: float) -> np.ndarray:
     """CAM thresholds step, 2*step, ... < 1 (0 and 1 would give the whole image / nothing)."""
     if not 0 < step < 1:
@@ -189,6 +193,12 @@ class Evaluator:
             "region_maps": wsol.quantize_for_thresholds(scoremaps, self.thresholds),
             "top": top,
             "center_box": center,
+            # NaN logits would count as some class, NaN maps as no box. A global count, so
+            # that every host of a multi-host run stops at the same batch.
+            "nonfinite": jnp.sum(
+                batch["valid"]
+                & ~(jnp.all(jnp.isfinite(logits), -1) & jnp.all(jnp.isfinite(cams), (1, 2)))
+            ),
         }
         return cams, scoremaps, top, paper
 
@@ -306,6 +316,13 @@ class Evaluator:
 
     def _paper_counts(self, host_batch: pipeline.Batch, out: dict[str, jax.Array]):
         """The paper's counts of one batch: its boxes counted on the host by the WSOL engine."""
+        if nonfinite := int(out["nonfinite"]):
+            raise NonFiniteOutputError(
+                f"the network's logits or class maps hold NaN or Inf on {nonfinite} images of "
+                f"a batch: its weights overflow in {self.config.model.dtype} (restored from a "
+                "diverged run?) or the images are not normalised as in training "
+                "(config.data.mean, std); no metric was computed."
+            )
         counts = boxes.localization_counts(
             host_rows(out["region_maps"]),
             host_batch["boxes"],

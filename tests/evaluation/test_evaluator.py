@@ -10,6 +10,7 @@ import os
 import shutil
 
 import cv2
+import jax
 import numpy as np
 import pytest
 
@@ -280,6 +281,18 @@ def test_evaluator_threshold_chosen_on_validation(restored):
         np.testing.assert_array_equal(val.counts[k], again.counts[k])  # deterministic
     half = ev.evaluate(variables, sources["validation"], max_images=5)
     assert half.counts["n"] == 5
+
+
+@pytest.mark.parametrize("wsol", [False, True], ids=["paper", "wsol"])
+def test_weights_that_overflow_stop_the_evaluation_instead_of_scoring_nans(restored, wsol):
+    """Finite weights (they pass the checkpoint's checks) that overflow the network: NaN logits
+    and maps would count as some class and as no box, and print a plausible report."""
+    config, ev, variables = restored
+    huge = jax.tree.map(lambda x: x * 1e30, variables)
+    source = experiment.data_sources(config)["validation"]
+    evaluate = ev.evaluate_wsol if wsol else ev.evaluate
+    with pytest.raises(evaluator_lib.NonFiniteOutputError, match=r"hold NaN or Inf on \d+ images"):
+        evaluate(huge, source, max_images=4)
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path, data_dir):
