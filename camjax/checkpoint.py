@@ -382,7 +382,7 @@ def _restore_newest_good(
         step, reason = other_config[0]
         raise CheckpointError(
             f"the checkpoint at step {step} in {directory} {reason}. Use the config the run was "
-            "trained with (the run's config.json holds it).",
+            "trained with (the run's config.json holds it, unless that file was edited since).",
             tuple(rejected),
         )
     raise CheckpointError(

@@ -9,6 +9,8 @@ import jax
 import ml_collections
 
 RUN_CONFIG = "config.json"
+# The sections every run's config has had; a file without one of them is not a run config.
+SECTIONS = ("data", "model", "optim", "train", "eval")
 
 
 class RunConfigError(ValueError):
@@ -46,7 +48,14 @@ def load(workdir: str) -> ml_collections.ConfigDict:
             f"no {RUN_CONFIG} in {workdir}: it is written at a run's first checkpoint. Train "
             "there first, or pass --config with the config the run was trained with."
         )
-    config = ml_collections.ConfigDict(_tuples(_read_json(path)))
+    values = _read_json(path)
+    if missing := [k for k in SECTIONS if not isinstance(values.get(k), dict)]:
+        raise RunConfigError(
+            f"{path} has no {missing[0]!r} section: it is not the config of a run. Restore it "
+            "(train.py writes it at each checkpoint), or pass --config with the config the run "
+            "was trained with."
+        )
+    config = ml_collections.ConfigDict(_tuples(values))
     config.lock()
     return config
 
@@ -74,12 +83,21 @@ def differences(workdir: str, config: ml_collections.ConfigDict, section: str | 
     return compare(saved, given, prefix, labels=("run", "given"))
 
 
-def _read_json(path: str) -> Any:
+def _read_json(path: str) -> dict[str, Any]:
+    """A run's config.json as a dict; a RunConfigError, in one line, for anything else."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunConfigError(f"{path} is not valid JSON ({e}); restore or delete it.") from None
+    except OSError as e:
+        raise RunConfigError(f"cannot read {path} ({e.strerror}); restore or delete it.") from None
+    if not isinstance(values, dict):
+        raise RunConfigError(
+            f"{path} holds a JSON {type(values).__name__}, not a config's object; restore or "
+            "delete it."
+        )
+    return values
 
 
 _MISSING = object()

@@ -41,3 +41,25 @@ def test_missing_or_broken_run_config_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text('{"seed": ')
     with pytest.raises(run_config.RunConfigError, match=r"config.json is not valid JSON"):
         run_config.load(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(b'{"seed": \xff}'), "is not valid JSON"),
+        (lambda p: p.write_text("[]"), "holds a JSON list, not a config's object"),
+        (lambda p: p.write_text("null"), "holds a JSON NoneType"),
+        (lambda p: p.mkdir(), "cannot read .* \\(Is a directory\\)"),
+        (lambda p: p.write_text('{"seed": 0}'), "has no 'data' section: it is not the config"),
+    ],
+    ids=["not_utf8", "a_list", "null", "a_directory", "no_sections"],
+)
+def test_a_damaged_run_config_is_one_line_for_load_and_differences(tmp_path, damage, message):
+    """One flipped byte, a JSON value that is no object, a directory in its place, an object
+    without a run's sections: RunConfigError, never a traceback from deeper in."""
+    damage(tmp_path / "config.json")
+    with pytest.raises(run_config.RunConfigError, match=message):
+        run_config.load(str(tmp_path))
+    if "section" not in message:  # the comparison with a given config reads the file too
+        with pytest.raises(run_config.RunConfigError, match=message):
+            run_config.differences(str(tmp_path), tiny.get_config())
