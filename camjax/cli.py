@@ -45,9 +45,12 @@ _ORBAX = f"{os.sep}orbax{os.sep}"
 
 
 def _without_orbax_traceback(record: logging.LogRecord) -> bool:
-    if record.name == "asyncio" and _raised_in_orbax(record.exc_info):
-        # "Task exception was never retrieved": the abandoned writes of a failed save, each
-        # failing as orbax has already reported, some collected only at exit, after the error.
+    if record.name == "asyncio" and (
+        _raised_in_orbax(record.exc_info) or _from_tensorstore(record.exc_info)
+    ):
+        # "Task/Future exception was never retrieved": the abandoned writes of a failed save
+        # or reads of a damaged step, each failing as orbax or camjax has already reported
+        # (a skipped step's reason), some collected only at exit, after the error.
         return False
     if _ORBAX in record.pathname and record.exc_info:
         # The message line keeps the reason (orbax's messages do not all name it).
@@ -59,6 +62,14 @@ def _without_orbax_traceback(record: logging.LogRecord) -> bool:
 def _raised_in_orbax(exc_info) -> bool:
     """Whether a record's exception passed through orbax (asyncio's reports of its tasks)."""
     return isinstance(exc_info, tuple) and _passes_through(exc_info[2], _ORBAX)
+
+
+def _from_tensorstore(exc_info) -> bool:
+    """Whether a record's exception is tensorstore's error on a checkpoint's files (it is
+    raised in tensorstore's threads, so its traceback shows no orbax frame)."""
+    return isinstance(exc_info, tuple) and bool(
+        re.search(r"OCDBT database|TensorStore\(|tensorstore_spec", str(exc_info[1]))
+    )
 
 
 def _passes_through(tb, path_part: str) -> bool:
@@ -76,8 +87,13 @@ def _without_closed_loop_reports(hook):
         # tensorstore's reports name no object; a user's own closed loop (a transport's
         # __del__) names its object and is still reported.
         closed = isinstance(e, RuntimeError) and str(e) == "Event loop is closed"
-        if not (closed and getattr(unraisable, "object", None) is None):
-            hook(unraisable)
+        if closed and getattr(unraisable, "object", None) is None:
+            return
+        # orbax's coroutines of a damaged step's abandoned reads, collected with their error
+        # (the step's skip has said it in one line).
+        if _passes_through(getattr(unraisable, "exc_traceback", None), _ORBAX):
+            return
+        hook(unraisable)
 
     return report
 

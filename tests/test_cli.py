@@ -182,11 +182,27 @@ def test_a_failed_saves_abandoned_writes_say_nothing_more(restore_logging, monke
         exc_info,
     )
     assert not logging.getLogger("asyncio").filter(record)
+    # A damaged step's abandoned reads: tensorstore's error, raised in its own threads.
+    read_error = ValueError(
+        'FAILED_PRECONDITION: Error reading "params.conv1.kernel/0.0.0.0" in OCDBT database at '
+        'local file "/tmp/run/checkpoints/30/state/": Truncated Zstd-compressed stream'
+    )
+    record.msg = "Future exception was never retrieved"
+    record.exc_info = (ValueError, read_error, None)
+    assert not logging.getLogger("asyncio").filter(record)
+    record.exc_info = (ValueError, ValueError("a user's own future"), None)
+    assert logging.getLogger("asyncio").filter(record)
     record.exc_info = None  # asyncio's other records pass
     assert logging.getLogger("asyncio").filter(record)
     closed = RuntimeError("Event loop is closed")
     for e, owner in ((closed, None), (RuntimeError("other"), None), (closed, "a transport")):
         sys.unraisablehook(types.SimpleNamespace(exc_value=e, object=owner))
+    # The coroutine of an abandoned read, collected with its error.
+    sys.unraisablehook(
+        types.SimpleNamespace(
+            exc_value=exc_info[1], exc_traceback=exc_info[2], object="<coroutine _read_array>"
+        )
+    )
     # A report that names its object (a user's own transport) is kept.
     assert [(str(u.exc_value), u.object) for u in seen] == [
         ("other", None),
