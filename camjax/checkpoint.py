@@ -54,20 +54,27 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
     handlers.add(None, ocp.args.PyTreeSave, _state_writer())  # reading stays orbax's default
     directory = checkpoint_dir(workdir)
+    try:
+        return _listing(
+            lambda: ocp.CheckpointManager(directory, options=options, handler_registry=handlers)
+        )
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot read the checkpoints in {directory} ({e.strerror}); fix the directory's "
+            "permissions or choose another --workdir."
+        ) from None
+
+
+def _listing(list_steps: Callable[[], Any]) -> Any:
+    """list_steps() (orbax listing the step directories), again when it fails because a step
+    disappeared: orbax lists the steps, then reads each one's metadata, and a run still
+    training removes its old steps in between."""
     for attempt in range(3):
         try:
-            return ocp.CheckpointManager(directory, options=options, handler_registry=handlers)
-        except FileNotFoundError:
-            # orbax lists the steps and then reads each one's metadata: a live run deleting
-            # an old step in between removes a step listed a moment ago. Listing again sees
-            # the directory as it now is.
+            return list_steps()
+        except (FileNotFoundError, NotADirectoryError):  # orbax raises either
             if attempt == 2:
                 raise
-        except OSError as e:
-            raise CheckpointError(
-                f"cannot read the checkpoints in {directory} ({e.strerror}); fix the "
-                "directory's permissions or choose another --workdir."
-            ) from None
     raise AssertionError("unreachable")
 
 
@@ -346,8 +353,27 @@ def _restore_newest_good(
     """(tree, step) of the newest step that reads, matches its digests and is finite. With
     none: a config error when no step matched the config and some named another, else a
     damage report listing every step's reason."""
+    for attempt in range(3):
+        found = _newest_good(manager, config, read, first=attempt == 0)
+        if found is not None:
+            return found
+        _listing(manager.reload)
+    raise CheckpointError(
+        f"the checkpoints in {manager.directory} were removed while being read, three times: "
+        "a run still training there replaces them faster than they read; evaluate once it ends."
+    )
+
+
+def _newest_good(
+    manager: ocp.CheckpointManager, config, read, first: bool
+) -> tuple[Any, int] | None:
+    """`_restore_newest_good`'s search over the steps listed now; None when one of them was
+    removed while being read (the steps are listed again and searched anew), or when a listing
+    after that (not `first`) finds none while the newest is renamed into place."""
     directory = str(manager.directory)
     steps = sorted(manager.all_steps(), reverse=True)
+    if not steps and not first:
+        return None
     if not steps:
         raise CheckpointError(
             f"no checkpoint in {directory}; train first (train.py --workdir with the same "
@@ -356,6 +382,11 @@ def _restore_newest_good(
     rejected, config_matched = [], False
     for step in steps:
         tree, reason, matched = _verified(manager, config, step, read)
+        if reason and _superseded(manager, step, steps[0]):
+            # Gone, or going, while it was read: a run still training removes its old steps
+            # (keep_checkpoints) once a newer one is complete. Not damage: nothing to report.
+            log.info("Checkpoint step %d was removed while being read.", step)
+            return None
         config_matched = config_matched or matched
         if not reason:
             if rejected:
@@ -390,6 +421,15 @@ def _restore_newest_good(
         "deleted; remove the damaged steps (rm -r) and train again.",
         tuple(rejected),
     )
+
+
+def _superseded(manager: ocp.CheckpointManager, step: int, newest_listed: int) -> bool:
+    """Whether `step` failed to read because a run still training is removing it: its
+    directory is gone, or a step newer than any listed before is now complete."""
+    if not os.path.isdir(os.path.join(str(manager.directory), str(step))):
+        return True
+    _listing(manager.reload)
+    return max(manager.all_steps(), default=newest_listed) > newest_listed
 
 
 def rejected_steps(rejected) -> str:

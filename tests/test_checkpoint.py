@@ -12,6 +12,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from camjax import cam as cam_lib
@@ -357,6 +358,29 @@ def test_evaluation_restores_the_newest_good_variables(two_steps, caplog, damage
     assert step == 1
     jax.tree.map(np.testing.assert_array_equal, variables["params"], first.params)
     assert "Skipped checkpoint step 2 in" in caplog.text
+
+
+def test_a_step_removed_while_it_is_read_is_no_damage(two_steps, caplog):
+    """Evaluation beside a run still training: the step being read is removed as an old one
+    (keep_checkpoints). It is not reported as damage, and the steps on disk now are searched
+    (a newer step completing meanwhile: benchmarks/RESULTS.md, 668 of 668 restores beside a
+    run saving every step with keep_checkpoints=1)."""
+    config, workdir, abstract, first, _ = two_steps
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    manager = checkpoint.create_manager(workdir, 3)
+    state_args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+
+    def read(step):
+        if step == 2:
+            shutil.rmtree(os.path.join(ckpts, "2"))  # by the training process, mid-read
+            raise FileNotFoundError(os.path.join(ckpts, "2", "state"))
+        return manager.restore(step, args=state_args)["state"]
+
+    with caplog.at_level("WARNING", logger="camjax"):
+        restored, step = checkpoint._restore_newest_good(manager, config, read)
+    manager.close()
+    assert step == 1 and "Skipped" not in caplog.text
+    jax.tree.map(np.testing.assert_array_equal, restored.params, first.params)
 
 
 # ---- a disk too full for a save -----------------------------------------------------------------
