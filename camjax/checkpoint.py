@@ -169,10 +169,12 @@ def wait(manager: ocp.CheckpointManager) -> None:
             raise  # not the disk or the filesystem: a bug, which keeps its traceback (as in save)
         last = newest_complete_step(manager)
         if last == in_flight:  # saved; deleting an old step failed
+            oldest = min(manager.all_steps())  # the one orbax could not remove is still there
             message = (
                 f"checkpoint step {in_flight} was saved in {manager.directory}, but removing an "
-                f"older step failed ({reason}); remove it by hand, then rerun: it resumes from "
-                f"step {in_flight}."
+                f"older step failed ({reason}); remove it by hand (rm -r "
+                f"{os.path.join(str(manager.directory), str(oldest))}), then rerun: it resumes "
+                f"from step {in_flight}."
             )
         else:
             message = _failed_save_message(manager, in_flight, reason, last)

@@ -189,10 +189,11 @@ def _non_finite_message(step: int, manager) -> str:
         if last is not None
         else "No checkpoint was saved yet."
     )
+    rerun = "training resumes from that checkpoint" if last is not None else "it starts over"
     return (
         f"non-finite loss or parameters by step {step}; stopped without saving them. {good} "
         "Lower config.optim.learning_rate or set config.optim.grad_clip_norm, then rerun "
-        "(training resumes from that checkpoint)."
+        f"({rerun})."
     )
 
 

@@ -4,6 +4,7 @@ and the progress bar a person watches.
 Only process 0 writes, so a multi-host run produces one log.
 """
 
+import errno
 import json
 import os
 import time
@@ -40,13 +41,15 @@ class MetricWriter:
         try:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": int(step), **clean}) + "\n")
-        except (
-            OSError
-        ) as e:  # a full disk: said in one line (a line cut short is dropped on resume)
+        except OSError as e:  # said in one line (a line cut short is dropped on resume)
+            fix = (
+                "free space there"
+                if e.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "make it writable"
+            )
             raise OSError(
-                f"could not append to {self.path} ({e.strerror}); free space there or train in "
-                "another --workdir, then rerun: training resumes from its newest checkpoint, if "
-                "any."
+                f"could not append to {self.path} ({e.strerror}); {fix} or train in another "
+                "--workdir, then rerun: training resumes from its newest checkpoint, if any."
             ) from None
         if self._tb is not None:
             for k, v in clean.items():

@@ -202,6 +202,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(resumable):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
+def test_non_finite_before_any_save_says_a_rerun_starts_over(tmp_path):
+    manager = checkpoint.create_manager(str(tmp_path), 2)
+    message = loop._non_finite_message(3, manager)
+    manager.close()
+    assert "No checkpoint was saved yet." in message and message.endswith("(it starts over).")
+
+
 def flip_a_byte(step_dir):
     """Flips a byte in the middle of the largest array file of a step."""
     data_file = max(
@@ -395,7 +402,8 @@ def test_a_failed_removal_of_an_old_step_or_a_bug_in_a_write_is_said_as_it_is(
     # Step 3 was saved and removing step 1 failed; the run stopped at step 4's save.
     assert line == (
         f"error: checkpoint step 3 was saved in {ckpts}, but removing an older step failed "
-        "(Permission denied); remove it by hand, then rerun: it resumes from step 3. "
+        f"(Permission denied); remove it by hand (rm -r {os.path.join(ckpts, '1')}), then "
+        "rerun: it resumes from step 3. "
         "(CAMJAX_TRACEBACK=1 shows where)"
     )
     assert sorted(os.listdir(ckpts)) == ["1", "2", "3"]

@@ -54,3 +54,10 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_way_out(tmp_path, monke
         "space there or train in another --workdir, then rerun: training resumes from its "
         "newest checkpoint, if any."
     )
+
+    def read_only(path, mode="r", *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    monkeypatch.setattr(metric_writer, "open", read_only, raising=False)
+    with pytest.raises(OSError, match=r"\(Permission denied\); make it writable or train in"):
+        writer.write(1, {"train/loss": 1.0})
