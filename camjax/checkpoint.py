@@ -108,7 +108,9 @@ def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     method = config.get("method")
     if method is not None and method.name in ("acol", "spg"):
         fields["wsol_method"] = method.name
-    return {"model": fields, "dataset": config.data.name}
+    # The seed tells runs of one recipe apart (a seed sweep's sibling runs): a step copied in
+    # from another of them is another run's, which digests and the architecture cannot see.
+    return {"model": fields, "dataset": config.data.name, "seed": config.seed}
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
@@ -481,6 +483,8 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
                 False,
             )
     expected = run_config.as_json(model_fingerprint(config))  # as saved: tuples are lists
+    if "seed" not in meta:  # saved before the seed was recorded (2026-12-05)
+        del expected["seed"]
     if meta != expected:
         return None, f"{_OTHER_CONFIG}: {run_config.compare(meta, expected)}", False
     try:

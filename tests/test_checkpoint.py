@@ -360,6 +360,31 @@ def test_evaluation_restores_the_newest_good_variables(two_steps, caplog, damage
     assert "Skipped checkpoint step 2 in" in caplog.text
 
 
+def test_a_step_of_a_sibling_run_is_skipped_and_old_steps_without_a_seed_still_read(
+    two_steps, caplog
+):
+    """A step saved by a run of the same recipe with another seed (copied in by mistake from a
+    seed sweep's sibling): its digests and architecture match, its seed does not. Steps saved
+    before the seed was recorded restore as before."""
+    config, workdir, abstract, first, second = two_steps
+    sibling = config.copy_and_resolve_references()
+    sibling.seed = config.seed + 1
+    manager = checkpoint.create_manager(workdir, 3)
+    checkpoint.save(manager, 3, first.replace(step=first.step + 2), sibling)
+    checkpoint.wait(manager)
+    meta_path = os.path.join(checkpoint.checkpoint_dir(workdir), "2", "meta", "metadata")
+    meta = json.load(open(meta_path))
+    del meta["seed"]
+    json.dump(meta, open(meta_path, "w"))
+    with caplog.at_level("WARNING", logger="camjax"):
+        restored = checkpoint.restore(manager, abstract, config)
+    manager.close()
+    assert int(restored.step) == 2
+    jax.tree.map(np.testing.assert_array_equal, restored.params, second.params)
+    assert "Skipped checkpoint step 3" in caplog.text
+    assert f"seed: checkpoint {config.seed + 1}, config {config.seed}" in caplog.text
+
+
 def test_a_step_removed_while_it_is_read_is_no_damage(two_steps, caplog):
     """Evaluation beside a run still training: the step being read is removed as an old one
     (keep_checkpoints). It is not reported as damage, and the steps on disk now are searched
