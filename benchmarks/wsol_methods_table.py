@@ -53,9 +53,10 @@ def schedule_flags(config_path: str, steps: int) -> list[str]:
 def signed_head(config_path: str, extra: list[str]) -> bool:
     """Whether the jobs train a signed head (config.optim.nonnegative_head False), which
     bridging's L_norm needs (train.py refuses bridging with a non-negative one)."""
-    given = [f for f in extra if f.startswith("--config.optim.nonnegative_head=")]
-    if given:
-        return given[-1].partition("=")[2].lower() in ("false", "0")
+    field = "config.optim.nonnegative_head"
+    given = [f for f in extra if f.startswith(f"--{field}=") or f == f"--no{field}"]
+    if given:  # the last one wins, as in absl
+        return given[-1].startswith("--no") or given[-1].partition("=")[2].lower() in ("false", "0")
     path, _, variant = config_path.partition(":")
     get_config = runpy.run_path(os.path.join(main_job.REPO, path))["get_config"]
     config = get_config(variant) if variant else get_config()

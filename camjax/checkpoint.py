@@ -54,28 +54,33 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
     handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
     handlers.add(None, ocp.args.PyTreeSave, _state_writer())  # reading stays orbax's default
     directory = checkpoint_dir(workdir)
+
+    def manager() -> ocp.CheckpointManager:
+        return ocp.CheckpointManager(directory, options=options, handler_registry=handlers)
+
     try:
-        return _listing(
-            lambda: ocp.CheckpointManager(directory, options=options, handler_registry=handlers)
-        )
+        # Multi-host, the constructor waits at a named barrier that must be met once: no retry.
+        return _listing(manager, directory) if jax.process_count() == 1 else manager()
     except OSError as e:
         raise CheckpointError(
-            f"cannot read the checkpoints in {directory} ({e.strerror}); fix the directory's "
-            "permissions or choose another --workdir."
+            f"cannot read the checkpoints in {directory} ({e.strerror or first_line(e)}); fix "
+            "the directory's permissions or choose another --workdir."
         ) from None
 
 
-def _listing(list_steps: Callable[[], Any]) -> Any:
+def _listing(list_steps: Callable[[], Any], directory: str) -> Any:
     """list_steps() (orbax listing the step directories), again when it fails because a step
     disappeared: orbax lists the steps, then reads each one's metadata, and a run still
-    training removes its old steps in between."""
-    for attempt in range(3):
+    training removes its old steps in between. Single-process only (see the callers)."""
+    for _ in range(3):
         try:
             return list_steps()
         except (FileNotFoundError, NotADirectoryError):  # orbax raises either
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+            pass
+    raise CheckpointError(
+        f"the checkpoints in {directory} changed while being listed, three times: a run still "
+        "training there replaces them faster than they list; evaluate once it ends."
+    )
 
 
 def _state_writer() -> ocp.PyTreeCheckpointHandler:
@@ -171,12 +176,12 @@ def wait(manager: ocp.CheckpointManager) -> None:
             raise  # not the disk or the filesystem: a bug, which keeps its traceback (as in save)
         last = newest_complete_step(manager)
         if last == in_flight:  # saved; deleting an old step failed
-            oldest = min(manager.all_steps())  # the one orbax could not remove is still there
+            oldest = min(manager.all_steps())  # what orbax could not remove is still there
             message = (
                 f"checkpoint step {in_flight} was saved in {manager.directory}, but removing an "
-                f"older step failed ({reason}); remove it by hand (rm -r "
-                f"{os.path.join(str(manager.directory), str(oldest))}), then rerun: it resumes "
-                f"from step {in_flight}."
+                f"older step failed ({reason}); remove the steps beyond keep_checkpoints by hand "
+                f"(the oldest: rm -r {os.path.join(str(manager.directory), str(oldest))}), then "
+                f"rerun: it resumes from step {in_flight}."
             )
         else:
             message = _failed_save_message(manager, in_flight, reason, last)
@@ -277,11 +282,14 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> 
         # left the process waiting out orbax's 300 s timeouts after the error. Removed here,
         # before the free space is measured.
         try:
-            shutil.rmtree(leftover)
+            if os.path.islink(leftover) or os.path.isfile(leftover):
+                os.unlink(leftover)
+            else:
+                shutil.rmtree(leftover)
         except FileNotFoundError:
             pass
         except OSError as e:
-            stuck = e.strerror or type(e).__name__
+            stuck = e.strerror or first_line(e)
         free = -1.0 if stuck else shutil.disk_usage(directory).free
     if jax.process_count() > 1:
         # float32: jax's arrays hold no int64 by default; its 24-bit mantissa is exact enough.
@@ -290,7 +298,7 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> 
         raise CheckpointError(
             f"a half-written copy of checkpoint step {step} from an earlier run, {leftover}, "
             f"cannot be removed ({stuck or 'on process 0'}); nothing of step {step} was "
-            "written. Remove it by hand (fix its permissions), then rerun: "
+            "written. Remove it by hand, then rerun: "
             f"{_resumes(newest_complete_step(manager))}."
         )
     if free >= needed:
@@ -361,7 +369,12 @@ def _restore_newest_good(
         found = _newest_good(manager, config, read, first=attempt == 0)
         if found is not None:
             return found
-        _listing(manager.reload)
+        _listing(manager.reload, str(manager.directory))
+    if not manager.all_steps():
+        raise CheckpointError(
+            f"no checkpoint is left in {manager.directory}: its steps were removed while being "
+            "read."
+        )
     raise CheckpointError(
         f"the checkpoints in {manager.directory} were removed while being read, three times: "
         "a run still training there replaces them faster than they read; evaluate once it ends."
@@ -386,10 +399,15 @@ def _newest_good(
     rejected, config_matched = [], False
     for step in steps:
         tree, reason, matched = _verified(manager, config, step, read)
-        if reason and _superseded(manager, step, steps[0]):
-            # Gone, or going, while it was read: a run still training removes its old steps
-            # (keep_checkpoints) once a newer one is complete. Not damage: nothing to report.
-            log.info("Checkpoint step %d was removed while being read.", step)
+        # A step removed while it was read fails to read; it never fails its digests or config.
+        if reason.startswith((_INCOMPLETE, UNREADABLE)) and _superseded(manager, step, steps[0]):
+            # Gone, or going: a run still training removes its old steps (keep_checkpoints)
+            # once a newer one is complete. Not reported as damage.
+            log.info(
+                "Checkpoint step %d did not read and is gone or has a newer step beside it "
+                "now; searching the steps on disk again.",
+                step,
+            )
             return None
         config_matched = config_matched or matched
         if not reason:
@@ -429,10 +447,14 @@ def _newest_good(
 
 def _superseded(manager: ocp.CheckpointManager, step: int, newest_listed: int) -> bool:
     """Whether `step` failed to read because a run still training is removing it: its
-    directory is gone, or a step newer than any listed before is now complete."""
+    directory is gone, or a step newer than any listed before is now complete. Single-process
+    only: hosts would each decide by their own timing, and their restores' collectives then
+    pair up across different steps (multi-host, such a step is reported as damaged)."""
+    if jax.process_count() > 1:
+        return False
     if not os.path.isdir(os.path.join(str(manager.directory), str(step))):
         return True
-    _listing(manager.reload)
+    _listing(manager.reload, str(manager.directory))
     return max(manager.all_steps(), default=newest_listed) > newest_listed
 
 
@@ -443,6 +465,7 @@ def rejected_steps(rejected) -> str:
 
 _OTHER_CONFIG = "was trained with a different config"
 UNREADABLE = "its arrays do not read"
+_INCOMPLETE = "incomplete"  # the start of the reasons for metadata missing or not reading
 _DIGESTS_STEP_KEY = "__step__"  # no array path: paths have no leading underscores
 
 
@@ -455,9 +478,9 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
         saved = manager.restore(step, args=items)
         meta, saved_digests = saved["meta"], saved["digests"]
     except Exception as e:  # orbax and tensorstore raise many types for a damaged step
-        return None, f"incomplete or unreadable metadata ({first_line(e)})", False
+        return None, f"{_INCOMPLETE} or unreadable metadata ({first_line(e)})", False
     if meta is None or saved_digests is None:
-        return None, "incomplete: its metadata or digests are missing", False
+        return None, f"{_INCOMPLETE}: its metadata or digests are missing", False
     for name, value in (("metadata", meta), ("digests", saved_digests)):
         if not isinstance(value, dict):
             return None, f"its {name} is not an object ({type(value).__name__})", False

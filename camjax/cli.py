@@ -37,7 +37,9 @@ def setup_logging() -> None:
         logging.getLogger("asyncio").addFilter(_without_orbax_traceback)
         # tensorstore's threads then complete the abandoned writes into orbax's closed event
         # loop: each completion is an "unraisable" RuntimeError (up to ~80 tracebacks, printed
-        # by the interpreter, not logged). They say nothing the one-line error does not.
+        # by the interpreter, not logged); a damaged step's abandoned reads leave orbax's
+        # coroutines to be collected with their errors the same way. They say nothing the
+        # one-line error (or the step's one-line skip) does not.
         sys.unraisablehook = _without_closed_loop_reports(sys.unraisablehook)
 
 

@@ -67,8 +67,12 @@ def test_bridging_without_a_signed_head_is_refused_before_any_job(tmp_path, monk
     with pytest.raises(SystemExit):
         wsol_methods_table.main(["--workdir", str(tmp_path), "--methods", "cam", "bridging"])
     assert "bridging needs a signed head" in capsys.readouterr().err
-    assert wsol_methods_table.signed_head(
-        "configs/default.py", ["--config.optim.nonnegative_head=False"]
+    signed = wsol_methods_table.signed_head
+    assert signed("configs/default.py", ["--config.optim.nonnegative_head=False"])
+    assert signed("configs/default.py", ["--noconfig.optim.nonnegative_head"])
+    assert not signed(
+        "configs/default.py",
+        ["--noconfig.optim.nonnegative_head", "--config.optim.nonnegative_head=True"],
     )
 
 

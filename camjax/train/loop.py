@@ -368,9 +368,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 progress.train(step, host_sums)
                 sums = _zero_sums_on(mesh)
             if do_eval:
-                val = val_eval.evaluate(
-                    state.variables, sources[config.data.val_split], config.eval.max_images
-                )
+                try:
+                    val = val_eval.evaluate(
+                        state.variables, sources[config.data.val_split], config.eval.max_images
+                    )
+                except evaluator.NonFiniteOutputError:
+                    # Finite parameters whose outputs overflow: the run diverged as surely.
+                    raise NonFiniteLossError(_non_finite_message(step, manager)) from None
                 progress.validation(
                     step, _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k)
                 )

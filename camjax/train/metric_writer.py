@@ -42,10 +42,11 @@ class MetricWriter:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": int(step), **clean}) + "\n")
         except OSError as e:  # said in one line (a line cut short is dropped on resume)
-            fix = (
-                "free space there"
-                if e.errno in (errno.ENOSPC, errno.EDQUOT)
-                else "make it writable"
+            fix = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there"}.get(
+                e.errno,
+                "make it writable"
+                if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
+                else "fix the cause",
             )
             raise OSError(
                 f"could not append to {self.path} ({e.strerror}); {fix} or train in another "

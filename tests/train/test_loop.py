@@ -202,6 +202,27 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(resumable):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
 
 
+def test_outputs_that_overflow_at_validation_stop_training_as_a_non_finite_loss(
+    resumable, monkeypatch
+):
+    """Validation during training with finite parameters whose outputs overflow: the run stops
+    as on a NaN loss, keeping the last good checkpoint (the step being validated is not saved)."""
+    from camjax.evaluation import evaluator
+
+    config, workdir = resumable
+    config.train.num_steps, config.train.eval_every_steps = 4, 4
+
+    def overflow(*args, **kwargs):
+        raise evaluator.NonFiniteOutputError("the network's logits ... hold NaN or Inf")
+
+    monkeypatch.setattr(evaluator.Evaluator, "evaluate", overflow)
+    with pytest.raises(
+        loop.NonFiniteLossError, match=r"by step 4; .* last good checkpoint .* is step 3"
+    ):
+        loop.train_and_evaluate(config, workdir)
+    assert saved_params(workdir)[0] == 3
+
+
 def test_non_finite_before_any_save_says_a_rerun_starts_over(tmp_path):
     manager = checkpoint.create_manager(str(tmp_path), 2)
     message = loop._non_finite_message(3, manager)
@@ -374,8 +395,8 @@ def test_a_leftover_copy_of_a_step_that_cannot_be_removed_is_one_line(
     assert line == (
         f"error: a half-written copy of checkpoint step 4 from an earlier run, {leftover}, "
         "cannot be removed (Permission denied); nothing of step 4 was written. Remove it by "
-        "hand (fix its permissions), then rerun: it resumes from step 3, the newest complete "
-        "one. (CAMJAX_TRACEBACK=1 shows where)"
+        "hand, then rerun: it resumes from step 3, the newest complete one. "
+        "(CAMJAX_TRACEBACK=1 shows where)"
     )
     assert sorted(os.listdir(ckpts)) == ["2", "3", "4.orbax-checkpoint-tmp"]
     monkeypatch.setattr(shutil, "rmtree", rmtree)
@@ -402,8 +423,8 @@ def test_a_failed_removal_of_an_old_step_or_a_bug_in_a_write_is_said_as_it_is(
     # Step 3 was saved and removing step 1 failed; the run stopped at step 4's save.
     assert line == (
         f"error: checkpoint step 3 was saved in {ckpts}, but removing an older step failed "
-        f"(Permission denied); remove it by hand (rm -r {os.path.join(ckpts, '1')}), then "
-        "rerun: it resumes from step 3. "
+        "(Permission denied); remove the steps beyond keep_checkpoints by hand (the oldest: "
+        f"rm -r {os.path.join(ckpts, '1')}), then rerun: it resumes from step 3. "
         "(CAMJAX_TRACEBACK=1 shows where)"
     )
     assert sorted(os.listdir(ckpts)) == ["1", "2", "3"]

@@ -61,3 +61,10 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_way_out(tmp_path, monke
     monkeypatch.setattr(metric_writer, "open", read_only, raising=False)
     with pytest.raises(OSError, match=r"\(Permission denied\); make it writable or train in"):
         writer.write(1, {"train/loss": 1.0})
+
+    def io_error(path, mode="r", *args, **kwargs):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+
+    monkeypatch.setattr(metric_writer, "open", io_error, raising=False)
+    with pytest.raises(OSError, match=r"\(Input/output error\); fix the cause or train in"):
+        writer.write(1, {"train/loss": 1.0})

@@ -113,7 +113,7 @@ def test_a_method_run_resumes_bit_identically(data_dir, tmp_path, method):
     the bridging warm-up reads the step, so both runs end equal (ACoL: test_wsol_acol.py)."""
     config = tiny_config(data_dir, num_steps=4, checkpoint_every_steps=2)
     config.method.name = method
-    config.optim.nonnegative_head = False  # bridging's L_norm needs a signed head
+    config.optim.nonnegative_head = method != "bridging"  # bridging's L_norm needs a signed head
     config.eval.num_gallery = 0
     config.eval.wsol.enabled = False
     straight_dir = tmp_path / "straight"
@@ -126,7 +126,6 @@ def test_each_switch_changes_the_step_and_is_deterministic():
     """One step from the same state and batch: every method differs from plain CAM, and
     repeats itself exactly (same step, same draws)."""
     config = tiny_config("unused")
-    config.optim.nonnegative_head = False  # bridging's L_norm needs a signed head
     model = experiment.build_model(config)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
     state, _ = train_state.create_train_state(config, model, tx, experiment.make_mesh())
@@ -139,6 +138,7 @@ def test_each_switch_changes_the_step_and_is_deterministic():
         """The head's and CAM_conv's kernels after the step (bridging's warm-up step moves
         CAM_conv alone: its L_drop does not reach the head)."""
         config.method.name = name
+        config.optim.nonnegative_head = name != "bridging"  # bridging's L_norm needs a signed one
         step = jax.jit(loop.make_train_step(config, experiment.build_model(config), tx))
         params = [step(state, loop.zero_sums(), batch)[0].params for _ in range(repeats)]
         return [
