@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 
 import jax
 from absl import app, flags
@@ -41,6 +42,10 @@ def setup_logging() -> None:
         # coroutines to be collected with their errors the same way. They say nothing the
         # one-line error (or the step's one-line skip) does not.
         sys.unraisablehook = _without_closed_loop_reports(sys.unraisablehook)
+        # The same reads, when a coroutine was made and never started: a RuntimeWarning.
+        warnings.filterwarnings(
+            "ignore", r"coroutine '_read_array\w*' was never awaited", RuntimeWarning
+        )
 
 
 _ORBAX = f"{os.sep}orbax{os.sep}"
