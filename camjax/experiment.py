@@ -113,6 +113,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def init_variables(config: ml_collections.ConfigDict, model: nn.Module, rng: jax.Array) -> dict:
     """{'params': ..., 'batch_stats': ... ({} without batch norm)} of a model initialised on one
     config.data.image_size image (traceable: under `jax.eval_shape` it computes nothing)."""
+    check_data_config(config)
     size = config.data.image_size
     variables = model.init({"params": rng}, jnp.zeros((1, size, size, 3)), train=False)
     return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
@@ -132,7 +133,22 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> None:
         )
 
 
+def check_data_config(config: ml_collections.ConfigDict) -> None:
+    """One-line ValueErrors for config.data values no network or pipeline can use."""
+    d = config.data
+    if not isinstance(d.image_size, int) or d.image_size < 1:
+        raise ValueError(f"config.data.image_size must be a positive int; got {d.image_size!r}.")
+    for field in ("mean", "std"):
+        value = tuple(d[field])
+        if len(value) != 3 or (field == "std" and min(value) <= 0):
+            raise ValueError(
+                f"config.data.{field} must be 3 numbers, one per RGB channel"
+                f"{' and each > 0' if field == 'std' else ''}, in [0, 1] units; got {value}."
+            )
+
+
 def preprocess_config(config: ml_collections.ConfigDict) -> PreprocessConfig:
+    check_data_config(config)
     d = config.data
     if d.resize_size < d.image_size:
         raise ValueError(

@@ -72,9 +72,12 @@ def reopenable_sources(
     """`load_data_sources`, each split wrapped in a `ReopenableSource`, for grain's workers."""
     sources = load_data_sources(name, image_size, data_dir, split_sizes)
     sizes = dict(split_sizes or {})
+    where = data_dir or "the tfds default data dir"
     return {
         split: ReopenableSource(
-            functools.partial(_open_split, name, image_size, data_dir, sizes, split), source
+            functools.partial(_open_split, name, image_size, data_dir, sizes, split),
+            source,
+            what=f"the {split} split of {name} in {where}",
         )
         for split, source in sources.items()
     }
@@ -86,6 +89,10 @@ def _open_split(
     return load_data_sources(name, image_size, data_dir, sizes)[split]
 
 
+class DataFilesError(RuntimeError):
+    """A prepared dataset's files cannot be read (damaged, truncated, changed)."""
+
+
 class ReopenableSource(Sequence):
     """A split's random-access source that pickles as the recipe for opening it again.
 
@@ -95,21 +102,31 @@ class ReopenableSource(Sequence):
     unpickling this opens the split itself, from the prepared files.
     """
 
-    def __init__(self, open_split: Callable[[], Sequence], source: Sequence | None = None):
-        self._open_split = open_split
+    def __init__(
+        self, open_split: Callable[[], Sequence], source: Sequence | None = None, what: str = ""
+    ):
+        self._open_split, self._what = open_split, what
         self._source = open_split() if source is None else source
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index):
-        return self._source[index]
+        try:
+            return self._source[index]
+        except (RuntimeError, OSError) as e:  # array_record's readers raise RuntimeError
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise DataFilesError(
+                f"reading example {index} of {self._what} failed ({reason}): its prepared files "
+                "are damaged or were changed. Delete the dataset's folder in the data dir and "
+                "rerun (wsol_shapes is generated again; the others: prepare them again)."
+            ) from e
 
     def __getstate__(self) -> dict:
-        return {"open_split": self._open_split}
+        return {"open_split": self._open_split, "what": self._what}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["open_split"])
+        self.__init__(state["open_split"], what=state.get("what", ""))
 
 
 # Catalog datasets without a validation split hold out this fraction of train for it (the
@@ -128,7 +145,8 @@ def _catalog_sources(
     except catalog.UnknownDatasetError as err:
         raise ValueError(
             f"Unknown dataset {name!r}; camjax's datasets: {', '.join(DATASETS)}, or any tfds "
-            f"catalog dataset prepared (as ArrayRecord) in data_dir. ({err})"
+            f"catalog dataset prepared (as ArrayRecord) in data_dir (tfds: "
+            f"{str(err).splitlines()[0][:200]})."
         ) from err
     if "validation" not in sources and {"train", "test"} <= set(sources):
         train = sources["train"]

@@ -73,6 +73,17 @@ def _config(image_size: int, num_train: int, num_eval: int, description: str) ->
     )
 
 
+class DatasetFilesError(RuntimeError):
+    """The prepared dataset in the data dir is damaged or cannot be written."""
+
+
+def _unusable(where: str, e: OSError) -> DatasetFilesError:
+    return DatasetFilesError(
+        f"cannot generate or read wsol_shapes in {where} ({e.strerror or e}: {e.filename}); "
+        "choose another --config.data.data_dir or fix its permissions."
+    )
+
+
 class WsolShapes(tfds.core.GeneratorBasedBuilder):
     """tfds builder for `wsol_shapes`; the first config (`s64`) is the default."""
 
@@ -110,17 +121,37 @@ class WsolShapes(tfds.core.GeneratorBasedBuilder):
           `bbox_to_pixels(np.stack(bbox), S)` gives the pixel box.
         """
         sizes = {k: v for k, v in split_sizes.items() if v}
-        builder = get_builder(image_size, data_dir, **sizes)
+        where = data_dir or "the tfds default data dir"
+        try:
+            builder = get_builder(image_size, data_dir, **sizes)
+        except OSError as e:
+            raise _unusable(where, e) from None
+        except Exception as e:  # tfds parsing the prepared dataset_info.json
+            if "dataset_info" not in str(e) and "JSON" not in str(e):
+                raise
+            raise DatasetFilesError(
+                f"the prepared wsol_shapes in {where} has a damaged dataset_info.json "
+                f"({str(e).splitlines()[0][:120]}); delete its folder there and rerun: it is "
+                "generated again."
+            ) from None
         try:
             # Generation happens in an `incomplete.*` directory renamed into place at the
             # end, so concurrent preparers never expose partial data.
             builder.download_and_prepare(file_format=_FILE_FORMAT)
-        except OSError:
+        except OSError as e:
             # Losing that rename race to another process is fine once its copy exists.
             if not builder.data_path.exists():
-                raise
+                raise _unusable(where, e) from None
             builder = get_builder(image_size, data_dir, **sizes)
-        return dict(builder.as_data_source())
+        sources = dict(builder.as_data_source())
+        if missing := [s for s in ("train", "validation", "test") if s not in sources]:
+            # tfds takes an existing folder for a prepared dataset, whatever it holds.
+            raise DatasetFilesError(
+                f"the prepared wsol_shapes in {builder.data_path} is incomplete (no "
+                f"{missing[0]!r} split: its dataset_info.json is missing or damaged); delete "
+                "that folder and rerun: it is generated again."
+            )
+        return sources
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size

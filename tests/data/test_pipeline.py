@@ -220,3 +220,25 @@ def test_worker_processes_keep_jax_off_accelerators(monkeypatch):
     batches = list(pipeline.host_batches(ds, 1, num_workers=1))
     assert len(batches) == 2
     assert bytes(batches[0][0]).strip() == b"cpu"
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("image_size", -64, "image_size must be a positive int; got -64"),
+        ("mean", (0.5, 0.5), r"mean must be 3 numbers, one per RGB channel"),
+        ("std", (0.2, 0.2, 0.0), r"std must be 3 numbers, one per RGB channel and each > 0"),
+    ],
+)
+def test_data_values_no_pipeline_can_use_are_one_line(field, value, message):
+    """Before, a negative size failed in the model's init and a wrong-length mean in the
+    broadcast of the first step, under tracebacks of 30 to 100 lines."""
+    from camjax import experiment
+    from configs import tiny
+
+    config = tiny.get_config()
+    config.data[field] = value
+    with pytest.raises(ValueError, match=message):
+        experiment.preprocess_config(config)
+    with pytest.raises(ValueError, match=message):
+        experiment.init_variables(config, experiment.build_model(tiny.get_config()), None)

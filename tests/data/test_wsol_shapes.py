@@ -1,5 +1,7 @@
 """Tests for the `wsol_shapes` tfds builder: tiny splits prepared in a tmp dir."""
 
+import os
+import shutil
 import sys
 
 import numpy as np
@@ -90,3 +92,32 @@ def test_unknown_image_size_names_available_sizes(size):
         wsol_shapes.get_builder(size)
     with pytest.raises(ValueError, match="available sizes"):
         wsol_shapes.WsolShapes.sources(None, size, {})
+
+
+def test_damaged_prepared_files_are_one_line_errors_naming_the_fix(sources, data_dir, tmp_path):
+    """A truncated shard fails the read of an example; a version folder without its
+    dataset_info.json (tfds takes the folder as prepared) or with a broken one fails at
+    opening; a data dir that is a file cannot be generated into. Each says what to delete."""
+    from camjax import data as data_lib
+
+    copy = str(tmp_path / "tfds")
+    shutil.copytree(data_dir, copy)
+    version = wsol_shapes.get_builder(SIZE, copy, **COUNTS).data_path
+    (shard,) = [p for p in os.listdir(version) if "-train.array_record" in p]
+    with open(os.path.join(version, shard), "r+b") as f:
+        f.truncate(5000)
+    sources = data_lib.reopenable_sources("wsol_shapes", SIZE, copy, COUNTS)
+    with pytest.raises(data_lib.DataFilesError, match=r"example 0 of the train split .* Delete"):
+        sources["train"][0]
+    info = os.path.join(version, "dataset_info.json")
+    with open(info, "w") as f:
+        f.write("{not json")
+    with pytest.raises(wsol_shapes.DatasetFilesError, match="damaged dataset_info.json"):
+        wsol_shapes.WsolShapes.sources(copy, SIZE, COUNTS)
+    os.remove(info)
+    with pytest.raises(wsol_shapes.DatasetFilesError, match=r"is incomplete \(no 'train' split"):
+        wsol_shapes.WsolShapes.sources(copy, SIZE, COUNTS)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    with pytest.raises(wsol_shapes.DatasetFilesError, match=r"cannot generate or read .*Not a"):
+        wsol_shapes.WsolShapes.sources(str(a_file), SIZE, COUNTS)
