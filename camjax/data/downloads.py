@@ -142,7 +142,10 @@ def _decoding(where: str) -> Iterator[None]:
     try:
         yield
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise CorruptFileError(f"{where} cannot be decoded: {err}") from err
+        raise CorruptFileError(
+            f"{where} cannot be decoded: {err}. Download its archive again, or prepare with "
+            "--skip_corrupt to leave such images out (each is logged and counted)."
+        ) from err
 
 
 def open_image(where: str, data: bytes) -> Image.Image:

@@ -283,6 +283,14 @@ def _train_batches(config, source, start: int, mesh):
     """The sharded training batches from step start + 1 on (the step-indexed data order)."""
     d = config.data
     prep = experiment.preprocess_config(config)
+    if d.batch_size > len(source):
+        log.warning(
+            "config.data.batch_size %d is larger than the train split (%d examples): each "
+            "batch repeats examples, drawn from about %d epochs.",
+            d.batch_size,
+            len(source),
+            -(-d.batch_size // max(len(source), 1)),
+        )
     if d.num_workers == 0 and d.cache_train_gib > 0:
         source = pipeline.in_memory_train_source(
             source, prep, d.cache_train_gib * 2**30, d.num_threads

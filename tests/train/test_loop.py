@@ -669,3 +669,15 @@ def test_ctrl_c_mid_save_stops_cleanly_with_a_verified_checkpoint(data_dir, tmp_
     )
     manager.close()
     assert 2 <= int(restored.step) < 400
+
+
+def test_a_batch_larger_than_the_train_split_is_said(monkeypatch, caplog):
+    """Each batch then holds repeats of the examples (from several epochs): allowed, said."""
+    config = tiny_config("unused")
+    config.data.batch_size, config.data.cache_train_gib = 16, 0
+    monkeypatch.setattr(loop.pipeline, "train_dataset", lambda *args: None)
+    monkeypatch.setattr(loop.pipeline, "train_iterator", lambda *args: iter(()))
+    with caplog.at_level("WARNING", logger="camjax"):
+        loop._train_batches(config, list(range(6)), 0, experiment.make_mesh())
+    assert "batch_size 16 is larger than the train split (6 examples)" in caplog.text
+    assert "about 3 epochs" in caplog.text
