@@ -57,10 +57,29 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     method = config.get("method")  # absent in runs saved before it existed: plain CAM
     if method is not None:
         fields.update(_method_fields(method, name, fields))
+    _check_field_types(name, fields)
     try:
         return create_model(name, dtype=DTYPES[dtype], **fields)
     except TypeError as e:
         raise ValueError(f"config.model does not fit model {name!r}: {e}") from e
+
+
+def _check_field_types(name: str, fields: dict) -> None:
+    """A config.model value of the wrong plain type (a hand-edited config.json's "width": "abc")
+    is a one-line error here, not a TypeError inside the network's first call."""
+    model = getattr(MODELS.get(name), "func", MODELS.get(name))  # the tiny variants: partials
+    declared = getattr(model, "__dataclass_fields__", {})
+    for key, value in fields.items():
+        kind = getattr(declared.get(key), "type", None)
+        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(kind, kind)
+        numbers = (int, float) if kind is float else (kind,)
+        if kind in (int, float, str, bool) and (
+            not isinstance(value, numbers) or (kind is not bool and isinstance(value, bool))
+        ):
+            raise ValueError(
+                f"config.model.{key} must be {'a' if kind is not int else 'an'} "
+                f"{kind.__name__} for model {name!r}; got {value!r}."
+            )
 
 
 def _method_fields(method: ml_collections.ConfigDict, name: str, fields: dict) -> dict:

@@ -63,3 +63,19 @@ def test_a_damaged_run_config_is_one_line_for_load_and_differences(tmp_path, dam
     if "section" not in message:  # the comparison with a given config reads the file too
         with pytest.raises(run_config.RunConfigError, match=message):
             run_config.differences(str(tmp_path), tiny.get_config())
+
+
+def test_a_hand_edited_field_of_the_wrong_type_is_one_line(tmp_path):
+    """config.json's "width": "abc" reached the network's first call as a TypeError; the
+    model's declared field types catch it when the model is built."""
+    import json
+
+    from camjax import experiment
+
+    run_config.save(str(tmp_path), tiny.get_config())
+    path = tmp_path / "config.json"
+    values = json.loads(path.read_text())
+    values["model"]["width"] = "abc"
+    path.write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=r"config.model.width must be a float .*got 'abc'"):
+        experiment.build_model(run_config.load(str(tmp_path)))
