@@ -88,9 +88,10 @@ def check_images(images: Any) -> None:
             f"images must be floating point, normalised as the model was trained "
             f"((pixels / 255 - mean) / std for camjax's models); got dtype {images.dtype}."
         )
-    if images.ndim != 4 or images.shape[-1] != 3:
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
         raise ValueError(
-            f"images must have shape (batch, height, width, 3); got {tuple(images.shape)}."
+            f"images must have shape (batch, height, width, 3) with batch >= 1; got "
+            f"{tuple(images.shape)}."
         )
 
 
@@ -103,6 +104,54 @@ def _check_targets(targets: Any, batch: int) -> Any:
         targets = np.asarray(targets)
     check_class_layout(targets, batch, "images")
     return targets if targets.ndim == 2 else targets[:, None]
+
+
+def _is_size(size: Any) -> bool:
+    return (
+        isinstance(size, tuple | list)
+        and len(size) == 2
+        and all(isinstance(n, int | np.integer) and not isinstance(n, bool) and n > 0 for n in size)
+    )
+
+
+def _check_options(method: str, options: Mapping[str, Any]) -> None:
+    """The method's own options, by name and by the type of their defaults (a string for a
+    bool, a float for a count, a count below 1), before anything is traced."""
+    defaults = default_options()[method]
+    for name, value in options.items():
+        if name not in defaults:
+            takes = ", ".join(sorted(defaults)) or "none"
+            raise ValueError(f"method {method!r} has no option {name!r}; its options: {takes}.")
+        default = defaults[name]
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
+            ok = ok and (value >= 1 or name not in ("num_samples", "chunk_size"))
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            continue  # None defaults (a head path, an optional value): the method checks
+        if not ok:
+            raise ValueError(
+                f"option {name!r} of {method!r} must be "
+                f"{'an' if type(default) is int else 'a'} {type(default).__name__}"
+                f"{' >= 1' if name in ('num_samples', 'chunk_size') else ''} like its default "
+                f"{default!r}; got {value!r}."
+            )
+
+
+def _check_score_fn(score_fn: Callable, logits: jax.ShapeDtypeStruct) -> None:
+    """A target function must give one score per image: a (B, k) or scalar result would be
+    summed by the gradient into a plausible map of something else."""
+    out = jax.eval_shape(score_fn, logits)
+    if getattr(out, "shape", None) != logits.shape[:1]:
+        raise ValueError(
+            f"a target function must give one score per image, shape ({logits.shape[0]},); "
+            f"got {getattr(out, 'shape', type(out).__name__)} from logits {logits.shape}."
+        )
 
 
 def _check_range(classes: np.ndarray, num_classes: int) -> None:
@@ -166,11 +215,24 @@ def explainer(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; methods: {', '.join(sorted(METHODS))}.")
-    layers = (layer,) if isinstance(layer, str) else tuple(layer)
+    layers = (layer,) if isinstance(layer, str) else tuple(layer or ())
+    if not layers or not all(isinstance(name, str) for name in layers):
+        raise ValueError(f"layer must be a module path or a tuple of them; got {layer!r}.")
+    if len(layers) > 1 and method != "layer_cam":
+        raise ValueError(
+            f"method {method!r} reads one layer; got {len(layers)} ({', '.join(layers)}). Only "
+            "'layer_cam' fuses several."
+        )
     probe = Probe(model, layers, tuple(sorted((apply_kwargs or {}).items())), grid)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive int or None; got {top_k!r}.")
+    if not (size is None or size == "input" or _is_size(size)):
+        raise ValueError(
+            f"size must be 'input', None (the layer's) or (height, width) of positive ints; "
+            f"got {size!r}."
+        )
     size = size if size is None or isinstance(size, str) else tuple(size)
+    _check_options(method, options)
     options = tuple(sorted(options.items()))
     run = _compiled(probe, method, top_k, size, resize, normalize, relu, options)
 
@@ -180,6 +242,8 @@ def explainer(
         score_fn = targets if callable(targets) else None
         given = None if score_fn is not None else targets
         args = (variables, images, given, jax.random.key(0) if key is None else key)
+        if score_fn is not None:
+            _check_score_fn(score_fn, run.eval_shape(*args[:2], None, args[3]).logits)
         if isinstance(given, np.ndarray):
             # The output's shape, from the trace that the call below reuses (no extra trace).
             _check_range(given, run.eval_shape(*args, score_fn=score_fn).logits.shape[-1])

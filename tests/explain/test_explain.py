@@ -156,6 +156,46 @@ def test_unknown_layer_lists_the_module_paths():
         explain.explainer(model, variables, "gradcam")
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(method="grad_cam", foo=1), r"method 'grad_cam' has no option 'foo'; its options: "),
+        (dict(method="grad_cam", num_samples=4), "has no option 'num_samples'"),
+        (dict(method="grad_cam", rectify="no"), "option 'rectify' of 'grad_cam' must be a bool"),
+        (dict(method="smooth_grad_cam_pp", num_samples=0), r"must be an int >= 1 .* got 0"),
+        (dict(method="smooth_grad_cam_pp", num_samples=4.5), r"must be an int >= 1 .* got 4.5"),
+        (dict(method="ablation_cam", value="x"), "option 'value' of 'ablation_cam' must be a"),
+        (dict(method="eigen_cam", layer=("conv1", "conv2")), "reads one layer; got 2"),
+        (dict(method="layer_cam", layer=()), "layer must be a module path"),
+        (dict(method="grad_cam", layer=None), "layer must be a module path"),
+        (dict(method="grad_cam", size=16), "size must be 'input', None"),
+        (dict(method="grad_cam", size="layer"), "size must be 'input', None"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors_before_anything_runs(kwargs, message):
+    """Each of these was a deep traceback from JAX (an int size, a tuple of layers for
+    Eigen-CAM), an error only at the first call naming an internal function (an unknown
+    option), or a silent result (0 samples: all-zero maps; a string for a bool: taken as True)."""
+    model = user_models.SmallCNN()
+    variables, images = user_models.init(model)
+    with pytest.raises(ValueError, match=message):
+        explain.explainer(model, variables, layer=kwargs.pop("layer", "conv2"), **kwargs)
+
+
+def test_a_target_function_must_give_one_score_per_image_and_a_batch_is_not_empty():
+    """A (B, k) or scalar score was summed by the gradient into a plausible map of another
+    target (Score-CAM: a reshape error 14 frames deep); an empty batch: a ZeroDivisionError."""
+    model = user_models.SmallCNN()
+    variables, images = user_models.init(model)
+    f = explain.explainer(model, variables, "grad_cam", layer="conv2")
+    for bad in (lambda z: z[:, :3], lambda z: z.sum()):
+        with pytest.raises(ValueError, match=r"one score per image, shape \(2,\); got"):
+            f(images, bad)
+    assert f(images, lambda z: z[:, 1] - z[:, 0]).cams.shape[:2] == (2, 1)
+    with pytest.raises(ValueError, match="with batch >= 1"):
+        f(images[:0])
+
+
 def test_resnet_feature_map_is_gap_input_too():
     """ResNet50-CAM names its feature map itself (the GoogLeNets share VGG's `gap_head`):
     Grad-CAM before ReLU there is CAM / (h w) as well."""
