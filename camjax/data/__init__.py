@@ -90,7 +90,8 @@ def _open_split(
 
 
 class DataFilesError(RuntimeError):
-    """A prepared dataset's files cannot be read (damaged, truncated, changed)."""
+    """A prepared dataset's files cannot be read (damaged, truncated, changed), or its data dir
+    cannot be generated into."""
 
 
 class ReopenableSource(Sequence):

@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf import json_format  # tfds reads dataset_info.json with it (its dependency)
 from PIL import Image
 
+from camjax.data import DataFilesError
 from camjax.data.shapes import CLASS_NAMES, example_rng, render_example
 
 DATASET_NAME = "wsol_shapes"
@@ -73,12 +75,8 @@ def _config(image_size: int, num_train: int, num_eval: int, description: str) ->
     )
 
 
-class DatasetFilesError(RuntimeError):
-    """The prepared dataset in the data dir is damaged or cannot be written."""
-
-
-def _unusable(where: str, e: OSError) -> DatasetFilesError:
-    return DatasetFilesError(
+def _unusable(where: str, e: OSError) -> DataFilesError:
+    return DataFilesError(
         f"cannot generate or read wsol_shapes in {where} ({e.strerror or e}: {e.filename}); "
         "choose another --config.data.data_dir or fix its permissions."
     )
@@ -126,10 +124,8 @@ class WsolShapes(tfds.core.GeneratorBasedBuilder):
             builder = get_builder(image_size, data_dir, **sizes)
         except OSError as e:
             raise _unusable(where, e) from None
-        except Exception as e:  # tfds parsing the prepared dataset_info.json
-            if "dataset_info" not in str(e) and "JSON" not in str(e):
-                raise
-            raise DatasetFilesError(
+        except json_format.ParseError as e:  # tfds reading the prepared dataset_info.json
+            raise DataFilesError(
                 f"the prepared wsol_shapes in {where} has a damaged dataset_info.json "
                 f"({str(e).splitlines()[0][:120]}); delete its folder there and rerun: it is "
                 "generated again."
@@ -146,7 +142,7 @@ class WsolShapes(tfds.core.GeneratorBasedBuilder):
         sources = dict(builder.as_data_source())
         if missing := [s for s in ("train", "validation", "test") if s not in sources]:
             # tfds takes an existing folder for a prepared dataset, whatever it holds.
-            raise DatasetFilesError(
+            raise DataFilesError(
                 f"the prepared wsol_shapes in {builder.data_path} is incomplete (no "
                 f"{missing[0]!r} split: its dataset_info.json is missing or damaged); delete "
                 "that folder and rerun: it is generated again."

@@ -106,14 +106,6 @@ def _check_targets(targets: Any, batch: int) -> Any:
     return targets if targets.ndim == 2 else targets[:, None]
 
 
-def _is_size(size: Any) -> bool:
-    return (
-        isinstance(size, tuple | list)
-        and len(size) == 2
-        and all(isinstance(n, int | np.integer) and not isinstance(n, bool) and n > 0 for n in size)
-    )
-
-
 def _check_options(method: str, options: Mapping[str, Any]) -> None:
     """The method's own options, by name and by the type of their defaults (a string for a
     bool, a float for a count, a count below 1), before anything is traced."""
@@ -226,10 +218,10 @@ def explainer(
     probe = Probe(model, layers, tuple(sorted((apply_kwargs or {}).items())), grid)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive int or None; got {top_k!r}.")
-    if not (size is None or size == "input" or _is_size(size)):
+    # Its form here, before `tuple(size)`; its values where the maps are resized (resize.py).
+    if not (size is None or size == "input" or np.shape(size) == (2,)):
         raise ValueError(
-            f"size must be 'input', None (the layer's) or (height, width) of positive ints; "
-            f"got {size!r}."
+            f"size must be 'input', None (the layer's) or (height, width); got {size!r}."
         )
     size = size if size is None or isinstance(size, str) else tuple(size)
     _check_options(method, options)

@@ -112,12 +112,12 @@ def test_damaged_prepared_files_are_one_line_errors_naming_the_fix(sources, data
     info = os.path.join(version, "dataset_info.json")
     with open(info, "w") as f:
         f.write("{not json")
-    with pytest.raises(wsol_shapes.DatasetFilesError, match="damaged dataset_info.json"):
+    with pytest.raises(data_lib.DataFilesError, match="damaged dataset_info.json"):
         wsol_shapes.WsolShapes.sources(copy, SIZE, COUNTS)
     os.remove(info)
-    with pytest.raises(wsol_shapes.DatasetFilesError, match=r"is incomplete \(no 'train' split"):
+    with pytest.raises(data_lib.DataFilesError, match=r"is incomplete \(no 'train' split"):
         wsol_shapes.WsolShapes.sources(copy, SIZE, COUNTS)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    with pytest.raises(wsol_shapes.DatasetFilesError, match=r"cannot generate or read .*Not a"):
+    with pytest.raises(data_lib.DataFilesError, match=r"cannot generate or read .*Not a"):
         wsol_shapes.WsolShapes.sources(str(a_file), SIZE, COUNTS)
