@@ -10,7 +10,7 @@ drift hits both alike:
 * baseline, what camjax did before: orbax save of the state and its model fingerprint; restore
   of the fingerprint, then of the state;
 * camjax: `camjax.checkpoint.save` (the digest of every array computed on the device, saved in
-  the same atomic step) and `camjax.checkpoint.restore` (restore, recompute, compare, check
+  the same atomic step) and `camjax.checkpoint_restore.restore` (restore, recompute, compare, check
   finiteness);
 * the digest pass alone, and sha256 of a host copy of the state (the alternative design);
 * the one-time compile costs.
@@ -35,7 +35,7 @@ import orbax.checkpoint as ocp
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from camjax import checkpoint, digests, experiment  # noqa: E402
+from camjax import checkpoint, checkpoint_restore, digests, experiment  # noqa: E402
 from camjax.train import optim  # noqa: E402
 from camjax.train import state as train_state  # noqa: E402
 from configs import default  # noqa: E402
@@ -93,7 +93,7 @@ def main() -> None:
 
                 def restore(manager=manager, variant=variant):
                     if variant == "verified":
-                        restored = checkpoint.restore(manager, abstract, config)
+                        restored = checkpoint_restore.restore(manager, abstract, config)
                     else:  # as before: the fingerprint, then the state
                         manager.restore(1, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
                         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract))

@@ -1,6 +1,7 @@
 """Orbax checkpoints of a run: the train state per step, and the config beside them.
 
-Training saves and restores the whole state; evaluation restores only the model variables.
+This module writes them; `checkpoint_restore` reads them back: training the whole state,
+evaluation only the model variables.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a process
 killed mid-save leaves the previous checkpoint as the latest complete one; `latest_step()` only
@@ -18,7 +19,6 @@ import contextlib
 import gc
 import logging
 import os
-import re
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from camjax import digests, run_config
+from camjax import digests, errors, run_config
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,16 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
 
     try:
         # Multi-host, the constructor waits at a named barrier that must be met once: no retry.
-        return _listing(manager, directory) if jax.process_count() == 1 else manager()
+        return retry_listing(manager, directory) if jax.process_count() == 1 else manager()
     except OSError as e:
+        reason = e.strerror or errors.first_line(e)
         raise CheckpointError(
-            f"cannot read the checkpoints in {directory} ({e.strerror or first_line(e)}); fix "
-            "the directory's permissions or choose another --workdir."
+            f"cannot read the checkpoints in {directory} ({reason}); fix the directory's "
+            "permissions or choose another --workdir."
         ) from None
 
 
-def _listing(list_steps: Callable[[], Any], directory: str) -> Any:
+def retry_listing(list_steps: Callable[[], Any], directory: str) -> Any:
     """list_steps() (orbax listing the step directories), again when it fails because a step
     disappeared: orbax lists the steps, then reads each one's metadata, and a run still
     training removes its old steps in between. Single-process only (see the callers)."""
@@ -136,19 +137,11 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
                 # The step inside the step directory: a directory renamed or copied by hand is
                 # caught when restored, not reported under another step's number.
                 meta=ocp.args.JsonSave({**model_fingerprint(config), "step": int(step)}),
-                # The step in the digests too: the arrays and digests of another step copied in
-                # under this step's metadata are caught as well.
-                digests=ocp.args.JsonSave(
-                    {
-                        digests.DIGEST_FORMAT_KEY: digests.DIGEST_FORMAT,
-                        _DIGESTS_STEP_KEY: int(step),
-                        **digests.tree_digests(state),
-                    }
-                ),
+                digests=ocp.args.JsonSave(digests.step_digests(state, step)),
             ),
         )
     except Exception as e:
-        if not (reason := os_reason(e)):
+        if not (reason := errors.os_reason(e)):
             raise  # not the disk or the filesystem: a bug, which keeps its traceback
         last = newest_complete_step(manager)
         raise CheckpointError(_failed_save_message(manager, step, reason, last)) from e
@@ -172,7 +165,7 @@ def wait(manager: ocp.CheckpointManager) -> None:
         # checkpointer's thread and takes the copies, so the failure is reported once.
         with contextlib.suppress(Exception):
             manager.close()
-        if not (reason := os_reason(e)):
+        if not (reason := errors.os_reason(e)):
             raise  # not the disk or the filesystem: a bug, which keeps its traceback (as in save)
         last = newest_complete_step(manager)
         if last == in_flight:  # saved; deleting an old step failed
@@ -189,7 +182,7 @@ def wait(manager: ocp.CheckpointManager) -> None:
         # asyncio tasks: dropped here and collected below, the tasks log "exception was never
         # retrieved" before the one-line error, not after it or at interpreter shutdown (as
         # "ImportError: sys.meta_path is None"). orbax has logged the traceback itself.
-        for link in _chain(e):
+        for link in errors.exception_chain(e):
             link.__traceback__ = None
         cause = e
     gc.collect()
@@ -203,28 +196,6 @@ def newest_complete_step(manager: ocp.CheckpointManager) -> int | None:
     manager.reload()
     steps = manager.all_steps()
     return max(steps) if steps else None
-
-
-def os_reason(e: BaseException) -> str:
-    """The operating system's reason for a failed write ('No space left on device', 'Disk quota
-    exceeded', ...) from an OSError in e's chain or from the os_error_code in tensorstore's
-    message, e.g. "...Failed to write 20436 bytes to file 5: No space left on device
-    [os_error_code='28']"; '' when there is none."""
-    for link in _chain(e):
-        if isinstance(link, OSError) and link.errno:
-            return os.strerror(link.errno)
-        if code := re.search(r"\[os_error_code='?(\d+)'?\]", str(link)):
-            return os.strerror(int(code.group(1)))
-    return ""
-
-
-def _chain(e: BaseException | None):
-    """e, then the exceptions it was raised from or during, each once."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        yield e
-        e = e.__cause__ or e.__context__
 
 
 def _failed_save_message(
@@ -289,7 +260,7 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> 
         except FileNotFoundError:
             pass
         except OSError as e:
-            stuck = e.strerror or first_line(e)
+            stuck = e.strerror or errors.first_line(e)
         free = -1.0 if stuck else shutil.disk_usage(directory).free
     if jax.process_count() > 1:
         # float32: jax's arrays hold no int64 by default; its 24-bit mantissa is exact enough.
@@ -323,216 +294,3 @@ def _check_free_space(manager: ocp.CheckpointManager, step: int, state: Any) -> 
 
 def _megabytes(n: float) -> str:
     return f"{n / 1e6:,.1f} MB"  # one unit for needed and free, so that they compare at a glance
-
-
-def restore(manager: ocp.CheckpointManager, abstract_state: Any, config) -> Any:
-    """The newest good step's whole train state, in the shardings of abstract_state.
-
-    Steps are tried from the newest: one that is incomplete, fails to read, fails its digests or
-    holds a non-finite value is logged (one line, with the reason) and skipped, never touched.
-    """
-
-    def read(step: int) -> Any:
-        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-        return manager.restore(step, args=args)["state"]
-
-    return _restore_newest_good(manager, config, read)[0]
-
-
-def restore_variables(
-    manager: ocp.CheckpointManager, abstract_variables: dict[str, Any], config
-) -> tuple[dict[str, Any], int]:
-    """(model variables, step) of the newest good step: {'params': ..., 'batch_stats': ...} as
-    `model.apply` takes them, restored into abstract_variables' shardings and verified as in
-    `restore`. The optimizer state stays on disk, so evaluation needs no optimizer."""
-    wanted = {k: v for k, v in abstract_variables.items() if jax.tree.leaves(v)}
-
-    def read(step: int) -> Any:
-        args = ocp.args.PyTreeRestore(
-            item=wanted,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
-            partial_restore=True,
-        )
-        return manager.restore(step, args=ocp.args.Composite(state=args))["state"]
-
-    restored, step = _restore_newest_good(manager, config, read)
-    return {k: restored.get(k, v) for k, v in abstract_variables.items()}, step
-
-
-def _restore_newest_good(
-    manager: ocp.CheckpointManager, config, read: Callable[[int], Any]
-) -> tuple[Any, int]:
-    """(tree, step) of the newest step that reads, matches its digests and is finite. With
-    none: a config error when no step matched the config and some named another, else a
-    damage report listing every step's reason."""
-    for attempt in range(3):
-        found = _newest_good(manager, config, read, first=attempt == 0)
-        if found is not None:
-            return found
-        _listing(manager.reload, str(manager.directory))
-    if not manager.all_steps():
-        raise CheckpointError(
-            f"no checkpoint is left in {manager.directory}: its steps were removed while being "
-            "read."
-        )
-    raise CheckpointError(
-        f"the checkpoints in {manager.directory} were removed while being read, three times: "
-        "a run still training there replaces them faster than they read; evaluate once it ends."
-    )
-
-
-def _newest_good(
-    manager: ocp.CheckpointManager, config, read, first: bool
-) -> tuple[Any, int] | None:
-    """`_restore_newest_good`'s search over the steps listed now; None when one of them was
-    removed while being read (the steps are listed again and searched anew), or when a listing
-    after that (not `first`) finds none while the newest is renamed into place."""
-    directory = str(manager.directory)
-    steps = sorted(manager.all_steps(), reverse=True)
-    if not steps and not first:
-        return None
-    if not steps:
-        raise CheckpointError(
-            f"no checkpoint in {directory}; train first (train.py --workdir with the same "
-            "directory) or point --workdir at a trained run."
-        )
-    rejected, config_matched = [], False
-    for step in steps:
-        tree, reason, matched = _verified(manager, config, step, read)
-        # A step removed while it was read fails to read; it never fails its digests or config.
-        if reason.startswith((_INCOMPLETE, UNREADABLE)) and _superseded(manager, step, steps[0]):
-            # Gone, or going: a run still training removes its old steps (keep_checkpoints)
-            # once a newer one is complete. Not reported as damage.
-            log.info(
-                "Checkpoint step %d did not read and is gone or has a newer step beside it "
-                "now; searching the steps on disk again.",
-                step,
-            )
-            return None
-        config_matched = config_matched or matched
-        if not reason:
-            if rejected:
-                log.warning(
-                    "Restored checkpoint step %d, the newest good one in %s.", step, directory
-                )
-            return tree, step
-        rejected.append((step, reason))
-        if reason.startswith(_OTHER_CONFIG):
-            log.warning("Skipped checkpoint step %d in %s: it %s.", step, directory, reason)
-        else:
-            log.warning(
-                "Skipped checkpoint step %d in %s: %s. Nothing was moved or deleted; once you "
-                "have looked at it, remove it with: rm -r %s",
-                step,
-                directory,
-                reason,
-                os.path.join(directory, str(step)),
-            )
-    other_config = [(step, reason) for step, reason in rejected if reason.startswith(_OTHER_CONFIG)]
-    if other_config and not config_matched:
-        # No step agrees with the config and some say it differs: the config is wrong, not
-        # the checkpoints (the others' metadata did not read).
-        step, reason = other_config[0]
-        raise CheckpointError(
-            f"the checkpoint at step {step} in {directory} {reason}. Use the config the run was "
-            "trained with (the run's config.json holds it, unless that file was edited since).",
-            tuple(rejected),
-        )
-    raise CheckpointError(
-        f"no good checkpoint in {directory}: {rejected_steps(rejected)}. Nothing was moved or "
-        "deleted; remove the damaged steps (rm -r) and train again.",
-        tuple(rejected),
-    )
-
-
-def _superseded(manager: ocp.CheckpointManager, step: int, newest_listed: int) -> bool:
-    """Whether `step` failed to read because a run still training is removing it: its
-    directory is gone, or a step newer than any listed before is now complete. Single-process
-    only: hosts would each decide by their own timing, and their restores' collectives then
-    pair up across different steps (multi-host, such a step is reported as damaged)."""
-    if jax.process_count() > 1:
-        return False
-    if not os.path.isdir(os.path.join(str(manager.directory), str(step))):
-        return True
-    _listing(manager.reload, str(manager.directory))
-    return max(manager.all_steps(), default=newest_listed) > newest_listed
-
-
-def rejected_steps(rejected) -> str:
-    """'step 6: reason; step 4: reason' of `CheckpointError.rejected`."""
-    return "; ".join(f"step {step}: {reason}" for step, reason in rejected)
-
-
-_OTHER_CONFIG = "was trained with a different config"
-UNREADABLE = "its arrays do not read"
-_INCOMPLETE = "incomplete"  # the start of the reasons for metadata missing or not reading
-_DIGESTS_STEP_KEY = "__step__"  # no array path: paths have no leading underscores
-
-
-def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[Any, str, bool]:
-    """(restored tree, '', True) for a good `step`, else (None, a one-line reason it cannot be
-    trusted, whether its metadata matched the config). A step whose metadata names another
-    model is rejected too; when no step matches, the caller reports a config error."""
-    try:
-        items = ocp.args.Composite(meta=ocp.args.JsonRestore(), digests=ocp.args.JsonRestore())
-        saved = manager.restore(step, args=items)
-        meta, saved_digests = saved["meta"], saved["digests"]
-    except Exception as e:  # orbax and tensorstore raise many types for a damaged step
-        return None, f"{_INCOMPLETE} or unreadable metadata ({first_line(e)})", False
-    if meta is None or saved_digests is None:
-        return None, f"{_INCOMPLETE}: its metadata or digests are missing", False
-    for name, value in (("metadata", meta), ("digests", saved_digests)):
-        if not isinstance(value, dict):
-            return None, f"its {name} is not an object ({type(value).__name__})", False
-    if saved_digests.get(digests.DIGEST_FORMAT_KEY) != digests.DIGEST_FORMAT:
-        return (
-            None,
-            f"its digests are of another format ({saved_digests.get(digests.DIGEST_FORMAT_KEY)!r}, "
-            f"not {digests.DIGEST_FORMAT!r}): written by another camjax version, so it cannot be "
-            "verified",
-            False,
-        )
-    meta = dict(meta)
-    # Absent in steps saved before the step was recorded there (the digests: before 2026-12-05).
-    for name, saved_step in (
-        ("metadata", meta.pop("step", step)),
-        ("digests", saved_digests.get(_DIGESTS_STEP_KEY, step)),
-    ):
-        if saved_step != step:
-            return (
-                None,
-                f"it holds step {saved_step!r} in its {name}, not {step} (renamed or copied "
-                "by hand?)",
-                False,
-            )
-    expected = run_config.as_json(model_fingerprint(config))  # as saved: tuples are lists
-    if "seed" not in meta:  # saved before the seed was recorded (2026-12-05)
-        del expected["seed"]
-    if meta != expected:
-        return None, f"{_OTHER_CONFIG}: {run_config.compare(meta, expected)}", False
-    try:
-        tree = read(step)
-        # orbax's partial restore (evaluation's) leaves an array its metadata does not list
-        # as the abstract array it was asked for.
-        if missing := [
-            digests.path_name(p)
-            for p, x in jax.tree_util.tree_leaves_with_path(tree)
-            if isinstance(x, jax.ShapeDtypeStruct)
-        ]:
-            return None, f"{UNREADABLE} ({missing[0]} is not in it)", True
-        got, finite = digests.inspect_tree(tree)
-    except Exception as e:
-        return None, f"{UNREADABLE} ({first_line(e)})", True
-    for path, digest in got.items():
-        if path not in saved_digests:
-            return None, f"{path} has no saved digest", True
-        if digest != saved_digests[path]:
-            return None, f"{path} does not match its saved digest (the file is corrupt)", True
-    if bad := [path for path, ok in zip(got, finite, strict=True) if not ok]:
-        return None, f"{bad[0]} holds NaN or Inf", True
-    return tree, "", True
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__

@@ -15,7 +15,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from camjax import checkpoint, run_config
+from camjax import errors, run_config
 
 # How ml_collections spells an override of a config flag's field: --config.a.b=v, --noconfig.c.
 _OVERRIDE = re.compile(r"-{1,2}(no)?config\.")
@@ -61,7 +61,7 @@ def _without_orbax_traceback(record: logging.LogRecord) -> bool:
         return False
     if _ORBAX in record.pathname and record.exc_info:
         # The message line keeps the reason (orbax's messages do not all name it).
-        record.msg = f"{record.getMessage()} ({checkpoint.first_line(record.exc_info[1])})"
+        record.msg = f"{record.getMessage()} ({errors.first_line(record.exc_info[1])})"
         record.args, record.exc_info, record.exc_text = None, None, None
     return True
 

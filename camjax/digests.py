@@ -16,6 +16,9 @@ import jax.numpy as jnp
 
 # Saved with the digests: a step whose digests were computed another way is not "corrupt".
 DIGEST_FORMAT_KEY, DIGEST_FORMAT = "__format__", "uint32 sum of bits * (2i+1), v1"
+# The step they were computed for, saved with them too: the arrays and digests of another step
+# copied in under a step's metadata are caught. (No array's path starts with an underscore.)
+STEP_KEY = "__step__"
 
 
 def _bits(x: jax.Array) -> jax.Array:
@@ -72,11 +75,46 @@ def tree_digests(tree: Any) -> dict[str, list]:
     return _described(paths, leaves, jax.device_get(_digest_leaves(leaves)))
 
 
-def inspect_tree(tree: Any) -> tuple[dict[str, list], list[bool]]:
+def _inspect_tree(tree: Any) -> tuple[dict[str, list], list[bool]]:
     """(tree_digests(tree), whether each leaf is finite), from one pass."""
     paths, leaves = _leaves(tree)
     sums, finite = jax.device_get(_inspect_leaves(leaves))
     return _described(paths, leaves, sums), [bool(f) for f in finite]
+
+
+def step_digests(state: Any, step: int) -> dict[str, Any]:
+    """What a checkpoint step saves beside its arrays: the format, the step and `tree_digests`."""
+    return {DIGEST_FORMAT_KEY: DIGEST_FORMAT, STEP_KEY: int(step), **tree_digests(state)}
+
+
+def saved_problem(saved: dict[str, Any], step: int) -> str:
+    """Why `step_digests` read back from `step` cannot verify it, before its arrays are read;
+    '' when they can."""
+    if saved.get(DIGEST_FORMAT_KEY) != DIGEST_FORMAT:
+        return (
+            f"its digests are of another format ({saved.get(DIGEST_FORMAT_KEY)!r}, not "
+            f"{DIGEST_FORMAT!r}): written by another camjax version, so it cannot be verified"
+        )
+    saved_step = saved.get(STEP_KEY, step)  # absent in steps saved before 2026-12-05
+    if saved_step != step:
+        return (
+            f"it holds step {saved_step!r} in its digests, not {step} (renamed or copied by hand?)"
+        )
+    return ""
+
+
+def tree_problem(tree: Any, saved: dict[str, Any]) -> str:
+    """The first array of a restored `tree` that differs from its `step_digests` or holds NaN
+    or Inf, as a one-line reason; '' when none does (one compiled pass over the arrays)."""
+    got, finite = _inspect_tree(tree)
+    for path, digest in got.items():
+        if path not in saved:
+            return f"{path} has no saved digest"
+        if digest != saved[path]:
+            return f"{path} does not match its saved digest (the file is corrupt)"
+    if bad := [path for path, ok in zip(got, finite, strict=True) if not ok]:
+        return f"{bad[0]} holds NaN or Inf"
+    return ""
 
 
 def path_name(keys: tuple) -> str:

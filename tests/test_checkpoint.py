@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from camjax import cam as cam_lib
-from camjax import checkpoint, cli, digests, experiment, run_config
+from camjax import checkpoint, checkpoint_restore, cli, digests, errors, experiment, run_config
 from camjax.train import optim
 from camjax.train import state as train_state
 from configs import tiny
@@ -57,7 +57,7 @@ def test_restore_variables_reads_the_model_variables_only(saved_run):
         {"params": state.params, "batch_stats": {}},
     )
     manager = checkpoint.create_manager(workdir, 2)
-    variables, step = checkpoint.restore_variables(manager, abstract, config)
+    variables, step = checkpoint_restore.restore_variables(manager, abstract, config)
     assert step == 1 and set(variables) == {"params", "batch_stats"}
     pairs = zip(jax.tree.leaves(variables["params"]), jax.tree.leaves(state.params), strict=True)
     for got, want in pairs:
@@ -65,7 +65,7 @@ def test_restore_variables_reads_the_model_variables_only(saved_run):
     other = config.copy_and_resolve_references()
     other.model.width = 1 / 8
     with pytest.raises(checkpoint.CheckpointError, match=r"width: checkpoint 0.0625, config 0.125"):
-        checkpoint.restore_variables(manager, abstract, other)
+        checkpoint_restore.restore_variables(manager, abstract, other)
     manager.close()
 
 
@@ -267,7 +267,7 @@ def test_a_damaged_step_is_skipped_for_the_newest_good_one(two_steps, caplog, da
     before = sorted(os.walk(ckpts))
     manager = checkpoint.create_manager(workdir, 3)
     with caplog.at_level("WARNING", logger="camjax"):
-        restored = checkpoint.restore(manager, abstract, config)
+        restored = checkpoint_restore.restore(manager, abstract, config)
     manager.close()
     good = second if bad == 99 else first
     assert int(restored.step) == int(good.step)
@@ -292,7 +292,7 @@ def test_a_bit_flip_anywhere_never_restores_changed_values(two_steps):
         open(path, "wb").write(original)
         flip_bit(path, fraction, bit=int(fraction * 8))
         manager = checkpoint.create_manager(workdir, 3)
-        restored = checkpoint.restore(manager, abstract, config)
+        restored = checkpoint_restore.restore(manager, abstract, config)
         manager.close()
         step = int(restored.step)
         outcomes.add(step)
@@ -314,7 +314,7 @@ def test_a_nan_saved_with_a_valid_digest_is_rejected(two_steps, caplog):
     checkpoint.save(manager, 3, nan_state, config)
     manager.wait_until_finished()
     with caplog.at_level("WARNING", logger="camjax"):
-        restored = checkpoint.restore(manager, abstract, config)
+        restored = checkpoint_restore.restore(manager, abstract, config)
     manager.close()
     assert int(restored.step) == 2
     assert "step 3 in" in caplog.text and "holds NaN or Inf" in caplog.text
@@ -327,9 +327,9 @@ def test_no_good_step_is_one_error_listing_every_step(two_steps):
     truncate(os.path.join(ckpts, "2", "meta", "metadata"))
     manager = checkpoint.create_manager(workdir, 3)
     with pytest.raises(checkpoint.CheckpointError) as err:
-        checkpoint.restore(manager, abstract, config)
+        checkpoint_restore.restore(manager, abstract, config)
     with pytest.raises(checkpoint.CheckpointError, match="no good checkpoint"):
-        checkpoint.restore_variables(
+        checkpoint_restore.restore_variables(
             manager, {"params": abstract.params, "batch_stats": {}}, config
         )
     manager.close()
@@ -346,7 +346,7 @@ def test_evaluation_restores_the_newest_good_variables(two_steps, caplog, damage
     DAMAGE[damage](os.path.join(checkpoint.checkpoint_dir(workdir), "2"))
     manager = checkpoint.create_manager(workdir, 3)
     with caplog.at_level("WARNING", logger="camjax"):
-        variables, step = checkpoint.restore_variables(
+        variables, step = checkpoint_restore.restore_variables(
             manager, {"params": abstract.params, "batch_stats": {}}, config
         )
     manager.close()
@@ -377,7 +377,7 @@ def test_a_step_of_a_sibling_run_is_skipped_and_old_steps_without_a_seed_still_r
     del meta["seed"]
     json.dump(meta, open(meta_path, "w"))
     with caplog.at_level("WARNING", logger="camjax"):
-        restored = checkpoint.restore(manager, abstract, config)
+        restored = checkpoint_restore.restore(manager, abstract, config)
     manager.close()
     assert int(restored.step) == 2
     jax.tree.map(np.testing.assert_array_equal, restored.params, second.params)
@@ -402,7 +402,7 @@ def test_a_step_removed_while_it_is_read_is_no_damage(two_steps, caplog):
         return manager.restore(step, args=state_args)["state"]
 
     with caplog.at_level("WARNING", logger="camjax"):
-        restored, step = checkpoint._restore_newest_good(manager, config, read)
+        restored, step = checkpoint_restore._restore_newest_good(manager, config, read)
     manager.close()
     assert step == 1 and "Skipped" not in caplog.text
     jax.tree.map(np.testing.assert_array_equal, restored.params, first.params)
@@ -512,9 +512,9 @@ TENSORSTORE_ENOSPC = (
 
 
 def test_the_reason_a_write_failed_is_the_operating_systems():
-    assert checkpoint.os_reason(ValueError(TENSORSTORE_ENOSPC)) == "No space left on device"
+    assert errors.os_reason(ValueError(TENSORSTORE_ENOSPC)) == "No space left on device"
     quota = OSError(errno.EDQUOT, "Disk quota exceeded", "/tmp/x")
-    assert checkpoint.os_reason(quota) == "Disk quota exceeded"
+    assert errors.os_reason(quota) == "Disk quota exceeded"
     try:
         try:
             raise OSError(errno.EIO, "Input/output error")
@@ -522,5 +522,5 @@ def test_the_reason_a_write_failed_is_the_operating_systems():
             raise RuntimeError("commit failed") from e
     except RuntimeError as e:
         chained = e
-    assert checkpoint.os_reason(chained) == "Input/output error"
-    assert checkpoint.os_reason(ValueError("Destination /tmp/x/3 already exists.")) == ""
+    assert errors.os_reason(chained) == "Input/output error"
+    assert errors.os_reason(ValueError("Destination /tmp/x/3 already exists.")) == ""

@@ -4,6 +4,8 @@ import functools
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 
+from camjax import errors
+
 # The datasets camjax builds: name -> "module:class". A dataset is one module whose class (a tfds
 # builder) has the class methods `sources(data_dir, image_size, split_sizes)` (what
 # `load_data_sources` returns) and, if prepared from files downloaded by hand, those of
@@ -116,9 +118,9 @@ class ReopenableSource(Sequence):
         try:
             return self._source[index]
         except (RuntimeError, OSError) as e:  # array_record's readers raise RuntimeError
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise DataFilesError(
-                f"reading example {index} of {self._what} failed ({reason}): its prepared files "
+                f"reading example {index} of {self._what} failed ({errors.first_line(e)}): its "
+                "prepared files "
                 "are damaged or were changed. Delete the dataset's folder in the data dir and "
                 "rerun (wsol_shapes is generated again; the others: prepare them again)."
             ) from e
@@ -147,7 +149,7 @@ def _catalog_sources(
         raise ValueError(
             f"Unknown dataset {name!r}; camjax's datasets: {', '.join(DATASETS)}, or any tfds "
             f"catalog dataset prepared (as ArrayRecord) in data_dir (tfds: "
-            f"{str(err).splitlines()[0][:200]})."
+            f"{errors.first_line(err)})."
         ) from err
     if "validation" not in sources and {"train", "test"} <= set(sources):
         train = sources["train"]

@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds
 from google.protobuf import json_format  # tfds reads dataset_info.json with it (its dependency)
 from PIL import Image
 
+from camjax import errors
 from camjax.data import DataFilesError
 from camjax.data.shapes import CLASS_NAMES, example_rng, render_example
 
@@ -127,7 +128,7 @@ class WsolShapes(tfds.core.GeneratorBasedBuilder):
         except json_format.ParseError as e:  # tfds reading the prepared dataset_info.json
             raise DataFilesError(
                 f"the prepared wsol_shapes in {where} has a damaged dataset_info.json "
-                f"({str(e).splitlines()[0][:120]}); delete its folder there and rerun: it is "
+                f"({errors.first_line(e)}); delete its folder there and rerun: it is "
                 "generated again."
             ) from None
         try:

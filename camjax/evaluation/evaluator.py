@@ -84,12 +84,8 @@ def method_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     options = config.eval.get("options")
     if options is None or method not in options:
         return {}
-    given, known = options[method].to_dict(), explain.default_options()[method]
-    if unknown := sorted(set(given) - set(known)):
-        raise ValueError(
-            f"config.eval.options.{method} sets {', '.join(unknown)}, which {method} does not "
-            f"take; its options: {', '.join(known) or 'none'}."
-        )
+    given = options[method].to_dict()
+    explain.check_options(method, given, where=f"config.eval.options.{method}")
     return given
 
 

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from camjax import checkpoint, experiment
+from camjax import checkpoint, checkpoint_restore, experiment
 from camjax.evaluation.evaluator import Evaluator
 from camjax.evaluation.gallery import write_gallery
 from camjax.evaluation.protocol import wsol_protocol
@@ -34,7 +34,7 @@ def restore_evaluator(
     )
     abstract = experiment.replicated_shapes(shapes, mesh)
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
-    variables, step = checkpoint.restore_variables(manager, abstract, config)
+    variables, step = checkpoint_restore.restore_variables(manager, abstract, config)
     manager.close()
     if not variables["batch_stats"]:
         del variables["batch_stats"]

@@ -106,14 +106,16 @@ def _check_targets(targets: Any, batch: int) -> Any:
     return targets if targets.ndim == 2 else targets[:, None]
 
 
-def _check_options(method: str, options: Mapping[str, Any]) -> None:
-    """The method's own options, by name and by the type of their defaults (a string for a
-    bool, a float for a count, a count below 1), before anything is traced."""
+def check_options(method: str, options: Mapping[str, Any], where: str = "") -> None:
+    """A method's own options, by name and by the type of their defaults (a string for a bool,
+    a float for a count, a count below 1), before anything is traced. where: the options' place
+    in a config (e.g. 'config.eval.options.grad_cam'), for the message."""
     defaults = default_options()[method]
     for name, value in options.items():
         if name not in defaults:
             takes = ", ".join(sorted(defaults)) or "none"
-            raise ValueError(f"method {method!r} has no option {name!r}; its options: {takes}.")
+            subject = where or f"method {method!r}"
+            raise ValueError(f"{subject} has no option {name!r}; its options: {takes}.")
         default = defaults[name]
         if isinstance(default, bool):
             ok = isinstance(value, bool)
@@ -127,9 +129,10 @@ def _check_options(method: str, options: Mapping[str, Any]) -> None:
         else:
             continue  # None defaults (a head path, an optional value): the method checks
         if not ok:
+            subject = f"{where}.{name}" if where else f"option {name!r} of {method!r}"
             raise ValueError(
-                f"option {name!r} of {method!r} must be "
-                f"{'an' if type(default) is int else 'a'} {type(default).__name__}"
+                f"{subject} must be {'an' if type(default) is int else 'a'} "
+                f"{type(default).__name__}"
                 f"{' >= 1' if name in ('num_samples', 'chunk_size') else ''} like its default "
                 f"{default!r}; got {value!r}."
             )
@@ -205,26 +208,8 @@ def explainer(
     are checked inside the program without a host round trip: an out-of-range class comes back
     as class -1 with a NaN map (clamp and flag), never as a plausible map.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; methods: {', '.join(sorted(METHODS))}.")
-    layers = (layer,) if isinstance(layer, str) else tuple(layer or ())
-    if not layers or not all(isinstance(name, str) for name in layers):
-        raise ValueError(f"layer must be a module path or a tuple of them; got {layer!r}.")
-    if len(layers) > 1 and method != "layer_cam":
-        raise ValueError(
-            f"method {method!r} reads one layer; got {len(layers)} ({', '.join(layers)}). Only "
-            "'layer_cam' fuses several."
-        )
+    layers, size = _checked_arguments(method, layer, top_k, size, options)
     probe = Probe(model, layers, tuple(sorted((apply_kwargs or {}).items())), grid)
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None; got {top_k!r}.")
-    # Its form here, before `tuple(size)`; its values where the maps are resized (resize.py).
-    if not (size is None or size == "input" or np.shape(size) == (2,)):
-        raise ValueError(
-            f"size must be 'input', None (the layer's) or (height, width); got {size!r}."
-        )
-    size = size if size is None or isinstance(size, str) else tuple(size)
-    _check_options(method, options)
     options = tuple(sorted(options.items()))
     run = _compiled(probe, method, top_k, size, resize, normalize, relu, options)
 
@@ -242,6 +227,31 @@ def explainer(
         return run(*args, score_fn=score_fn)
 
     return f
+
+
+def _checked_arguments(
+    method: str, layer: Any, top_k: Any, size: Any, options: Mapping[str, Any]
+) -> tuple[tuple[str, ...], tuple[int, int] | str | None]:
+    """`explainer`'s arguments checked before anything is traced -> (layers, size)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; methods: {', '.join(sorted(METHODS))}.")
+    layers = (layer,) if isinstance(layer, str) else tuple(layer or ())
+    if not layers or not all(isinstance(name, str) for name in layers):
+        raise ValueError(f"layer must be a module path or a tuple of them; got {layer!r}.")
+    if len(layers) > 1 and method != "layer_cam":
+        raise ValueError(
+            f"method {method!r} reads one layer; got {len(layers)} ({', '.join(layers)}). Only "
+            "'layer_cam' fuses several."
+        )
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int or None; got {top_k!r}.")
+    # Its form here, before `tuple(size)`; its values where the maps are resized (resize.py).
+    if not (size is None or size == "input" or np.shape(size) == (2,)):
+        raise ValueError(
+            f"size must be 'input', None (the layer's) or (height, width); got {size!r}."
+        )
+    check_options(method, options)
+    return layers, size if size is None or isinstance(size, str) else tuple(size)
 
 
 def cam_fn(

@@ -43,6 +43,7 @@ import orbax.checkpoint as ocp
 from absl import flags
 from flax import traverse_util
 
+from camjax import errors
 from camjax.models import create_model
 from camjax.models.googlenet import GoogLeNetGAP, GoogLeNetGAPBN
 from camjax.models.resnet import ResNet50CAM
@@ -251,16 +252,15 @@ def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     except pickle.UnpicklingError as e:  # weights_only refuses anything but tensors and containers
         raise TorchImportError(
             f"{path} holds pickled Python objects (a whole model?), not a state_dict of tensors "
-            f"({str(e).splitlines()[0][:120]}). Save `model.state_dict()` and convert that file; "
+            f"({errors.first_line(e)}). Save `model.state_dict()` and convert that file; "
             "camjax does not unpickle arbitrary objects, which could run code."
         ) from None
     except FileNotFoundError:
         raise
     except Exception as e:  # torch's legacy reader raises whatever the garbage makes it raise
         raise TorchImportError(
-            f"{path} is not a readable torch checkpoint ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:120] if str(e) else 'no detail'}): it is truncated or not "
-            "a .pth file. Download or save it again."
+            f"{path} is not a readable torch checkpoint ({errors.first_line(e)}): it is "
+            "truncated or not a .pth file. Download or save it again."
         ) from None
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise TorchImportError(

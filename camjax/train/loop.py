@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from camjax import checkpoint, digests, experiment, run_config
+from camjax import checkpoint, checkpoint_restore, digests, experiment, run_config
 from camjax.data import pipeline
 from camjax.evaluation import evaluator
 from camjax.models.layers import takes_labels
@@ -244,10 +244,11 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str):
     if differences:
         log.warning("Resuming with a config that differs from the run's: %s.", differences)
     try:
-        state = checkpoint.restore(manager, abstract_train_state(config, model, tx, mesh), config)
+        abstract = abstract_train_state(config, model, tx, mesh)
+        state = checkpoint_restore.restore(manager, abstract, config)
     except checkpoint.CheckpointError as e:
         unreadable = e.rejected and all(
-            reason.startswith(checkpoint.UNREADABLE) for _, reason in e.rejected
+            reason.startswith(checkpoint_restore.UNREADABLE) for _, reason in e.rejected
         )
         optim = unreadable and run_config.differences(workdir, config, "optim")
         if not optim:
@@ -257,7 +258,8 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str):
             f"no step in {checkpoint.checkpoint_dir(workdir)} reads into the state this config "
             f"builds, and its optimizer differs from the run's ({optim}). Resume with the "
             "config the run was trained with (its config.json), or train in another workdir; "
-            f"nothing was moved or deleted. The steps: {checkpoint.rejected_steps(e.rejected)}",
+            "nothing was moved or deleted. The steps: "
+            f"{checkpoint_restore.rejected_steps(e.rejected)}",
             e.rejected,
         ) from None
     restored = int(state.step)
@@ -376,16 +378,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 progress.train(step, host_sums)
                 sums = _zero_sums_on(mesh)
             if do_eval:
-                try:
-                    val = val_eval.evaluate(
-                        state.variables, sources[config.data.val_split], config.eval.max_images
-                    )
-                except evaluator.NonFiniteOutputError:
-                    # Finite parameters whose outputs overflow: the run diverged as surely.
-                    raise NonFiniteLossError(_non_finite_message(step, manager)) from None
-                progress.validation(
-                    step, _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k)
-                )
+                val = _validate(val_eval, state, sources[config.data.val_split], step, manager)
+                progress.validation(step, val)
             if do_save:
                 checkpoint.save(manager, step, state, config)
             if do_log:
@@ -397,6 +391,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         progress.close()
         _close_checkpoints(manager, finished)
     return state
+
+
+def _validate(
+    val_eval: evaluator.Evaluator, state: TrainState, split, step: int, manager
+) -> dict[str, Any]:
+    """The periodic validation's metrics (`_val_metrics`) of `state` on `split`."""
+    config = val_eval.config
+    try:
+        val = val_eval.evaluate(state.variables, split, config.eval.max_images)
+    except evaluator.NonFiniteOutputError:
+        # Finite parameters whose outputs overflow: the run diverged as surely.
+        raise NonFiniteLossError(_non_finite_message(step, manager)) from None
+    return _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k)
 
 
 def _close_checkpoints(manager, finished: bool) -> None:

@@ -109,5 +109,9 @@ def test_the_chosen_methods_options_reach_its_maps(trained, tmp_path):
     renamed = method_config(config, "grad_cam", faithfulness=False)
     with renamed.eval.options.unlocked():
         renamed.eval.options.grad_cam = {"relu": False}  # an option's name in an older camjax
-    with pytest.raises(ValueError, match=r"options.grad_cam sets relu, which grad_cam does not "):
+    with pytest.raises(ValueError, match=r"options.grad_cam has no option 'relu'; its options: "):
+        evaluator_lib.Evaluator(renamed, ev.model, ev.mesh, ev.protocol)
+    with renamed.eval.options.unlocked():
+        renamed.eval.options.grad_cam = {"rectify": "no"}  # the explainer's own type check
+    with pytest.raises(ValueError, match=r"options.grad_cam.rectify must be a bool like its "):
         evaluator_lib.Evaluator(renamed, ev.model, ev.mesh, ev.protocol)

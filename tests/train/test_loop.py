@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from camjax import checkpoint, cli, experiment, run_config
+from camjax import checkpoint, checkpoint_restore, cli, experiment, run_config
 from camjax.train import loop, optim
 from camjax.train import state as train_state
 from configs import tiny
@@ -664,7 +664,7 @@ def test_ctrl_c_mid_save_stops_cleanly_with_a_verified_checkpoint(data_dir, tmp_
     model, mesh = experiment.build_model(config), experiment.make_mesh()
     tx = optim.create_optimizer(config.optim, 400)
     manager = checkpoint.create_manager(workdir, 2)
-    restored = checkpoint.restore(
+    restored = checkpoint_restore.restore(
         manager, train_state.abstract_train_state(config, model, tx, mesh), config
     )
     manager.close()

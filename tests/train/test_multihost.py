@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from camjax import checkpoint, experiment, run_config
+from camjax import checkpoint, checkpoint_restore, experiment, run_config
 from camjax.train import optim
 from camjax.train import state as train_state
 from tests.xla_flags import subprocess_xla_flags
@@ -124,7 +124,7 @@ def restore(workdir: str):
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
     abstract = train_state.abstract_train_state(config, model, tx, experiment.make_mesh())
     with checkpoint.create_manager(workdir, config.train.keep_checkpoints) as manager:
-        return checkpoint.restore(manager, abstract, config)
+        return checkpoint_restore.restore(manager, abstract, config)
 
 
 def metric_rows(workdir: str) -> list[dict]:

@@ -10,7 +10,7 @@ import pytest
 
 from camjax.models import ResNet50CAMTiny, VGG16GAPTiny
 from camjax.models.layers import AttentiveDrop
-from camjax.train import wsol_methods
+from camjax.train import bridging, wsol_methods
 from configs import cam_resnet50_cub, cam_vgg16_ilsvrc
 from tests.train.test_loop import tiny_config
 
@@ -80,14 +80,14 @@ def test_loss_terms_match_a_numpy_reading_of_the_official_code(region):
     kernel = rng.normal(size=(6, 4)).astype(np.float32)
     labels = np.array([0, 3, 1])
     method = method_config(bridging_norm_region=region)
-    terms = wsol_methods.bridging_terms(feature, erased, kernel, jnp.asarray(labels), method)
+    terms = bridging.terms(feature, erased, kernel, jnp.asarray(labels), method)
     expected = reference_terms(feature, erased, kernel, labels, 0.6, 0.1, region)
     for got, want in zip(terms, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert np.all(np.asarray(terms.sim) != 0) and np.all(np.asarray(terms.norm) != 0)
 
     def total(f, k):
-        return sum(jnp.sum(t) for t in wsol_methods.bridging_terms(f, erased, k, labels, method))
+        return sum(jnp.sum(t) for t in bridging.terms(f, erased, k, labels, method))
 
     grads = jax.grad(total, argnums=(0, 1))(jnp.asarray(feature), jnp.asarray(kernel))
     assert all(np.all(np.isfinite(g)) for g in grads), "finite at the zero feature vector"
@@ -103,13 +103,13 @@ def test_the_alignment_terms_start_after_the_warm_up():
     kernel = rng.normal(size=(4, 5)).astype(np.float32)
     logits, labels = jnp.asarray(rng.normal(size=(2, 5)), jnp.float32), jnp.array([1, 4])
     method = method_config(bridging_warmup_fraction=0.25)  # warm for steps 0..24 of 100
-    terms = wsol_methods.bridging_terms(
+    terms = bridging.terms(
         outputs["feature_map"], outputs["feature_map_erased"], kernel, labels, method
     )
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     warm = ce + 3.0 * terms.drop
     for step, want in ((24, warm), (25, warm + 0.5 * terms.sim + 0.15 * terms.norm)):
-        got = wsol_methods.bridging_loss(logits, outputs, labels, kernel, method, step, 100)
+        got = bridging.loss(logits, outputs, labels, kernel, method, step, 100)
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
