@@ -129,14 +129,15 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
     """
     wait(manager)
     _check_free_space(manager, step, state)
+    workdir = os.path.dirname(str(manager.directory))
+    # A first step starts a run; later ones record its id, where it has one (see step_meta).
+    run = run_config.run_id(workdir) if manager.all_steps() else run_config.start_run(workdir)
     try:
         manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.PyTreeSave(state),
-                # The step inside the step directory: a directory renamed or copied by hand is
-                # caught when restored, not reported under another step's number.
-                meta=ocp.args.JsonSave({**model_fingerprint(config), "step": int(step)}),
+                meta=ocp.args.JsonSave(step_meta(config, step, run)),
                 digests=ocp.args.JsonSave(digests.step_digests(state, step)),
             ),
         )
@@ -145,7 +146,16 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
             raise  # not the disk or the filesystem: a bug, which keeps its traceback
         last = newest_complete_step(manager)
         raise CheckpointError(_failed_save_message(manager, step, reason, last)) from e
-    run_config.save(os.path.dirname(str(manager.directory)), config)
+    run_config.save(workdir, config)
+
+
+def step_meta(config: ml_collections.ConfigDict, step: int, run: str | None) -> dict[str, Any]:
+    """A step's metadata: the model fingerprint, the step itself (a step directory renamed or
+    copied by hand is caught when restored, not reported under another step's number) and the
+    run's id (a step copied in from another run's workdir is caught even when that run shared
+    this one's model, dataset and seed, e.g. a learning-rate sweep's sibling)."""
+    meta = {**model_fingerprint(config), "step": int(step)}
+    return meta if run is None else {**meta, "run": run}
 
 
 def wait(manager: ocp.CheckpointManager) -> None:

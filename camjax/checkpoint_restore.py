@@ -1,10 +1,11 @@
 """Restoring a run's checkpoints (`checkpoint.py` writes them): the newest step that can be
 trusted, verified before a single value of it is used.
 
-A step is trusted when its metadata and digests read, name this step and this config's model,
-dataset and seed (`checkpoint.model_fingerprint`), and every array read back matches its digest
-and is finite. Any other step is logged with its reason and skipped, never moved or deleted;
-when none is left the error lists every step's reason.
+A step is trusted when its metadata and digests read, name this step, this workdir's run
+(`run_config.run_id`) and this config's model, dataset and seed (`checkpoint.model_fingerprint`),
+and every array read back matches its digest and is finite. Any other step is logged with its
+reason and skipped, never moved or deleted; when none is left the error lists every step's
+reason.
 """
 
 import logging
@@ -197,6 +198,14 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
         )
         return None, reason, False
     if reason := digests.saved_problem(saved_digests, step):
+        return None, reason, False
+    saved_run = meta.pop("run", None)  # absent in steps saved before runs had ids (2026-12-05)
+    run = run_config.run_id(os.path.dirname(str(manager.directory)))
+    if None not in (saved_run, run) and saved_run != run:
+        reason = (
+            f"it was saved by another run (run id {saved_run!r}; this workdir's is {run!r}): "
+            "copied in from another workdir? (To resume that run here, copy its run_id too.)"
+        )
         return None, reason, False
     expected = run_config.as_json(
         checkpoint.model_fingerprint(config)

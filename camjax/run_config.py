@@ -1,8 +1,11 @@
 """The run's config, written beside its checkpoints (workdir/config.json) so that evaluation
-needs only the workdir, and the differences between two configs, said field by field."""
+needs only the workdir, the differences between two configs, said field by field, and the run's
+id (workdir/run_id), which every step it saves records."""
 
 import json
 import os
+import re
+import secrets
 from typing import Any
 
 import jax
@@ -13,8 +16,12 @@ RUN_CONFIG = "config.json"
 SECTIONS = ("data", "model", "optim", "train", "eval")
 
 
+RUN_ID = "run_id"
+_RUN_ID_FORM = re.compile(r"[0-9a-f]{16}")
+
+
 class RunConfigError(ValueError):
-    """A run's config.json is missing or unreadable."""
+    """A run's config.json or run_id is missing or unreadable."""
 
 
 def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -38,6 +45,38 @@ def save(workdir: str, config: ml_collections.ConfigDict) -> None:
     with open(tmp, "w") as f:
         json.dump(values, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
+
+
+def start_run(workdir: str) -> str:
+    """A new id for a run that starts from scratch in workdir (no step saved yet), written to
+    workdir/run_id by process 0, atomically. Only process 0's id is saved (orbax writes a
+    step's metadata there), so the other processes' are never used."""
+    run = secrets.token_hex(8)
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, RUN_ID)
+        with open(f"{path}.tmp", "w") as f:
+            f.write(run + "\n")
+        os.replace(f"{path}.tmp", path)
+    return run
+
+
+def run_id(workdir: str) -> str | None:
+    """The id of the run whose steps workdir holds (`start_run`); None where there is none:
+    runs that started before camjax recorded one (2026-12-05), or whose file was deleted."""
+    path = os.path.join(workdir, RUN_ID)
+    try:
+        with open(path, encoding="utf-8") as f:
+            run = f.read().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = getattr(e, "strerror", None) or "not text"
+        raise RunConfigError(f"cannot read {path} ({reason}); restore or delete it.") from None
+    if not _RUN_ID_FORM.fullmatch(run):
+        raise RunConfigError(
+            f"{path} holds {run[:40]!r}, not a run id (16 hex digits); restore or delete it."
+        )
+    return run
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from camjax import cam as cam_lib
-from camjax import checkpoint, checkpoint_restore, cli, digests, errors, experiment, run_config
+from camjax import checkpoint, checkpoint_restore, cli, digests, experiment, run_config
 from camjax.train import optim
 from camjax.train import state as train_state
 from configs import tiny
@@ -385,6 +385,61 @@ def test_a_step_of_a_sibling_run_is_skipped_and_old_steps_without_a_seed_still_r
     assert f"seed: checkpoint {config.seed + 1}, config {config.seed}" in caplog.text
 
 
+def test_a_step_of_another_runs_workdir_is_skipped(two_steps, tmp_path, caplog):
+    """A step copied in from another run's workdir whose model, dataset and seed are this run's
+    (a learning-rate sweep's sibling): only the run id tells it apart. Without this workdir's
+    run_id (a run started before ids were recorded), nothing does, and it restores as before."""
+    config, workdir, abstract, first, second = two_steps
+    sibling = str(tmp_path / "sibling")
+    manager = checkpoint.create_manager(sibling, 3)
+    checkpoint.save(manager, 3, first.replace(step=first.step + 2), config)
+    checkpoint.wait(manager)
+    manager.close()
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    shutil.copytree(os.path.join(checkpoint.checkpoint_dir(sibling), "3"), os.path.join(ckpts, "3"))
+    ours, theirs = run_config.run_id(workdir), run_config.run_id(sibling)
+    assert None not in (ours, theirs) and ours != theirs
+    manager = checkpoint.create_manager(workdir, 3)
+    with caplog.at_level("WARNING", logger="camjax"):
+        restored = checkpoint_restore.restore(manager, abstract, config)
+    assert int(restored.step) == 2
+    jax.tree.map(np.testing.assert_array_equal, restored.params, second.params)
+    assert f"it was saved by another run (run id '{theirs}'; this workdir's is '{ours}')" in (
+        caplog.text
+    )
+    os.remove(os.path.join(workdir, run_config.RUN_ID))
+    assert int(checkpoint_restore.restore(manager, abstract, config).step) == 3
+    manager.close()
+
+
+def test_the_first_save_starts_a_run_and_later_saves_keep_it(tmp_path):
+    """A run id is drawn at the first step a workdir saves and kept by the steps after it,
+    resumed runs included; a damaged run_id file is a one-line error."""
+    config, state = tiny.get_config(), {"w": jnp.arange(3.0)}
+    workdir = str(tmp_path)
+    manager = checkpoint.create_manager(workdir, 3)
+    checkpoint.save(manager, 1, state, config)
+    checkpoint.wait(manager)
+    run = run_config.run_id(workdir)
+    assert re.fullmatch(r"[0-9a-f]{16}", run)
+    manager.close()
+    manager = checkpoint.create_manager(workdir, 3)  # a resumed run
+    checkpoint.save(manager, 2, state, config)
+    checkpoint.wait(manager)
+    manager.close()
+    assert run_config.run_id(workdir) == run
+    for step in (1, 2):
+        meta = json.load(
+            open(os.path.join(checkpoint.checkpoint_dir(workdir), str(step), "meta", "metadata"))
+        )
+        assert meta["run"] == run
+    open(os.path.join(workdir, run_config.RUN_ID), "w").write("not an id\n")
+    with pytest.raises(
+        run_config.RunConfigError, match=r"holds 'not an id', not a run id .*; restore or delete it"
+    ):
+        run_config.run_id(workdir)
+
+
 def test_a_step_removed_while_it_is_read_is_no_damage(two_steps, caplog):
     """Evaluation beside a run still training: the step being read is removed as an old one
     (keep_checkpoints). It is not reported as damage, and the steps on disk now are searched.
@@ -499,28 +554,3 @@ def test_no_room_for_the_first_step_or_the_second_says_what_to_free(tmp_path, mo
         checkpoint.save(manager, step, state, config)
         checkpoint.wait(manager)
     manager.close()
-
-
-# The error tensorstore raised when a real tmpfs filled during a save (paths shortened).
-TENSORSTORE_ENOSPC = (
-    'RESOURCE_EXHAUSTED: Error writing "params.head.bias/0" in OCDBT database at local file '
-    '"/tmp/run/checkpoints/30.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/": '
-    'Failed writing: "/tmp/run/checkpoints/30.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/'
-    'ocdbt.process_0/d/5e5ebfa9b2dd5aa8ab5ab133943d73d4": Failed to write 20436 bytes to file 5: '
-    "No space left on device [os_error_code='28']"
-)
-
-
-def test_the_reason_a_write_failed_is_the_operating_systems():
-    assert errors.os_reason(ValueError(TENSORSTORE_ENOSPC)) == "No space left on device"
-    quota = OSError(errno.EDQUOT, "Disk quota exceeded", "/tmp/x")
-    assert errors.os_reason(quota) == "Disk quota exceeded"
-    try:
-        try:
-            raise OSError(errno.EIO, "Input/output error")
-        except OSError as e:
-            raise RuntimeError("commit failed") from e
-    except RuntimeError as e:
-        chained = e
-    assert errors.os_reason(chained) == "Input/output error"
-    assert errors.os_reason(ValueError("Destination /tmp/x/3 already exists.")) == ""

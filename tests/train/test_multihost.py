@@ -191,10 +191,13 @@ def test_each_process_reads_only_its_rows(runs):
 
 def test_logs_metrics_and_checkpoints_are_written_once(runs):
     two = runs["two"]
-    assert sorted(os.listdir(two)) == ["checkpoints", "config.json", "metrics.jsonl"]
+    assert sorted(os.listdir(two)) == ["checkpoints", "config.json", "metrics.jsonl", "run_id"]
     # One row per step: a second writer would have doubled them.
     assert [r["step"] for r in metric_rows(two)] == list(range(1, STEPS + 1))
     assert sorted(os.listdir(checkpoint.checkpoint_dir(two))) == [str(STEPS - 1), str(STEPS)]
+    # Each process drew a run id at the first save; the saved steps record process 0's.
+    meta = os.path.join(checkpoint.checkpoint_dir(two), str(STEPS), "meta", "metadata")
+    assert json.load(open(meta))["run"] == run_config.run_id(two)
     assert json.load(open(os.path.join(two, "config.json")))["train"]["num_steps"] == STEPS
 
 
