@@ -68,7 +68,8 @@ class CamOutput(NamedTuple):
     """What an explainer returns; all device arrays.
 
     logits: (B, C) float32; classes: (B, n) int32, the class of each map (-1: a score
-    function's map, or an out-of-range class whose map is NaN); cams: (B, n, H, W) float32.
+    function's map, or a map that is NaN: an out-of-range class, or a map or logits that were
+    not finite); cams: (B, n, H, W) float32.
     """
 
     logits: jax.Array
@@ -165,11 +166,17 @@ def _compiled(probe: Probe, method: str, top_k, size, resize, normalize, relu, o
     def run(variables, images, given, key, score_fn=None):
         target = Target(given=given, top_k=top_k, fn=score_fn)
         logits, classes, maps = fn(probe, variables, images, target, key)
+        # A map of an image holding NaN or Inf, or one that is not finite itself (logits that
+        # overflow, a division by a zero score), is flagged, never normalised into zeros. (The
+        # image is checked too: a network's max and ReLU can drop a NaN on its way.)
+        finite = jnp.all(jnp.isfinite(maps), axis=(-2, -1)) & jnp.all(
+            jnp.isfinite(logits), axis=-1, keepdims=True
+        )
+        finite &= jnp.all(jnp.isfinite(images), axis=(1, 2, 3))[:, None]
         target_size = images.shape[1:3] if size == "input" else size
         maps = postprocess(maps, target_size, method=resize, normalize=normalize, relu=relu)
         num_classes = logits.shape[-1]
-        valid = valid_classes(classes, num_classes) | (score_fn is not None)
-        # Normalisation zeroes a NaN map: flag out-of-range classes after it.
+        valid = (valid_classes(classes, num_classes) | (score_fn is not None)) & finite
         maps = jnp.where(valid[..., None, None], maps, jnp.nan)
         return CamOutput(logits, jnp.where(valid, classes, -1).astype(jnp.int32), maps)
 
@@ -206,7 +213,9 @@ def explainer(
 
     Class indices given as numpy or a list are checked before running; as a device array they
     are checked inside the program without a host round trip: an out-of-range class comes back
-    as class -1 with a NaN map (clamp and flag), never as a plausible map.
+    as class -1 with a NaN map (clamp and flag), never as a plausible map. So does a map that is
+    not finite before normalisation (NaN or Inf in the image, logits that overflow, a score of
+    exactly 0 dividing Ablation-CAM's weights), which normalisation would make all zeros.
     """
     layers, size = _checked_arguments(method, layer, top_k, size, options)
     probe = Probe(model, layers, tuple(sorted((apply_kwargs or {}).items())), grid)

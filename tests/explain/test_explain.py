@@ -114,6 +114,13 @@ def test_every_method_on_a_user_cnn_is_per_sample_and_traced_once(method):
     assert len(traces) == n, "a second batch of the same shape must not retrace"
     np.testing.assert_array_equal(again.classes[:2], out.classes[:2])
     np.testing.assert_allclose(again.cams[:2], out.cams[:2], atol=1e-6)
+    # One NaN pixel: that image's maps are flagged (normalisation would have made them zeros),
+    # the others' are untouched.
+    poisoned = f(images.at[1, 3, 3, 0].set(jnp.nan))
+    np.testing.assert_array_equal(poisoned.classes[1], -1)
+    assert np.isnan(np.asarray(poisoned.cams[1])).all()
+    np.testing.assert_array_equal(poisoned.classes[::2], out.classes[::2])
+    np.testing.assert_allclose(poisoned.cams[::2], out.cams[::2], atol=1e-6)
 
 
 def test_targets_given_top_k_and_score_function_agree():
@@ -144,6 +151,18 @@ def test_device_classes_out_of_range_are_flagged_host_classes_raise():
         f(images, np.array([0, NUM_CLASSES, 2]))
     with pytest.raises(ValueError, match="top_k must be in"):
         explain.explainer(model, variables, "grad_cam", top_k=NUM_CLASSES + 1)(images)
+
+
+def test_a_map_that_is_not_finite_is_flagged_not_normalised_to_zeros():
+    """Ablation-CAM divides by the class score: a score of exactly 0 (here a zeroed classifier)
+    makes its weights 0/0, as in pytorch-grad-cam; normalisation would show zeros."""
+    model = user_models.SmallCNN(num_classes=5)
+    variables, images = user_models.init(model, size=16, batch=2)
+    zeroed = jax.tree.map(jnp.zeros_like, variables["params"]["classifier"])
+    variables = {"params": {**variables["params"], "classifier": zeroed}}
+    out = explain.explainer(model, variables, "ablation_cam", layer="conv2")(images)
+    np.testing.assert_array_equal(out.classes, -1)
+    assert np.isnan(np.asarray(out.cams)).all()
 
 
 def test_unknown_layer_lists_the_module_paths():
