@@ -361,6 +361,10 @@ def ablation_cam(
     del key
     single_layer(probe, "ablation_cam")
     logits, (raw,) = probe.run(variables, images)
+    # A layer the logits do not depend on would give every channel the weight 0.
+    probe.check_layers_reached(
+        lambda a: probe.logits_from(variables, images, a), raw, gradient=False
+    )
     acts = probe.to_grid(raw)
     classes = target.classes(logits)
     y = target.scores(logits[:, None], classes)  # (B, 1, n)

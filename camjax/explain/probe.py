@@ -24,6 +24,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jex_core
 
 Variables = Mapping[str, Any]
 
@@ -121,12 +122,26 @@ class Probe:
         logits, pullback, acts = jax.vjp(
             lambda deltas: self.run(variables, images, deltas=deltas), zeros, has_aux=True
         )
+        self.check_layers_reached(pullback, jnp.zeros_like(logits), gradient=True)
         (grads,) = jax.vmap(pullback)(cotangents(logits))
         return (
             logits,
             tuple(self.to_grid(a) for a in acts),
             tuple(jax.vmap(self.to_grid)(g) for g in grads),
         )
+
+    def check_layers_reached(self, fn: Callable, *args: Any, gradient: bool) -> None:
+        """A one-line error, while tracing, for a probed layer the logits do not depend on,
+        whose map would be a plausible-looking blank. fn(*args) has one output per layer: its
+        gradient (`gradient`, where stop_gradient cuts the path too) or the logits computed from
+        it. Its jaxpr is read, not run."""
+        reached = _depends_on_inputs(jax.make_jaxpr(fn)(*args).jaxpr)
+        if unreached := [layer for layer, ok in zip(self.layers, reached, strict=True) if not ok]:
+            raise ValueError(
+                f"the logits of {type(self.model).__name__} do not depend on layer "
+                f"{unreached[0]!r}{' (or only through stop_gradient)' if gradient else ''}, so "
+                "its map would be blank by construction; probe a layer on the way to the logits."
+            )
 
     def logits_from(self, variables: Variables, images: jax.Array, activation: jax.Array):
         """The logits of `images` when the (single) layer outputs `activation` (module layout,
@@ -164,3 +179,14 @@ class Probe:
         prefix = like.shape[1] - x.shape[1] * x.shape[2]
         tokens = x.reshape(x.shape[0], -1, x.shape[3]).astype(like.dtype)
         return jnp.concatenate([like[:, :prefix], tokens], axis=1)
+
+
+def _depends_on_inputs(jaxpr: jex_core.Jaxpr) -> list[bool]:
+    """For each output of `jaxpr`, whether it may depend on its inputs. Conservative: an
+    equation with any dependent input makes all of its outputs dependent (nested jaxprs are not
+    looked into), so only an output computed from constants alone is reported as independent."""
+    dependent = set(jaxpr.invars)
+    for eqn in jaxpr.eqns:
+        if any(isinstance(v, jex_core.Var) and v in dependent for v in eqn.invars):
+            dependent.update(eqn.outvars)
+    return [isinstance(v, jex_core.Var) and v in dependent for v in jaxpr.outvars]

@@ -165,6 +165,31 @@ def test_a_map_that_is_not_finite_is_flagged_not_normalised_to_zeros():
     assert np.isnan(np.asarray(out.cams)).all()
 
 
+@pytest.mark.parametrize(
+    "method, layer, blank",
+    [
+        ("grad_cam", "side", True),
+        ("grad_cam", "frozen", True),  # its gradient is zero: stop_gradient cuts the path
+        ("ablation_cam", "side", True),
+        ("ablation_cam", "frozen", False),  # a forward method: the path is there
+        ("score_cam", "side", False),  # masks the input with the layer: any computed layer
+        ("grad_cam", "conv1", False),
+    ],
+)
+def test_a_layer_the_logits_do_not_depend_on_is_refused_where_its_map_would_be_blank(
+    method, layer, blank
+):
+    model = user_models.SideBranch()
+    images = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    variables = model.init(jax.random.key(0), images[:1])
+    f = explain.explainer(model, variables, method, layer=layer)
+    if not blank:
+        assert float(f(images).cams.max()) == 1.0
+        return
+    with pytest.raises(ValueError, match=f"do not depend on layer '{layer}'.*; probe a layer on"):
+        f(images)
+
+
 def test_unknown_layer_lists_the_module_paths():
     model, variables, images = gap_network()
     with pytest.raises(

@@ -21,6 +21,18 @@ class SmallCNN(nn.Module):
         return nn.Dense(self.num_classes, name="classifier")(jnp.mean(x, axis=(1, 2)))
 
 
+class SideBranch(nn.Module):
+    """A CNN with a layer computed but never used ('side') and one that reaches the logits
+    through stop_gradient only ('frozen')."""
+
+    @nn.compact
+    def __call__(self, x):
+        nn.Conv(4, (3, 3), name="side")(x)
+        x = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x))
+        frozen = nn.Conv(8, (3, 3), name="frozen")(x)
+        return nn.Dense(5, name="head")(jax.lax.stop_gradient(frozen).mean((1, 2)) + x.mean((1, 2)))
+
+
 class Block(nn.Module):
     dim: int
     heads: int
