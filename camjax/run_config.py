@@ -54,9 +54,15 @@ def start_run(workdir: str) -> str:
     run = secrets.token_hex(8)
     if jax.process_index() == 0:
         path = os.path.join(workdir, RUN_ID)
-        with open(f"{path}.tmp", "w") as f:
-            f.write(run + "\n")
-        os.replace(f"{path}.tmp", path)
+        try:
+            with open(f"{path}.tmp", "w") as f:
+                f.write(run + "\n")
+            os.replace(f"{path}.tmp", path)
+        except OSError as e:
+            raise RunConfigError(
+                f"cannot write {path} ({e.strerror}); remove what is there or choose another "
+                "--workdir."
+            ) from None
     return run
 
 

@@ -438,6 +438,12 @@ def test_the_first_save_starts_a_run_and_later_saves_keep_it(tmp_path):
         run_config.RunConfigError, match=r"holds 'not an id', not a run id .*; restore or delete it"
     ):
         run_config.run_id(workdir)
+    os.remove(os.path.join(workdir, run_config.RUN_ID))
+    os.mkdir(os.path.join(workdir, run_config.RUN_ID))
+    with pytest.raises(run_config.RunConfigError, match=r"cannot read .*run_id \(Is a directory\)"):
+        run_config.run_id(workdir)
+    with pytest.raises(run_config.RunConfigError, match=r"cannot write .*run_id \(Is a direc"):
+        run_config.start_run(workdir)
 
 
 def test_a_step_removed_while_it_is_read_is_no_damage(two_steps, caplog):
