@@ -316,8 +316,9 @@ class Evaluator:
             raise NonFiniteOutputError(
                 f"the network's logits or class maps hold NaN or Inf on {nonfinite} images of "
                 f"a batch: its weights overflow in {self.config.model.dtype} (restored from a "
-                "diverged run?) or the images are not normalised as in training "
-                "(config.data.mean, std); no metric was computed."
+                "diverged run?), the images are not normalised as in training "
+                "(config.data.mean, std), or (Ablation-CAM) a class score is exactly 0; no "
+                "metric was computed."
             )
         counts = boxes.localization_counts(
             host_rows(out["region_maps"]),
