@@ -28,8 +28,9 @@ _INCOMPLETE = "incomplete"  # the start of the reasons for metadata missing or n
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, config) -> Any:
     """The newest good step's whole train state, in the shardings of abstract_state.
 
-    Steps are tried from the newest: one that is incomplete, fails to read, fails its digests or
-    holds a non-finite value is logged (one line, with the reason) and skipped, never touched.
+    Steps are tried from the newest: one that is incomplete, was saved by another run, fails to
+    read, fails its digests or holds a non-finite value is logged (one line, with the reason)
+    and skipped, never touched.
     """
 
     def read(step: int) -> Any:
