@@ -27,6 +27,7 @@ from array_record.python import array_record_module
 from tensorflow_datasets.core import example_serializer
 from tqdm import tqdm
 
+from camjax import data
 from camjax.data import subsets
 from camjax.data.downloads import CorruptFileError
 
@@ -245,6 +246,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for f in (True, False) if flag is None else (flag,):
             builder = cls.configured(data_dir, **({cls.CONFIG_FLAG: f} if cls.CONFIG_FLAG else {}))
             if builder.is_prepared():
+                data.check_shards(builder)
                 return builder
         where = f" --data_dir {data_dir}" if data_dir else ""
         raise FileNotFoundError(

@@ -28,7 +28,7 @@ from google.protobuf import json_format  # tfds reads dataset_info.json with it 
 from PIL import Image
 
 from camjax import errors
-from camjax.data import DataFilesError
+from camjax.data import DataFilesError, check_shards
 from camjax.data.shapes import CLASS_NAMES, example_rng, render_example
 
 DATASET_NAME = "wsol_shapes"
@@ -140,6 +140,7 @@ class WsolShapes(tfds.core.GeneratorBasedBuilder):
             if not builder.data_path.exists():
                 raise _unusable(where, e) from None
             builder = get_builder(image_size, data_dir, **sizes)
+        check_shards(builder)
         sources = dict(builder.as_data_source())
         if missing := [s for s in ("train", "validation", "test") if s not in sources]:
             # tfds takes an existing folder for a prepared dataset, whatever it holds.

@@ -95,7 +95,8 @@ def test_unknown_image_size_names_available_sizes(size):
 
 
 def test_damaged_prepared_files_are_one_line_errors_naming_the_fix(sources, data_dir, tmp_path):
-    """A truncated shard fails the read of an example; a version folder without its
+    """A shard swapped with another split's or truncated fails at opening (its record count),
+    one with a flipped byte the read of an example; a version folder without its
     dataset_info.json (tfds takes the folder as prepared) or with a broken one fails at
     opening; a data dir that is a file cannot be generated into. Each says what to delete."""
     from camjax import data as data_lib
@@ -103,9 +104,19 @@ def test_damaged_prepared_files_are_one_line_errors_naming_the_fix(sources, data
     copy = str(tmp_path / "tfds")
     shutil.copytree(data_dir, copy)
     version = wsol_shapes.get_builder(SIZE, copy, **COUNTS).data_path
-    (shard,) = [p for p in os.listdir(version) if "-train.array_record" in p]
-    with open(os.path.join(version, shard), "r+b") as f:
-        f.truncate(5000)
+    shard = {
+        s: os.path.join(version, f"wsol_shapes-{s}.array_record-00000-of-00001")
+        for s in ("train", "test")
+    }
+    good = open(shard["train"], "rb").read()
+    os.replace(shard["test"], shard["train"])  # the test split's 6 records as train's 12
+    shutil.copyfile(shard["train"], shard["test"])
+    with pytest.raises(data_lib.DataFilesError, match=r"train split holds 6 examples, where its "):
+        data_lib.reopenable_sources("wsol_shapes", SIZE, copy, COUNTS)
+    open(shard["train"], "wb").write(good[:5000])
+    with pytest.raises(data_lib.DataFilesError, match=r"train split holds no readable examples"):
+        data_lib.reopenable_sources("wsol_shapes", SIZE, copy, COUNTS)
+    open(shard["train"], "wb").write(good[:5000] + bytes([good[5000] ^ 0xFF]) + good[5001:])
     sources = data_lib.reopenable_sources("wsol_shapes", SIZE, copy, COUNTS)
     with pytest.raises(data_lib.DataFilesError, match=r"example 0 of the train split .* Delete"):
         sources["train"][0]
