@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from camjax import digests, errors, run_config
+from camjax.train import distributed
 
 log = logging.getLogger(__name__)
 
@@ -119,19 +120,22 @@ def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return {"model": fields, "dataset": config.data.name, "seed": config.seed}
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
+def save(
+    manager: ocp.CheckpointManager, step: int, state: Any, config, run: str | None = None
+) -> None:
     """Saves `state` as `step` (asynchronously), with the digest of every array inside the same
-    atomic step directory, and the run's config beside the checkpoints.
+    atomic step directory, and the run's config beside the checkpoints. run: the run's id
+    (`run_config.start_run`), recorded in the step; None records none.
 
     The save in flight, if any, completes first (orbax's own save waits for it too): one that
-    failed, or a disk without room for this step, raises a one-line CheckpointError and nothing
-    of this step is written.
+    failed, a disk without room for this step, or a workdir whose run_id now names another run
+    raises a one-line CheckpointError and nothing of this step is written.
     """
     wait(manager)
     _check_free_space(manager, step, state)
     workdir = os.path.dirname(str(manager.directory))
-    # A first step starts a run; later ones record its id, where it has one (see step_meta).
-    run = run_config.run_id(workdir) if manager.all_steps() else run_config.start_run(workdir)
+    if run is not None:
+        _check_run(manager, step, run)
     try:
         manager.save(
             step,
@@ -147,6 +151,31 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, config) -> None:
         last = newest_complete_step(manager)
         raise CheckpointError(_failed_save_message(manager, step, reason, last)) from e
     run_config.save(workdir, config)
+
+
+def _check_run(manager: ocp.CheckpointManager, step: int, run: str) -> None:
+    """A one-line CheckpointError, on every process, when workdir/run_id no longer names this
+    run: another training started in the same workdir and would mix its steps with these."""
+    workdir = os.path.dirname(str(manager.directory))
+    problem = ""
+    if jax.process_index() == 0:
+        try:
+            found = run_config.run_id(workdir)
+        except run_config.RunConfigError as e:
+            found, problem = "", str(e)
+        if found is None:  # removed meanwhile: written again, as this run's steps say
+            problem = run_config.try_write_run(workdir, run)
+        elif found and found != run:
+            problem = (
+                f"{os.path.join(workdir, run_config.RUN_ID)} names run {found!r}, not this run's "
+                f"{run!r}: another training started in {workdir}; nothing of step {step} was "
+                "written. Run one training per workdir"
+            )
+    elsewhere = f"process 0 cannot use {workdir}/run_id (its error says why)"
+    if problem := distributed.shared_problem(problem, elsewhere):
+        # Every process lists the steps (orbax's reload), as in _check_free_space.
+        last = newest_complete_step(manager)
+        raise CheckpointError(f"{problem.rstrip('.')}; then rerun: {_resumes(last)}.")
 
 
 def step_meta(config: ml_collections.ConfigDict, step: int, run: str | None) -> dict[str, Any]:

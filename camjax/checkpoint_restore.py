@@ -171,6 +171,12 @@ def _superseded(manager: ocp.CheckpointManager, step: int, newest_listed: int) -
     return max(manager.all_steps(), default=newest_listed) > newest_listed
 
 
+def saved_run(manager: ocp.CheckpointManager, step: int) -> str | None:
+    """The run id a (verified) step recorded; None for a step saved before ids (2026-12-05)."""
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return meta.get("run")
+
+
 def rejected_steps(rejected) -> str:
     """'step 6: reason; step 4: reason' of `checkpoint.CheckpointError.rejected`."""
     return "; ".join(f"step {step}: {reason}" for step, reason in rejected)

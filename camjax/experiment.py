@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from camjax.data import reopenable_sources
 from camjax.data.pipeline import PreprocessConfig
 from camjax.models import MODELS, create_model
+from camjax.train import distributed
 
 
 def check_writable(workdir: str) -> None:
@@ -35,12 +36,8 @@ def check_writable(workdir: str) -> None:
                 f"{workdir} is not a writable directory ({e.strerror}); choose another "
                 "--workdir or fix its permissions."
             )
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        if multihost_utils.broadcast_one_to_all(np.int32(bool(problem))) and not problem:
-            problem = f"process 0 cannot write {workdir} (its error says why); nothing was done."
-    if problem:
+    elsewhere = f"process 0 cannot write {workdir} (its error says why); nothing was done."
+    if problem := distributed.shared_problem(problem, elsewhere):
         raise PermissionError(problem)
 
 

@@ -10,6 +10,9 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
+
+from camjax.train import distributed
 
 RUN_CONFIG = "config.json"
 # The sections every run's config has had; a file without one of them is not a run config.
@@ -48,27 +51,45 @@ def save(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def start_run(workdir: str) -> str:
-    """A new id for a run that starts from scratch in workdir (no step saved yet), written to
-    workdir/run_id by process 0, atomically. Only process 0's id is saved (orbax writes a
-    step's metadata there), so the other processes' are never used."""
+    """A new id for a run that starts in workdir, written to workdir/run_id (see `write_run`).
+    Every process of a multi-host job gets process 0's."""
     run = secrets.token_hex(8)
-    if jax.process_index() == 0:
-        path = os.path.join(workdir, RUN_ID)
-        try:
-            with open(f"{path}.tmp", "w") as f:
-                f.write(run + "\n")
-            os.replace(f"{path}.tmp", path)
-        except OSError as e:
-            raise RunConfigError(
-                f"cannot write {path} ({e.strerror}); remove what is there or choose another "
-                "--workdir."
-            ) from None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        words = np.frombuffer(bytes.fromhex(run), np.uint32)
+        run = bytes(np.asarray(multihost_utils.broadcast_one_to_all(words), np.uint32)).hex()
+    write_run(workdir, run)
     return run
+
+
+def write_run(workdir: str, run: str) -> None:
+    """Writes `run` to workdir/run_id (process 0, atomically); a failure stops every process
+    of a multi-host job with a one-line RunConfigError."""
+    problem = try_write_run(workdir, run) if jax.process_index() == 0 else ""
+    elsewhere = f"process 0 cannot write {os.path.join(workdir, RUN_ID)} (its error says why)."
+    if problem := distributed.shared_problem(problem, elsewhere):
+        raise RunConfigError(problem)
+
+
+def try_write_run(workdir: str, run: str) -> str:
+    """`write_run` on this process alone: '' once written, else why it could not be."""
+    path = os.path.join(workdir, RUN_ID)
+    try:
+        with open(f"{path}.tmp", "w") as f:
+            f.write(run + "\n")
+        os.replace(f"{path}.tmp", path)
+    except OSError as e:
+        return (
+            f"cannot write {e.filename2 or e.filename or path} ({e.strerror}); remove what is "
+            "there (rm -r) or choose another --workdir."
+        )
+    return ""
 
 
 def run_id(workdir: str) -> str | None:
     """The id of the run whose steps workdir holds (`start_run`); None where there is none:
-    runs that started before camjax recorded one (2026-12-05), or whose file was deleted."""
+    runs that started before camjax recorded one (2026-12-05)."""
     path = os.path.join(workdir, RUN_ID)
     try:
         with open(path, encoding="utf-8") as f:
@@ -77,10 +98,11 @@ def run_id(workdir: str) -> str | None:
         return None
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or "not text"
-        raise RunConfigError(f"cannot read {path} ({reason}); restore or delete it.") from None
+        raise RunConfigError(f"cannot read {path} ({reason}); restore or remove it.") from None
     if not _RUN_ID_FORM.fullmatch(run):
         raise RunConfigError(
-            f"{path} holds {run[:40]!r}, not a run id (16 hex digits); restore or delete it."
+            f"{path} holds {run[:40]!r}, not a run id (16 lowercase hex digits); restore or "
+            "remove it."
         )
     return run
 

@@ -390,15 +390,17 @@ def test_a_step_of_another_runs_workdir_is_skipped(two_steps, tmp_path, caplog):
     (a learning-rate sweep's sibling): only the run id tells it apart. Without this workdir's
     run_id (a run started before ids were recorded), nothing does, and it restores as before."""
     config, workdir, abstract, first, second = two_steps
+    ours = run_config.start_run(workdir)  # its steps have none: they read as before
     sibling = str(tmp_path / "sibling")
+    os.makedirs(sibling)
+    theirs = run_config.start_run(sibling)
     manager = checkpoint.create_manager(sibling, 3)
-    checkpoint.save(manager, 3, first.replace(step=first.step + 2), config)
+    checkpoint.save(manager, 3, first.replace(step=first.step + 2), config, theirs)
     checkpoint.wait(manager)
     manager.close()
     ckpts = checkpoint.checkpoint_dir(workdir)
     shutil.copytree(os.path.join(checkpoint.checkpoint_dir(sibling), "3"), os.path.join(ckpts, "3"))
-    ours, theirs = run_config.run_id(workdir), run_config.run_id(sibling)
-    assert None not in (ours, theirs) and ours != theirs
+    assert ours != theirs
     manager = checkpoint.create_manager(workdir, 3)
     with caplog.at_level("WARNING", logger="camjax"):
         restored = checkpoint_restore.restore(manager, abstract, config)
@@ -412,30 +414,36 @@ def test_a_step_of_another_runs_workdir_is_skipped(two_steps, tmp_path, caplog):
     manager.close()
 
 
-def test_the_first_save_starts_a_run_and_later_saves_keep_it(tmp_path):
-    """A run id is drawn at the first step a workdir saves and kept by the steps after it,
-    resumed runs included; a damaged run_id file is a one-line error."""
+def test_saves_record_the_run_and_stop_when_another_run_took_the_workdir(tmp_path):
+    """Each step records the run id it is given; a save that finds another run's id in
+    workdir/run_id (a second training started there) writes nothing and says so; a run_id
+    removed meanwhile is written again; a damaged one is a one-line error."""
     config, state = tiny.get_config(), {"w": jnp.arange(3.0)}
     workdir = str(tmp_path)
+    run = run_config.start_run(workdir)
+    assert re.fullmatch(r"[0-9a-f]{16}", run) and run_config.run_id(workdir) == run
     manager = checkpoint.create_manager(workdir, 3)
-    checkpoint.save(manager, 1, state, config)
+    checkpoint.save(manager, 1, state, config, run)
     checkpoint.wait(manager)
-    run = run_config.run_id(workdir)
-    assert re.fullmatch(r"[0-9a-f]{16}", run)
-    manager.close()
-    manager = checkpoint.create_manager(workdir, 3)  # a resumed run
-    checkpoint.save(manager, 2, state, config)
+    meta = os.path.join(checkpoint.checkpoint_dir(workdir), "1", "meta", "metadata")
+    assert json.load(open(meta))["run"] == run
+    other = run_config.start_run(workdir)  # another training, started in the same workdir
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=rf"names run '{other}', not this run's '{run}': another training started in .*; "
+        r"nothing of step 2 was written\. Run one training per workdir; then rerun: it resumes "
+        r"from step 1",
+    ):
+        checkpoint.save(manager, 2, state, config, run)
+    os.remove(os.path.join(workdir, run_config.RUN_ID))
+    checkpoint.save(manager, 2, state, config, run)
     checkpoint.wait(manager)
     manager.close()
     assert run_config.run_id(workdir) == run
-    for step in (1, 2):
-        meta = json.load(
-            open(os.path.join(checkpoint.checkpoint_dir(workdir), str(step), "meta", "metadata"))
-        )
-        assert meta["run"] == run
-    open(os.path.join(workdir, run_config.RUN_ID), "w").write("not an id\n")
+    assert json.load(open(meta.replace(f"{os.sep}1{os.sep}", f"{os.sep}2{os.sep}")))["run"] == run
+    open(os.path.join(workdir, run_config.RUN_ID), "w").write("7A3B" * 4 + "\n")
     with pytest.raises(
-        run_config.RunConfigError, match=r"holds 'not an id', not a run id .*; restore or delete it"
+        run_config.RunConfigError, match=r"not a run id \(16 lowercase hex digits\); restore or"
     ):
         run_config.run_id(workdir)
     os.remove(os.path.join(workdir, run_config.RUN_ID))

@@ -137,10 +137,11 @@ class Probe:
         it. Its jaxpr is read, not run."""
         reached = _depends_on_inputs(jax.make_jaxpr(fn)(*args).jaxpr)
         if unreached := [layer for layer, ok in zip(self.layers, reached, strict=True) if not ok]:
+            how = " (or not differentiably: stop_gradient, argmax)" if gradient else ""
             raise ValueError(
                 f"the logits of {type(self.model).__name__} do not depend on layer "
-                f"{unreached[0]!r}{' (or only through stop_gradient)' if gradient else ''}, so "
-                "its map would be blank by construction; probe a layer on the way to the logits."
+                f"{unreached[0]!r}{how}, so its map would be blank by construction; probe a "
+                "layer on the way to the logits."
             )
 
     def logits_from(self, variables: Variables, images: jax.Array, activation: jax.Array):

@@ -1,4 +1,5 @@
-"""Multi-host start-up: `jax.distributed.initialize` when the environment asks for it.
+"""Multi-host start-up: `jax.distributed.initialize` when the environment asks for it; and
+process 0's problems (it alone writes the workdir) made every process's.
 
 Set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or CAMJAX_DISTRIBUTED=1 on
 clusters jax auto-detects (Cloud TPU pods, SLURM). A single host needs nothing: jax.distributed
@@ -10,6 +11,7 @@ pods").
 import os
 
 import jax
+import numpy as np
 
 
 def initialize() -> bool:
@@ -26,3 +28,17 @@ def initialize() -> bool:
         process_id=int(index) if index else None,
     )
     return True
+
+
+def shared_problem(problem: str, elsewhere: str) -> str:
+    """Process 0's `problem` ('' for none) on every process of a multi-host job, `elsewhere`
+    standing in for it on the others (their own `problem` is not looked at). Each process
+    raises when this is not '': one that went on alone would wait in the next collective (an
+    orbax save's barrier) for good."""
+    if jax.process_count() == 1:
+        return problem
+    from jax.experimental import multihost_utils
+
+    if not multihost_utils.broadcast_one_to_all(np.int32(bool(problem))):
+        return ""
+    return problem if jax.process_index() == 0 else elsewhere

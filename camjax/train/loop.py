@@ -232,13 +232,13 @@ class _StopRequest:
 
 
 def _initial_state(config, model, tx, mesh, manager, workdir: str):
-    """(state, its shardings): the newest good checkpoint's state, or a fresh one (with the
-    pretrained weights, if any)."""
+    """(state, its shardings, the run's id): the newest good checkpoint's state, or a fresh one
+    (with the pretrained weights, if any) and a new run id."""
     state, state_shardings = create_train_state(config, model, tx, mesh)
     if manager.latest_step() is None:
         if config.init.pretrained_dir:
             state = load_pretrained(state, config.init.pretrained_dir)
-        return state, state_shardings
+        return state, state_shardings, run_config.start_run(workdir)
     # Read first: a damaged config.json stops the run here, not at its first save.
     differences = run_config.differences(workdir, config)
     if differences:
@@ -278,7 +278,25 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str):
             f"resuming from step {restored} would save over them. Look at them, remove them "
             f"(rm -r {' '.join(os.path.join(ckpts, str(s)) for s in newer)}), then rerun."
         )
-    return state, state_shardings
+    return state, state_shardings, _resumed_run(manager, workdir, restored)
+
+
+def _resumed_run(manager, workdir: str, restored: int) -> str:
+    """The id a resumed run's steps record: the workdir's; where its run_id is gone, the
+    restored step's, written back (else a sibling's steps would be taken from then on); for a
+    run from before ids (2026-12-05), a new one, which its old steps do not contradict."""
+    if (run := run_config.run_id(workdir)) is not None:
+        return run
+    if (run := checkpoint_restore.saved_run(manager, restored)) is None:
+        return run_config.start_run(workdir)
+    log.warning(
+        "%s was missing; it is written again with run id %s, from checkpoint step %d.",
+        os.path.join(workdir, run_config.RUN_ID),
+        run,
+        restored,
+    )
+    run_config.write_run(workdir, run)
+    return run
 
 
 def _train_batches(config, source, start: int, mesh):
@@ -351,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     # Model and checkpoint problems surface before any data is generated or read.
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
-    state, state_shardings = _initial_state(config, model, tx, mesh, manager, workdir)
+    state, state_shardings, run = _initial_state(config, model, tx, mesh, manager, workdir)
     start = int(state.step)
     sources = experiment.data_sources(config)
 
@@ -381,7 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 val = _validate(val_eval, state, sources[config.data.val_split], step, manager)
                 progress.validation(step, val)
             if do_save:
-                checkpoint.save(manager, step, state, config)
+                checkpoint.save(manager, step, state, config, run)
             if do_log:
                 progress.restart_clock()
         finished = True

@@ -511,6 +511,24 @@ def test_resume_after_completion_is_a_no_op(two_step_run, resumable):
     jax.tree.map(np.testing.assert_array_equal, first.params, second.params)
 
 
+def test_a_resumed_run_keeps_its_id_and_a_lost_run_id_is_written_again(resumable, caplog):
+    """The run id is drawn at the run's start; a resume whose workdir lost its run_id takes it
+    back from the restored step, instead of saving id-less steps from then on."""
+    config, workdir = resumable
+    run = run_config.run_id(workdir)
+    assert run is not None
+    os.remove(os.path.join(workdir, run_config.RUN_ID))
+    config.train.num_steps = 3
+    with caplog.at_level("WARNING", logger="camjax"):
+        loop.train_and_evaluate(config, workdir)
+    assert run_config.run_id(workdir) == run
+    assert f"run_id was missing; it is written again with run id {run}, from checkpoint step 2" in (
+        caplog.text
+    )
+    meta = os.path.join(checkpoint.checkpoint_dir(workdir), "3", "meta", "metadata")
+    assert json.load(open(meta))["run"] == run
+
+
 def test_optimizer_groups_and_schedules():
     config = tiny.get_config().optim
     config.schedule, config.decay_steps, config.learning_rate = "step", 10, 1.0

@@ -256,6 +256,22 @@ def test_an_unwritable_workdir_stops_every_process(runs, tmp_path):
     assert all("Traceback" not in text for text in texts)
 
 
+def test_a_run_id_that_cannot_be_written_stops_every_process(runs, tmp_path):
+    """Process 0 cannot write workdir/run_id (a directory is in its place) at the run's start:
+    both processes stop with one line, as for an unwritable workdir."""
+    workdir = tmp_path / "run"
+    (workdir / "run_id").mkdir(parents=True)
+    logs = str(tmp_path / "logs")
+    procs = start_two(str(workdir), runs["data_dir"], logs)
+    for p in procs:
+        p.wait(timeout=300)
+    texts = [open(os.path.join(logs, f"process_{i}.log")).read() for i in range(2)]
+    assert [p.returncode for p in procs] == [1, 1], texts
+    assert "run/run_id (Is a directory); remove what is there (rm -r)" in texts[0]
+    assert "process 1: process 0 cannot write" in texts[1]
+    assert all("Traceback" not in text for text in texts)
+
+
 # train.py whose process 0 finds its disk full (only process 0 measures it).
 FULL_DISK_ON_PROCESS_0 = """
 import os, runpy, shutil, sys
