@@ -20,10 +20,9 @@ import sys
 
 from absl import app, flags
 
-from camjax import cli, run_config
+from camjax import cli, distributed, run_config
 from camjax.evaluation import export, report
 from camjax.evaluation import run as run_lib
-from camjax.train import distributed
 
 FLAGS = flags.FLAGS
 log = logging.getLogger("camjax.evaluate")

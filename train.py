@@ -9,8 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from camjax import cli
-from camjax.train import distributed
+from camjax import cli, distributed
 from camjax.train.loop import TrainingInterrupted, train_and_evaluate
 
 FLAGS = flags.FLAGS

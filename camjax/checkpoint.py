@@ -29,8 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from camjax import digests, errors, run_config
-from camjax.train import distributed
+from camjax import digests, distributed, errors, run_config
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from camjax import distributed
 from camjax.data import reopenable_sources
 from camjax.data.pipeline import PreprocessConfig
 from camjax.models import MODELS, create_model
-from camjax.train import distributed
 
 
 def check_writable(workdir: str) -> None:

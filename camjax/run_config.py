@@ -12,7 +12,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from camjax.train import distributed
+from camjax import distributed
 
 RUN_CONFIG = "config.json"
 # The sections every run's config has had; a file without one of them is not a run config.
