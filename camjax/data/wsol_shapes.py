@@ -149,6 +149,7 @@ class WsolShapes(tfds.core.GeneratorBasedBuilder):
                 f"{missing[0]!r} split: its dataset_info.json is missing or damaged); delete "
                 "that folder and rerun: it is generated again."
             )
+        _check_first_examples(builder, sources)
         return sources
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -183,6 +184,32 @@ class WsolShapes(tfds.core.GeneratorBasedBuilder):
         for index in range(num_examples):
             example = render_example(example_rng(config.seed, split, index), config.image_size)
             yield index, encode_example(example)
+
+
+def _check_first_examples(builder: WsolShapes, sources: Mapping[str, Any]) -> None:
+    """A one-line DataFilesError unless each split's first stored image is the one rendered
+    for it: the shards of two splits of equal size swapped whole pass `check_shards` (their
+    counts agree), and the test split would be read as validation. One decode and one render
+    per split."""
+    config = builder.builder_config
+    for split, source in sources.items():
+        if not len(source):
+            continue
+        try:
+            stored = source[0]["image"]
+        except (RuntimeError, OSError) as e:  # array_record's reader raises RuntimeError
+            raise DataFilesError(
+                f"reading the first example of the {split} split of wsol_shapes in "
+                f"{builder.data_path} failed ({errors.first_line(e)}); delete that folder and "
+                "rerun: it is generated again."
+            ) from None
+        rendered = render_example(example_rng(config.seed, split, 0), config.image_size)
+        if not np.array_equal(stored, rendered["image"]):
+            raise DataFilesError(
+                f"the first example of the {split} split of wsol_shapes in {builder.data_path} "
+                "is not the one rendered for it: its files were swapped with another split's or "
+                "changed. Delete that folder and rerun: it is generated again."
+            )
 
 
 def encode_example(example: Mapping[str, Any]) -> dict[str, Any]:

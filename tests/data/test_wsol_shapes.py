@@ -95,31 +95,58 @@ def test_unknown_image_size_names_available_sizes(size):
 
 
 def test_damaged_prepared_files_are_one_line_errors_naming_the_fix(sources, data_dir, tmp_path):
-    """A shard swapped with another split's or truncated fails at opening (its record count),
-    one with a flipped byte the read of an example; a version folder without its
-    dataset_info.json (tfds takes the folder as prepared) or with a broken one fails at
-    opening; a data dir that is a file cannot be generated into. Each says what to delete."""
+    """Caught at opening: a shard swapped with another split's or truncated (its record count),
+    a byte flipped in a split's first example, two splits of equal size swapped whole (their
+    first examples are not the ones rendered for them), a version folder without its
+    dataset_info.json (tfds takes the folder as prepared) or with a broken one; at the read of
+    an example: a byte flipped in a later one; a data dir that is a file cannot be generated
+    into. Each says what to delete, and each case damages its own copy of the data."""
     from camjax import data as data_lib
 
-    copy = str(tmp_path / "tfds")
-    shutil.copytree(data_dir, copy)
-    version = wsol_shapes.get_builder(SIZE, copy, **COUNTS).data_path
-    shard = {
-        s: os.path.join(version, f"wsol_shapes-{s}.array_record-00000-of-00001")
-        for s in ("train", "test")
-    }
-    good = open(shard["train"], "rb").read()
-    os.replace(shard["test"], shard["train"])  # the test split's 6 records as train's 12
-    shutil.copyfile(shard["train"], shard["test"])
+    def damaged(case, counts=COUNTS):
+        copy = str(tmp_path / case)
+        shutil.copytree(data_dir, copy)
+        if counts != COUNTS:
+            wsol_shapes.WsolShapes.sources(copy, SIZE, counts)  # generated
+        version = wsol_shapes.get_builder(SIZE, copy, **counts).data_path
+        shard = {
+            s: os.path.join(version, f"wsol_shapes-{s}.array_record-00000-of-00001")
+            for s in ("train", "validation", "test")
+        }
+        return copy, version, shard, open(shard["train"], "rb").read()
+
+    def flipped(data, at):
+        return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+    copy, _, shard, _ = damaged("swapped")
+    shutil.copyfile(shard["test"], shard["train"])  # the test split's 6 records as train's 12
     with pytest.raises(data_lib.DataFilesError, match=r"train split holds 6 examples, where its "):
         data_lib.reopenable_sources("wsol_shapes", SIZE, copy, COUNTS)
+    copy, _, shard, good = damaged("truncated")
     open(shard["train"], "wb").write(good[:5000])
     with pytest.raises(data_lib.DataFilesError, match=r"train split holds no readable examples"):
         data_lib.reopenable_sources("wsol_shapes", SIZE, copy, COUNTS)
-    open(shard["train"], "wb").write(good[:5000] + bytes([good[5000] ^ 0xFF]) + good[5001:])
-    sources = data_lib.reopenable_sources("wsol_shapes", SIZE, copy, COUNTS)
-    with pytest.raises(data_lib.DataFilesError, match=r"example 0 of the train split .* Delete"):
-        sources["train"][0]
+    copy, _, shard, good = damaged("flipped_first")
+    open(shard["train"], "wb").write(flipped(good, 5000))
+    with pytest.raises(data_lib.DataFilesError, match=r"the first example of the train split .*"):
+        data_lib.reopenable_sources("wsol_shapes", SIZE, copy, COUNTS)
+    copy, _, shard, good = damaged("flipped_later")
+    open(shard["train"], "wb").write(flipped(good, len(good) // 2))  # a later example's chunk
+    opened = data_lib.reopenable_sources("wsol_shapes", SIZE, copy, COUNTS)
+    with pytest.raises(data_lib.DataFilesError, match=r"example \d+ of the train split .* Delete"):
+        for index in range(len(opened["train"])):
+            opened["train"][index]
+    equal = dict(COUNTS, num_test=COUNTS["num_validation"])
+    copy, _, shard, _ = damaged("equal_splits_swapped", equal)
+    os.replace(shard["validation"], shard["train"] + ".x")
+    os.replace(shard["test"], shard["validation"])
+    os.replace(shard["train"] + ".x", shard["test"])
+    with pytest.raises(
+        data_lib.DataFilesError,
+        match=r"first example of the validation split .* is not the one rendered for it",
+    ):
+        data_lib.reopenable_sources("wsol_shapes", SIZE, copy, equal)
+    copy, version, _, _ = damaged("info")
     info = os.path.join(version, "dataset_info.json")
     with open(info, "w") as f:
         f.write("{not json")
