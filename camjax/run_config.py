@@ -89,7 +89,8 @@ def try_write_run(workdir: str, run: str) -> str:
 
 def run_id(workdir: str) -> str | None:
     """The id of the run whose steps workdir holds (`start_run`); None where there is none:
-    runs that started before camjax recorded one (2026-12-05)."""
+    a run that started before camjax recorded one (2026-12-05), or whose run_id was deleted
+    (its next resume writes it again)."""
     path = os.path.join(workdir, RUN_ID)
     try:
         with open(path, encoding="utf-8") as f:
