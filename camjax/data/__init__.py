@@ -110,7 +110,8 @@ def check_shards(builder: Any) -> None:
     the examples its dataset_info.json lists: a shard swapped with another split's (the test
     split would read train images without an error), replaced, truncated or missing. Reads
     each shard's footer only: milliseconds per shard. (Two splits of equal size swapped whole
-    pass; wsol_shapes also compares each split's first example with its rendering.)"""
+    pass: only wsol_shapes has such splits, and it also compares each split's first example
+    with its rendering.)"""
     for split, info in builder.info.splits.items():
         for shard in info.file_instructions:
             try:
