@@ -120,15 +120,19 @@ def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def save(
-    manager: ocp.CheckpointManager, step: int, state: Any, config, run: str | None = None
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: Any,
+    config,
+    run: run_config.Run | None = None,
 ) -> None:
     """Saves `state` as `step` (asynchronously), with the digest of every array inside the same
-    atomic step directory, and the run's config beside the checkpoints. run: the run's id
-    (`run_config.start_run`), recorded in the step; None records none.
+    atomic step directory, and the run's config beside the checkpoints. run: this training's
+    hold on its run (`run_config.start_run`), whose id the step records; None records none.
 
     The save in flight, if any, completes first (orbax's own save waits for it too): one that
-    failed, a disk without room for this step, or a workdir whose run_id now names another run
-    raises a one-line CheckpointError and nothing of this step is written.
+    failed, a disk without room for this step, or a workdir that another training has taken
+    since (its run_id) raises a one-line CheckpointError and nothing of this step is written.
     """
     wait(manager)
     _check_free_space(manager, step, state)
@@ -140,7 +144,7 @@ def save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.PyTreeSave(state),
-                meta=ocp.args.JsonSave(step_meta(config, step, run)),
+                meta=ocp.args.JsonSave(step_meta(config, step, run and run.id)),
                 digests=ocp.args.JsonSave(digests.step_digests(state, step)),
             ),
         )
@@ -152,29 +156,35 @@ def save(
     run_config.save(workdir, config)
 
 
-def _check_run(manager: ocp.CheckpointManager, step: int, run: str) -> None:
-    """A one-line CheckpointError, on every process, when workdir/run_id no longer names this
-    run: another training started in the same workdir and would mix its steps with these."""
+def _check_run(manager: ocp.CheckpointManager, step: int, run: run_config.Run) -> None:
+    """A one-line CheckpointError, on every process, when workdir/run_id is no longer this
+    training's: another training started or resumed in the same workdir (or the file was
+    overwritten), and their steps would mix. A run_id removed meanwhile is written again."""
     workdir = os.path.dirname(str(manager.directory))
-    problem = ""
+    path, problem = os.path.join(workdir, run_config.RUN_ID), ""
     if jax.process_index() == 0:
         try:
-            found = run_config.run_id(workdir)
+            found = run_config.read_run(workdir)
         except run_config.RunConfigError as e:
-            found, problem = "", str(e)
-        if found is None:  # removed meanwhile: written again, as this run's steps say
+            found, problem = run, str(e)
+        if found is None:
             problem = run_config.try_write_run(workdir, run)
-        elif found and found != run:
+        elif found.id != run.id:
             problem = (
-                f"{os.path.join(workdir, run_config.RUN_ID)} names run {found!r}, not this run's "
-                f"{run!r}: another training started in {workdir}; nothing of step {step} was "
-                "written. Run one training per workdir"
+                f"{path} names run {found.id!r}, not this run's {run.id!r}; nothing of step "
+                f"{step} was written. If another training started in {workdir}, let one of them "
+                f"go on; if the file was overwritten, write this run back (echo {run.id} > "
+                f"{path}) and rerun."
             )
-    elsewhere = f"process 0 cannot use {workdir}/run_id (its error says why)"
+        elif found.owner != run.owner:
+            problem = (
+                f"another training resumed this run in {workdir} since this one started (its "
+                f"token in {path}); nothing of step {step} was written, and this one stops: "
+                "let the other go on, or stop it and rerun."
+            )
+    elsewhere = f"process 0 cannot use {path} (its error says why)"
     if problem := distributed.shared_problem(problem, elsewhere):
-        # Every process lists the steps (orbax's reload), as in _check_free_space.
-        last = newest_complete_step(manager)
-        raise CheckpointError(f"{problem.rstrip('.')}; then rerun: {_resumes(last)}.")
+        raise CheckpointError(problem)
 
 
 def step_meta(config: ml_collections.ConfigDict, step: int, run: str | None) -> dict[str, Any]:

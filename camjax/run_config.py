@@ -6,7 +6,7 @@ import json
 import os
 import re
 import secrets
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -50,20 +50,31 @@ def save(workdir: str, config: ml_collections.ConfigDict) -> None:
     os.replace(tmp, path)
 
 
-def start_run(workdir: str) -> str:
-    """A new id for a run that starts in workdir, written to workdir/run_id (see `write_run`).
-    Every process of a multi-host job gets process 0's."""
-    run = secrets.token_hex(8)
+class Run(NamedTuple):
+    """A training process's hold on its run: `id` is recorded in every step the run saves;
+    `owner` is drawn anew by every training that starts or resumes the run, so that a second
+    training in the same workdir, resumed or not, replaces it and the first one sees that."""
+
+    id: str
+    owner: str
+
+
+def start_run(workdir: str, run: str | None = None) -> Run:
+    """Takes workdir for this training: a new owner token, and a new run id unless `run` (a
+    resumed run's) is given, written to workdir/run_id (see `write_run`). Every process of a
+    multi-host job gets process 0's."""
+    drawn = (run or secrets.token_hex(8)) + secrets.token_hex(8)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        words = np.frombuffer(bytes.fromhex(run), np.uint32)
-        run = bytes(np.asarray(multihost_utils.broadcast_one_to_all(words), np.uint32)).hex()
-    write_run(workdir, run)
-    return run
+        words = np.frombuffer(bytes.fromhex(drawn), np.uint32)
+        drawn = bytes(np.asarray(multihost_utils.broadcast_one_to_all(words), np.uint32)).hex()
+    held = Run(drawn[:16], drawn[16:])
+    write_run(workdir, held)
+    return held
 
 
-def write_run(workdir: str, run: str) -> None:
+def write_run(workdir: str, run: Run) -> None:
     """Writes `run` to workdir/run_id (process 0, atomically); a failure stops every process
     of a multi-host job with a one-line RunConfigError."""
     problem = try_write_run(workdir, run) if jax.process_index() == 0 else ""
@@ -72,12 +83,12 @@ def write_run(workdir: str, run: str) -> None:
         raise RunConfigError(problem)
 
 
-def try_write_run(workdir: str, run: str) -> str:
+def try_write_run(workdir: str, run: Run) -> str:
     """`write_run` on this process alone: '' once written, else why it could not be."""
     path = os.path.join(workdir, RUN_ID)
     try:
         with open(f"{path}.tmp", "w") as f:
-            f.write(run + "\n")
+            f.write(f"{run.id}\n{run.owner}\n")
         os.replace(f"{path}.tmp", path)
     except OSError as e:
         return (
@@ -87,25 +98,31 @@ def try_write_run(workdir: str, run: str) -> str:
     return ""
 
 
-def run_id(workdir: str) -> str | None:
-    """The id of the run whose steps workdir holds (`start_run`); None where there is none:
-    a run that started before camjax recorded one (2026-12-05), or whose run_id was deleted
-    (its next resume writes it again)."""
+def read_run(workdir: str) -> Run | None:
+    """workdir/run_id as written (`start_run`); None where there is none: a run that started
+    before camjax recorded one (2026-12-05), or whose run_id was deleted (its next resume
+    writes it again). A file holding the id alone reads with an empty owner."""
     path = os.path.join(workdir, RUN_ID)
     try:
         with open(path, encoding="utf-8") as f:
-            run = f.read().strip()
+            fields = f.read().split()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or "not text"
         raise RunConfigError(f"cannot read {path} ({reason}); restore or remove it.") from None
-    if not _RUN_ID_FORM.fullmatch(run):
+    if not (1 <= len(fields) <= 2 and all(_RUN_ID_FORM.fullmatch(f) for f in fields)):
         raise RunConfigError(
-            f"{path} holds {run[:40]!r}, not a run id (16 lowercase hex digits); restore or "
-            "remove it."
+            f"{path} holds {' '.join(fields)[:40]!r}, not a run id and owner (16 lowercase hex "
+            "digits each); restore or remove it."
         )
-    return run
+    return Run(fields[0], fields[1] if len(fields) == 2 else "")
+
+
+def run_id(workdir: str) -> str | None:
+    """The id of the run whose steps workdir holds (`read_run`), or None."""
+    run = read_run(workdir)
+    return None if run is None else run.id
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:

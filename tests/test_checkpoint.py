@@ -400,54 +400,66 @@ def test_a_step_of_another_runs_workdir_is_skipped(two_steps, tmp_path, caplog):
     manager.close()
     ckpts = checkpoint.checkpoint_dir(workdir)
     shutil.copytree(os.path.join(checkpoint.checkpoint_dir(sibling), "3"), os.path.join(ckpts, "3"))
-    assert ours != theirs
+    assert ours.id != theirs.id
     manager = checkpoint.create_manager(workdir, 3)
     with caplog.at_level("WARNING", logger="camjax"):
         restored = checkpoint_restore.restore(manager, abstract, config)
     assert int(restored.step) == 2
     jax.tree.map(np.testing.assert_array_equal, restored.params, second.params)
-    assert f"it was saved by another run (run id '{theirs}'; this workdir's is '{ours}')" in (
-        caplog.text
+    assert (
+        f"it was saved by another run (run id '{theirs.id}'; this workdir's is '{ours.id}')"
+        in caplog.text
     )
     os.remove(os.path.join(workdir, run_config.RUN_ID))
     assert int(checkpoint_restore.restore(manager, abstract, config).step) == 3
     manager.close()
 
 
-def test_saves_record_the_run_and_stop_when_another_run_took_the_workdir(tmp_path):
-    """Each step records the run id it is given; a save that finds another run's id in
-    workdir/run_id (a second training started there) writes nothing and says so; a run_id
-    removed meanwhile is written again; a damaged one is a one-line error."""
+def test_saves_record_the_run_and_stop_when_another_training_took_the_workdir(tmp_path):
+    """Each step records the id of the run it is given; a save that finds in workdir/run_id
+    another run (a second training started there, or the file overwritten) or another
+    training's hold on this run (a second training resumed it) writes nothing and says what to
+    do; a run_id removed meanwhile is written again; a damaged one is a one-line error."""
     config, state = tiny.get_config(), {"w": jnp.arange(3.0)}
     workdir = str(tmp_path)
+    path = os.path.join(workdir, run_config.RUN_ID)
     run = run_config.start_run(workdir)
-    assert re.fullmatch(r"[0-9a-f]{16}", run) and run_config.run_id(workdir) == run
+    assert re.fullmatch(r"[0-9a-f]{16}", run.id) and run_config.read_run(workdir) == run
     manager = checkpoint.create_manager(workdir, 3)
     checkpoint.save(manager, 1, state, config, run)
     checkpoint.wait(manager)
     meta = os.path.join(checkpoint.checkpoint_dir(workdir), "1", "meta", "metadata")
-    assert json.load(open(meta))["run"] == run
-    other = run_config.start_run(workdir)  # another training, started in the same workdir
+    assert json.load(open(meta))["run"] == run.id
+    other = run_config.start_run(workdir)  # another training, started from scratch there
     with pytest.raises(
         checkpoint.CheckpointError,
-        match=rf"names run '{other}', not this run's '{run}': another training started in .*; "
-        r"nothing of step 2 was written\. Run one training per workdir; then rerun: it resumes "
-        r"from step 1",
+        match=rf"names run '{other.id}', not this run's '{run.id}'; nothing of step 2 was "
+        rf"written\. If another training started in .*, let one of them go on; if the file was "
+        rf"overwritten, write this run back \(echo {run.id} > .*run_id\) and rerun\.",
     ):
         checkpoint.save(manager, 2, state, config, run)
-    os.remove(os.path.join(workdir, run_config.RUN_ID))
+    run_config.start_run(workdir, run.id)  # another training, resuming this run
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=r"another training resumed this run in .* since this one started .*; nothing of "
+        r"step 2 was written, and this one stops",
+    ):
+        checkpoint.save(manager, 2, state, config, run)
+    os.remove(path)
     checkpoint.save(manager, 2, state, config, run)
     checkpoint.wait(manager)
     manager.close()
-    assert run_config.run_id(workdir) == run
-    assert json.load(open(meta.replace(f"{os.sep}1{os.sep}", f"{os.sep}2{os.sep}")))["run"] == run
-    open(os.path.join(workdir, run_config.RUN_ID), "w").write("7A3B" * 4 + "\n")
-    with pytest.raises(
-        run_config.RunConfigError, match=r"not a run id \(16 lowercase hex digits\); restore or"
-    ):
+    assert run_config.read_run(workdir) == run
+    assert (
+        json.load(open(meta.replace(f"{os.sep}1{os.sep}", f"{os.sep}2{os.sep}")))["run"] == run.id
+    )
+    open(path, "w").write("7A3B" * 4 + "\n")
+    with pytest.raises(run_config.RunConfigError, match=r"not a run id and owner .*; restore or"):
         run_config.run_id(workdir)
-    os.remove(os.path.join(workdir, run_config.RUN_ID))
-    os.mkdir(os.path.join(workdir, run_config.RUN_ID))
+    open(path, "w").write(run.id + "\n")  # the id alone, as a person writes it back
+    assert run_config.read_run(workdir) == run_config.Run(run.id, "")
+    os.remove(path)
+    os.mkdir(path)
     with pytest.raises(run_config.RunConfigError, match=r"cannot read .*run_id \(Is a directory\)"):
         run_config.run_id(workdir)
     with pytest.raises(run_config.RunConfigError, match=r"cannot write .*run_id \(Is a direc"):

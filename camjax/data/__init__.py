@@ -113,6 +113,11 @@ def check_shards(builder: Any) -> None:
     pass: only wsol_shapes has such splits, and it also compares each split's first example
     with its rendering.)"""
     for split, info in builder.info.splits.items():
+        if not info.file_instructions:  # camjax's datasets have no empty split
+            raise DataFilesError(
+                f"the dataset_info.json of {builder.data_path} lists no examples for the {split} "
+                f"split: the prepared files are damaged or were changed. {_PREPARE_AGAIN}"
+            )
         for shard in info.file_instructions:
             try:
                 reader = array_record_module.ArrayRecordReader(shard.filename)

@@ -281,22 +281,21 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str):
     return state, state_shardings, _resumed_run(manager, workdir, restored)
 
 
-def _resumed_run(manager, workdir: str, restored: int) -> str:
-    """The id a resumed run's steps record: the workdir's; where its run_id is gone, the
-    restored step's, written back (else a sibling's steps would be taken from then on); for a
-    run from before ids (2026-12-05), a new one, which its old steps do not contradict."""
-    if (run := run_config.run_id(workdir)) is not None:
-        return run
-    if (run := checkpoint_restore.saved_run(manager, restored)) is None:
-        return run_config.start_run(workdir)
-    log.warning(
-        "%s was missing; it is written again with run id %s, from checkpoint step %d.",
-        os.path.join(workdir, run_config.RUN_ID),
-        run,
-        restored,
-    )
-    run_config.write_run(workdir, run)
-    return run
+def _resumed_run(manager, workdir: str, restored: int) -> run_config.Run:
+    """A resumed run's hold on its workdir (`run_config.start_run`, a new owner token) under
+    the run's id: the workdir's; where its run_id is gone, the restored step's (else a
+    sibling's steps would be taken from then on); for a run from before ids (2026-12-05), a new
+    one, which its old steps do not contradict."""
+    if (run := run_config.run_id(workdir)) is None and (
+        run := checkpoint_restore.saved_run(manager, restored)
+    ) is not None:
+        log.warning(
+            "%s was missing; it is written again with run id %s, from checkpoint step %d.",
+            os.path.join(workdir, run_config.RUN_ID),
+            run,
+            restored,
+        )
+    return run_config.start_run(workdir, run)
 
 
 def _train_batches(config, source, start: int, mesh):
