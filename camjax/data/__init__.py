@@ -109,9 +109,10 @@ def check_shards(builder: Any) -> None:
     """A one-line DataFilesError when a prepared tfds builder's ArrayRecord shards do not hold
     the examples its dataset_info.json lists: a shard swapped with another split's (the test
     split would read train images without an error), replaced, truncated or missing. Reads
-    each shard's footer only: milliseconds per shard. (Two splits of equal size swapped whole
-    pass: only wsol_shapes has such splits, and it also compares each split's first example
-    with its rendering.)"""
+    each shard's footer only: milliseconds per shard. Shards of equal counts swapped pass:
+    two whole splits of equal size (only wsol_shapes has such splits, and it also compares
+    each split's first example with its rendering), or single shards of a multi-shard dataset's
+    splits."""
     for split, info in builder.info.splits.items():
         if not info.file_instructions:  # camjax's datasets have no empty split
             raise DataFilesError(
