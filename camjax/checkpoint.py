@@ -138,7 +138,7 @@ def save(
     _check_free_space(manager, step, state)
     workdir = os.path.dirname(str(manager.directory))
     if run is not None:
-        _check_run(manager, step, run)
+        _check_run(workdir, step, run)
     try:
         manager.save(
             step,
@@ -156,35 +156,40 @@ def save(
     run_config.save(workdir, config)
 
 
-def _check_run(manager: ocp.CheckpointManager, step: int, run: run_config.Run) -> None:
+def _check_run(workdir: str, step: int, run: run_config.Run) -> None:
     """A one-line CheckpointError, on every process, when workdir/run_id is no longer this
     training's: another training started or resumed in the same workdir (or the file was
     overwritten), and their steps would mix. A run_id removed meanwhile is written again."""
-    workdir = os.path.dirname(str(manager.directory))
     path, problem = os.path.join(workdir, run_config.RUN_ID), ""
     if jax.process_index() == 0:
         try:
-            found = run_config.read_run(workdir)
+            problem = _run_problem(workdir, step, run, run_config.read_run(workdir))
         except run_config.RunConfigError as e:
-            found, problem = run, str(e)
-        if found is None:
-            problem = run_config.try_write_run(workdir, run)
-        elif found.id != run.id:
-            problem = (
-                f"{path} names run {found.id!r}, not this run's {run.id!r}; nothing of step "
-                f"{step} was written. If another training started in {workdir}, let one of them "
-                f"go on; if the file was overwritten, write this run back (echo {run.id} > "
-                f"{path}) and rerun."
-            )
-        elif found.owner != run.owner:
-            problem = (
-                f"another training resumed this run in {workdir} since this one started (its "
-                f"token in {path}); nothing of step {step} was written, and this one stops: "
-                "let the other go on, or stop it and rerun."
-            )
+            problem = str(e)
     elsewhere = f"process 0 cannot use {path} (its error says why)"
     if problem := distributed.shared_problem(problem, elsewhere):
         raise CheckpointError(problem)
+
+
+def _run_problem(workdir: str, step: int, run: run_config.Run, found: run_config.Run | None) -> str:
+    """Why process 0 cannot save `step` of `run` when workdir/run_id holds `found`; '' when
+    it can (a missing run_id is written again first)."""
+    path = os.path.join(workdir, run_config.RUN_ID)
+    if found is None:
+        return run_config.try_write_run(workdir, run)
+    if found.id != run.id:
+        return (
+            f"{path} names run {found.id!r}, not this run's {run.id!r}; nothing of step {step} "
+            f"was written. If another training started in {workdir}, let one of them go on; if "
+            f"the file was overwritten, write this run back (echo {run.id} > {path}) and rerun."
+        )
+    if found.owner != run.owner:
+        return (
+            f"another training resumed this run in {workdir} since this one started (its token "
+            f"in {path}); nothing of step {step} was written, and this one stops: let the other "
+            "go on, or stop it and rerun."
+        )
+    return ""
 
 
 def step_meta(config: ml_collections.ConfigDict, step: int, run: str | None) -> dict[str, Any]:

@@ -98,8 +98,9 @@ def _newest_good(
             "directory) or point --workdir at a trained run."
         )
     rejected, config_matched = [], False
+    run = run_config.run_id(os.path.dirname(directory))  # None: a workdir from before ids
     for step in steps:
-        tree, reason, matched = _verified(manager, config, step, read)
+        tree, reason, matched = _verified(manager, config, run, step, read)
         # A step removed while it was read fails to read; it never fails its digests or config.
         if reason.startswith((_INCOMPLETE, UNREADABLE)) and _superseded(manager, step, steps[0]):
             # Gone, or going: a run still training removes its old steps (keep_checkpoints)
@@ -182,10 +183,13 @@ def rejected_steps(rejected) -> str:
     return "; ".join(f"step {step}: {reason}" for step, reason in rejected)
 
 
-def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[Any, str, bool]:
-    """(restored tree, '', True) for a good `step`, else (None, a one-line reason it cannot be
-    trusted, whether its metadata matched the config). A step whose metadata names another
-    model is rejected too; when no step matches, the caller reports a config error."""
+def _verified(
+    manager: ocp.CheckpointManager, config, run: str | None, step: int, read
+) -> tuple[Any, str, bool]:
+    """(restored tree, '', True) for a good `step` of the workdir's `run`, else (None, a
+    one-line reason it cannot be trusted, whether its metadata matched the config). A step
+    whose metadata names another model is rejected too; when no step matches, the caller
+    reports a config error."""
     try:
         items = ocp.args.Composite(meta=ocp.args.JsonRestore(), digests=ocp.args.JsonRestore())
         saved = manager.restore(step, args=items)
@@ -206,17 +210,15 @@ def _verified(manager: ocp.CheckpointManager, config, step: int, read) -> tuple[
         return None, reason, False
     if reason := digests.saved_problem(saved_digests, step):
         return None, reason, False
-    saved_run = meta.pop("run", None)  # absent in steps saved before runs had ids (2026-12-05)
-    run = run_config.run_id(os.path.dirname(str(manager.directory)))
-    if None not in (saved_run, run) and saved_run != run:
+    step_run = meta.pop("run", None)  # absent in steps saved before runs had ids (2026-12-05)
+    if None not in (step_run, run) and step_run != run:
         reason = (
-            f"it was saved by another run (run id {saved_run!r}; this workdir's is {run!r}): "
+            f"it was saved by another run (run id {step_run!r}; this workdir's is {run!r}): "
             "copied in from another workdir? (To resume that run here, copy its run_id too.)"
         )
         return None, reason, False
-    expected = run_config.as_json(
-        checkpoint.model_fingerprint(config)
-    )  # as saved: tuples are lists
+    # As saved: tuples are lists.
+    expected = run_config.as_json(checkpoint.model_fingerprint(config))
     if "seed" not in meta:  # saved before the seed was recorded (2026-12-05)
         del expected["seed"]
     if meta != expected:

@@ -122,11 +122,12 @@ def check_shards(builder: Any) -> None:
         for shard in info.file_instructions:
             try:
                 reader = array_record_module.ArrayRecordReader(shard.filename)
-                found = f"{reader.num_records()} examples"
+                count = reader.num_records()
                 reader.close()
+                found = f"{count} examples"
             except (RuntimeError, OSError) as e:  # array_record raises RuntimeError
-                found = f"no readable examples ({errors.first_line(e)})"
-            if found != f"{shard.examples_in_shard} examples":
+                count, found = None, f"no readable examples ({errors.first_line(e)})"
+            if count != shard.examples_in_shard:
                 raise DataFilesError(
                     f"{shard.filename} of the {split} split holds {found}, where its "
                     f"dataset_info.json lists {shard.examples_in_shard}: the prepared files are "

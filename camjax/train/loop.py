@@ -286,15 +286,16 @@ def _resumed_run(manager, workdir: str, restored: int) -> run_config.Run:
     the run's id: the workdir's; where its run_id is gone, the restored step's (else a
     sibling's steps would be taken from then on); for a run from before ids (2026-12-05), a new
     one, which its old steps do not contradict."""
-    if (run := run_config.run_id(workdir)) is None and (
-        run := checkpoint_restore.saved_run(manager, restored)
-    ) is not None:
-        log.warning(
-            "%s was missing; it is written again with run id %s, from checkpoint step %d.",
-            os.path.join(workdir, run_config.RUN_ID),
-            run,
-            restored,
-        )
+    run = run_config.run_id(workdir)
+    if run is None:
+        run = checkpoint_restore.saved_run(manager, restored)
+        if run is not None:
+            log.warning(
+                "%s was missing; it is written again with run id %s, from checkpoint step %d.",
+                os.path.join(workdir, run_config.RUN_ID),
+                run,
+                restored,
+            )
     return run_config.start_run(workdir, run)
 
 

@@ -42,12 +42,12 @@ class MetricWriter:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": int(step), **clean}) + "\n")
         except OSError as e:  # said in one line (a line cut short is dropped on resume)
-            fix = {errno.ENOSPC: "free space there", errno.EDQUOT: "free space there"}.get(
-                e.errno,
-                "make it writable"
-                if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS)
-                else "fix the cause",
-            )
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                fix = "free space there"
+            elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                fix = "make it writable"
+            else:
+                fix = "fix the cause"
             raise OSError(
                 f"could not append to {self.path} ({e.strerror}); {fix} or train in another "
                 "--workdir, then rerun: training resumes from its newest checkpoint, if any."

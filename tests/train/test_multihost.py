@@ -103,12 +103,13 @@ def start_two(
     return procs
 
 
-def wait_all(procs: list, logs: str, timeout: float = 600) -> list[str]:
+def wait_all(procs: list, logs: str, timeout: float = 600, returncode: int = 0) -> list[str]:
+    """Each process's log once all have exited, every one with `returncode`."""
     for p in procs:
         p.wait(timeout=timeout)
     texts = [open(os.path.join(logs, f"process_{i}.log")).read() for i in range(len(procs))]
     for p, text in zip(procs, texts, strict=True):
-        assert p.returncode == 0, text[-3000:]
+        assert p.returncode == returncode, text[-3000:]
     return texts
 
 
@@ -247,10 +248,7 @@ def test_an_unwritable_workdir_stops_every_process(runs, tmp_path):
     blocker.write_text("")
     logs = str(tmp_path / "logs")
     procs = start_two(str(blocker / "run"), runs["data_dir"], logs)
-    for p in procs:
-        p.wait(timeout=300)
-    texts = [open(os.path.join(logs, f"process_{i}.log")).read() for i in range(2)]
-    assert [p.returncode for p in procs] == [1, 1], texts
+    texts = wait_all(procs, logs, timeout=300, returncode=1)
     assert "a_file/run is not a writable directory" in texts[0]
     assert "process 1: process 0 cannot write" in texts[1]
     assert all("Traceback" not in text for text in texts)
@@ -263,10 +261,7 @@ def test_a_run_id_that_cannot_be_written_stops_every_process(runs, tmp_path):
     (workdir / "run_id").mkdir(parents=True)
     logs = str(tmp_path / "logs")
     procs = start_two(str(workdir), runs["data_dir"], logs)
-    for p in procs:
-        p.wait(timeout=300)
-    texts = [open(os.path.join(logs, f"process_{i}.log")).read() for i in range(2)]
-    assert [p.returncode for p in procs] == [1, 1], texts
+    texts = wait_all(procs, logs, timeout=300, returncode=1)
     assert "run/run_id (Is a directory); remove what is there (rm -r)" in texts[0]
     assert "process 1: process 0 cannot write" in texts[1]
     assert all("Traceback" not in text for text in texts)
@@ -289,13 +284,10 @@ def test_a_disk_too_full_for_a_step_stops_every_process(runs, tmp_path):
     workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
     procs = start_two(workdir, runs["data_dir"], logs, driver=FULL_DISK_ON_PROCESS_0)
     try:
-        for p in procs:
-            p.wait(timeout=300)
+        texts = wait_all(procs, logs, timeout=300, returncode=1)
     finally:
         for p in procs:
             p.kill()
-    texts = [open(os.path.join(logs, f"process_{i}.log")).read() for i in range(2)]
-    assert [p.returncode for p in procs] == [1, 1], texts
     for i, text in enumerate(texts):
         assert "Traceback" not in text
         last = text.strip().splitlines()[-1]
