@@ -1,5 +1,6 @@
 """Multi-host start-up: `jax.distributed.initialize` when the environment asks for it; and
-process 0's problems (it alone writes the workdir) made every process's.
+process 0's problems and run ids (it alone reads and writes workdir files) made every
+process's.
 
 Set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or CAMJAX_DISTRIBUTED=1 on
 clusters jax auto-detects (Cloud TPU pods, SLURM). A single host needs nothing: jax.distributed
@@ -42,3 +43,18 @@ def shared_problem(problem: str, elsewhere: str) -> str:
     if not multihost_utils.broadcast_one_to_all(np.int32(bool(problem))):
         return ""
     return problem if jax.process_index() == 0 else elsewhere
+
+
+def shared_hex(value: str, digits: int) -> str:
+    """Process 0's `value`, a string of `digits` lowercase hex digits (a multiple of 8) or ''
+    for none, on every process of a multi-host job."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    # A flag for '' and the digits as words: every process must send arrays of one shape.
+    words = np.zeros(1 + digits // 8, np.uint32)
+    if value:
+        words[0], words[1:] = 1, np.frombuffer(bytes.fromhex(value), np.uint32)
+    words = np.asarray(multihost_utils.broadcast_one_to_all(words), np.uint32)
+    return bytes(words[1:]).hex() if words[0] else ""

@@ -10,7 +10,6 @@ from typing import Any, NamedTuple
 
 import jax
 import ml_collections
-import numpy as np
 
 from camjax import distributed
 
@@ -63,12 +62,7 @@ def start_run(workdir: str, run: str | None = None) -> Run:
     """Takes workdir for this training: a new owner token, and a new run id unless `run` (a
     resumed run's) is given, written to workdir/run_id (see `write_run`). Every process of a
     multi-host job gets process 0's."""
-    drawn = (run or secrets.token_hex(8)) + secrets.token_hex(8)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        words = np.frombuffer(bytes.fromhex(drawn), np.uint32)
-        drawn = bytes(np.asarray(multihost_utils.broadcast_one_to_all(words), np.uint32)).hex()
+    drawn = distributed.shared_hex((run or secrets.token_hex(8)) + secrets.token_hex(8), 32)
     held = Run(drawn[:16], drawn[16:])
     write_run(workdir, held)
     return held
@@ -120,9 +114,20 @@ def read_run(workdir: str) -> Run | None:
 
 
 def run_id(workdir: str) -> str | None:
-    """The id of the run whose steps workdir holds (`read_run`), or None."""
-    run = read_run(workdir)
-    return None if run is None else run.id
+    """The id of the run whose steps workdir holds (`read_run`), or None; process 0's on every
+    process of a multi-host job. Each process reading the file itself could take different
+    ids (a disk not shared, a file replaced between the reads): the processes would then
+    restore different steps, and their restores' collectives pair up across them."""
+    problem, run = "", None
+    if jax.process_index() == 0:
+        try:
+            run = read_run(workdir)
+        except RunConfigError as e:
+            problem = str(e)
+    elsewhere = f"process 0 cannot read {os.path.join(workdir, RUN_ID)} (its error says why)."
+    if problem := distributed.shared_problem(problem, elsewhere):
+        raise RunConfigError(problem)
+    return distributed.shared_hex("" if run is None else run.id, 16) or None
 
 
 def load(workdir: str) -> ml_collections.ConfigDict:

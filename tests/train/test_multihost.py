@@ -267,6 +267,37 @@ def test_a_run_id_that_cannot_be_written_stops_every_process(runs, tmp_path):
     assert all("Traceback" not in text for text in texts)
 
 
+# train.py whose process 1 would read another run's id in workdir/run_id (a disk not shared,
+# or a file replaced between the processes' reads).
+OTHER_RUN_ID_ON_PROCESS_1 = """
+import os, runpy, sys
+from camjax import run_config
+if os.environ["JAX_PROCESS_ID"] == "1":
+    run_config.read_run = lambda workdir: run_config.Run("0" * 16, "0" * 16)
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_processes_that_would_read_different_run_ids_resume_as_one(runs, tmp_path):
+    """Only process 0 reads workdir/run_id on a resume; every process takes its id. Read by each
+    process, process 1 would skip every step as another run's while process 0 restores one,
+    and the job would stop or hang in the restore's collectives."""
+    workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+    shutil.copytree(runs["two"], workdir)
+    procs = start_two(workdir, runs["data_dir"], logs, STEPS + 1, OTHER_RUN_ID_ON_PROCESS_1)
+    try:
+        texts = wait_all(procs, logs, timeout=300)
+    finally:
+        for p in procs:
+            p.kill()
+    for text in texts:
+        assert f"Resumed from the checkpoint at step {STEPS}." in text
+    assert int(restore(workdir).step) == STEPS + 1
+    meta = os.path.join(checkpoint.checkpoint_dir(workdir), str(STEPS + 1), "meta", "metadata")
+    assert json.load(open(meta))["run"] == run_config.run_id(runs["two"])
+
+
 # train.py whose process 0 finds its disk full (only process 0 measures it).
 FULL_DISK_ON_PROCESS_0 = """
 import os, runpy, shutil, sys
