@@ -1,6 +1,7 @@
 """Datasets (tfds builders read as random-access sources) and the input pipeline."""
 
 import functools
+import hashlib
 import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -105,34 +106,65 @@ _PREPARE_AGAIN = (
 )
 
 
+FIRST_RECORDS = "first_records"  # builder metadata: split -> each shard's `record_digest`
+
+
+def record_digest(record: bytes) -> str:
+    """A serialized example's fingerprint, as the shard checks compare them."""
+    return hashlib.sha256(record).hexdigest()[:16]
+
+
 def check_shards(builder: Any) -> None:
     """A one-line DataFilesError when a prepared tfds builder's ArrayRecord shards do not hold
     the examples its dataset_info.json lists: a shard swapped with another split's (the test
     split would read train images without an error), replaced, truncated or missing. Reads
-    each shard's footer only: milliseconds per shard. Shards of equal counts swapped pass:
-    two whole splits of equal size (only wsol_shapes has such splits, and it also compares
-    each split's first example with its rendering), or single shards of a multi-shard dataset's
-    splits."""
+    each shard's footer: milliseconds per shard. Where the builder's metadata keeps each
+    shard's first record (`FIRST_RECORDS`, the hand-prepared datasets since 2026-12-05), that
+    record is read and compared too, which catches shards of equal counts swapped or reordered
+    as well. wsol_shapes has one shard per split and compares each split's first example with
+    its rendering instead."""
+    metadata = getattr(builder.info, "metadata", None) or {}
     for split, info in builder.info.splits.items():
         if not info.file_instructions:  # camjax's datasets have no empty split
             raise DataFilesError(
                 f"the dataset_info.json of {builder.data_path} lists no examples for the {split} "
                 f"split: the prepared files are damaged or were changed. {_PREPARE_AGAIN}"
             )
-        for shard in info.file_instructions:
-            try:
-                reader = array_record_module.ArrayRecordReader(shard.filename)
-                count = reader.num_records()
-                reader.close()
-                found = f"{count} examples"
-            except (RuntimeError, OSError) as e:  # array_record raises RuntimeError
-                count, found = None, f"no readable examples ({errors.first_line(e)})"
-            if count != shard.examples_in_shard:
-                raise DataFilesError(
-                    f"{shard.filename} of the {split} split holds {found}, where its "
-                    f"dataset_info.json lists {shard.examples_in_shard}: the prepared files are "
-                    f"damaged or were changed. {_PREPARE_AGAIN}"
-                )
+        firsts = metadata.get(FIRST_RECORDS, {}).get(split)
+        if firsts is not None and len(firsts) != len(info.file_instructions):
+            raise DataFilesError(
+                f"the {split} split of {builder.data_path} has {len(info.file_instructions)} "
+                f"shards, where its metadata.json lists {len(firsts)}: the prepared files are "
+                f"damaged or were changed. {_PREPARE_AGAIN}"
+            )
+        for i, shard in enumerate(info.file_instructions):
+            _check_shard(split, shard, None if firsts is None else firsts[i])
+
+
+def _check_shard(split: str, shard: Any, first: str | None) -> None:
+    """`check_shards` for one shard: its record count, and its first record if `first`."""
+    try:
+        reader = array_record_module.ArrayRecordReader(shard.filename)
+        try:
+            count = reader.num_records()
+            found = f"{count} examples"
+            record = reader.read([0])[0] if first is not None and count else None
+        finally:
+            reader.close()
+    except (RuntimeError, OSError) as e:  # array_record raises RuntimeError
+        count, found, record = None, f"no readable examples ({errors.first_line(e)})", None
+    if count != shard.examples_in_shard:
+        raise DataFilesError(
+            f"{shard.filename} of the {split} split holds {found}, where its dataset_info.json "
+            f"lists {shard.examples_in_shard}: the prepared files are damaged or were changed. "
+            f"{_PREPARE_AGAIN}"
+        )
+    if first is not None and record_digest(record) != first:
+        raise DataFilesError(
+            f"the first example in {shard.filename} of the {split} split is not the one "
+            "prepared there: shards were swapped or reordered, or the file was changed. "
+            f"{_PREPARE_AGAIN}"
+        )
 
 
 class ReopenableSource(Sequence):

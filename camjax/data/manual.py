@@ -6,7 +6,8 @@ class methods, the dataset that `camjax.data.DATASETS` names: `prepare`, `prepar
 
 As a builder: ArrayRecord by default, the features every dataset here has (`_manual_info`),
 the skip-corrupt bookkeeping (`info.metadata['skipped_corrupt']`), and a streaming ArrayRecord
-writer in place of tfds's. tfds 4.9.10 stages a split in memory and, past 1 GB, spills it
+writer in place of tfds's, which keeps each shard's first record for the checks at opening
+(`data.check_shards`). tfds 4.9.10 stages a split in memory and, past 1 GB, spills it
 through TensorFlow's file API, which this TF-free install lacks; the writer here writes shards
 as the examples come, in generation order or (`ORDER_BY_KEY`) in key order through a scratch
 file. The inputs are read with `downloads`; the WSOL splits are `subsets` of the prepared ones.
@@ -107,7 +108,8 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         `image` (bytes as stored, 3 channels on decode), `height` and `width` (int32), `label`
         (`num_classes` classes, or None: as many as the names set when preparing), `image_id`
         and `objects/bbox`. Records are read in the order they were written (generation order,
-        or key order with `ORDER_BY_KEY`); `metadata` holds `skipped_corrupt`.
+        or key order with `ORDER_BY_KEY`); `metadata` holds `skipped_corrupt` and
+        `data.FIRST_RECORDS`.
         """
         return self.dataset_info_from_configs(
             description=description,
@@ -363,6 +365,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     ) -> None:
         # Replaces tfds's writer, which needs TensorFlow for splits over 1 GB (module doc).
         self.info.metadata["skipped_corrupt"] = []
+        self.info.metadata[data.FIRST_RECORDS] = {}
         limit = download_config.max_examples_per_split
         infos = [
             self._write_split(name, itertools.islice(examples, limit))
@@ -382,6 +385,9 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if self.ORDER_BY_KEY:
             records = _in_key_order(records, template.data_dir / f"{name}.unordered")
         parts, lengths, num_bytes, shard_bytes, writer = [], [], 0, 0, None
+        # Each shard's first record, which opening compares (`data.check_shards`): shards of
+        # equal counts swapped between splits or reordered within one keep their counts.
+        firsts = self.info.metadata[data.FIRST_RECORDS][name] = []
         try:
             for _, record in records:
                 if writer is None:
@@ -389,6 +395,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                     parts.append(template.data_dir / f"{name}.part{len(parts)}")
                     writer = _writer(parts[-1])
                     lengths.append(0)
+                    firsts.append(data.record_digest(record))
                     shard_bytes = 0
                 writer.write(record)
                 lengths[-1] += 1

@@ -4,6 +4,7 @@ the image checks, the errors."""
 import dataclasses
 import hashlib
 import io
+import json
 import sys
 import tarfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
+from camjax import data as data_lib
 from camjax.data import downloads, manual, subsets
 
 # Keys in generation order (not sorted), payload sizes that fill several 2 kB shards.
@@ -109,6 +111,39 @@ def test_writer_orders_by_key_across_shards_and_records_skips(tmp_path):
     # Prepared: no-op, the inputs unchecked.
     again = _Sorted.prepare(tmp_path, str(tmp_path), progress=False)
     assert again.info.splits["train"].num_examples == len(source)
+
+
+def test_opening_compares_each_shards_first_record(tmp_path):
+    """The writer keeps each shard's first record in the metadata; opening compares it, which
+    catches two shards of equal counts swapped (their counts pass); a dataset prepared before
+    the record was kept opens on the counts alone."""
+    builder = _prepare(_Sorted, tmp_path, skip_corrupt=True)
+    info = builder.info.splits["train"]
+    firsts = _Sorted(data_dir=str(tmp_path)).info.metadata[data_lib.FIRST_RECORDS]["train"]
+    assert len(firsts) == info.num_shards > 2
+    _Sorted.prepared(str(tmp_path))
+    # Two shards of the same count, swapped: their footers agree with dataset_info.json.
+    lengths = info.shard_lengths
+    a, b = next((a, b) for a in range(len(lengths)) for b in range(a) if lengths[a] == lengths[b])
+    paths = [Path(f.filename) for f in info.file_instructions]
+    paths[a].rename(tmp_path / "held")
+    paths[b].rename(paths[a])
+    (tmp_path / "held").rename(paths[b])
+    with pytest.raises(
+        data_lib.DataFilesError,
+        match=rf"the first example in .*{paths[b].name} of the train split is not the one "
+        "prepared there: shards were swapped or reordered",
+    ):
+        _Sorted.prepared(str(tmp_path))
+    # A dataset prepared before: no first records kept.
+    metadata = builder.data_path / "metadata.json"
+    kept = json.loads(metadata.read_text())
+    metadata.write_text(json.dumps({k: v for k, v in kept.items() if k != data_lib.FIRST_RECORDS}))
+    _Sorted.prepared(str(tmp_path))
+    # Metadata that lists another number of shards than dataset_info.json.
+    metadata.write_text(json.dumps({**kept, data_lib.FIRST_RECORDS: {"train": firsts[:1]}}))
+    with pytest.raises(data_lib.DataFilesError, match=r"shards, where its metadata.json lists 1"):
+        _Sorted.prepared(str(tmp_path))
 
 
 def test_writer_keeps_generation_order_and_the_example_limit(tmp_path):
