@@ -108,8 +108,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         `image` (bytes as stored, 3 channels on decode), `height` and `width` (int32), `label`
         (`num_classes` classes, or None: as many as the names set when preparing), `image_id`
         and `objects/bbox`. Records are read in the order they were written (generation order,
-        or key order with `ORDER_BY_KEY`); `metadata` holds `skipped_corrupt` and
-        `data.FIRST_RECORDS`.
+        or key order with `ORDER_BY_KEY`); `metadata` holds `skipped_corrupt` and `FIRST_RECORDS`.
         """
         return self.dataset_info_from_configs(
             description=description,
@@ -385,8 +384,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if self.ORDER_BY_KEY:
             records = _in_key_order(records, template.data_dir / f"{name}.unordered")
         parts, lengths, num_bytes, shard_bytes, writer = [], [], 0, 0, None
-        # Each shard's first record, which opening compares (`data.check_shards`): shards of
-        # equal counts swapped between splits or reordered within one keep their counts.
+        # Each shard's first record, compared at opening (`data.check_shards`: swapped shards).
         firsts = self.info.metadata[data.FIRST_RECORDS][name] = []
         try:
             for _, record in records:
