@@ -228,7 +228,7 @@ def _verified(
         # orbax's partial restore (evaluation's) leaves an array its metadata does not list
         # as the abstract array it was asked for.
         if missing := [
-            digests.path_name(p)
+            jax.tree_util.keystr(p, simple=True, separator="/")
             for p, x in jax.tree_util.tree_leaves_with_path(tree)
             if isinstance(x, jax.ShapeDtypeStruct)
         ]:

@@ -59,7 +59,8 @@ _inspect_leaves = jax.jit(
 
 def _leaves(tree: Any) -> tuple[list[str], list[jax.Array]]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [path_name(p) for p, _ in flat], [jnp.asarray(x) for _, x in flat]
+    paths = [jax.tree_util.keystr(p, simple=True, separator="/") for p, _ in flat]
+    return paths, [jnp.asarray(x) for _, x in flat]
 
 
 def _described(paths, leaves, sums) -> dict[str, list]:
@@ -115,16 +116,3 @@ def tree_problem(tree: Any, saved: dict[str, Any]) -> str:
     if bad := [path for path, ok in zip(got, finite, strict=True) if not ok]:
         return f"{bad[0]} holds NaN or Inf"
     return ""
-
-
-def path_name(keys: tuple) -> str:
-    """'params/conv1_1/kernel' for a key path, the same for a TrainState field and a dict key."""
-    names = []
-    for k in keys:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                names.append(str(getattr(k, attr)))
-                break
-        else:
-            names.append(str(k))
-    return "/".join(names)

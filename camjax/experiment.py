@@ -190,17 +190,6 @@ def limit(source: Sequence, max_items: int) -> Sequence:
     """The first max_items items of a source (all when max_items is 0)."""
     if not max_items or max_items >= len(source):
         return source
-    return _Prefix(source, max_items)
+    from camjax.data.subsets import SplitView  # tfds: imported when a split is read anyway
 
-
-class _Prefix(Sequence):
-    def __init__(self, source: Sequence, n: int):
-        self.source, self.n = source, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        if not -self.n <= i < self.n:
-            raise IndexError(i)
-        return self.source[i % self.n]
+    return SplitView(source, np.arange(max_items))

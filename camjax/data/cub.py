@@ -229,7 +229,9 @@ class Cub2002011(manual.ManualBuilder):
         with_masks = self.builder_config.masks
         masks = {}
         if with_masks:
-            masks = _read_members(archives[SEGMENTATIONS_ARCHIVE], set(map(_mask_member, records)))
+            masks = dict(
+                _iter_members(archives[SEGMENTATIONS_ARCHIVE], set(map(_mask_member, records)))
+            )
 
         def encode(item: tuple[str, bytes]) -> dict[str, Any]:
             member, data = item
@@ -392,10 +394,6 @@ def _iter_members(path: Path, wanted: Collection[str]) -> Iterator[tuple[str, by
             yield name, data
             if not left:
                 return
-
-
-def _read_members(path: Path, wanted: Collection[str]) -> dict[str, bytes]:
-    return dict(_iter_members(path, wanted))
 
 
 def _scan(path: Path, texts: Collection[str]) -> tuple[set[str], dict[str, bytes], str | None]:

@@ -18,17 +18,16 @@ exclusive pixel end `y1`, so `bbox_to_pixels` recovers the renderer's pixel boxe
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 from google.protobuf import json_format  # tfds reads dataset_info.json with it (its dependency)
-from PIL import Image
 
 from camjax import errors
 from camjax.data import DataFilesError, check_shards
+from camjax.data.downloads import png_bytes
 from camjax.data.shapes import CLASS_NAMES, example_rng, render_example
 
 DATASET_NAME = "wsol_shapes"
@@ -227,10 +226,10 @@ def encode_example(example: Mapping[str, Any]) -> dict[str, Any]:
     x0, y0, x1, y1 = np.asarray(example["box"], np.float64) / size
     mask = example["mask"].astype(np.uint8) * 255
     return {
-        "image": _png_bytes(example["image"]),
+        "image": png_bytes(example["image"]),
         "label": int(example["label"]),
         "objects": {"bbox": np.array([[y0, x0, y1, x1]], np.float32)},
-        "mask": _png_bytes(mask),
+        "mask": png_bytes(mask),
     }
 
 
@@ -281,24 +280,10 @@ def get_builder(
             f"available sizes: {sorted(by_size)}."
         )
     config = by_size[image_size]
-    overrides = {
-        key: value
-        for key, value in (
-            ("num_train", num_train),
-            ("num_validation", num_validation),
-            ("num_test", num_test),
-        )
-        if value is not None
-    }
+    given = {"num_train": num_train, "num_validation": num_validation, "num_test": num_test}
+    overrides = {key: value for key, value in given.items() if value is not None}
     if overrides:
         config = dataclasses.replace(config, **overrides)
         config.name = f"s{image_size}_n{config.num_train}_{config.num_validation}_{config.num_test}"
         config.description = f"{config.description} Custom split sizes."
     return WsolShapes(config=config, data_dir=data_dir, file_format=_FILE_FORMAT)
-
-
-def _png_bytes(array: np.ndarray) -> bytes:
-    """Lossless PNG of (H, W, 3) or (H, W) uint8."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()

@@ -25,9 +25,9 @@ from camjax.models.layers import (
     check_images,
     conv_init,
     conv_relu,
+    gap_head,
     local_response_norm,
     max_pool_ceil,
-    module_gap_head,
     scaled_width,
 )
 
@@ -110,7 +110,7 @@ class GoogLeNetGAP(nn.Module):
             if self.adl is not None and name in ADL_POSITIONS:
                 x = ADL(*self.adl, name=f"adl_{name.removeprefix('inception_')}")(x, train)
         # CAM_conv's bias starts at 1, as in the released deploy_googlenetCAM.
-        return module_gap_head(self, x, train, cam_conv_bias_init=1.0, adl=self.adl)
+        return gap_head(self, x, train, cam_conv_bias_init=1.0, adl=self.adl)
 
 
 GoogLeNetGAPTiny = functools.partial(GoogLeNetGAP, width=1 / 16)
@@ -214,7 +214,7 @@ class GoogLeNetGAPBN(nn.Module):
             if self.adl is not None and name.replace("inception", "inception_") in ADL_POSITIONS:
                 x = ADL(*self.adl, name=f"adl_{name.removeprefix('inception')}")(x, train)
         # CAM_conv's bias starts at 1, as in the released deploy_googlenetCAM.
-        return module_gap_head(self, x, train, cam_conv_bias_init=1.0, adl=self.adl)
+        return gap_head(self, x, train, cam_conv_bias_init=1.0, adl=self.adl)
 
 
 GoogLeNetGAPBNTiny = functools.partial(GoogLeNetGAPBN, width=1 / 16)

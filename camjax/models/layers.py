@@ -22,8 +22,7 @@ conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 def scaled_width(channels: int, width: float, multiple: int = 1) -> int:
     """Channel count of a layer in a width-scaled network, rounded to a positive `multiple`."""
-    scaled = max(multiple, int(round(channels * width / multiple)) * multiple)
-    return scaled
+    return max(multiple, int(round(channels * width / multiple)) * multiple)
 
 
 class GroupedConv(nn.Module):
@@ -208,23 +207,18 @@ FEATURE_MAP = "feature_map"
 
 
 def gap_head(
+    net: nn.Module,
     x: jax.Array,
     train: bool,
-    *,
-    num_classes: int,
-    features: int,
-    groups: int,
-    dropout_rate: float,
-    grouped_conv_impl: str,
-    dtype: Dtype,
     cam_conv_bias_init: float = 0.0,
-    pooling: str = "avg",
     erased: jax.Array | None = None,
     adl: tuple[float, float] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The CAM head: CAM_conv (3x3, grouped) + ReLU -> global pooling -> dropout -> head.
+    """The CAM head of GAP network `net`: CAM_conv (3x3, grouped) + ReLU -> global pooling ->
+    dropout -> head, sized by net's fields (num_classes, cam_features scaled by width to a
+    multiple of groups, groups, dropout_rate, grouped_conv_impl, dtype, pooling).
 
-    Call it inside a compact `__call__`: its layers become the caller's submodules `cam_conv` and
+    Call it inside net's compact `__call__`: its layers become net's submodules `cam_conv` and
     `head`, so every GAP network has the same top-level parameter names.
     x: (B, h, w, C) -> (logits (B, num_classes) float32,
     {'feature_map': (B, h, w, features) in `dtype`, 'pre_logits': (B, features) float32}).
@@ -237,49 +231,22 @@ def gap_head(
     it acts in training only, so 'feature_map' is the map before it.
     """
     cam_conv = GroupedConv(
-        features,
-        groups=groups,
-        impl=grouped_conv_impl,
+        scaled_width(net.cam_features, net.width, net.groups),
+        groups=net.groups,
+        impl=net.grouped_conv_impl,
         bias_init=nn.initializers.constant(cam_conv_bias_init),
-        dtype=dtype,
+        dtype=net.dtype,
         name="cam_conv",
     )
     feature_map = Tap(name=FEATURE_MAP)(nn.relu(cam_conv(x)))
     pooled = feature_map if adl is None else ADL(*adl, name="adl_cam")(feature_map, train)
-    pre_logits = global_pool(pooled, pooling)
-    h = nn.Dropout(dropout_rate, deterministic=not train)(pre_logits)
-    logits = nn.Dense(num_classes, dtype=jnp.float32, name="head")(h)
+    pre_logits = global_pool(pooled, net.pooling)
+    h = nn.Dropout(net.dropout_rate, deterministic=not train)(pre_logits)
+    logits = nn.Dense(net.num_classes, dtype=jnp.float32, name="head")(h)
     outputs = {"feature_map": feature_map, "pre_logits": pre_logits}
     if erased is not None:
         outputs["feature_map_erased"] = nn.relu(cam_conv(erased))
     return logits, outputs
-
-
-def module_gap_head(
-    net: nn.Module,
-    x: jax.Array,
-    train: bool,
-    cam_conv_bias_init: float = 0.0,
-    erased: jax.Array | None = None,
-    adl: tuple[float, float] | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """`gap_head` sized by a GAP network's own fields (num_classes, cam_features scaled by
-    width to a multiple of groups, groups, dropout_rate, grouped_conv_impl, dtype, pooling);
-    call it inside `net`'s compact `__call__`."""
-    return gap_head(
-        x,
-        train,
-        num_classes=net.num_classes,
-        features=scaled_width(net.cam_features, net.width, net.groups),
-        groups=net.groups,
-        dropout_rate=net.dropout_rate,
-        grouped_conv_impl=net.grouped_conv_impl,
-        dtype=net.dtype,
-        cam_conv_bias_init=cam_conv_bias_init,
-        pooling=net.pooling,
-        erased=erased,
-        adl=adl,
-    )
 
 
 def check_images(x: jax.Array, model_name: str) -> None:

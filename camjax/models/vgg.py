@@ -18,7 +18,7 @@ from camjax.models.layers import (
     AttentiveDrop,
     caffe_conv,
     check_images,
-    module_gap_head,
+    gap_head,
     scaled_width,
 )
 from camjax.models.spg import SPGMap, conv3_relu, spg_head
@@ -123,7 +123,7 @@ class VGG16GAP(nn.Module):
             # torch's avg_pool2d) before both heads, whose convs it Xavier-initialises.
             x = nn.avg_pool(x, (3, 3), strides=(1, 1), padding=((1, 1), (1, 1)))
             return acol_head(self, x, labels, nn.initializers.xavier_uniform())
-        return module_gap_head(self, x, train, erased=erased)
+        return gap_head(self, x, train, erased=erased)
 
 
 def _pools_before_head(vgg: VGG16GAP) -> int:

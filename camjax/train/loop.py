@@ -136,15 +136,8 @@ def _add_step_metrics(sums, losses, logits, labels, num_classes: int) -> dict[st
 
 
 def zero_sums() -> dict[str, jax.Array]:
-    return {
-        "bad_labels": jnp.zeros((), jnp.int32),
-        "max_label": jnp.zeros((), jnp.int32),
-        "loss": jnp.zeros((), jnp.float32),
-        "top1": jnp.zeros((), jnp.int32),
-        "top5": jnp.zeros((), jnp.int32),
-        "count": jnp.zeros((), jnp.int32),
-        "steps": jnp.zeros((), jnp.int32),
-    }
+    names = ("bad_labels", "max_label", "loss", "top1", "top5", "count", "steps")
+    return {k: jnp.zeros((), jnp.float32 if k == "loss" else jnp.int32) for k in names}
 
 
 def _zero_sums_on(mesh) -> dict[str, jax.Array]:

@@ -4,6 +4,7 @@ and the progress bar a person watches.
 Only process 0 writes, so a multi-host run produces one log.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -18,21 +19,19 @@ import tqdm
 class MetricWriter:
     """Appends `{"step": s, **metrics}` lines to workdir/metrics.jsonl (and TensorBoard scalars)."""
 
-    def __init__(self, workdir: str, start_step: int = 0, filename: str = "metrics.jsonl"):
+    def __init__(self, workdir: str, start_step: int = 0):
         """start_step: the step training (re)starts from. Rows a killed run wrote after it are
         dropped, as they are about to be written again: one record per step and kind."""
         self.active = jax.process_index() == 0
-        self.path = os.path.join(workdir, filename)
+        self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
         if self.active:
             os.makedirs(workdir, exist_ok=True)
             self._truncate_after(start_step)
-            try:  # optional: only when the user has a TensorBoard writer installed
+            with contextlib.suppress(ImportError):  # optional: a TensorBoard writer installed
                 from tensorboardX import SummaryWriter
 
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-            except ImportError:
-                self._tb = None
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.active:
