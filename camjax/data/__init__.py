@@ -3,6 +3,8 @@
 import functools
 import hashlib
 import importlib
+import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -107,6 +109,7 @@ _PREPARE_AGAIN = (
 
 
 FIRST_RECORDS = "first_records"  # builder metadata: split -> each shard's `record_digest`
+_DIGEST = re.compile(r"[0-9a-f]{16}")
 
 
 def record_digest(record: bytes) -> str:
@@ -123,14 +126,14 @@ def check_shards(builder: Any) -> None:
     record is read and compared too, which catches shards of equal counts swapped or reordered
     as well. wsol_shapes has one shard per split and compares each split's first example with
     its rendering instead."""
-    metadata = getattr(builder.info, "metadata", None) or {}
+    first_records = _first_records(builder)
     for split, info in builder.info.splits.items():
         if not info.file_instructions:  # camjax's datasets have no empty split
             raise DataFilesError(
                 f"the dataset_info.json of {builder.data_path} lists no examples for the {split} "
                 f"split: the prepared files are damaged or were changed. {_PREPARE_AGAIN}"
             )
-        firsts = metadata.get(FIRST_RECORDS, {}).get(split)
+        firsts = None if first_records is None else first_records[split]
         if firsts is not None and len(firsts) != len(info.file_instructions):
             raise DataFilesError(
                 f"the {split} split of {builder.data_path} has {len(info.file_instructions)} "
@@ -139,6 +142,37 @@ def check_shards(builder: Any) -> None:
             )
         for i, shard in enumerate(info.file_instructions):
             _check_shard(split, shard, None if firsts is None else firsts[i])
+
+
+def _first_records(builder: Any) -> dict[str, list[str]] | None:
+    """The builder's `FIRST_RECORDS`, or None where it keeps none (wsol_shapes, a dataset
+    prepared before them); a one-line DataFilesError when its metadata.json is damaged."""
+    path = os.path.join(builder.data_path, "metadata.json")
+    try:  # tfds reads metadata.json when the metadata is first used: here
+        first_records = (getattr(builder.info, "metadata", None) or {}).get(FIRST_RECORDS)
+    except (ValueError, TypeError, AttributeError, OSError) as e:
+        raise DataFilesError(
+            f"{path} does not read ({errors.first_line(e)}): the prepared files are damaged or "
+            f"were changed. {_PREPARE_AGAIN}"
+        ) from None
+    if first_records is None:
+        return None
+    if not (
+        isinstance(first_records, dict)
+        and set(first_records) == set(builder.info.splits)
+        and all(map(_is_digest_list, first_records.values()))
+    ):
+        raise DataFilesError(
+            f"{path} holds no valid {FIRST_RECORDS!r} (a list of record digests per split): the "
+            f"prepared files are damaged or were changed. {_PREPARE_AGAIN}"
+        )
+    return first_records
+
+
+def _is_digest_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(d, str) and _DIGEST.fullmatch(d) for d in value
+    )
 
 
 def _check_shard(split: str, shard: Any, first: str | None) -> None:

@@ -146,6 +146,28 @@ def test_opening_compares_each_shards_first_record(tmp_path):
         _Sorted.prepared(str(tmp_path))
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"first_records": {"train": ["0123',  # cut short
+        "",
+        "[1, 2]",
+        '{"first_records": ["0123456789abcdef"]}',
+        '{"first_records": {"test": ["0123456789abcdef"]}}',  # another split
+        '{"first_records": {"train": [null, 3]}}',
+    ],
+)
+def test_damaged_metadata_is_a_one_line_error(tmp_path, text):
+    builder = _prepare(_Sorted, tmp_path, skip_corrupt=True)
+    metadata = builder.data_path / "metadata.json"
+    metadata.write_text(text)
+    with pytest.raises(data_lib.DataFilesError) as error:
+        _Sorted.prepared(str(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{metadata} ")
+    assert "the prepared files are damaged or were changed. Delete the dataset's" in message
+
+
 def test_writer_keeps_generation_order_and_the_example_limit(tmp_path):
     builder = _Toy(data_dir=str(tmp_path), skip_corrupt=True)
     config = tfds.download.DownloadConfig(max_examples_per_split=6)
