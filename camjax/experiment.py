@@ -183,7 +183,15 @@ def data_sources(config: ml_collections.ConfigDict) -> Mapping[str, Sequence]:
     sizes = {"num_train": d.num_train, "num_validation": d.num_validation, "num_test": d.num_test}
     if "validation_per_class" in d:  # the hand-downloaded datasets' validation holdout
         sizes["validation_per_class"] = d.validation_per_class
-    return reopenable_sources(d.name, d.image_size, d.data_dir or None, sizes)
+    sources = reopenable_sources(d.name, d.image_size, d.data_dir or None, sizes)
+    # An empty split would end training in a bare StopIteration, evaluation in a KeyError.
+    for split in (d.train_split, d.val_split, d.test_split):
+        if split in sources and not len(sources[split]):
+            raise ValueError(
+                f"the {split} split of {d.name} holds no examples: too few images for "
+                "config.data's split sizes (validation_per_class holds images out of train)."
+            )
+    return sources
 
 
 def limit(source: Sequence, max_items: int) -> Sequence:

@@ -124,6 +124,8 @@ class Evaluator:
         self.protocol = protocol
         ev = config.eval
         experiment.check_batch_size(ev.batch_size, mesh, "config.eval.batch_size")
+        if ev.max_images < 0:  # the config's type checks keep it an int
+            raise ValueError(f"config.eval.max_images must be >= 0 (0: all); got {ev.max_images}.")
         self.top_k = min(ev.top_k, config.model.num_classes)
         self.thresholds = threshold_grid(ev.threshold_grid_step)
         self.center_fractions = np.round(

@@ -22,8 +22,10 @@ from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 import camjax.data
+from camjax import experiment
 from camjax.data import cub, downloads, manual, pipeline, prepare
 from camjax.evaluation import protocol
+from configs import tiny
 
 # Preparing and reading must never open a connection.
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -380,6 +382,17 @@ def test_wsol_split_sizes(data_dir):
     assert [r["image_id"] for r in wsol["test"]] == [full[0]["image_id"], full[2]["image_id"]]
     with pytest.raises(ValueError, match="num_tset"):
         camjax.data.load_data_sources("cub_200_2011", 224, data_dir, {"num_tset": 2})
+
+
+def test_a_split_left_empty_by_the_holdout_is_a_config_error(data_dir):
+    """Every train image of this small CUB held out for validation: one line, not a bare
+    StopIteration at the first training step."""
+    config = tiny.get_config()
+    config.data.name, config.data.data_dir = "cub_200_2011", data_dir
+    config.data.validation_per_class = 100
+    config.data.num_train = config.data.num_validation = config.data.num_test = 0  # all of each
+    with pytest.raises(ValueError, match=r"^the train split of cub_200_2011 holds no examples"):
+        experiment.data_sources(config)
 
 
 def test_wsol_loading_before_preparing_says_how(tmp_path):

@@ -84,6 +84,16 @@ def test_unknown_method_is_a_config_error(trained):
         evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
 
 
+def test_a_negative_max_images_is_a_config_error(trained):
+    """Not an evaluation over no image (which ended in a KeyError), nor a view of negative
+    length."""
+    config, _, ev, *_ = trained
+    c = method_config(config, "cam")
+    c.eval.max_images = -3
+    with pytest.raises(ValueError, match=r"config.eval.max_images must be >= 0 \(0: all\); got -3"):
+        evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
+
+
 def test_the_chosen_methods_options_reach_its_maps(trained, tmp_path):
     """config.eval.options.<method> is what the evaluator's explainer and the gallery run."""
     config, _, ev, variables, step = trained
