@@ -118,8 +118,8 @@ step chunks explain_chunks 200 \
 # .devrun); CAM and Score-CAM first, to compare with the CPU table. float32 matmuls, as on the
 # CPU (XLA's GPU default would round them to TF32).
 step explain explain_table 210 \
-  "JAX_DEFAULT_MATMUL_PRECISION=float32 $PY $B/method_table.py --workdir .devrun/default --data_dir .devrun/tfds --methods cam,score_cam,is_cam,ss_cam --repeats 3" \
-  "$PY $B/method_table.py --workdir .devrun/default --data_dir .devrun/tfds --methods cam,is_cam --max_images 4 --step 512 --timing_batch 2 --repeats 1"
+  "JAX_DEFAULT_MATMUL_PRECISION=float32 $PY $B/method_table.py --workdir .devrun/default --data_dir .devrun/tfds --num_train 1 --methods cam,score_cam,is_cam,ss_cam --repeats 3" \
+  "$PY $B/method_table.py --workdir .devrun/default --data_dir .devrun/tfds --num_train 1 --methods cam,is_cam --max_images 4 --step 512 --timing_batch 2 --repeats 1"
 step more cam_googlenet 80 \
   "$PY $B/cam_throughput.py --model googlenet_gap --batch 256 --dtype bfloat16 --iters 10" \
   "$PY $B/cam_throughput.py --model googlenet_gap --batch 2 $TOY"

@@ -103,6 +103,7 @@ def method_rows(
     repeats: int = 5,
     timing_batch: int = 0,
     data_dir: str | None = None,
+    num_train: int | None = None,
 ) -> Iterator[tuple[str, dict[str, float]]]:
     """(method, row) for a trained run (its saved config, faithfulness enabled), one method at
     a time: a long table prints each row as it is done."""
@@ -111,6 +112,8 @@ def method_rows(
         config.eval.max_images = max_images
         if data_dir is not None:  # the run's data copied elsewhere, e.g. to another machine
             config.data.data_dir = data_dir
+        if num_train is not None:  # a copy whose train split was cut (device_devrun.sh)
+            config.data.num_train = num_train
         ev = config.eval
         if "faithfulness" not in ev:  # a run saved before the field existed
             ev.faithfulness = default.get_config().eval.faithfulness
@@ -142,6 +145,13 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--data_dir", default=None, help="The dataset's tfds data dir, if not the run's."
     )
+    parser.add_argument(
+        "--num_train",
+        type=int,
+        default=None,
+        help="The dataset's train split size, if not the run's (the table reads validation "
+        "and test only): 1 for the copy benchmarks/device_devrun.sh makes.",
+    )
     parser.add_argument("--max_images", type=int, default=0, help="Per split; 0 = all.")
     parser.add_argument("--step", type=int, default=0, help="Deletion/insertion pixels per step.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed explainer calls.")
@@ -167,6 +177,7 @@ def main(argv=None) -> None:
         args.repeats,
         args.timing_batch,
         args.data_dir,
+        args.num_train,
     )
     for i, (method, row) in enumerate(rows):
         if i == 0:
