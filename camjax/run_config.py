@@ -38,15 +38,28 @@ def as_json(value: Any) -> Any:
 
 def save(workdir: str, config: ml_collections.ConfigDict) -> None:
     """Writes workdir/config.json (process 0, atomically) when it is missing or differs, so it
-    is always the config of the newest checkpoint."""
+    is always the config of the newest checkpoint; a failure stops every process of a
+    multi-host job with a one-line RunConfigError (one process stopping alone would leave the
+    others waiting in their next collective)."""
     path = os.path.join(workdir, RUN_CONFIG)
-    values = _config_json(config)
-    if jax.process_index() != 0 or (os.path.exists(path) and _read_json(path) == values):
-        return
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(values, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    problem = ""
+    if jax.process_index() == 0:
+        values = _config_json(config)
+        try:
+            if not (os.path.exists(path) and _read_json(path) == values):
+                with open(f"{path}.tmp", "w") as f:
+                    json.dump(values, f, indent=2, sort_keys=True)
+                os.replace(f"{path}.tmp", path)
+        except OSError as e:
+            problem = (
+                f"cannot write {path} ({e.strerror}); make room there or make it writable, then "
+                "rerun: training resumes from its newest checkpoint."
+            )
+        except RunConfigError as e:  # config.json damaged since the run started
+            problem = str(e)
+    elsewhere = f"process 0 cannot write {path} (its error says why)."
+    if problem := distributed.shared_problem(problem, elsewhere):
+        raise RunConfigError(problem)
 
 
 class Run(NamedTuple):

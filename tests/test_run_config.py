@@ -79,3 +79,15 @@ def test_a_hand_edited_field_of_the_wrong_type_is_one_line(tmp_path):
     path.write_text(json.dumps(values))
     with pytest.raises(ValueError, match=r"config.model.width must be a float .*got 'abc'"):
         experiment.build_model(run_config.load(str(tmp_path)))
+
+
+def test_a_config_that_cannot_be_saved_is_one_line(tmp_path):
+    """Written at every checkpoint save; a failure is a RunConfigError (every process of a
+    multi-host job raises it), and a config.json damaged since the run started is named."""
+    (tmp_path / "config.json.tmp").mkdir()
+    with pytest.raises(run_config.RunConfigError, match=r"cannot write .*config\.json \(Is a dir"):
+        run_config.save(str(tmp_path), tiny.get_config())
+    (tmp_path / "config.json.tmp").rmdir()
+    (tmp_path / "config.json").write_text("{")
+    with pytest.raises(run_config.RunConfigError, match=r"config\.json is not valid JSON"):
+        run_config.save(str(tmp_path), tiny.get_config())

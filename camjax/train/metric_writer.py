@@ -15,6 +15,8 @@ import jax
 import numpy as np
 import tqdm
 
+from camjax import distributed
+
 
 class MetricWriter:
     """Appends `{"step": s, **metrics}` lines to workdir/metrics.jsonl (and TensorBoard scalars)."""
@@ -34,28 +36,38 @@ class MetricWriter:
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
-        if not self.active:
-            return
+        """Appends the row on process 0. Every process calls it at the same steps: a failure
+        stops them all with process 0's one line (one process stopping alone left the others
+        in their next collective until jax's shutdown barrier aborted them, 5 minutes later)."""
         clean = {k: _to_python(v) for k, v in metrics.items()}
+        problem = self._append(step, clean) if self.active else ""
+        elsewhere = f"process 0 could not append to {self.path} (its error says why)."
+        if problem := distributed.shared_problem(problem, elsewhere):
+            raise OSError(problem)
+        if self._tb is not None:
+            for k, v in clean.items():
+                if isinstance(v, float | int):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+
+    def _append(self, step: int, clean: dict[str, Any]) -> str:
+        """Appends one row; '' once done, else why not, in one line (a line cut short is
+        dropped on resume)."""
         try:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": int(step), **clean}) + "\n")
-        except OSError as e:  # said in one line (a line cut short is dropped on resume)
+        except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 fix = "free space there"
             elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 fix = "make it writable"
             else:
                 fix = "fix the cause"
-            raise OSError(
+            return (
                 f"could not append to {self.path} ({e.strerror}); {fix} or train in another "
                 "--workdir, then rerun: training resumes from its newest checkpoint, if any."
-            ) from None
-        if self._tb is not None:
-            for k, v in clean.items():
-                if isinstance(v, float | int):
-                    self._tb.add_scalar(k, v, step)
-            self._tb.flush()
+            )
+        return ""
 
     def _truncate_after(self, step: int) -> None:
         """Keeps the rows up to `step` (and drops a line cut short by a kill), atomically."""

@@ -298,6 +298,45 @@ def test_processes_that_would_read_different_run_ids_resume_as_one(runs, tmp_pat
     assert json.load(open(meta))["run"] == run_config.run_id(runs["two"])
 
 
+# train.py whose process 0 finds its disk full when it appends the third metrics row.
+METRICS_FULL_ON_PROCESS_0 = """
+import builtins, errno, os, runpy, sys
+from camjax.train import metric_writer
+if os.environ["JAX_PROCESS_ID"] == "0":
+    appends = []
+    def full_disk_open(path, mode="r", *args, **kwargs):
+        if str(path).endswith("metrics.jsonl") and mode == "a":
+            appends.append(path)
+            if len(appends) >= 3:
+                raise OSError(errno.ENOSPC, "No space left on device", path)
+        return builtins.open(path, mode, *args, **kwargs)
+    metric_writer.open = full_disk_open
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def test_a_metrics_row_process_0_cannot_write_stops_every_process(runs, tmp_path):
+    """Only process 0 appends metrics.jsonl: its failure stops both processes at that step with
+    one line each. Before, process 1 waited in its next collective until jax's shutdown barrier
+    aborted both, 5 minutes later, with no reason in its log."""
+    workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+    procs = start_two(workdir, runs["data_dir"], logs, driver=METRICS_FULL_ON_PROCESS_0)
+    try:
+        texts = wait_all(procs, logs, timeout=240, returncode=1)
+    finally:
+        for p in procs:
+            p.kill()
+    lasts = [text.strip().splitlines()[-1] for text in texts]
+    assert lasts[0].startswith("error: process 0: could not append to ")
+    assert (
+        "metrics.jsonl (No space left on device); free space there or train in another "
+        "--workdir, then rerun: training resumes from its newest checkpoint, if any." in lasts[0]
+    )
+    assert lasts[1].startswith("error: process 1: process 0 could not append to ")
+    assert all("Traceback" not in text for text in texts)
+
+
 # train.py whose process 0 finds its disk full (only process 0 measures it).
 FULL_DISK_ON_PROCESS_0 = """
 import os, runpy, shutil, sys
