@@ -58,3 +58,12 @@ def shared_hex(value: str, digits: int) -> str:
         words[0], words[1:] = 1, np.frombuffer(bytes.fromhex(value), np.uint32)
     words = np.asarray(multihost_utils.broadcast_one_to_all(words), np.uint32)
     return bytes(words[1:]).hex() if words[0] else ""
+
+
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is set on any process of a multi-host job (a collective)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))

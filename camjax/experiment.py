@@ -187,10 +187,10 @@ def data_sources(config: ml_collections.ConfigDict) -> Mapping[str, Sequence]:
     # An empty split would end training in a bare StopIteration, evaluation in a KeyError.
     for split in (d.train_split, d.val_split, d.test_split):
         if split in sources and not len(sources[split]):
-            raise ValueError(
-                f"the {split} split of {d.name} holds no examples: too few images for "
-                "config.data's split sizes (validation_per_class holds images out of train)."
-            )
+            why = "."
+            if "validation_per_class" in d and split == d.train_split:
+                why = ": config.data.validation_per_class held every image out of it."
+            raise ValueError(f"the {split} split of {d.name} holds no examples{why}")
     return sources
 
 

@@ -52,8 +52,9 @@ def save(workdir: str, config: ml_collections.ConfigDict) -> None:
                 os.replace(f"{path}.tmp", path)
         except OSError as e:
             problem = (
-                f"cannot write {path} ({e.strerror}); make room there or make it writable, then "
-                "rerun: training resumes from its newest checkpoint."
+                f"cannot write {e.filename2 or e.filename or path} ({e.strerror}); make room, or "
+                "remove what is in the way, then rerun: training resumes from its newest "
+                "checkpoint."
             )
         except RunConfigError as e:  # config.json damaged since the run started
             problem = str(e)

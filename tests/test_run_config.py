@@ -85,7 +85,7 @@ def test_a_config_that_cannot_be_saved_is_one_line(tmp_path):
     """Written at every checkpoint save; a failure is a RunConfigError (every process of a
     multi-host job raises it), and a config.json damaged since the run started is named."""
     (tmp_path / "config.json.tmp").mkdir()
-    with pytest.raises(run_config.RunConfigError, match=r"cannot write .*config\.json \(Is a dir"):
+    with pytest.raises(run_config.RunConfigError, match=r"cannot write .*config\.json\.tmp \(Is a"):
         run_config.save(str(tmp_path), tiny.get_config())
     (tmp_path / "config.json.tmp").rmdir()
     (tmp_path / "config.json").write_text("{")

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from camjax import checkpoint, checkpoint_restore, digests, experiment, run_config
+from camjax import checkpoint, checkpoint_restore, digests, distributed, experiment, run_config
 from camjax.data import pipeline
 from camjax.evaluation import evaluator
 from camjax.models.layers import takes_labels
@@ -212,8 +212,17 @@ class _StopRequest:
         self.requested = True
         signal.signal(signal.SIGINT, self._previous)
 
-    def raise_if_requested(self, step: int, manager) -> None:
-        if self.requested:
+    def raise_if_requested(self, step: int, manager, agreed: bool = False) -> None:
+        """Raises TrainingInterrupted if Ctrl-C came. A multi-host job's processes get it at
+        different moments, and one stopping alone would leave the others in their next
+        collective: they stop together, only at the steps they all check (`agreed`), once
+        any of them got it."""
+        requested = self.requested
+        if jax.process_count() > 1:
+            if not agreed:
+                return
+            requested = distributed.any_process(requested)
+        if requested:
             raise TrainingInterrupted(
                 f"stopped by Ctrl-C before step {step}; the newest checkpoint is step "
                 f"{_last_saved(manager)} in {manager.directory} (rerun to resume)."
@@ -395,6 +404,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 checkpoint.save(manager, step, state, config, run)
             if do_log:
                 progress.restart_clock()
+            if step < num_steps:  # a step every process reaches, the last one excepted
+                stop.raise_if_requested(step + 1, manager, agreed=True)
         finished = True
     finally:
         stop.close()

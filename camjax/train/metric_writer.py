@@ -27,13 +27,26 @@ class MetricWriter:
         self.active = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
-        if self.active:
+        problem = self._open(workdir, start_step) if self.active else ""
+        elsewhere = f"process 0 cannot use {self.path} (its error says why)."
+        if problem := distributed.shared_problem(problem, elsewhere):
+            raise OSError(problem)
+
+    def _open(self, workdir: str, start_step: int) -> str:
+        """Process 0's start: '' once ready, else why not, in one line."""
+        try:
             os.makedirs(workdir, exist_ok=True)
             self._truncate_after(start_step)
             with contextlib.suppress(ImportError):  # optional: a TensorBoard writer installed
                 from tensorboardX import SummaryWriter
 
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except OSError as e:
+            return (
+                f"cannot read and rewrite {e.filename or self.path} ({e.strerror}); restore or "
+                "remove it, or train in another --workdir."
+            )
+        return ""
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         """Appends the row on process 0. Every process calls it at the same steps: a failure
@@ -44,11 +57,6 @@ class MetricWriter:
         elsewhere = f"process 0 could not append to {self.path} (its error says why)."
         if problem := distributed.shared_problem(problem, elsewhere):
             raise OSError(problem)
-        if self._tb is not None:
-            for k, v in clean.items():
-                if isinstance(v, float | int):
-                    self._tb.add_scalar(k, v, step)
-            self._tb.flush()
 
     def _append(self, step: int, clean: dict[str, Any]) -> str:
         """Appends one row; '' once done, else why not, in one line (a line cut short is
@@ -56,6 +64,11 @@ class MetricWriter:
         try:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": int(step), **clean}) + "\n")
+            if self._tb is not None:
+                for k, v in clean.items():
+                    if isinstance(v, float | int):
+                        self._tb.add_scalar(k, v, step)
+                self._tb.flush()
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 fix = "free space there"

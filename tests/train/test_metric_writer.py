@@ -68,3 +68,15 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_way_out(tmp_path, monke
     monkeypatch.setattr(metric_writer, "open", io_error, raising=False)
     with pytest.raises(OSError, match=r"\(Input/output error\); fix the cause or train in"):
         writer.write(1, {"train/loss": 1.0})
+
+
+def test_a_log_that_cannot_be_reread_at_the_start_is_one_line(tmp_path):
+    """A resume rereads metrics.jsonl to drop the rows it writes again; a directory in its place
+    (or any read failure) is one line naming it, on every process of a multi-host job."""
+    (tmp_path / "metrics.jsonl").mkdir()
+    with pytest.raises(OSError) as err:
+        MetricWriter(str(tmp_path), start_step=3)
+    assert str(err.value) == (
+        f"cannot read and rewrite {tmp_path / 'metrics.jsonl'} (Is a directory); restore or "
+        "remove it, or train in another --workdir."
+    )

@@ -8,6 +8,7 @@ written once, the checkpoint restored by a 1-process run, and a SIGKILLed run re
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -264,6 +265,46 @@ def test_a_run_id_that_cannot_be_written_stops_every_process(runs, tmp_path):
     texts = wait_all(procs, logs, timeout=300, returncode=1)
     assert "run/run_id (Is a directory); remove what is there (rm -r)" in texts[0]
     assert "process 1: process 0 cannot write" in texts[1]
+    assert all("Traceback" not in text for text in texts)
+
+
+def test_a_metrics_log_process_0_cannot_reread_stops_every_process(runs, tmp_path):
+    """Process 0 rereads metrics.jsonl at the start (a directory is in its place): both
+    processes stop with one line each. Before, process 1 failed 30 s later in gloo's
+    DEADLINE_EXCEEDED, with no reason in its log."""
+    workdir = tmp_path / "run"
+    (workdir / "metrics.jsonl").mkdir(parents=True)
+    logs = str(tmp_path / "logs")
+    procs = start_two(str(workdir), runs["data_dir"], logs)
+    texts = wait_all(procs, logs, timeout=300, returncode=1)
+    lasts = [text.strip().splitlines()[-1] for text in texts]
+    assert "cannot read and rewrite" in lasts[0] and "metrics.jsonl (Is a directory)" in lasts[0]
+    assert lasts[1].startswith("error: process 1: process 0 cannot use ")
+    assert all("Traceback" not in text for text in texts)
+
+
+def test_ctrl_c_on_one_process_stops_every_process_at_one_step(runs, tmp_path):
+    """Hosts get Ctrl-C at different moments (here only process 0 gets it): every process
+    stops before the same step, with exit code 130 and one line, and nothing hangs. Before,
+    process 0 stopped alone and process 1 waited in its next collective for good."""
+    workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+    procs = start_two(workdir, runs["data_dir"], logs, steps=200)
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    deadline = time.time() + 300
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        done = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
+        if done and max(done) >= 2:
+            break
+        time.sleep(0.05)
+    assert all(p.poll() is None for p in procs), "the run ended before Ctrl-C"
+    procs[0].send_signal(signal.SIGINT)
+    try:
+        texts = wait_all(procs, logs, timeout=120, returncode=130)
+    finally:
+        for p in procs:
+            p.kill()
+    stopped = [re.findall(r"stopped by Ctrl-C before step (\d+)", text) for text in texts]
+    assert stopped[0] and stopped[0] == stopped[1], stopped
     assert all("Traceback" not in text for text in texts)
 
 
