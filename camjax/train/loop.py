@@ -195,7 +195,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class _StopRequest:
-    """Turns Ctrl-C (SIGINT) into a flag the loop reads before every step.
+    """Turns Ctrl-C (SIGINT) into a flag the loop reads before every step (in a multi-host job,
+    after every step all processes sync at).
 
     A KeyboardInterrupt raised wherever the signal lands can be swallowed (inside a garbage
     collector callback of XLA's, Python only prints "Exception ignored") and training goes

@@ -76,9 +76,10 @@ class MetricWriter:
                 fix = "make it writable"
             else:
                 fix = "fix the cause"
-            return (
-                f"could not append to {self.path} ({e.strerror}); {fix} or train in another "
-                "--workdir, then rerun: training resumes from its newest checkpoint, if any."
+            return (  # metrics.jsonl, or TensorBoard's event file
+                f"could not append to {e.filename or self.path} ({e.strerror}); {fix} or train "
+                "in another --workdir, then rerun: training resumes from its newest checkpoint, "
+                "if any."
             )
         return ""
 
