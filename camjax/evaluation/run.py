@@ -46,15 +46,23 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     experiment.check_writable(workdir)  # before the work whose results it would hold
     evaluator, variables, step = restore_evaluator(config, workdir)
     results, chosen = evaluate_variables(evaluator, variables, step)
+    # Process 0 alone writes, last: nothing follows that the other processes would wait in.
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        # Written aside and renamed, so an interrupted run never leaves a truncated file.
-        path = os.path.join(workdir, "metrics.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(path + ".tmp", path)
-        test_source = experiment.data_sources(config)[config.data.test_split]
-        write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
+        try:
+            os.makedirs(workdir, exist_ok=True)
+            # Written aside and renamed, so an interrupted run never leaves a truncated file.
+            path = os.path.join(workdir, "metrics.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(results, f, indent=2)
+            os.replace(path + ".tmp", path)
+            test_source = experiment.data_sources(config)[config.data.test_split]
+            write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
+        except OSError as e:
+            raise OSError(
+                f"cannot write {e.filename2 or e.filename or workdir} ({e.strerror}); make room, "
+                "or remove what is in the way, then rerun evaluate.py (the checkpoints are "
+                "untouched)."
+            ) from None
     return results
 
 

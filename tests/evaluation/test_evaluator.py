@@ -68,6 +68,21 @@ def test_run_evaluation_writes_metrics_and_gallery(evaluated):
     assert os.path.getsize(os.path.join(workdir, "gallery.png")) > 0
 
 
+def test_results_that_cannot_be_written_are_one_line(trained, tmp_path):
+    """A failure at the end (the disk filled during the evaluation, something in the way) names
+    the file instead of ending in a traceback."""
+    config, workdir = trained
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    os.makedirs(os.path.join(copy, "metrics.json.tmp"))
+    with pytest.raises(OSError) as error:
+        run_lib.run_evaluation(config, copy)
+    assert str(error.value) == (
+        f"cannot write {copy}/metrics.json.tmp (Is a directory); make room, or remove what is in "
+        "the way, then rerun evaluate.py (the checkpoints are untouched)."
+    )
+
+
 def test_run_evaluation_reports_the_wsol_protocol(evaluated, capsys):
     config, _, results = evaluated
     w = results["wsol"]
