@@ -44,7 +44,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from camjax import experiment
+from camjax import distributed, errors, experiment
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import protocol as protocol_lib
 from camjax.evaluation import run as run_lib
@@ -104,10 +104,15 @@ def _write_maps(evaluator, variables, source, split: str, out_dir: str, max_imag
         ids = _image_ids(host_batch, split)
         real_ids = [i for i, v in zip(ids, valid, strict=True) if v]
         maps = evaluator_lib.host_rows(scoremaps)[valid]
-        wsol_frame.save_scoremaps(scoremap_root, real_ids, maps, dtype=dtype, size=(size, size))
-        if with_masks:
-            paths = [wsol_frame.mask_file_paths(split, i) for i in real_ids]
-            wsol_frame.save_masks(mask_root, paths, np.asarray(host_batch["mask"])[valid])
+        problem = ""
+        try:
+            wsol_frame.save_scoremaps(scoremap_root, real_ids, maps, dtype=dtype, size=(size, size))
+            if with_masks:
+                paths = [wsol_frame.mask_file_paths(split, i) for i in real_ids]
+                wsol_frame.save_masks(mask_root, paths, np.asarray(host_batch["mask"])[valid])
+        except OSError as e:
+            problem = _write_problem(e, out_dir)
+        _stop_all_if_failed(problem, out_dir)
         original_size = host_batch["original_size"]
         image_size = evaluator.config.data.image_size
         for key, value in (
@@ -121,6 +126,23 @@ def _write_maps(evaluator, variables, source, split: str, out_dir: str, max_imag
         ):
             rows[key].append(np.asarray(value))
     return {k: np.concatenate(v) for k, v in rows.items()}
+
+
+def _write_problem(e: OSError, out_dir: str) -> str:
+    reason = e.strerror or errors.first_line(e)
+    return (
+        f"cannot write {e.filename2 or e.filename or out_dir} ({reason}); make room, or remove "
+        "what is in the way, then export again (the run's checkpoints are untouched)."
+    )
+
+
+def _stop_all_if_failed(problem: str, out_dir: str) -> None:
+    """Raises `problem` (this process's, '' for none) on every process once any of them could
+    not write: one stopping alone would leave the others in the next batch's collectives."""
+    if distributed.any_process(bool(problem)):
+        raise OSError(
+            problem or f"another process could not write to {out_dir} (its error says why)."
+        )
 
 
 def _write_metadata(rows: dict[str, np.ndarray], split: str, out_dir: str, dataset: str, protocol):
@@ -177,9 +199,14 @@ def export_split(
     everything = _gather(local)
     keep = everything["valid"].astype(bool)
     order = np.argsort(everything["index"][keep], kind="stable")
+    problem = ""
     if jax.process_index() == 0:
         rows = {k: v[keep][order] for k, v in everything.items()}
-        _write_metadata(rows, split, out_dir, dataset, evaluator.protocol)
+        try:
+            _write_metadata(rows, split, out_dir, dataset, evaluator.protocol)
+        except OSError as e:
+            problem = _write_problem(e, out_dir)
+    _stop_all_if_failed(problem, out_dir)
     n = len(order)
     return {"images": n, "seconds": seconds, "images_per_second": n / max(seconds, 1e-9)}
 

@@ -5,6 +5,7 @@ The WSOL metrics are checked against `tests/localization/wsol_reference.py`, an 
 the published evaluator's rules, on the very score maps the evaluator made.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -399,6 +400,30 @@ def test_exported_scoremaps_give_the_reference_the_same_counts(trained, tmp_path
     true_hist, false_hist = ref.pxap_histograms(list(maps), masks, protocol.thresholds)
     np.testing.assert_array_equal(counts.pxap.histograms, np.stack([true_hist, false_hist]))
     assert counts.summary()["pxap"] == ref.pxap(true_hist, false_hist)
+
+
+@pytest.mark.parametrize("part", ["scoremaps", "metadata"])
+def test_an_export_that_cannot_be_written_is_one_line(trained, tmp_path, monkeypatch, part):
+    """A full disk while the maps or the metadata are written: one line naming the file, which
+    every process of a multi-host job raises (they agree after each batch and split)."""
+    config, workdir = trained
+    config = config.copy_and_resolve_references()
+    config.eval.max_images, config.eval.wsol.eval_size = 3, 224
+
+    def full_disk(root, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(root, "x"))
+
+    if part == "scoremaps":
+        monkeypatch.setattr(wsol_frame, "save_scoremaps", full_disk)
+    else:
+        monkeypatch.setattr(wsol_io, "write_metadata", full_disk)
+    with pytest.raises(OSError) as error:
+        export.export_wsol(config, workdir, str(tmp_path / "export"))
+    assert str(error.value).startswith(f"cannot write {tmp_path / 'export'}/")
+    assert str(error.value).endswith(
+        "/x (No space left on device); make room, or remove what is in the way, then export "
+        "again (the run's checkpoints are untouched)."
+    )
 
 
 def test_export_at_another_size_than_224_is_refused(trained, tmp_path):
