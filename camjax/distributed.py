@@ -10,6 +10,7 @@ pods").
 """
 
 import os
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -67,3 +68,26 @@ def any_process(flag: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def run_together(
+    work: Callable[[], None], describe: Callable[[OSError], str], elsewhere: str, here: bool = True
+) -> None:
+    """Runs `work` where `here` (e.g. on process 0 alone) and, once it failed on any process of
+    a multi-host job, raises on every one (a collective, free on one process): one process
+    stopping alone would leave the others in their next collective for good. An OSError is
+    raised again as `describe(error)`, one line, and as `elsewhere` on the other processes;
+    anything else (a bug) keeps its traceback where it was raised."""
+    error = None
+    if here:
+        try:
+            work()
+        except Exception as e:  # shared whatever it is: the other processes would wait
+            error = e
+    if not any_process(error is not None):
+        return
+    if error is None:
+        raise OSError(elsewhere)
+    if isinstance(error, OSError):
+        raise OSError(describe(error)) from None
+    raise error

@@ -35,6 +35,7 @@ gathering every host's rows (padding rows included, so that all hosts send the s
 Mask-only datasets (OpenImages30k) get box metadata without boxes, under their own name.
 """
 
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -95,24 +96,19 @@ def _write_maps(evaluator, variables, source, split: str, out_dir: str, max_imag
     padding rows included: all hosts then hold as many rows, which the all-gather needs."""
     size = evaluator.protocol.eval_size
     with_masks = evaluator.protocol.pxap
-    scoremap_root = os.path.join(out_dir, "scoremaps", split)
-    mask_root = os.path.join(out_dir, "masks", wsol_io.MASK_DATASET)
     rows = {k: [] for k in ("valid", "index", "label", "boxes", "num_boxes", "size", "id")}
     outputs = evaluator.scoremap_outputs(variables, source, max_images, masks=with_masks)
     for host_batch, scoremaps in outputs:
         valid = np.asarray(host_batch["valid"], bool)
         ids = _image_ids(host_batch, split)
-        real_ids = [i for i, v in zip(ids, valid, strict=True) if v]
         maps = evaluator_lib.host_rows(scoremaps)[valid]
-        problem = ""
-        try:
-            wsol_frame.save_scoremaps(scoremap_root, real_ids, maps, dtype=dtype, size=(size, size))
-            if with_masks:
-                paths = [wsol_frame.mask_file_paths(split, i) for i in real_ids]
-                wsol_frame.save_masks(mask_root, paths, np.asarray(host_batch["mask"])[valid])
-        except OSError as e:
-            problem = _write_problem(e, out_dir)
-        _stop_all_if_failed(problem, out_dir)
+        masks = np.asarray(host_batch["mask"])[valid] if with_masks else None
+        # The hosts agree after each batch: the next one's maps are a collective computation.
+        distributed.run_together(
+            functools.partial(_write_batch, out_dir, split, ids, valid, maps, masks, dtype, size),
+            functools.partial(_write_problem, out_dir),
+            _ELSEWHERE,
+        )
         original_size = host_batch["original_size"]
         image_size = evaluator.config.data.image_size
         for key, value in (
@@ -128,21 +124,29 @@ def _write_maps(evaluator, variables, source, split: str, out_dir: str, max_imag
     return {k: np.concatenate(v) for k, v in rows.items()}
 
 
-def _write_problem(e: OSError, out_dir: str) -> str:
+def _write_batch(
+    out_dir: str, split: str, ids: list[str], valid, maps, masks, dtype, size: int
+) -> None:
+    """One host's batch: its real rows' score maps (and masks, if given) in the reference's
+    layout; every id checked for the trip to process 0 (`_encode_ids`) first."""
+    _encode_ids(ids)
+    real_ids = [i for i, v in zip(ids, valid, strict=True) if v]
+    root = os.path.join(out_dir, "scoremaps", split)
+    wsol_frame.save_scoremaps(root, real_ids, maps, dtype=dtype, size=(size, size))
+    if masks is not None:
+        paths = [wsol_frame.mask_file_paths(split, i) for i in real_ids]
+        wsol_frame.save_masks(os.path.join(out_dir, "masks", wsol_io.MASK_DATASET), paths, masks)
+
+
+_ELSEWHERE = "another process could not write its part of the export (its error says why)."
+
+
+def _write_problem(out_dir: str, e: OSError) -> str:
     reason = e.strerror or errors.first_line(e)
     return (
         f"cannot write {e.filename2 or e.filename or out_dir} ({reason}); make room, or remove "
         "what is in the way, then export again (the run's checkpoints are untouched)."
     )
-
-
-def _stop_all_if_failed(problem: str, out_dir: str) -> None:
-    """Raises `problem` (this process's, '' for none) on every process once any of them could
-    not write: one stopping alone would leave the others in the next batch's collectives."""
-    if distributed.any_process(bool(problem)):
-        raise OSError(
-            problem or f"another process could not write to {out_dir} (its error says why)."
-        )
 
 
 def _write_metadata(rows: dict[str, np.ndarray], split: str, out_dir: str, dataset: str, protocol):
@@ -199,14 +203,13 @@ def export_split(
     everything = _gather(local)
     keep = everything["valid"].astype(bool)
     order = np.argsort(everything["index"][keep], kind="stable")
-    problem = ""
-    if jax.process_index() == 0:
-        rows = {k: v[keep][order] for k, v in everything.items()}
-        try:
-            _write_metadata(rows, split, out_dir, dataset, evaluator.protocol)
-        except OSError as e:
-            problem = _write_problem(e, out_dir)
-    _stop_all_if_failed(problem, out_dir)
+    rows = {k: v[keep][order] for k, v in everything.items()}
+    distributed.run_together(
+        lambda: _write_metadata(rows, split, out_dir, dataset, evaluator.protocol),
+        functools.partial(_write_problem, out_dir),
+        _ELSEWHERE,
+        here=jax.process_index() == 0,
+    )
     n = len(order)
     return {"images": n, "seconds": seconds, "images_per_second": n / max(seconds, 1e-9)}
 

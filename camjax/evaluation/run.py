@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from camjax import checkpoint, checkpoint_restore, experiment
+from camjax import checkpoint, checkpoint_restore, distributed, errors, experiment
 from camjax.evaluation.evaluator import Evaluator
 from camjax.evaluation.gallery import write_gallery
 from camjax.evaluation.protocol import wsol_protocol
@@ -46,24 +46,33 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     experiment.check_writable(workdir)  # before the work whose results it would hold
     evaluator, variables, step = restore_evaluator(config, workdir)
     results, chosen = evaluate_variables(evaluator, variables, step)
-    # Process 0 alone writes, last: nothing follows that the other processes would wait in.
-    if jax.process_index() == 0:
-        try:
-            os.makedirs(workdir, exist_ok=True)
-            # Written aside and renamed, so an interrupted run never leaves a truncated file.
-            path = os.path.join(workdir, "metrics.json")
-            with open(path + ".tmp", "w") as f:
-                json.dump(results, f, indent=2)
-            os.replace(path + ".tmp", path)
-            test_source = experiment.data_sources(config)[config.data.test_split]
-            write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
-        except OSError as e:
-            raise OSError(
-                f"cannot write {e.filename2 or e.filename or workdir} ({e.strerror}); make room, "
-                "or remove what is in the way, then rerun evaluate.py (the checkpoints are "
-                "untouched)."
-            ) from None
+    distributed.run_together(
+        lambda: _write_results(config, evaluator, variables, results, chosen, workdir),
+        _write_problem,
+        f"process 0 could not write the results in {workdir} (its error says why).",
+        # Process 0 alone writes; the others wait for it: an export may follow (evaluate.py).
+        here=jax.process_index() == 0,
+    )
     return results
+
+
+def _write_results(config, evaluator, variables, results, chosen: float, workdir: str) -> None:
+    """metrics.json (written aside and renamed: never a truncated file) and the gallery."""
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "metrics.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)
+    test_source = experiment.data_sources(config)[config.data.test_split]
+    write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
+
+
+def _write_problem(e: OSError) -> str:
+    return (
+        f"cannot write {e.filename2 or e.filename} ({e.strerror or errors.first_line(e)}); make "
+        "room, or remove what is in the way, then rerun evaluate.py (the checkpoints are "
+        "untouched)."
+    )
 
 
 def evaluate_variables(

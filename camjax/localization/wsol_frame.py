@@ -162,8 +162,15 @@ def save_scoremaps(
     paths = [scoremap_path(scoremap_root, i) for i in image_ids]
     for path, m in zip(paths, maps, strict=True):
         m = np.ascontiguousarray(m, dtype)
-        # Through a file object np.save adds no ".npy" to the temporary name.
-        atomic_write(path, lambda f, m=m: np.save(f, m, allow_pickle=False))
+        try:
+            # Through a file object np.save adds no ".npy" to the temporary name.
+            atomic_write(path, lambda f, m=m: np.save(f, m, allow_pickle=False))
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            # numpy's short write names no file and no errno: "N requested and M written".
+            reason = e.strerror or f"{e}: a short write, as on a full disk"
+            raise OSError(e.errno, reason, str(path)) from e
 
 
 def mask_file_paths(split: str, image_id: str) -> tuple[str, str]:

@@ -426,6 +426,21 @@ def test_an_export_that_cannot_be_written_is_one_line(trained, tmp_path, monkeyp
     )
 
 
+def test_a_bug_in_an_export_keeps_its_traceback(trained, tmp_path, monkeypatch):
+    """Only OSErrors become one line; anything else is raised as it was (on the process where it
+    happened, after the processes agreed to stop)."""
+    config, workdir = trained
+    config = config.copy_and_resolve_references()
+    config.eval.max_images, config.eval.wsol.eval_size = 3, 224
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(wsol_frame, "save_scoremaps", bug)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        export.export_wsol(config, workdir, str(tmp_path / "export"))
+
+
 def test_export_at_another_size_than_224_is_refused(trained, tmp_path):
     """The reference resizes boxes and masks to 224 whatever the maps' size: a 64x64 export
     would score MaxBoxAcc 0 there, so it fails first and says how to export at 224."""

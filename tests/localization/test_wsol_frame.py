@@ -154,6 +154,23 @@ def test_export_failure_leaves_the_old_map(tmp_path, monkeypatch):
     np.testing.assert_array_equal(wsol_frame.load_scoremaps(tmp_path, ["d/a.jpg"]), old)
 
 
+def test_a_short_write_names_the_map_and_the_likely_cause(tmp_path, monkeypatch):
+    """numpy's own error on a full disk names no file and no errno."""
+
+    def short_write(f, array, allow_pickle):
+        raise OSError("50176 requested and 38384 written")
+
+    monkeypatch.setattr(wsol_io.np, "save", short_write)
+    with pytest.raises(OSError) as error:
+        wsol_frame.save_scoremaps(tmp_path, ["d/a.jpg"], _maps(1, seed=2))
+    assert error.value.filename == str(tmp_path / "d" / "a.jpg.npy")
+    assert (
+        error.value.strerror
+        == "50176 requested and 38384 written: a short write, as on a full disk"
+    )
+    assert os.listdir(tmp_path / "d") == []
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no score map for image 'x/y.jpg'.*y.jpg.npy"):
         wsol_frame.load_scoremaps(tmp_path, ["x/y.jpg"])

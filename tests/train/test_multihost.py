@@ -283,6 +283,47 @@ def test_a_metrics_log_process_0_cannot_reread_stops_every_process(runs, tmp_pat
     assert all("Traceback" not in text for text in texts)
 
 
+# evaluate.py --export_dir (the run's own flags otherwise) whose process 1 finds its disk full
+# at the second batch of score maps.
+EXPORT_FULL_ON_PROCESS_1 = """
+import errno, os, runpy, sys
+from camjax.localization import wsol_frame
+if os.environ["JAX_PROCESS_ID"] == "1":
+    save, calls = wsol_frame.save_scoremaps, []
+    def full_disk(root, *args, **kwargs):
+        calls.append(root)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", os.path.join(root, "x.npy"))
+        return save(root, *args, **kwargs)
+    wsol_frame.save_scoremaps = full_disk
+sys.argv[0] = "evaluate.py"
+sys.argv += [f"--export_dir={os.environ['EXPORT_DIR']}", "--config.eval.wsol.eval_size=224",
+             "--config.eval.batch_size=8", "--config.eval.max_images=20"]
+runpy.run_path("evaluate.py", run_name="__main__")
+"""
+
+
+def test_an_export_that_one_process_cannot_write_stops_every_process(runs, tmp_path, monkeypatch):
+    """Each process writes its rows' score maps; process 1's write failure stops both at that
+    batch with one line each. Before, process 0 went on into the next batch's collective."""
+    workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+    shutil.copytree(runs["two"], workdir)
+    monkeypatch.setenv("EXPORT_DIR", str(tmp_path / "export"))
+    procs = start_two(workdir, runs["data_dir"], logs, driver=EXPORT_FULL_ON_PROCESS_1)
+    try:
+        texts = wait_all(procs, logs, timeout=240, returncode=1)
+    finally:
+        for p in procs:
+            p.kill()
+    lasts = [text.strip().splitlines()[-1] for text in texts]
+    assert lasts[0].startswith("error: process 0: another process could not write its part")
+    assert lasts[1].startswith("error: process 1: cannot write ") and (
+        "x.npy (No space left on device); make room, or remove what is in the way, then export "
+        "again" in lasts[1]
+    )
+    assert all("Traceback" not in text for text in texts)
+
+
 def test_ctrl_c_on_one_process_stops_every_process_at_one_step(runs, tmp_path):
     """Hosts get Ctrl-C at different moments (here only process 0 gets it): every process
     stops before the same step, with exit code 130 and one line, and nothing hangs. Before,
