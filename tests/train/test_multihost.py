@@ -114,6 +114,29 @@ def wait_all(procs: list, logs: str, timeout: float = 600, returncode: int = 0) 
     return texts
 
 
+def wait_for_step(workdir: str, procs: list, step: int, timeout: float = 300) -> None:
+    """Returns once workdir holds a checkpoint of `step` or later, or a process has ended."""
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    deadline = time.time() + timeout
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        done = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
+        if done and max(done) >= step:
+            return
+        time.sleep(0.05)
+
+
+def last_lines(procs: list, logs: str, returncode: int, timeout: float = 240) -> list[str]:
+    """Each process's last log line once all have exited with `returncode` (all killed if the
+    wait times out), none of them having printed a traceback."""
+    try:
+        texts = wait_all(procs, logs, timeout=timeout, returncode=returncode)
+    finally:
+        for p in procs:
+            p.kill()
+    assert all("Traceback" not in text for text in texts)
+    return [text.strip().splitlines()[-1] for text in texts]
+
+
 def run_two(workdir: str, data_dir: str, logs: str, steps: int = STEPS) -> list[str]:
     return wait_all(start_two(workdir, data_dir, logs, steps), logs)
 
@@ -218,13 +241,7 @@ def test_killed_process_then_restart_of_both_resumes_bit_identically(runs):
     same all-reduce, same batches from the resumed step)."""
     workdir, logs = str(runs["root"] / "killed"), str(runs["root"] / "logs_killed")
     procs = start_two(workdir, runs["data_dir"], logs)
-    ckpts = checkpoint.checkpoint_dir(workdir)
-    deadline = time.time() + 300
-    while time.time() < deadline and all(p.poll() is None for p in procs):
-        done = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
-        if done and max(done) >= 2:
-            break
-        time.sleep(0.05)
+    wait_for_step(workdir, procs, 2)
     assert all(p.poll() is None for p in procs), "the run ended before it could be killed"
     procs[1].send_signal(signal.SIGKILL)
     procs[1].wait()
@@ -310,18 +327,12 @@ def test_an_export_that_one_process_cannot_write_stops_every_process(runs, tmp_p
     shutil.copytree(runs["two"], workdir)
     monkeypatch.setenv("EXPORT_DIR", str(tmp_path / "export"))
     procs = start_two(workdir, runs["data_dir"], logs, driver=EXPORT_FULL_ON_PROCESS_1)
-    try:
-        texts = wait_all(procs, logs, timeout=240, returncode=1)
-    finally:
-        for p in procs:
-            p.kill()
-    lasts = [text.strip().splitlines()[-1] for text in texts]
+    lasts = last_lines(procs, logs, returncode=1)
     assert lasts[0].startswith("error: process 0: another process could not write its part")
     assert lasts[1].startswith("error: process 1: cannot write ") and (
         "x.npy (No space left on device); make room, or remove what is in the way, then export "
         "again" in lasts[1]
     )
-    assert all("Traceback" not in text for text in texts)
 
 
 def test_ctrl_c_on_one_process_stops_every_process_at_one_step(runs, tmp_path):
@@ -330,13 +341,7 @@ def test_ctrl_c_on_one_process_stops_every_process_at_one_step(runs, tmp_path):
     process 0 stopped alone and process 1 waited in its next collective for good."""
     workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
     procs = start_two(workdir, runs["data_dir"], logs, steps=200)
-    ckpts = checkpoint.checkpoint_dir(workdir)
-    deadline = time.time() + 300
-    while time.time() < deadline and all(p.poll() is None for p in procs):
-        done = [int(d) for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
-        if done and max(done) >= 2:
-            break
-        time.sleep(0.05)
+    wait_for_step(workdir, procs, 2)
     assert all(p.poll() is None for p in procs), "the run ended before Ctrl-C"
     procs[0].send_signal(signal.SIGINT)
     try:
@@ -404,19 +409,13 @@ def test_a_metrics_row_process_0_cannot_write_stops_every_process(runs, tmp_path
     aborted both, 5 minutes later, with no reason in its log."""
     workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
     procs = start_two(workdir, runs["data_dir"], logs, driver=METRICS_FULL_ON_PROCESS_0)
-    try:
-        texts = wait_all(procs, logs, timeout=240, returncode=1)
-    finally:
-        for p in procs:
-            p.kill()
-    lasts = [text.strip().splitlines()[-1] for text in texts]
+    lasts = last_lines(procs, logs, returncode=1)
     assert lasts[0].startswith("error: process 0: could not append to ")
     assert (
         "metrics.jsonl (No space left on device); free space there or train in another "
         "--workdir, then rerun: training resumes from its newest checkpoint, if any." in lasts[0]
     )
     assert lasts[1].startswith("error: process 1: process 0 could not append to ")
-    assert all("Traceback" not in text for text in texts)
 
 
 # train.py whose process 0 finds its disk full (only process 0 measures it).
