@@ -15,6 +15,13 @@ def first_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
 
 
+def cannot_write(e: OSError, path: str) -> str:
+    """'cannot write FILE (REASON)': the file the error names (the second of a rename), else
+    `path`; the operating system's reason, else the error's first line (numpy and PIL raise
+    OSErrors without one)."""
+    return f"cannot write {e.filename2 or e.filename or path} ({e.strerror or first_line(e)})"
+
+
 def os_reason(e: BaseException) -> str:
     """The operating system's reason for a failed write ('No space left on device', 'Disk quota
     exceeded', ...) from an OSError in e's chain or from the os_error_code in tensorstore's

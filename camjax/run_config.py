@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 
-from camjax import distributed
+from camjax import distributed, errors
 
 RUN_CONFIG = "config.json"
 # The sections every run's config has had; a file without one of them is not a run config.
@@ -52,9 +52,8 @@ def save(workdir: str, config: ml_collections.ConfigDict) -> None:
                 os.replace(f"{path}.tmp", path)
         except OSError as e:
             problem = (
-                f"cannot write {e.filename2 or e.filename or path} ({e.strerror}); make room, or "
-                "remove what is in the way, then rerun: training resumes from its newest "
-                "checkpoint."
+                f"{errors.cannot_write(e, path)}; make room, or remove what is in the way, then "
+                "rerun: training resumes from its newest checkpoint."
             )
         except RunConfigError as e:  # config.json damaged since the run started
             problem = str(e)
@@ -99,10 +98,8 @@ def try_write_run(workdir: str, run: Run) -> str:
             f.write(f"{run.id}\n{run.owner}\n")
         os.replace(f"{path}.tmp", path)
     except OSError as e:
-        return (
-            f"cannot write {e.filename2 or e.filename or path} ({e.strerror}); remove what is "
-            "there (rm -r) or choose another --workdir."
-        )
+        fix = "remove what is there (rm -r) or choose another --workdir."
+        return f"{errors.cannot_write(e, path)}; {fix}"
     return ""
 
 

@@ -1,6 +1,7 @@
 """Tests for camjax/errors.py: what camjax quotes of a library's exception."""
 
 import errno
+import os
 
 from camjax import errors
 
@@ -42,3 +43,12 @@ def test_the_reason_a_write_failed_is_the_operating_systems():
         chained = e
     assert errors.os_reason(chained) == "Input/output error"
     assert errors.os_reason(ValueError("Destination /tmp/x/3 already exists.")) == ""
+
+
+def test_cannot_write_names_the_file_and_the_reason():
+    renamed = OSError(errno.EISDIR, os.strerror(errno.EISDIR), "/w/a.tmp", None, "/w/a")
+    assert errors.cannot_write(renamed, "/w") == "cannot write /w/a (Is a directory)"
+    bare = OSError("50176 requested and 38384 written")  # numpy's: no errno, no file
+    assert errors.cannot_write(bare, "/w") == (
+        "cannot write /w (OSError: 50176 requested and 38384 written)"
+    )

@@ -142,10 +142,9 @@ _ELSEWHERE = "another process could not write its part of the export (its error 
 
 
 def _write_problem(out_dir: str, e: OSError) -> str:
-    reason = e.strerror or errors.first_line(e)
     return (
-        f"cannot write {e.filename2 or e.filename or out_dir} ({reason}); make room, or remove "
-        "what is in the way, then export again (the run's checkpoints are untouched)."
+        f"{errors.cannot_write(e, out_dir)}; make room, or remove what is in the way, then "
+        "export again (the run's checkpoints are untouched)."
     )
 
 

@@ -7,6 +7,7 @@ metrics.json and a gallery. `evaluate_variables` is the same without files, for 
 evaluate variables they hold (benchmarks/method_table.py).
 """
 
+import functools
 import json
 import os
 from typing import Any
@@ -48,7 +49,7 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
     results, chosen = evaluate_variables(evaluator, variables, step)
     distributed.run_together(
         lambda: _write_results(config, evaluator, variables, results, chosen, workdir),
-        _write_problem,
+        functools.partial(_write_problem, workdir),
         f"process 0 could not write the results in {workdir} (its error says why).",
         # Process 0 alone writes; the others wait for it: an export may follow (evaluate.py).
         here=jax.process_index() == 0,
@@ -67,11 +68,10 @@ def _write_results(config, evaluator, variables, results, chosen: float, workdir
     write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
 
 
-def _write_problem(e: OSError) -> str:
+def _write_problem(workdir: str, e: OSError) -> str:
     return (
-        f"cannot write {e.filename2 or e.filename} ({e.strerror or errors.first_line(e)}); make "
-        "room, or remove what is in the way, then rerun evaluate.py (the checkpoints are "
-        "untouched)."
+        f"{errors.cannot_write(e, workdir)}; make room, or remove what is in the way, then rerun "
+        "evaluate.py (the checkpoints are untouched)."
     )
 
 
