@@ -1,7 +1,9 @@
 """Reading a layer of any Flax model, and its gradient, by module path, without editing the model.
 
 A `Probe` runs `model.apply` under `flax.linen.intercept_methods`: when the module at one of its
-paths returns, the interceptor records the output and adds a zero `delta` to it. The gradient of
+paths returns, the interceptor adds a zero `delta` to the output and sows it into a collection of
+its own. (A variable, not a Python reference: a lifted transform such as `nn.remat` or `nn.jit`
+traces its module in a scope of its own, and only variables leave it.) The gradient of
 a score with respect to that delta is the gradient with respect to the layer's output, so one
 `jax.vjp` gives the activations and, per target, their gradients; nothing in the user's model
 changes. An interceptor can also replace a layer's output, which makes whatever only fed that
@@ -22,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jex_core
@@ -29,9 +32,18 @@ from jax.extend import core as jex_core
 Variables = Mapping[str, Any]
 
 
+# The collection a probe sows its layers' outputs into.
+PROBED = "camjax_probe"
+
+
 def model_logits(output: Any) -> jax.Array:
-    """The logits of a model's output: the output itself, or the first item of a tuple or list
-    (camjax's networks return `(logits, intermediates)`)."""
+    """The logits of a model's output: the output itself, the first item of a tuple or list
+    (camjax's networks return `(logits, intermediates)`), or a mapping's or an output object's
+    `logits` (`{"logits": ...}`, a dataclass with a `logits` field)."""
+    if isinstance(output, Mapping) and "logits" in output:
+        return output["logits"]
+    if not isinstance(output, Mapping) and hasattr(output, "logits"):
+        return output.logits
     return output[0] if isinstance(output, (tuple, list)) else output
 
 
@@ -62,7 +74,6 @@ class Probe:
         deltas: added to each layer's output (zeros, to take gradients there). replacement: the
         output of the single layer, used instead of computing it.
         """
-        captured: dict[str, jax.Array] = {}
         seen: list[str] = []
 
         def interceptor(next_fun, args, kwargs, context):
@@ -72,11 +83,6 @@ class Probe:
             seen.append(path)
             if path not in self.layers:
                 return next_fun(*args, **kwargs)
-            if path in captured:
-                raise ValueError(
-                    f"layer {path!r} is called more than once in one forward pass (a shared "
-                    "module); probe a module that is called once, e.g. one of its callers."
-                )
             out = replacement if replacement is not None else next_fun(*args, **kwargs)
             if not isinstance(out, jax.Array) or out.ndim not in (3, 4):
                 raise ValueError(
@@ -85,19 +91,44 @@ class Probe:
                 )
             if deltas is not None:
                 out = out + deltas[self.layers.index(path)].astype(out.dtype)
-            captured[path] = out
+            context.module.sow(PROBED, "probed_output", out)
             return out
 
         with nn.intercept_methods(interceptor):
-            logits = model_logits(self.model.apply(variables, images, **dict(self.apply_kwargs)))
-        missing = [layer for layer in self.layers if layer not in captured]
-        if missing:
-            paths = ", ".join(p for p in dict.fromkeys(seen) if p)
-            raise ValueError(
-                f"{type(self.model).__name__} has no module at path {missing[0]!r}; its module "
-                f"paths are: {paths}."
+            output, probed = self.model.apply(
+                variables, images, mutable=[PROBED], **dict(self.apply_kwargs)
             )
-        return logits.astype(jnp.float32), tuple(captured[layer] for layer in self.layers)
+        logits = model_logits(output)
+        if not isinstance(logits, jax.Array) or logits.ndim != 2:
+            raise ValueError(
+                f"{type(self.model).__name__} must return logits (B, classes), a tuple or list "
+                "starting with them, or a mapping or object with 'logits'; got "
+                f"{type(logits).__name__} {getattr(logits, 'shape', '')}."
+            )
+        outputs = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
+        return logits.astype(jnp.float32), tuple(
+            self._probed(outputs, layer, seen) for layer in self.layers
+        )
+
+    def _probed(self, outputs: Mapping[str, tuple], layer: str, seen: list[str]) -> jax.Array:
+        """The single output a layer sowed, or a one-line error saying why there is none."""
+        model = type(self.model).__name__
+        calls = outputs.get(f"{layer}/probed_output", ())
+        if len(calls) > 1:
+            raise ValueError(
+                f"layer {layer!r} is called more than once in one forward pass (a shared "
+                "module); probe a module that is called once, e.g. one of its callers."
+            )
+        if calls:
+            return calls[0]
+        if layer in seen:
+            raise ValueError(
+                f"layer {layer!r} of {model} runs inside a lifted transform that does not "
+                "return its variables (nn.scan over repeated blocks, nn.vmap); probe a module "
+                "outside it, e.g. the transformed module's caller."
+            )
+        paths = ", ".join(p for p in dict.fromkeys(seen) if p)
+        raise ValueError(f"{model} has no module at path {layer!r}; its module paths are: {paths}.")
 
     def forward(self, variables: Variables, images: jax.Array):
         """(logits (B, C) float32, activations: per layer (B, h, w, K) float32)."""

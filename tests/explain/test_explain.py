@@ -200,6 +200,56 @@ def test_unknown_layer_lists_the_module_paths():
         explain.explainer(model, variables, "gradcam")
 
 
+# One method per way a probe touches its layer: reads it and adds a delta (gradients), reads it
+# (the score family's masks), replaces it (Ablation-CAM), and two layers at once (LayerCAM).
+PROBE_PATHS = {
+    "grad_cam": "block/conv",
+    "score_cam": "block/conv",
+    "ablation_cam": "block/conv",
+    "layer_cam": ("stem", "block/conv"),
+}
+
+
+@pytest.mark.parametrize("lift", ["remat", "jit"])
+def test_a_layer_inside_a_lifted_transform_gives_the_plain_models_maps(lift):
+    """nn.remat and nn.jit trace their module in a scope of their own: a probe that kept the
+    layer's output in a Python variable leaked a tracer out of it."""
+    plain = user_models.Lifted("plain")
+    variables, images = user_models.init(plain, size=12, batch=2)
+    for method, layer in PROBE_PATHS.items():
+        maps = [
+            explain.explainer(model, variables, method, layer=layer, top_k=2)(images).cams
+            for model in (plain, user_models.Lifted(lift))
+        ]
+        assert float(jnp.ptp(maps[0])) > 0.5, method
+        np.testing.assert_allclose(maps[1], maps[0], atol=1e-6, err_msg=method)
+
+
+def test_a_layer_inside_nn_scan_and_a_shared_module_are_one_line_errors():
+    model = user_models.Lifted("scan")
+    variables, images = user_models.init(model, size=12)
+    with pytest.raises(ValueError, match="'block/conv' of Lifted runs inside a lifted transform"):
+        explain.explainer(model, variables, layer="block/conv")(images)
+    model = user_models.SharedConv()
+    variables, images = user_models.init(model, size=12)
+    with pytest.raises(ValueError, match="'shared' is called more than once"):
+        explain.explainer(model, variables, layer="shared")(images)
+
+
+def test_logits_returned_in_a_mapping_or_an_output_object():
+    variables, images = user_models.init(user_models.Outputs(), size=12)
+    maps = [
+        explain.explainer(user_models.Outputs(form), variables, layer="conv1")(images).cams
+        for form in ("array", "mapping", "object")
+    ]
+    np.testing.assert_array_equal(maps[1], maps[0])
+    np.testing.assert_array_equal(maps[2], maps[0])
+    with pytest.raises(
+        ValueError, match=r"Outputs must return logits \(B, classes\).*got .* \(2, 12"
+    ):
+        explain.explainer(user_models.Outputs("features"), variables, layer="conv1")(images)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

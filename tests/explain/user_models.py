@@ -2,6 +2,7 @@
 camjax. The explainers must find their layers by module path alone."""
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 
@@ -73,3 +74,66 @@ class TinyViT(nn.Module):
 def init(model, size=16, batch=2, seed=0):
     images = jax.random.normal(jax.random.key(seed + 1), (batch, size, size, 3))
     return jax.jit(model.init)(jax.random.key(seed), images), images
+
+
+class ConvBlock(nn.Module):
+    """conv3x3-ReLU, with the (x, carry) -> (x, carry) signature nn.scan needs."""
+
+    @nn.compact
+    def __call__(self, x, carry=None):
+        return nn.relu(nn.Conv(x.shape[-1], (3, 3), name="conv")(x)), carry
+
+
+class Lifted(nn.Module):
+    """A stem, a block under a Flax lifted transform ('plain': none), a linear head: the
+    variables of 'plain', 'remat' and 'jit' are the same tree."""
+
+    lift: str = "plain"
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3), name="stem")(x))
+        if self.lift == "scan":
+            scan = nn.scan(
+                ConvBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=2
+            )
+            x, _ = scan(name="block")(x, None)
+        else:
+            block = {"plain": ConvBlock, "remat": nn.remat(ConvBlock), "jit": nn.jit(ConvBlock)}
+            x, _ = block[self.lift](name="block")(x)
+        return nn.Dense(5, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
+@flax.struct.dataclass
+class Output:
+    """A model output object with a `logits` field, as in Hugging Face's Flax models."""
+
+    logits: jax.Array
+    features: jax.Array
+
+
+class Outputs(nn.Module):
+    """SmallCNN's first layers, returning its logits as `form`: 'array', 'mapping', 'object', or
+    'features' (no logits at all: the features alone)."""
+
+    form: str = "array"
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3), name="conv1")(x))
+        logits = nn.Dense(5, name="classifier")(jnp.mean(x, axis=(1, 2)))
+        return {
+            "array": logits,
+            "mapping": {"features": x, "logits": logits},
+            "object": Output(logits=logits, features=x),
+            "features": x,
+        }[self.form]
+
+
+class SharedConv(nn.Module):
+    """One convolution module applied twice."""
+
+    @nn.compact
+    def __call__(self, x):
+        conv = nn.Conv(3, (3, 3), name="shared")
+        return nn.Dense(5, name="head")(jnp.mean(conv(conv(x)), axis=(1, 2)))
