@@ -218,12 +218,22 @@ def explainer(
     exactly 0 dividing Ablation-CAM's weights), which normalisation would make all zeros.
     """
     layers, size = _checked_arguments(method, layer, top_k, size, options)
+    if not isinstance(variables, Mapping) or (variables and "params" not in variables):
+        keys = list(variables)[:4] if isinstance(variables, Mapping) else type(variables).__name__
+        raise ValueError(
+            f"variables must be what model.init returns, {{'params': ...}}; got {keys}. Pass "
+            "{'params': params} (and any other collection, e.g. 'batch_stats')."
+        )
     probe = Probe(model, layers, tuple(sorted((apply_kwargs or {}).items())), grid)
     options = tuple(sorted(options.items()))
     run = _compiled(probe, method, top_k, size, resize, normalize, relu, options)
 
     def f(images: Any, targets: Any = None, key: jax.Array | None = None) -> CamOutput:
         check_images(images)
+        if key is not None and not isinstance(key, jax.Array):
+            raise ValueError(
+                f"key must be a JAX PRNG key, e.g. jax.random.key(seed); got {type(key).__name__}."
+            )
         targets = _check_targets(targets, images.shape[0])
         score_fn = targets if callable(targets) else None
         given = None if score_fn is not None else targets

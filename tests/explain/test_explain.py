@@ -276,6 +276,19 @@ def test_bad_arguments_are_one_line_errors_before_anything_runs(kwargs, message)
         explain.explainer(model, variables, layer=kwargs.pop("layer", "conv2"), **kwargs)
 
 
+def test_variables_without_their_collections_and_a_key_that_is_not_one_are_one_line_errors():
+    """Passing params for variables was flax's "collection is empty" from inside the model, and
+    an int key a JAX error about key data."""
+    model = user_models.SmallCNN()
+    variables, images = user_models.init(model)
+    with pytest.raises(ValueError, match=r"variables must be .*got \['classifier', 'conv1'.*Pass"):
+        explain.explainer(model, variables["params"], layer="conv2")
+    f = explain.explainer(model, variables, "ss_cam", layer="conv2", num_samples=2)
+    with pytest.raises(ValueError, match="key must be a JAX PRNG key.*got int"):
+        f(images, key=0)
+    assert f(images, key=jax.random.PRNGKey(0)).cams.shape == (2, 1, 16, 16)
+
+
 def test_a_target_function_must_give_one_score_per_image_and_a_batch_is_not_empty():
     """A (B, k) or scalar score was summed by the gradient into a plausible map of another
     target (Score-CAM: a reshape error 14 frames deep); an empty batch: a ZeroDivisionError."""
