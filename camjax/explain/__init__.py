@@ -7,8 +7,11 @@
 
 `layer` is a module path ('conv5_3', 'encoder/block_11'; a tuple of paths for LayerCAM's
 fusion); the model is not edited (`probe.Probe` intercepts the module's output). camjax's GAP
-networks name their feature map 'feature_map' (the default). Token layers (B, T, D) of a
-vision transformer are laid out on their patch grid, class/register tokens dropped.
+networks name their feature map 'feature_map' (the default). A Flax NNX model is taken as it
+is, its state being its variables: `explainer(model, method="grad_cam", layer="blocks/3/conv")`
+(attribute paths joined by '/', list items by their index), after `model.eval()`. Token layers
+(B, T, D) of a vision transformer are laid out on their patch grid, class/register tokens
+dropped.
 
 Every method runs the whole batch in one jitted function, compiled once per input shape and
 cached per (model, method, options): calling `explainer` again with new variables reuses it.
@@ -27,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from camjax.cam import check_class_layout, head_kernel, postprocess, valid_classes
 from camjax.explain import activation, bagcams, gradient, perturbation
@@ -184,8 +188,8 @@ def _compiled(probe: Probe, method: str, top_k, size, resize, normalize, relu, o
 
 
 def explainer(
-    model: nn.Module,
-    variables: Mapping[str, Any],
+    model: nn.Module | nnx.Module,
+    variables: Mapping[str, Any] | nnx.State | None = None,
     method: str = "grad_cam",
     *,
     layer: str | tuple[str, ...] = FEATURE_MAP,
@@ -200,6 +204,8 @@ def explainer(
 ) -> Callable[..., CamOutput]:
     """One compiled `f(images, targets=None, key=None) -> CamOutput` for a method of `METHODS`.
 
+    model, variables: a linen module and what its `init` returns, or an NNX module (in eval
+    mode) and its `nnx.state` (None: the model's own state as it is now).
     images: (B, H, W, 3) float, as the model takes them. targets: None for the `top_k`
     best-scoring classes (best first; top_k None: every class, in class order), int classes
     (B,) or (B, n), or a function of the logits (B, C) -> (B,) (one map per image). key: the
@@ -218,13 +224,8 @@ def explainer(
     exactly 0 dividing Ablation-CAM's weights), which normalisation would make all zeros.
     """
     layers, size = _checked_arguments(method, layer, top_k, size, options)
-    if not isinstance(variables, Mapping) or (variables and "params" not in variables):
-        keys = list(variables)[:4] if isinstance(variables, Mapping) else type(variables).__name__
-        raise ValueError(
-            f"variables must be what model.init returns, {{'params': ...}}; got {keys}. Pass "
-            "{'params': params} (and any other collection, e.g. 'batch_stats')."
-        )
-    probe = Probe(model, layers, tuple(sorted((apply_kwargs or {}).items())), grid)
+    model, variables, name = _functional(model, variables)
+    probe = Probe(model, layers, tuple(sorted((apply_kwargs or {}).items())), grid, name)
     options = tuple(sorted(options.items()))
     run = _compiled(probe, method, top_k, size, resize, normalize, relu, options)
 
@@ -246,6 +247,46 @@ def explainer(
         return run(*args, score_fn=score_fn)
 
     return f
+
+
+def _functional(model: Any, variables: Any) -> tuple[Any, Any, str]:
+    """(model, variables) as a probe runs them -> (linen module or NNX graph definition,
+    variables or NNX state, an NNX model's class name). An NNX model's state is its variables:
+    None takes the model's own, as it is now (`nnx.state(model)`)."""
+    if isinstance(model, nnx.Module):
+        _check_nnx_eval_mode(model)
+        graphdef, state = nnx.split(model)
+        if variables is not None and not isinstance(variables, nnx.State):
+            raise ValueError(
+                f"the variables of an NNX model are its state, nnx.state(model), or None for the "
+                f"model's own; got a {type(variables).__name__}."
+            )
+        return graphdef, state if variables is None else variables, type(model).__name__
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"model must be a Flax module (flax.linen or flax.nnx); got {type(model).__name__}."
+        )
+    if not isinstance(variables, Mapping) or (variables and "params" not in variables):
+        keys = list(variables)[:4] if isinstance(variables, Mapping) else type(variables).__name__
+        raise ValueError(
+            f"variables must be what model.init returns, {{'params': ...}}; got {keys}. Pass "
+            "{'params': params} (and any other collection, e.g. 'batch_stats')."
+        )
+    return model, variables, ""
+
+
+def _check_nnx_eval_mode(model: nnx.Module) -> None:
+    """An NNX model in training mode (NNX's Dropout and BatchNorm start in it) would give maps
+    that depend on the rest of the batch (batch statistics) or on chance (dropout)."""
+    for path, node in nnx.iter_graph(model):
+        for mode in ("deterministic", "use_running_average"):
+            if isinstance(node, nnx.Module) and getattr(node, mode, None) is False:
+                where = "/".join(map(str, path))
+                raise ValueError(
+                    f"{type(model).__name__} is in training mode ({type(node).__name__} "
+                    f"{where!r} has {mode}={getattr(node, mode)!r}): its maps would depend on "
+                    "the rest of the batch or on chance; call model.eval() first."
+                )
 
 
 def _checked_arguments(

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from camjax.explain.probe import Probe
 from camjax.explain.targets import Target
@@ -30,8 +31,12 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 
 
 def classifier_kernel(variables: Mapping[str, Any], head: str) -> jax.Array:
-    """The (K, C) kernel of the Dense layer at module path `head` (e.g. 'head', 'fc')."""
-    node = variables.get("params", {})
+    """The (K, C) kernel of the Dense (linen) or Linear (NNX) layer at module path `head`
+    (e.g. 'head', 'fc'), from linen variables or an NNX state."""
+    if isinstance(variables, nnx.State):
+        node = variables.to_pure_dict()
+    else:
+        node = variables.get("params", {})
     for name in head.split("/"):
         node = node.get(name, {}) if isinstance(node, Mapping) else {}
     kernel = node.get("kernel") if isinstance(node, Mapping) else None

@@ -15,13 +15,13 @@ target differentiates log(fn(logits)) the same way.
 
 Guided ReLUs: the official code clamps the gradient flowing back through every ReLU of the
 backbone at zero (guided backprop). `guided=True` (the default, the official method) swaps
-`flax.linen.relu` / `jax.nn.relu` for `guided_relu` (a `jax.custom_vjp`: forward ReLU, backward
-max(g * 1[x > 0], 0)) while the model is traced. Only ReLUs between the probed layer and the
-logits change the map, and only ReLUs the model calls by attribute (`nn.relu(x)`,
-`jax.nn.relu(x)`, as camjax's models and most Flax code do) are guided; a ReLU bound at import
-(`from jax.nn import relu`) or written as `jnp.maximum(x, 0)` is not. At the layer feeding
-global average pooling and a linear head (the 'feature_map' of camjax's networks) no ReLU lies
-downstream, so both settings give the closed form (tests):
+`flax.linen.relu` / `flax.nnx.relu` / `jax.nn.relu` for `guided_relu` (a `jax.custom_vjp`:
+forward ReLU, backward max(g * 1[x > 0], 0)) while the model is traced. Only ReLUs between the
+probed layer and the logits change the map, and only ReLUs the model calls by attribute
+(`nn.relu(x)`, `nnx.relu(x)`, `jax.nn.relu(x)`, as camjax's models and most Flax code do) are
+guided; a ReLU bound at import (`from jax.nn import relu`) or written as `jnp.maximum(x, 0)` is
+not. At the layer feeding global average pooling and a linear head (the 'feature_map' of
+camjax's networks) no ReLU lies downstream, so both settings give the closed form (tests):
 G_mk = W_ck / (h w y_c), t_k = 1 + W_ck mean_m(F_mk) / (h w y_c). The paper's WSOL setting is
 the ResNet50's layer3 with the ground-truth class.
 """
@@ -34,6 +34,7 @@ import flax.linen as nn
 import flax.linen.activation
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from camjax.explain.gradient import single_layer
 from camjax.explain.probe import Probe
@@ -61,15 +62,15 @@ guided_relu.defvjp(_guided_relu_fwd, _guided_relu_bwd)
 
 @contextlib.contextmanager
 def guided_relus():
-    """While tracing inside: `nn.relu` and `jax.nn.relu` are `guided_relu`. Patching the two
-    module attributes is the one way to reach a model's ReLUs without editing it; they are
-    restored on exit, and the compiled program keeps the guided gradient."""
-    saved = (nn.relu, flax.linen.activation.relu, jax.nn.relu)
-    nn.relu = flax.linen.activation.relu = jax.nn.relu = guided_relu
+    """While tracing inside: `nn.relu`, `nnx.relu` and `jax.nn.relu` are `guided_relu`.
+    Patching the module attributes is the one way to reach a model's ReLUs without editing it;
+    they are restored on exit, and the compiled program keeps the guided gradient."""
+    saved = (nn.relu, flax.linen.activation.relu, nnx.relu, jax.nn.relu)
+    nn.relu = flax.linen.activation.relu = nnx.relu = jax.nn.relu = guided_relu
     try:
         yield
     finally:
-        nn.relu, flax.linen.activation.relu, jax.nn.relu = saved
+        nn.relu, flax.linen.activation.relu, nnx.relu, jax.nn.relu = saved
 
 
 def bag_cams_map(acts: jax.Array, grads: jax.Array) -> jax.Array:

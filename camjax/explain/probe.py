@@ -10,6 +10,11 @@ changes. An interceptor can also replace a layer's output, which makes whatever 
 layer dead code that XLA drops (Ablation-CAM runs the rest of the network only, plus any skip
 connection around the layer).
 
+A Flax NNX model has no interceptors: the probe rebuilds a copy of it from its graph definition
+and state inside the trace and gives the probed modules of the copy a subclass whose `__call__`
+does the same (adds the delta, sows the output as an `nnx.Intermediate`, which NNX's lifted
+transforms carry out like any state update).
+
 Layouts. Convolutional layers give (B, h, w, K) (NHWC, Flax's own). Transformer layers give
 tokens (B, T, D): the grid is the largest square that fits (T = prefix + g * g, the prefix being
 class or register tokens, dropped), or `grid=(h, w)` for a non-square one; `to_grid` makes both
@@ -27,6 +32,7 @@ import flax.linen as nn
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
+from flax import nnx
 from jax.extend import core as jex_core
 
 Variables = Mapping[str, Any]
@@ -55,12 +61,15 @@ class Probe:
     (e.g. (("train", False),)); the model must be deterministic with them (no dropout, batch
     norm on its running statistics), or a sample's map would depend on the rest of the batch.
     grid: (h, w) of a token layer; None infers the largest square.
+    model: a linen module, or an NNX model's graph definition (`nnx.split`), whose variables
+    are then its state; name: the NNX model's class name, for messages.
     """
 
-    model: nn.Module
+    model: nn.Module | nnx.GraphDef
     layers: tuple[str, ...]
     apply_kwargs: tuple[tuple[str, Any], ...] = ()
     grid: tuple[int, int] | None = None
+    name: str = ""
 
     def run(
         self,
@@ -74,16 +83,9 @@ class Probe:
         deltas: added to each layer's output (zeros, to take gradients there). replacement: the
         output of the single layer, used instead of computing it.
         """
-        seen: list[str] = []
 
-        def interceptor(next_fun, args, kwargs, context):
-            if context.method_name != "__call__":
-                return next_fun(*args, **kwargs)
-            path = "/".join(context.module.path)
-            seen.append(path)
-            if path not in self.layers:
-                return next_fun(*args, **kwargs)
-            out = replacement if replacement is not None else next_fun(*args, **kwargs)
+        def tap(path: str, call: Callable[[], Any]) -> jax.Array:
+            out = replacement if replacement is not None else call()
             if not isinstance(out, jax.Array) or out.ndim not in (3, 4):
                 raise ValueError(
                     f"layer {path!r} must return one (B, h, w, K) or (B, tokens, D) array; got "
@@ -91,44 +93,96 @@ class Probe:
                 )
             if deltas is not None:
                 out = out + deltas[self.layers.index(path)].astype(out.dtype)
-            context.module.sow(PROBED, "probed_output", out)
+            return out
+
+        apply = self._apply_linen if isinstance(self.model, nn.Module) else self._apply_nnx
+        output, outputs, called, paths = apply(variables, images, tap)
+        logits = model_logits(output)
+        if not isinstance(logits, jax.Array) or logits.ndim != 2:
+            raise ValueError(
+                f"{self.model_name} must return logits (B, classes), a tuple or list starting "
+                "with them, or a mapping or object with 'logits'; got "
+                f"{type(logits).__name__} {getattr(logits, 'shape', '')}."
+            )
+        return logits.astype(jnp.float32), tuple(
+            self._single_output(layer, outputs[layer], called, paths) for layer in self.layers
+        )
+
+    @property
+    def model_name(self) -> str:
+        return type(self.model).__name__ if isinstance(self.model, nn.Module) else self.name
+
+    def _apply_linen(self, variables: Variables, images: jax.Array, tap: Callable):
+        """model.apply with the layers tapped -> (output, {layer: its outputs}, the module paths
+        called, the same list again as the paths to list: linen knows only the modules called)."""
+        called: list[str] = []
+
+        def interceptor(next_fun, args, kwargs, context):
+            if context.method_name != "__call__":
+                return next_fun(*args, **kwargs)
+            path = "/".join(context.module.path)
+            called.append(path)
+            if path not in self.layers:
+                return next_fun(*args, **kwargs)
+            out = tap(path, lambda: next_fun(*args, **kwargs))
+            context.module.sow(PROBED, PROBED, out)
             return out
 
         with nn.intercept_methods(interceptor):
             output, probed = self.model.apply(
                 variables, images, mutable=[PROBED], **dict(self.apply_kwargs)
             )
-        logits = model_logits(output)
-        if not isinstance(logits, jax.Array) or logits.ndim != 2:
-            raise ValueError(
-                f"{type(self.model).__name__} must return logits (B, classes), a tuple or list "
-                "starting with them, or a mapping or object with 'logits'; got "
-                f"{type(logits).__name__} {getattr(logits, 'shape', '')}."
-            )
-        outputs = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
-        return logits.astype(jnp.float32), tuple(
-            self._probed(outputs, layer, seen) for layer in self.layers
-        )
+        flat = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
+        outputs = {layer: flat.get(f"{layer}/{PROBED}", ()) for layer in self.layers}
+        return output, outputs, called, called
 
-    def _probed(self, outputs: Mapping[str, tuple], layer: str, seen: list[str]) -> jax.Array:
-        """The single output a layer sowed, or a one-line error saying why there is none."""
-        model = type(self.model).__name__
-        calls = outputs.get(f"{layer}/probed_output", ())
-        if len(calls) > 1:
+    def _apply_nnx(self, state: nnx.State, images: jax.Array, tap: Callable):
+        """The NNX model rebuilt from its graph definition and `state` (a copy: the user's model
+        is untouched), its layers' classes swapped for subclasses whose __call__ taps and sows,
+        and called -> (output, {layer: its outputs}, layers called, every module path)."""
+        # copy: Variables of this trace, which NNX's lifted transforms may then update (the
+        # state's own may belong to an outer trace, e.g. outside a jax.vjp).
+        model = nnx.merge(self.model, state, copy=True)
+        modules = {
+            "/".join(map(str, path)): node
+            for path, node in nnx.iter_graph(model)
+            if isinstance(node, nnx.Module)
+        }
+        called: list[str] = []
+        for layer in self.layers:
+            if (module := modules.get(layer)) is not None:
+                module.__class__ = _tapped(type(module), layer, tap, called)
+        output = model(images, **dict(self.apply_kwargs))
+        sown = {layer: getattr(modules.get(layer), PROBED, None) for layer in self.layers}
+        outputs = {layer: () if v is None else v.value for layer, v in sown.items()}
+        return output, outputs, called, sorted(modules)
+
+    def _single_output(
+        self, layer: str, outputs: tuple, called: list[str], paths: list[str]
+    ) -> jax.Array:
+        """The one output a layer sowed, or a one-line error saying why there is not one."""
+        if len(outputs) > 1:
             raise ValueError(
                 f"layer {layer!r} is called more than once in one forward pass (a shared "
                 "module); probe a module that is called once, e.g. one of its callers."
             )
-        if calls:
-            return calls[0]
-        if layer in seen:
+        if outputs:
+            return outputs[0]
+        if layer in called:
             raise ValueError(
-                f"layer {layer!r} of {model} runs inside a lifted transform that does not "
-                "return its variables (nn.scan over repeated blocks, nn.vmap); probe a module "
-                "outside it, e.g. the transformed module's caller."
+                f"layer {layer!r} of {self.model_name} runs inside a lifted transform that does "
+                "not return its variables (nn.scan over repeated blocks, nn.vmap); probe a "
+                "module outside it, e.g. the transformed module's caller."
             )
-        paths = ", ".join(p for p in dict.fromkeys(seen) if p)
-        raise ValueError(f"{model} has no module at path {layer!r}; its module paths are: {paths}.")
+        if layer in paths:
+            raise ValueError(
+                f"layer {layer!r} of {self.model_name} is not called in the forward pass; probe "
+                "a module on the way to the logits."
+            )
+        listing = ", ".join(p for p in dict.fromkeys(paths) if p)
+        raise ValueError(
+            f"{self.model_name} has no module at path {layer!r}; its module paths are: {listing}."
+        )
 
     def forward(self, variables: Variables, images: jax.Array):
         """(logits (B, C) float32, activations: per layer (B, h, w, K) float32)."""
@@ -170,7 +224,7 @@ class Probe:
         if unreached := [layer for layer, ok in zip(self.layers, reached, strict=True) if not ok]:
             how = " (or not differentiably: stop_gradient, argmax)" if gradient else ""
             raise ValueError(
-                f"the logits of {type(self.model).__name__} do not depend on layer "
+                f"the logits of {self.model_name} do not depend on layer "
                 f"{unreached[0]!r}{how}, so its map would be blank by construction; probe a "
                 "layer on the way to the logits."
             )
@@ -222,3 +276,17 @@ def _depends_on_inputs(jaxpr: jex_core.Jaxpr) -> list[bool]:
         if any(isinstance(v, jex_core.Var) and v in dependent for v in eqn.invars):
             dependent.update(eqn.outvars)
     return [isinstance(v, jex_core.Var) and v in dependent for v in jaxpr.outvars]
+
+
+def _tapped(cls: type, layer: str, tap: Callable, called: list[str]) -> type:
+    """A subclass of an NNX module class whose __call__ passes its output through `tap` and
+    sows it as an nnx.Intermediate, which NNX's lifted transforms (nnx.remat, nnx.jit) return
+    to the module like any state update."""
+
+    def __call__(self, *args, **kwargs):
+        called.append(layer)
+        out = tap(layer, lambda: cls.__call__(self, *args, **kwargs))
+        self.sow(nnx.Intermediate, PROBED, out)
+        return out
+
+    return type(cls.__name__, (cls,), {"__call__": __call__})

@@ -5,6 +5,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 
 class SmallCNN(nn.Module):
@@ -137,3 +138,33 @@ class SharedConv(nn.Module):
     def __call__(self, x):
         conv = nn.Conv(3, (3, 3), name="shared")
         return nn.Dense(5, name="head")(jnp.mean(conv(conv(x)), axis=(1, 2)))
+
+
+class NNXCNN(nnx.Module):
+    """SmallCNN in Flax NNX, module for module (same attribute names, so the same paths)."""
+
+    def __init__(self, rngs: nnx.Rngs, num_classes: int = 5, lift: str = "plain"):
+        self.conv1 = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+        self.conv2 = nnx.Conv(8, 12, (3, 3), rngs=rngs)
+        self.conv3 = nnx.Conv(12, 16, (3, 3), rngs=rngs)
+        self.classifier = nnx.Linear(16, num_classes, rngs=rngs)
+        self.lift = lift  # 'remat' or 'jit': conv2 and conv3 run under that NNX transform
+
+    def __call__(self, x):
+        x = nnx.relu(self.conv1(x))
+        x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+
+        def body(model, x):
+            return nnx.relu(model.conv3(nnx.relu(model.conv2(x))))
+
+        lifted = {"plain": body, "remat": nnx.remat(body), "jit": nnx.jit(body)}[self.lift]
+        return self.classifier(jnp.mean(lifted(self, x), axis=(1, 2)))
+
+
+def nnx_twin(variables, cls=NNXCNN, **kwargs) -> NNXCNN:
+    """An NNXCNN (or subclass `cls`) holding SmallCNN's linen `variables`."""
+    model = cls(nnx.Rngs(0), **kwargs)
+    state = nnx.state(model)
+    nnx.replace_by_pure_dict(state, {k: dict(v) for k, v in variables["params"].items()})
+    nnx.update(model, state)
+    return model
