@@ -205,7 +205,8 @@ def explainer(
     """One compiled `f(images, targets=None, key=None) -> CamOutput` for a method of `METHODS`.
 
     model, variables: a linen module and what its `init` returns, or an NNX module (in eval
-    mode) and its `nnx.state` (None: the model's own state as it is now).
+    mode) and its `nnx.state` (None: the model's own, whose values are read at every call, so
+    in-place updates such as an `nnx.Optimizer`'s show).
     images: (B, H, W, 3) float, as the model takes them. targets: None for the `top_k`
     best-scoring classes (best first; top_k None: every class, in class order), int classes
     (B,) or (B, n), or a function of the logits (B, C) -> (B,) (one map per image). key: the
@@ -256,10 +257,16 @@ def _functional(model: Any, variables: Any) -> tuple[Any, Any, str]:
     if isinstance(model, nnx.Module):
         _check_nnx_eval_mode(model)
         graphdef, state = nnx.split(model)
-        if variables is not None and not isinstance(variables, nnx.State):
+        if variables is not None and (
+            not isinstance(variables, nnx.State)
+            or jax.tree.structure(variables) != jax.tree.structure(state)
+        ):
+            got = type(variables).__name__
+            if isinstance(variables, nnx.State):
+                got = "a state of another structure"
             raise ValueError(
-                f"the variables of an NNX model are its state, nnx.state(model), or None for the "
-                f"model's own; got a {type(variables).__name__}."
+                "the variables of an NNX model are its whole state, nnx.state(model) (every "
+                f"Variable, not only its Params), or None for the model's own; got {got}."
             )
         return graphdef, state if variables is None else variables, type(model).__name__
     if not isinstance(model, nn.Module):
@@ -298,6 +305,8 @@ def _checked_arguments(
     layers = (layer,) if isinstance(layer, str) else tuple(layer or ())
     if not layers or not all(isinstance(name, str) for name in layers):
         raise ValueError(f"layer must be a module path or a tuple of them; got {layer!r}.")
+    if len(set(layers)) < len(layers):
+        raise ValueError(f"layer names a module twice: {', '.join(layers)}.")
     if len(layers) > 1 and method != "layer_cam":
         raise ValueError(
             f"method {method!r} reads one layer; got {len(layers)} ({', '.join(layers)}). Only "

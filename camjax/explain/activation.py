@@ -10,7 +10,8 @@
   computes. Class-agnostic: every target of an image gets the same map. The
   singular vector's sign is arbitrary; camjax orients it so that the projection's product with
   the channel sum of the activations (the unsigned "how active" map; centred with `center`) is
-  positive, which makes the map deterministic across SVD implementations. The principal
+  positive, which makes the map deterministic across SVD implementations; where that sum is at
+  rounding level (a LayerNorm's output), its largest entry is positive. The principal
   component comes from plain matrix products (`top_eigenvector`), not a LAPACK call: see
   there why.
 """
@@ -38,12 +39,15 @@ def classifier_kernel(variables: Mapping[str, Any], head: str) -> jax.Array:
     else:
         node = variables.get("params", {})
     for name in head.split("/"):
-        node = node.get(name, {}) if isinstance(node, Mapping) else {}
+        if not isinstance(node, Mapping):
+            break
+        # An NNX state keys list items by their int index; a path names them by its digits.
+        node = node.get(int(name) if name.isdigit() and int(name) in node else name, {})
     kernel = node.get("kernel") if isinstance(node, Mapping) else None
     if kernel is None or kernel.ndim != 2:
         raise ValueError(
             f"CAM needs the linear classifier after global average pooling: there is no Dense "
-            f"kernel at params path {head!r}; pass head='PATH' of the classifier."
+            f"or Linear kernel at module path {head!r}; pass head='PATH' of the classifier."
         )
     return kernel
 
@@ -107,7 +111,8 @@ def top_eigenvector(gram: jax.Array) -> jax.Array:
 def principal_projection(x: jax.Array, center: bool = False) -> jax.Array:
     """x (h, w, K) -> (h, w): each position's projection on the first right singular vector of
     the positions' K-vectors (centred over positions first with `center`), oriented so that
-    its product with x's channel sum (centred too with `center`) is positive."""
+    its product with x's channel sum (centred too with `center`) is positive, or, where that
+    sum is at rounding level, its largest entry."""
     h, w, k = x.shape
     flat = x.reshape(h * w, k)
     centred = flat - jnp.mean(flat, axis=0) if center else flat
@@ -126,7 +131,16 @@ def principal_projection(x: jax.Array, center: bool = False) -> jax.Array:
     # correlating it with a centred sum could flip it to all <= 0, an all-zero map after ReLU.
     activity = jnp.sum(flat, axis=1)
     activity = activity - jnp.mean(activity) if center else activity
-    sign = jnp.where(jnp.sum(projection * activity) < 0, -1.0, 1.0)
+    agreement = jnp.sum(projection * activity)
+    # A channel sum at rounding level decides nothing (a LayerNorm's output, the usual layer of
+    # a vision transformer, sums to ~0 over channels at every position: its sign flipped with
+    # a 1e-6 change of the image). |agreement| <= |projection| sqrt(K) |centred| (Cauchy-
+    # Schwarz); below 1e-4 of that bound, the largest entry is made positive instead (the
+    # convention of scikit-learn's svd_flip).
+    bound = jnp.sqrt(jnp.sum(projection**2) * k * jnp.sum(centred**2))
+    largest = projection[jnp.argmax(jnp.abs(projection))]
+    decisive = jnp.abs(agreement) > 1e-4 * bound
+    sign = jnp.where(jnp.where(decisive, agreement, largest) < 0, -1.0, 1.0)
     return (sign * projection).reshape(h, w)
 
 

@@ -23,7 +23,9 @@ class or register tokens, dropped), or `grid=(h, w)` for a non-square one; `to_g
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -84,43 +86,60 @@ class Probe:
         output of the single layer, used instead of computing it.
         """
 
+        shapes: dict[str, tuple[int, ...]] = {}  # each layer's output, as its module returned it
+
         def tap(path: str, call: Callable[[], Any]) -> jax.Array:
             out = replacement if replacement is not None else call()
             if not isinstance(out, jax.Array) or out.ndim not in (3, 4):
                 raise ValueError(
                     f"layer {path!r} must return one (B, h, w, K) or (B, tokens, D) array; got "
-                    f"{type(out).__name__} {getattr(out, 'shape', '')}. Probe a module that does."
+                    f"{_described(out)}. Probe a module that does."
                 )
             if deltas is not None:
                 out = out + deltas[self.layers.index(path)].astype(out.dtype)
+            shapes.setdefault(path, out.shape)
             return out
 
         apply = self._apply_linen if isinstance(self.model, nn.Module) else self._apply_nnx
-        output, outputs, called, paths = apply(variables, images, tap)
+        called: list[str] = []  # the module paths called, in order
+        try:
+            output, sown, paths = apply(variables, images, tap, called)
+        except ValueError as e:
+            # A lifted transform refusing a tapped layer's sown output, e.g. a vmap that
+            # broadcasts the module's variables: "at vmap out_axes..., got axis spec None but
+            # output was batched on axis 0".
+            message = str(e).splitlines()[0]
+            if not set(called) & set(self.layers) or not (
+                PROBED in message or "out_axes" in message
+            ):
+                raise
+            layers = " or ".join(map(repr, set(called) & set(self.layers)))
+            raise self._lifted_error(layers, f" (JAX: {message})") from None
         logits = model_logits(output)
         if not isinstance(logits, jax.Array) or logits.ndim != 2:
             raise ValueError(
                 f"{self.model_name} must return logits (B, classes), a tuple or list starting "
-                "with them, or a mapping or object with 'logits'; got "
-                f"{type(logits).__name__} {getattr(logits, 'shape', '')}."
+                f"with them, or a mapping or object with 'logits'; got {_described(logits)}."
             )
         return logits.astype(jnp.float32), tuple(
-            self._single_output(layer, outputs[layer], called, paths) for layer in self.layers
+            self._single_output(layer, sown[layer], shapes.get(layer), called, paths)
+            for layer in self.layers
         )
 
     @property
     def model_name(self) -> str:
         return type(self.model).__name__ if isinstance(self.model, nn.Module) else self.name
 
-    def _apply_linen(self, variables: Variables, images: jax.Array, tap: Callable):
-        """model.apply with the layers tapped -> (output, {layer: its outputs}, the module paths
-        called, the same list again as the paths to list: linen knows only the modules called)."""
-        called: list[str] = []
+    def _apply_linen(self, variables: Variables, images: jax.Array, tap: Callable, called):
+        """model.apply with the layers tapped -> (output, {layer: what it sowed}, every module
+        path reached by any method); `called` gets the paths whose __call__ ran."""
+        paths: list[str] = []
 
         def interceptor(next_fun, args, kwargs, context):
+            path = "/".join(context.module.path)
+            paths.append(path)
             if context.method_name != "__call__":
                 return next_fun(*args, **kwargs)
-            path = "/".join(context.module.path)
             called.append(path)
             if path not in self.layers:
                 return next_fun(*args, **kwargs)
@@ -133,13 +152,14 @@ class Probe:
                 variables, images, mutable=[PROBED], **dict(self.apply_kwargs)
             )
         flat = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
-        outputs = {layer: flat.get(f"{layer}/{PROBED}", ()) for layer in self.layers}
-        return output, outputs, called, called
+        sown = {layer: flat.get(f"{layer}/{PROBED}", ()) for layer in self.layers}
+        return output, sown, paths
 
-    def _apply_nnx(self, state: nnx.State, images: jax.Array, tap: Callable):
+    def _apply_nnx(self, state: nnx.State, images: jax.Array, tap: Callable, called):
         """The NNX model rebuilt from its graph definition and `state` (a copy: the user's model
-        is untouched), its layers' classes swapped for subclasses whose __call__ taps and sows,
-        and called -> (output, {layer: its outputs}, layers called, every module path)."""
+        is untouched), its probed modules' classes swapped for `_tapped` ones, and called
+        -> (output, {layer: what it sowed}, every module path); `called` gets the probed layers
+        whose __call__ ran."""
         # copy: Variables of this trace, which NNX's lifted transforms may then update (the
         # state's own may belong to an outer trace, e.g. outside a jax.vjp).
         model = nnx.merge(self.model, state, copy=True)
@@ -148,40 +168,60 @@ class Probe:
             for path, node in nnx.iter_graph(model)
             if isinstance(node, nnx.Module)
         }
-        called: list[str] = []
         for layer in self.layers:
             if (module := modules.get(layer)) is not None:
-                module.__class__ = _tapped(type(module), layer, tap, called)
-        output = model(images, **dict(self.apply_kwargs))
-        sown = {layer: getattr(modules.get(layer), PROBED, None) for layer in self.layers}
-        outputs = {layer: () if v is None else v.value for layer, v in sown.items()}
-        return output, outputs, called, sorted(modules)
+                module.__class__ = _tapped(type(module), layer)
+        token = _ACTIVE_TAP.set((tap, called))
+        try:
+            output, captured = nnx.capture(model, nnx.Intermediate)(
+                images, **dict(self.apply_kwargs)
+            )
+        finally:
+            _ACTIVE_TAP.reset(token)
+        flat = {
+            "/".join(map(str, path[:-1])): variable.get_value()
+            for path, variable in nnx.to_flat_state(captured)
+            if path[-1] == PROBED
+        }
+        sown = {layer: flat.get(layer, ()) for layer in self.layers}
+        return output, sown, sorted(modules)
 
     def _single_output(
-        self, layer: str, outputs: tuple, called: list[str], paths: list[str]
+        self,
+        layer: str,
+        sown: tuple,
+        shape: tuple[int, ...] | None,
+        called: list[str],
+        paths: list[str],
     ) -> jax.Array:
-        """The one output a layer sowed, or a one-line error saying why there is not one."""
-        if len(outputs) > 1:
+        """The one output a layer sowed, or a one-line error saying why there is not one.
+        shape: the output's shape as the module returned it."""
+        if len(sown) > 1:
             raise ValueError(
                 f"layer {layer!r} is called more than once in one forward pass (a shared "
                 "module); probe a module that is called once, e.g. one of its callers."
             )
-        if outputs:
-            return outputs[0]
-        if layer in called:
-            raise ValueError(
-                f"layer {layer!r} of {self.model_name} runs inside a lifted transform that does "
-                "not return its variables (nn.scan over repeated blocks, nn.vmap); probe a "
-                "module outside it, e.g. the transformed module's caller."
-            )
+        if layer in called and (not sown or sown[0].shape != shape):
+            # Nothing came out, or it came out stacked (a scan over layers).
+            raise self._lifted_error(repr(layer), "")
+        if sown:
+            return sown[0]
         if layer in paths:
             raise ValueError(
-                f"layer {layer!r} of {self.model_name} is not called in the forward pass; probe "
-                "a module on the way to the logits."
+                f"layer {layer!r} of {self.model_name} is not called through __call__ in the "
+                "forward pass (only __call__'s output is read); probe a module on the way to "
+                "the logits that is."
             )
         listing = ", ".join(p for p in dict.fromkeys(paths) if p)
         raise ValueError(
             f"{self.model_name} has no module at path {layer!r}; its module paths are: {listing}."
+        )
+
+    def _lifted_error(self, layer: str, cause: str) -> ValueError:
+        return ValueError(
+            f"layer {layer} of {self.model_name} runs inside a lifted transform that stacks, "
+            "broadcasts or drops its outputs (a scan over repeated blocks, a vmap); probe a "
+            f"module outside it, e.g. the transformed module's caller{cause}."
         )
 
     def forward(self, variables: Variables, images: jax.Array):
@@ -278,15 +318,32 @@ def _depends_on_inputs(jaxpr: jex_core.Jaxpr) -> list[bool]:
     return [isinstance(v, jex_core.Var) and v in dependent for v in jaxpr.outvars]
 
 
-def _tapped(cls: type, layer: str, tap: Callable, called: list[str]) -> type:
-    """A subclass of an NNX module class whose __call__ passes its output through `tap` and
-    sows it as an nnx.Intermediate, which NNX's lifted transforms (nnx.remat, nnx.jit) return
-    to the module like any state update."""
+# The NNX call being traced: (its tap, the list of layers called). A context variable, not a
+# closure, so that one subclass per (class, layer) serves every trace: NNX registers each Module
+# subclass for good, and a closure would keep the trace's arrays alive with it.
+_ACTIVE_TAP: contextvars.ContextVar[tuple[Callable, list[str]]] = contextvars.ContextVar(
+    "camjax_active_tap"
+)
+
+
+@functools.cache
+def _tapped(cls: type, layer: str) -> type:
+    """A subclass of an NNX module class whose __call__ passes its output through the active
+    tap and sows it as an nnx.Intermediate, which `nnx.capture` collects and NNX's lifted
+    transforms (nnx.remat, nnx.jit) return to the module like any state update."""
 
     def __call__(self, *args, **kwargs):
+        tap, called = _ACTIVE_TAP.get()
         called.append(layer)
         out = tap(layer, lambda: cls.__call__(self, *args, **kwargs))
         self.sow(nnx.Intermediate, PROBED, out)
         return out
 
     return type(cls.__name__, (cls,), {"__call__": __call__})
+
+
+def _described(value: Any) -> str:
+    """'an array of shape (2, 5)' or the type's name, for messages."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"

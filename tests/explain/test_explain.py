@@ -225,15 +225,22 @@ def test_a_layer_inside_a_lifted_transform_gives_the_plain_models_maps(lift):
         np.testing.assert_allclose(maps[1], maps[0], atol=1e-6, err_msg=method)
 
 
-def test_a_layer_inside_nn_scan_and_a_shared_module_are_one_line_errors():
-    model = user_models.Lifted("scan")
+@pytest.mark.parametrize(
+    "model, layer, message",
+    [
+        (user_models.Lifted("scan"), "block/conv", "'block/conv' of Lifted runs inside a lifted"),
+        # Scanning the probe's collection too stacked the outputs: wrong maps, or JAX errors.
+        (user_models.Lifted("scan_all"), "block/conv", "of Lifted runs inside a lifted"),
+        (user_models.Lifted("vmap"), "block/conv", "of Lifted runs inside a lifted transform"),
+        (user_models.SharedConv(), "shared", "'shared' is called more than once"),
+        (user_models.ThroughMethod(), "encoder", "'encoder' of ThroughMethod is not called thr"),
+    ],
+)
+def test_layers_a_probe_cannot_read_are_one_line_errors(model, layer, message):
     variables, images = user_models.init(model, size=12)
-    with pytest.raises(ValueError, match="'block/conv' of Lifted runs inside a lifted transform"):
-        explain.explainer(model, variables, layer="block/conv")(images)
-    model = user_models.SharedConv()
-    variables, images = user_models.init(model, size=12)
-    with pytest.raises(ValueError, match="'shared' is called more than once"):
-        explain.explainer(model, variables, layer="shared")(images)
+    for method in ("grad_cam", "score_cam"):
+        with pytest.raises(ValueError, match=message):
+            explain.explainer(model, variables, method, layer=layer)(images)
 
 
 def test_logits_returned_in_a_mapping_or_an_output_object():
@@ -261,6 +268,7 @@ def test_logits_returned_in_a_mapping_or_an_output_object():
         (dict(method="ablation_cam", value="x"), "option 'value' of 'ablation_cam' must be a"),
         (dict(method="eigen_cam", layer=("conv1", "conv2")), "reads one layer; got 2"),
         (dict(method="layer_cam", layer=()), "layer must be a module path"),
+        (dict(method="layer_cam", layer=("conv2", "conv2")), "layer names a module twice"),
         (dict(method="grad_cam", layer=None), "layer must be a module path"),
         (dict(method="grad_cam", size=16), "size must be 'input', None"),
         (dict(method="grad_cam", size="layer"), "size must be 'input', None"),
@@ -385,6 +393,25 @@ def test_uncentred_eigen_cam_of_a_relu_layer_is_never_all_zero():
     maps = np.asarray(jax.vmap(explain.activation.principal_projection)(jnp.asarray(x)))
     assert np.all(maps.max(axis=(1, 2)) > 0)
     assert np.all(maps >= -1e-5 * np.abs(maps).max())
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_eigen_cam_of_a_layernorm_output_has_a_stable_sign(center):
+    """A LayerNorm's output sums to ~0 over channels at every position, so the channel sum that
+    orients the projection is rounding noise: a 1e-6 change of the input flipped the whole map
+    (a TinyViT's norm1). There the largest entry is made positive, as float64's SVD with
+    scikit-learn's svd_flip convention does."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((6, 6, 16)) * rng.uniform(0.2, 3.0, 16)
+    x = (x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)  # a LayerNorm, gamma 1
+    flat = x.reshape(36, 16)
+    u, s, _ = np.linalg.svd(flat - flat.mean(0) if center else flat, full_matrices=False)
+    ref = u[:, 0] * s[0]
+    ref = (ref * np.sign(ref[np.argmax(np.abs(ref))])).reshape(6, 6)
+    for noise in (0.0, 1e-6, -1e-6):
+        noisy = jnp.asarray(x + noise * rng.standard_normal(x.shape), jnp.float32)
+        ours = explain.activation.principal_projection(noisy, center)
+        np.testing.assert_allclose(ours, ref, atol=2e-4 * np.abs(ref).max())
 
 
 def spectrum_matrix(rng, eigenvalues):

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from camjax import explain
+from camjax.explain import probe
 from tests.explain import user_models
 
 # One method per way a probe reaches its layer: read with a gradient (grad_cam), read (the score
@@ -77,31 +78,69 @@ def test_other_weights_reuse_the_compiled_function_and_maps_are_per_sample(linen
     given = explain.explainer(counting, nnx.state(other), "grad_cam", layer="conv3")(images)
     np.testing.assert_array_equal(given.cams, negated.cams)
     assert len(traces) == n
+    # A new trace (another image size) makes no new tapped class: NNX keeps each for good.
+    classes = probe._tapped.cache_info().currsize
+    f(images[:, :12, :12])
+    assert len(traces) > n and probe._tapped.cache_info().currsize == classes
+
+
+class Block(nnx.Module):
+    def __init__(self, rngs):
+        self.fc = nnx.Linear(4, 4, rngs=rngs)
+
+    def __call__(self, x):
+        return x + nnx.relu(self.fc(x))
+
+
+class Unusual(nnx.Module):
+    """Batch norm (training mode until .eval()), an unused layer, a classifier in an nnx.List,
+    a module used through another method, and two blocks scanned over (Flax's scan over layers:
+    nnx.vmap to create them, nnx.scan to run them)."""
+
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+        self.norm = nnx.BatchNorm(4, rngs=rngs)
+        self.unused = nnx.Conv(4, 4, (1, 1), rngs=rngs)
+        self.pool = Pool()
+        self.blocks = nnx.split_rngs(splits=2)(nnx.vmap(Block, in_axes=(0,), out_axes=0))(rngs)
+        self.heads = nnx.List([nnx.Linear(4, 5, rngs=rngs)])
+
+    def __call__(self, x):
+        x = nnx.relu(self.norm(self.conv(x)))
+        x = nnx.scan(lambda x, block: block(x), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)(
+            x, self.blocks
+        )
+        return self.heads[0](self.pool.average(x))
+
+
+class Pool(nnx.Module):
+    def average(self, x):
+        return jnp.mean(x, axis=(1, 2))
 
 
 def test_nnx_mistakes_are_one_line_errors(linen_and_nnx):
     _, variables, model, images = linen_and_nnx
     with pytest.raises(ValueError, match=r"no module at path 'conv9'.*classifier, conv1, conv2"):
         explain.explainer(model, layer="conv9")(images)
-    with pytest.raises(ValueError, match=r"variables of an NNX model are its state.*got a dict"):
+    with pytest.raises(ValueError, match=r"NNX model are its whole state.*got dict"):
         explain.explainer(model, variables, layer="conv3")
     with pytest.raises(ValueError, match=r"model must be a Flax module .*got function"):
         explain.explainer(lambda x: x, variables, layer="conv3")
 
-    class Training(nnx.Module):
-        def __init__(self, rngs):
-            self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
-            self.norm = nnx.BatchNorm(4, rngs=rngs)
-            self.unused = nnx.Conv(4, 4, (1, 1), rngs=rngs)
-            self.head = nnx.Linear(4, 5, rngs=rngs)
-
-        def __call__(self, x):
-            return self.head(self.norm(self.conv(x)).mean((1, 2)))
-
-    training = Training(nnx.Rngs(0))
+    unusual = Unusual(nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"training mode \(BatchNorm 'norm' has use_running_av"):
-        explain.explainer(training, layer="conv")
-    training.eval()
-    with pytest.raises(ValueError, match="layer 'unused' of Training is not called"):
-        explain.explainer(training, layer="unused")(images)
-    assert explain.explainer(training, layer="conv")(images).cams.shape == (3, 1, 16, 16)
+        explain.explainer(unusual, layer="conv")
+    unusual.eval()
+    with pytest.raises(ValueError, match=r"not only its Params.*got a state of another struct"):
+        explain.explainer(unusual, nnx.state(unusual, nnx.Param), layer="conv")
+    for layer, message in [
+        ("unused", "layer 'unused' of Unusual is not called through __call__"),
+        ("pool", "layer 'pool' of Unusual is not called through __call__"),
+        # The scan stacks the blocks' outputs: read as one layer, wrong maps or JAX errors.
+        ("blocks/fc", "layer 'blocks/fc' of Unusual runs inside a lifted transform"),
+    ]:
+        for method in ("grad_cam", "score_cam"):
+            with pytest.raises(ValueError, match=message):
+                explain.explainer(unusual, method=method, layer=layer)(images)
+    out = explain.explainer(unusual, method="cam", layer="norm", head="heads/0")(images)
+    assert out.cams.shape == (3, 1, 16, 16) and np.isfinite(np.asarray(out.cams)).all()

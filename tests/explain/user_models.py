@@ -87,18 +87,28 @@ class ConvBlock(nn.Module):
 
 class Lifted(nn.Module):
     """A stem, a block under a Flax lifted transform ('plain': none), a linear head: the
-    variables of 'plain', 'remat' and 'jit' are the same tree."""
+    variables of 'plain', 'remat' and 'jit' are the same tree. 'scan' scans two blocks over
+    their params, 'scan_all' over every collection (whose outputs come out stacked), 'vmap'
+    maps the block over images with its variables broadcast."""
 
     lift: str = "plain"
 
     @nn.compact
     def __call__(self, x):
         x = nn.relu(nn.Conv(8, (3, 3), name="stem")(x))
-        if self.lift == "scan":
-            scan = nn.scan(
-                ConvBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=2
-            )
+        if self.lift in ("scan", "scan_all"):
+            axes = {"params": 0} if self.lift == "scan" else {True: 0}
+            scan = nn.scan(ConvBlock, variable_axes=axes, split_rngs={"params": True}, length=2)
             x, _ = scan(name="block")(x, None)
+        elif self.lift == "vmap":
+            vmap = nn.vmap(
+                ConvBlock,
+                variable_axes={True: None},
+                split_rngs={"params": False},
+                in_axes=(0, None),
+                out_axes=(0, None),
+            )
+            x = vmap(name="block")(x[:, None], None)[0][:, 0]
         else:
             block = {"plain": ConvBlock, "remat": nn.remat(ConvBlock), "jit": nn.jit(ConvBlock)}
             x, _ = block[self.lift](name="block")(x)
@@ -129,6 +139,20 @@ class Outputs(nn.Module):
             "object": Output(logits=logits, features=x),
             "features": x,
         }[self.form]
+
+
+class ThroughMethod(nn.Module):
+    """A submodule used through a method other than __call__."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(5, name="head")(jnp.mean(Features(name="encoder").features(x), (1, 2)))
+
+
+class Features(nn.Module):
+    @nn.compact
+    def features(self, x):
+        return nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
 
 
 class SharedConv(nn.Module):
