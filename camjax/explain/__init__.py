@@ -226,7 +226,16 @@ def explainer(
     """
     layers, size = _checked_arguments(method, layer, top_k, size, options)
     model, variables, name = _functional(model, variables)
-    probe = Probe(model, layers, tuple(sorted((apply_kwargs or {}).items())), grid, name)
+    apply_kwargs = tuple(sorted((apply_kwargs or {}).items()))
+    for key, value in apply_kwargs:
+        try:
+            hash(value)
+        except TypeError:
+            raise ValueError(
+                f"apply_kwargs[{key!r}] must be hashable (it keys the compiled function), like a "
+                f"bool, number, string or tuple; got a {type(value).__name__}."
+            ) from None
+    probe = Probe(model, layers, apply_kwargs, grid, name)
     options = tuple(sorted(options.items()))
     run = _compiled(probe, method, top_k, size, resize, normalize, relu, options)
 

@@ -269,6 +269,7 @@ def test_logits_returned_in_a_mapping_or_an_output_object():
         (dict(method="eigen_cam", layer=("conv1", "conv2")), "reads one layer; got 2"),
         (dict(method="layer_cam", layer=()), "layer must be a module path"),
         (dict(method="layer_cam", layer=("conv2", "conv2")), "layer names a module twice"),
+        (dict(method="grad_cam", apply_kwargs={"train": [False]}), r"apply_kwargs\['train'\] mu"),
         (dict(method="grad_cam", layer=None), "layer must be a module path"),
         (dict(method="grad_cam", size=16), "size must be 'input', None"),
         (dict(method="grad_cam", size="layer"), "size must be 'input', None"),
