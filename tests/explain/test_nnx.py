@@ -78,6 +78,10 @@ def test_other_weights_reuse_the_compiled_function_and_maps_are_per_sample(linen
     given = explain.explainer(counting, nnx.state(other), "grad_cam", layer="conv3")(images)
     np.testing.assert_array_equal(given.cams, negated.cams)
     assert len(traces) == n
+    # variables=None reads the model's own state at every call: an in-place update shows.
+    counting.conv3.kernel[...] = -counting.conv3.kernel[...]
+    counting.classifier.kernel[...] = -counting.classifier.kernel[...]
+    assert not np.allclose(f(images).cams, out.cams)
     # A new trace (another image size) makes no new tapped class: NNX keeps each for good.
     classes = probe._tapped.cache_info().currsize
     f(images[:, :12, :12])
