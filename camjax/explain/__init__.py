@@ -241,7 +241,7 @@ def explainer(
 
     def f(images: Any, targets: Any = None, key: jax.Array | None = None) -> CamOutput:
         check_images(images)
-        if key is not None and not isinstance(key, jax.Array):
+        if key is not None and not isinstance(key, jax.Array | np.ndarray):
             raise ValueError(
                 f"key must be a JAX PRNG key, e.g. jax.random.key(seed); got {type(key).__name__}."
             )
@@ -296,6 +296,8 @@ def _check_nnx_eval_mode(model: nnx.Module) -> None:
     that depend on the rest of the batch (batch statistics) or on chance (dropout)."""
     for path, node in nnx.iter_graph(model):
         for mode in ("deterministic", "use_running_average"):
+            if getattr(node, "rate", None) == 0:  # a Dropout that drops nothing
+                continue
             if isinstance(node, nnx.Module) and getattr(node, mode, None) is False:
                 where = "/".join(map(str, path))
                 raise ValueError(

@@ -11,7 +11,7 @@
   singular vector's sign is arbitrary; camjax orients it so that the projection's product with
   the channel sum of the activations (the unsigned "how active" map; centred with `center`) is
   positive, which makes the map deterministic across SVD implementations; where that sum is at
-  rounding level (a LayerNorm's output), its largest entry is positive. The principal
+  rounding level (a LayerNorm with equal scales), its largest entry is positive. The principal
   component comes from plain matrix products (`top_eigenvector`), not a LAPACK call: see
   there why.
 """
@@ -132,11 +132,11 @@ def principal_projection(x: jax.Array, center: bool = False) -> jax.Array:
     activity = jnp.sum(flat, axis=1)
     activity = activity - jnp.mean(activity) if center else activity
     agreement = jnp.sum(projection * activity)
-    # A channel sum at rounding level decides nothing (a LayerNorm's output, the usual layer of
-    # a vision transformer, sums to ~0 over channels at every position: its sign flipped with
-    # a 1e-6 change of the image). |agreement| <= |projection| sqrt(K) |centred| (Cauchy-
-    # Schwarz); below 1e-4 of that bound, the largest entry is made positive instead (the
-    # convention of scikit-learn's svd_flip).
+    # A channel sum at rounding level decides nothing (a LayerNorm with equal scales, as
+    # initialised, outputs ~0 channel sums at every position: at a vision transformer's norm1
+    # the sign flipped with a 1e-6 change of the image). |agreement| <= |projection| sqrt(K)
+    # |centred| (Cauchy-Schwarz); below 1e-4 of that bound, the largest entry is made positive
+    # instead (the convention of scikit-learn's svd_flip).
     bound = jnp.sqrt(jnp.sum(projection**2) * k * jnp.sum(centred**2))
     largest = projection[jnp.argmax(jnp.abs(projection))]
     decisive = jnp.abs(agreement) > 1e-4 * bound

@@ -40,8 +40,15 @@ from jax.extend import core as jex_core
 Variables = Mapping[str, Any]
 
 
-# The collection a probe sows its layers' outputs into.
+# The collection a probe sows its layers' outputs into, and the one its inputs to them (a delta
+# to add, a replacement output) go in by.
 PROBED = "camjax_probe"
+PROBE_INPUTS = "camjax_probe_inputs"
+DELTA, REPLACEMENT = "delta", "replacement"
+
+
+class ProbeInput(nnx.Variable):
+    """A probe's input to an NNX layer (a delta, a replacement output), held by the layer."""
 
 
 def model_logits(output: Any) -> jax.Array:
@@ -59,7 +66,8 @@ def model_logits(output: Any) -> jax.Array:
 class Probe:
     """A model with one or more layers addressed by module path ('layer4_2', 'block/conv').
 
-    apply_kwargs: keyword arguments of every `model.apply` call, as sorted (name, value) pairs
+    apply_kwargs: keyword arguments of every `model.apply` call (an NNX model's call), as
+    sorted (name, value) pairs
     (e.g. (("train", False),)); the model must be deterministic with them (no dropout, batch
     norm on its running statistics), or a sample's map would depend on the rest of the batch.
     grid: (h, w) of a token layer; None infers the largest square.
@@ -83,37 +91,45 @@ class Probe:
         """One forward pass -> (logits (B, C), each layer's output in the module's own layout).
 
         deltas: added to each layer's output (zeros, to take gradients there). replacement: the
-        output of the single layer, used instead of computing it.
+        output of the single layer, used instead of computing it. Both reach the layer as
+        variables, not in a closure: a lifted transform that caches its trace (nn.jit, nnx.jit,
+        nnx.remat) replays it with its variables as inputs, and would replay a closure's first
+        values.
         """
-
+        given: dict[str, dict[str, jax.Array]] = {layer: {} for layer in self.layers}
+        for layer, delta in zip(self.layers, deltas or (), strict=False):
+            given[layer][DELTA] = delta
+        if replacement is not None:
+            given[self.layers[0]][REPLACEMENT] = replacement
         shapes: dict[str, tuple[int, ...]] = {}  # each layer's output, as its module returned it
 
-        def tap(path: str, call: Callable[[], Any]) -> jax.Array:
-            out = replacement if replacement is not None else call()
+        def tap(path: str, call: Callable[[], Any], inputs: Mapping[str, jax.Array]):
+            out = inputs[REPLACEMENT] if REPLACEMENT in inputs else call()
             if not isinstance(out, jax.Array) or out.ndim not in (3, 4):
                 raise ValueError(
                     f"layer {path!r} must return one (B, h, w, K) or (B, tokens, D) array; got "
                     f"{_described(out)}. Probe a module that does."
                 )
-            if deltas is not None:
-                out = out + deltas[self.layers.index(path)].astype(out.dtype)
+            if DELTA in inputs:
+                out = out + inputs[DELTA].astype(out.dtype)
             shapes.setdefault(path, out.shape)
             return out
 
         apply = self._apply_linen if isinstance(self.model, nn.Module) else self._apply_nnx
-        called: list[str] = []  # the module paths called, in order
+        called: list[str] = []  # the module paths whose __call__ was traced, in order
         try:
-            output, sown, paths = apply(variables, images, tap, called)
+            output, sown, paths = apply(variables, images, given, tap, called)
         except ValueError as e:
             # A lifted transform refusing a tapped layer's sown output, e.g. a vmap that
             # broadcasts the module's variables: "at vmap out_axes..., got axis spec None but
-            # output was batched on axis 0".
+            # output was batched on axis 0". Unless the model fails without the probe too.
             message = str(e).splitlines()[0]
-            if not set(called) & set(self.layers) or not (
-                PROBED in message or "out_axes" in message
-            ):
+            tapped = [layer for layer in self.layers if layer in called]
+            if not tapped or not (PROBED in message or "out_axes" in message):
                 raise
-            layers = " or ".join(map(repr, set(called) & set(self.layers)))
+            if not self._runs_unprobed(variables, images):
+                raise
+            layers = " or ".join(map(repr, tapped))
             raise self._lifted_error(layers, f" (JAX: {message})") from None
         logits = model_logits(output)
         if not isinstance(logits, jax.Array) or logits.ndim != 2:
@@ -130,9 +146,23 @@ class Probe:
     def model_name(self) -> str:
         return type(self.model).__name__ if isinstance(self.model, nn.Module) else self.name
 
-    def _apply_linen(self, variables: Variables, images: jax.Array, tap: Callable, called):
+    def _runs_unprobed(self, variables: Variables, images: jax.Array) -> bool:
+        """Whether the model runs (is traced) without the probe."""
+        kwargs = dict(self.apply_kwargs)
+        if isinstance(self.model, nn.Module):
+            call = lambda: self.model.apply(variables, images, **kwargs)  # noqa: E731
+        else:
+            call = lambda: nnx.merge(self.model, variables, copy=True)(images, **kwargs)  # noqa: E731
+        try:
+            jax.eval_shape(call)
+        except Exception:  # the model's own error: the caller raises it as it was
+            return False
+        return True
+
+    def _apply_linen(self, variables, images, given, tap: Callable, called: list[str]):
         """model.apply with the layers tapped -> (output, {layer: what it sowed}, every module
-        path reached by any method); `called` gets the paths whose __call__ ran."""
+        path reached by any method); `given` ({layer: {DELTA/REPLACEMENT: array}}) goes in as
+        a collection; `called` gets the paths whose __call__ was traced."""
         paths: list[str] = []
 
         def interceptor(next_fun, args, kwargs, context):
@@ -143,10 +173,21 @@ class Probe:
             called.append(path)
             if path not in self.layers:
                 return next_fun(*args, **kwargs)
-            out = tap(path, lambda: next_fun(*args, **kwargs))
-            context.module.sow(PROBED, PROBED, out)
+            module = context.module
+            inputs = {
+                name: module.get_variable(PROBE_INPUTS, name)
+                for name in (DELTA, REPLACEMENT)
+                if module.has_variable(PROBE_INPUTS, name)
+            }
+            out = tap(path, lambda: next_fun(*args, **kwargs), inputs)
+            module.sow(PROBED, PROBED, out)
             return out
 
+        feed = flax.traverse_util.unflatten_dict(
+            {(*layer.split("/"), name): x for layer, xs in given.items() for name, x in xs.items()}
+        )
+        if feed:
+            variables = {**variables, PROBE_INPUTS: feed}
         with nn.intercept_methods(interceptor):
             output, probed = self.model.apply(
                 variables, images, mutable=[PROBED], **dict(self.apply_kwargs)
@@ -155,11 +196,11 @@ class Probe:
         sown = {layer: flat.get(f"{layer}/{PROBED}", ()) for layer in self.layers}
         return output, sown, paths
 
-    def _apply_nnx(self, state: nnx.State, images: jax.Array, tap: Callable, called):
+    def _apply_nnx(self, state: nnx.State, images, given, tap: Callable, called: list[str]):
         """The NNX model rebuilt from its graph definition and `state` (a copy: the user's model
-        is untouched), its probed modules' classes swapped for `_tapped` ones, and called
-        -> (output, {layer: what it sowed}, every module path); `called` gets the probed layers
-        whose __call__ ran."""
+        is untouched), its probed modules' classes swapped for `_tapped` ones holding `given`
+        as `ProbeInput` variables, and called -> (output, {layer: what it sowed}, every module
+        path); `called` gets the probed layers whose __call__ was traced."""
         # copy: Variables of this trace, which NNX's lifted transforms may then update (the
         # state's own may belong to an outer trace, e.g. outside a jax.vjp).
         model = nnx.merge(self.model, state, copy=True)
@@ -171,6 +212,8 @@ class Probe:
         for layer in self.layers:
             if (module := modules.get(layer)) is not None:
                 module.__class__ = _tapped(type(module), layer)
+                for name, value in given[layer].items():
+                    setattr(module, f"{PROBE_INPUTS}_{name}", ProbeInput(value))
         token = _ACTIVE_TAP.set((tap, called))
         try:
             output, captured = nnx.capture(model, nnx.Intermediate)(
@@ -335,7 +378,12 @@ def _tapped(cls: type, layer: str) -> type:
     def __call__(self, *args, **kwargs):
         tap, called = _ACTIVE_TAP.get()
         called.append(layer)
-        out = tap(layer, lambda: cls.__call__(self, *args, **kwargs))
+        inputs = {
+            name: variable[...]
+            for name in (DELTA, REPLACEMENT)
+            if (variable := getattr(self, f"{PROBE_INPUTS}_{name}", None)) is not None
+        }
+        out = tap(layer, lambda: cls.__call__(self, *args, **kwargs), inputs)
         self.sow(nnx.Intermediate, PROBED, out)
         return out
 

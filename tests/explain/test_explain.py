@@ -243,6 +243,16 @@ def test_layers_a_probe_cannot_read_are_one_line_errors(model, layer, message):
             explain.explainer(model, variables, method, layer=layer)(images)
 
 
+def test_a_models_own_error_is_raised_as_it_is():
+    """The lifted-transform message replaces a vmap's out_axes error only when the model runs
+    without the probe: this model's own vmap fails either way."""
+    model = user_models.OwnVmapBug()
+    variables, images = user_models.init(model, size=12)
+    with pytest.raises(ValueError, match="out_axes") as error:
+        explain.explainer(model, variables, layer="conv")(images)
+    assert "lifted transform" not in str(error.value)
+
+
 def test_logits_returned_in_a_mapping_or_an_output_object():
     variables, images = user_models.init(user_models.Outputs(), size=12)
     maps = [
@@ -296,6 +306,7 @@ def test_variables_without_their_collections_and_a_key_that_is_not_one_are_one_l
     with pytest.raises(ValueError, match="key must be a JAX PRNG key.*got int"):
         f(images, key=0)
     assert f(images, key=jax.random.PRNGKey(0)).cams.shape == (2, 1, 16, 16)
+    assert f(images, key=np.asarray(jax.random.PRNGKey(0))).cams.shape == (2, 1, 16, 16)
 
 
 def test_a_target_function_must_give_one_score_per_image_and_a_batch_is_not_empty():

@@ -85,6 +85,11 @@ class ConvBlock(nn.Module):
         return nn.relu(nn.Conv(x.shape[-1], (3, 3), name="conv")(x)), carry
 
 
+# Built once, as users write them: a transform that caches its trace then replays it (nn.jit),
+# which a probe passing its inputs in a closure got wrong.
+LIFTED_BLOCKS = {"plain": ConvBlock, "remat": nn.remat(ConvBlock), "jit": nn.jit(ConvBlock)}
+
+
 class Lifted(nn.Module):
     """A stem, a block under a Flax lifted transform ('plain': none), a linear head: the
     variables of 'plain', 'remat' and 'jit' are the same tree. 'scan' scans two blocks over
@@ -110,8 +115,7 @@ class Lifted(nn.Module):
             )
             x = vmap(name="block")(x[:, None], None)[0][:, 0]
         else:
-            block = {"plain": ConvBlock, "remat": nn.remat(ConvBlock), "jit": nn.jit(ConvBlock)}
-            x, _ = block[self.lift](name="block")(x)
+            x, _ = LIFTED_BLOCKS[self.lift](name="block")(x)
         return nn.Dense(5, name="head")(jnp.mean(x, axis=(1, 2)))
 
 
@@ -155,6 +159,17 @@ class Features(nn.Module):
         return nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
 
 
+class OwnVmapBug(nn.Module):
+    """A model whose own jax.vmap is wrong (out_axes None for a batched output), after init."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+        if not self.is_initializing():
+            jax.vmap(lambda a: (a, a.sum()), out_axes=(0, None))(x)
+        return nn.Dense(5, name="head")(jnp.mean(x, axis=(1, 2)))
+
+
 class SharedConv(nn.Module):
     """One convolution module applied twice."""
 
@@ -177,12 +192,15 @@ class NNXCNN(nnx.Module):
     def __call__(self, x):
         x = nnx.relu(self.conv1(x))
         x = nnx.max_pool(x, (2, 2), strides=(2, 2))
+        return self.classifier(jnp.mean(NNX_BODIES[self.lift](self, x), axis=(1, 2)))
 
-        def body(model, x):
-            return nnx.relu(model.conv3(nnx.relu(model.conv2(x))))
 
-        lifted = {"plain": body, "remat": nnx.remat(body), "jit": nnx.jit(body)}[self.lift]
-        return self.classifier(jnp.mean(lifted(self, x), axis=(1, 2)))
+def _body(model: NNXCNN, x):
+    return nnx.relu(model.conv3(nnx.relu(model.conv2(x))))
+
+
+# Transformed once, at import (nnx.jit and nnx.remat cache their traces).
+NNX_BODIES = {"plain": _body, "remat": nnx.remat(_body), "jit": nnx.jit(_body)}
 
 
 def nnx_twin(variables, cls=NNXCNN, **kwargs) -> NNXCNN:
