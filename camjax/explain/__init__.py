@@ -226,25 +226,14 @@ def explainer(
     """
     layers, size = _checked_arguments(method, layer, top_k, size, options)
     model, variables, name = _functional(model, variables)
-    apply_kwargs = tuple(sorted((apply_kwargs or {}).items()))
-    for key, value in apply_kwargs:
-        try:
-            hash(value)
-        except TypeError:
-            raise ValueError(
-                f"apply_kwargs[{key!r}] must be hashable (it keys the compiled function), like a "
-                f"bool, number, string or tuple; got a {type(value).__name__}."
-            ) from None
-    probe = Probe(model, layers, apply_kwargs, grid, name)
+    probe = Probe(model, layers, _hashable_kwargs(apply_kwargs), grid, name)
     options = tuple(sorted(options.items()))
     run = _compiled(probe, method, top_k, size, resize, normalize, relu, options)
 
     def f(images: Any, targets: Any = None, key: jax.Array | None = None) -> CamOutput:
         check_images(images)
         if key is not None and not isinstance(key, jax.Array | np.ndarray):
-            raise ValueError(
-                f"key must be a JAX PRNG key, e.g. jax.random.key(seed); got {type(key).__name__}."
-            )
+            raise ValueError(f"key must be a JAX PRNG key, jax.random.key(seed); got {key!r}.")
         targets = _check_targets(targets, images.shape[0])
         score_fn = targets if callable(targets) else None
         given = None if score_fn is not None else targets
@@ -289,6 +278,20 @@ def _functional(model: Any, variables: Any) -> tuple[Any, Any, str]:
             "{'params': params} (and any other collection, e.g. 'batch_stats')."
         )
     return model, variables, ""
+
+
+def _hashable_kwargs(apply_kwargs: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """apply_kwargs as sorted (name, value) pairs, which key the compiled function."""
+    pairs = tuple(sorted((apply_kwargs or {}).items()))
+    for name, value in pairs:
+        try:
+            hash(value)
+        except TypeError:
+            raise ValueError(
+                f"apply_kwargs[{name!r}] must be hashable (it keys the compiled function), like a "
+                f"bool, number, string or tuple; got a {type(value).__name__}."
+            ) from None
+    return pairs
 
 
 def _check_nnx_eval_mode(model: nnx.Module) -> None:
