@@ -1,10 +1,11 @@
 """Reading a layer of any Flax model, and its gradient, by module path, without editing the model.
 
 A `Probe` runs `model.apply` under `flax.linen.intercept_methods`: when the module at one of its
-paths returns, the interceptor adds a zero `delta` to the output and sows it into a collection of
-its own. (A variable, not a Python reference: a lifted transform such as `nn.remat` or `nn.jit`
-traces its module in a scope of its own, and only variables leave it.) The gradient of
-a score with respect to that delta is the gradient with respect to the layer's output, so one
+paths returns, the interceptor adds a zero `delta` to the output and sows the sum into a
+collection of its own. The delta goes in as a variable too: a lifted transform (`nn.remat`,
+`nn.jit`) traces its module in a scope of its own, which only variables enter and leave, and one
+that caches its trace replays it with new variables but a closure's first values. The gradient
+of a score with respect to that delta is the gradient with respect to the layer's output, so one
 `jax.vjp` gives the activations and, per target, their gradients; nothing in the user's model
 changes. An interceptor can also replace a layer's output, which makes whatever only fed that
 layer dead code that XLA drops (Ablation-CAM runs the rest of the network only, plus any skip
@@ -12,8 +13,8 @@ connection around the layer).
 
 A Flax NNX model has no interceptors: the probe rebuilds a copy of it from its graph definition
 and state inside the trace and gives the probed modules of the copy a subclass whose `__call__`
-does the same (adds the delta, sows the output as an `nnx.Intermediate`, which NNX's lifted
-transforms carry out like any state update).
+does the same (reads the delta from a `ProbeInput` variable on the module, sows the output as an
+`nnx.Intermediate`; NNX's lifted transforms carry both like any state).
 
 Layouts. Convolutional layers give (B, h, w, K) (NHWC, Flax's own). Transformer layers give
 tokens (B, T, D): the grid is the largest square that fits (T = prefix + g * g, the prefix being
