@@ -2,9 +2,9 @@
 
 A `Probe` runs `model.apply` under `flax.linen.intercept_methods`: when the module at one of its
 paths returns, the interceptor adds a zero `delta` to the output and sows the sum into a
-collection of its own. The delta goes in as a variable too: a lifted transform (`nn.remat`,
-`nn.jit`) traces its module in a scope of its own, which only variables enter and leave, and one
-that caches its trace replays it with new variables but a closure's first values. The gradient
+collection of its own (a variable, not a Python reference: a lifted transform such as `nn.remat`
+traces its module in a scope of its own, which only variables leave; `nn.jit`, which replays a
+cached trace with the interceptor's first delta, is refused). The gradient
 of a score with respect to that delta is the gradient with respect to the layer's output, so one
 `jax.vjp` gives the activations and, per target, their gradients; nothing in the user's model
 changes. An interceptor can also replace a layer's output, which makes whatever only fed that
@@ -13,8 +13,9 @@ connection around the layer).
 
 A Flax NNX model has no interceptors: the probe rebuilds a copy of it from its graph definition
 and state inside the trace and gives the probed modules of the copy a subclass whose `__call__`
-does the same (reads the delta from a `ProbeInput` variable on the module, sows the output as an
-`nnx.Intermediate`; NNX's lifted transforms carry both like any state).
+does the same, with the delta in a `ProbeInput` variable on the module and the output sown as an
+`nnx.Intermediate`: NNX's lifted transforms carry both like any state, and those that cache
+their traces (`nnx.jit`, `nnx.remat`) replay them with the current values.
 
 Layouts. Convolutional layers give (B, h, w, K) (NHWC, Flax's own). Transformer layers give
 tokens (B, T, D): the grid is the largest square that fits (T = prefix + g * g, the prefix being
@@ -41,9 +42,10 @@ from jax.extend import core as jex_core
 Variables = Mapping[str, Any]
 
 
-# The collection a probe sows its layers' outputs into, and the one its inputs to them (a delta
-# to add, a replacement output) go in by.
+# The collection a probe sows its layers' outputs into (with an `_unstacked_marker` each), and
+# the name of an NNX layer's inputs from the probe (a delta to add, a replacement output).
 PROBED = "camjax_probe"
+UNSTACKED = "unstacked"
 PROBE_INPUTS = "camjax_probe_inputs"
 DELTA, REPLACEMENT = "delta", "replacement"
 
@@ -92,17 +94,13 @@ class Probe:
         """One forward pass -> (logits (B, C), each layer's output in the module's own layout).
 
         deltas: added to each layer's output (zeros, to take gradients there). replacement: the
-        output of the single layer, used instead of computing it. Both reach the layer as
-        variables, not in a closure: a lifted transform that caches its trace (nn.jit, nnx.jit,
-        nnx.remat) replays it with its variables as inputs, and would replay a closure's first
-        values.
+        output of the single layer, used instead of computing it.
         """
         given: dict[str, dict[str, jax.Array]] = {layer: {} for layer in self.layers}
         for layer, delta in zip(self.layers, deltas or (), strict=False):
             given[layer][DELTA] = delta
         if replacement is not None:
             given[self.layers[0]][REPLACEMENT] = replacement
-        shapes: dict[str, tuple[int, ...]] = {}  # each layer's output, as its module returned it
 
         def tap(path: str, call: Callable[[], Any], inputs: Mapping[str, jax.Array]):
             out = inputs[REPLACEMENT] if REPLACEMENT in inputs else call()
@@ -113,7 +111,6 @@ class Probe:
                 )
             if DELTA in inputs:
                 out = out + inputs[DELTA].astype(out.dtype)
-            shapes.setdefault(path, out.shape)
             return out
 
         apply = self._apply_linen if isinstance(self.model, nn.Module) else self._apply_nnx
@@ -139,7 +136,7 @@ class Probe:
                 f"with them, or a mapping or object with 'logits'; got {_described(logits)}."
             )
         return logits.astype(jnp.float32), tuple(
-            self._single_output(layer, sown[layer], shapes.get(layer), called, paths)
+            self._single_output(layer, *sown[layer], called, paths, variables)
             for layer in self.layers
         )
 
@@ -161,9 +158,13 @@ class Probe:
         return True
 
     def _apply_linen(self, variables, images, given, tap: Callable, called: list[str]):
-        """model.apply with the layers tapped -> (output, {layer: what it sowed}, every module
-        path reached by any method); `given` ({layer: {DELTA/REPLACEMENT: array}}) goes in as
-        a collection; `called` gets the paths whose __call__ was traced."""
+        """model.apply with the layers tapped (`given`: {layer: {DELTA/REPLACEMENT: array}})
+        -> (output, {layer: (its outputs, its markers)}, every module path reached by any
+        method); `called` gets the paths whose __call__ was traced.
+
+        The inputs reach the layer in a closure, not as variables, which transforms that map
+        every collection (nn.SpectralNorm, nn.WeightNorm) would alter; a transform that caches
+        its trace (nn.jit) replays the closure's first values, which `_single_output` refuses."""
         paths: list[str] = []
 
         def interceptor(next_fun, args, kwargs, context):
@@ -174,27 +175,20 @@ class Probe:
             called.append(path)
             if path not in self.layers:
                 return next_fun(*args, **kwargs)
-            module = context.module
-            inputs = {
-                name: module.get_variable(PROBE_INPUTS, name)
-                for name in (DELTA, REPLACEMENT)
-                if module.has_variable(PROBE_INPUTS, name)
-            }
-            out = tap(path, lambda: next_fun(*args, **kwargs), inputs)
-            module.sow(PROBED, PROBED, out)
+            out = tap(path, lambda: next_fun(*args, **kwargs), given[path])
+            context.module.sow(PROBED, PROBED, out)
+            context.module.sow(PROBED, UNSTACKED, _unstacked_marker())
             return out
 
-        feed = flax.traverse_util.unflatten_dict(
-            {(*layer.split("/"), name): x for layer, xs in given.items() for name, x in xs.items()}
-        )
-        if feed:
-            variables = {**variables, PROBE_INPUTS: feed}
         with nn.intercept_methods(interceptor):
             output, probed = self.model.apply(
                 variables, images, mutable=[PROBED], **dict(self.apply_kwargs)
             )
         flat = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
-        sown = {layer: flat.get(f"{layer}/{PROBED}", ()) for layer in self.layers}
+        sown = {
+            layer: (flat.get(f"{layer}/{PROBED}", ()), flat.get(f"{layer}/{UNSTACKED}", ()))
+            for layer in self.layers
+        }
         return output, sown, paths
 
     def _apply_nnx(self, state: nnx.State, images, given, tap: Callable, called: list[str]):
@@ -214,7 +208,8 @@ class Probe:
             if (module := modules.get(layer)) is not None:
                 module.__class__ = _tapped(type(module), layer)
                 for name, value in given[layer].items():
-                    setattr(module, f"{PROBE_INPUTS}_{name}", ProbeInput(value))
+                    # Past the model's own __setattr__, which may refuse new attributes.
+                    nnx.Module.__setattr__(module, f"{PROBE_INPUTS}_{name}", ProbeInput(value))
         token = _ACTIVE_TAP.set((tap, called))
         try:
             output, captured = nnx.capture(model, nnx.Intermediate)(
@@ -223,38 +218,54 @@ class Probe:
         finally:
             _ACTIVE_TAP.reset(token)
         flat = {
-            "/".join(map(str, path[:-1])): variable.get_value()
+            "/".join(map(str, path)): variable.get_value()
             for path, variable in nnx.to_flat_state(captured)
-            if path[-1] == PROBED
         }
-        sown = {layer: flat.get(layer, ()) for layer in self.layers}
+        sown = {
+            layer: (flat.get(f"{layer}/{PROBED}", ()), flat.get(f"{layer}/{UNSTACKED}", ()))
+            for layer in self.layers
+        }
         return output, sown, sorted(modules)
 
     def _single_output(
         self,
         layer: str,
-        sown: tuple,
-        shape: tuple[int, ...] | None,
+        outputs: tuple,
+        markers: tuple,
         called: list[str],
         paths: list[str],
+        variables: Variables,
     ) -> jax.Array:
         """The one output a layer sowed, or a one-line error saying why there is not one.
-        shape: the output's shape as the module returned it."""
-        if len(sown) > 1:
+        markers: the `_unstacked_marker`s sown beside the outputs."""
+        if len(outputs) > 1:
             raise ValueError(
                 f"layer {layer!r} is called more than once in one forward pass (a shared "
                 "module); probe a module that is called once, e.g. one of its callers."
             )
-        if layer in called and (not sown or sown[0].shape != shape):
-            # Nothing came out, or it came out stacked (a scan over layers).
+        if outputs and markers[0].shape != (0,):  # stacked, by a scan over layers
             raise self._lifted_error(repr(layer), "")
-        if sown:
-            return sown[0]
+        if outputs and layer not in called and isinstance(self.model, nn.Module):
+            raise ValueError(
+                f"layer {layer!r} of {self.model_name} runs inside a transform that replays a "
+                "cached trace (nn.jit), which would replay the probe's first inputs; probe a "
+                "module outside it, e.g. the transformed module's caller, or use nn.remat."
+            )
+        if outputs:
+            return outputs[0]
+        if layer in called:
+            raise self._lifted_error(repr(layer), "")
         if layer in paths:
             raise ValueError(
                 f"layer {layer!r} of {self.model_name} is not called through __call__ in the "
                 "forward pass (only __call__'s output is read); probe a module on the way to "
                 "the logits that is."
+            )
+        if isinstance(self.model, nn.Module) and _has_parameters(variables, layer):
+            raise ValueError(
+                f"layer {layer!r} of {self.model_name} has parameters but was not traced: it "
+                "runs inside a transform that replays a cached trace (nn.jit), or is not called; "
+                "probe a module outside it, e.g. the transformed module's caller."
             )
         listing = ", ".join(p for p in dict.fromkeys(paths) if p)
         raise ValueError(
@@ -264,8 +275,9 @@ class Probe:
     def _lifted_error(self, layer: str, cause: str) -> ValueError:
         return ValueError(
             f"layer {layer} of {self.model_name} runs inside a lifted transform that stacks, "
-            "broadcasts or drops its outputs (a scan over repeated blocks, a vmap); probe a "
-            f"module outside it, e.g. the transformed module's caller{cause}."
+            "broadcasts or drops its outputs (a scan over repeated blocks, a vmap, "
+            "nn.WeightNorm); probe a module outside it, e.g. the transformed module's "
+            f"caller{cause}."
         )
 
     def forward(self, variables: Variables, images: jax.Array):
@@ -386,9 +398,25 @@ def _tapped(cls: type, layer: str) -> type:
         }
         out = tap(layer, lambda: cls.__call__(self, *args, **kwargs), inputs)
         self.sow(nnx.Intermediate, PROBED, out)
+        self.sow(nnx.Intermediate, UNSTACKED, _unstacked_marker())
         return out
 
     return type(cls.__name__, (cls,), {"__call__": __call__})
+
+
+def _has_parameters(variables: Variables, layer: str) -> bool:
+    """Whether linen `variables` hold parameters under the module path `layer`."""
+    node = variables.get("params", {})
+    for name in layer.split("/"):
+        node = node.get(name) if isinstance(node, Mapping) else None
+    return isinstance(node, Mapping) and bool(node)
+
+
+def _unstacked_marker() -> jax.Array:
+    """An empty array sown beside a layer's output: shape (0,) unless a scan over layers
+    stacked it ((L, 0)), which the output's own shape cannot show when L equals the batch and
+    which, unlike a shape noted while tracing, survives a replayed trace."""
+    return jnp.zeros((0,), jnp.float32)
 
 
 def _described(value: Any) -> str:

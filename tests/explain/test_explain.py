@@ -210,19 +210,47 @@ PROBE_PATHS = {
 }
 
 
-@pytest.mark.parametrize("lift", ["remat", "jit"])
-def test_a_layer_inside_a_lifted_transform_gives_the_plain_models_maps(lift):
-    """nn.remat and nn.jit trace their module in a scope of their own: a probe that kept the
-    layer's output in a Python variable leaked a tracer out of it."""
+def test_a_layer_inside_nn_remat_gives_the_plain_models_maps():
+    """nn.remat traces its module in a scope of its own: a probe that kept the layer's output in
+    a Python variable leaked a tracer out of it."""
     plain = user_models.Lifted("plain")
     variables, images = user_models.init(plain, size=12, batch=2)
     for method, layer in PROBE_PATHS.items():
         maps = [
             explain.explainer(model, variables, method, layer=layer, top_k=2)(images).cams
-            for model in (plain, user_models.Lifted(lift))
+            for model in (plain, user_models.Lifted("remat"))
         ]
         assert float(jnp.ptp(maps[0])) > 0.5, method
         np.testing.assert_allclose(maps[1], maps[0], atol=1e-6, err_msg=method)
+
+
+@pytest.mark.parametrize("norm", ["spectral", "weight"])
+def test_a_layer_under_spectral_or_weight_norm(norm):
+    """nn.SpectralNorm and nn.WeightNorm map every collection of the module they wrap: a probe
+    passing its delta as a variable had it normalised (or failed on a missing PRNG)."""
+    model = user_models.Normalized(norm)
+    variables, images = user_models.init(model, size=12)
+    if norm == "weight":  # its map_variables drops what the wrapped conv sows
+        with pytest.raises(ValueError, match="'conv' of Normalized runs inside a lifted"):
+            explain.explainer(model, variables, "grad_cam", layer="conv")(images)
+    for layer in ("normed", "conv") if norm == "spectral" else ("normed",):
+        grads = explain.explainer(model, variables, "hires_cam", layer=layer, size=None)(images)
+        ablation = explain.explainer(model, variables, "ablation_cam", layer=layer)(images)
+        assert float(jnp.ptp(grads.cams)) > 0.5 and float(jnp.ptp(ablation.cams)) > 0.5
+    # HiResCAM before its ReLU, sum_k G_k A_k, against the gradient of the head by hand.
+    _, state = model.apply(variables, images, capture_intermediates=True, mutable=True)
+    acts = state["intermediates"]["normed"]["__call__"][0]
+    head = variables["params"]["head"]
+
+    def class_scores(a):
+        logits = jnp.mean(jax.nn.relu(a), axis=(1, 2)) @ head["kernel"] + head["bias"]
+        return logits[jnp.arange(2), jnp.array([1, 3])].sum()
+
+    expected = jnp.sum(jax.grad(class_scores)(acts) * acts, axis=-1)
+    f = explain.explainer(
+        model, variables, "hires_cam", layer="normed", rectify=False, size=None, normalize=False
+    )
+    np.testing.assert_allclose(f(images, [1, 3]).cams[:, 0], expected, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -234,6 +262,8 @@ def test_a_layer_inside_a_lifted_transform_gives_the_plain_models_maps(lift):
         (user_models.Lifted("vmap"), "block/conv", "of Lifted runs inside a lifted transform"),
         (user_models.SharedConv(), "shared", "'shared' is called more than once"),
         (user_models.ThroughMethod(), "encoder", "'encoder' of ThroughMethod is not called thr"),
+        # nn.jit replays a cached trace, with the probe's first inputs.
+        (user_models.Lifted("jit"), "block/conv", r"Lifted .*cached trace \(nn.jit\)"),
     ],
 )
 def test_layers_a_probe_cannot_read_are_one_line_errors(model, layer, message):

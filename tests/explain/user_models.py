@@ -159,6 +159,23 @@ class Features(nn.Module):
         return nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
 
 
+class Normalized(nn.Module):
+    """A convolution wrapped in nn.SpectralNorm ('spectral') or nn.WeightNorm ('weight'),
+    which map every variable collection of the module they wrap."""
+
+    norm: str = "spectral"
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3), name="stem")(x))
+        conv = nn.Conv(8, (3, 3), name="conv")
+        if self.norm == "spectral":
+            x = nn.SpectralNorm(conv, name="normed")(x, update_stats=False)
+        else:
+            x = nn.WeightNorm(conv, name="normed")(x)
+        return nn.Dense(5, name="head")(jnp.mean(nn.relu(x), axis=(1, 2)))
+
+
 class OwnVmapBug(nn.Module):
     """A model whose own jax.vmap is wrong (out_axes None for a batched output), after init."""
 
