@@ -298,10 +298,10 @@ def _check_nnx_eval_mode(model: nnx.Module) -> None:
     """An NNX model in training mode (NNX's Dropout and BatchNorm start in it) would give maps
     that depend on the rest of the batch (batch statistics) or on chance (dropout)."""
     for path, node in nnx.iter_graph(model):
+        if not isinstance(node, nnx.Module) or getattr(node, "rate", None) == 0:
+            continue  # a Dropout of rate 0 drops nothing
         for mode in ("deterministic", "use_running_average"):
-            if getattr(node, "rate", None) == 0:  # a Dropout that drops nothing
-                continue
-            if isinstance(node, nnx.Module) and getattr(node, mode, None) is False:
+            if getattr(node, mode, None) is False:
                 where = "/".join(map(str, path))
                 raise ValueError(
                     f"{type(model).__name__} is in training mode ({type(node).__name__} "

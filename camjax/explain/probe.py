@@ -70,9 +70,9 @@ class Probe:
     """A model with one or more layers addressed by module path ('layer4_2', 'block/conv').
 
     apply_kwargs: keyword arguments of every `model.apply` call (an NNX model's call), as
-    sorted (name, value) pairs
-    (e.g. (("train", False),)); the model must be deterministic with them (no dropout, batch
-    norm on its running statistics), or a sample's map would depend on the rest of the batch.
+    sorted (name, value) pairs (e.g. (("train", False),)); the model must be deterministic with
+    them (no dropout, batch norm on its running statistics), or a sample's map would depend on
+    the rest of the batch.
     grid: (h, w) of a token layer; None infers the largest square.
     model: a linen module, or an NNX model's graph definition (`nnx.split`), whose variables
     are then its state; name: the NNX model's class name, for messages.

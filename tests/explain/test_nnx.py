@@ -88,6 +88,42 @@ def test_other_weights_reuse_the_compiled_function_and_maps_are_per_sample(linen
     assert len(traces) > n and probe._tapped.cache_info().currsize == classes
 
 
+class FrozenBlock(nnx.Module):
+    """A convolution that refuses new attributes after construction."""
+
+    def __init__(self, rngs):
+        self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+        self.frozen = True
+
+    def __setattr__(self, name, value):
+        if getattr(self, "frozen", False) and not name.startswith("__"):
+            raise AttributeError(f"FrozenBlock takes no new attribute {name}")
+        super().__setattr__(name, value)
+
+    def __call__(self, x):
+        return nnx.relu(self.conv(x))
+
+
+class WithFrozenBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.block = FrozenBlock(rngs)
+        self.drop = nnx.Dropout(0.0, rngs=rngs)  # drops nothing, in any mode
+        self.head = nnx.Linear(8, 5, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(jnp.mean(self.drop(self.block(x)), axis=(1, 2)))
+
+
+def test_a_module_refusing_new_attributes_and_a_dropout_of_rate_0(linen_and_nnx):
+    """The probe's inputs are set past the probed module's own __setattr__; a Dropout that
+    drops nothing is no reason to ask for model.eval()."""
+    images = linen_and_nnx[3]
+    model = WithFrozenBlock(nnx.Rngs(0))
+    for method in ("grad_cam", "ablation_cam"):
+        out = explain.explainer(model, method=method, layer="block")(images)
+        assert float(jnp.ptp(out.cams)) > 0.5
+
+
 class Block(nnx.Module):
     def __init__(self, rngs):
         self.fc = nnx.Linear(4, 4, rngs=rngs)
