@@ -227,3 +227,53 @@ def nnx_twin(variables, cls=NNXCNN, **kwargs) -> NNXCNN:
     nnx.replace_by_pure_dict(state, {k: dict(v) for k, v in variables["params"].items()})
     nnx.update(model, state)
     return model
+
+
+class NNXBlock(nnx.Module):
+    """Block in Flax NNX."""
+
+    def __init__(self, dim: int, heads: int, rngs: nnx.Rngs):
+        self.norm1 = nnx.LayerNorm(dim, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(heads, dim, decode=False, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(dim, rngs=rngs)
+        self.fc1 = nnx.Linear(dim, 2 * dim, rngs=rngs)
+        self.fc2 = nnx.Linear(2 * dim, dim, rngs=rngs)
+
+    def __call__(self, x):
+        y = self.norm1(x)
+        x = x + self.attn(y, y)
+        return x + self.fc2(nnx.gelu(self.fc1(self.norm2(x))))
+
+
+class NNXViT(nnx.Module):
+    """TinyViT in Flax NNX; its blocks in an nnx.List ('blocks/0' is TinyViT's 'block0')."""
+
+    def __init__(self, rngs: nnx.Rngs, num_classes=5, patch=4, dim=16, depth=2, heads=2, size=16):
+        self.embed = nnx.Conv(3, dim, (patch, patch), strides=patch, rngs=rngs)
+        self.cls = nnx.Param(jnp.zeros((1, 1, dim)))
+        self.pos = nnx.Param(jnp.zeros((1, (size // patch) ** 2 + 1, dim)))
+        self.blocks = nnx.List([NNXBlock(dim, heads, rngs) for _ in range(depth)])
+        self.norm = nnx.LayerNorm(dim, rngs=rngs)
+        self.head = nnx.Linear(dim, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.embed(x)
+        b, h, w, d = x.shape
+        cls = jnp.broadcast_to(self.cls[...], (b, 1, d))
+        x = jnp.concatenate([cls, x.reshape(b, h * w, d)], axis=1) + self.pos[...]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+def nnx_vit_twin(variables) -> NNXViT:
+    """An NNXViT holding TinyViT's linen `variables`."""
+    params = {k: v for k, v in variables["params"].items() if not k.startswith("block")}
+    params["blocks"] = {
+        int(k[5:]): v for k, v in variables["params"].items() if k.startswith("block")
+    }
+    model = NNXViT(nnx.Rngs(0))
+    state = nnx.state(model)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model
