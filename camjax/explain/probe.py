@@ -136,7 +136,14 @@ class Probe:
                 f"with them, or a mapping or object with 'logits'; got {_described(logits)}."
             )
         return logits.astype(jnp.float32), tuple(
-            self._single_output(layer, *sown[layer], called, paths, variables)
+            self._single_output(
+                layer,
+                sown.get(f"{layer}/{PROBED}", ()),
+                sown.get(f"{layer}/{UNSTACKED}", ()),
+                called,
+                paths,
+                variables,
+            )
             for layer in self.layers
         )
 
@@ -147,10 +154,12 @@ class Probe:
     def _runs_unprobed(self, variables: Variables, images: jax.Array) -> bool:
         """Whether the model runs (is traced) without the probe."""
         kwargs = dict(self.apply_kwargs)
-        if isinstance(self.model, nn.Module):
-            call = lambda: self.model.apply(variables, images, **kwargs)  # noqa: E731
-        else:
-            call = lambda: nnx.merge(self.model, variables, copy=True)(images, **kwargs)  # noqa: E731
+
+        def call():
+            if isinstance(self.model, nn.Module):
+                return self.model.apply(variables, images, **kwargs)
+            return nnx.merge(self.model, variables, copy=True)(images, **kwargs)
+
         try:
             jax.eval_shape(call)
         except Exception:  # the model's own error: the caller raises it as it was
@@ -159,7 +168,7 @@ class Probe:
 
     def _apply_linen(self, variables, images, given, tap: Callable, called: list[str]):
         """model.apply with the layers tapped (`given`: {layer: {DELTA/REPLACEMENT: array}})
-        -> (output, {layer: (its outputs, its markers)}, every module path reached by any
+        -> (output, {'path/name': what was sown there}, every module path reached by any
         method); `called` gets the paths whose __call__ was traced.
 
         The inputs reach the layer in a closure, not as variables, which transforms that map
@@ -184,18 +193,14 @@ class Probe:
             output, probed = self.model.apply(
                 variables, images, mutable=[PROBED], **dict(self.apply_kwargs)
             )
-        flat = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
-        sown = {
-            layer: (flat.get(f"{layer}/{PROBED}", ()), flat.get(f"{layer}/{UNSTACKED}", ()))
-            for layer in self.layers
-        }
+        sown = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
         return output, sown, paths
 
     def _apply_nnx(self, state: nnx.State, images, given, tap: Callable, called: list[str]):
         """The NNX model rebuilt from its graph definition and `state` (a copy: the user's model
         is untouched), its probed modules' classes swapped for `_tapped` ones holding `given`
-        as `ProbeInput` variables, and called -> (output, {layer: what it sowed}, every module
-        path); `called` gets the probed layers whose __call__ was traced."""
+        as `ProbeInput` variables, and called -> (output, {'path/name': what was sown}, every
+        module path); `called` gets the probed layers whose __call__ was traced."""
         # copy: Variables of this trace, which NNX's lifted transforms may then update (the
         # state's own may belong to an outer trace, e.g. outside a jax.vjp).
         model = nnx.merge(self.model, state, copy=True)
@@ -209,7 +214,7 @@ class Probe:
                 module.__class__ = _tapped(type(module), layer)
                 for name, value in given[layer].items():
                     # Past the model's own __setattr__, which may refuse new attributes.
-                    nnx.Module.__setattr__(module, f"{PROBE_INPUTS}_{name}", ProbeInput(value))
+                    nnx.Module.__setattr__(module, _input_attribute(name), ProbeInput(value))
         token = _ACTIVE_TAP.set((tap, called))
         try:
             output, captured = nnx.capture(model, nnx.Intermediate)(
@@ -217,13 +222,9 @@ class Probe:
             )
         finally:
             _ACTIVE_TAP.reset(token)
-        flat = {
+        sown = {
             "/".join(map(str, path)): variable.get_value()
             for path, variable in nnx.to_flat_state(captured)
-        }
-        sown = {
-            layer: (flat.get(f"{layer}/{PROBED}", ()), flat.get(f"{layer}/{UNSTACKED}", ()))
-            for layer in self.layers
         }
         return output, sown, sorted(modules)
 
@@ -394,7 +395,7 @@ def _tapped(cls: type, layer: str) -> type:
         inputs = {
             name: variable[...]
             for name in (DELTA, REPLACEMENT)
-            if (variable := getattr(self, f"{PROBE_INPUTS}_{name}", None)) is not None
+            if (variable := getattr(self, _input_attribute(name), None)) is not None
         }
         out = tap(layer, lambda: cls.__call__(self, *args, **kwargs), inputs)
         self.sow(nnx.Intermediate, PROBED, out)
@@ -402,6 +403,11 @@ def _tapped(cls: type, layer: str) -> type:
         return out
 
     return type(cls.__name__, (cls,), {"__call__": __call__})
+
+
+def _input_attribute(name: str) -> str:
+    """The attribute of an NNX layer holding the probe's input `name` (DELTA, REPLACEMENT)."""
+    return f"{PROBE_INPUTS}_{name}"
 
 
 def _has_parameters(variables: Variables, layer: str) -> bool:
