@@ -118,17 +118,8 @@ class Probe:
         try:
             output, sown, paths = apply(variables, images, given, tap, called)
         except ValueError as e:
-            # A lifted transform refusing a tapped layer's sown output, e.g. a vmap that
-            # broadcasts the module's variables: "at vmap out_axes..., got axis spec None but
-            # output was batched on axis 0". Unless the model fails without the probe too.
-            message = str(e).splitlines()[0]
-            tapped = [layer for layer in self.layers if layer in called]
-            if not tapped or not (PROBED in message or "out_axes" in message):
-                raise
-            if not self._runs_unprobed(variables, images):
-                raise
-            layers = " or ".join(map(repr, tapped))
-            raise self._lifted_error(layers, f" (JAX: {message})") from None
+            self._raise_if_lifted_refusal(e, called, variables, images)
+            raise
         logits = model_logits(output)
         if not isinstance(logits, jax.Array) or logits.ndim != 2:
             raise ValueError(
@@ -146,6 +137,22 @@ class Probe:
             )
             for layer in self.layers
         )
+
+    def _raise_if_lifted_refusal(
+        self, error: ValueError, called: list[str], variables: Variables, images: jax.Array
+    ) -> None:
+        """The one-line error for a lifted transform refusing a tapped layer's sown output,
+        e.g. a vmap that broadcasts the module's variables: "at vmap out_axes..., got axis spec
+        None but output was batched on axis 0". Returns for any other error, and when the
+        model fails without the probe too (its own bug), for the caller to raise it as it is."""
+        message = str(error).splitlines()[0]
+        tapped = [layer for layer in self.layers if layer in called]
+        if not tapped or not (PROBED in message or "out_axes" in message):
+            return
+        if not self._runs_unprobed(variables, images):
+            return
+        layers = " or ".join(map(repr, tapped))
+        raise self._lifted_error(layers, f" (JAX: {message})") from None
 
     @property
     def model_name(self) -> str:
