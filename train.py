@@ -10,7 +10,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from camjax import cli, distributed
-from camjax.train.loop import TrainingInterrupted, train_and_evaluate
+from camjax.train.interrupts import TrainingInterrupted, TrainingPreempted
+from camjax.train.loop import train_and_evaluate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.", required=True)
@@ -21,13 +22,14 @@ flags.mark_flags_as_required(["config"])
 def main(argv):
     del argv
     cli.setup_logging()
-    distributed.initialize()
+    distributed.initialize(save_on_sigterm=True)
     try:
         with cli.user_errors():
             train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except TrainingInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
-        sys.exit(130)  # the shell's code for a SIGINT
+        # The shell's codes for a SIGTERM and a SIGINT: a scheduler sees the job did not finish.
+        sys.exit(143 if isinstance(e, TrainingPreempted) else 130)
 
 
 if __name__ == "__main__":

@@ -251,6 +251,17 @@ def newest_complete_step(manager: ocp.CheckpointManager) -> int | None:
     return max(steps) if steps else None
 
 
+def last_saved(manager: ocp.CheckpointManager) -> int | None:
+    """The newest complete step on disk once any save in flight has finished or failed: a save
+    counts when it is done, not when it is queued (a full disk fails it in the background).
+    Steps saved by this run were checked finite first; an earlier one was verified on resume."""
+    try:
+        wait(manager)
+    except CheckpointError as e:
+        log.warning("%s", e)  # the error being raised says why the run stops; this, what it lost
+    return newest_complete_step(manager)
+
+
 def _failed_save_message(
     manager: ocp.CheckpointManager, step: int | None, reason: str, last: int | None
 ) -> str:

@@ -10,14 +10,20 @@ pods").
 """
 
 import os
+import signal
 from collections.abc import Callable
 
 import jax
 import numpy as np
 
 
-def initialize() -> bool:
-    """Initialises jax.distributed if the environment names a multi-host job; True if it did."""
+def initialize(save_on_sigterm: bool = False) -> bool:
+    """Initialises jax.distributed if the environment names a multi-host job; True if it did.
+
+    Its preemption service then catches SIGTERM, for a training run to save one step on every
+    process before it stops (`save_on_sigterm`, see `preemption_service`); anything else has
+    nothing to save, and SIGTERM stops it at once, as on one host, not at the scheduler's
+    SIGKILL."""
     explicit = os.environ.get("JAX_COORDINATOR_ADDRESS")
     requested = os.environ.get("CAMJAX_DISTRIBUTED", "") not in ("", "0")
     if not (explicit or requested):
@@ -29,6 +35,8 @@ def initialize() -> bool:
         num_processes=int(count) if count else None,
         process_id=int(index) if index else None,
     )
+    if not save_on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return True
 
 
@@ -68,6 +76,13 @@ def any_process(flag: bool) -> bool:
     from jax.experimental import multihost_utils
 
     return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def preemption_service() -> bool:
+    """Whether jax's preemption service runs: `jax.distributed.initialize` starts it (unless
+    jax_enable_preemption_service is off), and it then catches SIGTERM itself and agrees on
+    the step at which every process saves (`multihost_utils.reached_preemption_sync_point`)."""
+    return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
 
 
 def run_together(

@@ -9,8 +9,6 @@ bit-identical parameters to an uninterrupted run (same data order, same dropout 
 
 import logging
 import os
-import signal
-import threading
 from typing import Any
 
 import jax
@@ -19,11 +17,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from camjax import checkpoint, checkpoint_restore, digests, distributed, experiment, run_config
+from camjax import checkpoint, checkpoint_restore, digests, experiment, run_config
 from camjax.data import pipeline
 from camjax.evaluation import evaluator
 from camjax.models.layers import takes_labels
 from camjax.train import wsol_methods
+from camjax.train.interrupts import StopRequest
 from camjax.train.metric_writer import Progress
 from camjax.train.optim import create_optimizer
 from camjax.train.state import (
@@ -164,19 +163,8 @@ def _check_sums(host_sums: dict[str, Any], step: int, config, manager) -> None:
         raise NonFiniteLossError(_non_finite_message(step, manager))
 
 
-def _last_saved(manager) -> int | None:
-    """The newest complete step on disk once any save in flight has finished or failed: a save
-    counts when it is done, not when it is queued (a full disk fails it in the background).
-    Steps saved by this run were checked finite first; an earlier one was verified on resume."""
-    try:
-        checkpoint.wait(manager)
-    except checkpoint.CheckpointError as e:
-        log.warning("%s", e)  # the error being raised says why the run stops; this, what it lost
-    return checkpoint.newest_complete_step(manager)
-
-
 def _non_finite_message(step: int, manager) -> str:
-    last = _last_saved(manager)
+    last = checkpoint.last_saved(manager)
     good = (
         f"The last good checkpoint (finite and verified) is step {last} in {manager.directory}."
         if last is not None
@@ -188,50 +176,6 @@ def _non_finite_message(step: int, manager) -> str:
         "Lower config.optim.learning_rate or set config.optim.grad_clip_norm, then rerun "
         f"({rerun})."
     )
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped training between steps, after any save in flight completed."""
-
-
-class _StopRequest:
-    """Turns Ctrl-C (SIGINT) into a flag the loop reads before every step (in a multi-host job,
-    after every step all processes sync at).
-
-    A KeyboardInterrupt raised wherever the signal lands can be swallowed (inside a garbage
-    collector callback of XLA's, Python only prints "Exception ignored") and training goes
-    on; a flag cannot be lost. A second Ctrl-C interrupts at once, as usual.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous)
-
-    def raise_if_requested(self, step: int, manager, agreed: bool = False) -> None:
-        """Raises TrainingInterrupted if Ctrl-C came. A multi-host job's processes get it at
-        different moments, and one stopping alone would leave the others in their next
-        collective: they stop together, only at the steps they all check (`agreed`), once
-        any of them got it."""
-        requested = self.requested
-        if jax.process_count() > 1:
-            if not agreed:
-                return
-            requested = distributed.any_process(requested)
-        if requested:
-            raise TrainingInterrupted(
-                f"stopped by Ctrl-C before step {step}; the newest checkpoint is step "
-                f"{_last_saved(manager)} in {manager.directory} (rerun to resume)."
-            )
-
-    def close(self) -> None:
-        if self._previous is not None and not self.requested:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def _initial_state(config, model, tx, mesh, manager, workdir: str):
@@ -345,16 +289,21 @@ def _check_train_config(t: ml_collections.ConfigDict) -> None:
         )
 
 
-def _step_kinds(train_config, step: int) -> tuple[bool, bool, bool]:
-    """(log, save, evaluate) after `step`; the last step does all three (evaluation if on)."""
+def _step_kinds(train_config, step: int, stop: StopRequest) -> tuple[bool, bool, bool, bool]:
+    """(log, save, evaluate, stop) after `step`. The last step does the first three (evaluation
+    if on); a SIGTERM makes any step one that logs and saves, without validation (a scheduler
+    waits seconds, not minutes), then stops."""
     t = train_config
     is_last = step == t.num_steps
     every = t.eval_every_steps
-    return (
+    kinds = (
         step % t.log_every_steps == 0 or is_last,
         step % t.checkpoint_every_steps == 0 or is_last,
         bool(every) and (step % every == 0 or is_last),
     )
+    if stop.preempted(step, agreed=any(kinds)):
+        return True, True, False, True
+    return (*kinds, False)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -381,13 +330,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     batches = _train_batches(config, sources[config.data.train_split], start, mesh)
     sums = _zero_sums_on(mesh)
     progress = Progress(workdir, start, num_steps, config.eval.fixed_threshold)
-    stop = _StopRequest()
+    stop = StopRequest()
     finished = False
     try:
         for step in range(start + 1, num_steps + 1):
             stop.raise_if_requested(step, manager)
             state, sums = step_fn(state, sums, next(batches))
-            do_log, do_save, do_eval = _step_kinds(config.train, step)
+            do_log, do_save, do_eval, preempted = _step_kinds(config.train, step, stop)
             # The first step is checked too: labels the head cannot take stop the run at once.
             if not (do_log or do_save or do_eval or step == start + 1):
                 continue
@@ -403,6 +352,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                 progress.validation(step, val)
             if do_save:
                 checkpoint.save(manager, step, state, config, run)
+            if preempted:
+                stop.raise_preempted(step, manager)
             if do_log:
                 progress.restart_clock()
             if step < num_steps:  # a step every process reaches, the last one excepted

@@ -126,48 +126,108 @@ def _train_cmd(workdir, data_dir, steps):
     ]
 
 
-@pytest.mark.slow
-def test_killed_run_resumes_bit_identically(data_dir, tmp_path):
-    """SIGKILL a real training process mid-run, rerun it, compare with an uninterrupted run."""
-    steps = 12
+KILL_STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def straight_run(data_dir, tmp_path_factory):
+    """train.py run to KILL_STEPS uninterrupted: what a stopped and resumed run must end as."""
+    straight = str(tmp_path_factory.mktemp("straight") / "run")
     env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
-    straight = str(tmp_path / "straight")
     subprocess.run(
-        _train_cmd(straight, data_dir, steps), check=True, env=env, cwd=REPO, capture_output=True
-    )
-    killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(
-        _train_cmd(killed, data_dir, steps),
+        _train_cmd(straight, data_dir, KILL_STEPS),
+        check=True,
         env=env,
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
     )
-    ckpts = checkpoint.checkpoint_dir(killed)
+    return straight
+
+
+def start_and_wait_for(cmd, done) -> subprocess.Popen:
+    """train.py started as `cmd`, once done() is true (asserted still running then)."""
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        done = [d for d in os.listdir(ckpts) if d.isdigit()] if os.path.isdir(ckpts) else []
-        if len(done) >= 1 and max(map(int, done)) >= 3:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    interrupted_at, _ = saved_params(killed)
-    assert 0 < interrupted_at < steps
+    while time.time() < deadline and proc.poll() is None and not done():
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    return proc
+
+
+def assert_rerun_ends_as_straight(workdir, straight, data_dir):
+    """Reruns the stopped run to its end: the parameters and metric rows of the straight run."""
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
     subprocess.run(
-        _train_cmd(killed, data_dir, steps), check=True, env=env, cwd=REPO, capture_output=True
+        _train_cmd(workdir, data_dir, KILL_STEPS),
+        check=True,
+        env=env,
+        cwd=REPO,
+        capture_output=True,
     )
     s1, p1 = saved_params(straight)
-    s2, p2 = saved_params(killed)
-    assert s1 == s2 == steps
+    s2, p2 = saved_params(workdir)
+    assert s1 == s2 == KILL_STEPS
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
     # The steps redone after the resume are logged once: the same rows as the straight run.
     rows = [
         [json.loads(x)["step"] for x in open(os.path.join(d, "metrics.jsonl"))]
-        for d in (straight, killed)
+        for d in (straight, workdir)
     ]
     assert rows[0] == rows[1]
+
+
+def steps_saved(workdir) -> list[int]:
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    return sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) if os.path.isdir(ckpts) else []
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_bit_identically(data_dir, straight_run, tmp_path):
+    """SIGKILL a real training process mid-run, rerun it, compare with an uninterrupted run."""
+    killed = str(tmp_path / "killed")
+    cmd = _train_cmd(killed, data_dir, KILL_STEPS)
+    proc = start_and_wait_for(cmd, lambda: max(steps_saved(killed), default=0) >= 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at, _ = saved_params(killed)
+    assert 0 < interrupted_at < KILL_STEPS
+    assert_rerun_ends_as_straight(killed, straight_run, data_dir)
+
+
+def metric_rows(workdir) -> int:
+    path = os.path.join(workdir, "metrics.jsonl")
+    return sum(1 for _ in open(path)) if os.path.exists(path) else 0
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_step_reached_and_the_rerun_ends_bit_identically(
+    data_dir, straight_run, tmp_path
+):
+    """A scheduler's SIGTERM (preemption, a time limit, a pod's eviction): the run saves the
+    step it reached, though no checkpoint was due there, stops with one line and exit code
+    143, and the rerun ends as the uninterrupted run. Before, the process died at once and
+    lost every step since the last checkpoint."""
+    workdir = str(tmp_path / "preempted")
+    # No checkpoint is due before the last step: one on disk was saved for the SIGTERM.
+    cmd = _train_cmd(workdir, data_dir, KILL_STEPS) + ["--config.train.checkpoint_every_steps=99"]
+    proc = start_and_wait_for(cmd, lambda: metric_rows(workdir) >= 3)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert time.time() - sent < 20, "SIGTERM did not stop training within seconds"
+    assert proc.returncode == 143, stderr[-2000:]
+    stopped = re.findall(
+        r"stopped by SIGTERM after step (\d+); the newest checkpoint is step (\d+)", stderr
+    )
+    assert len(stopped) == 1 and stopped[0][0] == stopped[0][1], stderr[-2000:]
+    step = int(stopped[0][0])
+    assert 3 <= step < KILL_STEPS and steps_saved(workdir) == [step]
+    assert metric_rows(workdir) == step  # the rows of the steps since the last log are written
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+    assert_rerun_ends_as_straight(workdir, straight_run, data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -656,21 +716,8 @@ def test_ctrl_c_mid_save_stops_cleanly_with_a_verified_checkpoint(data_dir, tmp_
     one-line message and exit code 130, and the newest step on disk restores, complete and
     verified."""
     workdir = str(tmp_path / "run")
-    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
-    proc = subprocess.Popen(
-        _train_cmd(workdir, data_dir, 400),
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    ckpts = checkpoint.checkpoint_dir(workdir)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(ckpts) and any(d.isdigit() and int(d) >= 2 for d in os.listdir(ckpts)):
-            break
-        time.sleep(0.02)
+    cmd = _train_cmd(workdir, data_dir, 400)
+    proc = start_and_wait_for(cmd, lambda: max(steps_saved(workdir), default=0) >= 2)
     sent = time.time()
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)

@@ -74,11 +74,16 @@ def run_one(workdir: str, data_dir: str, steps: int = STEPS) -> str:
 
 
 def start_two(
-    workdir: str, data_dir: str, logs: str, steps: int = STEPS, driver: str | None = None
+    workdir: str,
+    data_dir: str,
+    logs: str,
+    steps: int = STEPS,
+    driver: str | None = None,
+    **extra_env: str,
 ) -> list:
     """train.py as processes 0 and 1 of a jax.distributed job on localhost, 4 CPU devices each
-    (through `driver`, Python code that runs train.py, if given); their stdout and stderr go to
-    logs/process_<i>.log."""
+    (through `driver`, Python code that runs train.py, if given), with `extra_env` added to their
+    environment; their stdout and stderr go to logs/process_<i>.log."""
     os.makedirs(logs, exist_ok=True)
     address = f"localhost:{_free_port()}"
     procs = []
@@ -90,6 +95,7 @@ def start_two(
             JAX_PROCESS_ID=str(i),
             # jax's default for CPU devices already; named so the test states what it runs on.
             JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+            **extra_env,
         )
         with open(os.path.join(logs, f"process_{i}.log"), "w") as log:
             procs.append(
@@ -352,6 +358,55 @@ def test_ctrl_c_on_one_process_stops_every_process_at_one_step(runs, tmp_path):
     stopped = [re.findall(r"stopped by Ctrl-C before step (\d+)", text) for text in texts]
     assert stopped[0] and stopped[0] == stopped[1], stopped
     assert all("Traceback" not in text for text in texts)
+
+
+@pytest.mark.parametrize("service", ["jax", "off"])
+def test_sigterm_on_one_process_saves_one_step_on_every_process(runs, tmp_path, service):
+    """A preemption notice that reaches one host (here process 1): every process saves the
+    same step, then stops with exit code 143 and one line, and that step restores. jax's
+    preemption service (jax.distributed starts it) catches the SIGTERM and picks the step;
+    with the service off, camjax's handler catches it and the processes agree at a step they
+    all sync at. Before, the service caught the SIGTERM and training went on to the end."""
+    workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+    env = {} if service == "jax" else {"JAX_ENABLE_PREEMPTION_SERVICE": "false"}
+    procs = start_two(workdir, runs["data_dir"], logs, steps=200, **env)
+    wait_for_step(workdir, procs, 2)
+    assert all(p.poll() is None for p in procs), "the run ended before SIGTERM"
+    procs[1].send_signal(signal.SIGTERM)
+    lines = last_lines(procs, logs, returncode=143, timeout=120)
+    stopped = [
+        re.findall(
+            r"stopped by SIGTERM after step (\d+); the newest checkpoint is step (\d+)", line
+        )
+        for line in lines
+    ]
+    assert stopped[0] and stopped[0] == stopped[1] and stopped[0][0][0] == stopped[0][0][1], lines
+    assert int(restore(workdir).step) == int(stopped[0][0][0])
+
+
+# evaluate.py sent a SIGTERM (a scheduler stopping the job) right after jax.distributed starts.
+EVALUATE_GETS_SIGTERM = """
+import os, runpy, signal, sys
+from camjax import distributed
+initialize = distributed.initialize
+def initialize_then_sigterm(*args, **kwargs):
+    initialize(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)
+distributed.initialize = initialize_then_sigterm
+sys.argv[0] = "evaluate.py"
+runpy.run_path("evaluate.py", run_name="__main__")
+"""
+
+
+def test_sigterm_stops_a_multi_host_evaluation_at_once(runs, tmp_path):
+    """An evaluation has nothing to save: SIGTERM ends it as on one host. Before, jax's
+    preemption service caught the signal and the evaluation ran on (to the scheduler's
+    SIGKILL, seconds to minutes later)."""
+    workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+    shutil.copytree(runs["two"], workdir)
+    procs = start_two(workdir, runs["data_dir"], logs, driver=EVALUATE_GETS_SIGTERM)
+    texts = wait_all(procs, logs, timeout=120, returncode=-signal.SIGTERM)
+    assert all("GT-known" not in text for text in texts)  # no report was printed
 
 
 # train.py whose process 1 would read another run's id in workdir/run_id (a disk not shared,

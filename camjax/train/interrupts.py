@@ -1,0 +1,90 @@
+"""How a training run stops on request: Ctrl-C between steps, SIGTERM after saving the step.
+
+Used by `loop.train_and_evaluate`; train.py turns the exceptions into exit codes 130 and 143.
+"""
+
+import signal
+import threading
+
+import jax
+
+from camjax import checkpoint, distributed
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training between steps, after any save in flight completed."""
+
+
+class TrainingPreempted(TrainingInterrupted):
+    """SIGTERM (a scheduler's preemption or time limit) stopped training after the step it
+    reached was saved and verified finite: rerunning resumes from there."""
+
+
+class StopRequest:
+    """Turns Ctrl-C (SIGINT) and SIGTERM into flags the loop reads between steps.
+
+    Ctrl-C stops before the next step (in a multi-host job, the next step all processes sync
+    at), keeping what was saved. SIGTERM, what schedulers send before they kill a job (SLURM,
+    Kubernetes, preemptible VMs), saves the step just taken first: a preempted run loses no
+    work. A KeyboardInterrupt raised wherever the signal lands can be swallowed (inside a
+    garbage collector callback of XLA's, Python only prints "Exception ignored") and training
+    goes on; a flag cannot be lost. A second signal of either kind acts at once, as usual.
+    """
+
+    def __init__(self):
+        self.requested = False  # Ctrl-C
+        self.terminated = False  # SIGTERM, where jax's preemption service does not catch it
+        # Multi-host, jax's service has its own SIGTERM handler (a Python one would replace
+        # it) and agrees on one step for every process at no cost per step.
+        self._jax_notices = distributed.preemption_service()
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            signals = [signal.SIGINT] + ([] if self._jax_notices else [signal.SIGTERM])
+            self._previous = {s: signal.signal(s, self._handle) for s in signals}
+
+    def _handle(self, signum, frame) -> None:
+        if signum == signal.SIGINT:
+            self.requested = True
+        else:
+            self.terminated = True
+        signal.signal(signum, self._previous.pop(signum))
+
+    def raise_if_requested(self, step: int, manager, agreed: bool = False) -> None:
+        """Raises TrainingInterrupted if Ctrl-C came. A multi-host job's processes get it at
+        different moments, and one stopping alone would leave the others in their next
+        collective: they stop together, only at the steps they all check (`agreed`), once
+        any of them got it."""
+        requested = self.requested
+        if jax.process_count() > 1:
+            if not agreed:
+                return
+            requested = distributed.any_process(requested)
+        if requested:
+            raise TrainingInterrupted(
+                f"stopped by Ctrl-C before step {step}; the newest checkpoint is step "
+                f"{checkpoint.last_saved(manager)} in {manager.directory} (rerun to resume)."
+            )
+
+    def preempted(self, step: int, agreed: bool) -> bool:
+        """Whether training stops after `step`, once it is saved: SIGTERM came, to any process.
+        Every process of a multi-host job answers the same at every step: jax's service picks
+        the step; without it (turned off), the steps they all sync at (`agreed`) decide."""
+        if self._jax_notices:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        if jax.process_count() > 1:
+            return agreed and distributed.any_process(self.terminated)
+        return self.terminated
+
+    def raise_preempted(self, step: int, manager) -> None:
+        """Raises TrainingPreempted once `step`'s save has completed (or failed: the message
+        names the newest complete step either way)."""
+        raise TrainingPreempted(
+            f"stopped by SIGTERM after step {step}; the newest checkpoint is step "
+            f"{checkpoint.last_saved(manager)} in {manager.directory} (rerun to resume)."
+        )
+
+    def close(self) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
