@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import logging
 import os
+import signal
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -230,16 +231,21 @@ def host_batches(ds: grain.MapDataset, num_threads: int, num_workers: int = 0) -
         _mark_absl_flags_parsed()
         it = it.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=2),
-            worker_init_fn=_keep_worker_off_accelerators,
+            worker_init_fn=_init_worker,
         )
     return it
 
 
-def _keep_worker_off_accelerators(worker_index: int, worker_count: int) -> None:
+def _init_worker(worker_index: int, worker_count: int) -> None:
+    del worker_index, worker_count
     # Workers import jax with the pipeline; should anything there start a backend, it must be
     # the CPU: a GPU client would preallocate most of the card in every worker.
-    del worker_index, worker_count
     os.environ["JAX_PLATFORMS"] = "cpu"
+    # A terminal's Ctrl-C and a scheduler's SIGTERM reach the whole process group: a worker
+    # they killed would fail the training process's next batch before it could save and stop
+    # (train/interrupts.py). The training process stops its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _mark_absl_flags_parsed() -> None:

@@ -28,7 +28,9 @@ class StopRequest:
     Kubernetes, preemptible VMs), saves the step just taken first: a preempted run loses no
     work. A KeyboardInterrupt raised wherever the signal lands can be swallowed (inside a
     garbage collector callback of XLA's, Python only prints "Exception ignored") and training
-    goes on; a flag cannot be lost. A second signal of either kind acts at once, as usual.
+    goes on; a flag cannot be lost. A second signal of either kind acts at once, as usual
+    (but for SIGTERM in a multi-host job, which jax's preemption service keeps catching).
+    Used as a context manager: the handlers are put back on exit.
     """
 
     def __init__(self):
@@ -40,7 +42,10 @@ class StopRequest:
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             signals = [signal.SIGINT] + ([] if self._jax_notices else [signal.SIGTERM])
-            self._previous = {s: signal.signal(s, self._handle) for s in signals}
+            for signum in signals:
+                previous = signal.signal(signum, self._handle)
+                # None: a handler installed outside Python, which cannot be put back.
+                self._previous[signum] = signal.SIG_DFL if previous is None else previous
 
     def _handle(self, signum, frame) -> None:
         if signum == signal.SIGINT:
@@ -54,7 +59,7 @@ class StopRequest:
         different moments, and one stopping alone would leave the others in their next
         collective: they stop together, only at the steps they all check (`agreed`), once
         any of them got it."""
-        requested = self.requested
+        requested = self.requested and not self.terminated  # a SIGTERM's save comes first
         if jax.process_count() > 1:
             if not agreed:
                 return
@@ -85,6 +90,9 @@ class StopRequest:
             f"{checkpoint.last_saved(manager)} in {manager.directory} (rerun to resume)."
         )
 
-    def close(self) -> None:
+    def __enter__(self) -> "StopRequest":
+        return self
+
+    def __exit__(self, *exc) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)

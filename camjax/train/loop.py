@@ -291,8 +291,8 @@ def _check_train_config(t: ml_collections.ConfigDict) -> None:
 
 def _step_kinds(train_config, step: int, stop: StopRequest) -> tuple[bool, bool, bool, bool]:
     """(log, save, evaluate, stop) after `step`. The last step does the first three (evaluation
-    if on); a SIGTERM makes any step one that logs and saves, without validation (a scheduler
-    waits seconds, not minutes), then stops."""
+    if on); a SIGTERM makes a step one that logs and saves, then stops, leaving its validation
+    to the rerun (a scheduler waits seconds, not minutes)."""
     t = train_config
     is_last = step == t.num_steps
     every = t.eval_every_steps
@@ -301,9 +301,19 @@ def _step_kinds(train_config, step: int, stop: StopRequest) -> tuple[bool, bool,
         step % t.checkpoint_every_steps == 0 or is_last,
         bool(every) and (step % every == 0 or is_last),
     )
-    if stop.preempted(step, agreed=any(kinds)):
+    # Called at every step (jax's service counts them); the last step saves anyway, so a
+    # SIGTERM there stops early only to leave a due validation to the rerun.
+    if stop.preempted(step, agreed=any(kinds)) and (kinds[2] or not is_last):
         return True, True, False, True
     return (*kinds, False)
+
+
+def _validation_owed(train_config, step: int, progress: Progress) -> bool:
+    """Whether the run resumes at a step whose periodic validation is due but not in
+    metrics.jsonl: a SIGTERM saved the step and left it to the rerun."""
+    every = train_config.eval_every_steps
+    due = bool(every) and step > 0 and (step % every == 0 or step == train_config.num_steps)
+    return due and not progress.writer.has_row(step, "val/top1_cls")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -327,57 +337,58 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     step_fn = jit_train_step(config, model, tx, state_shardings, mesh)
     val_eval = evaluator.Evaluator(config, model, mesh)
-    batches = _train_batches(config, sources[config.data.train_split], start, mesh)
-    sums = _zero_sums_on(mesh)
-    progress = Progress(workdir, start, num_steps, config.eval.fixed_threshold)
-    stop = StopRequest()
-    finished = False
-    try:
-        for step in range(start + 1, num_steps + 1):
-            stop.raise_if_requested(step, manager)
-            state, sums = step_fn(state, sums, next(batches))
-            do_log, do_save, do_eval, preempted = _step_kinds(config.train, step, stop)
-            # The first step is checked too: labels the head cannot take stop the run at once.
-            if not (do_log or do_save or do_eval or step == start + 1):
-                continue
-            host_sums = jax.device_get(sums)
-            _check_sums(host_sums, step, config, manager)
-            if do_save and not digests.all_finite(state):
-                raise NonFiniteLossError(_non_finite_message(step, manager))
-            if do_log and host_sums["count"]:
-                progress.train(step, host_sums)
-                sums = _zero_sums_on(mesh)
-            if do_eval:
-                val = _validate(val_eval, state, sources[config.data.val_split], step, manager)
-                progress.validation(step, val)
-            if do_save:
-                checkpoint.save(manager, step, state, config, run)
-            if preempted:
-                stop.raise_preempted(step, manager)
-            if do_log:
-                progress.restart_clock()
-            if step < num_steps:  # a step every process reaches, the last one excepted
-                stop.raise_if_requested(step + 1, manager, agreed=True)
-        finished = True
-    finally:
-        stop.close()
-        batches.close()  # stops the input readers (worker processes, shared memory) now
-        progress.close()
-        _close_checkpoints(manager, finished)
+    with StopRequest() as stop:  # before the input workers, which ignore its signals
+        batches = _train_batches(config, sources[config.data.train_split], start, mesh)
+        progress = Progress(workdir, start, num_steps, config.eval.fixed_threshold)
+        finished = False
+        try:
+            val_split = sources[config.data.val_split]
+            if _validation_owed(config.train, start, progress):
+                _validate(val_eval, state, val_split, start, manager, progress)
+            sums = _zero_sums_on(mesh)
+            for step in range(start + 1, num_steps + 1):
+                stop.raise_if_requested(step, manager)
+                state, sums = step_fn(state, sums, next(batches))
+                do_log, do_save, do_eval, preempted = _step_kinds(config.train, step, stop)
+                # The first step is checked too: labels the head cannot take stop the run.
+                if not (do_log or do_save or do_eval or step == start + 1):
+                    continue
+                host_sums = jax.device_get(sums)
+                _check_sums(host_sums, step, config, manager)
+                if do_save and not digests.all_finite(state):
+                    raise NonFiniteLossError(_non_finite_message(step, manager))
+                if do_log and host_sums["count"]:
+                    progress.train(step, host_sums)
+                    sums = _zero_sums_on(mesh)
+                if do_eval:
+                    _validate(val_eval, state, val_split, step, manager, progress)
+                if do_save:
+                    checkpoint.save(manager, step, state, config, run)
+                if preempted:
+                    stop.raise_preempted(step, manager)
+                if do_log:
+                    progress.restart_clock()
+                if step < num_steps:  # a step every process reaches, the last one excepted
+                    stop.raise_if_requested(step + 1, manager, agreed=True)
+            finished = True
+        finally:
+            batches.close()  # stops the input readers (worker processes, shared memory) now
+            progress.close()
+            _close_checkpoints(manager, finished)  # under the handlers: SIGTERM waits for it
     return state
 
 
 def _validate(
-    val_eval: evaluator.Evaluator, state: TrainState, split, step: int, manager
-) -> dict[str, Any]:
-    """The periodic validation's metrics (`_val_metrics`) of `state` on `split`."""
+    val_eval: evaluator.Evaluator, state: TrainState, split, step: int, manager, progress
+) -> None:
+    """The periodic validation of `state` on `split`: its metrics (`_val_metrics`) logged."""
     config = val_eval.config
     try:
         val = val_eval.evaluate(state.variables, split, config.eval.max_images)
     except evaluator.NonFiniteOutputError:
         # Finite parameters whose outputs overflow: the run diverged as surely.
         raise NonFiniteLossError(_non_finite_message(step, manager)) from None
-    return _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k)
+    progress.validation(step, _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k))
 
 
 def _close_checkpoints(manager, finished: bool) -> None:

@@ -58,6 +58,15 @@ class MetricWriter:
         if problem := distributed.shared_problem(problem, elsewhere):
             raise OSError(problem)
 
+    def has_row(self, step: int, key: str) -> bool:
+        """Whether metrics.jsonl holds a row of `step` with `key`, on every process (process 0
+        reads it; a collective)."""
+        found = False
+        if self.active and os.path.exists(self.path):
+            with open(self.path) as f:
+                found = any(_row_step(line) == step and key in json.loads(line) for line in f)
+        return distributed.any_process(found)
+
     def _append(self, step: int, clean: dict[str, Any]) -> str:
         """Appends one row; '' once done, else why not, in one line (a line cut short is
         dropped on resume)."""

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import signal
 
 import grain
 import jax
@@ -210,16 +211,25 @@ def test_worker_processes_read_the_batches_threads_read(reopenable):
         pipeline.train_iterator(ds, 0, sharding, 2, num_workers=-1)
 
 
-def _jax_platforms(_) -> np.ndarray:
-    return np.frombuffer(os.environ.get("JAX_PLATFORMS", "").ljust(8).encode(), np.uint8)
+def _worker_view(_) -> np.ndarray:
+    """JAX_PLATFORMS (8 bytes) and whether SIGINT and SIGTERM are ignored, as a worker sees them."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").ljust(8).encode()
+    ignored = [signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)]
+    return np.concatenate([np.frombuffer(platforms, np.uint8), np.array(ignored, np.uint8)])
 
 
-def test_worker_processes_keep_jax_off_accelerators(monkeypatch):
+def test_worker_processes_keep_jax_off_accelerators_and_leave_signals_to_training(monkeypatch):
+    """A terminal's Ctrl-C and a scheduler's SIGTERM reach the whole process group: workers
+    they killed failed the next batch (RuntimeError, a traceback) before training could save
+    the step it reached and stop."""
     monkeypatch.setenv("JAX_PLATFORMS", "")  # what a GPU host's workers would inherit
-    ds = grain.MapDataset.range(2).map(_jax_platforms).batch(1)
+    ds = grain.MapDataset.range(2).map(_worker_view).batch(1)
     batches = list(pipeline.host_batches(ds, 1, num_workers=1))
     assert len(batches) == 2
-    assert bytes(batches[0][0]).strip() == b"cpu"
+    assert bytes(batches[0][0][:8]).strip() == b"cpu"
+    assert list(batches[0][0][8:]) == [1, 1]
+    # This process's handlers are untouched.
+    assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN
 
 
 @pytest.mark.parametrize(

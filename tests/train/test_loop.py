@@ -111,10 +111,12 @@ def test_logs_jsonl_and_checkpoints(tiny_run):
         assert manager.all_steps() == [4, 6]  # keep_checkpoints = 2
 
 
-def _train_cmd(workdir, data_dir, steps):
+def _train_cmd(workdir, data_dir, steps, *overrides, driver=None):
+    """train.py (or `driver`, Python code that runs it) on configs/tiny.py, logging and saving
+    every step, then `overrides`."""
     return [
         sys.executable,
-        os.path.join(REPO, "train.py"),
+        *(["-c", driver] if driver else [os.path.join(REPO, "train.py")]),
         "--config",
         os.path.join(REPO, "configs/tiny.py"),
         "--workdir",
@@ -123,10 +125,13 @@ def _train_cmd(workdir, data_dir, steps):
         f"--config.train.num_steps={steps}",
         "--config.train.checkpoint_every_steps=1",
         "--config.train.log_every_steps=1",
+        *overrides,
     ]
 
 
 KILL_STEPS = 12
+# Validation every 4 steps: a stopped run's rerun must also leave the straight run's val rows.
+KILL_EVAL = "--config.train.eval_every_steps=4"
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +140,7 @@ def straight_run(data_dir, tmp_path_factory):
     straight = str(tmp_path_factory.mktemp("straight") / "run")
     env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
     subprocess.run(
-        _train_cmd(straight, data_dir, KILL_STEPS),
+        _train_cmd(straight, data_dir, KILL_STEPS, KILL_EVAL),
         check=True,
         env=env,
         cwd=REPO,
@@ -157,25 +162,24 @@ def start_and_wait_for(cmd, done) -> subprocess.Popen:
     return proc
 
 
-def assert_rerun_ends_as_straight(workdir, straight, data_dir):
-    """Reruns the stopped run to its end: the parameters and metric rows of the straight run."""
+def assert_rerun_ends_as_straight(workdir, straight, data_dir, driver=None):
+    """Reruns the stopped run to its end (through `driver`, if given): the parameters and
+    metric rows of the straight run."""
     env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
-    subprocess.run(
-        _train_cmd(workdir, data_dir, KILL_STEPS),
-        check=True,
+    rerun = subprocess.run(
+        _train_cmd(workdir, data_dir, KILL_STEPS, KILL_EVAL, driver=driver),
         env=env,
         cwd=REPO,
         capture_output=True,
+        text=True,
     )
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     s1, p1 = saved_params(straight)
     s2, p2 = saved_params(workdir)
     assert s1 == s2 == KILL_STEPS
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
     # The steps redone after the resume are logged once: the same rows as the straight run.
-    rows = [
-        [json.loads(x)["step"] for x in open(os.path.join(d, "metrics.jsonl"))]
-        for d in (straight, workdir)
-    ]
+    rows = [metric_rows(d) for d in (straight, workdir)]
     assert rows[0] == rows[1]
 
 
@@ -188,7 +192,7 @@ def steps_saved(workdir) -> list[int]:
 def test_killed_run_resumes_bit_identically(data_dir, straight_run, tmp_path):
     """SIGKILL a real training process mid-run, rerun it, compare with an uninterrupted run."""
     killed = str(tmp_path / "killed")
-    cmd = _train_cmd(killed, data_dir, KILL_STEPS)
+    cmd = _train_cmd(killed, data_dir, KILL_STEPS, KILL_EVAL)
     proc = start_and_wait_for(cmd, lambda: max(steps_saved(killed), default=0) >= 3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -197,37 +201,82 @@ def test_killed_run_resumes_bit_identically(data_dir, straight_run, tmp_path):
     assert_rerun_ends_as_straight(killed, straight_run, data_dir)
 
 
-def metric_rows(workdir) -> int:
+def metric_rows(workdir) -> list[list]:
+    """(step, kind) of each metrics.jsonl row; kind 'val' or 'train'."""
     path = os.path.join(workdir, "metrics.jsonl")
-    return sum(1 for _ in open(path)) if os.path.exists(path) else 0
+    if not os.path.exists(path):
+        return []
+    rows = [json.loads(line) for line in open(path)]
+    return [[r["step"], "val" if "val/top1_cls" in r else "train"] for r in rows]
+
+
+# train.py sent a SIGTERM, as a scheduler sends it, at a chosen point: SIGTERM_AT=N as step N
+# has been taken (before its save), or "close" while the finished run waits for its last save.
+SIGTERM_DRIVER = """
+import os, runpy, signal, sys
+from camjax.train import loop
+where = os.environ["SIGTERM_AT"]
+def sigterm():
+    os.kill(os.getpid(), signal.SIGTERM)
+if where == "close":
+    close = loop._close_checkpoints
+    def close_after_sigterm(*args):
+        sigterm()
+        return close(*args)
+    loop._close_checkpoints = close_after_sigterm
+else:
+    kinds = loop._step_kinds
+    def kinds_after_sigterm(train_config, step, stop):
+        if step == int(where):
+            sigterm()
+        return kinds(train_config, step, stop)
+    loop._step_kinds = kinds_after_sigterm
+sys.argv[0] = "train.py"
+runpy.run_path("train.py", run_name="__main__")
+"""
 
 
 @pytest.mark.slow
 def test_sigterm_saves_the_step_reached_and_the_rerun_ends_bit_identically(
-    data_dir, straight_run, tmp_path
+    data_dir, straight_run, tmp_path, monkeypatch
 ):
-    """A scheduler's SIGTERM (preemption, a time limit, a pod's eviction): the run saves the
-    step it reached, though no checkpoint was due there, stops with one line and exit code
-    143, and the rerun ends as the uninterrupted run. Before, the process died at once and
-    lost every step since the last checkpoint."""
+    """A scheduler's SIGTERM (preemption, a time limit, a pod's eviction) at step 4, where a
+    validation is due but no checkpoint: the step is saved, the run stops with one line and
+    exit code 143, and the rerun validates step 4 first and ends as the uninterrupted run,
+    though a second SIGTERM comes while it waits for its last save. Before, the process died
+    at once and lost every step since the last checkpoint (and the last save, when SIGTERM
+    came at the end)."""
     workdir = str(tmp_path / "preempted")
-    # No checkpoint is due before the last step: one on disk was saved for the SIGTERM.
-    cmd = _train_cmd(workdir, data_dir, KILL_STEPS) + ["--config.train.checkpoint_every_steps=99"]
-    proc = start_and_wait_for(cmd, lambda: metric_rows(workdir) >= 3)
-    sent = time.time()
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert time.time() - sent < 20, "SIGTERM did not stop training within seconds"
-    assert proc.returncode == 143, stderr[-2000:]
-    stopped = re.findall(
-        r"stopped by SIGTERM after step (\d+); the newest checkpoint is step (\d+)", stderr
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(), "SIGTERM_AT": "4"}
+    no_save_due = "--config.train.checkpoint_every_steps=99"
+    cmd = _train_cmd(workdir, data_dir, KILL_STEPS, KILL_EVAL, no_save_due, driver=SIGTERM_DRIVER)
+    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 143, out.stderr[-2000:]
+    last = out.stderr.strip().splitlines()[-1]
+    assert last == (
+        "stopped by SIGTERM after step 4; the newest checkpoint is step 4 in "
+        f"{checkpoint.checkpoint_dir(workdir)} (rerun to resume)."
     )
-    assert len(stopped) == 1 and stopped[0][0] == stopped[0][1], stderr[-2000:]
-    step = int(stopped[0][0])
-    assert 3 <= step < KILL_STEPS and steps_saved(workdir) == [step]
-    assert metric_rows(workdir) == step  # the rows of the steps since the last log are written
-    assert "Traceback" not in stderr and "Exception ignored" not in stderr
-    assert_rerun_ends_as_straight(workdir, straight_run, data_dir)
+    assert steps_saved(workdir) == [4] and "Traceback" not in out.stderr
+    # Every step's train row is written; step 4's validation is left to the rerun.
+    assert metric_rows(workdir) == [[s, "train"] for s in range(1, 5)]
+    monkeypatch.setenv("SIGTERM_AT", "close")
+    assert_rerun_ends_as_straight(workdir, straight_run, data_dir, driver=SIGTERM_DRIVER)
+
+
+@pytest.mark.parametrize("eval_every", [0, 2])
+def test_a_sigterm_at_the_last_step_stops_early_only_to_leave_its_validation(eval_every):
+    """The last step is saved anyway: a SIGTERM there ends the run as usual, unless the
+    step's validation is due, which the rerun then does."""
+
+    class Terminated:
+        def preempted(self, step, agreed):
+            return True
+
+    config = tiny_config("unused", eval_every_steps=eval_every)  # 6 steps
+    log, save, evaluate, stop = loop._step_kinds(config.train, 6, Terminated())
+    assert (log, save, evaluate) == (True, True, False) and stop == bool(eval_every)
+    assert loop._step_kinds(config.train, 5, Terminated()) == (True, True, False, True)
 
 
 @pytest.fixture(scope="module")
