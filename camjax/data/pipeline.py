@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -246,6 +247,15 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
     # (train/interrupts.py). The training process stops its workers itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # So a worker whose training process died without stopping it (SIGKILL) exits by itself.
+    parent = os.getppid()
+
+    def exit_with_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=exit_with_parent, daemon=True, name="camjax-parent-watch").start()
 
 
 def _mark_absl_flags_parsed() -> None:

@@ -82,6 +82,24 @@ class StopRequest:
             return agreed and distributed.any_process(self.terminated)
         return self.terminated
 
+    def next_batch(self, batches, step: int, manager):
+        """next(batches), or the stop a signal asked for when the input workers died of it:
+        the group's signal can reach them while they start, before they ignore it."""
+        try:
+            return next(batches)
+        except RuntimeError:
+            if not (self.terminated or self.requested):
+                raise
+            kind, error = (
+                ("SIGTERM", TrainingPreempted)
+                if self.terminated
+                else ("Ctrl-C", TrainingInterrupted)
+            )
+            raise error(
+                f"stopped by {kind} before step {step}; the newest checkpoint is step "
+                f"{checkpoint.last_saved(manager)} in {manager.directory} (rerun to resume)."
+            ) from None
+
     def raise_preempted(self, step: int, manager) -> None:
         """Raises TrainingPreempted once `step`'s save has completed (or failed: the message
         names the newest complete step either way)."""

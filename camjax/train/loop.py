@@ -348,7 +348,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
             sums = _zero_sums_on(mesh)
             for step in range(start + 1, num_steps + 1):
                 stop.raise_if_requested(step, manager)
-                state, sums = step_fn(state, sums, next(batches))
+                state, sums = step_fn(state, sums, stop.next_batch(batches, step, manager))
                 do_log, do_save, do_eval, preempted = _step_kinds(config.train, step, stop)
                 # The first step is checked too: labels the head cannot take stop the run.
                 if not (do_log or do_save or do_eval or step == start + 1):
@@ -372,10 +372,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     stop.raise_if_requested(step + 1, manager, agreed=True)
             finished = True
         finally:
-            batches.close()  # stops the input readers (worker processes, shared memory) now
-            progress.close()
-            _close_checkpoints(manager, finished)  # under the handlers: SIGTERM waits for it
+            _close_run(manager, finished, batches, progress)  # under the signal handlers
     return state
+
+
+def _close_run(manager, finished: bool, batches, progress: Progress) -> None:
+    """The save in flight completes first (a scheduler's SIGKILL follows its SIGTERM, and
+    slow input workers can take grain's 25 s to stop), then the input readers (worker
+    processes, shared memory) and the logs are closed."""
+    try:
+        _close_checkpoints(manager, finished)
+    finally:
+        batches.close()
+        progress.close()
 
 
 def _validate(

@@ -18,7 +18,7 @@ import pytest
 from etils import epath
 
 from camjax import checkpoint, checkpoint_restore, cli, experiment, run_config
-from camjax.train import loop, optim
+from camjax.train import interrupts, loop, optim
 from camjax.train import state as train_state
 from configs import tiny
 from tests.xla_flags import subprocess_xla_flags
@@ -262,6 +262,67 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_ends_bit_identically(
     assert metric_rows(workdir) == [[s, "train"] for s in range(1, 5)]
     monkeypatch.setenv("SIGTERM_AT", "close")
     assert_rerun_ends_as_straight(workdir, straight_run, data_dir, driver=SIGTERM_DRIVER)
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (an orphan's may wait for a reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        ignored = next(line for line in f if line.startswith("SigIgn:")).split()[1]
+    return bool(int(ignored, 16) & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.slow
+def test_input_workers_exit_when_their_training_process_is_killed(data_dir, tmp_path):
+    """The input workers ignore SIGTERM (the group's signal is training's to handle), so
+    after a SIGKILL of the training process alone they outlived it (minutes, holding memory
+    and its output pipes) until a SIGKILL found them; now they exit within seconds."""
+    workdir = str(tmp_path / "run")
+    cmd = _train_cmd(workdir, data_dir, 400, "--config.data.num_workers=2")
+    proc = start_and_wait_for(cmd, lambda: metric_rows(workdir))
+    workers = [
+        int(pid)
+        for pid in subprocess.run(
+            ["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True
+        ).stdout.split()
+    ]
+    assert len(workers) == 2 and all(map(_ignores_sigterm, workers))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(map(_running, workers)):
+        time.sleep(0.1)
+    assert not any(map(_running, workers)), "an orphaned input worker still runs"
+
+
+@pytest.mark.parametrize("flag, error", [("terminated", "SIGTERM"), ("requested", "Ctrl-C")])
+def test_input_workers_killed_by_a_signal_being_handled_end_in_its_stop(tmp_path, flag, error):
+    """A group's signal can reach the input workers as they start, before they ignore it:
+    their death (grain's RuntimeError) then ends the run as the signal asks, in one line; an
+    error with no signal behind it stays as it is."""
+
+    def dead_workers():
+        raise RuntimeError("Worker process was terminated unexpectedly with exit code -15.")
+        yield
+
+    with interrupts.StopRequest() as stop, checkpoint.create_manager(str(tmp_path), 1) as manager:
+        with pytest.raises(RuntimeError, match="terminated unexpectedly"):
+            stop.next_batch(dead_workers(), 1, manager)
+        setattr(stop, flag, True)
+        kind = (
+            interrupts.TrainingPreempted if flag == "terminated" else interrupts.TrainingInterrupted
+        )
+        with pytest.raises(
+            kind, match=f"stopped by {error} before step 1; the newest checkpoint is step None"
+        ):
+            stop.next_batch(dead_workers(), 1, manager)
 
 
 @pytest.mark.parametrize("eval_every", [0, 2])
