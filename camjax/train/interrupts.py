@@ -65,10 +65,7 @@ class StopRequest:
                 return
             requested = distributed.any_process(requested)
         if requested:
-            raise TrainingInterrupted(
-                f"stopped by Ctrl-C before step {step}; the newest checkpoint is step "
-                f"{checkpoint.last_saved(manager)} in {manager.directory} (rerun to resume)."
-            )
+            raise TrainingInterrupted(_stopped("Ctrl-C", f"before step {step}", manager))
 
     def preempted(self, step: int, agreed: bool) -> bool:
         """Whether training stops after `step`, once it is saved: SIGTERM came, to any process.
@@ -90,23 +87,16 @@ class StopRequest:
         except RuntimeError:
             if not (self.terminated or self.requested):
                 raise
-            kind, error = (
-                ("SIGTERM", TrainingPreempted)
-                if self.terminated
-                else ("Ctrl-C", TrainingInterrupted)
-            )
-            raise error(
-                f"stopped by {kind} before step {step}; the newest checkpoint is step "
-                f"{checkpoint.last_saved(manager)} in {manager.directory} (rerun to resume)."
-            ) from None
+            if self.terminated:
+                raise TrainingPreempted(
+                    _stopped("SIGTERM", f"before step {step}", manager)
+                ) from None
+            raise TrainingInterrupted(_stopped("Ctrl-C", f"before step {step}", manager)) from None
 
     def raise_preempted(self, step: int, manager) -> None:
         """Raises TrainingPreempted once `step`'s save has completed (or failed: the message
         names the newest complete step either way)."""
-        raise TrainingPreempted(
-            f"stopped by SIGTERM after step {step}; the newest checkpoint is step "
-            f"{checkpoint.last_saved(manager)} in {manager.directory} (rerun to resume)."
-        )
+        raise TrainingPreempted(_stopped("SIGTERM", f"after step {step}", manager))
 
     def __enter__(self) -> "StopRequest":
         return self
@@ -114,3 +104,11 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+
+
+def _stopped(signal_name: str, when: str, manager) -> str:
+    """The one line a stopped run ends with, once any save in flight has completed."""
+    return (
+        f"stopped by {signal_name} {when}; the newest checkpoint is step "
+        f"{checkpoint.last_saved(manager)} in {manager.directory} (rerun to resume)."
+    )

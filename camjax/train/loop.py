@@ -295,11 +295,10 @@ def _step_kinds(train_config, step: int, stop: StopRequest) -> tuple[bool, bool,
     to the rerun (a scheduler waits seconds, not minutes)."""
     t = train_config
     is_last = step == t.num_steps
-    every = t.eval_every_steps
     kinds = (
         step % t.log_every_steps == 0 or is_last,
         step % t.checkpoint_every_steps == 0 or is_last,
-        bool(every) and (step % every == 0 or is_last),
+        _validation_due(t, step),
     )
     # Called at every step (jax's service counts them); the last step saves anyway, so a
     # SIGTERM there stops early only to leave a due validation to the rerun.
@@ -308,12 +307,16 @@ def _step_kinds(train_config, step: int, stop: StopRequest) -> tuple[bool, bool,
     return (*kinds, False)
 
 
+def _validation_due(train_config, step: int) -> bool:
+    """Whether a periodic validation follows `step` (the last step's too, if any is on)."""
+    every = train_config.eval_every_steps
+    return bool(every) and step > 0 and (step % every == 0 or step == train_config.num_steps)
+
+
 def _validation_owed(train_config, step: int, progress: Progress) -> bool:
     """Whether the run resumes at a step whose periodic validation is due but not in
     metrics.jsonl: a SIGTERM saved the step and left it to the rerun."""
-    every = train_config.eval_every_steps
-    due = bool(every) and step > 0 and (step % every == 0 or step == train_config.num_steps)
-    return due and not progress.writer.has_row(step, "val/top1_cls")
+    return _validation_due(train_config, step) and not progress.writer.has_row(step, "val/top1_cls")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
