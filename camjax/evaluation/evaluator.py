@@ -18,7 +18,7 @@ histograms in float64.
 """
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -44,6 +44,10 @@ from camjax.models.layers import takes_labels
 
 class NonFiniteOutputError(FloatingPointError):
     """The network's logits or class maps hold NaN or Inf: no metric is computed from them."""
+
+
+class EvaluationStopped(Exception):
+    """`Evaluator.evaluate`'s `stop` ended it before its last batch: no metric is computed."""
 
 
 def threshold_grid(step: float) -> np.ndarray:
@@ -302,14 +306,17 @@ class Evaluator:
         return pipeline.eval_batches(source, self.prep, ev.batch_size, threads, prep)
 
     def evaluate(
-        self, variables: Any, source: Sequence, max_images: int = 0
+        self, variables: Any, source: Sequence, max_images: int = 0, stop: Callable | None = None
     ) -> boxes.LocalizationAccumulator:
-        """The paper's counts over the first max_images (0: all) examples of a source."""
+        """The paper's counts over the first max_images (0: all) examples of a source. stop():
+        asked after each batch (alike by every process); True raises EvaluationStopped."""
         acc = boxes.LocalizationAccumulator(self.thresholds, self.center_fractions)
         keys = ["image", "label", "boxes", "num_boxes", "valid"]
         batches = self._batches(source, max_images, masks=False)
         for host_batch, out in self._pipelined(self._paper_step, variables, batches, keys):
             acc.update(self._paper_counts(host_batch, out))
+            if stop is not None and stop():
+                raise EvaluationStopped(f"stopped after {int(acc.counts['n'])} images")
         return _sum_paper_over_hosts(acc)
 
     def _paper_counts(self, host_batch: pipeline.Batch, out: dict[str, jax.Array]):

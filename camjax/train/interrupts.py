@@ -39,6 +39,7 @@ class StopRequest:
         # Multi-host, jax's service has its own SIGTERM handler (a Python one would replace
         # it) and agrees on one step for every process at no cost per step.
         self._jax_notices = distributed.preemption_service()
+        self._checks = 0  # the service's sync counter: one per check, the same in every process
         self._previous = {}
         if threading.current_thread() is threading.main_thread():
             signals = [signal.SIGINT] + ([] if self._jax_notices else [signal.SIGTERM])
@@ -67,14 +68,18 @@ class StopRequest:
         if requested:
             raise TrainingInterrupted(_stopped("Ctrl-C", f"before step {step}", manager))
 
-    def preempted(self, step: int, agreed: bool) -> bool:
-        """Whether training stops after `step`, once it is saved: SIGTERM came, to any process.
-        Every process of a multi-host job answers the same at every step: jax's service picks
-        the step; without it (turned off), the steps they all sync at (`agreed`) decide."""
+    def preempted(self, agreed: bool) -> bool:
+        """Whether training stops here (after each step, and between a validation's batches),
+        once the step reached is saved: SIGTERM came, to any process. Every process of a
+        multi-host job answers the same at every check: jax's service picks the check; without
+        it (turned off), the checks they all sync at (`agreed`) decide."""
         if self._jax_notices:
             from jax.experimental import multihost_utils
 
-            return multihost_utils.reached_preemption_sync_point(step)
+            # The service wants an id that every process advances alike at each call: a count
+            # of the checks, since a validation's checks fall between two steps.
+            self._checks += 1
+            return multihost_utils.reached_preemption_sync_point(self._checks)
         if jax.process_count() > 1:
             return agreed and distributed.any_process(self.terminated)
         return self.terminated

@@ -7,6 +7,7 @@ a run restarted in the same workdir resumes from the latest complete checkpoint 
 bit-identical parameters to an uninterrupted run (same data order, same dropout keys).
 """
 
+import functools
 import logging
 import os
 from typing import Any
@@ -292,7 +293,7 @@ def _check_train_config(t: ml_collections.ConfigDict) -> None:
 def _step_kinds(train_config, step: int, stop: StopRequest) -> tuple[bool, bool, bool, bool]:
     """(log, save, evaluate, stop) after `step`. The last step does the first three (evaluation
     if on); a SIGTERM makes a step one that logs and saves, then stops, leaving its validation
-    to the rerun (a scheduler waits seconds, not minutes)."""
+    to the rerun (a scheduler waits seconds, not minutes: `_validate` stops for it too)."""
     t = train_config
     is_last = step == t.num_steps
     kinds = (
@@ -300,9 +301,9 @@ def _step_kinds(train_config, step: int, stop: StopRequest) -> tuple[bool, bool,
         step % t.checkpoint_every_steps == 0 or is_last,
         _validation_due(t, step),
     )
-    # Called at every step (jax's service counts them); the last step saves anyway, so a
+    # Called at every step (jax's service counts the checks); the last step saves anyway, so a
     # SIGTERM there stops early only to leave a due validation to the rerun.
-    if stop.preempted(step, agreed=any(kinds)) and (kinds[2] or not is_last):
+    if stop.preempted(agreed=any(kinds)) and (kinds[2] or not is_last):
         return True, True, False, True
     return (*kinds, False)
 
@@ -345,9 +346,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         progress = Progress(workdir, start, num_steps, config.eval.fixed_threshold)
         finished = False
         try:
-            val_split = sources[config.data.val_split]
-            if _validation_owed(config.train, start, progress):
-                _validate(val_eval, state, val_split, start, manager, progress)
+            validate = functools.partial(
+                _validate, val_eval, sources[config.data.val_split], manager, progress, stop
+            )
+            if _validation_owed(config.train, start, progress) and not validate(state, start):
+                stop.raise_preempted(start, manager)
             sums = _zero_sums_on(mesh)
             for step in range(start + 1, num_steps + 1):
                 stop.raise_if_requested(step, manager)
@@ -358,15 +361,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                     continue
                 host_sums = jax.device_get(sums)
                 _check_sums(host_sums, step, config, manager)
-                if do_save and not digests.all_finite(state):
-                    raise NonFiniteLossError(_non_finite_message(step, manager))
                 if do_log and host_sums["count"]:
                     progress.train(step, host_sums)
                     sums = _zero_sums_on(mesh)
-                if do_eval:
-                    _validate(val_eval, state, val_split, step, manager, progress)
+                if do_eval and not validate(state, step):
+                    do_save = preempted = True  # the rerun validates the saved step first
                 if do_save:
-                    checkpoint.save(manager, step, state, config, run)
+                    _save_finite(manager, step, state, config, run)
                 if preempted:
                     stop.raise_preempted(step, manager)
                 if do_log:
@@ -390,17 +391,37 @@ def _close_run(manager, finished: bool, batches, progress: Progress) -> None:
         progress.close()
 
 
+def _save_finite(manager, step: int, state: TrainState, config, run: run_config.Run) -> None:
+    """Saves `step`, checked finite first: a diverged state is never written."""
+    if not digests.all_finite(state):
+        raise NonFiniteLossError(_non_finite_message(step, manager))
+    checkpoint.save(manager, step, state, config, run)
+
+
 def _validate(
-    val_eval: evaluator.Evaluator, state: TrainState, split, step: int, manager, progress
-) -> None:
-    """The periodic validation of `state` on `split`: its metrics (`_val_metrics`) logged."""
+    val_eval: evaluator.Evaluator,
+    split,
+    manager,
+    progress: Progress,
+    stop: StopRequest,
+    state: TrainState,
+    step: int,
+) -> bool:
+    """The periodic validation of `state` on `split`: its metrics (`_val_metrics`) logged.
+    False: a SIGTERM stopped it between two batches, and nothing was logged (a scheduler kills
+    seconds after its SIGTERM, and a validation can take minutes)."""
     config = val_eval.config
     try:
-        val = val_eval.evaluate(state.variables, split, config.eval.max_images)
+        val = val_eval.evaluate(
+            state.variables, split, config.eval.max_images, stop=lambda: stop.preempted(True)
+        )
+    except evaluator.EvaluationStopped:
+        return False
     except evaluator.NonFiniteOutputError:
         # Finite parameters whose outputs overflow: the run diverged as surely.
         raise NonFiniteLossError(_non_finite_message(step, manager)) from None
     progress.validation(step, _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k))
+    return True
 
 
 def _close_checkpoints(manager, finished: bool) -> None:

@@ -130,8 +130,9 @@ def _train_cmd(workdir, data_dir, steps, *overrides, driver=None):
 
 
 KILL_STEPS = 12
-# Validation every 4 steps: a stopped run's rerun must also leave the straight run's val rows.
-KILL_EVAL = "--config.train.eval_every_steps=4"
+# Validation every 4 steps: a stopped run's rerun must also leave the straight run's val rows;
+# in two batches, for a SIGTERM to come between them.
+KILL_EVAL = ("--config.train.eval_every_steps=4", "--config.eval.batch_size=8")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,7 @@ def straight_run(data_dir, tmp_path_factory):
     straight = str(tmp_path_factory.mktemp("straight") / "run")
     env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
     subprocess.run(
-        _train_cmd(straight, data_dir, KILL_STEPS, KILL_EVAL),
+        _train_cmd(straight, data_dir, KILL_STEPS, *KILL_EVAL),
         check=True,
         env=env,
         cwd=REPO,
@@ -167,7 +168,7 @@ def assert_rerun_ends_as_straight(workdir, straight, data_dir, driver=None):
     metric rows of the straight run."""
     env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
     rerun = subprocess.run(
-        _train_cmd(workdir, data_dir, KILL_STEPS, KILL_EVAL, driver=driver),
+        _train_cmd(workdir, data_dir, KILL_STEPS, *KILL_EVAL, driver=driver),
         env=env,
         cwd=REPO,
         capture_output=True,
@@ -192,7 +193,7 @@ def steps_saved(workdir) -> list[int]:
 def test_killed_run_resumes_bit_identically(data_dir, straight_run, tmp_path):
     """SIGKILL a real training process mid-run, rerun it, compare with an uninterrupted run."""
     killed = str(tmp_path / "killed")
-    cmd = _train_cmd(killed, data_dir, KILL_STEPS, KILL_EVAL)
+    cmd = _train_cmd(killed, data_dir, KILL_STEPS, *KILL_EVAL)
     proc = start_and_wait_for(cmd, lambda: max(steps_saved(killed), default=0) >= 3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -211,14 +212,25 @@ def metric_rows(workdir) -> list[list]:
 
 
 # train.py sent a SIGTERM, as a scheduler sends it, at a chosen point: SIGTERM_AT=N as step N
-# has been taken (before its save), or "close" while the finished run waits for its last save.
+# has been taken (before its save), "val" in the first validation's first batch (a second
+# batch counted exits 1), or "close" while the finished run waits for its last save.
 SIGTERM_DRIVER = """
 import os, runpy, signal, sys
+from camjax.evaluation import evaluator
 from camjax.train import loop
 where = os.environ["SIGTERM_AT"]
 def sigterm():
     os.kill(os.getpid(), signal.SIGTERM)
-if where == "close":
+if where == "val":
+    counts, batches = evaluator.Evaluator._paper_counts, []
+    def counts_with_sigterm(*args):
+        batches.append(args)
+        if len(batches) == 2:
+            sys.exit("the validation went on after the SIGTERM")
+        sigterm()
+        return counts(*args)
+    evaluator.Evaluator._paper_counts = counts_with_sigterm
+elif where == "close":
     close = loop._close_checkpoints
     def close_after_sigterm(*args):
         sigterm()
@@ -237,19 +249,20 @@ runpy.run_path("train.py", run_name="__main__")
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sigterm_at", ["4", "val"])
 def test_sigterm_saves_the_step_reached_and_the_rerun_ends_bit_identically(
-    data_dir, straight_run, tmp_path, monkeypatch
+    data_dir, straight_run, tmp_path, monkeypatch, sigterm_at
 ):
     """A scheduler's SIGTERM (preemption, a time limit, a pod's eviction) at step 4, where a
-    validation is due but no checkpoint: the step is saved, the run stops with one line and
-    exit code 143, and the rerun validates step 4 first and ends as the uninterrupted run,
-    though a second SIGTERM comes while it waits for its last save. Before, the process died
-    at once and lost every step since the last checkpoint (and the last save, when SIGTERM
-    came at the end)."""
+    validation is due but no checkpoint, or during that validation: the step is saved, the run
+    stops with one line and exit code 143, and the rerun validates step 4 first and ends as the
+    uninterrupted run, though a second SIGTERM comes while it waits for its last save. Before,
+    the process died at once and lost every step since the last checkpoint (and the last save,
+    when SIGTERM came at the end); then, a validation ran to its end first, however long."""
     workdir = str(tmp_path / "preempted")
-    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(), "SIGTERM_AT": "4"}
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(), "SIGTERM_AT": sigterm_at}
     no_save_due = "--config.train.checkpoint_every_steps=99"
-    cmd = _train_cmd(workdir, data_dir, KILL_STEPS, KILL_EVAL, no_save_due, driver=SIGTERM_DRIVER)
+    cmd = _train_cmd(workdir, data_dir, KILL_STEPS, *KILL_EVAL, no_save_due, driver=SIGTERM_DRIVER)
     out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 143, out.stderr[-2000:]
     last = out.stderr.strip().splitlines()[-1]
@@ -331,7 +344,7 @@ def test_a_sigterm_at_the_last_step_stops_early_only_to_leave_its_validation(eva
     step's validation is due, which the rerun then does."""
 
     class Terminated:
-        def preempted(self, step, agreed):
+        def preempted(self, agreed):
             return True
 
     config = tiny_config("unused", eval_every_steps=eval_every)  # 6 steps

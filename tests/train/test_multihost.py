@@ -384,6 +384,42 @@ def test_sigterm_on_one_process_saves_one_step_on_every_process(runs, tmp_path, 
     assert int(restore(workdir).step) == int(stopped[0][0][0])
 
 
+# train.py validating every 2 steps in two batches, whose process 1 gets a SIGTERM in the first
+# validation's first batch.
+VALIDATION_GETS_SIGTERM_ON_PROCESS_1 = """
+import os, runpy, signal, sys
+from camjax.evaluation import evaluator
+counts, sent = evaluator.Evaluator._paper_counts, []
+def counts_with_sigterm(*args):
+    if os.environ["JAX_PROCESS_ID"] == "1" and not sent:
+        sent.append(os.kill(os.getpid(), signal.SIGTERM))
+    return counts(*args)
+evaluator.Evaluator._paper_counts = counts_with_sigterm
+sys.argv = ["train.py", *[a for a in sys.argv[1:] if "eval_every_steps" not in a]]
+sys.argv += ["--config.train.eval_every_steps=2", "--config.eval.batch_size=8"]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("service", ["jax", "off"])
+def test_sigterm_during_a_validation_stops_every_process_at_its_step(runs, tmp_path, service):
+    """A SIGTERM to one host while the processes validate step 2: every process stops there
+    with step 2 saved and its validation left to the rerun (with jax's service, at latest the
+    step after: the notice reaches the other process asynchronously). Before, the validation
+    ran to its end, however long, and the processes saved and stopped a step later."""
+    workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
+    env = {} if service == "jax" else {"JAX_ENABLE_PREEMPTION_SERVICE": "false"}
+    driver = VALIDATION_GETS_SIGTERM_ON_PROCESS_1
+    procs = start_two(workdir, runs["data_dir"], logs, steps=200, driver=driver, **env)
+    lines = last_lines(procs, logs, returncode=143, timeout=120)
+    stopped = {int(re.findall(r"stopped by SIGTERM after step (\d+)", line)[0]) for line in lines}
+    assert len(stopped) == 1 and stopped <= ({2} if service == "off" else {2, 3}), lines
+    step = stopped.pop()
+    assert int(restore(workdir).step) == step
+    val_steps = [r["step"] for r in metric_rows(workdir) if "val/top1_cls" in r]
+    assert val_steps == ([] if step == 2 else [2])
+
+
 # evaluate.py sent a SIGTERM (a scheduler stopping the job) right after jax.distributed starts.
 EVALUATE_GETS_SIGTERM = """
 import os, runpy, signal, sys
