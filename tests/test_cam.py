@@ -211,8 +211,10 @@ def test_top_k_and_cam_fn_errors(model_and_vars):
     with pytest.raises(ValueError, match="top_k"):
         explain.cam_fn(model, variables, top_k=0)
     f = explain.cam_fn(model, variables)
-    with pytest.raises(ValueError, match=r"\(batch, height, width, 3\)"):
+    with pytest.raises(ValueError, match=r"\(batch, height, width, channels\)"):
         f(images[..., 0])
+    with pytest.raises(ValueError, match=r"look channels-first \(NCHW\).*transpose\(0, 2, 3, 1\)"):
+        f(images.transpose(0, 3, 1, 2))
     with pytest.raises(ValueError, match=r"\[0, 6\]"):
         f(images, np.array([0, 1, 2, 9]))
     with pytest.raises(ValueError, match="head"):

@@ -82,7 +82,8 @@ class CamOutput(NamedTuple):
 
 
 def check_images(images: Any) -> None:
-    """What image models take: a float (B, H, W, 3) array, normalised as in training."""
+    """What image models take: a float (B, H, W, C) array (NHWC, any number of channels),
+    normalised as in training."""
     if not hasattr(images, "dtype") or not hasattr(images, "shape"):
         raise ValueError(
             f"images must be an array (numpy or jax), not a {type(images).__name__}; stack "
@@ -93,10 +94,15 @@ def check_images(images: Any) -> None:
             f"images must be floating point, normalised as the model was trained "
             f"((pixels / 255 - mean) / std for camjax's models); got dtype {images.dtype}."
         )
-    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[0] == 0:
+    if images.ndim != 4 or images.shape[0] == 0:
         raise ValueError(
-            f"images must have shape (batch, height, width, 3) with batch >= 1; got "
+            f"images must have shape (batch, height, width, channels) with batch >= 1; got "
             f"{tuple(images.shape)}."
+        )
+    if images.shape[1] <= 4 < images.shape[-1]:  # a few rows, many channels: not an image
+        raise ValueError(
+            f"images of shape {tuple(images.shape)} look channels-first (NCHW); Flax models "
+            "take NHWC: pass images.transpose(0, 2, 3, 1)."
         )
 
 
@@ -187,6 +193,16 @@ def _compiled(probe: Probe, method: str, top_k, size, resize, normalize, relu, o
     return run
 
 
+def _compile(probe: Probe, *args: Any):
+    """`_compiled`, whose cache needs a probe that hashes: one of a linen module with a list or
+    dict field is compiled for its explainer only."""
+    try:
+        hash(probe)
+    except TypeError:
+        return _compiled.__wrapped__(probe, *args)
+    return _compiled(probe, *args)
+
+
 def explainer(
     model: nn.Module | nnx.Module,
     variables: Mapping[str, Any] | nnx.State | None = None,
@@ -207,28 +223,29 @@ def explainer(
     model, variables: a linen module and what its `init` returns, or an NNX module (in eval
     mode) and its `nnx.state` (None: the model's own, whose values are read at every call, so
     in-place updates such as an `nnx.Optimizer`'s show).
-    images: (B, H, W, 3) float, as the model takes them. targets: None for the `top_k`
-    best-scoring classes (best first; top_k None: every class, in class order), int classes
-    (B,) or (B, n), or a function of the logits (B, C) -> (B,) (one map per image). key: the
-    PRNG key of the noisy methods (default key 0). layer: module path(s) to read; grid: (h, w)
-    of a non-square token layer. size: 'input' upsamples to (H, W), (H', W') to that size,
-    None keeps the layer's. resize: 'bicubic' or 'bilinear'. normalize: True/'minmax' (per-map
-    min-max to [0, 1]), 'max', or False for raw maps; a map constant up to float32 rounding
-    (`camjax.cam.normalize_minmax`) becomes zeros, where the peers stretch its rounding noise
-    to [0, 1]. relu: ReLU before resizing (the methods that define a ReLU apply it
-    themselves). options: the method's own (e.g. num_samples).
+    images: (B, H, W, C) float, as the model takes them. targets: None for the `top_k`
+    best-scoring classes (best first; top_k None: every class, in class order), int classes (B,)
+    or (B, n), or a function of the logits (B, C) -> (B,) (one map per image). key: the PRNG key
+    of the noisy methods (default key 0). layer: module path(s) to read; grid: (h, w) of a token
+    layer (None: the images' patch grid, `Probe.grid_shape`). size: 'input' upsamples to (H, W),
+    (H', W') to that size, None keeps the method's own (the layer's; the input's for the
+    Score-CAM family's default combine='input'). resize: 'bicubic' or 'bilinear'. normalize:
+    True/'minmax' (per-map min-max to [0, 1]), 'max', or False for raw maps; a map constant up
+    to float32 rounding (`camjax.cam.normalize_minmax`) becomes zeros, where the peers stretch
+    its rounding noise to [0, 1]. relu: ReLU before resizing (the methods that define a ReLU
+    apply it themselves). apply_kwargs: of every call of the model (e.g. {"train": False}).
+    options: the method's own (e.g. num_samples).
 
-    Class indices given as numpy or a list are checked before running; as a device array they
-    are checked inside the program without a host round trip: an out-of-range class comes back
-    as class -1 with a NaN map (clamp and flag), never as a plausible map. So does a map that is
-    not finite before normalisation (NaN or Inf in the image, logits that overflow, a score of
-    exactly 0 dividing Ablation-CAM's weights), which normalisation would make all zeros.
+    Class indices given as numpy or a list are checked before running, a device array's inside
+    the program (no host round trip): an out-of-range class comes back as class -1 with a NaN
+    map, never as a plausible map; so does a map not finite before normalisation (NaN or Inf in
+    the image, logits that overflow, a zero score dividing Ablation-CAM's weights).
     """
     layers, size = _checked_arguments(method, layer, top_k, size, options)
     model, variables, name = _functional(model, variables)
     probe = Probe(model, layers, _hashable_kwargs(apply_kwargs), grid, name)
     options = tuple(sorted(options.items()))
-    run = _compiled(probe, method, top_k, size, resize, normalize, relu, options)
+    run = _compile(probe, method, top_k, size, resize, normalize, relu, options)
 
     def f(images: Any, targets: Any = None, key: jax.Array | None = None) -> CamOutput:
         check_images(images)
@@ -238,8 +255,8 @@ def explainer(
         score_fn = targets if callable(targets) else None
         given = None if score_fn is not None else targets
         args = (variables, images, given, jax.random.key(0) if key is None else key)
-        if score_fn is not None:
-            _check_score_fn(score_fn, run.eval_shape(*args[:2], None, args[3]).logits)
+        if score_fn is not None:  # the model's logits, traced alone (cheaper than the method)
+            _check_score_fn(score_fn, jax.eval_shape(lambda *a: probe.run(*a)[0], *args[:2]))
         if isinstance(given, np.ndarray):
             # The output's shape, from the trace that the call below reuses (no extra trace).
             _check_range(given, run.eval_shape(*args, score_fn=score_fn).logits.shape[-1])
@@ -329,9 +346,9 @@ def _checked_arguments(
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a positive int or None; got {top_k!r}.")
     # Its form here, before `tuple(size)`; its values where the maps are resized (resize.py).
-    if not (size is None or size == "input" or np.shape(size) == (2,)):
+    if not (size is None or (isinstance(size, str) and size == "input") or np.shape(size) == (2,)):
         raise ValueError(
-            f"size must be 'input', None (the layer's) or (height, width); got {size!r}."
+            f"size must be 'input', None (the method's own) or (height, width); got {size!r}."
         )
     check_options(method, options)
     return layers, size if size is None or isinstance(size, str) else tuple(size)
@@ -349,11 +366,12 @@ def cam_fn(
 ) -> Callable[..., CamOutput]:
     """The CAM of a camjax GAP network: `explainer(model, variables, "cam")` on its feature map.
 
-    `f(images, classes=None)` as an explainer's `f(images, targets)`; `method` is the resize
-    method. Memory: the output holds B x n x H x W float32 maps. With `top_k=None` that is every
-    class: 1,000 classes at 224 x 224 are 200 MB per image of output (about twice that at the
-    peak, with the resize's intermediates). To bound it, take `size=None` (1,000 maps of 14 x 14
-    are 0.8 MB per image) and `postprocess` only the maps needed, or pass classes in chunks.
+    `f(images, targets=None)` as an explainer's: targets None (the top_k classes) or given
+    classes; `method` is the resize method. Memory: the output holds B x n x H x W float32
+    maps. With `top_k=None` that is every class: 1,000 classes at 224 x 224 are 200 MB per
+    image of output (about twice that at the peak, with the resize's intermediates). To bound
+    it, take `size=None` (1,000 maps of 14 x 14 are 0.8 MB per image) and `postprocess` only
+    the maps needed, or pass classes in chunks.
     """
     num_classes = head_kernel(variables).shape[1]
     if top_k is not None and (

@@ -38,7 +38,7 @@ from flax import nnx
 
 from camjax.explain.gradient import single_layer
 from camjax.explain.probe import Probe
-from camjax.explain.targets import Target
+from camjax.explain.targets import Target, refuse_softmax_of_one_logit
 
 SCORES = ("logit", "probability")
 
@@ -102,6 +102,8 @@ def bag_cams(
     def cotangents(logits):
         classes = target.classes(logits)
         if score == "probability":
+            num_classes = logits.shape[-1]
+            refuse_softmax_of_one_logit(num_classes, "score='probability'", "pass score='logit'")
             onehot = jax.nn.one_hot(classes.T, logits.shape[-1], dtype=logits.dtype)
             return onehot - jax.nn.softmax(logits)[None]
         values = target.scores(logits, classes)  # (B, n)

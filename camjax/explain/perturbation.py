@@ -42,7 +42,7 @@ linear resize that preserves constants is the min-max of the resized min-maxed m
 
 Memory: every method runs `chunk_size` perturbed copies of every image as one forward pass of
 B * chunk_size images (`lax.map` over ceil(count / chunk_size) chunks, count = K, or
-num_samples * K for SS-CAM and IS-CAM): one chunk holds B * chunk_size * H * W * 3 floats of
+num_samples * K for SS-CAM and IS-CAM): one chunk holds B * chunk_size * H * W * C floats of
 input (Ablation-CAM: B * chunk_size * h * w * K of activations) plus the network's activations
 for that forward, and the scores (B, count, n) are all that is kept between chunks. The peers'
 `batch_size` (TorchCAM 32 over all (image, channel) pairs, grad-cam 16 per image) only changes
@@ -60,7 +60,7 @@ import numpy as np
 
 from camjax.explain.gradient import single_layer
 from camjax.explain.probe import Probe
-from camjax.explain.targets import Target
+from camjax.explain.targets import Target, refuse_softmax_of_one_logit
 from camjax.resize import resize_maps
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -127,10 +127,17 @@ def chunked(fn: Callable[[jax.Array], jax.Array], count: int, chunk_size: int) -
     return out.reshape(out.shape[0], num * chunk, out.shape[-1])[:, :count]
 
 
-def _reader(target: Target, classes: jax.Array, weights: str):
+def _reader(target: Target, classes: jax.Array, weights: str, num_classes: int):
     """Logits (B, c, C) of perturbed copies -> their scores (B, c, n)."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}; got {weights!r}.")
+    if weights == "probability" and target.fn is None:
+        refuse_softmax_of_one_logit(
+            num_classes,
+            "weights='probability' (the default)",
+            "pass weights='channel_softmax', or a target function of the logits such as "
+            "lambda z: jax.nn.sigmoid(z[:, 0])",
+        )
 
     def read(logits):
         if weights == "probability" and target.fn is None:
@@ -141,7 +148,7 @@ def _reader(target: Target, classes: jax.Array, weights: str):
 
 
 def masked_scores(probe: Probe, variables, inputs_of, count: int, chunk_size: int, read):
-    """Scores (B, count, n) of the copies inputs_of(j) -> (B, c, H, W, 3), chunk by chunk."""
+    """Scores (B, count, n) of the copies inputs_of(j) -> (B, c, H, W, C), chunk by chunk."""
 
     def scores(j):
         x = inputs_of(j)
@@ -184,7 +191,7 @@ def _score_family(
     name, probe, variables, images, target, inputs_fn, samples, chunk_size, options
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """The shared body of Score-CAM, SS-CAM and IS-CAM. inputs_fn(masks (B, c, H, W), sample
-    (c,), channel (c,)) -> copies (B, c, H, W, 3); samples: copies per channel, averaged."""
+    (c,), channel (c,)) -> copies (B, c, H, W, C); samples: copies per channel, averaged."""
     single_layer(probe, name)
     weights, normalize, align_corners = (
         options["weights"],
@@ -193,7 +200,7 @@ def _score_family(
     )
     logits, (acts,) = probe.forward(variables, images)
     classes = target.classes(logits)
-    read = _reader(target, classes, weights)
+    read = _reader(target, classes, weights, logits.shape[-1])
     k = acts.shape[-1]
     size = images.shape[1:3]
 
@@ -365,7 +372,7 @@ def ablation_cam(
     probe.check_layers_reached(
         lambda a: probe.logits_from(variables, images, a), raw, gradient=False
     )
-    acts = probe.to_grid(raw)
+    acts = probe.to_grid(raw, images.shape[1:3])
     classes = target.classes(logits)
     y = target.scores(logits[:, None], classes)  # (B, 1, n)
     b, _, _, k = acts.shape

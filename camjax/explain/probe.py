@@ -18,9 +18,9 @@ does the same, with the delta in a `ProbeInput` variable on the module and the o
 their traces (`nnx.jit`, `nnx.remat`) replay them with the current values.
 
 Layouts. Convolutional layers give (B, h, w, K) (NHWC, Flax's own). Transformer layers give
-tokens (B, T, D): the grid is the largest square that fits (T = prefix + g * g, the prefix being
-class or register tokens, dropped), or `grid=(h, w)` for a non-square one; `to_grid` makes both
-(B, h, w, K), which is the layout every method works in.
+tokens (B, T, D) on the images' patch grid, h x w = (H/p) x (W/p) (`grid_shape`), after a prefix
+of class or register tokens, dropped, or on `grid=(h, w)`; `to_grid` makes both (B, h, w, K),
+the layout every method works in.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import flax.errors
 import flax.linen as nn
 import flax.traverse_util
 import jax
@@ -73,7 +73,7 @@ class Probe:
     sorted (name, value) pairs (e.g. (("train", False),)); the model must be deterministic with
     them (no dropout, batch norm on its running statistics), or a sample's map would depend on
     the rest of the batch.
-    grid: (h, w) of a token layer; None infers the largest square.
+    grid: (h, w) of a token layer; None infers the images' patch grid (`grid_shape`).
     model: a linen module, or an NNX model's graph definition (`nnx.split`), whose variables
     are then its state; name: the NNX model's class name, for messages.
     """
@@ -196,10 +196,17 @@ class Probe:
             context.module.sow(PROBED, UNSTACKED, _unstacked_marker())
             return out
 
-        with nn.intercept_methods(interceptor):
-            output, probed = self.model.apply(
-                variables, images, mutable=[PROBED], **dict(self.apply_kwargs)
-            )
+        try:
+            with nn.intercept_methods(interceptor):
+                output, probed = self.model.apply(
+                    variables, images, mutable=[PROBED], **dict(self.apply_kwargs)
+                )
+        except (flax.errors.ModifyScopeVariableError, flax.errors.InvalidRngError) as e:
+            cause = str(e).split(" (https")[0]  # batch norm's statistics, dropout's key
+            raise ValueError(
+                f"{self.model_name} runs in training mode ({cause}); pass its eval-mode flag, "
+                'e.g. apply_kwargs={"train": False}, for maps of each image alone.'
+            ) from None
         sown = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
         return output, sown, paths
 
@@ -291,7 +298,7 @@ class Probe:
     def forward(self, variables: Variables, images: jax.Array):
         """(logits (B, C) float32, activations: per layer (B, h, w, K) float32)."""
         logits, acts = self.run(variables, images)
-        return logits, tuple(self.to_grid(a) for a in acts)
+        return logits, tuple(self.to_grid(a, images.shape[1:3]) for a in acts)
 
     def gradients(
         self,
@@ -313,11 +320,8 @@ class Probe:
         )
         self.check_layers_reached(pullback, jnp.zeros_like(logits), gradient=True)
         (grads,) = jax.vmap(pullback)(cotangents(logits))
-        return (
-            logits,
-            tuple(self.to_grid(a) for a in acts),
-            tuple(jax.vmap(self.to_grid)(g) for g in grads),
-        )
+        to_grid = functools.partial(self.to_grid, image_size=images.shape[1:3])
+        return logits, tuple(map(to_grid, acts)), tuple(jax.vmap(to_grid)(g) for g in grads)
 
     def check_layers_reached(self, fn: Callable, *args: Any, gradient: bool) -> None:
         """A one-line error, while tracing, for a probed layer the logits do not depend on,
@@ -339,26 +343,33 @@ class Probe:
         a path around it (a residual connection) is computed from the images."""
         return self.run(variables, images, replacement=activation)[0]
 
-    def grid_shape(self, tokens: int) -> tuple[int, int, int]:
-        """(prefix tokens, h, w) of a token layer of `tokens` tokens."""
+    def grid_shape(self, tokens: int, image_size: tuple[int, int]) -> tuple[int, int, int]:
+        """(prefix tokens, h, w) of a layer of `tokens` tokens for (H, W) images: `grid`, or the
+        patch grid (H/p, W/p), rounded down ('VALID' patches) or up ('SAME'), that leaves the
+        fewest prefix tokens (class, registers), at most h + w (pooled tokens are refused)."""
         if self.grid is not None:
             h, w = self.grid
+            fits, shape = [(tokens - h * w, h, w)] if tokens >= h * w else [], f"a {h}x{w} grid"
         else:
-            h = w = math.isqrt(tokens)
-        prefix = tokens - h * w
-        if prefix < 0 or (self.grid is None and prefix > 2 * h):
+            (height, width), sizes = image_size, range(1, min(image_size) + 1)
+            grids = {(height // p, width // p) for p in sizes}
+            grids |= {(-(-height // p), -(-width // p)) for p in sizes}
+            fits = [(tokens - h * w, h, w) for h, w in grids if 0 <= tokens - h * w <= h + w]
+            shape = f"the patch grid of a {height}x{width} image"
+        if not fits:
             raise ValueError(
-                f"cannot lay {tokens} tokens out as a patch grid; pass grid=(h, w), the patch "
-                "grid of the layer (the tokens before the last h * w are dropped)."
+                f"cannot lay {tokens} tokens out as {shape}; pass grid=(h, w), the patch grid "
+                "of the layer (the tokens before the last h * w are dropped)."
             )
-        return prefix, h, w
+        return min(fits)
 
-    def to_grid(self, x: jax.Array) -> jax.Array:
-        """(B, h, w, K) or tokens (B, T, D) -> (B, h, w, K) float32, prefix tokens dropped."""
+    def to_grid(self, x: jax.Array, image_size: tuple[int, int]) -> jax.Array:
+        """(B, h, w, K) or tokens (B, T, D) -> (B, h, w, K) float32, prefix tokens dropped;
+        image_size: (H, W) of the images, whose patch grid the tokens are."""
         x = x.astype(jnp.float32)
         if x.ndim == 4:
             return x
-        prefix, h, w = self.grid_shape(x.shape[1])
+        prefix, h, w = self.grid_shape(x.shape[1], image_size)
         return x[:, prefix:].reshape(x.shape[0], h, w, x.shape[2])
 
     def from_grid(self, x: jax.Array, like: jax.Array) -> jax.Array:

@@ -62,3 +62,13 @@ class Target:
         return jnp.take_along_axis(
             logits, jnp.broadcast_to(index, (*logits.shape[:-1], index.shape[-1])), axis=-1
         )
+
+
+def refuse_softmax_of_one_logit(num_classes: int, option: str, fix: str) -> None:
+    """A softmax over one logit (a sigmoid head) is 1 whatever the model computes: a method
+    that reads or differentiates it would give maps that ignore the model, so it is refused."""
+    if num_classes == 1:
+        raise ValueError(
+            f"the model has one logit, whose softmax is 1 for every input, so {option} "
+            f"ignores the model; {fix}."
+        )

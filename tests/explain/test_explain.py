@@ -2,7 +2,9 @@
 
 import functools
 import inspect
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -380,6 +382,99 @@ def test_vit_tokens_on_the_patch_grid_class_token_dropped():
     np.testing.assert_allclose(out.cams, gradient.grad_cam_map(acts, grads), rtol=1e-6)
     up = explain.explainer(model, variables, "layer_cam", layer="block1")(images)
     assert up.cams.shape == (2, 1, 16, 16)
+
+
+def test_vit_tokens_of_a_non_square_image_on_its_patch_grid():
+    """28 x 20 images in 4 x 4 patches: 7 x 5 patches and a class token. Before, the grid was
+    the largest square, 6 x 6, with the class token read as a patch (and 35 tokens without it
+    made 5 x 5, 10 patches dropped as a 'prefix')."""
+    model = user_models.TinyViT(num_classes=5, patch=4)
+    images = jax.random.normal(jax.random.key(1), (2, 28, 20, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), images)
+    f = functools.partial(explain.explainer, model, variables, "grad_cam", layer="block1")
+    out = f(size=None)(images)
+    assert out.cams.shape == (2, 1, 7, 5)
+    np.testing.assert_array_equal(out.cams, f(size=None, grid=(7, 5))(images).cams)
+    probe = Probe(model, ("block1",))
+    assert probe.grid_shape(35, (28, 20)) == (0, 7, 5)  # no class token
+    assert probe.grid_shape(197, (224, 224)) == (1, 14, 14)  # ViT-B/16
+    assert probe.grid_shape(261, (224, 224)) == (5, 16, 16)  # DINOv2-reg /14, 4 registers
+    with pytest.raises(ValueError, match="cannot lay 50 tokens out as the patch grid of a 28x20"):
+        probe.grid_shape(50, (28, 20))
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_images_of_any_channel_count(channels):
+    """Grayscale (MNIST-like) and 4-channel inputs: before, only 3 channels were taken."""
+    model = user_models.SmallCNN(num_classes=5)
+    images = jax.random.normal(jax.random.key(1), (2, 16, 16, channels))
+    variables = jax.jit(model.init)(jax.random.key(0), images)
+    for method in ("grad_cam", "score_cam"):
+        out = explain.explainer(model, variables, method, layer="conv3")(images)
+        assert out.cams.shape == (2, 1, 16, 16) and bool(jnp.all(jnp.isfinite(out.cams)))
+
+
+def test_a_single_logit_softmax_is_refused_where_it_would_ignore_the_model():
+    """A sigmoid head's one logit: its softmax is 1 for every masked copy, so Score-CAM's
+    default weights were all equal whatever the head (and BagCAMs' 'probability' map blank)."""
+
+    class Binary(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+            return nn.Dense(1, name="head")(x.mean((1, 2)))
+
+    images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    variables = Binary().init(jax.random.key(0), images)
+    f = functools.partial(explain.explainer, Binary(), variables, layer="conv")
+    with pytest.raises(ValueError, match="one logit.*pass weights='channel_softmax', or a target"):
+        f("score_cam")(images)
+    with pytest.raises(ValueError, match="one logit.*score='probability'.*pass score='logit'"):
+        f("bag_cams", score="probability")(images)
+    flipped = jax.tree.map(lambda p: -p, variables)
+    sigmoid = f("score_cam")(images, targets=lambda z: jax.nn.sigmoid(z[:, 0])).cams
+    other = explain.explainer(Binary(), flipped, "score_cam", layer="conv")
+    assert not np.allclose(sigmoid, other(images, targets=lambda z: jax.nn.sigmoid(z[:, 0])).cams)
+
+
+def test_a_linen_model_in_training_mode_is_one_line_and_runs_with_its_eval_flag():
+    """Batch norm updating its statistics, dropout asking for a key: before, flax's own errors,
+    which did not say that apply_kwargs turns training off."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = True):
+            x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+            x = nn.BatchNorm(use_running_average=not train, name="norm")(x)
+            x = nn.Dropout(0.5, deterministic=not train)(x)
+            return nn.Dense(3, name="head")(x.mean((1, 2)))
+
+    images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    variables = Net().init(jax.random.key(0), images, train=False)
+    with pytest.raises(ValueError, match=r'in training mode.*apply_kwargs=\{"train": False\}'):
+        explain.explainer(Net(), variables, "grad_cam", layer="conv")(images)
+    f = explain.explainer(Net(), variables, "grad_cam", layer="conv", apply_kwargs={"train": False})
+    assert f(images).cams.shape == (2, 1, 8, 8)
+
+
+def test_a_linen_model_with_a_list_field_is_compiled_for_its_explainer():
+    """Flax modules hash their fields, and a list does not hash: before, a TypeError from the
+    explainer's cache. A tuple field is cached as before; both give the same maps."""
+
+    class Net(nn.Module):
+        features: Any
+
+        @nn.compact
+        def __call__(self, x):
+            for i, features in enumerate(self.features):
+                x = nn.relu(nn.Conv(features, (3, 3), name=f"conv{i}")(x))
+            return nn.Dense(3, name="head")(x.mean((1, 2)))
+
+    images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    variables = Net([4, 8]).init(jax.random.key(0), images)
+    listed = explain.explainer(Net([4, 8]), variables, "grad_cam", layer="conv1")(images)
+    tupled = explain.explainer(Net((4, 8)), variables, "grad_cam", layer="conv1")(images)
+    np.testing.assert_array_equal(listed.cams, tupled.cams)
 
 
 def test_layer_cam_fuses_layers_at_the_finest_resolution():

@@ -217,7 +217,7 @@ def test_ablation_cam_of_vit_tokens_equals_ablating_in_the_full_forward_pass(lay
         delta = jnp.zeros_like(tokens).at[:, 1:, k].set(-tokens[:, 1:, k])
         y_k = jnp.take_along_axis(full(delta), c[:, None], 1)
         weights.append((y - y_k[:, 0]) / y)
-    acts = probe.to_grid(tokens)
+    acts = probe.to_grid(tokens, images.shape[1:3])
     expected = jax.nn.relu(jnp.einsum("bhwk,kb->bhw", acts, jnp.stack(weights)))
     assert out.cams.shape == (2, 1, 4, 4)
     assert_maps_close(out.cams[:, 0], expected)
