@@ -53,6 +53,8 @@ def evaluate(config, from_run: bool) -> None:
             log.info("overrides of the run's saved config: %s", diffs)
         else:
             log.warning("--config differs from the run's saved config: %s", diffs)
+    if FLAGS.export_dir:
+        export.check_exportable(config)
     report.print_report(run_lib.run_evaluation(config, FLAGS.workdir))
     if FLAGS.export_dir:
         for split, stats in export.export_wsol(config, FLAGS.workdir, FLAGS.export_dir).items():

@@ -144,6 +144,11 @@ def run_id(workdir: str) -> str | None:
 def load(workdir: str) -> ml_collections.ConfigDict:
     """The config a run in workdir was trained with (locked: unknown fields are errors)."""
     path = os.path.join(workdir, RUN_CONFIG)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise RunConfigError(
+            f"{workdir} is a file, not a run's directory; pass --workdir the directory train.py "
+            "trained in."
+        )
     if not os.path.exists(path):
         raise RunConfigError(
             f"no {RUN_CONFIG} in {workdir}: it is written at a run's first checkpoint. Train "

@@ -166,7 +166,7 @@ def get_config() -> ml_collections.ConfigDict:
     faith.enabled = False  # deletion/insertion run (image_size / step + 1) x 2 forward passes
     faith.target = "predicted"  # the class explained: "predicted" (top-1, as RISE) or "label"
     faith.variant = "paper"  # Average Drop: "paper" (percent), "torchcam", "grad_cam" (fractions)
-    faith.score = "softmax"  # the class's probability; "logit" as the peers' defaults
+    faith.score = "softmax"  # the probability; "logit" as the peers (variant torchcam, grad_cam)
     faith.step = 0  # pixels per deletion/insertion step; 0 = the image width (RISE: 224 at 224)
     faith.chunk = 8  # curve points per scanned forward pass (memory: 2 x chunk x batch images)
     faith.resize = "bilinear"  # map upsampling (TorchCAM's, and OpenCV INTER_LINEAR = grad-cam's)

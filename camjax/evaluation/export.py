@@ -213,17 +213,23 @@ def export_split(
     return {"images": n, "seconds": seconds, "images_per_second": n / max(seconds, 1e-9)}
 
 
-def export_wsol(
-    config: ml_collections.ConfigDict, workdir: str, out_dir: str, dtype=None
-) -> dict[str, dict[str, float]]:
-    """Restores workdir's latest checkpoint and exports its validation and test splits."""
+def check_exportable(config: ml_collections.ConfigDict) -> None:
+    """A one-line error if `config`'s score maps cannot be exported (evaluate.py asks before it
+    evaluates, not after)."""
     protocol = protocol_lib.wsol_protocol(config)
     if protocol is None:
         raise ValueError(
             "exporting score maps uses the WSOL protocol's settings; set "
             "config.eval.wsol.enabled = True."
         )
-    _check_size(protocol.eval_size)  # before restoring anything
+    _check_size(protocol.eval_size)
+
+
+def export_wsol(
+    config: ml_collections.ConfigDict, workdir: str, out_dir: str, dtype=None
+) -> dict[str, dict[str, float]]:
+    """Restores workdir's latest checkpoint and exports its validation and test splits."""
+    check_exportable(config)  # before restoring anything
     evaluator, variables, _ = run_lib.restore_evaluator(config, workdir)
     sources = experiment.data_sources(config)
     dataset = config.data.name

@@ -10,8 +10,10 @@ Definitions (camjax's defaults first; the peers' variants are options):
 * Average Drop / Increase in Confidence (Chattopadhyay et al., WACV 2018, "Grad-CAM++"):
   y = the class's softmax probability on the image, o = on the image multiplied by its map
   (min-max normalised to [0, 1], upsampled to the image; the product is taken in the model's
-  input space, as pytorch-grad-cam and TorchCAM both do). Per image: drop = max(0, y - o) / y,
-  increase = 1[o > y]; reported as percentages (x 100) of the mean. Variants: 'torchcam'
+  input space, as pytorch-grad-cam and TorchCAM both do). Per image: drop = max(0, y - o) / y
+  (0 where y is 0: a probability that underflows float32, as for a confidently wrong image, has
+  nothing to drop), increase = 1[o > y]; reported as percentages (x 100) of the mean; with
+  score 'softmax' only (a negative logit would flip the drop's sign). Variants: 'torchcam'
   (`torchcam/metrics.py ClassificationMetric`: relu(y - o) / (y + 1e-7), 1[y < o], fractions)
   and 'grad_cam' (`pytorch_grad_cam/metrics/cam_mult_image.py DropInConfidence`: relu(y - o),
   not divided by y; `IncreaseInConfidence`: 1[o - y > 0]). `score`: 'softmax' (the paper's,
@@ -98,7 +100,8 @@ def drop_and_increase(
     """Per-image (drop, increase), each (B,) float32, as `variant` defines them (module doc);
     the means are Average Drop and Increase in Confidence (x 100 for 'paper')."""
     if variant == "paper":
-        return jnp.maximum(y - o, 0.0) / y, (o > y).astype(jnp.float32)
+        drop = jnp.maximum(y - o, 0.0) / jnp.where(y > 0, y, 1.0)  # 0 / 0 where y underflows
+        return drop, (o > y).astype(jnp.float32)
     if variant == "torchcam":
         return jax.nn.relu(y - o) / (y + 1e-7), (y < o).astype(jnp.float32)
     if variant == "grad_cam":
@@ -258,6 +261,12 @@ class FaithfulnessSettings:
             raise ValueError(f"variant must be one of {DROP_VARIANTS}; got {self.variant!r}.")
         if self.score not in SCORES:
             raise ValueError(f"score must be one of {SCORES}; got {self.score!r}.")
+        if self.variant == "paper" and self.score != "softmax":
+            raise ValueError(
+                "variant 'paper' divides by the class's probability (score 'softmax'); a "
+                "logit can be negative and flip the drop's sign. Use score='softmax', or the "
+                "peers' variant 'torchcam' or 'grad_cam' with score='logit'."
+            )
         if self.step < 0 or self.chunk < 1 or self.tolerance <= 0:
             raise ValueError(
                 f"need step >= 0, chunk >= 1, tolerance > 0; got {self.step}, {self.chunk}, "
@@ -338,7 +347,12 @@ class FaithfulnessAccumulator:
         Increase in Confidence in percent, the peers' variants as fractions (as they do);
         Deletion and Insertion AUCs in [0, 1]; the pointing game in percent."""
         s = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float64), self.sums)
-        n = max(float(s.get("count", 0.0)), 1.0)
+        n = float(s.get("count", 0.0))
+        if n == 0:  # the means would read as the best possible scores
+            raise ValueError(
+                f"no image was scored for faithfulness ({int(s.get('nan', 0))} maps were NaN: "
+                "invalid classes, or maps or logits that are not finite); nothing to report."
+            )
         scale = 100.0 if self.settings.variant == "paper" else 1.0
         out = {
             "num_images": int(s.get("count", 0)),

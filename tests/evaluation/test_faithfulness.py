@@ -248,6 +248,28 @@ def test_average_drop_and_increase_equal_the_three_definitions(score):
         np.testing.assert_array_equal(i, ri)
 
 
+def test_the_paper_drop_of_an_underflowed_probability_is_zero_and_logits_are_refused():
+    """A confidently wrong image: the label's softmax probability underflows float32 to 0, and
+    0 / 0 made the whole split's Average Drop NaN. The 'paper' variant divides by a
+    probability, so a logit (negative: a negative drop) is refused."""
+    y, o = jnp.array([0.0, 0.5]), jnp.array([0.0, 0.25])
+    drop, increase = fa.drop_and_increase(y, o, "paper")
+    np.testing.assert_array_equal(drop, [0.0, 0.5])
+    np.testing.assert_array_equal(increase, [0.0, 0.0])
+    with pytest.raises(ValueError, match="variant 'paper' divides by the class's probability"):
+        fa.FaithfulnessSettings(variant="paper", score="logit")
+    assert fa.FaithfulnessSettings(variant="torchcam", score="logit").score == "logit"
+
+
+def test_a_summary_of_no_scored_image_is_refused_not_the_best_scores():
+    """Every map NaN (or nothing added): the means were reported as 0.0, the best Average Drop
+    and Deletion AUC there are."""
+    acc = fa.FaithfulnessAccumulator(fa.FaithfulnessSettings())
+    acc.update({"count": jnp.zeros(()), "nan": jnp.full((), 3.0), "drop": jnp.zeros(())})
+    with pytest.raises(ValueError, match=r"no image was scored for faithfulness \(3 maps were NaN"):
+        acc.summary()
+
+
 def torchray_pointing(maps, masks, labels, num_classes, tolerance=15):
     """TorchRay benchmark/pointing_game.py: first argmax, distance strictly < tolerance,
     per-class hits / max(1, hits + misses), then the mean (over the classes present here)."""
@@ -278,6 +300,7 @@ def test_pointing_game_equals_torchray_and_its_tolerance_is_strict():
     ref, ref_hits = torchray_pointing(maps, masks, labels, 3, tolerance=3.0)
     assert 0 < hits.sum() < 20
     sums = {
+        "count": jnp.ones(20),
         "pointing_hits": jax.nn.one_hot(labels, 3) * hits[:, None],
         "pointing_count": jax.nn.one_hot(labels, 3),
     }
