@@ -403,6 +403,14 @@ def test_vit_tokens_of_a_non_square_image_on_its_patch_grid():
         probe.grid_shape(50, (28, 20))
 
 
+def test_a_numpy_size_is_taken():
+    """size=np.array([7, 5]): before, numpy's "truth value of an array is ambiguous"."""
+    model = user_models.SmallCNN(num_classes=5)
+    variables, images = user_models.init(model, size=16, batch=2)
+    out = explain.explainer(model, variables, "grad_cam", layer="conv3", size=np.array([7, 5]))
+    assert out(images).cams.shape == (2, 1, 7, 5)
+
+
 @pytest.mark.parametrize("channels", [1, 4])
 def test_images_of_any_channel_count(channels):
     """Grayscale (MNIST-like) and 4-channel inputs: before, only 3 channels were taken."""
