@@ -14,63 +14,29 @@ which autograd never evaluates); the "+1" makes the 1/y_c scale matter. A score 
 target differentiates log(fn(logits)) the same way.
 
 Guided ReLUs: the official code clamps the gradient flowing back through every ReLU of the
-backbone at zero (guided backprop). `guided=True` (the default, the official method) swaps
-`flax.linen.relu` / `flax.nnx.relu` / `jax.nn.relu` for `guided_relu` (a `jax.custom_vjp`:
-forward ReLU, backward max(g * 1[x > 0], 0)) while the model is traced. Only ReLUs between the
-probed layer and the logits change the map, and only ReLUs the model calls by attribute
-(`nn.relu(x)`, `nnx.relu(x)`, `jax.nn.relu(x)`, as camjax's models and most Flax code do) are
-guided; a ReLU bound at import (`from jax.nn import relu`) or written as `jnp.maximum(x, 0)` is
-not. At the layer feeding global average pooling and a linear head (the 'feature_map' of
-camjax's networks) no ReLU lies downstream, so both settings give the closed form (tests):
-G_mk = W_ck / (h w y_c), t_k = 1 + W_ck mean_m(F_mk) / (h w y_c). The paper's WSOL setting is
+backbone at zero (guided backprop). `guided=True` (the default, the official method) computes
+the gradient through the model's traced program with every `jax.nn.relu` call (`nn.relu`,
+`nnx.relu`, `jax.nn.relu`, however bound) replaced by `guided_relu` (forward ReLU, backward
+max(g * 1[x > 0], 0)), inside jit, remat, scan, while and cond bodies too; the model and the
+ReLU functions stay as they are (`camjax.explain.guided`). Only ReLUs between the probed layer
+and the logits change the map; a ReLU written as `jnp.maximum(x, 0)`, or inside a custom_jvp or
+custom_vjp function of the model's own, is not guided. At the layer feeding global average
+pooling and a linear head (the 'feature_map' of camjax's networks) no ReLU lies downstream, so
+both settings give the closed form (tests): G_mk = W_ck / (h w y_c),
+t_k = 1 + W_ck mean_m(F_mk) / (h w y_c). The paper's WSOL setting is
 the ResNet50's layer3 with the ground-truth class.
 """
 
 from __future__ import annotations
 
-import contextlib
-
-import flax.linen as nn
-import flax.linen.activation
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from camjax.explain.gradient import single_layer
 from camjax.explain.probe import Probe
 from camjax.explain.targets import Target, refuse_softmax_of_one_logit
 
 SCORES = ("logit", "probability")
-
-
-@jax.custom_vjp
-def guided_relu(x: jax.Array) -> jax.Array:
-    """ReLU whose backward pass keeps only positive gradients at positive inputs."""
-    return jnp.maximum(x, 0)
-
-
-def _guided_relu_fwd(x):
-    return jnp.maximum(x, 0), x
-
-
-def _guided_relu_bwd(x, g):
-    return (jnp.maximum(jnp.where(x > 0, g, 0), 0).astype(g.dtype),)
-
-
-guided_relu.defvjp(_guided_relu_fwd, _guided_relu_bwd)
-
-
-@contextlib.contextmanager
-def guided_relus():
-    """While tracing inside: `nn.relu`, `nnx.relu` and `jax.nn.relu` are `guided_relu`.
-    Patching the module attributes is the one way to reach a model's ReLUs without editing it;
-    they are restored on exit, and the compiled program keeps the guided gradient."""
-    saved = (nn.relu, flax.linen.activation.relu, nnx.relu, jax.nn.relu)
-    nn.relu = flax.linen.activation.relu = nnx.relu = jax.nn.relu = guided_relu
-    try:
-        yield
-    finally:
-        nn.relu, flax.linen.activation.relu, nnx.relu, jax.nn.relu = saved
 
 
 def bag_cams_map(acts: jax.Array, grads: jax.Array) -> jax.Array:
@@ -109,6 +75,5 @@ def bag_cams(
         values = target.scores(logits, classes)  # (B, n)
         return target.cotangents(logits) / values.T[..., None]
 
-    with guided_relus() if guided else contextlib.nullcontext():
-        logits, (acts,), (grads,) = probe.gradients(variables, images, cotangents)
+    logits, (acts,), (grads,) = probe.gradients(variables, images, cotangents, guided=guided)
     return logits, target.classes(logits), bag_cams_map(acts, grads)

@@ -39,6 +39,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.extend import core as jex_core
 
+from camjax.explain.guided import guided_relus
+
 Variables = Mapping[str, Any]
 
 
@@ -305,9 +307,10 @@ class Probe:
         variables: Variables,
         images: jax.Array,
         cotangents: Callable[[jax.Array], jax.Array],
+        guided: bool = False,
     ):
         """Activations and their gradients for n scores per image, in one forward pass and one
-        batched backward pass.
+        batched backward pass; `guided`: through guided ReLUs (`camjax.explain.guided`).
 
         cotangents: logits (B, C) -> (n, B, C), the gradient of each of the n scores with
         respect to the logits (a one-hot row per target class). Returns (logits (B, C),
@@ -315,9 +318,11 @@ class Probe:
         """
         shapes = jax.eval_shape(lambda: self.run(variables, images)[1])
         zeros = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes)
-        logits, pullback, acts = jax.vjp(
-            lambda deltas: self.run(variables, images, deltas=deltas), zeros, has_aux=True
-        )
+
+        def run(deltas):
+            return self.run(variables, images, deltas=deltas)
+
+        logits, pullback, acts = jax.vjp(guided_relus(run) if guided else run, zeros, has_aux=True)
         self.check_layers_reached(pullback, jnp.zeros_like(logits), gradient=True)
         (grads,) = jax.vmap(pullback)(cotangents(logits))
         to_grid = functools.partial(self.to_grid, image_size=images.shape[1:3])

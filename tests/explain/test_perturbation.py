@@ -298,4 +298,4 @@ def test_guided_relu_clamps_gradients_through_downstream_relus():
         expected = jnp.where(z > 0, kernel, 0) / scale
         cams = bagcams.bag_cams(probe, variables, images, target, None, guided=guided)[2]
         np.testing.assert_allclose(cams, bagcams.bag_cams_map(z, expected[None]), rtol=1e-5)
-    assert nn.relu is jax.nn.relu and jax.nn.relu is not bagcams.guided_relu
+    assert nn.relu is jax.nn.relu and isinstance(jax.nn.relu, jax.custom_jvp)  # nothing patched
