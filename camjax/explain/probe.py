@@ -314,14 +314,9 @@ class Probe:
 
         cotangents: logits (B, C) -> (n, B, C), the gradient of each of the n scores with
         respect to the logits (a one-hot row per target class). Returns (logits (B, C),
-        activations: per layer (B, h, w, K), gradients: per layer (n, B, h, w, K)), float32.
-        """
-        shapes = jax.eval_shape(lambda: self.run(variables, images)[1])
-        zeros = tuple(jnp.zeros(s.shape, s.dtype) for s in shapes)
-
-        def run(deltas):
-            return self.run(variables, images, deltas=deltas)
-
+        activations: per layer (B, h, w, K), gradients: per layer (n, B, h, w, K)), float32."""
+        run = functools.partial(self.run, variables, images)  # a function of the deltas
+        zeros = tuple(jnp.zeros(s.shape, s.dtype) for s in jax.eval_shape(run)[1])
         logits, pullback, acts = jax.vjp(guided_relus(run) if guided else run, zeros, has_aux=True)
         self.check_layers_reached(pullback, jnp.zeros_like(logits), gradient=True)
         (grads,) = jax.vmap(pullback)(cotangents(logits))
