@@ -12,7 +12,7 @@ from tests.explain import user_models
 
 # One method per way a probe reaches its layer: read with a gradient (grad_cam), read (the score
 # family), replaced (ablation_cam), two layers (layer_cam), the classifier's kernel from the NNX
-# state (cam), and nnx.relu swapped for the guided ReLU (bag_cams).
+# state (cam), and nnx.relu evaluated as the guided ReLU (bag_cams).
 METHODS = {
     "grad_cam": {},
     "score_cam": {},
