@@ -273,8 +273,9 @@ def test_sigterm_saves_the_step_reached_and_the_rerun_ends_bit_identically(
     assert steps_saved(workdir) == [4] and "Traceback" not in out.stderr
     # Every step's train row is written; step 4's validation is left to the rerun.
     assert metric_rows(workdir) == [[s, "train"] for s in range(1, 5)]
-    monkeypatch.setenv("SIGTERM_AT", "close")
-    assert_rerun_ends_as_straight(workdir, straight_run, data_dir, driver=SIGTERM_DRIVER)
+    if sigterm_at == "4":  # the same files either way: one rerun checks what they resume to
+        monkeypatch.setenv("SIGTERM_AT", "close")
+        assert_rerun_ends_as_straight(workdir, straight_run, data_dir, driver=SIGTERM_DRIVER)
 
 
 def _running(pid: int) -> bool:
