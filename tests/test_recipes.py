@@ -119,12 +119,16 @@ def test_vgg16_gap_paper_config_runs_a_full_size_step_on_ilsvrc(data_dir, tmp_pa
     assert wsol["test"]["num_images"] > 0
 
 
-def test_googlenet_gap_paper_config_traces_a_full_size_step():
-    """GoogLeNet-GAP's paper-size network and solver trace one train step at 224. Traced, not
-    run: its compiles alone took ~40 s of the 2-core CPU, and the VGG16 test above runs the same
-    loop, data and evaluation at 224 for real."""
-    config = googlenet_gap_imagenet.get_config()
+@pytest.mark.parametrize("variant", ["", "bn"])
+def test_googlenet_gap_paper_config_traces_a_full_size_step(variant):
+    """GoogLeNet-GAP's paper-size network and solver trace one train step at 224, in the Caffe
+    layout and in torchvision's (`:bn`, with the input transform its weights expect). Traced,
+    not run: its compiles alone took ~40 s of the 2-core CPU, and the VGG16 test above runs the
+    same loop, data and evaluation at 224 for real."""
+    config = googlenet_gap_imagenet.get_config(variant)
+    assert config.model.name == ("googlenet_gap_bn" if variant else "googlenet_gap")
     model = experiment.build_model(config)
+    assert getattr(model, "transform_input", False) == bool(variant)
     tx = optim.create_optimizer(config.optim, config.train.num_steps)
     state = train_state.abstract_train_state(config, model, tx, experiment.make_mesh())
     batch = {
