@@ -214,7 +214,7 @@ def _verified(
     if None not in (step_run, run) and step_run != run:
         reason = (
             f"it was saved by another run (run id {step_run!r}; this workdir's is {run!r}): "
-            "copied in from another workdir? (To resume that run here, copy its run_id too.)"
+            "copied in from another workdir? (to resume that run here, copy its run_id too)"
         )
         return None, reason, False
     # As saved: tuples are lists.

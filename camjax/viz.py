@@ -69,9 +69,11 @@ def _rect(draw: ImageDraw.ImageDraw, box: np.ndarray, scale: int, color) -> None
 
 
 def contact_sheet(paths: Sequence[str], columns: int = 4) -> Image.Image:
-    """Tiles saved pictures of equal size into one image, `columns` per row."""
+    """Tiles saved pictures of equal size into one image, `columns` per row (fewer pictures:
+    one row of them, no blank tiles)."""
     pics = [Image.open(p).convert("RGB") for p in paths]
     w, h = pics[0].size
+    columns = min(columns, len(pics))
     rows = -(-len(pics) // columns)
     sheet = Image.new("RGB", (columns * w, rows * h), (255, 255, 255))
     for i, pic in enumerate(pics):
