@@ -202,10 +202,17 @@ def train_iterator(
     (`host_batches`). `device_prefetch` batches beyond the one returned are already on the
     mesh, so their host-to-device copies overlap the steps before them."""
     batches = iter(host_batches(ds[start_step:], num_threads, num_workers))
+    # Worker processes hand over their batches in shared memory, which a CPU device's array
+    # would alias rather than copy: the arrays still alive at exit then kept the segments
+    # ("resource_tracker: ... leaked shared_memory objects" after every run). A host copy
+    # frees each segment once its batch is on the mesh; other devices copy anyway.
+    copy = num_workers > 0 and sharding.mesh.devices.flat[0].platform == "cpu"
 
     def device_batches():
         try:
             for batch in batches:
+                if copy:
+                    batch = {k: np.array(v) for k, v in batch.items()}
                 yield shard_batch(batch, sharding)
         finally:  # stop the readers, and free the shared memory of the batches they hold
             batches.close()
