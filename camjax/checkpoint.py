@@ -103,6 +103,9 @@ def _state_writer() -> ocp.PyTreeCheckpointHandler:
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
+RECORDED_CONFIG, RECORDED_DEVICES = "config", "devices"  # in a step's metadata (`step_meta`)
+
+
 def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What must match between a checkpoint and the config that restores it."""
     fields = config.model.to_dict()
@@ -194,10 +197,18 @@ def _run_problem(workdir: str, step: int, run: run_config.Run, found: run_config
 
 def step_meta(config: ml_collections.ConfigDict, step: int, run: str | None) -> dict[str, Any]:
     """A step's metadata: the model fingerprint, the step itself (a step directory renamed or
-    copied by hand is caught when restored, not reported under another step's number) and the
+    copied by hand is caught when restored, not reported under another step's number), the
     run's id (a step copied in from another run's workdir is caught even when that run shared
-    this one's model, dataset and seed, e.g. a learning-rate sweep's sibling)."""
-    meta = {**model_fingerprint(config), "step": int(step)}
+    this one's model, dataset and seed, e.g. a learning-rate sweep's sibling), and the whole
+    config and device count it was trained with, which a resume compares with its own (the
+    fingerprint alone lets a step restore; the rest says whether training would go on as it
+    was)."""
+    meta = {
+        **model_fingerprint(config),
+        "step": int(step),
+        RECORDED_CONFIG: run_config.config_json(config),
+        RECORDED_DEVICES: jax.device_count(),
+    }
     return meta if run is None else {**meta, "run": run}
 
 

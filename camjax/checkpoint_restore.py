@@ -172,6 +172,22 @@ def _superseded(manager: ocp.CheckpointManager, step: int, newest_listed: int) -
     return max(manager.all_steps(), default=newest_listed) > newest_listed
 
 
+def recorded(manager: ocp.CheckpointManager) -> tuple[dict | None, int | None]:
+    """(config, device count) that the newest step recording them was trained with (its
+    metadata, `checkpoint.step_meta`); None for either where no step's metadata reads or holds
+    it (steps saved before 2026-12-06). Unverified: the restore checks the step itself."""
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            args = ocp.args.Composite(meta=ocp.args.JsonRestore())
+            meta = manager.restore(step, args=args)["meta"]
+        except Exception:  # a damaged or vanished step: the restore reports it
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get(checkpoint.RECORDED_CONFIG), dict):
+            devices = meta.get(checkpoint.RECORDED_DEVICES)
+            return meta[checkpoint.RECORDED_CONFIG], devices if isinstance(devices, int) else None
+    return None, None
+
+
 def saved_run(manager: ocp.CheckpointManager, step: int) -> str | None:
     """The run id a (verified) step recorded; None for a step saved before ids (2026-12-05)."""
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -202,6 +218,9 @@ def _verified(
         if not isinstance(value, dict):
             return None, f"its {name} is not an object ({type(value).__name__})", False
     meta = dict(meta)
+    # What a resume compares (`recorded`), not what decides whether the step restores.
+    meta.pop(checkpoint.RECORDED_CONFIG, None)
+    meta.pop(checkpoint.RECORDED_DEVICES, None)
     saved_step = meta.pop("step", step)  # absent in steps saved before the step was recorded
     if saved_step != step:
         reason = (

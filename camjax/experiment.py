@@ -142,6 +142,12 @@ def replicated_shapes(tree, mesh: Mesh):
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> None:
+    """One-line ValueErrors for a batch size that is not a positive multiple of the devices."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(
+            f"{what} must be a positive int (a multiple of the {mesh.size} devices); "
+            f"got {batch_size!r}."
+        )
     if batch_size % mesh.size:
         raise ValueError(
             f"{what} {batch_size} is not divisible by the {mesh.size} devices of the mesh; "

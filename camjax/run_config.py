@@ -26,7 +26,7 @@ class RunConfigError(ValueError):
     """A run's config.json or run_id is missing or unreadable."""
 
 
-def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The config as JSON values (tuples become lists), for saving and comparing."""
     return json.loads(config.to_json_best_effort(sort_keys=True))
 
@@ -44,7 +44,7 @@ def save(workdir: str, config: ml_collections.ConfigDict) -> None:
     path = os.path.join(workdir, RUN_CONFIG)
     problem = ""
     if jax.process_index() == 0:
-        values = _config_json(config)
+        values = config_json(config)
         try:
             if not (os.path.exists(path) and _read_json(path) == values):
                 with open(f"{path}.tmp", "w") as f:
@@ -182,11 +182,79 @@ def differences(workdir: str, config: ml_collections.ConfigDict, section: str | 
     path = os.path.join(workdir, RUN_CONFIG)
     if not os.path.exists(path):
         return ""
-    saved, given = _read_json(path), _config_json(config)
+    saved, given = _read_json(path), config_json(config)
     if section is not None:
         saved, given = saved.get(section, {}), given.get(section, {})
     prefix = f"{section}." if section is not None else ""
     return compare(saved, given, prefix, labels=("run", "given"))
+
+
+# The fields a resumed run may change: where the data is read from and how fast, when the run
+# logs, saves and validates, evaluation's settings, and the pretrained weights (read at a run's
+# start only). Every other field changes what training computes; train.num_steps too, but a
+# longer run is how a run is extended (`resume_differences`).
+BOOKKEEPING = (
+    "data.data_dir",
+    "data.num_threads",
+    "data.num_workers",
+    "data.cache_train_gib",
+    "data.device_prefetch",
+    "train.log_every_steps",
+    "train.checkpoint_every_steps",
+    "train.eval_every_steps",
+    "train.keep_checkpoints",
+    "eval",
+    "init",
+)
+NUM_STEPS = "train.num_steps"
+
+
+def read_saved(workdir: str) -> dict[str, Any] | None:
+    """workdir/config.json as JSON values; None where there is none. A RunConfigError, in one
+    line, for a file that does not read."""
+    path = os.path.join(workdir, RUN_CONFIG)
+    return _read_json(path) if os.path.exists(path) else None
+
+
+def resume_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """(training, num_steps, bookkeeping): where `config` differs from a run's `saved` config
+    (JSON values) in the fields that change what training computes, in train.num_steps, and in
+    the `BOOKKEEPING` fields, each as 'field: run A, given B; ...' ('' where they agree)."""
+    given = config_json(config)
+    everything_else = (*BOOKKEEPING, NUM_STEPS)
+    pairs = (
+        (_without(saved, everything_else), _without(given, everything_else)),
+        (_only(saved, (NUM_STEPS,)), _only(given, (NUM_STEPS,))),
+        (_only(saved, BOOKKEEPING), _only(given, BOOKKEEPING)),
+    )
+    return tuple(compare(a, b, labels=("run", "given")) for a, b in pairs)
+
+
+def _without(values: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
+    """`values` less the dotted `paths` (a field or a whole section)."""
+    out = json.loads(json.dumps(values))
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = out
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def _only(values: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
+    """The dotted `paths` of `values` (those it has), nested as in `values`."""
+    out: dict[str, Any] = {}
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node, kept = values, out
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+            kept = kept.setdefault(name, {})
+        if isinstance(node, dict) and leaf in node:
+            kept[leaf] = node[leaf]
+    return out
 
 
 def _read_json(path: str) -> dict[str, Any]:

@@ -91,13 +91,29 @@ def create_optimizer(
             name: group(mult, 0.0 if name.endswith("bias") else cfg.weight_decay)
             for name, mult in mults.items()
         },
-        lambda params: parameter_groups(params, cfg.get("new_layers", NEW_LAYERS)),
+        lambda params: _checked_groups(params, cfg),
     )
     if cfg.get("nonnegative_head", False):  # configs saved before the field lack it
         tx = optax.chain(tx, optax.masked(optax.keep_params_nonnegative(), _head_kernel))
     if cfg.grad_clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
     return tx
+
+
+def _checked_groups(params: Mapping[str, Any], cfg: ml_collections.ConfigDict) -> Any:
+    """`parameter_groups`; a one-line ValueError when new layers are to learn faster and the
+    names match none of the model's layers (a typo there trained every layer at one rate)."""
+    new_layers = tuple(cfg.get("new_layers", NEW_LAYERS))
+    labels = parameter_groups(params, new_layers)
+    if cfg.new_layer_lr_mult != 1 and not any(
+        label.startswith("new") for label in jax.tree.leaves(labels)
+    ):
+        raise ValueError(
+            f"config.optim.new_layers {list(new_layers)} names none of the model's layers "
+            f"({', '.join(sorted(params))}), so new_layer_lr_mult would apply to nothing; name "
+            "them (or their prefixes), or set new_layer_lr_mult=1."
+        )
+    return labels
 
 
 def _head_kernel(params: Mapping[str, Any]) -> Any:

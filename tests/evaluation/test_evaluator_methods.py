@@ -3,6 +3,7 @@ trained run for methods other than CAM, and CAM's own path untouched."""
 
 import os
 
+import ml_collections
 import pytest
 
 from camjax import experiment
@@ -91,6 +92,18 @@ def test_a_negative_max_images_is_a_config_error(trained):
     c = method_config(config, "cam")
     c.eval.max_images = -3
     with pytest.raises(ValueError, match=r"config.eval.max_images must be >= 0 \(0: all\); got -3"):
+        evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
+
+
+@pytest.mark.parametrize("field, value", [("iou_threshold", 5.0), ("batch_size", "16")])
+def test_an_iou_threshold_or_batch_size_no_evaluation_takes_names_its_field(trained, field, value):
+    """IoU 5 (a percentage where a fraction is meant) was refused as 'iou_thresholds must be
+    percentages', a field not set; a hand-edited "16" failed inside a format string."""
+    config, _, ev, *_ = trained
+    values = method_config(config, "cam").to_dict()
+    values["eval"][field] = value  # as a hand-edited config.json reads
+    c = ml_collections.ConfigDict(values)
+    with pytest.raises(ValueError, match=rf"^config.eval.{field} must be "):
         evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
 
 

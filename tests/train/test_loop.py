@@ -380,7 +380,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(resumable):
     with pytest.raises(
         loop.NonFiniteLossError, match=r"last good checkpoint \(finite and verified\) is step 2"
     ):
-        loop.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(config, workdir, resume_with_changes=True)
     step, params = saved_params(workdir)
     assert step == 2
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(params))
@@ -442,7 +442,7 @@ def test_a_damaged_newest_step_stops_training_until_a_person_removes_it(resumabl
     config.optim.learning_rate, config.optim.schedule = 1e30, "constant"
     config.train.checkpoint_every_steps = 100  # no save between the resume and the NaN
     with pytest.raises(loop.NonFiniteLossError, match=r"\(finite and verified\) is step 1 "):
-        loop.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(config, workdir, resume_with_changes=True)
 
 
 @pytest.mark.parametrize(
@@ -457,6 +457,20 @@ def test_counts_a_run_cannot_use_fail_before_anything_is_saved_or_deleted(resuma
     with pytest.raises(ValueError, match=rf"config.train.{field} must be a positive int"):
         loop.train_and_evaluate(config, workdir)
     assert sorted(os.listdir(checkpoint.checkpoint_dir(workdir))) == ["1", "2"]
+
+
+@pytest.mark.parametrize("section, value", [("data", 0), ("data", -16), ("eval", 0)])
+def test_a_batch_size_no_mesh_can_take_fails_before_anything_is_written(
+    data_dir, tmp_path, section, value
+):
+    """-16 divided the devices, and 0 went on to a grain traceback (data) or to a division by
+    zero at the first validation, after training (eval)."""
+    config = tiny_config(data_dir, num_steps=2)
+    config[section].batch_size = value
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=rf"config.{section}.batch_size must be a positive int"):
+        loop.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()
 
 
 def disk_blocks(directory) -> int:
@@ -650,14 +664,61 @@ def test_damaged_metadata_of_one_step_skips_that_step_only(resumable, caplog):
     assert "Skipped checkpoint step 2" in caplog.text and "model.width" in caplog.text
 
 
-def test_resuming_with_another_optimizer_names_the_config_not_damage(resumable):
+def test_a_resume_that_changes_training_is_refused_unless_asked_and_recorded(resumable, caplog):
+    """A resume under another learning rate went on with a warning, and config.json then said
+    the new rate for the whole run: a mix that no config describes."""
+    config, workdir = resumable
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    config.train.num_steps = 3
+    config.optim.learning_rate *= 10
+    config.train.log_every_steps = 5  # changes no computation: not named
+    with pytest.raises(
+        run_config.RunConfigError,
+        match=r"trained with another config \(optim.learning_rate: run .*\): going on with "
+        r"this one would mix the two\. .*--resume_with_changes",
+    ) as refused:
+        loop.train_and_evaluate(config, workdir)
+    assert "log_every_steps" not in str(refused.value)
+    assert sorted(os.listdir(ckpts)) == ["1", "2"]
+    # Asked: the run goes on under the new rate, which its next step records. A device count
+    # other than the step's is said (here the step's record is edited: the test has 8 devices).
+    meta_file = os.path.join(ckpts, "2", "meta", "metadata")
+    with open(meta_file) as f:
+        meta = json.load(f)
+    with open(meta_file, "w") as f:
+        json.dump({**meta, checkpoint.RECORDED_DEVICES: 1}, f)
+    loop.train_and_evaluate(config, workdir, resume_with_changes=True)
+    assert "under new values: optim.learning_rate" in caplog.text
+    assert "Resuming on 8 devices a run whose last step trained on 1" in caplog.text
+    with ocp.CheckpointManager(ckpts) as manager:
+        recorded, devices = checkpoint_restore.recorded(manager)
+    assert manager.latest_step() == 3 and devices == 8
+    assert recorded["optim"]["learning_rate"] == config.optim.learning_rate
+
+
+def test_a_resume_compares_with_the_steps_record_when_config_json_is_gone(resumable):
+    config, workdir = resumable
+    os.remove(os.path.join(workdir, run_config.RUN_CONFIG))
+    config.method.name = "cutmix"
+    with pytest.raises(
+        run_config.RunConfigError, match=r"\(method.name: run 'cam', given 'cutmix'\)"
+    ):
+        loop.train_and_evaluate(config, workdir)
+
+
+def test_resuming_with_another_optimizer_names_the_config_not_damage(resumable, caplog):
+    """Refused before any step is read: the steps' skips advised removing good steps."""
     config, workdir = resumable
     config.train.num_steps = 4
     config.optim.name = "sgd" if config.optim.name != "sgd" else "adam"
+    with pytest.raises(run_config.RunConfigError, match=r"another config \(optim.name: run"):
+        loop.train_and_evaluate(config, workdir)
+    assert "Skipped checkpoint" not in caplog.text
+    # Even when asked to go on, no step reads into another optimizer's state.
     with pytest.raises(
         checkpoint.CheckpointError, match=r"optimizer differs from the run's \(optim.name"
     ):
-        loop.train_and_evaluate(config, workdir)
+        loop.train_and_evaluate(config, workdir, resume_with_changes=True)
 
 
 def test_damaged_steps_are_reported_as_damage_whatever_else_the_config_changes(resumable):
@@ -762,6 +823,11 @@ def test_optimizer_groups_and_schedules():
     np.testing.assert_allclose(moved["head"]["bias"], [-19.0, -19.0])  # 1 - 10 * 2
     np.testing.assert_allclose(moved["conv1_1"]["kernel"], [0.0, 0.0])
     np.testing.assert_allclose(moved["conv1_1"]["bias"], [-1.0, -1.0])
+    # New layers that name no layer (a typo) would train every layer at one rate.
+    config.new_layers = ("cam_cnv", "hed")
+    with pytest.raises(ValueError, match=r"new_layers \['cam_cnv', 'hed'\] names none of"):
+        optim.create_optimizer(config, 10).init(params)
+    config.new_layers = ("cam_conv", "head")
     with pytest.raises(ValueError, match="schedule"):
         config.schedule = "linear"
         optim.learning_rate_schedule(config, 10)
