@@ -603,3 +603,21 @@ def test_principal_projection_is_float64_svds(shape, center):
     np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
     other = explain.activation.principal_projection(jnp.asarray(x, jnp.float32), not center)
     assert np.abs(np.asarray(other) - ref).max() > 1e-2 * np.abs(ref).max()
+
+
+def test_an_int64_device_class_is_range_checked_before_it_is_narrowed():
+    """Under x64, 2**32 + 3 cast to int32 first would wrap to the real class 3 and give its
+    plausible map; it is out of range, so it is flagged like any other."""
+    model = user_models.SmallCNN(num_classes=NUM_CLASSES)
+    variables, images = user_models.init(model, size=8, batch=3)
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        given = jnp.array([[3], [2**32 + 3], [-(2**32) + 3]], jnp.int64)
+        classes = Target(given=given).classes(jnp.zeros((3, NUM_CLASSES)))
+        np.testing.assert_array_equal(classes[:, 0], [3, -1, -1])
+        out = explain.explainer(model, variables, "grad_cam", layer="conv2")(images, given)
+        np.testing.assert_array_equal(out.classes[:, 0], [3, -1, -1])
+        assert np.isnan(np.asarray(out.cams[1:])).all() and np.isfinite(out.cams[0]).all()
+    finally:
+        jax.config.update("jax_enable_x64", previous)
