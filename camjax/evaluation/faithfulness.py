@@ -273,10 +273,19 @@ class FaithfulnessSettings:
                 "logit can be negative and flip the drop's sign. Use score='softmax', or the "
                 "peers' variant 'torchcam' or 'grad_cam' with score='logit'."
             )
-        if self.step < 0 or self.chunk < 1 or self.tolerance <= 0:
+        for name, low in (("step", 0), ("chunk", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}; got {value!r}.")
+        tolerance = self.tolerance
+        if (
+            not isinstance(tolerance, int | float | np.number)
+            or isinstance(tolerance, bool)
+            or not np.isfinite(tolerance)
+            or tolerance <= 0
+        ):
             raise ValueError(
-                f"need step >= 0, chunk >= 1, tolerance > 0; got {self.step}, {self.chunk}, "
-                f"{self.tolerance}."
+                f"tolerance must be a finite number of pixels > 0 (default 15); got {tolerance!r}."
             )
 
     def pixels_per_step(self, width: int) -> int:

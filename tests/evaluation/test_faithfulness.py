@@ -270,6 +270,28 @@ def test_a_summary_of_no_scored_image_is_refused_not_the_best_scores():
         acc.summary()
 
 
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("chunk", 1.5, "chunk must be an int >= 1; got 1.5"),
+        ("chunk", 0, "chunk must be an int >= 1; got 0"),
+        ("step", 2.5, "step must be an int >= 0; got 2.5"),
+        ("step", True, "step must be an int >= 0; got True"),
+        ("tolerance", float("nan"), "tolerance must be a finite number of pixels > 0"),
+        ("tolerance", float("inf"), "tolerance must be a finite number of pixels > 0"),
+        ("tolerance", -1.0, "tolerance must be a finite number of pixels > 0"),
+    ],
+)
+def test_settings_refuse_fractional_counts_and_a_tolerance_that_is_not_finite(
+    field, value, message
+):
+    """chunk=1.5 failed deep in lax.map, step=2.5 gave curves at fractional pixel counts, and a
+    NaN tolerance made every pointing hit a miss."""
+    with pytest.raises(ValueError, match=message):
+        fa.FaithfulnessSettings(**{field: value})
+    assert fa.FaithfulnessSettings(step=np.int64(4), chunk=2, tolerance=15).tolerance == 15
+
+
 def torchray_pointing(maps, masks, labels, num_classes, tolerance=15):
     """TorchRay benchmark/pointing_game.py: first argmax, distance strictly < tolerance,
     per-class hits / max(1, hits + misses), then the mean (over the classes present here)."""
