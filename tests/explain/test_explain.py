@@ -327,6 +327,27 @@ def test_bad_arguments_are_one_line_errors_before_anything_runs(kwargs, message)
         explain.explainer(model, variables, layer=kwargs.pop("layer", "conv2"), **kwargs)
 
 
+@pytest.mark.parametrize(
+    "method, option, value, message",
+    [
+        ("ss_cam", "std", float("nan"), r"'std' of 'ss_cam' must be a finite float >= 0 .*nan"),
+        ("smooth_grad_cam_pp", "std", -0.3, r"must be a finite float >= 0 like .* got -0.3"),
+        ("layer_cam", "gamma", float("inf"), r"'gamma' of 'layer_cam' must be a finite float"),
+        ("ablation_cam", "value", float("nan"), r"'value' of 'ablation_cam' must be a finite"),
+    ],
+)
+def test_float_options_that_are_not_finite_or_a_negative_scale_are_refused(
+    method, option, value, message
+):
+    """ss_cam's std=nan gave finite, plausible maps and ablation_cam's value=nan acted as 0;
+    a negative standard deviation or LayerCAM gain has no meaning. (A negative fill value,
+    Ablation-CAM's, is a real choice and stays accepted.)"""
+    with pytest.raises(ValueError, match=message):
+        explain.check_options(method, {option: value})
+    explain.check_options("ablation_cam", {"value": -1.5})
+    explain.check_options("ss_cam", {"std": 0})
+
+
 def test_variables_without_their_collections_and_a_key_that_is_not_one_are_one_line_errors():
     """Passing params for variables was flax's "collection is empty" from inside the model, and
     an int key a JAX error about key data."""
