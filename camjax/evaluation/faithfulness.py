@@ -66,12 +66,18 @@ SCORES = ("softmax", "logit")
 
 
 def class_scores(logits: jax.Array, classes: jax.Array, score: str = "softmax") -> jax.Array:
-    """(B,) float32 score of each row's class. logits: (B, C); classes: (B,) int."""
+    """(B,) float32 score of each row's class (NaN for a class outside [0, C)).
+    logits: (B, C); classes: (B,) int."""
     if score not in SCORES:
         raise ValueError(f"score must be one of {SCORES}; got {score!r}.")
     logits = logits.astype(jnp.float32)
     values = jax.nn.softmax(logits, axis=-1) if score == "softmax" else logits
-    return jnp.take_along_axis(values, classes[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    # A class outside [0, C) scores NaN (flagged by `batch_sums`), never another class's score:
+    # checked before narrowing (an int64 2**32 + 3 would wrap to 3), and -1 would read class C-1.
+    num_classes = logits.shape[-1]
+    in_range = (classes >= 0) & (classes < num_classes)
+    index = jnp.where(in_range, classes, 0).astype(jnp.int32)[:, None]
+    return jnp.where(in_range, jnp.take_along_axis(values, index, axis=-1)[:, 0], jnp.nan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,10 +273,19 @@ class FaithfulnessSettings:
                 "logit can be negative and flip the drop's sign. Use score='softmax', or the "
                 "peers' variant 'torchcam' or 'grad_cam' with score='logit'."
             )
-        if self.step < 0 or self.chunk < 1 or self.tolerance <= 0:
+        for name, low in (("step", 0), ("chunk", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}; got {value!r}.")
+        tolerance = self.tolerance
+        if (
+            not isinstance(tolerance, int | float | np.number)
+            or isinstance(tolerance, bool)
+            or not np.isfinite(tolerance)
+            or tolerance <= 0
+        ):
             raise ValueError(
-                f"need step >= 0, chunk >= 1, tolerance > 0; got {self.step}, {self.chunk}, "
-                f"{self.tolerance}."
+                f"tolerance must be a finite number of pixels > 0 (default 15); got {tolerance!r}."
             )
 
     def pixels_per_step(self, width: int) -> int:
@@ -294,34 +309,54 @@ def batch_sums(
 
     maps: (B, H, W) in [0, 1], of `classes` (B,), for Average Drop, Increase and the curves.
     point_maps, gt_masks (B, H, W), labels (B,): the pointing game (maps of the GT class),
-    counted per class in (num_classes,) arrays. Maps with a NaN (an explainer's invalid class)
-    count nowhere, as TorchCAM discards them ('nan' counts them).
+    counted per class in (num_classes,) arrays. An image whose map is NaN (an explainer's
+    invalid class) counts nowhere, as TorchCAM discards it ('nan' counts it; 'pointing_nan'
+    for the pointing game); so does one whose image, map or scores are not finite, or whose
+    class (label) is outside [0, C): values known only on device under the caller's jit.
     """
-    ok = valid & ~jnp.any(jnp.isnan(maps), axis=(1, 2))
-    maps = jnp.nan_to_num(maps)
-    w = ok.astype(jnp.float32)
+    if images.shape[0] == 0:
+        raise ValueError(
+            "batch_sums needs at least one image; got a batch of 0 (pad a short batch and "
+            "mark the padding valid=False)."
+        )
+    for name, value in (("classes", classes), ("labels", labels)):
+        if value is not None and not jnp.issubdtype(value.dtype, jnp.integer):
+            raise TypeError(f"{name} must be integer class indices; got dtype {value.dtype}.")
+    # The images' own finiteness: a NaN or Inf pixel can vanish on its way through a network's
+    # max or ReLU, and one through the product with a map makes that image's scores NaN.
+    finite = jnp.all(jnp.isfinite(images), axis=(1, 2, 3))
+    ok = valid & finite & jnp.all(jnp.isfinite(maps), axis=(1, 2))
+    maps = jnp.where(ok[:, None, None], maps, 0.0)
     y, o = confidence_change(forward, images, maps, classes, settings.score)
+    # NaN scores: a class outside [0, C) (`class_scores`), or logits that are not finite.
+    ok &= jnp.isfinite(y) & jnp.isfinite(o)
     drop, increase = drop_and_increase(y, o, settings.variant)
-    sums = {
-        "count": jnp.sum(w),
-        "nan": jnp.sum((valid & ~ok).astype(jnp.float32)),
-        "drop": jnp.sum(jnp.where(ok, drop, 0.0)),
-        "increase": jnp.sum(jnp.where(ok, increase, 0.0)),
-    }
+    per_image = {"drop": drop, "increase": increase}
     if settings.deletion_insertion:
         h, wd = images.shape[1:3]
         step = settings.pixels_per_step(wd)
         deletion, insertion = deletion_insertion_curves(
             forward, images, maps, classes, step=step, chunk=settings.chunk, score=settings.score
         )
-        sums["deletion"] = jnp.sum(jnp.where(ok, curve_auc(deletion, h * wd, step), 0.0))
-        sums["insertion"] = jnp.sum(jnp.where(ok, curve_auc(insertion, h * wd, step), 0.0))
+        per_image["deletion"] = curve_auc(deletion, h * wd, step)
+        per_image["insertion"] = curve_auc(insertion, h * wd, step)
+        ok &= jnp.isfinite(per_image["deletion"]) & jnp.isfinite(per_image["insertion"])
+    sums = {
+        "count": jnp.sum(ok.astype(jnp.float32)),
+        "nan": jnp.sum((valid & ~ok).astype(jnp.float32)),
+    }
+    sums.update({k: jnp.sum(jnp.where(ok, v, 0.0)) for k, v in per_image.items()})
     if settings.pointing and point_maps is not None:
-        pok = valid & ~jnp.any(jnp.isnan(point_maps), axis=(1, 2))
-        hits = pointing_hits(jnp.nan_to_num(point_maps), gt_masks, settings.tolerance) & pok
+        if num_classes < 1:
+            raise ValueError(f"the pointing game needs num_classes >= 1; got {num_classes}.")
+        in_range = (labels >= 0) & (labels < num_classes)
+        pok = valid & finite & in_range & jnp.all(jnp.isfinite(point_maps), axis=(1, 2))
+        point_maps = jnp.where(pok[:, None, None], point_maps, 0.0)
+        hits = pointing_hits(point_maps, gt_masks, settings.tolerance) & pok
         one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
         sums["pointing_hits"] = jnp.sum(one_hot * hits[:, None], axis=0)
         sums["pointing_count"] = jnp.sum(one_hot * pok[:, None], axis=0)
+        sums["pointing_nan"] = jnp.sum((valid & ~pok).astype(jnp.float32))
     return sums
 
 
@@ -369,4 +404,5 @@ class FaithfulnessAccumulator:
             seen = s["pointing_count"] > 0
             per_class = s["pointing_hits"][seen] / s["pointing_count"][seen]
             out["pointing_game"] = 100.0 * float(per_class.mean()) if seen.any() else 0.0
+            out["pointing_num_nan_maps"] = int(s.get("pointing_nan", 0))
         return out

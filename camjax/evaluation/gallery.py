@@ -30,16 +30,21 @@ def write_gallery(
     rows = [pipeline.EvalPreprocess(prep).map(source[i]) for i in range(n)]
     images = np.stack([r["image"] for r in rows])
     x = pipeline.normalize_images(images, config.data.mean, config.data.std)
-    cams, classes = _top1_maps(config, model, variables, x)
-    boxes = box_from_scoremap(cams, threshold)
-    cams, classes, boxes = jax.device_get((cams, classes, boxes))
+    cams, classes = jax.device_get(_top1_maps(config, model, variables, x))
+    # A map the explainer could not trust (NaN, class -1) gets no box; a map left unnormalised
+    # (an empty cam_normalization) is boxed as before: x >= thr is min(x, 1) >= thr for thr <= 1.
+    trusted = np.isfinite(cams).all(axis=(1, 2))
+    boxes = np.zeros((n, 4), np.int32)
+    if trusted.any():
+        boxes[trusted] = box_from_scoremap(np.clip(cams[trusted], 0.0, 1.0), threshold)
     names = _class_names(config)
     gallery_dir = os.path.join(workdir, "gallery")
     os.makedirs(gallery_dir, exist_ok=True)
     paths = []
     for i, r in enumerate(rows):
         pred = int(classes[i])
-        caption = f"gt: {names(int(r['label']))}  pred: {names(pred)}"
+        shown = names(pred) if pred >= 0 else "none (map not finite)"
+        caption = f"gt: {names(int(r['label']))}  pred: {shown}"
         picture = viz.cam_picture(
             r["image"], cams[i], r["boxes"][: r["num_boxes"]], boxes[i], caption
         )

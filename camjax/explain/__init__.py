@@ -117,9 +117,15 @@ def _check_targets(targets: Any, batch: int) -> Any:
     return targets if targets.ndim == 2 else targets[:, None]
 
 
+# Float options that scale something (a noise's standard deviation, LayerCAM's tanh gain): a
+# negative value has no meaning. Others (Ablation-CAM's fill value) may be negative.
+_SCALES = ("std", "gamma")
+
+
 def check_options(method: str, options: Mapping[str, Any], where: str = "") -> None:
     """A method's own options, by name and by the type of their defaults (a string for a bool,
-    a float for a count, a count below 1), before anything is traced. where: the options' place
+    a float for a count, a count below 1, a float not finite, a negative std or gamma), before
+    anything is traced. where: the options' place
     in a config (e.g. 'config.eval.options.grad_cam'), for the message."""
     defaults = default_options()[method]
     for name, value in options.items():
@@ -134,7 +140,10 @@ def check_options(method: str, options: Mapping[str, Any], where: str = "") -> N
             ok = isinstance(value, int | np.integer) and not isinstance(value, bool)
             ok = ok and (value >= 1 or name not in ("num_samples", "chunk_size"))
         elif isinstance(default, float):
-            ok = isinstance(value, int | float | np.number) and not isinstance(value, bool)
+            # NaN or Inf would give finite, plausible maps (std=nan) or act as 0 (value=nan).
+            real = int | float | np.integer | np.floating
+            ok = isinstance(value, real) and not isinstance(value, bool)
+            ok = ok and bool(np.isfinite(value)) and (value >= 0 or name not in _SCALES)
         elif isinstance(default, str):
             ok = isinstance(value, str)
         else:
@@ -143,9 +152,10 @@ def check_options(method: str, options: Mapping[str, Any], where: str = "") -> N
             subject = f"{where}.{name}" if where else f"option {name!r} of {method!r}"
             raise ValueError(
                 f"{subject} must be {'an' if type(default) is int else 'a'} "
-                f"{type(default).__name__}"
-                f"{' >= 1' if name in ('num_samples', 'chunk_size') else ''} like its default "
-                f"{default!r}; got {value!r}."
+                f"{'finite ' if type(default) is float else ''}{type(default).__name__}"
+                f"{' >= 1' if name in ('num_samples', 'chunk_size') else ''}"
+                f"{' >= 0' if name in _SCALES else ''} like its default {default!r}; got "
+                f"{value!r}."
             )
 
 

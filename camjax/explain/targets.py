@@ -32,7 +32,11 @@ class Target:
         """(B, n) int32: the class of each map; -1 for a score function."""
         batch, num_classes = logits.shape
         if self.given is not None:
-            return self.given.astype(jnp.int32)
+            # Range-checked in the given dtype: narrowing an int64 class first would wrap
+            # 2**32 + 3 to the real class 3 (a plausible map); out of range becomes -1.
+            given = self.given
+            in_range = (given >= 0) & (given < num_classes)
+            return jnp.where(in_range, given, -1).astype(jnp.int32)
         if self.fn is not None:
             return jnp.full((batch, 1), -1, jnp.int32)
         if self.top_k is None:

@@ -40,7 +40,8 @@ def box_from_scoremap(scoremap, threshold=0.2) -> np.ndarray:
 
     Args:
       scoremap: (..., H, W) float, each map already normalised to [0, 1] (by its maximum, as
-        the paper, or min-max).
+        the paper, or min-max); NaN, values outside [0, 1], empty maps and tracers (under
+        ``jax.jit``) are refused.
       threshold: scalar or array broadcastable against the leading axes ``...`` of
         ``scoremap``, values in [0, 1]; e.g. ``scoremap`` (B, H, W) with ``threshold`` (T, 1)
         boxes every map at every threshold.
@@ -49,7 +50,20 @@ def box_from_scoremap(scoremap, threshold=0.2) -> np.ndarray:
       (*broadcast(..., threshold.shape), 4) int32 numpy ``(x0, y0, x1, y1)``, exclusive ends;
       ``(0, 0, 0, 0)`` where nothing reaches the threshold. Computed on the host cores.
     """
+    if any(isinstance(x, jax.core.Tracer) for x in (scoremap, threshold)):
+        raise ValueError(
+            "box_from_scoremap runs on the host and cannot be traced: call it outside jax.jit."
+        )
     maps = np.asarray(wsol.check_float_maps(scoremap, "scoremap"))
+    if 0 in maps.shape[-2:]:
+        raise ValueError(f"scoremap must have non-empty spatial axes (H, W), got {maps.shape}.")
+    # Both normalisations the callers use (max, the paper's, and min-max) give [0, 1]: NaN
+    # would be boxed by its finite part (all-NaN as no box), a raw map against a fraction.
+    if not (np.all(maps >= 0) and np.all(maps <= 1)):
+        raise ValueError(
+            "scoremap must lie in [0, 1] without NaN (normalise each map first, e.g. with "
+            "camjax.cam.normalize_max, the paper's, or normalize_minmax)."
+        )
     _check_threshold(threshold)
     t = np.asarray(threshold, maps.dtype)
     lead = np.broadcast_shapes(maps.shape[:-2], t.shape)

@@ -340,6 +340,16 @@ def _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds, paper=False):
             raise ValueError(
                 "GT boxes must be (x0, y0, x1, y1) with 0 <= x0 <= x1 and 0 <= y0 <= y1."
             )
+    deltas = _check_iou_thresholds(iou_thresholds)
+    if isinstance(gt, np.ndarray):
+        gt = gt.astype(np.float64 if paper else np.int32)
+    if isinstance(n, np.ndarray):
+        n = np.clip(n, 0, gt.shape[1]).astype(np.int32)
+    return q, gt, n, deltas
+
+
+def _check_iou_thresholds(iou_thresholds) -> np.ndarray:
+    """(D,) int64 IoU thresholds, checked: integer percentages in [0, 100]."""
     deltas = np.asarray(iou_thresholds)
     if deltas.ndim != 1 or deltas.size == 0 or not np.issubdtype(deltas.dtype, np.integer):
         raise ValueError(
@@ -349,11 +359,7 @@ def _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds, paper=False):
         raise ValueError("iou_thresholds must be percentages in [0, 100].")
     if deltas.size > 101:  # hit levels are int8
         raise ValueError(f"at most 101 iou_thresholds (percentages 0..100), got {deltas.size}.")
-    if isinstance(gt, np.ndarray):
-        gt = gt.astype(np.float64 if paper else np.int32)
-    if isinstance(n, np.ndarray):
-        n = np.clip(n, 0, gt.shape[1]).astype(np.int32)
-    return q, gt, n, deltas.astype(np.int64)
+    return deltas.astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,16 +380,32 @@ class WsolBoxAccumulator:
 
     def __post_init__(self):
         self.thresholds = _check_thresholds(self.thresholds)
-        self.iou_thresholds = tuple(int(d) for d in self.iou_thresholds)
+        # As box_correct_counts takes them: int() would truncate 0.5 to 0 (every box correct).
+        self.iou_thresholds = tuple(int(d) for d in _check_iou_thresholds(self.iou_thresholds))
         if self.counts is None:
             self.counts = np.zeros((len(self.iou_thresholds), len(self.thresholds)), np.int64)
 
     def update(self, counts: jax.Array, num_images: int) -> None:
         """Adds one batch: counts (D, T) from ``box_correct_counts``, its number of real images."""
-        counts = np.asarray(jax.device_get(counts), np.int64)
+        counts = np.asarray(jax.device_get(counts))
         if counts.shape != self.counts.shape:
             raise ValueError(f"counts must have shape {self.counts.shape}, got {counts.shape}.")
-        self.counts = self.counts + counts
+        if not np.issubdtype(counts.dtype, np.integer):
+            raise ValueError(
+                f"counts must be integer image counts (box_correct_counts'), got {counts.dtype}."
+            )
+        if (
+            not isinstance(num_images, int | np.integer)
+            or isinstance(num_images, bool)
+            or num_images < 0
+        ):
+            raise ValueError(f"num_images must be an int >= 0, got {num_images!r}.")
+        if counts.size and (counts.min() < 0 or counts.max() > num_images):
+            raise ValueError(
+                f"counts must be in [0, num_images={num_images}] (images counted correct), got "
+                f"[{counts.min()}, {counts.max()}]; pass the batch's number of real images."
+            )
+        self.counts = self.counts + counts.astype(np.int64)
         self.num_images += int(num_images)
 
     def merge(self, other: "WsolBoxAccumulator") -> None:

@@ -3,6 +3,7 @@ trained run for methods other than CAM, and CAM's own path untouched."""
 
 import os
 
+import jax.numpy as jnp
 import ml_collections
 import pytest
 
@@ -76,6 +77,26 @@ def test_gallery_draws_the_chosen_method(trained, tmp_path):
     paths = gallery.write_gallery(c, ev.model, variables, source, 0.2, str(tmp_path))
     assert [os.path.basename(p) for p in paths] == ["0000.png", "0001.png"]
     assert os.path.getsize(tmp_path / "gallery.png") > 0
+
+
+def test_gallery_draws_untrusted_and_unnormalised_maps_without_stopping(
+    trained, tmp_path, monkeypatch
+):
+    """box_from_scoremap refuses NaN and maps outside [0, 1]: the gallery, at the end of an
+    evaluation, gives an untrusted map (NaN, class -1) no box and boxes a raw map as before."""
+    config, _, ev, variables, _ = trained
+    c = method_config(config, "cam", faithfulness=False)
+    c.eval.cam_normalization = ""  # no normalisation: raw maps
+    source = experiment.data_sources(config)["test"]
+    top1_maps = gallery._top1_maps
+
+    def one_untrusted(*args):
+        maps, classes = top1_maps(*args)
+        return maps.at[0].set(jnp.nan), classes.at[0].set(-1)
+
+    monkeypatch.setattr(gallery, "_top1_maps", one_untrusted)
+    paths = gallery.write_gallery(c, ev.model, variables, source, 0.2, str(tmp_path))
+    assert len(paths) == 2 and os.path.getsize(tmp_path / "gallery.png") > 0
 
 
 def test_unknown_method_is_a_config_error(trained):

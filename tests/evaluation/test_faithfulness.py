@@ -270,6 +270,28 @@ def test_a_summary_of_no_scored_image_is_refused_not_the_best_scores():
         acc.summary()
 
 
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("chunk", 1.5, "chunk must be an int >= 1; got 1.5"),
+        ("chunk", 0, "chunk must be an int >= 1; got 0"),
+        ("step", 2.5, "step must be an int >= 0; got 2.5"),
+        ("step", True, "step must be an int >= 0; got True"),
+        ("tolerance", float("nan"), "tolerance must be a finite number of pixels > 0"),
+        ("tolerance", float("inf"), "tolerance must be a finite number of pixels > 0"),
+        ("tolerance", -1.0, "tolerance must be a finite number of pixels > 0"),
+    ],
+)
+def test_settings_refuse_fractional_counts_and_a_tolerance_that_is_not_finite(
+    field, value, message
+):
+    """chunk=1.5 failed deep in lax.map, step=2.5 gave curves at fractional pixel counts, and a
+    NaN tolerance made every pointing hit a miss."""
+    with pytest.raises(ValueError, match=message):
+        fa.FaithfulnessSettings(**{field: value})
+    assert fa.FaithfulnessSettings(step=np.int64(4), chunk=2, tolerance=15).tolerance == 15
+
+
 def torchray_pointing(maps, masks, labels, num_classes, tolerance=15):
     """TorchRay benchmark/pointing_game.py: first argmax, distance strictly < tolerance,
     per-class hits / max(1, hits + misses), then the mean (over the classes present here)."""
@@ -355,6 +377,51 @@ def test_batch_sums_stream_merge_mask_padding_and_nan_maps():
         assert s[k] == pytest.approx(t[k], rel=1e-5)
     y, o = np.asarray(fa.confidence_change(forward, images, maps, classes))
     assert t["average_drop"] == pytest.approx(100 * np.mean(np.maximum(y - o, 0) / y), rel=1e-5)
+
+
+def test_batch_sums_excludes_and_counts_what_is_not_finite_or_out_of_range():
+    """A NaN or Inf pixel, an Inf map, a class outside [0, C) (-1 read class C-1, C gave NaN)
+    and a pointing label outside [0, C) each made the split's means NaN or wrong, counted
+    nowhere: each such image is now left out and counted, the others' sums unchanged."""
+    forward, *_ = linear_model(6)
+    images, maps, classes = batch(8, b=6)
+    settings = fa.FaithfulnessSettings(step=4, chunk=3, tolerance=2.0)
+    masks = np.zeros((6, H, W), bool)
+    masks[:, 1:3, 1:3] = True
+
+    @jax.jit
+    def step(images, maps, classes, labels):
+        return fa.batch_sums(
+            forward, images, maps, classes, np.ones(6, bool), settings,
+            point_maps=maps, gt_masks=masks, labels=labels, num_classes=C,
+        )  # fmt: skip
+
+    def sums(*args):
+        return {k: np.asarray(v) for k, v in step(*args).items()}
+
+    clean = sums(images, maps, classes, classes)
+    bad_images, bad_maps = images.copy(), maps.copy()
+    bad_images[0, 0, 0, 0], bad_images[1, 2, 3, 1], bad_maps[2, 1, 1] = np.nan, np.inf, np.inf
+    bad_classes = classes.copy()
+    bad_classes[3], bad_classes[4] = -1, C
+    labels = classes.copy()
+    labels[5] = C
+    got = sums(bad_images, bad_maps, bad_classes, labels)
+    assert got["count"] == 1 and got["nan"] == 5 and got["pointing_nan"] == 4
+    only_5 = sums(
+        images[5:].repeat(6, 0), maps[5:].repeat(6, 0), classes[5:].repeat(6), classes[5:].repeat(6)
+    )
+    for k in ("drop", "increase", "deletion", "insertion"):
+        assert np.isfinite(got[k]) and got[k] == pytest.approx(only_5[k] / 6, rel=1e-5, abs=1e-7)
+    np.testing.assert_array_equal(got["pointing_count"], np.bincount(classes[3:5], minlength=C))
+    assert clean["count"] == 6 and clean["nan"] == 0 and clean["pointing_nan"] == 0
+    acc = fa.FaithfulnessAccumulator(settings)
+    acc.update(got)
+    assert acc.summary()["num_nan_maps"] == 5 and acc.summary()["pointing_num_nan_maps"] == 4
+    with pytest.raises(ValueError, match="batch_sums needs at least one image; got a batch of 0"):
+        fa.batch_sums(forward, images[:0], maps[:0], classes[:0], np.ones(0, bool), settings)
+    with pytest.raises(TypeError, match="classes must be integer class indices"):
+        fa.batch_sums(forward, images, maps, classes.astype(np.float32), np.ones(6, bool), settings)
 
 
 def test_batch_sums_compile_once_per_shape():

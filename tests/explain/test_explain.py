@@ -327,6 +327,27 @@ def test_bad_arguments_are_one_line_errors_before_anything_runs(kwargs, message)
         explain.explainer(model, variables, layer=kwargs.pop("layer", "conv2"), **kwargs)
 
 
+@pytest.mark.parametrize(
+    "method, option, value, message",
+    [
+        ("ss_cam", "std", float("nan"), r"'std' of 'ss_cam' must be a finite float >= 0 .*nan"),
+        ("smooth_grad_cam_pp", "std", -0.3, r"must be a finite float >= 0 like .* got -0.3"),
+        ("layer_cam", "gamma", float("inf"), r"'gamma' of 'layer_cam' must be a finite float"),
+        ("ablation_cam", "value", float("nan"), r"'value' of 'ablation_cam' must be a finite"),
+    ],
+)
+def test_float_options_that_are_not_finite_or_a_negative_scale_are_refused(
+    method, option, value, message
+):
+    """ss_cam's std=nan gave finite, plausible maps and ablation_cam's value=nan acted as 0;
+    a negative standard deviation or LayerCAM gain has no meaning. (A negative fill value,
+    Ablation-CAM's, is a real choice and stays accepted.)"""
+    with pytest.raises(ValueError, match=message):
+        explain.check_options(method, {option: value})
+    explain.check_options("ablation_cam", {"value": -1.5})
+    explain.check_options("ss_cam", {"std": 0})
+
+
 def test_variables_without_their_collections_and_a_key_that_is_not_one_are_one_line_errors():
     """Passing params for variables was flax's "collection is empty" from inside the model, and
     an int key a JAX error about key data."""
@@ -603,3 +624,21 @@ def test_principal_projection_is_float64_svds(shape, center):
     np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
     other = explain.activation.principal_projection(jnp.asarray(x, jnp.float32), not center)
     assert np.abs(np.asarray(other) - ref).max() > 1e-2 * np.abs(ref).max()
+
+
+def test_an_int64_device_class_is_range_checked_before_it_is_narrowed():
+    """Under x64, 2**32 + 3 cast to int32 first would wrap to the real class 3 and give its
+    plausible map; it is out of range, so it is flagged like any other."""
+    model = user_models.SmallCNN(num_classes=NUM_CLASSES)
+    variables, images = user_models.init(model, size=8, batch=3)
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        given = jnp.array([[3], [2**32 + 3], [-(2**32) + 3]], jnp.int64)
+        classes = Target(given=given).classes(jnp.zeros((3, NUM_CLASSES)))
+        np.testing.assert_array_equal(classes[:, 0], [3, -1, -1])
+        out = explain.explainer(model, variables, "grad_cam", layer="conv2")(images, given)
+        np.testing.assert_array_equal(out.classes[:, 0], [3, -1, -1])
+        assert np.isnan(np.asarray(out.cams[1:])).all() and np.isfinite(out.cams[0]).all()
+    finally:
+        jax.config.update("jax_enable_x64", previous)

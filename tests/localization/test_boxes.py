@@ -7,6 +7,7 @@ connectedComponentsWithStats for their sizes and boxes, and float IoUs computed 
 import collections
 
 import cv2
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -231,6 +232,24 @@ def test_thresholds_broadcast_against_the_batch():
 def test_bad_scoremap_inputs_raise(scoremap, threshold, match):
     with pytest.raises(ValueError, match=match):
         boxes.box_from_scoremap(scoremap, threshold)
+
+
+def test_nan_out_of_range_empty_and_traced_scoremaps_are_refused():
+    """A NaN map was boxed by its finite part (all-NaN: (0, 0, 0, 0), as if nothing reached
+    the threshold), a map outside [0, 1] against a fraction of 1, an empty map failed in
+    numpy's reshape and a traced one in jax's multi-line conversion error."""
+    blob = np.zeros((2, 6, 8), np.float32)
+    blob[:, 1:3, 1:3] = 1.0
+    partly_nan = blob.copy()
+    partly_nan[0, 4, 5] = np.nan
+    for bad in (partly_nan, np.full_like(blob, np.nan), blob * 3, blob - 0.5):
+        with pytest.raises(ValueError, match=r"scoremap must lie in \[0, 1\] without NaN"):
+            boxes.box_from_scoremap(bad)
+    with pytest.raises(ValueError, match=r"non-empty spatial axes \(H, W\), got \(2, 0, 16\)"):
+        boxes.box_from_scoremap(np.zeros((2, 0, 16), np.float32))
+    with pytest.raises(ValueError, match="runs on the host and cannot be traced"):
+        jax.jit(boxes.box_from_scoremap)(blob)
+    np.testing.assert_array_equal(boxes.box_from_scoremap(blob), [[1, 1, 3, 3]] * 2)
 
 
 def float_iou(a, b) -> float:

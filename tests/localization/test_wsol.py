@@ -456,3 +456,25 @@ def test_pxap_of_float64_maps_is_exact():
         )
         with pytest.raises(ValueError, match="outside jax.jit"):
             jax.jit(lambda s: pxap.pxap_histograms(s, masks, grid))(jnp.asarray(scoremaps))
+
+
+def test_accumulator_refuses_fractional_iou_thresholds_and_impossible_counts():
+    """iou_thresholds (0.3, 0.5, 0.7) were truncated to (0, 0, 0), where every box is correct;
+    counts above num_images, negative num_images and fractional counts were added as given."""
+    for bad in ((0.3, 0.5, 0.7), (50, 101), ()):
+        with pytest.raises(ValueError, match="iou_thresholds must be"):
+            wsol.WsolBoxAccumulator(GRID, bad)
+    acc = wsol.WsolBoxAccumulator(GRID, (30, 50))
+    counts = np.zeros((2, len(GRID)), np.int32)
+    counts[0, 0] = 3
+    with pytest.raises(ValueError, match=r"counts must be in \[0, num_images=2\]"):
+        acc.update(counts, 2)
+    with pytest.raises(ValueError, match="num_images must be an int >= 0, got -1"):
+        acc.update(counts * 0, -1)
+    with pytest.raises(ValueError, match="num_images must be an int >= 0, got 2.5"):
+        acc.update(counts, 2.5)
+    with pytest.raises(ValueError, match="counts must be integer image counts"):
+        acc.update(counts.astype(np.float32), 3)
+    assert acc.num_images == 0 and not acc.counts.any()
+    acc.update(counts, np.int64(3))
+    assert acc.num_images == 3 and acc.counts[0, 0] == 3
