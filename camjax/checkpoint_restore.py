@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from camjax import checkpoint, digests, errors, run_config
+from camjax import checkpoint, digests, distributed, errors, run_config
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +186,54 @@ def recorded(manager: ocp.CheckpointManager) -> tuple[dict | None, int | None]:
             devices = meta.get(checkpoint.RECORDED_DEVICES)
             return meta[checkpoint.RECORDED_CONFIG], devices if isinstance(devices, int) else None
     return None, None
+
+
+def check_resumed_config(config, manager, workdir: str, resume_with_changes: bool) -> None:
+    """Compares `config` with the run's: the config its newest step recorded, else config.json
+    (read first: a damaged one stops the run here, not at its first save). A field that changes
+    what training computes is a one-line error unless `resume_with_changes`: a run that went on
+    under other values would be a mix that no config describes. A longer or shorter
+    train.num_steps extends or ends the run, with a warning where the schedule follows it; the
+    `run_config.BOOKKEEPING` fields change freely; another device count is said, since the
+    sums' order changes with it."""
+    saved_json = run_config.read_saved(workdir)
+    saved, devices = recorded(manager)
+    saved = saved_json if saved is None else saved
+    # Neither: a run from before both were kept.
+    training, num_steps, bookkeeping = (
+        run_config.resume_differences(saved, config) if saved is not None else ("", "", "")
+    )
+    problem = ""
+    if training and not resume_with_changes:
+        problem = (
+            f"the run in {workdir} was trained with another config ({training}): going on with "
+            "this one would mix the two. Rerun with the run's values, or train in another "
+            "workdir, or pass --resume_with_changes to go on under the new values (the steps "
+            "saved from then on record them); nothing was moved or deleted."
+        )
+    elsewhere = f"process 0 found the run in {workdir} trained with another config."
+    if problem := distributed.shared_problem(problem, elsewhere):
+        raise run_config.RunConfigError(problem)
+    if training:
+        log.warning("Resuming with --resume_with_changes, under new values: %s.", training)
+    if num_steps and (config.optim.schedule == "cosine" or config.method.name == "bridging"):
+        log.warning(
+            "Resuming with %s: the learning-rate schedule%s spans num_steps, so the steps from "
+            "here on follow another schedule than the steps before them.",
+            num_steps,
+            " (and Bridging's warm-up)" if config.method.name == "bridging" else "",
+        )
+    elif num_steps:
+        log.info("Resuming with %s.", num_steps)
+    if bookkeeping:
+        log.info("Resuming with settings that do not change training: %s.", bookkeeping)
+    if devices is not None and devices != jax.device_count():
+        log.warning(
+            "Resuming on %d devices a run whose last step trained on %d: the same batches and "
+            "updates, summed in another order, so not bit-identical to an uninterrupted run.",
+            jax.device_count(),
+            devices,
+        )
 
 
 def saved_run(manager: ocp.CheckpointManager, step: int) -> str | None:

@@ -155,6 +155,18 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> None:
         )
 
 
+def check_eval_config(ev: ml_collections.ConfigDict, mesh: Mesh) -> None:
+    """One-line ValueErrors for config.eval values no evaluation can use."""
+    check_batch_size(ev.batch_size, mesh, "config.eval.batch_size")
+    if isinstance(ev.iou_threshold, bool) or not 0 <= ev.iou_threshold <= 1:
+        raise ValueError(
+            "config.eval.iou_threshold must be a fraction in [0, 1] (0.5: IoU >= 50%); got "
+            f"{ev.iou_threshold!r}."
+        )
+    if ev.max_images < 0:  # the config's type checks keep it an int
+        raise ValueError(f"config.eval.max_images must be >= 0 (0: all); got {ev.max_images}.")
+
+
 def check_data_config(config: ml_collections.ConfigDict) -> None:
     """One-line ValueErrors for config.data values no network or pipeline can use."""
     d = config.data

@@ -127,14 +127,7 @@ class Evaluator:
         self.mesh = mesh
         self.protocol = protocol
         ev = config.eval
-        experiment.check_batch_size(ev.batch_size, mesh, "config.eval.batch_size")
-        if isinstance(ev.iou_threshold, bool) or not 0 <= ev.iou_threshold <= 1:
-            raise ValueError(
-                "config.eval.iou_threshold must be a fraction in [0, 1] (0.5: IoU >= 50%); got "
-                f"{ev.iou_threshold!r}."
-            )
-        if ev.max_images < 0:  # the config's type checks keep it an int
-            raise ValueError(f"config.eval.max_images must be >= 0 (0: all); got {ev.max_images}.")
+        experiment.check_eval_config(ev, mesh)
         self.top_k = min(ev.top_k, config.model.num_classes)
         self.thresholds = threshold_grid(ev.threshold_grid_step)
         self.center_fractions = np.round(

@@ -314,14 +314,7 @@ def batch_sums(
     for the pointing game); so does one whose image, map or scores are not finite, or whose
     class (label) is outside [0, C): values known only on device under the caller's jit.
     """
-    if images.shape[0] == 0:
-        raise ValueError(
-            "batch_sums needs at least one image; got a batch of 0 (pad a short batch and "
-            "mark the padding valid=False)."
-        )
-    for name, value in (("classes", classes), ("labels", labels)):
-        if value is not None and not jnp.issubdtype(value.dtype, jnp.integer):
-            raise TypeError(f"{name} must be integer class indices; got dtype {value.dtype}.")
+    _check_batch(images, classes, labels)
     # The images' own finiteness: a NaN or Inf pixel can vanish on its way through a network's
     # max or ReLU, and one through the product with a map makes that image's scores NaN.
     finite = jnp.all(jnp.isfinite(images), axis=(1, 2, 3))
@@ -347,17 +340,40 @@ def batch_sums(
     }
     sums.update({k: jnp.sum(jnp.where(ok, v, 0.0)) for k, v in per_image.items()})
     if settings.pointing and point_maps is not None:
-        if num_classes < 1:
-            raise ValueError(f"the pointing game needs num_classes >= 1; got {num_classes}.")
-        in_range = (labels >= 0) & (labels < num_classes)
-        pok = valid & finite & in_range & jnp.all(jnp.isfinite(point_maps), axis=(1, 2))
-        point_maps = jnp.where(pok[:, None, None], point_maps, 0.0)
-        hits = pointing_hits(point_maps, gt_masks, settings.tolerance) & pok
-        one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-        sums["pointing_hits"] = jnp.sum(one_hot * hits[:, None], axis=0)
-        sums["pointing_count"] = jnp.sum(one_hot * pok[:, None], axis=0)
-        sums["pointing_nan"] = jnp.sum((valid & ~pok).astype(jnp.float32))
+        sums.update(
+            _pointing_sums(point_maps, gt_masks, labels, num_classes, valid, finite, settings)
+        )
     return sums
+
+
+def _check_batch(images: jax.Array, classes: jax.Array, labels: jax.Array | None) -> None:
+    """`batch_sums`' one-line errors for what the shapes and dtypes already tell."""
+    if images.shape[0] == 0:
+        raise ValueError(
+            "batch_sums needs at least one image; got a batch of 0 (pad a short batch and "
+            "mark the padding valid=False)."
+        )
+    for name, value in (("classes", classes), ("labels", labels)):
+        if value is not None and not jnp.issubdtype(value.dtype, jnp.integer):
+            raise TypeError(f"{name} must be integer class indices; got dtype {value.dtype}.")
+
+
+def _pointing_sums(point_maps, gt_masks, labels, num_classes: int, valid, finite, settings):
+    """The pointing game's per-class hits and counts of a batch's `valid` images; those whose
+    image is not `finite`, whose label is outside [0, num_classes) or whose map is not finite
+    count in 'pointing_nan'."""
+    if num_classes < 1:
+        raise ValueError(f"the pointing game needs num_classes >= 1; got {num_classes}.")
+    in_range = (labels >= 0) & (labels < num_classes)
+    pok = valid & finite & in_range & jnp.all(jnp.isfinite(point_maps), axis=(1, 2))
+    point_maps = jnp.where(pok[:, None, None], point_maps, 0.0)
+    hits = pointing_hits(point_maps, gt_masks, settings.tolerance) & pok
+    one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    return {
+        "pointing_hits": jnp.sum(one_hot * hits[:, None], axis=0),
+        "pointing_count": jnp.sum(one_hot * pok[:, None], axis=0),
+        "pointing_nan": jnp.sum((valid & ~pok).astype(jnp.float32)),
+    }
 
 
 @dataclasses.dataclass

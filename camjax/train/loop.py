@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from camjax import checkpoint, checkpoint_restore, digests, distributed, experiment, run_config
+from camjax import checkpoint, checkpoint_restore, digests, experiment, run_config
 from camjax.data import pipeline
 from camjax.evaluation import evaluator
 from camjax.models.layers import takes_labels
@@ -187,7 +187,7 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str, resume_with_c
         if config.init.pretrained_dir:
             state = load_pretrained(state, config.init.pretrained_dir)
         return state, state_shardings, run_config.start_run(workdir)
-    _check_resumed_config(config, manager, workdir, resume_with_changes)
+    checkpoint_restore.check_resumed_config(config, manager, workdir, resume_with_changes)
     try:
         abstract = abstract_train_state(config, model, tx, mesh)
         state = checkpoint_restore.restore(manager, abstract, config)
@@ -224,54 +224,6 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str, resume_with_c
             f"(rm -r {' '.join(os.path.join(ckpts, str(s)) for s in newer)}), then rerun."
         )
     return state, state_shardings, _resumed_run(manager, workdir, restored)
-
-
-def _check_resumed_config(config, manager, workdir: str, resume_with_changes: bool) -> None:
-    """Compares `config` with the run's: the config its newest step recorded, else config.json
-    (read first: a damaged one stops the run here, not at its first save). A field that changes
-    what training computes is a one-line error unless `resume_with_changes`: a run that went on
-    under other values would be a mix that no config describes. A longer or shorter
-    train.num_steps extends or ends the run, with a warning where the schedule follows it; the
-    `run_config.BOOKKEEPING` fields change freely; another device count is said, since the
-    sums' order changes with it."""
-    saved_json = run_config.read_saved(workdir)
-    recorded, devices = checkpoint_restore.recorded(manager)
-    saved = recorded if recorded is not None else saved_json
-    # Neither: a run from before both were kept.
-    training, num_steps, bookkeeping = (
-        run_config.resume_differences(saved, config) if saved is not None else ("", "", "")
-    )
-    problem = ""
-    if training and not resume_with_changes:
-        problem = (
-            f"the run in {workdir} was trained with another config ({training}): going on with "
-            "this one would mix the two. Rerun with the run's values, or train in another "
-            "workdir, or pass --resume_with_changes to go on under the new values (the steps "
-            "saved from then on record them); nothing was moved or deleted."
-        )
-    elsewhere = f"process 0 found the run in {workdir} trained with another config."
-    if problem := distributed.shared_problem(problem, elsewhere):
-        raise run_config.RunConfigError(problem)
-    if training:
-        log.warning("Resuming with --resume_with_changes, under new values: %s.", training)
-    if num_steps and (config.optim.schedule == "cosine" or config.method.name == "bridging"):
-        log.warning(
-            "Resuming with %s: the learning-rate schedule%s spans num_steps, so the steps from "
-            "here on follow another schedule than the steps before them.",
-            num_steps,
-            " (and Bridging's warm-up)" if config.method.name == "bridging" else "",
-        )
-    elif num_steps:
-        log.info("Resuming with %s.", num_steps)
-    if bookkeeping:
-        log.info("Resuming with settings that do not change training: %s.", bookkeeping)
-    if devices is not None and devices != jax.device_count():
-        log.warning(
-            "Resuming on %d devices a run whose last step trained on %d: the same batches and "
-            "updates, summed in another order, so not bit-identical to an uninterrupted run.",
-            jax.device_count(),
-            devices,
-        )
 
 
 def _resumed_run(manager, workdir: str, restored: int) -> run_config.Run:
@@ -319,10 +271,15 @@ def _train_batches(config, source, start: int, mesh):
     )
 
 
-def _check_train_config(t: ml_collections.ConfigDict) -> None:
-    """One-line errors, before any work, for counts a run cannot use: keep_checkpoints=0 would
-    have orbax delete every checkpoint of the run, a zero interval would divide by zero after
-    compiling."""
+def _check_before_any_work(config: ml_collections.ConfigDict, mesh, workdir: str) -> None:
+    """One-line errors, before anything is written, for counts a run cannot use: keep_checkpoints
+    =0 would have orbax delete every checkpoint of the run, a zero interval would divide by zero
+    after compiling, a batch size (validation's too) must divide over the devices; and for a
+    workdir that cannot be written (a save that cannot create its step directory fails in
+    orbax's background thread, whose process then never exits)."""
+    experiment.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
+    experiment.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+    t = config.train
     for field in ("num_steps", "keep_checkpoints", "checkpoint_every_steps", "log_every_steps"):
         value = t[field]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -333,6 +290,8 @@ def _check_train_config(t: ml_collections.ConfigDict) -> None:
             f"config.train.eval_every_steps must be an int >= 0 (0: no validation during "
             f"training); got {every!r}."
         )
+    for directory in (workdir, checkpoint.checkpoint_dir(workdir)):
+        experiment.check_writable(directory)
 
 
 def _step_kinds(train_config, step: int, stop: StopRequest) -> tuple[bool, bool, bool, bool]:
@@ -371,17 +330,10 @@ def train_and_evaluate(
     """Trains (resuming from workdir's latest checkpoint if any); returns the final state.
 
     A resume whose config changes what training computes is refused unless
-    `resume_with_changes` (`_check_resumed_config`)."""
-    _check_train_config(config.train)
-    num_steps = config.train.num_steps
+    `resume_with_changes` (`checkpoint_restore.check_resumed_config`)."""
     mesh = experiment.make_mesh()
-    experiment.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
-    # Validation's, too: before anything is written, not at the first validation.
-    experiment.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
-    # A save that cannot create its step directory fails in orbax's background thread, whose
-    # process then never exits: the checkpoint directory is checked up front too.
-    for directory in (workdir, checkpoint.checkpoint_dir(workdir)):
-        experiment.check_writable(directory)
+    _check_before_any_work(config, mesh, workdir)
+    num_steps = config.train.num_steps
     model = experiment.build_model(config)
     tx = create_optimizer(config.optim, num_steps)
 
