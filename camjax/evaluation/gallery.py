@@ -37,6 +37,7 @@ def write_gallery(
     boxes = np.zeros((n, 4), np.int32)
     if trusted.any():
         boxes[trusted] = box_from_scoremap(np.clip(cams[trusted], 0.0, 1.0), threshold)
+    cams = np.where(trusted[:, None, None], cams, 0.0)  # drawn blank
     names = _class_names(config)
     gallery_dir = os.path.join(workdir, "gallery")
     os.makedirs(gallery_dir, exist_ok=True)

@@ -2,6 +2,7 @@
 trained run for methods other than CAM, and CAM's own path untouched."""
 
 import os
+import warnings
 
 import jax.numpy as jnp
 import ml_collections
@@ -95,7 +96,9 @@ def test_gallery_draws_untrusted_and_unnormalised_maps_without_stopping(
         return maps.at[0].set(jnp.nan), classes.at[0].set(-1)
 
     monkeypatch.setattr(gallery, "_top1_maps", one_untrusted)
-    paths = gallery.write_gallery(c, ev.model, variables, source, 0.2, str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's cast of NaN to a colour, too
+        paths = gallery.write_gallery(c, ev.model, variables, source, 0.2, str(tmp_path))
     assert len(paths) == 2 and os.path.getsize(tmp_path / "gallery.png") > 0
 
 
