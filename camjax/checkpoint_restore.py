@@ -216,12 +216,13 @@ def check_resumed_config(config, manager, workdir: str, resume_with_changes: boo
         raise run_config.RunConfigError(problem)
     if training:
         log.warning("Resuming with --resume_with_changes, under new values: %s.", training)
-    if num_steps and (config.optim.schedule == "cosine" or config.method.name == "bridging"):
+    bridging = config.get("method") is not None and config.method.name == "bridging"
+    if num_steps and (config.optim.schedule == "cosine" or bridging):
         log.warning(
             "Resuming with %s: the learning-rate schedule%s spans num_steps, so the steps from "
             "here on follow another schedule than the steps before them.",
             num_steps,
-            " (and Bridging's warm-up)" if config.method.name == "bridging" else "",
+            " (and Bridging's warm-up)" if bridging else "",
         )
     elif num_steps:
         log.info("Resuming with %s.", num_steps)

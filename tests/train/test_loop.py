@@ -690,6 +690,7 @@ def test_a_resume_that_changes_training_is_refused_unless_asked_and_recorded(res
     loop.train_and_evaluate(config, workdir, resume_with_changes=True)
     assert "under new values: optim.learning_rate" in caplog.text
     assert "Resuming on 8 devices a run whose last step trained on 1" in caplog.text
+    assert "train.num_steps: run 2, given 3: the learning-rate schedule spans" in caplog.text
     with ocp.CheckpointManager(ckpts) as manager:
         recorded, devices = checkpoint_restore.recorded(manager)
     assert manager.latest_step() == 3 and devices == 8
