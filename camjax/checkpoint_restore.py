@@ -172,17 +172,22 @@ def _superseded(manager: ocp.CheckpointManager, step: int, newest_listed: int) -
     return max(manager.all_steps(), default=newest_listed) > newest_listed
 
 
-def recorded(manager: ocp.CheckpointManager) -> tuple[dict | None, int | None]:
-    """(config, device count) that the newest step recording them was trained with (its
-    metadata, `checkpoint.step_meta`); None for either where no step's metadata reads or holds
-    it (steps saved before 2026-12-06). Unverified: the restore checks the step itself."""
+def recorded(
+    manager: ocp.CheckpointManager, run: str | None = None
+) -> tuple[dict | None, int | None]:
+    """(config, device count) that the newest step of `run` (None: any) recording them was
+    trained with (its metadata, `checkpoint.step_meta`); None for either where no such step's
+    metadata reads or holds it (steps saved before 2026-12-06). Unverified: the restore checks
+    the step itself, and skips one of another run, whose config says nothing of this run."""
     for step in sorted(manager.all_steps(), reverse=True):
         try:
             args = ocp.args.Composite(meta=ocp.args.JsonRestore())
             meta = manager.restore(step, args=args)["meta"]
         except Exception:  # a damaged or vanished step: the restore reports it
             continue
-        if isinstance(meta, dict) and isinstance(meta.get(checkpoint.RECORDED_CONFIG), dict):
+        if not isinstance(meta, dict) or (run is not None and meta.get("run", run) != run):
+            continue
+        if isinstance(meta.get(checkpoint.RECORDED_CONFIG), dict):
             devices = meta.get(checkpoint.RECORDED_DEVICES)
             return meta[checkpoint.RECORDED_CONFIG], devices if isinstance(devices, int) else None
     return None, None
@@ -197,7 +202,7 @@ def check_resumed_config(config, manager, workdir: str, resume_with_changes: boo
     `run_config.BOOKKEEPING` fields change freely; another device count is said, since the
     sums' order changes with it."""
     saved_json = run_config.read_saved(workdir)
-    saved, devices = recorded(manager)
+    saved, devices = recorded(manager, run_config.run_id(workdir))
     saved = saved_json if saved is None else saved
     # Neither: a run from before both were kept.
     training, num_steps, bookkeeping = (

@@ -697,6 +697,23 @@ def test_a_resume_that_changes_training_is_refused_unless_asked_and_recorded(res
     assert recorded["optim"]["learning_rate"] == config.optim.learning_rate
 
 
+def test_a_resume_reads_no_config_from_another_runs_step(resumable):
+    """A step copied in from another run (a sweep's sibling, another learning rate) says
+    nothing of this run's config: the resume names the step, as before the steps recorded
+    their config, not a config difference."""
+    config, workdir = resumable
+    meta_file = os.path.join(checkpoint.checkpoint_dir(workdir), "2", "meta", "metadata")
+    with open(meta_file) as f:
+        meta = json.load(f)
+    meta["run"] = "0" * 16
+    meta[checkpoint.RECORDED_CONFIG]["optim"]["learning_rate"] = 0.5
+    with open(meta_file, "w") as f:
+        json.dump(meta, f)
+    config.train.num_steps = 3
+    with pytest.raises(checkpoint.CheckpointError, match=r"the newer steps \[2\] .* rejected"):
+        loop.train_and_evaluate(config, workdir)
+
+
 def test_a_resume_compares_with_the_steps_record_when_config_json_is_gone(resumable):
     config, workdir = resumable
     os.remove(os.path.join(workdir, run_config.RUN_CONFIG))
