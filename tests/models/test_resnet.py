@@ -136,8 +136,11 @@ def test_training_step_matches_torch_train_mode(tiny):
     from camjax.models import torch_import
     from tests.models import test_torch_import as ref_nets  # the torch reference networks
 
-    model, _, x = tiny
-    x = np.asarray(x)
+    model = tiny[0]
+    # 64x64 images, not the fixture's 32x32: layer4's batch statistics then pool 64 values per
+    # channel, not 16. With 16, float32 was 1e-5 to 2e-4 from float64 depending on the seed,
+    # torch's and ours alike, and one run of the suite measured us at 1.1e-4 on seed 7.
+    x = np.asarray(jax.random.normal(jax.random.key(1, impl="rbg"), (4, 64, 64, 3)))
     ref = ref_nets.randomize(
         ref_nets.TorchResNet50(width=1 / 16, num_classes=5), ref_nets.nchw(x), seed=7
     )
@@ -147,8 +150,8 @@ def test_training_step_matches_torch_train_mode(tiny):
     (logits, _), updates = jax.jit(
         lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
     )(variables, x)
-    # A float64 reference: with 16 values per channel in layer4's batch statistics, float32
-    # torch itself is ~2e-5 away from it, as we are.
+    # A float64 reference: over seeds 0-11, float32 torch is 1.0-2.2e-5 away from it, we are
+    # 0.6-1.8e-5.
     ref = ref.double().train()
     with torch.no_grad():
         ref_logits = ref(ref_nets.nchw(x).double()).numpy()
@@ -160,8 +163,8 @@ def test_training_step_matches_torch_train_mode(tiny):
     flat_ours = traverse_util.flatten_dict(updates["batch_stats"])
     flat_ref = traverse_util.flatten_dict(ref_stats)
     assert flat_ours.keys() == flat_ref.keys()
-    # Values per channel in a batch statistic: batch 4 times a 16, 8, 4 or 2 pixel square.
-    counts = np.array([4 * side * side for side in (16, 8, 4, 2)])
+    # Values per channel in a batch statistic: batch 4 times a 32, 16, 8 or 4 pixel square.
+    counts = np.array([4 * side * side for side in (32, 16, 8, 4)])
     for path, ours in flat_ours.items():
         if path[-1] == "mean":
             np.testing.assert_allclose(ours, flat_ref[path], rtol=1e-4, atol=1e-5)
