@@ -179,10 +179,9 @@ def _tuples(value: Any) -> Any:
 def differences(workdir: str, config: ml_collections.ConfigDict, section: str | None = None) -> str:
     """Where `config` (or its `section`, e.g. 'optim') differs from the run's saved config, as
     'section.field: run A, given B; ...' ('' when they agree or the run saved none)."""
-    path = os.path.join(workdir, RUN_CONFIG)
-    if not os.path.exists(path):
+    saved, given = read_saved(workdir), config_json(config)
+    if saved is None:
         return ""
-    saved, given = _read_json(path), config_json(config)
     if section is not None:
         saved, given = saved.get(section, {}), given.get(section, {})
     prefix = f"{section}." if section is not None else ""

@@ -274,11 +274,12 @@ def _train_batches(config, source, start: int, mesh):
 def _check_before_any_work(config: ml_collections.ConfigDict, mesh, workdir: str) -> None:
     """One-line errors, before anything is written, for counts a run cannot use: keep_checkpoints
     =0 would have orbax delete every checkpoint of the run, a zero interval would divide by zero
-    after compiling, a batch size (validation's too) must divide over the devices; and for a
-    workdir that cannot be written (a save that cannot create its step directory fails in
-    orbax's background thread, whose process then never exits)."""
+    after compiling, a batch size must divide over the devices, validation's settings must be
+    usable (its Evaluator checks them again, later); and for a workdir that cannot be written
+    (a save that cannot create its step directory fails in orbax's background thread, whose
+    process then never exits)."""
     experiment.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
-    experiment.check_batch_size(config.eval.batch_size, mesh, "config.eval.batch_size")
+    experiment.check_eval_config(config.eval, mesh)
     t = config.train
     for field in ("num_steps", "keep_checkpoints", "checkpoint_every_steps", "log_every_steps"):
         value = t[field]

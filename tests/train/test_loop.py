@@ -459,16 +459,27 @@ def test_counts_a_run_cannot_use_fail_before_anything_is_saved_or_deleted(resuma
     assert sorted(os.listdir(checkpoint.checkpoint_dir(workdir))) == ["1", "2"]
 
 
-@pytest.mark.parametrize("section, value", [("data", 0), ("data", -16), ("eval", 0)])
-def test_a_batch_size_no_mesh_can_take_fails_before_anything_is_written(
-    data_dir, tmp_path, section, value
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("data.batch_size", 0, "must be a positive int"),
+        ("data.batch_size", -16, "must be a positive int"),
+        ("eval.batch_size", 0, "must be a positive int"),
+        ("eval.iou_threshold", 5.0, r"must be a fraction in \[0, 1\]"),
+        ("eval.max_images", -1, "must be >= 0"),
+    ],
+)
+def test_settings_no_run_can_use_fail_before_anything_is_written(
+    data_dir, tmp_path, field, value, message
 ):
     """-16 divided the devices, and 0 went on to a grain traceback (data) or to a division by
-    zero at the first validation, after training (eval)."""
+    zero at the first validation, after training (eval); validation's other settings were
+    checked only after the run_id was written."""
     config = tiny_config(data_dir, num_steps=2)
-    config[section].batch_size = value
+    section, name = field.split(".")
+    config[section][name] = value
     workdir = tmp_path / "run"
-    with pytest.raises(ValueError, match=rf"config.{section}.batch_size must be a positive int"):
+    with pytest.raises(ValueError, match=rf"config.{field} {message}"):
         loop.train_and_evaluate(config, str(workdir))
     assert not workdir.exists()
 
