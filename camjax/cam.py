@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from camjax import explicit_axes
 from camjax.resize import resize_maps
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -82,6 +83,13 @@ def valid_classes(classes: jax.Array, num_classes: int) -> jax.Array:
 
 @jax.jit
 def _cams_for_classes(feature_map: jax.Array, kernel: jax.Array, classes: jax.Array) -> jax.Array:
+    # On a mesh with Explicit axes, with them Auto; the CAMs keep the batch's sharding.
+    spec = explicit_axes.batch_spec(feature_map, classes.ndim + 2)
+    args = (feature_map, kernel, classes)
+    return explicit_axes.with_auto_axes(_class_cams, feature_map, spec, *args)
+
+
+def _class_cams(feature_map: jax.Array, kernel: jax.Array, classes: jax.Array) -> jax.Array:
     # Gather the n weight vectors of each image first: (B, n, K), cheap next to the einsum.
     # Under a caller's jit the indices cannot be checked without a host round trip: an
     # out-of-range one gives a CAM of NaN, never a plausible map (a clamped or zero column).
@@ -102,6 +110,11 @@ def class_maps_of(class_maps: jax.Array, classes: jax.Array) -> jax.Array:
     class_maps: (B, h, w, C) float; classes: int (B,). Returns float32 (B, h, w). Traceable; an
     index outside [0, C) gives a map of NaN, as `cams_for_classes` under a jit.
     """
+    spec = explicit_axes.batch_spec(class_maps, 3)
+    return explicit_axes.with_auto_axes(_class_maps_of, class_maps, spec, class_maps, classes)
+
+
+def _class_maps_of(class_maps: jax.Array, classes: jax.Array) -> jax.Array:
     num_classes = class_maps.shape[-1]
     index = jnp.clip(classes, 0, num_classes - 1)[:, None, None, None]
     maps = jnp.take_along_axis(class_maps.astype(jnp.float32), index, axis=-1)[..., 0]

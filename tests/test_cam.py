@@ -9,6 +9,7 @@ import pytest
 from camjax import cam as cam_lib
 from camjax import explain
 from camjax.models import VGG16GAPTiny
+from tests.meshes import on_mesh
 
 NUM_CLASSES = 7
 
@@ -48,6 +49,28 @@ def test_per_class_top_k_and_all_agree(model_and_vars):
     )
     many = cam_lib.cams_for_classes(fmap, kernel, top_classes)
     np.testing.assert_allclose(many, top, rtol=1e-5, atol=1e-7)
+
+
+def test_class_cams_of_a_batch_sharded_on_a_mesh_with_explicit_axes():
+    """jax.make_mesh's default axes raised a ShardingTypeError in the gather of each image's
+    class weights; the CAMs now equal the unsharded batch's and keep its sharding."""
+    rng = np.random.default_rng(0)
+    fmap = rng.normal(size=(8, 3, 3, 6)).astype(np.float32)
+    kernel = rng.normal(size=(6, 5)).astype(np.float32)
+    logits = rng.normal(size=(8, 5)).astype(np.float32)
+    classes = np.arange(8) % 5
+    class_maps = rng.normal(size=(8, 3, 3, 5)).astype(np.float32)
+    on = lambda x: on_mesh(x)[0]  # noqa: E731
+    for got, want in (
+        (cam_lib.cams_for_classes(on(fmap), kernel, on(classes)),
+         cam_lib.cams_for_classes(fmap, kernel, classes)),
+        (cam_lib.cams_top_k(on(fmap), kernel, on(logits), 2)[0],
+         cam_lib.cams_top_k(fmap, kernel, logits, 2)[0]),
+        (jax.jit(cam_lib.class_maps_of)(on(class_maps), on(classes)),
+         cam_lib.class_maps_of(class_maps, classes)),
+    ):  # fmt: skip
+        np.testing.assert_array_equal(got, want)
+        assert got.sharding.spec[0] == "data"
 
 
 def test_vmap_equals_per_example_loop(model_and_vars):

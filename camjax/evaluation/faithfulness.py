@@ -52,12 +52,15 @@ passes' activations plus 2 * chunk * B * H * W * 3 float32 inputs (chunk 8, B 12
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from camjax import explicit_axes
 
 Forward = Callable[[jax.Array], jax.Array]
 
@@ -315,6 +318,15 @@ def batch_sums(
     class (label) is outside [0, C): values known only on device under the caller's jit.
     """
     _check_batch(images, classes, labels)
+    # On a mesh with Explicit axes, run with them Auto; the sums come back replicated.
+    sums = functools.partial(_batch_sums, forward, settings=settings, num_classes=num_classes)
+    arrays = (images, maps, classes, valid, point_maps, gt_masks, labels)
+    return explicit_axes.with_auto_axes(sums, images, explicit_axes.REPLICATED, *arrays)
+
+
+def _batch_sums(
+    forward, images, maps, classes, valid, point_maps, gt_masks, labels, *, settings, num_classes
+):
     # The images' own finiteness: a NaN or Inf pixel can vanish on its way through a network's
     # max or ReLU, and one through the product with a map makes that image's scores NaN.
     finite = jnp.all(jnp.isfinite(images), axis=(1, 2, 3))

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from camjax import explicit_axes
 from camjax.cam import check_class_layout, head_kernel, postprocess, valid_classes
 from camjax.explain import activation, bagcams, gradient, perturbation
 from camjax.explain.probe import Probe
@@ -184,6 +185,13 @@ def _compiled(probe: Probe, method: str, top_k, size, resize, normalize, relu, o
 
     @functools.partial(jax.jit, static_argnames="score_fn")
     def run(variables, images, given, key, score_fn=None):
+        # Images on a mesh with Explicit axes run with them Auto (`camjax.explicit_axes`), and
+        # the outputs come back on the images' batch sharding.
+        out = CamOutput(*(explicit_axes.batch_spec(images, n) for n in (2, 2, 4)))
+        body = functools.partial(explain, score_fn=score_fn)
+        return explicit_axes.with_auto_axes(body, images, out, variables, images, given, key)
+
+    def explain(variables, images, given, key, score_fn=None):
         target = Target(given=given, top_k=top_k, fn=score_fn)
         logits, classes, maps = fn(probe, variables, images, target, key)
         # A map of an image holding NaN or Inf, or one that is not finite itself (logits that

@@ -55,13 +55,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from camjax import explicit_axes
+
 NUM_LEVELS = 256  # levels of a uint8 map, the evaluator's quantisation
 DEFAULT_IOU_THRESHOLDS = (30, 50, 70)
 
 
 def _backend(name: str):
-    """The counting kernels of ``maxtree`` (numba), loaded on first use: numba takes seconds to
-    import, and ``import camjax`` should not pay for it."""
+    """``maxtree``'s numba kernels, loaded on first use: ``import camjax`` skips numba's seconds."""
     return importlib.import_module(f"camjax.localization.{name}")
 
 
@@ -86,10 +87,9 @@ def default_thresholds(interval: float = 0.001) -> np.ndarray:
 
 @functools.cache
 def _quantization_steps() -> np.ndarray:
-    """(257,) float32: entry k is the smallest float32 f with f * 255 >= k exactly (real
-    arithmetic), entry 256 is +inf. A float32 x quantises to the k with steps[k] <= x <
-    steps[k + 1], which is ``floor(float64(x) * 255)``: the float64 product of a float32 and
-    255 is exact (24 + 8 bits)."""
+    """(257,) float32: entry k is the smallest float32 f with f * 255 >= k (real arithmetic), 256
+    is +inf. A float32 x quantises to the k with steps[k] <= x < steps[k + 1], which is
+    ``floor(float64(x) * 255)``: a float32 times 255 is exact in float64 (24 + 8 bits)."""
     steps = np.empty(257, np.float32)
     for k in range(256):
         f = np.float32(k / 255)
@@ -115,8 +115,13 @@ def _quantize_f32(scoremaps: jax.Array) -> jax.Array:
 
 @jax.jit
 def _quantize_f32_checked(scoremaps: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """`_quantize_f32` and whether every value lies in [0, 1] (False for NaN), in one pass."""
-    x = scoremaps.astype(jnp.float32)
+    """`_quantize_f32` and whether all values lie in [0, 1] (NaN: no); Explicit axes made Auto."""
+    spec = (explicit_axes.batch_spec(scoremaps, scoremaps.ndim), explicit_axes.REPLICATED)
+    return explicit_axes.with_auto_axes(_checked_levels, scoremaps, spec, scoremaps)
+
+
+def _checked_levels(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x = x.astype(jnp.float32)
     return _quantize_f32(x), jnp.all((x >= 0) & (x <= 1))
 
 

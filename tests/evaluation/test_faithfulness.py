@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 from camjax.evaluation import faithfulness as fa
+from tests.explain import user_models
+from tests.meshes import on_mesh
 
 H = W = 6
 P = H * W
@@ -521,3 +523,30 @@ def test_parity_with_pytorch_grad_cam_confidence_metrics():
     d, i = fa.drop_and_increase(y, o, "grad_cam")
     np.testing.assert_allclose(d, ref_d, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(i, ref_i)
+
+
+def test_batch_sums_of_a_batch_sharded_on_a_mesh_with_explicit_axes():
+    """jax.make_mesh's default axes raised a ShardingTypeError where the curves' chunks of
+    images went through a Flax convolution; the sums now run with those axes Auto and equal
+    the unsharded batch's (up to the order of the sum)."""
+    model = user_models.SmallCNN(num_classes=C)
+    variables, _ = user_models.init(model, size=H)
+    forward = functools.partial(model.apply, variables)
+    images, maps, classes = batch(8, b=8)
+    masks = np.zeros((8, H, W), bool)
+    masks[:, 1:3, 1:3] = True
+    settings = fa.FaithfulnessSettings(step=4, chunk=3, tolerance=2.0)
+
+    @jax.jit
+    def step(images, maps, classes, valid, masks):
+        return fa.batch_sums(
+            forward, images, maps, classes, valid, settings,
+            point_maps=maps, gt_masks=masks, labels=classes, num_classes=C,
+        )  # fmt: skip
+
+    arrays = (images, maps, classes, np.ones(8, bool), masks)
+    want = step(*arrays)
+    got = step(*(on_mesh(x)[0] for x in arrays))
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)

@@ -16,6 +16,7 @@ from camjax.explain.probe import Probe
 from camjax.explain.targets import Target
 from camjax.models import create_model
 from tests.explain import user_models
+from tests.meshes import on_mesh
 
 NUM_CLASSES = 6
 
@@ -642,3 +643,27 @@ def test_an_int64_device_class_is_range_checked_before_it_is_narrowed():
         assert np.isnan(np.asarray(out.cams[1:])).all() and np.isfinite(out.cams[0]).all()
     finally:
         jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit", "Explicit, under set_mesh"])
+def test_a_sharded_batch_gives_the_maps_of_the_unsharded_batch(axis_type):
+    """On a mesh of Auto or Explicit axes (jax.make_mesh's default), with the mesh set or not.
+    Explicit axes raised a ShardingTypeError (in CAM's gather of class weights, Score-CAM's
+    reshapes); the methods now run with them Auto and the maps keep the batch's sharding.
+    Every method was checked this way once (benchmarks/RESULTS.md); three kinds run here."""
+    model = user_models.SmallCNN(num_classes=5)
+    variables, images = user_models.init(model, size=16, batch=8)
+    kind = getattr(jax.sharding.AxisType, axis_type.split(",")[0])
+    sharded, mesh = on_mesh(images, kind)
+    methods = (("cam", {"head": "classifier"}), ("grad_cam_pp", {}), ("score_cam", {}))
+    for method, options in methods:
+        f = explain.explainer(model, variables, method, layer="conv3", top_k=2, **options)
+        want = f(images)
+        if axis_type.endswith("set_mesh"):
+            with jax.set_mesh(mesh):
+                got = f(sharded)
+        else:
+            got = f(sharded)
+        np.testing.assert_array_equal(got.classes, want.classes)
+        np.testing.assert_allclose(got.cams, want.cams, atol=1e-5)
+        assert got.cams.sharding.spec[0] == "data", method

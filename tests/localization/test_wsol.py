@@ -18,6 +18,7 @@ import pytest
 
 from camjax.cam import normalize_minmax
 from camjax.localization import pxap, wsol
+from tests.meshes import on_mesh
 
 sys.path.insert(0, str(Path(__file__).parent))
 import wsol_reference as ref  # noqa: E402
@@ -143,6 +144,15 @@ def test_quantize_matches_float64_cast():
         np.testing.assert_array_equal(np.asarray(on_device)[0], expected)
     x64 = rng.random((3, 5))
     np.testing.assert_array_equal(wsol.quantize_scoremaps(x64), (x64 * 255).astype(np.uint8))
+
+
+def test_quantize_a_batch_sharded_on_a_mesh_with_explicit_axes():
+    """jax.make_mesh's default axes raised a ShardingTypeError in the lookup of the exact
+    steps; the levels now equal the unsharded batch's and keep its sharding."""
+    maps = np.random.default_rng(1).random((8, 5, 7)).astype(np.float32)
+    got = wsol.quantize_scoremaps(on_mesh(maps)[0])
+    np.testing.assert_array_equal(got, wsol.quantize_scoremaps(maps))
+    assert got.sharding.spec[0] == "data"
 
 
 def test_normalization_agrees_with_reference_on_degenerate_maps():
