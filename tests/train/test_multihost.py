@@ -131,6 +131,17 @@ def wait_for_step(workdir: str, procs: list, step: int, timeout: float = 300) ->
         time.sleep(0.05)
 
 
+def wait_for_line(procs: list, logs: str, line: str, timeout: float = 120) -> None:
+    """Returns once every process's log holds `line`; fails if a process ends first or the
+    wait times out."""
+    paths = [os.path.join(logs, f"process_{i}.log") for i in range(len(procs))]
+    deadline = time.time() + timeout
+    while not all(line in open(path).read() for path in paths):
+        ended = [p.returncode for p in procs if p.poll() is not None]
+        assert not ended and time.time() < deadline, [open(p).read()[-3000:] for p in paths]
+        time.sleep(0.05)
+
+
 def last_lines(procs: list, logs: str, returncode: int, timeout: float = 240) -> list[str]:
     """Each process's last log line once all have exited with `returncode` (all killed if the
     wait times out), none of them having printed a traceback."""
@@ -419,15 +430,21 @@ def test_sigterm_during_a_validation_stops_every_process_at_its_step(runs, tmp_p
     assert not [r for r in metric_rows(workdir) if "val/top1_cls" in r]
 
 
-# evaluate.py sent a SIGTERM (a scheduler stopping the job) right after jax.distributed starts.
-EVALUATE_GETS_SIGTERM = """
-import os, runpy, signal, sys
+# evaluate.py that says when jax.distributed is up on its process and then waits there, as in
+# a long evaluation, for the test's SIGTERM (a scheduler stopping the job). Each process
+# killing itself as soon as its own initialize returned was racy: process 0, which runs the
+# coordination service, could go while process 1 was still connecting to it, and process 1
+# then waited in jax's start-up for its timeout (2 of 199 tries under load, scratch).
+EVALUATE_WAITS_FOR_SIGTERM = """
+import runpy, signal, sys
 from camjax import distributed
 initialize = distributed.initialize
-def initialize_then_sigterm(*args, **kwargs):
-    initialize(*args, **kwargs)
-    os.kill(os.getpid(), signal.SIGTERM)
-distributed.initialize = initialize_then_sigterm
+def initialize_then_wait(*args, **kwargs):
+    started = initialize(*args, **kwargs)
+    print("jax.distributed is up", flush=True)
+    signal.pause()  # returns only if a handler caught the SIGTERM: the evaluation then runs
+    return started
+distributed.initialize = initialize_then_wait
 sys.argv[0] = "evaluate.py"
 runpy.run_path("evaluate.py", run_name="__main__")
 """
@@ -439,8 +456,15 @@ def test_sigterm_stops_a_multi_host_evaluation_at_once(runs, tmp_path):
     SIGKILL, seconds to minutes later)."""
     workdir, logs = str(tmp_path / "run"), str(tmp_path / "logs")
     shutil.copytree(runs["two"], workdir)
-    procs = start_two(workdir, runs["data_dir"], logs, driver=EVALUATE_GETS_SIGTERM)
-    texts = wait_all(procs, logs, timeout=120, returncode=-signal.SIGTERM)
+    procs = start_two(workdir, runs["data_dir"], logs, driver=EVALUATE_WAITS_FOR_SIGTERM)
+    try:
+        wait_for_line(procs, logs, "jax.distributed is up")
+        for p in reversed(procs):  # process 0, which runs the coordination service, last
+            p.send_signal(signal.SIGTERM)
+        texts = wait_all(procs, logs, timeout=120, returncode=-signal.SIGTERM)
+    finally:
+        for p in procs:
+            p.kill()
     assert all("GT-known" not in text for text in texts)  # no report was printed
 
 
