@@ -22,6 +22,11 @@ from camjax.train import state as train_state
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# orbax reads a step's arrays in coroutines; when one read fails on a damaged or foreign step,
+# the others are dropped unfinished and Python reports each as "Exception ignored" (pytest:
+# PytestUnraisableExceptionWarning, 1 to 9 per test by version). The restore's own error is
+# handled, the step skipped: that is what these tests check, so the reports are not warnings.
+ORBAX_DROPPED_READS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +259,7 @@ DAMAGE = {
 }
 
 
+@ORBAX_DROPPED_READS
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_a_damaged_step_is_skipped_for_the_newest_good_one(two_steps, caplog, damage):
     config, workdir, abstract, first, second = two_steps
@@ -281,6 +287,7 @@ def test_a_damaged_step_is_skipped_for_the_newest_good_one(two_steps, caplog, da
     assert sorted(os.walk(ckpts)) == before  # nothing moved or deleted
 
 
+@ORBAX_DROPPED_READS
 def test_a_bit_flip_anywhere_never_restores_changed_values(two_steps):
     """A flip in bytes the reader never uses is harmless: the step restores exactly as saved.
     Any other flip is caught: the older step is restored. Never a changed step 2."""
@@ -339,6 +346,7 @@ def test_no_good_step_is_one_error_listing_every_step(two_steps):
     assert sorted(os.listdir(ckpts)) == ["1", "2"]
 
 
+@ORBAX_DROPPED_READS
 @pytest.mark.parametrize("damage", sorted(set(DAMAGE) - {"empty_step_folder"}))
 def test_evaluation_restores_the_newest_good_variables(two_steps, caplog, damage):
     """As training's restore, evaluation's (the model variables only, a partial restore)."""
@@ -385,6 +393,7 @@ def test_a_step_of_a_sibling_run_is_skipped_and_old_steps_without_a_seed_still_r
     assert f"seed: checkpoint {config.seed + 1}, config {config.seed}" in caplog.text
 
 
+@ORBAX_DROPPED_READS
 def test_a_step_of_another_runs_workdir_is_skipped(two_steps, tmp_path, caplog):
     """A step copied in from another run's workdir whose model, dataset and seed are this run's
     (a learning-rate sweep's sibling): only the run id tells it apart. Without this workdir's
