@@ -17,9 +17,14 @@ from jax.sharding import PartitionSpec
 REPLICATED = PartitionSpec()  # an output every device holds whole
 
 
+def _sharding(x: Any) -> Any:
+    """The sharding in x's type (an array's or tracer's); None where it has none."""
+    return getattr(jax.typeof(x), "sharding", None)
+
+
 def explicit_axes(x: Any) -> tuple[str, ...]:
     """The names of the Explicit axes of the mesh `x` (an array or tracer) is sharded on."""
-    mesh = getattr(getattr(jax.typeof(x), "sharding", None), "mesh", None)
+    mesh = getattr(_sharding(x), "mesh", None)
     if mesh is None:
         return ()
     return tuple(
@@ -32,7 +37,7 @@ def explicit_axes(x: Any) -> tuple[str, ...]:
 def batch_spec(x: Any, ndim: int) -> PartitionSpec:
     """The PartitionSpec of an ndim-dimensional output whose leading (batch) dimension is
     sharded as x's is, the others replicated."""
-    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+    spec = getattr(_sharding(x), "spec", None)
     return PartitionSpec(spec[0] if spec else None, *([None] * (ndim - 1)))
 
 
@@ -43,6 +48,6 @@ def with_auto_axes(fn: Callable, like: Any, out_sharding: Any, *args: Any) -> An
     axes = explicit_axes(like)
     if not axes:
         return fn(*args)
-    mesh = jax.typeof(like).sharding.mesh
+    mesh = _sharding(like).mesh
     with jax.sharding.use_abstract_mesh(getattr(mesh, "abstract_mesh", mesh)):
         return jax.sharding.auto_axes(fn, axes=axes, out_sharding=out_sharding)(*args)
