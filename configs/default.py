@@ -185,8 +185,8 @@ def get_config() -> ml_collections.ConfigDict:
     # True: score maps as the reference makes them, the feature-map CAMs resized with float64
     # cv2.resize(INTER_CUBIC) and min-max normalised in float64 on the host, so every count and
     # PxAP is the reference's (on the 2-core CPU no slower than the device path). False: float32
-    # on device, which moves one uint8 level in ~1/3 of maps and can move MaxBoxAccV2 by ~0.05
-    # points (benchmarks/RESULTS.md, "Issue 12: score maps vs the reference"); for an
-    # accelerator whose host cannot keep up.
+    # on device, which moves one uint8 level in about a quarter of maps, rarely a box verdict
+    # (benchmarks/RESULTS.md, "The score maps' peak pinned to 1"); for an accelerator whose
+    # host cannot keep up.
     wsol.exact_float64 = True
     return config

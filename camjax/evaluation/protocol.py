@@ -133,8 +133,8 @@ def reference_scoremaps(cams: np.ndarray, eval_size: int) -> np.ndarray:
     The reference widens each CAM to float64, resizes it with ``cv2.resize(INTER_CUBIC)`` to the
     evaluation size and applies ``normalize_scoremap`` in float64: a map with any NaN, or a
     constant one, becomes zeros, any other ``(s - min) / max(s - min)``. OpenCV on the host
-    rather than `camjax.resize` on device, for exactness: float32 moves a uint8 level in ~1/3 of
-    maps (benchmarks/RESULTS.md).
+    rather than `camjax.resize` on device, for exactness: float32 moves a uint8 level in about a
+    quarter of maps (benchmarks/RESULTS.md).
 
     Args:
       cams: (B, h, w) float, e.g. the GT class's CAMs (NaN for an invalid class).
