@@ -181,15 +181,17 @@ def _non_finite_message(step: int, manager) -> str:
 
 def _initial_state(config, model, tx, mesh, manager, workdir: str, resume_with_changes: bool):
     """(state, its shardings, the run's id): the newest good checkpoint's state, or a fresh one
-    (with the pretrained weights, if any) and a new run id."""
-    state, state_shardings = create_train_state(config, model, tx, mesh)
+    (with the pretrained weights, if any) and a new run id. A resume never computes the fresh
+    state: that would cost the init's compile and, for a moment, twice the state's memory."""
     if manager.latest_step() is None:
+        state, state_shardings = create_train_state(config, model, tx, mesh)
         if config.init.pretrained_dir:
             state = load_pretrained(state, config.init.pretrained_dir)
         return state, state_shardings, run_config.start_run(workdir)
     checkpoint_restore.check_resumed_config(config, manager, workdir, resume_with_changes)
+    abstract = abstract_train_state(config, model, tx, mesh)
+    state_shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
     try:
-        abstract = abstract_train_state(config, model, tx, mesh)
         state = checkpoint_restore.restore(manager, abstract, config)
     except checkpoint.CheckpointError as e:
         unreadable = e.rejected and all(
