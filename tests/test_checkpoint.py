@@ -111,6 +111,7 @@ def test_evaluate_needs_only_the_workdir(saved_run):
     assert "differs from the run's saved config: eval.num_gallery: run 1, given 0" in done.stderr
 
 
+@pytest.mark.slow  # an evaluate.py and a train.py process
 def test_a_config_override_naming_no_field_is_one_line(saved_run, tmp_path):
     _, workdir, _ = saved_run
     done = evaluate_cli(f"--workdir={workdir}", "--config.eval.methd=grad_cam")
@@ -287,6 +288,7 @@ def test_a_damaged_step_is_skipped_for_the_newest_good_one(two_steps, caplog, da
     assert sorted(os.walk(ckpts)) == before  # nothing moved or deleted
 
 
+@pytest.mark.slow  # nine restores; the fast lane flips one bit (the damaged-step tests)
 @ORBAX_DROPPED_READS
 def test_a_bit_flip_anywhere_never_restores_changed_values(two_steps):
     """A flip in bytes the reader never uses is harmless: the step restores exactly as saved.

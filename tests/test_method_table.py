@@ -1,19 +1,16 @@
-"""benchmarks/method_table.py at toy size: a tiny trained run, two methods, a few images."""
+"""benchmarks/method_table.py at toy size: the session's tiny trained run, two methods, a few
+images. The script end to end (a training's evaluation per method): the full suite's."""
 
 import pytest
 
 from benchmarks import method_table
-from camjax.train import loop
-from configs import tiny
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    config = tiny.get_config()
-    config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
-    workdir = str(tmp_path_factory.mktemp("run"))
-    loop.train_and_evaluate(config, workdir)
-    return workdir
+def workdir(tiny_run):
+    return tiny_run[1]  # the script only reads the run
 
 
 def test_method_table_prints_one_row_per_method(workdir, capsys):

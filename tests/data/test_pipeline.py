@@ -198,6 +198,7 @@ def test_reopenable_source_pickles_as_the_recipe_for_opening_it(reopenable, sour
         np.testing.assert_array_equal(reopened[i]["image"], sources["test"][i]["image"])
 
 
+@pytest.mark.slow  # grain starts worker processes (seconds); the fast lane reads with threads
 def test_worker_processes_read_the_batches_threads_read(reopenable):
     ds = pipeline.train_dataset(reopenable["train"], PREP, global_batch_size=8, seed=0)
     sharding = experiment.data_sharding(experiment.make_mesh())
@@ -223,6 +224,7 @@ def _shared_memory_mappings() -> list[tuple[int, int]]:
     return ranges
 
 
+@pytest.mark.slow  # worker processes, as above
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="reads Linux's /proc")
 def test_batches_on_the_mesh_do_not_alias_the_workers_shared_memory(reopenable):
     """Workers hand batches over in shared memory, which a CPU device's array aliased: the
@@ -251,6 +253,7 @@ def _worker_view(_) -> np.ndarray:
     return np.concatenate([np.frombuffer(platforms, np.uint8), np.array(ignored, np.uint8)])
 
 
+@pytest.mark.slow  # worker processes, as above
 def test_worker_processes_keep_jax_off_accelerators_and_leave_signals_to_training(monkeypatch):
     """A terminal's Ctrl-C and a scheduler's SIGTERM reach the whole process group: workers
     they killed failed the next batch (RuntimeError, a traceback) before training could save

@@ -12,16 +12,12 @@ from camjax import experiment
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import gallery, report
 from camjax.evaluation import run as run_lib
-from camjax.train import loop
-from configs import tiny
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    config = tiny.get_config()
-    config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
-    workdir = str(tmp_path_factory.mktemp("run"))
-    loop.train_and_evaluate(config, workdir)
+def trained(tiny_run):
+    """The session's tiny run, read only: these tests write their pictures elsewhere."""
+    config, workdir = tiny_run
     ev, variables, step = run_lib.restore_evaluator(config, workdir)
     return config, workdir, ev, variables, step
 
@@ -34,6 +30,9 @@ def method_config(config, method, faithfulness=True):
     return c
 
 
+# Whole evaluations, seconds each on a CPU: the full suite's. The fast lane evaluates CAM's
+# faithfulness and another method's maps below.
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["grad_cam", "eigen_cam", "eigen_grad_cam"])
 def test_every_metric_of_another_method(trained, method, capsys):
     config, _, ev, variables, step = trained

@@ -357,21 +357,18 @@ def test_batch_sums_stream_merge_mask_padding_and_nan_maps():
     forward, *_ = linear_model(6)
     images, maps, classes = batch(8, b=6)
     settings = fa.FaithfulnessSettings(step=4, chunk=3, pointing=False)
+    # Jitted, as the evaluator calls it (op by op it took seconds to dispatch).
+    sums = jax.jit(lambda *arrays: fa.batch_sums(forward, *arrays, settings))
     valid = np.ones(6, bool)
     whole = fa.FaithfulnessAccumulator(settings)
-    whole.update(fa.batch_sums(forward, images, maps, classes, valid, settings))
+    whole.update(sums(images, maps, classes, valid))
     # Two halves merged; the second padded with a garbage row and a NaN map.
     a, b = fa.FaithfulnessAccumulator(settings), fa.FaithfulnessAccumulator(settings)
-    a.update(fa.batch_sums(forward, images[:3], maps[:3], classes[:3], valid[:3], settings))
+    a.update(sums(images[:3], maps[:3], classes[:3], valid[:3]))
     pad = lambda x, v: np.concatenate([x[3:], np.full_like(x[:2], v)])  # noqa: E731
     nan_maps = pad(maps, 0.5)
     nan_maps[-1] = np.nan
-    b.update(
-        fa.batch_sums(
-            forward, pad(images, 9), nan_maps, pad(classes, 0),
-            np.array([1, 1, 1, 1, 1], bool) & (np.arange(5) != 3), settings,
-        )
-    )  # fmt: skip
+    b.update(sums(pad(images, 9), nan_maps, pad(classes, 0), np.arange(5) != 3))
     a.merge(b)
     s, t = a.summary(), whole.summary()
     assert s["num_images"] == 6 and s["num_nan_maps"] == 1

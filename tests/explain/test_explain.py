@@ -377,6 +377,7 @@ def test_a_target_function_must_give_one_score_per_image_and_a_batch_is_not_empt
         f(images[:0])
 
 
+@pytest.mark.slow  # a ResNet50-CAM compile; VGG16-GAP's identity is in the fast lane
 def test_resnet_feature_map_is_gap_input_too():
     """ResNet50-CAM names its feature map itself (the GoogLeNets share VGG's `gap_head`):
     Grad-CAM before ReLU there is CAM / (h w) as well."""

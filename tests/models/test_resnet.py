@@ -130,6 +130,7 @@ def test_batch_norm_matches_torch_batchnorm2d():
     np.testing.assert_allclose(flax_batch_var * n / (n - 1), torch_batch_var, rtol=1e-5)
 
 
+@pytest.mark.slow  # the whole network against torch; the fast lane holds BatchNorm2d alone
 def test_training_step_matches_torch_train_mode(tiny):
     """The whole network in training mode, against torch's train() on the same weights."""
     torch = pytest.importorskip("torch")

@@ -103,7 +103,16 @@ def test_num_blocks_4_ends_at_conv4_3():
         VGG16GAPTiny(num_blocks=3).init(jax.random.key(0, impl="rbg"), x)
 
 
-@pytest.mark.parametrize("name", ["vgg16_gap_tiny", "googlenet_gap_tiny", "resnet50_cam_tiny"])
+# The GoogLeNet and ResNet heads are the same `gap_head` code; their compiles (~5 s each on 2
+# cores) run in the full suite.
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vgg16_gap_tiny",
+        pytest.param("googlenet_gap_tiny", marks=pytest.mark.slow),
+        pytest.param("resnet50_cam_tiny", marks=pytest.mark.slow),
+    ],
+)
 def test_gmp_head_pools_the_feature_map_by_its_max(name):
     """pooling='max' (the paper's GMP): pre_logits are the spatial max, the logits the head of
     them, and the parameters those of the GAP network."""

@@ -372,6 +372,7 @@ def resumable(two_step_run, tmp_path):
     return config.copy_and_resolve_references(), workdir
 
 
+@pytest.mark.slow  # eight steps; the fast lane's overflow and damaged-step tests stop alike
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(resumable):
     config, workdir = resumable
     config.train.num_steps, config.train.checkpoint_every_steps = 8, 2  # tiny's: no save at 3
@@ -547,7 +548,11 @@ def fail_writes_of_step(monkeypatch, ckpts: str, step: int, error) -> None:
     monkeypatch.setattr(epath.gpath.PosixGPath, "write_text", failing)
 
 
-@pytest.mark.parametrize("num_steps", [4, 5], ids=["at_the_end", "at_the_next_save"])
+@pytest.mark.parametrize(
+    "num_steps",
+    [4, pytest.param(5, marks=pytest.mark.slow)],  # the fast lane fails the last save
+    ids=["at_the_end", "at_the_next_save"],
+)
 def test_a_save_failing_inside_orbax_is_one_line_and_a_rerun_resumes(
     resumable, capsys, caplog, monkeypatch, num_steps
 ):

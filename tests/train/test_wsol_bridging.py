@@ -80,7 +80,10 @@ def test_loss_terms_match_a_numpy_reading_of_the_official_code(region):
     kernel = rng.normal(size=(6, 4)).astype(np.float32)
     labels = np.array([0, 3, 1])
     method = method_config(bridging_norm_region=region)
-    terms = bridging.terms(feature, erased, kernel, jnp.asarray(labels), method)
+    # Jitted, as the train step runs them (op by op they took seconds to dispatch).
+    terms = jax.jit(lambda f, k, y: bridging.terms(f, erased, k, y, method))(
+        feature, kernel, jnp.asarray(labels)
+    )
     expected = reference_terms(feature, erased, kernel, labels, 0.6, 0.1, region)
     for got, want in zip(terms, expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -89,7 +92,7 @@ def test_loss_terms_match_a_numpy_reading_of_the_official_code(region):
     def total(f, k):
         return sum(jnp.sum(t) for t in bridging.terms(f, erased, k, labels, method))
 
-    grads = jax.grad(total, argnums=(0, 1))(jnp.asarray(feature), jnp.asarray(kernel))
+    grads = jax.jit(jax.grad(total, argnums=(0, 1)))(jnp.asarray(feature), jnp.asarray(kernel))
     assert all(np.all(np.isfinite(g)) for g in grads), "finite at the zero feature vector"
     assert np.any(np.asarray(grads[1]) != 0), "the head is aligned too"
 
