@@ -188,9 +188,11 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str, resume_with_c
         if config.init.pretrained_dir:
             state = load_pretrained(state, config.init.pretrained_dir)
         return state, state_shardings, run_config.start_run(workdir)
-    checkpoint_restore.check_resumed_config(config, manager, workdir, resume_with_changes)
+    # Traced first, as the fresh state is: a model or data config that cannot build a state
+    # says so itself, not as a change that --resume_with_changes would accept.
     abstract = abstract_train_state(config, model, tx, mesh)
     state_shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
+    checkpoint_restore.check_resumed_config(config, manager, workdir, resume_with_changes)
     try:
         state = checkpoint_restore.restore(manager, abstract, config)
     except checkpoint.CheckpointError as e:

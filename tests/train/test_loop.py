@@ -485,6 +485,15 @@ def test_settings_no_run_can_use_fail_before_anything_is_written(
     assert not workdir.exists()
 
 
+def test_a_resume_with_a_config_no_state_can_be_built_from_names_the_field(resumable):
+    """Said as on a fresh run, before the resume's comparison with the run's config (which
+    asked for --resume_with_changes, after which the same config failed anyway)."""
+    config, workdir = resumable
+    config.data.std = (0.2, 0.2)
+    with pytest.raises(ValueError, match=r"config.data.std must be 3 numbers"):
+        loop.train_and_evaluate(config, workdir)
+
+
 def disk_blocks(directory) -> int:
     """The bytes of the filesystem blocks that a directory tree takes, as `du` counts them."""
     paths = [r for r, _, _ in os.walk(directory)]
