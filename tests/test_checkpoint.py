@@ -133,7 +133,11 @@ def test_a_config_override_naming_no_field_is_one_line(saved_run, tmp_path):
     assert not os.listdir(tmp_path)
 
 
-@pytest.mark.parametrize("overrides", [(), ("--config.eval.top_k=2",)])
+@pytest.mark.parametrize(
+    "overrides",
+    # An evaluate.py process each: with an override, the same line is the full suite's.
+    [(), pytest.param(("--config.eval.top_k=2",), marks=pytest.mark.slow)],
+)
 def test_a_user_error_is_one_line_without_a_traceback(tmp_path, overrides):
     done = evaluate_cli(f"--workdir={tmp_path}", *overrides)
     assert done.returncode == 1

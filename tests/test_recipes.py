@@ -182,7 +182,7 @@ def test_recipe_takes_every_method_with_its_reference_solver(module, method):
         module.get_config(f"{method}x")
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a run end to end; the fast lane checks every recipe's method config above
 def test_a_recipe_trains_and_evaluates_a_method_on_prepared_archives(data_dir, tmp_path):
     """SPG (new layers, class maps, its own losses and new-layer group) end to end on CUB."""
     config = cam_vgg16_cub.get_config("spg_tiny")

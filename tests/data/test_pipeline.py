@@ -198,7 +198,16 @@ def test_reopenable_source_pickles_as_the_recipe_for_opening_it(reopenable, sour
         np.testing.assert_array_equal(reopened[i]["image"], sources["test"][i]["image"])
 
 
-@pytest.mark.slow  # grain starts worker processes (seconds); the fast lane reads with threads
+def test_a_negative_worker_count_is_refused(reopenable):
+    ds = pipeline.train_dataset(reopenable["train"], PREP, global_batch_size=8, seed=0)
+    sharding = experiment.data_sharding(experiment.make_mesh())
+    with pytest.raises(ValueError, match="num_workers"):
+        pipeline.train_iterator(ds, 0, sharding, 2, num_workers=-1)
+
+
+# grain starts worker processes (seconds each): the three tests that read through them are the
+# full suite's; the fast lane reads with threads.
+@pytest.mark.slow
 def test_worker_processes_read_the_batches_threads_read(reopenable):
     ds = pipeline.train_dataset(reopenable["train"], PREP, global_batch_size=8, seed=0)
     sharding = experiment.data_sharding(experiment.make_mesh())
@@ -208,8 +217,6 @@ def test_worker_processes_read_the_batches_threads_read(reopenable):
         a, b = next(threads), next(workers)
         np.testing.assert_array_equal(a["image"], b["image"])
         np.testing.assert_array_equal(a["label"], b["label"])
-    with pytest.raises(ValueError, match="num_workers"):
-        pipeline.train_iterator(ds, 0, sharding, 2, num_workers=-1)
 
 
 def _shared_memory_mappings() -> list[tuple[int, int]]:

@@ -30,8 +30,9 @@ def method_config(config, method, faithfulness=True):
     return c
 
 
-# Whole evaluations, seconds each on a CPU: the full suite's. The fast lane evaluates CAM's
-# faithfulness and another method's maps below.
+# Whole evaluations with faithfulness, seconds each on a CPU: the full suite's. The fast lane
+# evaluates CAM's faithfulness (its pointing game too) and another method's WSOL metrics and
+# report below; the faithfulness section of a whole evaluation's results is the full suite's.
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["grad_cam", "eigen_cam", "eigen_grad_cam"])
 def test_every_metric_of_another_method(trained, method, capsys):
@@ -68,6 +69,7 @@ def test_cam_is_the_default_and_the_method_of_a_legacy_config(trained):
     source = experiment.data_sources(config)["test"]
     f = e.evaluate_faithfulness(variables, source, 11).summary()
     assert f["num_images"] == 11 and 0 <= f["deletion_auc"] <= 1
+    assert 0 <= f["pointing_game"] <= 100
 
 
 def test_gallery_draws_the_chosen_method(trained, tmp_path):
@@ -130,7 +132,7 @@ def test_an_iou_threshold_or_batch_size_no_evaluation_takes_names_its_field(trai
         evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
 
 
-def test_the_chosen_methods_options_reach_its_maps(trained, tmp_path):
+def test_the_chosen_methods_options_reach_its_maps(trained, tmp_path, capsys):
     """config.eval.options.<method> is what the evaluator's explainer and the gallery run."""
     config, _, ev, variables, step = trained
     source = experiment.data_sources(config)["test"]
@@ -142,6 +144,10 @@ def test_the_chosen_methods_options_reach_its_maps(trained, tmp_path):
         e = evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
         assert e.options == {"center": center}
         results, _ = run_lib.evaluate_variables(e, variables, step)
+        assert results["method"] == {"name": "eigen_grad_cam", "layer": "feature_map"}
+        assert "faithfulness" not in results
+        report.print_report(results)
+        assert "maps: eigen_grad_cam" in capsys.readouterr().out
         pxap[center] = results["wsol"]["test"]["pxap"]
         out = tmp_path / str(center)
         gallery.write_gallery(c, ev.model, variables, source, 0.2, str(out))

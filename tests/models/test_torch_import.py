@@ -333,7 +333,7 @@ def test_vgg16_gap_features_and_logits_match_torch(vgg):
     assert_close(logits, ref_logits.numpy())
 
 
-@pytest.mark.slow  # each network compiles for seconds: the fast lane checks VGG16-GAP's import
+@pytest.mark.slow  # seconds of compiles; the fast lane imports VGG16-GAP and ResNet50-CAM (BN)
 def test_googlenet_gap_bn_features_and_logits_match_torch(googlenet):
     ref, path = googlenet
     model = create_model("googlenet_gap_bn", num_classes=10, transform_input=True)
@@ -373,7 +373,6 @@ def test_googlenet_gap_bn_is_torchvision_googlenet_through_inception4e(googlenet
     assert out["feature_map"].shape == (1, 14, 14, 1024)  # 224 -> 112 -> 56 -> 28 -> 14
 
 
-@pytest.mark.slow  # as above
 def test_resnet50_cam_features_and_logits_match_torch(resnet50):
     ref, path = resnet50
     model = create_model("resnet50_cam")
