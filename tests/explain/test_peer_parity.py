@@ -46,7 +46,6 @@ gradients, and camjax against the paper's formula or the other peer:
 """
 
 import functools
-import sys
 import warnings
 
 import flax.linen as nn
@@ -56,16 +55,8 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-with warnings.catch_warnings():
-    # torchvision 0.16.2 on torch 2.13 cannot load its C image extension; grad-cam needs none.
-    warnings.simplefilter("ignore")
-    torchcam_methods = pytest.importorskip("torchcam.methods")
-    pytorch_grad_cam = pytest.importorskip("pytorch_grad_cam")
+torchcam_methods = pytest.importorskip("torchcam.methods")
 
-from pytorch_grad_cam.base_cam import BaseCAM  # noqa: E402
-from pytorch_grad_cam.utils.image import scale_cam_image  # noqa: E402
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
-from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection  # noqa: E402
 from torch import nn as tnn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
@@ -79,6 +70,17 @@ from camjax.explain.probe import Probe, model_logits  # noqa: E402
 from camjax.explain.targets import Target  # noqa: E402
 from camjax.models import create_model  # noqa: E402
 from camjax.resize import resize_maps  # noqa: E402
+
+
+def grad_cam_peer(module: str = ""):
+    """pytorch-grad-cam (or its `module`), imported by the first test that runs it, not while
+    collecting: it imports torchvision and scikit-learn, ~3 s that every pytest worker paid
+    (RESULTS.md, twentieth session). A test skips where it is not installed."""
+    with warnings.catch_warnings():
+        # torchvision 0.16.2 on torch 2.13 cannot load its C image extension; grad-cam needs none.
+        warnings.simplefilter("ignore")
+        return pytest.importorskip(f"pytorch_grad_cam.{module}" if module else "pytorch_grad_cam")
+
 
 TOL = 1e-5
 # camjax's min-max has no eps, grad-cam's adds 1e-7 to the range twice: on these maps the
@@ -202,11 +204,9 @@ def torchcam_post(maps: np.ndarray) -> np.ndarray:
 def gradcam_post(layer_maps: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
     """grad-cam's pipeline, by grad-cam's code, on each layer's raw (B, h, w) maps: ReLU,
     min-max, cv2 resize to size (H, W); then the mean over layers and min-max again."""
-    scaled = [
-        scale_cam_image(np.maximum(m, 0).astype(np.float32), size[::-1])[:, None]
-        for m in layer_maps
-    ]
-    return BaseCAM.aggregate_multi_layers(None, scaled)
+    scale = grad_cam_peer("utils.image").scale_cam_image
+    scaled = [scale(np.maximum(m, 0).astype(np.float32), size[::-1])[:, None] for m in layer_maps]
+    return grad_cam_peer("base_cam").BaseCAM.aggregate_multi_layers(None, scaled)
 
 
 def run_torchcam(cls, net, layers, setup=None, **kwargs) -> list[np.ndarray]:
@@ -230,7 +230,8 @@ def run_gradcam(cls, net, layers) -> np.ndarray:
     layers = peer_layers(net, layers)
     modules = dict(twin.named_modules())
     with cls(twin, [modules[name] for name in layers]) as cam:
-        return cam(x, [ClassifierOutputTarget(int(c)) for c in CLASSES])
+        target = grad_cam_peer("utils.model_targets").ClassifierOutputTarget
+        return cam(x, [target(int(c)) for c in CLASSES])
 
 
 def assert_maps(ours, theirs, tol=TOL):
@@ -256,7 +257,7 @@ def test_gradient_methods_match_the_peers(net, method):
     _, _, images, _, _, layer, _ = network(net)
     raw = camjax_raw(net, method, (layer,))
     gradcam_cls, torchcam_cls = SAME_FORMULA[method]
-    theirs = run_gradcam(getattr(pytorch_grad_cam, gradcam_cls), net, [layer])
+    theirs = run_gradcam(getattr(grad_cam_peer(), gradcam_cls), net, [layer])
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
     ours = postprocess(jnp.asarray(raw), images.shape[1:3], method="bilinear", normalize=True)
     assert_maps(ours, theirs, PIPELINE_TOL)
@@ -369,14 +370,14 @@ def test_layer_cam_fusion(net):
     raw = camjax_raw(net, "layer_cam", pair)
     expected = explain.gradient.fuse_layer_maps([jnp.asarray(m)[:, None] for m in per_layer], 2.0)
     np.testing.assert_allclose(raw, expected[:, 0], atol=1e-6)
-    theirs = run_gradcam(pytorch_grad_cam.LayerCAM, net, pair)
+    theirs = run_gradcam(grad_cam_peer().LayerCAM, net, pair)
     assert_maps(gradcam_post(per_layer, images.shape[1:3]), theirs)
 
 
 def oriented_projection(activation_batch: np.ndarray) -> np.ndarray:
     """grad-cam's `get_2d_projection` (B, K, h, w) -> (B, h, w), oriented as camjax's
     `principal_projection`: positively correlated with the channel sum of the activations."""
-    projection = get_2d_projection(activation_batch)
+    projection = grad_cam_peer("utils.svd_on_activations").get_2d_projection(activation_batch)
     activity = activation_batch.sum(axis=1)
     activity = activity - activity.mean(axis=(1, 2), keepdims=True)
     flip = np.sum(projection * activity, axis=(1, 2)) < 0
@@ -395,7 +396,8 @@ def test_eigen_methods_match_grad_cam(net, method, monkeypatch):
     _, _, images, _, _, layer, _ = network(net)
     acts, grads = ingredients(net, layer)
     inputs = acts if method == "eigen_cam" else grads * acts
-    theirs = get_2d_projection(inputs.transpose(0, 3, 1, 2).astype(np.float32))
+    project = grad_cam_peer("utils.svd_on_activations").get_2d_projection
+    theirs = project(inputs.transpose(0, 3, 1, 2).astype(np.float32))
     ours = jax.vmap(lambda x: principal_projection(x, center=True))(jnp.asarray(inputs))
     ours = np.asarray(ours)
     signs = np.sign(np.sum(ours * theirs, axis=(1, 2)))[:, None, None]
@@ -403,9 +405,9 @@ def test_eigen_methods_match_grad_cam(net, method, monkeypatch):
     np.testing.assert_allclose(ours / scale, signs * theirs / scale, atol=TOL)
 
     cls = "EigenCAM" if method == "eigen_cam" else "EigenGradCAM"
-    module = sys.modules[f"pytorch_grad_cam.{method}"]
+    module = grad_cam_peer(method)
     monkeypatch.setattr(module, "get_2d_projection", oriented_projection)
-    theirs = run_gradcam(getattr(pytorch_grad_cam, cls), net, [layer])
+    theirs = run_gradcam(getattr(grad_cam_peer(), cls), net, [layer])
     raw = camjax_raw(net, method, (layer,), center=True)
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
 
@@ -433,7 +435,7 @@ def test_score_cam_matches_both_peers(net):
     (theirs,), _ = run_torchcam(torchcam_methods.ScoreCAM, net, [layer])
     assert_maps(torchcam_post(raw), theirs)
     raw = camjax_raw(net, "score_cam", (layer,), **GRAD_CAM_SCORE)
-    theirs = run_gradcam(pytorch_grad_cam.ScoreCAM, net, [layer])
+    theirs = run_gradcam(grad_cam_peer().ScoreCAM, net, [layer])
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
 
 
@@ -484,7 +486,7 @@ def test_ablation_cam_matches_grad_cam(net):
     _, _, images, _, _, layer, _ = network(net)
     assert ingredients(net, layer)[0].min(axis=(1, 2, 3)).max() == 0
     raw = camjax_raw(net, "ablation_cam", (layer,), grad_cam_rule=True)
-    theirs = run_gradcam(pytorch_grad_cam.AblationCAM, net, [layer])
+    theirs = run_gradcam(grad_cam_peer().AblationCAM, net, [layer])
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
 
 
