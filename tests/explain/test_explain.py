@@ -240,8 +240,10 @@ def test_a_layer_under_spectral_or_weight_norm(norm):
         grads = explain.explainer(model, variables, "hires_cam", layer=layer, size=None)(images)
         ablation = explain.explainer(model, variables, "ablation_cam", layer=layer)(images)
         assert float(jnp.ptp(grads.cams)) > 0.5 and float(jnp.ptp(ablation.cams)) > 0.5
-    # HiResCAM before its ReLU, sum_k G_k A_k, against the gradient of the head by hand.
-    _, state = model.apply(variables, images, capture_intermediates=True, mutable=True)
+    # HiResCAM before its ReLU, sum_k G_k A_k, against the gradient of the head by hand
+    # (jitted: op by op, these took seconds to dispatch).
+    capture = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True, mutable=True))
+    _, state = capture(variables, images)
     acts = state["intermediates"]["normed"]["__call__"][0]
     head = variables["params"]["head"]
 
@@ -249,7 +251,7 @@ def test_a_layer_under_spectral_or_weight_norm(norm):
         logits = jnp.mean(jax.nn.relu(a), axis=(1, 2)) @ head["kernel"] + head["bias"]
         return logits[jnp.arange(2), jnp.array([1, 3])].sum()
 
-    expected = jnp.sum(jax.grad(class_scores)(acts) * acts, axis=-1)
+    expected = jnp.sum(jax.jit(jax.grad(class_scores))(acts) * acts, axis=-1)
     f = explain.explainer(
         model, variables, "hires_cam", layer="normed", rectify=False, size=None, normalize=False
     )
@@ -535,9 +537,10 @@ def test_eigen_cam_is_oriented_and_class_agnostic():
         images
     )
     np.testing.assert_array_equal(out.cams[:, 0], out.cams[:, 1])
-    acts = Probe(model, ("feature_map",)).forward(variables, images)[1][0]
-    p = jax.vmap(explain.activation.principal_projection)(acts)
-    flipped = jax.vmap(explain.activation.principal_projection)(-acts)  # reverses the activity
+    # Jitted: op by op, the forward pass and the projections took seconds to dispatch.
+    acts = jax.jit(Probe(model, ("feature_map",)).forward)(variables, images)[1][0]
+    project = jax.jit(jax.vmap(explain.activation.principal_projection))
+    p, flipped = project(acts), project(-acts)  # -acts reverses the activity
     assert np.all(
         np.sum(
             np.asarray(p) * np.asarray(acts.sum(-1) - acts.sum(-1).mean((1, 2), keepdims=True)),

@@ -208,7 +208,7 @@ def test_ablation_cam_of_vit_tokens_equals_ablating_in_the_full_forward_pass(lay
         model, variables, "ablation_cam", layer=layer, size=None, normalize=False
     )(images)
     probe = Probe(model, (layer,))
-    logits, (tokens,) = probe.run(variables, images)
+    logits, (tokens,) = jax.jit(probe.run)(variables, images)
     c = out.classes[:, 0]
     y = jnp.take_along_axis(logits, out.classes, 1)[:, 0]
     full = jax.jit(lambda delta: probe.run(variables, images, deltas=(delta,))[0])
