@@ -33,6 +33,7 @@ from camjax.train.state import (
     load_pretrained,
     model_variables,
     root_key,
+    state_shardings,
 )
 
 log = logging.getLogger(__name__)
@@ -184,14 +185,14 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str, resume_with_c
     (with the pretrained weights, if any) and a new run id. A resume never computes the fresh
     state: that would cost the init's compile and, for a moment, twice the state's memory."""
     if manager.latest_step() is None:
-        state, state_shardings = create_train_state(config, model, tx, mesh)
+        state, shardings = create_train_state(config, model, tx, mesh)
         if config.init.pretrained_dir:
             state = load_pretrained(state, config.init.pretrained_dir)
-        return state, state_shardings, run_config.start_run(workdir)
+        return state, shardings, run_config.start_run(workdir)
     # Traced first, as the fresh state is: a model or data config that cannot build a state
     # says so itself, not as a change that --resume_with_changes would accept.
     abstract = abstract_train_state(config, model, tx, mesh)
-    state_shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract)
+    shardings = state_shardings(abstract)
     checkpoint_restore.check_resumed_config(config, manager, workdir, resume_with_changes)
     try:
         state = checkpoint_restore.restore(manager, abstract, config)
@@ -227,7 +228,7 @@ def _initial_state(config, model, tx, mesh, manager, workdir: str, resume_with_c
             f"resuming from step {restored} would save over them. Look at them, remove them "
             f"(rm -r {' '.join(os.path.join(ckpts, str(s)) for s in newer)}), then rerun."
         )
-    return state, state_shardings, _resumed_run(manager, workdir, restored)
+    return state, shardings, _resumed_run(manager, workdir, restored)
 
 
 def _resumed_run(manager, workdir: str, restored: int) -> run_config.Run:

@@ -55,9 +55,14 @@ def _state_initializer(config, model, tx):
 def create_train_state(config, model, tx, mesh) -> tuple[TrainState, Any]:
     """Initialises the state directly replicated on the mesh. Returns (state, state shardings)."""
     init = _state_initializer(config, model, tx)
+    shardings = state_shardings(abstract_train_state(config, model, tx, mesh))
     rng = jax.random.fold_in(root_key(config), 0)
-    shardings = jax.tree.map(lambda _: experiment.replicated(mesh), jax.eval_shape(init, rng))
     return jax.jit(init, out_shardings=shardings)(rng), shardings
+
+
+def state_shardings(abstract: Any) -> Any:
+    """The shardings of an abstract train state (`abstract_train_state`), for the jitted step."""
+    return jax.tree.map(lambda leaf: leaf.sharding, abstract)
 
 
 def abstract_train_state(config, model, tx, mesh) -> Any:
