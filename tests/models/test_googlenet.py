@@ -2,7 +2,6 @@
 
 import jax
 import jax.numpy as jnp
-import pytest
 
 from camjax.models import GoogLeNetGAP, GoogLeNetGAPTiny
 
@@ -45,7 +44,6 @@ def test_full_size_parameter_count_and_shapes():
     assert variables["params"]["inception_4e"]["1x1"]["kernel"].shape == (1, 1, 528, 256)
 
 
-@pytest.mark.slow  # GoogLeNet-GAP's init compiles for ~5 s on 2 cores
 def test_cam_conv_bias_starts_at_one():
     model = GoogLeNetGAPTiny(num_classes=4)
     v = jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 64, 64, 3)))
