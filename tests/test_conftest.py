@@ -7,17 +7,17 @@ import sys
 import pytest
 
 from tests import xla_flags
-from tests.xla_flags import with_eight_devices, with_test_flags
+from tests.xla_flags import with_device_count, with_test_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_the_device_count_is_added_to_the_users_flags():
-    assert with_eight_devices("") == "--xla_force_host_platform_device_count=8"
-    assert with_eight_devices("--xla_cpu_max_isa=AVX2") == (
+    assert with_device_count("") == "--xla_force_host_platform_device_count=8"
+    assert with_device_count("--xla_cpu_max_isa=AVX2") == (
         "--xla_cpu_max_isa=AVX2 --xla_force_host_platform_device_count=8"
     )
-    assert with_eight_devices("--xla_force_host_platform_device_count=2 --a=1") == (
+    assert with_device_count("--xla_force_host_platform_device_count=2 --a=1") == (
         "--a=1 --xla_force_host_platform_device_count=8"
     )
 
@@ -31,6 +31,17 @@ def test_the_suite_compiles_at_the_lowest_level_unless_the_user_sets_one():
     )
     assert with_test_flags("--xla_backend_optimization_level=2") == (
         f"--xla_backend_optimization_level=2 --xla_force_host_platform_device_count=8 {timeout}"
+    )
+
+
+def test_started_processes_compile_as_the_session_unless_calibrated(monkeypatch):
+    timeout = "--xla_cpu_collective_call_terminate_timeout_seconds=600"
+    monkeypatch.setenv("XLA_FLAGS", with_test_flags("--xla_cpu_max_isa=AVX2"))
+    started = xla_flags.subprocess_xla_flags(4).split()
+    assert sorted(started) == sorted(with_test_flags("--xla_cpu_max_isa=AVX2", 4).split())
+    assert "--xla_force_host_platform_device_count=4" in started
+    assert xla_flags.subprocess_xla_flags(1, calibrated=True) == (
+        f"--xla_force_host_platform_device_count=1 {timeout}"
     )
 
 

@@ -83,7 +83,7 @@ def test_shortened_default_recipe_learns_to_localize(tmp_path):
     # the floor was calibrated. On one device: this test guards learning, not sharding (the
     # 8-device tests do), and with 8 forced devices jaxlib 0.10.2's CPU all-reduce deadlocked
     # here once in a loaded CI run (7 device threads waiting in the rendezvous, the 8th idle).
-    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(devices=1)}
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(devices=1, calibrated=True)}
     cmd = [
         sys.executable,
         "-m",

@@ -101,7 +101,7 @@ def test_vgg16_gap_paper_config_runs_a_full_size_step_on_ilsvrc(data_dir, tmp_pa
         f"--workdir={workdir}",
         *(f"--config.{key}={value}" for key, value in overrides.items()),
     ]
-    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags()}
+    env = {**os.environ, "XLA_FLAGS": subprocess_xla_flags(calibrated=True)}
     for argv in (train, [os.path.join(REPO, "evaluate.py"), f"--workdir={workdir}"]):
         run = subprocess.run(
             [sys.executable, *argv], env=env, cwd=REPO, capture_output=True, timeout=600

@@ -2,6 +2,7 @@
 changes nothing (tests/conftest.py applies `with_test_flags` to the session's own process)."""
 
 import importlib.metadata
+import os
 import re
 
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
@@ -27,27 +28,37 @@ def version_below(major: int, minor: int) -> bool:
     return tuple(int(part) for part in installed) < (major, minor)
 
 
-def subprocess_xla_flags(devices: int = 8) -> str:
-    """XLA_FLAGS for the train.py processes tests start: `devices` CPU devices, the collective
-    timeout above, XLA's default optimisation level (the level the runs are calibrated at)."""
-    return f"{DEVICE_COUNT_FLAG}={devices} {COLLECTIVE_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"
+def subprocess_xla_flags(devices: int = 8, calibrated: bool = False) -> str:
+    """XLA_FLAGS for the train.py processes tests start, with `devices` CPU devices: the
+    session's own (`with_test_flags` of the environment's XLA_FLAGS), or, where `calibrated`,
+    XLA's default optimisation level with the collective timeout above. The learning guard's
+    floor was calibrated at the default level, and there the paper-size VGG16's initialisation
+    takes 3 s against 36 s at level 0.
+
+    The tiny runs of test_loop and test_multihost mostly compile, so the session's flags suit
+    them: test_multihost took 111 s against 147 s at the default level (2-core CPU, alone).
+    Its process 1 compiles every program afresh: jax writes the persistent cache from process
+    0 only, and the cache key holds the CPU topology's fingerprint, which differs by process."""
+    if calibrated:
+        return f"{DEVICE_COUNT_FLAG}={devices} {COLLECTIVE_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"
+    return with_test_flags(os.environ.get("XLA_FLAGS", ""), devices)
 
 
-def with_eight_devices(xla_flags: str) -> str:
-    """xla_flags with the forced CPU device count set to 8, other flags kept in order."""
+def with_device_count(xla_flags: str, devices: int = 8) -> str:
+    """xla_flags with the forced CPU device count set to `devices`, other flags kept in order."""
     kept = re.sub(rf"{DEVICE_COUNT_FLAG}=\S*", "", xla_flags).split()
-    return " ".join([*kept, f"{DEVICE_COUNT_FLAG}=8"])
+    return " ".join([*kept, f"{DEVICE_COUNT_FLAG}={devices}"])
 
 
-def with_test_flags(xla_flags: str) -> str:
-    """with_eight_devices(xla_flags), compiled at LLVM's lowest optimisation level unless
+def with_test_flags(xla_flags: str, devices: int = 8) -> str:
+    """with_device_count(xla_flags, devices), compiled at LLVM's lowest optimisation level unless
     xla_flags sets one: the tests' programs are small and most compile once, so LLVM's passes
     were most of their compile time and little of their run time (the whole suite at level 0:
     955 s of test time against 1,282 s, 2-core CPU). XLA's own HLO passes (fusion, layout)
     still run, and convolutions and matrix products still call Eigen's compiled kernels. Also
     the longer collective timeout (COLLECTIVE_TIMEOUT_FLAG), and on jaxlib 0.10 the legacy
     element-wise emitters (LEGACY_EMITTERS_FLAG) at level 0."""
-    flags = with_eight_devices(xla_flags)
+    flags = with_device_count(xla_flags, devices)
     if OPT_LEVEL_FLAG not in flags:
         flags = f"{flags} {OPT_LEVEL_FLAG}=0"
         emitters = LEGACY_EMITTERS_FLAG.partition("=")[0]
