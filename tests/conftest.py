@@ -15,6 +15,7 @@ retracing tests count) still happens.
 """
 
 import atexit
+import fcntl
 import os
 import shutil
 import tempfile
@@ -37,16 +38,28 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory):
-    """configs/tiny.py trained to its end once for the session: (config, workdir). Tests that
-    write into the workdir (evaluation's metrics.json, say) work on a copy."""
+def tiny_run(tmp_path_factory, worker_id):
+    """configs/tiny.py trained to its end once for the whole test run: (config, workdir). Under
+    xdist the first worker to need it trains it, holding a lock, and the others wait for it and
+    read the same run (several test files use it, and it took 5-7 s a worker). Tests that write
+    into the workdir (evaluation's metrics.json, say) work on a copy."""
     from camjax.train import loop
     from configs import tiny
 
+    # The workers' temporary directories share a parent that is fresh for each test run
+    # (pytest-xdist's own recipe for session-wide data); without xdist, the session's own.
+    base = tmp_path_factory.getbasetemp()
+    root = (base if worker_id == "master" else base.parent) / "tiny_run"
+    root.mkdir(exist_ok=True)
     config = tiny.get_config()
-    config.data.data_dir = str(tmp_path_factory.mktemp("tiny_tfds"))
-    workdir = str(tmp_path_factory.mktemp("tiny_run") / "run")
-    loop.train_and_evaluate(config, workdir)
+    config.data.data_dir = str(root / "tfds")
+    workdir = str(root / "run")
+    # fcntl (POSIX, as the suite's other process tests): filelock is no dependency on 3.12.
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "trained").exists():
+            loop.train_and_evaluate(config, workdir)
+            (root / "trained").touch()
     return config, workdir
 
 
