@@ -288,14 +288,27 @@ def test_guided_relu_clamps_gradients_through_downstream_relus():
     1[z > 0] W_c / (h w y_c), guided: 1[z > 0] max(W_c, 0) / (h w y_c) (y_c > 0 here)."""
     model, variables, images = tiny()
     probe = Probe(model, ("conv2",))
-    logits, (z,) = probe.forward(variables, images)
+    logits, (z,) = jax.jit(probe.forward)(variables, images)
     c = int(jnp.argmax(jnp.where(logits > 0, 1, 0).sum(0)))  # a class with positive logits
     assert (logits[:, c] > 0).all()
     target = Target(given=jnp.full((2, 1), c))
     w = variables["params"]["head"]["kernel"][:, c]
     scale = (z.shape[1] * z.shape[2] * logits[:, c])[:, None, None, None]
+    assert (w < 0).any() and (w > 0).any()  # else guided and plain gradients would agree
+
+    def log_score(logits):  # the cotangent of log(y_c): e_c / y_c, one target per image
+        return (jax.nn.one_hot(c, logits.shape[-1]) / logits[:, c : c + 1])[None]
+
     for guided, kernel in ((False, w), (True, jnp.maximum(w, 0))):
         expected = jnp.where(z > 0, kernel, 0) / scale
-        cams = bagcams.bag_cams(probe, variables, images, target, None, guided=guided)[2]
+        # The gradients themselves: BagCAMs' map zeroes a channel with a negative weight
+        # either way (its P = G * z is <= 0 where z > 0), so the map alone cannot tell them.
+        (grads,) = jax.jit(lambda v, x, g=guided: probe.gradients(v, x, log_score, g)[2])(
+            variables, images
+        )
+        np.testing.assert_allclose(grads, expected[None], rtol=1e-5, atol=1e-7)
+        cams = jax.jit(
+            lambda v, x, g=guided: bagcams.bag_cams(probe, v, x, target, None, guided=g)[2]
+        )(variables, images)
         np.testing.assert_allclose(cams, bagcams.bag_cams_map(z, expected[None]), rtol=1e-5)
     assert nn.relu is jax.nn.relu and isinstance(jax.nn.relu, jax.custom_jvp)  # nothing patched

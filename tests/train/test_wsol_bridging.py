@@ -106,13 +106,15 @@ def test_the_alignment_terms_start_after_the_warm_up():
     kernel = rng.normal(size=(4, 5)).astype(np.float32)
     logits, labels = jnp.asarray(rng.normal(size=(2, 5)), jnp.float32), jnp.array([1, 4])
     method = method_config(bridging_warmup_fraction=0.25)  # warm for steps 0..24 of 100
-    terms = bridging.terms(
-        outputs["feature_map"], outputs["feature_map_erased"], kernel, labels, method
+    terms = jax.jit(lambda *args: bridging.terms(*args, method))(
+        outputs["feature_map"], outputs["feature_map_erased"], kernel, labels
     )
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     warm = ce + 3.0 * terms.drop
+    # The step is traced, as in a train step.
+    loss = jax.jit(lambda *args: bridging.loss(*args[:4], method, args[4], 100))
     for step, want in ((24, warm), (25, warm + 0.5 * terms.sim + 0.15 * terms.norm)):
-        got = bridging.loss(logits, outputs, labels, kernel, method, step, 100)
+        got = loss(logits, outputs, labels, kernel, jnp.int32(step))
         np.testing.assert_allclose(got, want, rtol=1e-6)
 
 

@@ -68,7 +68,8 @@ def test_spg_loss_matches_the_reference_get_loss():
     logits = rng.normal(size=(b, c)).astype(np.float32)
     labels = np.array([2, 0])
     method = spg_config().method
-    got = wsol_methods.spg_loss(jnp.asarray(logits), outputs, jnp.asarray(labels), method, (32, 32))
+    loss = jax.jit(lambda *args: wsol_methods.spg_loss(*args, method, (32, 32)))  # as in a step
+    got = loss(jnp.asarray(logits), outputs, jnp.asarray(labels))
 
     def up(maps):  # nn.Upsample(bilinear, align_corners=False) = cv2.INTER_LINEAR upsampling
         return np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_LINEAR) for m in maps])
