@@ -547,3 +547,21 @@ def test_batch_sums_of_a_batch_sharded_on_a_mesh_with_explicit_axes():
     assert got.keys() == want.keys()
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
+
+
+def test_ties_and_tiny_scores_follow_the_peers_conventions():
+    """Where random data never lands. Increase in Confidence counts strictly more confidence in
+    every variant (TorchCAM's y < o, grad-cam's o - y > 0): a saturated probability, 1.0 on
+    both inputs, is no increase. TorchCAM's drop divides by y + 1e-7. Saliency ties rank in
+    raster order (TorchCAM's stable argsort), and the pointing game takes the first maximum."""
+    y = jnp.float32([1.0, 0.3, 0.0, 1e-6])
+    o = jnp.float32([1.0, 0.3, 0.0, 0.0])
+    for variant in fa.DROP_VARIANTS:
+        np.testing.assert_array_equal(fa.drop_and_increase(y, o, variant)[1], 0.0)
+    drop, _ = fa.drop_and_increase(y, o, "torchcam")
+    np.testing.assert_allclose(drop, [0.0, 0.0, 0.0, 1e-6 / (1e-6 + 1e-7)], rtol=1e-6)
+    np.testing.assert_array_equal(fa.saliency_ranks(jnp.zeros((1, 2, 3))), [[0, 1, 2, 3, 4, 5]])
+    np.testing.assert_array_equal(fa.saliency_ranks(jnp.float32([[[1, 0, 1]]])), [[0, 2, 1]])
+    maps = jnp.zeros((2, 40, 40)).at[:, 5, 5].set(1.0).at[:, 35, 35].set(1.0)
+    gt = jnp.zeros((2, 40, 40), bool).at[0, 5, 5].set(True).at[1, 35, 35].set(True)
+    np.testing.assert_array_equal(fa.pointing_hits(maps, gt), [True, False])

@@ -362,6 +362,27 @@ def test_localization_counts_hand_built_batch():
     np.testing.assert_array_equal(out["center_box"], [1, 1])
 
 
+def test_an_iou_of_exactly_the_threshold_hits_and_any_whole_percentage_is_taken():
+    """IoU >= threshold, as the evaluator: a (0, 0, 8, 4) center box on a whole-image GT box is
+    IoU 0.5 exactly. 100 * 0.57 is 56.99999999999999 in floats: still the percentage 57."""
+    gt, num, valid = jnp.float32([[[0, 0, 8, 8]]]), jnp.array([1]), jnp.array([True])
+    center = jnp.float32([[0, 0, 8, 4], [0, 0, 8, 3]])
+    np.testing.assert_array_equal(boxes.center_box_counts(gt, num, valid, center, 0.5), [1, 0])
+    maps = np.zeros((1, 8, 8), np.float32)
+    maps[0, :, :4] = 1.0  # its box is the left half: IoU 0.5 with the whole image
+    args = (
+        np.asarray(wsol.quantize_for_thresholds(jnp.asarray(maps), np.float32([0.5]))),
+        np.asarray(gt),
+        np.array([1]),
+        np.array([0]),
+        np.array([[0]]),
+        np.array([True]),
+        np.float32([0.5]),
+    )
+    assert boxes.localization_counts(*args, iou_threshold=0.5)["gt_known"].tolist() == [1]
+    assert boxes.localization_counts(*args, iou_threshold=0.57)["gt_known"].tolist() == [0]
+
+
 def test_accumulator_merge_rates_summary_and_errors():
     th = np.array([0.1, 0.2], np.float32)
     a = boxes.LocalizationAccumulator(th, np.array([1.0]))
@@ -384,6 +405,9 @@ def test_accumulator_merge_rates_summary_and_errors():
     assert s["gt_known_loc"] == 75.0 and s["top1_loc"] == 50.0 and s["top5_loc"] == 75.0
     assert s["top1_cls"] == 50.0 and s["best_center_box_gt_known_loc"] == 25.0
     assert both.best_threshold() == pytest.approx(0.2)
+    tied = boxes.LocalizationAccumulator(th, np.array([1.0]))
+    tied.update({**batch, "gt_known": np.array([3, 3])})
+    assert tied.best_threshold() == pytest.approx(0.1)  # a tie goes to the lowest threshold
     with pytest.raises(ValueError, match="different thresholds"):
         b.merge(boxes.LocalizationAccumulator(th + 0.1, np.array([1.0])))
     with pytest.raises(ValueError, match="empty"):

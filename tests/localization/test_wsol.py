@@ -132,6 +132,16 @@ def _level_hits(method):
 # ------------------------------------------------------------------------------- exactness
 
 
+def test_the_grid_and_its_levels_are_the_evaluators_to_the_last_entry():
+    """wsolevaluation's ``np.arange(0, 1, 0.001)`` (0.999 last) and ``int(t * peak)`` in Python
+    floats for every peak: min-max maps peak at 255, maps from other tools may not."""
+    grid = wsol.default_thresholds()
+    np.testing.assert_array_equal(grid, np.arange(0, 1, 0.001))
+    assert grid.size == 1000 and grid[-1] == 0.999
+    want = [[int(float(t) * peak) for t in grid] for peak in range(256)]
+    np.testing.assert_array_equal(wsol.threshold_levels(grid), want)
+
+
 def test_quantize_matches_float64_cast():
     rng = np.random.default_rng(0)
     k = np.arange(256) / 255
@@ -310,6 +320,20 @@ def test_pxap_matches_reference():
     t, f = ref.pxap_histograms(list(scoremaps), list(masks), grid)
     np.testing.assert_array_equal(acc.histograms, np.stack([t, f]).astype(np.int64))
     assert acc.pxap() == ref.pxap(t, f)
+
+
+def test_pxap_float32_scores_on_a_bin_edge_fall_as_the_reference_bins_them():
+    """A float32 score equal to float32(edge), or one ulp either side, bins as np.histogram of
+    its float64 value: float32(edge) lies below the float64 edge for about half the edges."""
+    grid = wsol.default_thresholds(0.001)
+    e32 = grid.astype(np.float32)
+    scores = np.stack([e32, np.nextafter(e32, np.float32(0)), np.nextafter(e32, np.float32(1))])
+    scores = np.clip(scores, 0, 1).reshape(1, 30, 100)
+    masks = np.random.default_rng(0).choice(np.array([0, 1], np.uint8), size=scores.shape)
+    acc = pxap.PxAPAccumulator(grid)
+    acc.update(pxap.pxap_histograms(scores, masks, grid))
+    t, f = ref.pxap_histograms(list(scores), list(masks), grid)
+    np.testing.assert_array_equal(acc.histograms, np.stack([t, f]).astype(np.int64))
 
 
 def test_pxap_by_hand():
