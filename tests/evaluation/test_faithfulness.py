@@ -376,6 +376,14 @@ def test_batch_sums_stream_merge_mask_padding_and_nan_maps():
         assert s[k] == pytest.approx(t[k], rel=1e-5)
     y, o = np.asarray(fa.confidence_change(forward, images, maps, classes))
     assert t["average_drop"] == pytest.approx(100 * np.mean(np.maximum(y - o, 0) / y), rel=1e-5)
+    # The peers' variants report fractions, as the peers do; only the paper's is in percent.
+    peers = fa.FaithfulnessSettings(step=4, chunk=3, pointing=False, variant="torchcam")
+    torchcam = fa.FaithfulnessAccumulator(peers)
+    torchcam.update(
+        jax.jit(lambda *a: fa.batch_sums(forward, *a, peers))(images, maps, classes, valid)
+    )
+    drop = np.mean(np.maximum(y - o, 0) / (y + 1e-7))
+    assert torchcam.summary()["average_drop"] == pytest.approx(drop, rel=1e-5)
 
 
 def test_batch_sums_excludes_and_counts_what_is_not_finite_or_out_of_range():
