@@ -16,7 +16,9 @@ retracing tests count) still happens.
 
 import atexit
 import fcntl
+import hashlib
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -26,6 +28,14 @@ from tests.xla_flags import with_test_flags
 
 os.environ["XLA_FLAGS"] = with_test_flags(os.environ.get("XLA_FLAGS", ""))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# numba checks a cached kernel against its own file's timestamp only, and maxtree.py's kernels
+# call unionfind.py's: an edit of unionfind.py alone ran the old kernels, tests green (a
+# mutation review's finding). The tests' numba cache is kept per content of those files.
+if "NUMBA_CACHE_DIR" not in os.environ:
+    _sources = sorted(pathlib.Path(__file__).parents[1].glob("camjax/localization/*.py"))
+    _digest = hashlib.sha256(b"".join(p.read_bytes() for p in _sources)).hexdigest()[:16]
+    os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"camjax-numba-{_digest}")
 
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="camjax-tests-xla-")
