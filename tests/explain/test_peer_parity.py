@@ -251,10 +251,19 @@ SAME_FORMULA = {
 }
 
 
+# At the GAP's input the gradient is w_c / (h w) at every position, whatever the image: there
+# XGrad-CAM, Grad-CAM++ and HiResCAM reduce to Grad-CAM, and a slip in their per-position
+# weighting would match the peers. The layer before it (LayerCAM's pair's first) has
+# input-dependent gradients; its cases run in the full suite (the lane keeps the GAP input's).
+LAYERS = ["gap_input", pytest.param("inner", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("where", LAYERS)
 @pytest.mark.parametrize("net", NETWORKS)
 @pytest.mark.parametrize("method", sorted(SAME_FORMULA))
-def test_gradient_methods_match_the_peers(net, method):
-    _, _, images, _, _, layer, _ = network(net)
+def test_gradient_methods_match_the_peers(net, method, where):
+    _, _, images, _, _, layer, pair = network(net)
+    layer = layer if where == "gap_input" else pair[0]
     raw = camjax_raw(net, method, (layer,))
     gradcam_cls, torchcam_cls = SAME_FORMULA[method]
     theirs = run_gradcam(getattr(grad_cam_peer(), gradcam_cls), net, [layer])
@@ -264,7 +273,10 @@ def test_gradient_methods_match_the_peers(net, method):
     if torchcam_cls is not None:
         (theirs,), _ = run_torchcam(getattr(torchcam_methods, torchcam_cls), net, [layer])
         assert_maps(torchcam_post(raw), theirs)
-        assert_maps(postprocess(jnp.asarray(raw), None, normalize=True), theirs)
+        # TorchCAM divides by max + 1e-8: its peak falls short of 1 by 1e-8 / span, which the
+        # inner layer's small maps (spans ~1e-4 here) make visible.
+        eps_gap = 1e-8 / np.ptp(raw, axis=(1, 2)).min()
+        assert_maps(postprocess(jnp.asarray(raw), None, normalize=True), theirs, TOL + eps_gap)
 
 
 @pytest.mark.parametrize("net", NETWORKS)
