@@ -320,8 +320,9 @@ def camjax_noise(images, num_samples, std):
     return np.stack([np.stack(sample(s)) for s in range(num_samples)]).astype(np.float32)
 
 
+@pytest.mark.parametrize("where", LAYERS)
 @pytest.mark.parametrize("net", NETWORKS)
-def test_smooth_grad_cam_pp_on_torchcam_noise(net):
+def test_smooth_grad_cam_pp_on_torchcam_noise(net, where):
     """Smooth Grad-CAM++ (TorchCAM only), on the same noise (camjax's, fed to TorchCAM's
     sampler). TorchCAM computes alpha = mean(G^2) / (2 mean(G^2) + sum_xy(mean(G^3) A) + 1e-8)
     with the clean A, but w = sum_xy alpha ReLU(G_last) and the map sum_k w_k A_last with the
@@ -329,7 +330,8 @@ def test_smooth_grad_cam_pp_on_torchcam_noise(net):
     follows the paper (Omeiza et al.): alpha from mean(G^2), mean(G^3) and sum_xy A (eq. 19),
     w from mean(G), the map on the clean activations: that closed form reproduces camjax."""
     num_samples, std = 3, 0.3
-    _, _, images, twin, x, layer, _ = network(net)
+    _, _, images, twin, x, layer, pair = network(net)
+    layer = layer if where == "gap_input" else pair[0]  # noise changes its gradients (LAYERS)
     noise = camjax_noise(images, num_samples, std)
     clean_acts, _ = ingredients(net, layer)
     noisy = [ingredients(net, layer, images + n) for n in noise]
