@@ -48,6 +48,7 @@ gradients, and camjax against the paper's formula or the other peer:
 import functools
 import warnings
 
+import cv2
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -380,10 +381,19 @@ def test_layer_cam_fusion(net):
         [jnp.asarray(torchcam_post(m))[:, None] for m in per_layer], gamma=2.0
     )
     assert_maps(np.asarray(fused[:, 0]), theirs)
-    # camjax's explainer over both layers is that fusion of its own per-layer maps.
-    raw = camjax_raw(net, "layer_cam", pair)
-    expected = explain.gradient.fuse_layer_maps([jnp.asarray(m)[:, None] for m in per_layer], 2.0)
-    np.testing.assert_allclose(raw, expected[:, 0], atol=1e-6)
+    # camjax's explainer over both layers: the paper's fusion of its own per-layer maps, in
+    # numpy, per image: max over layers of bilinear(tanh(gamma M / max M)) (cv2's INTER_LINEAR).
+    size = max((m.shape[1:] for m in per_layer), key=lambda s: s[0] * s[1])
+    for gamma in (2.0, 1.0):
+        scaled = [
+            [
+                cv2.resize(np.tanh(gamma * m / m.max()), size[::-1], interpolation=cv2.INTER_LINEAR)
+                for m in layer_maps
+            ]
+            for layer_maps in per_layer
+        ]
+        raw = camjax_raw(net, "layer_cam", pair, **({} if gamma == 2.0 else {"gamma": gamma}))
+        np.testing.assert_allclose(raw, np.max(scaled, axis=0), atol=1e-6)
     theirs = run_gradcam(grad_cam_peer().LayerCAM, net, pair)
     assert_maps(gradcam_post(per_layer, images.shape[1:3]), theirs)
 
