@@ -164,20 +164,27 @@ def test_ss_cam_and_is_cam_equal_numpy_loops():
     # every copy (2 draws x 5 channels) in one chunk gives the same maps
     every = raw("ss_cam", num_samples=2, std=0.5, chunk_size=10, **TORCHCAM)(tiny()[2], key=key)
     assert_maps_close(every.cams, out.cams, rtol=1e-6)
-    out = raw("is_cam", num_samples=3)(tiny()[2])
     n = 3
-    cumulative = [(i + 1) * (i + 2) / (2 * n) for i in range(n)]  # sum_{j<=i} j / N
-    expected = reference_score_family(
-        np.asarray(out.classes), n, lambda mask, i, b, k: cumulative[i] * mask
-    )
-    assert_maps_close(out.cams, expected)
+    paths = {
+        "cumulative": [(i + 1) * (i + 2) / (2 * n) for i in range(n)],  # sum_{j<=i} j / N
+        "linear": [(i + 1) / n for i in range(n)],
+    }
+    for path, scales in paths.items():
+        out = raw("is_cam", num_samples=n, **({"path": path} if path == "linear" else {}))
+        out = out(tiny()[2])
+        expected = reference_score_family(
+            np.asarray(out.classes), n, lambda mask, i, b, k, s=scales: s[i] * mask
+        )
+        assert_maps_close(out.cams, expected)
 
 
-def test_ablation_cam_equals_numpy_and_the_gap_identity():
-    """At GAP's input with a linear head, ablating channel k lowers logit c by exactly
-    W_ck mean(A_k): the map is ReLU(sum_k W_ck mean(A_k) / y_c A_k)."""
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_ablation_cam_equals_numpy_and_the_gap_identity(value):
+    """At GAP's input with a linear head, ablating channel k to `value` lowers logit c by
+    exactly W_ck (mean(A_k) - value): the map is ReLU(sum_k W_ck (mean(A_k) - value) / y_c A_k)."""
     model, variables, images = tiny()
-    out = raw("ablation_cam", top_k=2, chunk_size=2)(images)
+    options = {} if value == 0.0 else {"value": value}  # 0 is the default
+    out = raw("ablation_cam", top_k=2, chunk_size=2, **options)(images)
     w, bias = (np.asarray(variables["params"]["head"][n]) for n in ("kernel", "bias"))
     expected = []
     for b, image in enumerate(np.asarray(images)):
@@ -188,9 +195,10 @@ def test_ablation_cam_equals_numpy_and_the_gap_identity():
             drops = []
             for k in range(acts.shape[-1]):
                 ablated = acts.copy()
-                ablated[..., k] = 0
+                ablated[..., k] = value
                 drops.append(y - (ablated.mean((0, 1)) @ w[:, c] + bias[c]))
-            np.testing.assert_allclose(drops, w[:, c] * acts.mean((0, 1)), rtol=1e-4, atol=1e-6)
+            gap = w[:, c] * (acts.mean((0, 1)) - value)
+            np.testing.assert_allclose(drops, gap, rtol=1e-4, atol=1e-6)
             maps.append(np.maximum(np.einsum("k,hwk->hw", np.array(drops) / y, acts), 0))
         expected.append(maps)
     assert_maps_close(out.cams, np.array(expected))
