@@ -549,6 +549,17 @@ def test_eigen_cam_is_oriented_and_class_agnostic():
         >= 0
     )
     assert flipped.shape == p.shape
+    # The explainer's map is that projection's ReLU, uncentred by default (the paper's O V_1);
+    # `center=True` reaches it (they differ on these activations).
+    np.testing.assert_allclose(out.cams[:, 0], jax.nn.relu(p), rtol=1e-5, atol=1e-6)
+    centred = explain.explainer(
+        model, variables, "eigen_cam", size=None, normalize=False, center=True
+    )(images)
+    want = jax.nn.relu(
+        jax.jit(jax.vmap(lambda a: explain.activation.principal_projection(a, True)))(acts)
+    )
+    np.testing.assert_allclose(centred.cams[:, 0], want, rtol=1e-5, atol=1e-6)
+    assert np.abs(np.asarray(want) - np.asarray(jax.nn.relu(p))).max() > 1e-3
 
 
 def test_uncentred_eigen_cam_of_a_relu_layer_is_never_all_zero():
