@@ -573,3 +573,23 @@ def test_ties_and_tiny_scores_follow_the_peers_conventions():
     maps = jnp.zeros((2, 40, 40)).at[:, 5, 5].set(1.0).at[:, 35, 35].set(1.0)
     gt = jnp.zeros((2, 40, 40), bool).at[0, 5, 5].set(True).at[1, 35, 35].set(True)
     np.testing.assert_array_equal(fa.pointing_hits(maps, gt), [True, False])
+
+
+def test_the_default_step_is_one_image_width_as_rise():
+    """step=0 deletes or inserts one image width of pixels per step (RISE's 224 at 224 x 224):
+    9 on a non-square 4 x 9 image, not its height, nor one pixel less."""
+    forward, *_ = linear_model()  # 4 x 9 = P pixels, as the model's 6 x 6
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(2, 4, 9, 3)).astype(np.float32)
+    maps = rng.uniform(size=(2, 4, 9)).astype(np.float32)
+    classes = np.array([0, 3], np.int32)
+    settings = fa.FaithfulnessSettings(pointing=False)
+    sums = jax.jit(lambda *a: fa.batch_sums(forward, *a, settings))(
+        images, maps, classes, np.ones(2, bool)
+    )
+    curves = jax.jit(lambda *a: fa.deletion_insertion_curves(forward, *a, step=9))
+    deletion, insertion = curves(images, maps, classes)
+    for name, curve in (("deletion", deletion), ("insertion", insertion)):
+        want = float(jnp.sum(fa.curve_auc(curve, P, 9)))
+        assert float(sums[name]) == pytest.approx(want, rel=1e-6), name
+    assert deletion.shape == (2, 5)  # 0, 9, 18, 27 and 36 pixels changed
