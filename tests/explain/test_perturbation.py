@@ -290,6 +290,25 @@ def test_bag_cams_closed_form_at_gaps_input():
                 expected = np.maximum(t * p, 0).sum(-1)
                 assert_maps_close(out.cams[b, i], expected, rtol=1e-5)
 
+    def closed_form(b, g):  # M for a gradient g (K,), constant over positions
+        return np.maximum((1 + g * acts[b].mean((0, 1))) * acts[b] * g, 0).sum(-1)
+
+    # score='probability': the gradient of log softmax(y)_c is (W_c - sum_j p_j W_j) / (h w).
+    out = raw("bag_cams", top_k=2, score="probability")(images)
+    for b in range(2):
+        probs = np.asarray(jax.nn.softmax(out.logits[b]), np.float64)
+        for i, c in enumerate(np.asarray(out.classes)[b]):
+            g = (w[:, c] - w @ probs) / (h * wd)
+            assert_maps_close(out.cams[b, i], closed_form(b, g), rtol=1e-5)
+    # A negative logit keeps its sign in 1 / y_c.
+    lowest = np.argmin(np.asarray(out.logits), axis=1)
+    y = np.asarray(out.logits)[np.arange(2), lowest]
+    assert (y < 0).all()
+    out = raw("bag_cams")(images, targets=lowest)
+    for b in range(2):
+        g = w[:, lowest[b]] / (h * wd * y[b])
+        assert_maps_close(out.cams[b, 0], closed_form(b, g), rtol=1e-5)
+
 
 def test_guided_relu_clamps_gradients_through_downstream_relus():
     """At conv2's output (before its ReLU), the gradient of log(y_c) is
