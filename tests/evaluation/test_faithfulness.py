@@ -396,15 +396,15 @@ def test_batch_sums_excludes_and_counts_what_is_not_finite_or_out_of_range():
     masks = np.zeros((6, H, W), bool)
     masks[:, 1:3, 1:3] = True
 
-    @jax.jit
-    def step(images, maps, classes, labels):
-        return fa.batch_sums(
-            forward, images, maps, classes, np.ones(6, bool), settings,
+    @functools.cache  # one compiled step per model
+    def step(model):
+        return jax.jit(lambda images, maps, classes, labels: fa.batch_sums(
+            model, images, maps, classes, np.ones(6, bool), settings,
             point_maps=maps, gt_masks=masks, labels=labels, num_classes=C,
-        )  # fmt: skip
+        ))  # fmt: skip
 
-    def sums(*args):
-        return {k: np.asarray(v) for k, v in step(*args).items()}
+    def sums(*args, model=forward):
+        return {k: np.asarray(v) for k, v in step(model)(*args).items()}
 
     clean = sums(images, maps, classes, classes)
     bad_images, bad_maps = images.copy(), maps.copy()
@@ -415,6 +415,10 @@ def test_batch_sums_excludes_and_counts_what_is_not_finite_or_out_of_range():
     labels[5] = C
     got = sums(bad_images, bad_maps, bad_classes, labels)
     assert got["count"] == 1 and got["nan"] == 5 and got["pointing_nan"] == 4
+    # A network that swallows NaN and Inf (a max or a ReLU can) leaves the same images out.
+    swallowing = lambda x: forward(jnp.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))  # noqa: E731
+    swallowed = sums(bad_images, bad_maps, bad_classes, labels, model=swallowing)
+    assert swallowed["count"] == 1 and swallowed["nan"] == 5
     only_5 = sums(
         images[5:].repeat(6, 0), maps[5:].repeat(6, 0), classes[5:].repeat(6), classes[5:].repeat(6)
     )
