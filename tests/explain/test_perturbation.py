@@ -185,6 +185,12 @@ def test_ss_cam_and_is_cam_equal_numpy_loops():
 
     expected = reference_score_family(np.asarray(out.classes), 2, noisy, **TORCHCAM)
     assert_maps_close(out.cams, expected)
+    # Those draws come from the code under test: they must differ by image, copy and channel.
+    draws = [
+        np.asarray(noise(key, *bik, size, 0.5))
+        for bik in [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    ]
+    assert all(np.abs(d - draws[0]).min() > 0 for d in draws[1:])
     # every copy (2 draws x 5 channels) in one chunk gives the same maps
     every = raw("ss_cam", num_samples=2, std=0.5, chunk_size=10, **TORCHCAM)(tiny()[2], key=key)
     assert_maps_close(every.cams, out.cams, rtol=1e-6)
