@@ -140,6 +140,14 @@ def test_targets_given_top_k_and_score_function_agree():
     top = explain.explainer(model, variables, "grad_cam", top_k=3)(images)
     order = np.argsort(-np.asarray(top.logits), axis=1)[:, :3]
     np.testing.assert_array_equal(top.classes, order)
+    # Smooth Grad-CAM++'s noisy copies take the clean image's top class, not their own.
+    smooth = explain.explainer(
+        model, variables, "smooth_grad_cam_pp", size=None, normalize=False, std=5.0
+    )
+    key = jax.random.key(3)
+    best = smooth(images, key=key)
+    given = smooth(images, np.asarray(best.classes[:, 0]), key=key)
+    np.testing.assert_array_equal(given.cams, best.cams)
 
 
 def test_device_classes_out_of_range_are_flagged_host_classes_raise():
