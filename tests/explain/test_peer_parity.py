@@ -259,12 +259,17 @@ SAME_FORMULA = {
 LAYERS = ["gap_input", pytest.param("inner", marks=pytest.mark.slow)]
 
 
+def layer_at(net: str, where: str) -> str:
+    """The single layer a LAYERS case probes."""
+    *_, layer, pair = network(net)
+    return layer if where == "gap_input" else pair[0]
+
+
 @pytest.mark.parametrize("where", LAYERS)
 @pytest.mark.parametrize("net", NETWORKS)
 @pytest.mark.parametrize("method", sorted(SAME_FORMULA))
 def test_gradient_methods_match_the_peers(net, method, where):
-    _, _, images, _, _, layer, pair = network(net)
-    layer = layer if where == "gap_input" else pair[0]
+    images, layer = network(net)[2], layer_at(net, where)
     raw = camjax_raw(net, method, (layer,))
     gradcam_cls, torchcam_cls = SAME_FORMULA[method]
     theirs = run_gradcam(getattr(grad_cam_peer(), gradcam_cls), net, [layer])
@@ -331,8 +336,8 @@ def test_smooth_grad_cam_pp_on_torchcam_noise(net, where):
     follows the paper (Omeiza et al.): alpha from mean(G^2), mean(G^3) and sum_xy A (eq. 19),
     w from mean(G), the map on the clean activations: that closed form reproduces camjax."""
     num_samples, std = 3, 0.3
-    _, _, images, twin, x, layer, pair = network(net)
-    layer = layer if where == "gap_input" else pair[0]  # noise changes its gradients (LAYERS)
+    _, _, images, twin, x, _, _ = network(net)
+    layer = layer_at(net, where)  # inner: the noise changes its gradients (LAYERS)
     noise = camjax_noise(images, num_samples, std)
     clean_acts, _ = ingredients(net, layer)
     noisy = [ingredients(net, layer, images + n) for n in noise]

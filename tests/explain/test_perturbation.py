@@ -97,6 +97,14 @@ def reference_score_family(
     apply = jax.jit(lambda x: model.apply(variables, x))
     images = np.asarray(images)
     size = images.shape[1:3]
+
+    def softmax(z):
+        return np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+
+    def score(x, c):  # the class score of one image x (H, W, 3)
+        z = np.asarray(apply(x[None]))[0]
+        return (softmax(z) if weights == "probability" else z)[c]
+
     out = []
     for b, image in enumerate(images):
         acts = feature(model, variables, image[None])[0]
@@ -110,24 +118,13 @@ def reference_score_family(
                 else:
                     u = up_numpy(a, size, align_corners)
                     mask = (u - u.min()) / (u.max() - u.min())
-                s = 0.0
-                for i in range(copies):
-                    z = np.asarray(apply((copy(mask, i, b, k)[..., None] * image)[None]))[0]
-                    if weights == "probability":
-                        z = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-                    s += z[c] / copies
-                scores.append(s)
+                copied = [score(copy(mask, i, b, k)[..., None] * image, c) for i in range(copies)]
+                scores.append(sum(copied) / copies)
                 ups.append(up_numpy(a, size, align_corners))
             scores = np.array(scores)
             if baseline:
-                z = np.asarray(apply(image[None]))[0]
-                if weights == "probability":
-                    z = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
-                scores = scores - z[c]
-            if weights == "channel_softmax":
-                w = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
-            else:
-                w = scores
+                scores = scores - score(image, c)
+            w = softmax(scores) if weights == "channel_softmax" else scores
             if combine == "input":
                 m = np.einsum("k,khw->hw", w, np.stack(ups))
             else:
@@ -200,8 +197,8 @@ def test_ss_cam_and_is_cam_equal_numpy_loops():
         "linear": [(i + 1) / n for i in range(n)],
     }
     for path, scales in paths.items():
-        out = raw("is_cam", num_samples=n, **({"path": path} if path == "linear" else {}))
-        out = out(tiny()[2])
+        is_cam = raw("is_cam", num_samples=n, **({"path": path} if path == "linear" else {}))
+        out = is_cam(tiny()[2])
         expected = reference_score_family(
             np.asarray(out.classes), n, lambda mask, i, b, k, s=scales: s[i] * mask
         )
@@ -310,18 +307,16 @@ def test_bag_cams_closed_form_at_gaps_input():
     acts = feature(model, variables, images)
     w = np.asarray(variables["params"]["head"]["kernel"])
     h, wd = acts.shape[1:3]
+
+    def closed_form(b, g):  # M for a gradient g (K,), constant over positions
+        return np.maximum((1 + g * acts[b].mean((0, 1))) * acts[b] * g, 0).sum(-1)
+
     for guided in (True, False):
         out = raw("bag_cams", top_k=2, guided=guided)(images)
         for b in range(2):
             for i, c in enumerate(np.asarray(out.classes)[b]):
-                y = float(out.logits[b, c])
-                p = acts[b] * w[:, c] / (h * wd * y)
-                t = 1 + w[:, c] * acts[b].mean((0, 1)) / (h * wd * y)
-                expected = np.maximum(t * p, 0).sum(-1)
-                assert_maps_close(out.cams[b, i], expected, rtol=1e-5)
-
-    def closed_form(b, g):  # M for a gradient g (K,), constant over positions
-        return np.maximum((1 + g * acts[b].mean((0, 1))) * acts[b] * g, 0).sum(-1)
+                g = w[:, c] / (h * wd * float(out.logits[b, c]))
+                assert_maps_close(out.cams[b, i], closed_form(b, g), rtol=1e-5)
 
     # score='probability': the gradient of log softmax(y)_c is (W_c - sum_j p_j W_j) / (h w).
     out = raw("bag_cams", top_k=2, score="probability")(images)
