@@ -16,12 +16,17 @@ averaging its layers (`scale_cam_image`, `aggregate_multi_layers`). camjax's own
 (`postprocess(..., method='bilinear', normalize=True)`, what `explainer(size='input',
 resize='bilinear')` does) is compared too, which differs from grad-cam's only by those eps.
 
-Tolerance: atol 1e-5 on maps in [0, 1] (`TOL`). Both sides compute in float32 with different
-convolution kernels (XLA vs oneDNN) and summation orders: the networks' activations and
-gradients agree to a few 1e-7 relative, and the min-max stretches a map's error by
-|map| / range(map), a few units here; the largest difference measured over these tests is
-2e-6, so 1e-5 leaves a 5x margin and still fails on any formula change (the departures
-documented below move maps by 1e-2 or more).
+Tolerance: atol 1e-5 on maps in [0, 1] (`TOL`), and on raw maps divided by the batch's peak
+(TorchCAM's raw maps are compared too: a min-max hides a scale or a shift of the weights).
+Both sides compute in float32 with different convolution kernels (XLA vs oneDNN) and
+summation orders: the networks' activations and gradients agree to a few 1e-7 relative, and
+the min-max stretches a map's error by |map| / range(map), a few units here. At the GAP's
+input the largest difference measured is 3.0e-6 on an AVX-512 CPU (2e-6 on an AVX2 one), a
+3x margin that still fails on any formula change (the departures documented below move maps
+by 1e-2 or more). The inner layers (`LAYERS`, full suite) take 5e-4: there sums over space
+of signed products (G A, G^3 A) cancel, and float32 moves a whole map's scale by up to 9.1e-5
+of its peak (XGrad-CAM, VGG16's conv4_3, TorchCAM's raw map; 3.5e-5 normalised, Smooth
+Grad-CAM++), each side's own rounding, measured against float64 closed forms.
 
 Where a peer departs from its paper (issue 13: follow the paper and document), the peer is
 checked against the closed form of what it computes, built from camjax's own activations and
@@ -145,9 +150,10 @@ def _random_variables(model, images, rng):
 @functools.cache
 def network(name: str):
     """(camjax model, variables, images (B, H, W, 3), torch twin in eval mode, its input NCHW,
-    single layer, the pair of layers for LayerCAM's fusion)."""
+    single layer, the pair of layers for LayerCAM's fusion). 'cnn_constant': the CNN with
+    relu3's channel 0 constant (a zero kernel and bias 0.5), a channel without a mask."""
     rng = np.random.default_rng(0)
-    if name == "cnn":
+    if name.startswith("cnn"):
         model, twin, size = FlaxCNN(), TorchCNN(), 32
         layer, pair = "relu3", ("relu2", "relu3")
     else:
@@ -156,8 +162,14 @@ def network(name: str):
         layer, pair = "feature_map", ("conv4_3", "feature_map")
     images = rng.standard_normal((len(CLASSES), size, size, 3)).astype(np.float32)
     variables = _random_variables(model, images, rng)
+    if name == "cnn_constant":
+        conv3 = variables["params"]["conv3"]
+        conv3["kernel"], conv3["bias"] = (
+            conv3["kernel"].at[..., 0].set(0),
+            conv3["bias"].at[0].set(0.5),
+        )
     twin.load_state_dict(camjax_state_dict(variables), strict=True)
-    if name != "cnn":  # returns logits only, its layers at `net.<camjax's module path>`
+    if not name.startswith("cnn"):  # returns logits only, at `net.<camjax's module path>`
         twin = LogitsOnly(twin)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     return model, variables, images, twin.eval(), x, layer, pair
@@ -168,7 +180,7 @@ NETWORKS = ("cnn", "vgg16_gap")
 
 def peer_layers(net: str, layers) -> list[str]:
     """The twin's module names of camjax's module paths."""
-    return [name if net == "cnn" else f"net.{name}" for name in layers]
+    return [name if net.startswith("cnn") else f"net.{name}" for name in layers]
 
 
 @functools.cache
@@ -210,9 +222,10 @@ def gradcam_post(layer_maps: list[np.ndarray], size: tuple[int, int]) -> np.ndar
     return grad_cam_peer("base_cam").BaseCAM.aggregate_multi_layers(None, scaled)
 
 
-def run_torchcam(cls, net, layers, setup=None, **kwargs) -> list[np.ndarray]:
-    """TorchCAM maps, one (B, h, w) per layer, at the layers' resolution; setup(extractor)
-    runs first (e.g. to feed it noise)."""
+def run_torchcam(cls, net, layers, setup=None, normalized=False, **kwargs) -> list[np.ndarray]:
+    """TorchCAM maps, one (B, h, w) per layer, at the layers' resolution: its raw maps (after
+    its ReLU), or min-max normalised if `normalized`; setup(extractor) runs first (e.g. to
+    feed it noise)."""
     *_, twin, x, _, _ = network(net)
     layers = peer_layers(net, layers)
     extractor = cls(twin, target_layer=layers, input_shape=tuple(x.shape[1:]), **kwargs)
@@ -221,7 +234,7 @@ def run_torchcam(cls, net, layers, setup=None, **kwargs) -> list[np.ndarray]:
     with extractor:
         scores = twin(x)
         scores = scores if extractor._score_used else None  # the score family reruns the net
-        maps = extractor(class_idx=CLASSES.tolist(), scores=scores)
+        maps = extractor(class_idx=CLASSES.tolist(), scores=scores, normalized=normalized)
     return [m.detach().numpy() for m in maps], maps
 
 
@@ -233,6 +246,16 @@ def run_gradcam(cls, net, layers) -> np.ndarray:
     with cls(twin, [modules[name] for name in layers]) as cam:
         target = grad_cam_peer("utils.model_targets").ClassifierOutputTarget
         return cam(x, [target(int(c)) for c in CLASSES])
+
+
+def assert_torchcam(ours, theirs, tol=TOL):
+    """Raw (B, h, w) maps against TorchCAM's raw maps, relative to the batch's peak (a min-max
+    would hide a scale or a shift of the weights), and after TorchCAM's normalisation. Not
+    each image's peak: where a map's terms cancel, its peak is small beside its float32
+    rounding (VGG16's GAP input: 1.6e-5 of a peak)."""
+    peak = np.abs(theirs).max()
+    assert_maps(ours / peak, theirs / peak, tol)
+    assert_maps(torchcam_post(ours), torchcam_post(theirs), tol)
 
 
 def assert_maps(ours, theirs, tol=TOL):
@@ -257,6 +280,10 @@ SAME_FORMULA = {
 # weighting would match the peers. The layer before it (LayerCAM's pair's first) has
 # input-dependent gradients; its cases run in the full suite (the lane keeps the GAP input's).
 LAYERS = ["gap_input", pytest.param("inner", marks=pytest.mark.slow)]
+# The tolerance per LAYERS case (module doc). VGG16's conv4_3, XGrad-CAM's raw map: TorchCAM's
+# is 1.2e-4 and camjax's 2.8e-5 from a float64 closed form of camjax's activations and
+# gradients, a per-image scale that a min-max removes.
+LAYER_TOL = {"gap_input": TOL, "inner": 5e-4}
 
 
 def layer_at(net: str, where: str) -> str:
@@ -269,33 +296,34 @@ def layer_at(net: str, where: str) -> str:
 @pytest.mark.parametrize("net", NETWORKS)
 @pytest.mark.parametrize("method", sorted(SAME_FORMULA))
 def test_gradient_methods_match_the_peers(net, method, where):
-    images, layer = network(net)[2], layer_at(net, where)
+    images, layer, tol = network(net)[2], layer_at(net, where), LAYER_TOL[where]
     raw = camjax_raw(net, method, (layer,))
     gradcam_cls, torchcam_cls = SAME_FORMULA[method]
     theirs = run_gradcam(getattr(grad_cam_peer(), gradcam_cls), net, [layer])
-    assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
+    assert_maps(gradcam_post([raw], images.shape[1:3]), theirs, tol)
     ours = postprocess(jnp.asarray(raw), images.shape[1:3], method="bilinear", normalize=True)
-    assert_maps(ours, theirs, PIPELINE_TOL)
+    assert_maps(ours, theirs, max(PIPELINE_TOL, tol))
     if torchcam_cls is not None:
         (theirs,), _ = run_torchcam(getattr(torchcam_methods, torchcam_cls), net, [layer])
-        assert_maps(torchcam_post(raw), theirs)
+        assert_torchcam(raw, theirs, tol)
         # TorchCAM divides by max + 1e-8: its peak falls short of 1 by 1e-8 / span, which the
         # inner layer's small maps (spans ~1e-4 here) make visible.
         eps_gap = 1e-8 / np.ptp(raw, axis=(1, 2)).min()
-        assert_maps(postprocess(jnp.asarray(raw), None, normalize=True), theirs, TOL + eps_gap)
+        ours = postprocess(jnp.asarray(raw), None, normalize=True)
+        assert_maps(ours, torchcam_post(theirs), tol + eps_gap)
 
 
 @pytest.mark.parametrize("net", NETWORKS)
 def test_cam_matches_torchcam(net):
     """CAM (TorchCAM only): the classifier's weights on the GAP's input, no ReLU."""
     _, _, _, _, _, layer, _ = network(net)
-    head = "fc" if net == "cnn" else "head"
+    head = "fc" if net.startswith("cnn") else "head"
     raw = camjax_raw(net, "cam", (layer,), head=head)
     (theirs,), _ = run_torchcam(
         torchcam_methods.CAM, net, [layer], fc_layer=peer_layers(net, [head])[0]
     )
     assert raw.min() < 0  # the signed map: TorchCAM applies no ReLU either
-    assert_maps(torchcam_post(raw), theirs)
+    assert_torchcam(raw, theirs)
 
 
 @pytest.mark.parametrize("net", NETWORKS)
@@ -310,9 +338,9 @@ def test_torchcam_grad_cam_pp_is_its_closed_form_and_camjax_follows_the_paper(ne
     weights = np.sum(grads**2 * np.maximum(grads, 0), axis=(1, 2))
     closed = np.maximum(np.einsum("bhwk,bk->bhw", acts, weights), 0)
     (theirs,), _ = run_torchcam(torchcam_methods.GradCAMpp, net, [layer])
-    assert_maps(torchcam_post(closed), theirs)
+    assert_torchcam(closed, theirs)
     ours = torchcam_post(camjax_raw(net, "grad_cam_pp", (layer,)))
-    assert np.abs(ours - theirs).max() > 100 * TOL
+    assert np.abs(ours - torchcam_post(theirs)).max() > 100 * TOL
 
 
 def camjax_noise(images, num_samples, std):
@@ -361,14 +389,18 @@ def test_smooth_grad_cam_pp_on_torchcam_noise(net, where):
     with extractor:
         twin(x)
         (theirs,) = extractor(class_idx=CLASSES.tolist())
-    assert_maps(torchcam_post(peer_closed), theirs.numpy())
+    # Normalised only: TorchCAM's float32 sum of G^3 A cancels at the inner layer, a per-image
+    # scale of its raw map (2.5e-4 of VGG16's peak from this float64 closed form).
+    tol = LAYER_TOL[where]
+    assert_maps(torchcam_post(peer_closed), theirs.numpy(), tol)
 
     act_sum = np.sum(clean_acts, axis=(1, 2), keepdims=True)
     alpha = np.where(g != 0, g2 / (2 * g2 + act_sum * g3 + 1e-6), 0)
     weights = np.sum(alpha * np.maximum(g, 0), axis=(1, 2))
     paper = np.maximum(np.einsum("bhwk,bk->bhw", clean_acts, weights), 0)
     ours = camjax_raw(net, "smooth_grad_cam_pp", (layer,), num_samples=num_samples, std=std)
-    assert_maps(torchcam_post(ours), torchcam_post(paper))
+    assert_torchcam(ours, paper, tol)
+    assert np.abs(torchcam_post(paper) - theirs.numpy()).max() > 10 * tol
 
 
 @pytest.mark.parametrize("net", NETWORKS)
@@ -380,7 +412,7 @@ def test_layer_cam_fusion(net):
     grad-cam: its generic multi-layer mean of per-layer normalised maps, on camjax's."""
     _, _, images, _, _, _, pair = network(net)
     per_layer = [camjax_raw(net, "layer_cam", (name,)) for name in pair]
-    _, tensors = run_torchcam(torchcam_methods.LayerCAM, net, pair)
+    _, tensors = run_torchcam(torchcam_methods.LayerCAM, net, pair, normalized=True)
     theirs = torchcam_methods.LayerCAM.fuse_cams(tensors).numpy()
     fused = explain.gradient.fuse_layer_maps(
         [jnp.asarray(torchcam_post(m))[:, None] for m in per_layer], gamma=2.0
@@ -452,17 +484,22 @@ GRAD_CAM_SCORE = dict(
 )
 
 
-@pytest.mark.parametrize("net", NETWORKS)
+@pytest.mark.parametrize("net", (*NETWORKS, "cnn_constant"))
 def test_score_cam_matches_both_peers(net):
     """Score-CAM, where the peers differ from each other and from the paper: TorchCAM
     normalises each channel's mask at the layer's resolution and upsamples it (align_corners
     False), grad-cam upsamples (align_corners True) and then normalises; both weight channels
     by a softmax over channels of the masked copies' logits and sum the low-resolution
-    activations. camjax reproduces each with its options (its default is the paper's)."""
+    activations. camjax reproduces each with its options (its default is the paper's).
+    TorchCAM's maps are compared before its normalisation too: a min-max hides a common scale
+    and shift of the weights, such as what a constant channel's score does (cnn_constant: the
+    peers' eps on the range makes its mask zero, a black copy that is scored)."""
     _, _, images, _, _, layer, _ = network(net)
+    if net == "cnn_constant":
+        assert np.ptp(ingredients(net, layer)[0][..., 0], axis=(1, 2)).max() == 0
     raw = camjax_raw(net, "score_cam", (layer,), **TORCHCAM_SCORE)
     (theirs,), _ = run_torchcam(torchcam_methods.ScoreCAM, net, [layer])
-    assert_maps(torchcam_post(raw), theirs)
+    assert_torchcam(raw, theirs)
     raw = camjax_raw(net, "score_cam", (layer,), **GRAD_CAM_SCORE)
     theirs = run_gradcam(grad_cam_peer().ScoreCAM, net, [layer])
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
@@ -494,7 +531,7 @@ def test_ss_cam_matches_torchcam_on_the_same_noise(net):
         std=std,
         setup=lambda extractor: setattr(extractor._distrib, "sample", lambda _: next(samples)),
     )
-    assert_maps(torchcam_post(raw), theirs)
+    assert_torchcam(raw, theirs)
 
 
 @pytest.mark.parametrize("net", ["cnn"])
@@ -504,7 +541,7 @@ def test_is_cam_matches_torchcam(net):
     _, _, _, _, _, layer, _ = network(net)
     raw = camjax_raw(net, "is_cam", (layer,), num_samples=3, path="cumulative", **TORCHCAM_SCORE)
     (theirs,), _ = run_torchcam(torchcam_methods.ISCAM, net, [layer], num_samples=3)
-    assert_maps(torchcam_post(raw), theirs)
+    assert_torchcam(raw, theirs)
 
 
 @pytest.mark.parametrize("net", NETWORKS)
