@@ -25,16 +25,19 @@ class Tap(nn.Module):
 
 
 class Tiny(nn.Module):
-    """conv-relu, a pool, conv-relu read at 'feature' (post-ReLU, GAP's input), GAP, linear."""
+    """conv-relu, a pool, conv-relu read at 'feature' (post-ReLU, GAP's input), GAP, linear;
+    without `rectify`, 'feature' is the signed convolution."""
 
     width: int = 5
     num_classes: int = 4
+    rectify: bool = True
 
     @nn.compact
     def __call__(self, x):
         x = nn.relu(nn.Conv(4, (3, 3), name="conv1")(x))
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-        x = Tap(name="feature")(nn.relu(nn.Conv(self.width, (3, 3), name="conv2")(x)))
+        x = nn.Conv(self.width, (3, 3), name="conv2")(x)
+        x = Tap(name="feature")(nn.relu(x) if self.rectify else x)
         return nn.Dense(self.num_classes, name="head")(jnp.mean(x, axis=(1, 2)))
 
 
@@ -46,14 +49,14 @@ def numpy_init(model, images, scale=0.3, seed=0):
 
 
 @functools.cache
-def tiny(width=5):
-    model = Tiny(width=width)
+def tiny(width=5, rectify=True):
+    model = Tiny(width=width, rectify=rectify)
     images = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 16, 16, 3)), jnp.float32)
     return model, numpy_init(model, images), images
 
 
-def raw(method, width=5, layer="feature", **options):
-    model, variables, _ = tiny(width)
+def raw(method, width=5, layer="feature", rectify=True, **options):
+    model, variables, _ = tiny(width, rectify)
     return explain.explainer(
         model, variables, method, layer=layer, size=None, normalize=False, **options
     )
@@ -90,10 +93,14 @@ def reference_score_family(
     align_corners=False,
     combine="input",
     baseline=False,
+    variables=None,
 ):
-    """Score-CAM-style maps (B, n, ...) of Tiny by a loop over images, channels and copies;
-    `baseline`: each score less the clean image's."""
-    model, variables, images = tiny()
+    """Score-CAM-style maps (B, n, ...) of Tiny (`variables`, default tiny()'s) by a loop over
+    images, channels and copies; `baseline`: each score less the clean image's. A constant
+    channel has no mask: the official code skips it (weights='probability'); the peers' 1e-8
+    on the range makes its mask zero, a black copy that still scores ('channel_softmax')."""
+    model, default_variables, images = tiny()
+    variables = default_variables if variables is None else variables
     apply = jax.jit(lambda x: model.apply(variables, x))
     images = np.asarray(images)
     size = images.shape[1:3]
@@ -113,11 +120,13 @@ def reference_score_family(
             scores, ups = [], []
             for k in range(acts.shape[-1]):
                 a = acts[..., k]
+                if a.max() == a.min() and weights == "probability":
+                    continue
                 if normalize_masks == "before":
-                    mask = up_numpy((a - a.min()) / (a.max() - a.min()), size, align_corners)
+                    mask = up_numpy((a - a.min()) / (np.ptp(a) + 1e-8), size, align_corners)
                 else:
                     u = up_numpy(a, size, align_corners)
-                    mask = (u - u.min()) / (u.max() - u.min())
+                    mask = (u - u.min()) / (np.ptp(u) + 1e-8)
                 copied = [score(copy(mask, i, b, k)[..., None] * image, c) for i in range(copies)]
                 scores.append(sum(copied) / copies)
                 ups.append(up_numpy(a, size, align_corners))
@@ -128,7 +137,9 @@ def reference_score_family(
             if combine == "input":
                 m = np.einsum("k,khw->hw", w, np.stack(ups))
             else:
-                m = np.einsum("k,hwk->hw", w, acts)
+                kept = [k for k in range(acts.shape[-1]) if np.ptp(acts[..., k]) > 0]
+                kept = range(acts.shape[-1]) if weights == "channel_softmax" else kept
+                m = np.einsum("k,hwk->hw", w, acts[..., kept])
             maps.append(np.maximum(m, 0))
         out.append(maps)
     return np.array(out)
@@ -158,6 +169,25 @@ def test_score_cam_equals_a_numpy_loop_over_channels(options):
     out = raw("score_cam", top_k=2, **options)(tiny()[2])
     expected = reference_score_family(np.asarray(out.classes), **options)
     assert out.cams.shape == expected.shape
+    assert_maps_close(out.cams, expected)
+
+
+@pytest.mark.parametrize("options", [PAPER, TORCHCAM], ids=["paper", "torchcam"])
+def test_a_constant_channel_is_skipped_by_the_paper_and_a_black_copy_for_the_peers(options):
+    """Channel 0 of 'feature' made constant 0.5 (a zero kernel, bias 0.5): the paper's weights
+    leave it out (its ReLU'd sum would shift the whole map by w_0 * 0.5); the peers' softmax
+    weighs it by the score of the all-black copy its zero mask makes."""
+    model, variables, images = tiny()
+    params = jax.tree.map(np.array, variables["params"])
+    params["conv2"]["kernel"][..., 0] = 0.0
+    params["conv2"]["bias"][0] = 0.5
+    variables = {"params": params}
+    assert np.all(feature(model, variables, images)[..., 0] == 0.5)
+    f = explain.explainer(
+        model, variables, "score_cam", layer="feature", size=None, normalize=False, **options
+    )
+    out = f(images, targets=np.array([1, 2]))
+    expected = reference_score_family([[1], [2]], variables=variables, **options)
     assert_maps_close(out.cams, expected)
 
 
@@ -205,17 +235,23 @@ def test_ss_cam_and_is_cam_equal_numpy_loops():
         assert_maps_close(out.cams, expected)
 
 
-@pytest.mark.parametrize("value", [0.0, -1.0])
+@pytest.mark.parametrize("value", [0.0, -1.0, "grad_cam_rule"])
 def test_ablation_cam_equals_numpy_and_the_gap_identity(value):
     """At GAP's input with a linear head, ablating channel k to `value` lowers logit c by
-    exactly W_ck (mean(A_k) - value): the map is ReLU(sum_k W_ck (mean(A_k) - value) / y_c A_k)."""
-    model, variables, images = tiny()
-    options = {} if value == 0.0 else {"value": value}  # 0 is the default
-    out = raw("ablation_cam", top_k=2, chunk_size=2, **options)(images)
-    w, bias = (np.asarray(variables["params"]["head"][n]) for n in ("kernel", "bias"))
+    exactly W_ck (mean(A_k) - value): the map is ReLU(sum_k W_ck (mean(A_k) - value) / y_c A_k).
+    'grad_cam_rule' on a signed layer (Tiny without its last ReLU): each image's value is its
+    activations' minimum - 1e7 (grad-cam's rule for a minimum other than 0)."""
+    signed = value == "grad_cam_rule"
+    model, variables, images = tiny(rectify=not signed)
+    options = {"grad_cam_rule": True} if signed else {} if value == 0.0 else {"value": value}
+    out = raw("ablation_cam", top_k=2, chunk_size=2, rectify=not signed, **options)(images)
+    w, bias = (np.asarray(variables["params"]["head"][n], np.float64) for n in ("kernel", "bias"))
     expected = []
     for b, image in enumerate(np.asarray(images)):
-        acts = feature(model, variables, image[None])[0]
+        acts = feature(model, variables, image[None])[0].astype(np.float64)
+        if signed:
+            assert acts.min() < 0
+            value = acts.min() - 1e7
         maps = []
         for c in np.asarray(out.classes)[b]:
             y = acts.mean((0, 1)) @ w[:, c] + bias[c]
