@@ -347,6 +347,14 @@ def test_box_masks_cover_pixel_centres_of_each_real_box():
     ref = np.zeros((5, 6), bool)
     ref[2:3, 1:4] = True
     np.testing.assert_array_equal(m[0], ref)
+    # Edges through pixel centres (x 1.5 and 3.5, y 0.5 and 2.5): the half-covered pixels are
+    # kept at both ends, columns 1-3 and rows 0-2; edges a hair inside drop them.
+    boxes = np.array([[[1.5, 0.5, 3.5, 2.5]], [[1.51, 0.51, 3.49, 2.49]]], np.float32)
+    m = np.asarray(fa.box_masks(boxes, np.array([1, 1]), 5, 6))
+    ref = np.zeros((2, 5, 6), bool)
+    ref[0, 0:3, 1:4] = True
+    ref[1, 1:2, 2:3] = True
+    np.testing.assert_array_equal(m, ref)
 
 
 # --------------------------------------------------------------------------------------------
