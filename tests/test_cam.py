@@ -92,6 +92,17 @@ def test_vmap_equals_per_example_loop(model_and_vars):
     np.testing.assert_allclose(batched, vmapped, rtol=1e-6, atol=1e-7)
 
 
+def test_divide_per_map_rounds_as_numpy_and_torch_do():
+    """The training methods' min-max (ACoL, SPG, Bridging) divide by a per-map span as their
+    references do; jitted, a plain division comes out an ulp off in ~24% of these quotients."""
+    maps = np.random.default_rng(0).normal(size=(500, 7, 7)).astype(np.float32)
+    shifted = maps - maps.min(axis=(1, 2), keepdims=True)
+    span = shifted.max(axis=(1, 2), keepdims=True)
+    out = np.asarray(jax.jit(cam_lib.divide_per_map)(shifted, span))
+    np.testing.assert_array_equal(out, shifted / span)
+    assert np.all(out.max(axis=(1, 2)) == 1.0)
+
+
 def test_normalize_minmax_degenerate_maps_become_zero():
     maps = jnp.stack(
         [

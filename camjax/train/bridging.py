@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from camjax.cam import divide_per_map
+
 NORM_REGIONS = ("max_class", "target")  # bridging_norm_region's values
 
 
@@ -83,7 +85,7 @@ def _minmax(maps: jax.Array) -> jax.Array:
     """(B, h, w) -> (m - min) / (max(m - min) + 1e-15) per image (the official code's
     `normalize_minmax`; a constant map becomes zeros)."""
     shifted = maps - jnp.min(maps, axis=(1, 2), keepdims=True)
-    return shifted / (jnp.max(shifted, axis=(1, 2), keepdims=True) + _MEAN_EPS)
+    return divide_per_map(shifted, jnp.max(shifted, axis=(1, 2), keepdims=True) + _MEAN_EPS)
 
 
 def _region_mean(values: jax.Array, region: jax.Array) -> jax.Array:

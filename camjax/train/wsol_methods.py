@@ -283,7 +283,8 @@ def spg_loss(
     attention = up(cam.class_maps_of(outputs["class_maps"], labels))
     lo = jnp.min(attention, axis=(1, 2), keepdims=True)
     span = jnp.max(attention, axis=(1, 2), keepdims=True) - lo
-    attention = jnp.where(span > 0, (attention - lo) / jnp.where(span > 0, span, 1.0), jnp.nan)
+    scaled = cam.divide_per_map(attention - lo, jnp.where(span > 0, span, 1.0))
+    attention = jnp.where(span > 0, scaled, jnp.nan)
     b1, b2, c = (up(outputs[k][..., 0]) for k in ("spg_b1", "spg_b2", "spg_c"))
     guides = (
         attention,
