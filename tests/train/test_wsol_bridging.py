@@ -101,7 +101,7 @@ def test_the_alignment_terms_start_after_the_warm_up():
     rng = np.random.default_rng(1)
     outputs = {
         "feature_map": np.maximum(rng.normal(size=(2, 3, 3, 4)), 0).astype(np.float32),
-        "feature_map_erased": np.zeros((2, 3, 3, 4), np.float32),
+        "feature_map_erased": np.maximum(rng.normal(size=(2, 3, 3, 4)), 0).astype(np.float32),
     }
     kernel = rng.normal(size=(4, 5)).astype(np.float32)
     logits, labels = jnp.asarray(rng.normal(size=(2, 5)), jnp.float32), jnp.array([1, 4])
@@ -116,6 +116,21 @@ def test_the_alignment_terms_start_after_the_warm_up():
     for step, want in ((24, warm), (25, warm + 0.5 * terms.sim + 0.15 * terms.norm)):
         got = loss(logits, outputs, labels, kernel, jnp.int32(step))
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_the_dropout_consistency_trains_both_branches():
+    """The reference's L1Loss(feature, feature_erased) back-propagates into both branches:
+    d L_drop / dF = sign(F - F') / (h w K), and its negative for F'."""
+    rng = np.random.default_rng(2)
+    f, erased = (rng.uniform(size=(2, 3, 3, 4)).astype(np.float32) for _ in range(2))
+    kernel = rng.normal(size=(4, 5)).astype(np.float32)
+
+    def drop(a, b):
+        return jnp.sum(bridging.terms(a, b, kernel, jnp.array([1, 4]), method_config()).drop)
+
+    grad_f, grad_erased = jax.jit(jax.grad(drop, (0, 1)))(f, erased)
+    np.testing.assert_allclose(grad_f, np.sign(f - erased) / 36, rtol=1e-6)
+    np.testing.assert_allclose(grad_erased, -np.sign(f - erased) / 36, rtol=1e-6)
 
 
 def test_the_erased_branch_runs_the_network_after_the_fork():

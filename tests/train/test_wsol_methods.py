@@ -73,6 +73,65 @@ def test_cutmix_lambda_is_the_clipped_box_area_and_the_loss_mixes_labels():
     )
 
 
+def reference_rand_bbox(h, w, lam, cy, cx):
+    """wsolevaluation's `rand_bbox` given its centre draws: the cut sides int(side *
+    sqrt(1 - lam)), the box around the centre clipped to [0, side]. -> (y0, y1, x0, x1)."""
+    cut_h, cut_w = int(h * np.sqrt(1.0 - lam)), int(w * np.sqrt(1.0 - lam))
+    return (
+        int(np.clip(cy - cut_h // 2, 0, h)),
+        int(np.clip(cy + cut_h // 2, 0, h)),
+        int(np.clip(cx - cut_w // 2, 0, w)),
+        int(np.clip(cx + cut_w // 2, 0, w)),
+    )
+
+
+def test_cutmix_box_is_the_references_rand_bbox():
+    """The centre is uniform over every pixel (the reference's np.random.randint(side)), y and
+    x from the two halves of the key; lam values include 0, where the box is the whole image."""
+    h, w = 20, 24
+    box = jax.jit(wsol_methods.cutmix_box, static_argnums=(1, 2))
+    for seed, lam in enumerate([0.0, 0.1, 0.37, 0.5, 0.81, 0.99] * 5):
+        key = jax.random.key(seed)
+        ky, kx = jax.random.split(key)
+        cy, cx = int(jax.random.randint(ky, (), 0, h)), int(jax.random.randint(kx, (), 0, w))
+        got = tuple(int(v) for v in box(key, h, w, jnp.float32(lam)))
+        assert got == reference_rand_bbox(h, w, np.float32(lam), cy, cx), (seed, lam)
+
+
+@pytest.mark.parametrize("name", ["has", "cutmix", "adl"])
+def test_each_step_draws_anew_and_a_resumed_step_the_same(name):
+    """Every draw is keyed by fold_in(..., step): steps 0 and 1 of one run hide other cells,
+    paste another box, flip another ADL coin; step 1 asked again draws the same."""
+    method = tiny_config("unused").method
+    method.name = name
+    images = jnp.arange(4.0)[:, None, None, None] * jnp.ones((4, 16, 16, 3))
+
+    def draws(step):  # the images, Mixed and rng keys as plain arrays
+        out = wsol_methods.step_inputs(method, images, jnp.arange(4), jax.random.key(0), step)
+        is_key = lambda x: jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)  # noqa: E731
+        return [
+            np.asarray(jax.random.key_data(x) if is_key(x) else x) for x in jax.tree.leaves(out)
+        ]
+
+    zero, one, again = draws(jnp.int32(0)), draws(jnp.int32(1)), draws(jnp.int32(1))
+    assert any(not np.array_equal(a, b) for a, b in zip(zero, one, strict=True))
+    for a, b in zip(one, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_config_reaches_the_models_method_fields():
+    """config.method's values, not defaults, become the network's ADL, attentive dropout and
+    ACoL fields (distinct non-default values, so a swap or a constant shows)."""
+    config = tiny_config("unused")
+    config.method.name, config.method.adl_drop_rate, config.method.adl_threshold = "adl", 0.6, 0.85
+    assert experiment.build_model(config).adl == (0.6, 0.85)
+    config.method.name = "bridging"
+    config.method.bridging_drop_threshold, config.method.bridging_drop_prob = 0.8, 0.3
+    assert experiment.build_model(config).attentive_drop == (0.8, 0.3)
+    config.method.name, config.model.dropout_rate, config.method.acol_threshold = "acol", 0.0, 0.55
+    assert experiment.build_model(config).acol == 0.55
+
+
 def reference_adl(x_nchw, coin, drop_rate, threshold):
     """wsolevaluation's ADL.forward in training, in numpy, with `torch.rand([])` = coin."""
     attention = x_nchw.mean(axis=1, keepdims=True)
