@@ -97,6 +97,27 @@ def test_loss_terms_match_a_numpy_reading_of_the_official_code(region):
     assert np.any(np.asarray(grads[1]) != 0), "the head is aligned too"
 
 
+def test_a_dead_image_and_the_thresholds_edges_match_the_official_code():
+    """A dead image (all-zero ReLU features: the min-max's 1e-15 keeps it finite), and the
+    similarity thresholds at the normalised norm's ends: the official comparisons are strict,
+    so bg 0 and fg 1 leave both regions empty (L_sim = 0), each map's peak exactly 1."""
+    rng = np.random.default_rng(3)
+    feature = np.maximum(rng.normal(size=(3, 4, 5, 6)), 0).astype(np.float32)
+    feature[1] = 0
+    erased = feature * 0.5
+    kernel = rng.normal(size=(6, 4)).astype(np.float32)
+    labels = np.array([2, 0, 3])
+    for fg, bg in ((0.6, 0.1), (1.0, 0.0)):
+        method = method_config(bridging_sim_fg_threshold=fg, bridging_sim_bg_threshold=bg)
+        terms = jax.jit(lambda f, k, y, m=method: bridging.terms(f, erased, k, y, m))(
+            feature, kernel, jnp.asarray(labels)
+        )
+        expected = reference_terms(feature, erased, kernel, labels, fg, bg, "max_class")
+        for got, want in zip(terms, expected, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(terms.sim, 0.0)
+
+
 def test_the_alignment_terms_start_after_the_warm_up():
     rng = np.random.default_rng(1)
     outputs = {

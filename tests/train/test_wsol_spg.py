@@ -56,6 +56,25 @@ def test_masks_and_bce_match_the_reference():
     np.testing.assert_array_equal(wsol_methods.spg_bce(jnp.asarray(logits), nothing), 0.0)
 
 
+def test_masks_at_the_thresholds_edges_match_the_reference():
+    """Where random maps never land: values equal to high, low and the fallback's 0.7 x max
+    (the reference's comparisons are strict), and an image with exactly 30 foreground pixels
+    (not 'fewer than 30': no fallback) beside one with 29."""
+    attention = np.full((3, 16, 16), 0.3, np.float32)
+    attention[0, :2] = 0.7  # == high: not foreground, so the fallback (0.7 x max 1.0) runs
+    attention[0, 2, :3] = 1.0
+    attention[0, 3, :3] = 0.01  # == low: not background
+    attention[0, 4, :3] = 0.005
+    for i, count in ((1, 30), (2, 29)):  # 0.65: foreground only by the fallback
+        pixels = attention[i].reshape(-1)
+        pixels[:count], pixels[40:45] = 0.9, 0.65
+        pixels[50:55] = np.float32(0.7) * np.float32(0.9)  # == the fallback's 0.7 x max
+    mask = np.asarray(wsol_methods.spg_mask(jnp.asarray(attention), 0.7, 0.01, 30, 0.7))
+    np.testing.assert_array_equal(mask, reference_mask(attention, 0.7, 0.01))
+    assert np.all(mask[0, :2] == 255) and np.all(mask[0, 3, :3] == 255)
+    assert (mask[1] == 1).sum() == 30 and (mask[2] == 1).sum() == 29 + 5
+
+
 def test_spg_loss_matches_the_reference_get_loss():
     rng = np.random.default_rng(1)
     b, h, c, size = 2, 4, 3, 32
