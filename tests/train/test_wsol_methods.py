@@ -214,18 +214,44 @@ def test_each_switch_changes_the_step_and_is_deterministic():
         loop.make_train_step(config, model, tx)
 
 
-@pytest.mark.parametrize("name", ["googlenet_gap_tiny", "googlenet_gap_bn_tiny"])
-def test_googlenet_adl_sits_where_inception_adl_has_it(name):
-    """After the first inception stage (3b), after the last module (4e) and between the CAM
-    layer and the pooling, with no parameters of its own (traced, not compiled)."""
+# wsolevaluation's ADL networks: VGG16 'MA', 'A', 'A' after pool3, conv4_3 and conv5_3;
+# ResNet50 `_ADL_POSITION` [[], [], [0], [0, 2]]; GoogLeNet as InceptionV3-ADL: after the
+# first inception stage (3b), after the last module (4e), between the CAM layer and the pool.
+ADL_LAYERS = {
+    "vgg16_gap_tiny": {"adl_conv3", "adl_conv4", "adl_conv5"},
+    "resnet50_cam_tiny": {"adl3_0", "adl4_0", "adl4_2"},
+    "googlenet_gap_tiny": {"adl_3b", "adl_4e", "adl_cam"},
+    "googlenet_gap_bn_tiny": {"adl_3b", "adl_4e", "adl_cam"},
+}
+
+
+# The tiny (VGG) config's model fields another family does not take (ResNet: its own stride).
+TINY_FIELDS_NOT_OF = {
+    "vgg16_gap_tiny": (),
+    "resnet50_cam_tiny": ("num_blocks", "grouped_conv_impl", "groups", "output_stride"),
+    "googlenet_gap_tiny": ("num_blocks", "output_stride"),
+    "googlenet_gap_bn_tiny": ("num_blocks", "output_stride"),
+}
+
+
+@pytest.mark.parametrize(  # the lane keeps VGG's: the others compile for seconds
+    "name",
+    [n if n.startswith("vgg") else pytest.param(n, marks=pytest.mark.slow) for n in ADL_LAYERS],
+)
+def test_adl_layers_are_the_references_and_the_identity_at_evaluation(name):
+    """Exactly the reference's ADL layers, and at evaluation the ADL network computes what the
+    plain one does with the same parameters (ADL has none): every layer, the CAM head's too,
+    is off outside training."""
     config = tiny_config("unused")
     config.model.name = name
-    del config.model["num_blocks"], config.model["output_stride"]
+    for field in TINY_FIELDS_NOT_OF[name]:
+        del config.model[field]
+    images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+    config.method.name = "cam"
+    plain = experiment.build_model(config)
+    variables = jax.jit(plain.init)(jax.random.key(0), images)
     config.method.name = "adl"
     model = experiment.build_model(config)
-    images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
-    config.method.name = "cam"
-    plain = jax.eval_shape(experiment.build_model(config).init, jax.random.key(0), images)
     _, seen = jax.eval_shape(
         lambda v, x: model.apply(
             v,
@@ -235,7 +261,13 @@ def test_googlenet_adl_sits_where_inception_adl_has_it(name):
             capture_intermediates=True,
             mutable=["intermediates", "batch_stats"],
         ),
-        plain,
+        variables,
         images,
     )
-    assert {"adl_3b", "adl_4e", "adl_cam"} <= set(seen["intermediates"])
+    assert {k for k in seen["intermediates"] if k.startswith("adl")} == ADL_LAYERS[name]
+    evaluate = jax.jit(lambda m, v, x: m.apply(v, x, False), static_argnums=0)
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        evaluate(model, variables, images),
+        evaluate(plain, variables, images),
+    )
