@@ -119,9 +119,10 @@ def test_acol_loss_is_the_sum_of_both_heads_cross_entropies():
 def test_bad_acol_configs_fail_in_one_line():
     config = tiny_config("unused")
     config.method.name = "acol"
-    config.method.acol_threshold = 1.5
-    with pytest.raises(ValueError, match="config.method.acol_threshold must be in"):
-        wsol_methods.check_method(config.method)
+    for bad in (1.5, 0.0):  # 0 would erase every position
+        config.method.acol_threshold = bad
+        with pytest.raises(ValueError, match="config.method.acol_threshold must be in"):
+            wsol_methods.check_method(config.method)
     config.method.acol_threshold = 0.7
     config.model.dropout_rate = 0.5
     with pytest.raises(ValueError, match="dropout_rate=0"):

@@ -45,6 +45,9 @@ def test_attentive_drop_matches_the_reference_given_the_draws():
     above = m_avg > thres
     assert 0 < (mask[above] == 0).mean() < 1, "some positions above the threshold are kept"
     assert np.all(mask[~above] == 1)
+    # drop.py's comparison is strict: at threshold 1 nothing is above the maximum
+    everything = AttentiveDrop(threshold=1.0, drop_prob=1.0)
+    np.testing.assert_array_equal(everything.apply({}, x, rngs={"attentive_drop": key}), x)
 
 
 def reference_terms(feature, erased, kernel, labels, fg, bg, region):

@@ -63,6 +63,20 @@ def test_cutmix_lambda_is_the_clipped_box_area_and_the_loss_mixes_labels():
     same, mix = cutmix(images, labels, jax.random.key(0), 1.0, 0.0)
     np.testing.assert_array_equal(same, images)
     assert float(mix.lam) == 1.0
+    # The method's switch: its beta and prob, in that order; beta 0 turns CutMix off.
+    method = tiny_config("unused").method
+    method.name, method.cutmix_beta, method.cutmix_prob = "cutmix", 2.0, 0.5
+    for seed in range(4):
+        key = jax.random.key(seed)
+        jax.tree.map(
+            np.testing.assert_array_equal,
+            wsol_methods.augment(method, images, labels, key),
+            cutmix(images, labels, key, 2.0, 0.5),
+        )
+    method.cutmix_beta = 0.0
+    same, mix = wsol_methods.augment(method, images, labels, jax.random.key(0))
+    np.testing.assert_array_equal(same, images)
+    assert float(mix.lam) == 1.0
     logits = jax.random.normal(jax.random.key(1), (b, 5))
     mix = wsol_methods.Mixed(labels[::-1], jnp.float32(0.3))
     ce = optax.softmax_cross_entropy_with_integer_labels
@@ -142,9 +156,11 @@ def reference_adl(x_nchw, coin, drop_rate, threshold):
     return x_nchw * ((1 - binary) * importance + binary * drop_mask)
 
 
-def test_adl_matches_the_reference_given_the_coin_and_is_off_at_evaluation():
+@pytest.mark.parametrize("threshold", [0.9, 1.0])
+def test_adl_matches_the_reference_given_the_coin_and_is_off_at_evaluation(threshold):
+    """threshold 1.0: the reference's strict `attention < threshold * max` drops each peak."""
     x = jax.random.normal(jax.random.key(0), (4, 6, 6, 5))
-    layer = ADL(drop_rate=0.75, threshold=0.9)
+    layer = ADL(drop_rate=0.75, threshold=threshold)
     np.testing.assert_array_equal(layer.apply({}, x, train=False), x)
     picks = []
     for seed in range(40):
@@ -156,7 +172,7 @@ def test_adl_matches_the_reference_given_the_coin_and_is_off_at_evaluation():
                 {}, method=lambda m: jax.random.uniform(m.make_rng("adl")), rngs={"adl": key}
             )
         )
-        expected = reference_adl(np.asarray(x).transpose(0, 3, 1, 2), coin, 0.75, 0.9)
+        expected = reference_adl(np.asarray(x).transpose(0, 3, 1, 2), coin, 0.75, threshold)
         np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1), rtol=1e-6, atol=1e-7)
         picks.append(np.floor(coin + 0.75))
     assert 0.5 < np.mean(picks) < 0.95  # the drop mask about 3 batches in 4

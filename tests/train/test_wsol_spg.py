@@ -1,6 +1,8 @@
 """SPG (issue 14): its masks and losses against a numpy reading of wsolevaluation's
 `wsol/method/spg.py`, and its branches where VggSpg and ResNetSpg read them."""
 
+import functools
+
 import cv2
 import jax
 import jax.numpy as jnp
@@ -21,13 +23,13 @@ def spg_config(**fields):
     return config
 
 
-def reference_mask(attention, high, low):
+def reference_mask(attention, high, low, min_foreground=30, fallback=0.7):
     """get_mask with mask_fg's per-image loop and mask_bg, in numpy."""
     mask = np.full(attention.shape, 255.0)
     for i, a in enumerate(attention):
         fg = a > high
-        if fg.sum() < 30:
-            fg = a > a.max() * 0.7
+        if fg.sum() < min_foreground:
+            fg = a > a.max() * fallback
         mask[i][fg] = 1.0
     mask[attention < low] = 0.0
     return mask
@@ -75,7 +77,11 @@ def test_masks_at_the_thresholds_edges_match_the_reference():
     assert (mask[1] == 1).sum() == 30 and (mask[2] == 1).sum() == 29 + 5
 
 
-def test_spg_loss_matches_the_reference_get_loss():
+@pytest.mark.parametrize("changed", [False, True], ids=["defaults", "changed"])
+def test_spg_loss_matches_the_reference_get_loss(changed):
+    """changed: other spg_min_foreground and spg_fallback_fraction (which every mask reads),
+    and image 1's class map constant: its attention is 0 / 0 as in the reference, so its first
+    mask is ignored whole."""
     rng = np.random.default_rng(1)
     b, h, c, size = 2, 4, 3, 32
     outputs = {
@@ -86,7 +92,15 @@ def test_spg_loss_matches_the_reference_get_loss():
     }
     logits = rng.normal(size=(b, c)).astype(np.float32)
     labels = np.array([2, 0])
-    method = spg_config().method
+    fields = dict(spg_min_foreground=300, spg_fallback_fraction=0.5) if changed else {}
+    if changed:
+        outputs["class_maps"][1, :, :, 0] = 0.25
+    method = spg_config(**fields).method
+    mask = functools.partial(
+        reference_mask,
+        min_foreground=method.spg_min_foreground,
+        fallback=method.spg_fallback_fraction,
+    )
     loss = jax.jit(lambda *args: wsol_methods.spg_loss(*args, method, (32, 32)))  # as in a step
     got = loss(jnp.asarray(logits), outputs, jnp.asarray(labels))
 
@@ -98,16 +112,19 @@ def test_spg_loss_matches_the_reference_get_loss():
 
     attention = up(outputs["class_maps"][np.arange(b), :, :, labels])
     lo, hi = attention.min(axis=(1, 2), keepdims=True), attention.max(axis=(1, 2), keepdims=True)
-    attention = (attention - lo) / (hi - lo)
+    with np.errstate(invalid="ignore"):  # 0 / 0 for a constant map, as the reference
+        attention = (attention - lo) / (hi - lo)
     b1, b2, cc = (up(outputs[k][..., 0]) for k in ("spg_b1", "spg_b2", "spg_c"))
     z = logits - logits.max(axis=1, keepdims=True)
     ce = np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(b), labels])
     want = (
         ce
-        + reference_bce(b2, reference_mask(attention, 0.7, 0.01))
-        + reference_bce(b1, reference_mask(sigmoid(b2), 0.5, 0.05))
-        + reference_bce(cc, reference_mask((sigmoid(b1) + sigmoid(b2)) / 2, 0.7, 0.1))
+        + reference_bce(b2, mask(attention, 0.7, 0.01))
+        + reference_bce(b1, mask(sigmoid(b2), 0.5, 0.05))
+        + reference_bce(cc, mask((sigmoid(b1) + sigmoid(b2)) / 2, 0.7, 0.1))
     )
+    if changed:
+        assert np.all(mask(attention, 0.7, 0.01)[1] == 255)
     np.testing.assert_allclose(np.mean(got), want, rtol=1e-5)
 
 
