@@ -171,6 +171,23 @@ def test_the_erased_branch_runs_the_network_after_the_fork():
         _, out = train(variables, images, jax.random.key(2))
         assert out["feature_map_erased"].shape == out["feature_map"].shape == (2, 8, 8, 64)
         assert np.array_equal(out["feature_map_erased"], out["feature_map"]) == same
+    # The fork reads conv4_3 after its ReLU (VggDrop's 'D' after the block, before a pool):
+    # at drop probability 1 it zeroes exactly the positions above 0.8 x the channel mean's max.
+    _, state = jax.jit(
+        lambda v, x, k: model.apply(
+            v,
+            x,
+            True,
+            rngs={"attentive_drop": k},
+            capture_intermediates=True,
+            mutable=["intermediates"],
+        )
+    )(variables, images, jax.random.key(2))
+    seen = state["intermediates"]
+    conv4_3 = np.maximum(np.asarray(seen["conv4_3"]["__call__"][0]), 0)
+    mean = conv4_3.mean(axis=-1, keepdims=True)
+    kept = mean <= 0.8 * mean.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_array_equal(seen["attentive_drop"]["__call__"][0], conv4_3 * kept)
     _, evaluated = jax.eval_shape(model.apply, variables, images)
     assert "feature_map_erased" not in evaluated
     with pytest.raises(ValueError, match="attentive_drop forks after conv4_3"):
