@@ -66,11 +66,12 @@ def test_cutmix_lambda_is_the_clipped_box_area_and_the_loss_mixes_labels():
     # The method's switch: its beta and prob, in that order; beta 0 turns CutMix off.
     method = tiny_config("unused").method
     method.name, method.cutmix_beta, method.cutmix_prob = "cutmix", 2.0, 0.5
+    augment = jax.jit(lambda *args, m=method: wsol_methods.augment(m, *args))
     for seed in range(4):
         key = jax.random.key(seed)
         jax.tree.map(
             np.testing.assert_array_equal,
-            wsol_methods.augment(method, images, labels, key),
+            augment(images, labels, key),
             cutmix(images, labels, key, 2.0, 0.5),
         )
     method.cutmix_beta = 0.0
