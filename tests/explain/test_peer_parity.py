@@ -21,12 +21,13 @@ Tolerance: atol 1e-5 on maps in [0, 1] (`TOL`), and on raw maps divided by the b
 Both sides compute in float32 with different convolution kernels (XLA vs oneDNN) and
 summation orders: the networks' activations and gradients agree to a few 1e-7 relative, and
 the min-max stretches a map's error by |map| / range(map), a few units here. At the GAP's
-input the largest difference measured is 3.0e-6 on an AVX-512 CPU (2e-6 on an AVX2 one), a
-3x margin that still fails on any formula change (the departures documented below move maps
-by 1e-2 or more). The inner layers (`LAYERS`, full suite) take 5e-4: there sums over space
-of signed products (G A, G^3 A) cancel, and float32 moves a whole map's scale by up to 9.1e-5
-of its peak (XGrad-CAM, VGG16's conv4_3, TorchCAM's raw map; 3.5e-5 normalised, Smooth
-Grad-CAM++), each side's own rounding, measured against float64 closed forms.
+input the largest difference measured is 3.0e-6 on an AVX-512 CPU (2e-6 where first
+measured), a 3x margin that still fails on any formula change (the departures documented
+below move maps by 1e-2 or more). The inner layers (`LAYERS`, full suite) take 5e-4: there
+sums over space of signed products (G A, G^3 A) cancel, and float32 moves a whole map's scale
+by up to 9.1e-5 of its peak (XGrad-CAM, VGG16's conv4_3, TorchCAM's raw map; 3.5e-5
+normalised, Smooth Grad-CAM++), each side's own rounding, measured against float64 closed
+forms.
 
 Where a peer departs from its paper (issue 13: follow the paper and document), the peer is
 checked against the closed form of what it computes, built from camjax's own activations and
