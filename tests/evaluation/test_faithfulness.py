@@ -565,8 +565,10 @@ def test_batch_sums_of_a_batch_sharded_on_a_mesh_with_explicit_axes():
     want = step(*arrays)
     got = step(*(on_mesh(x)[0] for x in arrays))
     assert got.keys() == want.keys()
+    # Sums of 8 per-image values: Average Drop's ratios in [0, 1] round with the sum's order
+    # (2.7e-7 apart on py3.12 with an AVX-512 CPU, 1.6e-7 on py3.11); the rest agree exactly.
     for k in want:
-        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, atol=1e-6, err_msg=k)
 
 
 def test_ties_and_tiny_scores_follow_the_peers_conventions():
