@@ -175,17 +175,30 @@ def _negligible_span(lo: jax.Array, hi: jax.Array) -> jax.Array:
 
 
 def divide_per_map(values: jax.Array, divisor: jax.Array) -> jax.Array:
-    """values / divisor, correctly rounded as numpy's and torch's division are, for a divisor
-    with one value per map broadcast over its pixels (e.g. a min-max's span).
+    """values / divisor for a divisor with one value per map broadcast over its pixels (e.g. a
+    min-max's span), rounded on CPU as numpy's and torch's division are.
 
     XLA rewrites a division by a broadcast value into a product with its reciprocal: on CPU
-    (jax 0.10) an ulp off in ~24% of the quotients of random maps, and a map's maximum over
-    its span below 1 in ~12% of maps. The training methods' references divide, and compare
-    the result with thresholds (ACoL erases where it is >= 1.0 as readily as 0.7); the
-    barrier hides the broadcast from that rewrite. (GPU division is not correctly rounded
-    either way; `normalize_minmax` pins its maximum to 1 for that.)"""
+    (jax 0.10, random 7 x 7 maps) an ulp off in ~24% of the quotients, and a map's maximum
+    over its span below 1 in ~12% of maps. The training methods' references divide, and
+    compare the result with thresholds (ACoL erases where it is >= 1.0 as readily as 0.7);
+    the barrier hides the broadcast from that rewrite. GPU division is not correctly rounded
+    either way: `minmax_per_map` and `normalize_minmax` pin their maximum to 1 for that."""
     divisor = jnp.broadcast_to(divisor, jnp.broadcast_shapes(values.shape, divisor.shape))
     return values / jax.lax.optimization_barrier(divisor)
+
+
+def minmax_per_map(maps: jax.Array, constant: float, axes=(1, 2)) -> jax.Array:
+    """(maps - min) / (max - min) over `axes` as the WSOL training methods' references compute
+    it (wsolevaluation's `normalize_tensor`): a true division (`divide_per_map`), the maximum
+    exactly 1 on every backend, and a constant map all `constant` (ACoL's 0: nothing erased,
+    as the reference's NaN compares; SPG's NaN, the reference's 0 / 0). Float32."""
+    maps = maps.astype(jnp.float32)
+    lo = jnp.min(maps, axis=axes, keepdims=True)
+    hi = jnp.max(maps, axis=axes, keepdims=True)
+    span = hi - lo
+    scaled = jnp.minimum(divide_per_map(maps - lo, jnp.where(span > 0, span, 1.0)), 1.0)
+    return jnp.where(span > 0, jnp.where(maps == hi, 1.0, scaled), constant)
 
 
 def normalize_minmax(cams: jax.Array) -> jax.Array:

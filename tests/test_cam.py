@@ -101,6 +101,12 @@ def test_divide_per_map_rounds_as_numpy_and_torch_do():
     out = np.asarray(jax.jit(cam_lib.divide_per_map)(shifted, span))
     np.testing.assert_array_equal(out, shifted / span)
     assert np.all(out.max(axis=(1, 2)) == 1.0)
+    maps[0] = 0.25  # a constant map: the constant asked for
+    minmax = jax.jit(cam_lib.minmax_per_map, static_argnums=1)
+    out = np.asarray(minmax(maps, 0.0))
+    np.testing.assert_array_equal(out[1:], shifted[1:] / span[1:])
+    np.testing.assert_array_equal(out[0], 0.0)
+    assert np.all(np.isnan(np.asarray(minmax(maps, np.nan))[0]))
 
 
 def test_normalize_minmax_degenerate_maps_become_zero():

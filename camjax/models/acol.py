@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from camjax.cam import class_maps_of, divide_per_map
+from camjax.cam import class_maps_of, minmax_per_map
 from camjax.models.layers import FEATURE_MAP, Tap, global_pool, scaled_width
 
 # The reference's hidden width of both heads (512 * expansion in, 1024, 1024, num_classes out).
@@ -36,10 +36,7 @@ ACOL_FEATURES = 1024
 def normalize_class_maps(maps: jax.Array) -> jax.Array:
     """(B, h, w, C) -> float32 (B, h, w, C): each image's map of each class min-max normalised
     over space to [0, 1] (the reference's `normalize_tensor`); a constant map becomes zeros."""
-    maps = maps.astype(jnp.float32)
-    lo = jnp.min(maps, axis=(1, 2), keepdims=True)
-    span = jnp.max(maps, axis=(1, 2), keepdims=True) - lo
-    return jnp.where(span > 0, divide_per_map(maps - lo, jnp.where(span > 0, span, 1.0)), 0.0)
+    return minmax_per_map(maps, constant=0.0)
 
 
 def erase_mask(class_maps_a: jax.Array, classes: jax.Array, threshold: float) -> jax.Array:

@@ -280,11 +280,7 @@ def spg_loss(
     def up(maps):  # (B, h, w) -> (B, H, W) float32
         return resize_maps(maps.astype(jnp.float32), size, method="bilinear")
 
-    attention = up(cam.class_maps_of(outputs["class_maps"], labels))
-    lo = jnp.min(attention, axis=(1, 2), keepdims=True)
-    span = jnp.max(attention, axis=(1, 2), keepdims=True) - lo
-    scaled = cam.divide_per_map(attention - lo, jnp.where(span > 0, span, 1.0))
-    attention = jnp.where(span > 0, scaled, jnp.nan)
+    attention = cam.minmax_per_map(up(cam.class_maps_of(outputs["class_maps"], labels)), jnp.nan)
     b1, b2, c = (up(outputs[k][..., 0]) for k in ("spg_b1", "spg_b2", "spg_c"))
     guides = (
         attention,
