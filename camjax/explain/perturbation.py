@@ -349,6 +349,14 @@ def is_cam(
     )
 
 
+def grad_cam_ablation_value(acts: jax.Array) -> jax.Array:
+    """grad-cam's ablation value per image (B,) of A (B, h, w, K): 0 where the activations'
+    minimum is 0, else that minimum - 1e7 (its `AblationLayer`, without the row-dependent
+    quirk of a minimum re-read after each ablated row)."""
+    low = jnp.min(acts, axis=(1, 2, 3))
+    return jnp.where(low == 0, 0.0, low - 1e7)
+
+
 def ablation_cam(
     probe: Probe,
     variables,
@@ -360,8 +368,7 @@ def ablation_cam(
     grad_cam_rule: bool = False,
 ):
     """Ablation-CAM: w_k = (y - y_k) / y, y_k the score with channel k of the layer set to
-    `value` (the paper's 0), or with `grad_cam_rule` to 0 if the image's activations have
-    minimum 0, else that minimum - 1e7 (grad-cam's rule without its row-dependent quirk). The
+    `value` (the paper's 0), or with `grad_cam_rule` to `grad_cam_ablation_value`. The
     network runs with the layer's output replaced: what only feeds the layer is dead code, what
     bypasses it (a skip connection) is computed once per chunk. One chunk: B * chunk_size copies
     of the layer's (h, w, K) activations and the rest of the network on them."""
@@ -377,8 +384,7 @@ def ablation_cam(
     y = target.scores(logits[:, None], classes)  # (B, 1, n)
     b, _, _, k = acts.shape
     if grad_cam_rule:
-        low = jnp.min(acts, axis=(1, 2, 3))
-        value = jnp.where(low == 0, 0.0, low - 1e7)[None, :, None, None, None]
+        value = grad_cam_ablation_value(acts)[None, :, None, None, None]
 
     def scores(j):
         ablate = jax.nn.one_hot(j, k, dtype=bool)[:, None, None, None, :]

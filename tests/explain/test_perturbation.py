@@ -118,15 +118,15 @@ def reference_score_family(
         maps = []
         for c in classes[b]:
             scores, ups = [], []
-            for k in range(acts.shape[-1]):
+            eps = 1e-8 if weights == "channel_softmax" else 0.0  # the peers' only
+            kept = [k for k in range(acts.shape[-1]) if eps or np.ptp(acts[..., k]) > 0]
+            for k in kept:
                 a = acts[..., k]
-                if a.max() == a.min() and weights == "probability":
-                    continue
                 if normalize_masks == "before":
-                    mask = up_numpy((a - a.min()) / (np.ptp(a) + 1e-8), size, align_corners)
+                    mask = up_numpy((a - a.min()) / (np.ptp(a) + eps), size, align_corners)
                 else:
                     u = up_numpy(a, size, align_corners)
-                    mask = (u - u.min()) / (np.ptp(u) + 1e-8)
+                    mask = (u - u.min()) / (np.ptp(u) + eps)
                 copied = [score(copy(mask, i, b, k)[..., None] * image, c) for i in range(copies)]
                 scores.append(sum(copied) / copies)
                 ups.append(up_numpy(a, size, align_corners))
@@ -137,8 +137,6 @@ def reference_score_family(
             if combine == "input":
                 m = np.einsum("k,khw->hw", w, np.stack(ups))
             else:
-                kept = [k for k in range(acts.shape[-1]) if np.ptp(acts[..., k]) > 0]
-                kept = range(acts.shape[-1]) if weights == "channel_softmax" else kept
                 m = np.einsum("k,hwk->hw", w, acts[..., kept])
             maps.append(np.maximum(m, 0))
         out.append(maps)
@@ -239,8 +237,9 @@ def test_ss_cam_and_is_cam_equal_numpy_loops():
 def test_ablation_cam_equals_numpy_and_the_gap_identity(value):
     """At GAP's input with a linear head, ablating channel k to `value` lowers logit c by
     exactly W_ck (mean(A_k) - value): the map is ReLU(sum_k W_ck (mean(A_k) - value) / y_c A_k).
-    'grad_cam_rule' on a signed layer (Tiny without its last ReLU): each image's value is its
-    activations' minimum - 1e7 (grad-cam's rule for a minimum other than 0)."""
+    'grad_cam_rule' on a signed layer (Tiny without its last ReLU): the map of each image's
+    value (its activations' minimum - 1e7, grad-cam's rule for a minimum other than 0; at that
+    scale float32 maps cannot tell the minimum's part, which the next test pins)."""
     signed = value == "grad_cam_rule"
     model, variables, images = tiny(rectify=not signed)
     options = {"grad_cam_rule": True} if signed else {} if value == 0.0 else {"value": value}
@@ -265,6 +264,17 @@ def test_ablation_cam_equals_numpy_and_the_gap_identity(value):
             maps.append(np.maximum(np.einsum("k,hwk->hw", np.array(drops) / y, acts), 0))
         expected.append(maps)
     assert_maps_close(out.cams, np.array(expected))
+
+
+def test_grad_cams_ablation_value_is_each_images_minimum_less_1e7_or_zero():
+    acts = np.random.default_rng(0).normal(size=(3, 4, 4, 5)).astype(np.float32)
+    acts[1] = np.maximum(acts[1], 0)  # a minimum of exactly 0: ablate to 0
+    acts[2] += 3.0
+    low = acts.min(axis=(1, 2, 3))
+    np.testing.assert_array_equal(
+        perturbation.grad_cam_ablation_value(jnp.asarray(acts)),
+        np.float32([low[0] - 1e7, 0.0, low[2] - 1e7]),
+    )
 
 
 @pytest.mark.parametrize("layer", ["block0", "block0/fc2"])
