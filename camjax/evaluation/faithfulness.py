@@ -226,10 +226,10 @@ def curve_auc(curves: jax.Array, num_pixels: int, step: int) -> jax.Array:
 def box_masks(boxes: jax.Array, num_boxes: jax.Array, height: int, width: int) -> jax.Array:
     """(B, H, W) bool union of each image's GT boxes: pixels whose centre lies in a box.
 
-    boxes: (B, M, 4) float (x0, y0, x1, y1), exclusive ends, pixels; num_boxes: (B,). A centre
-    on an edge counts as inside, at either end: an integer box covers pixels x0..x1 - 1, and
-    an edge through a pixel's centre (resized boxes have them) keeps that half-covered pixel,
-    the same at both ends."""
+    boxes: (B, M, 4) float (x0, y0, x1, y1), pixels, x1 and y1 one past an integer box's last
+    pixel; num_boxes: (B,). A centre on an edge counts as inside, at either end: an integer
+    box covers pixels x0..x1 - 1, and an edge through a pixel's centre (resized boxes have
+    them) keeps that half-covered pixel, the same at both ends."""
     ys = jnp.arange(height, dtype=jnp.float32)[:, None] + 0.5
     xs = jnp.arange(width, dtype=jnp.float32)[None, :] + 0.5
     bx = boxes[:, :, None, None, :]

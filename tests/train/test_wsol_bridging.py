@@ -46,8 +46,8 @@ def test_attentive_drop_matches_the_reference_given_the_draws():
     assert 0 < (mask[above] == 0).mean() < 1, "some positions above the threshold are kept"
     assert np.all(mask[~above] == 1)
     # drop.py's comparison is strict: at threshold 1 nothing is above the maximum
-    everything = AttentiveDrop(threshold=1.0, drop_prob=1.0)
-    np.testing.assert_array_equal(everything.apply({}, x, rngs={"attentive_drop": key}), x)
+    at_peak = AttentiveDrop(threshold=1.0, drop_prob=1.0)
+    np.testing.assert_array_equal(at_peak.apply({}, x, rngs={"attentive_drop": key}), x)
 
 
 def reference_terms(feature, erased, kernel, labels, fg, bg, region):
@@ -101,7 +101,8 @@ def test_loss_terms_match_a_numpy_reading_of_the_official_code(region):
 
 
 def test_a_dead_image_and_the_thresholds_edges_match_the_official_code():
-    """A dead image (all-zero ReLU features: the min-max's 1e-15 keeps it finite), and the
+    """A dead image (all-zero ReLU features) matches the official code's terms (its 1e-15 in the
+    min-max is not pinned: under jit XLA turns the empty region's 0 * NaN into 0), and the
     similarity thresholds at the normalised norm's ends: the official comparisons are strict,
     so bg 0 and fg 1 leave both regions empty (L_sim = 0), each map's peak exactly 1."""
     rng = np.random.default_rng(3)
@@ -118,7 +119,8 @@ def test_a_dead_image_and_the_thresholds_edges_match_the_official_code():
         expected = reference_terms(feature, erased, kernel, labels, fg, bg, "max_class")
         for got, want in zip(terms, expected, strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(terms.sim, 0.0)
+        if (fg, bg) == (1.0, 0.0):
+            np.testing.assert_array_equal(terms.sim, 0.0)
 
 
 def test_the_alignment_terms_start_after_the_warm_up():
@@ -159,7 +161,8 @@ def test_the_dropout_consistency_trains_both_branches():
 
 def test_the_erased_branch_runs_the_network_after_the_fork():
     """With drop probability 0 nothing is dropped: the erased branch, the same layers on the
-    same input, equals the feature map exactly; at evaluation there is no branch."""
+    same input, equals the feature map exactly; at probability 1 the fork's own output is
+    ReLU(conv4_3) less its attentive region; at evaluation there is no branch."""
     images = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
     variables = None  # the branch has no parameters: one initialisation serves every model
     for prob, same in ((0.0, True), (1.0, False)):
@@ -173,6 +176,9 @@ def test_the_erased_branch_runs_the_network_after_the_fork():
         assert np.array_equal(out["feature_map_erased"], out["feature_map"]) == same
     # The fork reads conv4_3 after its ReLU (VggDrop's 'D' after the block, before a pool):
     # at drop probability 1 it zeroes exactly the positions above 0.8 x the channel mean's max.
+    model = VGG16GAPTiny(
+        num_classes=5, output_stride=4, dropout_rate=0.0, attentive_drop=(0.8, 1.0)
+    )
     _, state = jax.jit(
         lambda v, x, k: model.apply(
             v,

@@ -102,7 +102,7 @@ def reference_rand_bbox(h, w, lam, cy, cx):
 
 def test_cutmix_box_is_the_references_rand_bbox():
     """The centre is uniform over every pixel (the reference's np.random.randint(side)), y and
-    x from the two halves of the key; lam values include 0, where the box is the whole image."""
+    x from the two halves of the key; lam 0 gives a full-size box around the centre, clipped."""
     h, w = 20, 24
     box = jax.jit(wsol_methods.cutmix_box, static_argnums=(1, 2))
     for seed, lam in enumerate([0.0, 0.1, 0.37, 0.5, 0.81, 0.99] * 5):
@@ -113,20 +113,24 @@ def test_cutmix_box_is_the_references_rand_bbox():
         assert got == reference_rand_bbox(h, w, np.float32(lam), cy, cx), (seed, lam)
 
 
+def plain_array(x) -> np.ndarray:
+    """An array, or a typed PRNG key's data."""
+    return np.asarray(
+        jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    )
+
+
 @pytest.mark.parametrize("name", ["has", "cutmix", "adl"])
 def test_each_step_draws_anew_and_a_resumed_step_the_same(name):
     """Every draw is keyed by fold_in(..., step): steps 0 and 1 of one run hide other cells,
-    paste another box, flip another ADL coin; step 1 asked again draws the same."""
+    paste another box, give ADL another key; step 1 asked again draws the same."""
     method = tiny_config("unused").method
     method.name = name
     images = jnp.arange(4.0)[:, None, None, None] * jnp.ones((4, 16, 16, 3))
 
-    def draws(step):  # the images, Mixed and rng keys as plain arrays
+    def draws(step):
         out = wsol_methods.step_inputs(method, images, jnp.arange(4), jax.random.key(0), step)
-        is_key = lambda x: jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)  # noqa: E731
-        return [
-            np.asarray(jax.random.key_data(x) if is_key(x) else x) for x in jax.tree.leaves(out)
-        ]
+        return [plain_array(x) for x in jax.tree.leaves(out)]
 
     zero, one, again = draws(jnp.int32(0)), draws(jnp.int32(1)), draws(jnp.int32(1))
     assert any(not np.array_equal(a, b) for a, b in zip(zero, one, strict=True))
@@ -242,8 +246,9 @@ ADL_LAYERS = {
 }
 
 
-# The tiny (VGG) config's model fields another family does not take (ResNet: its own stride).
-TINY_FIELDS_NOT_OF = {
+# The tiny (VGG) config's model fields another family does not take (ResNet: its own stride,
+# the tiny config's 4 being VGG's).
+TINY_CONFIG_FIELDS_TO_DROP = {
     "vgg16_gap_tiny": (),
     "resnet50_cam_tiny": ("num_blocks", "grouped_conv_impl", "groups", "output_stride"),
     "googlenet_gap_tiny": ("num_blocks", "output_stride"),
@@ -261,7 +266,7 @@ def test_adl_layers_are_the_references_and_the_identity_at_evaluation(name):
     is off outside training."""
     config = tiny_config("unused")
     config.model.name = name
-    for field in TINY_FIELDS_NOT_OF[name]:
+    for field in TINY_CONFIG_FIELDS_TO_DROP[name]:
         del config.model[field]
     images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
     config.method.name = "cam"
