@@ -423,8 +423,11 @@ def test_batch_sums_excludes_and_counts_what_is_not_finite_or_out_of_range():
     labels[5] = C
     got = sums(bad_images, bad_maps, bad_classes, labels)
     assert got["count"] == 1 and got["nan"] == 5 and got["pointing_nan"] == 4
+
     # A network that swallows NaN and Inf (a max or a ReLU can) leaves the same images out.
-    swallowing = lambda x: forward(jnp.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))  # noqa: E731
+    def swallowing(x):
+        return forward(jnp.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0))
+
     swallowed = sums(bad_images, bad_maps, bad_classes, labels, model=swallowing)
     assert swallowed["count"] == 1 and swallowed["nan"] == 5
     only_5 = sums(

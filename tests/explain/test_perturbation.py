@@ -112,14 +112,14 @@ def reference_score_family(
         z = np.asarray(apply(x[None]))[0]
         return (softmax(z) if weights == "probability" else z)[c]
 
+    eps = 1e-8 if weights == "channel_softmax" else 0.0  # the peers' only
     out = []
     for b, image in enumerate(images):
         acts = feature(model, variables, image[None])[0]
+        kept = [k for k in range(acts.shape[-1]) if eps or np.ptp(acts[..., k]) > 0]
         maps = []
         for c in classes[b]:
             scores, ups = [], []
-            eps = 1e-8 if weights == "channel_softmax" else 0.0  # the peers' only
-            kept = [k for k in range(acts.shape[-1]) if eps or np.ptp(acts[..., k]) > 0]
             for k in kept:
                 a = acts[..., k]
                 if normalize_masks == "before":
