@@ -11,7 +11,8 @@ The session also shares one persistent compilation cache, fresh for each session
 `train.py`/`evaluate.py` processes the tests start: many tests build the same tiny model's
 init, train and eval steps in new closures, which jit would otherwise compile each time. A
 cached executable is the one XLA compiled, so results are bit-identical; tracing (what the
-retracing tests count) still happens.
+retracing tests count) still happens. That cache and every other temporary file of the session
+live in one temporary folder, removed at exit.
 """
 
 import atexit
@@ -37,10 +38,19 @@ if "NUMBA_CACHE_DIR" not in os.environ:
     _digest = hashlib.sha256(b"".join(p.read_bytes() for p in _sources)).hexdigest()[:16]
     os.environ["NUMBA_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), f"camjax-numba-{_digest}")
 
+# tensorflow-datasets leaves an empty tmp*tfds folder in the temporary directory for every
+# builder of data not prepared yet (DatasetInfo.initialize_from_bucket, its GCS lookup off):
+# ~130 a test run. The session's temporary files, its workers' and processes' included, go to
+# one folder removed at exit. pytest's tmp_path folders stay where pytest keeps its last runs.
+if "CAMJAX_TESTS_TMPDIR" not in os.environ:
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+    _session_tmp = tempfile.mkdtemp(prefix="camjax-tests-")
+    atexit.register(shutil.rmtree, _session_tmp, ignore_errors=True)
+    os.environ["CAMJAX_TESTS_TMPDIR"] = os.environ["TMPDIR"] = _session_tmp
+    tempfile.tempdir = _session_tmp
+
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _cache = tempfile.mkdtemp(prefix="camjax-tests-xla-")
-    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="xla-cache-")
     # Cache every executable, however quick to compile: the tiny models' steps compile in
     # well under the default one second each, and there are hundreds of them.
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"

@@ -73,3 +73,38 @@ def test_the_legacy_emitters_only_where_jaxlib_has_them_and_at_the_test_level(mo
     assert "fusion_emitters" not in with_test_flags("--xla_backend_optimization_level=0")
     monkeypatch.setattr(xla_flags, "version_below", lambda major, minor: False)
     assert "fusion_emitters" not in with_test_flags("")
+
+
+def test_the_sessions_temporary_files_go_to_one_folder_removed_at_exit(tmp_path):
+    """tensorflow-datasets leaves an empty folder in the temporary directory for each builder
+    of unprepared data; the session's (a worker's, a process it starts) land in one folder that
+    the session removes at exit, and pytest's tmp_path stays where pytest keeps it."""
+    import tempfile
+
+    session_tmp = os.environ["CAMJAX_TESTS_TMPDIR"]
+    assert tempfile.gettempdir() == session_tmp
+    assert not str(tmp_path).startswith(session_tmp)
+    code = (
+        "import os, tempfile; from camjax.data import wsol_shapes; "
+        "before = set(os.listdir(tempfile.gettempdir())); "
+        "wsol_shapes.get_builder(64, os.environ['DATA_DIR'], num_train=4); "
+        "new = set(os.listdir(tempfile.gettempdir())) - before; "
+        "print(tempfile.gettempdir(), *sorted(new))"
+    )
+    env = {**os.environ, "DATA_DIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True
+    )
+    where, *new = out.stdout.split()
+    assert where == session_tmp
+    assert any(name.endswith("tfds") for name in new), new  # tfds's leftover, landed here
+
+    # A process of its own (as the test session's controller): its folder is gone at exit.
+    env = {k: v for k, v in os.environ.items() if k not in ("CAMJAX_TESTS_TMPDIR", "TMPDIR")}
+    env["TMPDIR"] = str(tmp_path)
+    code = "import tests.conftest, os; print(os.environ['CAMJAX_TESTS_TMPDIR'])"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True
+    )
+    folder = out.stdout.strip()
+    assert os.path.dirname(folder) == str(tmp_path) and not os.path.exists(folder)
