@@ -181,9 +181,10 @@ def divide_per_map(values: jax.Array, divisor: jax.Array) -> jax.Array:
     XLA rewrites a division by a broadcast value into a product with its reciprocal: on CPU
     (jax 0.10, random 7 x 7 maps) an ulp off in ~24% of the quotients, and a map's maximum
     over its span below 1 in ~12% of maps. The training methods' references divide, and
-    compare the result with thresholds (ACoL erases where it is >= 1.0 as readily as 0.7);
-    the barrier hides the broadcast from that rewrite. GPU division is not correctly rounded
-    either way: `minmax_per_map` and `normalize_minmax` pin their maximum to 1 for that."""
+    compare the result with thresholds (ACoL erases where it is >= 1.0 as readily as 0.7), as
+    the WSOL evaluator compares its min-max maps; the barrier hides the broadcast from that
+    rewrite. GPU division is not correctly rounded either way: `minmax_per_map` and
+    `normalize_minmax` pin their maximum to 1 for that."""
     divisor = jnp.broadcast_to(divisor, jnp.broadcast_shapes(values.shape, divisor.shape))
     return values / jax.lax.optimization_barrier(divisor)
 
@@ -216,12 +217,12 @@ def normalize_minmax(cams: jax.Array) -> jax.Array:
     span = hi - lo
     finite = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True)
     ok = finite & ~_negligible_span(lo, hi)
-    # XLA may divide by a per-map scalar as a product with its reciprocal (on CPU with jax 0.10
-    # and 0.12: ~15% of random maps), and its GPU backend's float32 division is not correctly
-    # rounded: the maximum's span / span can come out an ulp below 1 (the reference's peak is
-    # exactly 1, its top quantisation level) or above (an H200: quantize_scoremaps refused
-    # postprocess's maps). So the maximum is set to 1 and the rest clipped at 1.
-    scaled = jnp.minimum((cams - lo) / jnp.where(ok, span, 1.0), 1.0)
+    # A true division (`divide_per_map`): XLA's product with the reciprocal put ~24% of
+    # quotients an ulp off. GPU float32 division is not correctly rounded: the maximum's
+    # span / span can come out an ulp below 1 (the reference's peak is exactly 1, its top
+    # quantisation level) or above (an H200: quantize_scoremaps refused postprocess's maps).
+    # So the maximum is set to 1 and the rest clipped at 1.
+    scaled = jnp.minimum(divide_per_map(cams - lo, jnp.where(ok, span, 1.0)), 1.0)
     return jnp.where(ok, jnp.where(cams == hi, 1.0, scaled), 0.0)
 
 
@@ -238,7 +239,7 @@ def normalize_max(cams: jax.Array) -> jax.Array:
     lo = jnp.min(cams, axis=(-2, -1), keepdims=True)
     hi = jnp.max(cams, axis=(-2, -1), keepdims=True)
     ok = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True) & (hi > 0)
-    scaled = jnp.minimum(cams / jnp.where(ok, hi, 1.0), 1.0)  # as normalize_minmax's division
+    scaled = jnp.minimum(divide_per_map(cams, jnp.where(ok, hi, 1.0)), 1.0)  # as minmax's
     scaled = jnp.where(_negligible_span(lo, hi) | (cams == hi), 1.0, scaled)
     return jnp.where(ok, scaled, 0.0)
 
