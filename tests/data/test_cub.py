@@ -403,3 +403,22 @@ def test_wsol_loading_before_preparing_says_how(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m camjax.data.prepare cub"):
         camjax.data.load_data_sources("cub_200_2011", 224, str(tmp_path))
     assert "cub_200_2011" in camjax.data.DATASETS
+
+
+def test_boxes_are_clipped_to_the_image_and_an_empty_one_or_a_wrong_sized_mask_refused():
+    """bounding_boxes.txt's (x, y, w, h) ends on pixel x + w; a box past an edge is clipped to
+    the image (tfds's [0, 1]); one with no pixel inside, or a segmentation whose size is not its
+    image's, is a corrupt file."""
+
+    def box(x, y, w, h):
+        return cub._normalized_box(cub._Record(1, "a/b.jpg", 0, True, (x, y, w, h)), 8, 10)
+
+    np.testing.assert_array_equal(box(2, 1, 3, 2), np.float32([1 / 8, 2 / 10, 4 / 8, 6 / 10]))
+    np.testing.assert_array_equal(box(-2, 1, 7, 9), np.float32([1 / 8, 0, 1, 6 / 10]))
+    np.testing.assert_array_equal(box(0, 0, 9, 7), np.float32([0, 0, 1, 1]))
+    with pytest.raises(downloads.CorruptFileError, match="outside its 10x8 image"):
+        box(10, 1, 0, 4)
+    grey = io.BytesIO()
+    Image.fromarray(np.full((8, 9), 255, np.uint8)).save(grey, format="PNG")
+    with pytest.raises(downloads.CorruptFileError, match="is 9x8 but its image is 10x8"):
+        cub._binary_mask("m.png", grey.getvalue(), (10, 8))

@@ -392,6 +392,18 @@ def test_normalized_boxes_give_back_the_pixels():
         np.testing.assert_allclose(got, inclusive + [0, 0, 1, 1], atol=1e-3)
 
 
+def test_a_box_past_the_image_edge_is_clipped_and_one_starting_there_refused(caplog):
+    """Some official boxes end on or past the image's last pixel (the XML's size and the JPEG's
+    differ): clipped to the image, with a warning; a box that starts outside is corrupt."""
+    past = ilsvrc_annotations.Annotation("n01440764", np.array([[0.0, 0.0, 10.0, 3.0]]), None)
+    bbox = ilsvrc_annotations.normalized_boxes("x", past, 8, 10)
+    np.testing.assert_array_equal(bbox, [[0.0, 0.0, 0.5, 1.0]])  # (ymin, xmin, ymax, xmax)
+    assert "ends outside its 10x8 image; clipped" in caplog.text
+    outside = ilsvrc_annotations.Annotation("n01440764", np.array([[10.0, 0.0, 12.0, 3.0]]), None)
+    with pytest.raises(downloads.CorruptFileError, match="lies outside its 10x8 image"):
+        ilsvrc_annotations.normalized_boxes("x", outside, 8, 10)
+
+
 def test_wsol_validation_and_test_partition_the_official_validation(val_only):
     builder, sources = val_only
     data_dir = str(builder.data_dir_root)

@@ -303,12 +303,28 @@ def test_train_masks_ignore_everything(full):
         assert np.all(_protocol(record) == 255)
 
 
+def test_any_grey_above_half_is_foreground_or_ignored_as_the_reference_reads_masks():
+    """The reference's get_mask: grey > 0.5 (anti-aliased or palette masks have greys between
+    1 and 254), and the object wins over an ignore region."""
+    instance = np.zeros((4, 4), np.uint8)
+    instance[1, 1], instance[2, 2] = 1, 255
+    ignore = np.zeros((4, 4), np.uint8)
+    ignore[3, 3], ignore[2, 2] = 1, 100
+    foreground, ignored = openimages._reference_masks("i", [instance], ignore, (4, 4))
+    np.testing.assert_array_equal(np.argwhere(foreground), [[1, 1], [2, 2]])
+    np.testing.assert_array_equal(np.argwhere(ignored), [[3, 3]])
+
+
 def test_masked_eval_preprocess_reads_the_examples(full):
     _, sources = full
     cfg = pipeline.PreprocessConfig(image_size=32, resize_size=36)
     row = protocol.MaskedEvalPreprocess(cfg, EVAL_SIZE).map(sources["validation"][0])
     assert row["image"].shape == (32, 32, 3) and row["num_boxes"] == 0
     assert row["mask"].shape == (EVAL_SIZE, EVAL_SIZE)
+    example = sources["validation"][0]
+    expected = protocol.protocol_mask(example["mask"], EVAL_SIZE, example["ignore_mask"])
+    np.testing.assert_array_equal(row["mask"], expected)
+    assert (row["mask"] == 255).any()  # the ignore regions reach PxAP
     assert openimages.OpenImages30kWsol.wsol_sources(full[0].data_dir_root).keys() == sources.keys()
     with pytest.raises(ValueError, match="own validation split"):
         openimages.OpenImages30kWsol.wsol_sources(full[0].data_dir_root, validation_per_class=5)

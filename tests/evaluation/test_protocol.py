@@ -138,3 +138,21 @@ def test_locked_config_rejects_unknown_keys_and_wrong_types():
         config.eval.wsol.threshold_stp = 0.01
     with pytest.raises(TypeError):
         config.eval.wsol.pxap = "yes"
+
+
+def test_reference_scoremaps_of_constant_and_nan_cams_are_zeros():
+    """normalize_scoremap's rule: a constant map (dead features, an early checkpoint) or one
+    with a NaN scores zeros, not 0 / 0."""
+    cams = np.stack([np.full((7, 7), 3.0), np.where(np.eye(7) > 0, np.nan, 1.0), np.eye(7)])
+    got = protocol.reference_scoremaps(cams, 16)
+    assert got.shape == (3, 16, 16) and got.dtype == np.float64
+    np.testing.assert_array_equal(got[:2], 0.0)
+    np.testing.assert_array_equal(
+        got[2], ref.normalize_scoremap(ref.resize_cam(np.eye(7), (16, 16)))
+    )
+
+
+def test_protocol_mask_reads_any_nonzero_and_refuses_a_colour_mask():
+    np.testing.assert_array_equal(protocol.protocol_mask(np.eye(4, dtype=np.uint8), 4), np.eye(4))
+    with pytest.raises(ValueError, match=r"\(H, W\) or \(H, W, 1\)"):
+        protocol.protocol_mask(np.zeros((4, 4, 3), np.uint8), 4)
