@@ -404,6 +404,12 @@ def test_a_box_past_the_image_edge_is_clipped_and_one_starting_there_refused(cap
         ilsvrc_annotations.normalized_boxes("x", outside, 8, 10)
 
 
+@pytest.mark.parametrize("box", [[-1, 0, 3, 3], [0, -1, 3, 3], [4, 0, 3, 3], [0, 4, 3, 3]])
+def test_a_box_left_of_or_above_the_image_or_reversed_is_corrupt(box):
+    with pytest.raises(downloads.CorruptFileError, match="invalid box among"):
+        ilsvrc_annotations._annotation("w.xml", ["n01440764"], [box], None)
+
+
 def test_wsol_validation_and_test_partition_the_official_validation(val_only):
     builder, sources = val_only
     data_dir = str(builder.data_dir_root)

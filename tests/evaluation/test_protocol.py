@@ -156,3 +156,10 @@ def test_protocol_mask_reads_any_nonzero_and_refuses_a_colour_mask():
     np.testing.assert_array_equal(protocol.protocol_mask(np.eye(4, dtype=np.uint8), 4), np.eye(4))
     with pytest.raises(ValueError, match=r"\(H, W\) or \(H, W, 1\)"):
         protocol.protocol_mask(np.zeros((4, 4, 3), np.uint8), 4)
+
+
+def test_protocol_boxes_need_one_height_and_width_per_image():
+    boxes = np.zeros((2, 1, 4), np.float32)
+    for sizes in ([(8, 8)], [(8, 8, 3), (8, 8, 3)]):
+        with pytest.raises(ValueError, match=r"original_sizes must be \(2, 2\)"):
+            protocol.protocol_boxes(boxes, 8, 8, sizes)

@@ -64,10 +64,22 @@ def test_resize_rule_over_a_grid(tmp_path):
         np.testing.assert_array_equal(gt[k, :n], np.stack([xs, ys, xs, ys], axis=1))
 
 
+def test_resize_is_float64_at_any_extent():
+    """81226 * 224 / 134775 is 134.99999... in float64 (the reference's Python floats) and
+    rounds to 135.0 in float32: a panorama's box would move a pixel."""
+    assert int(float(81226) * 224.0 / 134775.0) == 134
+    got = wsol_frame.resize_boxes(np.array([[81226, 0, 81226, 0]]), (134775, 10), (224, 224))
+    np.testing.assert_array_equal(got, [[134, 0, 134, 0]])
+
+
 def test_resizing_needs_sizes(tmp_path):
     meta = wsol_io.read_metadata(_folder(tmp_path, CUB, image_sizes=""))
     with pytest.raises(ValueError, match="needs image sizes"):
         wsol_frame.resized_gt_boxes(meta)
+    meta = wsol_io.read_metadata(_folder(tmp_path / "sized", CUB))
+    for size in ((0, 224), (224, 0), (-1, 224)):
+        with pytest.raises(ValueError, match="size must be a positive"):
+            wsol_frame.resized_gt_boxes(meta, size=size)
 
 
 # ------------------------------------------------------------------------------ score maps
