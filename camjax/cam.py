@@ -183,23 +183,32 @@ def divide_per_map(values: jax.Array, divisor: jax.Array) -> jax.Array:
     over its span below 1 in ~12% of maps. The training methods' references divide, and
     compare the result with thresholds (ACoL erases where it is >= 1.0 as readily as 0.7), as
     the WSOL evaluator compares its min-max maps; the barrier hides the broadcast from that
-    rewrite. GPU division is not correctly rounded either way: `minmax_per_map` and
-    `normalize_minmax` pin their maximum to 1 for that."""
+    rewrite. GPU division is not correctly rounded either way: the min-maxes pin their
+    maximum to 1 for that (`_pinned_minmax`)."""
     divisor = jnp.broadcast_to(divisor, jnp.broadcast_shapes(values.shape, divisor.shape))
     return values / jax.lax.optimization_barrier(divisor)
 
 
+def _pinned_minmax(maps, lo, hi, ok, constant) -> jax.Array:
+    """(maps - lo) / (hi - lo) where `ok`, else `constant`: a true division (`divide_per_map`;
+    XLA's product with the reciprocal put ~24% of quotients an ulp off). GPU float32 division
+    is not correctly rounded: the maximum's span / span can come out an ulp below 1 (the
+    references' peak is exactly 1, the evaluator's top quantisation level) or above (an H200:
+    quantize_scoremaps refused postprocess's maps). So the maximum is set to 1 and the rest
+    clipped at 1."""
+    scaled = jnp.minimum(divide_per_map(maps - lo, jnp.where(ok, hi - lo, 1.0)), 1.0)
+    return jnp.where(ok, jnp.where(maps == hi, 1.0, scaled), constant)
+
+
 def minmax_per_map(maps: jax.Array, constant: float, axes=(1, 2)) -> jax.Array:
     """(maps - min) / (max - min) over `axes` as the WSOL training methods' references compute
-    it (wsolevaluation's `normalize_tensor`): a true division (`divide_per_map`), the maximum
-    exactly 1 on every backend, and a constant map all `constant` (ACoL's 0: nothing erased,
+    it (wsolevaluation's `normalize_tensor`): a true division, the maximum exactly 1 on every
+    backend (`_pinned_minmax`), and a constant map all `constant` (ACoL's 0: nothing erased,
     as the reference's NaN compares; SPG's NaN, the reference's 0 / 0). Float32."""
     maps = maps.astype(jnp.float32)
     lo = jnp.min(maps, axis=axes, keepdims=True)
     hi = jnp.max(maps, axis=axes, keepdims=True)
-    span = hi - lo
-    scaled = jnp.minimum(divide_per_map(maps - lo, jnp.where(span > 0, span, 1.0)), 1.0)
-    return jnp.where(span > 0, jnp.where(maps == hi, 1.0, scaled), constant)
+    return _pinned_minmax(maps, lo, hi, hi - lo > 0, constant)
 
 
 def normalize_minmax(cams: jax.Array) -> jax.Array:
@@ -209,21 +218,14 @@ def normalize_minmax(cams: jax.Array) -> jax.Array:
     (the WSOL protocol's convention), so a degenerate map never yields NaN boxes or scores.
     "Constant" allows float32 rounding: a span of at most 16 ulps of the map's magnitude
     (``max(|min|, |max|)``), the ripple that resizing a constant map in float32 leaves, counts
-    as none; the reference, resizing in float64, sees those maps exactly constant.
+    as none; the reference, resizing in float64, sees those maps exactly constant. The division
+    and the maximum are `minmax_per_map`'s (`_pinned_minmax`).
     """
     cams = cams.astype(jnp.float32)
     lo = jnp.min(cams, axis=(-2, -1), keepdims=True)
     hi = jnp.max(cams, axis=(-2, -1), keepdims=True)
-    span = hi - lo
     finite = jnp.all(jnp.isfinite(cams), axis=(-2, -1), keepdims=True)
-    ok = finite & ~_negligible_span(lo, hi)
-    # A true division (`divide_per_map`): XLA's product with the reciprocal put ~24% of
-    # quotients an ulp off. GPU float32 division is not correctly rounded: the maximum's
-    # span / span can come out an ulp below 1 (the reference's peak is exactly 1, its top
-    # quantisation level) or above (an H200: quantize_scoremaps refused postprocess's maps).
-    # So the maximum is set to 1 and the rest clipped at 1.
-    scaled = jnp.minimum(divide_per_map(cams - lo, jnp.where(ok, span, 1.0)), 1.0)
-    return jnp.where(ok, jnp.where(cams == hi, 1.0, scaled), 0.0)
+    return _pinned_minmax(cams, lo, hi, finite & ~_negligible_span(lo, hi), 0.0)
 
 
 def normalize_max(cams: jax.Array) -> jax.Array:
