@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -79,8 +80,6 @@ def test_the_sessions_temporary_files_go_to_one_folder_removed_at_exit(tmp_path)
     """tensorflow-datasets leaves an empty folder in the temporary directory for each builder
     of unprepared data; the session's (a worker's, a process it starts) land in one folder that
     the session removes at exit, and pytest's tmp_path stays where pytest keeps it."""
-    import tempfile
-
     session_tmp = os.environ["CAMJAX_TESTS_TMPDIR"]
     assert tempfile.gettempdir() == session_tmp
     assert not str(tmp_path).startswith(session_tmp)
