@@ -262,6 +262,28 @@ def test_holdout_per_class_partitions_a_split(tmp_path):
         subsets.holdout_per_class(builder, "train", 0)
 
 
+def test_holdout_names_the_classes_held_out_whole(tmp_path, caplog):
+    """Label 2 has two records (keys 11 and 2; 5 and 8 are corrupt): with 2 per class it is
+    held out whole, which leaves training no example of it, and the log says so; labels 0
+    and 1 (four records each) are not named."""
+    builder = _prepare(_Sorted, tmp_path, skip_corrupt=True)
+    with caplog.at_level("WARNING", logger=subsets.__name__):
+        _, rest = subsets.holdout_per_class(builder, "train", 2)
+    (message,) = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == subsets.__name__ and r.levelname == "WARNING"
+    ]
+    assert "the classes (labels) [2] have 2 records or fewer" in message
+    assert sorted(int(r["label"]) for r in rest) == [0, 0, 1, 1]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger=subsets.__name__):
+        subsets.holdout_per_class(builder, "train", 1)
+    assert not [
+        r for r in caplog.records if r.name == subsets.__name__ and r.levelname == "WARNING"
+    ]
+
+
 def test_split_view_is_a_random_access_source():
     source = [f"r{i}" for i in range(10)]
     view = subsets.SplitView(source, [1, 4, 9])
@@ -277,6 +299,7 @@ def test_spread_subset_covers_the_split():
     source = list(range(10))
     assert subsets.spread_subset(source, 0) is source
     assert list(subsets.spread_subset(source, 4)) == [0, 2, 5, 7]
+    assert list(subsets.spread_subset(source, 10)) == source  # as many as there are: all
     # A subset of a view indexes the underlying source directly.
     nested = subsets.spread_subset(subsets.SplitView(source, [1, 3, 5, 7, 9]), 2)
     assert nested.source is source and list(nested) == [1, 5]

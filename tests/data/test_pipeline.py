@@ -8,6 +8,7 @@ import grain
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from camjax import data as camjax_data
 from camjax import experiment
@@ -66,6 +67,22 @@ def test_resumed_iterator_reads_the_same_batches(sources, device_prefetch):
     assert full[0]["image"].sharding == sharding and len(jax.devices()) == 8
 
 
+def test_train_iterator_yields_the_batch_of_each_step_from_the_start_step(sources):
+    """The device batch of step s is `ds[s]`, image and label: an iterator started one batch
+    late (or one dropping a field) still resumes bit-identically to itself, so the resume test
+    above cannot see it."""
+    ds = pipeline.train_dataset(sources["train"], PREP, global_batch_size=8, seed=1)
+    sharding = experiment.data_sharding(experiment.make_mesh())
+    for start in (0, 3):
+        iterator = pipeline.train_iterator(ds, start, sharding, 2, 1)
+        for step in (start, start + 1):
+            got, expected = next(iterator), ds[step]
+            assert sorted(got) == ["image", "label"]
+            for k in ("image", "label"):
+                np.testing.assert_array_equal(np.asarray(got[k]), expected[k])
+        iterator.close()
+
+
 class _CountingSource:
     """A source that records which examples it was asked for."""
 
@@ -102,6 +119,16 @@ def test_each_host_reads_only_its_rows_of_the_one_host_batch(sources, monkeypatc
     # The hosts' reads split the one host's reads: every example read once, by one host.
     assert sorted(sum(read, [])) == sorted(one_source.read)
     assert len(one_source.read) == len(steps) * 8
+
+
+def test_batches_that_do_not_split_over_the_hosts_are_refused(sources, monkeypatch):
+    """8 rows over 3 hosts: without the check each host would read 2 rows and a step would
+    see 6 examples, not the configured 8."""
+    monkeypatch.setattr(jax, "process_count", lambda: 3)
+    with pytest.raises(ValueError, match="batch size 8 must be divisible by the number of hosts"):
+        pipeline.train_dataset(sources["train"], PREP, global_batch_size=8, seed=0)
+    with pytest.raises(ValueError, match="eval batch size 8 must be divisible"):
+        next(pipeline.eval_batches(sources["test"], PREP, global_batch_size=8, num_threads=0))
 
 
 def test_in_memory_train_source_gives_the_batches_read_from_disk(sources):
@@ -151,11 +178,74 @@ def test_eval_batches_pad_and_keep_order_and_boxes(sources):
         np.testing.assert_array_equal(row["boxes"][1], 0)
 
 
+@pytest.mark.parametrize("hosts", [2, 4])
+def test_each_host_reads_its_rows_of_each_eval_batch(sources, monkeypatch, hosts):
+    """Host h's eval batch b holds rows [b*B + h*B/n, b*B + (h+1)*B/n) of the split, padded past
+    its end: the evaluation's gather puts the hosts' rows back in split order."""
+    one_host = list(pipeline.eval_batches(sources["test"], PREP, 8, num_threads=0))
+    monkeypatch.setattr(jax, "process_count", lambda: hosts)
+    per_host = 8 // hosts
+    for host in range(hosts):
+        monkeypatch.setattr(jax, "process_index", lambda host=host: host)
+        batches = list(pipeline.eval_batches(sources["test"], PREP, 8, num_threads=0))
+        assert len(batches) == 2  # 11 rows: two global batches of 8
+        for b, batch in enumerate(batches):
+            index = b * 8 + host * per_host + np.arange(per_host)
+            np.testing.assert_array_equal(batch["index"], index)
+            np.testing.assert_array_equal(batch["valid"], index < 11)
+            assert batch["image"].shape == (per_host, 64, 64, 3)
+            rows = index - b * 8
+            np.testing.assert_array_equal(batch["image"], one_host[b]["image"][rows])
+
+
+def test_eval_preprocess_scales_boxes_and_keeps_the_image_id():
+    """A non-square original: the image resized to S x S as PIL's bilinear does, the boxes in
+    pixels of the S x S image, the original (height, width), and the image id that names the
+    exported score map (without it the export falls back to index names)."""
+    image = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    example = {
+        "image": image,
+        "label": 5,
+        "objects": {"bbox": [[0.1, 0.25, 0.6, 1.0]]},  # (ymin, xmin, ymax, xmax)
+        "image_id": b"001.Bird/a_0001.jpg",
+    }
+    row = pipeline.EvalPreprocess(PREP).map(example)
+    resized = np.asarray(Image.fromarray(image).resize((64, 64), Image.BILINEAR))
+    np.testing.assert_array_equal(row["image"], resized)
+    np.testing.assert_allclose(row["boxes"], [[16.0, 6.4, 64.0, 38.4], [0, 0, 0, 0]], rtol=1e-6)
+    assert row["num_boxes"] == 1 and row["label"] == 5
+    np.testing.assert_array_equal(row["original_size"], [30, 40])
+    assert row["image_id"] == b"001.Bird/a_0001.jpg"
+    del example["image_id"]
+    assert "image_id" not in pipeline.EvalPreprocess(PREP).map(example)
+
+
 def test_train_preprocess_crops_and_flips():
     rng = np.random.default_rng(0)
     image = np.arange(73 * 73 * 3, dtype=np.int64).reshape(73, 73, 3).astype(np.uint8)
     out = pipeline.TrainPreprocess(PREP).random_map({"image": image, "label": 3}, rng)
     assert out["image"].shape == (64, 64, 3) and out["label"] == 3
+
+
+def test_train_crops_are_windows_at_every_offset_flipped_left_right_half_the_time():
+    """Each pixel holds its (row, column): the output must be an S x S window of the input,
+    at an offset in [0, R - S] (both ends reached), mirrored only left-right and only
+    sometimes, channels untouched."""
+    s, r = 4, 7
+    rows, cols = np.meshgrid(np.arange(r), np.arange(r), indexing="ij")
+    image = np.stack([rows, cols, np.full((r, r), 9)], axis=-1).astype(np.uint8)
+    prep = pipeline.TrainPreprocess(pipeline.PreprocessConfig(image_size=s, resize_size=r))
+    offsets, flips = set(), []
+    for seed in range(64):
+        out = prep.random_map({"image": image, "label": 0}, np.random.default_rng(seed))["image"]
+        y, x = int(out[0, 0, 0]), int(out[0, :, 1].min())
+        flipped = bool(out[0, 0, 1] > out[0, -1, 1])
+        window = image[y : y + s, x : x + s]
+        np.testing.assert_array_equal(out, window[:, ::-1] if flipped else window)
+        offsets.update({("y", y), ("x", x)})
+        flips.append(flipped)
+    assert offsets == {(axis, o) for axis in "yx" for o in range(r - s + 1)}
+    assert 16 < sum(flips) < 48
 
 
 def test_pixel_boxes_convert_and_reject_overflow():
@@ -170,6 +260,17 @@ def test_normalize_images():
     x = np.full((1, 2, 2, 3), 255, np.uint8)
     out = pipeline.normalize_images(x, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
     np.testing.assert_allclose(out[0, 0, 0], [2.0, 1.0, 0.5])
+
+
+def test_normalize_images_per_channel():
+    """Channel c is shifted by mean[c] and scaled by std[c] (R, G, B in that order), for every
+    value: with one value and one mean for all channels a channel mix-up went unseen."""
+    x = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(1, 2, 3, 3) * 14
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    expected = (x.astype(np.float64) / 255 - np.array(mean)) / np.array(std)
+    out = pipeline.normalize_images(x, mean, std)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_read_ahead_keeps_order_and_draws_ahead():
@@ -187,6 +288,24 @@ def test_read_ahead_keeps_order_and_draws_ahead():
     assert list(pipeline.read_ahead(iter(range(2)), 5)) == [0, 1]
     with pytest.raises(ValueError, match="device_prefetch"):
         pipeline.read_ahead(iter([]), -1)
+
+
+def test_closing_read_ahead_closes_what_it_reads():
+    """train_iterator stops its readers (threads, worker processes) through this: closing the
+    read-ahead must close the iterator it draws from, even while someone else holds it."""
+    closed = []
+
+    def items():
+        try:
+            yield from range(10)
+        finally:
+            closed.append(True)
+
+    source = items()
+    it = pipeline.read_ahead(source, 2)
+    assert next(it) == 0 and not closed
+    it.close()
+    assert closed == [True]
 
 
 def test_reopenable_source_pickles_as_the_recipe_for_opening_it(reopenable, sources):

@@ -1,13 +1,15 @@
 """Tests for the `wsol_shapes` tfds builder: tiny splits prepared in a tmp dir."""
 
+import io
 import os
 import shutil
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from camjax.data import shapes, wsol_shapes
+from camjax.data import shapes, subsets, wsol_shapes
 
 SIZE = 64
 COUNTS = dict(num_train=12, num_validation=5, num_test=6)
@@ -47,6 +49,25 @@ def test_records_equal_freshly_rendered_examples(sources, data_dir, split):
         assert record["label"] == expected["label"]
     # Building and reading must work without TensorFlow.
     assert "tensorflow" not in sys.modules
+
+
+def test_records_without_images_reads_every_record_in_order_undecoded(
+    sources, data_dir, monkeypatch
+):
+    """Reads of 4 records over a split of 6: every (index, record) once and in order across
+    the reads, the images and masks left as their PNG bytes (decoding every image of a large
+    split only to read its labels and ids would take hours)."""
+    monkeypatch.setattr(subsets, "_READ_BATCH", 4)
+    builder = wsol_shapes.get_builder(SIZE, data_dir, **COUNTS)
+    read = list(subsets.records_without_images(builder, "test"))
+    assert [i for i, _ in read] == list(range(COUNTS["num_test"]))
+    for index, record in read:
+        decoded = sources["test"][index]
+        assert record["label"] == decoded["label"]
+        for key in ("image", "mask"):
+            assert isinstance(record[key], bytes) and record[key].startswith(b"\x89PNG")
+            png = np.asarray(Image.open(io.BytesIO(record[key])))
+            np.testing.assert_array_equal(png.reshape(decoded[key].shape), decoded[key])
 
 
 def test_bbox_convention_is_normalized_yxyx_with_exclusive_ends():
