@@ -6,9 +6,11 @@ the published evaluator's rules, on the very score maps the evaluator made.
 """
 
 import errno
+import itertools
 import json
 import os
 import shutil
+import types
 
 import cv2
 import jax
@@ -465,3 +467,326 @@ def test_contact_sheet_tiles_four_per_row_without_blank_columns(tmp_path, count,
     for i in range(count):
         row, col = divmod(i, 4)
         assert (tiles[3 * row : 3 * row + 3, 5 * col : 5 * col + 5] == 10 * i).all()
+
+
+def test_threshold_grid_is_every_step_strictly_between_0_and_1():
+    """The paper's CAM thresholds: step, 2 step, ... below 1, never 0 (the whole image) nor 1
+    (the peak pixel alone); each exactly its decimal in float32 (the curve's keys in
+    metrics.json), the default step 0.05's too."""
+    np.testing.assert_array_equal(
+        evaluator_lib.threshold_grid(0.05), np.arange(1, 20, dtype=np.float32) / 20
+    )
+    grid = evaluator_lib.threshold_grid(0.1)
+    assert grid.dtype == np.float32
+    np.testing.assert_array_equal(grid, np.float32([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]))
+    np.testing.assert_array_equal(evaluator_lib.threshold_grid(0.3), np.float32([0.3, 0.6, 0.9]))
+    for step in (0, 1, -0.1, 1.5):
+        with pytest.raises(ValueError, match=r"threshold_grid_step must be in \(0, 1\)"):
+            evaluator_lib.threshold_grid(step)
+
+
+def test_host_rows_of_a_multi_host_array_are_its_shards_in_row_order():
+    """The multi-host branch: this host's shards come in device order, not row order; their
+    rows are concatenated by where each starts (a shard starting at row 0 has start None)."""
+
+    def shard(start, rows):
+        return types.SimpleNamespace(index=(slice(start, None),), data=np.asarray(rows))
+
+    x = types.SimpleNamespace(
+        is_fully_addressable=False,
+        addressable_shards=[shard(4, [[4], [5]]), shard(None, [[0], [1]]), shard(2, [[2], [3]])],
+    )
+    np.testing.assert_array_equal(evaluator_lib.host_rows(x), np.arange(6)[:, None])
+    ready = np.arange(3)
+    assert evaluator_lib.host_rows(ready) is ready  # a host-made numpy array as it is
+
+
+def largest_region_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Exclusive-end box of the largest 8-connected region (OpenCV's components), or None."""
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count == 1:
+        return None
+    x, y, w, h, _ = stats[1 + np.argmax(stats[1:, cv2.CC_STAT_AREA])]
+    return x, y, x + w, y + h
+
+
+def iou(a, b) -> float:
+    """IoU of exclusive-end boxes, in float64."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+    return iw * ih / union
+
+
+def test_paper_counts_equal_an_independent_count_over_several_ragged_batches(trained):
+    """evaluate()'s counts of the first 10 test images in batches of 8: a full batch, then 2
+    images and 6 padding rows (copies of the last image, which count nowhere), at IoU >= 0.3.
+    Recomputed here from the network's outputs: top-1 and top-5 classes by numpy's ranking
+    of the logits; the paper's box (the largest 8-connected region, by OpenCV, of the GT
+    class's max-normalised CAM >= t) at t = 0.1, ..., 0.9 against the GT boxes by float IoU
+    for GT-known loc, and for top-1 / top-5 loc only where that class is right; the centered
+    boxes of every size pair (0.05 to 1 of the image) by float IoU. Pins which rows, classes,
+    maps and IoU threshold reach which count, that each batch's host rows meet their own
+    device outputs, that stop() is asked after each batch, and the WSOL step's top-1."""
+    config, workdir = trained
+    config = config.copy_and_resolve_references()
+    config.eval.batch_size, config.eval.iou_threshold = 8, 0.3
+    ev, variables, _ = run_lib.restore_evaluator(config, workdir)
+    source = experiment.data_sources(config)["test"]
+    n, size = 10, config.data.image_size
+    asked = []
+
+    def stop():
+        asked.append(True)
+        return False
+
+    got = ev.evaluate(variables, source, n, stop=stop).counts
+    assert len(asked) == 2
+
+    rows = [pipeline.EvalPreprocess(ev.prep).map(source[i]) for i in range(n)]
+    images = pipeline.normalize_images(
+        np.stack([r["image"] for r in rows]), config.data.mean, config.data.std
+    )
+    labels = np.array([r["label"] for r in rows])
+    gts = [r["boxes"][: r["num_boxes"]] for r in rows]
+    logits, out = ev.model.apply(variables, images, train=False)
+    ranked = np.argsort(-np.asarray(logits), axis=-1)
+    top1, top5 = ranked[:, 0] == labels, np.any(ranked[:, :5] == labels[:, None], -1)
+    assert 0 < top1.sum() < top5.sum() < n  # every count below tells them apart
+    kernel = variables["params"]["head"]["kernel"]
+    cams = cam_lib.cams_for_classes(out["feature_map"], kernel, labels)
+    maps = np.asarray(cam_lib.postprocess(cams, (size, size), method="bicubic", normalize="max"))
+
+    thresholds = np.arange(1, 10, dtype=np.float32) / 10
+    best = np.zeros((n, len(thresholds)))  # the paper box's best IoU with a GT box
+    for i, j in np.ndindex(best.shape):
+        box = largest_region_box(maps[i] >= thresholds[j])
+        best[i, j] = 0 if box is None else max(iou(box, g) for g in gts[i])
+    fractions = np.arange(1, 21) / 20
+    sides = np.round(fractions * size)
+    starts = np.floor((size - sides) / 2)
+    center = np.zeros((len(fractions) ** 2, n))  # each centered box's best IoU, per image
+    for k, (w, h) in enumerate(itertools.product(range(len(fractions)), repeat=2)):
+        box = (starts[w], starts[h], starts[w] + sides[w], starts[h] + sides[h])
+        center[k] = [max(iou(box, g) for g in gt) for gt in gts]
+    hit = best >= 0.3
+    assert 0 < hit.sum() < hit.size and np.any(hit != (best >= 0.5))
+    assert np.any(center[:, -1] >= 0.3)  # the padded image is boxed: padding would count
+
+    assert int(got["n"]) == n
+    assert int(got["top1_cls"]) == top1.sum() and int(got["topk_cls"]) == top5.sum()
+    np.testing.assert_array_equal(got["gt_known"], hit.sum(0))
+    np.testing.assert_array_equal(got["top1_loc"], hit[top1].sum(0))
+    np.testing.assert_array_equal(got["topk_loc"], hit[top5].sum(0))
+    np.testing.assert_array_equal(got["center_box"], np.sum(center >= 0.3, axis=1))
+    top1_correct = [
+        np.asarray(out["top1_correct"])[np.asarray(hb["valid"])]
+        for hb, out in ev.wsol_outputs(variables, source, n)
+    ]
+    np.testing.assert_array_equal(np.concatenate(top1_correct), top1)
+
+
+@pytest.mark.parametrize("where", ["map", "logit"])
+def test_one_non_finite_value_in_one_image_stops_the_evaluation(restored, where):
+    """The guard counts an image whose logits or map hold any NaN or Inf, not only one whose
+    every value is (as weights that overflow make): one pixel of one image's map (Ablation-CAM
+    when a class score is exactly 0), or one logit of one image, the rest finite."""
+    config, ev, variables = restored
+    e = evaluator_lib.Evaluator(config, ev.model, ev.mesh)
+    cams_of = e._cams
+
+    def one_bad_value(variables, batch):
+        logits, cams = cams_of(variables, batch)
+        if where == "logit":
+            return logits.at[2, 3].set(np.inf), cams
+        return logits, cams.at[2, 5, 7].set(np.nan)
+
+    e._cams = one_bad_value  # read when the step is traced, on its first batch
+    source = experiment.data_sources(config)["validation"]
+    with pytest.raises(evaluator_lib.NonFiniteOutputError, match=r"hold NaN or Inf on 1 images"):
+        e.evaluate(variables, source, max_images=4)
+
+
+def test_host_counts_are_summed_over_hosts_and_device_counts_are_not(restored, monkeypatch):
+    """Each host counts its own rows' classes and boxes, added over the hosts at the end; the
+    centered-box counts and the device path's PxAP histograms come from the device, global
+    already. Two hosts with the same rows (sum_over_hosts doubling every count) double each
+    host count of `evaluate` and `evaluate_wsol`, and leave those two as on one host."""
+    config, ev, variables = restored
+    source = experiment.data_sources(config)["validation"]
+    one = ev.evaluate(variables, source, 11).counts
+    _, one_wsol = ev.evaluate_wsol(variables, source, 11, 0.37)
+
+    def two_hosts(x):
+        return 2 * np.asarray(x)
+
+    monkeypatch.setattr(evaluator_lib, "sum_over_hosts", two_hosts)
+    monkeypatch.setattr(protocol_lib, "sum_over_hosts", two_hosts)
+    paper = ev.evaluate(variables, source, 11).counts
+    legacy, wsol = ev.evaluate_wsol(variables, source, 11, 0.37)
+    for counts in (paper, legacy.counts):
+        assert counts.keys() == one.keys()
+        for k in one:
+            np.testing.assert_array_equal(counts[k], one[k] * (1 if k == "center_box" else 2))
+    assert wsol.num_images == 2 * one_wsol.num_images == 22
+    for two, one_host in ((wsol.v1, one_wsol.v1), (wsol.v2, one_wsol.v2)):
+        np.testing.assert_array_equal(two.counts, 2 * one_host.counts)
+    np.testing.assert_array_equal(wsol.top1_loc.counts, 2 * one_wsol.top1_loc.counts)
+    np.testing.assert_array_equal(wsol.pxap.histograms, one_wsol.pxap.histograms)
+
+
+def at_threshold(base: float, threshold: float) -> dict:
+    """A `LocalizationAccumulator.summary` whose every number is distinct."""
+    return {
+        "threshold": threshold,
+        "top1_cls": base + 1,
+        "top5_cls": base + 2,
+        "top1_loc": base + 3,
+        "top5_loc": base + 4,
+        "gt_known_loc": base + 5,
+        "best_center_box_gt_known_loc": 37.5,
+        "best_center_box_size": [0.5, 0.75],
+        "num_images": 16,
+    }
+
+
+def wsol_split(base: float, num_images: int, thresholds: list[float]) -> dict:
+    """A `WsolCounts.summary` whose every number is distinct."""
+    return {
+        "num_images": num_images,
+        "max_box_acc": base + 1,
+        "max_box_acc_threshold": thresholds[1],
+        "max_box_acc_v2": base + 2,
+        "max_box_acc_v2_per_iou": {"30": base + 3, "50": base + 4, "70": base + 5},
+        "max_box_acc_v2_thresholds": dict(zip(("30", "50", "70"), thresholds, strict=True)),
+        "pxap": base + 6,
+    }
+
+
+def test_report_prints_each_number_under_its_label_and_column(capsys, monkeypatch):
+    """print_report on results whose every number is distinct: each row's label, its value at
+    the validation-chosen and the paper's thresholds (in that order, as percentages), the
+    thresholds reported in the headers and cells, the WSOL table's val / test / test @ val
+    thresholds / test @ fixed columns, and the faithfulness rows (percent only for the paper's
+    Average Drop). Whitespace is not pinned."""
+    val, test = wsol_split(40, 11, [0.115, 0.235, 0.345]), wsol_split(50, 16, [0.4, 0.5, 0.6])
+    test["at_val_thresholds"] = {
+        "threshold": 0.235,
+        "box_acc": 61,
+        "box_acc_v2": 62,
+        "box_acc_v2_per_iou": {"30": 63, "50": 64, "70": 65},
+        "box_acc_v2_thresholds": val["max_box_acc_v2_thresholds"],
+        "top1_loc": 66,
+    }
+    test["at_fixed_threshold"] = {
+        "box_acc": 71,
+        "box_acc_v2": 72,
+        "box_acc_v2_per_iou": {"30": 73, "50": 74, "70": 75},
+        "top1_loc": 76,
+    }
+    protocol = {
+        "boxes": True,
+        "eval_size": 64,
+        "num_thresholds": 100,
+        "fixed_threshold": 0.25,
+        "iou_thresholds": [30, 50, 70],
+        "pxap": True,
+    }
+    faithfulness = {
+        "settings": {"target": "predicted"},
+        "test": {
+            "num_images": 16,
+            "score": "softmax",
+            "variant": "paper",
+            "average_drop": 81.5,
+            "increase_in_confidence": 12.5,
+            "deletion_auc": 0.125,
+            "insertion_auc": 0.625,
+            "pointing_game": 87.5,
+        },
+    }
+    results = {
+        "model": "vgg16_gap",
+        "dataset": "wsol_shapes",
+        "step": 6,
+        "iou_threshold": 0.5,
+        "top_k": 5,
+        "test_at_val_threshold": at_threshold(10, 0.35),
+        "test_at_fixed_threshold": at_threshold(20, 0.2),
+        "test_gt_known_loc_oracle_max": 31.25,
+        "wsol": {"protocol": protocol, "val": val, "test": test},
+        "faithfulness": faithfulness,
+    }
+    report.print_report(results)
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    for line in [
+        "vgg16_gap on wsol_shapes test (16 images), step 6, IoU >= 0.5",
+        "thr 0.35 (from val) thr 0.20 (paper)",
+        "top-1 cls acc 11.00% 21.00%",
+        "top-5 cls acc 12.00% 22.00%",
+        "top-1 loc acc [region] 13.00% 23.00%",
+        "top-5 loc acc [region] 14.00% 24.00%",
+        "GT-known loc acc [region] 15.00% 25.00%",
+        "best centered box 37.50% GT-known; 0.50 x 0.75 of the image, the best size on test",
+        "GT-known loc [region] at the best threshold on test (oracle): 31.25%",
+        "val max test max test @ val thr test @ 0.25",
+        "MaxBoxAcc (IoU 50) [contour] 41.00% @0.235 51.00% @0.500 61.00% @0.235 71.00%",
+        "MaxBoxAccV2 [contours] 42.00% 52.00% 62.00% 72.00%",
+        "IoU 30 43.00% @0.115 53.00% @0.400 63.00% @0.115 73.00%",
+        "IoU 50 44.00% @0.235 54.00% @0.500 64.00% @0.235 74.00%",
+        "IoU 70 45.00% @0.345 55.00% @0.600 65.00% @0.345 75.00%",
+        "top-1 loc (IoU 50) [contour] - - 66.00% 76.00%",
+        "PxAP 46.00% 56.00%",
+        "Faithfulness on test (16 images, predicted class, softmax; Average Drop as paper)",
+        "Average Drop (lower better) 81.50%",
+        "Increase in Confidence 12.50%",
+        "Deletion AUC (lower better) 0.1250",
+        "Insertion AUC 0.6250",
+        "Pointing game (GT class) 87.50%",
+    ]:
+        assert line in lines
+
+    # The peers' Average Drop variants are fractions; a mask-only protocol prints PxAP alone.
+    faithfulness["test"].update(variant="torchcam", average_drop=0.25)
+    report.print_faithfulness(faithfulness)
+    protocol.update(boxes=False)
+    assert report.print_wsol(results["wsol"]) == []
+    lines = [" ".join(line.split()) for line in capsys.readouterr().out.splitlines()]
+    assert "Average Drop (lower better) 0.25" in lines
+    assert "Increase in Confidence 12.50" in lines
+    assert lines[-1] == (
+        "WSOL protocol (Choe et al., CVPR 2020), masks only: GT-class CAM, bicubic to 64^2, "
+        "100 thresholds; PxAP val 46.00% (11 images), test 56.00% (16)"
+    )
+    # Only process 0 prints.
+    monkeypatch.setattr(report.jax, "process_index", lambda: 1)
+    report.print_report(results)
+    assert capsys.readouterr().out == ""
+
+
+def test_exported_float32_scoremaps_are_the_evaluated_ones(restored):
+    """Without exact_float64, scoremap_outputs (evaluate.py --export_dir) gives the very
+    float32 maps the WSOL metrics scored (`wsol_outputs`), shown above to be the protocol's
+    (OpenCV bicubic to the evaluation size, min-max)."""
+    config, ev, variables = restored
+    source = experiment.data_sources(config)["validation"]
+    scored = [np.asarray(out["scoremaps"]) for _, out in ev.wsol_outputs(variables, source, 11)]
+    exported = [np.asarray(m) for _, m in ev.scoremap_outputs(variables, source, 11)]
+    assert len(exported) == len(scored) == 1 and exported[0].shape == (16, 64, 64)
+    np.testing.assert_array_equal(exported[0], scored[0])
+
+
+def test_stop_is_asked_after_each_batch_and_true_ends_the_evaluation(restored):
+    """evaluate's stop(): asked once a batch is counted; True raises EvaluationStopped naming
+    the images counted so far (no metric is computed from part of a split)."""
+    config, ev, variables = restored
+    source = experiment.data_sources(config)["validation"]
+    asked = []
+
+    def stop():
+        asked.append(True)
+        return True
+
+    with pytest.raises(evaluator_lib.EvaluationStopped, match=r"^stopped after 11 images$"):
+        ev.evaluate(variables, source, 11, stop=stop)
+    assert asked == [True]

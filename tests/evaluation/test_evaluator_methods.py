@@ -1,15 +1,21 @@
 """config.eval.method and config.eval.faithfulness in the evaluator: every metric of a tiny
 trained run for methods other than CAM, and CAM's own path untouched."""
 
+import dataclasses
 import os
 import warnings
 
+import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
+from camjax import cam as cam_lib
 from camjax import experiment
+from camjax.data import pipeline
 from camjax.evaluation import evaluator as evaluator_lib
+from camjax.evaluation import faithfulness as faith_lib
 from camjax.evaluation import gallery, report
 from camjax.evaluation import run as run_lib
 
@@ -54,7 +60,17 @@ def test_every_metric_of_another_method(trained, method, capsys):
     assert f"maps: {method}" in out and "Deletion AUC" in out
 
 
-def test_cam_is_the_default_and_the_method_of_a_legacy_config(trained):
+@pytest.fixture(scope="module")
+def cam_faithfulness(trained):
+    """(Evaluator, summary) of CAM's faithfulness over the first 11 test images (one batch of
+    16: 5 padding rows), evaluated once for the tests that read it."""
+    config, _, ev, variables, _ = trained
+    e = evaluator_lib.Evaluator(method_config(config, "cam"), ev.model, ev.mesh, ev.protocol)
+    source = experiment.data_sources(config)["test"]
+    return e, e.evaluate_faithfulness(variables, source, 11).summary()
+
+
+def test_cam_is_the_default_and_the_method_of_a_legacy_config(trained, cam_faithfulness):
     """A saved config without the new fields means CAM at 'feature_map', no faithfulness (the
     CAM path itself is the code it was; metrics.json and the gallery of the default config
     were compared byte for byte with main's on a tiny run)."""
@@ -65,9 +81,7 @@ def test_cam_is_the_default_and_the_method_of_a_legacy_config(trained):
     e = evaluator_lib.Evaluator(legacy, ev.model, ev.mesh, ev.protocol)
     assert (e.method, e.layer, e.faithfulness) == ("cam", "feature_map", None)
     # CAM's faithfulness, through the explainer, on a ragged (padded) first 11 images.
-    e = evaluator_lib.Evaluator(method_config(config, "cam"), ev.model, ev.mesh, ev.protocol)
-    source = experiment.data_sources(config)["test"]
-    f = e.evaluate_faithfulness(variables, source, 11).summary()
+    _, f = cam_faithfulness
     assert f["num_images"] == 11 and 0 <= f["deletion_auc"] <= 1
     assert 0 <= f["pointing_game"] <= 100
 
@@ -167,3 +181,99 @@ def test_the_chosen_methods_options_reach_its_maps(trained, tmp_path, capsys):
         renamed.eval.options.grad_cam = {"rectify": "no"}  # the explainer's own type check
     with pytest.raises(ValueError, match=r"options.grad_cam.rectify must be a bool like its "):
         evaluator_lib.Evaluator(renamed, ev.model, ev.mesh, ev.protocol)
+
+
+def test_another_methods_maps_are_its_raw_maps_of_the_gt_class(trained):
+    """With a method other than CAM, the maps every metric scores are the method's raw maps of
+    each image's GT class at its layer's resolution, not normalised (the evaluator normalises
+    them as CAM's). On this GAP network with a linear head, Grad-CAM's channel weights are the
+    head's GT-class column over h * w and CAM is >= 0 (ReLU features, a non-negative head), so
+    Grad-CAM is CAM / (h * w) exactly; CAM's minimum is above 0, so a min-max map differs."""
+    config, _, ev, variables, _ = trained
+    e = evaluator_lib.Evaluator(
+        method_config(config, "grad_cam", faithfulness=False), ev.model, ev.mesh, ev.protocol
+    )
+    source = experiment.data_sources(config)["test"]
+    rows = [pipeline.EvalPreprocess(e.prep).map(source[i]) for i in range(16)]
+    batch = {
+        "image": np.stack([r["image"] for r in rows]),
+        "label": np.array([r["label"] for r in rows], np.int32),
+    }
+    logits, maps = jax.jit(e._cams)(variables, batch)
+
+    images = pipeline.normalize_images(batch["image"], config.data.mean, config.data.std)
+    want_logits, out = ev.model.apply(variables, images, train=False)
+    features = np.asarray(out["feature_map"], np.float64)  # (B, h, w, K)
+    kernel = np.asarray(variables["params"]["head"]["kernel"], np.float64)  # (K, C)
+    cams = np.einsum("bhwk,kb->bhw", features, kernel[:, batch["label"]])
+    assert cams.min() > 0 and len(set(batch["label"])) > 3
+    h, w = cams.shape[1:]
+    np.testing.assert_allclose(maps, cams / (h * w), rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(logits, want_logits, rtol=1e-6)
+
+
+def test_faithfulness_settings_are_the_configs_and_an_unknown_target_is_refused(trained):
+    """Each field of config.eval.faithfulness reaches its setting; disabled means None; a target
+    other than 'predicted' or 'label' is a config error, not the label's maps."""
+    c = method_config(trained[0], "cam")
+    f = c.eval.faithfulness
+    f.step, f.chunk, f.variant, f.score, f.tolerance = 8, 3, "torchcam", "logit", 7.5
+    assert evaluator_lib.faithfulness_settings(c) == faith_lib.FaithfulnessSettings(
+        step=8, chunk=3, variant="torchcam", score="logit", tolerance=7.5
+    )
+    f.enabled = False
+    assert evaluator_lib.faithfulness_settings(c) is None
+    f.enabled, f.target = True, "gt"
+    with pytest.raises(ValueError, match=r"target must be 'predicted' or 'label'; got 'gt'"):
+        evaluator_lib.faithfulness_settings(c)
+
+
+def test_faithfulness_explains_the_predicted_class_and_points_with_the_gt_class(
+    trained, cam_faithfulness
+):
+    """evaluate_faithfulness's sums over 11 images (5 padding rows) are batch_sums' (pinned in
+    test_faithfulness.py) of maps made here: CAM (the head's column of the class over the
+    feature map) of each image's top-1 class by numpy's argmax of the logits (the default
+    target, 'predicted'), bilinear to the image and min-max, for Average Drop and Increase
+    (the curves take the same maps and classes; left out here, they cost seconds); and the
+    GT class's map for the pointing game against the union of the GT boxes."""
+    config, _, ev, variables, _ = trained
+    e, got = cam_faithfulness
+    assert config.eval.faithfulness.target == "predicted"
+    source = experiment.data_sources(config)["test"]
+    n, size = 11, config.data.image_size
+    rows = [pipeline.EvalPreprocess(e.prep).map(source[i]) for i in range(n)]
+    images = pipeline.normalize_images(
+        np.stack([r["image"] for r in rows]), config.data.mean, config.data.std
+    )
+    labels = np.array([r["label"] for r in rows], np.int32)
+    logits, out = ev.model.apply(variables, images, train=False)
+    classes = np.argmax(np.asarray(logits), -1)
+    assert 0 < np.sum(classes == labels) < n  # the two classes' maps differ somewhere
+    kernel = variables["params"]["head"]["kernel"]
+
+    def maps_of(k):
+        cams = cam_lib.cams_for_classes(out["feature_map"], kernel, k)
+        return cam_lib.postprocess(cams, (size, size), method="bilinear", normalize="minmax")
+
+    boxes = np.stack([r["boxes"] for r in rows])
+    num_boxes = np.array([r["num_boxes"] for r in rows])
+    want = faith_lib.FaithfulnessAccumulator(e.faithfulness)
+    want.update(
+        faith_lib.batch_sums(
+            lambda x: ev.model.apply(variables, x, train=False)[0],
+            images,
+            maps_of(classes),
+            classes,
+            np.ones(n, bool),
+            dataclasses.replace(e.faithfulness, deletion_insertion=False),
+            point_maps=maps_of(labels),
+            gt_masks=faith_lib.box_masks(boxes, num_boxes, size, size),
+            labels=labels,
+            num_classes=config.model.num_classes,
+        )
+    )
+    want = want.summary()
+    assert got["num_images"] == want["num_images"] == n and "deletion_auc" not in want
+    for k, v in want.items():
+        assert got[k] == (v if isinstance(v, str) else pytest.approx(v, rel=1e-5, abs=1e-6)), k
