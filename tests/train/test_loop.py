@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
@@ -18,7 +20,7 @@ import pytest
 from etils import epath
 
 from camjax import checkpoint, checkpoint_restore, cli, experiment, run_config
-from camjax.train import interrupts, loop, optim
+from camjax.train import interrupts, loop, metric_writer, optim
 from camjax.train import state as train_state
 from configs import tiny
 from tests.xla_flags import subprocess_xla_flags
@@ -874,6 +876,213 @@ def test_optimizer_groups_and_schedules():
     with pytest.raises(ValueError, match="schedule"):
         config.schedule = "linear"
         optim.learning_rate_schedule(config, 10)
+
+
+class BatchNormNet(nn.Module):
+    """The smallest network with batch norm that the train step takes: conv, BN, GAP, head."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3), name="conv1")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name="bn1")(x)
+        return nn.Dense(self.num_classes, name="head")(nn.relu(x).mean(axis=(1, 2))), {}
+
+
+def test_a_train_step_is_one_sgd_step_on_the_batch_mean_loss_as_worked_by_hand():
+    """make_train_step on a batch-norm net against the step done by hand: images normalised as
+    (x / 255 - mean) / std, p - lr * grad of the batch's mean cross-entropy (not its sum), the
+    batch-norm statistics of the batch in training mode, the step counter + 1; the metric sums
+    (summed loss, top-1/top-5 hits, count, out-of-range labels) and train_metrics' means and
+    percentages of them. The labels come from the net's own ranking, rank 1, 5 and 10, so
+    that top-1, top-5 and misses each show."""
+    config = tiny.get_config()
+    config.model.num_classes = 10
+    config.optim.update(
+        name="sgd",
+        learning_rate=0.5,
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="constant",
+        warmup_steps=0,
+        nonnegative_head=False,
+    )
+    model = BatchNormNet()
+    tx = optim.create_optimizer(config.optim, 10)
+    variables = model.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
+    params, stats = variables["params"], variables["batch_stats"]
+    state = train_state.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), stats)
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    x = ((images / 255.0 - np.array(config.data.mean)) / np.array(config.data.std)).astype(
+        np.float32
+    )
+
+    def apply(p):
+        variables = {"params": p, "batch_stats": stats}
+        return model.apply(variables, x, train=True, mutable=["batch_stats"])
+
+    (logits, _), want_stats = apply(params)
+    ranking = np.argsort(-np.asarray(logits), axis=-1)
+    labels = np.concatenate([ranking[:3, 0], ranking[3:5, 4], ranking[5:, 9]]).astype(np.int32)
+
+    def mean_loss(p):
+        (z, _), _ = apply(p)
+        return jnp.mean(jax.nn.logsumexp(z, axis=-1) - z[jnp.arange(8), labels])
+
+    want_params = jax.tree.map(lambda p, g: p - 0.5 * g, params, jax.grad(mean_loss)(params))
+    step = jax.jit(loop.make_train_step(config, model, tx))
+    new, sums = step(state, loop.zero_sums(), {"image": images, "label": labels})
+
+    assert int(new.step) == 1
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        new.params,
+        want_params,
+    )
+    assert not np.allclose(new.batch_stats["bn1"]["mean"], stats["bn1"]["mean"])
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        new.batch_stats,
+        want_stats["batch_stats"],
+    )
+    z = np.asarray(logits, np.float64)
+    losses = np.log(np.exp(z).sum(-1)) - z[np.arange(8), labels]
+    sums = jax.device_get(sums)
+    assert (sums["top1"], sums["top5"], sums["count"], sums["bad_labels"]) == (3, 5, 8, 0)
+    np.testing.assert_allclose(sums["loss"], losses.sum(), rtol=1e-5)
+    logged = metric_writer.train_metrics(sums, seconds=2.0)
+    want = {"loss": losses.mean(), "top1_acc": 37.5, "top5_acc": 62.5, "images_per_sec": 4.0}
+    np.testing.assert_allclose([logged[f"train/{k}"] for k in want], list(want.values()), 1e-5)
+    # Labels the head cannot take are counted: below 0 and from num_classes up.
+    labels = np.array([-1, 10, 9, 0, 0, 0, 0, 0], np.int32)
+    _, sums = step(state, loop.zero_sums(), {"image": images, "label": labels})
+    assert (int(sums["bad_labels"]), int(sums["max_label"])) == (2, 10)
+
+
+class DropoutNet(nn.Module):
+    """A network without batch norm whose only randomness is dropout (as VGG16-GAP's 0.5)."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        h = nn.Dense(16, name="fc")(x.mean(axis=(1, 2)))
+        h = nn.Dropout(0.5, deterministic=not train)(h)
+        return nn.Dense(self.num_classes, name="head")(h), {}
+
+
+def test_dropout_is_on_in_a_train_step_and_draws_a_new_mask_at_each_step():
+    """The train step runs the net in training mode: the step differs from the one by hand
+    without dropout; it repeats itself exactly from the same state, but a later step draws
+    another mask (the same state and batch at step 1 move the parameters elsewhere)."""
+    config = tiny.get_config()
+    config.model.num_classes = 10
+    config.optim.update(name="sgd", momentum=0.0, weight_decay=0.0, schedule="constant")
+    config.optim.nonnegative_head = False
+    model = DropoutNet()
+    tx = optim.create_optimizer(config.optim, 10)
+    params = model.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))["params"]
+    state = train_state.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    batch = {"image": images, "label": np.arange(8, dtype=np.int32)}
+    step = jax.jit(loop.make_train_step(config, model, tx))
+
+    def head_after(state):
+        return np.asarray(step(state, loop.zero_sums(), batch)[0].params["head"]["kernel"])
+
+    x = (images / 255.0 - np.array(config.data.mean)) / np.array(config.data.std)
+
+    def mean_loss(p):
+        z, _ = model.apply({"params": p}, x.astype(np.float32), train=False)
+        return jnp.mean(jax.nn.logsumexp(z, axis=-1) - z[jnp.arange(8), batch["label"]])
+
+    lr = config.optim.learning_rate
+    without_dropout = params["head"]["kernel"] - lr * jax.grad(mean_loss)(params)["head"]["kernel"]
+    first = head_after(state)
+    assert not np.allclose(first, without_dropout, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(first, head_after(state))
+    assert not np.array_equal(first, head_after(state.replace(step=jnp.ones((), jnp.int32))))
+
+
+def test_validation_rows_are_at_the_best_threshold_plus_gt_known_at_the_fixed_one():
+    """The logged val/ metrics are the split's summary at its best CAM threshold (GT-known
+    loc 8 of 10 images at 0.5), and val/gt_known_loc_fixed the GT-known loc at
+    config.eval.fixed_threshold (5 of 10 at 0.25)."""
+    from camjax.localization.boxes import LocalizationAccumulator
+
+    val = LocalizationAccumulator(np.array([0.0, 0.25, 0.5, 0.75]), np.array([0.5, 1.0]))
+    val.counts = {
+        "n": np.int64(10),
+        "top1_cls": np.int64(6),
+        "topk_cls": np.int64(9),
+        "top1_loc": np.array([1, 3, 4, 2]),
+        "topk_loc": np.array([2, 4, 7, 3]),
+        "gt_known": np.array([2, 5, 8, 3]),
+        "center_box": np.array([1, 2, 3, 4]),
+    }
+    got = loop._val_metrics(val, fixed_threshold=0.25, top_k=5)
+    want = {"threshold": 0.5, "gt_known_loc": 80.0, "top1_loc": 40.0, "top5_loc": 70.0}
+    assert {k: got[f"val/{k}"] for k in want} == pytest.approx(want)
+    assert (got["val/top1_cls"], got["val/top5_cls"]) == pytest.approx((60.0, 90.0))
+    assert got["val/gt_known_loc_fixed"] == pytest.approx(50.0)
+
+
+def test_each_log_row_sums_the_steps_since_the_last_and_the_last_step_still_trains(
+    data_dir, tmp_path, monkeypatch
+):
+    """Logs every 2 steps and at the last, step 5: each row sums the examples of the steps
+    since the previous row, from the first step on (batch 16: 32, 32, then 16). The schedule
+    spans the run's num_steps: the last step still moves the parameters (a cosine built for
+    fewer steps is at 0 there)."""
+    config = tiny_config(data_dir, num_steps=5, checkpoint_every_steps=1)
+    counts = []
+    train = metric_writer.Progress.train
+
+    def recording(self, step, host_sums):
+        counts.append((step, int(host_sums["count"])))
+        train(self, step, host_sums)
+
+    monkeypatch.setattr(metric_writer.Progress, "train", recording)
+    workdir = str(tmp_path / "run")
+    loop.train_and_evaluate(config, workdir)
+    assert counts == [(2, 32), (4, 32), (5, 16)]
+    (_, before), (_, last) = saved_params(workdir, 4), saved_params(workdir, 5)
+    assert not np.array_equal(before["head"]["kernel"], last["head"]["kernel"])
+
+
+def test_pretrained_weights_and_batch_norm_statistics_replace_the_fresh_ones(tmp_path):
+    """load_pretrained puts every saved leaf in place, the batch-norm statistics (ResNet50's
+    and the BN GoogLeNet's running mean and variance) as well as the parameters; leaves not
+    saved (the new head, here also bn1's scale and bias) stay fresh. The state's `variables`,
+    what evaluation applies, carry those statistics."""
+    from camjax.models import torch_import
+
+    model = BatchNormNet()
+    fresh = model.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=fresh["params"]["conv1"]["kernel"].shape).astype(np.float32)
+    mean, var = rng.normal(size=4).astype(np.float32), rng.uniform(1, 2, 4).astype(np.float32)
+    saved = {
+        "params": {"conv1": {"kernel": kernel}},
+        "batch_stats": {"bn1": {"mean": mean, "var": var}},
+    }
+    torch_import.save_pretrained(str(tmp_path / "pretrained"), saved, {"model": "test"})
+    state = train_state.TrainState(
+        jnp.zeros((), jnp.int32), fresh["params"], {}, fresh["batch_stats"]
+    )
+    loaded = train_state.load_pretrained(state, str(tmp_path / "pretrained"))
+    np.testing.assert_array_equal(loaded.params["conv1"]["kernel"], kernel)
+    np.testing.assert_array_equal(loaded.batch_stats["bn1"]["mean"], mean)
+    np.testing.assert_array_equal(loaded.batch_stats["bn1"]["var"], var)
+    for leaf in (("conv1", "bias"), ("bn1", "scale"), ("bn1", "bias"), ("head", "kernel")):
+        np.testing.assert_array_equal(
+            loaded.params[leaf[0]][leaf[1]], fresh["params"][leaf[0]][leaf[1]]
+        )
+    # Evaluation applies state.variables: the statistics go with the parameters.
+    x = np.random.default_rng(1).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    want, _ = model.apply({"params": loaded.params, "batch_stats": saved["batch_stats"]}, x)
+    np.testing.assert_array_equal(model.apply(loaded.variables, x)[0], want)
 
 
 @pytest.mark.slow  # three training runs, end to end
