@@ -121,23 +121,24 @@ MULTS = (1.0, 2.0, 10.0, 20.0)
 IS_BIAS = (False, True, False, True)
 
 
+def two_grouped_steps(seed, **fields):
+    """(params, the two steps' gradients, the parameters after them) for random trees, with
+    `fields` set and the Caffe solvers' multipliers (new layers x10, biases x2)."""
+    rng = np.random.default_rng(seed)
+    config = optim_config(new_layer_lr_mult=10.0, bias_lr_mult=2.0, **fields)
+    params, grads = random_tree(rng), [random_tree(rng), random_tree(rng)]
+    return params, grads, run_steps(config, params, grads)
+
+
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_sgd_decays_kernels_only_with_momentum_and_nesterov_as_worked_by_hand(nesterov):
     """Two SGD steps: d = g + wd * p (kernels only, with p before the step), the trace
     t = d + m * t, the step d + m * t with Nesterov, else t, times lr and the group's
     multiplier. Two steps, so that momentum shows."""
-    rng = np.random.default_rng(0)
     lr, m, wd = 0.1, 0.9, 0.05
-    config = optim_config(
-        learning_rate=lr,
-        momentum=m,
-        nesterov=nesterov,
-        weight_decay=wd,
-        new_layer_lr_mult=10.0,
-        bias_lr_mult=2.0,
+    params, grads, got = two_grouped_steps(
+        0, learning_rate=lr, momentum=m, nesterov=nesterov, weight_decay=wd
     )
-    params, grads = random_tree(rng), [random_tree(rng), random_tree(rng)]
-    got = run_steps(config, params, grads)
     for i, (p, mult, bias) in enumerate(zip(leaves(params), MULTS, IS_BIAS, strict=True)):
         t = np.zeros_like(p)
         for g in grads:
@@ -150,18 +151,10 @@ def test_sgd_decays_kernels_only_with_momentum_and_nesterov_as_worked_by_hand(ne
 def test_adamw_decays_kernels_only_with_b1_from_momentum_as_worked_by_hand():
     """Two AdamW steps: Adam's bias-corrected moments with b1 = config.optim.momentum (0.8
     here, not optax's 0.9), plus wd * p on kernels only, times lr and the group's multiplier."""
-    rng = np.random.default_rng(1)
     lr, b1, b2, eps, wd = 0.01, 0.8, 0.999, 1e-8, 0.1
-    config = optim_config(
-        name="adamw",
-        learning_rate=lr,
-        momentum=b1,
-        weight_decay=wd,
-        new_layer_lr_mult=10.0,
-        bias_lr_mult=2.0,
+    params, grads, got = two_grouped_steps(
+        1, name="adamw", learning_rate=lr, momentum=b1, weight_decay=wd
     )
-    params, grads = random_tree(rng), [random_tree(rng), random_tree(rng)]
-    got = run_steps(config, params, grads)
     for i, (p, mult, bias) in enumerate(zip(leaves(params), MULTS, IS_BIAS, strict=True)):
         mu = nu = np.zeros_like(p)
         for k, g in enumerate(grads, start=1):
