@@ -29,6 +29,7 @@ from camjax.localization import wsol_frame, wsol_io
 from camjax.train import loop
 from configs import tiny
 from tests.localization import wsol_reference as ref
+from tests.localization.test_boxes import cv2_largest_box, float_iou
 
 
 @pytest.fixture(scope="module")
@@ -501,23 +502,6 @@ def test_host_rows_of_a_multi_host_array_are_its_shards_in_row_order():
     assert evaluator_lib.host_rows(ready) is ready  # a host-made numpy array as it is
 
 
-def largest_region_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Exclusive-end box of the largest 8-connected region (OpenCV's components), or None."""
-    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    if count == 1:
-        return None
-    x, y, w, h, _ = stats[1 + np.argmax(stats[1:, cv2.CC_STAT_AREA])]
-    return x, y, x + w, y + h
-
-
-def iou(a, b) -> float:
-    """IoU of exclusive-end boxes, in float64."""
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
-    return iw * ih / union
-
-
 def test_paper_counts_equal_an_independent_count_over_several_ragged_batches(trained):
     """evaluate()'s counts of the first 10 test images in batches of 8: a full batch, then 2
     images and 6 padding rows (copies of the last image, which count nowhere), at IoU >= 0.3.
@@ -560,15 +544,15 @@ def test_paper_counts_equal_an_independent_count_over_several_ragged_batches(tra
     thresholds = np.arange(1, 10, dtype=np.float32) / 10
     best = np.zeros((n, len(thresholds)))  # the paper box's best IoU with a GT box
     for i, j in np.ndindex(best.shape):
-        box = largest_region_box(maps[i] >= thresholds[j])
-        best[i, j] = 0 if box is None else max(iou(box, g) for g in gts[i])
+        box = cv2_largest_box(maps[i] >= thresholds[j])  # all zeros where no pixel: IoU 0
+        best[i, j] = max(float_iou(box, g) for g in gts[i])
     fractions = np.arange(1, 21) / 20
     sides = np.round(fractions * size)
     starts = np.floor((size - sides) / 2)
     center = np.zeros((len(fractions) ** 2, n))  # each centered box's best IoU, per image
     for k, (w, h) in enumerate(itertools.product(range(len(fractions)), repeat=2)):
         box = (starts[w], starts[h], starts[w] + sides[w], starts[h] + sides[h])
-        center[k] = [max(iou(box, g) for g in gt) for gt in gts]
+        center[k] = [max(float_iou(box, g) for g in gt) for gt in gts]
     hit = best >= 0.3
     assert 0 < hit.sum() < hit.size and np.any(hit != (best >= 0.5))
     assert np.any(center[:, -1] >= 0.3)  # the padded image is boxed: padding would count
