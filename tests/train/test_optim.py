@@ -1,12 +1,13 @@
 """Tests for camjax/train/optim.py against updates worked out by hand in numpy.
 
-test_loop.py's `test_optimizer_groups_and_schedules` checks the groups' labels and multipliers
-with plain SGD; these pin what it leaves at zero or off: warm-up, cosine decay, weight decay,
+`test_optimizer_groups_and_schedules` checks the groups' labels and multipliers with plain
+SGD; the others pin what it leaves at zero or off: warm-up, cosine decay, weight decay,
 momentum, Nesterov, AdamW, clipping and the non-negative head's mask.
 """
 
 import math
 
+import jax
 import ml_collections
 import numpy as np
 import optax
@@ -14,6 +15,65 @@ import pytest
 
 from camjax.train import optim
 from configs import tiny
+
+
+def test_optimizer_groups_and_schedules():
+    config = tiny.get_config().optim
+    config.schedule, config.decay_steps, config.learning_rate = "step", 10, 1.0
+    schedule = optim.learning_rate_schedule(config, 30)
+    assert [float(schedule(s)) for s in (0, 9, 10, 25)] == pytest.approx([1.0, 1.0, 0.1, 0.01])
+    config.decay_at, config.decay_factor = (4, 20), 0.2  # points replace the period
+    schedule = optim.learning_rate_schedule(config, 30)
+    assert [float(schedule(s)) for s in (3, 4, 19, 20)] == pytest.approx([1.0, 0.2, 0.2, 0.04])
+    config.decay_at, config.decay_factor = (), 0.1
+    labels = optim.parameter_groups(
+        {"conv1_1": {"kernel": 0, "bias": 0}, "cam_conv": {"kernel": 0}, "head": {"bias": 0}}
+    )
+    assert labels == {
+        "conv1_1": {"kernel": "backbone_kernel", "bias": "backbone_bias"},
+        "cam_conv": {"kernel": "new_kernel"},
+        "head": {"bias": "new_bias"},
+    }
+    # ResNet50's recipe: layer4's blocks (layer4_0, layer4_1, ...) learn with the head.
+    labels = optim.parameter_groups(
+        {"layer3_5": {"kernel": 0}, "layer4_0": {"kernel": 0}, "head": {"kernel": 0}},
+        ("layer4", "head"),
+    )
+    assert labels == {
+        "layer3_5": {"kernel": "backbone_kernel"},
+        "layer4_0": {"kernel": "new_kernel"},
+        "head": {"kernel": "new_kernel"},
+    }
+    # Plain SGD: the new layers move new_layer_lr_mult times as far; biases bias_lr_mult more.
+    config.name, config.momentum, config.weight_decay, config.schedule = "sgd", 0.0, 0.0, "constant"
+    config.new_layer_lr_mult, config.bias_lr_mult = 10.0, 2.0
+    config.nonnegative_head = False  # (the default's True is checked below)
+    tx = optim.create_optimizer(config, 10)
+    params = {"conv1_1": {"kernel": np.ones(2), "bias": np.ones(2)}, "head": {"kernel": np.ones(2)}}
+    grads = jax.tree.map(np.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(updates["conv1_1"]["kernel"][0]) == pytest.approx(-1.0)
+    assert float(updates["conv1_1"]["bias"][0]) == pytest.approx(-2.0)
+    assert float(updates["head"]["kernel"][0]) == pytest.approx(-10.0)
+    # nonnegative_head: the head's kernel stops at 0, every other parameter moves freely.
+    config.nonnegative_head = True
+    tx = optim.create_optimizer(config, 10)
+    params["head"]["bias"] = np.ones(2)
+    grads = jax.tree.map(np.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    moved = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(moved["head"]["kernel"], [0.0, 0.0])  # 1 - 10, projected
+    np.testing.assert_allclose(moved["head"]["bias"], [-19.0, -19.0])  # 1 - 10 * 2
+    np.testing.assert_allclose(moved["conv1_1"]["kernel"], [0.0, 0.0])
+    np.testing.assert_allclose(moved["conv1_1"]["bias"], [-1.0, -1.0])
+    # New layers that name no layer (a typo) would train every layer at one rate.
+    config.new_layers = ("cam_cnv", "hed")
+    with pytest.raises(ValueError, match=r"new_layers \['cam_cnv', 'hed'\] names none of"):
+        optim.create_optimizer(config, 10).init(params)
+    config.new_layers = ("cam_conv", "head")
+    with pytest.raises(ValueError, match="schedule"):
+        config.schedule = "linear"
+        optim.learning_rate_schedule(config, 10)
 
 
 def optim_config(**fields):
