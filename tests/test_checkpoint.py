@@ -74,6 +74,36 @@ def test_restore_variables_reads_the_model_variables_only(saved_run):
     manager.close()
 
 
+def test_the_fingerprint_a_step_must_match_holds_what_its_parameters_and_run_depend_on():
+    """What a step's metadata must match to restore: the model's fields less the compute dtype
+    and the grouped-conv implementation (a bfloat16 evaluation reads a float32 run's steps),
+    the WSOL method only where its head replaces the GAP head (ACoL, SPG), the dataset (a step
+    of a run on another dataset with as many classes would restore silently) and the seed."""
+    config = tiny.get_config()
+    base = checkpoint.model_fingerprint(config)
+    assert (base["dataset"], base["seed"], base["model"]["width"]) == ("wsol_shapes", 0, 1 / 16)
+
+    def fingerprint(field, value):
+        other = config.copy_and_resolve_references()
+        *sections, name = field.split(".")
+        node = other
+        for section in sections:
+            node = node[section]
+        node[name] = value
+        return checkpoint.model_fingerprint(other)
+
+    same = [("model.dtype", "bfloat16"), ("model.grouped_conv_impl", "xla")]
+    same += [("method.name", m) for m in ("has", "cutmix", "adl", "bridging")]
+    for field, value in same:
+        assert fingerprint(field, value) == base, (field, value)
+    for method in ("acol", "spg"):
+        head = {**base, "model": {**base["model"], "wsol_method": method}}
+        assert fingerprint("method.name", method) == head
+    assert fingerprint("data.name", "ilsvrc2012_loc") == {**base, "dataset": "ilsvrc2012_loc"}
+    assert fingerprint("seed", 1) == {**base, "seed": 1}
+    assert fingerprint("model.width", 1 / 8) == {**base, "model": {**base["model"], "width": 1 / 8}}
+
+
 def evaluate_cli(*args):
     return subprocess.run(
         [sys.executable, os.path.join(REPO, "evaluate.py"), *args],
@@ -353,6 +383,36 @@ def test_no_good_step_is_one_error_listing_every_step(two_steps):
 
 
 @ORBAX_DROPPED_READS
+def test_a_config_error_needs_every_step_to_differ_and_names_the_newest(two_steps):
+    """Restored with another width, both steps differ from the config: the error is the
+    config's and names the newest step. With step 2 of the config's width but damaged and step
+    1 of another width (its metadata edited), the config is right: a damage report of both."""
+    config, workdir, abstract, _, _ = two_steps
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    other = config.copy_and_resolve_references()
+    other.model.width = 1 / 8
+    manager = checkpoint.create_manager(workdir, 3)
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint_restore.restore(manager, abstract, other)
+    assert str(err.value).startswith(
+        f"the checkpoint at step 2 in {ckpts} was trained with a different config: model.width: "
+        "checkpoint 0.0625, config 0.125. Use the config the run was trained with"
+    )
+    flip_bit(largest_array_file(os.path.join(ckpts, "2")))
+    meta_path = os.path.join(ckpts, "1", "meta", "metadata")
+    meta = json.load(open(meta_path))
+    meta["model"]["width"] = 1 / 8
+    json.dump(meta, open(meta_path, "w"))
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint_restore.restore(manager, abstract, config)
+    manager.close()
+    assert str(err.value).startswith(f"no good checkpoint in {ckpts}: step 2: ")
+    assert "; step 1: was trained with a different config: model.width: checkpoint 0.125, " in (
+        str(err.value)
+    )
+
+
+@ORBAX_DROPPED_READS
 @pytest.mark.parametrize("damage", sorted(set(DAMAGE) - {"empty_step_folder"}))
 def test_evaluation_restores_the_newest_good_variables(two_steps, caplog, damage):
     """As training's restore, evaluation's (the model variables only, a partial restore)."""
@@ -379,7 +439,7 @@ def test_a_step_of_a_sibling_run_is_skipped_and_old_steps_without_a_seed_still_r
 ):
     """A step saved by a run of the same recipe with another seed (copied in by mistake from a
     seed sweep's sibling): its digests and architecture match, its seed does not. Steps saved
-    before the seed was recorded restore as before."""
+    before the seed (and the step itself) were recorded restore as before."""
     config, workdir, abstract, first, second = two_steps
     sibling = config.copy_and_resolve_references()
     sibling.seed = config.seed + 1
@@ -388,7 +448,7 @@ def test_a_step_of_a_sibling_run_is_skipped_and_old_steps_without_a_seed_still_r
     checkpoint.wait(manager)
     meta_path = os.path.join(checkpoint.checkpoint_dir(workdir), "2", "meta", "metadata")
     meta = json.load(open(meta_path))
-    del meta["seed"]
+    del meta["seed"], meta["step"]
     json.dump(meta, open(meta_path, "w"))
     with caplog.at_level("WARNING", logger="camjax"):
         restored = checkpoint_restore.restore(manager, abstract, config)
@@ -397,6 +457,7 @@ def test_a_step_of_a_sibling_run_is_skipped_and_old_steps_without_a_seed_still_r
     jax.tree.map(np.testing.assert_array_equal, restored.params, second.params)
     assert "Skipped checkpoint step 3" in caplog.text
     assert f"seed: checkpoint {config.seed + 1}, config {config.seed}" in caplog.text
+    assert "rm -r" not in caplog.text  # a good step of another config: nothing to remove
 
 
 @ORBAX_DROPPED_READS
@@ -463,6 +524,10 @@ def test_saves_record_the_run_and_stop_when_another_training_took_the_workdir(tm
     os.remove(path)
     checkpoint.save(manager, 2, state, config, run)
     checkpoint.wait(manager)
+    open(path, "w").write("7A3B" * 4 + "\n")  # damaged meanwhile: the save's own error type
+    with pytest.raises(checkpoint.CheckpointError, match=r"run_id holds '7A3B7A3B7A3B7A3B', not"):
+        checkpoint.save(manager, 3, state, config, run)
+    run_config.write_run(workdir, run)
     manager.close()
     assert run_config.read_run(workdir) == run
     assert (
@@ -589,9 +654,64 @@ def test_no_room_for_the_first_step_or_the_second_says_what_to_free(tmp_path, mo
     ]
     for step, tail in enumerate(expected, start=1):
         room["free"] = False
-        with pytest.raises(checkpoint.CheckpointError, match=re.escape(tail)):
+        with pytest.raises(checkpoint.CheckpointError, match=re.escape(tail)) as refused:
             checkpoint.save(manager, step, state, config)
+        # The only step is what a rerun resumes from: never advised for removal.
+        assert ("rm -r" in str(refused.value)) == (step == 3)
         room["free"] = True
         checkpoint.save(manager, step, state, config)
         checkpoint.wait(manager)
+    manager.close()
+
+
+def test_a_disk_with_no_byte_free_is_said_to_be_full(tmp_path, monkeypatch):
+    """0 bytes free, a full disk's figure: not enough room for the step, said with the numbers
+    (needed: 4,000 bytes of array, 2,048 of its metadata and 131,072 of slack, 0.1 MB), not
+    process 0's stand-in for a leftover copy that cannot be removed."""
+    config, state = tiny.get_config(), {"w": jnp.ones((1000,), jnp.float32)}
+    manager = checkpoint.create_manager(str(tmp_path), 3)
+    ckpts = checkpoint.checkpoint_dir(str(tmp_path))
+    real = shutil.disk_usage
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: real(path)._replace(free=0))
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=re.escape(
+            "not enough disk space to save checkpoint step 1: it needs about 0.1 MB and 0.0 MB "
+            f"are free in {ckpts}; nothing of it was written."
+        ),
+    ):
+        checkpoint.save(manager, 1, state, config)
+    manager.close()
+    assert os.listdir(ckpts) == []
+
+
+def test_a_save_orbax_refuses_at_once_is_one_line_unless_it_is_a_bug(tmp_path, monkeypatch):
+    """orbax's save can fail before its background threads take over (preparing the step's
+    directory): an error of the disk or filesystem is the one-line CheckpointError naming the
+    step and the step a rerun resumes from (step 1, saved before); any other error is a bug
+    and keeps its type."""
+    config, state = tiny.get_config(), {"w": jnp.arange(3.0)}
+    manager = checkpoint.create_manager(str(tmp_path), 3)
+    ckpts = checkpoint.checkpoint_dir(str(tmp_path))
+    checkpoint.save(manager, 1, state, config)
+    checkpoint.wait(manager)
+
+    def refused(step, args):
+        raise error
+
+    monkeypatch.setattr(manager, "save", refused)
+    error = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(ckpts, "2"))
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=re.escape(
+            f"saving checkpoint step 2 in {ckpts} failed (No space left on device); the earlier "
+            "steps are intact. Fix the cause (a full disk: free space there or train in another "
+            "--workdir), then rerun: it resumes from step 1, the newest complete one."
+        ),
+    ):
+        checkpoint.save(manager, 2, state, config)
+    error = TypeError("a bug in a save")
+    with pytest.raises(TypeError, match="a bug in a save"):
+        checkpoint.save(manager, 2, state, config)
+    monkeypatch.undo()
     manager.close()

@@ -1,5 +1,8 @@
 """Tests for camjax/run_config.py: the run's config.json and config differences."""
 
+import errno
+import os
+
 import pytest
 
 from camjax import run_config
@@ -33,6 +36,51 @@ def test_differences_from_the_run_config_are_listed(tmp_path):
         "eval.new_field: given 1, run has not; eval.options: run has it, given has not; "
         "eval.top_k: run 5, given has not; optim.learning_rate: run 0.001, given 0.5"
     )
+
+
+def test_a_resume_tells_training_changes_from_the_runs_length_and_its_bookkeeping():
+    """resume_differences: (what changes training, train.num_steps, the BOOKKEEPING fields).
+    Every bookkeeping field changed here (where the data is read from and how fast, logging,
+    saving, validation, evaluation, the pretrained weights) is said only as bookkeeping, which
+    a resume accepts; a data field beside them (the batch size) changes training."""
+    config = tiny.get_config()
+    saved = run_config.config_json(config)
+    assert run_config.resume_differences(saved, config) == ("", "", "")
+    other = config.copy_and_resolve_references()
+    other.data.data_dir, other.data.num_threads, other.data.num_workers = "/data", 4, 2
+    other.data.cache_train_gib, other.data.device_prefetch = 0.0, 1
+    other.train.log_every_steps, other.train.checkpoint_every_steps = 1, 3
+    other.train.eval_every_steps, other.train.keep_checkpoints = 2, 5
+    other.eval.top_k, other.init.pretrained_dir = 3, "/w"
+    other.train.num_steps = 12
+    other.data.batch_size, other.optim.learning_rate = 32, 0.5
+    assert run_config.resume_differences(saved, other) == (
+        "data.batch_size: run 16, given 32; optim.learning_rate: run 0.001, given 0.5",
+        "train.num_steps: run 6, given 12",
+        "data.cache_train_gib: run 2.0, given 0.0; data.data_dir: run '', given '/data'; "
+        "data.device_prefetch: run 2, given 1; data.num_threads: run 2, given 4; "
+        "data.num_workers: run 0, given 2; eval.top_k: run 5, given 3; "
+        "init.pretrained_dir: run '', given '/w'; train.checkpoint_every_steps: run 2, given 3; "
+        "train.eval_every_steps: run 0, given 2; train.keep_checkpoints: run 2, given 5; "
+        "train.log_every_steps: run 2, given 1",
+    )
+
+
+def test_a_run_id_whose_write_is_cut_short_still_holds_the_old_one(tmp_path, monkeypatch):
+    """run_id is written beside itself and renamed into place: a write that never completes
+    (here the rename fails, as a process killed before it leaves things) keeps the run's id
+    whole, not a truncated file that stops every later save and resume."""
+    workdir = str(tmp_path)
+    run = run_config.start_run(workdir)
+
+    def cut_short(src, dst):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), src, None, dst)
+
+    monkeypatch.setattr(run_config.os, "replace", cut_short)
+    with pytest.raises(run_config.RunConfigError, match=r"cannot write .*run_id \(Input/output"):
+        run_config.start_run(workdir, run.id)
+    monkeypatch.undo()
+    assert run_config.read_run(workdir) == run
 
 
 def test_missing_or_broken_run_config_is_a_clear_error(tmp_path):

@@ -595,6 +595,32 @@ def test_a_save_failing_inside_orbax_is_one_line_and_a_rerun_resumes(
     assert sorted(os.listdir(ckpts)) == [str(num_steps - 1), str(num_steps)]
 
 
+def test_a_step_lost_in_orbax_threads_is_not_counted_as_saved_and_is_logged(
+    tmp_path, monkeypatch, caplog
+):
+    """`last_saved`, which a stop for a NaN loss or a signal reports: step 2's save fails in
+    orbax's background threads (ENOSPC on its JSON writes), so the newest saved step is 1, and
+    the lost step is logged in one line (the error the run stops with is about something
+    else)."""
+    config, state = tiny.get_config(), {"w": jnp.arange(3.0)}
+    manager = checkpoint.create_manager(str(tmp_path), 3)
+    ckpts = checkpoint.checkpoint_dir(str(tmp_path))
+    checkpoint.save(manager, 1, state, config)
+    checkpoint.wait(manager)
+    fail_writes_of_step(
+        monkeypatch, ckpts, 2, lambda path: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+    )
+    checkpoint.save(manager, 2, state, config)
+    with caplog.at_level("WARNING", logger="camjax"):
+        assert checkpoint.last_saved(manager) == 1
+    manager.close()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("camjax")] == [
+        f"saving checkpoint step 2 in {ckpts} failed (No space left on device); the earlier "
+        "steps are intact. Fix the cause (a full disk: free space there or train in another "
+        "--workdir), then rerun: it resumes from step 1, the newest complete one."
+    ]
+
+
 def test_a_leftover_copy_of_a_step_that_cannot_be_removed_is_one_line(
     resumable, capsys, monkeypatch
 ):
@@ -784,6 +810,7 @@ def test_unusable_checkpoint_directory_or_run_config_fail_at_start(resumable):
         f.truncate(10)
     with pytest.raises(run_config.RunConfigError, match=r"config.json is not valid JSON"):
         loop.train_and_evaluate(config, workdir)
+    assert sorted(os.listdir(checkpoint.checkpoint_dir(workdir))) == ["1", "2"]  # no step trained
     fresh = os.path.join(workdir, "fresh")
     os.makedirs(fresh)
     with open(os.path.join(fresh, "checkpoints"), "w") as f:
