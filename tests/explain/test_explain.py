@@ -197,7 +197,9 @@ def test_a_layer_the_logits_do_not_depend_on_is_refused_where_its_map_would_be_b
     if not blank:
         assert float(f(images).cams.max()) == 1.0
         return
-    with pytest.raises(ValueError, match=f"do not depend on layer '{layer}'.*; probe a layer on"):
+    # A gradient's check also names the paths it cannot follow; a forward method's has none.
+    how = r" \(or not differentiably: stop_gradient" if method == "grad_cam" else ""
+    with pytest.raises(ValueError, match=f"do not depend on layer '{layer}'{how}.*; probe a layer"):
         f(images)
 
 
@@ -277,6 +279,13 @@ def test_a_layer_under_spectral_or_weight_norm(norm):
         (user_models.ThroughMethod(), "encoder", "'encoder' of ThroughMethod is not called thr"),
         # nn.jit replays a cached trace, with the probe's first inputs.
         (user_models.Lifted("jit"), "block/conv", r"Lifted .*cached trace \(nn.jit\)"),
+        # The logits (B, classes): no map to make of them.
+        (
+            user_models.SmallCNN(),
+            "classifier",
+            r"'classifier' must return one \(B, h, w, K\) or \(B, tokens, D\) array; got an "
+            r"array of shape \(2, 5\)\. Probe",
+        ),
     ],
 )
 def test_layers_a_probe_cannot_read_are_one_line_errors(model, layer, message):
@@ -436,6 +445,60 @@ def test_vit_tokens_of_a_non_square_image_on_its_patch_grid():
         probe.grid_shape(50, (28, 20))
 
 
+def test_a_token_count_on_a_patch_grid_with_the_fewest_prefix_tokens():
+    """grid_shape by hand. 32 tokens of a 32x64 image: 8 px patches make 4x8, and 10 px 'SAME'
+    patches (ceil(32 / 10) x ceil(64 / 10)) 4x7 after 4 registers; the fewest prefix tokens win.
+    30x30 in 4 px 'SAME' patches: ceil(30 / 4) = 8, 8x8 and a class token (no 'VALID' grid
+    fits 65). A given grid takes exactly h * w tokens too (a ViT with no class token)."""
+    probe = Probe(user_models.TinyViT(), ("block0",))
+    assert probe.grid_shape(32, (32, 64)) == (0, 4, 8)
+    assert probe.grid_shape(33, (32, 64)) == (1, 4, 8)
+    assert probe.grid_shape(65, (30, 30)) == (1, 8, 8)
+    given = Probe(user_models.TinyViT(), ("block0",), grid=(3, 5))
+    assert given.grid_shape(15, (28, 20)) == (0, 3, 5)
+    assert given.grid_shape(16, (28, 20)) == (1, 3, 5)
+    with pytest.raises(ValueError, match="cannot lay 14 tokens out as a 3x5 grid"):
+        given.grid_shape(14, (28, 20))
+
+
+def test_tokens_to_the_grid_and_back_by_hand():
+    """Two prefix tokens (a class token, a register) and a 2x3 grid, row by row: to_grid drops
+    the prefix and gives float32; from_grid puts the patches back after the prefix it keeps,
+    in the layer's dtype (bfloat16 here)."""
+    probe = Probe(user_models.TinyViT(), ("block0",), grid=(2, 3))
+    tokens = jnp.arange(8, dtype=jnp.bfloat16).reshape(1, 8, 1) * jnp.array([1, -1], jnp.bfloat16)
+    grid = probe.to_grid(tokens, (8, 12))
+    assert grid.dtype == jnp.float32
+    np.testing.assert_array_equal(grid[0, ..., 0], [[2, 3, 4], [5, 6, 7]])
+    np.testing.assert_array_equal(grid[0, ..., 1], [[-2, -3, -4], [-5, -6, -7]])
+    back = probe.from_grid(grid * 10, tokens)
+    assert back.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(back[0, :, 0], [0, 1, 20, 30, 40, 50, 60, 70])
+
+
+def test_a_layer_under_nn_jit_first_traced_by_another_probe_is_named_not_missing():
+    """An explainer on 'stem' traces the nn.jit block with its own probe; one on 'block/conv'
+    then replays that trace, which neither calls nor sows the layer: the message says why
+    (parameters, no trace), not that the model has no such module. A path that is not there
+    under the same parent is still 'no module'."""
+    jitted = nn.jit(user_models.ConvBlock)  # its own trace cache, whatever ran before
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(8, (3, 3), name="stem")(x))
+            x, _ = jitted(name="block")(x)
+            return nn.Dense(5, name="head")(jnp.mean(x, axis=(1, 2)))
+
+    variables, images = user_models.init(Net(), size=8)
+    f = functools.partial(explain.explainer, Net(), variables, "grad_cam")
+    assert f(layer="stem")(images).cams.shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="'block/conv' of Net has parameters but was not traced"):
+        f(layer="block/conv")(images)
+    with pytest.raises(ValueError, match="Net has no module at path 'block/nope'"):
+        f(layer="block/nope")(images)
+
+
 def test_a_numpy_size_is_taken():
     """size=np.array([7, 5]): before, numpy's "truth value of an array is ambiguous"."""
     model = user_models.SmallCNN(num_classes=5)
@@ -496,6 +559,23 @@ def test_a_linen_model_in_training_mode_is_one_line_and_runs_with_its_eval_flag(
         explain.explainer(Net(), variables, "grad_cam", layer="conv")(images)
     f = explain.explainer(Net(), variables, "grad_cam", layer="conv", apply_kwargs={"train": False})
     assert f(images).cams.shape == (2, 1, 8, 8)
+
+
+def test_a_linen_model_whose_dropout_asks_for_a_key_is_in_training_mode():
+    """Dropout alone (no batch norm): flax's InvalidRngError from inside the model became the
+    same one-line message, which names the eval-mode flag."""
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = True):
+            x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+            x = nn.Dropout(0.5, deterministic=not train)(x)
+            return nn.Dense(3, name="head")(x.mean((1, 2)))
+
+    images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    variables = Net().init(jax.random.key(0), images, train=False)
+    with pytest.raises(ValueError, match=r"Net runs in training mode \(.*dropout.*apply_kwargs="):
+        explain.explainer(Net(), variables, "grad_cam", layer="conv")(images)
 
 
 def test_a_linen_model_with_a_list_field_is_compiled_for_its_explainer():

@@ -101,8 +101,10 @@ def test_other_weights_reuse_the_compiled_function_and_maps_are_per_sample(linen
     assert not np.allclose(f(images).cams, out.cams)
     # A new trace (another image size) makes no new tapped class: NNX keeps each for good.
     classes = probe._tapped.cache_info().currsize
+    subclasses = set(nnx.Conv.__subclasses__())
     f(images[:, :12, :12])
     assert len(traces) > n and probe._tapped.cache_info().currsize == classes
+    assert set(nnx.Conv.__subclasses__()) <= subclasses
 
 
 class FrozenBlock(nnx.Module):
@@ -201,3 +203,26 @@ def test_nnx_mistakes_are_one_line_errors(linen_and_nnx):
                 explain.explainer(unusual, method=method, layer=layer)(images)
     out = explain.explainer(unusual, method="cam", layer="norm", head="heads/0")(images)
     assert out.cams.shape == (3, 1, 16, 16) and np.isfinite(np.asarray(out.cams)).all()
+
+
+class VmappedBlock(nnx.Module):
+    """FrozenBlock's convolution run image by image under nnx.vmap, its state broadcast."""
+
+    def __init__(self, rngs):
+        self.block = FrozenBlock(rngs)
+        self.head = nnx.Linear(8, 5, rngs=rngs)
+
+    def __call__(self, x):
+        y = nnx.vmap(lambda block, x: block(x[None])[0], in_axes=(None, 0))(self.block, x)
+        return self.head(jnp.mean(y, axis=(1, 2)))
+
+
+def test_a_layer_under_an_nnx_vmap_is_a_one_line_error(linen_and_nnx):
+    """The vmap refuses the probe's sown output of a broadcast module (JAX: "at vmap out_axes
+    ... camjax_probe"): the layers called under it are named, as for linen's nn.vmap."""
+    images = linen_and_nnx[3]
+    model = VmappedBlock(nnx.Rngs(0))
+    assert model(images).shape == (3, 5)  # it runs without the probe
+    for layer in ("block", "block/conv"):
+        with pytest.raises(ValueError, match=f"'{layer}' of VmappedBlock runs inside a lifted"):
+            explain.explainer(model, method="grad_cam", layer=layer)(images)

@@ -428,6 +428,43 @@ def test_cli_writes_an_orbax_checkpoint_that_merges_into_fresh_variables(vgg, tm
         ti.main(["--model", "vgg16_gap", "--out", str(out) + "3"])
 
 
+def test_cli_include_head_imports_fc_as_the_head(tmp_path):
+    """--include_head reaches the conversion (fc becomes the head, its weight transposed) and
+    is recorded in the checkpoint's description. Default torch initialisation: no comparison
+    of outputs here, only where each tensor lands."""
+    torch.manual_seed(0)
+    ref = TorchResNet50(width=0.0625)  # resnet50_cam_tiny's widths, torchvision's 1000 classes
+    path = save_pth(ref, tmp_path / "resnet50_tiny.pth")
+    out = str(tmp_path / "with_head")
+    ti.main(["--model", "resnet50_cam_tiny", "--checkpoint", path, "--out", out, "--include_head"])
+    loaded, meta = ti.load_pretrained(out)
+    assert meta["include_head"] is True and meta["imported"] == {"params": 161, "batch_stats": 106}
+    head = loaded["params"]["head"]
+    np.testing.assert_array_equal(head["kernel"], ref.fc.weight.detach().numpy().T)
+    np.testing.assert_array_equal(head["bias"], ref.fc.bias.detach().numpy())
+
+
+def test_merged_leaves_keep_a_replicated_leafs_sharding():
+    """Merging into a train state replicated over the 8 devices keeps each pretrained leaf
+    replicated (a leaf on one device would be moved, or refused, at the first sharded step),
+    with the pretrained values; a leaf not in `pretrained` is the fresh one."""
+    mesh = jax.make_mesh((8,), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    fresh = {
+        "params": {
+            "conv": {
+                "kernel": jax.device_put(jnp.zeros((3, 3, 2, 4)), replicated),
+                "bias": jax.device_put(jnp.ones(4), replicated),
+            }
+        }
+    }
+    kernel = np.arange(72, dtype=np.float32).reshape(3, 3, 2, 4)
+    merged = ti.merge_pretrained(fresh, {"params": {"conv": {"kernel": kernel}}})
+    assert merged["params"]["conv"]["kernel"].sharding == replicated
+    np.testing.assert_array_equal(merged["params"]["conv"]["kernel"], kernel)
+    assert merged["params"]["conv"]["bias"] is fresh["params"]["conv"]["bias"]
+
+
 def test_save_is_all_or_nothing(tmp_path):
     out = tmp_path / "ckpt"
     with pytest.raises(TypeError):  # meta must be JSON: checked before anything is written
@@ -451,6 +488,17 @@ def test_missing_and_unexpected_keys_are_listed(vgg):
     assert "1 unexpected keys: features.29.weight" in msg
 
 
+def test_extra_keys_alone_are_an_error(resnet50):
+    """A checkpoint with every key the model needs and more (ResNet-101's: ResNet-50's keys and
+    shapes, and 17 more blocks in layer3, here one) is another architecture: its extra tensors
+    are listed though nothing is missing."""
+    state_dict = ti.load_torch_state_dict(resnet50[1])
+    block = {k: v for k, v in state_dict.items() if k.startswith("layer3.5.")}
+    state_dict.update({k.replace("layer3.5.", "layer3.6."): v for k, v in block.items()})
+    with pytest.raises(ti.TorchImportError, match=r"layout for ResNet50CAM: 18 unexpected keys: "):
+        ti.convert_state_dict(state_dict, create_model("resnet50_cam"))
+
+
 def test_a_checkpoint_of_another_architecture_is_rejected(vgg):
     with pytest.raises(ti.TorchImportError, match=r"265 keys missing: bn1\.weight, bn1\.bias"):
         ti.convert_state_dict(ti.load_torch_state_dict(vgg[1]), create_model("resnet50_cam"))
@@ -465,6 +513,16 @@ def test_width_mismatch_names_the_key_and_both_shapes(resnet50):
     assert "conv1.weight: checkpoint (64, 3, 7, 7), model conv1/kernel (4, 3, 7, 7) (OIHW)" in msg
     assert "bn1.running_mean: checkpoint (64,), model bn1/mean (4,)" in msg
     assert "width=0.0625" in msg
+    # A linear weight (fc, with include_head) is named in torch's (out, in) layout, not OIHW.
+    ref = TorchResNet50(width=0.0625, num_classes=10)
+    state_dict = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+    with pytest.raises(ti.TorchImportError) as e:
+        ti.convert_state_dict(state_dict, create_model("resnet50_cam_tiny"), include_head=True)
+    assert str(e.value).startswith(
+        "2 torchvision tensors do not fit ResNet50CAM (width=0.0625): fc.weight: checkpoint "
+        "(10, 128), model head/kernel (1000, 128), fc.bias: checkpoint (10,), model head/bias "
+        "(1000,). Build"
+    )
 
 
 def test_num_batches_tracked_is_optional(resnet50):
@@ -532,6 +590,15 @@ def test_dataparallel_prefixes_are_stripped(vgg, tmp_path, caplog):
     want = ti.load_torch_state_dict(vgg[1])
     assert got.keys() == want.keys()
     jax.tree.map(np.testing.assert_array_equal, got, want)
+
+
+def test_a_missing_checkpoint_file_is_file_not_found(tmp_path):
+    """A path with no file is FileNotFoundError, not "truncated or not a .pth file"."""
+    path = str(tmp_path / "absent.pth")
+    with pytest.raises(FileNotFoundError, match="absent.pth"):
+        ti.load_torch_state_dict(path)
+    with pytest.raises(SystemExit, match=r"^error: .*No such file.*absent\.pth"):
+        ti.main(["--model", "vgg16_gap", "--checkpoint", path, "--out", str(tmp_path / "o")])
 
 
 def test_missing_torch_says_how_to_install_it(monkeypatch, tmp_path):
