@@ -194,6 +194,19 @@ def test_postprocess_relu_resize_normalize():
     assert float(up.min()) == 0.0 and float(up.max()) == 1.0
 
 
+def test_postprocess_applies_relu_before_resizing():
+    """ReLU, then resize (the documented order, Grad-CAM's): a negative pixel next to a
+    positive one adds nothing to the upsampled map, where ReLU after the resize would leave
+    the positive pixel's interpolated values dragged down. Expected: float32 cv2.resize of
+    the ReLU'd map."""
+    cams = np.float32([[[-4.0, 1.0, 3.0], [2.0, -1.0, 0.5]]])
+    want = cv2.resize(np.maximum(cams[0], 0), (12, 8), interpolation=cv2.INTER_LINEAR)
+    got = cam_lib.postprocess(
+        jnp.asarray(cams), (8, 12), method="bilinear", normalize=False, relu=True
+    )
+    np.testing.assert_allclose(got[0], want, rtol=0, atol=1e-6)
+
+
 def test_cam_fn_top_k_classes_all_and_identity(model_and_vars):
     model, variables, images, logits, fmap = model_and_vars
     f = explain.cam_fn(model, variables, top_k=2, size=None, normalize=False)
@@ -306,6 +319,22 @@ def test_out_of_range_classes_under_a_callers_jit_are_flagged_not_zero(model_and
     np.testing.assert_array_equal(cams[good], np.asarray(f(images, jnp.arange(4)).cams)[good])
     raw = np.asarray(jax.jit(cam_lib.cams_for_classes)(fmap, kernel, jnp.array([0, 99, 2, 3])))
     assert np.isnan(raw[1]).all() and np.isfinite(raw[[0, 2, 3]]).all()
+
+
+def test_the_first_index_past_the_last_class_is_flagged_under_a_callers_jit():
+    """Indices C and -1, one past either end (an off-by-one label, a 'background' class C),
+    are clamped for the gather: they must give NaN maps, not class C - 1's or class 0's map.
+    The in-range rows equal the einsum of the feature map with the class's kernel column."""
+    rng = np.random.default_rng(4)
+    fmap = rng.normal(size=(4, 3, 2, 6)).astype(np.float32)
+    kernel = rng.normal(size=(6, 5)).astype(np.float32)
+    classes = jnp.array([4, 5, -1, 0])
+    cams = np.asarray(jax.jit(cam_lib.cams_for_classes)(fmap, kernel, classes))
+    assert np.isnan(cams[1:3]).all()
+    for i, c in ((0, 4), (3, 0)):
+        np.testing.assert_allclose(cams[i], fmap[i] @ kernel[:, c], rtol=1e-5, atol=1e-6)
+    maps = jax.jit(cam_lib.class_maps_of)(jnp.asarray(fmap[..., :5]), classes)
+    assert np.isnan(np.asarray(maps)[1:3]).all()
 
 
 @pytest.mark.parametrize("normalize", ["minmax", "max"])

@@ -282,6 +282,7 @@ def test_a_summary_of_no_scored_image_is_refused_not_the_best_scores():
         ("tolerance", float("nan"), "tolerance must be a finite number of pixels > 0"),
         ("tolerance", float("inf"), "tolerance must be a finite number of pixels > 0"),
         ("tolerance", -1.0, "tolerance must be a finite number of pixels > 0"),
+        ("tolerance", 0.0, "tolerance must be a finite number of pixels > 0"),
     ],
 )
 def test_settings_refuse_fractional_counts_and_a_tolerance_that_is_not_finite(
@@ -339,6 +340,38 @@ def test_pointing_game_equals_torchray_and_its_tolerance_is_strict():
     assert not fa.pointing_hits(m, g)[0]
     g[0, 5, 20], g[0, 14, 16] = False, True  # 9^2 + 11^2 = 202 < 225
     assert fa.pointing_hits(m, g)[0]
+
+
+def test_pointing_game_on_non_square_maps_reads_the_maximums_row_and_column():
+    """The first maximum's raster index is row * W + column: on a non-square map, dividing it by
+    H put the point elsewhere, which square maps (the other tests') cannot tell apart. Half the
+    GT pixels sit on the maximum, half at random; hits must equal TorchRay's per image."""
+    rng = np.random.default_rng(3)
+    maps = rng.uniform(size=(30, 5, 11)).astype(np.float32)
+    masks = np.zeros((30, 5, 11), bool)
+    for i, m in enumerate(maps):
+        y, x = np.unravel_index(np.argmax(m), m.shape) if i < 15 else rng.integers(0, (5, 11))
+        masks[i, y, x] = True
+    hits = np.asarray(fa.pointing_hits(maps, masks, tolerance=1.5))
+    _, ref = torchray_pointing(maps, masks, np.arange(30), 30, tolerance=1.5)  # one class each
+    assert 15 <= ref.sum() < 30
+    np.testing.assert_array_equal(hits, ref.astype(bool))
+
+
+def test_the_pointing_game_is_the_mean_over_the_classes_that_occur():
+    """Per class hits / images, then the mean over the classes that have images (TorchRay's
+    mean over all classes, when all occur): class 0 hits 1 of 1, class 1 1 of 3, class 2 has
+    no image, so (1 + 1/3) / 2, neither the pooled 2 / 4 nor a 0% for class 2's (1 + 1/3) / 3
+    (a split's first images cover few of its classes)."""
+    acc = fa.FaithfulnessAccumulator(fa.FaithfulnessSettings())
+    acc.update(
+        {
+            "count": jnp.float32(4.0),
+            "pointing_hits": jnp.float32([1, 1, 0]),
+            "pointing_count": jnp.float32([1, 3, 0]),
+        }
+    )
+    assert acc.summary()["pointing_game"] == pytest.approx(100 * (1 + 1 / 3) / 2)
 
 
 def test_box_masks_cover_pixel_centres_of_each_real_box():
@@ -436,6 +469,10 @@ def test_batch_sums_excludes_and_counts_what_is_not_finite_or_out_of_range():
     for k in ("drop", "increase", "deletion", "insertion"):
         assert np.isfinite(got[k]) and got[k] == pytest.approx(only_5[k] / 6, rel=1e-5, abs=1e-7)
     np.testing.assert_array_equal(got["pointing_count"], np.bincount(classes[3:5], minlength=C))
+    # Hits only of the counted images: a left-out image's zeroed map points at (0, 0), within
+    # 2 px of the GT square, and must not add a hit its count lacks.
+    _, ref_hits = torchray_pointing(maps[3:5], masks[3:5], labels[3:5], C, tolerance=2.0)
+    np.testing.assert_array_equal(got["pointing_hits"], ref_hits)
     assert clean["count"] == 6 and clean["nan"] == 0 and clean["pointing_nan"] == 0
     acc = fa.FaithfulnessAccumulator(settings)
     acc.update(got)
