@@ -541,41 +541,31 @@ def test_a_single_logit_softmax_is_refused_where_it_would_ignore_the_model():
     assert not np.allclose(sigmoid, other(images, targets=lambda z: jax.nn.sigmoid(z[:, 0])).cams)
 
 
-def test_a_linen_model_in_training_mode_is_one_line_and_runs_with_its_eval_flag():
-    """Batch norm updating its statistics, dropout asking for a key: before, flax's own errors,
-    which did not say that apply_kwargs turns training off."""
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_a_linen_model_in_training_mode_is_one_line_and_runs_with_its_eval_flag(batch_norm):
+    """Batch norm updating its statistics, or dropout alone asking for a key (flax's
+    InvalidRngError from inside the model): before, flax's own errors, which did not say that
+    apply_kwargs turns training off."""
 
     class Net(nn.Module):
         @nn.compact
         def __call__(self, x, train: bool = True):
             x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
-            x = nn.BatchNorm(use_running_average=not train, name="norm")(x)
+            if batch_norm:
+                x = nn.BatchNorm(use_running_average=not train, name="norm")(x)
             x = nn.Dropout(0.5, deterministic=not train)(x)
             return nn.Dense(3, name="head")(x.mean((1, 2)))
 
     images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     variables = Net().init(jax.random.key(0), images, train=False)
-    with pytest.raises(ValueError, match=r'in training mode.*apply_kwargs=\{"train": False\}'):
+    cause = "batch_stats" if batch_norm else "dropout"
+    with pytest.raises(
+        ValueError,
+        match=rf'Net runs in training mode \(.*{cause}.*apply_kwargs=\{{"train": False\}}',
+    ):
         explain.explainer(Net(), variables, "grad_cam", layer="conv")(images)
     f = explain.explainer(Net(), variables, "grad_cam", layer="conv", apply_kwargs={"train": False})
     assert f(images).cams.shape == (2, 1, 8, 8)
-
-
-def test_a_linen_model_whose_dropout_asks_for_a_key_is_in_training_mode():
-    """Dropout alone (no batch norm): flax's InvalidRngError from inside the model became the
-    same one-line message, which names the eval-mode flag."""
-
-    class Net(nn.Module):
-        @nn.compact
-        def __call__(self, x, train: bool = True):
-            x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
-            x = nn.Dropout(0.5, deterministic=not train)(x)
-            return nn.Dense(3, name="head")(x.mean((1, 2)))
-
-    images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-    variables = Net().init(jax.random.key(0), images, train=False)
-    with pytest.raises(ValueError, match=r"Net runs in training mode \(.*dropout.*apply_kwargs="):
-        explain.explainer(Net(), variables, "grad_cam", layer="conv")(images)
 
 
 def test_a_linen_model_with_a_list_field_is_compiled_for_its_explainer():
