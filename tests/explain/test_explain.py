@@ -57,6 +57,47 @@ def test_grad_cam_and_hires_cam_equal_cam_over_hw_on_a_gap_network():
     )
 
 
+def test_gradient_maps_are_their_papers_formulas_on_signed_activations():
+    """Each gradient method's map function against its formula in float64 numpy, on random
+    signed A (a pre-activation or token layer) and gradients that vary over positions, two
+    targets per image. At GAP's input (the peer parity's fast lane) G is constant over space
+    and A >= 0 after a ReLU, where a dropped final ReLU, XGrad-CAM's per-position weighting or
+    Eigen-Grad-CAM's centring cannot show."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((2, 4, 5, 6)) + 0.5  # (B, h, w, K), channel sums > 0
+    g = rng.standard_normal((2, 2, 4, 5, 6))  # (n, B, h, w, K)
+    a32, g32 = jnp.asarray(a, jnp.float32), jnp.asarray(g, jnp.float32)
+
+    def combine(weights):  # relu(sum_k w[n, b, k] A_k) -> (B, n, h, w)
+        return np.maximum(np.einsum("bhwk,nbk->bnhw", a, weights), 0)
+
+    act_sum = a.sum((1, 2))[None, :, None, None]
+    alpha = np.where(g != 0, g**2 / (2 * g**2 + act_sum * g**3 + 1e-6), 0)  # eq. 19
+    expected = {
+        gradient.grad_cam_map: combine(g.mean((2, 3))),
+        gradient.grad_cam_pp_map: combine((alpha * np.maximum(g, 0)).sum((2, 3))),
+        gradient.xgrad_cam_map: combine((g * a).sum((2, 3)) / a.sum((1, 2))),
+        gradient.hires_cam_map: np.maximum((g * a).sum(-1), 0).transpose(1, 0, 2, 3),
+        gradient.layer_cam_map: np.maximum((np.maximum(g, 0) * a).sum(-1), 0).transpose(1, 0, 2, 3),
+    }
+    # Eigen-Grad-CAM: the first principal component of G * A centred over positions (its
+    # default, pytorch-grad-cam's), oriented by the centred channel sum, then ReLU.
+    eigen = np.zeros((2, 2, 4, 5))
+    for n in range(2):
+        for b in range(2):
+            flat = (g[n, b] * a[b]).reshape(20, 6)
+            u, s, _ = np.linalg.svd(flat - flat.mean(0), full_matrices=False)
+            activity = flat.sum(1) - flat.sum(1).mean()
+            projection = u[:, 0] * s[0] * np.sign(np.sum(u[:, 0] * activity))
+            eigen[b, n] = np.maximum(projection, 0).reshape(4, 5)
+    expected[gradient.eigen_grad_cam_map] = eigen
+    for map_fn, want in expected.items():
+        assert (want > 0).any() and (want == 0).any(), map_fn.__name__  # the ReLU acts
+        got = np.asarray(jax.jit(map_fn)(a32, g32))
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got, want, atol=1e-5 * scale, err_msg=map_fn.__name__)
+
+
 def test_every_method_option_reaches_the_method_through_the_explainer():
     """explainer(**options) passes each of them on: none may share a name with the explainer's
     own arguments, which would take it (as `relu` once did grad_cam's)."""
@@ -69,6 +110,32 @@ def test_every_method_option_reaches_the_method_through_the_explainer():
     rectified = explain.explainer(model, variables, "grad_cam", **kwargs)(images)
     assert float(signed.cams.min()) < 0
     np.testing.assert_array_equal(rectified.cams, jax.nn.relu(signed.cams))
+    # top_k=None: every class, in class order (map c is class c's)
+    np.testing.assert_array_equal(rectified.classes, np.tile(np.arange(NUM_CLASSES), (3, 1)))
+
+
+def test_method_defaults_are_the_papers():
+    """The defaults that set what a map is, as documented (each paper's, or its only peer's):
+    a changed default changes every map made without the option, and the parity tests pass
+    their options explicitly. chunk_size only changes speed and is left out."""
+    paper = {"weights": "probability", "normalize_masks": "after", "align_corners": False}
+    paper |= {"combine": "input", "baseline": False}
+    expected = {
+        "smooth_grad_cam_pp": {"num_samples": 4, "std": 0.3},
+        "score_cam": paper,
+        "ss_cam": paper | {"num_samples": 35, "std": 2.0},
+        "is_cam": paper | {"num_samples": 10, "path": "cumulative"},
+        "ablation_cam": {"value": 0.0, "grad_cam_rule": False},
+        "layer_cam": {"gamma": 2.0},
+        "eigen_cam": {"center": False},
+        "eigen_grad_cam": {"center": True},
+        "bag_cams": {"guided": True, "score": "logit"},
+        "grad_cam": {"rectify": True},
+        "hires_cam": {"rectify": True},
+    }
+    defaults = explain.default_options()
+    for method, options in expected.items():
+        assert {k: defaults[method][k] for k in options} == options, method
 
 
 def test_cam_method_equals_cam_fn():
@@ -158,6 +225,10 @@ def test_device_classes_out_of_range_are_flagged_host_classes_raise():
     assert (
         np.isnan(np.asarray(out.cams[1])).all() and np.isfinite(np.asarray(out.cams)[[0, 2]]).all()
     )
+    # Target flags them itself (the boundary class C too), not only the explainer's check.
+    given = jnp.array([[0], [NUM_CLASSES - 1], [NUM_CLASSES], [-1]])
+    classes = Target(given=given).classes(jnp.zeros((4, NUM_CLASSES)))
+    np.testing.assert_array_equal(classes[:, 0], [0, NUM_CLASSES - 1, -1, -1])
     with pytest.raises(ValueError, match=r"\[0, 5\]"):
         f(images, np.array([0, NUM_CLASSES, 2]))
     with pytest.raises(ValueError, match="top_k must be in"):

@@ -94,12 +94,14 @@ def reference_score_family(
     combine="input",
     baseline=False,
     variables=None,
+    rectify=True,
 ):
-    """Score-CAM-style maps (B, n, ...) of Tiny (`variables`, default tiny()'s) by a loop over
-    images, channels and copies; `baseline`: each score less the clean image's. A constant
-    channel has no mask: the official code skips it (weights='probability'); the peers' 1e-8
-    on the range makes its mask zero, a black copy that still scores ('channel_softmax')."""
-    model, default_variables, images = tiny()
+    """Score-CAM-style maps (B, n, ...) of Tiny (`variables`, default tiny()'s; `rectify`:
+    its 'feature' after the ReLU or signed) by a loop over images, channels and copies;
+    `baseline`: each score less the clean image's. A constant channel has no mask: the
+    official code skips it (weights='probability'); the peers' 1e-8 on the range makes its
+    mask zero, a black copy that still scores ('channel_softmax')."""
+    model, default_variables, images = tiny(rectify=rectify)
     variables = default_variables if variables is None else variables
     apply = jax.jit(lambda x: model.apply(variables, x))
     images = np.asarray(images)
@@ -170,6 +172,19 @@ def test_score_cam_equals_a_numpy_loop_over_channels(options):
     assert_maps_close(out.cams, expected)
 
 
+def test_score_cam_of_a_signed_layer_upsamples_the_sum_before_its_relu():
+    """On a signed layer (Tiny's 'feature' before its ReLU) the map of the paper's defaults,
+    combine='input', is ReLU(upsample(sum_k w_k A_k)): the ReLU after the upsampling, as in the
+    official code. On a post-ReLU layer with probabilities as weights the sum is >= 0, so the
+    other tests cannot tell a ReLU taken before the upsampling."""
+    model, variables, images = tiny(rectify=False)
+    assert feature(model, variables, images).min() < 0
+    out = raw("score_cam", rectify=False)(images)
+    expected = reference_score_family(np.asarray(out.classes), rectify=False)
+    assert (expected == 0).any()
+    assert_maps_close(out.cams, expected)
+
+
 @pytest.mark.parametrize("options", [PAPER, TORCHCAM], ids=["paper", "torchcam"])
 def test_a_constant_channel_is_skipped_by_the_paper_and_a_black_copy_for_the_peers(options):
     """Channel 0 of 'feature' made constant 0.5 (a zero kernel, bias 0.5): the paper's weights
@@ -231,6 +246,19 @@ def test_ss_cam_and_is_cam_equal_numpy_loops():
             np.asarray(out.classes), n, lambda mask, i, b, k, s=scales: s[i] * mask
         )
         assert_maps_close(out.cams, expected)
+
+
+def test_ss_cam_noise_is_gaussian_of_the_given_std():
+    """SS-CAM's noise is N(0, std^2) (the paper's, TorchCAM's): the numpy loop above and the
+    parity test both read camjax's own draws, so their law is checked here, on 65536 draws:
+    mean 0, standard deviation std, 68.3% within one std (a uniform law of that std: 57.7%)."""
+    x = np.asarray(
+        jax.jit(perturbation.ss_cam_noise, static_argnums=(4, 5))(
+            jax.random.key(0), 1, 2, 3, (256, 256), 2.0
+        )
+    )
+    assert abs(x.mean()) < 0.03 and abs(x.std() - 2.0) < 0.03
+    assert abs(np.mean(np.abs(x) < 2.0) - 0.6827) < 0.01
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0, "grad_cam_rule"])
@@ -379,6 +407,24 @@ def test_bag_cams_closed_form_at_gaps_input():
     for b in range(2):
         g = w[:, lowest[b]] / (h * wd * y[b])
         assert_maps_close(out.cams[b, 0], closed_form(b, g), rtol=1e-5)
+    # A score function's negative value too: log(fn) differentiates to grad(fn) / fn.
+    by_fn = raw("bag_cams")(images, lambda z: jnp.take_along_axis(z, lowest[:, None], 1)[:, 0])
+    assert_maps_close(by_fn.cams, out.cams, rtol=1e-5)
+
+
+def test_bag_cams_map_takes_the_relu_of_t_times_p_where_t_is_negative():
+    """M = sum_k ReLU(t_k P_k), t_k = mean_xy(P_k) + 1, in numpy on random F and G. With
+    G = d log(y_c) / dF, a logit y_c near 0 makes |G| large and t_k < 0 for some channels,
+    where ReLU(t P) != t ReLU(P); the closed form at GAP's input keeps t > 0."""
+    rng = np.random.default_rng(2)
+    f = rng.standard_normal((2, 3, 4, 5))  # (B, h, w, K)
+    g = 3 * rng.standard_normal((2, 2, 3, 4, 5))  # (n, B, h, w, K)
+    p = g * f[None]
+    t = p.mean((2, 3), keepdims=True) + 1
+    assert (t < 0).any() and (t > 0).any()
+    expected = np.maximum(t * p, 0).sum(-1).transpose(1, 0, 2, 3)
+    got = bagcams.bag_cams_map(jnp.asarray(f, jnp.float32), jnp.asarray(g, jnp.float32))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
 def test_guided_relu_clamps_gradients_through_downstream_relus():
