@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from camjax.localization import boxes, wsol
+from camjax.localization import boxes, maxtree, wsol
 
 BACKGROUND = -1
 
@@ -183,6 +183,20 @@ def test_leading_dims_equal_per_map():
             assert tuple(got[i, j]) == box_of(masks[i, j])
 
 
+def test_region_ties_after_a_merge_go_to_the_merged_regions_first_pixel():
+    """Two regions of 18 pixels at level 0: one made by a merge whose earliest pixel, (0, 0),
+    came with the absorbed part (its root is (0, 9)), the other starting at (0, 2). The tie
+    goes to the first in raster order, the merged region, as flood fill says."""
+    q = np.zeros((6, 11), np.uint8)
+    q[0, 0], q[1, 0], q[0, 9] = 2, 3, 3  # part B (0, 0), (1, 0); part A (0, 9)
+    q[2:4, 0] = q[4, :10] = q[1:4, 9] = 1  # the chain that joins them at (4, 9)
+    q[0:3, 2:8] = 2  # the other region: 18 pixels
+    assert np.sum(q > 0) == 36
+    want = reference_box(flood_fill_labels(q > 0))
+    assert want == (0, 0, 10, 5)
+    assert tuple(int(v) for v in maxtree.region_boxes(q[None])[0, 0] + [0, 0, 1, 1]) == want
+
+
 def test_box_from_scoremap_thresholds():
     scoremap = np.zeros((6, 8), np.float32)
     scoremap[1:3, 1:3] = 0.3  # Larger, weaker blob.
@@ -307,6 +321,17 @@ def test_box_iou_hand_computed():
     assert float(boxes.box_iou(jnp.zeros(4), jnp.zeros(4))) == 0.0  # degenerate, not NaN
 
 
+def test_box_iou_of_boxes_apart_on_both_axes_is_zero():
+    """Boxes apart share nothing: a negative overlap makes no negative or positive area.
+    The centre-box baseline meets this with GT boxes in a corner of the image."""
+    a = jnp.array([0, 0, 4, 4])
+    assert float(boxes.box_iou(a, jnp.array([6, 6, 10, 10]))) == 0.0
+    assert float(boxes.box_iou(a, jnp.array([6, 0, 10, 4]))) == 0.0  # not negative
+    gt = jnp.array([[[0, 0, 2, 2]]], jnp.float32)
+    center = jnp.array([[4, 4, 8, 8]], jnp.float32)  # 2 apart: (-2) * (-2) would be 4
+    assert float(boxes.max_iou_with_gt(center, gt, jnp.array([1]))[0]) == 0.0
+
+
 def test_max_iou_ignores_padding_and_takes_best_gt():
     gt = jnp.array([[[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 0, 0]]], jnp.float32)
     box = jnp.array([[20, 20, 30, 40]], jnp.float32)
@@ -360,6 +385,42 @@ def test_localization_counts_hand_built_batch():
     np.testing.assert_array_equal(out["topk_loc"], [2, 1])
     # Center (0,0,8,8) hits GT 2 only (IoU 1); (2,2,6,6) hits GT 0 only; GT 1 IoU = 4/28.
     np.testing.assert_array_equal(out["center_box"], [1, 1])
+
+
+def test_a_mask_with_no_pixel_has_no_box_even_on_a_gt_box_at_the_origin():
+    """The paper's rule boxes nothing when no pixel reaches the threshold; the evaluator's
+    ``(0, 0, 0, 0)`` (pixel (0, 0)) would hit a one-pixel GT box there, IoU 1."""
+    maps = np.zeros((2, 6, 6), np.float32)
+    maps[1, 0, 0] = 1.0  # the same GT box found for real: a hit at both thresholds
+    thresholds = np.array([0.2, 0.5], np.float32)
+    out = boxes.localization_counts(
+        np.asarray(wsol.quantize_for_thresholds(jnp.asarray(maps), thresholds)),
+        np.array([[[0, 0, 1, 1]], [[0, 0, 1, 1]]], np.float32),
+        np.array([1, 1]),
+        np.array([0, 0]),
+        np.array([[0], [0]]),
+        np.array([True, True]),
+        thresholds,
+    )
+    np.testing.assert_array_equal(out["gt_known"], [1, 1])
+
+
+def test_top_k_counts_a_gt_class_in_the_last_of_five_guesses():
+    """Top-5, the paper's k: the GT class as the fifth guess counts for top-k, not top-1."""
+    maps = np.zeros((1, 6, 6), np.float32)
+    maps[0, 1:3, 1:3] = 1.0
+    thresholds = np.array([0.5], np.float32)
+    out = boxes.localization_counts(
+        np.asarray(wsol.quantize_for_thresholds(jnp.asarray(maps), thresholds)),
+        np.array([[[1, 1, 3, 3]]], np.float32),
+        np.array([1]),
+        np.array([7]),
+        np.array([[1, 2, 3, 4, 7]]),
+        np.array([True]),
+        thresholds,
+    )
+    assert int(out["top1_cls"]) == 0 and int(out["topk_cls"]) == 1
+    np.testing.assert_array_equal([out["top1_loc"], out["topk_loc"]], [[0], [1]])
 
 
 def test_an_iou_of_exactly_the_threshold_hits_and_any_whole_percentage_is_taken():

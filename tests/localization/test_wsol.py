@@ -197,6 +197,16 @@ def test_box_counts_match_reference_rectangular_fine_grid(method):
         np.testing.assert_array_equal(got, _reference_counts(scoremaps, boxes, num, grid, multi))
 
 
+def test_box_counts_of_maps_peaking_below_one_use_each_maps_own_peak():
+    """Maps that stop short of 1 (other tools' maps): threshold t probes the level
+    ``int(t * peak)`` of each map's own quantised peak, as the reference's, not of 255."""
+    scoremaps, boxes, num = _batch(8, 10, 24, 24)
+    scoremaps = scoremaps * np.linspace(0.2, 0.9, 10, dtype=np.float32)[:, None, None]
+    for multi in (True, False):
+        got = _counts(scoremaps, boxes, num, GRID, multi)
+        np.testing.assert_array_equal(got, _reference_counts(scoremaps, boxes, num, GRID, multi))
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (2, 2), (3, 17), (23, 5)])
 def test_maxtree_matches_reference_on_many_small_maps(shape):
     # Property-style: many random maps of every generator at odd shapes, the host path only
