@@ -5,6 +5,7 @@ import dataclasses
 import os
 import warnings
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from camjax import cam as cam_lib
-from camjax import experiment
+from camjax import experiment, explain
 from camjax.data import pipeline
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import faithfulness as faith_lib
@@ -93,6 +94,10 @@ def test_gallery_draws_the_chosen_method(trained, tmp_path):
     paths = gallery.write_gallery(c, ev.model, variables, source, 0.2, str(tmp_path))
     assert [os.path.basename(p) for p in paths] == ["0000.png", "0001.png"]
     assert os.path.getsize(tmp_path / "gallery.png") > 0
+    # More pictures asked for than the split holds: one per image it has.
+    short = [source[0]]
+    paths = gallery.write_gallery(c, ev.model, variables, short, 0.2, str(tmp_path / "short"))
+    assert [os.path.basename(p) for p in paths] == ["0000.png"]
 
 
 def test_gallery_draws_untrusted_and_unnormalised_maps_without_stopping(
@@ -277,3 +282,39 @@ def test_faithfulness_explains_the_predicted_class_and_points_with_the_gt_class(
     assert got["num_images"] == want["num_images"] == n and "deletion_auc" not in want
     for k, v in want.items():
         assert got[k] == (v if isinstance(v, str) else pytest.approx(v, rel=1e-5, abs=1e-6)), k
+
+
+class TrainFlagCNN(nn.Module):
+    """conv-ReLU, a pool, conv-ReLU, global average pooling, a linear head; takes `train`."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.relu(nn.Conv(4, (3, 3), name="conv1")(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Conv(6, (3, 3), name="conv2")(x))
+        return nn.Dense(3, name="head")(x.mean((1, 2)))
+
+
+def test_gallery_maps_are_config_evals_explainer_at_its_layer_resize_and_normalisation():
+    """The gallery's top-1 maps are those of config.eval's method, layer, options, resize
+    method and normalisation (none: raw maps), none of them the default, on a tiny CNN."""
+    model = TrainFlagCNN()
+    x = jax.random.normal(jax.random.key(1), (2, 16, 12, 3))
+    variables = jax.jit(model.init)(jax.random.key(0), x)
+    ev = {"method": "grad_cam", "layer": "conv2", "resize_method": "bilinear"}
+    ev |= {"cam_normalization": "", "options": {"grad_cam": {"rectify": False}}}
+    config = ml_collections.ConfigDict({"eval": ev})
+    maps, classes = gallery._top1_maps(config, model, variables, x)
+    want = explain.explainer(
+        model,
+        variables,
+        "grad_cam",
+        layer="conv2",
+        resize="bilinear",
+        normalize=False,
+        apply_kwargs={"train": False},
+        rectify=False,
+    )(x)
+    assert float(want.cams.min()) < 0  # rectify=False reached the map
+    np.testing.assert_array_equal(classes, want.classes[:, 0])
+    np.testing.assert_allclose(maps, want.cams[:, 0], rtol=1e-6, atol=1e-7)

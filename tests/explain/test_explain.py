@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from camjax import cam as cam_lib
 from camjax import explain
 from camjax.explain import gradient
 from camjax.explain.probe import Probe
@@ -139,11 +140,17 @@ def test_method_defaults_are_the_papers():
 
 
 def test_cam_method_equals_cam_fn():
+    """cam_fn's options are the explainer's: top_k up to every class, `method` its resize."""
     model, variables, images = gap_network()
     f = explain.explainer(model, variables, "cam", top_k=2, size=None, normalize=False)
     g = explain.cam_fn(model, variables, top_k=2, size=None, normalize=False)
     a, b = f(images), g(images)
     np.testing.assert_array_equal(a.classes, b.classes)
+    np.testing.assert_array_equal(a.cams, b.cams)
+    kwargs = dict(top_k=NUM_CLASSES, size=(20, 12), normalize=False, relu=True)
+    a = explain.explainer(model, variables, "cam", resize="bilinear", **kwargs)(images)
+    b = explain.cam_fn(model, variables, method="bilinear", **kwargs)(images)
+    assert a.cams.shape == (3, NUM_CLASSES, 20, 12) and float(a.cams.min()) >= 0
     np.testing.assert_array_equal(a.cams, b.cams)
 
 
@@ -229,8 +236,9 @@ def test_device_classes_out_of_range_are_flagged_host_classes_raise():
     given = jnp.array([[0], [NUM_CLASSES - 1], [NUM_CLASSES], [-1]])
     classes = Target(given=given).classes(jnp.zeros((4, NUM_CLASSES)))
     np.testing.assert_array_equal(classes[:, 0], [0, NUM_CLASSES - 1, -1, -1])
-    with pytest.raises(ValueError, match=r"\[0, 5\]"):
-        f(images, np.array([0, NUM_CLASSES, 2]))
+    for host in (np.array([0, NUM_CLASSES, 2]), np.array([0, -1, 2])):
+        with pytest.raises(ValueError, match=r"\[0, 5\]"):
+            f(images, host)
     with pytest.raises(ValueError, match="top_k must be in"):
         explain.explainer(model, variables, "grad_cam", top_k=NUM_CLASSES + 1)(images)
 
@@ -243,6 +251,15 @@ def test_a_map_that_is_not_finite_is_flagged_not_normalised_to_zeros():
     zeroed = jax.tree.map(jnp.zeros_like, variables["params"]["classifier"])
     variables = {"params": {**variables["params"], "classifier": zeroed}}
     out = explain.explainer(model, variables, "ablation_cam", layer="conv2")(images)
+    np.testing.assert_array_equal(out.classes, -1)
+    assert np.isnan(np.asarray(out.cams)).all()
+    # Logits that are not finite flag the map too, even where the map itself is finite (an
+    # infinite bias leaves the gradient, and so Grad-CAM's map, as it was).
+    variables, _ = user_models.init(model, size=16, batch=2)
+    classifier = dict(variables["params"]["classifier"])
+    classifier["bias"] = classifier["bias"].at[2].set(jnp.inf)
+    variables = {"params": {**variables["params"], "classifier": classifier}}
+    out = explain.explainer(model, variables, "grad_cam", layer="conv2")(images, np.array([0, 1]))
     np.testing.assert_array_equal(out.classes, -1)
     assert np.isnan(np.asarray(out.cams)).all()
 
@@ -406,6 +423,11 @@ def test_logits_returned_in_a_mapping_or_an_output_object():
         (dict(method="grad_cam", layer=None), "layer must be a module path"),
         (dict(method="grad_cam", size=16), "size must be 'input', None"),
         (dict(method="grad_cam", size="layer"), "size must be 'input', None"),
+        (dict(method="grad_cam", top_k=0), "top_k must be a positive int or None; got 0"),
+        (dict(method="grad_cam", top_k=True), "top_k must be a positive int or None; got True"),
+        (dict(method="grad_cam", rectify=1), "option 'rectify' of 'grad_cam' must be a bool"),
+        (dict(method="smooth_grad_cam_pp", num_samples=True), r"must be an int >= 1 .* got True"),
+        (dict(method="score_cam", weights=1), "option 'weights' of 'score_cam' must be a str"),
     ],
 )
 def test_bad_arguments_are_one_line_errors_before_anything_runs(kwargs, message):
@@ -424,6 +446,7 @@ def test_bad_arguments_are_one_line_errors_before_anything_runs(kwargs, message)
         ("ss_cam", "std", float("nan"), r"'std' of 'ss_cam' must be a finite float >= 0 .*nan"),
         ("smooth_grad_cam_pp", "std", -0.3, r"must be a finite float >= 0 like .* got -0.3"),
         ("layer_cam", "gamma", float("inf"), r"'gamma' of 'layer_cam' must be a finite float"),
+        ("layer_cam", "gamma", -1.0, r"'gamma' of 'layer_cam' must be a finite float >= 0 .*-1.0"),
         ("ablation_cam", "value", float("nan"), r"'value' of 'ablation_cam' must be a finite"),
     ],
 )
@@ -451,6 +474,8 @@ def test_variables_without_their_collections_and_a_key_that_is_not_one_are_one_l
         f(images, key=0)
     assert f(images, key=jax.random.PRNGKey(0)).cams.shape == (2, 1, 16, 16)
     assert f(images, key=np.asarray(jax.random.PRNGKey(0))).cams.shape == (2, 1, 16, 16)
+    # The default key is key 0, as documented.
+    np.testing.assert_array_equal(f(images).cams, f(images, key=jax.random.key(0)).cams)
 
 
 def test_a_target_function_must_give_one_score_per_image_and_a_batch_is_not_empty():
@@ -465,6 +490,9 @@ def test_a_target_function_must_give_one_score_per_image_and_a_batch_is_not_empt
     assert f(images, lambda z: z[:, 1] - z[:, 0]).cams.shape[:2] == (2, 1)
     with pytest.raises(ValueError, match="with batch >= 1"):
         f(images[:0])
+    # Four rows and more channels: an RGBA batch in NCHW, not an image of four rows.
+    with pytest.raises(ValueError, match=r"look channels-first \(NCHW\)"):
+        f(np.zeros((2, 4, 16, 16), np.float32))
 
 
 @pytest.mark.slow  # a ResNet50-CAM compile; VGG16-GAP's identity is in the fast lane
@@ -576,6 +604,32 @@ def test_a_numpy_size_is_taken():
     variables, images = user_models.init(model, size=16, batch=2)
     out = explain.explainer(model, variables, "grad_cam", layer="conv3", size=np.array([7, 5]))
     assert out(images).cams.shape == (2, 1, 7, 5)
+
+
+def test_size_resize_normalize_and_relu_are_the_postprocessing_of_the_raw_maps():
+    """The explainer's defaults (size 'input': (H, W) of a non-square image, bicubic, min-max,
+    no ReLU) and each of its own options, against `camjax.cam.postprocess` of the raw maps.
+    Each explainer differs from an earlier one in one option: its compiled function is new."""
+    model = user_models.SmallCNN(num_classes=5)
+    variables, _ = user_models.init(model, size=16, batch=2)
+    images = jax.random.normal(jax.random.key(2), (2, 16, 12, 3))
+    f = functools.partial(explain.explainer, model, variables, "grad_cam", layer="conv2")
+    raw = f(size=None, normalize=False, rectify=False)(images).cams
+    assert float(raw.min()) < 0 and raw.shape[-2:] == (8, 6)
+    post = functools.partial(cam_lib.postprocess, raw)
+    cases = [
+        (dict(size=None, normalize=False, relu=True), jax.nn.relu(raw)),
+        (dict(size=(20, 10), normalize=False), post((20, 10), normalize=False)),
+        (
+            dict(size=(20, 10), resize="bilinear", normalize=False),
+            post((20, 10), method="bilinear", normalize=False),
+        ),
+        (dict(size=None), post(None)),
+        ({}, post((16, 12))),
+    ]
+    for kwargs, want in cases:
+        got = f(rectify=False, **kwargs)(images).cams
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=str(kwargs))
 
 
 @pytest.mark.parametrize("channels", [1, 4])

@@ -173,3 +173,33 @@ def test_guided_relus_reaches_cond_and_while_and_leaves_maximum_alone():
     np.testing.assert_array_equal(guided_fn(x), fn(x, guided.guided_relu))
     np.testing.assert_array_equal(jax.grad(guided_fn)(x), jax.grad(fn)(x, guided.guided_relu))
     assert np.abs(jax.grad(guided_fn)(x) - jax.grad(fn)(x)).max() > 1e-3
+
+
+def test_guided_relu_passes_back_positive_gradients_at_positive_inputs_only():
+    """Its value is the ReLU's; its backward pass is 1[x > 0] max(g, 0), x = 0 included (as
+    `jax.nn.relu`'s gradient at 0), by hand for every sign of x and g."""
+    x = jnp.array([-1.0, 0.0, 2.0, -1.0, 0.0, 2.0])
+    g = jnp.array([3.0, 3.0, 3.0, -2.0, -2.0, -2.0])
+    value, vjp = jax.vjp(guided.guided_relu, x)
+    np.testing.assert_array_equal(value, [0.0, 0.0, 2.0, 0.0, 0.0, 2.0])
+    np.testing.assert_array_equal(vjp(g)[0], [0.0, 0.0, 3.0, 0.0, 0.0, 0.0])
+
+
+def test_a_reversed_scan_is_guided_in_its_own_order():
+    """A scan run backwards (reverse=True) is evaluated backwards: its value and guided
+    gradient are those of the same scan written with `guided_relu`, not of the forward one."""
+    w = jnp.asarray(np.random.default_rng(3).normal(size=(4, 4)), jnp.float32)
+    xs = jnp.asarray(np.random.default_rng(4).normal(size=(3, 4)), jnp.float32)
+
+    def fn(c, relu=jax.nn.relu, reverse=True):
+        c, ys = jax.lax.scan(lambda c, x: (relu(c @ w + x), c.sum()), c, xs, reverse=reverse)
+        return c.sum() + (ys * jnp.arange(3.0)).sum()
+
+    c = jnp.linspace(-1.0, 1.0, 4)
+    guided_fn = guided.guided_relus(fn)
+    want = fn(c, guided.guided_relu)
+    np.testing.assert_allclose(guided_fn(c), want, rtol=1e-6)
+    assert abs(float(fn(c, guided.guided_relu, reverse=False) - want)) > 1e-3  # order matters
+    np.testing.assert_allclose(
+        jax.grad(guided_fn)(c), jax.grad(fn)(c, guided.guided_relu), rtol=1e-6
+    )
