@@ -4,6 +4,7 @@ import functools
 import inspect
 from typing import Any
 
+import cv2
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -97,6 +98,26 @@ def test_gradient_maps_are_their_papers_formulas_on_signed_activations():
         got = np.asarray(jax.jit(map_fn)(a32, g32))
         scale = np.abs(want).max()
         np.testing.assert_allclose(got, want, atol=1e-5 * scale, err_msg=map_fn.__name__)
+
+
+@pytest.mark.parametrize("gamma", [2.0, 1.0])
+def test_layer_cam_fusion_is_the_max_of_tanh_scaled_maps_by_hand(gamma):
+    """LayerCAM's multi-layer fusion (Jiang et al., eq. 6) in numpy, without the peers (the
+    parity test needs TorchCAM): each map over its own peak, tanh(gamma M / max M), resized
+    bilinearly (OpenCV's INTER_LINEAR) to the largest layer's size, then the max over layers;
+    an all-zero map stays zero. Two targets per image, each scaled by its own peak."""
+    rng = np.random.default_rng(5)
+    small = rng.uniform(0, 3, size=(2, 2, 4, 6)).astype(np.float32)
+    large = rng.uniform(0, 0.5, size=(2, 2, 8, 12)).astype(np.float32)
+    small[1, 0] = 0.0
+    want = np.zeros((2, 2, 8, 12), np.float32)
+    for b in range(2):
+        for n in range(2):
+            m = small[b, n] / (small[b, n].max() or 1.0)
+            up = cv2.resize(np.tanh(gamma * m), (12, 8), interpolation=cv2.INTER_LINEAR)
+            want[b, n] = np.maximum(up, np.tanh(gamma * large[b, n] / large[b, n].max()))
+    got = gradient.fuse_layer_maps([jnp.asarray(small), jnp.asarray(large)], gamma=gamma)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-6)
 
 
 def test_every_method_option_reaches_the_method_through_the_explainer():
