@@ -59,6 +59,17 @@ def test_grad_cam_and_hires_cam_equal_cam_over_hw_on_a_gap_network():
     )
 
 
+def float64_projection(x: np.ndarray, center: bool) -> np.ndarray:
+    """Eigen-CAM's map of x (h, w, K) by float64 SVD: sigma_1 u_1 of the (h w, K) activations
+    (centred over positions if `center`), oriented to correlate with the channel sum (centred
+    alike)."""
+    flat = x.reshape(-1, x.shape[-1])
+    u, s, _ = np.linalg.svd(flat - flat.mean(0) if center else flat, full_matrices=False)
+    projection = (u[:, 0] * s[0]).reshape(x.shape[:2])
+    activity = x.sum(-1) - (x.sum(-1).mean() if center else 0.0)
+    return projection * np.sign(np.sum(projection * activity))
+
+
 def test_gradient_maps_are_their_papers_formulas_on_signed_activations():
     """Each gradient method's map function against its formula in float64 numpy, on random
     signed A (a pre-activation or token layer) and gradients that vary over positions, two
@@ -82,17 +93,10 @@ def test_gradient_maps_are_their_papers_formulas_on_signed_activations():
         gradient.hires_cam_map: np.maximum((g * a).sum(-1), 0).transpose(1, 0, 2, 3),
         gradient.layer_cam_map: np.maximum((np.maximum(g, 0) * a).sum(-1), 0).transpose(1, 0, 2, 3),
     }
-    # Eigen-Grad-CAM: the first principal component of G * A centred over positions (its
-    # default, pytorch-grad-cam's), oriented by the centred channel sum, then ReLU.
-    eigen = np.zeros((2, 2, 4, 5))
-    for n in range(2):
-        for b in range(2):
-            flat = (g[n, b] * a[b]).reshape(20, 6)
-            u, s, _ = np.linalg.svd(flat - flat.mean(0), full_matrices=False)
-            activity = flat.sum(1) - flat.sum(1).mean()
-            projection = u[:, 0] * s[0] * np.sign(np.sum(u[:, 0] * activity))
-            eigen[b, n] = np.maximum(projection, 0).reshape(4, 5)
-    expected[gradient.eigen_grad_cam_map] = eigen
+    # Eigen-Grad-CAM: the projection of G * A centred over positions (its default,
+    # pytorch-grad-cam's), then ReLU.
+    eigen = [[float64_projection(g[n, b] * a[b], center=True) for n in range(2)] for b in range(2)]
+    expected[gradient.eigen_grad_cam_map] = np.maximum(np.array(eigen), 0)
     for map_fn, want in expected.items():
         assert (want > 0).any() and (want == 0).any(), map_fn.__name__  # the ReLU acts
         got = np.asarray(jax.jit(map_fn)(a32, g32))
@@ -855,11 +859,7 @@ def test_principal_projection_is_float64_svds(shape, center):
     oriented to correlate with the channel sum."""
     rng = np.random.default_rng(1)
     x = rng.standard_normal(shape) * rng.uniform(0.1, 2.0, shape[-1]) + 0.5
-    flat = x.reshape(-1, shape[-1])
-    u, s, _ = np.linalg.svd(flat - flat.mean(0) if center else flat, full_matrices=False)
-    ref = (u[:, 0] * s[0]).reshape(shape[:2])
-    activity = x.sum(-1) - (x.sum(-1).mean() if center else 0.0)
-    ref *= np.sign(np.sum(ref * activity))
+    ref = float64_projection(x, center)
     ours = explain.activation.principal_projection(jnp.asarray(x, jnp.float32), center)
     np.testing.assert_allclose(ours, ref, atol=1e-5 * np.abs(ref).max())
     other = explain.activation.principal_projection(jnp.asarray(x, jnp.float32), not center)
