@@ -558,6 +558,11 @@ def fail_writes_of_step(monkeypatch, ckpts: str, step: int, error) -> None:
     monkeypatch.setattr(epath.gpath.PosixGPath, "write_text", failing)
 
 
+def disk_full(path: str) -> OSError:
+    """The error a write into a full disk raises."""
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
 @pytest.mark.parametrize(
     "num_steps",
     [4, pytest.param(5, marks=pytest.mark.slow)],  # the fast lane fails the last save
@@ -575,9 +580,7 @@ def test_a_save_failing_inside_orbax_is_one_line_and_a_rerun_resumes(
     config.train.num_steps = num_steps
     ckpts = checkpoint.checkpoint_dir(workdir)
     write_text = epath.gpath.PosixGPath.write_text
-    fail_writes_of_step(
-        monkeypatch, ckpts, 4, lambda path: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-    )
+    fail_writes_of_step(monkeypatch, ckpts, 4, disk_full)
     line = error_line(capsys, lambda: loop.train_and_evaluate(config, workdir))
     assert line == (
         f"error: saving checkpoint step 4 in {ckpts} failed (No space left on device); the "
@@ -607,9 +610,7 @@ def test_a_step_lost_in_orbax_threads_is_not_counted_as_saved_and_is_logged(
     ckpts = checkpoint.checkpoint_dir(str(tmp_path))
     checkpoint.save(manager, 1, state, config)
     checkpoint.wait(manager)
-    fail_writes_of_step(
-        monkeypatch, ckpts, 2, lambda path: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-    )
+    fail_writes_of_step(monkeypatch, ckpts, 2, disk_full)
     checkpoint.save(manager, 2, state, config)
     with caplog.at_level("WARNING", logger="camjax"):
         assert checkpoint.last_saved(manager) == 1
