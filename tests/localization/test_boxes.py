@@ -275,6 +275,13 @@ def float_iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def counts_of_maps(maps, gt, num, labels, top, valid, thresholds, **kwargs):
+    """`boxes.localization_counts` of float maps, quantised for `thresholds` as the evaluator
+    quantises them."""
+    q = np.asarray(wsol.quantize_for_thresholds(jnp.asarray(maps), thresholds))
+    return boxes.localization_counts(q, gt, num, labels, top, valid, thresholds, **kwargs)
+
+
 def test_localization_counts_match_a_reference_with_real_valued_gt_boxes():
     """The engine's paper rule against flood fill + float IoU, GT boxes off the pixel grid."""
     rng = np.random.default_rng(3)
@@ -296,8 +303,7 @@ def test_localization_counts_match_a_reference_with_real_valued_gt_boxes():
     labels = rng.integers(0, 3, b)
     top = np.stack([rng.permutation(3)[:2] for _ in range(b)])
     valid = rng.random(b) < 0.9
-    q = np.asarray(wsol.quantize_for_thresholds(jnp.asarray(maps), thresholds))
-    got = boxes.localization_counts(q, gt, num, labels, top, valid, thresholds, 0.5)
+    got = counts_of_maps(maps, gt, num, labels, top, valid, thresholds, iou_threshold=0.5)
     want = np.zeros((3, len(thresholds)), int)
     for i in range(b):
         for j, t in enumerate(thresholds):
@@ -360,8 +366,8 @@ def test_localization_counts_hand_built_batch():
     top = np.array([[1, 0], [0, 2], [0, 1], [0, 1]])
     thresholds = np.array([0.5, 0.05], np.float32)
     valid = np.array([True, True, True, False])
-    out = boxes.localization_counts(
-        np.asarray(wsol.quantize_for_thresholds(jnp.asarray(maps), thresholds)),
+    out = counts_of_maps(
+        maps,
         gt,
         np.array([1, 1, 1, 1]),
         labels,
@@ -393,8 +399,8 @@ def test_a_mask_with_no_pixel_has_no_box_even_on_a_gt_box_at_the_origin():
     maps = np.zeros((2, 6, 6), np.float32)
     maps[1, 0, 0] = 1.0  # the same GT box found for real: a hit at both thresholds
     thresholds = np.array([0.2, 0.5], np.float32)
-    out = boxes.localization_counts(
-        np.asarray(wsol.quantize_for_thresholds(jnp.asarray(maps), thresholds)),
+    out = counts_of_maps(
+        maps,
         np.array([[[0, 0, 1, 1]], [[0, 0, 1, 1]]], np.float32),
         np.array([1, 1]),
         np.array([0, 0]),
@@ -410,8 +416,8 @@ def test_top_k_counts_a_gt_class_in_the_last_of_five_guesses():
     maps = np.zeros((1, 6, 6), np.float32)
     maps[0, 1:3, 1:3] = 1.0
     thresholds = np.array([0.5], np.float32)
-    out = boxes.localization_counts(
-        np.asarray(wsol.quantize_for_thresholds(jnp.asarray(maps), thresholds)),
+    out = counts_of_maps(
+        maps,
         np.array([[[1, 1, 3, 3]]], np.float32),
         np.array([1]),
         np.array([7]),
@@ -432,7 +438,7 @@ def test_an_iou_of_exactly_the_threshold_hits_and_any_whole_percentage_is_taken(
     maps = np.zeros((1, 8, 8), np.float32)
     maps[0, :, :4] = 1.0  # its box is the left half: IoU 0.5 with the whole image
     args = (
-        np.asarray(wsol.quantize_for_thresholds(jnp.asarray(maps), np.float32([0.5]))),
+        maps,
         np.asarray(gt),
         np.array([1]),
         np.array([0]),
@@ -440,8 +446,8 @@ def test_an_iou_of_exactly_the_threshold_hits_and_any_whole_percentage_is_taken(
         np.array([True]),
         np.float32([0.5]),
     )
-    assert boxes.localization_counts(*args, iou_threshold=0.5)["gt_known"].tolist() == [1]
-    assert boxes.localization_counts(*args, iou_threshold=0.57)["gt_known"].tolist() == [0]
+    assert counts_of_maps(*args, iou_threshold=0.5)["gt_known"].tolist() == [1]
+    assert counts_of_maps(*args, iou_threshold=0.57)["gt_known"].tolist() == [0]
 
 
 def test_accumulator_merge_rates_summary_and_errors():
