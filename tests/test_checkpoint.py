@@ -85,11 +85,7 @@ def test_the_fingerprint_a_step_must_match_holds_what_its_parameters_and_run_dep
 
     def fingerprint(field, value):
         other = config.copy_and_resolve_references()
-        *sections, name = field.split(".")
-        node = other
-        for section in sections:
-            node = node[section]
-        node[name] = value
+        other.update_from_flattened_dict({field: value})
         return checkpoint.model_fingerprint(other)
 
     same = [("model.dtype", "bfloat16"), ("model.grouped_conv_impl", "xla")]

@@ -74,14 +74,6 @@ def test_wsol_protocol_defaults():
     assert protocol.wsol_protocol(config) is None
 
 
-def _set(config, key, value):
-    *path, last = key.split(".")
-    node = config
-    for name in path:
-        node = node[name]
-    node[last] = value
-
-
 @pytest.mark.parametrize(
     "key,value,match",
     [
@@ -99,7 +91,7 @@ def _set(config, key, value):
 def test_bad_wsol_config_is_a_clear_error(key, value, match, tmp_path):
     """Values out of range; keys and types are the locked ConfigDict's (test below)."""
     config = tiny.get_config()
-    _set(config, key, value)
+    config.update_from_flattened_dict({key: value})
     with pytest.raises(ValueError, match=match):
         protocol.wsol_protocol(config)
     # run_evaluation checks the config before restoring anything.
