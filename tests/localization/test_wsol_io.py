@@ -89,9 +89,10 @@ def test_reads_mask_form(tmp_path):
 
 
 def test_line_ends_and_missing_optional_parts(tmp_path):
-    """A final newline and Windows line ends read the same, as with the reference's open()."""
+    """A final newline, Windows and old Mac line ends read the same, as with the reference's
+    open() (universal newlines)."""
     b = wsol_io.read_metadata(_folder(tmp_path / "b", CUB))
-    for k, end in enumerate(["\n", "\r\n"]):
+    for k, end in enumerate(["\n", "\r\n", "\r"]):
         variant = {name: text.replace("\n", end) + end for name, text in CUB.items()}
         a = wsol_io.read_metadata(_folder(tmp_path / str(k), variant))
         assert a.image_ids == b.image_ids
@@ -157,7 +158,10 @@ def test_metadata_write_is_atomic(tmp_path, monkeypatch):
     meta = wsol_io.read_metadata(target)
     meta.class_labels = np.array([5, 6])
 
+    temporary = []
+
     def fail(src, dst):
+        temporary.append(Path(src))
         raise OSError("disk full")
 
     monkeypatch.setattr(wsol_io.os, "replace", fail)
@@ -165,6 +169,13 @@ def test_metadata_write_is_atomic(tmp_path, monkeypatch):
         wsol_io.write_metadata(target, meta)
     assert sorted(os.listdir(target)) == sorted(CUB)
     assert (target / "class_labels.txt").read_text() == CUB["class_labels.txt"]
+    # The temporary file sits beside its target under a hidden name of its own, so that no
+    # reader takes it for a metadata file and a leftover of a killed write blocks no later one.
+    with pytest.raises(OSError, match="disk full"):
+        wsol_io.write_metadata(target, meta)
+    first, again = temporary
+    assert first.parent == target and first.name.startswith(".image_ids.txt.")
+    assert first.suffix == ".tmp" and again != first
 
 
 # ------------------------------------------------------------------------------ errors
@@ -200,6 +211,7 @@ def test_missing_folder(tmp_path):
         ({"class_labels": "001.Albatross/a_0046.jpg,zero\n001.Albatross/a_0002.jpg,0"}, ":1: "),
         ({"image_sizes": "001.Albatross/a_0046.jpg,500\n"}, "image_sizes.txt:1: expected 3"),
         ({"image_sizes": "001.Albatross/a_0046.jpg,500,0\n"}, "image_sizes.txt:1: .*500x0 is not"),
+        ({"image_sizes": "001.Albatross/a_0046.jpg,0,335\n"}, "image_sizes.txt:1: .*0x335 is not"),
         ({"localization": CUB["localization.txt"] + ",7"}, "localization.txt:2: expected 5"),
         ({"localization": "001.Albatross/a_0046.jpg,60.5,27,385,331"}, "localization.txt:1: "),
         ({"localization": "001.Albatross/a_0046.jpg,60,27\n"}, "localization.txt:1: expected 5"),
@@ -251,7 +263,9 @@ def test_repeated_ids(tmp_path):
         wsol_io.read_metadata(_folder(tmp_path / "b", CUB, class_labels=labels))
 
 
-@pytest.mark.parametrize("box", ["385,27,60,331", "60,331,385,27", "-1,27,385,331"])
+@pytest.mark.parametrize(
+    "box", ["385,27,60,331", "60,331,385,27", "-1,27,385,331", "60,-1,385,331"]
+)
 def test_bad_box_names_the_image(tmp_path, box):
     root = _folder(tmp_path, CUB, localization=f"001.Albatross/a_0002.jpg,{box}")
     with pytest.raises(ValueError, match=r"localization.txt:1: box .* of image '001.Albatr"):
@@ -280,15 +294,31 @@ def test_bad_mask_lines(tmp_path, localization, match):
         ({"image_ids": []}, "at least one image id"),
         ({"image_ids": ["a,b"]}, "comma or line break"),
         ({"image_ids": ["a", "a"]}, "repeat: 'a'"),
+        ({"image_ids": ["a\rb"]}, "comma or line break"),  # \r ends a line when read back
+        ({"image_ids": [""]}, "image id must be a non-empty string"),
+        # The message names the id that repeats, not the first id.
+        ({"image_ids": ["a", "b", "b"], "class_labels": [0, 0, 0]}, "repeat: 'b'"),
         ({"class_labels": [0, 1]}, "class_labels must be integers of shape"),
         ({"class_labels": [-1]}, "image 'a': class labels must be >= 0"),
+        ({"class_labels": [0.0]}, "class_labels must be integers of shape"),
+        # The message names the image whose label or size is wrong, not the first one.
+        ({"image_ids": ["a", "b"], "class_labels": [0, -1]}, "image 'b': class labels"),
+        (
+            {"image_ids": ["a", "b"], "class_labels": [0, 0], "image_sizes": [(5, 5), (0, 5)]},
+            "image 'b': image sizes must be positive",
+        ),
         ({"boxes": [[[0, 0, 1.5, 2]]]}, "image 'a': boxes must be integer"),
         ({"boxes": [[[3, 0, 1, 2]]]}, r"box \(3, 0, 1, 2\) of image 'a'"),
         ({"boxes": [np.zeros((0, 4), int)]}, "image 'a': boxes must have shape"),
+        ({"boxes": [[[0, 0, 1]]]}, "image 'a': boxes must have shape"),
         ({"boxes": []}, "boxes must have one entry per image id"),
         ({"image_sizes": [(0, 5)]}, "image 'a': image sizes must be positive"),
         ({"mask_paths": [["m.png"]]}, "give both or neither"),
         ({"mask_paths": [[]], "ignore_paths": ["i.png"]}, "image 'a': no mask path"),
+        ({"mask_paths": [["m.png"]], "ignore_paths": []}, "ignore_paths must have one entry per"),
+        # The ignore path is written on the image's first line too: checked like the masks.
+        ({"mask_paths": [["m.png"]], "ignore_paths": ["i,png"]}, "mask path of image 'a'"),
+        ({"mask_paths": [["m.png"]], "ignore_paths": [""]}, "mask path of image 'a' must be a"),
         (
             {"boxes": [[[0, 0, 1, 1]]], "mask_paths": [["m.png"]], "ignore_paths": ["i.png"]},
             "boxes or masks, not both",
@@ -299,3 +329,35 @@ def test_metadata_checks_its_fields(kwargs, match):
     fields = {"image_ids": ["a"], "class_labels": [0], **kwargs}
     with pytest.raises(ValueError, match=match):
         wsol_io.WsolMetadata(**fields)
+
+
+def test_metadata_fields_are_int64_and_degenerate_boxes_are_boxes(tmp_path):
+    """The documented dtypes: class labels, boxes and sizes come out int64 whatever integer type
+    went in. A box with x0 == x1 or y0 == y1 is a one-pixel line in inclusive coordinates, which
+    the reference reads as any box."""
+    meta = wsol_io.WsolMetadata(
+        image_ids=["a"],
+        class_labels=np.array([2], np.int32),
+        boxes=[np.array([[3, 4, 3, 9], [0, 5, 7, 5]], np.int16)],
+        image_sizes=np.array([[10, 12]], np.uint16),
+    )
+    assert meta.class_labels.dtype == np.int64 and meta.image_sizes.dtype == np.int64
+    assert meta.boxes[0].dtype == np.int64
+    np.testing.assert_array_equal(meta.boxes[0], [[3, 4, 3, 9], [0, 5, 7, 5]])
+    read = wsol_io.read_metadata(
+        _folder(
+            tmp_path,
+            CUB,
+            localization=CUB["localization.txt"] + "\n001.Albatross/a_0002.jpg,2,2,2,2",
+        )
+    )
+    np.testing.assert_array_equal(read.boxes[1], [[1, 2, 4, 3], [2, 2, 2, 2]])
+
+
+def test_box_dataset_name_is_the_reference_folder():
+    """The reference's command line knows CUB and ILSVRC for boxes: ImageNet keeps ILSVRC, every
+    other boxed dataset is written as CUB."""
+    assert wsol_io.box_dataset_name("ilsvrc2012_loc") == "ILSVRC"
+    for name in ["cub", "wsol_shapes", "caltech_birds2011"]:
+        assert wsol_io.box_dataset_name(name) == "CUB"
+    assert wsol_io.MASK_DATASET == "OpenImages"
