@@ -16,10 +16,9 @@ import cv2
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from camjax import cam as cam_lib
-from camjax import checkpoint, experiment, viz
+from camjax import checkpoint, experiment
 from camjax.data import pipeline
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import export, report
@@ -454,20 +453,6 @@ def test_export_at_another_size_than_224_is_refused(trained, tmp_path):
     with pytest.raises(ValueError, match=r"--config\.eval\.wsol\.eval_size=224"):
         export.export_wsol(config, workdir, str(out))
     assert not out.exists()  # nothing written
-
-
-@pytest.mark.parametrize("count, size", [(1, (5, 3)), (2, (10, 3)), (4, (20, 3)), (6, (20, 6))])
-def test_contact_sheet_tiles_four_per_row_without_blank_columns(tmp_path, count, size):
-    paths = []
-    for i in range(count):
-        paths.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(np.full((3, 5, 3), 10 * i, np.uint8)).save(paths[-1])
-    sheet = viz.contact_sheet(paths)
-    assert sheet.size == size
-    tiles = np.asarray(sheet)
-    for i in range(count):
-        row, col = divmod(i, 4)
-        assert (tiles[3 * row : 3 * row + 3, 5 * col : 5 * col + 5] == 10 * i).all()
 
 
 def test_threshold_grid_is_every_step_strictly_between_0_and_1():
