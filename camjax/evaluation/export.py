@@ -95,7 +95,7 @@ def _write_maps(evaluator, variables, source, split: str, out_dir: str, max_imag
     """Writes this host's score maps (and masks) of a split; returns its rows for the metadata,
     padding rows included: all hosts then hold as many rows, which the all-gather needs."""
     size = evaluator.protocol.eval_size
-    with_masks = evaluator.protocol.pxap
+    with_masks, with_boxes = evaluator.protocol.pxap, evaluator.protocol.boxes
     rows = {k: [] for k in ("valid", "index", "label", "boxes", "num_boxes", "size", "id")}
     outputs = evaluator.scoremap_outputs(variables, source, max_images, masks=with_masks)
     for host_batch, scoremaps in outputs:
@@ -103,9 +103,13 @@ def _write_maps(evaluator, variables, source, split: str, out_dir: str, max_imag
         ids = _image_ids(host_batch, split)
         maps = evaluator_lib.host_rows(scoremaps)[valid]
         masks = np.asarray(host_batch["mask"])[valid] if with_masks else None
+        real = zip(ids, valid, host_batch["num_boxes"], strict=True)
+        boxless = [i for i, v, n in real if with_boxes and v and n < 1]
         # The hosts agree after each batch: the next one's maps are a collective computation.
         distributed.run_together(
-            functools.partial(_write_batch, out_dir, split, ids, valid, maps, masks, dtype, size),
+            functools.partial(
+                _write_batch, out_dir, split, ids, valid, maps, masks, dtype, size, boxless
+            ),
             functools.partial(_write_problem, out_dir),
             _ELSEWHERE,
         )
@@ -125,11 +129,19 @@ def _write_maps(evaluator, variables, source, split: str, out_dir: str, max_imag
 
 
 def _write_batch(
-    out_dir: str, split: str, ids: list[str], valid, maps, masks, dtype, size: int
+    out_dir: str, split: str, ids: list[str], valid, maps, masks, dtype, size: int, boxless
 ) -> None:
     """One host's batch: its real rows' score maps (and masks, if given) in the reference's
-    layout; every id checked for the trip to process 0 (`_encode_ids`) first."""
+    layout; every id checked for the trip to process 0 (`_encode_ids`) first, and that no
+    image lacks the GT box that box metrics need (`boxless`: the ids of those that do)."""
     _encode_ids(ids)
+    if boxless:
+        # Dropping every box of the split instead would leave the reference nothing to score.
+        raise ValueError(
+            f"image {boxless[0]!r} of split {split!r} has no GT box, and the box metrics need "
+            "one per image: export with --config.eval.wsol.boxes=False (PxAP alone), or leave "
+            "the image out of the split."
+        )
     real_ids = [i for i, v in zip(ids, valid, strict=True) if v]
     root = os.path.join(out_dir, "scoremaps", split)
     wsol_frame.save_scoremaps(root, real_ids, maps, dtype=dtype, size=(size, size))
@@ -153,9 +165,9 @@ def _write_metadata(rows: dict[str, np.ndarray], split: str, out_dir: str, datas
     valid rows in index order."""
     ids = [bytes(r).rstrip(b"\0").decode() for r in rows["id"]]
     heights, widths = rows["size"][:, 0], rows["size"][:, 1]
-    # Mask-only datasets (OpenImages) have no boxes: their ids are the reference's, so its
+    # Without box metrics (mask-only datasets, OpenImages), the ids are the reference's, so its
     # own metadata (with the mask paths) scores these maps; ours then lists no boxes.
-    boxed = protocol.boxes and bool(np.all(rows["num_boxes"] > 0))
+    boxed = protocol.boxes
     boxes = [b[:k] for b, k in zip(rows["boxes"], rows["num_boxes"], strict=True)]
     metadata = wsol_io.WsolMetadata(
         image_ids=ids,

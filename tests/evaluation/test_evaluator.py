@@ -455,6 +455,196 @@ def test_export_at_another_size_than_224_is_refused(trained, tmp_path):
     assert not out.exists()  # nothing written
 
 
+def test_an_export_without_the_wsol_protocol_is_a_one_line_error():
+    """evaluate.py asks check_exportable before it evaluates: with the WSOL protocol off there
+    is no eval size or score map to export, which it says in one line (not an AttributeError)."""
+    config = tiny.get_config()
+    config.eval.wsol.enabled = False
+    with pytest.raises(ValueError, match=r"set config\.eval\.wsol\.enabled = True\.$"):
+        export.check_exportable(config)
+    config.eval.wsol.enabled, config.eval.wsol.eval_size = True, 224
+    export.check_exportable(config)  # the reference's frame: nothing to say
+
+
+def _stub_evaluator(batches, *, boxes=True, pxap=False, exact_float64=False):
+    """What export_split reads of an evaluator: its protocol's flags, the network's image size
+    (64) and `scoremap_outputs`, here fixed (host batch, (B, 224, 224) maps) pairs."""
+    protocol = types.SimpleNamespace(
+        eval_size=224, boxes=boxes, pxap=pxap, exact_float64=exact_float64
+    )
+    config = types.SimpleNamespace(data=types.SimpleNamespace(image_size=64))
+
+    def scoremap_outputs(variables, source, max_images=0, masks=False):
+        assert masks == pxap
+        return iter(batches)
+
+    return types.SimpleNamespace(
+        protocol=protocol, config=config, scoremap_outputs=scoremap_outputs
+    )
+
+
+def _host_batch(ids, index, valid, label, boxes, num_boxes, original_size, mask=None):
+    batch = {
+        "image_id": np.array([i.encode() for i in ids], object),  # tfds hands out bytes
+        "index": np.array(index),
+        "valid": np.array(valid),
+        "label": np.array(label),
+        "boxes": np.array(boxes, np.float32),
+        "num_boxes": np.array(num_boxes),
+        "original_size": np.array(original_size),  # (height, width)
+    }
+    if mask is not None:
+        batch["mask"] = mask
+    return batch
+
+
+def _lines(path):
+    with open(path) as f:
+        return f.read().splitlines()
+
+
+def test_export_split_writes_the_reference_files_from_the_valid_rows_in_index_order(tmp_path):
+    """The metadata, checked line by line against the reference's text format: ids in index
+    order (rows arrive host-major from an all-gather, so not in order), ids decoded from bytes,
+    image sizes as width,height of non-square originals, original-pixel inclusive boxes
+    (a box [a, b) of 64 px scales by original/64, then its end is b - 1) without the padding
+    boxes past num_boxes, no padding row, float32 maps and no mask files without PxAP."""
+    pad = [0, 0, 0, 0]
+    first = _host_batch(
+        ids=["val/a.jpg", "val/c.jpg"],
+        index=[0, 2],
+        valid=[True, True],
+        label=[3, 4],
+        boxes=[[[0, 0, 32, 64], pad], [[8, 8, 16, 24], pad]],
+        num_boxes=[1, 1],
+        original_size=[[100, 200], [64, 64]],
+    )
+    second = _host_batch(
+        ids=["val/b.jpg", "val/padding.jpg"],
+        index=[1, 3],
+        valid=[True, False],
+        label=[1, 0],
+        boxes=[[[16, 32, 48, 64], [0, 0, 8, 8]], [pad, pad]],
+        num_boxes=[2, 0],
+        original_size=[[50, 40], [64, 64]],
+    )
+    maps = np.linspace(0, 1, 4 * 224 * 224, dtype=np.float32).reshape(4, 224, 224)
+    ev = _stub_evaluator([(first, maps[:2]), (second, maps[2:])])
+    out = str(tmp_path)
+    stats = export.export_split(ev, None, None, "val", out, "wsol_shapes")
+
+    assert stats["images"] == 3
+    assert stats["images_per_second"] == pytest.approx(3 / stats["seconds"])
+    meta = os.path.join(out, "metadata", "CUB", "val")  # the reference's name for boxes
+    assert _lines(os.path.join(meta, "image_ids.txt")) == ["val/a.jpg", "val/b.jpg", "val/c.jpg"]
+    assert _lines(os.path.join(meta, "class_labels.txt")) == [
+        "val/a.jpg,3",
+        "val/b.jpg,1",
+        "val/c.jpg,4",
+    ]
+    assert _lines(os.path.join(meta, "image_sizes.txt")) == [
+        "val/a.jpg,200,100",
+        "val/b.jpg,40,50",
+        "val/c.jpg,64,64",
+    ]
+    # a: x 0..32 * 200/64 = 0..100, y 0..64 * 100/64 = 0..100; b: x * 40/64, y * 50/64
+    # (8 * 50/64 = 6.25 rounds to 6); c: 64 x 64, unscaled.
+    assert _lines(os.path.join(meta, "localization.txt")) == [
+        "val/a.jpg,0,0,99,99",
+        "val/b.jpg,10,25,29,49",
+        "val/b.jpg,0,0,4,5",
+        "val/c.jpg,8,8,15,23",
+    ]
+    for image_id, want in (("val/a.jpg", maps[0]), ("val/c.jpg", maps[1]), ("val/b.jpg", maps[2])):
+        got = np.load(os.path.join(out, "scoremaps", "val", image_id + ".npy"))
+        assert got.dtype == np.float32  # the device's maps, half the disk of float64
+        np.testing.assert_array_equal(got, want)
+    assert not os.path.exists(os.path.join(out, "scoremaps", "val", "val", "padding.jpg.npy"))
+    assert sorted(os.listdir(out)) == ["metadata", "scoremaps"]
+    assert os.listdir(os.path.join(out, "metadata")) == ["CUB"]
+
+
+@pytest.mark.parametrize("dataset, num_boxes", [("openimages30k_wsol", 0), ("wsol_shapes", 1)])
+def test_export_split_without_box_metrics_lists_no_boxes_under_the_dataset_name(
+    tmp_path, dataset, num_boxes
+):
+    """PxAP alone (a mask-only split like OpenImages30k, or a boxed one scored without box
+    metrics): box metadata without boxes under the dataset's own name (not the reference's
+    CUB, whose box evaluator would run), the masks' metadata under OpenImages, and each mask
+    as two PNGs."""
+    mask = np.zeros((1, 224, 224), np.uint8)
+    mask[0, :10], mask[0, -5:] = 1, 255
+    batch = _host_batch(
+        ids=["test/x/1.jpg"],
+        index=[0],
+        valid=[True],
+        label=[7],
+        boxes=[[[0, 0, 0, 0]]],
+        num_boxes=[num_boxes],
+        original_size=[[300, 400]],
+        mask=mask,
+    )
+    maps = np.full((1, 224, 224), 0.5, np.float32)
+    ev = _stub_evaluator([(batch, maps)], boxes=False, pxap=True)
+    export.export_split(ev, None, None, "test", str(tmp_path), dataset)
+    assert sorted(os.listdir(tmp_path / "metadata")) == ["OpenImages", dataset]
+    meta = tmp_path / "metadata" / dataset / "test"
+    assert _lines(meta / "image_ids.txt") == ["test/x/1.jpg"]
+    assert _lines(meta / "localization.txt") == []
+    assert _lines(tmp_path / "metadata" / "OpenImages" / "test" / "localization.txt") == [
+        "test/x/1.jpg,test/test/x/1.jpg.mask.png,test/test/x/1.jpg.ignore.png"
+    ]
+    masks = tmp_path / "masks" / "OpenImages" / "test" / "test" / "x"
+    for name, on in (("1.jpg.mask.png", mask[0] == 1), ("1.jpg.ignore.png", mask[0] == 255)):
+        np.testing.assert_array_equal(cv2.imread(str(masks / name), cv2.IMREAD_GRAYSCALE) > 0, on)
+
+
+def test_a_boxed_export_with_an_image_without_boxes_fails_before_any_map_is_written(tmp_path):
+    """The reference's box evaluator, as camjax's, needs a GT box for every image: one image
+    without any is named in one line, before a file is written (dropping every box of the
+    split instead left the reference nothing to score). Padding rows have none, and count not."""
+    batch = _host_batch(
+        ids=["val/a.jpg", "val/b.jpg", "val/padding.jpg"],
+        index=[0, 1, 2],
+        valid=[True, True, False],
+        label=[0, 0, 0],
+        boxes=[[[0, 0, 8, 8]]] * 3,
+        num_boxes=[1, 0, 0],
+        original_size=[[64, 64]] * 3,
+    )
+    ev = _stub_evaluator([(batch, np.zeros((3, 224, 224), np.float32))])
+    with pytest.raises(
+        ValueError,
+        match=r"^image 'val/b.jpg' of split 'val' has no GT box, .*"
+        r"--config\.eval\.wsol\.boxes=False",
+    ):
+        export.export_split(ev, None, None, "val", str(tmp_path), "wsol_shapes")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_image_id_longer_than_512_bytes_fails_before_any_map_is_written(tmp_path):
+    """Ids travel to process 0 as 512-byte rows: a longer one (counted in UTF-8 bytes, not
+    characters) is refused before this host writes a file, so every host stops at the same
+    batch; 512 bytes exactly still fit."""
+    export._encode_ids(["a" * 512, "é" * 256])  # fits
+    for too_long in ("a" * 513, "é" * 257):
+        with pytest.raises(ValueError, match="image id longer than 512 bytes"):
+            export._encode_ids([too_long])
+    batch = _host_batch(
+        ["val/ok.jpg", "val/" + "x" * 600],
+        [0, 1],
+        [True, True],
+        [0, 0],
+        [[[0, 0, 8, 8]]] * 2,
+        [1, 1],
+        [[64, 64]] * 2,
+    )
+    ev = _stub_evaluator([(batch, np.zeros((2, 224, 224), np.float32))])
+    with pytest.raises(ValueError, match="image id longer than 512 bytes"):
+        export.export_split(ev, None, None, "val", str(tmp_path), "wsol_shapes")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_threshold_grid_is_every_step_strictly_between_0_and_1():
     """The paper's CAM thresholds: step, 2 step, ... below 1, never 0 (the whole image) nor 1
     (the peak pixel alone); each exactly its decimal in float32 (the curve's keys in
