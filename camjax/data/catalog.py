@@ -197,14 +197,15 @@ def _use_array_record(builder: tfds.core.DatasetBuilder) -> None:
 def _split_specs(
     builder: tfds.core.DatasetBuilder, splits: Sequence[str] | Mapping[str, str] | None
 ) -> dict[str, str]:
-    """{camjax split: tfds split spec}; each split named in a spec must exist."""
+    """{camjax split: tfds split spec}; each split named in a spec must exist (or be tfds's
+    `all`, every split together)."""
     available = list(builder.info.splits)
     if splits is None:
         return {s: s for s in available}
     specs = dict(splits) if isinstance(splits, Mapping) else {s: s for s in splits}
     for spec in specs.values():
         for part in spec.split("+"):
-            if part.split("[")[0].strip() not in available:
+            if part.split("[")[0].strip() not in [*available, "all"]:
                 raise ValueError(
                     f"{builder.info.full_name} has no split {part!r}; its splits: {available}."
                 )

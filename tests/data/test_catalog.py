@@ -340,6 +340,7 @@ def test_caltech_birds(birds):
             x, y, w, h = bird.box
             # The official inclusive x + w becomes the exclusive x + w + 1.
             np.testing.assert_array_equal(_pixel_boxes(ex), [[x, y, x + w + 1, y + h + 1]])
+            assert ex["objects"]["bbox"].dtype == np.float32  # the module's promise
             # The same box as camjax's own cub_200_2011 builder stores for this annotation.
             record = cub._Record(1, bird.image_id, bird.label, split == "train", bird.box)
             np.testing.assert_allclose(
@@ -359,6 +360,7 @@ def test_stanford_dogs_boxes_and_pipeline(dogs):
             h, w = dog.size
             expected = [(x0, y0, min(x1 + 1, w), min(y1 + 1, h)) for x0, y0, x1, y1 in dog.boxes]
             np.testing.assert_array_equal(_pixel_boxes(ex), expected)
+            assert ex["objects"]["bbox"].dtype == np.float32
             assert "mask" not in ex
 
     # The pipeline reads the adapted source as any camjax source.
@@ -447,6 +449,8 @@ def test_not_prepared(tmp_path):
     message = str(err.value)
     assert "tfds build stanford_dogs" in message and "--file_format=array_record" in message
     assert "python -m camjax.data.prepare" in message
+    # The command builds into the data dir camjax reads, not tfds's default.
+    assert f"--data_dir={tmp_path} --file_format" in message
     assert not (tmp_path / "stanford_dogs").exists()  # nothing prepared or downloaded
 
 
@@ -519,3 +523,154 @@ def test_load_data_sources_reads_catalog_datasets_with_a_validation_holdout(data
     assert not ids["train"] & ids["validation"] and not ids["validation"] & ids["test"]
     with pytest.raises(ValueError, match="Unknown dataset 'no_such_dataset'"):
         camjax_data.load_data_sources("no_such_dataset", 64, str(data_dir))
+
+
+# --- adapters on examples built in memory ---------------------------------------------------
+
+
+def _info(tmp_path: Path, features: dict, supervised_keys=None) -> tfds.core.DatasetInfo:
+    """The info of an unprepared builder with these features (nothing is written)."""
+    feature_dict = tfds.features.FeaturesDict(features)
+
+    class Features(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+        name = "camjax_test_features"
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return self.dataset_info_from_configs(
+                features=feature_dict, supervised_keys=supervised_keys
+            )
+
+        def _split_generators(self, dl_manager):
+            return {}
+
+        def _generate_examples(self):
+            yield from ()
+
+    return Features(data_dir=str(tmp_path)).info
+
+
+def test_pet_trimap_without_pet_pixels_has_no_box(data_dir):
+    """A trimap with only background and band, read with border_is_pet=False: no pet, so no
+    box at all, (0, 4), rather than a zero box the metrics would count as an object."""
+    info = tfds.builder("oxford_iiit_pet", data_dir=str(data_dir)).info
+    fn = catalog.oxford_pet_adapter(info, border_is_pet=False)
+    trimap = np.full((6, 7, 1), 2, np.uint8)
+    trimap[1:3, 2:5] = 3
+    ex = fn({"image": np.zeros((6, 7, 3), np.uint8), "label": 3, "segmentation_mask": trimap})
+    assert ex["objects"]["bbox"].shape == (0, 4) and ex["objects"]["bbox"].dtype == np.float32
+    np.testing.assert_array_equal(ex["mask"], np.zeros((6, 7, 1), np.uint8))
+    # With the band as pet: rows 1-2, columns 2-4, exclusive ends (3 / 6, 5 / 7).
+    ex = catalog.oxford_pet_adapter(info)(
+        {"image": np.zeros((6, 7, 3), np.uint8), "label": 3, "segmentation_mask": trimap}
+    )
+    np.testing.assert_allclose(ex["objects"]["bbox"], [[1 / 6, 2 / 7, 3 / 6, 5 / 7]], atol=1e-7)
+
+
+def test_birds_image_id_from_a_windows_path(data_dir):
+    """A copy prepared on Windows stores `image/filename` with backslashes; the id is still
+    `<class dir>/<file>`, as camjax's own cub_200_2011 names it."""
+    info = tfds.builder("caltech_birds2011", data_dir=str(data_dir)).info
+    fn = catalog.caltech_birds_adapter(info)
+    path = b"C:\\data\\CUB_200_2011\\images\\001.Black_footed_Albatross\\Black_Footed_1.jpg"
+    ex = fn(
+        {
+            "image": np.zeros((4, 5, 3), np.uint8),
+            "label": 0,
+            "bbox": np.array([0.0, 0.0, 0.5, 0.4], np.float32),
+            "image/filename": path,
+            "segmentation_mask": np.zeros((4, 5, 1), np.uint8),
+        }
+    )
+    assert ex["image_id"] == b"001.Black_footed_Albatross/Black_Footed_1.jpg"
+
+
+def test_generic_adapter_refuses_what_it_cannot_read(tmp_path):
+    """RGBA images and integer labels that are not class labels are refused up front, not
+    passed on to a pipeline that expects 3 channels and a class count."""
+    rgba = _info(
+        tmp_path,
+        {
+            "image": tfds.features.Image(shape=(None, None, 4)),
+            "label": tfds.features.ClassLabel(num_classes=2),
+        },
+    )
+    with pytest.raises(ValueError, match="not an RGB or grey image"):
+        catalog.generic_adapter(rgba)
+    plain_int = _info(tmp_path, {"image": tfds.features.Image(), "label": np.int64})
+    with pytest.raises(ValueError, match="not a class label"):
+        catalog.generic_adapter(plain_int)
+
+
+def test_generic_adapter_box_features(tmp_path, caplog):
+    """A top-level `bbox` box is read as the one box; an `objects/bbox` that is not a box
+    feature (e.g. pixel coordinates in a plain tensor) is not taken for normalized boxes."""
+    image = np.zeros((4, 6, 3), np.uint8)
+    top = _info(
+        tmp_path,
+        {
+            "image": tfds.features.Image(),
+            "label": tfds.features.ClassLabel(num_classes=2),
+            "bbox": tfds.features.BBoxFeature(),
+        },
+    )
+    fn = catalog.generic_adapter(top)
+    ex = fn({"image": image, "label": 1, "bbox": np.array([0.25, 0.5, 0.75, 1.0], np.float32)})
+    np.testing.assert_array_equal(ex["objects"]["bbox"], [[0.25, 0.5, 0.75, 1.0]])
+
+    pixels = _info(
+        tmp_path,
+        {
+            "image": tfds.features.Image(),
+            "label": tfds.features.ClassLabel(num_classes=2),
+            "objects": tfds.features.Sequence(
+                {"bbox": tfds.features.Tensor(shape=(4,), dtype=np.int64)}
+            ),
+        },
+    )
+    with caplog.at_level(logging.WARNING, logger="camjax.data.catalog"):
+        fn = catalog.generic_adapter(pixels)
+    assert "no `objects/bbox`" in caplog.text
+    ex = fn({"image": image, "label": 0, "objects": {"bbox": np.array([[1, 2, 3, 4]])}})
+    assert ex["objects"]["bbox"].shape == (0, 4)
+
+
+def test_split_specs_may_join_splits(data_dir):
+    """tfds split specs join splits with `+`, spaces allowed around it; `all` is every split."""
+    sources = catalog.load_catalog_sources(
+        "stanford_dogs",
+        str(data_dir),
+        splits={"both": "train+test", "some": "train[:1] + test", "every": "all"},
+    )
+    assert {s: len(v) for s, v in sources.items()} == {"both": 3, "some": 2, "every": 3}
+    ids = [r["image_id"] for r in sources["every"]]
+    assert sorted(ids) == sorted(r["image_id"] for r in sources["both"])
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        catalog.load_catalog_sources("stanford_dogs", str(data_dir), splits=["train+validation"])
+
+
+def test_array_record_listed_but_missing_is_refused(data_dir, tmp_path):
+    """dataset_info.json says ArrayRecord but the shards are gone (a partial copy): refused
+    with the reason, rather than failing later on a missing file."""
+    shutil.copytree(data_dir / "stanford_dogs", tmp_path / "stanford_dogs")
+    version_dir = next((tmp_path / "stanford_dogs").iterdir())
+    for shard in version_dir.glob("*.array_record-*"):
+        shard.unlink()
+    with pytest.raises(ValueError, match="no ArrayRecord file is there") as err:
+        catalog.load_catalog_sources("stanford_dogs", str(tmp_path))
+    assert f"--dataset_version_dir={version_dir}" in str(err.value)
+
+
+def test_other_versions_listed_newest_first(tmp_path):
+    """Versions in version order (3.10.0 after 3.9.0), newest first; a version folder without
+    dataset_info.json (an unfinished copy) and other folders are not offered."""
+    pets = tmp_path / "oxford_iiit_pet"
+    for version in ("3.2.0", "3.10.0", "3.9.0"):
+        (pets / version).mkdir(parents=True)
+        (pets / version / "dataset_info.json").write_text("{}")
+    (pets / "4.1.0").mkdir()
+    (pets / "incomplete.1").mkdir()
+    with pytest.raises(FileNotFoundError) as err:
+        catalog.load_catalog_sources("oxford_iiit_pet", str(tmp_path))
+    listed = "'oxford_iiit_pet:3.10.0', 'oxford_iiit_pet:3.9.0', 'oxford_iiit_pet:3.2.0'."
+    assert f"Prepared there, to read by naming them: {listed}" in str(err.value)
