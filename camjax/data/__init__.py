@@ -66,6 +66,9 @@ def load_data_sources(
     `validation` split gets the last 10% of `train` as `validation` and keeps the rest as
     `train`.
     """
+    for key, n in (split_sizes or {}).items():
+        if n < 0:  # a negative count would spread an empty split
+            raise ValueError(f"split size {key} must be >= 0 (0: the standard size); got {n}.")
     if name in DATASETS:
         return dataset(name).sources(data_dir, image_size, dict(split_sizes or {}))
     return _catalog_sources(name, data_dir, split_sizes)

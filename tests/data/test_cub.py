@@ -382,6 +382,8 @@ def test_wsol_split_sizes(data_dir):
     assert [r["image_id"] for r in wsol["test"]] == [full[0]["image_id"], full[2]["image_id"]]
     with pytest.raises(ValueError, match="num_tset"):
         camjax.data.load_data_sources("cub_200_2011", 224, data_dir, {"num_tset": 2})
+    with pytest.raises(ValueError, match=r"^split size num_test must be >= 0 .*; got -1\.$"):
+        camjax.data.load_data_sources("cub_200_2011", 224, data_dir, {"num_test": -1})
 
 
 def test_a_split_left_empty_by_the_holdout_is_a_config_error(data_dir):
