@@ -10,8 +10,12 @@ PRED_COLOR = (255, 40, 40)
 
 
 def jet(x: np.ndarray) -> np.ndarray:
-    """The 'jet' colormap: float (...) in [0, 1] -> uint8 (..., 3), blue (0) to red (1)."""
-    x = np.clip(np.asarray(x, np.float32), 0.0, 1.0)[..., None]
+    """The 'jet' colormap: float (...) in [0, 1] -> uint8 (..., 3), blue (0) to red (1); values
+    outside take the nearer end's colour."""
+    x = np.asarray(x, np.float32)
+    if np.isnan(x).any():  # NaN has no colour: uint8 would make one up
+        raise ValueError("the map holds NaN, which has no colour: replace it before drawing it.")
+    x = np.clip(x, 0.0, 1.0)[..., None]
     r = np.clip(1.5 - np.abs(4 * x - 3), 0, 1)
     g = np.clip(1.5 - np.abs(4 * x - 2), 0, 1)
     b = np.clip(1.5 - np.abs(4 * x - 1), 0, 1)
@@ -19,7 +23,10 @@ def jet(x: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: np.ndarray, scoremap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """image uint8 (H, W, 3), scoremap float (H, W) in [0, 1] -> blended uint8 (H, W, 3)."""
+    """image uint8 (H, W, 3), scoremap float (H, W) in [0, 1] -> blended uint8 (H, W, 3):
+    (1 - alpha) * image + alpha * jet(scoremap)."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha is the map's weight in the blend, in [0, 1]; got {alpha}.")
     if image.shape[:2] != scoremap.shape:
         raise ValueError(
             f"scoremap shape {scoremap.shape} must equal the image's height and width "

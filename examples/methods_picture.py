@@ -55,7 +55,11 @@ def draw(images, boxes, maps: dict[str, np.ndarray]) -> Image.Image:
         pen.text((col * (tile_w + 4) + 2, 1), name, fill=(0, 0, 0))
     for row in range(b):
         for col, name in enumerate(names):
-            panel = images[row] if name == "image" else viz.overlay(images[row], maps[name][row])
+            if name == "image":
+                panel = images[row]
+            else:  # a map the explainer could not trust (NaN) drawn blank, as in the gallery
+                m = maps[name][row]
+                panel = viz.overlay(images[row], m if np.isfinite(m).all() else np.zeros_like(m))
             tile = Image.fromarray(panel).resize((tile_w, tile_h), Image.NEAREST)
             tile_pen = ImageDraw.Draw(tile)
             for box in boxes[row]:

@@ -40,6 +40,20 @@ def test_jet_colours_by_hand():
     np.testing.assert_array_equal(got, want)
 
 
+def test_a_nan_map_or_a_weight_outside_0_1_is_refused_not_drawn():
+    """NaN has no colour (a uint8 cast would make one up, with a RuntimeWarning at most), and
+    an alpha outside [0, 1] is no blend; +-Inf is a colour, the nearer end's."""
+    with pytest.raises(ValueError, match="^the map holds NaN, which has no colour"):
+        viz.jet(np.array([[0.5, np.nan]]))
+    np.testing.assert_array_equal(viz.jet(np.array([np.inf, -np.inf])), [[127, 0, 0], [0, 0, 127]])
+    image, scoremap = np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2))
+    for alpha in (-0.1, 1.5):
+        with pytest.raises(
+            ValueError, match=r"alpha is the map's weight in the blend, in \[0, 1\]"
+        ):
+            viz.overlay(image, scoremap, alpha=alpha)
+
+
 def test_overlay_blends_image_and_jet_by_alpha():
     """(1 - alpha) * image + alpha * jet, truncated: with image 40 and jet(0.5) = (127, 255, 127)
     at alpha 0.25, 30 + 31.75 = 61.75 -> 61 and 30 + 63.75 = 93.75 -> 93."""
