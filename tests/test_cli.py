@@ -67,7 +67,12 @@ def test_the_run_config_is_the_config_flag_whatever_the_form_of_workdir(run_dir,
 
 def test_a_config_file_is_used_instead_when_given(run_dir, tmp_path):
     (tmp_path / "cfg.txt").write_text("--config=configs/tiny.py\n")
-    for given in (["--config", "configs/tiny.py"], [f"--flagfile={tmp_path / 'cfg.txt'}"]):
+    # absl takes a single dash too: -config=... is a config file, not an override.
+    for given in (
+        ["--config", "configs/tiny.py"],
+        ["-config=configs/tiny.py"],
+        [f"--flagfile={tmp_path / 'cfg.txt'}"],
+    ):
         argv = ["evaluate.py", f"--workdir={run_dir}", *given, "--config.eval.top_k=3"]
         run_config, values = parse(argv)
         assert not run_config and values.config.eval.top_k == 3
@@ -77,11 +82,12 @@ def test_a_run_without_config_json_is_one_line_once_overrides_need_it(tmp_path, 
     # Without overrides the flag is a config file's, and evaluate() reports the missing file.
     run_config, values = parse(["evaluate.py", f"--workdir={tmp_path}"])
     assert not run_config and values.config is None
-    with pytest.raises(SystemExit) as stop:
-        parse(["evaluate.py", f"--workdir={tmp_path}", "--config.eval.top_k=2"])
-    assert stop.value.code == 1
-    err = capsys.readouterr().err
-    assert err.startswith(f"error: no config.json in {tmp_path}") and "Traceback" not in err
+    for override in ("--config.eval.top_k=2", "-config.eval.top_k=2"):  # absl takes one dash
+        with pytest.raises(SystemExit) as stop:
+            parse(["evaluate.py", f"--workdir={tmp_path}", override])
+        assert stop.value.code == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: no config.json in {tmp_path}") and "Traceback" not in err
 
 
 @pytest.mark.parametrize(
@@ -98,10 +104,21 @@ def test_a_run_without_config_json_is_one_line_once_overrides_need_it(tmp_path, 
             '(did you mean "enabled" instead of "enabld"?)',
         ),
         ("--config.data.mean.x=1", "--config.data.mean.x: not a field of the config ("),
+        (
+            # The override named is the one whose path has the missing field as a whole part,
+            # not the good first one that merely contains its letters.
+            "--config.eval.top_k=2 --config.eval.top=3",
+            "--config.eval.top: the config has no field 'top' ",
+        ),
+        (
+            "-config.eval.top_kk=2",  # absl's single dash
+            "-config.eval.top_kk: the config has no field 'top_kk' "
+            '(did you mean "top_k" instead of "top_kk"?)',
+        ),
     ],
 )
 def test_an_override_naming_no_field_is_one_line(run_dir, capsys, override, message):
-    argv = ["evaluate.py", f"--workdir={run_dir}", override]
+    argv = ["evaluate.py", f"--workdir={run_dir}", *override.split()]
     with pytest.raises(SystemExit) as stop:
         values = evaluate_flags()
         cli.define_config_flag(argv, "config", values)
@@ -232,3 +249,51 @@ def test_orbax_records_keep_one_line_unless_tracebacks_are_asked_for(restore_log
     monkeypatch.setenv("CAMJAX_TRACEBACK", "1")
     cli.setup_logging()
     assert "Traceback" in formatted(ORBAX_FILE)
+
+
+def test_camjax_progress_shows_at_info_and_the_libraries_only_from_warning(restore_logging):
+    """A person reads camjax's INFO lines (resumed from step N, ...); orbax, tfds and jax log
+    through absl, whose INFO chatter is hidden and whose warnings are not."""
+    cli.setup_logging()
+    progress = logging.getLogger("camjax.train.loop")
+    assert progress.isEnabledFor(logging.INFO)
+    libraries = logging.getLogger("absl")
+    assert not libraries.isEnabledFor(logging.INFO) and libraries.isEnabledFor(logging.WARNING)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        # tensorstore's errors name their store as a spec or a repr, never an orbax frame.
+        'NOT_FOUND: Error opening "zarr" driver [tensorstore_spec=\'{"driver":"zarr"}\']',
+        "FAILED_PRECONDITION: cannot write to TensorStore({'driver': 'zarr'})",
+    ],
+)
+def test_tensorstores_errors_on_abandoned_reads_say_nothing_more(
+    restore_logging, monkeypatch, message
+):
+    monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
+    cli.setup_logging()
+    record = logging.LogRecord(
+        "asyncio",
+        logging.ERROR,
+        "base_events.py",
+        1,
+        "Future exception was never retrieved",
+        None,
+        (ValueError, ValueError(message), None),
+    )
+    assert not logging.getLogger("asyncio").filter(record)
+
+
+def test_an_empty_camjax_traceback_keeps_errors_to_one_line(tmp_path, capsys, monkeypatch):
+    """CAMJAX_TRACEBACK= (set but empty) asks for nothing: camjax's error stays one line."""
+    from camjax import run_config
+
+    monkeypatch.setenv("CAMJAX_TRACEBACK", "")
+    with pytest.raises(SystemExit) as stop, cli.user_errors():
+        run_config.load(str(tmp_path))  # no config.json: camjax raises it
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no config.json in {tmp_path}")
+    assert err.endswith(" (CAMJAX_TRACEBACK=1 shows where)\n") and err.count("\n") == 1
