@@ -42,9 +42,11 @@ class MetricWriter:
 
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         except OSError as e:
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            fix = "free space there" if full else "restore or remove it"
             return (
-                f"cannot read and rewrite {e.filename or self.path} ({e.strerror}); restore or "
-                "remove it, or train in another --workdir."
+                f"cannot read and rewrite {e.filename or self.path} ({e.strerror}); {fix}, or "
+                "train in another --workdir."
             )
         return ""
 
@@ -101,9 +103,15 @@ class MetricWriter:
         kept = [line for line in lines if (row := _row_step(line)) is not None and row <= step]
         if kept == lines:
             return
-        with open(self.path + ".tmp", "w") as f:
-            f.writelines(kept)
-        os.replace(self.path + ".tmp", self.path)
+        copy = self.path + ".tmp"
+        try:
+            with open(copy, "w") as f:
+                f.writelines(kept)
+            os.replace(copy, self.path)
+        except OSError as e:  # the log is as it was: no half-written copy is left beside it
+            with contextlib.suppress(OSError):
+                os.remove(copy)
+            raise OSError(e.errno, e.strerror, self.path) from e
 
     def close(self) -> None:
         if self._tb is not None:
