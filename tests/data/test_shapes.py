@@ -157,8 +157,11 @@ def test_rejects_small_images(size):
 def test_example_rng_validates_its_arguments():
     with pytest.raises(ValueError, match="split"):
         shapes.example_rng(0, "val", 0)
-    with pytest.raises(ValueError):
-        shapes.example_rng(0, "train", -1)
+    # Our message, not numpy's: numpy rejects a negative entropy word on its own, with a
+    # message that names neither the seed nor the index.
+    for seed, index in ((0, -1), (-1, 0)):
+        with pytest.raises(ValueError, match="seed and index must be non-negative"):
+            shapes.example_rng(seed, "train", index)
 
 
 def test_mask_is_exactly_the_visible_object(monkeypatch):
@@ -169,3 +172,115 @@ def test_mask_is_exactly_the_visible_object(monkeypatch):
         example = _render(index)
         colours = np.unique(example["image"][example["mask"]], axis=0)
         assert len(colours) == 2
+
+
+def test_class_names_follow_the_documented_label_map():
+    """Label = shape_index * 2 + texture_index and the name is `{texture}_{shape}`: these
+    names are the tfds ClassLabel names stored with the data, so a reordering or renaming
+    would silently relabel every class."""
+    assert shapes.SHAPES == ("ellipse", "rectangle", "triangle", "cross", "star")
+    assert shapes.TEXTURES == ("striped", "checkered")
+    assert shapes.CLASS_NAMES == (
+        "striped_ellipse",
+        "checkered_ellipse",
+        "striped_rectangle",
+        "checkered_rectangle",
+        "striped_triangle",
+        "checkered_triangle",
+        "striped_cross",
+        "checkered_cross",
+        "striped_star",
+        "checkered_star",
+    )
+
+
+def _box_crop(example: dict) -> np.ndarray:
+    x0, y0, x1, y1 = example["box"].astype(int)
+    return example["mask"][y0:y1, x0:x1]
+
+
+def test_triangles_point_four_ways_and_stars_two(samples):
+    """Triangles are turned by a random quarter turn, so each side of the box holds the base
+    (the one fully covered box edge) in some sample; stars point up (a tip at the middle of
+    the box's top row, a gap between two tips at the middle of its bottom row) or down."""
+    bases, stars = set(), set()
+    for example in samples:
+        shape = shapes.SHAPES[example["label"] // len(shapes.TEXTURES)]
+        crop = _box_crop(example)
+        if shape == "triangle":
+            edges = {"top": crop[0], "bottom": crop[-1], "left": crop[:, 0], "right": crop[:, -1]}
+            full = [name for name, edge in edges.items() if edge.all()]
+            assert len(full) == 1, full
+            bases.add(full[0])
+        elif shape == "star":
+            middle = [(crop.shape[1] - 1) // 2, crop.shape[1] // 2]
+            top, bottom = crop[0, middle].all(), crop[-1, middle].any()
+            assert top != bottom
+            stars.add("up" if top else "down")
+    assert bases == {"top", "bottom", "left", "right"}
+    assert stars == {"up", "down"}
+
+
+def test_large_silhouettes_fill_their_exact_area_fractions():
+    """At 224 px with boxes of at least 100 px a side, the half-pixel growth adds at most a
+    few percent, so each fill is its shape's exact area fraction: pi/4, 1/2, 1; a cross of
+    bar width t (a fraction in [0.3, 0.45]) covers 2t - t^2; a five-point star with inner
+    radius r = 0.45 of the outer covers its ten triangles 5 r sin 36 over its box
+    2 sin 72 x (1 + cos 36)."""
+    r, deg = 0.45, np.deg2rad
+    star = 5 * r * np.sin(deg(36)) / (2 * np.sin(deg(72)) * (1 + np.cos(deg(36))))
+    exact = {"ellipse": np.pi / 4, "triangle": 0.5, "rectangle": 1.0, "star": star}
+    fills = {name: [] for name in shapes.SHAPES}
+    for index in range(120):
+        example = _render(index, 224)
+        h, w = _box_crop(example).shape
+        if min(w, h) >= 100:
+            shape = shapes.SHAPES[example["label"] // len(shapes.TEXTURES)]
+            fills[shape].append(example["mask"].sum() / (w * h))
+    assert min(len(f) for f in fills.values()) >= 3, {k: len(f) for k, f in fills.items()}
+    for name, fraction in exact.items():
+        ratio = np.array(fills[name]) / fraction
+        assert ratio.min() >= 1.0 and ratio.max() <= 1.06, (name, ratio)
+    cross = np.array(fills["cross"])
+    assert cross.min() >= 2 * 0.3 - 0.3**2 and cross.max() <= 1.06 * (2 * 0.45 - 0.45**2)
+
+
+def test_texture_colours_keep_their_luma_gap(monkeypatch):
+    """Without pixel noise an object shows exactly its two texture colours, whose luma
+    (0.299 R + 0.587 G + 0.114 B) differ by at least 80 (less one for rounding to uint8)."""
+    monkeypatch.setattr(shapes, "_PIXEL_NOISE_STD", 0.0)
+    for index in range(100):
+        example = _render(index)
+        colours = np.unique(example["image"][example["mask"]], axis=0).astype(np.float64)
+        luma = colours @ np.array([0.299, 0.587, 0.114])
+        assert abs(luma[0] - luma[1]) >= 79.0, (index, colours)
+
+
+def test_textures_match_their_labels(monkeypatch):
+    """A 2x2 window of pixel centres in a checkerboard pattern (ab/ba) occurs at the crossing
+    of a checkered texture's cell edges, never in stripes: the stripe index floor(f) of a
+    linear f changes at most once across a window (stripes are at least 2.5 px wide), and
+    f(0,0) + f(1,1) = f(1,0) + f(0,1) rules out the two diagonals landing on different sides.
+    Without pixel noise each colour is exact, so windows are read off the image alone."""
+    monkeypatch.setattr(shapes, "_PIXEL_NOISE_STD", 0.0)
+    crossings = {texture: [] for texture in shapes.TEXTURES}
+    for index in range(100):
+        example = _render(index)
+        image, mask = example["image"], example["mask"]
+        a = (image == image[mask][0]).all(axis=-1)
+        inside = mask[:-1, :-1] & mask[1:, :-1] & mask[:-1, 1:] & mask[1:, 1:]
+        diagonal = (
+            (a[:-1, :-1] == a[1:, 1:]) & (a[1:, :-1] == a[:-1, 1:]) & (a[:-1, :-1] != a[1:, :-1])
+        )
+        texture = shapes.TEXTURES[example["label"] % len(shapes.TEXTURES)]
+        crossings[texture].append(int((diagonal & inside).sum()))
+    assert max(crossings["striped"]) == 0
+    assert np.mean(np.array(crossings["checkered"]) > 0) > 0.6, crossings["checkered"]
+
+
+def test_objects_reach_every_image_border(samples):
+    """Positions are uniform over every placement that fits, the flush ones included."""
+    boxes = np.array([example["box"] for example in samples])
+    assert np.any(boxes[:, 0] == 0) and np.any(boxes[:, 1] == 0)
+    assert np.any(boxes[:, 2] == SIZE) and np.any(boxes[:, 3] == SIZE)
+    assert boxes.min() >= 0 and boxes.max() <= SIZE

@@ -88,6 +88,7 @@ def test_info_features_and_format(sources, data_dir):
     assert label.names == list(shapes.CLASS_NAMES)
     assert label.int2str(sources["test"][0]["label"]) in shapes.CLASS_NAMES
     assert builder.info.features["image"].shape == (SIZE, SIZE, 3)
+    assert builder.info.supervised_keys == ("image", "label")
 
 
 def test_second_load_reuses_prepared_data(sources, data_dir):
@@ -102,6 +103,10 @@ def test_standard_configs(tmp_path):
         c = configs[name]
         assert (c.num_train, c.num_validation, c.num_test) == (10_000, 1_000, 1_000)
     assert configs["s224"].image_size == 224
+    # Small splits so the full-size model configs can run a few steps.
+    c = configs["s224"]
+    assert (c.num_train, c.num_validation, c.num_test) == (2_000, 256, 256)
+    assert all(c.seed == 0 for c in configs.values())
     builder = wsol_shapes.get_builder(96, str(tmp_path))
     assert builder.builder_config is configs["s96"]
     assert not builder.is_prepared()
@@ -180,3 +185,42 @@ def test_damaged_prepared_files_are_one_line_errors_naming_the_fix(sources, data
     a_file.write_text("x")
     with pytest.raises(data_lib.DataFilesError, match=r"cannot generate or read .*Not a"):
         wsol_shapes.WsolShapes.sources(str(a_file), SIZE, COUNTS)
+
+
+def test_builder_defaults_to_array_record(tmp_path):
+    """Built directly (as `tfds.builder` does), not through `get_builder`, the builder still
+    writes ArrayRecord: random access (`as_data_source`) needs it."""
+    builder = wsol_shapes.WsolShapes(config="s64", data_dir=str(tmp_path))
+    assert builder.info.file_format.value == "array_record"
+
+
+@pytest.mark.parametrize("size", [64, 96, 224])
+def test_bbox_to_pixels_recovers_every_whole_pixel(size):
+    """Every pixel coordinate k in 0..S, stored as float32 k / S, comes back as exactly k:
+    k / S is not exact in float32 for S = 96 or 224, so truncating k / S * S would lose a
+    pixel."""
+    k = np.arange(size + 1, dtype=np.float64)
+    stored = np.stack([k, k, k, k], axis=-1) / size
+    pixels = wsol_shapes.bbox_to_pixels(stored.astype(np.float32), size)
+    assert pixels.dtype == np.float32
+    np.testing.assert_array_equal(pixels, np.stack([k, k, k, k], axis=-1))
+
+
+def test_zero_split_sizes_mean_the_standard_sizes(monkeypatch):
+    """`sources` passes only nonzero sizes to `get_builder`: 0 means the config's standard
+    size, not an empty split (that would be config `s64_n0_0_3`)."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_get_builder(image_size, data_dir, **sizes):
+        seen.update(sizes, image_size=image_size, data_dir=data_dir)
+        raise Stop
+
+    monkeypatch.setattr(wsol_shapes, "get_builder", fake_get_builder)
+    with pytest.raises(Stop):
+        wsol_shapes.WsolShapes.sources(
+            "somewhere", SIZE, {"num_train": 0, "num_validation": 0, "num_test": 3}
+        )
+    assert seen == {"num_test": 3, "image_size": SIZE, "data_dir": "somewhere"}
