@@ -401,6 +401,22 @@ def test_a_split_left_empty_by_the_holdout_is_a_config_error(data_dir):
     )
 
 
+def test_data_sources_pass_each_split_size_and_the_holdout_to_its_own_split(data_dir):
+    """config.data.validation_per_class and num_<split> reach the split they name: this CUB's
+    train split has 2 images of each of its 3 classes, so a holdout of 1 per class leaves 3 in
+    train and puts 3 in validation (the default, 5 per class, would take all 6)."""
+    config = tiny.get_config()
+    config.data.name, config.data.data_dir = "cub_200_2011", data_dir
+    config.data.validation_per_class = 1
+    config.data.num_train, config.data.num_validation, config.data.num_test = 0, 2, 0
+    sources = experiment.data_sources(config)
+    assert len(sources["train"]) == 3
+    assert len(sources["validation"]) == 2  # num_validation of the 3 held out
+    assert len(sources["test"]) == len(TEST)  # 0: all
+    held = [r["image_id"].decode().split("/")[0] for r in sources["validation"]]
+    assert len(set(held)) == 2  # one image per class, two of the three classes
+
+
 def test_wsol_loading_before_preparing_says_how(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m camjax.data.prepare cub"):
         camjax.data.load_data_sources("cub_200_2011", 224, str(tmp_path))

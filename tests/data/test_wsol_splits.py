@@ -10,6 +10,7 @@ from tensorflow_datasets.core import shuffle as tfds_shuffle
 from camjax.data import cub, downloads, ilsvrc, manual, pipeline, subsets, wsol_splits
 from camjax.localization import wsol_io
 from tests.data.test_cub import SPECS as CUB_SPECS
+from tests.data.test_cub import _jpeg as _cub_jpeg
 from tests.data.test_cub import image_id as _cub_id
 from tests.data.test_cub import write_archives
 from tests.data.test_ilsvrc import CLASSES as ILSVRC_CLASSES
@@ -183,3 +184,106 @@ def test_dataset_is_named_by_the_folder_or_given(ilsvrc_data, tmp_path):
     assert _ids(split) == sorted(VAL)
     with pytest.raises(FileNotFoundError, match="camjax.data.prepare ilsvrc"):
         wsol_splits.reference_split(source, str(tmp_path / "nothing"))
+
+
+def test_a_label_mismatch_names_the_prepared_class(cub_data):
+    """The class name beside the prepared label is what tells a user which of two label
+    conventions is off; the bare index says nothing more than the metadata's own number."""
+    root, data_dir = cub_data
+    specs = [s for s in CUB_SPECS if not s[5]]
+    path = _cub_metadata(root, "renamed", specs, edit={1: lambda row: [row[0], 7, row[2], row[3]]})
+    with pytest.raises(wsol_splits.SplitMismatchError) as err:
+        wsol_splits.reference_split(path, data_dir, verify=False)
+    # specs[1] is class id 2 of the fake classes.txt: label 1, its class folder's name.
+    assert specs[1][1] == 2
+    assert err.value.mismatches == [
+        f"{_cub_id(specs[1])}: label 7 in the metadata, 1 (002.Laysan_Albatross) prepared"
+    ]
+
+
+def test_disagreements_past_the_listing_limit_are_counted_not_listed(cub_data, monkeypatch):
+    """The message lists downloads.MAX_LISTED disagreements and counts the rest (a whole
+    wrong split would otherwise print thousands of lines); `mismatches` keeps them all."""
+    root, data_dir = cub_data
+    specs = [s for s in CUB_SPECS if not s[5]]
+    relabel = {k: (lambda row: [row[0], 9, row[2], row[3]]) for k in range(3)}
+    path = _cub_metadata(root, "relabel3", specs, edit=relabel)
+    monkeypatch.setattr(downloads, "MAX_LISTED", 2)
+    with pytest.raises(wsol_splits.SplitMismatchError) as err:
+        wsol_splits.reference_split(path, data_dir, verify=False)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "3 disagreement(s) between the metadata and the prepared examples:"
+    assert lines[1:] == [f"  {m}" for m in err.value.mismatches[:2]] + ["  ... and 1 more"]
+    assert [m.split(":")[0] for m in err.value.mismatches] == [_cub_id(s) for s in specs[:3]]
+
+    monkeypatch.setattr(downloads, "MAX_LISTED", 3)  # exactly at the limit: all, no count
+    with pytest.raises(wsol_splits.SplitMismatchError) as err:
+        wsol_splits.reference_split(path, data_dir, verify=False)
+    assert str(err.value).splitlines()[1:] == [f"  {m}" for m in err.value.mismatches]
+
+
+def test_missing_ids_past_the_listing_limit_are_counted_not_listed(cub_data, monkeypatch):
+    """As for disagreements: the reference's whole CUBV2 `val` (1,000 ids) is listed up to
+    downloads.MAX_LISTED ids and counted past it; `missing` keeps every id."""
+    root, data_dir = cub_data
+    v2 = [f"001.Black_footed_Albatross/{30107316117 + k}.jpg" for k in range(3)]
+    edits = {k: (lambda row, k=k: [v2[k], 0, (56, 41), [(1, 2, 30, 20)]]) for k in range(3)}
+    path = _cub_metadata(root, "val3", CUB_SPECS[:4], edit=edits)
+    monkeypatch.setattr(downloads, "MAX_LISTED", 2)
+    with pytest.raises(downloads.MissingFilesError) as err:
+        wsol_splits.reference_split(path, data_dir)
+    assert err.value.missing == v2
+    lines = str(err.value).splitlines()
+    assert lines[1:4] == [f"  {v2[0]}", f"  {v2[1]}", "  ... and 1 more"]
+    assert v2[2] not in str(err.value)
+
+    monkeypatch.setattr(downloads, "MAX_LISTED", 3)  # exactly at the limit: all, no count
+    with pytest.raises(downloads.MissingFilesError) as err:
+        wsol_splits.reference_split(path, data_dir)
+    lines = str(err.value).splitlines()
+    assert lines[1:4] == [f"  {i}" for i in v2]
+    assert "more" not in str(err.value)
+
+
+def test_ids_of_images_skipped_as_corrupt_are_explained(tmp_path):
+    """An image skipped when preparing (skip_corrupt=True) is missing from the join like any
+    other; the error says it was skipped, so the fix (a good copy of it, prepare again) is
+    plain rather than a search for a wrong id."""
+    truncated = CUB_SPECS[2]  # a test image
+    member = f"CUB_200_2011/images/{_cub_id(truncated)}"
+    jpeg = _cub_jpeg(truncated)
+    manual_dir = write_archives(
+        tmp_path / "manual", replace={member: jpeg[: len(jpeg) // 2]}, segmentations=False
+    )
+    data_dir = str(tmp_path / "tfds")
+    cub.Cub2002011.prepare(str(manual_dir), data_dir, skip_corrupt=True, progress=False)
+    test = [s for s in CUB_SPECS if not s[5]]
+    path = _cub_metadata(tmp_path, "test", test)
+    with pytest.raises(downloads.MissingFilesError) as err:
+        wsol_splits.reference_split(path, data_dir)
+    assert err.value.missing == [_cub_id(truncated)]
+    assert f"1 image(s) were skipped as corrupt when preparing: ['{_cub_id(truncated)}']" in str(
+        err.value
+    )
+
+
+def test_reading_stops_at_the_split_that_completes_the_join(cub_data, monkeypatch):
+    """CUB ids name no split, so every prepared split may be searched, each read whole; once
+    all ids are found the rest are not read (half of CUB's 1 GB for either official split,
+    whichever split the builder lists first)."""
+    root, data_dir = cub_data
+    read = []
+    records = subsets.records_without_images
+
+    def counted(builder, split):
+        read.append(split)
+        return records(builder, split)
+
+    monkeypatch.setattr(subsets, "records_without_images", counted)
+    for split, specs in (
+        ("train", [s for s in CUB_SPECS if s[5]]),
+        ("test", [s for s in CUB_SPECS if not s[5]]),
+    ):
+        read.clear()
+        wsol_splits.reference_split(_cub_metadata(root, f"only_{split}", specs), data_dir)
+        assert read[-1] == split and read.count(split) == 1
