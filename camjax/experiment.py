@@ -163,14 +163,17 @@ def check_eval_config(ev: ml_collections.ConfigDict, mesh: Mesh) -> None:
             "config.eval.iou_threshold must be a fraction in [0, 1] (0.5: IoU >= 50%); got "
             f"{ev.iou_threshold!r}."
         )
-    if ev.max_images < 0:  # the config's type checks keep it an int
-        raise ValueError(f"config.eval.max_images must be >= 0 (0: all); got {ev.max_images}.")
+    # ConfigDict takes True into an int field (--config.eval.max_images=True: one image).
+    if isinstance(ev.max_images, bool) or ev.max_images < 0:
+        raise ValueError(
+            f"config.eval.max_images must be an int >= 0 (0: all); got {ev.max_images}."
+        )
 
 
 def check_data_config(config: ml_collections.ConfigDict) -> None:
     """One-line ValueErrors for config.data values no network or pipeline can use."""
     d = config.data
-    if not isinstance(d.image_size, int) or d.image_size < 1:
+    if not isinstance(d.image_size, int) or isinstance(d.image_size, bool) or d.image_size < 1:
         raise ValueError(f"config.data.image_size must be a positive int; got {d.image_size!r}.")
     for field in ("mean", "std"):
         value = tuple(d[field])

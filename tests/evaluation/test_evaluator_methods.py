@@ -135,7 +135,7 @@ def test_a_negative_max_images_is_a_config_error(trained):
     config, _, ev, *_ = trained
     c = method_config(config, "cam")
     c.eval.max_images = -3
-    with pytest.raises(ValueError, match=r"config.eval.max_images must be >= 0 \(0: all\); got -3"):
+    with pytest.raises(ValueError, match=r"max_images must be an int >= 0 \(0: all\); got -3"):
         evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
 
 
