@@ -1,6 +1,8 @@
 """Tests for the config checks of `camjax.experiment`: each fires exactly at its boundary, in
 one line that names the field and the fix, and lets through every value a run can use."""
 
+import os
+
 import jax
 import ml_collections
 import pytest
@@ -178,6 +180,7 @@ def test_limit_is_the_first_max_items_in_order():
     assert [got[i] for i in range(3)] == [0, 1, 2]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="Linux's /proc")
 def test_an_existing_directory_no_file_can_be_written_in_is_not_writable():
     """/proc exists (so creating it succeeds) but holds no files, even for root: only the
     trial write tells."""
