@@ -165,8 +165,8 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         `config` is `{CONFIG_FLAG: bool}` (default True), empty for a builder without configs.
         """
         kwargs = {"data_dir": data_dir, "skip_corrupt": skip_corrupt, "progress": progress}
+        flag = cls._flag(config)
         if cls.CONFIG_FLAG:
-            flag = cls._flag(config)
             flag = True if flag is None else flag
             (name,) = [c.name for c in cls.BUILDER_CONFIGS if getattr(c, cls.CONFIG_FLAG) == flag]
             kwargs["config"] = name
@@ -174,11 +174,11 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     @classmethod
     def _flag(cls, config: Mapping[str, bool | None]) -> bool | None:
+        """The flag given (None: not given); any other keyword, a misspelt flag, a TypeError."""
         unknown = sorted(set(config) - {cls.CONFIG_FLAG})
         if unknown:
-            raise TypeError(
-                f"{cls.name} takes no config argument {unknown}; only {cls.CONFIG_FLAG}."
-            )
+            only = f"; only {cls.CONFIG_FLAG}" if cls.CONFIG_FLAG else ""
+            raise TypeError(f"{cls.name} takes no config argument {unknown}{only}.")
         return config.get(cls.CONFIG_FLAG)
 
     @classmethod
@@ -210,8 +210,8 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           The prepared builder; `builder.info.metadata['skipped_corrupt']` lists skipped ids.
         """
         manual_dir = Path(manual_dir)
+        flag = cls._flag(config)
         if cls.CONFIG_FLAG:
-            flag = cls._flag(config)
             config = {
                 cls.CONFIG_FLAG: cls.default_flag(manual_dir, data_dir) if flag is None else flag
             }
@@ -242,9 +242,9 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         Raises:
           FileNotFoundError: not prepared; the message gives `PREPARE_COMMAND`.
         """
-        flag = cls._flag(config) if cls.CONFIG_FLAG else False
+        flag = cls._flag(config)
         builder = None
-        for f in (True, False) if flag is None else (flag,):
+        for f in (True, False) if flag is None and cls.CONFIG_FLAG else (flag,):
             builder = cls.configured(data_dir, **({cls.CONFIG_FLAG: f} if cls.CONFIG_FLAG else {}))
             if builder.is_prepared():
                 data.check_shards(builder)

@@ -13,6 +13,7 @@ import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from array_record.python import array_record_module
 from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
@@ -341,3 +342,152 @@ def test_iter_tar_streams_members_then_reports_damage(tmp_path):
             seen.append(name)
     assert err.value.__cause__ is not None and "the source" in str(err.value)
     assert seen[:1] == ["a.txt"]
+
+
+def _shard_records(builder, split: str) -> list[list[bytes]]:
+    """The serialized records of each shard of `split`, read straight from its files."""
+    shards = []
+    for instruction in builder.info.splits[split].file_instructions:
+        reader = array_record_module.ArrayRecordReader(instruction.filename)
+        try:
+            assert "group_size:1" in reader.writer_options_string()  # one record per chunk
+            shards.append(list(reader.read_all()))
+        finally:
+            reader.close()
+    return shards
+
+
+def test_shards_close_once_they_reach_shard_bytes_and_bytes_are_counted(tmp_path):
+    """Documented rule: a shard takes records until its records reach `SHARD_BYTES` (2000 here),
+    then the next record opens a new shard; `num_bytes` is the size of all the records. The
+    records are ~600 bytes, so each full shard holds several (not one per shard)."""
+    builder = _prepare(_Sorted, tmp_path, skip_corrupt=True)
+    shards = _shard_records(builder, "train")
+    sizes = [[len(r) for r in shard] for shard in shards]
+    assert len(sizes) > 1
+    for shard in sizes[:-1]:
+        assert sum(shard[:-1]) < 2000 <= sum(shard)
+    assert 0 < sum(sizes[-1]) and len(sizes[0]) > 1
+    info = builder.info.splits["train"]
+    assert info.shard_lengths == [len(s) for s in sizes]
+    assert info.num_bytes == sum(map(sum, sizes))
+
+
+def test_key_order_holds_across_read_batches(tmp_path, monkeypatch):
+    """The scratch file is read back `_READ_BATCH` records at a time: with 3 a batch, the ten
+    kept records take four reads (3, 3, 3, 1) and the last, short one must not be lost."""
+    monkeypatch.setattr(manual, "_READ_BATCH", 3)
+    builder = _prepare(_Sorted, tmp_path, skip_corrupt=True)
+    assert _keys(builder.as_data_source("train")) == [0, 1, 2, 3, 4, 6, 7, 9, 10, 11]
+
+
+def test_a_split_with_every_example_skipped_is_an_error(tmp_path, monkeypatch):
+    """Skipping every example would leave a split of no shard: refused, nothing prepared."""
+    monkeypatch.setattr(sys.modules[__name__], "CORRUPT", set(KEYS))
+    with pytest.raises(downloads.CorruptFileError, match="No example of split train could be"):
+        _prepare(_Toy, tmp_path, skip_corrupt=True)
+    assert not _Toy(data_dir=str(tmp_path)).is_prepared()
+
+
+def test_builder_writes_array_record_by_default(tmp_path):
+    """A builder made and prepared the plain tfds way (no `file_format`) still writes
+    ArrayRecord, which random access (`as_data_source`) needs."""
+    builder = _Toy(data_dir=str(tmp_path), skip_corrupt=True)
+    builder.download_and_prepare()
+    assert builder.info.file_format.value == "array_record"
+    assert _keys(builder.as_data_source("train")) == [k for k in KEYS if k not in CORRUPT]
+
+
+class _Planned(_Toy, skip_registration=True):
+    """Reads the manual directory's "index" (`_make_plan`) at the check and when writing."""
+
+    name = "manual_toy_planned"
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "toy"
+    plans_made = 0
+
+    def _make_plan(self, manual_dir: Path) -> str:
+        type(self).plans_made += 1
+        return str(manual_dir)
+
+    def _split_generators(self, dl_manager):
+        assert self.plan(dl_manager.manual_dir) == str(dl_manager.manual_dir)
+        return super()._split_generators(dl_manager)
+
+
+def test_the_plan_is_made_once_per_folder(tmp_path, monkeypatch):
+    """Reading archive indexes is slow: `check_inputs` and the writing share one plan."""
+    monkeypatch.setattr(_Planned, "plans_made", 0)
+    _prepare(_Planned, tmp_path, skip_corrupt=True)
+    assert _Planned.plans_made == 1
+
+
+def test_an_unknown_config_argument_is_a_type_error(tmp_path):
+    """A misspelt flag (`bgi` for `big`) must not be dropped silently."""
+    for call in (
+        lambda: _Configured.prepared(str(tmp_path), bgi=True),
+        lambda: _Configured.prepare(tmp_path, str(tmp_path), bgi=True, progress=False),
+        lambda: _Configured.configured(str(tmp_path), bgi=True),
+    ):
+        with pytest.raises(TypeError, match=r"manual_toy_configured takes no config argument"):
+            call()
+    # A builder without configs takes none.
+    for call in (
+        lambda: _Toy.prepared(str(tmp_path), masks=True),
+        lambda: _Toy.prepare(tmp_path, str(tmp_path), masks=True, progress=False),
+        lambda: _Toy.configured(str(tmp_path), masks=True),
+    ):
+        with pytest.raises(TypeError) as err:
+            call()
+        assert str(err.value) == "manual_toy takes no config argument ['masks']."
+
+
+def test_prepare_without_a_flag_reuses_the_prepared_true_config(tmp_path):
+    """`prepare` not told the flag takes True when that config is prepared, even when the
+    flag input is not in the manual directory: a no-op, the False config left unprepared."""
+    data_dir = str(tmp_path / "tfds")
+    (tmp_path / "toy.txt").touch()
+    _Configured.prepare(tmp_path, data_dir, big=True, skip_corrupt=True, progress=False)
+    again = _Configured.prepare(tmp_path, data_dir, skip_corrupt=True, progress=False)
+    assert again.builder_config.name == "big"
+    assert not _Configured.configured(data_dir, big=False).is_prepared()
+
+
+def test_losing_the_rename_race_returns_the_winners_copy(tmp_path, monkeypatch):
+    """Another process prepares the dataset meanwhile, and this one's final rename fails
+    (OSError): `prepare` returns a builder of the winner's copy, its splits loaded."""
+
+    def lose_the_race(self, **kwargs):
+        winner = _Toy(data_dir=self.data_dir_root, skip_corrupt=True)
+        original(winner, **kwargs)
+        raise OSError("rename failed: directory not empty")
+
+    original = _Toy.download_and_prepare
+    monkeypatch.setattr(_Toy, "download_and_prepare", lose_the_race)
+    builder = _prepare(_Toy, tmp_path, skip_corrupt=True)
+    assert builder.info.splits["train"].num_examples == len(KEYS) - len(CORRUPT)
+
+
+def test_an_oserror_without_a_prepared_copy_propagates(tmp_path, monkeypatch):
+    def fail(self, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_Toy, "download_and_prepare", fail)
+    with pytest.raises(OSError, match="disk full"):
+        _prepare(_Toy, tmp_path, skip_corrupt=True)
+
+
+def test_progress_shows_a_bar_per_split(tmp_path, capsys):
+    """The bar counts every item read, the two skipped ones too (12 of 12), and the skips."""
+    _Toy.prepare(tmp_path, str(tmp_path), skip_corrupt=True, progress=True)
+    err = capsys.readouterr().err
+    assert "manual_toy train" in err and "12/12" in err and "skipped=2" in err
+    _Sorted.prepare(tmp_path, str(tmp_path), skip_corrupt=True, progress=False)
+    assert "manual_toy_sorted train" not in capsys.readouterr().err
+
+
+def test_prepare_ends_with_one_warning_naming_every_skip(tmp_path, caplog):
+    """After the per-item warnings, one summary lists the skipped items in generation order."""
+    with caplog.at_level("WARNING", logger=manual.__name__):
+        _prepare(_Toy, tmp_path, skip_corrupt=True)
+    summaries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Skipped")]
+    assert summaries == ["Skipped 2 corrupt image(s): item5, item8"]
