@@ -41,8 +41,10 @@ def read_xml_archive(path: Path, source: str) -> dict[str, Annotation]:
     annotations = {}
     for name, data in downloads.iter_tar(path, _VAL_XML_PATH.fullmatch, source):
         if data is not None:
-            image = _VAL_XML_PATH.fullmatch(name)[1]
-            annotations[f"{image}.JPEG"] = _parse_xml(f"{name} in {path}", data)
+            image = f"{_VAL_XML_PATH.fullmatch(name)[1]}.JPEG"
+            if image in annotations:  # one would silently replace the other
+                raise CorruptFileError(f"{path} holds two annotations of {image}.")
+            annotations[image] = _parse_xml(f"{name} in {path}", data)
     if not annotations:
         raise CorruptFileError(f"{path} holds no ILSVRC2012_val_*.xml file.")
     return annotations
@@ -85,6 +87,8 @@ def read_csv(path: Path) -> dict[str, Annotation]:
                 ]
             except ValueError as err:
                 raise CorruptFileError(f"{where}: {err}") from err
+            if f"{row[0]}.JPEG" in annotations:  # one row would silently replace the other
+                raise CorruptFileError(f"{where}: a second row of {row[0]}.")
             annotations[f"{row[0]}.JPEG"] = _annotation(where, tokens[::5], boxes, None)
     if not annotations:
         raise CorruptFileError(f"{path} holds no annotation.")
@@ -100,7 +104,7 @@ def _annotation(
             f"{where}: expected boxes of one synset, got {sorted(set(synsets))}."
         )
     b = np.array(boxes, np.float64).reshape(-1, 4)
-    if np.any(b[:, :2] < 0) or np.any(b[:, 2:] < b[:, :2]):
+    if not np.isfinite(b).all() or np.any(b[:, :2] < 0) or np.any(b[:, 2:] < b[:, :2]):
         raise CorruptFileError(f"{where}: invalid box among {b.tolist()}.")
     return Annotation(synsets[0], b, size)
 
@@ -109,7 +113,8 @@ def read_synset_mapping(path: Path) -> list[str]:
     """`LOC_synset_mapping.txt` -> the sorted synsets (first field of each line)."""
     synsets = [line.split()[0] for line in path.read_text("utf-8").splitlines() if line.strip()]
     bad = [s for s in synsets if not SYNSET.fullmatch(s)]
-    if bad or len(set(synsets)) != len(synsets):
+    bad += sorted({s for s in synsets if synsets.count(s) > 1} - set(bad))  # repeated ones
+    if bad:
         raise CorruptFileError(f"{path}: expected distinct synsets, one per line; got {bad[:5]}.")
     return sorted(synsets)
 
