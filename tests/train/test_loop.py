@@ -468,7 +468,7 @@ def test_counts_a_run_cannot_use_fail_before_anything_is_saved_or_deleted(resuma
         ("data.batch_size", -16, "must be a positive int"),
         ("eval.batch_size", 0, "must be a positive int"),
         ("eval.iou_threshold", 5.0, r"must be a fraction in \[0, 1\]"),
-        ("eval.max_images", -1, "must be >= 0"),
+        ("eval.max_images", -1, "must be an int >= 0"),
     ],
 )
 def test_settings_no_run_can_use_fail_before_anything_is_written(
