@@ -141,9 +141,14 @@ def replicated_shapes(tree, mesh: Mesh):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def _positive_int(value) -> bool:
+    # ConfigDict takes True into an int field: no size of 1.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> None:
     """One-line ValueErrors for a batch size that is not a positive multiple of the devices."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not _positive_int(batch_size):
         raise ValueError(
             f"{what} must be a positive int (a multiple of the {mesh.size} devices); "
             f"got {batch_size!r}."
@@ -173,7 +178,7 @@ def check_eval_config(ev: ml_collections.ConfigDict, mesh: Mesh) -> None:
 def check_data_config(config: ml_collections.ConfigDict) -> None:
     """One-line ValueErrors for config.data values no network or pipeline can use."""
     d = config.data
-    if not isinstance(d.image_size, int) or isinstance(d.image_size, bool) or d.image_size < 1:
+    if not _positive_int(d.image_size):
         raise ValueError(f"config.data.image_size must be a positive int; got {d.image_size!r}.")
     for field in ("mean", "std"):
         value = tuple(d[field])

@@ -9,6 +9,7 @@ normalized boxes with exclusive ends.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import logging
@@ -87,9 +88,10 @@ def read_csv(path: Path) -> dict[str, Annotation]:
                 ]
             except ValueError as err:
                 raise CorruptFileError(f"{where}: {err}") from err
-            if f"{row[0]}.JPEG" in annotations:  # one row would silently replace the other
+            image = f"{row[0]}.JPEG"
+            if image in annotations:  # one row would silently replace the other
                 raise CorruptFileError(f"{where}: a second row of {row[0]}.")
-            annotations[f"{row[0]}.JPEG"] = _annotation(where, tokens[::5], boxes, None)
+            annotations[image] = _annotation(where, tokens[::5], boxes, None)
     if not annotations:
         raise CorruptFileError(f"{path} holds no annotation.")
     return annotations
@@ -113,7 +115,7 @@ def read_synset_mapping(path: Path) -> list[str]:
     """`LOC_synset_mapping.txt` -> the sorted synsets (first field of each line)."""
     synsets = [line.split()[0] for line in path.read_text("utf-8").splitlines() if line.strip()]
     bad = [s for s in synsets if not SYNSET.fullmatch(s)]
-    bad += sorted({s for s in synsets if synsets.count(s) > 1} - set(bad))  # repeated ones
+    bad += sorted(s for s, n in collections.Counter(synsets).items() if n > 1 and s not in bad)
     if bad:
         raise CorruptFileError(f"{path}: expected distinct synsets, one per line; got {bad[:5]}.")
     return sorted(synsets)

@@ -103,8 +103,8 @@ def _write_maps(evaluator, variables, source, split: str, out_dir: str, max_imag
         ids = _image_ids(host_batch, split)
         maps = evaluator_lib.host_rows(scoremaps)[valid]
         masks = np.asarray(host_batch["mask"])[valid] if with_masks else None
-        real = zip(ids, valid, host_batch["num_boxes"], strict=True)
-        boxless = [i for i, v, n in real if with_boxes and v and n < 1]
+        per_image = zip(ids, valid, host_batch["num_boxes"], strict=True)
+        boxless = [i for i, v, n in per_image if with_boxes and v and n < 1]
         # The hosts agree after each batch: the next one's maps are a collective computation.
         distributed.run_together(
             functools.partial(

@@ -17,6 +17,8 @@ import tqdm
 
 from camjax import distributed
 
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)  # a full disk or quota: the fix is to free space
+
 
 class MetricWriter:
     """Appends `{"step": s, **metrics}` lines to workdir/metrics.jsonl (and TensorBoard scalars)."""
@@ -42,8 +44,7 @@ class MetricWriter:
 
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         except OSError as e:
-            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
-            fix = "free space there" if full else "restore or remove it"
+            fix = "free space there" if e.errno in _NO_ROOM else "restore or remove it"
             return (
                 f"cannot read and rewrite {e.filename or self.path} ({e.strerror}); {fix}, or "
                 "train in another --workdir."
@@ -81,7 +82,7 @@ class MetricWriter:
                         self._tb.add_scalar(k, v, step)
                 self._tb.flush()
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in _NO_ROOM:
                 fix = "free space there"
             elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
                 fix = "make it writable"
