@@ -76,7 +76,7 @@ def _train_image(kind: str, seed: int) -> tuple[bytes, np.ndarray]:
     return _encode(Image.fromarray(rgb), "PNG" if kind == "png" else "JPEG"), rgb
 
 
-def _tar_bytes(members: list[tuple[str, bytes]], mode: str = "w") -> bytes:
+def tar_bytes(members: list[tuple[str, bytes]], mode: str = "w") -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode=mode) as tar:
         for name, data in members:
@@ -126,10 +126,10 @@ def write_manual_dir(
     names = list(VAL)
     ordered = [names[i - 1] for i in VAL_TAR_ORDER]
     val = [(val_prefix + name, images[name]) for name in ordered if name in images]
-    (path / ilsvrc.VAL_ARCHIVE).write_bytes(_tar_bytes(val))
+    (path / ilsvrc.VAL_ARCHIVE).write_bytes(tar_bytes(val))
     if boxes == "xml":
         xmls = [(f"val/{n[:-5]}.xml", _xml(n, s, size, b)) for n, (s, size, _, b) in VAL.items()]
-        (path / ilsvrc.BOXES_XML).write_bytes(_tar_bytes(xmls, "w:gz"))
+        (path / ilsvrc.BOXES_XML).write_bytes(tar_bytes(xmls, "w:gz"))
     else:
         with open(path / ilsvrc.BOXES_CSV, "w", newline="") as f:
             writer = csv.writer(f)
@@ -149,8 +149,8 @@ def write_manual_dir(
             files = [
                 (n, _train_image(kind, i)[0]) for i, (n, kind) in enumerate(TRAIN[synset].items())
             ]
-            class_tars.append((f"{synset}.tar", _tar_bytes(files)))
-        (path / ilsvrc.TRAIN_ARCHIVE).write_bytes(_tar_bytes(class_tars))
+            class_tars.append((f"{synset}.tar", tar_bytes(files)))
+        (path / ilsvrc.TRAIN_ARCHIVE).write_bytes(tar_bytes(class_tars))
     return path
 
 

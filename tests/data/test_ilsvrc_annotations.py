@@ -1,14 +1,13 @@
 """Tests for `camjax.data.ilsvrc_annotations`: reading and checking both official annotation
 forms and the synset list. Expected values are written out by hand from the formats."""
 
-import io
 import logging
-import tarfile
 
 import numpy as np
 import pytest
 
 from camjax.data import downloads, ilsvrc_annotations
+from tests.data.test_ilsvrc import tar_bytes
 
 HEADER = "ImageId,PredictionString\n"
 ROW = "ILSVRC2012_val_00000001,n01440764 1 2 3 4\n"
@@ -58,14 +57,8 @@ def test_csv_with_no_row_or_a_malformed_synset_is_refused(tmp_path):
 
 
 def _xml_archive(tmp_path, members: dict[str, str]):
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(text.encode())
-            tar.addfile(info, io.BytesIO(text.encode()))
     path = tmp_path / "ILSVRC2012_bbox_val_v3.tgz"
-    path.write_bytes(buffer.getvalue())
+    path.write_bytes(tar_bytes([(name, text.encode()) for name, text in members.items()], "w:gz"))
     return path
 
 
