@@ -206,8 +206,9 @@ def _check_first_examples(builder: WsolShapes, sources: Mapping[str, Any]) -> No
         if not np.array_equal(stored, rendered["image"]):
             raise DataFilesError(
                 f"the first example of the {split} split of wsol_shapes in {builder.data_path} "
-                "is not the one rendered for it: its files were swapped with another split's or "
-                "changed. Delete that folder and rerun: it is generated again."
+                "is not the one rendered for it: its files were swapped with another split's, "
+                "changed, or written by a camjax that renders differently. Delete that folder and "
+                "rerun: it is generated again."
             )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from camjax import data as data_lib
 from camjax.data import shapes, subsets, wsol_shapes
 
 SIZE = 64
@@ -120,6 +121,22 @@ def test_unknown_image_size_names_available_sizes(size):
         wsol_shapes.WsolShapes.sources(None, size, {})
 
 
+def test_data_of_a_renderer_changed_without_a_version_bump_is_refused(
+    sources, data_dir, monkeypatch
+):
+    """Prepared files of the same VERSION that today's renderer would not draw (a change to
+    `shapes` without a VERSION bump) are refused at opening, the message naming that cause."""
+    render = wsol_shapes.render_example
+
+    def recoloured(rng, size):
+        example = render(rng, size)
+        return dict(example, image=255 - example["image"])
+
+    monkeypatch.setattr(wsol_shapes, "render_example", recoloured)
+    with pytest.raises(data_lib.DataFilesError, match="a camjax that renders differently"):
+        wsol_shapes.WsolShapes.sources(data_dir, SIZE, COUNTS)
+
+
 def test_damaged_prepared_files_are_one_line_errors_naming_the_fix(sources, data_dir, tmp_path):
     """Caught at opening: a shard swapped with another split's or truncated (its record count),
     a byte flipped in a split's first example, two splits of equal size swapped whole (their
@@ -127,7 +144,6 @@ def test_damaged_prepared_files_are_one_line_errors_naming_the_fix(sources, data
     dataset_info.json (tfds takes the folder as prepared) or with a broken one; at the read of
     an example: a byte flipped in a later one; a data dir that is a file cannot be generated
     into. Each says what to delete, and each case damages its own copy of the data."""
-    from camjax import data as data_lib
 
     def damaged(case, counts=COUNTS):
         copy = str(tmp_path / case)
