@@ -336,8 +336,16 @@ def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
             )
     elif train:
         classes = sorted(tars)
-        # Every class has validation images, so a class tar they name is missing.
+        # Every class has validation images, so a class tar they name is missing, and a class
+        # tar they do not name would shift every later class's index.
         _raise_if_missing(paths[TRAIN_ARCHIVE], [f"{s}.tar" for s in sorted(val_synsets - tars)])
+        unseen = sorted(tars - val_synsets)
+        if unseen:
+            raise CorruptFileError(
+                f"{paths[TRAIN_ARCHIVE]} holds the class tars {unseen[: downloads.MAX_LISTED]}, "
+                "whose synsets no validation image has; remove them, or add "
+                f"{SYNSET_MAPPING} listing every class to keep."
+            )
     else:
         classes = sorted(val_synsets)
     if len(classes) != NUM_CLASSES:

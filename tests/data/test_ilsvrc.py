@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from absl import app, flags
+from absl.testing import flagsaver
 from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 import camjax.data
-from camjax.data import downloads, ilsvrc, ilsvrc_annotations, manual, pipeline
+from camjax.data import downloads, ilsvrc, ilsvrc_annotations, manual, pipeline, prepare
 
 # Preparing and reading must never open a connection.
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -436,3 +438,149 @@ def test_wsol_validation_and_test_partition_the_official_validation(val_only):
     assert len(ilsvrc.Ilsvrc2012Loc.wsol_sources(data_dir, validation_per_class=2)["test"]) == 0
     with pytest.raises(FileNotFoundError, match="python -m camjax.data.prepare ilsvrc"):
         camjax.data.load_data_sources("ilsvrc2012_loc", 224, data_dir + "/nothing")
+
+
+def test_manual_files_prefer_the_xml_boxes_and_add_the_mapping_when_there(tmp_path):
+    """Both annotation forms present: the XML archive is used; the optional synset list is
+    returned when there; the `train=False` hint only when the training tar is asked for."""
+    manual_dir = write_manual_dir(tmp_path / "manual", mapping=True)
+    (manual_dir / ilsvrc.BOXES_CSV).write_text("ImageId,PredictionString\n")
+    paths = ilsvrc.manual_files(manual_dir, train=False)
+    names = [ilsvrc.VAL_ARCHIVE, ilsvrc.BOXES_XML, ilsvrc.SYNSET_MAPPING]
+    assert paths == {name: manual_dir / name for name in names}
+    with pytest.raises(downloads.MissingFilesError) as err:
+        ilsvrc.manual_files(tmp_path / "empty", train=False)
+    assert "train=False" not in str(err.value)
+
+
+def test_synset_mapping_sets_the_classes_and_must_cover_the_other_inputs(tmp_path):
+    """Classes are the sorted synsets of LOC_synset_mapping.txt, even one without images; a
+    synset of the annotations or the training tar that it does not list is refused, and a
+    listed synset without a class tar is missing from the training tar."""
+    manual_dir = write_manual_dir(tmp_path / "manual")
+    mapping = manual_dir / ilsvrc.SYNSET_MAPPING
+    mapping.write_text("".join(f"{s} x\n" for s in ["n09999999", *SYNSETS]))
+    assert ilsvrc._make_plan(manual_dir, train=False).classes == [*CLASSES, "n09999999"]
+
+    mapping.write_text("n01440764 x\nn01443537 x\n")
+    with pytest.raises(
+        downloads.CorruptFileError, match=r"does not list the synsets \['n02105855'\]"
+    ):
+        ilsvrc._make_plan(manual_dir, train=False)
+
+    mapping.write_text("".join(f"{s} x\n" for s in SYNSETS))
+    train = manual_dir / ilsvrc.TRAIN_ARCHIVE
+    train.write_bytes(tar_bytes([(f"{s}.tar", tar_bytes([])) for s in [*CLASSES, "n09999999"]]))
+    with pytest.raises(
+        downloads.CorruptFileError, match=r"does not list the synsets \['n09999999'\]"
+    ):
+        ilsvrc._make_plan(manual_dir, train=True)
+
+    train.write_bytes(tar_bytes([(f"{s}.tar", tar_bytes([])) for s in CLASSES[:2]]))
+    with pytest.raises(downloads.MissingFilesError) as err:
+        ilsvrc._make_plan(manual_dir, train=True)
+    assert err.value.missing == ["n02105855.tar"]
+
+
+def test_validation_images_without_annotations_are_listed(tmp_path):
+    manual_dir = write_manual_dir(tmp_path / "manual")
+    extra = "ILSVRC2012_val_00000006.JPEG"
+    members = [*val_images().items(), (extra, val_images()["ILSVRC2012_val_00000001.JPEG"])]
+    (manual_dir / ilsvrc.VAL_ARCHIVE).write_bytes(tar_bytes(members))
+    with pytest.raises(downloads.MissingFilesError) as err:
+        ilsvrc.Ilsvrc2012Loc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
+    assert err.value.missing == [extra]
+    message = str(err.value)
+    assert f"{ilsvrc.BOXES_XML} is incomplete" in message and "image-net.org" in message
+
+
+def test_validation_tar_made_with_tar_c_of_the_folder_is_read(tmp_path):
+    """`tar -cf ILSVRC2012_img_val.tar -C val .` also stores the folder itself as `./`."""
+    manual_dir = write_manual_dir(tmp_path / "manual")
+    folder = tmp_path / "val"
+    folder.mkdir()
+    for name, data in val_images().items():
+        (folder / name).write_bytes(data)
+    with tarfile.open(manual_dir / ilsvrc.VAL_ARCHIVE, "w") as tar:
+        tar.add(folder, arcname=".")
+    with tarfile.open(manual_dir / ilsvrc.VAL_ARCHIVE) as tar:
+        assert tar.getmembers()[0].isdir()
+    plan = ilsvrc._make_plan(manual_dir, train=False)
+    assert [m.name for m in plan.val_members] == [f"./{name}" for name in sorted(VAL)]
+
+
+def test_unreadable_validation_tar_is_corrupt_and_names_its_source(tmp_path):
+    manual_dir = write_manual_dir(tmp_path / "manual")
+    (manual_dir / ilsvrc.VAL_ARCHIVE).write_bytes(b"not a tar archive" * 100)
+    with pytest.raises(downloads.CorruptFileError) as err:
+        ilsvrc.Ilsvrc2012Loc.prepare(str(manual_dir), str(tmp_path / "tfds"), progress=False)
+    message = str(err.value)
+    assert f"{ilsvrc.VAL_ARCHIVE} is not a readable tar archive" in message
+    assert "image-net.org" in message
+
+
+def test_class_tars_are_found_by_file_name_and_other_members_ignored(tmp_path, caplog):
+    path = tmp_path / ilsvrc.TRAIN_ARCHIVE
+    names = ["n02105855.tar", "README.txt", "./n01443537.tar", "n01440764.tar", "n01440764"]
+    path.write_bytes(tar_bytes([(name, b"") for name in names]))
+    class_tars = ilsvrc._class_tars(path)
+    assert [m.name for m in class_tars] == ["n01440764.tar", "./n01443537.tar", "n02105855.tar"]
+    assert "Ignoring README.txt" in caplog.text and "Ignoring n01440764 " in caplog.text
+
+
+def test_reference_ids_name_the_split_and_file_of_official_images():
+    reference_id = ilsvrc.Ilsvrc2012Loc.reference_id
+    val = "ILSVRC2012_val_00000001.JPEG"
+    assert reference_id(f"val/{val}") == ("validation", val)
+    train = "n01440764_10026.JPEG"
+    assert reference_id(f"train/n01440764/{train}") == ("train", train)
+    for other in ("val2/0/0.jpeg", "test/x.JPEG", "train/x.JPEG", f"val/n01440764/{val}"):
+        assert reference_id(other) is None
+
+
+def test_cli_reports_skipped_images_and_corrupt_inputs(corrupt_manual_dir, tmp_path, capsys):
+    """`prepare_and_report` passes skip_corrupt on and lists what it skipped; a corrupt image
+    without it is an error line and exit status 1, not a traceback."""
+    manual_dir = str(corrupt_manual_dir)
+    name = "ILSVRC2012_val_00000004.JPEG"
+    assert prepare.prepare_and_report("ilsvrc", manual_dir, str(tmp_path / "a"), True) == 0
+    out = capsys.readouterr().out
+    assert f"validation {len(VAL) - 1} examples" in out
+    assert f"Skipped 1 corrupt example(s): {name}" in out
+    assert prepare.prepare_and_report("ilsvrc", manual_dir, str(tmp_path / "b")) == 1
+    err = capsys.readouterr().err
+    assert f"error: {name}" in err and "Traceback" not in err
+
+
+def test_cli_without_manual_dir_or_with_an_unpreparable_dataset_is_a_usage_error():
+    was_parsed = flags.FLAGS.is_parsed()
+    with flagsaver.flagsaver():
+        flags.FLAGS(["prepare"])
+        try:
+            datasets = "cub_200_2011,cub,ilsvrc2012_loc,ilsvrc,openimages30k_wsol,openimages"
+            with pytest.raises(app.UsageError, match=f"{{{datasets}}} --manual_dir DIR"):
+                prepare.main(["prepare", "ilsvrc"])
+            flags.FLAGS.manual_dir = "/nonexistent"
+            with pytest.raises(app.UsageError, match="--manual_dir DIR"):
+                prepare.main(["prepare", "wsol_shapes"])
+        finally:
+            if not was_parsed:
+                flags.FLAGS.unparse_flags()
+
+
+def test_a_class_tar_without_validation_images_is_refused_without_the_mapping(tmp_path):
+    """Without LOC_synset_mapping.txt the classes are the class tars' names; a class tar whose
+    synset no validation image has (here one sorting first) would shift every class index,
+    and is refused; a mapping that lists it keeps it as a class."""
+    manual_dir = write_manual_dir(tmp_path / "manual")
+    synsets = ["n01440000", *CLASSES]
+    members = [(f"{s}.tar", tar_bytes([])) for s in synsets]
+    (manual_dir / ilsvrc.TRAIN_ARCHIVE).write_bytes(tar_bytes(members))
+    with pytest.raises(
+        downloads.CorruptFileError,
+        match=r"class tars \['n01440000'\], whose synsets no validation image has; remove them, "
+        r"or add LOC_synset_mapping.txt",
+    ):
+        ilsvrc._make_plan(manual_dir, train=True)
+    (manual_dir / ilsvrc.SYNSET_MAPPING).write_text("".join(f"{s} x\n" for s in synsets))
+    assert ilsvrc._make_plan(manual_dir, train=True).classes == synsets

@@ -6,13 +6,16 @@ order (also the step-indexed train order), its splits and the reference splits a
 """
 
 import hashlib
+import pickle
+from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import camjax.data
-from camjax.data import cub, ilsvrc, openimages, pipeline, wsol_shapes, wsol_splits
+from camjax.data import catalog, cub, ilsvrc, openimages, pipeline, wsol_shapes, wsol_splits
 from tests.data.test_cub import SPECS as CUB_SPECS
 from tests.data.test_cub import write_archives
 from tests.data.test_ilsvrc import VAL
@@ -125,3 +128,69 @@ def test_datasets_are_found_by_name_or_alias():
     # Recipes read their numbers from the classes.
     assert cub.Cub2002011.train_images() == 5_994 - 5 * 200
     assert ilsvrc.Ilsvrc2012Loc.train_images() == 1_281_167
+
+
+def test_record_digest_is_the_sha256_prefix_kept_in_the_metadata():
+    """The digests of prepared datasets' metadata.json: changing them would refuse those."""
+    assert camjax.data.record_digest(b"abc") == "ba7816bf8f01cfea"
+
+
+def _builder(file_instructions: list, metadata: dict | None = None) -> SimpleNamespace:
+    splits = {"train": SimpleNamespace(file_instructions=file_instructions)}
+    return SimpleNamespace(
+        data_path="/prepared", info=SimpleNamespace(splits=splits, metadata=metadata)
+    )
+
+
+def test_check_shards_refuses_a_split_without_shards_or_more_first_records_than_shards():
+    with pytest.raises(camjax.data.DataFilesError, match="lists no examples for the train split"):
+        camjax.data.check_shards(_builder([]))
+    shard = SimpleNamespace(
+        filename="/prepared/train.array_record-00000-of-00001", examples_in_shard=1
+    )
+    metadata = {camjax.data.FIRST_RECORDS: {"train": ["0" * 16, "1" * 16]}}
+    with pytest.raises(
+        camjax.data.DataFilesError, match="has 1 shards, where its metadata.json lists 2"
+    ):
+        camjax.data.check_shards(_builder([shard], metadata))
+
+
+class _Unreadable(Sequence):
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index):
+        raise RuntimeError("bad block")
+
+
+def test_reopened_source_still_names_its_split_when_reading_fails():
+    source = camjax.data.ReopenableSource(_Unreadable, what="the test split of x")
+    reopened = pickle.loads(pickle.dumps(source))
+    assert len(reopened) == 3
+    with pytest.raises(
+        camjax.data.DataFilesError,
+        match=r"reading example 1 of the test split of x failed \(RuntimeError: bad block\)",
+    ):
+        reopened[1]
+
+
+def test_catalog_datasets_without_validation_hold_out_the_last_tenth_of_train(monkeypatch):
+    """Validation is the last round(10%) of train, at least one record; `num_<split>` then
+    spreads that many records over the split (indices floor(i * len / n))."""
+    splits = {"train": list(range(50)), "test": ["t0", "t1"]}
+    monkeypatch.setattr(catalog, "load_catalog_sources", lambda name, data_dir: dict(splits))
+
+    def read(sources):
+        return {split: [s[i] for i in range(len(s))] for split, s in sources.items()}
+
+    got = read(camjax.data.load_data_sources("fake", 64))
+    assert got == {
+        "train": list(range(45)),
+        "validation": list(range(45, 50)),
+        "test": ["t0", "t1"],
+    }
+    got = read(camjax.data.load_data_sources("fake", 64, None, {"num_train": 5, "num_test": 1}))
+    assert got == {"train": [0, 9, 18, 27, 36], "validation": list(range(45, 50)), "test": ["t0"]}
+    splits["train"] = ["a", "b"]
+    got = read(camjax.data.load_data_sources("fake", 64))
+    assert got == {"train": ["a"], "validation": ["b"], "test": ["t0", "t1"]}
