@@ -210,9 +210,16 @@ def data_sources(config: ml_collections.ConfigDict) -> Mapping[str, Sequence]:
     if "validation_per_class" in d:  # the hand-downloaded datasets' validation holdout
         sizes["validation_per_class"] = d.validation_per_class
     sources = reopenable_sources(d.name, d.image_size, d.data_dir or None, sizes)
-    # An empty split would end training in a bare StopIteration, evaluation in a KeyError.
-    for split in (d.train_split, d.val_split, d.test_split):
-        if split in sources and not len(sources[split]):
+    # A missing or empty split would end training or evaluation in a bare KeyError or
+    # StopIteration, the test split's only after the whole training run.
+    for field in ("train_split", "val_split", "test_split"):
+        split = d[field]
+        if split not in sources:
+            raise ValueError(
+                f"config.data.{field} is {split!r}, a split {d.name} does not have; set it to "
+                f"one of its splits: {', '.join(sorted(sources))}."
+            )
+        if not len(sources[split]):
             why = "."
             if "validation_per_class" in d and split == d.train_split:
                 why = ": config.data.validation_per_class held every image out of it."

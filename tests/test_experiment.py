@@ -180,6 +180,23 @@ def test_limit_is_the_first_max_items_in_order():
     assert [got[i] for i in range(3)] == [0, 1, 2]
 
 
+@pytest.mark.parametrize("field", ["train_split", "val_split", "test_split"])
+def test_a_split_the_dataset_does_not_have_is_one_line_naming_its_splits(field, monkeypatch):
+    """Checked when the sources open, before training: a missing test split would otherwise be
+    a bare KeyError at evaluation, after the whole training run."""
+    splits = {"train": _Items(3), "validation": _Items(2), "test": _Items(2)}
+    monkeypatch.setattr(experiment, "reopenable_sources", lambda *args: splits)
+    config = tiny.get_config()
+    assert len(experiment.data_sources(config)) == 3
+    config.data[field] = "valdation"
+    with pytest.raises(ValueError) as error:
+        experiment.data_sources(config)
+    assert str(error.value) == (
+        f"config.data.{field} is 'valdation', a split wsol_shapes does not have; set it to one "
+        "of its splits: test, train, validation."
+    )
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="Linux's /proc")
 def test_an_existing_directory_no_file_can_be_written_in_is_not_writable():
     """/proc exists (so creating it succeeds) but holds no files, even for root: only the

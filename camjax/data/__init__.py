@@ -62,9 +62,9 @@ def load_data_sources(
 
     Any other name is a tfds catalog dataset already prepared as ArrayRecord in data_dir
     (`catalog.load_catalog_sources`: caltech_birds2011, stanford_dogs, oxford_iiit_pet with
-    their boxes and masks converted to camjax's convention, others generically); one without a
-    `validation` split gets the last 10% of `train` as `validation` and keeps the rest as
-    `train`.
+    their boxes and masks converted to camjax's convention, others generically); one with
+    `train` and `test` splits but no `validation` split gets the last 10% of `train` as
+    `validation` and keeps the rest as `train`.
     """
     for key, n in (split_sizes or {}).items():
         if n < 0:  # a negative count would spread an empty split
