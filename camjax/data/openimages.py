@@ -371,7 +371,9 @@ def _raise_missing_members(missing: dict[str, list[str]], archives: dict[str, Pa
     for kind, archive in (("image", IMAGES_ARCHIVE), ("mask", MASKS_ARCHIVE)):
         if kind not in missing:
             continue
-        held = [n for n in (archive, EVAL_ARCHIVE) if n in archives]
+        # The evaluation archive holds validation and test files, no train image.
+        val_test = any(not m.startswith("train/") for m in missing[kind])
+        held = [n for n in (archive, EVAL_ARCHIVE) if n in archives and (val_test or n == archive)]
         names += missing[kind]
         lines.append(
             f"{len(missing[kind])} {kind}(s) that {METADATA_DIR} names are not in "
@@ -442,9 +444,7 @@ def _reference_masks(
 
 def _grey(where: str, data: bytes) -> np.ndarray:
     """A mask PNG read as the reference reads it: OpenCV greyscale (H, W) uint8."""
-    grey = None
-    if data:
-        grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    grey = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE) if data else None
     if grey is None:
         raise CorruptFileError(f"{where} cannot be decoded as an image.")
     return grey

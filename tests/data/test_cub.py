@@ -8,6 +8,7 @@ five metadata tables, `segmentations.tgz` with grey PNGs), with members in an or
 import hashlib
 import io
 import logging
+import re
 import subprocess
 import sys
 import tarfile
@@ -103,8 +104,10 @@ def _write_tgz(path: Path, members: dict[str, bytes]) -> None:
 
 
 def write_archives(directory: Path, *, drop=(), replace=None, segmentations: bool = True) -> Path:
-    """Fake official archives in `directory`, minus the members in `drop`."""
+    """Fake official archives in `directory`, minus the members in `drop`; `replace` sets the
+    bytes of members (new ones go last), `segmentations/...` ones in that archive."""
     directory.mkdir(parents=True, exist_ok=True)
+    replace = replace or {}
     members = {"attributes.txt": b"1 has_bill_shape::curved\n"}
     for spec in reversed(SPECS):
         members[f"CUB_200_2011/images/{image_id(spec)}"] = _jpeg(spec)
@@ -112,13 +115,14 @@ def write_archives(directory: Path, *, drop=(), replace=None, segmentations: boo
     members["CUB_200_2011/README"] = b"fake\n"
     for name, text in _tables().items():
         members[f"CUB_200_2011/{name}"] = text.encode()
-    members.update(replace or {})
+    members.update({k: v for k, v in replace.items() if not k.startswith("segmentations/")})
     _write_tgz(directory / cub.IMAGES_ARCHIVE, {k: v for k, v in members.items() if k not in drop})
     if segmentations:
         masks = {
             f"segmentations/{image_id(s)[:-4]}.png": _png(_grey_mask(s))
             for s in sorted(SPECS, key=lambda s: s[2])
         }
+        masks.update({k: v for k, v in replace.items() if k.startswith("segmentations/")})
         _write_tgz(
             directory / cub.SEGMENTATIONS_ARCHIVE, {k: v for k, v in masks.items() if k not in drop}
         )
@@ -275,9 +279,27 @@ def test_truncated_archive_lists_what_it_lost(tmp_path):
     manual = write_archives(tmp_path / "manual", segmentations=False)
     archive = manual / cub.IMAGES_ARCHIVE
     archive.write_bytes(archive.read_bytes()[:-300])  # loses the tables at the end
-    with pytest.raises(downloads.MissingFilesError, match="truncated") as err:
+    with pytest.raises(downloads.MissingFilesError) as err:
         cub.Cub2002011.prepare(str(manual), str(tmp_path / "tfds"), progress=False)
     assert "CUB_200_2011/classes.txt" in err.value.missing
+    # Where the archive ends (the folder's name, the test's, holds "truncated" too).
+    assert f"{archive} is incomplete (damaged or truncated after " in str(err.value)
+
+
+def test_an_archive_damaged_after_every_member_needed_still_builds(tmp_path, caplog):
+    """The index scan stops at the damage and, as every member needed comes before it, warns
+    and goes on; writing then reads the images and no further (reading on would hit it)."""
+    noise = np.random.default_rng(0).integers(0, 256, 30_000, np.uint8).tobytes()
+    last = {"CUB_200_2011/attributes/image_attribute_labels.txt": noise}  # after the tables
+    manual = write_archives(tmp_path / "manual", replace=last, segmentations=False)
+    archive = manual / cub.IMAGES_ARCHIVE
+    archive.write_bytes(archive.read_bytes()[:-5_000])  # cut inside the incompressible noise
+    with caplog.at_level(logging.WARNING, logger="camjax"):
+        builder = cub.Cub2002011.prepare(str(manual), str(tmp_path / "tfds"), progress=False)
+    assert builder.info.splits["train"].num_examples == len(TRAIN)
+    assert builder.info.splits["test"].num_examples == len(TEST)
+    assert "damaged or truncated after" in caplog.text
+    assert "every member needed comes before that, going on" in caplog.text
 
 
 def test_corrupt_jpegs_are_named_or_skipped_and_counted(tmp_path, caplog):
@@ -310,6 +332,54 @@ def test_corrupt_jpegs_are_named_or_skipped_and_counted(tmp_path, caplog):
     sources = cub.Cub2002011.data_sources(data_dir)
     ids = [r["image_id"].decode() for split in ("train", "test") for r in sources[split]]
     assert sorted(ids) == sorted(image_id(s) for s in SPECS if image_id(s) not in skipped)
+
+
+def test_a_corrupt_segmentation_is_named_or_skipped_with_its_image(tmp_path):
+    """A mask that does not decode stops the build naming the mask's member (not its image's);
+    with skip_corrupt its image is left out and recorded by image id."""
+    spec = SPECS[3]  # a train image
+    mask = f"segmentations/{image_id(spec)[:-4]}.png"
+    manual = write_archives(tmp_path / "manual", replace={mask: _png(_grey_mask(spec))[:60]})
+    with pytest.raises(downloads.CorruptFileError, match=f"^{re.escape(mask)} cannot be decoded"):
+        cub.Cub2002011.prepare(str(manual), str(tmp_path / "strict"), progress=False)
+    builder = cub.Cub2002011.prepare(
+        str(manual), str(tmp_path / "lenient"), skip_corrupt=True, progress=False
+    )
+    assert builder.builder_config.name == "masks"
+    assert builder.info.metadata["skipped_corrupt"] == [image_id(spec)]
+    assert builder.info.splits["train"].num_examples == len(TRAIN) - 1
+    assert builder.info.splits["test"].num_examples == len(TEST)
+
+
+def test_the_masks_config_follows_the_segmentation_archive_alone(data_dir, tmp_path):
+    """prepare's default config is `masks` exactly when segmentations.tgz is in the manual
+    directory, whatever is prepared (`data_dir` holds `masks`); `boxes` leaves it unread."""
+    (tmp_path / cub.IMAGES_ARCHIVE).touch()
+    assert cub.Cub2002011.default_flag(tmp_path, data_dir) is False
+    assert cub.archive_paths(tmp_path, masks=False) == {
+        cub.IMAGES_ARCHIVE: tmp_path / cub.IMAGES_ARCHIVE
+    }
+    (tmp_path / cub.SEGMENTATIONS_ARCHIVE).touch()
+    assert cub.Cub2002011.default_flag(tmp_path, str(tmp_path / "none")) is True
+    assert cub.archive_paths(tmp_path, masks=False) == {
+        cub.IMAGES_ARCHIVE: tmp_path / cub.IMAGES_ARCHIVE
+    }
+    assert cub.archive_paths(tmp_path, masks=True) == {
+        cub.IMAGES_ARCHIVE: tmp_path / cub.IMAGES_ARCHIVE,
+        cub.SEGMENTATIONS_ARCHIVE: tmp_path / cub.SEGMENTATIONS_ARCHIVE,
+    }
+
+
+def test_reference_ids_are_ours_and_only_cubv2_ones_are_explained():
+    """The reference's CUB ids are our image ids, in any split; its `val` ids are CUBV2's
+    Flickr photo ids (metadata/CUB/val/image_ids.txt), the only ones explain_missing explains."""
+    official = image_id(SPECS[0])
+    v2 = "001.Black_footed_Albatross/30107316117.jpg"  # the first of the reference's val
+    assert cub.Cub2002011.reference_id(official) == (None, official)
+    assert cub.Cub2002011.explain_missing([official]) == ""
+    assert cub.Cub2002011.explain_missing([official, image_id(SPECS[1])]) == ""
+    for missing in ([v2], [official, v2], [v2, official]):
+        assert "is CUBV2" in cub.Cub2002011.explain_missing(missing)
 
 
 def test_loading_before_preparing_says_how(tmp_path):
@@ -434,9 +504,30 @@ def test_boxes_are_clipped_to_the_image_and_an_empty_one_or_a_wrong_sized_mask_r
     np.testing.assert_array_equal(box(2, 1, 3, 2), np.float32([1 / 8, 2 / 10, 4 / 8, 6 / 10]))
     np.testing.assert_array_equal(box(-2, 1, 7, 9), np.float32([1 / 8, 0, 1, 6 / 10]))
     np.testing.assert_array_equal(box(0, 0, 9, 7), np.float32([0, 0, 1, 1]))
-    with pytest.raises(downloads.CorruptFileError, match="outside its 10x8 image"):
-        box(10, 1, 0, 4)
-    grey = io.BytesIO()
-    Image.fromarray(np.full((8, 9), 255, np.uint8)).save(grey, format="PNG")
-    with pytest.raises(downloads.CorruptFileError, match="is 9x8 but its image is 10x8"):
-        cub._binary_mask("m.png", grey.getvalue(), (10, 8))
+    # Past the top and past the right edge.
+    np.testing.assert_array_equal(box(1, -3, 2, 5), np.float32([0, 1 / 10, 3 / 8, 4 / 10]))
+    np.testing.assert_array_equal(box(7, 2, 5, 1), np.float32([2 / 8, 7 / 10, 4 / 8, 1]))
+    for outside in ((10, 1, 0, 4), (1, 8, 2, 0)):  # right of the image, below it
+        with pytest.raises(downloads.CorruptFileError, match="outside its 10x8 image"):
+            box(*outside)
+    for height, width in ((8, 9), (7, 10)):  # narrower, shorter
+        grey = _png(np.full((height, width), 255, np.uint8))
+        with pytest.raises(
+            downloads.CorruptFileError, match=f"is {width}x{height} but its image is 10x8"
+        ):
+            cub._binary_mask("m.png", grey, (10, 8))
+
+
+def test_segmentations_of_any_png_mode_are_read_as_grey():
+    """An RGB or 1-bit segmentation gives the mask its grey image gives: (H, W), 255 where
+    the grey is above 0."""
+    spec = SPECS[0]
+    grey = _grey_mask(spec)  # 0, 1, 128 and 255
+    for image in (
+        Image.fromarray(grey),
+        Image.fromarray(np.repeat(grey[..., None], 3, axis=-1)),
+        Image.fromarray(grey > 0),
+    ):
+        mask = cub._binary_mask("m.png", _png(np.asarray(image)), (spec[3], spec[4]))
+        decoded = np.asarray(Image.open(io.BytesIO(mask)))
+        np.testing.assert_array_equal(decoded, (grey > 0) * 255)

@@ -7,6 +7,8 @@ The fakes follow clovaai/wsolevaluation: `OpenImages_images.zip` with `<split>/<
 """
 
 import io
+import logging
+import re
 import sys
 import zipfile
 from pathlib import Path
@@ -315,6 +317,19 @@ def test_any_grey_above_half_is_foreground_or_ignored_as_the_reference_reads_mas
     np.testing.assert_array_equal(np.argwhere(ignored), [[3, 3]])
 
 
+def test_an_ignore_mask_of_another_size_is_resized_to_the_image_too():
+    """The instance masks at the image's size, the ignore mask at half of it: every mask, the
+    ignore mask included, goes to the image's size (nearest neighbour) before combining."""
+    instance = np.zeros((4, 6), np.uint8)
+    instance[3, 5] = 255
+    ignore = np.array([[255, 0, 0], [0, 0, 0]], np.uint8)  # (2, 3): its top-left pixel
+    foreground, ignored = openimages._reference_masks("i", [instance, instance], ignore, (4, 6))
+    np.testing.assert_array_equal(foreground, instance > 0)
+    expected = np.zeros((4, 6), bool)
+    expected[:2, :2] = True  # nearest neighbour doubles each pixel
+    np.testing.assert_array_equal(ignored, expected)
+
+
 def test_masked_eval_preprocess_reads_the_examples(full):
     _, sources = full
     cfg = pipeline.PreprocessConfig(image_size=32, resize_size=36)
@@ -353,12 +368,24 @@ def test_missing_inputs_are_listed_with_their_source(tmp_path):
     assert err.value.missing[:2] == [openimages.IMAGES_ARCHIVE, openimages.MASKS_ARCHIVE]
     assert "metadata/OpenImages/val/" in err.value.missing
     assert "clovaai/wsolevaluation" in str(err.value)
-    assert "train=False" in str(err.value)
+    assert str(err.value).startswith("Cannot prepare openimages30k_wsol/full: ")
+    assert str(err.value).endswith(
+        "\nTo build the validation and test splits alone, pass train=False."
+    )
     assert not (tmp_path / "tfds").exists()
     with pytest.raises(downloads.MissingFilesError) as err:
         _prepare(empty, tmp_path / "tfds")  # no images archive: the evaluation config
     assert f"{openimages.IMAGES_ARCHIVE} or {openimages.EVAL_ARCHIVE}" in err.value.missing
     assert not any("train/" in m for m in err.value.missing)
+    assert str(err.value).startswith("Cannot prepare openimages30k_wsol/evaluation: ")
+    assert "train=False" not in str(err.value)  # it is the evaluation config already
+    with_images = tmp_path / "with_images"
+    with_images.mkdir()
+    (with_images / openimages.IMAGES_ARCHIVE).touch()
+    with pytest.raises(downloads.MissingFilesError) as err:
+        _prepare(with_images, tmp_path / "tfds", train=True)
+    assert err.value.missing[0] == openimages.MASKS_ARCHIVE
+    assert "train=False" not in str(err.value)  # the full config's own archive is there
     (empty / "metadata/OpenImages/val").mkdir(parents=True)
     (empty / "metadata/OpenImages/val/image_ids.txt").write_text("val/a/b.jpg")
     with pytest.raises(downloads.MissingFilesError) as err:
@@ -371,14 +398,100 @@ def test_missing_inputs_are_listed_with_their_source(tmp_path):
 
 
 def test_members_missing_from_the_archives_are_listed(tmp_path):
+    """Images, then masks (instance or ignore), each in metadata order, with the archive that
+    should hold them and where to get it again; the evaluation archive when it stands in."""
     names, _ = _mask_members("test", IMAGES["test"][0])
-    lost = [names[1], image_id("val", IMAGES["val"][2])]
-    manual_dir = write_manual_dir(tmp_path / "manual", drop=tuple(lost))
+    _, val_ignore = _mask_members("val", IMAGES["val"][0])
+    image = image_id("val", IMAGES["val"][2])
+    manual_dir = write_manual_dir(tmp_path / "manual", drop=(names[1], image, val_ignore))
     with pytest.raises(downloads.MissingFilesError) as err:
         _prepare(manual_dir, tmp_path / "tfds")
-    assert err.value.missing == lost[::-1]
-    assert openimages.MASKS_ARCHIVE in str(err.value)
+    assert err.value.missing == [image, val_ignore, names[1]]
+    images, masks, evaluation = (
+        openimages.IMAGES_ARCHIVE,
+        openimages.MASKS_ARCHIVE,
+        openimages.EVAL_ARCHIVE,
+    )
+    assert str(err.value).splitlines() == [
+        "Cannot prepare openimages30k_wsol: the archives are incomplete.",
+        f"1 image(s) that metadata/OpenImages names are not in {images}:",
+        f"  {image}",
+        f"Download {images} again from {openimages.SOURCES[images]}.",
+        f"2 mask(s) that metadata/OpenImages names are not in {masks}:",
+        f"  {val_ignore}",
+        f"  {names[1]}",
+        f"Download {masks} again from {openimages.SOURCES[masks]}.",
+    ]
     assert not (tmp_path / "tfds").exists()
+    manual_dir = write_manual_dir(tmp_path / "eval", form="eval", drop=(names[1],))
+    with pytest.raises(downloads.MissingFilesError) as err:
+        _prepare(manual_dir, tmp_path / "tfds")
+    assert err.value.missing == [names[1]]
+    assert str(err.value).splitlines()[1:] == [
+        f"1 mask(s) that metadata/OpenImages names are not in {evaluation}:",
+        f"  {names[1]}",
+        f"Download {evaluation} again from {openimages.SOURCES[evaluation]}.",
+    ]
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_a_missing_train_image_is_not_looked_for_in_the_evaluation_archive(tmp_path):
+    """The evaluation archive holds validation and test files only: for a train image that the
+    images archive lacks, only that archive is to be downloaded again."""
+    train = image_id("train", IMAGES["train"][1])
+    mask = _mask_members("val", IMAGES["val"][1])[0][1]
+    manual_dir = write_manual_dir(tmp_path / "manual", drop=(train, mask))
+    evaluation = write_manual_dir(tmp_path / "eval", form="eval", drop=(mask,))
+    (evaluation / openimages.EVAL_ARCHIVE).rename(manual_dir / openimages.EVAL_ARCHIVE)
+    with pytest.raises(downloads.MissingFilesError) as err:
+        _prepare(manual_dir, tmp_path / "tfds")
+    assert err.value.missing == [train, mask]
+    images, masks, evaluation = (
+        openimages.IMAGES_ARCHIVE,
+        openimages.MASKS_ARCHIVE,
+        openimages.EVAL_ARCHIVE,
+    )
+    assert str(err.value).splitlines()[1:] == [
+        f"1 image(s) that metadata/OpenImages names are not in {images}:",
+        f"  {train}",
+        f"Download {images} again from {openimages.SOURCES[images]}.",
+        f"1 mask(s) that metadata/OpenImages names are not in {masks} or {evaluation}:",
+        f"  {mask}",
+        f"Download {masks} again from {openimages.SOURCES[masks]}.",
+        f"Download {evaluation} again from {openimages.SOURCES[evaluation]}.",
+    ]
+
+
+def test_the_release_archives_are_read_before_the_evaluation_archive(tmp_path):
+    """With all three archives, each path is read from the first of OpenImages_images.zip,
+    OpenImages_annotations.zip and OpenImages30k_eval.zip that holds it: here the evaluation
+    archive's copies of an image and a mask are damaged, and never read."""
+    image = image_id("val", IMAGES["val"][0])
+    mask = _mask_members("test", IMAGES["test"][0])[0][0]
+    damaged = write_manual_dir(tmp_path / "eval", form="eval", replace={image: b"x", mask: b"x"})
+    manual_dir = write_manual_dir(tmp_path / "manual")
+    (damaged / openimages.EVAL_ARCHIVE).rename(manual_dir / openimages.EVAL_ARCHIVE)
+    builder = _prepare(manual_dir, tmp_path / "tfds", train=False)
+    assert builder.info.metadata["skipped_corrupt"] == []
+    assert builder.info.splits["validation"].num_examples == len(IMAGES["val"])
+
+
+def test_zip_index_drops_a_leading_dot_slash_and_one_folder_above_the_splits(tmp_path):
+    path = tmp_path / "a.zip"
+    names = ["./val/a/1.jpg", "OpenImages/test/b/2.png", "./OpenImages/val/d/4.jpg"]
+    names += ["train/c/3.jpg", "docs/notes/x.txt"]
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("OpenImages/", b"")  # a folder entry: not a file
+        for name in [*names, "README.txt"]:
+            archive.writestr(name, b"")
+    assert openimages._zip_index(path) == {
+        "val/a/1.jpg": "./val/a/1.jpg",
+        "test/b/2.png": "OpenImages/test/b/2.png",
+        "val/d/4.jpg": "./OpenImages/val/d/4.jpg",
+        "train/c/3.jpg": "train/c/3.jpg",
+        "docs/notes/x.txt": "docs/notes/x.txt",  # its first folder is not above a split
+        "README.txt": "README.txt",
+    }
 
 
 def test_truncated_archive_is_named(tmp_path):
@@ -408,6 +521,78 @@ def test_corrupt_images_and_masks_are_named_or_skipped(tmp_path):
         ]
         == skipped
     )
+
+
+def test_a_member_that_fails_the_zip_check_is_named_in_its_archive_or_skipped(tmp_path):
+    """A member damaged inside an intact zip (a bad CRC) stops the build naming it as the zip
+    holds it and the archive; skip_corrupt leaves its image out."""
+    member = image_id("val", IMAGES["val"][1])
+    name = f"OpenImages/{member}"
+    manual_dir = write_manual_dir(tmp_path / "manual", form="eval")
+    path = manual_dir / openimages.EVAL_ARCHIVE
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(name)
+    data = bytearray(path.read_bytes())
+    header = info.header_offset  # stored, not deflated: its bytes follow the local header
+    start = header + 30 + int.from_bytes(data[header + 26 : header + 28], "little")
+    start += int.from_bytes(data[header + 28 : header + 30], "little")
+    data[start + info.file_size // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    where = f"{name} (in {openimages.EVAL_ARCHIVE})"
+    with pytest.raises(
+        downloads.CorruptFileError, match=f"^Cannot read {re.escape(where)}: Bad CRC"
+    ):
+        _prepare(manual_dir, tmp_path / "strict")
+    builder = _prepare(manual_dir, tmp_path / "lenient", skip_corrupt=True)
+    assert builder.info.metadata["skipped_corrupt"] == [member]
+    assert builder.info.splits["validation"].num_examples == len(IMAGES["val"]) - 1
+
+
+def test_an_empty_mask_file_is_a_corrupt_file():
+    with pytest.raises(
+        downloads.CorruptFileError, match=r"^m\.png \(in z\.zip\) cannot be decoded"
+    ):
+        openimages._grey("m.png (in z.zip)", b"")
+
+
+def test_classes_are_the_class_folders_of_the_ids_and_must_agree_with_the_labels(caplog):
+    """Label k's name is the class folder of its ids; an id without a folder, a label in two
+    folders or a label no image has is a corrupt metadata file."""
+
+    def metadata(*pairs, masks=None):
+        ids, labels = zip(*pairs, strict=True)
+        ignore = None if masks is None else [f"{i[:-4]}_ignore.png" for i in ids]
+        return wsol_io.WsolMetadata(
+            image_ids=ids, class_labels=labels, mask_paths=masks, ignore_paths=ignore
+        )
+
+    train = metadata(("train/b/1.jpg", 0), ("train/a/2.jpg", 1))  # not in sorted order
+    val = metadata(("val/a/3.jpg", 1), masks=[["val/a/3_ma_0.png", "val/a/3_ma_1.png"]])
+    with caplog.at_level(logging.WARNING, logger="camjax"):
+        classes, items = openimages._classes_and_items({"train": train, "validation": val})
+    assert classes == ["b", "a"]
+    assert items == {
+        "train": [
+            openimages._Item("train/b/1.jpg", 0, (), None),
+            openimages._Item("train/a/2.jpg", 1, (), None),
+        ],
+        "validation": [
+            openimages._Item(
+                "val/a/3.jpg", 1, ("val/a/3_ma_0.png", "val/a/3_ma_1.png"), "val/a/3_ignore.png"
+            )
+        ],
+    }
+    assert "Found 2 classes; OpenImages30k has 100." in caplog.text
+    for pairs, message in (
+        ([("3.jpg", 0)], "image id '3.jpg' has no class folder"),
+        (
+            [("train/a/1.jpg", 0), ("train/b/2.jpg", 0), ("train/c/3.jpg", 1)],
+            "Labels with ids in several class folders: {0: ['a', 'b']}.",
+        ),
+        ([("train/a/1.jpg", 0), ("train/c/3.jpg", 2)], "No image has the labels [1]."),
+    ):
+        with pytest.raises(downloads.CorruptFileError, match=re.escape(message)):
+            openimages._classes_and_items({"train": metadata(*pairs)})
 
 
 def test_loading_before_preparing_says_how(tmp_path):
