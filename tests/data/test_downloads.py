@@ -10,6 +10,7 @@ from PIL import Image
 
 from camjax.data import downloads
 from camjax.data import prepare as _prepare  # noqa: F401  (defines --skip_corrupt)
+from tests.data.test_ilsvrc import tar_bytes
 
 
 def test_listing_of_exactly_max_listed_names_has_no_more_line():
@@ -105,3 +106,27 @@ def test_undecodable_image_error_advises_the_real_flag(monkeypatch):
         downloads.open_image("b.jpg", _noise_jpeg())
     assert "Download its archive again, or prepare with --skip_corrupt" in str(err.value)
     assert "skip_corrupt" in flags.FLAGS  # the flag the advice names exists
+
+
+def test_iter_tar_streams_members_then_reports_damage(tmp_path):
+    files = [
+        (name, name.encode() + np.random.default_rng(len(name)).bytes(4000))  # incompressible
+        for name in ("./a.txt", "dir/b.bin", "c.txt")
+    ]
+    archive = tar_bytes(files, "w:gz")
+    path = tmp_path / "x.tgz"
+    path.write_bytes(archive)
+    members = list(downloads.iter_tar(path, lambda n: n.endswith(".txt"), "the source"))
+    assert [(n, d is not None) for n, d in members] == [
+        ("a.txt", True),
+        ("dir/b.bin", False),
+        ("c.txt", True),
+    ]
+    assert members[0][1].startswith(b"./a.txt") and len(members[0][1]) == 4007
+    path.write_bytes(archive[: len(archive) // 2])
+    seen = []
+    with pytest.raises(downloads.CorruptFileError, match="damaged or truncated") as err:
+        for name, _ in downloads.iter_tar(path, lambda n: True, "the source"):
+            seen.append(name)
+    assert err.value.__cause__ is not None and "the source" in str(err.value)
+    assert seen[:1] == ["a.txt"]
