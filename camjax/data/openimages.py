@@ -1,9 +1,8 @@
 """OpenImages30k, the WSOL benchmark of Choe et al. (CVPR 2020), as a tfds dataset.
 
-The builder `openimages30k_wsol` reads the zip archives that the reference WSOL evaluator
-(clovaai/wsolevaluation) distributes and the reference's metadata folder, by random access
-into the zips (nothing is extracted to disk, nothing is fetched from the network), and writes
-ArrayRecord files that `OpenImages30kWsol.data_sources` reads by random access without TensorFlow.
+The builder `openimages30k_wsol` reads the zip archives and the metadata folder of the
+reference WSOL evaluator (clovaai/wsolevaluation) by random access (nothing is extracted or
+fetched) and writes ArrayRecord files that `OpenImages30kWsol.data_sources` reads without TF.
 
 OpenImages30k is 100 classes of Open Images V5: 29,819 "train" images (image-level labels
 only), 2,500 "val" and 5,000 "test" images with instance segmentation masks, drawn from the
@@ -67,10 +66,10 @@ The reference resizes each PNG on its own to 224 x 224 with OpenCV's nearest nei
 thresholding. Nearest neighbour picks the same source pixel for every mask of one size, so
 thresholding and combining first, at that size, and resizing the result gives the same mask:
 when all of an image's masks have one size, the stored masks keep that size (normally the
-image's; PxAP is then exactly the reference's). When they differ, each mask is first resized
-to the image's size with OpenCV's nearest neighbour (logged; PxAP may then differ from the
-reference's on that image). `train` images have no masks: theirs are 1 x 1, background with
-the pixel ignored, so PxAP counts nothing there.
+image's; PxAP is then exactly the reference's). When they differ, each is first resized to the
+image's size by OpenCV's nearest neighbour (logged: PxAP may then differ from the reference's on
+that image). `train` images have no masks: theirs are 1 x 1, background with the pixel ignored,
+so PxAP counts nothing there.
 
 Errors, raised before any example is written: `MissingFilesError` lists the inputs missing from
 the manual directory, or the members that the metadata names but no archive holds, each with
@@ -112,6 +111,8 @@ METADATA_DIR = "metadata/OpenImages"
 SPLIT_FOLDERS = {"train": "train", "validation": "val", "test": "test"}
 
 _REPO = "https://github.com/clovaai/wsolevaluation"
+# Also zipfile's errors for a compression it lacks (Deflate64) and for an encrypted member.
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError)
 SOURCES = {
     IMAGES_ARCHIVE: f"the OpenImages30k images of {_REPO} (README, OpenImages section: "
     "https://drive.google.com/open?id=1oOb4WQ-lb8SYppHEg3lWnpHk1X8WVO4e, or the OneDrive link "
@@ -232,8 +233,10 @@ class OpenImages30kWsol(manual.ManualBuilder):
                 where = f"{name} (in {archive})"
                 try:
                     return where, zips[archive].read(name)
-                except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
-                    raise CorruptFileError(f"Cannot read {where}: {err}") from err
+                except _ZIP_ERRORS as err:
+                    raise CorruptFileError(
+                        f"Cannot read {where}: {err}; download it again from {SOURCES[archive]}."
+                    ) from err
 
             encode = functools.partial(_encode_example, read=read)
             for item, example in self._skipping_corrupt(
@@ -340,7 +343,7 @@ def _classes_and_items(
 def _open_zip(path: Path) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as err:
+    except _ZIP_ERRORS as err:
         raise downloads.damaged_archive_error(path, err, SOURCES[path.name]) from err
 
 
@@ -433,10 +436,7 @@ def _reference_masks(
         ignore = cv2.resize(ignore, size, interpolation=cv2.INTER_NEAREST)
     elif shapes != {image_hw}:
         log.info(
-            "The masks of %s are %s, their image %s; kept at their size.",
-            image_id,
-            next(iter(shapes)),
-            image_hw,
+            "The masks of %s are %s, their image %s; not resized.", image_id, *shapes, image_hw
         )
     foreground = np.any(np.stack(instances) > 0.5, axis=0)
     return foreground, (ignore > 0.5) & ~foreground

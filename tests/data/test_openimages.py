@@ -548,6 +548,34 @@ def test_a_member_that_fails_the_zip_check_is_named_in_its_archive_or_skipped(tm
     assert builder.info.splits["validation"].num_examples == len(IMAGES["val"]) - 1
 
 
+@pytest.mark.parametrize(
+    "offset, value, why",
+    [(8, 1, "is encrypted, password required"), (10, 9, "compression method is not supported")],
+)
+def test_an_encrypted_or_deflate64_member_is_a_corrupt_file_naming_where_to_get_it(
+    tmp_path, offset, value, why
+):
+    """zipfile refuses an encrypted member (general-purpose flag bit 0) with RuntimeError and a
+    compression it lacks (method 9, Deflate64) with NotImplementedError: one line naming the
+    member, its archive and its source, as for a bad CRC, not a traceback."""
+    member = image_id("val", IMAGES["val"][1])
+    name = f"OpenImages/{member}"
+    manual_dir = write_manual_dir(tmp_path / "manual", form="eval")
+    path = manual_dir / openimages.EVAL_ARCHIVE
+    data = bytearray(path.read_bytes())
+    entry = data.rindex(name.encode()) - 46  # the name's central directory record
+    assert data[entry : entry + 4] == b"PK\x01\x02"
+    data[entry + offset : entry + offset + 2] = value.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    where = f"{name} (in {openimages.EVAL_ARCHIVE})"
+    source = openimages.SOURCES[openimages.EVAL_ARCHIVE]
+    with pytest.raises(downloads.CorruptFileError) as err:
+        _prepare(manual_dir, tmp_path / "tfds")
+    message = str(err.value)
+    assert message.startswith(f"Cannot read {where}: ") and why in message
+    assert message.endswith(f"; download it again from {source}.")
+
+
 def test_an_empty_mask_file_is_a_corrupt_file():
     with pytest.raises(
         downloads.CorruptFileError, match=r"^m\.png \(in z\.zip\) cannot be decoded"
