@@ -109,8 +109,8 @@ def evaluate_variables(
         "val_at_val_threshold": val.summary(chosen, k),
         "test_gt_known_loc_oracle_max": 100 * float(np.max(rates["gt_known"])),
         "test_gt_known_loc_curve": {
-            f"{t:.3f}": 100 * float(r)
-            for t, r in zip(test.thresholds, rates["gt_known"], strict=True)
+            key: 100 * float(r)
+            for key, r in zip(_threshold_keys(test.thresholds), rates["gt_known"], strict=True)
         },
     }
     if protocol is not None:
@@ -129,3 +129,12 @@ def evaluate_variables(
             "settings": config.eval.faithfulness.to_dict(),
         }
     return results, chosen
+
+
+def _threshold_keys(thresholds: np.ndarray) -> list[str]:
+    """Each threshold with 3 decimals, or as many more as a grid finer than 0.001 needs for a
+    key per threshold (`threshold_grid` rounds them to 6 decimals: 6 always do)."""
+    digits = 3
+    while len({f"{t:.{digits}f}" for t in thresholds}) < len(set(thresholds.tolist())):
+        digits += 1
+    return [f"{t:.{digits}f}" for t in thresholds]

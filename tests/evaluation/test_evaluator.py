@@ -949,3 +949,171 @@ def test_stop_is_asked_after_each_batch_and_true_ends_the_evaluation(restored):
     with pytest.raises(evaluator_lib.EvaluationStopped, match=r"^stopped after 11 images$"):
         ev.evaluate(variables, source, 11, stop=stop)
     assert asked == [True]
+
+
+class _PaperCounts:
+    """What evaluate_variables reads of a split's paper counts: its best threshold (0.3 on
+    val, 0.7 on test), a two-point GT-known curve, summaries that name the split."""
+
+    thresholds = np.array([0.0, 0.5])
+
+    def __init__(self, split):
+        self.split = split
+
+    def best_threshold(self):
+        return {"val": 0.3, "test": 0.7}[self.split]
+
+    def rates(self):
+        return {"gt_known": np.array({"val": [0.5, 1.0], "test": [0.25, 0.75]}[self.split])}
+
+    def summary(self, threshold, k):
+        return {"split": self.split, "threshold": threshold, "k": k}
+
+
+class _WsolCounts:
+    """What evaluate_variables reads of a split's WSOL counts: MaxBoxAcc's grid index, 2."""
+
+    def __init__(self, split):
+        self.split = split
+
+    def best_indices(self):
+        return 2, None
+
+    def summary(self, val=None):
+        return {"split": self.split, "at_val_of": None if val is None else val.split}
+
+
+def _recording_evaluator(config, protocol, method="cam", faithfulness=None):
+    """An evaluator stub over sources named by their split, recording each evaluation asked."""
+    calls = []
+
+    def evaluate(variables, source, max_images=0):
+        calls.append(("evaluate", source, max_images))
+        return _PaperCounts(source)
+
+    def evaluate_wsol(variables, source, max_images=0, val_threshold=None):
+        calls.append(("evaluate_wsol", source, max_images, val_threshold))
+        return _PaperCounts(source), _WsolCounts(source)
+
+    def evaluate_faithfulness(variables, source, max_images=0):
+        calls.append(("evaluate_faithfulness", source, max_images))
+        return types.SimpleNamespace(summary=lambda: {"split": source})
+
+    ev = types.SimpleNamespace(
+        config=config,
+        protocol=protocol,
+        top_k=5,
+        method=method,
+        layer="features",
+        faithfulness=faithfulness,
+        evaluate=evaluate,
+        evaluate_wsol=evaluate_wsol,
+        evaluate_faithfulness=evaluate_faithfulness,
+    )
+    return ev, calls
+
+
+@pytest.fixture
+def stub_sources(monkeypatch):
+    """experiment.data_sources as run.py sees it: each split's source is its short name."""
+    monkeypatch.setattr(
+        run_lib.experiment,
+        "data_sources",
+        lambda config: {config.data.val_split: "val", config.data.test_split: "test"},
+    )
+
+
+def test_evaluate_variables_picks_the_threshold_on_validation_and_reports_test(stub_sources):
+    """The CAM threshold is validation's best (0.3, not test's 0.7); MaxBoxAcc's is the
+    protocol grid's point at validation's best index, handed to the test pass only; every
+    pass sees config.eval.max_images; each results key holds the split it names."""
+    config = tiny.get_config()
+    config.eval.max_images, config.eval.iou_threshold, config.eval.fixed_threshold = 11, 0.3, 0.25
+    protocol = types.SimpleNamespace(
+        thresholds=np.array([0.0, 0.25, 0.5, 0.75]), boxes=True, to_dict=lambda: {"grid": 4}
+    )
+    ev, calls = _recording_evaluator(config, protocol)
+    results, chosen = run_lib.evaluate_variables(ev, {}, 6)
+    assert calls == [("evaluate_wsol", "val", 11, None), ("evaluate_wsol", "test", 11, 0.5)]
+    assert chosen == 0.3
+    assert results == {
+        "step": 6,
+        "model": "vgg16_gap",
+        "dataset": "wsol_shapes",
+        "iou_threshold": 0.3,
+        "top_k": 5,
+        "test_at_val_threshold": {"split": "test", "threshold": 0.3, "k": 5},
+        "test_at_fixed_threshold": {"split": "test", "threshold": 0.25, "k": 5},
+        "val_at_val_threshold": {"split": "val", "threshold": 0.3, "k": 5},
+        "test_gt_known_loc_oracle_max": 75.0,
+        "test_gt_known_loc_curve": {"0.000": 25.0, "0.500": 75.0},
+        "wsol": {
+            "protocol": {"grid": 4},
+            "val": {"split": "val", "at_val_of": None},
+            "test": {"split": "test", "at_val_of": "val"},
+        },
+    }
+    protocol.boxes = False  # masks only: no MaxBoxAcc threshold to carry over
+    ev, calls = _recording_evaluator(config, protocol)
+    run_lib.evaluate_variables(ev, {}, 6)
+    assert calls[1] == ("evaluate_wsol", "test", 11, None)
+
+
+def test_evaluate_variables_without_the_protocol_names_the_method_and_its_faithfulness(
+    stub_sources,
+):
+    """Without the WSOL protocol both splits go through evaluate; a method other than CAM is
+    named with its layer; faithfulness runs on test over config.eval.faithfulness.max_images,
+    or config.eval.max_images where that is 0, and reports its settings."""
+    config = tiny.get_config()
+    config.eval.max_images = 11
+    ev, calls = _recording_evaluator(config, None, method="grad_cam", faithfulness=object())
+    results, chosen = run_lib.evaluate_variables(ev, {}, 6)
+    assert calls == [
+        ("evaluate", "val", 11),
+        ("evaluate", "test", 11),
+        ("evaluate_faithfulness", "test", 11),
+    ]
+    assert chosen == 0.3 and "wsol" not in results
+    assert results["val_at_val_threshold"] == {"split": "val", "threshold": 0.3, "k": 5}
+    assert results["method"] == {"name": "grad_cam", "layer": "features"}
+    assert results["faithfulness"] == {
+        "test": {"split": "test"},
+        "settings": config.eval.faithfulness.to_dict(),
+    }
+    assert results["faithfulness"]["settings"]["max_images"] == 0
+    config.eval.faithfulness.max_images = 3
+    ev, calls = _recording_evaluator(config, None, method="grad_cam", faithfulness=object())
+    run_lib.evaluate_variables(ev, {}, 6)
+    assert calls[-1] == ("evaluate_faithfulness", "test", 3)
+    ev, calls = _recording_evaluator(config, None)  # CAM, no faithfulness
+    results, _ = run_lib.evaluate_variables(ev, {}, 6)
+    assert "method" not in results and "faithfulness" not in results
+    assert [c[0] for c in calls] == ["evaluate", "evaluate"]
+
+
+def test_results_are_written_whole_and_the_gallery_draws_test_at_the_chosen_threshold(
+    stub_sources, monkeypatch, tmp_path
+):
+    """metrics.json holds the results (no temporary file left); the gallery shows the test
+    split at the threshold chosen on validation, not the fixed one."""
+    drawn = []
+    monkeypatch.setattr(run_lib, "write_gallery", lambda *args: drawn.append(args))
+    config, variables, workdir = tiny.get_config(), {"params": {}}, str(tmp_path)
+    results = {"step": 6, "test_at_val_threshold": {"threshold": 0.3}}
+    ev = types.SimpleNamespace(model="the model")
+    run_lib._write_results(config, ev, variables, results, 0.3, workdir)
+    assert os.listdir(workdir) == ["metrics.json"]
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        assert json.load(f) == results
+    assert drawn == [(config, "the model", variables, "test", 0.3, workdir)]
+
+
+def test_the_gt_known_curve_keeps_one_point_per_threshold_of_a_fine_grid(stub_sources, monkeypatch):
+    """config.eval.threshold_grid_step may be any step in (0, 1): at 0.0005 the grid's 0.0005
+    and 0.001 are two points of the curve in metrics.json, not one key written twice."""
+    monkeypatch.setattr(_PaperCounts, "thresholds", np.float32([0.0005, 0.001]))
+    ev, _ = _recording_evaluator(tiny.get_config(), None)
+    results, _ = run_lib.evaluate_variables(ev, {}, 6)
+    curve = results["test_gt_known_loc_curve"]
+    assert curve == {"0.0005": 25.0, "0.0010": 75.0}

@@ -1,16 +1,19 @@
 """Tests for camjax.localization.wsol_frame: GT boxes resized to the reference evaluator's frame,
-and its score-map files.
+and its score-map and PxAP mask files.
 
 The metadata folders are those of tests/localization/test_wsol_io.py; the expected resized
 boxes are worked out by hand in the comments.
 """
 
+import errno
 import os
 
+import cv2
 import numpy as np
 import pytest
 
 from camjax.localization import wsol, wsol_frame, wsol_io
+from tests.localization import wsol_reference as ref
 from tests.localization.test_wsol_io import CUB, ILSVRC, _folder
 
 # ------------------------------------------------------------------------------ resizing
@@ -183,6 +186,30 @@ def test_a_short_write_names_the_map_and_the_likely_cause(tmp_path, monkeypatch)
     assert os.listdir(tmp_path / "d") == []
 
 
+def test_a_failed_write_keeps_its_errno_and_reason_and_names_the_map(tmp_path, monkeypatch):
+    """A write that fails with an errno but no file name (ENOSPC from f.write) keeps its own
+    errno and reason, and names the map it was writing; the short-write wording is numpy's
+    case alone."""
+
+    def no_space(f, array, allow_pickle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(wsol_io.np, "save", no_space)
+    with pytest.raises(OSError) as error:
+        wsol_frame.save_scoremaps(tmp_path, ["d/a.jpg"], _maps(1))
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.strerror == "No space left on device"
+    assert error.value.filename == str(tmp_path / "d" / "a.jpg.npy")
+
+
+def test_export_refuses_a_dtype_other_than_float32_or_float64(tmp_path):
+    """The reference writes float64; float32 widens exactly. float16 maps are not narrowed:
+    they are refused by name, and nothing is written."""
+    with pytest.raises(ValueError, match="dtype must be float32 or float64, got float16"):
+        wsol_frame.save_scoremaps(tmp_path, ["a.jpg"], _maps(1).astype(np.float16), np.float16)
+    assert not any(tmp_path.iterdir())
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no score map for image 'x/y.jpg'.*y.jpg.npy"):
         wsol_frame.load_scoremaps(tmp_path, ["x/y.jpg"])
@@ -190,6 +217,9 @@ def test_load_errors(tmp_path):
     with pytest.raises(ValueError, match=r"small.jpg.npy: expected shape \(224, 224\)"):
         wsol_frame.load_scoremaps(tmp_path, ["small.jpg"])
     assert wsol_frame.load_scoremaps(tmp_path, ["small.jpg"], size=None).shape == (1, 7, 7)
+    np.save(tmp_path / "cube.jpg.npy", np.zeros((2, 7, 7)))
+    with pytest.raises(ValueError, match=r"cube.jpg.npy: expected a 2-D float map"):
+        wsol_frame.load_scoremaps(tmp_path, ["cube.jpg"], size=None)
     np.save(tmp_path / "int.jpg.npy", np.zeros((224, 224), np.int64))
     with pytest.raises(ValueError, match="int.jpg.npy: expected a 2-D float map"):
         wsol_frame.load_scoremaps(tmp_path, ["int.jpg"])
@@ -200,6 +230,9 @@ def test_load_errors(tmp_path):
         wsol_frame.load_scoremaps(tmp_path, ["nan.jpg"])
     with pytest.raises(ValueError, match="no image ids"):
         wsol_frame.load_scoremaps(tmp_path, [])
+    np.save(tmp_path / "other.jpg.npy", _maps(1, (8, 7))[0])
+    with pytest.raises(ValueError, match=r"score maps differ in shape: \[\(7, 7\), \(8, 7\)\]"):
+        wsol_frame.load_scoremaps(tmp_path, ["small.jpg", "other.jpg"], size=None)
 
 
 def test_exported_split_evaluates_with_camjax(tmp_path):
@@ -225,3 +258,50 @@ def test_exported_split_evaluates_with_camjax(tmp_path):
         wsol.quantize_scoremaps(loaded), gt, num_gt, thresholds=[0.5], iou_thresholds=[50]
     )
     np.testing.assert_array_equal(np.asarray(counts), [[1]])
+
+
+# ------------------------------------------------------------------------------ PxAP masks
+
+
+def _masks(n):
+    masks = np.zeros((n, 224, 224), np.uint8)
+    masks[:, 10:50, 20:90] = 1
+    masks[:, 100:120, :] = 255
+    masks[n - 1, 0, 0] = 1
+    return masks
+
+
+def test_masks_are_read_back_by_the_reference_as_written(tmp_path):
+    """Each image's two PNGs sit at ``<split>/<image_id>.mask.png`` and ``.ignore.png`` under
+    the root, one 8-bit grayscale channel, 255 on the foreground (or the ignored pixels) and 0
+    elsewhere; the reference's get_mask rebuilds the 0/1/255 mask from them exactly."""
+    assert wsol_frame.mask_file_paths("test", "x/1.jpg") == (
+        "test/x/1.jpg.mask.png",
+        "test/x/1.jpg.ignore.png",
+    )
+    ids = ["x/1.jpg", "y/2.jpg"]
+    paths = [wsol_frame.mask_file_paths("test", i) for i in ids]
+    masks = _masks(2)
+    wsol_frame.save_masks(tmp_path, paths, masks)
+    assert sorted(os.listdir(tmp_path / "test" / "x")) == ["1.jpg.ignore.png", "1.jpg.mask.png"]
+    for (mask_path, ignore_path), m in zip(paths, masks, strict=True):
+        np.testing.assert_array_equal(ref.get_mask(str(tmp_path), [mask_path], ignore_path), m)
+        for rel, on in ((mask_path, m == 1), (ignore_path, m == 255)):
+            png = cv2.imread(str(tmp_path / rel), cv2.IMREAD_UNCHANGED)
+            assert png.dtype == np.uint8 and png.shape == (224, 224)
+            np.testing.assert_array_equal(png, np.where(on, 255, 0))
+
+
+def test_save_masks_refuses_other_values_and_unpaired_masks_before_writing(tmp_path):
+    """A value other than 0, 1 or 255 would silently become background; masks and paths that
+    do not pair up would write some images' files before failing: both are refused first."""
+    paths = [wsol_frame.mask_file_paths("test", i) for i in ("a.jpg", "b.jpg")]
+    masks = _masks(2)
+    masks[1, 5, 5] = 2
+    with pytest.raises(ValueError, match=r"must be 0 \(background\), 1 \(foreground\) or 255"):
+        wsol_frame.save_masks(tmp_path, paths, masks)
+    with pytest.raises(ValueError, match=r"got 1 \(mask, ignore\) paths for 2 masks"):
+        wsol_frame.save_masks(tmp_path, paths[:1], _masks(2))
+    with pytest.raises(ValueError, match=r"masks must be \(N, 224, 224\) uint8, got int64"):
+        wsol_frame.save_masks(tmp_path, paths, _masks(2).astype(np.int64))
+    assert not any(tmp_path.iterdir())
