@@ -175,6 +175,21 @@ def check_eval_config(ev: ml_collections.ConfigDict, mesh: Mesh) -> None:
         )
 
 
+def check_train_config(t: ml_collections.ConfigDict) -> None:
+    """One-line ValueErrors for config.train counts no run can use: keep_checkpoints=0 would
+    have orbax delete every checkpoint of the run, a zero interval would divide by zero after
+    compiling."""
+    for field in ("num_steps", "keep_checkpoints", "checkpoint_every_steps", "log_every_steps"):
+        if not _positive_int(t[field]):
+            raise ValueError(f"config.train.{field} must be a positive int; got {t[field]!r}.")
+    every = t.eval_every_steps
+    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        raise ValueError(
+            f"config.train.eval_every_steps must be an int >= 0 (0: no validation during "
+            f"training); got {every!r}."
+        )
+
+
 def check_data_config(config: ml_collections.ConfigDict) -> None:
     """One-line ValueErrors for config.data values no network or pipeline can use."""
     d = config.data

@@ -127,6 +127,7 @@ def _add_step_metrics(sums, losses, logits, labels, num_classes: int) -> dict[st
     outside = (labels < 0) | (labels >= num_classes)
     return {
         "bad_labels": sums["bad_labels"] + jnp.sum(outside),
+        "min_label": jnp.minimum(sums["min_label"], jnp.min(labels)),
         "max_label": jnp.maximum(sums["max_label"], jnp.max(labels)),
         "loss": sums["loss"] + jnp.sum(losses),
         "top1": sums["top1"] + jnp.sum(top[:, 0] == labels),
@@ -137,7 +138,7 @@ def _add_step_metrics(sums, losses, logits, labels, num_classes: int) -> dict[st
 
 
 def zero_sums() -> dict[str, jax.Array]:
-    names = ("bad_labels", "max_label", "loss", "top1", "top5", "count", "steps")
+    names = ("bad_labels", "min_label", "max_label", "loss", "top1", "top5", "count", "steps")
     return {k: jnp.zeros((), jnp.float32 if k == "loss" else jnp.int32) for k in names}
 
 
@@ -156,10 +157,13 @@ def _val_metrics(val, fixed_threshold: float, top_k: int) -> dict[str, Any]:
 def _check_sums(host_sums: dict[str, Any], step: int, config, manager) -> None:
     """Stops the run, before anything is saved, on labels the head cannot take or a NaN loss."""
     if host_sums["bad_labels"]:
+        n, low, high = config.model.num_classes, host_sums["min_label"], host_sums["max_label"]
         raise ValueError(
-            f"the training data has labels up to {host_sums['max_label']} but "
-            f"config.model.num_classes is {config.model.num_classes}; set it to the dataset's "
-            "number of classes."
+            f"the training data has the label {low}; labels are class indices 0 to {n - 1}: "
+            "relabel or leave out the images without a class."
+            if low < 0  # a larger head would not help
+            else f"the training data has labels up to {high} but config.model.num_classes is "
+            f"{n}; set it to the dataset's number of classes."
         )
     if not np.isfinite(host_sums["loss"]):
         raise NonFiniteLossError(_non_finite_message(step, manager))
@@ -277,25 +281,13 @@ def _train_batches(config, source, start: int, mesh):
 
 
 def _check_before_any_work(config: ml_collections.ConfigDict, mesh, workdir: str) -> None:
-    """One-line errors, before anything is written, for counts a run cannot use: keep_checkpoints
-    =0 would have orbax delete every checkpoint of the run, a zero interval would divide by zero
-    after compiling, a batch size must divide over the devices, validation's settings must be
-    usable (its Evaluator checks them again, later); and for a workdir that cannot be written
-    (a save that cannot create its step directory fails in orbax's background thread, whose
-    process then never exits)."""
+    """One-line errors, before anything is written, for settings a run cannot use (a batch
+    size the devices do not divide, validation's settings, which its Evaluator checks again
+    later, the train counts) and for a workdir that cannot be written (a save that cannot create
+    its step directory fails in orbax's background thread, whose process then never exits)."""
     experiment.check_batch_size(config.data.batch_size, mesh, "config.data.batch_size")
     experiment.check_eval_config(config.eval, mesh)
-    t = config.train
-    for field in ("num_steps", "keep_checkpoints", "checkpoint_every_steps", "log_every_steps"):
-        value = t[field]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.train.{field} must be a positive int; got {value!r}.")
-    every = t.eval_every_steps
-    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-        raise ValueError(
-            f"config.train.eval_every_steps must be an int >= 0 (0: no validation during "
-            f"training); got {every!r}."
-        )
+    experiment.check_train_config(config.train)
     for directory in (workdir, checkpoint.checkpoint_dir(workdir)):
         experiment.check_writable(directory)
 
@@ -354,10 +346,11 @@ def train_and_evaluate(
     step_fn = jit_train_step(config, model, tx, state_shardings, mesh)
     val_eval = evaluator.Evaluator(config, model, mesh)
     with StopRequest() as stop:  # before the input workers, which ignore its signals
-        batches = _train_batches(config, sources[config.data.train_split], start, mesh)
-        progress = Progress(workdir, start, num_steps, config.eval.fixed_threshold)
+        batches = progress = None
         finished = False
         try:
+            batches = _train_batches(config, sources[config.data.train_split], start, mesh)
+            progress = Progress(workdir, start, num_steps, config.eval.fixed_threshold)
             validate = functools.partial(
                 _validate, val_eval, sources[config.data.val_split], manager, progress, stop
             )
@@ -392,15 +385,16 @@ def train_and_evaluate(
     return state
 
 
-def _close_run(manager, finished: bool, batches, progress: Progress) -> None:
+def _close_run(manager, finished: bool, batches, progress: Progress | None) -> None:
     """The save in flight completes first (a scheduler's SIGKILL follows its SIGTERM, and
     slow input workers can take grain's 25 s to stop), then the input readers (worker
-    processes, shared memory) and the logs are closed."""
+    processes, shared memory) and the logs are closed, those that were opened."""
     try:
         _close_checkpoints(manager, finished)
     finally:
-        batches.close()
-        progress.close()
+        for opened in (batches, progress):
+            if opened is not None:
+                opened.close()
 
 
 def _save_finite(manager, step: int, state: TrainState, config, run: run_config.Run) -> None:

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from etils import epath
@@ -925,7 +926,7 @@ def test_a_train_step_is_one_sgd_step_on_the_batch_mean_loss_as_worked_by_hand()
     # Labels the head cannot take are counted: below 0 and from num_classes up.
     labels = np.array([-1, 10, 9, 0, 0, 0, 0, 0], np.int32)
     _, sums = step(state, loop.zero_sums(), {"image": images, "label": labels})
-    assert (int(sums["bad_labels"]), int(sums["max_label"])) == (2, 10)
+    assert [int(sums[k]) for k in ("bad_labels", "min_label", "max_label")] == [2, -1, 10]
 
 
 class DropoutNet(nn.Module):
@@ -1146,13 +1147,392 @@ def test_ctrl_c_mid_save_stops_cleanly_with_a_verified_checkpoint(data_dir, tmp_
     assert 2 <= int(restored.step) < 400
 
 
-def test_a_batch_larger_than_the_train_split_is_said(monkeypatch, caplog):
-    """Each batch then holds repeats of the examples (from several epochs): allowed, said."""
+@pytest.mark.parametrize("split_size", [6, 16])
+def test_a_batch_larger_than_the_train_split_is_said(monkeypatch, caplog, split_size):
+    """Each batch then holds repeats of the examples (from several epochs): allowed, said; a
+    batch as large as the split is not."""
     config = tiny_config("unused")
     config.data.batch_size, config.data.cache_train_gib = 16, 0
     monkeypatch.setattr(loop.pipeline, "train_dataset", lambda *args: None)
     monkeypatch.setattr(loop.pipeline, "train_iterator", lambda *args: iter(()))
     with caplog.at_level("WARNING", logger="camjax"):
-        loop._train_batches(config, list(range(6)), 0, experiment.make_mesh())
-    assert "batch_size 16 is larger than the train split (6 examples)" in caplog.text
-    assert "about 3 epochs" in caplog.text
+        loop._train_batches(config, list(range(split_size)), 0, experiment.make_mesh())
+    said = [r.getMessage() for r in caplog.records if "train split" in r.getMessage()]
+    expected = {
+        6: [
+            "config.data.batch_size 16 is larger than the train split (6 examples): each batch "
+            "repeats examples, drawn from about 3 epochs."
+        ],
+        16: [],
+    }
+    assert said == expected[split_size]
+
+
+class NoSignal:
+    """A StopRequest that no signal reached, recording the `agreed` of each check."""
+
+    def __init__(self):
+        self.agreed = []
+
+    def preempted(self, agreed):
+        self.agreed.append(agreed)
+        return False
+
+
+def test_each_step_logs_saves_and_validates_at_its_intervals_and_the_last_step_does_all():
+    """10 steps, logging every 3, saving every 4, validating every 4: multiples of each, plus
+    step 10 for all three (it is no multiple of any); every step checks for a SIGTERM, agreed
+    where the step does anything."""
+    config = tiny_config(
+        "unused", num_steps=10, log_every_steps=3, checkpoint_every_steps=4, eval_every_steps=4
+    )
+    stop = NoSignal()
+    got = [loop._step_kinds(config.train, step, stop) for step in range(1, 11)]
+    log = [3, 6, 9, 10]
+    save = evaluate = [4, 8, 10]
+    want = [(s in log, s in save, s in evaluate, False) for s in range(1, 11)]
+    assert got == want
+    assert stop.agreed == [s in log or s in save for s in range(1, 11)]
+
+
+def test_validation_is_due_at_each_multiple_and_the_last_step_never_at_step_0_or_when_off():
+    config = tiny_config("unused", num_steps=10, eval_every_steps=4)
+    assert [s for s in range(0, 12) if loop._validation_due(config.train, s)] == [4, 8, 10]
+    config.train.eval_every_steps = 5
+    assert [s for s in range(0, 11) if loop._validation_due(config.train, s)] == [5, 10]
+    config.train.eval_every_steps = 0
+    assert not any(loop._validation_due(config.train, s) for s in range(0, 11))
+
+
+def test_a_validation_is_owed_at_a_due_step_whose_row_metrics_jsonl_lacks(tmp_path):
+    """A resume at step 4 (validating every 4) owes step 4's validation unless metrics.jsonl
+    has its val/ row; a train row of step 4 does not count, and a step not due owes nothing."""
+    config = tiny_config("unused", num_steps=10, eval_every_steps=4)
+    workdir = str(tmp_path)
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({"step": 4, "train/loss": 1.0}) + "\n")
+        f.write(json.dumps({"step": 3, "val/top1_cls": 50.0}) + "\n")
+    progress = metric_writer.Progress(workdir, 4, 10, 0.5)
+    try:
+        assert loop._validation_owed(config.train, 4, progress)
+        assert not loop._validation_owed(config.train, 3, progress)
+        assert not loop._validation_owed(config.train, 0, progress)
+        progress.writer.write(4, {"val/top1_cls": 50.0})
+        assert not loop._validation_owed(config.train, 4, progress)
+    finally:
+        progress.close()
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("num_steps", 0, "config.train.num_steps must be a positive int; got 0."),
+        ("log_every_steps", True, "config.train.log_every_steps must be a positive int; got True"),
+        ("eval_every_steps", -1, r"config.train.eval_every_steps must be an int >= 0 .*got -1"),
+        ("eval_every_steps", True, r"config.train.eval_every_steps must be an int >= 0 .*True"),
+    ],
+)
+def test_train_counts_no_run_can_use_are_refused_before_any_work(tmp_path, field, value, message):
+    config = tiny_config("unused")
+    config.train[field] = value
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        loop._check_before_any_work(config, experiment.make_mesh(), str(workdir))
+    assert not workdir.exists()
+
+
+def test_the_smallest_usable_train_counts_pass_the_checks(tmp_path):
+    """1 for each count, 0 for eval_every_steps (no validation during training)."""
+    config = tiny_config(
+        "unused",
+        num_steps=1,
+        keep_checkpoints=1,
+        checkpoint_every_steps=1,
+        log_every_steps=1,
+        eval_every_steps=0,
+    )
+    loop._check_before_any_work(config, experiment.make_mesh(), str(tmp_path / "run"))
+    assert os.path.isdir(checkpoint.checkpoint_dir(str(tmp_path / "run")))
+
+
+def sums(bad_labels=0, loss=1.0):
+    return {"bad_labels": bad_labels, "min_label": 0, "max_label": 10, "loss": loss, "count": 16}
+
+
+def test_a_single_label_beyond_the_head_or_a_non_finite_loss_sum_stops_the_run(tmp_path):
+    config = tiny_config("unused")
+    config.model.num_classes = 10
+    with checkpoint.create_manager(str(tmp_path), 1) as manager:
+        loop._check_sums(sums(), 3, config, manager)
+        with pytest.raises(ValueError, match=r"labels up to 10 but config.model.num_classes is 10"):
+            loop._check_sums(sums(bad_labels=1), 3, config, manager)
+        for loss in (np.nan, np.inf):
+            with pytest.raises(loop.NonFiniteLossError, match=r"by step 3; .*saved yet"):
+                loop._check_sums(sums(loss=np.float32(loss)), 3, config, manager)
+
+
+def test_a_state_with_a_nan_is_never_saved(tmp_path):
+    state = train_state.TrainState(jnp.ones((), jnp.int32), {"w": jnp.array([1.0, np.nan])}, {}, {})
+    with checkpoint.create_manager(str(tmp_path), 1) as manager:
+        with pytest.raises(loop.NonFiniteLossError, match=r"by step 1; stopped without saving"):
+            loop._save_finite(manager, 1, state, tiny_config("unused"), None)
+        assert manager.all_steps() == []
+
+
+def test_the_train_split_is_cached_in_memory_only_without_input_workers(monkeypatch):
+    """config.data.cache_train_gib caches in the training process (threads only); with
+    num_workers > 0 the workers read the source themselves."""
+    config = tiny_config("unused")
+    cached = []
+    monkeypatch.setattr(
+        loop.pipeline, "in_memory_train_source", lambda source, *args: cached.append(args)
+    )
+    monkeypatch.setattr(loop.pipeline, "train_dataset", lambda *args: None)
+    monkeypatch.setattr(loop.pipeline, "train_iterator", lambda *args: iter(()))
+    config.data.cache_train_gib, config.data.num_workers = 1, 2
+    loop._train_batches(config, list(range(64)), 0, experiment.make_mesh())
+    assert cached == []
+    config.data.num_workers = 0
+    loop._train_batches(config, list(range(64)), 0, experiment.make_mesh())
+    assert cached == [(experiment.preprocess_config(config), 2**30, config.data.num_threads)]
+
+
+def stopped_validation(*args, **kwargs):
+    from camjax.evaluation import evaluator
+
+    raise evaluator.EvaluationStopped
+
+
+def test_a_validation_a_sigterm_stopped_saves_its_step_and_the_rerun_owes_it_first(
+    resumable, monkeypatch
+):
+    """Step 3's validation (every 3 steps), stopped between batches by a SIGTERM: step 3 is
+    saved though no save is due, the run stops after it, and a rerun validates step 3 before
+    any training, stopping again (no step trained) when that validation is stopped too."""
+    config, workdir = resumable
+    config.train.num_steps, config.train.eval_every_steps = 4, 3
+    config.train.checkpoint_every_steps = config.train.log_every_steps = 100
+    from camjax.evaluation import evaluator
+
+    monkeypatch.setattr(evaluator.Evaluator, "evaluate", stopped_validation)
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    after_3 = f"stopped by SIGTERM after step 3; the newest checkpoint is step 3 in {ckpts} "
+    with pytest.raises(interrupts.TrainingPreempted, match=re.escape(after_3)):
+        loop.train_and_evaluate(config, workdir)
+    assert steps_saved(workdir) == [2, 3]
+    with pytest.raises(interrupts.TrainingPreempted, match=re.escape(after_3)):
+        loop.train_and_evaluate(config, workdir)
+    assert steps_saved(workdir) == [2, 3]
+    assert metric_rows(workdir) == [[2, "train"]]
+
+
+def signal_at_step(monkeypatch, signum, at: int) -> None:
+    """The process receives `signum` as step `at` has been taken, as in SIGTERM_DRIVER."""
+    kinds = loop._step_kinds
+
+    def kinds_after_signal(train_config, step, stop):
+        if step == at:
+            os.kill(os.getpid(), signum)
+        return kinds(train_config, step, stop)
+
+    monkeypatch.setattr(loop, "_step_kinds", kinds_after_signal)
+
+
+def test_a_sigterm_logs_and_saves_the_step_taken_then_stops(resumable, monkeypatch):
+    config, workdir = resumable
+    config.train.num_steps = 4
+    config.train.checkpoint_every_steps = config.train.log_every_steps = 100
+    signal_at_step(monkeypatch, signal.SIGTERM, 3)
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    with pytest.raises(
+        interrupts.TrainingPreempted,
+        match=re.escape(f"after step 3; the newest checkpoint is step 3 in {ckpts} "),
+    ):
+        loop.train_and_evaluate(config, workdir)
+    assert steps_saved(workdir) == [2, 3]
+    assert metric_rows(workdir) == [[2, "train"], [3, "train"]]
+
+
+@pytest.mark.parametrize("num_steps", [4, 3])
+def test_ctrl_c_stops_before_the_next_step_keeping_what_was_saved(
+    resumable, monkeypatch, num_steps
+):
+    """Ctrl-C during step 3 stops before step 4, saving nothing more; during the last step,
+    the run just ends."""
+    config, workdir = resumable
+    config.train.num_steps = num_steps
+    config.train.checkpoint_every_steps = config.train.log_every_steps = 100
+    signal_at_step(monkeypatch, signal.SIGINT, 3)
+    if num_steps == 3:
+        try:
+            assert int(loop.train_and_evaluate(config, workdir).step) == 3
+        except interrupts.TrainingInterrupted as stopped:
+            pytest.fail(f"the finished run was stopped: {stopped}")
+        assert steps_saved(workdir) == [2, 3]
+        return
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    with pytest.raises(
+        interrupts.TrainingInterrupted,
+        match=re.escape(f"Ctrl-C before step 4; the newest checkpoint is step 2 in {ckpts} "),
+    ):
+        loop.train_and_evaluate(config, workdir)
+    assert steps_saved(workdir) == [1, 2]
+
+
+def test_damaged_steps_are_damage_though_the_resume_also_changes_the_learning_rate(resumable):
+    """A learning rate builds the same optimizer state: steps that do not match their digests
+    are reported as damaged, not as read into another optimizer's state."""
+    config, workdir = resumable
+    for step in ("1", "2"):
+        flip_a_byte(os.path.join(checkpoint.checkpoint_dir(workdir), step))
+    config.train.num_steps = 4
+    config.optim.learning_rate *= 2
+    with pytest.raises(checkpoint.CheckpointError, match=r"no good checkpoint") as error:
+        loop.train_and_evaluate(config, workdir, resume_with_changes=True)
+    assert "does not match" in str(error.value) and "optimizer differs" not in str(error.value)
+
+
+def test_a_fresh_state_takes_the_pretrained_weights(tmp_path):
+    from camjax.models import torch_import
+
+    config = tiny_config("unused")
+    model = BatchNormNet()
+    kernel = np.random.default_rng(0).normal(size=(3, 3, 3, 4)).astype(np.float32)
+    config.init.pretrained_dir = str(tmp_path / "pretrained")
+    torch_import.save_pretrained(
+        config.init.pretrained_dir, {"params": {"conv1": {"kernel": kernel}}}, {"model": "test"}
+    )
+    workdir = str(tmp_path / "run")
+    with checkpoint.create_manager(workdir, 1) as manager:
+        state, _, _ = loop._initial_state(
+            config, model, optax.sgd(0.1), experiment.make_mesh(), manager, workdir, False
+        )
+    np.testing.assert_array_equal(state.params["conv1"]["kernel"], kernel)
+
+
+def test_labels_beyond_the_head_stop_the_run_after_its_first_step(data_dir, tmp_path, monkeypatch):
+    """Checked after step 1, though no log, save or validation is due before step 6."""
+    config = tiny_config(data_dir, num_steps=6, log_every_steps=100, checkpoint_every_steps=100)
+    config.model.num_classes = 5
+    taken = []
+    kinds = loop._step_kinds
+
+    def recording(train_config, step, stop):
+        taken.append(step)
+        return kinds(train_config, step, stop)
+
+    monkeypatch.setattr(loop, "_step_kinds", recording)
+    with pytest.raises(ValueError, match=r"labels up to 9 but config.model.num_classes is 5"):
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert taken == [1]
+
+
+def test_a_resume_with_nothing_to_train_says_so_and_closes_its_input(
+    resumable, monkeypatch, caplog
+):
+    config, workdir = resumable
+    closed = []
+
+    class Batches:
+        def __next__(self):
+            raise AssertionError("a batch was read")
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(loop, "_train_batches", lambda *args: Batches())
+    with caplog.at_level("WARNING", logger="camjax"):
+        assert int(loop.train_and_evaluate(config, workdir).step) == 2
+    assert "Nothing to train: the checkpoint is at step 2, config.train.num_steps is 2." in (
+        caplog.text
+    )
+    assert closed == [True]
+
+
+def test_a_save_lost_while_the_run_stops_on_another_error_leaves_that_error_raised(
+    resumable, monkeypatch, caplog
+):
+    """The disk fills: step 3's save fails in orbax's threads, then step 4's metrics row
+    cannot be written. The run stops with the metrics error; the lost step is logged."""
+    config, workdir = resumable
+    config.train.num_steps = 4
+    config.train.checkpoint_every_steps = config.train.log_every_steps = 1
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    fail_writes_of_step(monkeypatch, ckpts, 3, disk_full)
+    train = metric_writer.Progress.train
+
+    def full_at_4(self, step, host_sums):
+        if step == 4:
+            raise disk_full("metrics.jsonl")
+        train(self, step, host_sums)
+
+    monkeypatch.setattr(metric_writer.Progress, "train", full_at_4)
+    with caplog.at_level("WARNING", logger="camjax"):
+        with pytest.raises(OSError, match="metrics.jsonl") as error:
+            loop.train_and_evaluate(config, workdir)
+    assert not isinstance(error.value, checkpoint.CheckpointError)
+    assert f"saving checkpoint step 3 in {ckpts} failed (No space left on device)" in caplog.text
+
+
+def test_the_logged_throughput_leaves_out_the_time_spent_saving(resumable, monkeypatch):
+    """Each save takes 1000 s on the clock the metrics read: step 4's row (16 images since
+    step 3's row and save) still counts only the step's own time, not step 3's save."""
+    import time as real_time
+    from types import SimpleNamespace
+
+    config, workdir = resumable
+    config.train.num_steps = 4
+    config.train.checkpoint_every_steps = config.train.log_every_steps = 1
+    offset = [0.0]
+    clock = SimpleNamespace(time=lambda: real_time.time() + offset[0])
+    monkeypatch.setattr(metric_writer, "time", clock)
+    save = loop._save_finite
+
+    def slow_save(*args):
+        save(*args)
+        offset[0] += 1000.0
+
+    monkeypatch.setattr(loop, "_save_finite", slow_save)
+    loop.train_and_evaluate(config, workdir)
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows] == [2, 3, 4]
+    assert rows[2]["train/images_per_sec"] > 16 / 100
+
+
+def test_a_negative_training_label_is_said_as_negative_not_as_a_head_too_small(tmp_path):
+    """Labels -1 and 3 with a 10-class head: the error must not blame num_classes (it said
+    "labels up to 3 but config.model.num_classes is 10; set it to the dataset's number of
+    classes", advice that changes nothing)."""
+    sums = loop._add_step_metrics(
+        loop.zero_sums(), jnp.zeros(2), jnp.zeros((2, 10)), jnp.array([-1, 3]), 10
+    )
+    config = tiny_config("unused")
+    config.model.num_classes = 10
+    with checkpoint.create_manager(str(tmp_path), 1) as manager:
+        with pytest.raises(ValueError) as error:
+            loop._check_sums(jax.device_get(sums), 1, config, manager)
+    assert str(error.value) == (
+        "the training data has the label -1; labels are class indices 0 to 9: relabel or "
+        "leave out the images without a class."
+    )
+
+
+def test_a_metrics_log_that_cannot_be_opened_closes_the_input_already_started(
+    resumable, monkeypatch
+):
+    """The training input (with num_workers, its worker processes) starts before metrics.jsonl
+    is opened; a metrics.jsonl that cannot be read stops the run, and the input must be closed
+    as on every other stop."""
+    config, workdir = resumable
+    closed = []
+
+    class Batches:
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(loop, "_train_batches", lambda *args: Batches())
+    os.remove(os.path.join(workdir, "metrics.jsonl"))
+    os.mkdir(os.path.join(workdir, "metrics.jsonl"))
+    with pytest.raises(OSError, match="metrics.jsonl"):
+        loop.train_and_evaluate(config, workdir)
+    assert closed == [True]
