@@ -30,14 +30,20 @@ def initialize(save_on_sigterm: bool = False) -> bool:
         return False
     # jax reads JAX_COORDINATOR_ADDRESS itself but not the process count and id: without
     # passing them, it falls back to cluster auto-detection, which fails off a managed cluster.
-    count, index = os.environ.get("JAX_NUM_PROCESSES"), os.environ.get("JAX_PROCESS_ID")
-    jax.distributed.initialize(
-        num_processes=int(count) if count else None,
-        process_id=int(index) if index else None,
-    )
+    count, index = _env_int("JAX_NUM_PROCESSES"), _env_int("JAX_PROCESS_ID")
+    jax.distributed.initialize(num_processes=count, process_id=index)
     if not save_on_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     return True
+
+
+def _env_int(name: str) -> int | None:
+    """The integer in environment variable `name`, None where it is unset or empty."""
+    value = os.environ.get(name, "")
+    try:
+        return int(value) if value else None
+    except ValueError:
+        raise ValueError(f"{name} must be an integer; got {value!r}.") from None
 
 
 def shared_problem(problem: str, elsewhere: str) -> str:

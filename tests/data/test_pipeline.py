@@ -414,3 +414,193 @@ def test_data_values_no_pipeline_can_use_are_one_line(field, value, message):
         experiment.preprocess_config(config)
     with pytest.raises(ValueError, match=message):
         experiment.init_variables(config, experiment.build_model(tiny.get_config()), None)
+
+
+def _numbered_source(n: int, same_image: bool = False) -> list[dict]:
+    """n examples labelled 0..n-1; image i is 4 x 4 of value i, or all the same image whose
+    pixels hold their (row, column) when `same_image`."""
+    rows, cols = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
+    coords = np.stack([rows, cols, cols], axis=-1).astype(np.uint8)
+    return [
+        {"image": coords if same_image else np.full((4, 4, 3), i, np.uint8), "label": i}
+        for i in range(n)
+    ]
+
+
+def test_each_epoch_is_a_fresh_permutation_of_the_source():
+    """Epoch e holds every example once, not in source order, and not in epoch e-1's order."""
+    cfg = pipeline.PreprocessConfig(image_size=4, resize_size=4)
+    ds = pipeline.train_dataset(_numbered_source(16), cfg, global_batch_size=4, seed=0)
+    epochs = [np.concatenate([ds[s]["label"] for s in range(e * 4, e * 4 + 4)]) for e in range(3)]
+    for order in epochs:
+        assert sorted(order.tolist()) == list(range(16))
+    assert not np.array_equal(epochs[0], np.arange(16))
+    assert not np.array_equal(epochs[0], epochs[1])
+    assert not np.array_equal(epochs[1], epochs[2])
+
+
+def test_the_seed_reaches_the_crops_and_flips_not_only_the_order():
+    """With every example the same image, only the augmentation can tell two seeds apart."""
+    cfg = pipeline.PreprocessConfig(image_size=2, resize_size=4)
+    source = _numbered_source(8, same_image=True)
+    a, b = (
+        pipeline.train_dataset(source, cfg, global_batch_size=8, seed=seed)[0]["image"]
+        for seed in (0, 1)
+    )
+    assert not np.array_equal(a, b)
+
+
+def test_train_iterator_keeps_device_prefetch_batches_on_the_mesh(sources, monkeypatch):
+    """After the first batch is returned, `device_prefetch` more are already sharded."""
+    sharded = []
+    shard_batch = pipeline.shard_batch
+    monkeypatch.setattr(
+        pipeline,
+        "shard_batch",
+        lambda batch, sharding: sharded.append(1) or shard_batch(batch, sharding),
+    )
+    ds = pipeline.train_dataset(sources["train"], PREP, global_batch_size=8, seed=0)
+    sharding = experiment.data_sharding(experiment.make_mesh())
+    for device_prefetch in (0, 3):
+        sharded.clear()
+        iterator = pipeline.train_iterator(ds, 0, sharding, 2, device_prefetch)
+        next(iterator)
+        assert len(sharded) == 1 + device_prefetch
+        iterator.close()
+
+
+class _HostBatches:
+    """host_batches' stand-in: yields `batches`, records whether it was closed. It holds the
+    reader it returns, as grain's threads hold theirs, so only closing it closes it."""
+
+    def __init__(self, batches):
+        self.batches, self.closed, self.args, self.reader = batches, False, None, None
+
+    def __call__(self, ds, num_threads, num_workers=0):
+        self.args = (num_threads, num_workers)
+        self.reader = self.generate()
+        return self.reader
+
+    def generate(self):
+        try:
+            yield from self.batches
+        finally:
+            self.closed = True
+
+
+def test_closing_the_train_iterator_stops_its_readers(monkeypatch):
+    """Closing the device iterator closes the host reader (its threads or worker processes)."""
+    readers = _HostBatches([{"label": np.arange(8, dtype=np.int32)}] * 5)
+    monkeypatch.setattr(pipeline, "host_batches", readers)
+    sharding = experiment.data_sharding(experiment.make_mesh())
+    iterator = pipeline.train_iterator(grain.MapDataset.range(5), 0, sharding, 2, 1, num_workers=3)
+    np.testing.assert_array_equal(next(iterator)["label"], np.arange(8))
+    assert readers.args == (2, 3) and not readers.closed
+    iterator.close()
+    assert readers.closed
+
+
+def test_worker_batches_are_copied_before_they_go_on_cpu_devices(monkeypatch):
+    """A CPU device's array would alias the worker's shared memory: what `shard_batch` gets
+    from workers holds the same values in memory of its own."""
+    label = np.arange(8, dtype=np.int32)
+    monkeypatch.setattr(pipeline, "host_batches", _HostBatches([{"label": label}]))
+    given = []
+    monkeypatch.setattr(pipeline, "shard_batch", lambda batch, sharding: given.append(batch))
+    sharding = experiment.data_sharding(experiment.make_mesh())
+    assert sharding.mesh.devices.flat[0].platform == "cpu"
+    list(pipeline.train_iterator(grain.MapDataset.range(1), 0, sharding, 2, 0, num_workers=2))
+    np.testing.assert_array_equal(given[0]["label"], label)
+    assert not np.shares_memory(given[0]["label"], label)
+
+
+class _ReadPlan:
+    """A dataset that records how host_batches reads it instead of reading it."""
+
+    def __init__(self):
+        self.read_options, self.mp = None, None
+
+    def to_iter_dataset(self, read_options):
+        self.read_options = read_options
+        return self
+
+    def mp_prefetch(self, options, worker_init_fn=None):
+        self.mp = (options, worker_init_fn)
+        return "workers"
+
+
+@pytest.mark.parametrize("num_workers", [1, 3])
+def test_host_batches_with_workers_reads_in_that_many_single_threaded_processes(
+    monkeypatch, num_workers
+):
+    """Worker processes (one thread each, `_init_worker` run in each), absl flags marked
+    parsed for them first; no worker processes and `num_threads` threads with 0 workers."""
+    parsed = []
+    monkeypatch.setattr(pipeline, "_mark_absl_flags_parsed", lambda: parsed.append(1))
+    plan = _ReadPlan()
+    assert pipeline.host_batches(plan, 6, num_workers=num_workers) == "workers"
+    assert plan.read_options.num_threads == 1
+    options, init = plan.mp
+    assert options.num_workers == num_workers and init is pipeline._init_worker
+    assert parsed == [1]
+    plan = _ReadPlan()
+    assert pipeline.host_batches(plan, 6) is plan
+    assert plan.read_options.num_threads == 6 and plan.mp is None and parsed == [1]
+
+
+def test_a_worker_ignores_interrupts_uses_the_cpu_and_exits_with_its_parent(monkeypatch):
+    """_init_worker, run here with os, signal and threading stubbed: JAX_PLATFORMS=cpu even
+    where it was set otherwise, SIGINT and SIGTERM ignored, and a daemon thread that exits the
+    worker once its parent is gone (os.getppid changes), not before."""
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    handlers, threads = {}, []
+    monkeypatch.setattr(signal, "signal", lambda s, h: handlers.__setitem__(s, h))
+
+    class Thread:
+        def __init__(self, target, daemon, name):
+            self.target, self.daemon, self.started = target, daemon, False
+            threads.append(self)
+
+        def start(self):
+            self.started = True
+
+    monkeypatch.setattr(pipeline.threading, "Thread", Thread)
+    parents = iter([100, 100, 100, 1])
+    monkeypatch.setattr(os, "getppid", lambda: next(parents))
+    slept = []
+    monkeypatch.setattr(pipeline.time, "sleep", slept.append)
+
+    class Exited(Exception):
+        pass
+
+    def exit_(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(os, "_exit", exit_)
+    pipeline._init_worker(0, 2)
+    assert os.environ["JAX_PLATFORMS"] == "cpu"
+    assert handlers == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
+    (thread,) = threads
+    assert thread.daemon and thread.started
+    with pytest.raises(Exited):
+        thread.target()
+    assert len(slept) == 2
+
+
+class _Flags:
+    def __init__(self, parsed):
+        self.parsed, self.marked = parsed, 0
+
+    def is_parsed(self):
+        return self.parsed
+
+    def mark_as_parsed(self):
+        self.parsed, self.marked = True, self.marked + 1
+
+
+def test_absl_flags_are_marked_parsed_only_when_nothing_parsed_them(monkeypatch):
+    for parsed, marked in ((False, 1), (True, 0)):
+        fake = _Flags(parsed)
+        monkeypatch.setattr(pipeline.flags, "FLAGS", fake)
+        pipeline._mark_absl_flags_parsed()
+        assert fake.parsed and fake.marked == marked
