@@ -346,8 +346,7 @@ def train_and_evaluate(
     step_fn = jit_train_step(config, model, tx, state_shardings, mesh)
     val_eval = evaluator.Evaluator(config, model, mesh)
     with StopRequest() as stop:  # before the input workers, which ignore its signals
-        batches = progress = None
-        finished = False
+        batches, progress, finished = None, None, False
         try:
             batches = _train_batches(config, sources[config.data.train_split], start, mesh)
             progress = Progress(workdir, start, num_steps, config.eval.fixed_threshold)
