@@ -1,7 +1,7 @@
 """Dataset-scale CAM generation: a whole split through the mesh, score maps written to disk.
 
     python benchmarks/cam_export.py [--config default] [--split test] [--max_images 0]
-        [--eval_size 224] [--dtype float32]
+        [--eval_size 224] [--dtype {float32,float64}]
 
 Runs `camjax.evaluation.export.export_split` (the evaluation step on all devices: forward pass,
 GT-class CAM, OpenCV-exact bicubic to the evaluation size, min-max; then one reference-format `.npy`
@@ -38,7 +38,9 @@ def main() -> None:
     parser.add_argument("--max_images", type=int, default=0)
     # The export writes the reference's 224x224 frame only (export.py refuses other sizes).
     parser.add_argument("--eval_size", type=int, default=224, help="0: the config's")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    # The default is the export's own: float64 for the exact maps of config.eval.wsol.exact_float64
+    # (the default config's), which float32 would round; float32 otherwise.
+    parser.add_argument("--dtype", default=None, choices=["float32", "float64"])
     args = parser.parse_args()
 
     config = importlib.import_module(f"configs.{args.config}").get_config()
@@ -52,11 +54,12 @@ def main() -> None:
         jax.random.key(0)
     )
     evaluator = evaluator_lib.Evaluator(config, model, mesh, protocol)
-    source = experiment.limit(experiment.data_sources(config)[args.split], args.max_images)
+    source = experiment.limit(experiment.data_sources(config, ())[args.split], args.max_images)
     n = len(source)
+    dtype = args.dtype or ("float64" if protocol.exact_float64 else "float32")
     print(
         f"{config.model.name} on {config.data.name}/{args.split}: {n} images at {size}, maps "
-        f"{protocol.eval_size}x{protocol.eval_size} {args.dtype}; {platform.machine()}, "
+        f"{protocol.eval_size}x{protocol.eval_size} {dtype}; {platform.machine()}, "
         f"{os.cpu_count()} cores, jax {jax.__version__} on {jax.device_count()} x "
         f"{jax.devices()[0].device_kind}"
     )
@@ -71,7 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as out_dir:
         start = time.perf_counter()
         export.export_split(
-            evaluator, variables, source, args.split, out_dir, config.data.name, 0, args.dtype
+            evaluator, variables, source, args.split, out_dir, config.data.name, 0, dtype
         )
         export_s = time.perf_counter() - start
         files = sum(len(f) for _, _, f in os.walk(os.path.join(out_dir, "scoremaps")))

@@ -50,7 +50,7 @@ def images_per_second(evaluator, variables, repeats: int, batch: int = 0) -> flo
     """The evaluator's explainer (its method and options) alone on `batch` test images (default:
     one eval batch), compile excluded."""
     config = evaluator.config
-    source = experiment.data_sources(config)[config.data.test_split]
+    source = experiment.data_sources(config, experiment.EVALUATION_SPLITS)[config.data.test_split]
     n = min(batch or config.eval.batch_size, len(source))
     rows = [pipeline.EvalPreprocess(evaluator.prep).map(source[i]) for i in range(n)]
     images = pipeline.normalize_images(

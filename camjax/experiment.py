@@ -215,8 +215,17 @@ def preprocess_config(config: ml_collections.ConfigDict) -> PreprocessConfig:
     return PreprocessConfig(d.image_size, d.resize_size, d.max_boxes)
 
 
-def data_sources(config: ml_collections.ConfigDict) -> Mapping[str, Sequence]:
-    """Random-access sources of every split (generated on first use for the embedded dataset).
+# The config.data fields naming the splits each job reads. Training checks the test split too:
+# evaluate.py reads it after the run, and a typo found then would cost the whole training.
+TRAINING_SPLITS = ("train_split", "val_split", "test_split")
+EVALUATION_SPLITS = ("val_split", "test_split")
+
+
+def data_sources(
+    config: ml_collections.ConfigDict, splits: Sequence[str] = TRAINING_SPLITS
+) -> Mapping[str, Sequence]:
+    """Random-access sources of every split (generated on first use for the embedded dataset);
+    one-line errors where a split that `splits` (config.data fields) names is missing or empty.
 
     They pickle as the recipe for reopening them, so grain worker processes can read them.
     """
@@ -225,9 +234,8 @@ def data_sources(config: ml_collections.ConfigDict) -> Mapping[str, Sequence]:
     if "validation_per_class" in d:  # the hand-downloaded datasets' validation holdout
         sizes["validation_per_class"] = d.validation_per_class
     sources = reopenable_sources(d.name, d.image_size, d.data_dir or None, sizes)
-    # A missing or empty split would end training or evaluation in a bare KeyError or
-    # StopIteration, the test split's only after the whole training run.
-    for field in ("train_split", "val_split", "test_split"):
+    # A missing or empty split would end the job in a bare KeyError or StopIteration.
+    for field in splits:
         split = d[field]
         if split not in sources:
             raise ValueError(

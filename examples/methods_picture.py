@@ -79,7 +79,7 @@ def main() -> None:
     config = run_config.load(args.workdir)
     evaluator, variables, step = run_lib.restore_evaluator(config, args.workdir)
     prep = pipeline.EvalPreprocess(experiment.preprocess_config(config))
-    source = experiment.data_sources(config)[config.data.test_split]
+    source = experiment.data_sources(config, experiment.EVALUATION_SPLITS)[config.data.test_split]
     rows = [prep.map(source[i]) for i in args.images]
     images = np.stack([r["image"] for r in rows])
     labels = np.array([r["label"] for r in rows])

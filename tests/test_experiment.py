@@ -182,8 +182,8 @@ def test_limit_is_the_first_max_items_in_order():
 
 @pytest.mark.parametrize("field", ["train_split", "val_split", "test_split"])
 def test_a_split_the_dataset_does_not_have_is_one_line_naming_its_splits(field, monkeypatch):
-    """Checked when the sources open, before training: a missing test split would otherwise be
-    a bare KeyError at evaluation, after the whole training run."""
+    """Checked when the sources open, before training (the test split too: evaluation reads it
+    after the run); an evaluation checks only the validation and test splits it reads."""
     splits = {"train": _Items(3), "validation": _Items(2), "test": _Items(2)}
     monkeypatch.setattr(experiment, "reopenable_sources", lambda *args: splits)
     config = tiny.get_config()
@@ -195,6 +195,11 @@ def test_a_split_the_dataset_does_not_have_is_one_line_naming_its_splits(field, 
         f"config.data.{field} is 'valdation', a split wsol_shapes does not have; set it to one "
         "of its splits: test, train, validation."
     )
+    if field == "train_split":
+        assert len(experiment.data_sources(config, experiment.EVALUATION_SPLITS)) == 3
+    else:
+        with pytest.raises(ValueError, match=f"^config.data.{field} is 'valdation'"):
+            experiment.data_sources(config, experiment.EVALUATION_SPLITS)
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="Linux's /proc")

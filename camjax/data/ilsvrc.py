@@ -344,7 +344,7 @@ def _make_plan(manual_dir: Path, *, train: bool) -> _Plan:
             raise CorruptFileError(
                 f"{paths[TRAIN_ARCHIVE]} holds the class tars {unseen[: downloads.MAX_LISTED]}, "
                 "whose synsets no validation image has; remove them, or add "
-                f"{SYNSET_MAPPING} listing every class to keep."
+                f"{SYNSET_MAPPING} listing every class, these included."
             )
     else:
         classes = sorted(val_synsets)

@@ -243,7 +243,7 @@ def export_wsol(
     """Restores workdir's latest checkpoint and exports its validation and test splits."""
     check_exportable(config)  # before restoring anything
     evaluator, variables, _ = run_lib.restore_evaluator(config, workdir)
-    sources = experiment.data_sources(config)
+    sources = experiment.data_sources(config, experiment.EVALUATION_SPLITS)
     dataset = config.data.name
     return {
         split: export_split(

@@ -64,8 +64,10 @@ def _write_results(config, evaluator, variables, results, chosen: float, workdir
     with open(path + ".tmp", "w") as f:
         json.dump(results, f, indent=2)
     os.replace(path + ".tmp", path)
-    test_source = experiment.data_sources(config)[config.data.test_split]
-    write_gallery(config, evaluator.model, variables, test_source, chosen, workdir)
+    sources = experiment.data_sources(config, experiment.EVALUATION_SPLITS)
+    write_gallery(
+        config, evaluator.model, variables, sources[config.data.test_split], chosen, workdir
+    )
 
 
 def _write_problem(workdir: str, e: OSError) -> str:
@@ -82,7 +84,7 @@ def evaluate_variables(
     threshold chosen on validation)."""
     config = evaluator.config
     protocol = evaluator.protocol
-    sources = experiment.data_sources(config)
+    sources = experiment.data_sources(config, experiment.EVALUATION_SPLITS)
     val_source, test_source = sources[config.data.val_split], sources[config.data.test_split]
     max_images = config.eval.max_images
 

@@ -15,7 +15,9 @@ from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 import camjax.data
+from camjax import experiment
 from camjax.data import downloads, ilsvrc, ilsvrc_annotations, manual, pipeline, prepare
+from configs import vgg16_gap_imagenet
 
 # Preparing and reading must never open a connection.
 pytestmark = pytest.mark.usefixtures("no_network")
@@ -410,6 +412,25 @@ def test_a_box_past_the_image_edge_is_clipped_and_one_starting_there_refused(cap
 def test_a_box_left_of_or_above_the_image_or_reversed_is_corrupt(box):
     with pytest.raises(downloads.CorruptFileError, match="invalid box among"):
         ilsvrc_annotations._annotation("w.xml", ["n01440764"], [box], None)
+
+
+def test_an_evaluation_only_dataset_opens_for_evaluation_and_not_for_training(val_only):
+    """Config `validation` has no train split: evaluation reads its validation and test splits;
+    training is refused in one line naming the missing split."""
+    builder, _ = val_only
+    config = vgg16_gap_imagenet.get_config()
+    config.data.data_dir, config.data.validation_per_class = str(builder.data_dir_root), 1
+    sources = experiment.data_sources(config, experiment.EVALUATION_SPLITS)
+    assert (len(sources["validation"]), len(sources["test"])) == (
+        len(CLASSES),
+        len(VAL) - len(CLASSES),
+    )
+    with pytest.raises(ValueError) as error:
+        experiment.data_sources(config)
+    assert str(error.value) == (
+        "config.data.train_split is 'train', a split ilsvrc2012_loc does not have; set it to "
+        "one of its splits: test, validation."
+    )
 
 
 def test_wsol_validation_and_test_partition_the_official_validation(val_only):

@@ -1015,12 +1015,15 @@ def _recording_evaluator(config, protocol, method="cam", faithfulness=None):
 
 @pytest.fixture
 def stub_sources(monkeypatch):
-    """experiment.data_sources as run.py sees it: each split's source is its short name."""
-    monkeypatch.setattr(
-        run_lib.experiment,
-        "data_sources",
-        lambda config: {config.data.val_split: "val", config.data.test_split: "test"},
-    )
+    """experiment.data_sources as run.py sees it: each split's source is its short name, and
+    only the validation and test splits are asked for (an evaluation-only dataset has no
+    train split)."""
+
+    def data_sources(config, splits):
+        assert splits == ("val_split", "test_split")
+        return {config.data.val_split: "val", config.data.test_split: "test"}
+
+    monkeypatch.setattr(run_lib.experiment, "data_sources", data_sources)
 
 
 def test_evaluate_variables_picks_the_threshold_on_validation_and_reports_test(stub_sources):
