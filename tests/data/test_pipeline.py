@@ -3,6 +3,7 @@
 import os
 import pickle
 import signal
+import types
 
 import grain
 import jax
@@ -549,12 +550,12 @@ def test_host_batches_with_workers_reads_in_that_many_single_threaded_processes(
 
 
 def test_a_worker_ignores_interrupts_uses_the_cpu_and_exits_with_its_parent(monkeypatch):
-    """_init_worker, run here with os, signal and threading stubbed: JAX_PLATFORMS=cpu even
-    where it was set otherwise, SIGINT and SIGTERM ignored, and a daemon thread that exits the
-    worker once its parent is gone (os.getppid changes), not before."""
+    """_init_worker, run here with the pipeline's os, signal, threading and time stubbed (the
+    modules themselves untouched, which other threads use): JAX_PLATFORMS=cpu even where it
+    was set otherwise, SIGINT and SIGTERM ignored, and a daemon thread that exits the worker
+    once its parent is gone (os.getppid changes), not before."""
     monkeypatch.setenv("JAX_PLATFORMS", "cuda")
-    handlers, threads = {}, []
-    monkeypatch.setattr(signal, "signal", lambda s, h: handlers.__setitem__(s, h))
+    handlers, threads, slept = {}, [], []
 
     class Thread:
         def __init__(self, target, daemon, name):
@@ -564,19 +565,24 @@ def test_a_worker_ignores_interrupts_uses_the_cpu_and_exits_with_its_parent(monk
         def start(self):
             self.started = True
 
-    monkeypatch.setattr(pipeline.threading, "Thread", Thread)
-    parents = iter([100, 100, 100, 1])
-    monkeypatch.setattr(os, "getppid", lambda: next(parents))
-    slept = []
-    monkeypatch.setattr(pipeline.time, "sleep", slept.append)
-
     class Exited(Exception):
         pass
 
     def exit_(code):
         raise Exited(code)
 
-    monkeypatch.setattr(os, "_exit", exit_)
+    parents = iter([100, 100, 100, 1])
+    stub_os = types.SimpleNamespace(environ=os.environ, getppid=lambda: next(parents), _exit=exit_)
+    stub_signal = types.SimpleNamespace(
+        signal=lambda s, h: handlers.__setitem__(s, h),
+        SIGINT=signal.SIGINT,
+        SIGTERM=signal.SIGTERM,
+        SIG_IGN=signal.SIG_IGN,
+    )
+    monkeypatch.setattr(pipeline, "os", stub_os)
+    monkeypatch.setattr(pipeline, "signal", stub_signal)
+    monkeypatch.setattr(pipeline, "threading", types.SimpleNamespace(Thread=Thread))
+    monkeypatch.setattr(pipeline, "time", types.SimpleNamespace(sleep=slept.append))
     pipeline._init_worker(0, 2)
     assert os.environ["JAX_PLATFORMS"] == "cpu"
     assert handlers == {signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: signal.SIG_IGN}
