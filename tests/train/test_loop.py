@@ -20,6 +20,7 @@ import pytest
 from etils import epath
 
 from camjax import checkpoint, checkpoint_restore, cli, experiment, run_config
+from camjax.evaluation import evaluator
 from camjax.train import interrupts, loop, metric_writer, optim
 from camjax.train import state as train_state
 from configs import tiny
@@ -394,8 +395,6 @@ def test_outputs_that_overflow_at_validation_stop_training_as_a_non_finite_loss(
 ):
     """Validation during training with finite parameters whose outputs overflow: the run stops
     as on a NaN loss, keeping the last good checkpoint (the step being validated is not saved)."""
-    from camjax.evaluation import evaluator
-
     config, workdir = resumable
     config.train.num_steps, config.train.eval_every_steps = 4, 4
 
@@ -1309,8 +1308,6 @@ def test_the_train_split_is_cached_in_memory_only_without_input_workers(monkeypa
 
 
 def stopped_validation(*args, **kwargs):
-    from camjax.evaluation import evaluator
-
     raise evaluator.EvaluationStopped
 
 
@@ -1323,8 +1320,6 @@ def test_a_validation_a_sigterm_stopped_saves_its_step_and_the_rerun_owes_it_fir
     config, workdir = resumable
     config.train.num_steps, config.train.eval_every_steps = 4, 3
     config.train.checkpoint_every_steps = config.train.log_every_steps = 100
-    from camjax.evaluation import evaluator
-
     monkeypatch.setattr(evaluator.Evaluator, "evaluate", stopped_validation)
     ckpts = checkpoint.checkpoint_dir(workdir)
     after_3 = f"stopped by SIGTERM after step 3; the newest checkpoint is step 3 in {ckpts} "
@@ -1349,12 +1344,18 @@ def signal_at_step(monkeypatch, signum, at: int) -> None:
     monkeypatch.setattr(loop, "_step_kinds", kinds_after_signal)
 
 
-def test_a_sigterm_logs_and_saves_the_step_taken_then_stops(resumable, monkeypatch):
+def signalled_during_step_3(resumable, monkeypatch, signum, num_steps: int):
+    """The resumable run (step 2 saved) set to train to `num_steps`, logging and saving only at
+    its last step, with `signum` received during step 3: (config, workdir, checkpoint dir)."""
     config, workdir = resumable
-    config.train.num_steps = 4
+    config.train.num_steps = num_steps
     config.train.checkpoint_every_steps = config.train.log_every_steps = 100
-    signal_at_step(monkeypatch, signal.SIGTERM, 3)
-    ckpts = checkpoint.checkpoint_dir(workdir)
+    signal_at_step(monkeypatch, signum, 3)
+    return config, workdir, checkpoint.checkpoint_dir(workdir)
+
+
+def test_a_sigterm_logs_and_saves_the_step_taken_then_stops(resumable, monkeypatch):
+    config, workdir, ckpts = signalled_during_step_3(resumable, monkeypatch, signal.SIGTERM, 4)
     with pytest.raises(
         interrupts.TrainingPreempted,
         match=re.escape(f"after step 3; the newest checkpoint is step 3 in {ckpts} "),
@@ -1364,30 +1365,24 @@ def test_a_sigterm_logs_and_saves_the_step_taken_then_stops(resumable, monkeypat
     assert metric_rows(workdir) == [[2, "train"], [3, "train"]]
 
 
-@pytest.mark.parametrize("num_steps", [4, 3])
-def test_ctrl_c_stops_before_the_next_step_keeping_what_was_saved(
-    resumable, monkeypatch, num_steps
-):
-    """Ctrl-C during step 3 stops before step 4, saving nothing more; during the last step,
-    the run just ends."""
-    config, workdir = resumable
-    config.train.num_steps = num_steps
-    config.train.checkpoint_every_steps = config.train.log_every_steps = 100
-    signal_at_step(monkeypatch, signal.SIGINT, 3)
-    if num_steps == 3:
-        try:
-            assert int(loop.train_and_evaluate(config, workdir).step) == 3
-        except interrupts.TrainingInterrupted as stopped:
-            pytest.fail(f"the finished run was stopped: {stopped}")
-        assert steps_saved(workdir) == [2, 3]
-        return
-    ckpts = checkpoint.checkpoint_dir(workdir)
+def test_ctrl_c_stops_before_the_next_step_keeping_what_was_saved(resumable, monkeypatch):
+    """Ctrl-C during step 3 stops before step 4, saving nothing more."""
+    config, workdir, ckpts = signalled_during_step_3(resumable, monkeypatch, signal.SIGINT, 4)
     with pytest.raises(
         interrupts.TrainingInterrupted,
         match=re.escape(f"Ctrl-C before step 4; the newest checkpoint is step 2 in {ckpts} "),
     ):
         loop.train_and_evaluate(config, workdir)
     assert steps_saved(workdir) == [1, 2]
+
+
+def test_ctrl_c_during_the_last_step_lets_the_run_end(resumable, monkeypatch):
+    config, workdir, _ = signalled_during_step_3(resumable, monkeypatch, signal.SIGINT, 3)
+    try:
+        assert int(loop.train_and_evaluate(config, workdir).step) == 3
+    except interrupts.TrainingInterrupted as stopped:
+        pytest.fail(f"the finished run was stopped: {stopped}")
+    assert steps_saved(workdir) == [2, 3]
 
 
 def test_damaged_steps_are_damage_though_the_resume_also_changes_the_learning_rate(resumable):
