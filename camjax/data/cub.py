@@ -262,7 +262,7 @@ def _read_index(archives: Mapping[str, Path]) -> tuple[list[str], list[_Record]]
     text_members = [f"{_ROOT}/{name}" for name in _TEXT_FILES]
     log.info("Indexing %s.", images)
     members, texts, problem = _scan(images, set(text_members))
-    _check_members(images, text_members, texts, problem)
+    _require_members(images, text_members, texts, problem)  # _check_members warns below
     class_names, records = _parse_tables({m.split("/")[-1]: texts[m] for m in text_members})
     _check_members(images, [f"{_ROOT}/images/{r.image_id}" for r in records], members, problem)
     if SEGMENTATIONS_ARCHIVE in archives:
@@ -276,17 +276,24 @@ def _read_index(archives: Mapping[str, Path]) -> tuple[list[str], list[_Record]]
 def _check_members(
     archive: Path, needed: list[str], present: Collection[str], problem: str | None
 ) -> None:
+    """`_require_members`, then, if the scan stopped early, one warning that nothing needed
+    was lost: the archive's last check."""
+    _require_members(archive, needed, present, problem)
+    if problem:
+        log.warning("%s; every member needed comes before that, going on.", problem)
+
+
+def _require_members(
+    archive: Path, needed: list[str], present: Collection[str], problem: str | None
+) -> None:
     """Raises `MissingFilesError` listing the `needed` members not `present`.
 
     `problem` is why the scan of the archive stopped early (a truncated download), if it did.
     """
     missing = [m for m in needed if m not in present]
-    if not missing:
-        if problem:
-            log.warning("%s; every member needed comes before that, going on.", problem)
-        return
-    why = f" ({problem})" if problem else ""
-    raise downloads.incomplete_error(archive, missing, SOURCES[archive.name], why=why)
+    if missing:
+        why = f" ({problem})" if problem else ""
+        raise downloads.incomplete_error(archive, missing, SOURCES[archive.name], why=why)
 
 
 def _parse_tables(texts: Mapping[str, bytes]) -> tuple[list[str], list[_Record]]:

@@ -299,7 +299,8 @@ def test_an_archive_damaged_after_every_member_needed_still_builds(tmp_path, cap
     assert builder.info.splits["train"].num_examples == len(TRAIN)
     assert builder.info.splits["test"].num_examples == len(TEST)
     assert "damaged or truncated after" in caplog.text
-    assert "every member needed comes before that, going on" in caplog.text
+    # Once: the tables' check and the images' check of the same archive warned alike.
+    assert caplog.text.count("every member needed comes before that, going on") == 1
 
 
 def test_corrupt_jpegs_are_named_or_skipped_and_counted(tmp_path, caplog):
