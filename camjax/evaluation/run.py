@@ -34,9 +34,9 @@ def restore_evaluator(
         lambda rng: experiment.init_variables(config, model, rng), jax.random.key(0)
     )
     abstract = experiment.replicated_shapes(shapes, mesh)
-    manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
-    variables, step = checkpoint_restore.restore_variables(manager, abstract, config)
-    manager.close()
+    # Closed however the restore ends: a notebook caller keeps no orbax threads.
+    with checkpoint.create_manager(workdir, config.train.keep_checkpoints) as manager:
+        variables, step = checkpoint_restore.restore_variables(manager, abstract, config)
     if not variables["batch_stats"]:
         del variables["batch_stats"]
     return Evaluator(config, model, mesh, protocol), variables, step

@@ -1525,3 +1525,54 @@ def test_a_metrics_log_that_cannot_be_opened_closes_the_input_already_started(
     with pytest.raises(OSError, match="metrics.jsonl"):
         loop.train_and_evaluate(config, workdir)
     assert batches.closed == 1
+
+
+def count_manager_closes(monkeypatch) -> list[int]:
+    """Each checkpoint manager the code under test creates adds a count of its closes."""
+    closes = []
+    create = checkpoint.create_manager
+
+    def counted(*args):
+        manager = create(*args)
+        closes.append(0)
+        index, close = len(closes) - 1, manager.close
+
+        def close_counted():
+            closes[index] += 1
+            close()
+
+        manager.close = close_counted
+        return manager
+
+    monkeypatch.setattr(checkpoint, "create_manager", counted)
+    return closes
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("optim.learning_rate", 1.0, run_config.RunConfigError),  # a refused resume
+        ("data.test_split", "tset", ValueError),  # a split the dataset lacks
+    ],
+)
+def test_a_run_that_stops_before_training_closes_its_checkpoint_manager(
+    resumable, monkeypatch, field, value, error
+):
+    """A library or notebook caller whose run is refused keeps no orbax threads: the manager
+    was left open when the resume or the data failed before the training's own `try`."""
+    config, workdir = resumable
+    group, name = field.split(".")
+    config[group][name] = value
+    closes = count_manager_closes(monkeypatch)
+    with pytest.raises(error):
+        loop.train_and_evaluate(config, workdir)
+    assert closes == [1]
+
+
+def test_an_evaluation_without_a_checkpoint_closes_its_checkpoint_manager(tmp_path, monkeypatch):
+    from camjax.evaluation import run as run_lib
+
+    closes = count_manager_closes(monkeypatch)
+    with pytest.raises(checkpoint.CheckpointError):
+        run_lib.restore_evaluator(tiny_config("unused"), str(tmp_path))
+    assert closes == [1]
