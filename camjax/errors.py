@@ -1,8 +1,10 @@
-"""Reading the exceptions of the libraries camjax drives, for its one-line error messages.
+"""Reading the exceptions of the libraries camjax drives, for its one-line error messages,
+and the check of an argument's type that those messages share.
 
 Dependency-free, so that every module can import it (the data modules without orbax or jax).
 """
 
+import numbers
 import os
 import re
 from collections.abc import Iterator
@@ -33,6 +35,12 @@ def os_reason(e: BaseException) -> str:
         if code := re.search(r"\[os_error_code='?(\d+)'?\]", str(link)):
             return os.strerror(int(code.group(1)))
     return ""
+
+
+def is_int_at_least(value, least: int) -> bool:
+    """Whether value is an integer (Python's or numpy's) >= least. Not a bool: ConfigDict and
+    numpy take True as 1, which no size or count means."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= least
 
 
 def exception_chain(e: BaseException | None) -> Iterator[BaseException]:

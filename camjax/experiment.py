@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from camjax import distributed
+from camjax import distributed, errors
 from camjax.data import reopenable_sources
 from camjax.data.pipeline import PreprocessConfig
 from camjax.models import MODELS, create_model
@@ -141,14 +141,9 @@ def replicated_shapes(tree, mesh: Mesh):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def _int_at_least(value, least: int) -> bool:
-    # ConfigDict takes True into an int field: no size or count of 1.
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
 def check_batch_size(batch_size: int, mesh: Mesh, what: str) -> None:
     """One-line ValueErrors for a batch size that is not a positive multiple of the devices."""
-    if not _int_at_least(batch_size, 1):
+    if not errors.is_int_at_least(batch_size, 1):
         raise ValueError(
             f"{what} must be a positive int (a multiple of the {mesh.size} devices); "
             f"got {batch_size!r}."
@@ -168,7 +163,7 @@ def check_eval_config(ev: ml_collections.ConfigDict, mesh: Mesh) -> None:
             "config.eval.iou_threshold must be a fraction in [0, 1] (0.5: IoU >= 50%); got "
             f"{ev.iou_threshold!r}."
         )
-    if not _int_at_least(ev.max_images, 0):
+    if not errors.is_int_at_least(ev.max_images, 0):
         raise ValueError(
             f"config.eval.max_images must be an int >= 0 (0: all); got {ev.max_images}."
         )
@@ -179,10 +174,10 @@ def check_train_config(t: ml_collections.ConfigDict) -> None:
     have orbax delete every checkpoint of the run, a zero interval would divide by zero after
     compiling."""
     for field in ("num_steps", "keep_checkpoints", "checkpoint_every_steps", "log_every_steps"):
-        if not _int_at_least(t[field], 1):
+        if not errors.is_int_at_least(t[field], 1):
             raise ValueError(f"config.train.{field} must be a positive int; got {t[field]!r}.")
     every = t.eval_every_steps
-    if not _int_at_least(every, 0):
+    if not errors.is_int_at_least(every, 0):
         raise ValueError(
             f"config.train.eval_every_steps must be an int >= 0 (0: no validation during "
             f"training); got {every!r}."
@@ -192,7 +187,7 @@ def check_train_config(t: ml_collections.ConfigDict) -> None:
 def check_data_config(config: ml_collections.ConfigDict) -> None:
     """One-line ValueErrors for config.data values no network or pipeline can use."""
     d = config.data
-    if not _int_at_least(d.image_size, 1):
+    if not errors.is_int_at_least(d.image_size, 1):
         raise ValueError(f"config.data.image_size must be a positive int; got {d.image_size!r}.")
     for field in ("mean", "std"):
         value = tuple(d[field])

@@ -52,3 +52,14 @@ def test_cannot_write_names_the_file_and_the_reason():
     assert errors.cannot_write(bare, "/w") == (
         "cannot write /w (OSError: 50176 requested and 38384 written)"
     )
+
+
+def test_an_int_at_least_takes_numpy_integers_and_refuses_bools_and_floats():
+    import numpy as np
+
+    assert errors.is_int_at_least(3, 3) and errors.is_int_at_least(np.int64(3), 3)
+    assert errors.is_int_at_least(np.uint8(0), 0)
+    assert not errors.is_int_at_least(2, 3)
+    # True is 1 to ConfigDict and numpy; 3.0 is a float that a count cannot take.
+    for value in (True, np.True_, 3.0, np.float32(3), "3", None):
+        assert not errors.is_int_at_least(value, 0), value

@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camjax import explicit_axes
+from camjax import errors, explicit_axes
 
 Forward = Callable[[jax.Array], jax.Array]
 
@@ -281,7 +281,7 @@ class FaithfulnessSettings:
             )
         for name, low in (("step", 0), ("chunk", 1)):
             value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < low:
+            if not errors.is_int_at_least(value, low):
                 raise ValueError(f"{name} must be an int >= {low}; got {value!r}.")
         tolerance = self.tolerance
         if (

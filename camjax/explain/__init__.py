@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from camjax import explicit_axes
+from camjax import errors, explicit_axes
 from camjax.cam import check_class_layout, head_kernel, postprocess, valid_classes
 from camjax.explain import activation, bagcams, gradient, perturbation
 from camjax.explain.probe import Probe
@@ -361,7 +361,7 @@ def _checked_arguments(
             f"method {method!r} reads one layer; got {len(layers)} ({', '.join(layers)}). Only "
             "'layer_cam' fuses several."
         )
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and not errors.is_int_at_least(top_k, 1):
         raise ValueError(f"top_k must be a positive int or None; got {top_k!r}.")
     # Its form here, before `tuple(size)`; its values where the maps are resized (resize.py).
     if not (size is None or (isinstance(size, str) and size == "input") or np.shape(size) == (2,)):
@@ -392,9 +392,7 @@ def cam_fn(
     the maps needed, or pass classes in chunks.
     """
     num_classes = head_kernel(variables).shape[1]
-    if top_k is not None and (
-        isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= num_classes
-    ):
+    if top_k is not None and not (errors.is_int_at_least(top_k, 1) and top_k <= num_classes):
         raise ValueError(f"top_k must be an int in [1, {num_classes}] or None; got {top_k!r}.")
     return explainer(
         model,

@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from camjax import errors
 from camjax.explain.gradient import single_layer
 from camjax.explain.probe import Probe
 from camjax.explain.targets import Target, refuse_softmax_of_one_logit
@@ -117,7 +118,7 @@ def channel_masks(
 def chunked(fn: Callable[[jax.Array], jax.Array], count: int, chunk_size: int) -> jax.Array:
     """fn(j) -> (B, c, n) for chunks j (c,) of range(count) -> (B, count, n), one compiled body
     (`lax.map`); the last chunk is padded with repeats of the last index, then cut off."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if not errors.is_int_at_least(chunk_size, 1):
         raise ValueError(f"chunk_size must be a positive int; got {chunk_size!r}.")
     chunk = min(chunk_size, count)
     num = -(-count // chunk)
