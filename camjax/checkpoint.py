@@ -20,7 +20,7 @@ import gc
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -67,6 +67,17 @@ def create_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
             f"cannot read the checkpoints in {directory} ({reason}); fix the directory's "
             "permissions or choose another --workdir."
         ) from None
+
+
+@contextlib.contextmanager
+def closed_on_error(manager: ocp.CheckpointManager) -> Iterator[None]:
+    """Closes `manager` if the block fails, where the caller closes it only on success: a
+    library or notebook caller whose run stops early keeps no orbax threads."""
+    try:
+        yield
+    except BaseException:
+        manager.close()
+        raise
 
 
 def retry_listing(list_steps: Callable[[], Any], directory: str) -> Any:

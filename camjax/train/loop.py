@@ -7,7 +7,6 @@ a run restarted in the same workdir resumes from the latest complete checkpoint 
 bit-identical parameters to an uninterrupted run (same data order, same dropout keys).
 """
 
-import contextlib
 import functools
 import logging
 import os
@@ -338,7 +337,7 @@ def train_and_evaluate(
 
     # Model and checkpoint problems surface before any data is generated or read.
     manager = checkpoint.create_manager(workdir, config.train.keep_checkpoints)
-    with _closed_on_error(manager):  # a refused resume, a missing split
+    with checkpoint.closed_on_error(manager):  # a refused resume, a missing split
         state, state_shardings, run = _initial_state(
             config, model, tx, mesh, manager, workdir, resume_with_changes
         )
@@ -383,17 +382,6 @@ def train_and_evaluate(
         finally:
             _close_run(manager, finished, batches, progress)  # under the signal handlers
     return state
-
-
-@contextlib.contextmanager
-def _closed_on_error(manager):
-    """Closes `manager` if the block fails: a library or notebook caller whose run stops
-    before training keeps no orbax threads (on success, `_close_run` closes it)."""
-    try:
-        yield
-    except BaseException:
-        manager.close()
-        raise
 
 
 def _close_run(manager, finished: bool, batches, progress: Progress | None) -> None:
