@@ -10,7 +10,6 @@ from `evaluator.Evaluator`; the counting itself is `camjax.localization.wsol`; t
 """
 
 import dataclasses
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from camjax import errors
 from camjax.data import pipeline
 from camjax.localization import pxap as pxap_lib
 from camjax.localization import wsol, wsol_frame
@@ -89,8 +89,7 @@ def wsol_protocol(config: ml_collections.ConfigDict) -> WsolProtocol | None:
     if (
         not isinstance(ious, tuple | list)
         or not ious
-        or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in ious)
-        or not all(0 < d <= 100 for d in ious)
+        or not all(errors.is_int_at_least(d, 1) and d <= 100 for d in ious)
         or len(set(ious)) != len(ious)
     ):
         raise ValueError(

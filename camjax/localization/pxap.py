@@ -17,7 +17,10 @@ from camjax.localization.wsol import _check_thresholds, _check_unit_interval, de
 def pxap_bin_edges(thresholds=None) -> np.ndarray:
     """The evaluator's histogram edges ``thresholds + [1, 2, 3]``, float64 (T + 3,)."""
     thresholds = default_thresholds() if thresholds is None else thresholds
-    return np.append(_check_thresholds(thresholds), [1.0, 2.0, 3.0])
+    t = _check_thresholds(thresholds)
+    if np.any(np.diff(t) < 0):  # float32 maps would be binned silently wrong, float64 refused
+        raise ValueError("PxAP's thresholds are histogram edges: sort them in increasing order.")
+    return np.append(t, [1.0, 2.0, 3.0])
 
 
 def _float32_ceil(edges: np.ndarray) -> np.ndarray:

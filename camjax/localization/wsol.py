@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from camjax import explicit_axes
+from camjax import errors, explicit_axes
 
 NUM_LEVELS = 256  # levels of a uint8 map, the evaluator's quantisation
 DEFAULT_IOU_THRESHOLDS = (30, 50, 70)
@@ -345,6 +345,8 @@ def _check_box_inputs(quantized, gt_boxes, num_gt, iou_thresholds, paper=False):
             raise ValueError(
                 "GT boxes must be (x0, y0, x1, y1) with 0 <= x0 <= x1 and 0 <= y0 <= y1."
             )
+        if np.any(g > np.iinfo(np.int32).max):  # counted in int32: 2**32 + 6 would be 6
+            raise ValueError(f"GT box coordinates must be below 2**31; got {g.max()}.")
     deltas = _check_iou_thresholds(iou_thresholds)
     if isinstance(gt, np.ndarray):
         gt = gt.astype(np.float64 if paper else np.int32)
@@ -399,11 +401,7 @@ class WsolBoxAccumulator:
             raise ValueError(
                 f"counts must be integer image counts (box_correct_counts'), got {counts.dtype}."
             )
-        if (
-            not isinstance(num_images, int | np.integer)
-            or isinstance(num_images, bool)
-            or num_images < 0
-        ):
+        if not errors.is_int_at_least(num_images, 0):
             raise ValueError(f"num_images must be an int >= 0, got {num_images!r}.")
         if counts.size and (counts.min() < 0 or counts.max() > num_images):
             raise ValueError(

@@ -435,6 +435,29 @@ def test_bad_inputs():
         wsol.WsolBoxAccumulator(GRID).merge(wsol.WsolBoxAccumulator(GRID[:5]))
 
 
+def test_gt_coordinates_that_int32_cannot_hold_are_refused_not_wrapped():
+    """The int64 box (0, 0, 2**32 + 6, 4) was narrowed to (0, 0, 6, 4), which covers this 4 x 4
+    map: counted a hit at every threshold where the reference's box (IoU 16 / 2**32) misses."""
+    q = wsol.quantize_scoremaps(np.ones((1, 4, 4), np.float32))
+    with pytest.raises(
+        ValueError, match=r"GT box coordinates must be below 2\*\*31; got 4294967302"
+    ):
+        wsol.box_correct_counts(q, np.array([[[0, 0, 2**32 + 6, 4]]]), np.array([1]), GRID)
+    top = np.iinfo(np.int32).max  # the largest that fits is taken, and misses
+    counts = wsol.box_correct_counts(q, np.array([[[0, 0, top, 4]]]), np.array([1]), GRID)
+    assert not np.any(counts)
+
+
+def test_pxap_refuses_thresholds_out_of_order():
+    """Unsorted edges binned float32 maps silently wrong (np.histogram refuses float64 ones)."""
+    maps = np.random.default_rng(0).random((2, 5, 5)).astype(np.float32)
+    masks = (maps > 0.5).astype(np.uint8)
+    with pytest.raises(ValueError, match="sort them in increasing order"):
+        pxap.pxap_histograms(maps, masks, thresholds=GRID[::-1])
+    ref_hist = pxap.pxap_histograms(maps, masks, thresholds=GRID)  # sorted: taken
+    assert np.asarray(ref_hist).sum() == 2 * 25
+
+
 @METHODS
 def test_several_image_sets_from_one_sweep(method):
     """valid (K, B) counts K sets of images from one sweep, as K calls with (B,) would."""
