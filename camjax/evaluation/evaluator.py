@@ -30,6 +30,7 @@ from camjax import cam as cam_lib
 from camjax import experiment, explain
 from camjax.data import pipeline
 from camjax.evaluation import faithfulness as faith_lib
+from camjax.evaluation import pointing
 from camjax.evaluation.protocol import (
     MaskedEvalPreprocess,
     WsolCounts,
@@ -256,7 +257,7 @@ class Evaluator:
             targets = labels[:, None]
         out = self._explainer(variables, resize=f.resize, normalize="minmax")(images, targets)
         classes, size = out.classes[:, -1], self.config.data.image_size
-        gt = faith_lib.box_masks(batch["boxes"], batch["num_boxes"], size, size)
+        gt = pointing.box_masks(batch["boxes"], batch["num_boxes"], size, size)
         return faith_lib.batch_sums(
             forward,
             images,

@@ -28,10 +28,7 @@ Definitions (camjax's defaults first; the peers' variants are options):
   class's softmax probability. AUC: the trapezoid rule over the fraction of changed pixels,
   in [0, 1]; it equals RISE's `auc` (uniform grid) when step divides P (RISE's step = W), and
   TorchCAM's `torch.trapezoid(curve, fractions)` always.
-* Pointing game (Zhang et al., ECCV 2016; TorchRay `benchmark/pointing_game.py`): the point is
-  the map's first maximum in raster order; a hit when some GT pixel lies at Euclidean distance
-  strictly below `tolerance` (15 px) from it. Accuracy: per class hits / max(1, images), then
-  the mean over the classes that occur (TorchRay's mean over all classes when all occur).
+* The pointing game (`camjax.evaluation.pointing`), summed and reported with these.
 
 The maps are an input: the same metric on differently made maps gives different numbers. The
 peers' whole pipelines make them differently from camjax's explainer (size='input' upsamples
@@ -53,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -61,6 +59,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from camjax import errors, explicit_axes
+from camjax.evaluation import pointing
+from camjax.explain import check_images
 
 Forward = Callable[[jax.Array], jax.Array]
 
@@ -98,6 +98,7 @@ def confidence_change(
 
     images: (B, H, W, 3) float, the model's input; maps: (B, H, W) in [0, 1]; classes: (B,).
     """
+    _check_maps(images, maps, classes)
     y = class_scores(forward(images), classes, score)
     o = class_scores(forward(images * maps[..., None].astype(images.dtype)), classes, score)
     return y, o
@@ -162,8 +163,8 @@ def rise_blur(images: jax.Array, klen: int = 11, sigma: float = 5.0) -> jax.Arra
 
 def curve_counts(num_pixels: int, step: int) -> np.ndarray:
     """Changed pixels at each point of a curve: 0, step, ..., P (n_steps + 1 int32)."""
-    if step < 1:
-        raise ValueError(f"step must be a positive number of pixels; got {step}.")
+    if not errors.is_int_at_least(step, 1):
+        raise ValueError(f"step must be a positive int, pixels per step; got {step!r}.")
     n_steps = -(-num_pixels // step)
     return np.minimum(np.arange(n_steps + 1) * step, num_pixels).astype(np.int32)
 
@@ -195,6 +196,9 @@ def deletion_insertion_curves(
     `rise_blur(images)`) to the images, `step` pixels per step in order of `saliency_ranks`.
     chunk: curve points evaluated together (memory: see the module doc).
     """
+    _check_maps(images, maps, classes)
+    if not errors.is_int_at_least(chunk, 1):
+        raise ValueError(f"chunk must be a positive int, curve points per pass; got {chunk!r}.")
     b, h, w, _ = images.shape
     counts = jnp.asarray(curve_counts(h * w, step))
     ranks = saliency_ranks(maps).reshape(b, h, w, 1)
@@ -217,37 +221,6 @@ def curve_auc(curves: jax.Array, num_pixels: int, step: int) -> jax.Array:
     x = curve_counts(num_pixels, step).astype(np.float64) / num_pixels
     dx = jnp.asarray(np.diff(x), jnp.float32)
     return jnp.sum(dx * (curves[:, 1:] + curves[:, :-1]) / 2, axis=-1)
-
-
-# --------------------------------------------------------------------------------------------
-# Pointing game.
-
-
-def box_masks(boxes: jax.Array, num_boxes: jax.Array, height: int, width: int) -> jax.Array:
-    """(B, H, W) bool union of each image's GT boxes: pixels whose centre lies in a box.
-
-    boxes: (B, M, 4) float (x0, y0, x1, y1), pixels, x1 and y1 one past an integer box's last
-    pixel; num_boxes: (B,). A centre on an edge counts as inside, at either end: an integer
-    box covers pixels x0..x1 - 1, and an edge through a pixel's centre (resized boxes have
-    them) keeps that half-covered pixel, the same at both ends."""
-    ys = jnp.arange(height, dtype=jnp.float32)[:, None] + 0.5
-    xs = jnp.arange(width, dtype=jnp.float32)[None, :] + 0.5
-    bx = boxes[:, :, None, None, :]
-    inside = (xs >= bx[..., 0]) & (xs <= bx[..., 2]) & (ys >= bx[..., 1]) & (ys <= bx[..., 3])
-    real = jnp.arange(boxes.shape[1])[None, :] < num_boxes[:, None]
-    return jnp.any(inside & real[:, :, None, None], axis=1)
-
-
-def pointing_hits(maps: jax.Array, gt_masks: jax.Array, tolerance: float = 15.0) -> jax.Array:
-    """(B,) bool: is a GT pixel strictly within `tolerance` px of the map's first maximum?
-
-    maps: (B, H, W); gt_masks: (B, H, W) bool, at the maps' resolution."""
-    b, h, w = maps.shape
-    idx = jnp.argmax(maps.reshape(b, -1), axis=-1)
-    y, x = (idx // w)[:, None, None], (idx % w)[:, None, None]
-    yy, xx = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
-    accept = (yy - y) ** 2 + (xx - x) ** 2 < tolerance**2
-    return jnp.any(gt_masks & accept, axis=(1, 2))
 
 
 # --------------------------------------------------------------------------------------------
@@ -283,16 +256,9 @@ class FaithfulnessSettings:
             value = getattr(self, name)
             if not errors.is_int_at_least(value, low):
                 raise ValueError(f"{name} must be an int >= {low}; got {value!r}.")
-        tolerance = self.tolerance
-        if (
-            not isinstance(tolerance, int | float | np.number)
-            or isinstance(tolerance, bool)
-            or not np.isfinite(tolerance)
-            or tolerance <= 0
-        ):
-            raise ValueError(
-                f"tolerance must be a finite number of pixels > 0 (default 15); got {tolerance!r}."
-            )
+        tol = self.tolerance  # not NaN (0 < NaN is False), not a bool (True is 1)
+        if isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not 0 < tol < np.inf:
+            raise ValueError(f"tolerance must be a finite number of pixels > 0; got {tol!r}.")
 
     def pixels_per_step(self, width: int) -> int:
         return self.step or width
@@ -320,7 +286,7 @@ def batch_sums(
     for the pointing game); so does one whose image, map or scores are not finite, or whose
     class (label) is outside [0, C): values known only on device under the caller's jit.
     """
-    _check_batch(images, classes, labels)
+    _check_batch(images, maps, classes, valid, labels, point_maps, gt_masks)
     # On a mesh with Explicit axes, run with them Auto; the sums come back replicated.
     sums = functools.partial(_batch_sums, forward, settings=settings, num_classes=num_classes)
     arrays = (images, maps, classes, valid, point_maps, gt_masks, labels)
@@ -356,39 +322,43 @@ def _batch_sums(
     sums.update({k: jnp.sum(jnp.where(ok, v, 0.0)) for k, v in per_image.items()})
     if settings.pointing and point_maps is not None:
         sums.update(
-            _pointing_sums(point_maps, gt_masks, labels, num_classes, valid, finite, settings)
+            pointing.pointing_sums(
+                point_maps, gt_masks, labels, num_classes, valid, finite, settings.tolerance
+            )
         )
     return sums
 
 
-def _check_batch(images: jax.Array, classes: jax.Array, labels: jax.Array | None) -> None:
+def _check_batch(images, maps, classes, valid, labels, point_maps, gt_masks) -> None:
     """`batch_sums`' one-line errors for what the shapes and dtypes already tell."""
-    if images.shape[0] == 0:
+    if getattr(images, "shape", (1,))[0] == 0:
         raise ValueError(
             "batch_sums needs at least one image; got a batch of 0 (pad a short batch and "
             "mark the padding valid=False)."
         )
-    for name, value in (("classes", classes), ("labels", labels)):
-        if value is not None and not jnp.issubdtype(value.dtype, jnp.integer):
-            raise TypeError(f"{name} must be integer class indices; got dtype {value.dtype}.")
+    _check_maps(images, maps, classes)
+    b, h, w = images.shape[:3]
+    _check_per_image("valid", valid, (b,), "True for an image, False for padding")
+    if point_maps is not None:
+        _check_per_image("point_maps", point_maps, (b, h, w), "the GT class's map")
+        _check_per_image("gt_masks", gt_masks, (b, h, w), "bool, True on the object", bool)
+        _check_per_image("labels", labels, (b,), "integer GT class indices", jnp.integer)
 
 
-def _pointing_sums(point_maps, gt_masks, labels, num_classes: int, valid, finite, settings):
-    """The pointing game's per-class hits and counts of a batch's `valid` images; those whose
-    image is not `finite`, whose label is outside [0, num_classes) or whose map is not finite
-    count in 'pointing_nan'."""
-    if num_classes < 1:
-        raise ValueError(f"the pointing game needs num_classes >= 1; got {num_classes}.")
-    in_range = (labels >= 0) & (labels < num_classes)
-    pok = valid & finite & in_range & jnp.all(jnp.isfinite(point_maps), axis=(1, 2))
-    point_maps = jnp.where(pok[:, None, None], point_maps, 0.0)
-    hits = pointing_hits(point_maps, gt_masks, settings.tolerance) & pok
-    one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    return {
-        "pointing_hits": jnp.sum(one_hot * hits[:, None], axis=0),
-        "pointing_count": jnp.sum(one_hot * pok[:, None], axis=0),
-        "pointing_nan": jnp.sum((valid & ~pok).astype(jnp.float32)),
-    }
+def _check_maps(images, maps, classes) -> None:
+    """Float (B, H, W, C) images, a map at their resolution and a class index for each."""
+    check_images(images)
+    b, h, w = images.shape[:3]
+    _check_per_image("maps", maps, (b, h, w), "an explainer's cams[:, 0] with size='input'")
+    _check_per_image("classes", classes, (b,), "integer class indices", jnp.integer)
+
+
+def _check_per_image(name: str, value, shape: tuple[int, ...], what: str, dtype=None) -> None:
+    got = f"shape {value.shape}" if hasattr(value, "shape") else f"a {type(value).__name__}"
+    if not hasattr(value, "dtype") or value.shape != shape:
+        raise ValueError(f"{name} must be {shape}, one per image ({what}); got {got}.")
+    if dtype is not None and not jnp.issubdtype(value.dtype, dtype):
+        raise TypeError(f"{name} must be {what}; got dtype {value.dtype}.")
 
 
 @dataclasses.dataclass
@@ -405,6 +375,12 @@ class FaithfulnessAccumulator:
             self.sums = jax.tree.map(jnp.add, self.sums, batch)
 
     def merge(self, other: FaithfulnessAccumulator) -> None:
+        """Adds another's sums, of the same settings (else the means would mix definitions)."""
+        if other.settings != self.settings:
+            raise ValueError(
+                f"cannot merge faithfulness sums of different settings: {self.settings} and "
+                f"{other.settings}; accumulate each setting apart."
+            )
         if other.sums:
             self.update(other.sums)
 
@@ -432,8 +408,5 @@ class FaithfulnessAccumulator:
             out["deletion_auc"] = float(s["deletion"]) / n
             out["insertion_auc"] = float(s["insertion"]) / n
         if "pointing_hits" in s:
-            seen = s["pointing_count"] > 0
-            per_class = s["pointing_hits"][seen] / s["pointing_count"][seen]
-            out["pointing_game"] = 100.0 * float(per_class.mean()) if seen.any() else 0.0
-            out["pointing_num_nan_maps"] = int(s.get("pointing_nan", 0))
+            out.update(pointing.pointing_summary(s))
         return out

@@ -17,7 +17,7 @@ from camjax import experiment, explain
 from camjax.data import pipeline
 from camjax.evaluation import evaluator as evaluator_lib
 from camjax.evaluation import faithfulness as faith_lib
-from camjax.evaluation import gallery, report
+from camjax.evaluation import gallery, pointing, report
 from camjax.evaluation import run as run_lib
 
 
@@ -273,7 +273,7 @@ def test_faithfulness_explains_the_predicted_class_and_points_with_the_gt_class(
             np.ones(n, bool),
             dataclasses.replace(e.faithfulness, deletion_insertion=False),
             point_maps=maps_of(labels),
-            gt_masks=faith_lib.box_masks(boxes, num_boxes, size, size),
+            gt_masks=pointing.box_masks(boxes, num_boxes, size, size),
             labels=labels,
             num_classes=config.model.num_classes,
         )

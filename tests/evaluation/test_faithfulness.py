@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from camjax.evaluation import faithfulness as fa
+from camjax.evaluation import pointing
 from tests.explain import user_models
 from tests.meshes import on_mesh
 
@@ -321,7 +322,7 @@ def test_pointing_game_equals_torchray_and_its_tolerance_is_strict():
         y0, x0 = rng.integers(0, 12, 2)
         masks[i, y0 : y0 + 2, x0 : x0 + 3] = True
     labels = rng.integers(0, 3, 20)
-    hits = fa.pointing_hits(maps, masks, tolerance=3.0)
+    hits = pointing.pointing_hits(maps, masks, tolerance=3.0)
     ref, ref_hits = torchray_pointing(maps, masks, labels, 3, tolerance=3.0)
     assert 0 < hits.sum() < 20
     sums = {
@@ -337,9 +338,9 @@ def test_pointing_game_equals_torchray_and_its_tolerance_is_strict():
     m[0, 5, 5] = 1
     g = np.zeros((1, 40, 40), bool)
     g[0, 5, 20] = True
-    assert not fa.pointing_hits(m, g)[0]
+    assert not pointing.pointing_hits(m, g)[0]
     g[0, 5, 20], g[0, 14, 16] = False, True  # 9^2 + 11^2 = 202 < 225
-    assert fa.pointing_hits(m, g)[0]
+    assert pointing.pointing_hits(m, g)[0]
 
 
 def test_pointing_game_on_non_square_maps_reads_the_maximums_row_and_column():
@@ -352,7 +353,7 @@ def test_pointing_game_on_non_square_maps_reads_the_maximums_row_and_column():
     for i, m in enumerate(maps):
         y, x = np.unravel_index(np.argmax(m), m.shape) if i < 15 else rng.integers(0, (5, 11))
         masks[i, y, x] = True
-    hits = np.asarray(fa.pointing_hits(maps, masks, tolerance=1.5))
+    hits = np.asarray(pointing.pointing_hits(maps, masks, tolerance=1.5))
     _, ref = torchray_pointing(maps, masks, np.arange(30), 30, tolerance=1.5)  # one class each
     assert 15 <= ref.sum() < 30
     np.testing.assert_array_equal(hits, ref.astype(bool))
@@ -376,14 +377,14 @@ def test_the_pointing_game_is_the_mean_over_the_classes_that_occur():
 
 def test_box_masks_cover_pixel_centres_of_each_real_box():
     boxes = np.array([[[1, 2, 4, 3], [0, 0, 6, 6]]], np.float32)  # x0, y0, x1, y1, exclusive
-    m = np.asarray(fa.box_masks(boxes, np.array([1]), 5, 6))
+    m = np.asarray(pointing.box_masks(boxes, np.array([1]), 5, 6))
     ref = np.zeros((5, 6), bool)
     ref[2:3, 1:4] = True
     np.testing.assert_array_equal(m[0], ref)
     # Edges through pixel centres (x 1.5 and 3.5, y 0.5 and 2.5): the half-covered pixels are
     # kept at both ends, columns 1-3 and rows 0-2; edges a hair inside drop them.
     boxes = np.array([[[1.5, 0.5, 3.5, 2.5]], [[1.51, 0.51, 3.49, 2.49]]], np.float32)
-    m = np.asarray(fa.box_masks(boxes, np.array([1, 1]), 5, 6))
+    m = np.asarray(pointing.box_masks(boxes, np.array([1, 1]), 5, 6))
     ref = np.zeros((2, 5, 6), bool)
     ref[0, 0:3, 1:4] = True
     ref[1, 1:2, 2:3] = True
@@ -626,7 +627,7 @@ def test_ties_and_tiny_scores_follow_the_peers_conventions():
     np.testing.assert_array_equal(fa.saliency_ranks(jnp.float32([[[1, 0, 1]]])), [[0, 2, 1]])
     maps = jnp.zeros((2, 40, 40)).at[:, 5, 5].set(1.0).at[:, 35, 35].set(1.0)
     gt = jnp.zeros((2, 40, 40), bool).at[0, 5, 5].set(True).at[1, 35, 35].set(True)
-    np.testing.assert_array_equal(fa.pointing_hits(maps, gt), [True, False])
+    np.testing.assert_array_equal(pointing.pointing_hits(maps, gt), [True, False])
 
 
 def test_the_default_step_is_one_image_width_as_rise():
@@ -647,3 +648,70 @@ def test_the_default_step_is_one_image_width_as_rise():
         want = float(jnp.sum(fa.curve_auc(curve, P, 9)))
         assert float(sums[name]) == pytest.approx(want, rel=1e-6), name
     assert deletion.shape == (2, 5)  # 0, 9, 18, 27 and 36 pixels changed
+
+
+def test_inputs_that_do_not_fit_the_images_are_one_line_errors_before_any_work():
+    """Maps of one image for two were broadcast to both (every metric plausible); uint8 images
+    truncated every map value below 1 to 0; the rest failed deep in jax's broadcasting."""
+    forward, *_ = linear_model()
+    settings = fa.FaithfulnessSettings(step=6)
+    images, maps, classes = batch(b=2)
+    valid = np.ones(2, bool)
+    labels, masks = classes, maps > 0.5
+    cases = [
+        (dict(maps=maps[:1]), r"maps must be \(2, 6, 6\), one per image .*; got shape \(1, 6, 6\)"),
+        (dict(maps=maps[:, None]), r"maps must be \(2, 6, 6\).*got shape \(2, 1, 6, 6\)"),
+        (dict(maps=maps[:, ::2, ::2]), r"maps must be \(2, 6, 6\).*got shape \(2, 3, 3\)"),
+        (dict(images=(images * 50).astype(np.uint8)), "images must be floating point"),
+        (dict(classes=list(classes)), r"classes must be \(2,\), one per image .*; got a list"),
+        (dict(classes=classes[:, None]), r"classes must be \(2,\).*got shape \(2, 1\)"),
+        (dict(valid=np.ones(3, bool)), r"valid must be \(2,\).*got shape \(3,\)"),
+        (dict(point_maps=maps, labels=labels), r"gt_masks must be \(2, 6, 6\).*got a NoneType"),
+        (dict(point_maps=maps, gt_masks=masks), r"labels must be \(2,\).*got a NoneType"),
+        (dict(point_maps=maps[:, :2], gt_masks=masks, labels=labels), r"point_maps must be"),
+    ]
+    for change, message in cases:
+        args = dict(images=images, maps=maps, classes=classes, valid=valid) | change
+        pointing_args = {k: args.pop(k) for k in ("point_maps", "gt_masks", "labels") if k in args}
+        with pytest.raises(ValueError, match=message):
+            fa.batch_sums(forward, **args, settings=settings, num_classes=C, **pointing_args)
+    with pytest.raises(TypeError, match="gt_masks must be bool, True on the object; got dtype"):
+        fa.batch_sums(
+            forward, images, maps, classes, valid, settings,
+            point_maps=maps, gt_masks=masks.astype(np.float32), labels=labels, num_classes=C,
+        )  # fmt: skip
+    # The metric functions themselves check as batch_sums does.
+    with pytest.raises(ValueError, match="images must be floating point"):
+        fa.confidence_change(forward, (images * 50).astype(np.uint8), maps, classes)
+    with pytest.raises(ValueError, match=r"maps must be \(2, 6, 6\)"):
+        fa.deletion_insertion_curves(forward, images, maps[:1], classes, step=6)
+    # FaithfulnessSettings checks these; a direct call took 2.5 pixels per step and chunk 0.
+    with pytest.raises(ValueError, match="step must be a positive int, pixels per step; got 2.5"):
+        fa.deletion_insertion_curves(forward, images, maps, classes, step=2.5)
+    with pytest.raises(ValueError, match="chunk must be a positive int, curve points"):
+        fa.deletion_insertion_curves(forward, images, maps, classes, step=6, chunk=0)
+
+
+def test_sums_of_different_settings_are_not_merged():
+    """A 'paper' accumulator took a 'grad_cam' one's sums: the summary mixed the definitions
+    under the first's name."""
+    acc = fa.FaithfulnessAccumulator(fa.FaithfulnessSettings())
+    other = fa.FaithfulnessAccumulator(fa.FaithfulnessSettings(variant="grad_cam", score="logit"))
+    other.update({"count": jnp.ones(()), "nan": jnp.zeros(()), "drop": jnp.ones(())})
+    with pytest.raises(ValueError, match="cannot merge faithfulness sums of different settings"):
+        acc.merge(other)
+    same = fa.FaithfulnessAccumulator(fa.FaithfulnessSettings())
+    same.update({"count": jnp.ones(()), "nan": jnp.zeros(()), "drop": jnp.ones(())})
+    acc.merge(same)
+    assert acc.summary()["average_drop"] == 100.0
+
+
+def test_a_pointing_game_of_no_counted_image_is_nan_not_zero():
+    """Every label out of range (or every GT-class map not finite): 0.0 read as the worst
+    score a method can get; NaN, beside the count that says why."""
+    summary = pointing.pointing_summary(
+        {"pointing_hits": np.zeros(3), "pointing_count": np.zeros(3), "pointing_nan": 4.0}
+    )
+    assert np.isnan(summary["pointing_game"]) and summary["pointing_num_nan_maps"] == 4
+    counted = {"pointing_hits": np.array([1.0, 0, 0]), "pointing_count": np.array([2.0, 0, 1])}
+    assert pointing.pointing_summary(counted)["pointing_game"] == 25.0  # (1/2 + 0/1) / 2
