@@ -345,16 +345,23 @@ class Probe:
 
     def grid_shape(self, tokens: int, image_size: tuple[int, int]) -> tuple[int, int, int]:
         """(prefix tokens, h, w) of a layer of `tokens` tokens for (H, W) images: `grid`, or the
-        patch grid (H/p, W/p), rounded down ('VALID' patches) or up ('SAME'), that leaves the
-        fewest prefix tokens (class, registers), at most h + w (pooled tokens are refused)."""
+        patch grid (H/p, W/p) that leaves the fewest prefix tokens (class, registers), at most
+        h + w (pooled tokens are refused). Patch sizes that divide the image come first; then
+        grids rounded down ('VALID' patches) or up ('SAME'). Rounded grids are tried only
+        after exact ones: a class token and 4 registers on 32 x 64 images with patch 8 (4 x 8
+        + 5 tokens) would otherwise read as patch 7's 4 x 9 + 1."""
         if self.grid is not None:
             h, w = self.grid
             fits, shape = [(tokens - h * w, h, w)] if tokens >= h * w else [], f"a {h}x{w} grid"
         else:
             (height, width), sizes = image_size, range(1, min(image_size) + 1)
-            grids = {(height // p, width // p) for p in sizes}
-            grids |= {(-(-height // p), -(-width // p)) for p in sizes}
-            fits = [(tokens - h * w, h, w) for h, w in grids if 0 <= tokens - h * w <= h + w]
+            exact = {(height // p, width // p) for p in sizes if height % p == width % p == 0}
+            rounded = {(height // p, width // p) for p in sizes}
+            rounded |= {(-(-height // p), -(-width // p)) for p in sizes}
+            for grids in (exact, rounded):
+                fits = [(tokens - h * w, h, w) for h, w in grids if 0 <= tokens - h * w <= h + w]
+                if fits:
+                    break
             shape = f"the patch grid of a {height}x{width} image"
         if not fits:
             raise ValueError(

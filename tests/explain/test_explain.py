@@ -571,13 +571,20 @@ def test_vit_tokens_of_a_non_square_image_on_its_patch_grid():
 
 def test_a_token_count_on_a_patch_grid_with_the_fewest_prefix_tokens():
     """grid_shape by hand. 32 tokens of a 32x64 image: 8 px patches make 4x8, and 10 px 'SAME'
-    patches (ceil(32 / 10) x ceil(64 / 10)) 4x7 after 4 registers; the fewest prefix tokens win.
+    patches (ceil(32 / 10) x ceil(64 / 10)) 4x7 after 4 registers; exact patches win, then
+    the fewest prefix tokens.
     30x30 in 4 px 'SAME' patches: ceil(30 / 4) = 8, 8x8 and a class token (no 'VALID' grid
     fits 65). A given grid takes exactly h * w tokens too (a ViT with no class token)."""
     probe = Probe(user_models.TinyViT(), ("block0",))
     assert probe.grid_shape(32, (32, 64)) == (0, 4, 8)
     assert probe.grid_shape(33, (32, 64)) == (1, 4, 8)
     assert probe.grid_shape(65, (30, 30)) == (1, 8, 8)
+    # Patch sizes that divide the image come before rounded grids. A class token and 4
+    # registers on 32x64 in 8 px patches (37 tokens) read as 7 px patches' 4x9 and a class
+    # token; DeiT's class and distillation tokens on 32x64 in 16 px patches (10) as 2x5.
+    assert probe.grid_shape(37, (32, 64)) == (5, 4, 8)
+    assert probe.grid_shape(10, (32, 64)) == (2, 2, 4)
+    assert probe.grid_shape(2 + 14 * 10, (224, 160)) == (2, 14, 10)  # DeiT-B/16
     given = Probe(user_models.TinyViT(), ("block0",), grid=(3, 5))
     assert given.grid_shape(15, (28, 20)) == (0, 3, 5)
     assert given.grid_shape(16, (28, 20)) == (1, 3, 5)
