@@ -119,7 +119,7 @@ class Probe:
         called: list[str] = []  # the module paths whose __call__ was traced, in order
         try:
             output, sown, paths = apply(variables, images, given, tap, called)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:  # lax.cond refuses unequal branches: TypeError
             self._raise_if_lifted_refusal(e, called, variables, images)
             raise
         logits = model_logits(output)
@@ -141,20 +141,21 @@ class Probe:
         )
 
     def _raise_if_lifted_refusal(
-        self, error: ValueError, called: list[str], variables: Variables, images: jax.Array
+        self, error: Exception, called: list[str], variables: Variables, images: jax.Array
     ) -> None:
         """The one-line error for a lifted transform refusing a tapped layer's sown output,
         e.g. a vmap that broadcasts the module's variables: "at vmap out_axes..., got axis spec
-        None but output was batched on axis 0". Returns for any other error, and when the
-        model fails without the probe too (its own bug), for the caller to raise it as it is."""
-        message = str(error).splitlines()[0]
+        None but output was batched on axis 0", or a cond whose other branch lacks it (its key
+        on a later line). Returns for any other error, and when the model fails without the
+        probe too (its own bug), for the caller to raise it as it is."""
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
         tapped = [layer for layer in self.layers if layer in called]
-        if not tapped or not (PROBED in message or "out_axes" in message):
+        if not tapped or not (PROBED in str(error) or "out_axes" in message):
             return
         if not self._runs_unprobed(variables, images):
             return
         layers = " or ".join(map(repr, tapped))
-        raise self._lifted_error(layers, f" (JAX: {message})") from None
+        raise self._lifted_error(layers, f" (JAX: {message.rstrip(':')})") from None
 
     @property
     def model_name(self) -> str:
@@ -292,8 +293,8 @@ class Probe:
     def _lifted_error(self, layer: str, cause: str) -> ValueError:
         return ValueError(
             f"layer {layer} of {self.model_name} runs inside a lifted transform that stacks, "
-            "broadcasts or drops its outputs (a scan over repeated blocks, a vmap, "
-            "nn.WeightNorm); probe a module outside it, e.g. the transformed module's "
+            "broadcasts or drops its outputs (a scan over repeated blocks, a vmap, a cond's "
+            "branch, nn.WeightNorm); probe a module outside it, e.g. the transformed module's "
             f"caller{cause}."
         )
 

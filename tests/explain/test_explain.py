@@ -388,6 +388,8 @@ def test_a_layer_under_spectral_or_weight_norm(norm):
         # Scanning the probe's collection too stacked the outputs: wrong maps, or JAX errors.
         (user_models.Lifted("scan_all"), "block/conv", "of Lifted runs inside a lifted"),
         (user_models.Lifted("vmap"), "block/conv", "of Lifted runs inside a lifted transform"),
+        # The other branch lacks the probe's output: a multi-line TypeError from lax.cond.
+        (user_models.Lifted("cond"), "block/conv", r"Lifted runs inside .* a cond's branch"),
         (user_models.SharedConv(), "shared", "'shared' is called more than once"),
         (user_models.ThroughMethod(), "encoder", "'encoder' of ThroughMethod is not called thr"),
         # nn.jit replays a cached trace, with the probe's first inputs.

@@ -94,7 +94,8 @@ class Lifted(nn.Module):
     """A stem, a block under a Flax lifted transform ('plain': none), a linear head: the
     variables of 'plain', 'remat' and 'jit' are the same tree. 'scan' scans two blocks over
     their params, 'scan_all' over every collection (whose outputs come out stacked), 'vmap'
-    maps the block over images with its variables broadcast."""
+    maps the block over images with its variables broadcast, 'cond' runs it on one branch of
+    nn.cond (the identity on the other)."""
 
     lift: str = "plain"
 
@@ -114,6 +115,13 @@ class Lifted(nn.Module):
                 out_axes=(0, None),
             )
             x = vmap(name="block")(x[:, None], None)[0][:, 0]
+        elif self.lift == "cond":
+            block = ConvBlock(name="block")
+            if self.is_initializing():  # init runs both branches, and the identity has no params
+                x, _ = block(x)
+            else:
+                identity = lambda _, y: (y, None)  # noqa: E731
+                x, _ = nn.cond(jnp.mean(x) > -1e9, lambda m, y: m(y), identity, block, x)
         else:
             x, _ = LIFTED_BLOCKS[self.lift](name="block")(x)
         return nn.Dense(5, name="head")(jnp.mean(x, axis=(1, 2)))
