@@ -369,7 +369,10 @@ def _checked_arguments(
             f"size must be 'input', None (the method's own) or (height, width); got {size!r}."
         )
     check_options(method, options)
-    return layers, size if size is None or isinstance(size, str) else tuple(size)
+    if size is not None and not isinstance(size, str):
+        # Python numbers: the compiled functions are cached on it (a jax array is unhashable).
+        size = tuple(np.asarray(size).tolist())
+    return layers, size
 
 
 def cam_fn(

@@ -632,11 +632,13 @@ def test_a_layer_under_nn_jit_first_traced_by_another_probe_is_named_not_missing
         f(layer="block/nope")(images)
 
 
-def test_a_numpy_size_is_taken():
-    """size=np.array([7, 5]): before, numpy's "truth value of an array is ambiguous"."""
+@pytest.mark.parametrize("array", [np.array, jnp.array])
+def test_a_numpy_or_jax_size_is_taken(array):
+    """size=np.array([7, 5]): before, numpy's "truth value of an array is ambiguous";
+    jnp.array([7, 5]): "unhashable type", from the cache of compiled functions."""
     model = user_models.SmallCNN(num_classes=5)
     variables, images = user_models.init(model, size=16, batch=2)
-    out = explain.explainer(model, variables, "grad_cam", layer="conv3", size=np.array([7, 5]))
+    out = explain.explainer(model, variables, "grad_cam", layer="conv3", size=array([7, 5]))
     assert out(images).cams.shape == (2, 1, 7, 5)
 
 
