@@ -163,23 +163,38 @@ def open_image(where: str, data: bytes) -> Image.Image:
 def checked_image(where: str, data: bytes) -> tuple[bytes, int, int]:
     """Decodes an image, named by `where`, to catch damage -> (bytes to store, height, width).
 
-    RGB and grey JPEGs and PNGs are stored as they are; anything else (CMYK JPEGs) as a
-    lossless PNG of Pillow's RGB conversion, which tfds decodes to 3 channels (its PIL fallback
-    would give a CMYK JPEG 4).
+    RGB and grey JPEGs, and RGB and grey PNGs of 8 bits per sample without a transparent
+    colour, are stored as they are; anything else as a lossless PNG of its 8-bit RGB
+    conversion, which tfds decodes to 3 channels. tfds decodes with OpenCV, which reads a CMYK
+    JPEG or a PNG's transparent colour (tRNS) as a 4th channel, and 16-bit samples as uint16,
+    of which tfds keeps the low byte (noise); the conversion keeps the high byte, as viewers
+    show it.
 
     Raises:
       CorruptFileError: it does not decode; the message names it by `where`.
     """
     with _decoding(where), Image.open(io.BytesIO(data)) as image:
         width, height = image.size
-        if image.format in ("JPEG", "MPO", "PNG") and image.mode in ("RGB", "L"):
+        if _stored_as_is(image, data):
             # Decoding at 1/8 scale still reads every byte, more cheaply.
             image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
             image.load()
             return data, height, width
-        log.info("%s is a %s %s; storing it as an RGB PNG.", where, image.mode, image.format)
+        log.info("%s is a %s %s; storing it as an 8-bit RGB PNG.", where, image.mode, image.format)
+        if image.mode.startswith("I;16"):  # 16-bit grey, which convert() would clip to 255
+            image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
         rgb = image.convert("RGB")
     return png_bytes(np.asarray(rgb)), height, width
+
+
+def _stored_as_is(image: Image.Image, data: bytes) -> bool:
+    """Whether tfds decodes these bytes to what Pillow shows: 8-bit grey or RGB."""
+    if image.mode not in ("RGB", "L"):
+        return False
+    if image.format in ("JPEG", "MPO"):
+        return True
+    # A PNG's bit depth is byte 24 of the file (in its IHDR chunk, which comes first).
+    return image.format == "PNG" and data[24] == 8 and "transparency" not in image.info
 
 
 def png_bytes(array: np.ndarray) -> bytes:

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import cv2
 import grain
 import numpy as np
 import pytest
@@ -230,6 +231,31 @@ def test_checked_image_keeps_rgb_and_grey_and_converts_the_rest_to_png():
             assert (image.format, image.mode, height, width) == ("PNG", "RGB", 9, 13)
             expected = Image.open(io.BytesIO(data)).convert("RGB")
             np.testing.assert_array_equal(np.asarray(image), np.asarray(expected))
+
+
+def test_pngs_that_opencv_would_not_read_as_8_bit_rgb_are_stored_as_they_look():
+    """tfds decodes with OpenCV (IMREAD_UNCHANGED): an RGB PNG with a transparent colour came
+    out with 4 channels (training then failed in grain), and 16-bit samples as uint16 that tfds
+    cut to their low byte (noise); 16-bit grey was clipped to white by Pillow's conversion. The
+    stored image is what a viewer shows: 3 channels of each sample's high byte."""
+    rng = np.random.default_rng(0)
+    deep = rng.integers(0, 2**16, (9, 13, 3), np.uint16)
+    rgb16 = cv2.imencode(".png", deep[..., ::-1])[1].tobytes()  # OpenCV writes BGR
+    grey16 = _encoded(Image.fromarray(deep[..., 0]), "PNG")
+    rgb = Image.fromarray((deep >> 8).astype(np.uint8))
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG", transparency=(0, 0, 0))
+    for data, expected in (
+        (rgb16, deep >> 8),
+        (grey16, np.repeat(deep[..., :1] >> 8, 3, axis=2)),
+        (buffer.getvalue(), np.asarray(rgb)),
+    ):
+        raw = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert raw.dtype == np.uint16 or raw.shape[2] == 4  # what tfds would have read
+        stored, height, width = downloads.checked_image("x.png", data)
+        decoded = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert (height, width, decoded.dtype) == (9, 13, np.uint8)
+        np.testing.assert_array_equal(decoded[..., ::-1], expected)
 
 
 def test_damaged_images_are_named():
