@@ -143,11 +143,10 @@ class Probe:
     def _raise_if_lifted_refusal(
         self, error: Exception, called: list[str], variables: Variables, images: jax.Array
     ) -> None:
-        """The one-line error for a lifted transform refusing a tapped layer's sown output,
-        e.g. a vmap that broadcasts the module's variables: "at vmap out_axes..., got axis spec
-        None but output was batched on axis 0", or a cond whose other branch lacks it (its key
-        on a later line). Returns for any other error, and when the model fails without the
-        probe too (its own bug), for the caller to raise it as it is."""
+        """The one-line error for a lifted transform refusing a tapped layer's sown output: a vmap
+        broadcasting the module's variables ("at vmap out_axes..."), a cond whose other branch
+        lacks it. Returns for any other error, and when the model fails without the probe too
+        (its own bug), for the caller to raise it as it is."""
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         tapped = [layer for layer in self.layers if layer in called]
         if not tapped or not (PROBED in str(error) or "out_axes" in message):
@@ -345,31 +344,26 @@ class Probe:
         return self.run(variables, images, replacement=activation)[0]
 
     def grid_shape(self, tokens: int, image_size: tuple[int, int]) -> tuple[int, int, int]:
-        """(prefix tokens, h, w) of a layer of `tokens` tokens for (H, W) images: `grid`, or the
-        patch grid (H/p, W/p) that leaves the fewest prefix tokens (class, registers), at most
-        h + w (pooled tokens are refused). Patch sizes that divide the image come first; then
-        grids rounded down ('VALID' patches) or up ('SAME'). Rounded grids are tried only
-        after exact ones: a class token and 4 registers on 32 x 64 images with patch 8 (4 x 8
-        + 5 tokens) would otherwise read as patch 7's 4 x 9 + 1."""
+        """(prefix tokens, h, w) of `tokens` tokens of (H, W) images: `grid`, or the patch grid
+        (H/p, W/p) leaving the fewest prefix tokens (class, registers; at most h + w), of a p
+        dividing H and W if one fits (4x8 + 5, not 4x9 + 1 on 32x64), else rounded (VALID, SAME)."""
         if self.grid is not None:
             h, w = self.grid
             fits, shape = [(tokens - h * w, h, w)] if tokens >= h * w else [], f"a {h}x{w} grid"
         else:
             (height, width), sizes = image_size, range(1, min(image_size) + 1)
             exact = {(height // p, width // p) for p in sizes if height % p == width % p == 0}
-            rounded = {(height // p, width // p) for p in sizes}
-            rounded |= {(-(-height // p), -(-width // p)) for p in sizes}
-            for grids in (exact, rounded):
-                fits = [(tokens - h * w, h, w) for h, w in grids if 0 <= tokens - h * w <= h + w]
-                if fits:
-                    break
+            grids = {(height // p, width // p) for p in sizes}
+            grids |= {(-(-height // p), -(-width // p)) for p in sizes}
+            fits = [(tokens - h * w, h, w) for h, w in grids if 0 <= tokens - h * w <= h + w]
+            fits.sort(key=lambda fit: (fit[1:] not in exact, fit))
             shape = f"the patch grid of a {height}x{width} image"
         if not fits:
             raise ValueError(
                 f"cannot lay {tokens} tokens out as {shape}; pass grid=(h, w), the patch grid "
                 "of the layer (the tokens before the last h * w are dropped)."
             )
-        return min(fits)
+        return fits[0]
 
     def to_grid(self, x: jax.Array, image_size: tuple[int, int]) -> jax.Array:
         """(B, h, w, K) or tokens (B, T, D) -> (B, h, w, K) float32, prefix tokens dropped;
@@ -438,10 +432,8 @@ def _input_attribute(name: str) -> str:
 
 def _has_parameters(variables: Variables, layer: str) -> bool:
     """Whether linen `variables` hold parameters under the module path `layer`."""
-    node = variables.get("params", {})
-    for name in layer.split("/"):
-        node = node.get(name) if isinstance(node, Mapping) else None
-    return isinstance(node, Mapping) and bool(node)
+    params = flax.traverse_util.flatten_dict(variables.get("params", {}), sep="/")
+    return any(path.startswith(f"{layer}/") for path in params)
 
 
 def _unstacked_marker() -> jax.Array:
