@@ -111,6 +111,18 @@ _PREPARE_AGAIN = (
 )
 
 
+def refuse_unprepared_folder(builder: Any, rebuilt: str) -> None:
+    """A one-line DataFilesError, before preparing, for a version folder without its
+    dataset_info.json (half-copied, or made by hand), which tfds takes as prepared and skips,
+    leaving it unreadable. `rebuilt` says what a rerun does once it is deleted. is_prepared is
+    asked again: another process may have just renamed its finished copy into place."""
+    if builder.data_path.exists() and not builder.is_prepared():
+        raise DataFilesError(
+            f"{builder.data_path} holds no prepared {builder.name} (no dataset_info.json: a "
+            f"half-copied or damaged folder); delete it and rerun: {rebuilt}."
+        )
+
+
 FIRST_RECORDS = "first_records"  # builder metadata: split -> each shard's `record_digest`
 _DIGEST = re.compile(r"[0-9a-f]{16}")
 

@@ -220,6 +220,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         if builder.is_prepared():
             log.info("%s is already prepared in %s.", builder.info.full_name, builder.data_dir_root)
             return builder
+        data.refuse_unprepared_folder(builder, f"it is built again from {manual_dir}")
         builder.check_inputs(manual_dir)
         download = tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=False)
         try:
@@ -340,10 +341,9 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         logged, counted on the bar and listed by `name(item)` in `info.metadata`.
         """
         skipped = self.info.metadata["skipped_corrupt"]
-        bar = tqdm(
+        with tqdm(
             total=total, desc=f"{self.name} {split}", unit=" images", disable=not self._progress
-        )
-        with bar:
+        ) as bar:
             for item in items:
                 bar.update(1)
                 try:

@@ -26,7 +26,7 @@ import tensorflow_datasets as tfds
 from google.protobuf import json_format  # tfds reads dataset_info.json with it (its dependency)
 
 from camjax import errors
-from camjax.data import DataFilesError, check_shards
+from camjax.data import DataFilesError, check_shards, refuse_unprepared_folder
 from camjax.data.downloads import png_bytes
 from camjax.data.shapes import CLASS_NAMES, example_rng, render_example
 
@@ -130,6 +130,7 @@ class WsolShapes(tfds.core.GeneratorBasedBuilder):
                 f"({errors.first_line(e)}); delete its folder there and rerun: it is "
                 "generated again."
             ) from None
+        refuse_unprepared_folder(builder, "it is generated again")
         try:
             # Generation happens in an `incomplete.*` directory renamed into place at the
             # end, so concurrent preparers never expose partial data.

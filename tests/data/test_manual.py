@@ -189,6 +189,22 @@ def test_duplicate_keys_are_an_error(tmp_path, monkeypatch):
         _prepare(_Sorted, tmp_path)
 
 
+def test_a_version_folder_without_its_dataset_info_is_named_not_taken_as_prepared(tmp_path):
+    """A half-copied data dir: training said 'not prepared, run prepare'; prepare then saw the
+    folder, built nothing and said it was ready; training said 'not prepared' again."""
+    data_dir = tmp_path / "tfds"
+    folder = data_dir / "manual_toy" / "1.0.0"
+    folder.mkdir(parents=True)
+    with pytest.raises(data_lib.DataFilesError) as err:
+        _Toy.prepare(tmp_path, str(data_dir), progress=False)
+    assert str(err.value) == (
+        f"{folder} holds no prepared manual_toy (no dataset_info.json: a half-copied or damaged "
+        f"folder); delete it and rerun: it is built again from {tmp_path}."
+    )
+    folder.rmdir()
+    assert _Toy.prepare(tmp_path, str(data_dir), progress=False, skip_corrupt=True).is_prepared()
+
+
 def test_configs_picked_by_one_flag(tmp_path):
     data_dir = str(tmp_path / "tfds")
     with pytest.raises(FileNotFoundError) as err:

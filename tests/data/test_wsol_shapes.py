@@ -1,6 +1,7 @@
 """Tests for the `wsol_shapes` tfds builder: tiny splits prepared in a tmp dir."""
 
 import io
+import json
 import os
 import shutil
 import sys
@@ -190,12 +191,18 @@ def test_damaged_prepared_files_are_one_line_errors_naming_the_fix(sources, data
         data_lib.reopenable_sources("wsol_shapes", SIZE, copy, equal)
     copy, version, _, _ = damaged("info")
     info = os.path.join(version, "dataset_info.json")
+    with open(info) as f:
+        fields = json.load(f)
     with open(info, "w") as f:
         f.write("{not json")
     with pytest.raises(data_lib.DataFilesError, match="damaged dataset_info.json"):
         wsol_shapes.WsolShapes.sources(copy, SIZE, COUNTS)
-    os.remove(info)
+    with open(info, "w") as f:
+        json.dump({k: v for k, v in fields.items() if k != "splits"}, f)  # read: no split
     with pytest.raises(data_lib.DataFilesError, match=r"is incomplete \(no 'train' split"):
+        wsol_shapes.WsolShapes.sources(copy, SIZE, COUNTS)
+    os.remove(info)  # tfds would take the folder as prepared and skip generating it
+    with pytest.raises(data_lib.DataFilesError, match=r"holds no prepared wsol_shapes .*again"):
         wsol_shapes.WsolShapes.sources(copy, SIZE, COUNTS)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
