@@ -10,31 +10,29 @@ writer in place of tfds's, which keeps each shard's first record for the checks 
 (`data.check_shards`). tfds 4.9.10 stages a split in memory and, past 1 GB, spills it
 through TensorFlow's file API, which this TF-free install lacks; the writer here writes shards
 as the examples come, in generation order or (`ORDER_BY_KEY`) in key order through a scratch
-file. The inputs are read with `downloads`; the WSOL splits are `subsets` of the prepared ones.
+file (`array_records`). The inputs are read with `downloads`; the WSOL splits are `subsets`
+of the prepared ones.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import tensorflow_datasets as tfds
-from array_record.python import array_record_module
 from tensorflow_datasets.core import example_serializer
 from tqdm import tqdm
 
 from camjax import data
-from camjax.data import subsets
+from camjax.data import array_records, subsets
 from camjax.data.downloads import CorruptFileError
 
 FILE_FORMAT = "array_record"
 SHARD_BYTES = 1 << 30  # ArrayRecord shard size, before the shard's own overhead
-_READ_BATCH = 256  # records per read when reordering
 
 log = logging.getLogger(__name__)
 
@@ -377,12 +375,19 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         features = self.info.features
         serializer = example_serializer.ExampleSerializer(features.get_serialized_info())
         template = self._get_filename_template(split_name=name)
-        records = (
-            (key, serializer.serialize_example(features.encode_example(example)))
-            for key, example in examples
-        )
+
+        def encoded(key: Any, example: dict) -> bytes:
+            try:
+                return serializer.serialize_example(features.encode_example(example))
+            except (ValueError, TypeError) as e:  # tfds's message spans a line per feature
+                raise ValueError(
+                    f"example {key!r} of the {name} split cannot be stored: "
+                    f"{' '.join(str(e).split())} Fix it in the inputs, then prepare again."
+                ) from None
+
+        records = ((key, encoded(key, example)) for key, example in examples)
         if self.ORDER_BY_KEY:
-            records = _in_key_order(records, template.data_dir / f"{name}.unordered")
+            records = array_records.in_key_order(records, template.data_dir / f"{name}.unordered")
         parts, lengths, num_bytes, shard_bytes, writer = [], [], 0, 0, None
         # Each shard's first record, compared at opening (`data.check_shards`: swapped shards).
         firsts = self.info.metadata[data.FIRST_RECORDS][name] = []
@@ -391,7 +396,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 if writer is None:
                     # Shard names hold the shard count, known only at the end: rename then.
                     parts.append(template.data_dir / f"{name}.part{len(parts)}")
-                    writer = _writer(parts[-1])
+                    writer = array_records.writer(parts[-1])
                     lengths.append(0)
                     firsts.append(data.record_digest(record))
                     shard_bytes = 0
@@ -413,38 +418,3 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.SplitInfo(
             name=name, shard_lengths=lengths, num_bytes=num_bytes, filename_template=template
         )
-
-
-def _writer(path: Path) -> array_record_module.ArrayRecordWriter:
-    # One record per chunk, as tfds writes them, for fast random access.
-    return array_record_module.ArrayRecordWriter(os.fspath(path), "group_size:1")
-
-
-def _in_key_order(
-    records: Iterable[tuple[Any, bytes]], scratch: Path
-) -> Iterator[tuple[Any, bytes]]:
-    """The records sorted by key, staged in a scratch file so that memory holds only the keys."""
-    keys = []
-    try:
-        writer = _writer(scratch)
-        try:
-            for key, record in records:
-                writer.write(record)
-                keys.append(key)
-        finally:
-            writer.close()
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        for a, b in itertools.pairwise(order):
-            if keys[a] == keys[b]:
-                raise ValueError(f"Two examples have the key {keys[a]!r}.")
-        reader = array_record_module.ArrayRecordReader(
-            os.fspath(scratch), "readahead_buffer_size:0"
-        )
-        try:
-            for start in range(0, len(order), _READ_BATCH):
-                batch = order[start : start + _READ_BATCH]
-                yield from zip((keys[i] for i in batch), reader.read(batch), strict=True)
-        finally:
-            reader.close()
-    finally:
-        scratch.unlink(missing_ok=True)

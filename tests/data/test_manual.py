@@ -18,7 +18,7 @@ from PIL import Image
 from tensorflow_datasets.core import shuffle as tfds_shuffle
 
 from camjax import data as data_lib
-from camjax.data import downloads, manual, subsets
+from camjax.data import array_records, downloads, manual, subsets
 
 # Keys in generation order (not sorted), payload sizes that fill several 2 kB shards.
 KEYS = [7, 3, 11, 0, 5, 9, 2, 8, 1, 10, 4, 6]
@@ -187,6 +187,29 @@ def test_duplicate_keys_are_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "KEYS", [1, 2, 1])
     with pytest.raises(ValueError, match="key 1"):
         _prepare(_Sorted, tmp_path)
+
+
+class _BadLabel(_Toy, skip_registration=True):
+    """Key 9's label is past the 3 classes."""
+
+    name = "manual_toy_bad_label"
+
+    def _generate_examples(self):
+        for key, example in super()._generate_examples():
+            yield key, {**example, "label": 3 if key == 9 else example["label"]}
+
+
+def test_an_example_tfds_cannot_encode_is_named_in_one_line(tmp_path):
+    """tfds's message spans a line per feature and names no example: in a dataset of 10,000
+    images, which one?"""
+    with pytest.raises(ValueError) as err:
+        _prepare(_BadLabel, tmp_path, skip_corrupt=True)
+    assert str(err.value) == (
+        'example 9 of the train split cannot be stored: In <ClassLabel> with name "label": '
+        "Class label 3 greater than configured num_classes 3 Fix it in the inputs, then prepare "
+        "again."
+    )
+    assert not _BadLabel.configured(str(tmp_path)).is_prepared()
 
 
 def test_a_version_folder_without_its_dataset_info_is_named_not_taken_as_prepared(tmp_path):
@@ -391,7 +414,7 @@ def test_shards_close_once_they_reach_shard_bytes_and_bytes_are_counted(tmp_path
 def test_key_order_holds_across_read_batches(tmp_path, monkeypatch):
     """The scratch file is read back `_READ_BATCH` records at a time: with 3 a batch, the ten
     kept records take four reads (3, 3, 3, 1) and the last, short one must not be lost."""
-    monkeypatch.setattr(manual, "_READ_BATCH", 3)
+    monkeypatch.setattr(array_records, "_READ_BATCH", 3)
     builder = _prepare(_Sorted, tmp_path, skip_corrupt=True)
     assert _keys(builder.as_data_source("train")) == [0, 1, 2, 3, 4, 6, 7, 9, 10, 11]
 
