@@ -276,6 +276,6 @@ def _catalog_sources(
         sources["train"], sources["validation"] = train[: n - held], train[n - held :]
     sizes = dict(split_sizes or {})
     return {
-        split: subsets.spread_subset(source, sizes.get(f"num_{split}", 0))
+        split: subsets.spread_subset(source, sizes.get(f"num_{split}", 0), split)
         for split, source in sources.items()
     }

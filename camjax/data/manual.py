@@ -321,7 +321,7 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             )
         per_class = sizes.pop("validation_per_class", 0)
         return {
-            split: subsets.spread_subset(source, sizes.get(f"num_{split}", 0))
+            split: subsets.spread_subset(source, sizes.get(f"num_{split}", 0), split)
             for split, source in cls.wsol_sources(data_dir, validation_per_class=per_class).items()
         }
 

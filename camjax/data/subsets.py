@@ -55,15 +55,21 @@ def _getitems(source: Sequence, keys: list[int]) -> list[Any]:
     return [source[k] for k in keys]
 
 
-def spread_subset(source: Sequence, n: int) -> Sequence:
+def spread_subset(source: Sequence, n: int, split: str = "") -> Sequence:
     """`n` records spread evenly over `source` (indices `floor(i * len / n)`); all for n = 0.
 
-    For smoke runs: a class-ordered split keeps most classes, unlike a prefix.
+    For smoke runs: a class-ordered split keeps most classes, unlike a prefix. `split`: the
+    split's name, for the message when it is too short (set by `num_<split>`).
     """
     if not n:
         return source
+    if n > len(source) and not split:
+        raise ValueError(f"asked for {n} examples of a source of {len(source)}.")
     if n > len(source):
-        raise ValueError(f"Asked for {n} examples of a split of {len(source)}.")
+        raise ValueError(
+            f"num_{split} is {n} but the {split} split holds {len(source)} examples; set "
+            f"config.data.num_{split} to at most {len(source)} (0: the whole split)."
+        )
     picked = np.arange(n, dtype=np.int64) * len(source) // n
     if isinstance(source, SplitView):
         return SplitView(source.source, source.indices[picked])

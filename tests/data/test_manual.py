@@ -365,6 +365,15 @@ def test_spread_subset_covers_the_split():
     assert subsets.spread_subset(source, 0) is source
     assert list(subsets.spread_subset(source, 4)) == [0, 2, 5, 7]
     assert list(subsets.spread_subset(source, 10)) == source  # as many as there are: all
+    # configs/tiny.py on a small dataset: the message named no config field.
+    with pytest.raises(
+        ValueError,
+        match=r"^num_train is 11 but the train split holds 10 "
+        r"examples; set config.data.num_train to at most 10 \(0: the whole",
+    ):
+        subsets.spread_subset(source, 11, "train")
+    with pytest.raises(ValueError, match=r"^asked for 11 examples of a source of 10\.$"):
+        subsets.spread_subset(source, 11)
     # A subset of a view indexes the underlying source directly.
     nested = subsets.spread_subset(subsets.SplitView(source, [1, 3, 5, 7, 9]), 2)
     assert nested.source is source and list(nested) == [1, 5]
