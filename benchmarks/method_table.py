@@ -2,14 +2,15 @@
 
     python benchmarks/method_table.py --workdir runs/default [--max_images N] [--methods a,b]
 
-For each name of `camjax.explain.METHODS` (at the run's `config.eval.layer`), evaluates the
-run's latest checkpoint as `evaluate.py --config.eval.method=NAME
---config.eval.faithfulness.enabled=True` does (the WSOL threshold chosen on validation, every
-number on test; nothing is written to the workdir) and prints one table: MaxBoxAccV2, PxAP,
-top-1 loc (IoU 50, at validation's threshold), Average Drop, Increase in Confidence (percent,
-softmax of the predicted class), Deletion and Insertion AUC (RISE), the pointing game and
-images/s. images/s is the method alone: the jitted explainer on one eval batch (the GT
-classes, maps upsampled to the image), compile excluded, the median of `--repeats` calls.
+For each name of `camjax.explain.METHODS` (at the run's `config.eval.layer`; CAM at the
+classifier's input), evaluates the run's latest checkpoint as `evaluate.py
+--config.eval.method=NAME --config.eval.faithfulness.enabled=True` does (the WSOL threshold
+chosen on validation, every number on test; nothing is written to the workdir) and prints
+one table: MaxBoxAccV2, PxAP, top-1 loc (IoU 50, at validation's threshold), Average Drop,
+Increase in Confidence (percent, softmax of the predicted class), Deletion and Insertion AUC
+(RISE), the pointing game and images/s. images/s is the method alone: the jitted explainer on
+one eval batch (the GT classes, maps upsampled to the image), compile excluded, the median of
+`--repeats` calls.
 `--max_images N` limits every split to its first N images (a quick check); `--timing_batch B`
 times calls of B images instead of one eval batch (for the Score-CAM family on a CPU).
 """
@@ -124,6 +125,8 @@ def method_rows(
     for method in methods or list(explain.METHODS):
         c = config.copy_and_resolve_references()
         c.eval.method = method
+        if method == "cam":  # the GAP's input, whatever layer the run's config names
+            c.eval.layer = "feature_map"
         e = evaluator_lib.Evaluator(c, base.model, base.mesh, base.protocol)
         yield method, method_row(e, variables, step_, repeats, timing_batch)
 

@@ -129,6 +129,16 @@ def test_unknown_method_is_a_config_error(trained):
         evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
 
 
+def test_a_layer_given_to_cam_is_a_config_error_not_ignored(trained):
+    """--config.eval.layer=conv5_3 with the default method scored CAM at feature_map anyway,
+    and nothing in the report or metrics.json said so."""
+    config, _, ev, *_ = trained
+    c = method_config(config, "cam")
+    c.eval.layer = "conv5_3"
+    with pytest.raises(ValueError, match=r"config.eval.layer is 'conv5_3', but CAM reads the "):
+        evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
+
+
 def test_a_negative_max_images_is_a_config_error(trained):
     """Not an evaluation over no image (which ended in a KeyError), nor a view of negative
     length."""
