@@ -113,7 +113,10 @@ class StopRequest:
 
 def _stopped(signal_name: str, when: str, manager) -> str:
     """The one line a stopped run ends with, once any save in flight has completed."""
+    last = checkpoint.last_saved(manager)
+    if last is None:
+        return f"stopped by {signal_name} {when}; nothing was saved yet (a rerun starts afresh)."
     return (
-        f"stopped by {signal_name} {when}; the newest checkpoint is step "
-        f"{checkpoint.last_saved(manager)} in {manager.directory} (rerun to resume)."
+        f"stopped by {signal_name} {when}; the newest checkpoint is step {last} in "
+        f"{manager.directory} (rerun to resume)."
     )

@@ -51,7 +51,7 @@ def test_ctrl_c_stops_before_the_step_unless_a_sigterm_save_comes_first(manager)
         assert not stop.preempted(agreed=True)
         with pytest.raises(
             interrupts.TrainingInterrupted,
-            match=r"^stopped by Ctrl-C before step 5; the newest checkpoint is step None in ",
+            match=r"^stopped by Ctrl-C before step 5; nothing was saved yet \(a rerun starts af",
         ) as stopped:
             stop.raise_if_requested(5, manager)
         assert not isinstance(stopped.value, interrupts.TrainingPreempted)
@@ -63,13 +63,21 @@ def test_ctrl_c_stops_before_the_step_unless_a_sigterm_save_comes_first(manager)
         assert stop.preempted(agreed=False)
 
 
-def test_a_sigterm_stop_names_the_step_it_saved(manager):
+def test_a_sigterm_stop_names_the_step_it_saved(manager, monkeypatch):
+    """Before any save the line said 'the newest checkpoint is step None'."""
     with interrupts.StopRequest() as stop:
-        with pytest.raises(
-            interrupts.TrainingPreempted,
-            match=r"^stopped by SIGTERM after step 4; the newest checkpoint is step None in ",
-        ):
+        with pytest.raises(interrupts.TrainingPreempted) as stopped:
             stop.raise_preempted(4, manager)
+        assert str(stopped.value) == (
+            "stopped by SIGTERM after step 4; nothing was saved yet (a rerun starts afresh)."
+        )
+        monkeypatch.setattr(checkpoint, "last_saved", lambda m: 4 if m is manager else None)
+        with pytest.raises(interrupts.TrainingPreempted) as stopped:
+            stop.raise_preempted(4, manager)
+        assert str(stopped.value) == (
+            f"stopped by SIGTERM after step 4; the newest checkpoint is step 4 in "
+            f"{manager.directory} (rerun to resume)."
+        )
 
 
 def test_the_next_batch_is_the_iterators_when_no_signal_came(manager):
