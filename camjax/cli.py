@@ -115,9 +115,15 @@ def user_errors():
     failing its checks, a non-finite loss, a directory it cannot write), ends the process with
     its message alone and exit code 1, not under a traceback. Errors raised elsewhere (a
     library, the interpreter) are bugs and keep their traceback, as every error does with
-    CAMJAX_TRACEBACK=1."""
+    CAMJAX_TRACEBACK=1. A Ctrl-C outside training's own handling (start-up, an evaluation) ends
+    it in one line with the shell's code 130; training's stops (subclasses) go to train.py."""
     try:
         yield
+    except KeyboardInterrupt:
+        if _tracebacks_wanted() or sys.exc_info()[0] is not KeyboardInterrupt:
+            raise
+        print("\nstopped by Ctrl-C (CAMJAX_TRACEBACK=1 shows where)", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         if _tracebacks_wanted() or not _raised_by_camjax(e):
             raise

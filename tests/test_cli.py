@@ -297,3 +297,20 @@ def test_an_empty_camjax_traceback_keeps_errors_to_one_line(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert err.startswith(f"error: no config.json in {tmp_path}")
     assert err.endswith(" (CAMJAX_TRACEBACK=1 shows where)\n") and err.count("\n") == 1
+
+
+def test_a_ctrl_c_outside_training_is_one_line_and_code_130(capsys, monkeypatch):
+    """During start-up or an evaluation: a 50-line traceback ending in KeyboardInterrupt. A
+    training stop (a subclass, with its own line and code) passes through to train.py."""
+    from camjax.train.interrupts import TrainingPreempted
+
+    monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as stop, cli.user_errors():
+        raise KeyboardInterrupt
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == "\nstopped by Ctrl-C (CAMJAX_TRACEBACK=1 shows where)\n"
+    with pytest.raises(TrainingPreempted), cli.user_errors():
+        raise TrainingPreempted("stopped by SIGTERM after step 4")
+    monkeypatch.setenv("CAMJAX_TRACEBACK", "1")
+    with pytest.raises(KeyboardInterrupt), cli.user_errors():
+        raise KeyboardInterrupt
