@@ -149,6 +149,10 @@ def load(workdir: str) -> ml_collections.ConfigDict:
             f"{workdir} is a file, not a run's directory; pass --workdir the directory train.py "
             "trained in."
         )
+    if not os.path.exists(workdir):
+        raise RunConfigError(
+            f"{workdir} does not exist; pass --workdir the directory train.py trained in."
+        )
     if not os.path.exists(path):
         raise RunConfigError(
             f"no {RUN_CONFIG} in {workdir}: it is written at a run's first checkpoint. Train "

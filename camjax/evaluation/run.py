@@ -34,6 +34,12 @@ def restore_evaluator(
         lambda rng: experiment.init_variables(config, model, rng), jax.random.key(0)
     )
     abstract = experiment.replicated_shapes(shapes, mesh)
+    if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):  # the manager would make it
+        why = "no checkpoints folder" if os.path.exists(workdir) else "no such directory"
+        raise checkpoint.CheckpointError(
+            f"no checkpoint in {workdir} ({why}); train first (train.py --workdir with the same "
+            "directory) or point --workdir at a trained run."
+        )
     # Closed however the restore ends: a notebook caller keeps no orbax threads.
     with checkpoint.create_manager(workdir, config.train.keep_checkpoints) as manager:
         variables, step = checkpoint_restore.restore_variables(manager, abstract, config)

@@ -1570,7 +1570,23 @@ def test_a_run_that_stops_before_training_closes_its_checkpoint_manager(
 def test_an_evaluation_without_a_checkpoint_closes_its_checkpoint_manager(tmp_path, monkeypatch):
     from camjax.evaluation import run as run_lib
 
+    os.makedirs(checkpoint.checkpoint_dir(str(tmp_path)))  # empty: restoring fails
     closes = count_manager_closes(monkeypatch)
-    with pytest.raises(checkpoint.CheckpointError):
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint in "):
         run_lib.restore_evaluator(tiny_config("unused"), str(tmp_path))
     assert closes == [1]
+
+
+def test_evaluating_a_mistyped_workdir_says_so_and_creates_nothing(tmp_path):
+    """A mistyped --workdir: 'no config.json, train there first'; with --config given, the
+    manager then created WORKDIR/checkpoints before finding no step in it."""
+    from camjax.evaluation import run as run_lib
+
+    missing = str(tmp_path / "runz")
+    with pytest.raises(run_config.RunConfigError, match=r"runz does not exist; pass --workdir"):
+        run_config.load(missing)
+    with pytest.raises(checkpoint.CheckpointError, match=r"runz \(no such directory\); train"):
+        run_lib.restore_evaluator(tiny_config("unused"), missing)
+    with pytest.raises(checkpoint.CheckpointError, match=r"\(no checkpoints folder\); train"):
+        run_lib.restore_evaluator(tiny_config("unused"), str(tmp_path))
+    assert os.listdir(tmp_path) == []
