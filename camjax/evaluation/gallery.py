@@ -1,7 +1,9 @@
 """CAM pictures of a trained run: image | CAM overlay with the GT box and the CAM box."""
 
+import contextlib
 import functools
 import os
+import re
 from collections.abc import Sequence
 
 import jax
@@ -21,8 +23,10 @@ def write_gallery(
     """PNG per image for the first config.eval.num_gallery images: image | CAM overlay + boxes.
 
     The map (config.eval.method's, CAM by default, or a class-map model's own map, ACoL's) is
-    that of the top-1 predicted class; green is the GT box, red the map's box.
+    that of the top-1 predicted class; green is the GT box, red the map's box. A previous
+    evaluation's pictures are removed first: the gallery is always the metrics' beside it.
     """
+    _remove_previous(workdir)
     n = min(config.eval.num_gallery, len(source))
     if n == 0:
         return []
@@ -54,6 +58,22 @@ def write_gallery(
         paths.append(path)
     viz.contact_sheet(paths).save(os.path.join(workdir, "gallery.png"))
     return paths
+
+
+def _remove_previous(workdir: str) -> None:
+    """gallery.png and the gallery/NNNN.png pictures an earlier evaluation wrote (another
+    method's, or more of them); any other file is left."""
+    gallery_dir = os.path.join(workdir, "gallery")
+    pictures = [os.path.join(workdir, "gallery.png")]
+    if os.path.isdir(gallery_dir):
+        pictures += [
+            os.path.join(gallery_dir, name)
+            for name in os.listdir(gallery_dir)
+            if re.fullmatch(r"\d{4}\.png", name)
+        ]
+    for path in pictures:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def _top1_maps(config, model, variables, x) -> tuple[jax.Array, jax.Array]:

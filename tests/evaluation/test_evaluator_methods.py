@@ -98,6 +98,15 @@ def test_gallery_draws_the_chosen_method(trained, tmp_path):
     short = [source[0]]
     paths = gallery.write_gallery(c, ev.model, variables, short, 0.2, str(tmp_path / "short"))
     assert [os.path.basename(p) for p in paths] == ["0000.png"]
+    # A later evaluation of fewer pictures, or none, leaves none of the earlier ones beside its
+    # metrics (another method's 0001.png stayed); a file of the user's there is kept.
+    (tmp_path / "gallery" / "notes.txt").write_text("mine")
+    gallery.write_gallery(c, ev.model, variables, short, 0.2, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "gallery")) == ["0000.png", "notes.txt"]
+    c.eval.num_gallery = 0
+    gallery.write_gallery(c, ev.model, variables, source, 0.2, str(tmp_path))
+    assert os.listdir(tmp_path / "gallery") == ["notes.txt"]
+    assert not os.path.exists(tmp_path / "gallery.png")
 
 
 def test_gallery_draws_untrusted_and_unnormalised_maps_without_stopping(
