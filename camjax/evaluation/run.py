@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from camjax import checkpoint, checkpoint_restore, distributed, errors, experiment
+from camjax import checkpoint, checkpoint_restore, distributed, errors, experiment, explain
 from camjax.evaluation.evaluator import Evaluator
 from camjax.evaluation.gallery import write_gallery
 from camjax.evaluation.protocol import wsol_protocol
@@ -127,8 +127,9 @@ def evaluate_variables(
             "val": val_wsol.summary(),
             "test": test_wsol.summary(val_wsol),
         }
-    if evaluator.method != "cam":
-        results["method"] = {"name": evaluator.method, "layer": evaluator.layer}
+    if evaluator.method != "cam":  # with every option's value: the maps depend on them
+        options = {**explain.default_options()[evaluator.method], **evaluator.options}
+        results["method"] = {"name": evaluator.method, "layer": evaluator.layer, "options": options}
     if evaluator.faithfulness is not None:
         n = config.eval.faithfulness.max_images or max_images
         acc = evaluator.evaluate_faithfulness(variables, test_source, n)

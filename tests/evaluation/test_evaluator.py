@@ -1005,6 +1005,7 @@ def _recording_evaluator(config, protocol, method="cam", faithfulness=None):
         top_k=5,
         method=method,
         layer="features",
+        options={"rectify": False} if method == "grad_cam" else {},
         faithfulness=faithfulness,
         evaluate=evaluate,
         evaluate_wsol=evaluate_wsol,
@@ -1079,7 +1080,11 @@ def test_evaluate_variables_without_the_protocol_names_the_method_and_its_faithf
     ]
     assert chosen == 0.3 and "wsol" not in results
     assert results["val_at_val_threshold"] == {"split": "val", "threshold": 0.3, "k": 5}
-    assert results["method"] == {"name": "grad_cam", "layer": "features"}
+    assert results["method"] == {
+        "name": "grad_cam",
+        "layer": "features",
+        "options": {"rectify": False},  # the given value over the default
+    }
     assert results["faithfulness"] == {
         "test": {"split": "test"},
         "settings": config.eval.faithfulness.to_dict(),

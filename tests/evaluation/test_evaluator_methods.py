@@ -47,7 +47,11 @@ def test_every_metric_of_another_method(trained, method, capsys):
     c = method_config(config, method)
     e = evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
     results, _ = run_lib.evaluate_variables(e, variables, step)
-    assert results["method"] == {"name": method, "layer": "feature_map"}
+    assert results["method"] == {
+        "name": method,
+        "layer": "feature_map",
+        "options": explain.default_options()[method],
+    }
     f = results["faithfulness"]["test"]
     assert f["num_images"] == config.data.num_test and f["num_nan_maps"] == 0
     assert 0 <= f["average_drop"] <= 100 and 0 <= f["increase_in_confidence"] <= 100
@@ -182,7 +186,12 @@ def test_the_chosen_methods_options_reach_its_maps(trained, tmp_path, capsys):
         e = evaluator_lib.Evaluator(c, ev.model, ev.mesh, ev.protocol)
         assert e.options == {"center": center}
         results, _ = run_lib.evaluate_variables(e, variables, step)
-        assert results["method"] == {"name": "eigen_grad_cam", "layer": "feature_map"}
+        # The option is recorded: the two runs' metrics.json told them apart by nothing.
+        assert results["method"] == {
+            "name": "eigen_grad_cam",
+            "layer": "feature_map",
+            "options": {"center": center},
+        }
         assert "faithfulness" not in results
         report.print_report(results)
         assert "maps: eigen_grad_cam" in capsys.readouterr().out
