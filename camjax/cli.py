@@ -151,9 +151,28 @@ def _raised_by_camjax(e: BaseException) -> bool:
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`), with
-    `config_override_errors`."""
+    `config_override_errors`; a --config file that does not exist is one line too (it was
+    ml_collections' chained tracebacks)."""
+    if path := _missing_config_file(argv):
+        print(
+            f"FATAL Flags parsing error: --config: no file {path}; give a config file, e.g. "
+            "configs/default.py.",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     with config_override_errors(argv):
         return app.parse_flags_with_usage(argv)
+
+
+def _missing_config_file(argv: list[str]) -> str | None:
+    """The file of --config=FILE[:ARGS] (or --config FILE) when there is no such file."""
+    for i, arg in enumerate(argv[1:], start=1):
+        if match := _CONFIG_FILE.match(arg):
+            value = arg[match.end() :] if match[1] else (argv[i + 1] if i + 1 < len(argv) else "")
+            path = value.split(":")[0]
+            if path and not os.path.isfile(path):
+                return path
+    return None
 
 
 @contextlib.contextmanager

@@ -314,3 +314,17 @@ def test_a_ctrl_c_outside_training_is_one_line_and_code_130(capsys, monkeypatch)
     monkeypatch.setenv("CAMJAX_TRACEBACK", "1")
     with pytest.raises(KeyboardInterrupt), cli.user_errors():
         raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("args", [["--config=nope.py:tiny"], ["--config", "nope.py"]])
+def test_a_config_file_that_does_not_exist_is_one_line(args, tmp_path, capsys, monkeypatch):
+    """It was 36-40 lines of ml_collections' chained tracebacks, in train.py and evaluate.py."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        cli.parse_flags(["train.py", *args, "--workdir=w"])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == (
+        "FATAL Flags parsing error: --config: no file nope.py; give a config file, e.g. "
+        "configs/default.py.\n"
+    )
+    assert cli._missing_config_file(["train.py", "--config.train.num_steps=3"]) is None
