@@ -44,12 +44,13 @@ from camjax.explain.guided import guided_relus
 Variables = Mapping[str, Any]
 
 
-# The collection a probe sows its layers' outputs into (with an `_unstacked_marker` each), and
-# the name of an NNX layer's inputs from the probe (a delta to add, a replacement output).
+# The collection a probe sows its layers' outputs into (with an `_unstacked_marker` each), the
+# names of its inputs to a layer (a delta, a replacement output), the NNX attributes of those.
 PROBED = "camjax_probe"
 UNSTACKED = "unstacked"
 PROBE_INPUTS = "camjax_probe_inputs"
 DELTA, REPLACEMENT = "delta", "replacement"
+_INPUT_ATTRIBUTE = {name: f"{PROBE_INPUTS}_{name}" for name in (DELTA, REPLACEMENT)}
 
 
 class ProbeInput(nnx.Variable):
@@ -230,7 +231,7 @@ class Probe:
                 module.__class__ = _tapped(type(module), layer)
                 for name, value in given[layer].items():
                     # Past the model's own __setattr__, which may refuse new attributes.
-                    nnx.Module.__setattr__(module, _input_attribute(name), ProbeInput(value))
+                    nnx.Module.__setattr__(module, _INPUT_ATTRIBUTE[name], ProbeInput(value))
         token = _ACTIVE_TAP.set((tap, called))
         try:
             output, captured = nnx.capture(model, nnx.Intermediate)(
@@ -345,8 +346,9 @@ class Probe:
 
     def grid_shape(self, tokens: int, image_size: tuple[int, int]) -> tuple[int, int, int]:
         """(prefix tokens, h, w) of `tokens` tokens of (H, W) images: `grid`, or the patch grid
-        (H/p, W/p) leaving the fewest prefix tokens (class, registers; at most h + w), of a p
-        dividing H and W if one fits (4x8 + 5, not 4x9 + 1 on 32x64), else rounded (VALID, SAME)."""
+        (H/p, W/p) (VALID or SAME) after at most h + w prefix tokens (class, registers). A ViT's
+        is a grid of a p dividing H and W, or one after at most a class token: one such fit is
+        taken, two (37 tokens on 32x64: 4x8 after 5, 4x9 after 1) refused, none: fewest prefix."""
         if self.grid is not None:
             h, w = self.grid
             fits, shape = [(tokens - h * w, h, w)] if tokens >= h * w else [], f"a {h}x{w} grid"
@@ -356,14 +358,17 @@ class Probe:
             grids = {(height // p, width // p) for p in sizes}
             grids |= {(-(-height // p), -(-width // p)) for p in sizes}
             fits = [(tokens - h * w, h, w) for h, w in grids if 0 <= tokens - h * w <= h + w]
-            fits.sort(key=lambda fit: (fit[1:] not in exact, fit))
             shape = f"the patch grid of a {height}x{width} image"
+            if len(likely := [f for f in fits if f[1:] in exact or f[0] <= 1]) > 1:
+                ways = " or ".join(f"{h}x{w} after {n}" for n, h, w in sorted(likely))
+                raise ValueError(f"{tokens} tokens fit {shape} as {ways}; pass grid=(h, w).")
+            fits = likely or fits
         if not fits:
             raise ValueError(
                 f"cannot lay {tokens} tokens out as {shape}; pass grid=(h, w), the patch grid "
                 "of the layer (the tokens before the last h * w are dropped)."
             )
-        return fits[0]
+        return min(fits)
 
     def to_grid(self, x: jax.Array, image_size: tuple[int, int]) -> jax.Array:
         """(B, h, w, K) or tokens (B, T, D) -> (B, h, w, K) float32, prefix tokens dropped;
@@ -415,7 +420,7 @@ def _tapped(cls: type, layer: str) -> type:
         inputs = {
             name: variable[...]
             for name in (DELTA, REPLACEMENT)
-            if (variable := getattr(self, _input_attribute(name), None)) is not None
+            if (variable := getattr(self, _INPUT_ATTRIBUTE[name], None)) is not None
         }
         out = tap(layer, lambda: cls.__call__(self, *args, **kwargs), inputs)
         self.sow(nnx.Intermediate, PROBED, out)
@@ -423,11 +428,6 @@ def _tapped(cls: type, layer: str) -> type:
         return out
 
     return type(cls.__name__, (cls,), {"__call__": __call__})
-
-
-def _input_attribute(name: str) -> str:
-    """The attribute of an NNX layer holding the probe's input `name` (DELTA, REPLACEMENT)."""
-    return f"{PROBE_INPUTS}_{name}"
 
 
 def _has_parameters(variables: Variables, layer: str) -> bool:

@@ -581,12 +581,12 @@ def test_a_token_count_on_a_patch_grid_with_the_fewest_prefix_tokens():
     assert probe.grid_shape(32, (32, 64)) == (0, 4, 8)
     assert probe.grid_shape(33, (32, 64)) == (1, 4, 8)
     assert probe.grid_shape(65, (30, 30)) == (1, 8, 8)
-    # Patch sizes that divide the image come before rounded grids. A class token and 4
-    # registers on 32x64 in 8 px patches (37 tokens) read as 7 px patches' 4x9 and a class
-    # token; DeiT's class and distillation tokens on 32x64 in 16 px patches (10) as 2x5.
-    assert probe.grid_shape(37, (32, 64)) == (5, 4, 8)
-    assert probe.grid_shape(10, (32, 64)) == (2, 2, 4)
+    # A class token and 4 registers on 32x64 in 8 px patches (37 tokens) were read as 7 px
+    # patches' 4x9 and a class token, without a word: both are ViT layouts, so it is refused.
+    with pytest.raises(ValueError, match=r"^37 tokens fit .* 32x64 image as 4x9 after 1 or 4x8 "):
+        probe.grid_shape(37, (32, 64))
     assert probe.grid_shape(2 + 14 * 10, (224, 160)) == (2, 14, 10)  # DeiT-B/16
+    assert probe.grid_shape(1 + 14 * 14, (230, 230)) == (1, 14, 14)  # 16 px 'VALID' patches
     given = Probe(user_models.TinyViT(), ("block0",), grid=(3, 5))
     assert given.grid_shape(15, (28, 20)) == (0, 3, 5)
     assert given.grid_shape(16, (28, 20)) == (1, 3, 5)
@@ -594,20 +594,27 @@ def test_a_token_count_on_a_patch_grid_with_the_fewest_prefix_tokens():
         given.grid_shape(14, (28, 20))
 
 
-def test_every_exact_patch_grid_is_found_after_a_class_token_and_registers():
-    """Layouts a ViT makes (patches dividing the image; a class token, DeiT's two, or a class
-    token and 4 registers): before exact grids came first, 16% of the 5-token layouts and 4% of
-    the 2-token ones over 2-32 patches a side were read as a rounded grid."""
+def test_a_vit_layout_is_found_or_refused_never_read_wrong():
+    """The layouts ViTs make: a patch size dividing the image after a class token, DeiT's two
+    or a class token and 4 registers; a rounded ('VALID') grid after none or a class token.
+    The fewest-prefix rule read 16% of the 5-token exact layouts (2-32 patches a side) and
+    the exact-first one some rounded layouts of a class token as another grid: two readings
+    are now refused (a grid of 5 patches or fewer a side), one taken."""
     probe = Probe(user_models.TinyViT(), ("block0",))
-    wrong = [
-        (h * p, w * p, prefix)
-        for p in (8, 14, 16)
-        for h in range(2, 17)
-        for w in range(2, 17)
-        for prefix in (1, 2, 5)
-        if prefix <= h + w and probe.grid_shape(h * w + prefix, (h * p, w * p)) != (prefix, h, w)
-    ]
-    assert wrong == []
+    exact = [((h * p, w * p), (h, w), n) for n in (0, 1, 2, 5) for h in range(2, 17)
+             for w in range(2, 17) for p in (8, 14, 16)]  # fmt: skip
+    rounded = [((h * p + p // 2, w * p + p // 3), (h, w), n) for n in (0, 1) for h in range(2, 17)
+               for w in range(2, 17) for p in (8, 14, 16)]  # fmt: skip
+    wrong, refused = [], set()
+    for size, (h, w), n in exact + rounded:
+        if n > h + w:
+            continue
+        try:
+            if probe.grid_shape(h * w + n, size) != (n, h, w):
+                wrong.append((size, h, w, n))
+        except ValueError:
+            refused.add(min(h, w))
+    assert wrong == [] and max(refused) <= 8
 
 
 def test_tokens_to_the_grid_and_back_by_hand():
