@@ -2,8 +2,8 @@
 
     python benchmarks/method_table.py --workdir runs/default [--max_images N] [--methods a,b]
 
-For each name of `camjax.explain.METHODS` (at the run's `config.eval.layer`; CAM at the
-classifier's input), evaluates the run's latest checkpoint as `evaluate.py
+For each name of `camjax.explain.METHODS` (at `--layer`, default the run's `config.eval.layer`;
+CAM at the classifier's input), evaluates the run's latest checkpoint as `evaluate.py
 --config.eval.method=NAME --config.eval.faithfulness.enabled=True` does (the WSOL threshold
 chosen on validation, every number on test; nothing is written to the workdir) and prints
 one table: MaxBoxAccV2, PxAP, top-1 loc (IoU 50, at validation's threshold), Average Drop,
@@ -105,9 +105,11 @@ def method_rows(
     timing_batch: int = 0,
     data_dir: str | None = None,
     num_train: int | None = None,
+    layer: str | None = None,
 ) -> Iterator[tuple[str, dict[str, float]]]:
     """(method, row) for a trained run (its saved config, faithfulness enabled), one method at
-    a time: a long table prints each row as it is done."""
+    a time: a long table prints each row as it is done. layer: the other methods' (None: the
+    run's config.eval.layer); CAM's is the classifier's input."""
     config = run_config.load(workdir)
     with config.unlocked():
         config.eval.max_images = max_images
@@ -121,12 +123,13 @@ def method_rows(
             ev.method, ev.layer = "cam", "feature_map"
         ev.faithfulness.enabled = True
         ev.faithfulness.step = step
+        layer = layer or ev.layer
+        ev.method, ev.layer = "cam", "feature_map"  # the evaluator restored for its model only
     base, variables, step_ = run_lib.restore_evaluator(config, workdir)
     for method in methods or list(explain.METHODS):
         c = config.copy_and_resolve_references()
         c.eval.method = method
-        if method == "cam":  # the GAP's input, whatever layer the run's config names
-            c.eval.layer = "feature_map"
+        c.eval.layer = "feature_map" if method == "cam" else layer
         e = evaluator_lib.Evaluator(c, base.model, base.mesh, base.protocol)
         yield method, method_row(e, variables, step_, repeats, timing_batch)
 
@@ -155,6 +158,9 @@ def main(argv=None) -> None:
         help="The dataset's train split size, if not the run's (the table reads validation "
         "and test only): 1 for the copy benchmarks/device_devrun.sh makes.",
     )
+    parser.add_argument(
+        "--layer", default=None, help="The methods' layer but CAM's; default: the run's."
+    )
     parser.add_argument("--max_images", type=int, default=0, help="Per split; 0 = all.")
     parser.add_argument("--step", type=int, default=0, help="Deletion/insertion pixels per step.")
     parser.add_argument("--repeats", type=int, default=5, help="Timed explainer calls.")
@@ -181,6 +187,7 @@ def main(argv=None) -> None:
         args.timing_batch,
         args.data_dir,
         args.num_train,
+        args.layer,
     )
     for i, (method, row) in enumerate(rows):
         if i == 0:

@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     config = run_config.load(args.workdir)
+    with config.unlocked():  # the evaluator is restored for its model only
+        config.eval.method, config.eval.layer = "cam", "feature_map"
     evaluator, variables, step = run_lib.restore_evaluator(config, args.workdir)
     prep = pipeline.EvalPreprocess(experiment.preprocess_config(config))
     source = experiment.data_sources(config, experiment.EVALUATION_SPLITS)[config.data.test_split]

@@ -43,3 +43,23 @@ def test_timing_batch_sets_the_images_of_each_timed_call(workdir, monkeypatch):
     argv = ["--workdir", workdir, "--methods", "cam", "--max_images", "8", "--repeats", "1"]
     method_table.main(argv + ["--step", "512", "--timing_batch", "3"])
     assert sizes[-2:] == [3, 3]  # the compiling call, then the timed one: the last two
+
+
+def test_cam_is_scored_at_the_gap_input_whatever_layer_the_run_names(workdir, tmp_path):
+    """A run saved with method cam and another eval.layer (possible before that pairing was
+    refused): the base evaluator, restored only for its model, must not refuse it, and the CAM
+    row is CAM's; --layer is the other methods' layer."""
+    import json
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    saved = json.loads((copy / "config.json").read_text())
+    saved["eval"]["layer"] = "no_such_layer"
+    (copy / "config.json").write_text(json.dumps(saved))
+    rows = method_table.method_rows(str(copy), ["cam"], max_images=8, step=512, repeats=1)
+    assert [method for method, _ in rows] == ["cam"]
+    with pytest.raises(ValueError, match="no module at path 'no_such_layer'"):
+        list(method_table.method_rows(str(copy), ["grad_cam"], 8, 512, 1))
+    rows = method_table.method_rows(str(copy), ["grad_cam"], 8, 512, 1, layer="feature_map")
+    assert [method for method, _ in rows] == ["grad_cam"]
