@@ -181,7 +181,10 @@ def checked_image(where: str, data: bytes) -> tuple[bytes, int, int]:
             image.load()
             return data, height, width
         log.info("%s is a %s %s; storing it as an 8-bit RGB PNG.", where, image.mode, image.format)
-        if image.mode.startswith("I;16"):  # 16-bit grey, which convert() would clip to 255
+        # 16-bit grey, which convert() would clip to 255: opened as I;16, or as I (32-bit, the
+        # same values) by older Pillows.
+        png16 = image.mode == "I" and _png_bit_depth(image, data) == 16
+        if image.mode.startswith("I;16") or png16:
             image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
         rgb = image.convert("RGB")
     return png_bytes(np.asarray(rgb)), height, width
@@ -193,8 +196,12 @@ def _stored_as_is(image: Image.Image, data: bytes) -> bool:
         return False
     if image.format in ("JPEG", "MPO"):
         return True
-    # A PNG's bit depth is byte 24 of the file (in its IHDR chunk, which comes first).
-    return image.format == "PNG" and data[24] == 8 and "transparency" not in image.info
+    return _png_bit_depth(image, data) == 8 and "transparency" not in image.info
+
+
+def _png_bit_depth(image: Image.Image, data: bytes) -> int | None:
+    """Bits per sample of a PNG (byte 24 of the file, in its IHDR chunk, which comes first)."""
+    return data[24] if image.format == "PNG" else None
 
 
 def png_bytes(array: np.ndarray) -> bytes:

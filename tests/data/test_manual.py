@@ -297,6 +297,25 @@ def test_pngs_that_opencv_would_not_read_as_8_bit_rgb_are_stored_as_they_look():
         np.testing.assert_array_equal(decoded[..., ::-1], expected)
 
 
+def test_a_16_bit_grey_png_opened_as_32_bit_by_an_older_pillow_keeps_its_high_byte(monkeypatch):
+    """Older Pillows open 16-bit grey PNGs as mode I, which convert('RGB') clips to white."""
+    deep = np.random.default_rng(1).integers(0, 2**16, (9, 13), np.uint16)
+    data = _encoded(Image.fromarray(deep), "PNG")
+    open_image = Image.open
+
+    def as_older_pillows(*args, **kwargs):
+        image = open_image(*args, **kwargs)
+        image.load()
+        older = image.convert("I")
+        older.format, older.info = image.format, image.info
+        return older
+
+    monkeypatch.setattr(downloads.Image, "open", as_older_pillows)
+    stored, _, _ = downloads.checked_image("x.png", data)
+    decoded = cv2.imdecode(np.frombuffer(stored, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(decoded[..., 0], deep >> 8)
+
+
 def test_damaged_images_are_named():
     jpeg = _encoded(Image.new("RGB", (40, 30), "red"), "JPEG")
     for data in (jpeg[: len(jpeg) // 2], b"not an image"):
