@@ -341,8 +341,9 @@ def _check_batch(images, maps, classes, valid, labels, point_maps, gt_masks) -> 
     _check_per_image("valid", valid, (b,), "True for an image, False for padding")
     if point_maps is not None:
         _check_per_image("point_maps", point_maps, (b, h, w), "the GT class's map")
-        _check_per_image("gt_masks", gt_masks, (b, h, w), "bool, True on the object", bool)
-        _check_per_image("labels", labels, (b,), "integer GT class indices", jnp.integer)
+        what = "bool or integer, nonzero on the object"
+        _check_per_image("gt_masks", gt_masks, (b, h, w), what, (bool, jnp.integer))
+        _check_per_image("labels", labels, (b,), "integer GT class indices", (jnp.integer,))
 
 
 def _check_maps(images, maps, classes) -> None:
@@ -350,14 +351,14 @@ def _check_maps(images, maps, classes) -> None:
     check_images(images)
     b, h, w = images.shape[:3]
     _check_per_image("maps", maps, (b, h, w), "an explainer's cams[:, 0] with size='input'")
-    _check_per_image("classes", classes, (b,), "integer class indices", jnp.integer)
+    _check_per_image("classes", classes, (b,), "integer class indices", (jnp.integer,))
 
 
-def _check_per_image(name: str, value, shape: tuple[int, ...], what: str, dtype=None) -> None:
+def _check_per_image(name: str, value, shape: tuple[int, ...], what: str, dtypes=()) -> None:
     got = f"shape {value.shape}" if hasattr(value, "shape") else f"a {type(value).__name__}"
     if not hasattr(value, "dtype") or value.shape != shape:
         raise ValueError(f"{name} must be {shape}, one per image ({what}); got {got}.")
-    if dtype is not None and not jnp.issubdtype(value.dtype, dtype):
+    if dtypes and not any(jnp.issubdtype(value.dtype, d) for d in dtypes):
         raise TypeError(f"{name} must be {what}; got dtype {value.dtype}.")
 
 

@@ -39,7 +39,7 @@ def pointing_hits(maps: jax.Array, gt_masks: jax.Array, tolerance: float = 15.0)
     y, x = (idx // w)[:, None, None], (idx % w)[:, None, None]
     yy, xx = jnp.arange(h)[None, :, None], jnp.arange(w)[None, None, :]
     accept = (yy - y) ** 2 + (xx - x) ** 2 < tolerance**2
-    return jnp.any(gt_masks & accept, axis=(1, 2))
+    return jnp.any(jnp.asarray(gt_masks, bool) & accept, axis=(1, 2))  # 0/1 or 255 masks too
 
 
 def pointing_sums(

@@ -675,11 +675,20 @@ def test_inputs_that_do_not_fit_the_images_are_one_line_errors_before_any_work()
         pointing_args = {k: args.pop(k) for k in ("point_maps", "gt_masks", "labels") if k in args}
         with pytest.raises(ValueError, match=message):
             fa.batch_sums(forward, **args, settings=settings, num_classes=C, **pointing_args)
-    with pytest.raises(TypeError, match="gt_masks must be bool, True on the object; got dtype"):
+    with pytest.raises(TypeError, match="gt_masks must be bool or integer, nonzero on the obj"):
         fa.batch_sums(
             forward, images, maps, classes, valid, settings,
             point_maps=maps, gt_masks=masks.astype(np.float32), labels=labels, num_classes=C,
         )  # fmt: skip
+    # Integer masks (0/1, 0/255, any nonzero) are the bool ones: nonzero is the object.
+    sums = [
+        fa.batch_sums(
+            forward, images, maps, classes, valid, settings,
+            point_maps=maps, gt_masks=m, labels=labels, num_classes=C,
+        )["pointing_hits"]
+        for m in (masks, masks.astype(np.uint8) * 2)  # even: a bitwise & with True missed it
+    ]  # fmt: skip
+    np.testing.assert_array_equal(*sums)
     # The metric functions themselves check as batch_sums does.
     with pytest.raises(ValueError, match="images must be floating point"):
         fa.confidence_change(forward, (images * 50).astype(np.uint8), maps, classes)
