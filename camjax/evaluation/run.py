@@ -9,6 +9,7 @@ evaluate variables they hold (benchmarks/method_table.py).
 
 import functools
 import json
+import math
 import os
 from typing import Any
 
@@ -64,16 +65,26 @@ def run_evaluation(config: ml_collections.ConfigDict, workdir: str) -> dict[str,
 
 
 def _write_results(config, evaluator, variables, results, chosen: float, workdir: str) -> None:
-    """metrics.json (written aside and renamed: never a truncated file) and the gallery."""
+    """metrics.json (written aside and renamed: never a truncated file; strict JSON, a value
+    that is not finite as null: the pointing game of no counted image) and the gallery."""
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "metrics.json")
     with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
+        json.dump(_nan_as_none(results), f, indent=2, allow_nan=False)
     os.replace(path + ".tmp", path)
     sources = experiment.data_sources(config, experiment.EVALUATION_SPLITS)
     write_gallery(
         config, evaluator.model, variables, sources[config.data.test_split], chosen, workdir
     )
+
+
+def _nan_as_none(value: Any) -> Any:
+    """value with every float that is not finite as None (JSON's null)."""
+    if isinstance(value, dict):
+        return {k: _nan_as_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_nan_as_none(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _write_problem(workdir: str, e: OSError) -> str:

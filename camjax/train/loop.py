@@ -344,7 +344,7 @@ def train_and_evaluate(
         sources = experiment.data_sources(config)
         step_fn = jit_train_step(config, model, tx, state_shardings, mesh)
         val_eval = evaluator.Evaluator(config, model, mesh)
-    start = int(state.step)
+        start = int(state.step)
     with StopRequest() as stop:  # before the input workers, which ignore its signals
         batches, progress, finished = None, None, False
         try:

@@ -1115,6 +1115,14 @@ def test_results_are_written_whole_and_the_gallery_draws_test_at_the_chosen_thre
     with open(os.path.join(workdir, "metrics.json")) as f:
         assert json.load(f) == results
     assert drawn == [(config, "the model", variables, "test", 0.3, workdir)]
+    # A pointing game of no counted image is NaN: JSON has no NaN (Python wrote a bare NaN,
+    # which strict readers refuse), so it is null.
+    pointing = {"faithfulness": {"test": {"pointing_game": float("nan"), "x": [1.5, float("inf")]}}}
+    run_lib._write_results(config, ev, variables, pointing, 0.3, workdir)
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        text = f.read()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"faithfulness": {"test": {"pointing_game": None, "x": [1.5, None]}}}
 
 
 def test_the_gt_known_curve_keeps_one_point_per_threshold_of_a_fine_grid(stub_sources, monkeypatch):
