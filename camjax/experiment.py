@@ -19,6 +19,7 @@ from camjax import distributed, errors
 from camjax.data import reopenable_sources
 from camjax.data.pipeline import PreprocessConfig
 from camjax.models import MODELS, create_model
+from camjax.models.layers import FEATURE_MAP
 
 
 def check_writable(workdir: str) -> None:
@@ -166,6 +167,11 @@ def check_eval_config(ev: ml_collections.ConfigDict, mesh: Mesh) -> None:
     if not errors.is_int_at_least(ev.max_images, 0):
         raise ValueError(
             f"config.eval.max_images must be an int >= 0 (0: all); got {ev.max_images}."
+        )
+    if ev.get("method", "cam") == "cam" and (layer := ev.get("layer", FEATURE_MAP)) != FEATURE_MAP:
+        raise ValueError(  # else scored at the GAP's input without a word
+            f"config.eval.layer is {layer!r}, but CAM reads the classifier's input, 'feature_map'"
+            "; drop --config.eval.layer, or pick a method for it (--config.eval.method=grad_cam)."
         )
 
 

@@ -78,14 +78,7 @@ def method_and_layer(config: ml_collections.ConfigDict) -> tuple[str, str]:
             f"config.eval.method must be one of {', '.join(sorted(explain.METHODS))}; "
             f"got {method!r}."
         )
-    layer = config.eval.get("layer", "feature_map")
-    if method == "cam" and layer != "feature_map":  # scored at the GAP's input, not silently
-        raise ValueError(
-            f"config.eval.layer is {layer!r}, but CAM reads the classifier's input, "
-            "'feature_map'; leave the layer at its default, or choose another method for that "
-            "layer (e.g. --config.eval.method=grad_cam)."
-        )
-    return method, layer
+    return method, config.eval.get("layer", "feature_map")
 
 
 def method_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
