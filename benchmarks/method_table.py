@@ -120,10 +120,9 @@ def method_rows(
         ev = config.eval
         if "faithfulness" not in ev:  # a run saved before the field existed
             ev.faithfulness = default.get_config().eval.faithfulness
-            ev.method, ev.layer = "cam", "feature_map"
         ev.faithfulness.enabled = True
         ev.faithfulness.step = step
-        layer = layer or ev.layer
+        layer = layer or ev.get("layer", "feature_map")  # no field: a run saved before it
         ev.method, ev.layer = "cam", "feature_map"  # the evaluator restored for its model only
     base, variables, step_ = run_lib.restore_evaluator(config, workdir)
     for method in methods or list(explain.METHODS):
