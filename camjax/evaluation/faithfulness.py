@@ -279,7 +279,8 @@ def batch_sums(
 ) -> dict[str, jax.Array]:
     """The sums of one batch (jittable; padding rows, valid False, count nothing).
 
-    maps: (B, H, W) in [0, 1], of `classes` (B,), for Average Drop, Increase and the curves.
+    maps: (B, H, W) in [0, 1], of `classes` (B,), for Average Drop, Increase and the curves
+    (`summary` refuses sums that counted a map outside [0, 1]).
     point_maps, gt_masks (B, H, W), labels (B,): the pointing game (maps of the GT class),
     counted per class in (num_classes,) arrays. An image whose map is NaN (an explainer's
     invalid class) counts nowhere, as TorchCAM discards it ('nan' counts it; 'pointing_nan'
@@ -315,9 +316,13 @@ def _batch_sums(
         per_image["deletion"] = curve_auc(deletion, h * wd, step)
         per_image["insertion"] = curve_auc(insertion, h * wd, step)
         ok &= jnp.isfinite(per_image["deletion"]) & jnp.isfinite(per_image["insertion"])
+    # Average Drop multiplies the image by the map, so a map outside [0, 1] (not normalised)
+    # gives a number of no definition: counted here, refused by `summary`, known only on device.
+    in_range = jnp.all((maps >= 0.0) & (maps <= 1.0), axis=(1, 2))
     sums = {
         "count": jnp.sum(ok.astype(jnp.float32)),
         "nan": jnp.sum((valid & ~ok).astype(jnp.float32)),
+        "out_of_range": jnp.sum((ok & ~in_range).astype(jnp.float32)),
     }
     sums.update({k: jnp.sum(jnp.where(ok, v, 0.0)) for k, v in per_image.items()})
     if settings.pointing and point_maps is not None:
@@ -395,6 +400,12 @@ class FaithfulnessAccumulator:
             raise ValueError(
                 f"no image was scored for faithfulness ({int(s.get('nan', 0))} maps were NaN: "
                 "invalid classes, or maps or logits that are not finite); nothing to report."
+            )
+        if s.get("out_of_range", 0) > 0:
+            raise ValueError(
+                f"{int(s['out_of_range'])} of {int(n)} maps have values outside [0, 1]; Average "
+                "Drop multiplies each image by its map: min-max normalise the maps first (the "
+                "explainer's are)."
             )
         scale = 100.0 if self.settings.variant == "paper" else 1.0
         out = {

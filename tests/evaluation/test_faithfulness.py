@@ -273,6 +273,27 @@ def test_a_summary_of_no_scored_image_is_refused_not_the_best_scores():
         acc.summary()
 
 
+@pytest.mark.parametrize("low,high", [(0.0, 1.5), (-0.25, 1.0), (0.0, 1.0)])
+def test_maps_outside_zero_one_are_refused_at_the_summary(low, high):
+    """Average Drop multiplies the image by its map: raw maps (a Grad-CAM's 0..12) gave numbers
+    of no definition, silently. Known only on device, so counted and refused by `summary`;
+    a NaN map or a padding row out of range counts nowhere."""
+    forward, *_ = linear_model(2)
+    images, maps, classes = batch(3, b=4)
+    maps = low + (high - low) * (maps - maps.min()) / (maps.max() - maps.min())
+    maps[3] = 7.0  # padding: valid False
+    settings = fa.FaithfulnessSettings(step=8, pointing=False)
+    acc = fa.FaithfulnessAccumulator(settings)
+    acc.update(jax.jit(lambda *a: fa.batch_sums(forward, *a, settings))(
+        images, maps, classes, np.arange(4) < 3
+    ))  # fmt: skip
+    if (low, high) == (0.0, 1.0):
+        assert acc.summary()["num_images"] == 3
+        return
+    with pytest.raises(ValueError, match=r"^3 of 3 maps have values outside \[0, 1\]; .* min-max"):
+        acc.summary()
+
+
 @pytest.mark.parametrize(
     "field,value,message",
     [
