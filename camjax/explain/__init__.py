@@ -100,7 +100,9 @@ def check_images(images: Any) -> None:
             f"images must have shape (batch, height, width, channels) with batch >= 1; got "
             f"{tuple(images.shape)}."
         )
-    if images.shape[1] <= 4 < images.shape[-1]:  # a few rows, many channels: not an image
+    # At most 4 "rows" and more "channels", read as NCHW an image of at least 5 x 5: a torch
+    # batch. A small NHWC grid of many channels, such as (B, 4, 4, 16), is left to the model.
+    if images.shape[1] <= 4 < min(images.shape[2:]):
         raise ValueError(
             f"images of shape {tuple(images.shape)} look channels-first (NCHW); Flax models "
             "take NHWC: pass images.transpose(0, 2, 3, 1)."

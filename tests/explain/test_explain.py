@@ -505,6 +505,15 @@ def test_variables_without_their_collections_and_a_key_that_is_not_one_are_one_l
     np.testing.assert_array_equal(f(images).cams, f(images, key=jax.random.key(0)).cams)
 
 
+class TinyGrid(nn.Module):
+    """A model on 4 x 4 grids of 16 features, NHWC."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(8, (3, 3), name="conv")(x))
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
 def test_a_target_function_must_give_one_score_per_image_and_a_batch_is_not_empty():
     """A (B, k) or scalar score was summed by the gradient into a plausible map of another
     target (Score-CAM: a reshape error 14 frames deep); an empty batch: a ZeroDivisionError."""
@@ -520,6 +529,11 @@ def test_a_target_function_must_give_one_score_per_image_and_a_batch_is_not_empt
     # Four rows and more channels: an RGBA batch in NCHW, not an image of four rows.
     with pytest.raises(ValueError, match=r"look channels-first \(NCHW\)"):
         f(np.zeros((2, 4, 16, 16), np.float32))
+    # A 4 x 4 NHWC grid of 16 channels is no NCHW image: the model's own input, explained.
+    grid = TinyGrid()
+    grid_vars = grid.init(jax.random.key(0), np.zeros((1, 4, 4, 16), np.float32))
+    grid_f = explain.explainer(grid, grid_vars, "grad_cam", layer="conv")
+    assert grid_f(np.ones((2, 4, 4, 16), np.float32)).cams.shape == (2, 1, 4, 4)
 
 
 @pytest.mark.slow  # a ResNet50-CAM compile; VGG16-GAP's identity is in the fast lane
