@@ -8,7 +8,8 @@ return. Where the numbers come from:
   horizontal flip (its train transform), evaluation at 224x224, SGD momentum 0.9 with
   Nesterov, the classifier at `lr_classifier_ratio` 10x the backbone's rate (VGG16: CAM_conv
   and head; ResNet50: layer4 and head), step decay x0.1 every `lr_decay_frequency` epochs,
-  CAM thresholds every 0.001, IoU 30/50/70 for MaxBoxAccV2.
+  CAM thresholds every 0.001, IoU 30/50/70 for MaxBoxAccV2; the linear classifier starts from
+  N(0, 0.01) (`wsol/util.py initialize_weights`), not Flax's LeCun normal.
 * Known differences from the reference solver: its first decay comes one epoch earlier (it
   decays when (epoch + 1) % frequency == 0, before the epoch); camjax does not decay biases
   (torch decays every parameter); and its `eval_checkpoint_type` may pick the best
@@ -160,6 +161,9 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
     model.num_classes = builder.NUM_CLASSES
     model.width = 1.0
     model.dropout_rate = 0.0
+    # wsolevaluation's `initialize_weights`: the linear classifier from N(0, 0.01), bias 0 (its
+    # nn.Linear branch; the pretrained state dicts it loads drop their classifiers).
+    model.head_init_std = 0.01
     if architecture == "vgg16":
         model.name = "vgg16_gap"
         model.groups = 1

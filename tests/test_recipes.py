@@ -154,6 +154,8 @@ def test_recipe_takes_every_method_with_its_reference_solver(module, method):
     tiny = module.get_config(f"{method}_tiny")
     assert tiny.method.name == method and tiny.model.name.endswith("_tiny")
     assert tuple(tiny.optim.new_layers) == tuple(config.optim.new_layers)
+    # wsolevaluation's linear classifier init, N(0, 0.01), reaches the model built.
+    assert experiment.build_model(tiny).head_init_std == 0.01
     resnet, cub = config.model.name == "resnet50_cam", module in (cam_vgg16_cub, cam_resnet50_cub)
     # The layers at the classifier rate, as the reference solvers split them.
     new_layers = {

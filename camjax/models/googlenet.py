@@ -84,6 +84,7 @@ class GoogLeNetGAP(nn.Module):
     dropout_rate: float = 0.0
     grouped_conv_impl: str = "split"
     pooling: str = "avg"  # "max": the paper's GoogLeNet-GMP comparison
+    head_init_std: float | None = None  # None: Flax Dense default; 0.01: wsolevaluation
     # (drop rate, threshold) of ADL layers where wsolevaluation's Inception-ADL has them
     # (`ADL_POSITIONS`); None: no ADL (`config.method.name` 'adl').
     adl: tuple[float, float] | None = None
@@ -184,6 +185,7 @@ class GoogLeNetGAPBN(nn.Module):
     dropout_rate: float = 0.0
     grouped_conv_impl: str = "split"
     pooling: str = "avg"  # "max": global max pooling (GMP) instead of GAP
+    head_init_std: float | None = None  # None: Flax Dense default; 0.01: wsolevaluation
     transform_input: bool = False
     adl: tuple[float, float] | None = None  # as GoogLeNetGAP's
     dtype: Any = jnp.float32

@@ -242,11 +242,21 @@ def gap_head(
     pooled = feature_map if adl is None else ADL(*adl, name="adl_cam")(feature_map, train)
     pre_logits = global_pool(pooled, net.pooling)
     h = nn.Dropout(net.dropout_rate, deterministic=not train)(pre_logits)
-    logits = nn.Dense(net.num_classes, dtype=jnp.float32, name="head")(h)
+    logits = linear_head(net, h)
     outputs = {"feature_map": feature_map, "pre_logits": pre_logits}
     if erased is not None:
         outputs["feature_map_erased"] = nn.relu(cam_conv(erased))
     return logits, outputs
+
+
+def linear_head(net: nn.Module, pooled: jax.Array) -> jax.Array:
+    """The classifier `head` on the pooled features -> float32 logits. Its kernel starts from
+    Flax's default (LeCun normal: std 1 / sqrt(fan-in), 0.031 for 1024 features) unless
+    `net.head_init_std` is set: wsolevaluation's `initialize_weights` draws every nn.Linear
+    from N(0, 0.01) with a zero bias, which its recipes then train at small learning rates."""
+    std = net.head_init_std
+    init = nn.linear.default_kernel_init if std is None else nn.initializers.normal(std)
+    return nn.Dense(net.num_classes, dtype=jnp.float32, kernel_init=init, name="head")(pooled)
 
 
 def check_images(x: jax.Array, model_name: str) -> None:

@@ -34,6 +34,7 @@ from camjax.models.layers import (
     check_images,
     conv_init,
     global_pool,
+    linear_head,
     scaled_width,
 )
 from camjax.models.spg import SPGMap, conv3_relu, spg_head
@@ -87,6 +88,7 @@ class ResNet50CAM(nn.Module):
     output_stride: int = 16
     dropout_rate: float = 0.0
     pooling: str = "avg"  # "max": global max pooling (GMP) instead of GAP
+    head_init_std: float | None = None  # None: Flax Dense default; 0.01: wsolevaluation
     # (drop rate, threshold) of ADL layers where wsolevaluation's ResNet50-ADL has them (after
     # layer3's first block and layer4's first and last); None: no ADL.
     adl: tuple[float, float] | None = None
@@ -155,7 +157,7 @@ class ResNet50CAM(nn.Module):
         feature_map = Tap(name=FEATURE_MAP)(x)
         pre_logits = global_pool(feature_map, self.pooling)
         h = nn.Dropout(self.dropout_rate, deterministic=not train)(pre_logits)
-        logits = nn.Dense(self.num_classes, dtype=jnp.float32, name="head")(h)
+        logits = linear_head(self, h)
         outputs = {"feature_map": feature_map, "pre_logits": pre_logits}
         if erased is not None:
             outputs["feature_map_erased"] = erased

@@ -53,6 +53,7 @@ class VGG16GAP(nn.Module):
     grouped_conv_impl: str = "split"
     output_stride: int = 16
     pooling: str = "avg"  # "max": the paper's GMP comparison
+    head_init_std: float | None = None  # None: Flax Dense default; 0.01: wsolevaluation
     # (drop rate, threshold) of ADL layers where wsolevaluation's VGG16-ADL has them (after
     # block 3's pool, after conv4_3 and conv5_3); None: no ADL (`config.method.name` 'adl').
     adl: tuple[float, float] | None = None

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from camjax.models import create_model
 from camjax.models.layers import GroupedConv, local_response_norm, max_pool_ceil
 
 
@@ -69,3 +70,23 @@ def test_lrn_matches_caffe_formula():
         scale = 1 + 1e-4 / 5 * np.sum(xn[..., lo:hi] ** 2, axis=-1)
         ref[..., c] = xn[..., c] / scale**0.75
     np.testing.assert_allclose(y, ref, rtol=1e-5)
+
+
+# The GoogLeNets share VGG's `gap_head`; ResNet50-CAM's init compiles for ~10 s.
+@pytest.mark.parametrize(
+    "name", ["vgg16_gap_tiny", pytest.param("resnet50_cam_tiny", marks=pytest.mark.slow)]
+)
+def test_head_init_std_draws_the_classifier_as_wsolevaluation(name):
+    """The recipes' head_init_std=0.01 is wsolevaluation's N(0, 0.01) with a zero bias (Flax's
+    LeCun default started the logits 2-3x larger); left unset, Flax's default stays."""
+    images = jnp.zeros((1, 32, 32, 3))
+    kernels = {}
+    for std in (None, 0.01):
+        model = create_model(name, num_classes=500, head_init_std=std)
+        head = jax.jit(model.init)(jax.random.key(0), images)["params"]["head"]
+        np.testing.assert_array_equal(head["bias"], 0.0)
+        kernels[std] = np.asarray(head["kernel"])
+    fan_in = kernels[None].shape[0]
+    assert np.std(kernels[0.01]) == pytest.approx(0.01, rel=0.05)
+    # LeCun normal, truncated at 2 sigma: std 1 / sqrt(fan_in).
+    assert np.std(kernels[None]) == pytest.approx(fan_in**-0.5, rel=0.05)
