@@ -204,11 +204,18 @@ class Probe:
                 output, probed = self.model.apply(
                     variables, images, mutable=[PROBED], **dict(self.apply_kwargs)
                 )
-        except (flax.errors.ModifyScopeVariableError, flax.errors.InvalidRngError) as e:
-            cause = str(e).split(" (https")[0]  # batch norm's statistics, dropout's key
+        except flax.errors.ModifyScopeVariableError as e:  # batch norm's running statistics
+            cause = str(e).split(" (https")[0]
             raise ValueError(
                 f"{self.model_name} runs in training mode ({cause}); pass its eval-mode flag, "
                 'e.g. apply_kwargs={"train": False}, for maps of each image alone.'
+            ) from None
+        except flax.errors.InvalidRngError as e:  # dropout in training, or a sampling model
+            cause = str(e).split(" (https")[0]
+            raise ValueError(
+                f"{self.model_name} draws random numbers ({cause}): in training mode, pass its "
+                'eval-mode flag, e.g. apply_kwargs={"train": False}; a model that samples at '
+                "inference has no map of its own: give it a flag that turns sampling off."
             ) from None
         sown = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
         return output, sown, paths

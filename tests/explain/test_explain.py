@@ -756,14 +756,34 @@ def test_a_linen_model_in_training_mode_is_one_line_and_runs_with_its_eval_flag(
 
     images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
     variables = Net().init(jax.random.key(0), images, train=False)
+    said = "runs in training mode" if batch_norm else "draws random numbers"
     cause = "batch_stats" if batch_norm else "dropout"
     with pytest.raises(
         ValueError,
-        match=rf'Net runs in training mode \(.*{cause}.*apply_kwargs=\{{"train": False\}}',
+        match=rf'^Net {said} \(.*{cause}.*apply_kwargs=\{{"train": False\}}',
     ):
         explain.explainer(Net(), variables, "grad_cam", layer="conv")(images)
     f = explain.explainer(Net(), variables, "grad_cam", layer="conv", apply_kwargs={"train": False})
     assert f(images).cams.shape == (2, 1, 8, 8)
+
+
+def test_a_model_that_samples_at_inference_is_not_told_it_is_in_training_mode():
+    """A model drawing noise in every call was told to pass an eval-mode flag it lacks."""
+
+    class Noisy(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(4, (3, 3), name="conv")(x))
+            x = x + 0.01 * jax.random.normal(self.make_rng("noise"), x.shape)
+            return nn.Dense(3, name="head")(x.mean((1, 2)))
+
+    images = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
+    keys = {"params": jax.random.key(0), "noise": jax.random.key(1)}
+    variables = Noisy().init(keys, images)
+    with pytest.raises(
+        ValueError, match=r'^Noisy draws random numbers \(.*"noise".*turns sampling'
+    ):
+        explain.explainer(Noisy(), variables, "grad_cam", layer="conv")(images)
 
 
 def test_a_linen_model_with_a_list_field_is_compiled_for_its_explainer():
