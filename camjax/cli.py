@@ -153,15 +153,20 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`), with
     `config_override_errors`; a --config file that does not exist is one line too (it was
     ml_collections' chained tracebacks)."""
-    if path := _missing_config_file(argv):
-        print(
-            f"FATAL Flags parsing error: --config: no file {path}; give a config file, e.g. "
-            "configs/default.py.",
-            file=sys.stderr,
-        )
-        sys.exit(1)
+    try:  # --flagfile=FILE expanded, as absl's parsing does, to find the --config in it
+        expanded = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
+    except flags.Error as e:  # a flagfile that cannot be read (absl: a traceback)
+        _fatal(f"{str(e).removeprefix('ERROR:: ')}; give a flagfile that exists.")
+    if path := _missing_config_file(expanded):
+        _fatal(f"--config: no file {path}; give a config file, e.g. configs/default.py.")
     with config_override_errors(argv):
         return app.parse_flags_with_usage(argv)
+
+
+def _fatal(problem: str):
+    """A flag problem in absl's one-line form, exit code 1."""
+    print(f"FATAL Flags parsing error: {problem}", file=sys.stderr)
+    sys.exit(1)
 
 
 def _missing_config_file(argv: list[str]) -> str | None:

@@ -328,3 +328,20 @@ def test_a_config_file_that_does_not_exist_is_one_line(args, tmp_path, capsys, m
         "configs/default.py.\n"
     )
     assert cli._missing_config_file(["train.py", "--config.train.num_steps=3"]) is None
+
+
+def test_a_config_file_in_a_flagfile_and_a_flagfile_that_do_not_exist_are_one_line(
+    tmp_path, capsys, monkeypatch
+):
+    """Both were ml_collections' and absl's tracebacks: --config was looked for in argv only."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "flags.txt").write_text("--config=nope.py\n--workdir=w\n")
+    for flagfile, said in [
+        ("flags.txt", "--config: no file nope.py; give a config file, e.g. configs/default.py."),
+        ("gone.txt", "Unable to open flagfile: [Errno 2] No such file or directory: 'gone.txt'; "
+         "give a flagfile that exists."),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit) as stop:
+            cli.parse_flags(["train.py", f"--flagfile={flagfile}"])
+        assert stop.value.code == 1
+        assert capsys.readouterr().err == f"FATAL Flags parsing error: {said}\n"
