@@ -153,14 +153,20 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`), with
     `config_override_errors`; a --config file that does not exist is one line too (it was
     ml_collections' chained tracebacks)."""
-    try:  # --flagfile=FILE expanded, as absl's parsing does, to find the --config in it
-        expanded = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
+    try:
+        expanded = _expanded(argv)
     except flags.Error as e:  # a flagfile that cannot be read (absl: a traceback)
         _fatal(f"{str(e).removeprefix('ERROR:: ')}; give a flagfile that exists.")
     if path := _missing_config_file(expanded):
         _fatal(f"--config: no file {path}; give a config file, e.g. configs/default.py.")
     with config_override_errors(argv):
         return app.parse_flags_with_usage(argv)
+
+
+def _expanded(argv: list[str]) -> list[str]:
+    """argv with each --flagfile=FILE replaced by the flags in FILE, as absl's parsing reads
+    them (so a --config or an override given in a flagfile is found)."""
+    return flags.FLAGS.read_flags_from_files(argv, force_gnu=False)
 
 
 def _fatal(problem: str):
@@ -193,7 +199,7 @@ def config_override_errors(argv: list[str]):
     except (AttributeError, KeyError, TypeError) as e:
         if not _resolving_an_override(e):
             raise
-        given = [a.split("=")[0] for a in argv[1:] if _OVERRIDE.match(a)]
+        given = [a.split("=")[0] for a in _expanded(argv)[1:] if _OVERRIDE.match(a)]
         cause = e
         while cause.args and isinstance(cause.args[0], BaseException):
             cause = cause.args[0]  # ml_collections wraps its KeyError in an AttributeError

@@ -128,6 +128,21 @@ def test_an_override_naming_no_field_is_one_line(run_dir, capsys, override, mess
     assert capsys.readouterr().err.startswith(f"FATAL Flags parsing error: {message}")
 
 
+def test_an_override_in_a_flagfile_naming_no_field_is_named(run_dir, tmp_path, capsys):
+    """The override was looked for in argv only: ': not a field of the config' named none."""
+    (tmp_path / "flags.txt").write_text("--config.eval.top_kk=2\n")
+    argv = ["evaluate.py", f"--workdir={run_dir}", f"--flagfile={tmp_path / 'flags.txt'}"]
+    with pytest.raises(SystemExit) as stop:
+        values = evaluate_flags()
+        cli.define_config_flag(argv, "config", values)
+        with cli.config_override_errors(argv):
+            values(argv)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.startswith(
+        "FATAL Flags parsing error: --config.eval.top_kk: the config has no field 'top_kk'"
+    )
+
+
 def test_a_config_files_own_error_keeps_its_traceback(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text(
