@@ -4,6 +4,7 @@ shows of the libraries."""
 
 import logging
 import os
+import subprocess
 import sys
 import types
 import warnings
@@ -320,6 +321,7 @@ def test_a_ctrl_c_outside_training_is_one_line_and_code_130(capsys, monkeypatch)
     from camjax.train.interrupts import TrainingPreempted
 
     monkeypatch.delenv("CAMJAX_TRACEBACK", raising=False)
+    monkeypatch.setattr(cli, "_exit_at_once", sys.exit)  # os._exit would end pytest
     with pytest.raises(SystemExit) as stop, cli.user_errors():
         raise KeyboardInterrupt
     assert stop.value.code == 130
@@ -329,6 +331,29 @@ def test_a_ctrl_c_outside_training_is_one_line_and_code_130(capsys, monkeypatch)
     monkeypatch.setenv("CAMJAX_TRACEBACK", "1")
     with pytest.raises(KeyboardInterrupt), cli.user_errors():
         raise KeyboardInterrupt
+
+
+def test_a_ctrl_c_outside_training_exits_130_without_the_interpreters_teardown():
+    """A Ctrl-C inside the import of a jaxlib nanobind module left it half made, and the
+    teardown then segfaulted (3 of 7 Ctrl-Cs in train.py's first seconds): the process now ends
+    at once, its output and logs flushed first, and no atexit handler runs."""
+    script = (
+        "import atexit, logging, sys\n"
+        "from camjax import cli\n"
+        "atexit.register(lambda: print('teardown'))\n"
+        "logging.basicConfig(stream=sys.stdout)\n"
+        "print('out', end='')\n"
+        "logging.getLogger('x').warning('logged')\n"
+        "with cli.user_errors():\n"
+        "    raise KeyboardInterrupt\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CAMJAX_TRACEBACK"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 130
+    assert proc.stdout == "outWARNING:x:logged\n"
+    assert proc.stderr == "\nstopped by Ctrl-C (CAMJAX_TRACEBACK=1 shows where)\n"
 
 
 @pytest.mark.parametrize("args", [["--config=nope.py:tiny"], ["--config", "nope.py"]])
