@@ -202,6 +202,7 @@ BOOKKEEPING = (
     "data.num_workers",
     "data.cache_train_gib",
     "data.device_prefetch",
+    "data.max_boxes",  # pads the GT boxes that validation and evaluation read
     "train.log_every_steps",
     "train.checkpoint_every_steps",
     "train.eval_every_steps",

@@ -1330,6 +1330,26 @@ def test_a_validation_a_sigterm_stopped_saves_its_step_and_the_rerun_owes_it_fir
     assert metric_rows(workdir) == [[2, "train"]]
 
 
+def test_a_validation_failing_on_its_data_saves_the_step_and_the_fixed_rerun_validates_it(
+    resumable, monkeypatch
+):
+    """Step 3's validation meets an image of more GT boxes than data.max_boxes: the error was
+    raised before step 3 was saved, so the fix lost every step since the last save, and the
+    fix (a larger max_boxes, which training never reads) was refused as another config."""
+    config, workdir = resumable
+    config.train.num_steps, config.train.eval_every_steps = 4, 3
+    config.train.checkpoint_every_steps = config.train.log_every_steps = 100
+    config.data.max_boxes = 0  # the tiny dataset's images have one box or more
+    with pytest.raises(ValueError, match="boxes but data.max_boxes is 0; raise config.data.max"):
+        loop.train_and_evaluate(config, workdir)
+    assert steps_saved(workdir) == [2, 3]
+    config.data.max_boxes = 4
+    loop.train_and_evaluate(config, workdir)
+    assert steps_saved(workdir) == [3, 4]  # keep_checkpoints 2
+    validated = [row for row in metric_rows(workdir) if row[1] == "val"]
+    assert validated == [[3, "val"], [4, "val"]]
+
+
 def signal_at_step(monkeypatch, signum, at: int) -> None:
     """The process receives `signum` as step `at` has been taken, as in SIGTERM_DRIVER."""
     kinds = loop._step_kinds
