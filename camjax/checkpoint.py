@@ -20,6 +20,7 @@ import gc
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -231,6 +232,10 @@ def wait(manager: ocp.CheckpointManager) -> None:
     wait (or close) returns quietly."""
     # orbax lists a step from the moment its save is queued, so the newest is the one in flight.
     in_flight = manager.latest_step()
+    # Called in a `finally` as another error propagates (a config.json that cannot be written),
+    # that error becomes the __context__ of orbax's: it keeps its traceback (`_raised_by_camjax`
+    # reads it to print its one line).
+    propagating = sys.exc_info()[1]
     try:
         manager.wait_until_finished()
         return
@@ -258,6 +263,8 @@ def wait(manager: ocp.CheckpointManager) -> None:
         # retrieved" before the one-line error, not after it or at interpreter shutdown (as
         # "ImportError: sys.meta_path is None"). orbax has logged the traceback itself.
         for link in errors.exception_chain(e):
+            if link is propagating:
+                break
             link.__traceback__ = None
         cause = e
     gc.collect()

@@ -2,6 +2,7 @@
 needs only the workdir, the differences between two configs, said field by field, and the run's
 id (workdir/run_id), which every step it saves records."""
 
+import contextlib
 import json
 import os
 import re
@@ -51,9 +52,11 @@ def save(workdir: str, config: ml_collections.ConfigDict) -> None:
                     json.dump(values, f, indent=2, sort_keys=True)
                 os.replace(f"{path}.tmp", path)
         except OSError as e:
+            with contextlib.suppress(OSError):  # a full disk's half-written copy
+                os.remove(f"{path}.tmp")
             problem = (
                 f"{errors.cannot_write(e, path)}; make room, or remove what is in the way, then "
-                "rerun: training resumes from its newest checkpoint."
+                "rerun: training resumes from its newest checkpoint, if any."
             )
         except RunConfigError as e:  # config.json damaged since the run started
             problem = str(e)

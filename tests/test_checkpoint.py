@@ -726,3 +726,40 @@ def test_a_save_orbax_refuses_at_once_is_one_line_unless_it_is_a_bug(tmp_path, m
         checkpoint.save(manager, 2, state, config)
     monkeypatch.undo()
     manager.close()
+
+
+class _FailedSaveManager:
+    """What `checkpoint.wait` reads of a manager whose background save of step 1 failed."""
+
+    directory = "/runs/x/checkpoints"
+
+    def latest_step(self):
+        return 1
+
+    def wait_until_finished(self):
+        raise OSError(errno.EFBIG, "File too large")
+
+    def close(self):
+        pass
+
+    def reload(self):
+        pass
+
+    def all_steps(self):
+        return []
+
+
+def test_a_save_failing_while_a_camjax_error_propagates_leaves_that_error_one_line(tmp_path):
+    """A full disk fails both config.json and the step's background save: the run stops on the
+    RunConfigError while `wait` reports the save, and `wait` cleared the traceback of every
+    exception in the save error's chain, the RunConfigError (its __context__) too, so the
+    entry points printed it under a traceback as a bug."""
+    (tmp_path / "config.json.tmp").mkdir()  # config.json cannot be written
+    with pytest.raises(run_config.RunConfigError) as raised:
+        try:
+            run_config.save(str(tmp_path), tiny.get_config())
+        finally:  # as training closes its checkpoints while the error propagates
+            with pytest.raises(checkpoint.CheckpointError, match="no step was saved yet"):
+                checkpoint.wait(_FailedSaveManager())
+    assert "if any" in str(raised.value)
+    assert cli._raised_by_camjax(raised.value)
