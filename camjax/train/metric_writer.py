@@ -99,8 +99,11 @@ class MetricWriter:
         """Keeps the rows up to `step` (and drops a line cut short by a kill), atomically."""
         if not os.path.exists(self.path):
             return
-        with open(self.path) as f:
-            lines = f.readlines()
+        with open(self.path, encoding="utf-8") as f:
+            try:
+                lines = f.readlines()
+            except UnicodeDecodeError:  # its rows are JSON, ASCII as json.dumps writes them
+                raise OSError(errno.EILSEQ, "not UTF-8 text: damaged", self.path) from None
         kept = [line for line in lines if (row := _row_step(line)) is not None and row <= step]
         if kept == lines:
             return

@@ -54,6 +54,16 @@ def test_a_log_that_cannot_be_reread_at_the_start_is_one_line(tmp_path):
         "remove it, or train in another --workdir."
     )
 
+    # A damaged byte in a row: a 29-line UnicodeDecodeError, and the run could not resume.
+    (tmp_path / "metrics.jsonl").rmdir()
+    (tmp_path / "metrics.jsonl").write_bytes(b'{"step": 2, "train/loss": 1.\xff}\n')
+    with pytest.raises(OSError) as err:
+        MetricWriter(str(tmp_path), start_step=3)
+    assert str(err.value) == (
+        f"cannot read and rewrite {tmp_path / 'metrics.jsonl'} (not UTF-8 text: damaged); "
+        "restore or remove it, or train in another --workdir."
+    )
+
 
 def test_a_row_is_one_json_line_step_first_with_plain_json_numbers(tmp_path):
     """The documented line: {"step": s, **metrics} in the order given, numpy and jax scalars as
