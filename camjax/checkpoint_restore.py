@@ -10,6 +10,7 @@ reason.
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 _OTHER_CONFIG = "was trained with a different config"
 UNREADABLE = "its arrays do not read"
 _INCOMPLETE = "incomplete"  # the start of the reasons for metadata missing or not reading
+_OTHER_RUN = "it was saved by another run"  # the start of the reasons naming another run id
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state: Any, config) -> Any:
@@ -150,6 +152,20 @@ def _no_good_step(
         return checkpoint.CheckpointError(
             f"the checkpoint at step {step} in {directory} {reason}. Use the config the run was "
             "trained with (the run's config.json holds it, unless that file was edited since).",
+            tuple(rejected),
+        )
+    step_runs = {
+        re.search(r"run id '(\w+)'", r)[1] for _, r in rejected if r.startswith(_OTHER_RUN)
+    }
+    if len(step_runs) == 1 and all(r.startswith(_OTHER_RUN) for _, r in rejected):
+        # Every step is of one other run: the workdir's run_id is what changed, not the steps.
+        path = os.path.join(os.path.dirname(directory), run_config.RUN_ID)
+        step_run = step_runs.pop()
+        return checkpoint.CheckpointError(
+            f"every step in {directory} was saved by run {step_run!r}, not the run {path} "
+            f"names. If that file was overwritten, write the run back (echo {step_run} > "
+            f"{path}) and rerun; if the steps were copied from another workdir, copy its "
+            "run_id too. Nothing was moved or deleted.",
             tuple(rejected),
         )
     return checkpoint.CheckpointError(
@@ -286,7 +302,7 @@ def _verified(
     step_run = meta.pop("run", None)  # absent in steps saved before runs had ids (2026-12-05)
     if None not in (step_run, run) and step_run != run:
         reason = (
-            f"it was saved by another run (run id {step_run!r}; this workdir's is {run!r}): "
+            f"{_OTHER_RUN} (run id {step_run!r}; this workdir's is {run!r}): "
             "copied in from another workdir? (to resume that run here, copy its run_id too)"
         )
         return None, reason, False

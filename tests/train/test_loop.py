@@ -765,6 +765,25 @@ def test_a_resume_reads_no_config_from_another_runs_step(resumable):
         loop.train_and_evaluate(config, workdir)
 
 
+def test_an_overwritten_run_id_is_said_with_the_run_to_write_back_not_as_damage(resumable):
+    """Every step of one run and a run_id naming another: the error said to remove the
+    'damaged' steps, every good checkpoint of the run (an outside fault injection)."""
+    config, workdir = resumable
+    path = os.path.join(workdir, run_config.RUN_ID)
+    ours = run_config.read_run(workdir).id
+    with open(path, "w") as f:
+        f.write("0123456789abcdef\n")
+    config.train.num_steps = 3
+    said = (
+        f"every step in {checkpoint.checkpoint_dir(workdir)} was saved by run '{ours}', not the "
+        f"run {path} names. If that file was overwritten, write the run back (echo {ours} > "
+        f"{path}) and rerun"
+    )
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(said)):
+        loop.train_and_evaluate(config, workdir)
+    assert steps_saved(workdir) == [1, 2]
+
+
 def test_a_resume_compares_with_the_steps_record_when_config_json_is_gone(resumable):
     config, workdir = resumable
     os.remove(os.path.join(workdir, run_config.RUN_CONFIG))
