@@ -196,17 +196,29 @@ def recorded(
     metadata reads or holds it (steps saved before 2026-12-06). Unverified: the restore checks
     the step itself, and skips one of another run, whose config says nothing of this run."""
     for step in sorted(manager.all_steps(), reverse=True):
-        try:
-            args = ocp.args.Composite(meta=ocp.args.JsonRestore())
-            meta = manager.restore(step, args=args)["meta"]
-        except Exception:  # a damaged or vanished step: the restore reports it
-            continue
-        if not isinstance(meta, dict) or (run is not None and meta.get("run", run) != run):
+        meta = _meta(manager, step)
+        if meta is None or (run is not None and meta.get("run", run) != run):
             continue
         if isinstance(meta.get(checkpoint.RECORDED_CONFIG), dict):
             devices = meta.get(checkpoint.RECORDED_DEVICES)
             return meta[checkpoint.RECORDED_CONFIG], devices if isinstance(devices, int) else None
     return None, None
+
+
+def recorded_at(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    """The config `step` recorded it was trained with (None: none recorded, or unreadable)."""
+    config = (_meta(manager, step) or {}).get(checkpoint.RECORDED_CONFIG)
+    return config if isinstance(config, dict) else None
+
+
+def _meta(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    """`step`'s metadata; None where it does not read (a damaged or vanished step: the restore
+    reports it)."""
+    try:
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception:
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def check_resumed_config(config, manager, workdir: str, resume_with_changes: bool) -> None:

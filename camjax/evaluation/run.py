@@ -9,6 +9,7 @@ evaluate variables they hold (benchmarks/method_table.py).
 
 import functools
 import json
+import logging
 import math
 import os
 from typing import Any
@@ -17,10 +18,20 @@ import jax
 import ml_collections
 import numpy as np
 
-from camjax import checkpoint, checkpoint_restore, distributed, errors, experiment, explain
+from camjax import (
+    checkpoint,
+    checkpoint_restore,
+    distributed,
+    errors,
+    experiment,
+    explain,
+    run_config,
+)
 from camjax.evaluation.evaluator import Evaluator
 from camjax.evaluation.gallery import write_gallery
 from camjax.evaluation.protocol import wsol_protocol
+
+log = logging.getLogger(__name__)
 
 
 def restore_evaluator(
@@ -44,6 +55,16 @@ def restore_evaluator(
     # Closed however the restore ends: a notebook caller keeps no orbax threads.
     with checkpoint.create_manager(workdir, config.train.keep_checkpoints) as manager:
         variables, step = checkpoint_restore.restore_variables(manager, abstract, config)
+        trained = checkpoint_restore.recorded_at(manager, step)
+    # config.json can be ahead of the steps (a run killed between writing it and committing a
+    # step after --resume_with_changes) or edited: the numbers would not be the step's.
+    if trained is not None and (differences := run_config.resume_differences(trained, config)[0]):
+        log.warning(
+            "Checkpoint step %d was trained with other values than this evaluation's (%s): "
+            "the numbers below are of this config.",
+            step,
+            differences,
+        )
     if not variables["batch_stats"]:
         del variables["batch_stats"]
     return Evaluator(config, model, mesh, protocol), variables, step

@@ -128,6 +128,26 @@ def test_run_evaluation_reports_the_wsol_protocol(evaluated, capsys):
         assert f"  [{rule}] " in out
 
 
+def test_an_evaluation_under_other_training_values_than_the_steps_is_said(trained, caplog):
+    """config.json ahead of the steps (a run killed between writing it and committing its
+    next step, after --resume_with_changes) or edited: the metrics were of another config
+    than the step's, without a word (an outside fault injection)."""
+    config, workdir = trained
+    with caplog.at_level("WARNING", logger="camjax"):
+        _, _, step = run_lib.restore_evaluator(config, workdir)
+    assert "trained with other values" not in caplog.text
+    other = config.copy_and_resolve_references()
+    other.data.std = (0.01, 0.01, 0.01)
+    other.eval.top_k = 3  # evaluation's own settings are not training's
+    with caplog.at_level("WARNING", logger="camjax"):
+        run_lib.restore_evaluator(other, workdir)
+    assert (
+        f"Checkpoint step {step} was trained with other values than this evaluation's "
+        "(data.std: run [0.229, 0.224, 0.225], given [0.01, 0.01, 0.01]): the numbers below "
+        "are of this config." in caplog.text
+    )
+
+
 @pytest.fixture(scope="module")
 def restored(trained):
     """The trained run's config, an Evaluator with the WSOL protocol's device path (float32
