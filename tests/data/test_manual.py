@@ -190,26 +190,40 @@ def test_duplicate_keys_are_an_error(tmp_path, monkeypatch):
 
 
 class _BadLabel(_Toy, skip_registration=True):
-    """Key 9's label is past the 3 classes."""
+    """Key 9's label is `BAD`, past the 3 classes."""
 
     name = "manual_toy_bad_label"
+    BAD: int | None = 3
 
     def _generate_examples(self):
         for key, example in super()._generate_examples():
-            yield key, {**example, "label": 3 if key == 9 else example["label"]}
+            yield key, {**example, "label": self.BAD if key == 9 else example["label"]}
 
 
-def test_an_example_tfds_cannot_encode_is_named_in_one_line(tmp_path):
+class _NoLabel(_BadLabel, skip_registration=True):
+    """Key 9's label is None, which tfds refuses with a TypeError."""
+
+    name = "manual_toy_no_label"
+    BAD = None
+
+
+@pytest.mark.parametrize(
+    "builder,why",
+    [
+        (_BadLabel, "Class label 3 greater than configured num_classes 3"),
+        (_NoLabel, "'<=' not supported between instances of 'int' and 'NoneType'"),
+    ],
+)
+def test_an_example_tfds_cannot_encode_is_named_in_one_line(tmp_path, builder, why):
     """tfds's message spans a line per feature and names no example: in a dataset of 10,000
-    images, which one?"""
+    images, which one? Its TypeError (a None label) too, not only its ValueError."""
     with pytest.raises(ValueError) as err:
-        _prepare(_BadLabel, tmp_path, skip_corrupt=True)
+        _prepare(builder, tmp_path, skip_corrupt=True)
     assert str(err.value) == (
         'example 9 of the train split cannot be stored: In <ClassLabel> with name "label": '
-        "Class label 3 greater than configured num_classes 3 Fix it in the inputs, then prepare "
-        "again."
+        f"{why} Fix it in the inputs, then prepare again."
     )
-    assert not _BadLabel.configured(str(tmp_path)).is_prepared()
+    assert not builder.configured(str(tmp_path)).is_prepared()
 
 
 def test_a_version_folder_without_its_dataset_info_is_named_not_taken_as_prepared(tmp_path):

@@ -305,6 +305,7 @@ def test_maps_outside_zero_one_are_refused_at_the_summary(low, high):
         ("tolerance", float("inf"), "tolerance must be a finite number of pixels > 0"),
         ("tolerance", -1.0, "tolerance must be a finite number of pixels > 0"),
         ("tolerance", 0.0, "tolerance must be a finite number of pixels > 0"),
+        ("tolerance", True, "tolerance must be a finite number of pixels > 0; got True"),
     ],
 )
 def test_settings_refuse_fractional_counts_and_a_tolerance_that_is_not_finite(
@@ -701,6 +702,11 @@ def test_inputs_that_do_not_fit_the_images_are_one_line_errors_before_any_work()
             forward, images, maps, classes, valid, settings,
             point_maps=maps, gt_masks=masks.astype(np.float32), labels=labels, num_classes=C,
         )  # fmt: skip
+    with pytest.raises(TypeError, match="^labels must be integer GT class indices; got dtype f"):
+        fa.batch_sums(
+            forward, images, maps, classes, valid, settings,
+            point_maps=maps, gt_masks=masks, labels=labels.astype(np.float32), num_classes=C,
+        )  # fmt: skip
     # Integer masks (0/1, 0/255, any nonzero) are the bool ones: nonzero is the object.
     sums = [
         fa.batch_sums(
@@ -744,4 +750,9 @@ def test_a_pointing_game_of_no_counted_image_is_nan_not_zero():
     )
     assert np.isnan(summary["pointing_game"]) and summary["pointing_num_nan_maps"] == 4
     counted = {"pointing_hits": np.array([1.0, 0, 0]), "pointing_count": np.array([2.0, 0, 1])}
-    assert pointing.pointing_summary(counted)["pointing_game"] == 25.0  # (1/2 + 0/1) / 2
+    # (1/2 + 0/1) / 2, and no uncounted map: sums without 'pointing_nan' counted none.
+    assert pointing.pointing_summary(counted) == {"pointing_game": 25.0, "pointing_num_nan_maps": 0}
+    # No class to count an image in: refused, not a NaN game of (0,) per-class arrays.
+    maps, masks, ones = np.zeros((1, 4, 4), np.float32), np.ones((1, 4, 4), bool), np.ones(1, bool)
+    with pytest.raises(ValueError, match=r"^the pointing game needs num_classes >= 1; got 0\.$"):
+        pointing.pointing_sums(maps, masks, np.zeros(1, np.int32), 0, ones, ones, 15.0)

@@ -601,6 +601,13 @@ def test_a_token_count_on_a_patch_grid_with_the_fewest_prefix_tokens():
         probe.grid_shape(37, (32, 64))
     assert probe.grid_shape(2 + 14 * 10, (224, 160)) == (2, 14, 10)  # DeiT-B/16
     assert probe.grid_shape(1 + 14 * 14, (230, 230)) == (1, 14, 14)  # 16 px 'VALID' patches
+    # No fit is exact or after at most a class token: the fewest prefix tokens (14x14 after 2).
+    assert probe.grid_shape(2 + 14 * 14, (230, 230)) == (2, 14, 14)
+    # 17 px patches divide the height only (136 = 8 * 17, 261 = 15.35 * 17): 8x15 after 10 is
+    # not exact, and 8x16 ('SAME') after 2 has fewer prefix tokens.
+    assert probe.grid_shape(130, (136, 261)) == (2, 8, 16)
+    # 14 px patches divide both (42x56 -> 3x4): exact wins even after 5 prefix tokens.
+    assert probe.grid_shape(17, (42, 56)) == (5, 3, 4)
     given = Probe(user_models.TinyViT(), ("block0",), grid=(3, 5))
     assert given.grid_shape(15, (28, 20)) == (0, 3, 5)
     assert given.grid_shape(16, (28, 20)) == (1, 3, 5)

@@ -439,23 +439,42 @@ def test_gt_coordinates_that_int32_cannot_hold_are_refused_not_wrapped():
     """The int64 box (0, 0, 2**32 + 6, 4) was narrowed to (0, 0, 6, 4), which covers this 4 x 4
     map: counted a hit at every threshold where the reference's box (IoU 16 / 2**32) misses."""
     q = wsol.quantize_scoremaps(np.ones((1, 4, 4), np.float32))
-    with pytest.raises(
-        ValueError, match=r"GT box coordinates must be below 2\*\*31; got 4294967302"
-    ):
-        wsol.box_correct_counts(q, np.array([[[0, 0, 2**32 + 6, 4]]]), np.array([1]), GRID)
+    # x1 past 2**32, y1 (the last coordinate) too, and one int32 reads as negative (2**31 + 6).
+    for box, got in [
+        ([0, 0, 2**32 + 6, 4], 2**32 + 6),
+        ([0, 0, 4, 2**32 + 6], 2**32 + 6),
+        ([0, 0, 2**31 + 6, 4], 2**31 + 6),
+    ]:
+        with pytest.raises(
+            ValueError, match=rf"^GT box coordinates must be below 2\*\*31; got {got}\.$"
+        ):
+            wsol.box_correct_counts(q, np.array([[box]]), np.array([1]), GRID)
     top = np.iinfo(np.int32).max  # the largest that fits is taken, and misses
     counts = wsol.box_correct_counts(q, np.array([[[0, 0, top, 4]]]), np.array([1]), GRID)
     assert not np.any(counts)
+    # A padding row (past num_gt) is never read: whatever it holds is not checked. The real
+    # box is the map (corners inclusive): a hit at every threshold and IoU threshold (30, 50, 70).
+    padded = np.array([[[0, 0, 3, 3], [0, 0, 2**32, 2**32]]])
+    counts = wsol.box_correct_counts(q, padded, np.array([1]), GRID)
+    assert counts.shape == (3, len(GRID)) and np.all(counts == 1)
 
 
 def test_pxap_refuses_thresholds_out_of_order():
     """Unsorted edges binned float32 maps silently wrong (np.histogram refuses float64 ones)."""
     maps = np.random.default_rng(0).random((2, 5, 5)).astype(np.float32)
     masks = (maps > 0.5).astype(np.uint8)
-    with pytest.raises(ValueError, match="sort them in increasing order"):
-        pxap.pxap_histograms(maps, masks, thresholds=GRID[::-1])
+    for unsorted in (GRID[::-1], [0.0, 0.5, 0.25, 0.9]):  # reversed, or one pair out of order
+        with pytest.raises(ValueError, match="sort them in increasing order"):
+            pxap.pxap_histograms(maps, masks, thresholds=unsorted)
     ref_hist = pxap.pxap_histograms(maps, masks, thresholds=GRID)  # sorted: taken
     assert np.asarray(ref_hist).sum() == 2 * 25
+    # A repeated threshold is an empty bin, as np.histogram makes it from float64 maps.
+    repeated = [0.0, 0.5, 0.5, 0.9]
+    hist = pxap.pxap_histograms(maps, masks, thresholds=repeated)
+    np.testing.assert_array_equal(
+        hist, pxap.pxap_histograms(maps.astype(np.float64), masks, thresholds=repeated)
+    )
+    assert np.asarray(hist)[:, 1].sum() == 0 and np.asarray(hist).sum() == 2 * 25
 
 
 @METHODS
