@@ -8,6 +8,7 @@ import numbers
 import os
 import re
 from collections.abc import Iterator
+from typing import Any
 
 
 def first_line(e: BaseException) -> str:
@@ -50,3 +51,10 @@ def exception_chain(e: BaseException | None) -> Iterator[BaseException]:
         seen.add(id(e))
         yield e
         e = e.__cause__ or e.__context__
+
+
+def described(value: Any) -> str:
+    """'an array of shape (2, 5)' or the type's name, for messages."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"

@@ -120,26 +120,25 @@ def test_a_run_without_config_json_is_one_line_once_overrides_need_it(tmp_path, 
 )
 def test_an_override_naming_no_field_is_one_line(run_dir, capsys, override, message):
     argv = ["evaluate.py", f"--workdir={run_dir}", *override.split()]
+    assert override_error(argv, capsys).startswith(f"FATAL Flags parsing error: {message}")
+
+
+def override_error(argv, capsys) -> str:
+    """What evaluate.py's flag parsing of argv prints as it exits with code 1."""
     with pytest.raises(SystemExit) as stop:
         values = evaluate_flags()
         cli.define_config_flag(argv, "config", values)
         with cli.config_override_errors(argv):
             values(argv)
     assert stop.value.code == 1
-    assert capsys.readouterr().err.startswith(f"FATAL Flags parsing error: {message}")
+    return capsys.readouterr().err
 
 
 def test_an_override_in_a_flagfile_naming_no_field_is_named(run_dir, tmp_path, capsys):
     """The override was looked for in argv only: ': not a field of the config' named none."""
     (tmp_path / "flags.txt").write_text("--config.eval.top_kk=2\n")
     argv = ["evaluate.py", f"--workdir={run_dir}", f"--flagfile={tmp_path / 'flags.txt'}"]
-    with pytest.raises(SystemExit) as stop:
-        values = evaluate_flags()
-        cli.define_config_flag(argv, "config", values)
-        with cli.config_override_errors(argv):
-            values(argv)
-    assert stop.value.code == 1
-    assert capsys.readouterr().err.startswith(
+    assert override_error(argv, capsys).startswith(
         "FATAL Flags parsing error: --config.eval.top_kk: the config has no field 'top_kk'"
     )
 

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.extend import core as jex_core
 
+from camjax import errors
 from camjax.explain.guided import guided_relus
 
 Variables = Mapping[str, Any]
@@ -110,7 +111,7 @@ class Probe:
             if not isinstance(out, jax.Array) or out.ndim not in (3, 4):
                 raise ValueError(
                     f"layer {path!r} must return one (B, h, w, K) or (B, tokens, D) array; got "
-                    f"{_described(out)}. Probe a module that does."
+                    f"{errors.described(out)}. Probe a module that does."
                 )
             if DELTA in inputs:
                 out = out + inputs[DELTA].astype(out.dtype)
@@ -127,7 +128,7 @@ class Probe:
         if not isinstance(logits, jax.Array) or logits.ndim != 2:
             raise ValueError(
                 f"{self.model_name} must return logits (B, classes), a tuple or list starting "
-                f"with them, or a mapping or object with 'logits'; got {_described(logits)}."
+                f"with them, or a mapping or object with 'logits'; got {errors.described(logits)}."
             )
         return logits.astype(jnp.float32), tuple(
             self._single_output(
@@ -204,18 +205,14 @@ class Probe:
                 output, probed = self.model.apply(
                     variables, images, mutable=[PROBED], **dict(self.apply_kwargs)
                 )
-        except flax.errors.ModifyScopeVariableError as e:  # batch norm's running statistics
-            cause = str(e).split(" (https")[0]
+        except (flax.errors.ModifyScopeVariableError, flax.errors.InvalidRngError) as e:
+            # Batch norm's statistics; dropout's key, or a model that samples at inference.
+            cause, rng = str(e).split(" (https")[0], isinstance(e, flax.errors.InvalidRngError)
             raise ValueError(
-                f"{self.model_name} runs in training mode ({cause}); pass its eval-mode flag, "
-                'e.g. apply_kwargs={"train": False}, for maps of each image alone.'
-            ) from None
-        except flax.errors.InvalidRngError as e:  # dropout in training, or a sampling model
-            cause = str(e).split(" (https")[0]
-            raise ValueError(
-                f"{self.model_name} draws random numbers ({cause}): in training mode, pass its "
-                'eval-mode flag, e.g. apply_kwargs={"train": False}; a model that samples at '
-                "inference has no map of its own: give it a flag that turns sampling off."
+                f"{self.model_name} {'draws random numbers' if rng else 'runs in training mode'}"
+                f' ({cause}): pass its eval-mode flag, e.g. apply_kwargs={{"train": False}}, for '
+                "maps of each image alone"
+                + ("; a model that samples at inference needs one too." if rng else ".")
             ) from None
         sown = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
         return output, sown, paths
@@ -448,10 +445,3 @@ def _unstacked_marker() -> jax.Array:
     stacked it ((L, 0)), which the output's own shape cannot show when L equals the batch and
     which, unlike a shape noted while tracing, survives a replayed trace."""
     return jnp.zeros((0,), jnp.float32)
-
-
-def _described(value: Any) -> str:
-    """'an array of shape (2, 5)' or the type's name, for messages."""
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return f"an array of shape {tuple(value.shape)}"
-    return f"a {type(value).__name__}"

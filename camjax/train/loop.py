@@ -10,7 +10,6 @@ bit-identical parameters to an uninterrupted run (same data order, same dropout 
 import functools
 import logging
 import os
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -351,9 +350,8 @@ def train_and_evaluate(
         try:
             batches = _train_batches(config, sources[config.data.train_split], start, mesh)
             progress = Progress(workdir, start, num_steps, config.eval.fixed_threshold)
-            save = functools.partial(_save_finite, manager, config=config, run=run)
             validate = functools.partial(
-                _validate, val_eval, sources[config.data.val_split], manager, progress, stop, save
+                _validate, val_eval, sources[config.data.val_split], manager, progress, stop, run
             )
             if _validation_owed(config.train, start, progress) and not validate(state, start):
                 stop.raise_preempted(start, manager)
@@ -411,15 +409,14 @@ def _validate(
     manager,
     progress: Progress,
     stop: StopRequest,
-    save: Callable[[int, TrainState], None],
+    run: run_config.Run,
     state: TrainState,
     step: int,
 ) -> bool:
     """The periodic validation of `state` on `split`: its metrics (`_val_metrics`) logged.
     False: a SIGTERM stopped it between two batches, and nothing was logged (a scheduler kills
-    seconds after its SIGTERM, and a validation can take minutes). Any other error of the
-    validation (its data: more GT boxes than data.max_boxes) saves the step first, so the
-    fix loses no training: the rerun resumes there and validates it."""
+    seconds after its SIGTERM, and a validation can take minutes). Another error (its data:
+    more GT boxes than data.max_boxes) saves the step first: the fixed rerun validates it."""
     config = val_eval.config
     try:
         val = val_eval.evaluate(
@@ -431,7 +428,7 @@ def _validate(
         # Finite parameters whose outputs overflow: the run diverged as surely.
         raise NonFiniteLossError(_non_finite_message(step, manager)) from None
     except Exception:
-        save(step, state)
+        _save_finite(manager, step, state, config, run)
         raise
     progress.validation(step, _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k))
     return True

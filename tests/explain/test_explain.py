@@ -788,7 +788,8 @@ def test_a_model_that_samples_at_inference_is_not_told_it_is_in_training_mode():
     keys = {"params": jax.random.key(0), "noise": jax.random.key(1)}
     variables = Noisy().init(keys, images)
     with pytest.raises(
-        ValueError, match=r'^Noisy draws random numbers \(.*"noise".*turns sampling'
+        ValueError,
+        match=r'^Noisy draws random numbers \(.*"noise".*needs one too',
     ):
         explain.explainer(Noisy(), variables, "grad_cam", layer="conv")(images)
 
