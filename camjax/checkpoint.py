@@ -154,13 +154,14 @@ def save(
     workdir = os.path.dirname(str(manager.directory))
     if run is not None:
         _check_run(workdir, step, run)
+    meta = step_meta(config, step, run and run.id)
     try:
         manager.save(
             step,
             args=ocp.args.Composite(
                 state=ocp.args.PyTreeSave(state),
-                meta=ocp.args.JsonSave(step_meta(config, step, run and run.id)),
-                digests=ocp.args.JsonSave(digests.step_digests(state, step)),
+                meta=ocp.args.JsonSave(meta),
+                digests=ocp.args.JsonSave(digests.step_digests(state, step, meta)),
             ),
         )
     except Exception as e:

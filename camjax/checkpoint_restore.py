@@ -212,13 +212,17 @@ def recorded_at(manager: ocp.CheckpointManager, step: int) -> dict | None:
 
 
 def _meta(manager: ocp.CheckpointManager, step: int) -> dict | None:
-    """`step`'s metadata; None where it does not read (a damaged or vanished step: the restore
-    reports it)."""
+    """`step`'s metadata, checked against its digest; None where it does not read or check (a
+    damaged or vanished step: the restore reports it)."""
     try:
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        items = ocp.args.Composite(meta=ocp.args.JsonRestore(), digests=ocp.args.JsonRestore())
+        saved = manager.restore(step, args=items)
     except Exception:
         return None
-    return meta if isinstance(meta, dict) else None
+    meta, sums = saved["meta"], saved["digests"]
+    if not (isinstance(meta, dict) and isinstance(sums, dict)) or digests.meta_problem(meta, sums):
+        return None
+    return meta
 
 
 def check_resumed_config(config, manager, workdir: str, resume_with_changes: bool) -> None:
@@ -299,6 +303,8 @@ def _verified(
     for name, value in (("metadata", meta), ("digests", saved_digests)):
         if not isinstance(value, dict):
             return None, f"its {name} is not an object ({type(value).__name__})", False
+    if reason := digests.meta_problem(meta, saved_digests):
+        return None, reason, False
     meta = dict(meta)
     # What a resume compares (`recorded`), not what decides whether the step restores.
     meta.pop(checkpoint.RECORDED_CONFIG, None)

@@ -9,6 +9,8 @@ one pass over the state on the device instead of a copy to the host
 (benchmarks/checkpoint_verify.py: 1.6x faster than sha256 of a host copy on a 2-core CPU).
 """
 
+import hashlib
+import json
 from typing import Any
 
 import jax
@@ -19,6 +21,9 @@ DIGEST_FORMAT_KEY, DIGEST_FORMAT = "__format__", "uint32 sum of bits * (2i+1), v
 # The step they were computed for, saved with them too: the arrays and digests of another step
 # copied in under a step's metadata are caught. (No array's path starts with an underscore.)
 STEP_KEY = "__step__"
+# The sha256 of the step's metadata (its model, run, and the config it trained with, which a
+# resume compares): a flipped bit there would pass for another config. Canonical JSON, as read.
+META_KEY = "__meta__"
 
 
 def _bits(x: jax.Array) -> jax.Array:
@@ -83,9 +88,29 @@ def _inspect_tree(tree: Any) -> tuple[dict[str, list], list[bool]]:
     return _described(paths, leaves, sums), [bool(f) for f in finite]
 
 
-def step_digests(state: Any, step: int) -> dict[str, Any]:
-    """What a checkpoint step saves beside its arrays: the format, the step and `tree_digests`."""
-    return {DIGEST_FORMAT_KEY: DIGEST_FORMAT, STEP_KEY: int(step), **tree_digests(state)}
+def step_digests(state: Any, step: int, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint step saves beside its arrays: the format, the step, its metadata's
+    `meta_digest` and `tree_digests`."""
+    return {
+        DIGEST_FORMAT_KEY: DIGEST_FORMAT,
+        STEP_KEY: int(step),
+        META_KEY: meta_digest(meta),
+        **tree_digests(state),
+    }
+
+
+def meta_digest(meta: dict[str, Any]) -> str:
+    """sha256 of `meta` as canonical JSON (sorted keys; tuples are the lists they read back as)."""
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def meta_problem(meta: dict[str, Any], saved: dict[str, Any]) -> str:
+    """Why a step's metadata, read back, is not what was saved ('' when it is, or when its
+    digests predate metadata digests, 2026-12-07)."""
+    if META_KEY in saved and saved[META_KEY] != meta_digest(meta):
+        return "its metadata does not match its saved digest (the file is corrupt)"
+    return ""
 
 
 def saved_problem(saved: dict[str, Any], step: int) -> str:

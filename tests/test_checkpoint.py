@@ -21,6 +21,7 @@ from camjax import checkpoint, checkpoint_restore, cli, digests, experiment, run
 from camjax.train import optim
 from camjax.train import state as train_state
 from configs import tiny
+from tests import saved_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -410,10 +411,7 @@ def test_a_config_error_needs_every_step_to_differ_and_names_the_newest(two_step
         "checkpoint 0.0625, config 0.125. Use the config the run was trained with"
     )
     flip_bit(largest_array_file(os.path.join(ckpts, "2")))
-    meta_path = os.path.join(ckpts, "1", "meta", "metadata")
-    meta = json.load(open(meta_path))
-    meta["model"]["width"] = 1 / 8
-    json.dump(meta, open(meta_path, "w"))
+    saved_steps.edit_meta(os.path.join(ckpts, "1"), lambda meta: meta["model"].update(width=1 / 8))
     with pytest.raises(checkpoint.CheckpointError) as err:
         checkpoint_restore.restore(manager, abstract, config)
     manager.close()
@@ -457,10 +455,12 @@ def test_a_step_of_a_sibling_run_is_skipped_and_old_steps_without_a_seed_still_r
     manager = checkpoint.create_manager(workdir, 3)
     checkpoint.save(manager, 3, first.replace(step=first.step + 2), sibling)
     checkpoint.wait(manager)
-    meta_path = os.path.join(checkpoint.checkpoint_dir(workdir), "2", "meta", "metadata")
-    meta = json.load(open(meta_path))
-    del meta["seed"], meta["step"]
-    json.dump(meta, open(meta_path, "w"))
+
+    def before_seeds(meta):  # as saved before steps recorded their seed, step and digest
+        del meta["seed"], meta["step"]
+
+    step_2 = os.path.join(checkpoint.checkpoint_dir(workdir), "2")
+    saved_steps.edit_meta(step_2, before_seeds, seal="none")
     with caplog.at_level("WARNING", logger="camjax"):
         restored = checkpoint_restore.restore(manager, abstract, config)
     manager.close()

@@ -24,6 +24,7 @@ from camjax.evaluation import evaluator
 from camjax.train import interrupts, loop, metric_writer, optim
 from camjax.train import state as train_state
 from configs import tiny
+from tests import saved_steps
 from tests.xla_flags import subprocess_xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -712,7 +713,8 @@ def test_damaged_metadata_of_one_step_skips_that_step_only(resumable, caplog):
     with open(meta, "w") as f:
         json.dump(fields, f)
     assert run_lib.restore_evaluator(config, workdir)[2] == 1
-    assert "Skipped checkpoint step 2" in caplog.text and "model.width" in caplog.text
+    assert "Skipped checkpoint step 2" in caplog.text
+    assert "its metadata does not match its saved digest (the file is corrupt)" in caplog.text
 
 
 def test_a_resume_that_changes_training_is_refused_unless_asked_and_recorded(resumable, caplog):
@@ -733,11 +735,9 @@ def test_a_resume_that_changes_training_is_refused_unless_asked_and_recorded(res
     assert sorted(os.listdir(ckpts)) == ["1", "2"]
     # Asked: the run goes on under the new rate, which its next step records. A device count
     # other than the step's is said (here the step's record is edited: the test has 8 devices).
-    meta_file = os.path.join(ckpts, "2", "meta", "metadata")
-    with open(meta_file) as f:
-        meta = json.load(f)
-    with open(meta_file, "w") as f:
-        json.dump({**meta, checkpoint.RECORDED_DEVICES: 1}, f)
+    saved_steps.edit_meta(
+        os.path.join(ckpts, "2"), lambda meta: meta.update({checkpoint.RECORDED_DEVICES: 1})
+    )
     loop.train_and_evaluate(config, workdir, resume_with_changes=True)
     assert "under new values: optim.learning_rate" in caplog.text
     assert "Resuming on 8 devices a run whose last step trained on 1" in caplog.text
@@ -748,18 +748,42 @@ def test_a_resume_that_changes_training_is_refused_unless_asked_and_recorded(res
     assert recorded["optim"]["learning_rate"] == config.optim.learning_rate
 
 
+def test_a_flipped_bit_in_a_steps_recorded_config_is_damage_not_another_config(resumable, caplog):
+    """One bit of step 2's recorded learning rate flipped (0.003 read for 0.001, an outside
+    fault injection): the resume refused the true config as another one, and following its
+    advice trained on at the flipped value. The metadata has a digest now: the step is damage,
+    and the resume compares with step 1's record."""
+    config, workdir = resumable
+    ckpts = checkpoint.checkpoint_dir(workdir)
+    meta_file = os.path.join(ckpts, "2", "meta", "metadata")
+    with open(meta_file) as f:
+        meta = json.load(f)
+    meta[checkpoint.RECORDED_CONFIG]["optim"]["learning_rate"] *= 3
+    with open(meta_file, "w") as f:
+        json.dump(meta, f)
+    with ocp.CheckpointManager(ckpts) as manager:
+        recorded, _ = checkpoint_restore.recorded(manager)
+    assert recorded["optim"]["learning_rate"] == config.optim.learning_rate  # step 1's
+    config.train.num_steps = 3
+    with pytest.raises(checkpoint.CheckpointError, match=r"^the newer steps \[2\] in .* rejected"):
+        loop.train_and_evaluate(config, workdir)
+    assert "step 2 in" in caplog.text
+    assert "its metadata does not match its saved digest (the file is corrupt)" in caplog.text
+    assert "another config" not in caplog.text
+    assert steps_saved(workdir) == [1, 2]
+
+
 def test_a_resume_reads_no_config_from_another_runs_step(resumable):
     """A step copied in from another run (a sweep's sibling, another learning rate) says
     nothing of this run's config: the resume names the step, as before the steps recorded
     their config, not a config difference."""
     config, workdir = resumable
-    meta_file = os.path.join(checkpoint.checkpoint_dir(workdir), "2", "meta", "metadata")
-    with open(meta_file) as f:
-        meta = json.load(f)
-    meta["run"] = "0" * 16
-    meta[checkpoint.RECORDED_CONFIG]["optim"]["learning_rate"] = 0.5
-    with open(meta_file, "w") as f:
-        json.dump(meta, f)
+
+    def another_runs(meta):
+        meta["run"] = "0" * 16
+        meta[checkpoint.RECORDED_CONFIG]["optim"]["learning_rate"] = 0.5
+
+    saved_steps.edit_meta(os.path.join(checkpoint.checkpoint_dir(workdir), "2"), another_runs)
     config.train.num_steps = 3
     with pytest.raises(checkpoint.CheckpointError, match=r"the newer steps \[2\] .* rejected"):
         loop.train_and_evaluate(config, workdir)
