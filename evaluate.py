@@ -68,6 +68,7 @@ def evaluate(config, from_run: bool) -> None:
 
 
 if __name__ == "__main__":
+    cli.check_flagfiles(sys.argv)
     from_run = cli.define_config_flag(
         sys.argv, "Config file; default: the one the run saved (workdir/config.json)."
     )

@@ -16,6 +16,7 @@ from camjax.train.interrupts import TrainingInterrupted, TrainingPreempted
 from camjax.train.loop import train_and_evaluate
 
 FLAGS = flags.FLAGS
+cli.check_flagfiles(sys.argv)  # before DEFINE_config_file reads them
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.", required=True)
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
 flags.mark_flags_as_required(["config"])

@@ -121,8 +121,9 @@ RECORDED_CONFIG, RECORDED_DEVICES = "config", "devices"  # in a step's metadata 
 def model_fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What must match between a checkpoint and the config that restores it."""
     fields = config.model.to_dict()
-    # Compute dtype and the grouped-conv implementation do not change the parameters.
-    for k in ("dtype", "grouped_conv_impl"):
+    # Compute dtype, the grouped-conv implementation and the head's initial draw do not change
+    # the parameters' shapes or meaning.
+    for k in ("dtype", "grouped_conv_impl", "head_init_std"):
         fields.pop(k, None)
     # WSOL methods whose heads replace the GAP head ('acol', 'spg') change the parameters; the
     # others, and runs saved before config.method existed, keep the fingerprint they had.
@@ -270,6 +271,21 @@ def wait(manager: ocp.CheckpointManager) -> None:
         cause = e
     gc.collect()
     raise CheckpointError(message) from cause
+
+
+def close(manager: ocp.CheckpointManager, finished: bool) -> None:
+    """Training's end: the async save in flight completes (or is abandoned whole), then the
+    manager closes. If the save failed while the run was stopping on another error (not
+    `finished`), that error says why the run stopped and stays the one raised; the lost step
+    is logged in one line."""
+    try:
+        wait(manager)
+    except CheckpointError as e:
+        if finished:
+            raise
+        log.warning("%s", e)
+    finally:
+        manager.close()
 
 
 def newest_complete_step(manager: ocp.CheckpointManager) -> int | None:

@@ -1,7 +1,8 @@
 """Restoring a run's checkpoints (`checkpoint.py` writes them): the newest step that can be
 trusted, verified before a single value of it is used.
 
-A step is trusted when its metadata and digests read, name this step, this workdir's run
+A step is trusted when its metadata and digests read, its metadata matches its digest (steps
+saved since 2026-12-07 have one), they name this step, this workdir's run
 (`run_config.run_id`) and this config's model, dataset and seed (`checkpoint.model_fingerprint`),
 and every array read back matches its digest and is finite. Any other step is logged with its
 reason and skipped, never moved or deleted; when none is left the error lists every step's
@@ -193,8 +194,8 @@ def recorded(
 ) -> tuple[dict | None, int | None]:
     """(config, device count) that the newest step of `run` (None: any) recording them was
     trained with (its metadata, `checkpoint.step_meta`); None for either where no such step's
-    metadata reads or holds it (steps saved before 2026-12-06). Unverified: the restore checks
-    the step itself, and skips one of another run, whose config says nothing of this run."""
+    metadata reads, matches its digest and holds it (steps saved before 2026-12-06). The
+    arrays are the restore's to check; a step of another run says nothing of this run."""
     for step in sorted(manager.all_steps(), reverse=True):
         meta = _meta(manager, step)
         if meta is None or (run is not None and meta.get("run", run) != run):

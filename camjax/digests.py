@@ -100,8 +100,9 @@ def step_digests(state: Any, step: int, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def meta_digest(meta: dict[str, Any]) -> str:
-    """sha256 of `meta` as canonical JSON (sorted keys; tuples are the lists they read back as)."""
-    text = json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """sha256 of `meta` as canonical JSON (sorted keys; tuples are the lists they read back as;
+    a config's inf or NaN as the Infinity or NaN that orbax's JSON writes and reads back)."""
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

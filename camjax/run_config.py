@@ -206,6 +206,7 @@ BOOKKEEPING = (
     "data.cache_train_gib",
     "data.device_prefetch",
     "data.max_boxes",  # pads the GT boxes that validation and evaluation read
+    "model.head_init_std",  # the head's initial draw: a resumed run has its weights
     "train.log_every_steps",
     "train.checkpoint_every_steps",
     "train.eval_every_steps",
@@ -223,12 +224,15 @@ def read_saved(workdir: str) -> dict[str, Any] | None:
     return _read_json(path) if os.path.exists(path) else None
 
 
-def resume_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> tuple[str, ...]:
+def resume_differences(
+    saved: dict[str, Any], config: ml_collections.ConfigDict, ignored: tuple[str, ...] = ()
+) -> tuple[str, ...]:
     """(training, num_steps, bookkeeping): where `config` differs from a run's `saved` config
-    (JSON values) in the fields that change what training computes, in train.num_steps, and in
-    the `BOOKKEEPING` fields, each as 'field: run A, given B; ...' ('' where they agree)."""
+    (JSON values) in the fields that change what training computes (less `ignored`), in
+    train.num_steps, and in the `BOOKKEEPING` fields, each as 'field: run A, given B; ...' (''
+    where they agree)."""
     given = config_json(config)
-    everything_else = (*BOOKKEEPING, NUM_STEPS)
+    everything_else = (*BOOKKEEPING, NUM_STEPS, *ignored)
     pairs = (
         (_without(saved, everything_else), _without(given, everything_else)),
         (_only(saved, (NUM_STEPS,)), _only(given, (NUM_STEPS,))),

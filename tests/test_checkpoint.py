@@ -114,6 +114,13 @@ def test_the_fingerprint_a_step_must_match_holds_what_its_parameters_and_run_dep
     assert fingerprint("data.name", "ilsvrc2012_loc") == {**base, "dataset": "ilsvrc2012_loc"}
     assert fingerprint("seed", 1) == {**base, "seed": 1}
     assert fingerprint("model.width", 1 / 8) == {**base, "model": {**base["model"], "width": 1 / 8}}
+    # The recipes' initial draw of the head: a run saved before the field existed resumes.
+    recipe = config.copy_and_resolve_references()
+    with recipe.unlocked():
+        recipe.model.head_init_std = 0.01
+    assert checkpoint.model_fingerprint(recipe) == base
+    training, _, bookkeeping = run_config.resume_differences(run_config.config_json(config), recipe)
+    assert not training and "model.head_init_std" in bookkeeping
 
 
 def evaluate_cli(*args):
@@ -500,6 +507,21 @@ def test_a_step_of_another_runs_workdir_is_skipped(two_steps, tmp_path, caplog):
     os.remove(os.path.join(workdir, run_config.RUN_ID))
     assert int(checkpoint_restore.restore(manager, abstract, config).step) == 3
     manager.close()
+
+
+def test_a_config_holding_inf_or_nan_saves_and_restores(tmp_path):
+    """The metadata digest refused JSON's Infinity (allow_nan=False) that the config and orbax
+    write: a run given an infinite value could never save."""
+    config, state = tiny.get_config(), {"w": jnp.arange(3.0)}
+    config.optim.grad_clip_norm = float("inf")
+    config.eval.fixed_threshold = float("nan")
+    manager = checkpoint.create_manager(str(tmp_path), 3)
+    checkpoint.save(manager, 1, state, config)
+    checkpoint.wait(manager)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+    restored = checkpoint_restore.restore(manager, abstract, config)
+    manager.close()
+    np.testing.assert_array_equal(restored["w"], state["w"])
 
 
 def test_saves_record_the_run_and_stop_when_another_training_took_the_workdir(tmp_path):

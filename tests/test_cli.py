@@ -332,6 +332,23 @@ def test_a_ctrl_c_outside_training_is_one_line_and_code_130(capsys, monkeypatch)
         raise KeyboardInterrupt
 
 
+@pytest.mark.parametrize("script", ["train.py", "evaluate.py"])
+def test_an_unreadable_flagfile_is_one_line_at_the_entry_points(script, tmp_path):
+    """ml_collections reads the flag files as --config is defined, before the flags are parsed:
+    absl's CantOpenFlagFileError came under a traceback there."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    gone = tmp_path / "gone.txt"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(repo, script), f"--flagfile={gone}", "--workdir=w"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr == (
+        f"FATAL Flags parsing error: Unable to open flagfile: [Errno 2] No such file or "
+        f"directory: '{gone}'; give a flagfile that exists.\n"
+    )
+
+
 def test_a_ctrl_c_outside_training_exits_130_without_the_interpreters_teardown():
     """A Ctrl-C inside the import of a jaxlib nanobind module left it half made, and the
     teardown then segfaulted (3 of 7 Ctrl-Cs in train.py's first seconds): the process now ends

@@ -33,6 +33,15 @@ from camjax.evaluation.protocol import wsol_protocol
 
 log = logging.getLogger(__name__)
 
+# Fields that change training but that an evaluation may choose: which split it reads and how
+# many images it has, the compute dtype, the grouped-conv implementation.
+EVALUATION_CHOICES = (
+    *(f"data.{split}_split" for split in ("train", "val", "test")),
+    *(f"data.num_{split}" for split in ("train", "validation", "test")),
+    "model.dtype",
+    "model.grouped_conv_impl",
+)
+
 
 def restore_evaluator(
     config: ml_collections.ConfigDict, workdir: str
@@ -58,7 +67,8 @@ def restore_evaluator(
         trained = checkpoint_restore.recorded_at(manager, step)
     # config.json can be ahead of the steps (a run killed between writing it and committing a
     # step after --resume_with_changes) or edited: the numbers would not be the step's.
-    if trained is not None and (differences := run_config.resume_differences(trained, config)[0]):
+    differences = trained and run_config.resume_differences(trained, config, EVALUATION_CHOICES)[0]
+    if differences:
         log.warning(
             "Checkpoint step %d was trained with other values than this evaluation's (%s): "
             "the numbers below are of this config.",

@@ -210,9 +210,10 @@ class Probe:
             cause, rng = str(e).split(" (https")[0], isinstance(e, flax.errors.InvalidRngError)
             raise ValueError(
                 f"{self.model_name} {'draws random numbers' if rng else 'runs in training mode'}"
-                f' ({cause}): pass its eval-mode flag, e.g. apply_kwargs={{"train": False}}, for '
-                "maps of each image alone"
-                + ("; a model that samples at inference needs one too." if rng else ".")
+                f" ({cause}): {'if in training mode, ' if rng else ''}pass its eval-mode flag, "
+                'e.g. apply_kwargs={"train": False}, for maps of each image alone'
+                + ("; a model that samples at inference needs a flag turning that off" * rng)
+                + "."
             ) from None
         sown = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
         return output, sown, paths

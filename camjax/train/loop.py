@@ -389,7 +389,7 @@ def _close_run(manager, finished: bool, batches, progress: Progress | None) -> N
     slow input workers can take grain's 25 s to stop), then the input readers (worker
     processes, shared memory) and the logs are closed, those that were opened."""
     try:
-        _close_checkpoints(manager, finished)
+        checkpoint.close(manager, finished)
     finally:
         for opened in (batches, progress):
             if opened is not None:
@@ -428,21 +428,12 @@ def _validate(
         # Finite parameters whose outputs overflow: the run diverged as surely.
         raise NonFiniteLossError(_non_finite_message(step, manager)) from None
     except Exception:
-        _save_finite(manager, step, state, config, run)
+        # One process alone (its own reader's error) would wait in the save's collectives.
+        if jax.process_count() == 1 and manager.latest_step() != step:
+            try:
+                _save_finite(manager, step, state, config, run)
+            except Exception as e:  # the validation's error stays the one raised
+                log.warning("Step %d was not saved before the validation's error: %s", step, e)
         raise
     progress.validation(step, _val_metrics(val, config.eval.fixed_threshold, val_eval.top_k))
     return True
-
-
-def _close_checkpoints(manager, finished: bool) -> None:
-    """The async save in flight completes (or is abandoned whole) before the run returns. If it
-    failed while the run was stopping on another error, that error says why the run stopped and
-    stays the one raised; the lost step is logged in one line."""
-    try:
-        checkpoint.wait(manager)
-    except checkpoint.CheckpointError as e:
-        if finished:
-            raise
-        log.warning("%s", e)
-    finally:
-        manager.close()

@@ -138,7 +138,8 @@ def test_an_evaluation_under_other_training_values_than_the_steps_is_said(traine
     assert "trained with other values" not in caplog.text
     other = config.copy_and_resolve_references()
     other.data.std = (0.01, 0.01, 0.01)
-    other.eval.top_k = 3  # evaluation's own settings are not training's
+    other.eval.top_k = 3  # evaluation's own settings are not training's, nor its choices:
+    other.data.test_split, other.data.num_test, other.model.dtype = "validation", 9, "bfloat16"
     with caplog.at_level("WARNING", logger="camjax"):
         run_lib.restore_evaluator(other, workdir)
     assert (

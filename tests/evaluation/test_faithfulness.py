@@ -277,7 +277,7 @@ def test_a_summary_of_no_scored_image_is_refused_not_the_best_scores():
 def test_maps_outside_zero_one_are_refused_at_the_summary(low, high):
     """Average Drop multiplies the image by its map: raw maps (a Grad-CAM's 0..12) gave numbers
     of no definition, silently. Known only on device, so counted and refused by `summary`;
-    a NaN map or a padding row out of range counts nowhere."""
+    a padding row out of range counts nowhere."""
     forward, *_ = linear_model(2)
     images, maps, classes = batch(3, b=4)
     maps = low + (high - low) * (maps - maps.min()) / (maps.max() - maps.min())

@@ -789,7 +789,8 @@ def test_a_model_that_samples_at_inference_is_not_told_it_is_in_training_mode():
     variables = Noisy().init(keys, images)
     with pytest.raises(
         ValueError,
-        match=r'^Noisy draws random numbers \(.*"noise".*needs one too',
+        match=r'^Noisy draws random numbers \(.*"noise"\): if in training mode, .*at inference '
+        r"needs a flag turning that off\.",
     ):
         explain.explainer(Noisy(), variables, "grad_cam", layer="conv")(images)
 
