@@ -206,15 +206,16 @@ class Probe:
                     variables, images, mutable=[PROBED], **dict(self.apply_kwargs)
                 )
         except (flax.errors.ModifyScopeVariableError, flax.errors.InvalidRngError) as e:
-            # Batch norm's statistics; dropout's key, or a model that samples at inference.
-            cause, rng = str(e).split(" (https")[0], isinstance(e, flax.errors.InvalidRngError)
-            raise ValueError(
-                f"{self.model_name} {'draws random numbers' if rng else 'runs in training mode'}"
-                f" ({cause}): {'if in training mode, ' if rng else ''}pass its eval-mode flag, "
-                'e.g. apply_kwargs={"train": False}, for maps of each image alone'
-                + ("; a model that samples at inference needs a flag turning that off" * rng)
-                + "."
-            ) from None
+            cause = str(e).split(" (https")[0]
+            fix = 'its eval-mode flag, e.g. apply_kwargs={"train": False}, for maps of each image'
+            if isinstance(e, flax.errors.ModifyScopeVariableError):  # batch norm's statistics
+                problem = f"runs in training mode ({cause}): pass {fix} alone."
+            else:  # dropout's key in training, or a model that samples at inference
+                problem = (
+                    f"draws random numbers ({cause}): if in training mode, pass {fix} alone; a "
+                    "model that samples at inference needs a flag turning that off."
+                )
+            raise ValueError(f"{self.model_name} {problem}") from None
         sown = flax.traverse_util.flatten_dict(probed.get(PROBED, {}), sep="/")
         return output, sown, paths
 
