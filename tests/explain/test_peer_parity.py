@@ -6,7 +6,10 @@ the same images and target classes (not the top-1, so the targets are really pas
 - a small CNN written here in both frameworks (three conv-ReLU stages with pooling, GAP, a
   linear classifier; its ReLUs are modules, so both sides can probe post-ReLU layers);
 - camjax's VGG16GAP (width 1/16, 64 px) and its twin from benchmarks/torch_models.py, which has
-  an identity module at the feature map (camjax's `Tap`), so the peers can hook it too.
+  an identity module at the feature map (camjax's `Tap`), so the peers can hook it too;
+- the other networks at width 1/16 (full suite): GoogLeNet-GAP (LRN) on the same file's twin,
+  and the batch-norm ones, ResNet50-CAM and GoogLeNet-GAP-BN, on twins in torchvision's layout
+  (tests/models/test_torch_import.py) whose weights camjax's own converter imports.
 
 How maps are compared. camjax's raw maps (`size=None, normalize=False`) go through each peer's
 own post-processing, the peer's code where it is importable: TorchCAM min-max normalises at the
@@ -28,8 +31,9 @@ take 5e-4: there sums over space of signed products (G A, G^3 A) cancel, and flo
 whole map's scale, each side by its own rounding. Measured at VGG16's conv4_3: 9.1e-5 of the
 batch's peak between camjax's and TorchCAM's raw XGrad-CAM; TorchCAM's Smooth Grad-CAM++
 2.4e-4 (raw) and 3.5e-5 (normalised) from the float64 closed form of its formula.
-ResNet50-CAM (full suite, three methods at its feature map): `RESNET_TOL`, 1e-4 and 5e-4 for
-Score-CAM, its larger activations' float32 rounding.
+ResNet50-CAM, GoogLeNet-GAP-BN and GoogLeNet-GAP (full suite, three methods at their feature
+maps, on twins at width 1/16): `WHOLE_NETWORK_TOL`, 1e-4 and 5e-4 for Score-CAM, ResNet's larger
+activations' float32 rounding.
 
 Where a peer departs from its paper (issue 13: follow the paper and document), the peer is
 checked against the closed form of what it computes, built from camjax's own activations and
@@ -69,7 +73,7 @@ torchcam_methods = pytest.importorskip("torchcam.methods")
 from torch import nn as tnn  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from benchmarks.torch_models import VGG16GAP, LogitsOnly, camjax_state_dict  # noqa: E402
+from benchmarks.torch_models import TORCH_MODELS, LogitsOnly, camjax_state_dict  # noqa: E402
 from camjax import explain  # noqa: E402
 from camjax.cam import postprocess  # noqa: E402
 from camjax.evaluation import faithfulness  # noqa: E402
@@ -77,8 +81,15 @@ from camjax.explain.activation import principal_projection  # noqa: E402
 from camjax.explain.perturbation import ss_cam_noise  # noqa: E402
 from camjax.explain.probe import Probe, model_logits  # noqa: E402
 from camjax.explain.targets import Target  # noqa: E402
-from camjax.models import create_model  # noqa: E402
+from camjax.models import create_model, torch_import  # noqa: E402
+from camjax.models.layers import scaled_width  # noqa: E402
 from camjax.resize import resize_maps  # noqa: E402
+from tests.models.test_torch_import import (  # noqa: E402
+    TorchGoogLeNet,
+    TorchResNet50,
+    copy_cam_head,
+    randomize,
+)
 
 
 def grad_cam_peer(module: str = ""):
@@ -156,15 +167,16 @@ def network(name: str):
     single layer, the pair of layers for LayerCAM's fusion). 'cnn_constant': the CNN with
     relu3's channel 0 constant (a zero kernel and bias 0.5), a channel without a mask."""
     rng = np.random.default_rng(0)
-    if name == "resnet50_cam":
-        return _resnet50_cam(rng)
+    if name in BATCH_NORM_TWINS:
+        return _imported(name, rng)
     if name.startswith("cnn"):
         model, twin, size = FlaxCNN(), TorchCNN(), 32
         layer, pair = "relu3", ("relu2", "relu3")
-    else:
-        model = create_model("vgg16_gap", num_classes=NUM_CLASSES, width=1 / 16, groups=2)
-        twin, size = VGG16GAP(1 / 16, NUM_CLASSES, 2), 64
-        layer, pair = "feature_map", ("conv4_3", "feature_map")
+    else:  # vgg16_gap, googlenet_gap (LRN): the benchmarks' twins, camjax's module names
+        model = create_model(name, num_classes=NUM_CLASSES, width=1 / 16, groups=2)
+        twin, size = TORCH_MODELS[name](1 / 16, NUM_CLASSES, 2), 64
+        inner = "conv4_3" if name == "vgg16_gap" else "inception_4d"
+        layer, pair = "feature_map", (inner, "feature_map")
     images = rng.standard_normal((len(CLASSES), size, size, 3)).astype(np.float32)
     variables = _random_variables(model, images, rng)
     if name == "cnn_constant":
@@ -183,29 +195,67 @@ def network(name: str):
 NETWORKS = ("cnn", "vgg16_gap")
 
 
-def _resnet50_cam(rng):
-    """network('resnet50_cam'): ResNet50-CAM at width 1/16, 128 px (8 x 8 maps), its weights
-    drawn on the torch twin (batch-norm statistics of a calibration batch) and imported by
-    camjax's own converter."""
-    from camjax.models import torch_import
-    from tests.models.test_torch_import import TorchResNet50, randomize
+class TorchGoogLeNetGAPBN(tnn.Module):
+    """camjax's GoogLeNetGAPBN (transform_input off) in PyTorch: torchvision's trunk through
+    inception4e (tests/models' twin, at camjax's width), CAM_conv with groups, a ReLU module at
+    the feature map (where the peers hook), GAP, and the linear head as `fc`."""
 
-    model = create_model("resnet50_cam_tiny", num_classes=NUM_CLASSES)
-    twin = TorchResNet50(width=1 / 16, strides=(1, 2, 2, 1), num_classes=NUM_CLASSES)
+    def __init__(self, width: float, num_classes: int, groups: int = 2):
+        super().__init__()
+        self.trunk = TorchGoogLeNet(width)
+        features = scaled_width(1024, width, groups)
+        self.cam_conv = tnn.Conv2d(self.trunk.out_channels, features, 3, padding=1, groups=groups)
+        self.feature_map = tnn.ReLU()
+        self.fc = tnn.Linear(features, num_classes)
+
+    def features(self, x):  # what `randomize` calibrates the batch statistics on
+        return self.trunk.features(x, transform_input=False)
+
+    def forward(self, x):
+        return self.fc(self.feature_map(self.cam_conv(self.features(x))).mean((2, 3)))
+
+
+# The batch-norm networks, at width 1/16 and 128 px (8 x 8 maps): (camjax model, torch twin,
+# inner layer). Their weights are drawn on the twin (batch-norm statistics of a calibration
+# batch) and imported by camjax's own converter.
+BATCH_NORM_TWINS = {
+    "resnet50_cam": (
+        "resnet50_cam_tiny",
+        lambda: TorchResNet50(width=1 / 16, strides=(1, 2, 2, 1), num_classes=NUM_CLASSES),
+        "layer3_5",
+    ),
+    "googlenet_gap_bn": (
+        "googlenet_gap_bn_tiny",
+        lambda: TorchGoogLeNetGAPBN(1 / 16, NUM_CLASSES),
+        "inception4e",
+    ),
+}
+
+
+def _imported(name, rng):
+    """network(name) of a batch-norm network, BATCH_NORM_TWINS'."""
+    model_name, make_twin, inner = BATCH_NORM_TWINS[name]
+    model = create_model(model_name, num_classes=NUM_CLASSES)
     calibration = np.random.default_rng(11).standard_normal((4, 3, 128, 128), np.float32)
-    twin = randomize(twin, torch.from_numpy(calibration), seed=3)
+    twin = randomize(make_twin(), torch.from_numpy(calibration), seed=3)
     weights = {k: v.detach().numpy() for k, v in twin.state_dict().items()}
-    variables = torch_import.convert_state_dict(weights, model, include_head=True)
+    if name == "resnet50_cam":
+        variables = torch_import.convert_state_dict(weights, model, include_head=True)
+    else:  # the trunk is torchvision's; CAM_conv and the head are camjax's own layers
+        trunk = {k.removeprefix("trunk."): v for k, v in weights.items() if k.startswith("trunk.")}
+        variables = copy_cam_head(torch_import.convert_state_dict(trunk, model), twin)
     variables = jax.tree.map(jnp.asarray, variables)
     images = rng.standard_normal((len(CLASSES), 128, 128, 3)).astype(np.float32)
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    return model, variables, images, twin.eval(), x, "feature_map", ("layer3_5", "feature_map")
+    return model, variables, images, twin.eval(), x, "feature_map", (inner, "feature_map")
 
 
 def peer_layers(net: str, layers) -> list[str]:
     """The twin's module names of camjax's module paths."""
     if net == "resnet50_cam":  # torchvision's names: layer4 is the feature map
         return [{"feature_map": "layer4", "layer3_5": "layer3.5"}[name] for name in layers]
+    if net == "googlenet_gap_bn":
+        return [name if name == "feature_map" else f"trunk.{name}" for name in layers]
     return [name if net.startswith("cnn") else f"net.{name}" for name in layers]
 
 
@@ -542,16 +592,21 @@ def test_score_cam_matches_both_peers(net):
 
 # ResNet50-CAM's activations reach ~100 after batch norm and the residual sums: float32 keeps
 # fewer digits of its maps (against TorchCAM in float64, camjax's float32 maps are 1.3-3.5e-5
-# off and TorchCAM's own 3.5-5.6e-5; an outside sweep, RESULTS.md, twenty-ninth session).
-RESNET_TOL = {"grad_cam": 1e-4, "layer_cam": 1e-4, "score_cam": 5e-4}
+# off and TorchCAM's own 3.5-5.6e-5; an outside sweep, RESULTS.md, twenty-ninth session). The
+# GoogLeNets take the same (the sweep measured 2.5e-5 on GoogLeNet-GAP-BN).
+WHOLE_NETWORK_TOL = {"grad_cam": 1e-4, "layer_cam": 1e-4, "score_cam": 5e-4}
 
 
-@pytest.mark.slow  # a ResNet50-CAM twin; the sweep of every method at two layers took ~70 s
-@pytest.mark.parametrize("method", sorted(RESNET_TOL))
-def test_resnet50_cam_matches_both_peers_at_its_feature_map(method):
-    """Residual blocks and batch norm in eval mode: camjax's 'feature_map' is the tensor a hook
-    on the twin's layer4 sees, and the maps agree with both peers to float32 rounding."""
-    net, tol = "resnet50_cam", RESNET_TOL[method]
+@pytest.mark.slow  # whole-network twins; the sweep of every method at two layers took ~70 s
+@pytest.mark.parametrize("net", ["resnet50_cam", "googlenet_gap_bn", "googlenet_gap"])
+@pytest.mark.parametrize("method", sorted(WHOLE_NETWORK_TOL))
+def test_whole_networks_match_both_peers_at_their_feature_map(net, method):
+    """camjax's other networks, at width 1/16: residual blocks and batch norm in eval mode
+    (ResNet50-CAM), torchvision's inception trunk (GoogLeNet-GAP-BN), LRN and Caffe's ceil-mode
+    pooling (GoogLeNet-GAP). camjax's 'feature_map' is the tensor a hook on the twin's layer
+    sees (layer4, the CAM conv's ReLU), and the maps agree with both peers to float32
+    rounding."""
+    tol = WHOLE_NETWORK_TOL[method]
     images, layer = network(net)[2], "feature_map"
     options = TORCHCAM_SCORE if method == "score_cam" else {}
     raw = camjax_raw(net, method, (layer,), **options)

@@ -5,6 +5,7 @@ their state_dicts have its keys and shapes) and random weights: there are no dow
 is saved as a .pth, imported, and run beside the camjax model in eval mode on 64x64 inputs.
 """
 
+import functools
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from camjax.models import create_model
 from camjax.models import torch_import as ti
+from camjax.models.layers import scaled_width
 
 torch = pytest.importorskip("torch")
 tnn = torch.nn
@@ -101,26 +103,36 @@ GOOGLENET_INCEPTIONS = {
 
 
 class TorchGoogLeNet(tnn.Module):
-    """torchvision's googlenet with aux heads (its ImageNet file has their keys too)."""
+    """torchvision's googlenet with aux heads (its ImageNet file has their keys too). At a
+    `width` below 1, camjax's scaled channel counts (`scaled_width`) and no aux heads: the
+    trunk of tests/explain's GoogLeNet-GAP-BN twin."""
 
-    def __init__(self):
+    def __init__(self, width=1.0):
         super().__init__()
-        self.conv1 = TorchBasicConv2d(3, 64, kernel_size=7, stride=2, padding=3)
+        c = functools.partial(scaled_width, width=width)
+        self.conv1 = TorchBasicConv2d(3, c(64), kernel_size=7, stride=2, padding=3)
         self.maxpool1 = tnn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.conv2 = TorchBasicConv2d(64, 64, kernel_size=1)
-        self.conv3 = TorchBasicConv2d(64, 192, kernel_size=3, padding=1)
+        self.conv2 = TorchBasicConv2d(c(64), c(64), kernel_size=1)
+        self.conv3 = TorchBasicConv2d(c(64), c(192), kernel_size=3, padding=1)
         self.maxpool2 = tnn.MaxPool2d(3, stride=2, ceil_mode=True)
-        for name, spec in GOOGLENET_INCEPTIONS.items():
-            setattr(self, name, TorchInception(*spec))
+        cin = c(192)
+        for name, (_, *spec) in GOOGLENET_INCEPTIONS.items():
+            c1, r3, c3, r5, c5, cp = (c(n) for n in spec)
+            setattr(self, name, TorchInception(cin, c1, r3, c3, r5, c5, cp))
+            cin = c1 + c3 + c5 + cp
+            if name == "inception4e":
+                self.out_channels = cin  # of `features`
         self.maxpool3 = tnn.MaxPool2d(3, stride=2, ceil_mode=True)
-        self.aux1 = TorchInceptionAux(512, 1000)
-        self.aux2 = TorchInceptionAux(528, 1000)
-        self.fc = tnn.Linear(1024, 1000)
+        if width == 1:
+            self.aux1 = TorchInceptionAux(512, 1000)
+            self.aux2 = TorchInceptionAux(528, 1000)
+            self.fc = tnn.Linear(1024, 1000)
 
-    def features(self, x):
-        """Through inception4e, after torchvision's transform_input."""
-        mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-        x = (x * std[:, None, None] + mean[:, None, None] - 0.5) / 0.5
+    def features(self, x, transform_input=True):
+        """Through inception4e, after torchvision's transform_input (camjax's option)."""
+        if transform_input:
+            mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+            x = (x * std[:, None, None] + mean[:, None, None] - 0.5) / 0.5
         x = self.maxpool1(self.conv1(x))
         x = self.maxpool2(self.conv3(self.conv2(x)))
         x = self.maxpool3(self.inception3b(self.inception3a(x)))
