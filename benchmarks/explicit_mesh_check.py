@@ -9,14 +9,18 @@ the layer conv3 (CAM: with its head, classifier). Prints one line per method wit
 absolute difference of the maps, and exits 1 if a method fails or its classes differ.
 """
 
+import os
 import sys
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from camjax import explain
-from tests.explain.user_models import SmallCNN, init
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # the tests' models, run as `python benchmarks/...` from anywhere
+
+from camjax import explain  # noqa: E402
+from tests.explain.user_models import SmallCNN, init  # noqa: E402
 
 
 def main() -> int:

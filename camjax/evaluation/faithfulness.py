@@ -25,8 +25,9 @@ Definitions (camjax's defaults first; the peers' variants are options):
   n_steps = ceil(P / step)). Deletion moves from the image to zeros (in the model's input
   space, RISE's `torch.zeros_like`), insertion from a blurred image to the image (RISE's
   `gkern(11, 5)`: per-channel Gaussian, sigma 5, 11 x 11, zero padding). The score is the
-  class's softmax probability. AUC: the trapezoid rule over the fraction of changed pixels,
-  in [0, 1]; it equals RISE's `auc` (uniform grid) when step divides P (RISE's step = W), and
+  class's softmax probability, as in RISE (`score='logit'`: its logit, whose AUC has no bound).
+  AUC: the trapezoid rule over the fraction of changed pixels, in [0, 1] for probabilities; it
+  equals RISE's `auc` (uniform grid) when step divides P (RISE's step = W), and
   TorchCAM's `torch.trapezoid(curve, fractions)` always.
 * The pointing game (`camjax.evaluation.pointing`), summed and reported with these.
 
@@ -43,7 +44,7 @@ maps they are given.
 Memory. `deletion_insertion_curves` evaluates `chunk` points of both curves at once: the model
 runs on 2 * chunk * B images per scan iteration, so the peak is about that many forward
 passes' activations plus 2 * chunk * B * H * W * 3 float32 inputs (chunk 8, B 128 at 64 x 64:
-25 MB of inputs); the curves themselves are (B, n_steps + 1).
+100 MB of inputs); the curves themselves are (B, n_steps + 1).
 """
 
 from __future__ import annotations
@@ -393,7 +394,8 @@ class FaithfulnessAccumulator:
     def summary(self) -> dict[str, float]:
         """Means over the counted images. The 'paper' variant reports Average Drop and
         Increase in Confidence in percent, the peers' variants as fractions (as they do);
-        Deletion and Insertion AUCs in [0, 1]; the pointing game in percent."""
+        Deletion and Insertion AUCs (in [0, 1] with score 'softmax'); the pointing game in
+        percent."""
         s = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float64), self.sums)
         n = float(s.get("count", 0.0))
         if n == 0:  # the means would read as the best possible scores

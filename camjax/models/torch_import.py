@@ -390,11 +390,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     for name in ("model", "checkpoint", "out"):
         flags.mark_flag_as_required(name, flag_values=fv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    usage = f"{PROG} --model NAME --checkpoint FILE --out DIR [--include_head]"
+    if {"-h", "--help", "-help", "--helpshort", "--helpfull"} & set(args):
+        print(f"usage: {usage}\n\n{fv.get_help().strip()}")  # absl.app's --help, without absl.app
+        return
     try:
-        fv([PROG, *(sys.argv[1:] if argv is None else argv)])
+        fv([PROG, *args])
         path = import_checkpoint(fv.model, fv.checkpoint, fv.out, include_head=fv.include_head)
     except flags.Error as e:
-        usage = f"{PROG} --model NAME --checkpoint FILE --out DIR [--include_head]"
         raise SystemExit(f"error: {e} (usage: {usage})") from None
     except (TorchImportError, FileExistsError, FileNotFoundError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e

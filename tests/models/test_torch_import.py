@@ -440,6 +440,19 @@ def test_cli_writes_an_orbax_checkpoint_that_merges_into_fresh_variables(vgg, tm
         ti.main(["--model", "vgg16_gap", "--out", str(out) + "3"])
 
 
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_cli_help_prints_the_usage_and_every_flag(flag, tmp_path, capsys):
+    """--help as absl.app's entry points have it (the flags are in their own FlagValues): the
+    usage and each flag's help, and nothing imported or written."""
+    out = tmp_path / "never"
+    ti.main(["--model", "vgg16_gap", "--out", str(out), flag])
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"usage: {ti.PROG} --model NAME --checkpoint FILE --out DIR")
+    for name in ("--model", "--checkpoint", "--out", "--[no]include_head"):
+        assert f"{name}: " in printed
+    assert not out.exists()
+
+
 def test_cli_include_head_imports_fc_as_the_head(tmp_path):
     """--include_head reaches the conversion (fc becomes the head, its weight transposed) and
     is recorded in the checkpoint's description. Default torch initialisation: no comparison
