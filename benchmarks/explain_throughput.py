@@ -1,11 +1,14 @@
 """Every camjax explainer method against TorchCAM and pytorch-grad-cam: images/s (issue 13).
 
-    python benchmarks/explain_throughput.py [--model vgg16_gap|googlenet_gap] [--batch 8]
-        [--size 224] [--width 1.0] [--groups 2] [--num_classes 1000] [--repeats 3]
+    python benchmarks/explain_throughput.py [--model vgg16_gap|googlenet_gap|resnet50_cam]
+        [--batch 8] [--size 224] [--width 1.0] [--groups 2] [--num_classes 1000] [--repeats 3]
         [--methods grad_cam ...] [--chunk_size N] [--smoke]
 
 One process, one machine, one architecture: camjax's network and its PyTorch twin
 (benchmarks/torch_models.py) with camjax's random weights copied in, on the same random batch.
+ResNet50-CAM (batch norm) goes the other way: its twin in torchvision's layout
+(tests/models/test_torch_import.py, needs pytest) draws the weights, batch-norm statistics of a
+calibration batch, and camjax's converter imports them, as the parity tests do.
 Every call explains the batch's top-1 classes at the network's feature map (the GAP's input)
 and returns min-max normalised maps at the input resolution:
 
@@ -129,11 +132,11 @@ def _positive_int(text: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vgg16_gap", choices=MODELS)
+    parser.add_argument("--model", default="vgg16_gap", choices=(*MODELS, "resnet50_cam"))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--groups", type=int, default=2)
+    parser.add_argument("--groups", type=int, default=2, help="the GAP networks' CAM_conv")
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=None, help="default: every method")
@@ -159,13 +162,18 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rng = np.random.default_rng(0)
     images = rng.standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32)
-    model = create_model(
-        args.model, num_classes=args.num_classes, width=args.width, groups=args.groups
-    )
     x = jnp.asarray(images)
-    variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0))
-    twin = TORCH_MODELS[args.model](args.width, args.num_classes, args.groups)
-    twin = LogitsOnly(load_camjax_variables(twin, variables)).to(device).eval()
+    if args.model == "resnet50_cam":
+        model, variables, twin = resnet50_cam_pair(args)
+    else:
+        model = create_model(
+            args.model, num_classes=args.num_classes, width=args.width, groups=args.groups
+        )
+        variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0))
+        twin = load_camjax_variables(
+            TORCH_MODELS[args.model](args.width, args.num_classes, args.groups), variables
+        )
+    twin = LogitsOnly(twin).to(device).eval()
     tx = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
 
     versions = {
@@ -174,8 +182,9 @@ def main() -> None:
         "torchcam": _version("torchcam") if torchcam else "absent",
         "grad-cam": _version("grad-cam") if gradcam else "absent",
     }
+    groups = "" if args.model == "resnet50_cam" else f", groups {args.groups}"
     print(
-        f"{args.model} width {args.width}, groups {args.groups}, batch {args.batch} at "
+        f"{args.model} width {args.width}{groups}, batch {args.batch} at "
         f"{args.size}x{args.size}, float32, layer {LAYER}, top-1 classes, maps at the input "
         f"size, perturbation methods' chunk_size {args.chunk_size or 'default'}; "
         f"{platform.machine()}, {os.cpu_count()} cores, {jax.devices()[0].device_kind} / "
@@ -215,6 +224,37 @@ def main() -> None:
         cells = [f"{rate[p]:,.2f}" if p in rate else "-" for p in ("camjax", "torchcam", "gradcam")]
         first = timings["camjax"][0]
         print(f"| {method} | {' | '.join(cells)} | {ratio} | {goal} | {first:.1f} |", flush=True)
+
+
+def resnet50_cam_pair(args):
+    """(camjax's ResNet50-CAM, its variables, the twin returning (logits, feature_map)): the
+    twin (torchvision's layout, layer4 at stride 1) draws the weights and calibrates its batch
+    statistics on a random batch; camjax's converter imports them, head included."""
+    import torch
+
+    from camjax.models import torch_import
+    from tests.models.test_torch_import import TorchResNet50, randomize
+
+    class Twin(torch.nn.Module):
+        """The feature map and the head under the GAP twins' names (`feature_map`, `head`)."""
+
+        def __init__(self, resnet):
+            super().__init__()
+            # `head` alone holds fc: torch names a module shared by two parents only once.
+            self.feature_map, self.head, resnet.fc = torch.nn.Identity(), resnet.fc, None
+            self.resnet = resnet
+
+        def forward(self, x):
+            feature_map = self.feature_map(self.resnet.features(x))
+            return self.head(feature_map.mean((2, 3))), feature_map
+
+    model = create_model("resnet50_cam", num_classes=args.num_classes, width=args.width)
+    resnet = TorchResNet50(args.width, strides=(1, 2, 2, 1), num_classes=args.num_classes)
+    calibration = np.random.default_rng(1).standard_normal((4, 3, args.size, args.size))
+    resnet = randomize(resnet, torch.from_numpy(calibration.astype(np.float32)), seed=0)
+    weights = {k: v.detach().numpy() for k, v in resnet.state_dict().items()}
+    variables = torch_import.convert_state_dict(weights, model, include_head=True)
+    return model, jax.tree.map(jnp.asarray, variables), Twin(resnet)
 
 
 def _version(dist: str) -> str:
