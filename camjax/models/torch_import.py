@@ -392,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         flags.mark_flag_as_required(name, flag_values=fv)
     args = list(sys.argv[1:] if argv is None else argv)
     usage = f"{PROG} --model NAME --checkpoint FILE --out DIR [--include_head]"
-    if {"-h", "--help", "-help", "--helpshort", "--helpfull"} & set(args):
+    if _asks_for_help(args):
         print(f"usage: {usage}\n\n{fv.get_help().strip()}")  # absl.app's --help, without absl.app
         return
     try:
@@ -403,6 +403,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (TorchImportError, FileExistsError, FileNotFoundError, ImportError) as e:
         raise SystemExit(f"error: {e}") from e
     print(f"wrote {path}")
+
+
+_HELP = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+
+
+def _asks_for_help(args: Sequence[str]) -> bool:
+    """Whether args hold --help (or -h, --helpshort, --helpfull) as a flag, not as the value of
+    --model, --checkpoint or --out given as a separate argument, and before a `--`."""
+    for previous, arg in zip(["", *args], args, strict=False):
+        if arg == "--":
+            return False
+        if previous not in ("--model", "--checkpoint", "--out") and arg in _HELP:
+            return True
+    return False
 
 
 if __name__ == "__main__":

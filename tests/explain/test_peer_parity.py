@@ -32,8 +32,8 @@ whole map's scale, each side by its own rounding. Measured at VGG16's conv4_3: 9
 batch's peak between camjax's and TorchCAM's raw XGrad-CAM; TorchCAM's Smooth Grad-CAM++
 2.4e-4 (raw) and 3.5e-5 (normalised) from the float64 closed form of its formula.
 ResNet50-CAM, GoogLeNet-GAP-BN and GoogLeNet-GAP (full suite, Grad-CAM and LayerCAM at their
-feature maps, and ResNet's Score-CAM, on twins at width 1/16): `WHOLE_NETWORK_TOL`, 1e-4 and 5e-4 for Score-CAM, ResNet's larger
-activations' float32 rounding.
+feature maps, and ResNet's Score-CAM, on twins at width 1/16): `WHOLE_NETWORK_TOL`, 1e-4 and
+5e-4 for Score-CAM, ResNet's larger activations' float32 rounding.
 
 Where a peer departs from its paper (issue 13: follow the paper and document), the peer is
 checked against the closed form of what it computes, built from camjax's own activations and
@@ -175,7 +175,7 @@ def network(name: str):
     else:  # vgg16_gap, googlenet_gap (LRN): the benchmarks' twins, camjax's module names
         model = create_model(name, num_classes=NUM_CLASSES, width=1 / 16, groups=2)
         twin, size = TORCH_MODELS[name](1 / 16, NUM_CLASSES, 2), 64
-        inner = "conv4_3" if name == "vgg16_gap" else "inception_4d"
+        inner = "conv4_3" if name == "vgg16_gap" else "inception_4e"
         layer, pair = "feature_map", (inner, "feature_map")
     images = rng.standard_normal((len(CLASSES), size, size, 3)).astype(np.float32)
     variables = _random_variables(model, images, rng)

@@ -169,7 +169,7 @@ class TorchResNet50(tnn.Module):
 
     def __init__(self, width=1.0, strides=(1, 2, 2, 1), num_classes=1000):
         super().__init__()
-        stem = int(64 * width)
+        stem = scaled_width(64, width)  # camjax's rounding, so any width converts
         self.conv1 = tnn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
         self.bn1 = tnn.BatchNorm2d(stem)
         self.maxpool = tnn.MaxPool2d(3, stride=2, padding=1)
@@ -177,7 +177,7 @@ class TorchResNet50(tnn.Module):
         for i, (blocks, planes, stride) in enumerate(
             zip((3, 4, 6, 3), (64, 128, 256, 512), strides, strict=True)
         ):
-            planes = int(planes * width)
+            planes = scaled_width(planes, width)
             layer = []
             for j in range(blocks):
                 s = stride if j == 0 else 1
@@ -451,6 +451,9 @@ def test_cli_help_prints_the_usage_and_every_flag(flag, tmp_path, capsys):
     for name in ("--model", "--checkpoint", "--out", "--[no]include_head"):
         assert f"{name}: " in printed
     assert not out.exists()
+    # As a flag's value, "-h" is that value (absl parses it so): the import runs, and fails.
+    with pytest.raises(SystemExit, match="-h"):
+        ti.main(["--model", "vgg16_gap", "--out", str(out), "--checkpoint", "-h"])
 
 
 def test_cli_include_head_imports_fc_as_the_head(tmp_path):
