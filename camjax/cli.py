@@ -165,19 +165,18 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing (`app.run(main, flags_parser=parse_flags)`), with
     `config_override_errors`; a --config file that does not exist is one line too (it was
     ml_collections' chained tracebacks)."""
-    check_flagfiles(argv)
-    if path := _missing_config_file(_expanded(argv)):
+    if path := _missing_config_file(check_flagfiles(argv)):
         _fatal(f"--config: no file {path}; give a config file, e.g. configs/default.py.")
     with config_override_errors(argv):
         return app.parse_flags_with_usage(argv)
 
 
-def check_flagfiles(argv: list[str]) -> None:
-    """A --flagfile that cannot be read, in absl's one-line form (exit code 1), not absl's
-    traceback. The entry points call it before they define --config: ml_collections reads the
-    flag files then."""
+def check_flagfiles(argv: list[str]) -> list[str]:
+    """argv with its flag files read in (`_expanded`); one that cannot be read is absl's
+    one-line error (exit code 1), not absl's traceback. The entry points call it before they
+    define --config: ml_collections reads the flag files then."""
     try:
-        _expanded(argv)
+        return _expanded(argv)
     except flags.Error as e:
         _fatal(f"{str(e).removeprefix('ERROR:: ')}; give a flagfile that exists.")
 
