@@ -392,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         flags.mark_flag_as_required(name, flag_values=fv)
     args = list(sys.argv[1:] if argv is None else argv)
     usage = f"{PROG} --model NAME --checkpoint FILE --out DIR [--include_head]"
-    if _asks_for_help(args):
+    if _asks_for_help(args, fv):
         print(f"usage: {usage}\n\n{fv.get_help().strip()}")  # absl.app's --help, without absl.app
         return
     try:
@@ -408,13 +408,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 _HELP = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 
 
-def _asks_for_help(args: Sequence[str]) -> bool:
-    """Whether args hold --help (or -h, --helpshort, --helpfull) as a flag, not as the value of
-    --model, --checkpoint or --out given as a separate argument, and before a `--`."""
+def _asks_for_help(args: Sequence[str], fv: flags.FlagValues) -> bool:
+    """Whether args hold --help (or -h, --helpshort, --helpfull) as a flag before a `--`, not
+    as the value of one of fv's flags that take a value (`--checkpoint -h`)."""
+    takes_value = {f"--{name}" for name in fv if not fv[name].boolean}
     for previous, arg in zip(["", *args], args, strict=False):
         if arg == "--":
             return False
-        if previous not in ("--model", "--checkpoint", "--out") and arg in _HELP:
+        if previous not in takes_value and arg in _HELP:
             return True
     return False
 
