@@ -233,7 +233,7 @@ def resnet50_cam_pair(args):
     import torch
 
     from camjax.models import torch_import
-    from tests.models.test_torch_import import TorchResNet50, randomize
+    from tests.models.test_torch_import import TorchResNet50, calibrated_state_dict
 
     class Twin(torch.nn.Module):
         """The feature map and the head under the GAP twins' names (`feature_map`, `head`)."""
@@ -250,9 +250,7 @@ def resnet50_cam_pair(args):
 
     model = create_model("resnet50_cam", num_classes=args.num_classes, width=args.width)
     resnet = TorchResNet50(args.width, strides=(1, 2, 2, 1), num_classes=args.num_classes)
-    calibration = np.random.default_rng(1).standard_normal((4, 3, args.size, args.size))
-    resnet = randomize(resnet, torch.from_numpy(calibration.astype(np.float32)), seed=0)
-    weights = {k: v.detach().numpy() for k, v in resnet.state_dict().items()}
+    weights = calibrated_state_dict(resnet, args.size)
     variables = torch_import.convert_state_dict(weights, model, include_head=True)
     return model, jax.tree.map(jnp.asarray, variables), Twin(resnet)
 

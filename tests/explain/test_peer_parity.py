@@ -87,8 +87,8 @@ from camjax.resize import resize_maps  # noqa: E402
 from tests.models.test_torch_import import (  # noqa: E402
     TorchGoogLeNet,
     TorchResNet50,
+    calibrated_state_dict,
     copy_cam_head,
-    randomize,
 )
 
 
@@ -236,9 +236,8 @@ def _imported(name, rng):
     """network(name) of a batch-norm network, BATCH_NORM_TWINS'."""
     model_name, make_twin, inner = BATCH_NORM_TWINS[name]
     model = create_model(model_name, num_classes=NUM_CLASSES)
-    calibration = np.random.default_rng(11).standard_normal((4, 3, 128, 128), np.float32)
-    twin = randomize(make_twin(), torch.from_numpy(calibration), seed=3)
-    weights = {k: v.detach().numpy() for k, v in twin.state_dict().items()}
+    twin = make_twin()
+    weights = calibrated_state_dict(twin, 128)
     if name == "resnet50_cam":
         variables = torch_import.convert_state_dict(weights, model, include_head=True)
     else:  # the trunk is torchvision's; CAM_conv and the head are camjax's own layers

@@ -233,6 +233,15 @@ def randomize(module: tnn.Module, calibration: torch.Tensor | None, seed: int) -
     return module.eval()
 
 
+def calibrated_state_dict(twin: tnn.Module, size: int) -> dict[str, np.ndarray]:
+    """`randomize`s `twin` in place, its batch-norm statistics those of 4 random images of
+    `size` px, and returns its state_dict as numpy arrays for `ti.convert_state_dict`: the
+    weights tests/explain's parity tests and benchmarks/explain_throughput.py share."""
+    calibration = np.random.default_rng(11).standard_normal((4, 3, size, size), np.float32)
+    randomize(twin, torch.from_numpy(calibration), seed=3)
+    return {k: v.detach().numpy() for k, v in twin.state_dict().items()}
+
+
 def nchw(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
