@@ -7,7 +7,7 @@
 # longer fits in the budget is skipped and named at the end, for a later call or session:
 # `bash benchmarks/device_run.sh STEP...`. The default group `core` measures issue 3's WSOL
 # evaluation, issue 4's input rate and VGG16-GAP's table; `more` (GoogLeNet-GAP, the largest
-# batches, the XLA grouped conv) needs a second session. Output goes to stdout and to
+# batches, the XLA grouped conv, 1x1 convolutions as matrix products) needs a second session. Output goes to stdout and to
 # $OUT/device_run.log. Before the first call, here: `bash benchmarks/device_wheels.sh`; each
 # call carries `.whl`:
 #
@@ -132,6 +132,11 @@ for model in vgg16_gap googlenet_gap; do
     "XLA_PYTHON_CLIENT_MEM_FRACTION=.95 $PY $B/max_batch.py --models $model --memory_gib 75.5 --verify" \
     "$PY $B/max_batch.py --models $model --size 32 --width 0.0625 --memory_gib 0.02 --start 8 --verify"
 done
+# Thirty-first session: camjax runs 1x1 convolutions as matrix products (faster on the CPU);
+# the same comparison on the card, where it is unmeasured.
+step more pointwise_conv 240 \
+  "$PY $B/pointwise_conv.py --batch 64 --repeats 10" \
+  "$PY $B/pointwise_conv.py --smoke"
 step more grouped_xla 120 \
   "$PY $B/cam_throughput.py --model vgg16_gap --batch 256 --dtype bfloat16 --iters 10 --grouped_conv_impl xla --no-torch; $PY $B/train_step.py --model vgg16_gap --batch 128 --dtype bfloat16 --iters 10 --grouped_conv_impl xla --no-torch" \
   "$PY $B/cam_throughput.py --model vgg16_gap --batch 2 $TOY --grouped_conv_impl xla --no-torch"

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from camjax.cam import class_maps_of, minmax_per_map
-from camjax.models.layers import FEATURE_MAP, Tap, global_pool, scaled_width
+from camjax.models.layers import FEATURE_MAP, Conv, Tap, global_pool, scaled_width
 
 # The reference's hidden width of both heads (512 * expansion in, 1024, 1024, num_classes out).
 ACOL_FEATURES = 1024
@@ -58,7 +58,7 @@ class ACoLClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = functools.partial(nn.Conv, kernel_init=self.kernel_init, dtype=self.dtype)
+        conv = functools.partial(Conv, kernel_init=self.kernel_init, dtype=self.dtype)
         x = nn.relu(conv(self.features, (3, 3), padding=1, name="conv1")(x))
         x = nn.relu(conv(self.features, (3, 3), padding=1, name="conv2")(x))
         return conv(self.num_classes, (1, 1), name="classes")(x).astype(jnp.float32)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from camjax.models.layers import (
     ADL,
+    Conv,
     batch_norm,
     check_images,
     conv_init,
@@ -134,7 +135,7 @@ class BasicConv(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(
+        x = Conv(
             self.features,
             (self.kernel, self.kernel),
             strides=self.strides,

@@ -29,6 +29,7 @@ from camjax.models.layers import (
     ADL,
     FEATURE_MAP,
     AttentiveDrop,
+    Conv,
     Tap,
     batch_norm,
     check_images,
@@ -62,7 +63,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
+        conv = functools.partial(Conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
         bn = functools.partial(batch_norm, train, 1e-5, self.dtype)
         out_features = self.width * EXPANSION
         y = nn.relu(bn("bn1")(conv(self.width, (1, 1), name="conv1")(x)))
@@ -168,7 +169,7 @@ def _stem(resnet: ResNet50CAM, x: jax.Array, train: bool) -> jax.Array:
     """conv1 7x7/2, bn1, ReLU and the 3x3/2 max pool: the input at stride 4 (called inside
     ResNet50CAM's compact __call__, so its layers are that module's 'conv1' and 'bn1')."""
     x = x.astype(resnet.dtype)
-    x = nn.Conv(
+    x = Conv(
         scaled_width(64, resnet.width),
         (7, 7),
         strides=2,

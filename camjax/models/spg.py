@@ -30,7 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from camjax.models.layers import FEATURE_MAP, Tap, global_pool
+from camjax.models.layers import FEATURE_MAP, Conv, Tap, global_pool
 
 spg_init = nn.initializers.xavier_uniform()
 
@@ -44,16 +44,16 @@ class SPGMap(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = nn.Conv(self.features, (3, 3), padding=1, kernel_init=spg_init, dtype=self.dtype)
+        conv = Conv(self.features, (3, 3), padding=1, kernel_init=spg_init, dtype=self.dtype)
         x = nn.relu(conv(x))
-        out = nn.Conv(1, (1, 1), kernel_init=spg_init, dtype=self.dtype, name="logits")(x)
+        out = Conv(1, (1, 1), kernel_init=spg_init, dtype=self.dtype, name="logits")(x)
         return out.astype(jnp.float32)
 
 
 def conv3_relu(features: int, name: str, dtype: Any):
     """A Xavier-initialised 3x3 conv + ReLU, made inside a compact `__call__` as submodule
     `name` (SPG_B_1a, SPG_B_2a and VGG's SPG_A_3 layers)."""
-    conv = nn.Conv(features, (3, 3), padding=1, kernel_init=spg_init, dtype=dtype, name=name)
+    conv = Conv(features, (3, 3), padding=1, kernel_init=spg_init, dtype=dtype, name=name)
     return lambda x: nn.relu(conv(x))
 
 
@@ -70,9 +70,7 @@ def spg_head(
     """
     feature_map = Tap(name=FEATURE_MAP)(x)
     c = SPGMap(c_features, net.dtype, name="head_c")(feature_map)
-    head = nn.Conv(
-        net.num_classes, (1, 1), kernel_init=spg_init, dtype=net.dtype, name="head_classes"
-    )
+    head = Conv(net.num_classes, (1, 1), kernel_init=spg_init, dtype=net.dtype, name="head_classes")
     class_maps = head(feature_map).astype(jnp.float32)
     logits = global_pool(class_maps, net.pooling)
     return logits, {

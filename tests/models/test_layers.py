@@ -1,12 +1,68 @@
-"""Tests for camjax/models/layers.py: grouped conv, Caffe pooling and LRN vs direct formulas."""
+"""Tests for camjax/models/layers.py: convolutions, Caffe pooling and LRN vs direct formulas."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from camjax.models import create_model
-from camjax.models.layers import GroupedConv, local_response_norm, max_pool_ceil
+from camjax.models.layers import Conv, GroupedConv, local_response_norm, max_pool_ceil
+
+
+@pytest.mark.parametrize(
+    "kernel, strides, padding, groups",
+    [
+        ((1, 1), 1, "SAME", 1),
+        ((1, 1), 2, "SAME", 1),  # odd input: the last row and column are read
+        ((1, 1), 2, "VALID", 1),
+        ((1, 1), (1, 2), 0, 1),
+        ((1, 1), 1, 1, 1),  # padded: left to the convolution
+        ((1, 1), 1, "SAME", 2),  # grouped: left to the convolution
+        ((3, 3), 1, 1, 1),
+        ((3, 3), 2, "SAME", 1),
+    ],
+)
+def test_conv_computes_stock_nn_conv(kernel, strides, padding, groups):
+    """camjax's Conv (1x1 kernels as a matrix product) is nn.Conv: the same parameters, output
+    and gradients, to float32 rounding."""
+    x = jax.random.normal(jax.random.key(0), (2, 7, 9, 8))
+    ours = Conv(6, kernel, strides=strides, padding=padding, feature_group_count=groups)
+    stock = nn.Conv(6, kernel, strides=strides, padding=padding, feature_group_count=groups)
+    variables = stock.init(jax.random.key(1), x)
+    assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(
+        jnp.shape, variables
+    )
+
+    def loss(module, variables, x):
+        return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+    np.testing.assert_allclose(
+        ours.apply(variables, x), stock.apply(variables, x), rtol=1e-6, atol=1e-6
+    )
+    for a, b in zip(
+        jax.tree.leaves(jax.grad(loss, argnums=(1, 2))(ours, variables, x)),
+        jax.tree.leaves(jax.grad(loss, argnums=(1, 2))(stock, variables, x)),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet50_cam", "googlenet_gap", "googlenet_gap_bn"])
+def test_networks_run_their_1x1_convolutions_as_matrix_products(name):
+    """Every 1x1 convolution of the networks that have them takes the faster path (XLA on CPU:
+    benchmarks/pointwise_conv.py); only the larger kernels stay convolutions."""
+    model = create_model(name, num_classes=10, width=0.0625)
+    x = jnp.zeros((1, 64, 64, 3))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
+    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x)[0])(variables)
+    kernels = [
+        e.invars[1].aval.shape[:2] for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"
+    ]
+    pixel_products = [
+        e for e in jaxpr.eqns if e.primitive.name == "dot_general" and e.invars[0].aval.ndim == 4
+    ]
+    assert kernels and (1, 1) not in kernels and pixel_products
 
 
 @pytest.mark.parametrize("groups", [1, 2, 4])
