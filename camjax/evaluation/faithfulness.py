@@ -361,9 +361,10 @@ def _check_maps(images, maps, classes) -> None:
 
 
 def _check_per_image(name: str, value, shape: tuple[int, ...], what: str, dtypes=()) -> None:
-    got = f"shape {value.shape}" if hasattr(value, "shape") else f"a {type(value).__name__}"
     if not hasattr(value, "dtype") or value.shape != shape:
-        raise ValueError(f"{name} must be {shape}, one per image ({what}); got {got}.")
+        raise ValueError(
+            f"{name} must be {shape}, one per image ({what}); got {errors.described(value)}."
+        )
     if dtypes and not any(jnp.issubdtype(value.dtype, d) for d in dtypes):
         raise TypeError(f"{name} must be {what}; got dtype {value.dtype}.")
 

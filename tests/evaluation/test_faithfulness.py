@@ -681,13 +681,13 @@ def test_inputs_that_do_not_fit_the_images_are_one_line_errors_before_any_work()
     valid = np.ones(2, bool)
     labels, masks = classes, maps > 0.5
     cases = [
-        (dict(maps=maps[:1]), r"maps must be \(2, 6, 6\), one per image .*; got shape \(1, 6, 6\)"),
-        (dict(maps=maps[:, None]), r"maps must be \(2, 6, 6\).*got shape \(2, 1, 6, 6\)"),
-        (dict(maps=maps[:, ::2, ::2]), r"maps must be \(2, 6, 6\).*got shape \(2, 3, 3\)"),
+        (dict(maps=maps[:1]), r"maps must be \(2, 6, 6\), one per image .*of shape \(1, 6, 6\)"),
+        (dict(maps=maps[:, None]), r"maps must be \(2, 6, 6\).*got an array of shape \(2, 1, 6"),
+        (dict(maps=maps[:, ::2, ::2]), r"maps must be \(2, 6, 6\).*got an array of shape \(2, 3,"),
         (dict(images=(images * 50).astype(np.uint8)), "images must be floating point"),
         (dict(classes=list(classes)), r"classes must be \(2,\), one per image .*; got a list"),
-        (dict(classes=classes[:, None]), r"classes must be \(2,\).*got shape \(2, 1\)"),
-        (dict(valid=np.ones(3, bool)), r"valid must be \(2,\).*got shape \(3,\)"),
+        (dict(classes=classes[:, None]), r"classes must be \(2,\).*got an array of shape \(2, 1\)"),
+        (dict(valid=np.ones(3, bool)), r"valid must be \(2,\).*got an array of shape \(3,\)"),
         (dict(point_maps=maps, labels=labels), r"gt_masks must be \(2, 6, 6\).*got a NoneType"),
         (dict(point_maps=maps, gt_masks=masks), r"labels must be \(2,\).*got a NoneType"),
         (dict(point_maps=maps[:, :2], gt_masks=masks, labels=labels), r"point_maps must be"),
