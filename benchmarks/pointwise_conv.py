@@ -4,13 +4,15 @@
         [--batch 4] [--size 224] [--width 1.0] [--repeats 10] [--smoke]
 
 Every camjax network builds its convolutions from `camjax.models.layers.Conv`, which runs a 1x1
-kernel as a `dot_general` (`_pointwise_as_matmul` says why). This builds each network twice,
+kernel as a `dot_general` (`PointwiseAsMatmul` says why). This builds each network twice,
 once with that `Conv` and once with stock `nn.Conv` in its place (the same parameters), and
 times both in turn (`cam_throughput.time_interleaved`, median of --repeats rounds): the eval
 forward pass, and a training step's gradient (train-mode batch norm, mean cross-entropy over
 random labels). It prints milliseconds per call, the ratio stock / camjax (above 1: camjax
 faster) and the largest difference between the two variants' logits and gradients relative
-to the largest value (float32 rounding: summation order).
+to the largest value: float32 rounding of two summation orders, which train-mode batch norm on
+a few images amplifies to ~1e-2 in the gradients (each variant lies that far from a float64
+run; RESULTS.md, thirty-first session).
 """
 
 import argparse

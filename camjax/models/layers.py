@@ -21,46 +21,52 @@ Dtype = Any
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
-def _pointwise_as_matmul(lhs, rhs, window_strides, padding, lhs_dilation=None, **conv_kwargs):
-    """`lax.conv_general_dilated` for `nn.Conv`, with its 1x1 convolutions run as a matrix product.
+class PointwiseAsMatmul:
+    """`lax.conv_general_dilated` with its 1x1 convolutions run as a matrix product (an
+    `nn.Conv(conv_general_dilated_cls=...)`: flax makes one per call and calls it).
 
     A 1x1 convolution is a (pixels, C_in) x (C_in, C_out) product. Written as a `dot_general`,
     XLA on CPU runs ResNet50-CAM's eval forward pass 1.14x and its training gradient 1.38x as
-    fast as with convolutions, the GoogLeNets' 1.00-1.08x (benchmarks/pointwise_conv.py); the
-    forward passes gave the same float32 values bit for bit. A strided 1x1 reads every s-th
-    pixel (the 'SAME' and 'VALID' output sizes agree for 1x1 kernels). Anything else (padding,
-    input dilation, groups, a layout other than Flax's channels-last) is left to the convolution.
+    fast as with convolutions, the GoogLeNets' 1.00-1.08x (benchmarks/pointwise_conv.py, batch
+    4 at 224). The values differ by float32 rounding (summation order; at that size the
+    forward passes were bit-identical), and agree to 1e-14 in float64. A strided 1x1 reads
+    every s-th pixel. Anything else (padding, input dilation, groups, a layout other than
+    Flax's channels-last) is left to the convolution.
     """
-    ndim = lhs.ndim
-    channels_last = jax.lax.ConvDimensionNumbers(
-        (0, ndim - 1, *range(1, ndim - 1)),
-        (ndim - 1, ndim - 2, *range(ndim - 2)),
-        (0, ndim - 1, *range(1, ndim - 1)),
-    )
-    pointwise = (
-        all(k == 1 for k in rhs.shape[:-2])
-        and (isinstance(padding, str) or all(tuple(p) == (0, 0) for p in padding))
-        and all(d == 1 for d in lhs_dilation or ())
-        and conv_kwargs.get("feature_group_count", 1) == 1
-        and conv_kwargs.get("batch_group_count", 1) == 1
-        and conv_kwargs.get("dimension_numbers") == channels_last
-    )
-    if not pointwise:
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation, **conv_kwargs
+
+    def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, **conv_kwargs):
+        ndim = lhs.ndim
+        channels_last = jax.lax.ConvDimensionNumbers(
+            (0, ndim - 1, *range(1, ndim - 1)),
+            (ndim - 1, ndim - 2, *range(ndim - 2)),
+            (0, ndim - 1, *range(1, ndim - 1)),
         )
-    pixels = lhs[(slice(None), *(slice(None, None, s) for s in window_strides))]
-    return jax.lax.dot_general(
-        pixels,
-        rhs.reshape(rhs.shape[-2:]),
-        (((ndim - 1,), (0,)), ((), ())),
-        precision=conv_kwargs.get("precision"),
-        preferred_element_type=conv_kwargs.get("preferred_element_type"),
-    )
+        kernel = rhs.shape[:-2]
+        pointwise = (
+            all(k == 1 for k in kernel)
+            and all(d == 1 for d in lhs_dilation or ())
+            and conv_kwargs.get("feature_group_count", 1) == 1
+            and conv_kwargs.get("batch_group_count", 1) == 1
+            and conv_kwargs.get("dimension_numbers") == channels_last
+        )
+        if pointwise and isinstance(padding, str):  # lax's reading, its errors included
+            padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], kernel, window_strides, padding)
+        if not (pointwise and all(tuple(p) == (0, 0) for p in padding)):
+            return jax.lax.conv_general_dilated(
+                lhs, rhs, window_strides, padding, lhs_dilation, **conv_kwargs
+            )
+        pixels = lhs[(slice(None), *(slice(None, None, s) for s in window_strides))]
+        return jax.lax.dot_general(
+            pixels,
+            rhs.reshape(rhs.shape[-2:]),
+            (((ndim - 1,), (0,)), ((), ())),
+            precision=conv_kwargs.get("precision"),
+            preferred_element_type=conv_kwargs.get("preferred_element_type"),
+        )
 
 
 # nn.Conv, the same parameters and function; every camjax network builds its convs from it.
-Conv = functools.partial(nn.Conv, conv_general_dilated=_pointwise_as_matmul)
+Conv = functools.partial(nn.Conv, conv_general_dilated_cls=PointwiseAsMatmul)
 
 
 def scaled_width(channels: int, width: float, multiple: int = 1) -> int:

@@ -7,28 +7,37 @@ import numpy as np
 import pytest
 
 from camjax.models import create_model
-from camjax.models.layers import Conv, GroupedConv, local_response_norm, max_pool_ceil
+from camjax.models.layers import (
+    Conv,
+    GroupedConv,
+    local_response_norm,
+    max_pool_ceil,
+    takes_labels,
+)
 
 
 @pytest.mark.parametrize(
-    "kernel, strides, padding, groups",
+    "options",
     [
-        ((1, 1), 1, "SAME", 1),
-        ((1, 1), 2, "SAME", 1),  # odd input: the last row and column are read
-        ((1, 1), 2, "VALID", 1),
-        ((1, 1), (1, 2), 0, 1),
-        ((1, 1), 1, 1, 1),  # padded: left to the convolution
-        ((1, 1), 1, "SAME", 2),  # grouped: left to the convolution
-        ((3, 3), 1, 1, 1),
-        ((3, 3), 2, "SAME", 1),
+        {"kernel_size": (1, 1)},
+        {"kernel_size": (1, 1), "strides": 2},  # odd input: the last row and column are read
+        {"kernel_size": (1, 1), "strides": 2, "padding": "VALID"},
+        {"kernel_size": (1, 1), "strides": (1, 2), "padding": 0},
+        {"kernel_size": (1, 1), "padding": "same"},  # lax's reading of the name
+        # Left to the convolution:
+        {"kernel_size": (1, 1), "padding": 1},
+        {"kernel_size": (1, 1), "feature_group_count": 2},
+        {"kernel_size": (1, 1), "input_dilation": 2, "padding": 0},
+        {"kernel_size": (1, 1), "kernel_dilation": 2},
+        {"kernel_size": (3, 3), "padding": 1},
+        {"kernel_size": (3, 3), "strides": 2},
     ],
 )
-def test_conv_computes_stock_nn_conv(kernel, strides, padding, groups):
+def test_conv_computes_stock_nn_conv(options):
     """camjax's Conv (1x1 kernels as a matrix product) is nn.Conv: the same parameters, output
     and gradients, to float32 rounding."""
     x = jax.random.normal(jax.random.key(0), (2, 7, 9, 8))
-    ours = Conv(6, kernel, strides=strides, padding=padding, feature_group_count=groups)
-    stock = nn.Conv(6, kernel, strides=strides, padding=padding, feature_group_count=groups)
+    ours, stock = Conv(6, **options), nn.Conv(6, **options)
     variables = stock.init(jax.random.key(1), x)
     assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(
         jnp.shape, variables
@@ -48,19 +57,57 @@ def test_conv_computes_stock_nn_conv(kernel, strides, padding, groups):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["resnet50_cam", "googlenet_gap", "googlenet_gap_bn"])
-def test_networks_run_their_1x1_convolutions_as_matrix_products(name):
-    """Every 1x1 convolution of the networks that have them takes the faster path (XLA on CPU:
-    benchmarks/pointwise_conv.py); only the larger kernels stay convolutions."""
-    model = create_model(name, num_classes=10, width=0.0625)
-    x = jnp.zeros((1, 64, 64, 3))
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x))
-    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x)[0])(variables)
+def test_conv_keeps_the_precision_and_lax_errors_of_nn_conv():
+    x = jnp.zeros((1, 4, 4, 3))
+    conv = Conv(2, (1, 1), precision=jax.lax.Precision.HIGHEST)
+    variables = conv.init(jax.random.key(0), x)
+    (product,) = [
+        e
+        for e in jax.make_jaxpr(conv.apply)(variables, x).eqns
+        if e.primitive.name == "dot_general"
+    ]
+    assert product.params["precision"] == (jax.lax.Precision.HIGHEST,) * 2
+    for module in (Conv, nn.Conv):
+        with pytest.raises(RuntimeError, match="Unrecognized padding type"):
+            module(2, (1, 1), padding="bogus").init(jax.random.key(0), x)
+
+
+def _equations(jaxpr):
+    """Every equation of a jaxpr, those of its sub-jaxprs (jit, custom_vjp, cond...) included."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(sub, (jax.extend.core.Jaxpr, jax.extend.core.ClosedJaxpr)):
+                    yield from _equations(getattr(sub, "jaxpr", sub))
+
+
+@pytest.mark.parametrize(
+    "name, heads",
+    [
+        ("resnet50_cam", {}),
+        ("resnet50_cam", {"acol": 0.6}),
+        ("resnet50_cam", {"spg": True}),
+        ("vgg16_gap", {"acol": 0.6}),
+        ("vgg16_gap", {"spg": True}),
+        ("googlenet_gap", {}),
+        ("googlenet_gap_bn", {}),
+    ],
+)
+def test_networks_run_their_1x1_convolutions_as_matrix_products(name, heads):
+    """Every 1x1 convolution of the networks and WSOL heads that have them takes the faster
+    path (XLA on CPU: benchmarks/pointwise_conv.py); only the larger kernels stay convolutions."""
+    model = create_model(name, num_classes=10, width=0.0625, **heads)
+    x = jnp.zeros((2, 64, 64, 3))
+    labels = {"labels": jnp.zeros(2, jnp.int32)} if takes_labels(model) else {}
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, **labels))
+    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, **labels))(variables).jaxpr
+    equations = list(_equations(jaxpr))
     kernels = [
-        e.invars[1].aval.shape[:2] for e in jaxpr.eqns if e.primitive.name == "conv_general_dilated"
+        e.invars[1].aval.shape[:2] for e in equations if e.primitive.name == "conv_general_dilated"
     ]
     pixel_products = [
-        e for e in jaxpr.eqns if e.primitive.name == "dot_general" and e.invars[0].aval.ndim == 4
+        e for e in equations if e.primitive.name == "dot_general" and e.invars[0].aval.ndim == 4
     ]
     assert kernels and (1, 1) not in kernels and pixel_products
 
