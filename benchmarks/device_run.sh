@@ -7,8 +7,8 @@
 # longer fits in the budget is skipped and named at the end, for a later call or session:
 # `bash benchmarks/device_run.sh STEP...`. The default group `core` measures issue 3's WSOL
 # evaluation, issue 4's input rate and VGG16-GAP's table; `more` (GoogLeNet-GAP, the largest
-# batches, the XLA grouped conv, 1x1 convolutions as matrix products) needs a second session. Output goes to stdout and to
-# $OUT/device_run.log. Before the first call, here: `bash benchmarks/device_wheels.sh`; each
+# batches, the XLA grouped conv, 1x1 convolutions as matrix products) needs a second session.
+# Output goes to stdout and to $OUT/device_run.log. Before the first call, here: `bash benchmarks/device_wheels.sh`; each
 # call carries `.whl`:
 #
 #   device run, carry [".whl"], timeout_s 600:  bash benchmarks/device_run.sh [core|more|STEP...]
@@ -38,8 +38,9 @@ fi
 PY=${PY:-python3}
 
 # What to run: step names, or the groups `core` (the default: issues 3 and 4, VGG16-GAP's
-# table) and `more` (GoogLeNet-GAP's table, the largest batches, the XLA grouped conv), which
-# with measured compile times does not fit the same session's 15 device minutes.
+# table) and `more` (GoogLeNet-GAP's table, the largest batches, the XLA grouped conv, 1x1
+# convolutions as products), which with measured compile times does not fit the same session's
+# 15 device minutes.
 wanted=" ${*:-core} "
 skipped=()
 STEP_PID=/tmp/device_run_step.pid

@@ -31,17 +31,20 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.cam_throughput import time_interleaved  # noqa: E402
-from camjax.models import acol, create_model, googlenet, layers, resnet, spg  # noqa: E402
-
-# The modules that build convolutions by the name `Conv`.
-USERS = (acol, googlenet, layers, resnet, spg)
+from camjax.models import create_model, layers  # noqa: E402
 
 
 @contextlib.contextmanager
 def stock_convs():
-    """While tracing inside this, camjax's networks build stock `nn.Conv`s."""
+    """While tracing inside this, camjax's networks build stock `nn.Conv`s: every loaded
+    camjax.models module that holds `layers.Conv` under the name `Conv` holds nn.Conv."""
+    users = [
+        module
+        for name, module in list(sys.modules.items())
+        if name.startswith("camjax.models.") and getattr(module, "Conv", None) is layers.Conv
+    ]
     with contextlib.ExitStack() as stack:
-        for module in USERS:
+        for module in users:
             stack.enter_context(mock.patch.object(module, "Conv", nn.Conv))
         yield
 
