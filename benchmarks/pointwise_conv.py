@@ -1,7 +1,7 @@
 """camjax's convolutions (1x1 kernels as a matrix product) against stock `nn.Conv`.
 
     python benchmarks/pointwise_conv.py [--models resnet50_cam googlenet_gap_bn googlenet_gap]
-        [--batch 4] [--size 224] [--width 1.0] [--repeats 10] [--smoke]
+        [--batch 4] [--size 224] [--width 1.0] [--repeats 10] [--smoke] [--float64]
 
 Every camjax network builds its convolutions from `camjax.models.layers.Conv`, which runs a 1x1
 kernel as a `dot_general` (`PointwiseAsMatmul` says why). This builds each network twice,
@@ -11,8 +11,9 @@ forward pass, and a training step's gradient (train-mode batch norm, mean cross-
 random labels). It prints milliseconds per call, the ratio stock / camjax (above 1: camjax
 faster) and the largest difference between the two variants' logits and gradients relative
 to the largest value: float32 rounding of two summation orders, which train-mode batch norm on
-a few images amplifies to ~1e-2 in the gradients (each variant lies that far from a float64
-run; RESULTS.md, thirty-first session).
+a few images amplifies to ~1e-2 in the gradients. --float64 says which side that is: each
+variant's gradient against the same network's in float64, and the two float64 variants
+against each other.
 """
 
 import argparse
@@ -77,7 +78,9 @@ def relative_difference(a, b) -> float:
     return max(float(jnp.abs(x - y).max()) for x, y in zip(a, b, strict=True)) / top
 
 
-def measure(name: str, args) -> None:
+def measure(name: str, args) -> tuple[str, list[float]] | None:
+    """Prints the model's two rows; with --float64, returns (name, the gradients' distances:
+    stock float32 and camjax float32 from float64, and float64 camjax from float64 stock)."""
     model = create_model(name, num_classes=args.num_classes, width=args.width)
     rng = np.random.default_rng(0)
     images = jnp.asarray(rng.random((args.batch, args.size, args.size, 3), np.float32))
@@ -112,6 +115,28 @@ def measure(name: str, args) -> None:
             f"| {name} | {program} | {stock_s * 1e3:.1f} | {ours_s * 1e3:.1f} | "
             f"{stock_s / ours_s:.2f}x | {difference:.1e} |"
         )
+    if not args.float64:
+        return None
+    # Each float32 gradient's distance from the same network's in float64, and the two float64
+    # variants' from each other: which side of a difference is rounding.
+    model64 = create_model(name, num_classes=args.num_classes, width=args.width, dtype=jnp.float64)
+    exact = {}
+    for variant in ("stock", "camjax"):
+        with stock_convs() if variant == "stock" else contextlib.nullcontext():
+            gradient = programs(model64)[1]
+            exact[variant] = gradient(
+                jax.tree.map(lambda a: a.astype(jnp.float64), variables),
+                images.astype(jnp.float64),
+                labels,
+            )
+    distances = [
+        relative_difference(
+            compiled[f"gradient {variant}"][0](variables, images, labels), exact["stock"]
+        )
+        for variant in ("stock", "camjax")
+    ]
+    distances.append(relative_difference(exact["camjax"], exact["stock"]))
+    return name, distances
 
 
 def main() -> None:
@@ -125,7 +150,12 @@ def main() -> None:
     parser.add_argument("--num_classes", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--smoke", action="store_true", help="batch 2, 64 px, width 1/16, 1 repeat")
+    parser.add_argument(
+        "--float64", action="store_true", help="also each gradient's distance from float64's"
+    )
     args = parser.parse_args()
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
     if args.smoke:
         args.batch, args.size, args.width, args.num_classes, args.repeats = 2, 64, 0.0625, 10, 1
     print(
@@ -135,8 +165,15 @@ def main() -> None:
     )
     print("| model | program | stock nn.Conv ms | camjax Conv ms | stock / camjax | rel. diff |")
     print("|---|---|---|---|---|---|")
-    for name in args.models:
-        measure(name, args)
+    distances = [measure(name, args) for name in args.models]
+    if args.float64:
+        print(
+            "\n| model | stock float32 from float64 | camjax float32 from float64 | "
+            "float64 camjax from stock |"
+        )
+        print("|---|---|---|---|")
+        for name, (stock, ours, exact) in distances:
+            print(f"| {name} | {stock:.1e} | {ours:.1e} | {exact:.1e} |")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ class PointwiseAsMatmul:
     XLA on CPU runs ResNet50-CAM's eval forward pass 1.14x and its training gradient 1.38x as
     fast as with convolutions, the GoogLeNets' 1.00-1.08x (benchmarks/pointwise_conv.py, batch
     4 at 224). The values differ by float32 rounding (summation order; at that size the
-    forward passes were bit-identical), and agree to 1e-14 in float64. A strided 1x1 reads
-    every s-th pixel. Anything else (padding, input dilation, groups, a layout other than
-    Flax's channels-last) is left to the convolution.
+    forward passes were bit-identical), and agree to 3e-14 in float64 (its --float64). A
+    strided 1x1 reads every s-th pixel. Anything else (padding, input dilation, groups, a
+    layout other than Flax's channels-last) is left to the convolution.
     """
 
     def __call__(self, lhs, rhs, window_strides, padding, lhs_dilation=None, **conv_kwargs):
