@@ -13,9 +13,10 @@ the two heads' min-max-normalised class maps (`'class_maps'`).
 
 Differences from the reference, each for a reason:
 - A constant class map (max == min) normalises to zeros here; the reference divides by zero and
-  gets NaN. Erasing is the same either way (NaN >= threshold is false: nothing is erased); the
-  localization map is 0 instead of NaN there, which the evaluator's own min-max turns into the
-  WSOL protocol's all-zero score map anyway.
+  gets NaN. Erasing is the same either way (NaN >= threshold is false: nothing is erased). The
+  localization map of a class is 0 where either head's map of it is constant, where the
+  reference's max holds that NaN; both evaluators turn such a map into the WSOL protocol's
+  all-zero score map (the reference's `normalize_scoremap`, camjax's constant-map rule).
 - Widths scale with the network's `width` (1024 at width 1), as every camjax head does.
 """
 
@@ -37,6 +38,16 @@ def normalize_class_maps(maps: jax.Array) -> jax.Array:
     """(B, h, w, C) -> float32 (B, h, w, C): each image's map of each class min-max normalised
     over space to [0, 1] (the reference's `normalize_tensor`); a constant map becomes zeros."""
     return minmax_per_map(maps, constant=0.0)
+
+
+def localization_map(maps_a: jax.Array, maps_b: jax.Array) -> jax.Array:
+    """(B, h, w, C) float32: each class's max of both heads' min-max normalised maps, the
+    reference's `torch.max(normalize_tensor(A), normalize_tensor(B))`; 0 where either head's map
+    of the class is constant, which the reference's 0 / 0 makes NaN (the other head's map alone
+    would score an image that the reference scores with an all-zero map)."""
+    constant_a, constant_b = (jnp.ptp(m, axis=(1, 2), keepdims=True) == 0 for m in (maps_a, maps_b))
+    both = jnp.maximum(normalize_class_maps(maps_a), normalize_class_maps(maps_b))
+    return jnp.where(constant_a | constant_b, 0.0, both)
 
 
 def erase_mask(class_maps_a: jax.Array, classes: jax.Array, threshold: float) -> jax.Array:
@@ -91,11 +102,10 @@ def acol_head(
     maps_b = ACoLClassifier(net.num_classes, features, kernel_init, net.dtype, name="head_b")(
         feature_map * mask.astype(feature_map.dtype)
     )
-    class_maps = jnp.maximum(normalize_class_maps(maps_a), normalize_class_maps(maps_b))
     return logits_a, {
         "feature_map": feature_map,
         "pre_logits": global_pool(feature_map),
-        "class_maps": class_maps,
+        "class_maps": localization_map(maps_a, maps_b),
         "class_maps_a": maps_a,
         "class_maps_b": maps_b,
         "logits_b": global_pool(maps_b, net.pooling),

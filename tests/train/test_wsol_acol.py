@@ -14,7 +14,7 @@ from camjax import checkpoint, experiment
 from camjax.data import pipeline
 from camjax.evaluation import run as run_lib
 from camjax.models import ResNet50CAMTiny, VGG16GAPTiny
-from camjax.models.acol import ACoLClassifier, erase_mask
+from camjax.models.acol import ACoLClassifier, erase_mask, localization_map
 from camjax.train import loop, wsol_methods
 from tests.train.test_loop import assert_resume_from_step_ends_equal, tiny_config
 
@@ -69,6 +69,27 @@ def test_erasing_at_threshold_one_takes_each_maps_peak_and_a_constant_map_keeps_
     np.testing.assert_array_equal(mask == 0, own == own.max(axis=(1, 2), keepdims=True))
     flat = np.asarray(erase(jnp.zeros((2, 5, 5, 3)), jnp.array([0, 2]), 0.7))
     np.testing.assert_array_equal(flat, 1.0)
+
+
+def test_a_class_map_constant_in_either_head_localizes_nothing_as_the_reference():
+    """The reference's max of both normalised maps is NaN for a class whose map is constant in
+    either head (normalize_tensor's 0 / 0; torch.max keeps a NaN), and its evaluation scores a
+    NaN map as all zeros: camjax's map is 0 there, not the other head's map, and elsewhere the
+    max of both."""
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3, 5, 5, 4)).astype(np.float32)
+    a[0, :, :, 1] = 2.0  # image 0: head A's map of class 1 is constant (a dead head)
+    b[1, :, :, 2] = 0.0  # image 1: head B's of class 2
+    a[2, :, :, 3] = b[2, :, :, 3] = -1.0  # image 2: both heads' of class 3
+    ours = np.asarray(jax.jit(localization_map)(a, b))
+    with np.errstate(invalid="ignore"):
+        both = np.maximum(minmax(a.transpose(0, 3, 1, 2)), minmax(b.transpose(0, 3, 1, 2)))
+    reference = both.transpose(0, 2, 3, 1)
+    nan = np.isnan(reference)
+    assert nan[0, ..., 1].all() and nan[1, ..., 2].all() and nan[2, ..., 3].all()
+    assert nan.sum() == 3 * 25
+    np.testing.assert_array_equal(ours[nan], 0.0)
+    np.testing.assert_allclose(ours[~nan], reference[~nan], atol=1e-6)
 
 
 def test_without_labels_head_a_top1_class_is_erased(vgg_acol):
