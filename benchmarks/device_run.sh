@@ -7,7 +7,8 @@
 # longer fits in the budget is skipped and named at the end, for a later call or session:
 # `bash benchmarks/device_run.sh STEP...`. The default group `core` measures issue 3's WSOL
 # evaluation, issue 4's input rate and VGG16-GAP's table; `more` (GoogLeNet-GAP, the largest
-# batches, the XLA grouped conv, 1x1 convolutions as matrix products) needs a second session.
+# batches, 1x1 convolutions as matrix products, peer parity at full size, the XLA grouped conv)
+# needs a second session.
 # Output goes to stdout and to $OUT/device_run.log. Before the first call, here: `bash benchmarks/device_wheels.sh`; each
 # call carries `.whl`:
 #
@@ -38,9 +39,9 @@ fi
 PY=${PY:-python3}
 
 # What to run: step names, or the groups `core` (the default: issues 3 and 4, VGG16-GAP's
-# table) and `more` (GoogLeNet-GAP's table, the largest batches, the XLA grouped conv, 1x1
-# convolutions as products), which with measured compile times does not fit the same session's
-# 15 device minutes.
+# table) and `more` (GoogLeNet-GAP's table, the largest batches, 1x1 convolutions as products,
+# peer parity, the XLA grouped conv), which with measured compile times does not fit the same
+# session's 15 device minutes.
 wanted=" ${*:-core} "
 skipped=()
 STEP_PID=/tmp/device_run_step.pid
@@ -138,6 +139,13 @@ done
 step more pointwise_conv 240 \
   "$PY $B/pointwise_conv.py --batch 64 --repeats 10" \
   "$PY $B/pointwise_conv.py --smoke"
+# Thirty-second session: camjax's maps against both peers' at full size on the card, in float32
+# (the step's exit status: 1 over the parity tests' tolerance) and, for the record, at each
+# library's default precision (TF32 convolutions).
+PARITY="$PY $B/peer_parity.py --batch 4 --methods cam grad_cam grad_cam_pp xgrad_cam hires_cam layer_cam score_cam"
+step more peer_parity 240 \
+  "$PARITY --model resnet50_cam && $PARITY --model vgg16_gap; status=\$?; $PARITY --model resnet50_cam --precision default; exit \$status" \
+  "$PY $B/peer_parity.py --smoke --methods grad_cam score_cam"
 step more grouped_xla 120 \
   "$PY $B/cam_throughput.py --model vgg16_gap --batch 256 --dtype bfloat16 --iters 10 --grouped_conv_impl xla --no-torch; $PY $B/train_step.py --model vgg16_gap --batch 128 --dtype bfloat16 --iters 10 --grouped_conv_impl xla --no-torch" \
   "$PY $B/cam_throughput.py --model vgg16_gap --batch 2 $TOY --grouped_conv_impl xla --no-torch"

@@ -1,14 +1,15 @@
 """Every camjax explainer method against TorchCAM and pytorch-grad-cam: images/s (issue 13).
 
-    python benchmarks/explain_throughput.py [--model vgg16_gap|googlenet_gap|resnet50_cam]
+    python benchmarks/explain_throughput.py [--model vgg16_gap|googlenet_gap|resnet50_cam|...]
         [--batch 8] [--size 224] [--width 1.0] [--groups 2] [--num_classes 1000] [--repeats 3]
         [--methods grad_cam ...] [--chunk_size N] [--smoke]
 
 One process, one machine, one architecture: camjax's network and its PyTorch twin
 (benchmarks/torch_models.py) with camjax's random weights copied in, on the same random batch.
-ResNet50-CAM (batch norm) goes the other way: its twin in torchvision's layout
-(tests/models/test_torch_import.py, needs pytest) draws the weights, batch-norm statistics of a
-calibration batch, and camjax's converter imports them, as the parity tests do.
+The batch-norm networks (ResNet50-CAM, GoogLeNet-GAP-BN) go the other way: their twins in
+torchvision's layout (tests/models/test_torch_import.py, needs pytest) draw the weights,
+batch-norm statistics of a calibration batch, and camjax's converter imports them, as the
+parity tests do (`camjax_and_twin`).
 Every call explains the batch's top-1 classes at the network's feature map (the GAP's input)
 and returns min-max normalised maps at the input resolution:
 
@@ -132,7 +133,7 @@ def _positive_int(text: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vgg16_gap", choices=(*MODELS, "resnet50_cam"))
+    parser.add_argument("--model", default="vgg16_gap", choices=(*MODELS, *IMPORTED_TWINS))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--width", type=float, default=1.0)
@@ -156,24 +157,14 @@ def main() -> None:
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
     import torch
-    from torch_models import TORCH_MODELS, LogitsOnly, load_camjax_variables
 
     torchcam, gradcam = import_peers()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rng = np.random.default_rng(0)
     images = rng.standard_normal((args.batch, args.size, args.size, 3)).astype(np.float32)
     x = jnp.asarray(images)
-    if args.model == "resnet50_cam":
-        model, variables, twin = resnet50_cam_pair(args)
-    else:
-        model = create_model(
-            args.model, num_classes=args.num_classes, width=args.width, groups=args.groups
-        )
-        variables = jax.jit(lambda k: model.init(k, x[:1], train=False))(jax.random.key(0))
-        twin = load_camjax_variables(
-            TORCH_MODELS[args.model](args.width, args.num_classes, args.groups), variables
-        )
-    twin = LogitsOnly(twin).to(device).eval()
+    model, variables, twin = camjax_and_twin(args)
+    twin = twin.to(device)
     tx = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
 
     versions = {
@@ -226,33 +217,70 @@ def main() -> None:
         print(f"| {method} | {' | '.join(cells)} | {ratio} | {goal} | {first:.1f} |", flush=True)
 
 
-def resnet50_cam_pair(args):
-    """(camjax's ResNet50-CAM, its variables, the twin returning (logits, feature_map)): the
-    twin (torchvision's layout, layer4 at stride 1) draws the weights and calibrates its batch
-    statistics on a random batch; camjax's converter imports them, head included."""
+def camjax_and_twin(args):
+    """(camjax's `args.model`, its variables, the PyTorch twin in eval mode returning the logits,
+    its feature map at `net.feature_map` and its classifier at `net.head`), at args.width and
+    args.num_classes. The GAP networks' twins (benchmarks/torch_models.py) take camjax's
+    initial weights; the batch-norm networks' (torchvision's layout, tests/models/
+    test_torch_import.py, needs pytest) draw theirs, batch-norm statistics of a random
+    calibration batch at args.size, and camjax's converter imports them."""
+    from torch_models import TORCH_MODELS, LogitsOnly, load_camjax_variables
+
+    if args.model in IMPORTED_TWINS:
+        model, variables, twin = _imported_batch_norm_twin(args)
+    else:
+        model = create_model(
+            args.model, num_classes=args.num_classes, width=args.width, groups=args.groups
+        )
+        sample = jnp.zeros((1, args.size, args.size, 3))
+        variables = jax.jit(lambda k: model.init(k, sample, train=False))(jax.random.key(0))
+        twin = load_camjax_variables(
+            TORCH_MODELS[args.model](args.width, args.num_classes, args.groups), variables
+        )
+    return model, variables, LogitsOnly(twin).eval()
+
+
+IMPORTED_TWINS = ("resnet50_cam", "googlenet_gap_bn")
+
+
+def _imported_batch_norm_twin(args):
+    """camjax_and_twin of IMPORTED_TWINS: ResNet50-CAM's twin has layer4 at stride 1 (as
+    wsolevaluation's); GoogLeNet-GAP-BN's trunk is torchvision's and its CAM_conv and head,
+    camjax's own layers, are copied."""
     import torch
 
     from camjax.models import torch_import
-    from tests.models.test_torch_import import TorchResNet50, calibrated_state_dict
+    from tests.models import test_torch_import as torch_twins
 
     class Twin(torch.nn.Module):
-        """The feature map and the head under the GAP twins' names (`feature_map`, `head`)."""
+        """The feature map and the head under the GAP twins' names (`feature_map`, `head`),
+        returning (logits, feature_map) as they do."""
 
-        def __init__(self, resnet):
+        def __init__(self, net, features):
             super().__init__()
             # `head` alone holds fc: torch names a module shared by two parents only once.
-            self.feature_map, self.head, resnet.fc = torch.nn.Identity(), resnet.fc, None
-            self.resnet = resnet
+            self.feature_map, self.head, net.fc = torch.nn.Identity(), net.fc, None
+            self.body, self._features = net, features
 
         def forward(self, x):
-            feature_map = self.feature_map(self.resnet.features(x))
+            feature_map = self.feature_map(self._features(x))
             return self.head(feature_map.mean((2, 3))), feature_map
 
-    model = create_model("resnet50_cam", num_classes=args.num_classes, width=args.width)
-    resnet = TorchResNet50(args.width, strides=(1, 2, 2, 1), num_classes=args.num_classes)
-    weights = calibrated_state_dict(resnet, args.size)
-    variables = torch_import.convert_state_dict(weights, model, include_head=True)
-    return model, jax.tree.map(jnp.asarray, variables), Twin(resnet)
+    groups = {} if args.model == "resnet50_cam" else {"groups": args.groups}
+    model = create_model(args.model, num_classes=args.num_classes, width=args.width, **groups)
+    if args.model == "resnet50_cam":
+        net = torch_twins.TorchResNet50(args.width, (1, 2, 2, 1), args.num_classes)
+        weights = torch_twins.calibrated_state_dict(net, args.size)
+        variables = torch_import.convert_state_dict(weights, model, include_head=True)
+        twin = Twin(net, net.features)
+    else:
+        net = torch_twins.TorchGoogLeNetGAPBN(args.width, args.num_classes, args.groups)
+        weights = torch_twins.calibrated_state_dict(net, args.size)
+        trunk = {k.removeprefix("trunk."): v for k, v in weights.items() if k.startswith("trunk.")}
+        variables = torch_import.convert_state_dict(trunk, model)
+        variables = torch_twins.copy_cam_head(variables, net)
+        twin = Twin(net, lambda x: net.feature_map(net.cam_conv(net.features(x))))
+    return model, jax.tree.map(jnp.asarray, variables), twin
 
 
 def _version(dist: str) -> str:

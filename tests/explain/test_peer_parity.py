@@ -82,10 +82,9 @@ from camjax.explain.perturbation import ss_cam_noise  # noqa: E402
 from camjax.explain.probe import Probe, model_logits  # noqa: E402
 from camjax.explain.targets import Target  # noqa: E402
 from camjax.models import create_model, torch_import  # noqa: E402
-from camjax.models.layers import scaled_width  # noqa: E402
 from camjax.resize import resize_maps  # noqa: E402
 from tests.models.test_torch_import import (  # noqa: E402
-    TorchGoogLeNet,
+    TorchGoogLeNetGAPBN,
     TorchResNet50,
     calibrated_state_dict,
     copy_cam_head,
@@ -195,26 +194,6 @@ def network(name: str):
 NETWORKS = ("cnn", "vgg16_gap")
 
 
-class TorchGoogLeNetGAPBN(tnn.Module):
-    """camjax's GoogLeNetGAPBN (transform_input off) in PyTorch: torchvision's trunk through
-    inception4e (tests/models' twin, at camjax's width), CAM_conv with groups, a ReLU module at
-    the feature map (where the peers hook), GAP, and the linear head as `fc`."""
-
-    def __init__(self, width: float, num_classes: int, groups: int = 2):
-        super().__init__()
-        self.trunk = TorchGoogLeNet(width)
-        features = scaled_width(1024, width, groups)
-        self.cam_conv = tnn.Conv2d(self.trunk.out_channels, features, 3, padding=1, groups=groups)
-        self.feature_map = tnn.ReLU()
-        self.fc = tnn.Linear(features, num_classes)
-
-    def features(self, x):  # what `randomize` calibrates the batch statistics on
-        return self.trunk.features(x, transform_input=False)
-
-    def forward(self, x):
-        return self.fc(self.feature_map(self.cam_conv(self.features(x))).mean((2, 3)))
-
-
 # The batch-norm networks, at width 1/16 and 128 px (8 x 8 maps): (camjax model, torch twin,
 # inner layer). Their weights are drawn on the twin (batch-norm statistics of a calibration
 # batch) and imported by camjax's own converter.
@@ -298,29 +277,41 @@ def gradcam_post(layer_maps: list[np.ndarray], size: tuple[int, int]) -> np.ndar
 
 
 def run_torchcam(cls, net, layers, setup=None, normalized=False, **kwargs) -> list[np.ndarray]:
-    """TorchCAM maps, one (B, h, w) per layer, at the layers' resolution: its raw maps (after
-    its ReLU), or min-max normalised if `normalized`; setup(extractor) runs first (e.g. to
-    feed it noise)."""
+    """torchcam_maps of network(net)'s twin, input and CLASSES at camjax's `layers`."""
     *_, twin, x, _, _ = network(net)
-    layers = peer_layers(net, layers)
+    return torchcam_maps(
+        cls, twin, x, peer_layers(net, layers), CLASSES, setup, normalized, **kwargs
+    )
+
+
+def torchcam_maps(cls, twin, x, layers, classes, setup=None, normalized=False, **kwargs):
+    """TorchCAM maps of `classes` on `twin` at its modules `layers`, one (B, h, w) numpy array
+    per layer, at the layers' resolution: its raw maps (after its ReLU), or min-max normalised
+    if `normalized`; setup(extractor) runs first (e.g. to feed it noise). Also its tensors."""
     extractor = cls(twin, target_layer=layers, input_shape=tuple(x.shape[1:]), **kwargs)
     if setup is not None:
         setup(extractor)
     with extractor:
         scores = twin(x)
         scores = scores if extractor._score_used else None  # the score family reruns the net
-        maps = extractor(class_idx=CLASSES.tolist(), scores=scores, normalized=normalized)
-    return [m.detach().numpy() for m in maps], maps
+        classes = np.asarray(classes).tolist()
+        maps = extractor(class_idx=classes, scores=scores, normalized=normalized)
+    return [m.detach().cpu().numpy() for m in maps], maps
 
 
 def run_gradcam(cls, net, layers) -> np.ndarray:
-    """grad-cam's (B, H, W) maps of CLASSES at the input resolution."""
+    """gradcam_maps of network(net)'s twin, input and CLASSES at camjax's `layers`."""
     *_, twin, x, _, _ = network(net)
-    layers = peer_layers(net, layers)
+    return gradcam_maps(cls, twin, x, peer_layers(net, layers), CLASSES)
+
+
+def gradcam_maps(cls, twin, x, layers, classes) -> np.ndarray:
+    """grad-cam's (B, H, W) maps of `classes` on `twin` at its modules `layers`, at the input
+    resolution."""
     modules = dict(twin.named_modules())
     with cls(twin, [modules[name] for name in layers]) as cam:
         target = grad_cam_peer("utils.model_targets").ClassifierOutputTarget
-        return cam(x, [target(int(c)) for c in CLASSES])
+        return cam(x, [target(int(c)) for c in classes])
 
 
 def assert_raw_and_normalised(ours, theirs, tol=TOL):

@@ -105,7 +105,7 @@ GOOGLENET_INCEPTIONS = {
 class TorchGoogLeNet(tnn.Module):
     """torchvision's googlenet with aux heads (its ImageNet file has their keys too). At a
     `width` below 1, camjax's scaled channel counts (`scaled_width`) and no aux heads: the
-    trunk of tests/explain's GoogLeNet-GAP-BN twin."""
+    trunk of TorchGoogLeNetGAPBN."""
 
     def __init__(self, width=1.0):
         super().__init__()
@@ -139,6 +139,26 @@ class TorchGoogLeNet(tnn.Module):
         for name in ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e"):
             x = getattr(self, name)(x)
         return x
+
+
+class TorchGoogLeNetGAPBN(tnn.Module):
+    """camjax's GoogLeNetGAPBN (transform_input off) in PyTorch: torchvision's trunk through
+    inception4e (TorchGoogLeNet, at camjax's width), CAM_conv with groups, a ReLU module at
+    the feature map (where the peers hook), GAP, and the linear head as `fc`."""
+
+    def __init__(self, width: float, num_classes: int, groups: int = 2):
+        super().__init__()
+        self.trunk = TorchGoogLeNet(width)
+        features = scaled_width(1024, width, groups)
+        self.cam_conv = tnn.Conv2d(self.trunk.out_channels, features, 3, padding=1, groups=groups)
+        self.feature_map = tnn.ReLU()
+        self.fc = tnn.Linear(features, num_classes)
+
+    def features(self, x):  # what `randomize` calibrates the batch statistics on
+        return self.trunk.features(x, transform_input=False)
+
+    def forward(self, x):
+        return self.fc(self.feature_map(self.cam_conv(self.features(x))).mean((2, 3)))
 
 
 class TorchBottleneck(tnn.Module):
@@ -207,7 +227,8 @@ class TorchCamHead(tnn.Module):
 
 
 def randomize(module: tnn.Module, calibration: torch.Tensor | None, seed: int) -> tnn.Module:
-    """He-normal convs, batch-norm running stats of a calibration batch, random BN affine.
+    """He-normal convs, batch-norm running stats of a calibration batch, random BN affine,
+    linear layers drawn again (torch's default init): every weight from `seed`.
 
     Running stats measured on data keep every layer's activations O(1) in eval mode, so the
     comparison exercises the whole network rather than a saturated or constant one.
@@ -218,6 +239,8 @@ def randomize(module: tnn.Module, calibration: torch.Tensor | None, seed: int) -
             tnn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             if m.bias is not None:
                 tnn.init.normal_(m.bias, std=0.1)
+        elif isinstance(m, tnn.Linear):  # drawn at construction from torch's unseeded state
+            m.reset_parameters()
         elif isinstance(m, tnn.BatchNorm2d):
             m.momentum = None  # cumulative average: one batch sets the running stats
     if calibration is not None:
