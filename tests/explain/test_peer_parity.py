@@ -666,6 +666,64 @@ def test_ablation_cam_matches_grad_cam(net):
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
 
 
+def official_bag_cams(net: str, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """BagCAMs of CLASSES as the official code computes them (zh460045050/BagCAMs,
+    libs/cams/basic.py and bagcams.py), on network(net)'s twin: a backward hook on every module
+    keeps the layer's output gradient and makes every ReLU module guided (its input gradient
+    ReLU'd); log(logits) is differentiated with a one-hot gradient (1 / y_c, a negative logit
+    included); P = G F, t = mean_xy(P) + 1, M = sum_k ReLU(t P); then bilinear upsampling
+    (align_corners False) to the input and (M - min) / max(M - min). (raw (B, h, w), normalised
+    (B, H, W))."""
+    *_, twin, x, _, _ = network(net)
+    kept = {}
+
+    def keep_features(module, inputs, output):
+        kept["features"] = output.detach()
+
+    def keep_gradient_and_guide(module, grad_in, grad_out):
+        if module is target:
+            kept["gradient"] = grad_out[0].detach()
+        if isinstance(module, tnn.ReLU):
+            return (F.relu(grad_in[0]),)
+
+    target = dict(twin.named_modules())[peer_layers(net, [layer])[0]]
+    hooks = [target.register_forward_hook(keep_features)]
+    hooks += [m.register_full_backward_hook(keep_gradient_and_guide) for m in twin.modules()]
+    try:
+        logits = twin(x.clone().requires_grad_(True))
+        one_hot = F.one_hot(torch.from_numpy(CLASSES), logits.shape[1]).float()
+        logits.log().backward(gradient=one_hot)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    p = kept["gradient"] * kept["features"]
+    t = p.mean(dim=(2, 3), keepdim=True) + 1
+    raw = torch.relu(t * p).sum(dim=1, keepdim=True)
+    up = F.interpolate(raw, x.shape[2:], mode="bilinear", align_corners=False).flatten(1)
+    up = up - up.min(dim=1, keepdim=True).values
+    up = up / up.max(dim=1, keepdim=True).values
+    return raw[:, 0].numpy(), up.reshape(-1, *x.shape[2:]).numpy()
+
+
+@pytest.mark.parametrize("layer", ["relu2", "relu3"])
+def test_bag_cams_match_the_official_code(layer):
+    """BagCAMs (no peer library has it) against a transcription of the official code on the
+    CNN's twin, at a layer with a ReLU downstream (relu2: the guided backward matters) and at
+    the GAP's input: raw maps, and camjax's pipeline with the official upsampling
+    (`resize='bilinear'`). Some of CLASSES' logits are negative (log's gradient 1 / y_c)."""
+    _, variables, images, *_ = network("cnn")
+    theirs_raw, theirs = official_bag_cams("cnn", layer)
+    raw = camjax_raw("cnn", "bag_cams", (layer,))
+    peak = np.abs(theirs_raw).max()
+    assert_maps(raw / peak, theirs_raw / peak)
+    model = network("cnn")[0]
+    ours = explain.explainer(model, variables, "bag_cams", layer=layer, resize="bilinear")
+    assert_maps(ours(images, targets=CLASSES).cams[:, 0], theirs, PIPELINE_TOL)
+    if layer == "relu2":
+        plain = camjax_raw("cnn", "bag_cams", (layer,), guided=False)
+        assert np.abs(plain - theirs_raw).max() / peak > 100 * TOL
+
+
 @pytest.mark.parametrize("net", NETWORKS)
 def test_torchcams_classification_metric_end_to_end(net):
     """TorchCAM's ClassificationMetric with its own Grad-CAM extractor, as a user runs it:
