@@ -163,11 +163,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Faithfulness of the method's maps on the test split (camjax/evaluation/faithfulness.py):
     # Average Drop and Increase in Confidence, RISE Deletion/Insertion AUC, pointing game.
     ev.faithfulness = faith = ml_collections.ConfigDict()
-    faith.enabled = False  # deletion/insertion run (image_size / step + 1) x 2 forward passes
+    faith.enabled = False  # deletion/insertion: (ceil(image_size^2 / step) + 1) x 2 forwards
     faith.target = "predicted"  # the class explained: "predicted" (top-1, as RISE) or "label"
     faith.variant = "paper"  # Average Drop: "paper" (percent), "torchcam", "grad_cam" (fractions)
     faith.score = "softmax"  # the probability; "logit" as the peers (variant torchcam, grad_cam)
-    faith.step = 0  # pixels per deletion/insertion step; 0 = the image width (RISE: 224 at 224)
+    faith.step = 0  # pixels per deletion/insertion step; 0 = the image width (RISE's demo: 224)
     faith.chunk = 8  # curve points per scanned forward pass (memory: 2 x chunk x batch images)
     faith.resize = "bilinear"  # map upsampling (TorchCAM's, and OpenCV INTER_LINEAR = grad-cam's)
     faith.tolerance = 15.0  # pointing game, pixels of the evaluated image (TorchRay's 15)

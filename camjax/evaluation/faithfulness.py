@@ -27,8 +27,9 @@ Definitions (camjax's defaults first; the peers' variants are options):
   `gkern(11, 5)`: per-channel Gaussian, sigma 5, 11 x 11, zero padding). The score is the
   class's softmax probability, as in RISE (`score='logit'`: its logit, whose AUC has no bound).
   AUC: the trapezoid rule over the fraction of changed pixels, in [0, 1] for probabilities; it
-  equals RISE's `auc` (uniform grid) when step divides P (RISE's step = W), and
-  TorchCAM's `torch.trapezoid(curve, fractions)` always.
+  equals RISE's `auc` (uniform grid) when step divides P (the image width does: the step of
+  RISE's single-image demo, 224 at 224; its batch evaluation uses 8 x 224), and TorchCAM's
+  `torch.trapezoid(curve, fractions)` always.
 * The pointing game (`camjax.evaluation.pointing`), summed and reported with these.
 
 The maps are an input: the same metric on differently made maps gives different numbers. The
@@ -230,9 +231,9 @@ def curve_auc(curves: jax.Array, num_pixels: int, step: int) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class FaithfulnessSettings:
-    """What to compute. step: pixels per deletion/insertion step (0: the image width, RISE's
-    224 at 224 x 224); chunk: curve points per scan iteration; variant, score: Average Drop's
-    definition (module doc); tolerance: the pointing game's, pixels."""
+    """What to compute. step: pixels per deletion/insertion step (0: the image width, as RISE's
+    single-image demo's 224 at 224 x 224); chunk: curve points per scan iteration; variant,
+    score: Average Drop's definition (module doc); tolerance: the pointing game's, pixels."""
 
     step: int = 0
     chunk: int = 8
