@@ -6,13 +6,14 @@ return. Where the numbers come from:
 
 * wsolevaluation `config.py` defaults and `main.py`: resize 256x256, random crop 224,
   horizontal flip (its train transform), evaluation at 224x224, SGD momentum 0.9 with
-  Nesterov, the classifier at `lr_classifier_ratio` 10x the backbone's rate (VGG16: CAM_conv
-  and head; ResNet50: layer4 and head), step decay x0.1 every `lr_decay_frequency` epochs,
-  CAM thresholds every 0.001, IoU 30/50/70 for MaxBoxAccV2; the linear classifier starts from
-  N(0, 0.01) (`wsol/util.py initialize_weights`), not Flax's LeCun normal.
-* Known differences from the reference solver: its first decay comes one epoch earlier (it
-  decays when (epoch + 1) % frequency == 0, before the epoch); camjax does not decay biases
-  (torch decays every parameter); and its `eval_checkpoint_type` may pick the best
+  Nesterov, weight decay on every parameter (torch's SGD; biases and batch-norm parameters
+  included: `optim.decay_biases`), the classifier at `lr_classifier_ratio` 10x the backbone's
+  rate (VGG16: CAM_conv and head; ResNet50: layer4 and head), the rate x0.1 as its loop
+  decays it (`adjust_learning_rate(epoch + 1)` before each 0-based epoch, so after epochs
+  frequency - 1, 2 frequency - 1, ...: `decay_epochs`), CAM thresholds every 0.001, IoU
+  30/50/70 for MaxBoxAccV2; the linear classifier starts from N(0, 0.01) (`wsol/util.py
+  initialize_weights`), not Flax's LeCun normal.
+* Known difference from the reference: its `eval_checkpoint_type` may pick the best
   checkpoint on validation, where camjax evaluates the last one.
 * wsolevaluation README (its example command, CUB + VGG16 + CAM): batch 32, 50 epochs,
   decay every 15 epochs, weight decay 5e-4, lr 1.268269e-5 (found by their random search),
@@ -90,6 +91,14 @@ NEW_LAYERS = {
     ("resnet50", "spg"): ("layer4",),
     ("resnet50", "bridging"): ("head",),
 }
+
+
+def decay_epochs(epochs: int, frequency: int) -> tuple[int, ...]:
+    """The epochs after which wsolevaluation's main.py has decayed the rate: it calls
+    `adjust_learning_rate(epoch + 1)` before each 0-based epoch, which decays when
+    (epoch + 1) % frequency == 0, so the 0-based epochs frequency - 1, 2 frequency - 1, ...
+    train at the decayed rate (CUB: after epochs 14, 29 and 44 of 50)."""
+    return tuple(range(frequency - 1, epochs, frequency))
 
 
 def set_method_defaults(method: ml_collections.ConfigDict, dataset: str, architecture: str):
@@ -183,9 +192,11 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
     optim.learning_rate = LEARNING_RATES[dataset, architecture]
     optim.momentum = 0.9
     optim.weight_decay = WEIGHT_DECAY[architecture]
+    optim.decay_biases = True  # torch's SGD decays every parameter
     optim.schedule = "step"
     optim.warmup_steps = 0
-    optim.decay_steps = decay_every * steps_per_epoch
+    optim.decay_steps = 0
+    optim.decay_at = tuple(e * steps_per_epoch for e in decay_epochs(epochs, decay_every))
     optim.decay_factor = 0.1
     optim.new_layer_lr_mult = 10.0
     optim.bias_lr_mult = 1.0
@@ -221,8 +232,7 @@ def recipe(dataset: str, architecture: str, variant: str = "") -> ml_collections
         train.num_steps = 2
         train.log_every_steps = 1
         train.checkpoint_every_steps = 2
-        optim.decay_steps = 1
-        optim.decay_at = optim.decay_at and (1,)
+        optim.decay_at = (1,)
         ev.batch_size = 8
         ev.threshold_grid_step = 0.1
         ev.num_gallery = 1

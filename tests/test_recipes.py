@@ -53,8 +53,9 @@ def test_recipe_trains_and_evaluates_on_prepared_archives(module, data_dir, tmp_
     # The tiny variant keeps the recipe's data, splits, solver and protocol.
     for key in ("name", "max_boxes"):
         assert config.data[key] == full.data[key]
-    for key in ("name", "momentum", "weight_decay", "schedule", "new_layer_lr_mult"):
+    for key in ("name", "momentum", "weight_decay", "decay_biases", "schedule"):
         assert config.optim[key] == full.optim[key]
+    assert config.optim.new_layer_lr_mult == full.optim.new_layer_lr_mult
     assert full.data.image_size == 224 and full.data.resize_size == 256
     assert full.train.num_steps > 1000 and full.eval.wsol.eval_size == 224
     assert full.optim.nesterov
@@ -146,6 +147,24 @@ def test_googlenet_gap_paper_config_traces_a_full_size_step(variant):
 RECIPES = [cam_vgg16_cub, cam_resnet50_cub, cam_vgg16_ilsvrc, cam_resnet50_ilsvrc]
 
 
+@pytest.mark.parametrize("module", RECIPES)
+def test_each_epochs_learning_rate_is_the_one_wsolevaluations_loop_sets(module):
+    """wsolevaluation's main.py calls `adjust_learning_rate(epoch + 1)` before each 0-based
+    epoch, which multiplies the rate by 0.1 when (epoch + 1) % lr_decay_frequency == 0 (CUB:
+    50 epochs, every 15; ILSVRC: 10, every 3). Every step of an epoch trains at that rate."""
+    config = module.get_config()
+    epochs, frequency = wsol_recipe.EPOCHS[module.__name__.rsplit("_", 1)[1]]  # cub, ilsvrc
+    steps_per_epoch = config.train.num_steps // epochs
+    schedule = optim.learning_rate_schedule(config.optim, config.train.num_steps)
+    rate = config.optim.learning_rate
+    for epoch in range(epochs):
+        if (epoch + 1) % frequency == 0:
+            rate *= 0.1
+        first, last = epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1
+        for step in (first, last):
+            assert float(schedule(step)) == pytest.approx(rate, rel=1e-6), (epoch, step)
+
+
 @pytest.mark.parametrize("method", wsol_recipe.METHODS)
 @pytest.mark.parametrize("module", RECIPES)
 def test_recipe_takes_every_method_with_its_reference_solver(module, method):
@@ -176,9 +195,10 @@ def test_recipe_takes_every_method_with_its_reference_solver(module, method):
         assert config.optim.decay_at == (40 * epoch, 60 * epoch)
         assert config.optim.decay_factor == 0.2
     else:  # every other method trains with the CAM recipe's solver
-        for key in ("learning_rate", "weight_decay", "decay_steps", "new_layer_lr_mult"):
+        for key in ("learning_rate", "weight_decay", "decay_at", "new_layer_lr_mult"):
             assert config.optim[key] == cam.optim[key]
         assert config.train.num_steps == cam.train.num_steps
+    assert config.optim.decay_biases  # the reference solvers' torch SGD decays every parameter
     assert config.method.bridging_sim_fg_threshold == (0.4 if resnet else 0.6)
     with pytest.raises(ValueError, match="a method or <method>_tiny"):
         module.get_config(f"{method}x")
@@ -206,7 +226,7 @@ def test_pod_config_scales_a_recipe_by_the_linear_rule():
     assert config.optim.learning_rate == pytest.approx(base.optim.learning_rate * scale)
     # Epochs are the recipe's: steps and decay steps shrink by the batch factor.
     assert config.train.num_steps == round(base.train.num_steps / scale)
-    assert config.optim.decay_steps == round(base.optim.decay_steps / scale)
+    assert config.optim.decay_at == tuple(round(s / scale) for s in base.optim.decay_at)
     assert config.optim.warmup_steps == config.train.num_steps // 20 > 0
     assert config.model.dtype == "bfloat16" and config.data.num_threads == 16
     assert config.data.num_workers == 16
@@ -215,7 +235,8 @@ def test_pod_config_scales_a_recipe_by_the_linear_rule():
     paper = pod.get_config("vgg16_gap_imagenet,1024")
     assert paper.train.eval_every_steps == round(10_000 / 16)  # evaluation keeps its epochs
     cub = pod.get_config("cam_vgg16_cub,256")
-    assert cub.optim.decay_steps == round(cam_vgg16_cub.get_config().optim.decay_steps / 8)
+    cub_decays = cam_vgg16_cub.get_config().optim.decay_at
+    assert cub.optim.decay_at == tuple(round(s / 8) for s in cub_decays)
     bridging = pod.get_config("cam_vgg16_cub:bridging,256")  # the method variant passes through
     base = cam_vgg16_cub.get_config("bridging")
     assert bridging.method.name == "bridging"

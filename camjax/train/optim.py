@@ -65,7 +65,9 @@ def create_optimizer(
 ) -> optax.GradientTransformation:
     """cfg: config.optim -> the optimizer over a camjax model's params.
 
-    Weight decay applies to kernels only (biases are not decayed, as the Caffe CAM models set).
+    Weight decay applies to kernels only (biases are not decayed, as the Caffe CAM models set),
+    or with `decay_biases` to every parameter, as torch's SGD and AdamW decay them (the WSOL
+    recipes: wsolevaluation's solver).
     """
     schedule = learning_rate_schedule(cfg, num_steps)
     mults = {
@@ -86,9 +88,12 @@ def create_optimizer(
             return optax.adamw(lr, b1=cfg.momentum, weight_decay=decay)
         raise ValueError(f"config.optim.name must be 'sgd' or 'adamw'; got {cfg.name!r}.")
 
+    decay_biases = cfg.get("decay_biases", False)  # configs saved before the field lack it
     tx = optax.multi_transform(
         {
-            name: group(mult, 0.0 if name.endswith("bias") else cfg.weight_decay)
+            name: group(
+                mult, 0.0 if name.endswith("bias") and not decay_biases else cfg.weight_decay
+            )
             for name, mult in mults.items()
         },
         lambda params: _checked_groups(params, cfg),

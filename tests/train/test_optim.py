@@ -85,6 +85,7 @@ def optim_config(**fields):
         momentum=0.0,
         nesterov=False,
         weight_decay=0.0,
+        decay_biases=False,
         schedule="constant",
         warmup_steps=0,
         decay_steps=0,
@@ -206,6 +207,36 @@ def test_sgd_decays_kernels_only_with_momentum_and_nesterov_as_worked_by_hand(ne
             t = d + m * t
             p = p - lr * mult * (d + m * t if nesterov else t)
         np.testing.assert_allclose(leaves(got)[i], p, rtol=1e-5, err_msg=str(LEAVES[i]))
+
+
+def test_decay_biases_is_torch_sgd_as_wsolevaluation_builds_it():
+    """The WSOL recipes' solver against torch.optim.SGD itself: momentum 0.9, Nesterov, weight
+    decay on every parameter (`decay_biases`), the new layers in a second group at 10x the
+    rate, and the rate x0.1 after step 2 (the reference multiplies each group's lr)."""
+    torch = pytest.importorskip("torch")
+    lr, m, wd, steps = 0.1, 0.9, 0.05, 4
+    config = optim_config(
+        learning_rate=lr, momentum=m, nesterov=True, weight_decay=wd, decay_biases=True,
+        new_layer_lr_mult=10.0, schedule="step", decay_at=(2,),
+    )  # fmt: skip
+    rng = np.random.default_rng(3)
+    params, grads = random_tree(rng), [random_tree(rng) for _ in range(steps)]
+    got = run_steps(config, params, grads)
+
+    tensors = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in leaves(params)]
+    sgd = torch.optim.SGD(
+        [{"params": tensors[:2], "lr": lr}, {"params": tensors[2:], "lr": 10 * lr}],
+        momentum=m, weight_decay=wd, nesterov=True,
+    )  # fmt: skip
+    for step, g in enumerate(grads):
+        if step == 2:
+            for group in sgd.param_groups:
+                group["lr"] *= 0.1
+        for tensor, value in zip(tensors, leaves(g), strict=True):
+            tensor.grad = torch.tensor(value, dtype=torch.float64)
+        sgd.step()
+    for i, tensor in enumerate(tensors):
+        np.testing.assert_allclose(leaves(got)[i], tensor.detach().numpy(), rtol=1e-5)
 
 
 def test_adamw_decays_kernels_only_with_b1_from_momentum_as_worked_by_hand():
