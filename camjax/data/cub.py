@@ -20,8 +20,10 @@ set of a dataset; `prepare` picks `masks` when the segmentation archive is there
 Examples (splits `train`, 5,994 images, and `test`, 5,794, from `train_test_split.txt`; each
 in `images.txt` order):
 
-* `image`: the original JPEG bytes, not re-encoded; decoded on read to (H, W, 3) uint8
-  (tfds repeats greyscale to 3 channels; OpenCV, a camjax dependency, converts CMYK to RGB).
+* `image`: the original JPEG bytes, not re-encoded, of an RGB or greyscale JPEG (tfds repeats
+  greyscale to 3 channels); any other (a CMYK JPEG) as a lossless PNG of Pillow's RGB
+  conversion, the pixels the reference's `convert('RGB')` reads (`downloads.checked_image`;
+  OpenCV's own conversion rounds differently). Decoded on read to (H, W, 3) uint8.
 * `height`, `width`: int32, the size of the stored pixel grid.
 * `label`: 0-based class (`class id - 1`); `ClassLabel` names are the class dirs of
   `classes.txt` (`001.Black_footed_Albatross`).
@@ -145,8 +147,11 @@ class Cub2002011(manual.ManualBuilder):
     """tfds builder for `cub_200_2011`; the first config (`boxes`) is the default."""
 
     name = DATASET_NAME
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.0.1")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.0.1": "A non-RGB JPEG (CMYK) is stored as a PNG of Pillow's RGB conversion.",
+    }
     BUILDER_CONFIGS = [
         CubConfig(name="boxes", description="Images, labels and boxes."),
         CubConfig(name="masks", description="Also the binarized segmentation mask.", masks=True),
@@ -346,10 +351,9 @@ def _encode_example(
     record: _Record, member: str, data: bytes, mask: tuple[str, bytes] | None
 ) -> dict[str, Any]:
     """Checks and converts one image (and mask) to the builder's features."""
-    image = downloads.open_image(member, data)
-    width, height = image.size
+    image, height, width = downloads.checked_image(member, data)
     example = {
-        "image": data,
+        "image": image,
         "height": height,
         "width": width,
         "label": record.label,

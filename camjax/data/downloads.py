@@ -165,10 +165,11 @@ def checked_image(where: str, data: bytes) -> tuple[bytes, int, int]:
 
     RGB and grey JPEGs, and RGB and grey PNGs of 8 bits per sample without a transparent
     colour, are stored as they are; anything else as a lossless PNG of its 8-bit RGB
-    conversion, which tfds decodes to 3 channels. tfds decodes with OpenCV, which reads a CMYK
-    JPEG or a PNG's transparent colour (tRNS) as a 4th channel, and 16-bit samples as uint16,
-    of which tfds keeps the low byte (noise); the conversion keeps the high byte, as viewers
-    show it.
+    conversion by Pillow (the reference evaluators' `convert('RGB')`), which tfds decodes to 3
+    channels. tfds decodes with OpenCV, which converts a CMYK JPEG with other rounding (1 level
+    from Pillow's, OpenCV 5.1), reads a PNG's transparent colour (tRNS) as a 4th channel, and
+    16-bit samples as uint16, of which tfds keeps the low byte (noise); the conversion keeps
+    the high byte, as viewers show it.
 
     Raises:
       CorruptFileError: it does not decode; the message names it by `where`.

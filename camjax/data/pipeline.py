@@ -44,9 +44,20 @@ class PreprocessConfig:
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
+    """(h, w, 3) uint8 -> (size, size, 3): PIL's bilinear filter, as torchvision's Resize of a
+    PIL image in wsolevaluation's transforms, the width pass first, then the height. Pillow 7.0.0
+    (the reference's pin) always runs them in that order; Pillow 13 runs the height first for
+    images much taller than wide (a 333 x 500 at 224 or 256), and the uint8 image between the
+    passes rounds differently: 1 level apart on ~20% of those pixels. Two calls keep the order."""
+    height, width = image.shape[:2]
+    if (height, width) == (size, size):
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+    resized = Image.fromarray(image)
+    if width != size:
+        resized = resized.resize((size, height), Image.BILINEAR)
+    if height != size:
+        resized = resized.resize((size, size), Image.BILINEAR)
+    return np.asarray(resized)
 
 
 def pixel_boxes(tfds_boxes: Any, height: int, width: int, max_boxes: int) -> tuple[np.ndarray, int]:

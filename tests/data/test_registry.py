@@ -3,6 +3,9 @@
 The digests below were recorded at aef8d3e, before the datasets were classes behind one
 registry, from the same fixtures through the same entry points: every dataset's examples, their
 order (also the step-indexed train order), its splits and the reference splits are unchanged.
+CUB's test split holds the fixtures' CMYK JPEG: its two digests were recorded again when cub
+1.0.1 stored that image as Pillow's RGB conversion instead of OpenCV's (1 level apart); nothing
+else moved.
 """
 
 import hashlib
@@ -26,12 +29,12 @@ from tests.data.test_wsol_splits import _cub_metadata, _ilsvrc_metadata
 # (name, split_sizes) -> split -> "<length>:<digest>", recorded at aef8d3e.
 PINNED = {
     ("cub_200_2011", ()): {
-        "test": "4:4739ea7bfd58d042",
+        "test": "4:c1f1d8e51e37fae4",  # cub 1.0.1 (module doc)
         "train": "0:e3b0c44298fc1c14",
         "validation": "6:2b177ae7bcb3e67c",
     },
     ("cub_200_2011", (("validation_per_class", 1),)): {
-        "test": "4:4739ea7bfd58d042",
+        "test": "4:c1f1d8e51e37fae4",  # cub 1.0.1
         "train": "3:68264a0ca85184f2",
         "validation": "3:0e0f836f7ae1fce1",
     },
@@ -110,7 +113,7 @@ def test_train_order_and_reference_splits_are_pinned(prepared):
     mixed = [CUB_SPECS[k] for k in (4, 0, 9, 2, 1)]
     names = sorted(VAL, reverse=True)
     for path, pinned in (
-        (_cub_metadata(root, "test", test), "4:b2fce9314bcfeb20"),
+        (_cub_metadata(root, "test", test), "4:fd01db8353cad30e"),  # cub 1.0.1
         (_cub_metadata(root, "mixed", mixed), "5:4d91fc862db5ca9f"),
         (_ilsvrc_metadata(root, "test", names), "5:bfb3ec034aaf8abc"),
     ):
