@@ -26,14 +26,13 @@ why float32 leaves differences of 1e-6 to 1e-5 and where the peers depart from t
 TorchCAM's Grad-CAM++ (its cell says so), and Score-CAM, where camjax's options reproduce each
 peer's variant (`TORCHCAM_SCORE`, `GRAD_CAM_SCORE`). Score-CAM runs the network once per
 channel, image and library (2,048 ResNet50 forward passes an image), minutes on a 2-core CPU,
-so it runs only when named in --methods (9.5 minutes for one image on the 2-core CPU).
+so it runs only when named in --methods (ten minutes, 613 s, for one image on the 2-core CPU).
 
 `--precision float32` (the default) computes every convolution and matrix product in float32 on
 both sides. On a GPU both frameworks otherwise round convolutions to TF32 (XLA's default
 precision, cuDNN's allow_tf32), which moves maps by ~1e-3; `--precision default` measures
-that. Each row
-ends with the whole-network tests' tolerance (`WHOLE_NETWORK_TOL`); the exit status is 1 when a
-cell exceeds it.
+that. Each row ends with the whole-network tests' tolerance (`WHOLE_NETWORK_TOL`); the exit
+status is 1 when a cell exceeds it.
 """
 
 import argparse
@@ -117,29 +116,34 @@ def _compare(args) -> int:
 def _differences(method, model, variables, images, twin, x, classes):
     """([the largest differences], [the TorchCAM cell, the grad-cam cell]) of one method."""
     torchcam_name, gradcam_name = PEERS[method]
-    differences, cells = [], []
+    differences, cells, computed = [], [], {}
+
+    def ours(options):  # camjax's raw maps, once per set of options
+        key = tuple(sorted(options.items()))
+        if key not in computed:
+            computed[key] = _camjax_raw(model, variables, images, classes, method, options)
+        return computed[key]
+
     if torchcam_name is None:
         cells.append("departs from the paper" if method == "grad_cam_pp" else "-")
     else:
-        options = parity.TORCHCAM_SCORE if method == "score_cam" else {}
-        ours = _camjax_raw(model, variables, images, classes, method, options)
+        raw_maps = ours(parity.TORCHCAM_SCORE if method == "score_cam" else {})
         kwargs = {"fc_layer": f"net.{HEAD}"} if method == "cam" else {}
         cls = getattr(parity.torchcam_methods, torchcam_name)
         (theirs,), _ = parity.torchcam_maps(cls, twin, x, [f"net.{LAYER}"], classes, **kwargs)
-        normalised = _largest(parity.torchcam_post(ours), parity.torchcam_post(theirs))
+        normalised = _largest(parity.torchcam_post(raw_maps), parity.torchcam_post(theirs))
         peak = np.abs(theirs).max()
-        raw = _largest(ours / peak, theirs / peak)
+        raw = _largest(raw_maps / peak, theirs / peak)
         differences += [normalised, raw]
         cells.append(f"{normalised:.1e} ({raw:.1e})")
     if gradcam_name is None:
         cells.append("-")
     else:
-        options = parity.GRAD_CAM_SCORE if method == "score_cam" else {}
-        ours = _camjax_raw(model, variables, images, classes, method, options)
+        raw_maps = ours(parity.GRAD_CAM_SCORE if method == "score_cam" else {})
         cls = getattr(parity.grad_cam_peer(), gradcam_name)
         with contextlib.redirect_stderr(io.StringIO()):  # Score-CAM's progress bars
             theirs = parity.gradcam_maps(cls, twin, x, [f"net.{LAYER}"], classes)
-        difference = _largest(parity.gradcam_post([ours], images.shape[1:3]), theirs)
+        difference = _largest(parity.gradcam_post([raw_maps], images.shape[1:3]), theirs)
         differences.append(difference)
         cells.append(f"{difference:.1e}")
     return differences, cells
@@ -174,7 +178,7 @@ def _camjax_raw(model, variables, images, classes, method, options) -> np.ndarra
 
 def _largest(ours, theirs) -> float:
     """The largest absolute difference, NaN where a map is not finite (it then fails the
-    tolerance); a peer's map that is constant compares nothing."""
+    tolerance); a ValueError where the peer's maps are constant (they would compare nothing)."""
     ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
     if ours.shape != theirs.shape:
         raise ValueError(f"maps of shape {ours.shape} against {theirs.shape}")

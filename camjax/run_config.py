@@ -215,6 +215,9 @@ BOOKKEEPING = (
     "init",
 )
 NUM_STEPS = "train.num_steps"
+# Fields added after runs were saved, each with the value the code before it behaved as: a saved
+# config without one is compared as holding it (it did not resume otherwise).
+ADDED_FIELDS = {"optim.decay_biases": False}
 
 
 def read_saved(workdir: str) -> dict[str, Any] | None:
@@ -228,10 +231,17 @@ def resume_differences(
     saved: dict[str, Any], config: ml_collections.ConfigDict, ignored: tuple[str, ...] = ()
 ) -> tuple[str, ...]:
     """(training, num_steps, bookkeeping): where `config` differs from a run's `saved` config
-    (JSON values) in the fields that change what training computes (less `ignored`), in
-    train.num_steps, and in the `BOOKKEEPING` fields, each as 'field: run A, given B; ...' (''
-    where they agree)."""
-    given = config_json(config)
+    (JSON values; `ADDED_FIELDS` it lacks read as their values) in the fields that change what
+    training computes (less `ignored`), in train.num_steps, and in the `BOOKKEEPING` fields, each
+    as 'field: run A, given B; ...' ('' where they agree)."""
+    given, saved = config_json(config), json.loads(json.dumps(saved))
+    for path, value in ADDED_FIELDS.items():
+        *parents, leaf = path.split(".")
+        node = saved
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.setdefault(leaf, value)
     everything_else = (*BOOKKEEPING, NUM_STEPS, *ignored)
     pairs = (
         (_without(saved, everything_else), _without(given, everything_else)),

@@ -112,7 +112,7 @@ def get_config() -> ml_collections.ConfigDict:
     optim.momentum = 0.9  # SGD momentum, or Adam's b1
     optim.nesterov = False
     optim.weight_decay = 5e-4
-    optim.decay_biases = False  # kernels only (the Caffe CAM solvers); True: every parameter
+    optim.decay_biases = False  # all but biases (the Caffe CAM solvers); True: every parameter
     optim.schedule = "cosine"
     optim.warmup_steps = 100
     optim.decay_steps = 0  # 'step' schedule: decay every this many steps

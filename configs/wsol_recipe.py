@@ -6,8 +6,8 @@ return. Where the numbers come from:
 
 * wsolevaluation `config.py` defaults and `main.py`: resize 256x256, random crop 224,
   horizontal flip (its train transform), evaluation at 224x224, SGD momentum 0.9 with
-  Nesterov, weight decay on every parameter (torch's SGD; biases and batch-norm parameters
-  included: `optim.decay_biases`), the classifier at `lr_classifier_ratio` 10x the backbone's
+  Nesterov, weight decay on every parameter (torch's SGD; biases included:
+  `optim.decay_biases`), the classifier at `lr_classifier_ratio` 10x the backbone's
   rate (VGG16: CAM_conv and head; ResNet50: layer4 and head), the rate x0.1 as its loop
   decays it (`adjust_learning_rate(epoch + 1)` before each 0-based epoch, so after epochs
   frequency - 1, 2 frequency - 1, ...: `decay_epochs`), CAM thresholds every 0.001, IoU
@@ -94,10 +94,10 @@ NEW_LAYERS = {
 
 
 def decay_epochs(epochs: int, frequency: int) -> tuple[int, ...]:
-    """The epochs after which wsolevaluation's main.py has decayed the rate: it calls
+    """The 0-based epochs that begin at a decayed rate in wsolevaluation's main.py: it calls
     `adjust_learning_rate(epoch + 1)` before each 0-based epoch, which decays when
-    (epoch + 1) % frequency == 0, so the 0-based epochs frequency - 1, 2 frequency - 1, ...
-    train at the decayed rate (CUB: after epochs 14, 29 and 44 of 50)."""
+    (epoch + 1) % frequency == 0: epochs frequency - 1, 2 frequency - 1, ... (CUB: 14, 29 and
+    44, so after 14, 29 and 44 completed epochs of 50)."""
     return tuple(range(frequency - 1, epochs, frequency))
 
 

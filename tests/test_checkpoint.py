@@ -121,6 +121,14 @@ def test_the_fingerprint_a_step_must_match_holds_what_its_parameters_and_run_dep
     assert checkpoint.model_fingerprint(recipe) == base
     training, _, bookkeeping = run_config.resume_differences(run_config.config_json(config), recipe)
     assert not training and "model.head_init_std" in bookkeeping
+    # A run saved before optim.decay_biases existed decayed no bias: it resumes under False.
+    saved = run_config.config_json(config)
+    del saved["optim"]["decay_biases"]
+    assert run_config.resume_differences(saved, config) == ("", "", "")
+    with recipe.unlocked():
+        recipe.optim.decay_biases = True
+    training, _, _ = run_config.resume_differences(saved, recipe)
+    assert training == "optim.decay_biases: run False, given True"
 
 
 def evaluate_cli(*args):

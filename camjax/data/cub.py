@@ -113,7 +113,8 @@ log = logging.getLogger(__name__)
 _DESCRIPTION = """\
 Caltech-UCSD Birds-200-2011: 11,788 photographs of 200 bird species, each with one species
 label, one bounding box and (from a separate archive) a segmentation mask of the bird. Built
-from the official archives placed in the manual directory; images are the original JPEGs.
+from the official archives placed in the manual directory; images are the original JPEGs (a
+non-RGB one, CMYK, as a PNG of its RGB conversion).
 """
 
 _CITATION = """\

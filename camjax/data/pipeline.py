@@ -47,8 +47,9 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     """(h, w, 3) uint8 -> (size, size, 3): PIL's bilinear filter, as torchvision's Resize of a
     PIL image in wsolevaluation's transforms, the width pass first, then the height. Pillow 7.0.0
     (the reference's pin) always runs them in that order; Pillow 13 runs the height first for
-    images much taller than wide (a 333 x 500 at 224 or 256), and the uint8 image between the
-    passes rounds differently: 1 level apart on ~20% of those pixels. Two calls keep the order."""
+    some taller-than-wide sizes (333 x 500 or 256 x 300 to 224), and the uint8 image between
+    the passes rounds differently: 1 level apart on ~20% of those pixels. Two calls keep the
+    order."""
     height, width = image.shape[:2]
     if (height, width) == (size, size):
         return image

@@ -65,9 +65,9 @@ def create_optimizer(
 ) -> optax.GradientTransformation:
     """cfg: config.optim -> the optimizer over a camjax model's params.
 
-    Weight decay applies to kernels only (biases are not decayed, as the Caffe CAM models set),
-    or with `decay_biases` to every parameter, as torch's SGD and AdamW decay them (the WSOL
-    recipes: wsolevaluation's solver).
+    Weight decay applies to every parameter but biases (kernels and batch-norm scales; the
+    Caffe CAM models decay no bias), or with `decay_biases` to every parameter, as torch's SGD
+    and AdamW decay them (the WSOL recipes: wsolevaluation's solver).
     """
     schedule = learning_rate_schedule(cfg, num_steps)
     mults = {

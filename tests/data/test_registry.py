@@ -3,9 +3,9 @@
 The digests below were recorded at aef8d3e, before the datasets were classes behind one
 registry, from the same fixtures through the same entry points: every dataset's examples, their
 order (also the step-indexed train order), its splits and the reference splits are unchanged.
-CUB's test split holds the fixtures' CMYK JPEG: its two digests were recorded again when cub
-1.0.1 stored that image as Pillow's RGB conversion instead of OpenCV's (1 level apart); nothing
-else moved.
+CUB's test split holds the fixtures' CMYK JPEG: its two digests and its reference split's were
+recorded again when cub 1.0.1 stored that image as Pillow's RGB conversion instead of OpenCV's
+(1 level apart); nothing else moved.
 """
 
 import hashlib

@@ -711,7 +711,8 @@ def test_bag_cams_match_the_official_code(layer):
     CNN's twin, at a layer with a ReLU downstream (relu2: the guided backward matters) and at
     the GAP's input: raw maps, and camjax's pipeline with the official upsampling
     (`resize='bilinear'`). Some of CLASSES' logits are negative (log's gradient 1 / y_c)."""
-    _, variables, images, *_ = network("cnn")
+    _, variables, images, twin, x, *_ = network("cnn")
+    assert (twin(x)[np.arange(len(CLASSES)), CLASSES] < 0).any()  # a negative y_c is covered
     theirs_raw, theirs = official_bag_cams("cnn", layer)
     raw = camjax_raw("cnn", "bag_cams", (layer,))
     peak = np.abs(theirs_raw).max()
