@@ -83,6 +83,7 @@ from camjax.explain.probe import Probe, model_logits  # noqa: E402
 from camjax.explain.targets import Target  # noqa: E402
 from camjax.models import create_model, torch_import  # noqa: E402
 from camjax.resize import resize_maps  # noqa: E402
+from tests.explain import user_models  # noqa: E402
 from tests.models.test_torch_import import (  # noqa: E402
     TorchGoogLeNetGAPBN,
     TorchResNet50,
@@ -723,6 +724,110 @@ def test_bag_cams_match_the_official_code(layer):
     if layer == "relu2":
         plain = camjax_raw("cnn", "bag_cams", (layer,), guided=False)
         assert np.abs(plain - theirs_raw).max() / peak > 100 * TOL
+
+
+class TorchViT(tnn.Module):
+    """tests/explain/user_models.TinyViT in PyTorch, camjax's weights copied in: patch
+    embedding, class token, positions, pre-norm blocks (Flax's LayerNorm eps 1e-6, its
+    multi-head attention, its tanh GELU), the class token's head. Blocks are modules, so
+    grad-cam hooks their token outputs (B, 1 + h w, D)."""
+
+    def __init__(self, params, patch: int):
+        super().__init__()
+        t = lambda a: torch.tensor(np.asarray(a))  # noqa: E731
+        self.patch, self.embed = patch, params["embed"]
+        self.blocks = tnn.ModuleList(
+            [_TorchViTBlock(params[f"block{i}"]) for i in range(2)]
+        )  # fmt: skip
+        self.weights = {k: t(v) for k, v in (("cls", params["cls"]), ("pos", params["pos"]))}
+        self.norm = _torch_layer_norm(params["norm"])
+        self.head = tnn.Linear(*params["head"]["kernel"].shape)
+        self.head.weight.data, self.head.bias.data = (
+            t(params["head"]["kernel"]).T.contiguous(),
+            t(params["head"]["bias"]),
+        )
+        kernel = t(params["embed"]["kernel"]).permute(3, 2, 0, 1).contiguous()
+        self.conv = tnn.Conv2d(kernel.shape[1], kernel.shape[0], patch, stride=patch)
+        self.conv.weight.data, self.conv.bias.data = kernel, t(params["embed"]["bias"])
+
+    def forward(self, x):
+        x = self.conv(x).flatten(2).transpose(1, 2)  # (B, h w, D), row-major as Flax's reshape
+        x = torch.cat([self.weights["cls"].expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.weights["pos"]
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+def _torch_layer_norm(params):
+    norm = tnn.LayerNorm(params["scale"].shape[0], eps=1e-6)
+    norm.weight.data = torch.tensor(np.asarray(params["scale"]))
+    norm.bias.data = torch.tensor(np.asarray(params["bias"]))
+    return norm
+
+
+class _TorchViTBlock(tnn.Module):
+    def __init__(self, params):
+        super().__init__()
+        self.p = {
+            name: {k: torch.tensor(np.asarray(v)) for k, v in params["attn"][name].items()}
+            for name in ("query", "key", "value", "out")
+        }
+        self.norm1, self.norm2 = (
+            _torch_layer_norm(params["norm1"]),
+            _torch_layer_norm(params["norm2"]),
+        )
+        self.fc = [
+            {k: torch.tensor(np.asarray(v)) for k, v in params[name].items()}
+            for name in ("fc1", "fc2")
+        ]
+
+    def forward(self, x):
+        y = self.norm1(x)
+        q, k, v = (
+            torch.einsum("bnd,dhk->bnhk", y, self.p[n]["kernel"]) + self.p[n]["bias"]
+            for n in ("query", "key", "value")
+        )
+        weights = torch.softmax(torch.einsum("bqhk,bnhk->bhqn", q, k) / q.shape[-1] ** 0.5, -1)
+        attended = torch.einsum("bhqn,bnhk->bqhk", weights, v)
+        x = (
+            x
+            + torch.einsum("bqhk,hkd->bqd", attended, self.p["out"]["kernel"])
+            + self.p["out"]["bias"]
+        )
+        y = self.norm2(x) @ self.fc[0]["kernel"] + self.fc[0]["bias"]
+        return x + F.gelu(y, approximate="tanh") @ self.fc[1]["kernel"] + self.fc[1]["bias"]
+
+
+@pytest.mark.parametrize("method", ["GradCAM", "LayerCAM", "GradCAMPlusPlus"])
+def test_vit_token_maps_match_grad_cams_reshape_transform(method):
+    """A ViT's block output through grad-cam's documented ViT recipe (a reshape_transform
+    dropping the class token and putting the tokens on the patch grid) against camjax's
+    explainer at the same module path, which does that itself. The first block's output: the
+    last block's patch tokens reach the logits through nothing (the head reads the class
+    token), so their gradients are zero, which is why grad-cam's tutorial hooks earlier."""
+    model = user_models.TinyViT(num_classes=NUM_CLASSES, patch=4)
+    variables, images = user_models.init(model, size=16, batch=len(CLASSES))
+    twin = TorchViT(variables["params"], patch=4).eval()
+    x = torch.from_numpy(np.asarray(images).transpose(0, 3, 1, 2).copy())
+    np.testing.assert_allclose(
+        twin(x).detach().numpy(), model.apply(variables, images), rtol=1e-5, atol=1e-5
+    )
+
+    def on_the_grid(tokens):  # grad-cam's ViT tutorial: drop the class token, (B, D, h, w)
+        return tokens[:, 1:].reshape(tokens.shape[0], 4, 4, -1).permute(0, 3, 1, 2)
+
+    target = grad_cam_peer("utils.model_targets").ClassifierOutputTarget
+    cls = getattr(grad_cam_peer(), method)
+    with cls(twin, [twin.blocks[0]], reshape_transform=on_the_grid) as cam:
+        theirs = cam(x, [target(int(c)) for c in CLASSES])
+    name = {"GradCAM": "grad_cam", "LayerCAM": "layer_cam", "GradCAMPlusPlus": "grad_cam_pp"}
+    f = explain.explainer(
+        model, variables, name[method], layer="block0", size=None, normalize=False
+    )
+    raw = np.asarray(f(images, targets=CLASSES).cams[:, 0])
+    assert raw.shape == (len(CLASSES), 4, 4)
+    assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
 
 
 @pytest.mark.parametrize("net", NETWORKS)
