@@ -242,15 +242,20 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           FileNotFoundError: not prepared; the message gives `PREPARE_COMMAND`.
         """
         flag = cls._flag(config)
-        builder = None
+        other_versions = set()
         for f in (True, False) if flag is None and cls.CONFIG_FLAG else (flag,):
             builder = cls.configured(data_dir, **({cls.CONFIG_FLAG: f} if cls.CONFIG_FLAG else {}))
             if builder.is_prepared():
                 data.check_shards(builder)
                 return builder
+            other_versions |= _other_prepared_versions(builder)
         where = f" --data_dir {data_dir}" if data_dir else ""
+        # A camjax that changes what a dataset stores bumps its version (RELEASE_NOTES).
+        older = ", ".join(sorted(other_versions))
+        older = f" (it holds version {older} of it; this camjax reads {builder.version})"
         raise FileNotFoundError(
-            f"{builder.name} is not prepared in {builder.data_dir_root}. Prepare it with "
+            f"{builder.name} is not prepared in {builder.data_dir_root}"
+            f"{older if other_versions else ''}. Prepare it with "
             f"`{cls.PREPARE_COMMAND}{where}`, {cls.PREPARE_INPUTS}"
         )
 
@@ -418,3 +423,16 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.SplitInfo(
             name=name, shard_lengths=lengths, num_bytes=num_bytes, filename_template=template
         )
+
+
+def _other_prepared_versions(builder: tfds.core.DatasetBuilder) -> set[str]:
+    """The versions of `builder`'s dataset and config prepared beside its own folder."""
+    parent = builder.data_path.parent
+    if not parent.exists():
+        return set()
+    own = str(builder.version)
+    return {
+        folder.name
+        for folder in parent.iterdir()
+        if folder.name != own and (folder / "dataset_info.json").exists()
+    }

@@ -242,6 +242,21 @@ def test_a_version_folder_without_its_dataset_info_is_named_not_taken_as_prepare
     assert _Toy.prepare(tmp_path, str(data_dir), progress=False, skip_corrupt=True).is_prepared()
 
 
+def test_a_dataset_prepared_at_another_version_is_named_in_the_not_prepared_error(tmp_path):
+    """A camjax that changes what a dataset stores bumps its version (cub 1.0.1): a data dir
+    prepared by an older one holds only the old version's folder, which the error names."""
+    builder = _prepare(_Sorted, tmp_path, skip_corrupt=True)
+    version = str(_Sorted.VERSION)
+    folder = Path(builder.data_path)
+    assert folder.name == version
+    folder.rename(folder.with_name("0.9.0"))
+    with pytest.raises(FileNotFoundError) as err:
+        _Sorted.prepared(str(tmp_path))
+    assert f"(it holds version 0.9.0 of it; this camjax reads {version}). Prepare it" in str(
+        err.value
+    )
+
+
 def test_configs_picked_by_one_flag(tmp_path):
     data_dir = str(tmp_path / "tfds")
     with pytest.raises(FileNotFoundError) as err:
