@@ -8,9 +8,8 @@
 # `bash benchmarks/device_run.sh STEP...`. The default group `core` measures issue 3's WSOL
 # evaluation, issue 4's input rate and VGG16-GAP's table; `more` (GoogLeNet-GAP, the largest
 # batches, 1x1 convolutions as matrix products, peer parity at full size, the XLA grouped conv)
-# needs a second session.
-# Output goes to stdout and to $OUT/device_run.log. Before the first call, here: `bash benchmarks/device_wheels.sh`; each
-# call carries `.whl`:
+# needs a second session. Output goes to stdout and to $OUT/device_run.log. Before the first
+# call, here: `bash benchmarks/device_wheels.sh`; each call carries `.whl`:
 #
 #   device run, carry [".whl"], timeout_s 600:  bash benchmarks/device_run.sh [core|more|STEP...]
 #

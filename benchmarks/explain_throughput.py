@@ -133,12 +133,7 @@ def _positive_int(text: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="vgg16_gap", choices=(*MODELS, *IMPORTED_TWINS))
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--groups", type=int, default=2, help="the GAP networks' CAM_conv")
-    parser.add_argument("--num_classes", type=int, default=1000)
+    add_twin_arguments(parser, model="vgg16_gap", batch=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=None, help="default: every method")
     parser.add_argument(
@@ -215,6 +210,17 @@ def main() -> None:
         cells = [f"{rate[p]:,.2f}" if p in rate else "-" for p in ("camjax", "torchcam", "gradcam")]
         first = timings["camjax"][0]
         print(f"| {method} | {' | '.join(cells)} | {ratio} | {goal} | {first:.1f} |", flush=True)
+
+
+def add_twin_arguments(parser: argparse.ArgumentParser, model: str, batch: int) -> None:
+    """--batch and the flags `camjax_and_twin` reads: --model (default `model`), --size,
+    --width, --groups and --num_classes."""
+    parser.add_argument("--model", default=model, choices=(*MODELS, *IMPORTED_TWINS))
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--groups", type=int, default=2, help="the GAP networks' CAM_conv")
+    parser.add_argument("--num_classes", type=int, default=1000)
 
 
 def camjax_and_twin(args):

@@ -49,8 +49,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the benchmarks' modules
 
-from cam_throughput import MODELS  # noqa: E402
-from explain_throughput import IMPORTED_TWINS, _version, camjax_and_twin  # noqa: E402
+from explain_throughput import _version, add_twin_arguments, camjax_and_twin  # noqa: E402
 
 from camjax import explain  # noqa: E402
 from tests.explain import test_peer_parity as parity  # noqa: E402  (peer calls, post-processing)
@@ -191,12 +190,7 @@ def _largest(ours, theirs) -> float:
 
 def _parse(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet50_cam", choices=(*MODELS, *IMPORTED_TWINS))
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--groups", type=int, default=2, help="the GAP networks' CAM_conv")
-    parser.add_argument("--num_classes", type=int, default=1000)
+    add_twin_arguments(parser, model="resnet50_cam", batch=2)
     parser.add_argument("--methods", nargs="+", choices=tuple(PEERS), default=DEFAULT_METHODS)
     parser.add_argument("--precision", choices=("float32", "default"), default="float32")
     parser.add_argument("--smoke", action="store_true", help="toy size: width 1/16, 64 px")

@@ -236,11 +236,8 @@ def resume_differences(
     as 'field: run A, given B; ...' ('' where they agree)."""
     given, saved = config_json(config), json.loads(json.dumps(saved))
     for path, value in ADDED_FIELDS.items():
-        *parents, leaf = path.split(".")
-        node = saved
-        for name in parents:
-            node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        node, leaf = _holder(saved, path)
+        if node is not None:
             node.setdefault(leaf, value)
     everything_else = (*BOOKKEEPING, NUM_STEPS, *ignored)
     pairs = (
@@ -255,13 +252,20 @@ def _without(values: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:
     """`values` less the dotted `paths` (a field or a whole section)."""
     out = json.loads(json.dumps(values))
     for path in paths:
-        *parents, leaf = path.split(".")
-        node = out
-        for name in parents:
-            node = node.get(name) if isinstance(node, dict) else None
-        if isinstance(node, dict):
+        node, leaf = _holder(out, path)
+        if node is not None:
             node.pop(leaf, None)
     return out
+
+
+def _holder(values: dict[str, Any], path: str) -> tuple[dict[str, Any] | None, str]:
+    """(the dict of `values` that holds dotted `path`'s last name, None where a section on the
+    way is missing; that name)."""
+    *parents, leaf = path.split(".")
+    node = values
+    for name in parents:
+        node = node.get(name) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), leaf
 
 
 def _only(values: dict[str, Any], paths: tuple[str, ...]) -> dict[str, Any]:

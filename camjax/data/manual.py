@@ -250,12 +250,12 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 return builder
             other_versions |= _other_prepared_versions(builder)
         where = f" --data_dir {data_dir}" if data_dir else ""
-        # A camjax that changes what a dataset stores bumps its version (RELEASE_NOTES).
-        older = ", ".join(sorted(other_versions))
-        older = f" (it holds version {older} of it; this camjax reads {builder.version})"
+        held = ""
+        if other_versions:  # a camjax that changes what a dataset stores bumps its version
+            held = ", ".join(sorted(other_versions))
+            held = f" (it holds version {held} of it; this camjax reads {builder.version})"
         raise FileNotFoundError(
-            f"{builder.name} is not prepared in {builder.data_dir_root}"
-            f"{older if other_versions else ''}. Prepare it with "
+            f"{builder.name} is not prepared in {builder.data_dir_root}{held}. Prepare it with "
             f"`{cls.PREPARE_COMMAND}{where}`, {cls.PREPARE_INPUTS}"
         )
 

@@ -306,11 +306,11 @@ def run_gradcam(cls, net, layers) -> np.ndarray:
     return gradcam_maps(cls, twin, x, peer_layers(net, layers), CLASSES)
 
 
-def gradcam_maps(cls, twin, x, layers, classes) -> np.ndarray:
+def gradcam_maps(cls, twin, x, layers, classes, **kwargs) -> np.ndarray:
     """grad-cam's (B, H, W) maps of `classes` on `twin` at its modules `layers`, at the input
-    resolution."""
+    resolution; `kwargs` go to the method (e.g. a reshape_transform)."""
     modules = dict(twin.named_modules())
-    with cls(twin, [modules[name] for name in layers]) as cam:
+    with cls(twin, [modules[name] for name in layers], **kwargs) as cam:
         target = grad_cam_peer("utils.model_targets").ClassifierOutputTarget
         return cam(x, [target(int(c)) for c in classes])
 
@@ -712,13 +712,12 @@ def test_bag_cams_match_the_official_code(layer):
     CNN's twin, at a layer with a ReLU downstream (relu2: the guided backward matters) and at
     the GAP's input: raw maps, and camjax's pipeline with the official upsampling
     (`resize='bilinear'`). Some of CLASSES' logits are negative (log's gradient 1 / y_c)."""
-    _, variables, images, twin, x, *_ = network("cnn")
+    model, variables, images, twin, x, *_ = network("cnn")
     assert (twin(x)[np.arange(len(CLASSES)), CLASSES] < 0).any()  # a negative y_c is covered
     theirs_raw, theirs = official_bag_cams("cnn", layer)
     raw = camjax_raw("cnn", "bag_cams", (layer,))
     peak = np.abs(theirs_raw).max()
     assert_maps(raw / peak, theirs_raw / peak)
-    model = network("cnn")[0]
     ours = explain.explainer(model, variables, "bag_cams", layer=layer, resize="bilinear")
     assert_maps(ours(images, targets=CLASSES).cams[:, 0], theirs, PIPELINE_TOL)
     if layer == "relu2":
@@ -734,72 +733,61 @@ class TorchViT(tnn.Module):
 
     def __init__(self, params, patch: int):
         super().__init__()
-        t = lambda a: torch.tensor(np.asarray(a))  # noqa: E731
-        self.patch, self.embed = patch, params["embed"]
-        self.blocks = tnn.ModuleList(
-            [_TorchViTBlock(params[f"block{i}"]) for i in range(2)]
-        )  # fmt: skip
-        self.weights = {k: t(v) for k, v in (("cls", params["cls"]), ("pos", params["pos"]))}
+        depth = sum(name.startswith("block") for name in params)
+        self.blocks = tnn.ModuleList([_TorchViTBlock(params[f"block{i}"]) for i in range(depth)])
+        self.cls, self.pos = _tensor(params["cls"]), _tensor(params["pos"])
         self.norm = _torch_layer_norm(params["norm"])
         self.head = tnn.Linear(*params["head"]["kernel"].shape)
-        self.head.weight.data, self.head.bias.data = (
-            t(params["head"]["kernel"]).T.contiguous(),
-            t(params["head"]["bias"]),
-        )
-        kernel = t(params["embed"]["kernel"]).permute(3, 2, 0, 1).contiguous()
-        self.conv = tnn.Conv2d(kernel.shape[1], kernel.shape[0], patch, stride=patch)
-        self.conv.weight.data, self.conv.bias.data = kernel, t(params["embed"]["bias"])
+        self.head.weight.data = _tensor(params["head"]["kernel"]).T.contiguous()
+        self.head.bias.data = _tensor(params["head"]["bias"])
+        kernel = _tensor(params["embed"]["kernel"]).permute(3, 2, 0, 1).contiguous()
+        self.embed = tnn.Conv2d(kernel.shape[1], kernel.shape[0], patch, stride=patch)
+        self.embed.weight.data, self.embed.bias.data = kernel, _tensor(params["embed"]["bias"])
 
     def forward(self, x):
-        x = self.conv(x).flatten(2).transpose(1, 2)  # (B, h w, D), row-major as Flax's reshape
-        x = torch.cat([self.weights["cls"].expand(x.shape[0], -1, -1), x], dim=1)
-        x = x + self.weights["pos"]
+        x = self.embed(x).flatten(2).transpose(1, 2)  # (B, h w, D), row-major as Flax's reshape
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x)[:, 0])
 
 
+def _tensor(array) -> torch.Tensor:
+    return torch.tensor(np.asarray(array))
+
+
 def _torch_layer_norm(params):
     norm = tnn.LayerNorm(params["scale"].shape[0], eps=1e-6)
-    norm.weight.data = torch.tensor(np.asarray(params["scale"]))
-    norm.bias.data = torch.tensor(np.asarray(params["bias"]))
+    norm.weight.data, norm.bias.data = _tensor(params["scale"]), _tensor(params["bias"])
     return norm
 
 
 class _TorchViTBlock(tnn.Module):
     def __init__(self, params):
         super().__init__()
-        self.p = {
-            name: {k: torch.tensor(np.asarray(v)) for k, v in params["attn"][name].items()}
+        self.attn = {
+            name: {k: _tensor(v) for k, v in params["attn"][name].items()}
             for name in ("query", "key", "value", "out")
         }
-        self.norm1, self.norm2 = (
-            _torch_layer_norm(params["norm1"]),
-            _torch_layer_norm(params["norm2"]),
-        )
-        self.fc = [
-            {k: torch.tensor(np.asarray(v)) for k, v in params[name].items()}
-            for name in ("fc1", "fc2")
-        ]
+        self.norm1 = _torch_layer_norm(params["norm1"])
+        self.norm2 = _torch_layer_norm(params["norm2"])
+        self.fc = [{k: _tensor(v) for k, v in params[name].items()} for name in ("fc1", "fc2")]
 
     def forward(self, x):
         y = self.norm1(x)
         q, k, v = (
-            torch.einsum("bnd,dhk->bnhk", y, self.p[n]["kernel"]) + self.p[n]["bias"]
+            torch.einsum("bnd,dhk->bnhk", y, self.attn[n]["kernel"]) + self.attn[n]["bias"]
             for n in ("query", "key", "value")
         )
         weights = torch.softmax(torch.einsum("bqhk,bnhk->bhqn", q, k) / q.shape[-1] ** 0.5, -1)
         attended = torch.einsum("bhqn,bnhk->bqhk", weights, v)
-        x = (
-            x
-            + torch.einsum("bqhk,hkd->bqd", attended, self.p["out"]["kernel"])
-            + self.p["out"]["bias"]
-        )
+        out = self.attn["out"]
+        x = x + torch.einsum("bqhk,hkd->bqd", attended, out["kernel"]) + out["bias"]
         y = self.norm2(x) @ self.fc[0]["kernel"] + self.fc[0]["bias"]
         return x + F.gelu(y, approximate="tanh") @ self.fc[1]["kernel"] + self.fc[1]["bias"]
 
 
-@pytest.mark.parametrize("method", ["GradCAM", "LayerCAM", "GradCAMPlusPlus"])
+@pytest.mark.parametrize("method", ["grad_cam", "layer_cam", "grad_cam_pp"])
 def test_vit_token_maps_match_grad_cams_reshape_transform(method):
     """A ViT's block output through grad-cam's documented ViT recipe (a reshape_transform
     dropping the class token and putting the tokens on the patch grid) against camjax's
@@ -817,14 +805,9 @@ def test_vit_token_maps_match_grad_cams_reshape_transform(method):
     def on_the_grid(tokens):  # grad-cam's ViT tutorial: drop the class token, (B, D, h, w)
         return tokens[:, 1:].reshape(tokens.shape[0], 4, 4, -1).permute(0, 3, 1, 2)
 
-    target = grad_cam_peer("utils.model_targets").ClassifierOutputTarget
-    cls = getattr(grad_cam_peer(), method)
-    with cls(twin, [twin.blocks[0]], reshape_transform=on_the_grid) as cam:
-        theirs = cam(x, [target(int(c)) for c in CLASSES])
-    name = {"GradCAM": "grad_cam", "LayerCAM": "layer_cam", "GradCAMPlusPlus": "grad_cam_pp"}
-    f = explain.explainer(
-        model, variables, name[method], layer="block0", size=None, normalize=False
-    )
+    cls = getattr(grad_cam_peer(), SAME_FORMULA[method][0])
+    theirs = gradcam_maps(cls, twin, x, ["blocks.0"], CLASSES, reshape_transform=on_the_grid)
+    f = explain.explainer(model, variables, method, layer="block0", size=None, normalize=False)
     raw = np.asarray(f(images, targets=CLASSES).cams[:, 0])
     assert raw.shape == (len(CLASSES), 4, 4)
     assert_maps(gradcam_post([raw], images.shape[1:3]), theirs)
