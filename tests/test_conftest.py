@@ -25,7 +25,11 @@ def test_the_device_count_is_added_to_the_users_flags():
 
 def test_the_suite_compiles_at_the_lowest_level_unless_the_user_sets_one():
     timeout = "--xla_cpu_collective_call_terminate_timeout_seconds=600"
-    emitters = " --xla_cpu_use_fusion_emitters=false" if xla_flags.version_below(0, 11) else ""
+    emitters = (
+        " --xla_cpu_use_fusion_emitters=false --xla_cpu_experimental_ynn_fusion_type="
+        if xla_flags.version_below(0, 11)
+        else ""
+    )
     assert with_test_flags("") == (
         "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
         f"{emitters} {timeout}"
@@ -64,16 +68,20 @@ def test_version_below_reads_release_and_dev_versions(version, below, monkeypatc
     assert xla_flags.version_below(0, 11) is below
 
 
-def test_the_legacy_emitters_only_where_jaxlib_has_them_and_at_the_test_level(monkeypatch):
-    legacy = "--xla_cpu_use_fusion_emitters=false"
+@pytest.mark.parametrize(
+    "flag", ["--xla_cpu_use_fusion_emitters=false", "--xla_cpu_experimental_ynn_fusion_type="]
+)
+def test_jaxlib_0_10s_flags_only_where_it_is_installed_and_at_the_test_level(flag, monkeypatch):
+    """The legacy emitters (gone from jaxlib 0.11) and Eigen's kernels (measured on 0.10)."""
+    name = flag.partition("=")[0]
     monkeypatch.setattr(xla_flags, "version_below", lambda major, minor: True)
-    assert legacy in with_test_flags("")
-    assert legacy in with_test_flags("--xla_cpu_max_isa=AVX2")
+    assert flag in with_test_flags("")
+    assert flag in with_test_flags("--xla_cpu_max_isa=AVX2")
     # The user's own choice stays the only one; a user's level means the code as used in runs.
-    assert with_test_flags("--xla_cpu_use_fusion_emitters=true").count("fusion_emitters") == 1
-    assert "fusion_emitters" not in with_test_flags("--xla_backend_optimization_level=0")
+    assert with_test_flags(f"{name}=true").count(name) == 1
+    assert name not in with_test_flags("--xla_backend_optimization_level=0")
     monkeypatch.setattr(xla_flags, "version_below", lambda major, minor: False)
-    assert "fusion_emitters" not in with_test_flags("")
+    assert name not in with_test_flags("")
 
 
 def test_the_sessions_temporary_files_go_to_one_folder_removed_at_exit(tmp_path):

@@ -20,6 +20,11 @@ COLLECTIVE_TIMEOUT_S = 600
 # fusion emitters at level 0 (fast lane, 2-core CPU: 2 min 11 s against 3 min 8 s). jaxlib 0.11
 # and 0.12 removed the flag and abort on it as unknown, so it is set only where it exists.
 LEGACY_EMITTERS_FLAG = "--xla_cpu_use_fusion_emitters=false"
+# jaxlib 0.10 runs CPU convolutions and matrix products as YNNPACK fusions, whose programs ran
+# the tests' networks slower than XLA's Eigen kernels (fast lane, 2-core CPU, the same hour: 194
+# s against 261 s); camjax compiles its top-level explainer programs without them for the same
+# reason (camjax/compile_options.py). Set only on jaxlib 0.10, where that was measured.
+EIGEN_KERNELS_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
 
 def version_below(major: int, minor: int) -> bool:
@@ -55,15 +60,18 @@ def with_test_flags(xla_flags: str, devices: int = 8) -> str:
     xla_flags sets one: the tests' programs are small and most compile once, so LLVM's passes
     were most of their compile time and little of their run time (the whole suite at level 0:
     955 s of test time against 1,282 s, 2-core CPU). XLA's own HLO passes (fusion, layout)
-    still run, and convolutions and matrix products still call Eigen's compiled kernels. Also
-    the longer collective timeout (COLLECTIVE_TIMEOUT_FLAG), and on jaxlib 0.10 the legacy
-    element-wise emitters (LEGACY_EMITTERS_FLAG) at level 0."""
+    still run, and convolutions and matrix products still call compiled kernels. Also the
+    longer collective timeout (COLLECTIVE_TIMEOUT_FLAG), and on jaxlib 0.10 the legacy
+    element-wise emitters (LEGACY_EMITTERS_FLAG) and Eigen's kernels (EIGEN_KERNELS_FLAG) at
+    level 0."""
     flags = with_device_count(xla_flags, devices)
     if OPT_LEVEL_FLAG not in flags:
         flags = f"{flags} {OPT_LEVEL_FLAG}=0"
         emitters = LEGACY_EMITTERS_FLAG.partition("=")[0]
         if emitters not in flags and version_below(0, 11):
             flags = f"{flags} {LEGACY_EMITTERS_FLAG}"
+        if EIGEN_KERNELS_FLAG.partition("=")[0] not in flags and version_below(0, 11):
+            flags = f"{flags} {EIGEN_KERNELS_FLAG}"
     if COLLECTIVE_TIMEOUT_FLAG not in flags:
         flags = f"{flags} {COLLECTIVE_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"
     return flags

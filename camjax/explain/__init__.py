@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from camjax import errors, explicit_axes
+from camjax import compile_options, errors, explicit_axes
 from camjax.cam import check_class_layout, head_kernel, postprocess, valid_classes
 from camjax.explain import activation, bagcams, gradient, perturbation
 from camjax.explain.probe import Probe
@@ -185,7 +185,8 @@ def _check_range(classes: np.ndarray, num_classes: int) -> None:
 def _compiled(probe: Probe, method: str, top_k, size, resize, normalize, relu, options):
     fn = functools.partial(METHODS[method], **dict(options))
 
-    @functools.partial(jax.jit, static_argnames="score_fn")
+    # Outside a user's trace: XLA's Eigen kernels on jaxlib 0.10's CPU (compile_options says why).
+    @functools.partial(compile_options.jit, static_argnames="score_fn")
     def run(variables, images, given, key, score_fn=None):
         # Images on a mesh with Explicit axes run with them Auto (`camjax.explicit_axes`), and
         # the outputs come back on the images' batch sharding.
