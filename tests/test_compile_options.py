@@ -60,7 +60,7 @@ def test_the_explainer_compiles_with_the_options_outside_a_trace_only(monkeypatc
             )
             explain._compiled.cache_clear()  # compiled again, with the patched options
             f = explain.explainer(model, variables, "grad_cam", layer="conv3")
-            with pytest.raises(Exception, match="xla_no_such_option"):
+            with pytest.raises(jax.errors.JaxRuntimeError, match="xla_no_such_option"):
                 f(images)
             inside = jax.jit(lambda x: f(x).cams)(images)
             batched = jax.vmap(lambda x: f(x[None]).cams[0])(images)  # vmap's tracers too
