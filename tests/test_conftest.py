@@ -45,8 +45,9 @@ def test_started_processes_compile_as_the_session_unless_calibrated(monkeypatch)
     started = xla_flags.subprocess_xla_flags(4).split()
     assert sorted(started) == sorted(with_test_flags("--xla_cpu_max_isa=AVX2", 4).split())
     assert "--xla_force_host_platform_device_count=4" in started
+    eigen = " --xla_cpu_experimental_ynn_fusion_type=" if xla_flags.version_below(0, 11) else ""
     assert xla_flags.subprocess_xla_flags(1, calibrated=True) == (
-        f"--xla_force_host_platform_device_count=1 {timeout}"
+        f"--xla_force_host_platform_device_count=1 {timeout}{eigen}"
     )
 
 

@@ -36,16 +36,18 @@ def version_below(major: int, minor: int) -> bool:
 def subprocess_xla_flags(devices: int = 8, calibrated: bool = False) -> str:
     """XLA_FLAGS for the train.py processes tests start, with `devices` CPU devices: the
     session's own (`with_test_flags` of the environment's XLA_FLAGS), or, where `calibrated`,
-    XLA's default optimisation level with the collective timeout above. The learning guard's
-    floor was calibrated at the default level, and there the paper-size VGG16's initialisation
-    takes 3 s against 36 s at level 0.
+    XLA's default optimisation level with the collective timeout above and, on jaxlib 0.10,
+    Eigen's kernels. The learning guard's floor was calibrated with these flags (its run took
+    62 s against 83 s without Eigen's kernels, 2-core CPU, one after the other), and at the
+    default level the paper-size VGG16's initialisation takes 3 s against 36 s at level 0.
 
     The tiny runs of test_loop and test_multihost mostly compile, so the session's flags suit
     them: test_multihost took 111 s against 147 s at the default level (2-core CPU, alone).
     Its process 1 compiles every program afresh: jax writes the persistent cache from process
     0 only, and the cache key holds the CPU topology's fingerprint, which differs by process."""
     if calibrated:
-        return f"{DEVICE_COUNT_FLAG}={devices} {COLLECTIVE_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"
+        flags = f"{DEVICE_COUNT_FLAG}={devices} {COLLECTIVE_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"
+        return f"{flags} {EIGEN_KERNELS_FLAG}" if version_below(0, 11) else flags
     return with_test_flags(os.environ.get("XLA_FLAGS", ""), devices)
 
 
