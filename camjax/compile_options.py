@@ -12,6 +12,7 @@ run inside a user's trace keeps a plain jit for that case (`jit` below, the expl
 import importlib.metadata
 
 import jax
+import jax.numpy as jnp
 
 # An empty list of fusion types: no YNNPACK fusion, XLA's Eigen kernels instead.
 EIGEN_KERNELS = {"xla_cpu_experimental_ynn_fusion_type": ""}
@@ -31,10 +32,19 @@ def cpu_compiler_options() -> dict[str, str] | None:
     return dict(EIGEN_KERNELS)
 
 
+def _inside_a_trace(args, kwargs) -> bool:
+    """Whether a call is traced: an argument is a tracer (a user's jit, vmap or grad), or jax is
+    staging a program now, which the arguments alone cannot tell (a user's jitted function that
+    passes arrays it closed over): a constant made while staging comes back as a tracer."""
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
+        return True
+    return isinstance(jnp.asarray(0), jax.core.Tracer)
+
+
 class jit:  # noqa: N801 (used as jax.jit is)
     """`jax.jit(fn, **jit_kwargs)` that compiles with `cpu_compiler_options` when called outside
-    a trace, and runs the plain jit inside a user's jit, vmap or grad, where jax refuses a
-    nested jit's compiler options."""
+    a trace, and runs the plain jit inside a user's jit, scan, vmap or grad, where jax refuses
+    a nested jit's compiler options."""
 
     def __init__(self, fn, **jit_kwargs):
         self._plain = jax.jit(fn, **jit_kwargs)
@@ -44,8 +54,9 @@ class jit:  # noqa: N801 (used as jax.jit is)
         )
 
     def _for(self, args, kwargs):
-        traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs)))
-        return self._plain if traced else self._top_level
+        if self._top_level is self._plain or _inside_a_trace(args, kwargs):
+            return self._plain
+        return self._top_level
 
     def __call__(self, *args, **kwargs):
         return self._for(args, kwargs)(*args, **kwargs)

@@ -50,7 +50,8 @@ def test_the_options_turn_the_ynnpack_fusions_off():
 
 def test_the_explainer_compiles_with_the_options_outside_a_trace_only(monkeypatch):
     """A top-level call compiles with `cpu_compiler_options`; inside a user's jit (where jax
-    refuses a nested jit's options) the same explainer runs its plain jit."""
+    refuses a nested jit's options) the same explainer runs its plain jit, also when no
+    argument is a tracer (arrays the jitted function closed over, a key made outside)."""
     model = user_models.SmallCNN(num_classes=5)
     variables, images = user_models.init(model, size=16, batch=2)
     try:
@@ -64,9 +65,12 @@ def test_the_explainer_compiles_with_the_options_outside_a_trace_only(monkeypatc
                 f(images)
             inside = jax.jit(lambda x: f(x).cams)(images)
             batched = jax.vmap(lambda x: f(x[None]).cams[0])(images)  # vmap's tracers too
+            key = jax.random.key(1)  # grad_cam draws nothing: any key gives the same maps
+            closed_over = jax.jit(lambda: f(images, key=key).cams)()
     finally:
         explain._compiled.cache_clear()  # no explainer compiled with the patch stays cached
     top_level = explain.explainer(model, variables, "grad_cam", layer="conv3")(images).cams
     assert jnp.isfinite(top_level).all()
     np.testing.assert_allclose(inside, top_level, atol=1e-6)
     np.testing.assert_allclose(batched, top_level, atol=1e-6)
+    np.testing.assert_allclose(closed_over, top_level, atol=1e-6)
