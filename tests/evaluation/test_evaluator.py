@@ -323,6 +323,34 @@ def test_evaluator_threshold_chosen_on_validation(restored):
     assert half.counts["n"] == 5
 
 
+def test_a_split_smaller_than_a_batch_runs_one_batch_rounded_up_to_the_devices(
+    restored, monkeypatch
+):
+    """Every padding row runs the whole method: the first 5 images on 8 devices run as one batch
+    of 8, not of config.eval.batch_size (16), and count as they do padded to 16; 12 images and
+    the whole split (16) run in batches of 16."""
+    config, ev, variables = restored
+    source = experiment.data_sources(config)["validation"]
+    assert config.eval.batch_size == 16 and len(source) == 16 and jax.device_count() == 8
+    sizes, padded_to = [], {}
+    eval_batches = pipeline.eval_batches
+
+    def recorded(source, cfg, global_batch_size, *args):
+        sizes.append(global_batch_size)
+        return eval_batches(source, cfg, padded_to.get("size", global_batch_size), *args)
+
+    monkeypatch.setattr(pipeline, "eval_batches", recorded)
+    small = ev.evaluate(variables, source, max_images=5).counts
+    for n in (12, 0):
+        ev.evaluate(variables, source, max_images=n)
+    assert sizes == [8, 16, 16]
+    padded_to["size"] = 16
+    padded = ev.evaluate(variables, source, max_images=5).counts
+    assert small["n"] == padded["n"] == 5
+    for k in small:
+        np.testing.assert_array_equal(small[k], padded[k])
+
+
 @pytest.mark.parametrize("wsol", [False, True], ids=["paper", "wsol"])
 def test_weights_that_overflow_stop_the_evaluation_instead_of_scoring_nans(restored, wsol):
     """Finite weights (they pass the checkpoint's checks) that overflow the network: NaN logits
