@@ -35,10 +35,11 @@ def cpu_compiler_options() -> dict[str, str] | None:
 def _inside_a_trace(args, kwargs) -> bool:
     """Whether a call is traced: an argument is a tracer (a user's jit, vmap or grad), or jax is
     staging a program now, which the arguments alone cannot tell (a user's jitted function that
-    passes arrays it closed over): a constant made while staging comes back as a tracer."""
+    passes arrays it closed over): an array made while staging comes back as a tracer (an
+    empty iota: no host-to-device transfer, which a user's `jax.transfer_guard` may refuse)."""
     if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
         return True
-    return isinstance(jnp.asarray(0), jax.core.Tracer)
+    return isinstance(jax.lax.iota(jnp.int8, 0), jax.core.Tracer)
 
 
 class jit:  # noqa: N801 (used as jax.jit is)

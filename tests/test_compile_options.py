@@ -69,8 +69,12 @@ def test_the_explainer_compiles_with_the_options_outside_a_trace_only(monkeypatc
             closed_over = jax.jit(lambda: f(images, key=key).cams)()
     finally:
         explain._compiled.cache_clear()  # no explainer compiled with the patch stays cached
-    top_level = explain.explainer(model, variables, "grad_cam", layer="conv3")(images).cams
+    f = explain.explainer(model, variables, "grad_cam", layer="conv3")
+    top_level = f(images).cams
     assert jnp.isfinite(top_level).all()
+    device_images, key = jnp.asarray(images), jax.random.key(0)
+    with jax.transfer_guard("disallow"):  # asking whether jax is staging moves nothing
+        np.testing.assert_array_equal(f(device_images, key=key).cams, top_level)
     np.testing.assert_allclose(inside, top_level, atol=1e-6)
     np.testing.assert_allclose(batched, top_level, atol=1e-6)
     np.testing.assert_allclose(closed_over, top_level, atol=1e-6)
