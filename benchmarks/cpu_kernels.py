@@ -39,11 +39,11 @@ def measure(name: str, batch: int, args) -> None:
     def forward(variables, images):
         return model.apply(variables, images, train=False)[0]
 
-    eigen = jax.jit(forward, compiler_options=compile_options.EIGEN_KERNELS)
-    compiled = {
-        "default": jax.jit(forward).lower(variables, images).compile(),
-        "eigen": eigen.lower(variables, images).compile(),
+    jits = {
+        "default": jax.jit(forward),
+        "eigen": jax.jit(forward, compiler_options=compile_options.EIGEN_KERNELS),
     }
+    compiled = {k: f.lower(variables, images).compile() for k, f in jits.items()}
     calls = {
         k: (lambda f=f: jax.block_until_ready(f(variables, images))) for k, f in compiled.items()
     }

@@ -69,11 +69,9 @@ def with_test_flags(xla_flags: str, devices: int = 8) -> str:
     flags = with_device_count(xla_flags, devices)
     if OPT_LEVEL_FLAG not in flags:
         flags = f"{flags} {OPT_LEVEL_FLAG}=0"
-        emitters = LEGACY_EMITTERS_FLAG.partition("=")[0]
-        if emitters not in flags and version_below(0, 11):
-            flags = f"{flags} {LEGACY_EMITTERS_FLAG}"
-        if EIGEN_KERNELS_FLAG.partition("=")[0] not in flags and version_below(0, 11):
-            flags = f"{flags} {EIGEN_KERNELS_FLAG}"
+        for flag in (LEGACY_EMITTERS_FLAG, EIGEN_KERNELS_FLAG) if version_below(0, 11) else ():
+            if flag.partition("=")[0] not in flags:  # the user's own setting stays
+                flags = f"{flags} {flag}"
     if COLLECTIVE_TIMEOUT_FLAG not in flags:
         flags = f"{flags} {COLLECTIVE_TIMEOUT_FLAG}={COLLECTIVE_TIMEOUT_S}"
     return flags
