@@ -96,9 +96,10 @@ def check_images(images: Any) -> None:
             f"((pixels / 255 - mean) / std for camjax's models); got dtype {images.dtype}."
         )
     if images.ndim != 4 or images.shape[0] == 0:
+        one = "; for one image, pass images[None]" if images.ndim == 3 else ""
         raise ValueError(
             f"images must have shape (batch, height, width, channels) with batch >= 1; got "
-            f"{tuple(images.shape)}."
+            f"{tuple(images.shape)}{one}."
         )
     # At most 4 "rows" and more "channels", read as NCHW an image of at least 5 x 5: a torch
     # batch. A small NHWC grid of many channels, such as (B, 4, 4, 16), is left to the model.

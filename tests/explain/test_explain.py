@@ -526,6 +526,8 @@ def test_a_target_function_must_give_one_score_per_image_and_a_batch_is_not_empt
     assert f(images, lambda z: z[:, 1] - z[:, 0]).cams.shape[:2] == (2, 1)
     with pytest.raises(ValueError, match="with batch >= 1"):
         f(images[:0])
+    with pytest.raises(ValueError, match=r"got \(16, 16, 3\); for one image, pass images\[None\]"):
+        f(images[0])
     # Four rows and more channels: an RGBA batch in NCHW, not an image of four rows.
     with pytest.raises(ValueError, match=r"look channels-first \(NCHW\)"):
         f(np.zeros((2, 4, 16, 16), np.float32))
